@@ -1,0 +1,39 @@
+# devshard developer targets. `make help` lists them.
+GO       ?= go
+MODCACHE := $(shell $(GO) env GOMODCACHE)
+GOGOPROTO_DIR = $(MODCACHE)/github.com/cosmos/gogoproto@$(shell $(GO) list -m -f '{{.Version}}' github.com/cosmos/gogoproto)
+
+.PHONY: help build test test-race bench lint proto fuzz
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
+
+build: ## build bin/devshard
+	$(GO) build -o bin/devshard ./cmd/devshard
+
+test: ## the test suite CI runs (vet, race on core packages, all tests)
+	./scripts/test.sh
+
+bench: ## go benchmarks plus the ratio report
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) run ./cmd/devshard bench protocol
+
+lint: ## go vet and gofmt
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+fuzz: ## run every fuzz target for FUZZTIME (default 20s) each
+	./scripts/fuzz.sh $(or $(FUZZTIME),20s)
+
+proto: ## regenerate Go code from proto/ (needs protoc: apt-get install protobuf-compiler)
+	@command -v protoc >/dev/null || { echo "protoc not found: apt-get install protobuf-compiler"; exit 1; }
+	$(GO) mod download github.com/cosmos/gogoproto
+	rm -rf .protogen && mkdir -p .protogen
+	cd proto && for d in $$(find . -name '*.proto' -exec dirname {} \; | sort -u); do \
+	  protoc -I . -I $(GOGOPROTO_DIR) \
+	    --plugin=protoc-gen-gocosmos=$(CURDIR)/scripts/protoc-gen-gocosmos \
+	    --gocosmos_out=plugins=grpc,Mgoogle/protobuf/any.proto=github.com/cosmos/gogoproto/types/any:$(CURDIR)/.protogen $$d/*.proto || exit 1; \
+	done
+	cp -r .protogen/github.com/devshard/devshard/. .
+	rm -rf .protogen

@@ -1,0 +1,515 @@
+package session
+
+import (
+	"bytes"
+	"fmt"
+	"math/bits"
+	"slices"
+
+	"github.com/devshard/devshard/session/sessionpb"
+)
+
+// Result is what a successful Apply produced.
+type Result struct {
+	Root [32]byte
+	// Sealed are the records this diff sealed, in fold order: the input for
+	// the host's sealed-inference index.
+	Sealed []*sessionpb.InferenceRecord
+}
+
+// Apply applies diff d, all or nothing. It requires nonce == latest+1,
+// checks the gateway's signature and every tx (signer, slot, status and
+// amount) while building the next state aside, seals what became sealable,
+// and commits only if the computed root equals the signed one. On error
+// the session is unchanged.
+func (s *Session) Apply(d *sessionpb.Diff) (*Result, error) {
+	if d == nil {
+		return nil, &DiffError{Tx: -1, Reason: ReasonMalformed, Detail: "missing diff"}
+	}
+	st, err := s.stage(d)
+	if err != nil {
+		return nil, err
+	}
+	st.seal()
+	update, root := st.root()
+	if !bytes.Equal(root[:], d.PostStateRoot) {
+		return nil, st.fail(-1, ReasonRoot, "post-state root mismatch (signed %s, computed %s)", short(d.PostStateRoot), short(root[:]))
+	}
+	st.commit(update, root)
+	return &Result{Root: root, Sealed: st.sealedOut}, nil
+}
+
+// Next computes the root diff d would produce without applying it or
+// checking its root and user signature. The gateway uses it to fill
+// PostStateRoot before signing.
+func (s *Session) Next(d *sessionpb.Diff) ([32]byte, error) {
+	st, err := s.stageUnsigned(d)
+	if err != nil {
+		return [32]byte{}, err
+	}
+	st.seal()
+	_, root := st.root()
+	return root, nil
+}
+
+// staged is the next state, built beside the session. Records are copied on
+// first touch, so the session's own records stay as they were until commit.
+type staged struct {
+	s *Session
+	d *sessionpb.Diff
+
+	phase        sessionpb.Phase
+	activeNonces uint64
+	balance      uint64
+	reserved     uint64
+	fees         uint64
+	stats        []sessionpb.HostStats
+	statDirty    []bool
+	touched      map[uint64]*sessionpb.InferenceRecord // copies of changed or new records
+	removed      map[uint64]bool                       // sealed by this diff
+	terminal     []uint64                              // made VALIDATED/INVALIDATED/TIMED_OUT by this diff
+	sealQueue    []uint64
+	sealedCount  uint64
+	sealedDigest [32]byte
+	sealedOut    []*sessionpb.InferenceRecord
+}
+
+func (st *staged) fail(tx int, r Reason, format string, args ...any) error {
+	return &DiffError{Nonce: st.d.Nonce, Tx: tx, Reason: r, Detail: fmt.Sprintf(format, args...)}
+}
+
+func (s *Session) stage(d *sessionpb.Diff) (*staged, error) {
+	if err := s.checkDiffHeader(d); err != nil {
+		return nil, err
+	}
+	if len(d.PostStateRoot) != hashSize {
+		return nil, &DiffError{Nonce: d.Nonce, Tx: -1, Reason: ReasonMalformed, Detail: fmt.Sprintf("post-state root must be %d bytes, got %d", hashSize, len(d.PostStateRoot))}
+	}
+	if r, detail := checkSig(d.UserSig, DiffSignBytes(d), s.creator, KindDiff, s.auth); r != "" {
+		return nil, &DiffError{Nonce: d.Nonce, Tx: -1, Reason: r, Detail: "user signature: " + detail}
+	}
+	return s.applyTxs(d)
+}
+
+func (s *Session) stageUnsigned(d *sessionpb.Diff) (*staged, error) {
+	if d == nil {
+		return nil, &DiffError{Tx: -1, Reason: ReasonMalformed, Detail: "missing diff"}
+	}
+	if err := s.checkDiffHeader(d); err != nil {
+		return nil, err
+	}
+	return s.applyTxs(d)
+}
+
+func (s *Session) checkDiffHeader(d *sessionpb.Diff) error {
+	fail := func(r Reason, format string, args ...any) error {
+		return &DiffError{Nonce: d.Nonce, Tx: -1, Reason: r, Detail: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case d.EscrowId != s.snap.EscrowId:
+		return fail(ReasonEscrow, "diff is for escrow %d, this session is escrow %d", d.EscrowId, s.snap.EscrowId)
+	case d.Nonce != s.nonce+1:
+		return fail(ReasonNonce, "nonce must be %d (latest+1), got %d", s.nonce+1, d.Nonce)
+	case d.Nonce > s.snap.MaxNonce:
+		return fail(ReasonNonce, "nonce %d exceeds the escrow's max nonce %d", d.Nonce, s.snap.MaxNonce)
+	case s.phase == sessionpb.Phase_PHASE_SETTLEMENT:
+		return fail(ReasonPhase, "session is in SETTLEMENT; it accepts no more diffs")
+	case len(d.Txs) > MaxTxsPerDiff:
+		return fail(ReasonMalformed, "%d txs exceed the limit of %d per diff", len(d.Txs), MaxTxsPerDiff)
+	}
+	return nil
+}
+
+func (s *Session) applyTxs(d *sessionpb.Diff) (*staged, error) {
+	st := &staged{
+		s:            s,
+		d:            d,
+		phase:        s.phase,
+		activeNonces: s.activeNonces,
+		balance:      s.balance,
+		reserved:     s.reserved,
+		fees:         s.fees,
+		stats:        slices.Clone(s.stats),
+		statDirty:    make([]bool, len(s.stats)),
+		touched:      make(map[uint64]*sessionpb.InferenceRecord, 4),
+		removed:      make(map[uint64]bool, 2),
+		sealQueue:    slices.Clone(s.sealQueue),
+		sealedCount:  s.sealedCount,
+		sealedDigest: s.sealedDigest,
+	}
+	// fee_per_nonce is charged for every nonce applied while ACTIVE.
+	if st.phase == sessionpb.Phase_PHASE_ACTIVE {
+		fee := s.snap.FeePerNonce
+		if st.balance < fee {
+			return nil, st.fail(-1, ReasonFunds, "escrow balance %d cannot pay the fee per nonce %d", st.balance, fee)
+		}
+		st.balance -= fee
+		st.fees += fee // cannot overflow: fees+balance <= amount
+		st.activeNonces++
+	}
+	for i, tx := range d.Txs {
+		if tx == nil {
+			return nil, st.fail(i, ReasonMalformed, "missing tx")
+		}
+		if err := st.applyTx(i, tx); err != nil {
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+// record returns the staged copy of live record id, copying it on first use.
+func (st *staged) record(id uint64) (*sessionpb.InferenceRecord, bool) {
+	if st.removed[id] {
+		return nil, false
+	}
+	if r, ok := st.touched[id]; ok {
+		return r, true
+	}
+	r, ok := st.s.live[id]
+	if !ok {
+		return nil, false
+	}
+	c := cloneRecord(r)
+	st.touched[id] = c
+	return c, true
+}
+
+func (st *staged) stat(slot uint32) *sessionpb.HostStats {
+	st.statDirty[slot] = true
+	return &st.stats[slot]
+}
+
+func (st *staged) applyTx(i int, tx *sessionpb.Tx) error {
+	switch b := tx.Body.(type) {
+	case *sessionpb.Tx_Start:
+		return st.start(i, tx, b.Start)
+	case *sessionpb.Tx_Finalize:
+		return st.finalize(i, tx)
+	case *sessionpb.Tx_Confirm, *sessionpb.Tx_Finish, *sessionpb.Tx_Validation, *sessionpb.Tx_Timeout:
+		return st.hostTx(i, tx)
+	default:
+		return st.fail(i, ReasonMalformed, "tx has no body")
+	}
+}
+
+// gatewayTx checks the envelope of a tx that the diff signature covers.
+func (st *staged) gatewayTx(i int, tx *sessionpb.Tx, name string) error {
+	if tx.Sig != nil || tx.Slot != 0 {
+		return st.fail(i, ReasonMalformed, "%s is a gateway tx: it carries no slot and no signature of its own", name)
+	}
+	return nil
+}
+
+func (st *staged) start(i int, tx *sessionpb.Tx, m *sessionpb.StartInference) error {
+	if err := st.gatewayTx(i, tx, "StartInference"); err != nil {
+		return err
+	}
+	if st.phase != sessionpb.Phase_PHASE_ACTIVE {
+		return st.fail(i, ReasonPhase, "StartInference needs phase ACTIVE, session is %s", st.phase)
+	}
+	if m.InferenceId != st.d.Nonce {
+		return st.fail(i, ReasonMalformed, "StartInference id must equal the diff nonce %d, got %d", st.d.Nonce, m.InferenceId)
+	}
+	if _, exists := st.record(m.InferenceId); exists {
+		return st.fail(i, ReasonDuplicate, "inference %d already started in this diff", m.InferenceId)
+	}
+	if m.MaxTokens == 0 {
+		return st.fail(i, ReasonMalformed, "StartInference max tokens must be positive")
+	}
+	if len(m.PromptHash) != hashSize {
+		return st.fail(i, ReasonMalformed, "prompt hash must be %d bytes, got %d", hashSize, len(m.PromptHash))
+	}
+	if len(m.Model) > maxModelLen {
+		return st.fail(i, ReasonMalformed, "model name longer than %d bytes", maxModelLen)
+	}
+	tokens, ok := add(m.InputTokens, m.MaxTokens)
+	var cost uint64
+	if ok {
+		cost, ok = mul(tokens, st.s.snap.TokenPrice)
+	}
+	if !ok {
+		return st.fail(i, ReasonOverflow, "reservation (%d + %d tokens) × price %d overflows", m.InputTokens, m.MaxTokens, st.s.snap.TokenPrice)
+	}
+	if cost > st.balance {
+		return st.fail(i, ReasonFunds, "reservation %d exceeds the escrow balance %d", cost, st.balance)
+	}
+	st.balance -= cost
+	st.reserved += cost
+	n := bitmapLen(len(st.s.group))
+	st.touched[m.InferenceId] = &sessionpb.InferenceRecord{
+		Id:           m.InferenceId,
+		Status:       sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING,
+		ExecutorSlot: st.s.Executor(m.InferenceId),
+		InputTokens:  m.InputTokens,
+		MaxTokens:    m.MaxTokens,
+		Reserved:     cost,
+		PromptHash:   slices.Clone(m.PromptHash),
+		ValidVotes:   make([]byte, n),
+		InvalidVotes: make([]byte, n),
+		TimeoutVotes: make([]byte, n),
+	}
+	return nil
+}
+
+func (st *staged) finalize(i int, tx *sessionpb.Tx) error {
+	if err := st.gatewayTx(i, tx, "FinalizeRound"); err != nil {
+		return err
+	}
+	switch st.phase {
+	case sessionpb.Phase_PHASE_ACTIVE:
+		st.phase = sessionpb.Phase_PHASE_FINALIZING
+	case sessionpb.Phase_PHASE_FINALIZING:
+		st.phase = sessionpb.Phase_PHASE_SETTLEMENT
+	default:
+		return st.fail(i, ReasonPhase, "FinalizeRound in phase %s", st.phase)
+	}
+	return nil
+}
+
+// hostTx authenticates a host tx, then applies it.
+func (st *staged) hostTx(i int, tx *sessionpb.Tx) error {
+	if st.phase == sessionpb.Phase_PHASE_SETTLEMENT {
+		return st.fail(i, ReasonPhase, "host txs are not accepted in SETTLEMENT")
+	}
+	if int(tx.Slot) >= len(st.s.group) {
+		return st.fail(i, ReasonMalformed, "slot %d is outside the group of %d", tx.Slot, len(st.s.group))
+	}
+	id := txInferenceID(tx)
+	r, ok := st.record(id)
+	if !ok {
+		return st.fail(i, ReasonStatus, "inference %d is not live (never started, or already sealed)", id)
+	}
+	// Structural and status checks come before the signature: they are
+	// cheap and do not depend on who signed. Each returns the change to make
+	// once the signature holds.
+	var change func()
+	var err error
+	switch b := tx.Body.(type) {
+	case *sessionpb.Tx_Confirm:
+		change, err = st.confirm(i, tx, r, b.Confirm)
+	case *sessionpb.Tx_Finish:
+		change, err = st.finish(i, tx, r, b.Finish)
+	case *sessionpb.Tx_Validation:
+		change, err = st.validate(i, tx, r, b.Validation)
+	case *sessionpb.Tx_Timeout:
+		change, err = st.timeout(i, tx, r)
+	}
+	if err != nil {
+		return err
+	}
+	msg, _ := TxSignBytes(st.d.EscrowId, tx)
+	kind, _ := hostTxKind(tx)
+	if reason, detail := checkSig(tx.Sig, msg, st.s.group[tx.Slot], kind, st.s.auth); reason != "" {
+		return st.fail(i, reason, "slot %d: %s", tx.Slot, detail)
+	}
+	change()
+	return nil
+}
+
+func txInferenceID(tx *sessionpb.Tx) uint64 {
+	switch b := tx.Body.(type) {
+	case *sessionpb.Tx_Confirm:
+		return b.Confirm.GetInferenceId()
+	case *sessionpb.Tx_Finish:
+		return b.Finish.GetInferenceId()
+	case *sessionpb.Tx_Validation:
+		return b.Validation.GetInferenceId()
+	case *sessionpb.Tx_Timeout:
+		return b.Timeout.GetInferenceId()
+	}
+	return 0
+}
+
+func (st *staged) confirm(i int, tx *sessionpb.Tx, r *sessionpb.InferenceRecord, m *sessionpb.ConfirmStart) (func(), error) {
+	if tx.Slot != r.ExecutorSlot {
+		return nil, st.fail(i, ReasonUnauthorized, "ConfirmStart for inference %d must come from executor slot %d, got slot %d", r.Id, r.ExecutorSlot, tx.Slot)
+	}
+	if r.Status != sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING {
+		return nil, st.fail(i, ReasonStatus, "ConfirmStart needs inference %d PENDING, it is %s", r.Id, r.Status)
+	}
+	if m.ConfirmedAt <= 0 {
+		return nil, st.fail(i, ReasonMalformed, "confirmed_at must be a positive unix time, got %d", m.ConfirmedAt)
+	}
+	return func() {
+		r.Status = sessionpb.InferenceStatus_INFERENCE_STATUS_STARTED
+		r.ConfirmedAt = m.ConfirmedAt
+		hs := st.stat(tx.Slot)
+		hs.LastConfirmedAt = max(hs.LastConfirmedAt, m.ConfirmedAt)
+	}, nil
+}
+
+func (st *staged) finish(i int, tx *sessionpb.Tx, r *sessionpb.InferenceRecord, m *sessionpb.FinishInference) (func(), error) {
+	if tx.Slot != r.ExecutorSlot {
+		return nil, st.fail(i, ReasonUnauthorized, "FinishInference for inference %d must come from executor slot %d, got slot %d", r.Id, r.ExecutorSlot, tx.Slot)
+	}
+	if r.Status != sessionpb.InferenceStatus_INFERENCE_STATUS_STARTED {
+		return nil, st.fail(i, ReasonStatus, "FinishInference needs inference %d STARTED, it is %s", r.Id, r.Status)
+	}
+	if len(m.ResponseHash) != hashSize {
+		return nil, st.fail(i, ReasonMalformed, "response hash must be %d bytes, got %d", hashSize, len(m.ResponseHash))
+	}
+	used, ok := add(m.InputTokens, m.OutputTokens)
+	var cost uint64
+	if ok {
+		cost, ok = mul(used, st.s.snap.TokenPrice)
+	}
+	// Actual cost is capped at the reservation; an overflow is past any cap.
+	if !ok || cost > r.Reserved {
+		cost = r.Reserved
+	}
+	hs := &st.stats[tx.Slot]
+	if _, ok := add(hs.Cost, cost); !ok {
+		return nil, st.fail(i, ReasonOverflow, "slot %d cost overflows", tx.Slot)
+	}
+	return func() {
+		st.reserved -= r.Reserved
+		st.balance += r.Reserved - cost
+		hs := st.stat(tx.Slot)
+		hs.Cost += cost
+		hs.Finished++
+		r.Status = sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED
+		r.Cost = cost
+		r.TokensUsed = used
+		r.ResponseHash = slices.Clone(m.ResponseHash)
+		r.FinishedNonce = st.d.Nonce
+		insertSorted(&st.sealQueue, r.Id)
+	}, nil
+}
+
+// eligible counts the slots that may vote on inference r: every slot not
+// held by the executor's address. Thresholds are taken over this count, so
+// a participant holding many slots can neither vote on its own work nor make
+// a threshold unreachable by holding them.
+func (st *staged) eligible(r *sessionpb.InferenceRecord) int {
+	exec := st.s.group[r.ExecutorSlot]
+	n := 0
+	for _, a := range st.s.group {
+		if a != exec {
+			n++
+		}
+	}
+	return n
+}
+
+// voter checks that slot may vote on r and has not yet voted in votes.
+func (st *staged) voter(i int, slot uint32, r *sessionpb.InferenceRecord, kind string, votes ...[]byte) error {
+	if st.s.group[slot] == st.s.group[r.ExecutorSlot] {
+		return st.fail(i, ReasonSelfVote, "slot %d is held by the executor of inference %d; it may not cast a %s vote on it", slot, r.Id, kind)
+	}
+	for _, v := range votes {
+		if hasBit(v, slot) {
+			return st.fail(i, ReasonDuplicate, "slot %d already voted on inference %d", slot, r.Id)
+		}
+	}
+	return nil
+}
+
+func (st *staged) validate(i int, tx *sessionpb.Tx, r *sessionpb.InferenceRecord, m *sessionpb.Validation) (func(), error) {
+	if r.Status != sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED && r.Status != sessionpb.InferenceStatus_INFERENCE_STATUS_CHALLENGED {
+		return nil, st.fail(i, ReasonStatus, "Validation needs inference %d FINISHED or CHALLENGED, it is %s", r.Id, r.Status)
+	}
+	if len(m.ResponseHash) != 0 && len(m.ResponseHash) != hashSize {
+		return nil, st.fail(i, ReasonMalformed, "validator response hash must be empty or %d bytes, got %d", hashSize, len(m.ResponseHash))
+	}
+	if err := st.voter(i, tx.Slot, r, "validation", r.ValidVotes, r.InvalidVotes); err != nil {
+		return nil, err
+	}
+	return func() {
+		st.stat(tx.Slot).ValidationsDone++
+		if m.Valid {
+			setBit(r.ValidVotes, tx.Slot)
+		} else {
+			setBit(r.InvalidVotes, tx.Slot)
+		}
+		if r.Status == sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED {
+			if m.Valid {
+				// A sampled validator agreeing is enough: the short path.
+				st.resolveValidated(r)
+				return
+			}
+			r.Status = sessionpb.InferenceStatus_INFERENCE_STATUS_CHALLENGED
+			removeSorted(&st.sealQueue, r.Id)
+		}
+		st.tally(r)
+	}, nil
+}
+
+// tally resolves a challenged inference once a side holds the threshold of
+// eligible slots: a strict majority invalidates, and valid wins once invalid
+// can no longer reach a strict majority (ties favour the executor).
+func (st *staged) tally(r *sessionpb.InferenceRecord) {
+	eligible := st.eligible(r)
+	switch {
+	case 2*popcount(r.InvalidVotes) > eligible:
+		st.resolveInvalidated(r)
+	case 2*popcount(r.ValidVotes) >= eligible:
+		st.resolveValidated(r)
+	}
+}
+
+func (st *staged) resolveValidated(r *sessionpb.InferenceRecord) {
+	r.Status = sessionpb.InferenceStatus_INFERENCE_STATUS_VALIDATED
+	st.stat(r.ExecutorSlot).Validated++
+	st.terminal = append(st.terminal, r.Id)
+}
+
+// resolveInvalidated refunds the charged cost to the escrow and counts the
+// inference against its executor instead of as finished work.
+func (st *staged) resolveInvalidated(r *sessionpb.InferenceRecord) {
+	r.Status = sessionpb.InferenceStatus_INFERENCE_STATUS_INVALIDATED
+	hs := st.stat(r.ExecutorSlot)
+	hs.Cost -= r.Cost
+	hs.Finished--
+	hs.Invalid++
+	st.balance += r.Cost
+	st.terminal = append(st.terminal, r.Id)
+}
+
+func (st *staged) timeout(i int, tx *sessionpb.Tx, r *sessionpb.InferenceRecord) (func(), error) {
+	if !open(r.Status) {
+		return nil, st.fail(i, ReasonStatus, "TimeoutInference needs inference %d PENDING or STARTED, it is %s", r.Id, r.Status)
+	}
+	if err := st.voter(i, tx.Slot, r, "timeout", r.TimeoutVotes); err != nil {
+		return nil, err
+	}
+	return func() {
+		setBit(r.TimeoutVotes, tx.Slot)
+		if 2*popcount(r.TimeoutVotes) > st.eligible(r) {
+			r.Status = sessionpb.InferenceStatus_INFERENCE_STATUS_TIMED_OUT
+			st.release(r)
+			st.stat(r.ExecutorSlot).Missed++
+			st.terminal = append(st.terminal, r.Id)
+		}
+	}, nil
+}
+
+// release returns an open record's reservation to the balance.
+func (st *staged) release(r *sessionpb.InferenceRecord) {
+	st.reserved -= r.Reserved
+	st.balance += r.Reserved
+}
+
+func hasBit(b []byte, i uint32) bool { return b[i/8]&(1<<(i%8)) != 0 }
+func setBit(b []byte, i uint32)      { b[i/8] |= 1 << (i % 8) }
+
+func popcount(b []byte) int {
+	n := 0
+	for _, x := range b {
+		n += bits.OnesCount8(x)
+	}
+	return n
+}
+
+func insertSorted(q *[]uint64, id uint64) {
+	at, found := slices.BinarySearch(*q, id)
+	if !found {
+		*q = slices.Insert(*q, at, id)
+	}
+}
+
+func removeSorted(q *[]uint64, id uint64) {
+	if at, found := slices.BinarySearch(*q, id); found {
+		*q = slices.Delete(*q, at, at+1)
+	}
+}

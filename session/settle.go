@@ -1,0 +1,260 @@
+package session
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/signing"
+)
+
+// Payout is what one slot earns from a settlement.
+type Payout struct {
+	Slot     uint32
+	Address  signing.Address
+	Cost     uint64 // charged for the slot's finished inferences
+	FeeShare uint64
+	// Finished is the work credited to the slot: the attested finished count,
+	// never the nonce. Empty diffs credit nothing.
+	Finished uint64
+	Stats    *sessionpb.HostStats
+}
+
+// Total is Cost + FeeShare.
+func (p Payout) Total() uint64 { return p.Cost + p.FeeShare }
+
+// Plan is an exact payout plan for one settlement:
+// Amount == Σ slot totals + Refund, always.
+type Plan struct {
+	EscrowID uint64
+	Creator  signing.Address
+	Amount   uint64
+	Fees     uint64
+	Refund   uint64 // back to the creator: unreserved balance plus open reservations
+	Slots    []Payout
+}
+
+// AddressPayout is a plan's payout summed over the slots one address holds.
+type AddressPayout struct {
+	Address  signing.Address
+	Slots    []uint32
+	Cost     uint64
+	FeeShare uint64
+	Finished uint64
+}
+
+// ByAddress sums the plan per address, in order of each address's first slot.
+func (p *Plan) ByAddress() []AddressPayout {
+	var out []AddressPayout
+	index := make(map[signing.Address]int)
+	for _, sp := range p.Slots {
+		i, ok := index[sp.Address]
+		if !ok {
+			i = len(out)
+			index[sp.Address] = i
+			out = append(out, AddressPayout{Address: sp.Address})
+		}
+		a := &out[i]
+		a.Slots = append(a.Slots, sp.Slot)
+		a.Cost += sp.Cost
+		a.FeeShare += sp.FeeShare
+		a.Finished += sp.Finished
+	}
+	return out
+}
+
+// ExpectedFees recomputes the fees a session owes from the escrow snapshot:
+// creation_fee + fee_per_nonce × active_nonces.
+func ExpectedFees(snap *sessionpb.EscrowSnapshot, activeNonces uint64) (uint64, bool) {
+	perNonce, ok := mul(snap.FeePerNonce, activeNonces)
+	if !ok {
+		return 0, false
+	}
+	return add(snap.CreationFee, perNonce)
+}
+
+// MaySettle reports whether sender may submit a settlement for the escrow:
+// the creator always; any group member (or a warm key it granted) once the
+// settlement deadline has passed, so a gateway cannot hold hosts' pay hostage.
+func MaySettle(snap *sessionpb.EscrowSnapshot, sender signing.Address, deadlinePassed bool, auth Authorizer) error {
+	if bytes.Equal(sender[:], snap.Creator) {
+		return nil
+	}
+	creator, _ := signing.AddressFromBytes(snap.Creator)
+	if auth != nil && auth.MayActFor(creator, sender, KindDiff) {
+		return nil
+	}
+	member := false
+	for _, a := range snap.Group {
+		holder, _ := signing.AddressFromBytes(a)
+		if holder == sender || (auth != nil && auth.MayActFor(holder, sender, KindState)) {
+			member = true
+			break
+		}
+	}
+	switch {
+	case !member:
+		return &SettlementError{EscrowID: snap.EscrowId, Reason: ReasonUnauthorized, Detail: fmt.Sprintf("%s is neither the creator nor a group member", sender)}
+	case !deadlinePassed:
+		return &SettlementError{EscrowID: snap.EscrowId, Reason: ReasonUnauthorized, Detail: fmt.Sprintf("group member %s may settle only after the settlement deadline; until then only the creator may", sender)}
+	}
+	return nil
+}
+
+// VerifySettlement checks a settlement against the escrow's snapshot and
+// returns the exact payout plan. It enforces every settlement rule:
+//   - the escrow id, and the protocol version and max nonce of the snapshot
+//     (never live parameters);
+//   - the per-slot stats cover exactly the group;
+//   - fees equal creation_fee + fee_per_nonce × active_nonces;
+//   - the books add up: balance + reserved + fees + Σ cost == amount, with
+//     every sum overflow-checked, so Σ cost + fees <= amount;
+//   - credited work (finished + invalid + missed) fits under the nonce;
+//   - the root recomputed from the parts equals state_root;
+//   - distinct slots holding more than 2/3 of the group signed that root.
+//     A slot counts once however often it appears; an address holding two
+//     slots counts for each slot it signed with.
+func VerifySettlement(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth Authorizer) (*Plan, error) {
+	if err := ValidateSnapshot(snap); err != nil {
+		return nil, err
+	}
+	if m == nil {
+		return nil, &SettlementError{EscrowID: snap.EscrowId, Reason: ReasonMalformed, Detail: "missing settlement"}
+	}
+	fail := func(r Reason, format string, args ...any) (*Plan, error) {
+		return nil, &SettlementError{EscrowID: snap.EscrowId, Reason: r, Detail: fmt.Sprintf(format, args...)}
+	}
+	n := len(snap.Group)
+	switch {
+	case m.EscrowId != snap.EscrowId:
+		return fail(ReasonEscrow, "message names escrow %d", m.EscrowId)
+	case m.ProtocolVersion != snap.ProtocolVersion:
+		return fail(ReasonVersion, "protocol version %d, the escrow was created for version %d", m.ProtocolVersion, snap.ProtocolVersion)
+	case m.Nonce > snap.MaxNonce:
+		return fail(ReasonNonce, "nonce %d exceeds the escrow's max nonce %d", m.Nonce, snap.MaxNonce)
+	case m.ActiveNonces > m.Nonce:
+		return fail(ReasonNonce, "active nonces %d exceed the nonce %d", m.ActiveNonces, m.Nonce)
+	case m.Phase < sessionpb.Phase_PHASE_ACTIVE || m.Phase > sessionpb.Phase_PHASE_SETTLEMENT:
+		return fail(ReasonMalformed, "unknown phase %d", m.Phase)
+	case len(m.HostStats) != n:
+		return fail(ReasonMalformed, "%d host stats for a group of %d slots", len(m.HostStats), n)
+	case len(m.RecordsRoot) != hashSize || len(m.StateRoot) != hashSize:
+		return fail(ReasonMalformed, "records root and state root must be %d bytes", hashSize)
+	case m.Sealed == nil || len(m.Sealed.Digest) != hashSize:
+		return fail(ReasonMalformed, "sealed accumulator missing or malformed")
+	}
+	fees, ok := ExpectedFees(snap, m.ActiveNonces)
+	if !ok {
+		return fail(ReasonOverflow, "fees for %d active nonces overflow", m.ActiveNonces)
+	}
+	if m.Fees != fees {
+		return fail(ReasonFees, "fees %d do not match the snapshot (creation fee %d + %d × %d active nonces = %d)", m.Fees, snap.CreationFee, snap.FeePerNonce, m.ActiveNonces, fees)
+	}
+	spent := m.Fees
+	held := m.Balance
+	var work uint64
+	for i, hs := range m.HostStats {
+		if hs == nil {
+			return fail(ReasonMalformed, "host stats %d missing", i)
+		}
+		if spent, ok = add(spent, hs.Cost); !ok {
+			return fail(ReasonOverflow, "costs overflow at slot %d", i)
+		}
+		for _, w := range []uint64{hs.Finished, hs.Invalid, hs.Missed} {
+			if work, ok = add(work, w); !ok {
+				return fail(ReasonOverflow, "work counts overflow at slot %d", i)
+			}
+		}
+	}
+	if spent > snap.Amount {
+		return fail(ReasonConservation, "costs plus fees %d exceed the escrow amount %d", spent, snap.Amount)
+	}
+	if held, ok = add(held, m.Reserved); ok {
+		held, ok = add(held, spent)
+	}
+	if !ok || held != snap.Amount {
+		return fail(ReasonConservation, "balance %d + reserved %d + fees and costs %d do not add up to the escrow amount %d", m.Balance, m.Reserved, spent, snap.Amount)
+	}
+	if work > m.Nonce {
+		return fail(ReasonConservation, "%d inferences credited, more than the %d nonces applied", work, m.Nonce)
+	}
+	root := settlementRoot(m)
+	if !bytes.Equal(root[:], m.StateRoot) {
+		return fail(ReasonRoot, "state root mismatch (signed %s, recomputed from the parts %s)", short(m.StateRoot), short(root[:]))
+	}
+	if err := checkQuorum(snap, m, auth); err != nil {
+		return nil, err
+	}
+	return planFor(snap, m), nil
+}
+
+func settlementRoot(m *sessionpb.Settlement) [32]byte {
+	leaves := make([][32]byte, len(m.HostStats))
+	for i, hs := range m.HostStats {
+		leaves[i] = statsLeaf(uint32(i), hs)
+	}
+	p := rootParts{
+		escrowID:        m.EscrowId,
+		protocolVersion: m.ProtocolVersion,
+		nonce:           m.Nonce,
+		phase:           m.Phase,
+		activeNonces:    m.ActiveNonces,
+		balance:         m.Balance,
+		reserved:        m.Reserved,
+		fees:            m.Fees,
+		stats:           statsDigest(leaves),
+		sealedCount:     m.Sealed.Count,
+	}
+	copy(p.records[:], m.RecordsRoot)
+	copy(p.sealedDigest[:], m.Sealed.Digest)
+	return p.root()
+}
+
+// checkQuorum counts valid signatures by distinct slot.
+func checkQuorum(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth Authorizer) error {
+	n := len(snap.Group)
+	msg := StateSignBytes(m.EscrowId, m.Nonce, m.StateRoot)
+	signed := make([]bool, n)
+	count := 0
+	for i, ss := range m.Signatures {
+		if ss == nil || int(ss.Slot) >= n {
+			return &SettlementError{EscrowID: snap.EscrowId, Reason: ReasonMalformed, Detail: fmt.Sprintf("signature %d names no slot of the group of %d", i, n)}
+		}
+		if signed[ss.Slot] {
+			continue // a slot counts once, however often it is listed
+		}
+		holder, _ := signing.AddressFromBytes(snap.Group[ss.Slot])
+		if reason, detail := checkSig(ss.Sig, msg, holder, KindState, auth); reason != "" {
+			return &SettlementError{EscrowID: snap.EscrowId, Reason: reason, Detail: fmt.Sprintf("slot %d: %s", ss.Slot, detail)}
+		}
+		signed[ss.Slot] = true
+		count++
+	}
+	if 3*count <= 2*n {
+		return &SettlementError{EscrowID: snap.EscrowId, Reason: ReasonQuorum, Detail: fmt.Sprintf("%d of %d slots signed; more than 2/3 (at least %d) are needed", count, n, 2*n/3+1)}
+	}
+	return nil
+}
+
+// planFor splits the settled books. Fees are shared equally by slot, since
+// every slot keeps and co-signs the books; the remainder goes one unit each
+// to the lowest slots. Costs go to the slot that earned them.
+func planFor(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement) *Plan {
+	n := uint64(len(snap.Group))
+	p := &Plan{EscrowID: snap.EscrowId, Amount: snap.Amount, Fees: m.Fees}
+	p.Creator, _ = signing.AddressFromBytes(snap.Creator)
+	share, rem := m.Fees/n, m.Fees%n
+	paid := uint64(0)
+	for i, hs := range m.HostStats {
+		addr, _ := signing.AddressFromBytes(snap.Group[i])
+		fs := share
+		if uint64(i) < rem {
+			fs++
+		}
+		c := *hs
+		p.Slots = append(p.Slots, Payout{Slot: uint32(i), Address: addr, Cost: hs.Cost, FeeShare: fs, Finished: hs.Finished, Stats: &c})
+		paid += hs.Cost + fs
+	}
+	p.Refund = snap.Amount - paid
+	return p
+}

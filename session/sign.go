@@ -1,0 +1,173 @@
+package session
+
+import (
+	"fmt"
+
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/signing"
+)
+
+// Kind names what a signature is for. It is the domain tag of the signed
+// bytes, so a signature made for one kind never verifies as another.
+type Kind string
+
+// Signed message kinds.
+const (
+	KindDiff       Kind = "devshard/v1/diff"
+	KindConfirm    Kind = "devshard/v1/tx/confirm"
+	KindFinish     Kind = "devshard/v1/tx/finish"
+	KindValidation Kind = "devshard/v1/tx/validation"
+	KindTimeout    Kind = "devshard/v1/tx/timeout"
+	KindState      Kind = "devshard/v1/state"
+)
+
+// Authorizer lets a caller accept a warm (operational) key for an account.
+// MayActFor reports whether signer may sign messages of kind for holder. The
+// chain backs it with x/authz grants, the host with a cache of them. A nil
+// Authorizer accepts only the holder's own key.
+type Authorizer interface {
+	MayActFor(holder, signer signing.Address, kind Kind) bool
+}
+
+// signBytes is the domain-separated message: tag, escrow id, payload.
+func signBytes(kind Kind, escrowID uint64, payload func(*encoder)) []byte {
+	e := encoder{b: make([]byte, 0, 160)}
+	e.domain(string(kind))
+	e.u64(escrowID)
+	payload(&e)
+	return e.b
+}
+
+// DiffSignBytes are the bytes the gateway signs for a diff: the nonce, every
+// tx's canonical bytes (without host signatures) and the post-state root.
+func DiffSignBytes(d *sessionpb.Diff) []byte {
+	return signBytes(KindDiff, d.EscrowId, func(e *encoder) {
+		e.u64(d.Nonce)
+		e.u32(uint32(len(d.Txs)))
+		for _, tx := range d.Txs {
+			encodeTx(e, tx)
+		}
+		e.bytes(d.PostStateRoot)
+	})
+}
+
+// TxSignBytes are the bytes a host signs for one of its txs.
+func TxSignBytes(escrowID uint64, tx *sessionpb.Tx) ([]byte, error) {
+	kind, err := hostTxKind(tx)
+	if err != nil {
+		return nil, err
+	}
+	return signBytes(kind, escrowID, func(e *encoder) { encodeTx(e, tx) }), nil
+}
+
+// StateSignBytes are the bytes a host signs to attest a root.
+func StateSignBytes(escrowID, nonce uint64, root []byte) []byte {
+	return signBytes(KindState, escrowID, func(e *encoder) {
+		e.u64(nonce)
+		e.bytes(root)
+	})
+}
+
+func hostTxKind(tx *sessionpb.Tx) (Kind, error) {
+	switch tx.Body.(type) {
+	case *sessionpb.Tx_Confirm:
+		return KindConfirm, nil
+	case *sessionpb.Tx_Finish:
+		return KindFinish, nil
+	case *sessionpb.Tx_Validation:
+		return KindValidation, nil
+	case *sessionpb.Tx_Timeout:
+		return KindTimeout, nil
+	default:
+		return "", fmt.Errorf("tx of type %T is not signed by a host", tx.Body)
+	}
+}
+
+// SignDiff sets d.UserSig with the gateway's key. Set PostStateRoot first.
+func SignDiff(s signing.Signer, d *sessionpb.Diff) error {
+	sig, err := sign(s, DiffSignBytes(d))
+	if err != nil {
+		return fmt.Errorf("sign diff %d: %w", d.Nonce, err)
+	}
+	d.UserSig = sig
+	return nil
+}
+
+// SignTx sets tx.Sig with a host's key. Set tx.Slot first.
+func SignTx(s signing.Signer, escrowID uint64, tx *sessionpb.Tx) error {
+	msg, err := TxSignBytes(escrowID, tx)
+	if err != nil {
+		return err
+	}
+	sig, err := sign(s, msg)
+	if err != nil {
+		return fmt.Errorf("sign tx: %w", err)
+	}
+	tx.Sig = sig
+	return nil
+}
+
+// SignState returns a host's signature over (escrow, nonce, root) for slot.
+func SignState(s signing.Signer, escrowID, nonce uint64, root []byte, slot uint32) (*sessionpb.StateSignature, error) {
+	sig, err := sign(s, StateSignBytes(escrowID, nonce, root))
+	if err != nil {
+		return nil, fmt.Errorf("sign state %d: %w", nonce, err)
+	}
+	return &sessionpb.StateSignature{
+		EscrowId:  escrowID,
+		Nonce:     nonce,
+		StateRoot: append([]byte(nil), root...),
+		Slot:      slot,
+		Sig:       sig,
+	}, nil
+}
+
+func sign(s signing.Signer, msg []byte) (*sessionpb.Signature, error) {
+	sig, err := s.Sign(msg)
+	if err != nil {
+		return nil, err
+	}
+	pub := s.PubKey()
+	return &sessionpb.Signature{PubKey: pub[:], Sig: sig}, nil
+}
+
+// checkSig verifies sig over msg and that its key may act for holder. It
+// returns the reason and a sentence on failure.
+func checkSig(sig *sessionpb.Signature, msg []byte, holder signing.Address, kind Kind, auth Authorizer) (Reason, string) {
+	if sig == nil || len(sig.PubKey) == 0 || len(sig.Sig) == 0 {
+		return ReasonSignature, "unsigned"
+	}
+	if len(sig.PubKey) != signing.PubKeySize {
+		return ReasonSignature, fmt.Sprintf("public key must be %d bytes, got %d", signing.PubKeySize, len(sig.PubKey))
+	}
+	var pub signing.PubKey
+	copy(pub[:], sig.PubKey)
+	signer := pub.Address()
+	if signer != holder && (auth == nil || !auth.MayActFor(holder, signer, kind)) {
+		return ReasonUnauthorized, fmt.Sprintf("signer %s may not sign %s for %s", signer, kind, holder)
+	}
+	if err := signing.Verify(sig.PubKey, msg, sig.Sig); err != nil {
+		return ReasonSignature, fmt.Sprintf("signature by %s: %v", signer, err)
+	}
+	return "", ""
+}
+
+// VerifyStateSignature checks a host's state signature against the group of
+// the escrow in snap: the slot exists, and its holder (or a warm key it
+// granted) signed (escrow, nonce, root).
+func VerifyStateSignature(snap *sessionpb.EscrowSnapshot, ss *sessionpb.StateSignature, auth Authorizer) error {
+	if ss.EscrowId != snap.EscrowId {
+		return fmt.Errorf("%w: state signature is for escrow %d, expected %d", ReasonEscrow, ss.EscrowId, snap.EscrowId)
+	}
+	if int(ss.Slot) >= len(snap.Group) {
+		return fmt.Errorf("%w: slot %d is outside the group of %d", ReasonMalformed, ss.Slot, len(snap.Group))
+	}
+	holder, err := signing.AddressFromBytes(snap.Group[ss.Slot])
+	if err != nil {
+		return fmt.Errorf("%w: group slot %d: %v", ReasonMalformed, ss.Slot, err)
+	}
+	if reason, detail := checkSig(ss.Sig, StateSignBytes(ss.EscrowId, ss.Nonce, ss.StateRoot), holder, KindState, auth); reason != "" {
+		return fmt.Errorf("%w: slot %d state signature at nonce %d: %s", reason, ss.Slot, ss.Nonce, detail)
+	}
+	return nil
+}
