@@ -178,7 +178,7 @@ func VerifySettlement(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, a
 	if work > m.Nonce {
 		return fail(ReasonConservation, "%d inferences credited, more than the %d nonces applied", work, m.Nonce)
 	}
-	root := settlementRoot(m)
+	root := SettlementRoot(m)
 	if !bytes.Equal(root[:], m.StateRoot) {
 		return fail(ReasonRoot, "state root mismatch (signed %s, recomputed from the parts %s)", short(m.StateRoot), short(root[:]))
 	}
@@ -188,7 +188,9 @@ func VerifySettlement(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, a
 	return planFor(snap, m), nil
 }
 
-func settlementRoot(m *sessionpb.Settlement) [32]byte {
+// SettlementRoot recomputes the state root from a settlement's parts. The
+// settlement must be well-formed (VerifySettlement checks that first).
+func SettlementRoot(m *sessionpb.Settlement) [32]byte {
 	leaves := make([][32]byte, len(m.HostStats))
 	for i, hs := range m.HostStats {
 		leaves[i] = statsLeaf(uint32(i), hs)

@@ -1,0 +1,180 @@
+package session_test
+
+// Each test here is one known attack from DESIGN.md, played by named roles
+// next to the honest run. Each fails if the check that closes it is removed.
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/session/sessiontest"
+	"github.com/devshard/devshard/signing"
+)
+
+// Attack 1: a gateway colluding with a host pads the session with empty
+// diffs, hoping the host is credited work per nonce.
+func TestAttackEmptyDiffsEarnNothing(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	for range 100 {
+		b.step(t) // empty diffs
+	}
+	id := b.inference(t, 10, 10, 5) // one real inference
+	exec := b.gw.Replica.Executor(id)
+	m := b.f.Settle(b.gw.Replica, b.f.AllSlots()...)
+	plan, err := session.VerifySettlement(b.f.Snapshot, m, nil)
+	require.NoError(t, err)
+	for _, p := range plan.Slots {
+		if p.Slot == exec {
+			require.Equal(t, uint64(1), p.Finished)
+			require.Equal(t, uint64(150), p.Cost)
+		} else {
+			require.Zero(t, p.Finished, "slot %d did no work", p.Slot)
+			require.Zero(t, p.Cost, "slot %d did no work", p.Slot)
+		}
+	}
+
+	// The colluders sign stats that claim more work than nonces exist.
+	forged := b.f.Settle(b.gw.Replica)
+	forged.HostStats[0].Finished = forged.Nonce + 1
+	_, err = session.VerifySettlement(b.f.Snapshot, b.f.Resign(forged, b.f.AllSlots()...), nil)
+	require.ErrorIs(t, err, session.ReasonConservation)
+	require.ErrorContains(t, err, "104 inferences credited, more than the 102 nonces applied")
+}
+
+// Attack 2: a settlement that underpays the fees the snapshot demands, with
+// the balance raised to match so the books still add up.
+func TestAttackForgedFees(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.inference(t, 10, 10, 5)
+	m := b.f.Settle(b.gw.Replica)
+	m.Fees -= 500
+	m.Balance += 500
+	_, err := session.VerifySettlement(b.f.Snapshot, b.f.Resign(m, b.f.AllSlots()...), nil)
+	require.ErrorIs(t, err, session.ReasonFees)
+	require.ErrorContains(t, err, "fees 506 do not match the snapshot (creation fee 1000 + 3 × 2 active nonces = 1006)")
+}
+
+// Attack 3: the nonce bound and protocol version come from the escrow's
+// snapshot. A quorum signing a state past the snapshot's max nonce, or for
+// another protocol version, is refused even if live parameters would allow it.
+func TestAttackSnapshotBoundsAtSettlement(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *sessiontest.Options) { o.MaxNonce = 5 })
+	for range 5 {
+		b.step(t)
+	}
+	m := b.f.Settle(b.gw.Replica)
+	m.Nonce = 6
+	m.ActiveNonces = 6
+	m.Fees += 3
+	m.Balance -= 3
+	_, err := session.VerifySettlement(b.f.Snapshot, b.f.Resign(m, b.f.AllSlots()...), nil)
+	require.ErrorIs(t, err, session.ReasonNonce)
+	require.ErrorContains(t, err, "nonce 6 exceeds the escrow's max nonce 5")
+
+	m = b.f.Settle(b.gw.Replica)
+	m.ProtocolVersion = 2
+	_, err = session.VerifySettlement(b.f.Snapshot, b.f.Resign(m, b.f.AllSlots()...), nil)
+	require.ErrorIs(t, err, session.ReasonVersion)
+	require.ErrorContains(t, err, "protocol version 2, the escrow was created for version 1")
+}
+
+// Attack 10: txs and signatures from keys outside the group, or unsigned.
+func TestAttackNonMemberSignatures(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	outsider, err := signing.GenerateKey(sessiontestRand(7))
+	require.NoError(t, err)
+	startOne(t, b)
+
+	// An outsider forges the executor's confirmation.
+	d := b.forge(t, b.f.SignedBy(outsider, 1, confirmTx(1, 100)))
+	requireRejected(t, b.gw.Replica, d, session.ReasonUnauthorized, "may not sign devshard/v1/tx/confirm")
+
+	// An outsider's signature in a settlement, for slot 0.
+	m := b.f.Settle(b.gw.Replica, 1, 2)
+	ss, err := session.SignState(outsider, m.EscrowId, m.Nonce, m.StateRoot, 0)
+	require.NoError(t, err)
+	m.Signatures = append(m.Signatures, &sessionpb.SlotSignature{Slot: 0, Sig: ss.Sig})
+	_, err = session.VerifySettlement(b.f.Snapshot, m, nil)
+	require.ErrorIs(t, err, session.ReasonUnauthorized)
+
+	// An unsigned claim for slot 0.
+	m = b.f.Settle(b.gw.Replica, 1, 2)
+	m.Signatures = append(m.Signatures, &sessionpb.SlotSignature{Slot: 0})
+	_, err = session.VerifySettlement(b.f.Snapshot, m, nil)
+	require.ErrorIs(t, err, session.ReasonSignature)
+	require.ErrorContains(t, err, "slot 0: unsigned")
+
+	// A state signature from an outsider, as gossip would carry it.
+	require.ErrorIs(t, session.VerifyStateSignature(b.f.Snapshot, ss, nil), session.ReasonUnauthorized)
+	own, err := session.SignState(b.f.SlotKey(0), m.EscrowId, m.Nonce, m.StateRoot, 0)
+	require.NoError(t, err)
+	require.NoError(t, session.VerifyStateSignature(b.f.Snapshot, own, nil))
+}
+
+// Attack 11: one slot's signature listed many times must count once.
+func TestAttackDuplicateSignaturesCountOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.step(t)
+	m := b.f.Settle(b.gw.Replica, 0, 0, 0, 1, 1)
+	_, err := session.VerifySettlement(b.f.Snapshot, m, nil)
+	require.ErrorIs(t, err, session.ReasonQuorum)
+	require.ErrorContains(t, err, "2 of 3 slots signed")
+
+	// An address holding two slots counts once per slot it holds.
+	b = setup(t, func(o *sessiontest.Options) { o.Holders = []int{0, 0, 1, 2} })
+	b.step(t)
+	m = b.f.Settle(b.gw.Replica, 0, 1, 2)
+	_, err = session.VerifySettlement(b.f.Snapshot, m, nil)
+	require.NoError(t, err, "3 of 4 distinct slots is more than 2/3")
+	m = b.f.Settle(b.gw.Replica, 0, 0, 2, 2)
+	_, err = session.VerifySettlement(b.f.Snapshot, m, nil)
+	require.ErrorIs(t, err, session.ReasonQuorum)
+}
+
+// Attack 12: an executor validating its own inference, here through another
+// slot held by the same participant.
+func TestAttackExecutorValidatesItself(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *sessiontest.Options) { o.Holders = []int{0, 0, 1} })
+	id := b.inference(t, 1, 1, 1) // id 1: executor slot 1, held by participant 0
+	require.Equal(t, uint32(1), b.gw.Replica.Executor(id))
+	for _, slot := range []uint32{0, 1} {
+		d := b.forge(t, b.f.Validate(slot, id, true))
+		requireRejected(t, b.gw.Replica, d, session.ReasonSelfVote, "is held by the executor of inference 1")
+	}
+	b.step(t, b.f.Validate(2, id, true)) // the other participant may
+}
+
+// Attack 13: with slots skewed toward the executor's participant, a
+// threshold over all slots would be unreachable. Votes are taken over the
+// slots that may vote, so one honest outsider resolves it.
+func TestAttackSkewedSlotsCanStillResolve(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *sessiontest.Options) { o.Holders = []int{0, 0, 0, 1} })
+	id := b.inference(t, 1, 10, 1) // id 1: executor slot 1 (participant 0)
+	b.step(t, b.f.Validate(3, id, false))
+	_, live := b.gw.Replica.Record(id)
+	require.False(t, live, "one eligible slot voting invalid resolves and seals the inference")
+	st := b.gw.Replica.State().HostStats[1]
+	require.Equal(t, uint64(1), st.Invalid)
+	require.Zero(t, st.Finished)
+	require.Zero(t, st.Cost, "an invalidated inference is refunded")
+
+	// A stalled inference times out on the one eligible vote.
+	id = b.gw.Replica.Nonce() + 1
+	b.step(t, sessiontest.Start(id, 1, 10))
+	exec := b.gw.Replica.Executor(id)
+	require.NotEqual(t, uint32(3), exec)
+	b.step(t, b.f.Timeout(3, id))
+	_, live = b.gw.Replica.Record(id)
+	require.False(t, live)
+	require.Equal(t, uint64(1), b.gw.Replica.State().HostStats[exec].Missed)
+}

@@ -1,0 +1,220 @@
+package session_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/session/sessiontest"
+	"github.com/devshard/devshard/signing"
+)
+
+// settled returns a bundle whose session ran a few inferences and closed.
+func settled(t *testing.T) *bundle {
+	t.Helper()
+	b := setup(t)
+	for range 4 {
+		b.inference(t, 10, 20, 5)
+	}
+	b.step(t, sessiontest.Finalize())
+	b.step(t, sessiontest.Finalize())
+	return b
+}
+
+func TestVerifySettlementRejections(t *testing.T) {
+	t.Parallel()
+	all := []uint32{0, 1, 2}
+	cases := []struct {
+		name      string
+		tamper    func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement
+		reason    session.Reason
+		fragments []string
+	}{
+		{"missing", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement { return nil }, session.ReasonMalformed, []string{"missing settlement"}},
+		{"wrong escrow", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			m.EscrowId = 9
+			return b.f.Resign(m, all...)
+		}, session.ReasonEscrow, []string{"settlement of escrow 7 rejected: message names escrow 9"}},
+		{"active nonces above nonce", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			m.ActiveNonces = m.Nonce + 1
+			return b.f.Resign(m, all...)
+		}, session.ReasonNonce, []string{"active nonces 11 exceed the nonce 10"}},
+		{"unknown phase", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			m.Phase = 9
+			return b.f.Resign(m, all...)
+		}, session.ReasonMalformed, []string{"unknown phase 9"}},
+		{"stats for too few slots", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			m.HostStats = m.HostStats[:2]
+			return m
+		}, session.ReasonMalformed, []string{"2 host stats for a group of 3 slots"}},
+		{"short records root", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			m.RecordsRoot = m.RecordsRoot[:3]
+			return m
+		}, session.ReasonMalformed, []string{"must be 32 bytes"}},
+		{"no sealed accumulator", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			m.Sealed = nil
+			return m
+		}, session.ReasonMalformed, []string{"sealed accumulator missing"}},
+		{"nonce past max with huge active nonces", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			m.ActiveNonces = 1 << 63
+			m.Nonce = 1 << 63
+			return m
+		}, session.ReasonNonce, []string{"exceeds the escrow's max nonce"}},
+		{"costs above the amount", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			m.HostStats[0].Cost = 20_000_000
+			return b.f.Resign(m, all...)
+		}, session.ReasonConservation, []string{"exceed the escrow amount 10000000"}},
+		{"cost overflow", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			m.HostStats[0].Cost = 1<<64 - 1
+			return b.f.Resign(m, all...)
+		}, session.ReasonOverflow, []string{"costs overflow at slot 0"}},
+		{"books do not add up", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			m.Balance++
+			return b.f.Resign(m, all...)
+		}, session.ReasonConservation, []string{"do not add up to the escrow amount 10000000"}},
+		{"parts do not match the signed root", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			m.HostStats[0].Validated++
+			return m
+		}, session.ReasonRoot, []string{"state root mismatch (signed "}},
+		{"signature for a slot outside the group", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			m.Signatures[0].Slot = 3
+			return m
+		}, session.ReasonMalformed, []string{"signature 0 names no slot of the group of 3"}},
+		{"signature by the wrong slot's key", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			m.Signatures[0].Slot, m.Signatures[1].Slot = m.Signatures[1].Slot, m.Signatures[0].Slot
+			return m
+		}, session.ReasonUnauthorized, []string{"may not sign devshard/v1/state"}},
+		{"signature over another root", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			ss, _ := session.SignState(b.f.SlotKey(0), m.EscrowId, m.Nonce, make([]byte, 32), 0)
+			m.Signatures[0].Sig = ss.Sig
+			return m
+		}, session.ReasonSignature, []string{"slot 0: signature by", "does not verify"}},
+		{"too few slots", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			m.Signatures = m.Signatures[:2]
+			return m
+		}, session.ReasonQuorum, []string{"2 of 3 slots signed; more than 2/3 (at least 3) are needed"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := settled(t)
+			m := tc.tamper(b, b.f.Settle(b.gw.Replica, all...))
+			plan, err := session.VerifySettlement(b.f.Snapshot, m, nil)
+			require.Nil(t, plan)
+			require.ErrorIs(t, err, tc.reason, "got %v", err)
+			var se *session.SettlementError
+			require.ErrorAs(t, err, &se)
+			for _, f := range tc.fragments {
+				require.Contains(t, err.Error(), f)
+			}
+		})
+	}
+}
+
+// Fees split equally by slot with the remainder to the lowest slots; the
+// plan always adds up to the amount.
+func TestPlanSplitsFeesExactly(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *sessiontest.Options) {
+		o.CreationFee = 1001
+		o.Holders = []int{0, 1, 1, 2}
+	})
+	b.inference(t, 1, 1, 1)
+	m := b.f.Settle(b.gw.Replica, 0, 1, 2, 3)
+	plan, err := session.VerifySettlement(b.f.Snapshot, m, nil)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1007), plan.Fees) // 1001 + 2 × 3
+	shares := []uint64{252, 252, 252, 251}
+	total := plan.Refund
+	for i, p := range plan.Slots {
+		require.Equal(t, shares[i], p.FeeShare, "slot %d", i)
+		total += p.Total()
+	}
+	require.Equal(t, plan.Amount, total)
+	by := plan.ByAddress()
+	require.Len(t, by, 3)
+	require.Equal(t, []uint32{1, 2}, by[1].Slots)
+	require.Equal(t, uint64(504), by[1].FeeShare)
+}
+
+func TestMaySettle(t *testing.T) {
+	t.Parallel()
+	f := sessiontest.New(1, sessiontest.DefaultOptions())
+	gw := f.Gateway.Address()
+	host := f.SlotKey(0).Address()
+	stranger, err := signing.GenerateKey(sessiontestRand(3))
+	require.NoError(t, err)
+
+	require.NoError(t, session.MaySettle(f.Snapshot, gw, false, nil), "the creator may always settle")
+	err = session.MaySettle(f.Snapshot, host, false, nil)
+	require.ErrorIs(t, err, session.ReasonUnauthorized)
+	require.ErrorContains(t, err, "only after the settlement deadline")
+	require.NoError(t, session.MaySettle(f.Snapshot, host, true, nil), "members may once the deadline passed")
+	err = session.MaySettle(f.Snapshot, stranger.Address(), true, nil)
+	require.ErrorContains(t, err, "neither the creator nor a group member")
+	auth := warmKeys{stranger.Address(): host}
+	require.NoError(t, session.MaySettle(f.Snapshot, stranger.Address(), true, auth), "a member's warm key")
+}
+
+func TestValidateSnapshot(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name   string
+		mutate func(s *sessionpb.EscrowSnapshot)
+		want   string
+	}{
+		{"creator", func(s *sessionpb.EscrowSnapshot) { s.Creator = nil }, "creator must be a 20-byte address, got 0 bytes"},
+		{"empty group", func(s *sessionpb.EscrowSnapshot) { s.Group = nil }, "group must have 1 to 256 slots, got 0"},
+		{"slot address", func(s *sessionpb.EscrowSnapshot) { s.Group[1] = []byte{1} }, "slot 1 address must be 20 bytes, got 1"},
+		{"version", func(s *sessionpb.EscrowSnapshot) { s.ProtocolVersion = 9 }, "protocol version 9 is not supported"},
+		{"price", func(s *sessionpb.EscrowSnapshot) { s.TokenPrice = 0 }, "token price must be positive"},
+		{"fee above amount", func(s *sessionpb.EscrowSnapshot) { s.CreationFee = s.Amount + 1 }, "creation fee 10000001 exceeds the amount 10000000"},
+		{"max nonce", func(s *sessionpb.EscrowSnapshot) { s.MaxNonce = 1 << 32 }, "max nonce must be 1 to 4294967295"},
+		{"rate", func(s *sessionpb.EscrowSnapshot) { s.ValidationRateBps = 10001 }, "validation rate must be at most 10000 bps"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := sessiontest.New(1, sessiontest.DefaultOptions())
+			tc.mutate(f.Snapshot)
+			_, err := session.New(f.Snapshot, nil)
+			require.ErrorIs(t, err, session.ReasonMalformed)
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+}
+
+func TestRestoreRejectsInconsistentState(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.step(t, sessiontest.Start(1, 10, 10))
+	cases := []struct {
+		name   string
+		mutate func(st *sessionpb.SessionState)
+		want   string
+	}{
+		{"books", func(st *sessionpb.SessionState) { st.Balance++ }, "books do not add up"},
+		{"reserved", func(st *sessionpb.SessionState) { st.Live[0].Reserved++ }, "reserved 200 does not match live reservations 201"},
+		{"stats", func(st *sessionpb.SessionState) { st.HostStats = st.HostStats[:1] }, "1 host stats for a group of 3"},
+		{"executor", func(st *sessionpb.SessionState) { st.Live[0].ExecutorSlot = 2 }, "executor slot 2, expected 1"},
+		{"bitmap", func(st *sessionpb.SessionState) { st.Live[0].ValidVotes = nil }, "vote bitmaps must be 1 bytes"},
+		{"phase", func(st *sessionpb.SessionState) { st.Phase = 0 }, "unknown phase 0"},
+		{"sealed", func(st *sessionpb.SessionState) { st.Sealed = nil }, "sealed accumulator missing"},
+		{"escrow", func(st *sessionpb.SessionState) { st.EscrowId = 1 }, "state is for escrow 1"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			st := b.gw.Replica.State()
+			tc.mutate(st)
+			_, err := session.Restore(b.f.Snapshot, st, nil)
+			require.ErrorIs(t, err, session.ReasonState)
+			require.ErrorContains(t, err, tc.want)
+		})
+	}
+	s, err := session.Restore(b.f.Snapshot, b.gw.Replica.State(), nil)
+	require.NoError(t, err)
+	require.Equal(t, b.gw.Replica.Root(), s.Root())
+}
