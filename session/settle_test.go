@@ -201,6 +201,7 @@ func TestRestoreRejectsInconsistentState(t *testing.T) {
 		{"executor", func(st *sessionpb.SessionState) { st.Live[0].ExecutorSlot = 2 }, "executor slot 2, expected 1"},
 		{"bitmap", func(st *sessionpb.SessionState) { st.Live[0].ValidVotes = nil }, "vote bitmaps must be 1 bytes"},
 		{"phase", func(st *sessionpb.SessionState) { st.Phase = 0 }, "unknown phase 0"},
+		{"vote padding", func(st *sessionpb.SessionState) { st.Live[0].InvalidVotes[0] = 0x80 }, "bits set past slot 2"},
 		{"sealed", func(st *sessionpb.SessionState) { st.Sealed = nil }, "sealed accumulator missing"},
 		{"escrow", func(st *sessionpb.SessionState) { st.EscrowId = 1 }, "state is for escrow 1"},
 	}

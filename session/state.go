@@ -326,8 +326,14 @@ func checkRecord(s *Session, r *sessionpb.InferenceRecord) error {
 		return fmt.Errorf("status %s cannot be live", r.Status)
 	}
 	n := bitmapLen(len(s.group))
-	if len(r.ValidVotes) != n || len(r.InvalidVotes) != n || len(r.TimeoutVotes) != n {
-		return fmt.Errorf("vote bitmaps must be %d bytes", n)
+	for _, votes := range [][]byte{r.ValidVotes, r.InvalidVotes, r.TimeoutVotes} {
+		if len(votes) != n {
+			return fmt.Errorf("vote bitmaps must be %d bytes", n)
+		}
+		// Bits past the last slot would count as votes nobody cast.
+		if pad := len(s.group) % 8; pad != 0 && votes[n-1]>>pad != 0 {
+			return fmt.Errorf("vote bitmap has bits set past slot %d", len(s.group)-1)
+		}
 	}
 	return nil
 }

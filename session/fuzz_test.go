@@ -1,0 +1,156 @@
+package session_test
+
+import (
+	"bytes"
+	"math/rand"
+	"testing"
+
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/session/sessiontest"
+)
+
+// fuzzSession runs a small random session and returns its sequencer.
+func fuzzSession(seed int64, steps int) (*sessiontest.Fixture, *sessiontest.Sequencer, []*sessionpb.Diff) {
+	rng := rand.New(rand.NewSource(seed))
+	o := sessiontest.DefaultOptions()
+	o.SealGraceNonces = 3
+	o.SealGraceSeconds = 1
+	f := sessiontest.New(seed, o)
+	gw := f.Sequencer()
+	var diffs []*sessionpb.Diff
+	for range steps {
+		d, err := gw.RandomStep(rng)
+		if err != nil {
+			panic(err)
+		}
+		diffs = append(diffs, d)
+	}
+	return f, gw, diffs
+}
+
+// mutate flips bytes of raw as the fuzzer directs.
+func mutate(raw, edits []byte) []byte {
+	out := bytes.Clone(raw)
+	for i := 0; i+1 < len(edits) && len(out) > 0; i += 2 {
+		out[int(edits[i])*7%len(out)] ^= edits[i+1]
+	}
+	return out
+}
+
+// FuzzApply feeds mutated diffs to a replica. Whatever the bytes, apply must
+// not panic, a rejected diff must leave the state untouched, and an accepted
+// one must land exactly on its signed root.
+func FuzzApply(f *testing.F) {
+	f.Add(int64(1), uint8(5), []byte{})
+	f.Add(int64(2), uint8(9), []byte{3, 1})
+	f.Add(int64(3), uint8(20), []byte{40, 0x80, 41, 1})
+	f.Fuzz(func(t *testing.T, seed int64, steps uint8, edits []byte) {
+		fx, _, diffs := fuzzSession(seed, int(steps%24)+1)
+		replica := fx.NewSession(nil)
+		last := diffs[len(diffs)-1]
+		for _, d := range diffs[:len(diffs)-1] {
+			if _, err := replica.Apply(d); err != nil {
+				t.Fatalf("honest diff %d rejected: %v", d.Nonce, err)
+			}
+		}
+		raw, _ := last.Marshal()
+		var d sessionpb.Diff
+		if err := d.Unmarshal(mutate(raw, edits)); err != nil {
+			return
+		}
+		before, _ := replica.State().Marshal()
+		res, err := replica.Apply(&d)
+		after, _ := replica.State().Marshal()
+		if err != nil {
+			if !bytes.Equal(before, after) {
+				t.Fatalf("rejected diff changed the state: %v", err)
+			}
+			return
+		}
+		if !bytes.Equal(res.Root[:], d.PostStateRoot) {
+			t.Fatalf("accepted diff landed on %x, signed %x", res.Root, d.PostStateRoot)
+		}
+	})
+}
+
+// FuzzDecodeDiff: arbitrary bytes as a diff for a fresh session.
+func FuzzDecodeDiff(f *testing.F) {
+	_, _, diffs := fuzzSession(4, 3)
+	for _, d := range diffs {
+		raw, _ := d.Marshal()
+		f.Add(raw)
+	}
+	fx := sessiontest.New(4, sessiontest.DefaultOptions())
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var d sessionpb.Diff
+		if err := d.Unmarshal(raw); err != nil {
+			return
+		}
+		_ = session.DiffSignBytes(&d)
+		_, _ = fx.NewSession(nil).Apply(&d)
+	})
+}
+
+// FuzzDecodeState: arbitrary bytes restored as a stored state.
+func FuzzDecodeState(f *testing.F) {
+	fx, gw, _ := fuzzSession(5, 12)
+	raw, _ := gw.Replica.State().Marshal()
+	f.Add(raw)
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var st sessionpb.SessionState
+		if err := st.Unmarshal(raw); err != nil {
+			return
+		}
+		s, err := session.Restore(fx.Snapshot, &st, nil)
+		if err != nil {
+			return
+		}
+		// A restored state must round-trip to the same root.
+		again, err := session.Restore(fx.Snapshot, s.State(), nil)
+		if err != nil || again.Root() != s.Root() {
+			t.Fatalf("restored state does not round-trip: %v", err)
+		}
+	})
+}
+
+// FuzzVerifySettlement: mutated settlements never panic, and an accepted
+// plan always conserves the amount.
+func FuzzVerifySettlement(f *testing.F) {
+	fx, gw, _ := fuzzSession(6, 15)
+	raw, _ := fx.Settle(gw.Replica, fx.AllSlots()...).Marshal()
+	f.Add(raw, []byte{})
+	f.Add(raw, []byte{10, 1})
+	f.Fuzz(func(t *testing.T, raw, edits []byte) {
+		var m sessionpb.Settlement
+		if err := m.Unmarshal(mutate(raw, edits)); err != nil {
+			return
+		}
+		plan, err := session.VerifySettlement(fx.Snapshot, &m, nil)
+		if err != nil {
+			return
+		}
+		total := plan.Refund
+		for _, p := range plan.Slots {
+			total += p.Total()
+		}
+		if total != fx.Snapshot.Amount {
+			t.Fatalf("accepted plan pays %d of %d", total, fx.Snapshot.Amount)
+		}
+	})
+}
+
+// FuzzStateSignature: arbitrary state signatures never panic.
+func FuzzStateSignature(f *testing.F) {
+	fx := sessiontest.New(7, sessiontest.DefaultOptions())
+	ss, _ := session.SignState(fx.SlotKey(0), 7, 1, make([]byte, 32), 0)
+	raw, _ := ss.Marshal()
+	f.Add(raw)
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var ss sessionpb.StateSignature
+		if err := ss.Unmarshal(raw); err != nil {
+			return
+		}
+		_ = session.VerifyStateSignature(fx.Snapshot, &ss, nil)
+	})
+}
