@@ -11,7 +11,7 @@ help: ## list targets
 build: ## build bin/devshard
 	$(GO) build -o bin/devshard ./cmd/devshard
 
-test: ## the test suite CI runs (vet, race on core packages, all tests)
+test: ## the test suite CI runs: deps, vet, gofmt, race on core packages, all tests
 	./scripts/test.sh
 
 bench: ## go benchmarks plus the ratio report
