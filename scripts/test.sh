@@ -22,7 +22,7 @@ for dir in session signing fsm x store; do
   [ -d "$dir" ] && race_pkgs+=("./$dir/...")
 done
 echo "== go test -race (core packages: ${race_pkgs[*]})"
-go test -race -count=1 -timeout 30m "${race_pkgs[@]}"
+go test -race -short -count=1 -timeout 30m "${race_pkgs[@]}"
 
 echo "== go test (all packages)"
 go test -count=1 -timeout 45m ./...
