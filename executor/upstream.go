@@ -1,0 +1,133 @@
+package executor
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+)
+
+// Upstream runs requests on an OpenAI-compatible server (vLLM, llama.cpp's
+// server, or anything speaking /v1/chat/completions with streaming).
+type Upstream struct {
+	// BaseURL is the server's root, e.g. http://127.0.0.1:8000.
+	BaseURL string
+	// ModelNames are the models the server is expected to serve.
+	ModelNames []string
+	// APIKey is sent as a bearer token when set.
+	APIKey string
+	// Client defaults to http.DefaultClient; set one with timeouts.
+	Client *http.Client
+}
+
+// Models implements Executor.
+func (u *Upstream) Models() []string { return u.ModelNames }
+
+type upstreamRequest struct {
+	Model         string         `json:"model"`
+	Messages      []Message      `json:"messages"`
+	MaxTokens     int            `json:"max_tokens"`
+	Stream        bool           `json:"stream"`
+	StreamOptions map[string]any `json:"stream_options"`
+	Temperature   float64        `json:"temperature"`
+}
+
+type upstreamChunk struct {
+	Choices []struct {
+		Delta struct {
+			Content string `json:"content"`
+		} `json:"delta"`
+		FinishReason *string `json:"finish_reason"`
+	} `json:"choices"`
+	Usage *Usage `json:"usage"`
+}
+
+// Execute implements Executor. It asks for greedy decoding (temperature 0)
+// and for usage in the final stream chunk, which the session charges.
+func (u *Upstream) Execute(ctx context.Context, req Request, emit func(string) error) (Result, error) {
+	if err := req.Validate(); err != nil {
+		return Result{}, err
+	}
+	body, err := json.Marshal(upstreamRequest{
+		Model: req.Model, Messages: req.Messages, MaxTokens: req.MaxTokens, Stream: true,
+		StreamOptions: map[string]any{"include_usage": true},
+	})
+	if err != nil {
+		return Result{}, err
+	}
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(u.BaseURL, "/")+"/v1/chat/completions", bytes.NewReader(body))
+	if err != nil {
+		return Result{}, fmt.Errorf("%w: %v", ErrUpstream, err)
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	hreq.Header.Set("Accept", "text/event-stream")
+	if u.APIKey != "" {
+		hreq.Header.Set("Authorization", "Bearer "+u.APIKey)
+	}
+	client := u.Client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(hreq)
+	if err != nil {
+		return Result{}, fmt.Errorf("%w: %s: %v", ErrUpstream, u.BaseURL, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		if resp.StatusCode == http.StatusNotFound || resp.StatusCode == http.StatusBadRequest {
+			return Result{}, fmt.Errorf("%w: upstream answered %d: %s", ErrBadRequest, resp.StatusCode, bytes.TrimSpace(msg))
+		}
+		return Result{}, fmt.Errorf("%w: upstream answered %d: %s", ErrUpstream, resp.StatusCode, bytes.TrimSpace(msg))
+	}
+	return readStream(resp.Body, emit)
+}
+
+// readStream reads server-sent events until [DONE].
+func readStream(r io.Reader, emit func(string) error) (Result, error) {
+	var res Result
+	var text strings.Builder
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64*1024), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		data, ok := strings.CutPrefix(line, "data:")
+		if !ok {
+			continue // comments, event names, blank separators
+		}
+		data = strings.TrimSpace(data)
+		if data == "[DONE]" {
+			res.Text = text.String()
+			if res.Usage.CompletionTokens == 0 && res.Text != "" {
+				return Result{}, fmt.Errorf("%w: the stream carried no usage; enable stream_options.include_usage on the server", ErrUpstream)
+			}
+			return res, nil
+		}
+		var c upstreamChunk
+		if err := json.Unmarshal([]byte(data), &c); err != nil {
+			return Result{}, fmt.Errorf("%w: malformed stream chunk: %v", ErrUpstream, err)
+		}
+		for _, ch := range c.Choices {
+			if ch.Delta.Content != "" {
+				text.WriteString(ch.Delta.Content)
+				if err := emit(ch.Delta.Content); err != nil {
+					return Result{}, err
+				}
+			}
+			if ch.FinishReason != nil {
+				res.FinishReason = *ch.FinishReason
+			}
+		}
+		if c.Usage != nil {
+			res.Usage = *c.Usage
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return Result{}, fmt.Errorf("%w: reading the stream: %v", ErrUpstream, err)
+	}
+	return Result{}, fmt.Errorf("%w: the stream ended without [DONE]", ErrUpstream)
+}
