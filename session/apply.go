@@ -23,6 +23,32 @@ type Result struct {
 // and commits only if the computed root equals the signed one. On error
 // the session is unchanged.
 func (s *Session) Apply(d *sessionpb.Diff) (*Result, error) {
+	p, err := s.Prepare(d)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Commit(); err != nil {
+		return nil, err
+	}
+	return p.Result(), nil
+}
+
+// Pending is a diff that passed every check but is not yet part of the
+// session. Callers that persist diffs use it to write first and publish
+// after: Prepare, store the diff, then Commit; on a storage error they drop
+// the Pending and the session is as it was, so memory never runs ahead of
+// disk.
+type Pending struct {
+	st        *staged
+	update    *pendingRoot
+	root      [32]byte
+	baseNonce uint64
+	done      bool
+}
+
+// Prepare checks diff d exactly as Apply does and returns the would-be
+// result without changing the session.
+func (s *Session) Prepare(d *sessionpb.Diff) (*Pending, error) {
 	if d == nil {
 		return nil, &DiffError{Tx: -1, Reason: ReasonMalformed, Detail: "missing diff"}
 	}
@@ -35,8 +61,25 @@ func (s *Session) Apply(d *sessionpb.Diff) (*Result, error) {
 	if !bytes.Equal(root[:], d.PostStateRoot) {
 		return nil, st.fail(-1, ReasonRoot, "post-state root mismatch (signed %s, computed %s)", short(d.PostStateRoot), short(root[:]))
 	}
-	st.commit(update, root)
-	return &Result{Root: root, Sealed: st.sealedOut}, nil
+	return &Pending{st: st, update: update, root: root, baseNonce: s.nonce}, nil
+}
+
+// Result is what committing the diff produces (or produced).
+func (p *Pending) Result() *Result { return &Result{Root: p.root, Sealed: p.st.sealedOut} }
+
+// Commit makes the prepared diff part of the session. It fails if the
+// session moved since Prepare, or if the Pending was already committed.
+func (p *Pending) Commit() error {
+	s := p.st.s
+	switch {
+	case p.done:
+		return fmt.Errorf("diff %d was already committed", p.st.d.Nonce)
+	case s.nonce != p.baseNonce:
+		return &DiffError{Nonce: p.st.d.Nonce, Tx: -1, Reason: ReasonNonce, Detail: fmt.Sprintf("session moved to nonce %d after this diff was prepared on nonce %d", s.nonce, p.baseNonce)}
+	}
+	p.st.commit(p.update, p.root)
+	p.done = true
+	return nil
 }
 
 // Next computes the root diff d would produce without applying it or

@@ -188,3 +188,30 @@ func TestSettlementPhaseClosesTheBooks(t *testing.T) {
 	require.Zero(t, st.HostStats[1].Missed, "no timeout votes, no blame")
 	requireRejected(t, s, b.forge(t), session.ReasonPhase, "accepts no more diffs")
 }
+
+// Prepare changes nothing until Commit, so a caller can persist first and
+// publish after (attack 5 at the protocol seam).
+func TestPrepareCommitsOnlyOnCommit(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	d, err := b.gw.Next(sessiontest.Start(1, 10, 10))
+	require.NoError(t, err)
+	s := b.replicas[0]
+	before, err := s.State().Marshal()
+	require.NoError(t, err)
+	p, err := s.Prepare(d)
+	require.NoError(t, err)
+	after, err := s.State().Marshal()
+	require.NoError(t, err)
+	require.Equal(t, before, after, "prepare leaves the session as it was")
+	require.Equal(t, uint64(0), s.Nonce())
+
+	// A caller whose storage failed drops p; the same diff applies later.
+	p2, err := s.Prepare(d)
+	require.NoError(t, err)
+	require.NoError(t, p2.Commit())
+	require.Equal(t, b.gw.Replica.Root(), s.Root())
+	require.ErrorContains(t, p2.Commit(), "already committed")
+	require.ErrorIs(t, p.Commit(), session.ReasonNonce, "a stale prepared diff cannot land")
+	require.Equal(t, p2.Result().Root, s.Root())
+}
