@@ -13,6 +13,7 @@ package executor
 import (
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 )
@@ -77,3 +78,27 @@ var (
 	// ErrUpstream is a failure of the model server behind the executor.
 	ErrUpstream = errors.New("upstream failure")
 )
+
+// PromptHash is the hash StartInference commits to: SHA-256 over the model,
+// max_tokens and every message, each field length-prefixed so no two
+// requests share an encoding. The gateway computes it when it starts an
+// inference; the executor and validators recompute it from the request.
+func (r *Request) PromptHash() [32]byte {
+	h := sha256.New()
+	field := func(s string) {
+		var n [8]byte
+		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	field("devshard/v1/prompt")
+	field(r.Model)
+	field(fmt.Sprint(r.MaxTokens))
+	for _, m := range r.Messages {
+		field(m.Role)
+		field(m.Content)
+	}
+	var out [32]byte
+	h.Sum(out[:0])
+	return out
+}

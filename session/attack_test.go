@@ -178,3 +178,22 @@ func TestAttackSkewedSlotsCanStillResolve(t *testing.T) {
 	require.False(t, live)
 	require.Equal(t, uint64(1), b.gw.Replica.State().HostStats[exec].Missed)
 }
+
+// Attack 10 for gossip: a host tx is accepted only from the slot's holder.
+func TestVerifyHostTxForGossip(t *testing.T) {
+	t.Parallel()
+	f := sessiontest.New(1, sessiontest.DefaultOptions())
+	outsider, err := signing.GenerateKey(sessiontestRand(8))
+	require.NoError(t, err)
+	require.NoError(t, session.VerifyHostTx(f.Snapshot, f.Confirm(1, 1, 5), nil))
+	err = session.VerifyHostTx(f.Snapshot, f.SignedBy(outsider, 1, confirmTx(1, 5)), nil)
+	require.ErrorIs(t, err, session.ReasonUnauthorized)
+	unsigned := confirmTx(1, 5)
+	unsigned.Slot = 1
+	require.ErrorIs(t, session.VerifyHostTx(f.Snapshot, unsigned, nil), session.ReasonSignature)
+	require.ErrorIs(t, session.VerifyHostTx(f.Snapshot, sessiontest.Start(1, 1, 1), nil), session.ReasonMalformed)
+	bad := f.Confirm(1, 1, 5)
+	bad.Slot = 9
+	require.ErrorIs(t, session.VerifyHostTx(f.Snapshot, bad, nil), session.ReasonMalformed)
+	require.Equal(t, session.TxKey(f.Confirm(1, 1, 5)), session.TxKey(f.SignedBy(outsider, 1, confirmTx(1, 5))), "the key ignores who signed")
+}

@@ -171,3 +171,36 @@ func VerifyStateSignature(snap *sessionpb.EscrowSnapshot, ss *sessionpb.StateSig
 	}
 	return nil
 }
+
+// VerifyHostTx checks a host tx outside a diff, as gossip carries it: the
+// slot exists in the escrow's group and the tx is signed by the slot's holder
+// (or a warm key it granted). It does not check the tx against any state.
+func VerifyHostTx(snap *sessionpb.EscrowSnapshot, tx *sessionpb.Tx, auth Authorizer) error {
+	if tx == nil {
+		return fmt.Errorf("%w: missing tx", ReasonMalformed)
+	}
+	kind, err := hostTxKind(tx)
+	if err != nil {
+		return fmt.Errorf("%w: %v", ReasonMalformed, err)
+	}
+	if int(tx.Slot) >= len(snap.Group) {
+		return fmt.Errorf("%w: slot %d is outside the group of %d", ReasonMalformed, tx.Slot, len(snap.Group))
+	}
+	holder, err := signing.AddressFromBytes(snap.Group[tx.Slot])
+	if err != nil {
+		return fmt.Errorf("%w: group slot %d: %v", ReasonMalformed, tx.Slot, err)
+	}
+	msg, _ := TxSignBytes(snap.EscrowId, tx)
+	if reason, detail := checkSig(tx.Sig, msg, holder, kind, auth); reason != "" {
+		return fmt.Errorf("%w: slot %d: %s", reason, tx.Slot, detail)
+	}
+	return nil
+}
+
+// TxKey identifies a tx by its canonical bytes: two txs with the same key
+// have the same effect, whoever carries them.
+func TxKey(tx *sessionpb.Tx) string {
+	e := encoder{}
+	encodeTx(&e, tx)
+	return string(e.b)
+}
