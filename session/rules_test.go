@@ -215,3 +215,23 @@ func TestPrepareCommitsOnlyOnCommit(t *testing.T) {
 	require.ErrorIs(t, p.Commit(), session.ReasonNonce, "a stale prepared diff cannot land")
 	require.Equal(t, p2.Result().Root, s.Root())
 }
+
+// Sampling follows the snapshot's rate and is the same on every replica.
+func TestSampledFollowsRate(t *testing.T) {
+	t.Parallel()
+	f := sessiontest.New(1, sessiontest.DefaultOptions())
+	for _, bps := range []uint32{0, 1000, 5000, 10000} {
+		f.Snapshot.ValidationRateBps = bps
+		hits := 0
+		for id := uint64(1); id <= 4000; id++ {
+			if session.Sampled(f.Snapshot, sessiontest.Hash("root", id), id, uint32(id%3)) {
+				hits++
+			}
+		}
+		want := 4000 * int(bps) / 10000
+		require.InDelta(t, want, hits, 150, "rate %d bps", bps)
+	}
+	f.Snapshot.ValidationRateBps = 5000
+	a := session.Sampled(f.Snapshot, sessiontest.Hash("r"), 9, 1)
+	require.Equal(t, a, session.Sampled(f.Snapshot, sessiontest.Hash("r"), 9, 1))
+}
