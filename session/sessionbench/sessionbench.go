@@ -197,3 +197,33 @@ func (w *SettleWorkload) Run(b *testing.B) {
 		}
 	}
 }
+
+// Pipeline is a session's steady-state diffs from nonce 1, pre-signed, for
+// benchmarks of whole hosts (which store every diff from the first).
+type Pipeline struct {
+	Fixture *sessiontest.Fixture
+	Diffs   []*sessionpb.Diff
+	Raw     [][]byte
+}
+
+// NewPipeline signs n steady-state diffs of one escrow.
+func NewPipeline(escrowID uint64, n int) (*Pipeline, error) {
+	o := options()
+	o.EscrowID = escrowID
+	f := sessiontest.New(11, o)
+	q := f.Sequencer()
+	p := &Pipeline{Fixture: f}
+	for range n {
+		d, err := pipelineStep(f, q)
+		if err != nil {
+			return nil, err
+		}
+		raw, err := d.Marshal()
+		if err != nil {
+			return nil, err
+		}
+		p.Diffs = append(p.Diffs, d)
+		p.Raw = append(p.Raw, raw)
+	}
+	return p, nil
+}
