@@ -1,0 +1,279 @@
+package hybrid_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/stretchr/testify/require"
+
+	"github.com/devshard/devshard/internal/pgtest"
+	"github.com/devshard/devshard/store"
+	"github.com/devshard/devshard/store/hybrid"
+	"github.com/devshard/devshard/store/postgres"
+	"github.com/devshard/devshard/store/sqlite"
+	"github.com/devshard/devshard/store/storetest"
+)
+
+func TestConformance(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Start(t)
+	storetest.Run(t, func(t *testing.T) *storetest.Target {
+		b := setup(t, c)
+		tg := &storetest.Target{Store: b.h}
+		tg.Reopen = func(t *testing.T) store.Store {
+			require.NoError(t, tg.Store.Close())
+			tg.Store = open(t, b.cfg)
+			return tg.Store
+		}
+		tg.FailWrites = func(t *testing.T, table string) func() {
+			return failWrites(t, b.dsn, table)
+		}
+		return tg
+	})
+}
+
+type bundle struct {
+	h   *hybrid.Store
+	cfg hybrid.Config
+	dsn string
+	c   *pgtest.Cluster
+}
+
+var dbSeq atomic.Int64
+
+func setup(t *testing.T, c *pgtest.Cluster) *bundle {
+	t.Helper()
+	name := fmt.Sprintf("h%d_%s", dbSeq.Add(1), strings.ToLower(strings.NewReplacer("/", "_").Replace(t.Name())))
+	dsn := c.CreateDatabase(t, name[:min(len(name), 60)])
+	cfg := hybrid.Config{
+		Dir:       t.TempDir(),
+		Postgres:  postgres.Config{DSN: dsn},
+		Reconnect: 100 * time.Millisecond,
+	}
+	return &bundle{h: open(t, cfg), cfg: cfg, dsn: dsn, c: c}
+}
+
+func open(t testing.TB, cfg hybrid.Config) *hybrid.Store {
+	t.Helper()
+	h, err := hybrid.Open(context.Background(), cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { h.Close() })
+	return h
+}
+
+func failWrites(t *testing.T, dsn, table string) func() {
+	t.Helper()
+	exec := func(q string) {
+		conn, err := pgx.Connect(context.Background(), dsn)
+		require.NoError(t, err)
+		defer conn.Close(context.Background())
+		_, err = conn.Exec(context.Background(), q)
+		require.NoError(t, err)
+	}
+	exec(`CREATE OR REPLACE FUNCTION fail_write() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN RAISE EXCEPTION 'injected write failure'; END $$`)
+	exec("CREATE TRIGGER fail_" + table + " BEFORE INSERT ON " + table + " FOR EACH ROW EXECUTE FUNCTION fail_write()")
+	return func() { exec("DROP TRIGGER fail_" + table + " ON " + table) }
+}
+
+// TestFailoverUnderLoad stops Postgres (pg_ctl stop -m immediate) while
+// writers append, creates escrows during the outage and restarts it.
+// Every acknowledged append survives, new escrows went to SQLite, and no
+// escrow ends up on both backends.
+func TestFailoverUnderLoad(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Start(t)
+	b := setup(t, c)
+	ctx := t.Context()
+	const writers = 6
+	for id := uint64(1); id <= writers; id++ {
+		require.NoError(t, b.h.CreateSession(ctx, storetest.SyntheticSnapshot(id, 1)))
+		where, err := b.h.Backend(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, hybrid.Postgres, where)
+	}
+
+	var (
+		stop    atomic.Bool
+		acked   [writers + 1]atomic.Uint64
+		refused atomic.Int64
+		slowest atomic.Int64
+		wg      sync.WaitGroup
+	)
+	for id := uint64(1); id <= writers; id++ {
+		wg.Go(func() {
+			for n := uint64(1); !stop.Load(); {
+				start := time.Now()
+				err := b.h.AppendDiff(ctx, storetest.Synthetic(id, n))
+				if d := time.Since(start); d > time.Duration(slowest.Load()) {
+					slowest.Store(int64(d))
+				}
+				switch {
+				case err == nil:
+					acked[id].Store(n)
+					n++
+				case errors.Is(err, store.ErrUnavailable):
+					// The outcome is unknown; the retry of the same diff
+					// is idempotent.
+					refused.Add(1)
+					time.Sleep(20 * time.Millisecond)
+				default:
+					t.Errorf("escrow %d nonce %d: %v", id, n, err)
+					return
+				}
+			}
+		})
+	}
+	waitAcks := func(min uint64) {
+		t.Helper()
+		require.Eventually(t, func() bool {
+			for id := 1; id <= writers; id++ {
+				if acked[id].Load() < min {
+					return false
+				}
+			}
+			return true
+		}, time.Minute, 10*time.Millisecond)
+	}
+	waitAcks(20)
+	c.StopImmediate(t)
+	require.Eventually(t, func() bool { return !b.h.Up() }, 10*time.Second, 10*time.Millisecond)
+
+	// During the outage: a Postgres escrow fails fast and says why; new
+	// escrows go to local SQLite and take appends.
+	start := time.Now()
+	err := b.h.AppendDiff(ctx, storetest.Synthetic(1, 1_000_000))
+	require.ErrorIs(t, err, store.ErrUnavailable)
+	require.Contains(t, err.Error(), "escrow 1 is stored in Postgres")
+	require.Less(t, time.Since(start), 100*time.Millisecond)
+	for id := uint64(101); id <= 104; id++ {
+		require.NoError(t, b.h.CreateSession(ctx, storetest.SyntheticSnapshot(id, 1)))
+		where, err := b.h.Backend(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, hybrid.SQLite, where)
+		for n := uint64(1); n <= 5; n++ {
+			require.NoError(t, b.h.AppendDiff(ctx, storetest.Synthetic(id, n)))
+		}
+	}
+	before := acked[1].Load()
+
+	c.Restart(t)
+	require.Eventually(t, b.h.Up, 30*time.Second, 10*time.Millisecond, "the reconnect loop restores service")
+	waitAcks(before + 20)
+	stop.Store(true)
+	wg.Wait()
+	require.Positive(t, refused.Load(), "the outage was seen by the writers")
+	require.Less(t, time.Duration(slowest.Load()), 5*time.Second, "no append hung")
+
+	for id := uint64(1); id <= writers; id++ {
+		got, err := b.h.Diffs(ctx, id, 1, 1<<20)
+		require.NoError(t, err)
+		require.GreaterOrEqual(t, uint64(len(got)), acked[id].Load(), "escrow %d lost acknowledged appends", id)
+		for i, d := range got {
+			require.Equal(t, storetest.Synthetic(id, uint64(i+1)).Data, d.Data)
+		}
+	}
+	require.Empty(t, b.h.Quarantined())
+	// No escrow is on both backends: Postgres has only 1..6, SQLite only 101..104.
+	pg, err := postgres.Open(ctx, postgres.Config{DSN: b.dsn})
+	require.NoError(t, err)
+	defer pg.Close()
+	held, err := pg.Holding(ctx, []uint64{1, 2, 3, 4, 5, 6, 101, 102, 103, 104})
+	require.NoError(t, err)
+	require.Equal(t, []uint64{1, 2, 3, 4, 5, 6}, held)
+	local, err := b.h.Local().ListSessions(ctx)
+	require.NoError(t, err)
+	var ids []uint64
+	for _, s := range local {
+		ids = append(ids, s.EscrowID)
+	}
+	require.Equal(t, []uint64{101, 102, 103, 104}, ids)
+}
+
+// TestQuarantine: an escrow created locally during an outage, which
+// Postgres also holds, is quarantined with a clear error.
+func TestQuarantine(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Start(t)
+	b := setup(t, c)
+	ctx := t.Context()
+	c.StopImmediate(t)
+	require.Eventually(t, func() bool { return !b.h.Up() }, 10*time.Second, 10*time.Millisecond)
+	require.NoError(t, b.h.CreateSession(ctx, storetest.SyntheticSnapshot(7, 1)))
+	require.NoError(t, b.h.AppendDiff(ctx, storetest.Synthetic(7, 1)))
+	require.NoError(t, b.h.Close())
+
+	// Meanwhile another writer put escrow 7 into Postgres.
+	c.Restart(t)
+	pg, err := postgres.Open(ctx, postgres.Config{DSN: b.dsn})
+	require.NoError(t, err)
+	require.NoError(t, pg.CreateSession(ctx, storetest.SyntheticSnapshot(7, 1)))
+	pg.Close()
+
+	h := open(t, b.cfg)
+	err = h.AppendDiff(ctx, storetest.Synthetic(7, 2))
+	require.ErrorIs(t, err, store.ErrQuarantined)
+	require.Contains(t, err.Error(), "escrow 7 is quarantined")
+	_, err = h.Diffs(ctx, 7, 1, 10)
+	require.ErrorIs(t, err, store.ErrQuarantined)
+	require.Contains(t, h.Quarantined(), uint64(7))
+	all, err := h.ListSessions(ctx)
+	require.NoError(t, err)
+	require.Empty(t, all, "a quarantined escrow is not served")
+}
+
+// TestMarkerRefusesSQLiteOnly: while Postgres holds live sessions, the
+// directory cannot be opened SQLite-only; once they are pruned it can.
+func TestMarkerRefusesSQLiteOnly(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Start(t)
+	b := setup(t, c)
+	ctx := t.Context()
+	require.NoError(t, b.h.CreateSession(ctx, storetest.SyntheticSnapshot(1, 3)))
+	require.NoError(t, b.h.Close())
+
+	_, err := sqlite.Open(ctx, b.cfg.Dir, sqlite.Options{})
+	require.Error(t, err)
+	require.Contains(t, err.Error(), "Postgres")
+	require.Contains(t, err.Error(), "still holds 1 live sessions")
+
+	h := open(t, b.cfg)
+	require.NoError(t, h.Prune(ctx, 3))
+	require.NoError(t, h.Close())
+	s, err := sqlite.Open(ctx, b.cfg.Dir, sqlite.Options{})
+	require.NoError(t, err)
+	require.NoError(t, s.Close())
+}
+
+// TestStartsWhilePostgresIsDown: the host boots during an outage, serves
+// new escrows locally and picks Postgres up when it returns.
+func TestStartsWhilePostgresIsDown(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Start(t)
+	b := setup(t, c)
+	ctx := t.Context()
+	require.NoError(t, b.h.CreateSession(ctx, storetest.SyntheticSnapshot(1, 1)))
+	require.NoError(t, b.h.Close())
+	c.StopImmediate(t)
+
+	h := open(t, b.cfg)
+	require.False(t, h.Up())
+	_, err := h.Session(ctx, 1)
+	require.ErrorIs(t, err, store.ErrUnavailable)
+	require.NoError(t, h.CreateSession(ctx, storetest.SyntheticSnapshot(2, 1)))
+	c.Restart(t)
+	require.Eventually(t, h.Up, 30*time.Second, 10*time.Millisecond)
+	got, err := h.Session(ctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), got.EscrowID)
+	where, err := h.Backend(ctx, 2)
+	require.NoError(t, err)
+	require.Equal(t, hybrid.SQLite, where)
+}
