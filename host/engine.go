@@ -1,0 +1,241 @@
+// Package host is the session engine of a host: it applies the gateway's
+// diffs through the protocol package, persists them before publishing them,
+// signs roots, runs the inferences it executes, validates its peers' work,
+// and keeps a mempool of signed txs for the gateway to collect.
+//
+// The engine is transport-free; http.go serves it. The chain and the peers
+// are reached through small interfaces, so tests run it against a fake chain
+// and real storage.
+package host
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/signing"
+	"github.com/devshard/devshard/store"
+)
+
+// Escrows is what the host reads from the chain about escrows.
+type Escrows interface {
+	// EscrowSnapshot returns the escrow's snapshot, or an error wrapping
+	// ErrUnknownEscrow if the chain has no such escrow.
+	EscrowSnapshot(ctx context.Context, escrowID uint64) (*sessionpb.EscrowSnapshot, error)
+}
+
+// Config assembles an Engine.
+type Config struct {
+	// Key signs this host's txs and state signatures.
+	Key signing.Signer
+	// Account is the participant account the host serves as, when Key is a
+	// warm key the account granted (through x/authz). Zero means Key's own
+	// address.
+	Account  signing.Address
+	Store    store.Store
+	Escrows  Escrows
+	Executor executor.Executor
+	// Auth accepts warm keys; nil accepts only holders' own keys.
+	Auth session.Authorizer
+	// SnapshotEvery is K: a snapshot every K nonces and at settlement
+	// (default 500).
+	SnapshotEvery uint64
+	// Now stamps ConfirmStart and times out stalled inferences (default
+	// time.Now). The protocol never reads it; only this host's txs do.
+	Now    func() time.Time
+	Logger *slog.Logger
+	// Metrics may be nil.
+	Metrics *Metrics
+}
+
+// Engine serves the sessions of the escrows whose group this host is in.
+type Engine struct {
+	cfg  Config
+	addr signing.Address
+	log  *slog.Logger
+
+	mu       sync.Mutex
+	sessions map[uint64]*entry
+	ready    chan struct{}  // closed once storage is open and recovery may run
+	wg       sync.WaitGroup // background validations
+}
+
+// Errors the transport maps to statuses.
+var (
+	ErrUnknownEscrow = errors.New("unknown escrow")
+	ErrNotMember     = errors.New("not a member of the escrow's group")
+	ErrBadInput      = errors.New("bad input")
+	ErrNotExecutor   = errors.New("not the executor")
+	ErrInitializing  = errors.New("initializing")
+	ErrForbidden     = errors.New("forbidden")
+)
+
+// New returns an engine. It serves nothing until MarkReady is called, so a
+// daemon can bind its listener before storage is open.
+func New(cfg Config) *Engine {
+	if cfg.SnapshotEvery == 0 {
+		cfg.SnapshotEvery = 500
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	addr := cfg.Account
+	if addr == (signing.Address{}) {
+		addr = cfg.Key.PubKey().Address()
+	}
+	return &Engine{
+		cfg:      cfg,
+		addr:     addr,
+		log:      cfg.Logger,
+		sessions: make(map[uint64]*entry),
+		ready:    make(chan struct{}),
+	}
+}
+
+// Address is the participant account the host serves as.
+func (e *Engine) Address() signing.Address { return e.addr }
+
+// MarkReady opens session routes: storage is usable from now on.
+func (e *Engine) MarkReady() {
+	select {
+	case <-e.ready:
+	default:
+		close(e.ready)
+	}
+}
+
+// Ready reports whether storage is open.
+func (e *Engine) Ready() bool {
+	select {
+	case <-e.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// entry is one escrow's live session. mu serializes everything that reads
+// or changes the session, its mempool and its payloads.
+type entry struct {
+	mu       sync.Mutex
+	loaded   bool
+	s        *session.Session
+	snap     *sessionpb.EscrowSnapshot
+	slots    []uint32 // the slots this host holds
+	pool     *mempool
+	requests map[uint64]executor.Request // payloads of live inferences, for executing and validating
+	seen     map[uint64]time.Time        // when this host first saw an open record, for timeouts
+	ran      map[uint64]bool             // inferences this host has started executing
+}
+
+// session returns the escrow's entry, loading or creating it on first use
+// (lazy recovery). The entry is returned locked.
+func (e *Engine) session(ctx context.Context, escrowID uint64) (*entry, error) {
+	if !e.Ready() {
+		return nil, ErrInitializing
+	}
+	e.mu.Lock()
+	en, ok := e.sessions[escrowID]
+	if !ok {
+		en = &entry{}
+		e.sessions[escrowID] = en
+	}
+	e.mu.Unlock()
+	en.mu.Lock()
+	if en.loaded {
+		return en, nil
+	}
+	if err := e.load(ctx, escrowID, en); err != nil {
+		en.mu.Unlock()
+		return nil, err
+	}
+	return en, nil
+}
+
+// load recovers the escrow from storage, or starts it from the chain's
+// snapshot if this host has never seen it.
+func (e *Engine) load(ctx context.Context, escrowID uint64, en *entry) error {
+	var snap *sessionpb.EscrowSnapshot
+	info, err := e.cfg.Store.Session(ctx, escrowID)
+	switch {
+	case err == nil:
+		snap = info.Snapshot
+	case errors.Is(err, store.ErrNotFound):
+		if snap, err = e.cfg.Escrows.EscrowSnapshot(ctx, escrowID); err != nil {
+			return err
+		}
+		if snap.EscrowId != escrowID {
+			return fmt.Errorf("chain returned escrow %d when asked for %d", snap.EscrowId, escrowID)
+		}
+	default:
+		return err
+	}
+	slots := e.slotsIn(snap)
+	if len(slots) == 0 {
+		return fmt.Errorf("%w: host %s holds no slot of escrow %d", ErrNotMember, e.addr, escrowID)
+	}
+	var s *session.Session
+	if info != nil {
+		start := time.Now()
+		var rec store.Recovery
+		if s, rec, err = store.Recover(ctx, e.cfg.Store, escrowID, e.cfg.Auth); err != nil {
+			return err
+		}
+		e.log.Info("recovered session", "escrow", escrowID, "nonce", s.Nonce(), "snapshot", rec.SnapshotNonce, "replayed", rec.Replayed, "took", time.Since(start))
+	} else {
+		if err := e.cfg.Store.CreateSession(ctx, snap); err != nil {
+			return err
+		}
+		if s, err = session.New(snap, e.cfg.Auth); err != nil {
+			return err
+		}
+	}
+	// Field by field: en.mu is held by the caller.
+	en.s, en.snap, en.slots = s, snap, slots
+	en.pool = newMempool()
+	en.requests = map[uint64]executor.Request{}
+	en.seen = map[uint64]time.Time{}
+	en.ran = map[uint64]bool{}
+	en.loaded = true
+	e.cfg.Metrics.sessionLoaded(s.Phase())
+	return nil
+}
+
+func (e *Engine) slotsIn(snap *sessionpb.EscrowSnapshot) []uint32 {
+	var slots []uint32
+	for i, a := range snap.Group {
+		if string(a) == string(e.addr[:]) {
+			slots = append(slots, uint32(i))
+		}
+	}
+	return slots
+}
+
+func (en *entry) holds(slot uint32) bool {
+	for _, s := range en.slots {
+		if s == slot {
+			return true
+		}
+	}
+	return false
+}
+
+// staticEscrows serves one fixed snapshot: for benchmarks and tools that
+// replay a known escrow without a chain.
+type staticEscrows struct{ snap *sessionpb.EscrowSnapshot }
+
+func (s staticEscrows) EscrowSnapshot(_ context.Context, id uint64) (*sessionpb.EscrowSnapshot, error) {
+	if id != s.snap.EscrowId {
+		return nil, fmt.Errorf("%w: %d", ErrUnknownEscrow, id)
+	}
+	return s.snap, nil
+}

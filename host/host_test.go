@@ -1,0 +1,637 @@
+package host
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/httpauth"
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/session/sessiontest"
+	"github.com/devshard/devshard/signing"
+	"github.com/devshard/devshard/store"
+	"github.com/devshard/devshard/store/sqlite"
+)
+
+// fakeChain is a fake of the chain's escrow query: the snapshots it knows.
+type fakeChain struct {
+	mu    sync.Mutex
+	snaps map[uint64]*sessionpb.EscrowSnapshot
+}
+
+func (c *fakeChain) EscrowSnapshot(_ context.Context, id uint64) (*sessionpb.EscrowSnapshot, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.snaps[id]
+	if !ok {
+		return nil, fmt.Errorf("%w: %d", ErrUnknownEscrow, id)
+	}
+	return s, nil
+}
+
+// failingStore is a store whose diff writes fail while fail is set.
+type failingStore struct {
+	store.Store
+	mu   sync.Mutex
+	fail bool
+}
+
+func (s *failingStore) AppendDiff(ctx context.Context, d store.Diff) error {
+	s.mu.Lock()
+	fail := s.fail
+	s.mu.Unlock()
+	if fail {
+		return store.Errorf(store.ErrUnavailable, "injected write failure for diff %d", d.Nonce)
+	}
+	return s.Store.AppendDiff(ctx, d)
+}
+
+type hostBundle struct {
+	f      *sessiontest.Fixture
+	gw     *sessiontest.Sequencer
+	chain  *fakeChain
+	hosts  []*Engine
+	stores []*failingStore
+	urls   []string
+	now    time.Time
+}
+
+// setup runs one engine per participant of a 3-slot escrow, on real SQLite
+// and real HTTP, with a fake chain.
+func setup(t *testing.T, mutate ...func(*sessiontest.Options)) *hostBundle {
+	t.Helper()
+	o := sessiontest.DefaultOptions()
+	o.SealGraceNonces = 8
+	o.SealGraceSeconds = 0
+	for _, m := range mutate {
+		m(&o)
+	}
+	f := sessiontest.New(1, o)
+	f.Snapshot.ValidationRateBps = 10000
+	b := &hostBundle{f: f, gw: f.Sequencer(), chain: &fakeChain{snaps: map[uint64]*sessionpb.EscrowSnapshot{f.Snapshot.EscrowId: f.Snapshot}}, now: time.Unix(1_800_000_000, 0)}
+	for _, key := range f.Hosts {
+		st, err := sqlite.Open(context.Background(), t.TempDir(), sqlite.Options{})
+		require.NoError(t, err)
+		fs := &failingStore{Store: st}
+		t.Cleanup(func() { st.Close() })
+		e := New(Config{Key: key, Store: fs, Escrows: b.chain, Executor: executor.Builtin{}, Now: func() time.Time { return b.now }})
+		NewMetrics(e)
+		e.MarkReady()
+		srv := httptest.NewServer(Handler(e, "test"))
+		t.Cleanup(srv.Close)
+		t.Cleanup(e.Wait)
+		b.hosts = append(b.hosts, e)
+		b.stores = append(b.stores, fs)
+		b.urls = append(b.urls, srv.URL)
+	}
+	return b
+}
+
+func request(n uint64) executor.Request {
+	return executor.Request{Model: executor.BuiltinModel, MaxTokens: 20, Messages: []executor.Message{{Role: "user", Content: fmt.Sprintf("question %d", n)}}}
+}
+
+func startTx(id uint64, req executor.Request) *sessionpb.Tx {
+	h := req.PromptHash()
+	return &sessionpb.Tx{Body: &sessionpb.Tx_Start{Start: &sessionpb.StartInference{
+		InferenceId: id, InputTokens: uint64(executor.PromptTokens(req.Messages)), MaxTokens: uint64(req.MaxTokens), PromptHash: h[:], Model: req.Model,
+	}}}
+}
+
+func post(t *testing.T, url string, body any) (int, []byte) {
+	t.Helper()
+	var raw []byte
+	switch v := body.(type) {
+	case []byte:
+		raw = v
+	default:
+		var err error
+		raw, err = json.Marshal(body)
+		require.NoError(t, err)
+	}
+	resp, err := http.Post(url, "application/json", bytes.NewReader(raw))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	out, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	return resp.StatusCode, out
+}
+
+// send posts diff d (with payloads) to host i.
+func (b *hostBundle) send(t *testing.T, i int, d *sessionpb.Diff, reqs map[uint64]executor.Request) (int, DiffResponse, string) {
+	t.Helper()
+	raw, err := d.Marshal()
+	require.NoError(t, err)
+	status, body := post(t, fmt.Sprintf("%s/v1/sessions/%d/diffs", b.urls[i], d.EscrowId), DiffRequest{Diff: raw, Requests: reqs})
+	var resp DiffResponse
+	if status == http.StatusOK {
+		require.NoError(t, json.Unmarshal(body, &resp))
+	}
+	return status, resp, string(body)
+}
+
+// next builds the gateway's next diff and sends it to every host, checking
+// each signs the gateway's root.
+func (b *hostBundle) next(t *testing.T, reqs map[uint64]executor.Request, txs ...*sessionpb.Tx) []DiffResponse {
+	t.Helper()
+	d, err := b.gw.Next(txs...)
+	require.NoError(t, err)
+	var out []DiffResponse
+	root := b.gw.Replica.Root()
+	for i := range b.hosts {
+		status, resp, body := b.send(t, i, d, reqs)
+		require.Equal(t, http.StatusOK, status, body)
+		require.Equal(t, hex.EncodeToString(root[:]), resp.Root)
+		for _, raw := range resp.Signatures {
+			var ss sessionpb.StateSignature
+			require.NoError(t, ss.Unmarshal(raw))
+			require.NoError(t, session.VerifyStateSignature(b.f.Snapshot, &ss, nil))
+		}
+		out = append(out, resp)
+	}
+	return out
+}
+
+// infer runs inference id on its executor over HTTP and returns the events.
+func (b *hostBundle) infer(t *testing.T, host int, id uint64, req executor.Request) (int, []StreamEvent, string) {
+	t.Helper()
+	raw, err := json.Marshal(InferenceRequest{Nonce: id, Request: req})
+	require.NoError(t, err)
+	resp, err := http.Post(fmt.Sprintf("%s/v1/sessions/%d/inference", b.urls[host], b.f.Snapshot.EscrowId), "application/json", bytes.NewReader(raw))
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, nil, string(body)
+	}
+	require.Equal(t, "text/event-stream", resp.Header.Get("Content-Type"))
+	var events []StreamEvent
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			var ev StreamEvent
+			require.NoError(t, json.Unmarshal([]byte(data), &ev))
+			events = append(events, ev)
+		}
+	}
+	return resp.StatusCode, events, ""
+}
+
+func decodeTxs(t *testing.T, raws [][]byte) []*sessionpb.Tx {
+	t.Helper()
+	var txs []*sessionpb.Tx
+	for _, raw := range raws {
+		var tx sessionpb.Tx
+		require.NoError(t, tx.Unmarshal(raw))
+		txs = append(txs, &tx)
+	}
+	return txs
+}
+
+func TestHonestDiffInferenceAndInclusion(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	req := request(3)
+	// Inference 1 runs on slot 1: host 1.
+	b.next(t, map[uint64]executor.Request{1: req}, startTx(1, req))
+	status, events, body := b.infer(t, 1, 1, req)
+	require.Equal(t, http.StatusOK, status, body)
+	last := events[len(events)-1]
+	require.True(t, last.Done)
+	want, err := executor.Builtin{}.Execute(context.Background(), req, func(string) error { return nil })
+	require.NoError(t, err)
+	var text strings.Builder
+	for _, ev := range events[:len(events)-1] {
+		text.WriteString(ev.Text)
+	}
+	require.Equal(t, want.Text, text.String())
+	require.Equal(t, want.Usage, *last.Usage)
+
+	// The executor's mempool now carries its ConfirmStart and FinishInference.
+	resps := b.next(t, nil)
+	pool := decodeTxs(t, resps[1].Mempool)
+	require.Len(t, pool, 2)
+	require.NotNil(t, pool[0].GetConfirm())
+	require.NotNil(t, pool[1].GetFinish())
+	// The gateway carries them; they leave the pool; validators re-run.
+	resps = b.next(t, nil, pool...)
+	require.Empty(t, resps[1].Mempool)
+	r, ok := b.gw.Replica.Record(1)
+	require.True(t, ok)
+	require.Equal(t, sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED, r.Status)
+	for _, h := range b.hosts {
+		h.Wait()
+	}
+	resps = b.next(t, nil)
+	votes := append(decodeTxs(t, resps[0].Mempool), decodeTxs(t, resps[2].Mempool)...)
+	require.Len(t, votes, 2, "both other hosts are sampled at 100%% and vote")
+	for _, v := range votes {
+		require.True(t, v.GetValidation().Valid)
+	}
+	require.Empty(t, resps[1].Mempool, "an executor never validates itself")
+	b.next(t, nil, votes[0])
+	_, live := b.gw.Replica.Record(1)
+	require.False(t, live, "validated and sealed")
+}
+
+// state returns host i's nonce and root for escrow 7.
+func (b *hostBundle) state(t *testing.T, i int) (uint64, [32]byte) {
+	t.Helper()
+	en, err := b.hosts[i].session(context.Background(), b.f.Snapshot.EscrowId)
+	require.NoError(t, err)
+	defer en.mu.Unlock()
+	return en.s.Nonce(), en.s.Root()
+}
+
+func TestPostDiffBadInput(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.next(t, nil) // nonce 1 everywhere
+	outsider, err := signing.GenerateKey(rand.New(rand.NewSource(77)))
+	require.NoError(t, err)
+	good, err := b.gw.Build()
+	require.NoError(t, err)
+	goodRaw, err := good.Marshal()
+	require.NoError(t, err)
+	url := fmt.Sprintf("%s/v1/sessions/7/diffs", b.urls[0])
+
+	cases := []struct {
+		name   string
+		url    string
+		body   any
+		status int
+		want   string
+	}{
+		{"malformed JSON", url, []byte("{"), http.StatusBadRequest, "malformed JSON body"},
+		{"unknown field", url, []byte(`{"diff":"","bogus":1}`), http.StatusBadRequest, "unknown field"},
+		{"no diff", url, DiffRequest{}, http.StatusBadRequest, `carry the diff`},
+		{"diff not protobuf", url, DiffRequest{Diff: []byte{0xff, 0xff, 0xff}}, http.StatusBadRequest, "diff does not decode"},
+		{"bad escrow id in path", b.urls[0] + "/v1/sessions/x/diffs", DiffRequest{Diff: goodRaw}, http.StatusBadRequest, `escrow id "x" is not a positive integer`},
+		{"wrong escrow", b.urls[0] + "/v1/sessions/8/diffs", DiffRequest{Diff: goodRaw}, http.StatusBadRequest, "diff is for escrow 7, posted to escrow 8"},
+		{"wrong nonce", url, func() DiffRequest {
+			d := *good
+			d.Nonce = 5
+			require.NoError(t, session.SignDiff(b.f.Gateway, &d))
+			raw, _ := d.Marshal()
+			return DiffRequest{Diff: raw}
+		}(), http.StatusConflict, "nonce must be 2 (latest+1), got 5"},
+		{"bad signature", url, func() DiffRequest {
+			d := *good
+			require.NoError(t, session.SignDiff(outsider, &d))
+			raw, _ := d.Marshal()
+			return DiffRequest{Diff: raw}
+		}(), http.StatusForbidden, "may not sign devshard/v1/diff"},
+		{"request not in diff", url, DiffRequest{Diff: goodRaw, Requests: map[uint64]executor.Request{2: request(2)}}, http.StatusBadRequest, "which this diff does not start"},
+		{"oversized body", url, append(append([]byte(`{"diff":"`), bytes.Repeat([]byte("A"), MaxBody)...), `"}`...), http.StatusRequestEntityTooLarge, "body exceeds"},
+	}
+	nonce, root := b.state(t, 0)
+	for _, tc := range cases {
+		status, body := post(t, tc.url, tc.body)
+		require.Equal(t, tc.status, status, "%s: %s", tc.name, body)
+		var e map[string]string
+		require.NoError(t, json.Unmarshal(body, &e), tc.name)
+		require.Contains(t, e["error"], tc.want, tc.name)
+		n, r := b.state(t, 0)
+		require.Equal(t, nonce, n, tc.name)
+		require.Equal(t, root, r, "%s: state unchanged", tc.name)
+	}
+
+	// Not a member: an escrow whose group does not include host 0.
+	other := sessiontest.New(2, sessiontest.DefaultOptions())
+	other.Snapshot.EscrowId = 9
+	b.chain.mu.Lock()
+	b.chain.snaps[9] = other.Snapshot
+	b.chain.mu.Unlock()
+	d, err := other.Sequencer().Build()
+	require.NoError(t, err)
+	raw, _ := d.Marshal()
+	status, body := post(t, b.urls[0]+"/v1/sessions/9/diffs", DiffRequest{Diff: raw})
+	require.Equal(t, http.StatusForbidden, status, string(body))
+	require.Contains(t, string(body), "holds no slot of escrow 9")
+
+	d.EscrowId = 10
+	raw, _ = d.Marshal()
+	status, body = post(t, b.urls[0]+"/v1/sessions/10/diffs", DiffRequest{Diff: raw})
+	require.Equal(t, http.StatusNotFound, status, string(body))
+}
+
+func TestReplayAndFork(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	d, err := b.gw.Next(sessiontest.Start(1, 1, 1))
+	require.NoError(t, err)
+	status, first, body := b.send(t, 0, d, nil)
+	require.Equal(t, http.StatusOK, status, body)
+	status, again, body := b.send(t, 0, d, nil)
+	require.Equal(t, http.StatusOK, status, body)
+	require.Equal(t, first.Root, again.Root)
+	require.Equal(t, first.Signatures, again.Signatures, "a replay answers as the first time")
+
+	fork := *d
+	fork.Txs = []*sessionpb.Tx{sessiontest.Start(1, 2, 2)}
+	require.NoError(t, session.SignDiff(b.f.Gateway, &fork))
+	status, _, body = b.send(t, 0, &fork, nil)
+	require.Equal(t, http.StatusConflict, status, body)
+	require.Contains(t, body, "a different diff is stored at that nonce")
+}
+
+func TestSessionRoutesWaitForStorage(t *testing.T) {
+	t.Parallel()
+	f := sessiontest.New(1, sessiontest.DefaultOptions())
+	e := New(Config{Key: f.Hosts[0], Escrows: &fakeChain{}, Executor: executor.Builtin{}})
+	NewMetrics(e)
+	srv := httptest.NewServer(Handler(e, "test"))
+	defer srv.Close()
+	for _, path := range []string{"/healthz", "/version", "/metrics"} {
+		resp, err := http.Get(srv.URL + path)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusOK, resp.StatusCode, path)
+	}
+	status, body := post(t, srv.URL+"/v1/sessions/7/diffs", DiffRequest{Diff: []byte{1}})
+	require.Equal(t, http.StatusServiceUnavailable, status)
+	require.JSONEq(t, `{"error":"initializing"}`, string(body))
+	resp, err := http.Get(srv.URL + "/readyz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+}
+
+// Attack 5: a storage error must not leave the diff applied in memory.
+func TestStorageFailureLeavesMemoryWhereDiskIs(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.next(t, nil)
+	nonce, root := b.state(t, 0)
+	d, err := b.gw.Next(sessiontest.Start(2, 1, 1))
+	require.NoError(t, err)
+	b.stores[0].mu.Lock()
+	b.stores[0].fail = true
+	b.stores[0].mu.Unlock()
+	for range ReadyzFailures {
+		status, _, body := b.send(t, 0, d, nil)
+		require.Equal(t, http.StatusServiceUnavailable, status, body)
+		require.Contains(t, body, "injected write failure")
+	}
+	n, r := b.state(t, 0)
+	require.Equal(t, nonce, n)
+	require.Equal(t, root, r)
+	resp, err := http.Get(b.urls[0] + "/readyz")
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "readyz turns 503 after repeated storage failures")
+
+	b.stores[0].mu.Lock()
+	b.stores[0].fail = false
+	b.stores[0].mu.Unlock()
+	status, resp2, body := b.send(t, 0, d, nil)
+	require.Equal(t, http.StatusOK, status, body)
+	gwRoot := b.gw.Replica.Root()
+	require.Equal(t, hex.EncodeToString(gwRoot[:]), resp2.Root)
+}
+
+func TestReadRoutesNeedAMember(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.next(t, nil)
+	get := func(key signing.Signer, path string) (int, string) {
+		req, err := http.NewRequest("GET", b.urls[0]+path, nil)
+		require.NoError(t, err)
+		if key != nil {
+			require.NoError(t, httpauth.Sign(req, key, time.Now()))
+		}
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(body)
+	}
+	outsider, err := signing.GenerateKey(rand.New(rand.NewSource(78)))
+	require.NoError(t, err)
+	for _, path := range []string{"/v1/sessions/7/diffs?from=1", "/v1/sessions/7/signatures?nonce=1", "/v1/sessions/7/mempool"} {
+		status, body := get(nil, path)
+		require.Equal(t, http.StatusForbidden, status, body)
+		require.Contains(t, body, "request is not signed")
+		status, body = get(outsider, path)
+		require.Equal(t, http.StatusForbidden, status, body)
+		require.Contains(t, body, "is not in the group of escrow 7")
+		status, body = get(b.f.Hosts[1], path)
+		require.Equal(t, http.StatusOK, status, body)
+	}
+	status, body := get(b.f.Gateway, "/v1/sessions/7/diffs?from=1")
+	require.Equal(t, http.StatusOK, status)
+	var diffs struct{ Diffs []struct{ Nonce uint64 } }
+	require.NoError(t, json.Unmarshal([]byte(body), &diffs))
+	require.Len(t, diffs.Diffs, 1)
+	status, body = get(b.f.Gateway, "/v1/sessions/7/signatures?nonce=1")
+	require.Equal(t, http.StatusOK, status)
+	require.Contains(t, body, "signatures")
+	status, _ = get(b.f.Gateway, "/v1/sessions/7/diffs?limit=0")
+	require.Equal(t, http.StatusBadRequest, status)
+}
+
+// Attack 10: gossip from non-members or without a signature is refused.
+func TestGossipOnlyFromMembers(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	req := request(1)
+	b.next(t, map[uint64]executor.Request{1: req}, startTx(1, req))
+	outsider, err := signing.GenerateKey(rand.New(rand.NewSource(79)))
+	require.NoError(t, err)
+	url := b.urls[0] + "/v1/sessions/7/gossip"
+	forged := b.f.SignedBy(outsider, 1, &sessionpb.Tx{Body: &sessionpb.Tx_Confirm{Confirm: &sessionpb.ConfirmStart{InferenceId: 1, ConfirmedAt: 5}}})
+	raw, _ := forged.Marshal()
+	status, body := post(t, url, GossipRequest{Tx: raw})
+	require.Equal(t, http.StatusForbidden, status, string(body))
+	unsigned := &sessionpb.Tx{Slot: 1, Body: &sessionpb.Tx_Confirm{Confirm: &sessionpb.ConfirmStart{InferenceId: 1, ConfirmedAt: 5}}}
+	raw, _ = unsigned.Marshal()
+	status, body = post(t, url, GossipRequest{Tx: raw})
+	require.Equal(t, http.StatusForbidden, status, string(body))
+	require.Contains(t, string(body), "unsigned")
+
+	honest := b.f.Confirm(1, 1, 5)
+	raw, _ = honest.Marshal()
+	status, body = post(t, url, GossipRequest{Tx: raw})
+	require.Equal(t, http.StatusAccepted, status, string(body))
+	resps := b.next(t, nil)
+	require.Len(t, resps[0].Mempool, 1, "host 0 now carries host 1's tx")
+}
+
+func TestInferenceRejects(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	req := request(1)
+	b.next(t, map[uint64]executor.Request{1: req}, startTx(1, req))
+	status, _, body := b.infer(t, 0, 1, req)
+	require.Equal(t, http.StatusForbidden, status, body)
+	require.Contains(t, body, "assigned to slot 1, which this host does not hold")
+	status, _, body = b.infer(t, 1, 1, request(2))
+	require.Equal(t, http.StatusBadRequest, status, body)
+	require.Contains(t, body, "does not match what diff 1 started")
+	status, _, body = b.infer(t, 1, 5, req)
+	require.Equal(t, http.StatusBadRequest, status, body)
+	require.Contains(t, body, "inference 5 of escrow 7 is not live here")
+	status, _, _ = b.infer(t, 1, 1, req)
+	require.Equal(t, http.StatusOK, status)
+	status, _, body = b.infer(t, 1, 1, req)
+	require.Equal(t, http.StatusBadRequest, status, body)
+	require.Contains(t, body, "it runs once")
+}
+
+// A host whose own tx the gateway keeps leaving out stops signing.
+func TestWithholdsSignaturesWhenOwnTxIgnored(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	req := request(1)
+	b.next(t, map[uint64]executor.Request{1: req}, startTx(1, req))
+	status, _, _ := b.infer(t, 1, 1, req)
+	require.Equal(t, http.StatusOK, status)
+	var resps []DiffResponse
+	for range 9 { // grace is 8 nonces
+		resps = b.next(t, nil)
+	}
+	require.Empty(t, resps[1].Signatures)
+	require.Contains(t, resps[1].Withheld, "own tx for inference 1 (slot 1) has waited 9 nonces for inclusion")
+	require.NotEmpty(t, resps[0].Signatures)
+	resps = b.next(t, nil, decodeTxs(t, resps[1].Mempool)...)
+	require.NotEmpty(t, resps[1].Signatures, "signing resumes once the txs are in")
+	require.Empty(t, resps[1].Withheld)
+}
+
+// A lying executor is caught by re-running validators.
+func TestValidatorsCatchAWrongAnswer(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	req := request(4)
+	b.next(t, map[uint64]executor.Request{1: req}, startTx(1, req))
+	// Host 1 signs a finish with a made-up answer instead of running it.
+	lie := b.f.Signed(1, &sessionpb.Tx{Body: &sessionpb.Tx_Finish{Finish: &sessionpb.FinishInference{InferenceId: 1, InputTokens: 6, OutputTokens: 20, ResponseHash: sessiontest.Hash("made up")}}})
+	b.next(t, nil, b.f.Confirm(1, 1, 100), lie)
+	for _, h := range b.hosts {
+		h.Wait()
+	}
+	resps := b.next(t, nil)
+	v := decodeTxs(t, resps[0].Mempool)
+	require.Len(t, v, 1)
+	require.False(t, v[0].GetValidation().Valid)
+	b.next(t, nil, v[0]) // challenged: host 2 must re-run too
+	for _, h := range b.hosts {
+		h.Wait()
+	}
+	resps = b.next(t, nil)
+	v2 := decodeTxs(t, resps[2].Mempool)
+	require.Len(t, v2, 1)
+	require.False(t, v2[0].GetValidation().Valid)
+	b.next(t, nil, v2[0])
+	require.Equal(t, uint64(1), b.gw.Replica.State().HostStats[1].Invalid)
+}
+
+func TestTimeoutVotes(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	req := request(1)
+	b.next(t, map[uint64]executor.Request{1: req}, startTx(1, req))
+	for _, h := range b.hosts {
+		h.Tick(context.Background())
+	}
+	b.now = b.now.Add(2 * time.Minute) // past the 60 s execution timeout
+	for _, h := range b.hosts {
+		h.Tick(context.Background())
+	}
+	resps := b.next(t, nil)
+	require.Len(t, resps[0].Mempool, 1)
+	require.Len(t, resps[2].Mempool, 1)
+	require.Empty(t, resps[1].Mempool, "the executor does not vote itself out")
+	b.next(t, nil, append(decodeTxs(t, resps[0].Mempool), decodeTxs(t, resps[2].Mempool)...)...)
+	require.Equal(t, uint64(1), b.gw.Replica.State().HostStats[1].Missed)
+}
+
+// A restarted host recovers the session from storage on first use.
+func TestRecoversLazilyAfterRestart(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *sessiontest.Options) { o.SealGraceNonces = 3 })
+	dir := t.TempDir()
+	st, err := sqlite.Open(context.Background(), dir, sqlite.Options{})
+	require.NoError(t, err)
+	e := New(Config{Key: b.f.Hosts[0], Store: st, Escrows: b.chain, Executor: executor.Builtin{}, SnapshotEvery: 4})
+	e.MarkReady()
+	for i := range 10 {
+		d, err := b.gw.Next(sessiontest.Start(uint64(i+1), 1, 1))
+		require.NoError(t, err)
+		raw, _ := d.Marshal()
+		_, err = e.ApplyDiff(context.Background(), 7, raw, nil)
+		require.NoError(t, err)
+	}
+	require.NoError(t, st.Close())
+	st, err = sqlite.Open(context.Background(), dir, sqlite.Options{})
+	require.NoError(t, err)
+	defer st.Close()
+	e = New(Config{Key: b.f.Hosts[0], Store: st, Escrows: b.chain, Executor: executor.Builtin{}})
+	e.MarkReady()
+	en, err := e.session(context.Background(), 7)
+	require.NoError(t, err)
+	require.Equal(t, b.gw.Replica.Root(), en.s.Root())
+	en.mu.Unlock()
+}
+
+func TestRecoverAllInParallel(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	st, err := sqlite.Open(context.Background(), dir, sqlite.Options{})
+	require.NoError(t, err)
+	chain := &fakeChain{snaps: map[uint64]*sessionpb.EscrowSnapshot{}}
+	var key *signing.PrivKey
+	roots := map[uint64][32]byte{}
+	for id := uint64(1); id <= 24; id++ {
+		o := sessiontest.DefaultOptions()
+		o.EscrowID = id
+		f := sessiontest.New(1, o) // same keys: host 0 is in every group
+		key = f.Hosts[0]
+		chain.snaps[id] = f.Snapshot
+		e := New(Config{Key: key, Store: st, Escrows: chain, Executor: executor.Builtin{}})
+		e.MarkReady()
+		gw := f.Sequencer()
+		for range 5 {
+			d, err := gw.RandomStep(rand.New(rand.NewSource(int64(id))))
+			require.NoError(t, err)
+			raw, _ := d.Marshal()
+			_, err = e.ApplyDiff(context.Background(), id, raw, nil)
+			require.NoError(t, err)
+		}
+		roots[id] = gw.Replica.Root()
+	}
+	var logs bytes.Buffer
+	e := New(Config{Key: key, Store: st, Escrows: chain, Executor: executor.Builtin{}, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	m := NewMetrics(e)
+	e.MarkReady()
+	require.NoError(t, e.RecoverAll(context.Background(), 4))
+	for id, root := range roots {
+		en, err := e.session(context.Background(), id)
+		require.NoError(t, err)
+		require.Equal(t, root, en.s.Root(), "escrow %d", id)
+		en.mu.Unlock()
+	}
+	require.Contains(t, logs.String(), "recovered 24/24 sessions")
+	var g dto.Metric
+	require.NoError(t, m.recovered.Write(&g))
+	require.Equal(t, 24.0, g.GetGauge().GetValue())
+	require.Equal(t, "1,000", commas(1000))
+	require.NoError(t, st.Close())
+}

@@ -1,0 +1,380 @@
+package host
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/httpauth"
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/signing"
+	"github.com/devshard/devshard/store"
+)
+
+// MaxBody bounds every request body.
+const MaxBody = 4 << 20
+
+// ReadyzFailures is how many consecutive storage failures turn /readyz 503.
+const ReadyzFailures = 3
+
+// DiffRequest is the body of POST /v1/sessions/{escrow}/diffs.
+type DiffRequest struct {
+	// Diff is the marshalled sessionpb.Diff, base64.
+	Diff []byte `json:"diff"`
+	// Requests are the payloads of the inferences the diff starts.
+	Requests map[uint64]executor.Request `json:"requests,omitempty"`
+}
+
+// DiffResponse answers an accepted diff.
+type DiffResponse struct {
+	Nonce      uint64   `json:"nonce"`
+	Root       string   `json:"root"`
+	Signatures [][]byte `json:"signatures"` // marshalled sessionpb.StateSignature
+	Withheld   string   `json:"withheld,omitempty"`
+	Mempool    [][]byte `json:"mempool"` // marshalled sessionpb.Tx
+}
+
+// InferenceRequest is the body of POST /v1/sessions/{escrow}/inference.
+type InferenceRequest struct {
+	Nonce   uint64           `json:"nonce"`
+	Request executor.Request `json:"request"`
+}
+
+// StreamEvent is one server-sent event of an inference stream.
+type StreamEvent struct {
+	Text         string          `json:"text,omitempty"`
+	Done         bool            `json:"done,omitempty"`
+	Usage        *executor.Usage `json:"usage,omitempty"`
+	FinishReason string          `json:"finish_reason,omitempty"`
+	ResponseHash string          `json:"response_hash,omitempty"`
+	Error        string          `json:"error,omitempty"`
+}
+
+// GossipRequest is the body of POST /v1/sessions/{escrow}/gossip.
+type GossipRequest struct {
+	Tx []byte `json:"tx"` // marshalled sessionpb.Tx
+}
+
+// Handler serves the engine over HTTP. Health, version and metrics answer
+// from the first moment; session routes answer 503 until storage is ready.
+func Handler(e *Engine, version string) http.Handler {
+	mux := http.NewServeMux()
+	h := &handler{e: e}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+	mux.HandleFunc("GET /readyz", h.readyz)
+	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{"version": version, "protocol": session.ProtocolVersion, "address": e.addr.String()})
+	})
+	if e.cfg.Metrics != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(e.cfg.Metrics.Registry, promhttp.HandlerOpts{}))
+	}
+	mux.HandleFunc("POST /v1/sessions/{escrow}/diffs", h.session(h.postDiff))
+	mux.HandleFunc("POST /v1/sessions/{escrow}/inference", h.session(h.inference))
+	mux.HandleFunc("POST /v1/sessions/{escrow}/gossip", h.session(h.gossip))
+	mux.HandleFunc("GET /v1/sessions/{escrow}/diffs", h.session(h.member(h.getDiffs)))
+	mux.HandleFunc("GET /v1/sessions/{escrow}/signatures", h.session(h.member(h.getSignatures)))
+	mux.HandleFunc("GET /v1/sessions/{escrow}/mempool", h.session(h.member(h.getMempool)))
+	return mux
+}
+
+type handler struct{ e *Engine }
+
+type sessionHandler func(w http.ResponseWriter, r *http.Request, escrowID uint64)
+
+// session gates a route on readiness, parses the escrow id and bounds the
+// body.
+func (h *handler) session(next sessionHandler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !h.e.Ready() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "initializing"})
+			return
+		}
+		id, err := strconv.ParseUint(r.PathValue("escrow"), 10, 64)
+		if err != nil || id == 0 {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("escrow id %q is not a positive integer", r.PathValue("escrow")))
+			return
+		}
+		r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
+		next(w, r, id)
+	}
+}
+
+// member admits signed requests from the escrow's group or its creator.
+func (h *handler) member(next sessionHandler) sessionHandler {
+	return func(w http.ResponseWriter, r *http.Request, escrowID uint64) {
+		who, err := httpauth.Verify(r, time.Now())
+		if err != nil {
+			writeError(w, http.StatusForbidden, "read routes need a signed request from a group member: "+err.Error())
+			return
+		}
+		en, err := h.e.session(r.Context(), escrowID)
+		if err != nil {
+			h.fail(w, err)
+			return
+		}
+		ok := string(en.snap.Creator) == string(who[:]) || memberOf(en.snap, who)
+		en.mu.Unlock()
+		if !ok {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("%s is not in the group of escrow %d", who, escrowID))
+			return
+		}
+		next(w, r, escrowID)
+	}
+}
+
+func memberOf(snap *sessionpb.EscrowSnapshot, a signing.Address) bool {
+	for _, g := range snap.Group {
+		if string(g) == string(a[:]) {
+			return true
+		}
+	}
+	return false
+}
+
+func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case !h.e.Ready():
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "initializing"})
+	case h.e.cfg.Metrics.StorageFailures() >= ReadyzFailures:
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": fmt.Sprintf("storage failing: %d consecutive write errors", h.e.cfg.Metrics.StorageFailures())})
+	default:
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	}
+}
+
+func (h *handler) postDiff(w http.ResponseWriter, r *http.Request, escrowID uint64) {
+	var req DiffRequest
+	if !decodeJSON(w, r, &req) {
+		return
+	}
+	if len(req.Diff) == 0 {
+		writeError(w, http.StatusBadRequest, "body must carry the diff (base64 protobuf) in \"diff\"")
+		return
+	}
+	reply, err := h.e.ApplyDiff(r.Context(), escrowID, req.Diff, req.Requests)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	resp := DiffResponse{Nonce: reply.Nonce, Root: hex.EncodeToString(reply.Root[:]), Withheld: reply.Withheld, Signatures: [][]byte{}, Mempool: [][]byte{}}
+	for _, s := range reply.Signatures {
+		b, _ := s.Marshal()
+		resp.Signatures = append(resp.Signatures, b)
+	}
+	for _, tx := range reply.Mempool {
+		b, _ := tx.Marshal()
+		resp.Mempool = append(resp.Mempool, b)
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (h *handler) inference(w http.ResponseWriter, r *http.Request, escrowID uint64) {
+	var req InferenceRequest
+	if !decodeJSON(w, r, &req) {
+		return
+	}
+	if err := req.Request.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	flusher, _ := w.(http.Flusher)
+	started := false
+	emit := func(text string) error {
+		if !started {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.Header().Set("Cache-Control", "no-cache")
+			w.WriteHeader(http.StatusOK)
+			started = true
+		}
+		if err := writeEvent(w, StreamEvent{Text: text}); err != nil {
+			return err
+		}
+		if flusher != nil {
+			flusher.Flush()
+		}
+		return nil
+	}
+	res, err := h.e.Inference(r.Context(), escrowID, req.Nonce, req.Request, emit)
+	if err != nil {
+		if started {
+			_ = writeEvent(w, StreamEvent{Error: err.Error()})
+			return
+		}
+		h.fail(w, err)
+		return
+	}
+	if !started {
+		_ = emit("")
+	}
+	hash := res.ResponseHash()
+	_ = writeEvent(w, StreamEvent{Done: true, Usage: &res.Usage, FinishReason: res.FinishReason, ResponseHash: hex.EncodeToString(hash[:])})
+	if flusher != nil {
+		flusher.Flush()
+	}
+}
+
+func writeEvent(w http.ResponseWriter, ev StreamEvent) error {
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintf(w, "data: %s\n\n", b)
+	return err
+}
+
+func (h *handler) gossip(w http.ResponseWriter, r *http.Request, escrowID uint64) {
+	var req GossipRequest
+	if !decodeJSON(w, r, &req) {
+		return
+	}
+	if err := h.e.Gossip(r.Context(), escrowID, req.Tx); err != nil {
+		h.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]string{"status": "pooled"})
+}
+
+func (h *handler) getDiffs(w http.ResponseWriter, r *http.Request, escrowID uint64) {
+	from, err := uintParam(r, "from", 1)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	limit, err := uintParam(r, "limit", 100)
+	if err != nil || limit == 0 || limit > 1000 {
+		writeError(w, http.StatusBadRequest, "limit must be 1 to 1000")
+		return
+	}
+	diffs, err := h.e.cfg.Store.Diffs(r.Context(), escrowID, from, int(limit))
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	type wireDiff struct {
+		Nonce uint64 `json:"nonce"`
+		Root  string `json:"root"`
+		Data  []byte `json:"data"`
+	}
+	out := make([]wireDiff, 0, len(diffs))
+	for _, d := range diffs {
+		out = append(out, wireDiff{Nonce: d.Nonce, Root: hex.EncodeToString(d.Root), Data: d.Data})
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"diffs": out})
+}
+
+func (h *handler) getSignatures(w http.ResponseWriter, r *http.Request, escrowID uint64) {
+	nonce, err := uintParam(r, "nonce", 0)
+	if err != nil || nonce == 0 {
+		writeError(w, http.StatusBadRequest, "nonce must be a positive integer")
+		return
+	}
+	sigs, err := h.e.cfg.Store.Signatures(r.Context(), escrowID, nonce)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	out := make([][]byte, 0, len(sigs))
+	for _, s := range sigs {
+		out = append(out, s.Data)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"signatures": out})
+}
+
+func (h *handler) getMempool(w http.ResponseWriter, r *http.Request, escrowID uint64) {
+	en, err := h.e.session(r.Context(), escrowID)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	txs := en.pool.txs()
+	en.mu.Unlock()
+	out := make([][]byte, 0, len(txs))
+	for _, tx := range txs {
+		b, _ := tx.Marshal()
+		out = append(out, b)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"txs": out})
+}
+
+// fail maps an engine error to a status and a sentence.
+func (h *handler) fail(w http.ResponseWriter, err error) {
+	var de *session.DiffError
+	var mbe *http.MaxBytesError
+	status := http.StatusInternalServerError
+	switch {
+	case errors.As(err, &mbe):
+		status = http.StatusRequestEntityTooLarge
+	case errors.Is(err, ErrInitializing), errors.Is(err, store.ErrUnavailable):
+		status = http.StatusServiceUnavailable
+	case errors.Is(err, ErrUnknownEscrow), errors.Is(err, store.ErrNotFound):
+		status = http.StatusNotFound
+	case errors.Is(err, ErrNotMember), errors.Is(err, ErrForbidden), errors.Is(err, ErrNotExecutor):
+		status = http.StatusForbidden
+	case errors.Is(err, store.ErrFork), errors.Is(err, store.ErrNonceGap):
+		status = http.StatusConflict
+	case errors.As(err, &de):
+		switch de.Reason {
+		case session.ReasonSignature, session.ReasonUnauthorized:
+			status = http.StatusForbidden
+		case session.ReasonNonce:
+			status = http.StatusConflict
+		default:
+			status = http.StatusBadRequest
+		}
+	case errors.Is(err, ErrBadInput), errors.Is(err, executor.ErrBadRequest), errors.Is(err, executor.ErrUnknownModel):
+		status = http.StatusBadRequest
+	case errors.Is(err, store.ErrQuarantined):
+		status = http.StatusConflict
+	}
+	if status == http.StatusInternalServerError {
+		h.e.log.Error("request failed", "err", err)
+	}
+	writeError(w, status, err.Error())
+}
+
+func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
+			return false
+		}
+		writeError(w, http.StatusBadRequest, "malformed JSON body: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func uintParam(r *http.Request, name string, def uint64) (uint64, error) {
+	v := r.URL.Query().Get(name)
+	if v == "" {
+		return def, nil
+	}
+	n, err := strconv.ParseUint(v, 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("%s must be a non-negative integer, got %q", name, v)
+	}
+	return n, nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}

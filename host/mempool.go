@@ -1,0 +1,119 @@
+package host
+
+import (
+	"fmt"
+
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
+)
+
+// mempool holds signed txs waiting for the gateway to carry them: this
+// host's own, and peers' txs it received by gossip.
+type mempool struct {
+	byKey map[string]*pooled
+	order []string // insertion order, for a stable reply
+}
+
+type pooled struct {
+	tx    *sessionpb.Tx
+	since uint64 // the session nonce when the tx entered the pool
+	own   bool
+}
+
+func newMempool() *mempool { return &mempool{byKey: map[string]*pooled{}} }
+
+// add keeps tx unless an equivalent tx is already pooled.
+func (m *mempool) add(tx *sessionpb.Tx, since uint64, own bool) bool {
+	key := session.TxKey(tx)
+	if _, ok := m.byKey[key]; ok {
+		return false
+	}
+	m.byKey[key] = &pooled{tx: tx, since: since, own: own}
+	m.order = append(m.order, key)
+	return true
+}
+
+func (m *mempool) remove(key string) { delete(m.byKey, key) }
+
+// txs lists the pooled txs in the order they arrived.
+func (m *mempool) txs() []*sessionpb.Tx {
+	out := make([]*sessionpb.Tx, 0, len(m.byKey))
+	live := m.order[:0]
+	for _, k := range m.order {
+		if p, ok := m.byKey[k]; ok {
+			out = append(out, p.tx)
+			live = append(live, k)
+		}
+	}
+	m.order = live
+	return out
+}
+
+// prune drops txs the session can no longer take: their record was sealed,
+// or it moved past the status the tx needs.
+func (m *mempool) prune(s *session.Session) {
+	for k, p := range m.byKey {
+		if !applicable(s, p.tx) {
+			delete(m.byKey, k)
+		}
+	}
+}
+
+func applicable(s *session.Session, tx *sessionpb.Tx) bool {
+	if s.Phase() == sessionpb.Phase_PHASE_SETTLEMENT {
+		return false
+	}
+	var id uint64
+	var want []sessionpb.InferenceStatus
+	switch b := tx.Body.(type) {
+	case *sessionpb.Tx_Confirm:
+		id, want = b.Confirm.InferenceId, []sessionpb.InferenceStatus{sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING}
+	case *sessionpb.Tx_Finish:
+		id, want = b.Finish.InferenceId, []sessionpb.InferenceStatus{sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING, sessionpb.InferenceStatus_INFERENCE_STATUS_STARTED}
+	case *sessionpb.Tx_Validation:
+		id, want = b.Validation.InferenceId, []sessionpb.InferenceStatus{sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED, sessionpb.InferenceStatus_INFERENCE_STATUS_CHALLENGED}
+	case *sessionpb.Tx_Timeout:
+		id, want = b.Timeout.InferenceId, []sessionpb.InferenceStatus{sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING, sessionpb.InferenceStatus_INFERENCE_STATUS_STARTED}
+	default:
+		return false
+	}
+	r, ok := s.Record(id)
+	if !ok {
+		return false
+	}
+	for _, st := range want {
+		if r.Status == st {
+			return true
+		}
+	}
+	return false
+}
+
+// overdue explains why the host must withhold its signature: one of its own
+// txs has waited more than grace nonces for the gateway to include it. It
+// returns "" when nothing is overdue.
+func (m *mempool) overdue(en *entry, nonce, grace uint64) string {
+	for _, k := range m.order {
+		p, ok := m.byKey[k]
+		if !ok || !p.own || nonce-p.since <= grace {
+			continue
+		}
+		return fmt.Sprintf("withholding signatures: own tx for inference %d (slot %d) has waited %d nonces for inclusion, more than the grace of %d",
+			txID(p.tx), p.tx.Slot, nonce-p.since, grace)
+	}
+	return ""
+}
+
+func txID(tx *sessionpb.Tx) uint64 {
+	switch b := tx.Body.(type) {
+	case *sessionpb.Tx_Confirm:
+		return b.Confirm.InferenceId
+	case *sessionpb.Tx_Finish:
+		return b.Finish.InferenceId
+	case *sessionpb.Tx_Validation:
+		return b.Validation.InferenceId
+	case *sessionpb.Tx_Timeout:
+		return b.Timeout.InferenceId
+	}
+	return 0
+}

@@ -1,0 +1,157 @@
+package host
+
+import (
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/devshard/devshard/session/sessionpb"
+)
+
+// Metrics are the host's Prometheus metrics. A nil *Metrics records nothing.
+type Metrics struct {
+	Registry *prometheus.Registry
+
+	diffs        prometheus.Counter
+	rejects      *prometheus.CounterVec
+	applyLatency prometheus.Histogram
+	validations  *prometheus.CounterVec
+	withholds    prometheus.Counter
+	storageUp    prometheus.Gauge
+	recovered    prometheus.Gauge
+	recoverTotal prometheus.Gauge
+
+	// storageFailures counts consecutive failed writes; /readyz turns 503
+	// past a threshold.
+	storageFailures atomic.Int64
+}
+
+// NewMetrics registers the host's metrics on a fresh registry, including a
+// collector that counts sessions by phase from e.
+func NewMetrics(e *Engine) *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		diffs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devshard_host_diffs_applied_total", Help: "Diffs applied and persisted.",
+		}),
+		rejects: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "devshard_host_diff_rejects_total", Help: "Diffs rejected, by reason.",
+		}, []string{"reason"}),
+		applyLatency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "devshard_host_apply_seconds", Help: "Time to verify, persist and publish one diff.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}),
+		validations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "devshard_host_validations_total", Help: "Peer inferences re-run, by verdict.",
+		}, []string{"verdict"}),
+		withholds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devshard_host_signatures_withheld_total", Help: "Diff replies without a signature because an own tx went uncollected.",
+		}),
+		storageUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "devshard_host_storage_up", Help: "1 while the last storage write succeeded.",
+		}),
+		recovered: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "devshard_host_recovered_sessions", Help: "Sessions recovered so far at startup.",
+		}),
+		recoverTotal: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "devshard_host_recovery_sessions", Help: "Sessions to recover at startup.",
+		}),
+	}
+	m.storageUp.Set(1)
+	m.Registry.MustRegister(m.diffs, m.rejects, m.applyLatency, m.validations, m.withholds, m.storageUp, m.recovered, m.recoverTotal,
+		&phaseCollector{e: e, desc: prometheus.NewDesc("devshard_host_sessions", "Loaded sessions by phase.", []string{"phase"}, nil)},
+		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	e.cfg.Metrics = m
+	return m
+}
+
+func (m *Metrics) reject(reason string) {
+	if m != nil {
+		m.rejects.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) applyTimer() func() {
+	if m == nil {
+		return func() {}
+	}
+	start := time.Now()
+	return func() { m.applyLatency.Observe(time.Since(start).Seconds()) }
+}
+
+func (m *Metrics) applied(sessionpb.Phase) {
+	if m != nil {
+		m.diffs.Inc()
+	}
+}
+
+func (m *Metrics) sessionLoaded(sessionpb.Phase) {}
+
+func (m *Metrics) storageError() {
+	if m != nil {
+		m.storageFailures.Add(1)
+		m.storageUp.Set(0)
+	}
+}
+
+func (m *Metrics) storageOK() {
+	if m != nil {
+		m.storageFailures.Store(0)
+		m.storageUp.Set(1)
+	}
+}
+
+func (m *Metrics) validation(valid bool) {
+	if m != nil {
+		verdict := "invalid"
+		if valid {
+			verdict = "valid"
+		}
+		m.validations.WithLabelValues(verdict).Inc()
+	}
+}
+
+func (m *Metrics) withheld() {
+	if m != nil {
+		m.withholds.Inc()
+	}
+}
+
+// RecoveryProgress records startup recovery progress.
+func (m *Metrics) RecoveryProgress(done, total int) {
+	if m != nil {
+		m.recovered.Set(float64(done))
+		m.recoverTotal.Set(float64(total))
+	}
+}
+
+// StorageFailures is the number of consecutive failed storage writes.
+func (m *Metrics) StorageFailures() int64 {
+	if m == nil {
+		return 0
+	}
+	return m.storageFailures.Load()
+}
+
+// phaseCollector counts loaded sessions by phase at scrape time.
+type phaseCollector struct {
+	e    *Engine
+	desc *prometheus.Desc
+}
+
+func (c *phaseCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *phaseCollector) Collect(ch chan<- prometheus.Metric) {
+	counts := map[sessionpb.Phase]int{}
+	for _, en := range c.e.entries() {
+		en.mu.Lock()
+		if en.loaded {
+			counts[en.s.Phase()]++
+		}
+		en.mu.Unlock()
+	}
+	for _, p := range []sessionpb.Phase{sessionpb.Phase_PHASE_ACTIVE, sessionpb.Phase_PHASE_FINALIZING, sessionpb.Phase_PHASE_SETTLEMENT} {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[p]), p.String())
+	}
+}
