@@ -17,6 +17,7 @@ test: ## the test suite CI runs: deps, vet, gofmt, race on core packages, all te
 bench: ## go benchmarks plus the ratio report
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 	$(GO) run ./cmd/devshard bench protocol
+	$(GO) run ./cmd/devshard bench store
 
 lint: ## go vet and gofmt
 	$(GO) vet ./...

@@ -15,7 +15,7 @@ func newRootCommand() *cobra.Command {
 		Short: "devshard: the payment and work layer of a decentralized inference network",
 		Long: `devshard runs every role of the network from one binary:
 
-  bench     measure the protocol against its speed targets and print ratios
+  bench     measure speed targets (protocol, store) and print ratios
   version   print the build and protocol version
 
 Run 'devshard <command> --help' for the flags of each command.`,
