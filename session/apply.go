@@ -160,7 +160,35 @@ func (s *Session) checkDiffHeader(d *sessionpb.Diff) error {
 	case len(d.Txs) > MaxTxsPerDiff:
 		return fail(ReasonMalformed, "%d txs exceed the limit of %d per diff", len(d.Txs), MaxTxsPerDiff)
 	}
+	// Bodies are checked before anything encodes them for a signature.
+	for i, tx := range d.Txs {
+		if !hasBody(tx) {
+			return &DiffError{Nonce: d.Nonce, Tx: i, Reason: ReasonMalformed, Detail: "tx has no body"}
+		}
+	}
 	return nil
+}
+
+// hasBody reports whether tx carries exactly one non-nil body.
+func hasBody(tx *sessionpb.Tx) bool {
+	if tx == nil {
+		return false
+	}
+	switch b := tx.Body.(type) {
+	case *sessionpb.Tx_Start:
+		return b.Start != nil
+	case *sessionpb.Tx_Confirm:
+		return b.Confirm != nil
+	case *sessionpb.Tx_Finish:
+		return b.Finish != nil
+	case *sessionpb.Tx_Validation:
+		return b.Validation != nil
+	case *sessionpb.Tx_Timeout:
+		return b.Timeout != nil
+	case *sessionpb.Tx_Finalize:
+		return b.Finalize != nil
+	}
+	return false
 }
 
 func (s *Session) applyTxs(d *sessionpb.Diff) (*staged, error) {
@@ -191,9 +219,6 @@ func (s *Session) applyTxs(d *sessionpb.Diff) (*staged, error) {
 		st.activeNonces++
 	}
 	for i, tx := range d.Txs {
-		if tx == nil {
-			return nil, st.fail(i, ReasonMalformed, "missing tx")
-		}
 		if err := st.applyTx(i, tx); err != nil {
 			return nil, err
 		}

@@ -58,37 +58,42 @@ const (
 // encodeTx writes the canonical bytes of a tx: its kind, its slot and its
 // body. The tx's own signature is not part of them.
 func encodeTx(e *encoder, tx *sessionpb.Tx) {
+	if tx == nil {
+		e.u8(0)
+		e.u32(0)
+		return
+	}
 	switch b := tx.Body.(type) {
 	case *sessionpb.Tx_Start:
 		e.u8(kindStart)
 		e.u32(tx.Slot)
-		e.u64(b.Start.InferenceId)
-		e.u64(b.Start.InputTokens)
-		e.u64(b.Start.MaxTokens)
-		e.bytes(b.Start.PromptHash)
-		e.bytes([]byte(b.Start.Model))
+		e.u64(b.Start.GetInferenceId())
+		e.u64(b.Start.GetInputTokens())
+		e.u64(b.Start.GetMaxTokens())
+		e.bytes(b.Start.GetPromptHash())
+		e.bytes([]byte(b.Start.GetModel()))
 	case *sessionpb.Tx_Confirm:
 		e.u8(kindConfirm)
 		e.u32(tx.Slot)
-		e.u64(b.Confirm.InferenceId)
-		e.i64(b.Confirm.ConfirmedAt)
+		e.u64(b.Confirm.GetInferenceId())
+		e.i64(b.Confirm.GetConfirmedAt())
 	case *sessionpb.Tx_Finish:
 		e.u8(kindFinish)
 		e.u32(tx.Slot)
-		e.u64(b.Finish.InferenceId)
-		e.u64(b.Finish.InputTokens)
-		e.u64(b.Finish.OutputTokens)
-		e.bytes(b.Finish.ResponseHash)
+		e.u64(b.Finish.GetInferenceId())
+		e.u64(b.Finish.GetInputTokens())
+		e.u64(b.Finish.GetOutputTokens())
+		e.bytes(b.Finish.GetResponseHash())
 	case *sessionpb.Tx_Validation:
 		e.u8(kindValidation)
 		e.u32(tx.Slot)
-		e.u64(b.Validation.InferenceId)
-		e.bool(b.Validation.Valid)
-		e.bytes(b.Validation.ResponseHash)
+		e.u64(b.Validation.GetInferenceId())
+		e.bool(b.Validation.GetValid())
+		e.bytes(b.Validation.GetResponseHash())
 	case *sessionpb.Tx_Timeout:
 		e.u8(kindTimeout)
 		e.u32(tx.Slot)
-		e.u64(b.Timeout.InferenceId)
+		e.u64(b.Timeout.GetInferenceId())
 	case *sessionpb.Tx_Finalize:
 		e.u8(kindFinalize)
 		e.u32(tx.Slot)

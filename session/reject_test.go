@@ -212,6 +212,18 @@ func TestApplyRejections(t *testing.T) {
 			reason: session.ReasonMalformed, fragments: []string{"tx 0: tx has no body"},
 		},
 		{
+			name: "nil tx and nil inner body",
+			diff: func(t *testing.T, b *bundle) *sessionpb.Diff {
+				return b.forge(t, sessiontest.Finalize(), &sessionpb.Tx{Body: &sessionpb.Tx_Confirm{}})
+			},
+			reason: session.ReasonMalformed, fragments: []string{"tx 1: tx has no body"},
+		},
+		{
+			name:   "nil tx",
+			diff:   func(t *testing.T, b *bundle) *sessionpb.Diff { return b.forge(t, nil) },
+			reason: session.ReasonMalformed, fragments: []string{"tx 0: tx has no body"},
+		},
+		{
 			name: "host tx for an unknown inference",
 			diff: func(t *testing.T, b *bundle) *sessionpb.Diff {
 				return b.forge(t, b.f.Confirm(1, 9, 100))

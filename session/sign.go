@@ -53,6 +53,9 @@ func DiffSignBytes(d *sessionpb.Diff) []byte {
 
 // TxSignBytes are the bytes a host signs for one of its txs.
 func TxSignBytes(escrowID uint64, tx *sessionpb.Tx) ([]byte, error) {
+	if !hasBody(tx) {
+		return nil, fmt.Errorf("tx has no body")
+	}
 	kind, err := hostTxKind(tx)
 	if err != nil {
 		return nil, err
@@ -176,8 +179,8 @@ func VerifyStateSignature(snap *sessionpb.EscrowSnapshot, ss *sessionpb.StateSig
 // slot exists in the escrow's group and the tx is signed by the slot's holder
 // (or a warm key it granted). It does not check the tx against any state.
 func VerifyHostTx(snap *sessionpb.EscrowSnapshot, tx *sessionpb.Tx, auth Authorizer) error {
-	if tx == nil {
-		return fmt.Errorf("%w: missing tx", ReasonMalformed)
+	if !hasBody(tx) {
+		return fmt.Errorf("%w: tx has no body", ReasonMalformed)
 	}
 	kind, err := hostTxKind(tx)
 	if err != nil {
