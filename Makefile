@@ -31,10 +31,11 @@ proto: ## regenerate Go code from proto/ (needs protoc: apt-get install protobuf
 	@command -v protoc >/dev/null || { echo "protoc not found: apt-get install protobuf-compiler"; exit 1; }
 	$(GO) mod download github.com/cosmos/gogoproto
 	rm -rf .protogen && mkdir -p .protogen
-	cd proto && for d in $$(find . -name '*.proto' -exec dirname {} \; | sort -u); do \
+	cd proto && for d in ./devshard/session/v1; do \
 	  protoc -I . -I $(GOGOPROTO_DIR) \
 	    --plugin=protoc-gen-gocosmos=$(CURDIR)/scripts/protoc-gen-gocosmos \
 	    --gocosmos_out=plugins=grpc,Mgoogle/protobuf/any.proto=github.com/cosmos/gogoproto/types/any:$(CURDIR)/.protogen $$d/*.proto || exit 1; \
 	done
 	cp -r .protogen/github.com/devshard/devshard/. .
 	rm -rf .protogen
+	./scripts/protocgen-chain.sh

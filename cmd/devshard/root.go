@@ -6,6 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	chaincmd "github.com/devshard/devshard/chain/cmd"
 	"github.com/devshard/devshard/session"
 )
 
@@ -15,6 +16,7 @@ func newRootCommand() *cobra.Command {
 		Short: "devshard: the payment and work layer of a decentralized inference network",
 		Long: `devshard runs every role of the network from one binary:
 
+  chain     the chain node: init, start, keys, tx, query, genesis; 'chain dev' starts a local chain in one command
   bench     measure speed targets (protocol, store) and print ratios
   version   print the build and protocol version
 
@@ -22,7 +24,7 @@ Run 'devshard <command> --help' for the flags of each command.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newVersionCommand(), newBenchCommand())
+	root.AddCommand(chaincmd.NewCommand(), newVersionCommand(), newBenchCommand())
 	return root
 }
 

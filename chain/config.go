@@ -1,0 +1,68 @@
+package chain
+
+import (
+	"sync"
+	"time"
+
+	cmtcfg "github.com/cometbft/cometbft/config"
+
+	srvconfig "github.com/cosmos/cosmos-sdk/server/config"
+	sdk "github.com/cosmos/cosmos-sdk/types"
+)
+
+// Address prefixes and the base denom of the chain.
+const (
+	AccountAddressPrefix   = "devshard"
+	AccountPubKeyPrefix    = AccountAddressPrefix + "pub"
+	ValidatorAddressPrefix = AccountAddressPrefix + "valoper"
+	ValidatorPubKeyPrefix  = AccountAddressPrefix + "valoperpub"
+	ConsensusAddressPrefix = AccountAddressPrefix + "valcons"
+	ConsensusPubKeyPrefix  = AccountAddressPrefix + "valconspub"
+
+	// Denom is the base denom: fees, staking, deposits and collateral.
+	// 1 shard = 10^6 ushard.
+	Denom = "ushard"
+)
+
+var prefixesOnce sync.Once
+
+// SetAddressPrefixes makes the SDK's global config use the devshard bech32
+// prefixes and denom. Much of the SDK formats addresses through that global
+// (sdk.AccAddress.String), so every process that talks to the chain must call
+// it before formatting an address; New and the command tree do.
+func SetAddressPrefixes() {
+	prefixesOnce.Do(func() {
+		cfg := sdk.GetConfig()
+		cfg.SetBech32PrefixForAccount(AccountAddressPrefix, AccountPubKeyPrefix)
+		cfg.SetBech32PrefixForValidator(ValidatorAddressPrefix, ValidatorPubKeyPrefix)
+		cfg.SetBech32PrefixForConsensusNode(ConsensusAddressPrefix, ConsensusPubKeyPrefix)
+		sdk.DefaultBondDenom = Denom
+	})
+}
+
+// DefaultCometConfig is CometBFT's default config with about one block a
+// second: the timeouts a single local validator needs, not a WAN network's.
+func DefaultCometConfig() *cmtcfg.Config {
+	cfg := cmtcfg.DefaultConfig()
+	cfg.Consensus.TimeoutPropose = time.Second
+	cfg.Consensus.TimeoutProposeDelta = 200 * time.Millisecond
+	cfg.Consensus.TimeoutPrevote = 500 * time.Millisecond
+	cfg.Consensus.TimeoutPrevoteDelta = 200 * time.Millisecond
+	cfg.Consensus.TimeoutPrecommit = 500 * time.Millisecond
+	cfg.Consensus.TimeoutPrecommitDelta = 200 * time.Millisecond
+	// Not exactly 1s: when the SDK writes a new config.toml it replaces
+	// CometBFT's 1s default with 5s. 900ms plus the block's own work makes
+	// about a second.
+	cfg.Consensus.TimeoutCommit = 900 * time.Millisecond
+	return cfg
+}
+
+// DefaultAppConfig is the SDK's default app.toml with the REST API on and a
+// zero minimum gas price in ushard. A public node should raise the price.
+func DefaultAppConfig() *srvconfig.Config {
+	cfg := srvconfig.DefaultConfig()
+	cfg.MinGasPrices = "0" + Denom
+	cfg.API.Enable = true
+	cfg.GRPC.Enable = true
+	return cfg
+}

@@ -1,0 +1,106 @@
+// Package keeper holds the devshard module's state: participants, their
+// collateral, and the epochs with their lifecycle.
+package keeper
+
+import (
+	"fmt"
+
+	"cosmossdk.io/collections"
+	"cosmossdk.io/collections/indexes"
+	"cosmossdk.io/core/address"
+	"cosmossdk.io/core/store"
+
+	"github.com/cosmos/cosmos-sdk/codec"
+	sdk "github.com/cosmos/cosmos-sdk/types"
+
+	"github.com/devshard/devshard/x/devshard/types"
+)
+
+// EpochIndexes index epochs by state, so one read lists every epoch in a
+// given state.
+type EpochIndexes struct {
+	State *indexes.Multi[int32, uint64, types.Epoch]
+}
+
+// IndexesList implements collections.Indexes.
+func (i EpochIndexes) IndexesList() []collections.Index[uint64, types.Epoch] {
+	return []collections.Index[uint64, types.Epoch]{i.State}
+}
+
+// Keeper is the devshard module's keeper.
+type Keeper struct {
+	authority    string
+	addressCodec address.Codec
+	bank         types.BankKeeper
+	authz        types.AuthzKeeper
+	scheduler    types.SchedulerKeeper
+	// hooks is shared by copies of the keeper, so hooks set after the module
+	// is built are seen by it.
+	hooks *hookSlot
+
+	Schema collections.Schema
+	Params collections.Item[types.Params]
+	// CurrentEpoch is the epoch whose window holds the current block: the
+	// latest one whose start has passed, activated or not.
+	CurrentEpoch collections.Item[uint64]
+	Epochs       *collections.IndexedMap[uint64, types.Epoch, EpochIndexes]
+	Participants collections.Map[sdk.AccAddress, types.Participant]
+	// Members are the participants effective in each epoch, keyed by
+	// (epoch, address).
+	Members collections.Map[collections.Pair[uint64, sdk.AccAddress], types.EpochMember]
+	// Unbonding holds (unbond_after_epoch, address) of participants that
+	// left, ordered so release reads only the entries it releases.
+	Unbonding collections.KeySet[collections.Pair[uint64, sdk.AccAddress]]
+}
+
+type hookSlot struct{ hooks types.EpochHooks }
+
+// NewKeeper returns the keeper. authority (the gov module account) signs the
+// governance messages.
+func NewKeeper(
+	cdc codec.BinaryCodec,
+	storeService store.KVStoreService,
+	addressCodec address.Codec,
+	authority string,
+	bank types.BankKeeper,
+	authz types.AuthzKeeper,
+	scheduler types.SchedulerKeeper,
+) Keeper {
+	sb := collections.NewSchemaBuilder(storeService)
+	k := Keeper{
+		authority:    authority,
+		addressCodec: addressCodec,
+		bank:         bank,
+		authz:        authz,
+		scheduler:    scheduler,
+		hooks:        &hookSlot{},
+		Params:       collections.NewItem(sb, types.ParamsKey, "params", codec.CollValue[types.Params](cdc)),
+		CurrentEpoch: collections.NewItem(sb, types.CurrentEpochKey, "current_epoch", collections.Uint64Value),
+		Epochs: collections.NewIndexedMap(sb, types.EpochsKey, "epochs", collections.Uint64Key, codec.CollValue[types.Epoch](cdc), EpochIndexes{
+			State: indexes.NewMulti(sb, types.EpochStateIndexKey, "epochs_by_state", collections.Int32Key, collections.Uint64Key,
+				func(_ uint64, e types.Epoch) (int32, error) { return int32(e.State), nil }),
+		}),
+		Participants: collections.NewMap(sb, types.ParticipantsKey, "participants", sdk.AccAddressKey, codec.CollValue[types.Participant](cdc)),
+		Members: collections.NewMap(sb, types.MembersKey, "members",
+			collections.PairKeyCodec(collections.Uint64Key, sdk.AccAddressKey), codec.CollValue[types.EpochMember](cdc)),
+		Unbonding: collections.NewKeySet(sb, types.UnbondingKey, "unbonding",
+			collections.PairKeyCodec(collections.Uint64Key, sdk.AccAddressKey)),
+	}
+	schema, err := sb.Build()
+	if err != nil {
+		panic(err)
+	}
+	k.Schema = schema
+	return k
+}
+
+// SetHooks installs the epoch hooks. It may be called once, while wiring.
+func (k Keeper) SetHooks(h types.EpochHooks) {
+	if k.hooks.hooks != nil {
+		panic(fmt.Sprintf("%s: epoch hooks are already set", types.ModuleName))
+	}
+	k.hooks.hooks = h
+}
+
+// Authority is the address that may send the governance messages.
+func (k Keeper) Authority() string { return k.authority }

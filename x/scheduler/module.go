@@ -1,0 +1,103 @@
+// Package scheduler is a Cosmos SDK module that runs tasks at block heights.
+//
+// Modules register task types (a handler and the types it depends on) while
+// the app is wired, then schedule tasks of those types: one-shot or periodic,
+// due at a height. At the end of each block the due tasks run in dependency
+// order. A failing task is retried a bounded number of times and then parked
+// in a failed set that governance can retry or drop; a task never halts the
+// chain.
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	gwruntime "github.com/grpc-ecosystem/grpc-gateway/runtime"
+	"google.golang.org/grpc"
+
+	"cosmossdk.io/core/appmodule"
+
+	"github.com/cosmos/cosmos-sdk/client"
+	"github.com/cosmos/cosmos-sdk/codec"
+	codectypes "github.com/cosmos/cosmos-sdk/codec/types"
+	sdk "github.com/cosmos/cosmos-sdk/types"
+	"github.com/cosmos/cosmos-sdk/types/module"
+
+	"github.com/devshard/devshard/x/scheduler/keeper"
+	"github.com/devshard/devshard/x/scheduler/types"
+)
+
+// ConsensusVersion is the state layout version, for migrations.
+const ConsensusVersion = 1
+
+var (
+	_ module.AppModuleBasic      = AppModule{}
+	_ module.HasGenesis          = AppModule{}
+	_ module.HasConsensusVersion = AppModule{}
+	_ appmodule.AppModule        = AppModule{}
+	_ appmodule.HasEndBlocker    = AppModule{}
+	_ appmodule.HasServices      = AppModule{}
+)
+
+// AppModule is the scheduler module.
+type AppModule struct {
+	keeper keeper.Keeper
+}
+
+// NewAppModule returns the module over k.
+func NewAppModule(k keeper.Keeper) AppModule { return AppModule{keeper: k} }
+
+func (AppModule) IsAppModule()                                  {}
+func (AppModule) IsOnePerModuleType()                           {}
+func (AppModule) Name() string                                  { return types.ModuleName }
+func (AppModule) ConsensusVersion() uint64                      { return ConsensusVersion }
+func (AppModule) RegisterLegacyAminoCodec(c *codec.LegacyAmino) { types.RegisterLegacyAminoCodec(c) }
+func (AppModule) RegisterInterfaces(r codectypes.InterfaceRegistry) {
+	types.RegisterInterfaces(r)
+}
+
+// RegisterGRPCGatewayRoutes serves the queries over REST on the API server.
+func (AppModule) RegisterGRPCGatewayRoutes(clientCtx client.Context, mux *gwruntime.ServeMux) {
+	if err := types.RegisterQueryHandlerClient(context.Background(), mux, types.NewQueryClient(clientCtx)); err != nil {
+		panic(err)
+	}
+}
+
+// RegisterServices registers the Msg and Query services.
+func (am AppModule) RegisterServices(r grpc.ServiceRegistrar) error {
+	types.RegisterMsgServer(r, keeper.NewMsgServer(am.keeper))
+	types.RegisterQueryServer(r, keeper.NewQueryServer(am.keeper))
+	return nil
+}
+
+func (AppModule) DefaultGenesis(cdc codec.JSONCodec) json.RawMessage {
+	return cdc.MustMarshalJSON(types.DefaultGenesis())
+}
+
+func (AppModule) ValidateGenesis(cdc codec.JSONCodec, _ client.TxEncodingConfig, bz json.RawMessage) error {
+	var gs types.GenesisState
+	if err := cdc.UnmarshalJSON(bz, &gs); err != nil {
+		return fmt.Errorf("%s genesis is not valid JSON for GenesisState: %w", types.ModuleName, err)
+	}
+	return gs.Validate()
+}
+
+func (am AppModule) InitGenesis(ctx sdk.Context, cdc codec.JSONCodec, bz json.RawMessage) {
+	var gs types.GenesisState
+	cdc.MustUnmarshalJSON(bz, &gs)
+	if err := am.keeper.InitGenesis(ctx, gs); err != nil {
+		panic(fmt.Errorf("%s genesis: %w", types.ModuleName, err))
+	}
+}
+
+func (am AppModule) ExportGenesis(ctx sdk.Context, cdc codec.JSONCodec) json.RawMessage {
+	gs, err := am.keeper.ExportGenesis(ctx)
+	if err != nil {
+		panic(fmt.Errorf("%s genesis export: %w", types.ModuleName, err))
+	}
+	return cdc.MustMarshalJSON(gs)
+}
+
+// EndBlock runs the tasks due in this block.
+func (am AppModule) EndBlock(ctx context.Context) error { return am.keeper.RunDue(ctx) }
