@@ -2,11 +2,15 @@ package host
 
 import (
 	"context"
+	"fmt"
 	"testing"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/internal/pgtest"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionbench"
+	"github.com/devshard/devshard/store"
+	"github.com/devshard/devshard/store/postgres"
 	"github.com/devshard/devshard/store/sqlite"
 )
 
@@ -14,6 +18,32 @@ import (
 // verify, persist to SQLite (synchronous=FULL), commit and sign. Compare
 // with BenchmarkPureApply, measured on the same diffs.
 func BenchmarkHostApplySQLite(b *testing.B) {
+	benchHostApply(b, func(b *testing.B) store.Store {
+		st, err := sqlite.Open(context.Background(), b.TempDir(), sqlite.Options{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return st
+	})
+}
+
+// BenchmarkHostApplyPostgres is the same on Postgres with fsync and
+// synchronous_commit on.
+func BenchmarkHostApplyPostgres(b *testing.B) {
+	c := pgtest.Start(b)
+	c.Durable(b)
+	n := 0
+	benchHostApply(b, func(b *testing.B) store.Store {
+		n++
+		st, err := postgres.Open(context.Background(), postgres.Config{DSN: c.CreateDatabase(b, fmt.Sprintf("bench%d", n))})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return st
+	})
+}
+
+func benchHostApply(b *testing.B, open func(*testing.B) store.Store) {
 	p, err := sessionbench.NewPipeline(21, 1000)
 	if err != nil {
 		b.Fatal(err)
@@ -28,10 +58,7 @@ func BenchmarkHostApplySQLite(b *testing.B) {
 			if closeStore != nil {
 				closeStore()
 			}
-			st, err := sqlite.Open(ctx, b.TempDir(), sqlite.Options{})
-			if err != nil {
-				b.Fatal(err)
-			}
+			st := open(b)
 			closeStore = func() { st.Close() }
 			e = New(Config{Key: p.Fixture.SlotKey(0), Store: st, Escrows: staticEscrows{p.Fixture.Snapshot}, Executor: executor.Builtin{}})
 			e.MarkReady()

@@ -171,6 +171,36 @@ func (c *Cluster) CreateDatabase(t testing.TB, name string) string {
 	return c.DSN(name)
 }
 
+// Durable turns fsync back on (clusters start with it off for speed), so a
+// benchmark's commits are as durable as production's: with
+// synchronous_commit=on every commit flushes the WAL to disk.
+func (c *Cluster) Durable(t testing.TB) {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, c.DSN("postgres"))
+	if err != nil {
+		t.Fatalf("pgtest: connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	for _, q := range []string{"ALTER SYSTEM SET fsync = on", "SELECT pg_reload_conf()"} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("pgtest: %s: %v", q, err)
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		var fsync, sync string
+		err := conn.QueryRow(ctx, "SELECT current_setting('fsync'), current_setting('synchronous_commit')").Scan(&fsync, &sync)
+		if err == nil && fsync == "on" && sync == "on" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pgtest: fsync=%s synchronous_commit=%s after reload (err %v); want both on", fsync, sync, err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // Stop shuts the cluster down cleanly (pg_ctl stop -m fast): open sessions
 // are terminated and a shutdown checkpoint is written.
 func (c *Cluster) Stop(t testing.TB) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"testing"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
@@ -14,23 +13,11 @@ import (
 	"github.com/devshard/devshard/store/storetest"
 )
 
-// benchCluster starts a cluster for benchmarks with fsync turned back on
-// (pgtest turns it off), so that a commit is as durable as SQLite's
-// synchronous=FULL: synchronous_commit=on flushes the WAL at every commit.
+// benchCluster starts a cluster for benchmarks with fsync turned back on,
+// so that a commit is as durable as SQLite's synchronous=FULL.
 func benchCluster(b *testing.B) *pgtest.Cluster {
 	c := pgtest.Start(b)
-	conn, err := pgx.Connect(context.Background(), c.DSN("postgres"))
-	require.NoError(b, err)
-	defer conn.Close(context.Background())
-	for _, q := range []string{"ALTER SYSTEM SET fsync = on", "SELECT pg_reload_conf()"} {
-		_, err := conn.Exec(context.Background(), q)
-		require.NoError(b, err)
-	}
-	require.Eventually(b, func() bool {
-		var fsync, sync string
-		err := conn.QueryRow(context.Background(), "SELECT current_setting('fsync'), current_setting('synchronous_commit')").Scan(&fsync, &sync)
-		return err == nil && fsync == "on" && sync == "on"
-	}, 10*time.Second, 50*time.Millisecond, "fsync and synchronous_commit must be on for the figures to be durable")
+	c.Durable(b)
 	return c
 }
 
