@@ -46,6 +46,9 @@ type Config struct {
 	// SnapshotEvery is K: a snapshot every K nonces and at settlement
 	// (default 500).
 	SnapshotEvery uint64
+	// LoadWait is how long a request waits for its session to be recovered
+	// before it gets 503 initializing (default 5s).
+	LoadWait time.Duration
 	// Now stamps ConfirmStart and times out stalled inferences (default
 	// time.Now). The protocol never reads it; only this host's txs do.
 	Now    func() time.Time
@@ -81,6 +84,9 @@ var (
 func New(cfg Config) *Engine {
 	if cfg.SnapshotEvery == 0 {
 		cfg.SnapshotEvery = 500
+	}
+	if cfg.LoadWait <= 0 {
+		cfg.LoadWait = 5 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -126,6 +132,9 @@ func (e *Engine) Ready() bool {
 // entry is one escrow's live session. mu serializes everything that reads
 // or changes the session, its mempool and its payloads.
 type entry struct {
+	done    chan struct{} // closed when the load finished, well or not
+	loadErr error         // set before done is closed
+
 	mu       sync.Mutex
 	loaded   bool
 	s        *session.Session
@@ -138,27 +147,66 @@ type entry struct {
 }
 
 // session returns the escrow's entry, loading or creating it on first use
-// (lazy recovery). The entry is returned locked.
+// (lazy recovery), locked. A load runs in its own goroutine; a caller waits
+// for it at most LoadWait, then gets ErrInitializing (503) and can retry,
+// while the load goes on.
 func (e *Engine) session(ctx context.Context, escrowID uint64) (*entry, error) {
+	return e.acquire(ctx, escrowID, e.cfg.LoadWait)
+}
+
+// acquire is session with an explicit wait; 0 waits as long as ctx allows.
+func (e *Engine) acquire(ctx context.Context, escrowID uint64, wait time.Duration) (*entry, error) {
 	if !e.Ready() {
 		return nil, ErrInitializing
 	}
 	e.mu.Lock()
 	en, ok := e.sessions[escrowID]
 	if !ok {
-		en = &entry{}
+		en = &entry{done: make(chan struct{})}
 		e.sessions[escrowID] = en
+		go e.loadEntry(escrowID, en)
 	}
 	e.mu.Unlock()
+	var timeout <-chan time.Time
+	if wait > 0 {
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-en.done: // already loaded: never lose a race with a short timer
+	default:
+		select {
+		case <-en.done:
+		case <-timeout:
+			return nil, fmt.Errorf("%w: escrow %d is still being recovered; retry shortly", ErrInitializing, escrowID)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if en.loadErr != nil {
+		return nil, en.loadErr
+	}
 	en.mu.Lock()
-	if en.loaded {
-		return en, nil
-	}
-	if err := e.load(ctx, escrowID, en); err != nil {
-		en.mu.Unlock()
-		return nil, err
-	}
 	return en, nil
+}
+
+// loadEntry loads the entry once. A failed load is forgotten, so the next
+// request tries again (the chain may have caught up, storage come back).
+func (e *Engine) loadEntry(escrowID uint64, en *entry) {
+	ctx := context.Background()
+	en.mu.Lock()
+	err := e.load(ctx, escrowID, en)
+	en.mu.Unlock()
+	if err != nil {
+		en.loadErr = err
+		e.mu.Lock()
+		if e.sessions[escrowID] == en {
+			delete(e.sessions, escrowID)
+		}
+		e.mu.Unlock()
+	}
+	close(en.done)
 }
 
 // load recovers the escrow from storage, or starts it from the chain's

@@ -635,3 +635,80 @@ func TestRecoverAllInParallel(t *testing.T) {
 	require.Equal(t, "1,000", commas(1000))
 	require.NoError(t, st.Close())
 }
+
+// slowStore makes every session lookup slow, as a cold disk would, so that
+// recovery of many sessions visibly takes time.
+type slowStore struct{ store.Store }
+
+func (s slowStore) Session(ctx context.Context, id uint64) (*store.Session, error) {
+	time.Sleep(2 * time.Millisecond)
+	return s.Store.Session(ctx, id)
+}
+
+// Startup with 1,000 stored sessions: the listener answers at once, session
+// routes answer 503 until storage is ready and then until their escrow is
+// recovered, and every session comes back.
+func TestStartupWithThousandSessions(t *testing.T) {
+	t.Parallel()
+	const n = 1000
+	dir := t.TempDir()
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, dir, sqlite.Options{Synchronous: "NORMAL"})
+	require.NoError(t, err)
+	chain := &fakeChain{snaps: map[uint64]*sessionpb.EscrowSnapshot{}}
+	var f *sessiontest.Fixture
+	seed := New(Config{Key: sessiontest.New(1, sessiontest.DefaultOptions()).Hosts[0], Store: st, Escrows: chain, Executor: executor.Builtin{}})
+	seed.MarkReady()
+	roots := map[uint64][32]byte{}
+	for id := uint64(1); id <= n; id++ {
+		o := sessiontest.DefaultOptions()
+		o.EscrowID = id
+		f = sessiontest.New(1, o)
+		chain.snaps[id] = f.Snapshot
+		d, err := f.Sequencer().Build()
+		require.NoError(t, err)
+		raw, _ := d.Marshal()
+		reply, err := seed.ApplyDiff(ctx, id, raw, nil)
+		require.NoError(t, err)
+		roots[id] = reply.Root
+	}
+	require.NoError(t, st.Close())
+
+	st, err = sqlite.Open(ctx, dir, sqlite.Options{})
+	require.NoError(t, err)
+	defer st.Close()
+	e := New(Config{Key: f.Hosts[0], Store: slowStore{st}, Escrows: chain, Executor: executor.Builtin{}, LoadWait: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	m := NewMetrics(e)
+	srv := httptest.NewServer(Handler(e, "test"))
+	defer srv.Close()
+	get := func(path string) int {
+		req, err := http.NewRequest("GET", srv.URL+path, nil)
+		require.NoError(t, err)
+		require.NoError(t, httpauth.Sign(req, f.Hosts[1], time.Now()))
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	require.Equal(t, http.StatusOK, get("/healthz"), "the listener serves before storage is ready")
+	require.Equal(t, http.StatusServiceUnavailable, get("/v1/sessions/500/mempool"), "session routes wait for storage")
+
+	e.MarkReady()
+	done := make(chan error, 1)
+	go func() { done <- e.RecoverAll(ctx, 4) }()
+	require.Equal(t, http.StatusOK, get("/healthz"))
+	var g dto.Metric
+	require.NoError(t, m.recovered.Write(&g))
+	require.Less(t, g.GetGauge().GetValue(), float64(n), "health answered before recovery ended")
+	// The last escrow is not reached yet; its route says so instead of hanging.
+	require.Equal(t, http.StatusServiceUnavailable, get(fmt.Sprintf("/v1/sessions/%d/mempool", n)))
+
+	require.NoError(t, <-done)
+	for id := uint64(1); id <= n; id += 111 {
+		require.Equal(t, http.StatusOK, get(fmt.Sprintf("/v1/sessions/%d/mempool", id)), "escrow %d", id)
+		en, err := e.session(ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, roots[id], en.s.Root())
+		en.mu.Unlock()
+	}
+}

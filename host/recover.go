@@ -35,7 +35,7 @@ func (e *Engine) RecoverAll(ctx context.Context, workers int) error {
 		go func() {
 			defer wg.Done()
 			for id := range ids {
-				en, err := e.session(ctx, id)
+				en, err := e.acquire(ctx, id, 0)
 				if err != nil {
 					e.log.Warn("session not recovered; it will be retried on its first request", "escrow", id, "err", err)
 				} else {
