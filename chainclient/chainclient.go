@@ -1,0 +1,231 @@
+// Package chainclient is how hosts and gateways read the chain: epochs,
+// warm-key grants and (with the escrow module) escrows over gRPC, and new
+// blocks over CometBFT's websocket, reconnecting when the node goes away.
+package chainclient
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"cosmossdk.io/core/address"
+	rpchttp "github.com/cometbft/cometbft/rpc/client/http"
+	coretypes "github.com/cometbft/cometbft/rpc/core/types"
+	addresscodec "github.com/cosmos/cosmos-sdk/codec/address"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/devshard/devshard/chain"
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/signing"
+	devshardtypes "github.com/devshard/devshard/x/devshard/types"
+)
+
+// Client reads one chain node.
+type Client struct {
+	conn   *grpc.ClientConn
+	query  devshardtypes.QueryClient
+	rpc    string
+	addrs  address.Codec
+	log    *slog.Logger
+	grants *grantCache
+}
+
+// Config names the node to read.
+type Config struct {
+	// GRPC is the node's gRPC address, host:port.
+	GRPC string
+	// RPC is CometBFT's RPC, e.g. http://127.0.0.1:26657 or tcp://…
+	RPC string
+	// GrantTTL is how long a warm-key answer is cached (default 30s).
+	GrantTTL time.Duration
+	Logger   *slog.Logger
+}
+
+// Dial connects to the node's gRPC endpoint. The connection is lazy: a node
+// that is down makes calls fail, not Dial.
+func Dial(cfg Config) (*Client, error) {
+	if cfg.GRPC == "" {
+		return nil, fmt.Errorf("chain client: a gRPC address is required")
+	}
+	conn, err := grpc.NewClient(cfg.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("chain client: gRPC %s: %w", cfg.GRPC, err)
+	}
+	if cfg.GrantTTL <= 0 {
+		cfg.GrantTTL = 30 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	c := &Client{
+		conn:  conn,
+		query: devshardtypes.NewQueryClient(conn),
+		rpc:   cfg.RPC,
+		addrs: addresscodec.NewBech32Codec(chain.AccountAddressPrefix),
+		log:   cfg.Logger,
+	}
+	c.grants = &grantCache{ttl: cfg.GrantTTL, entries: map[grantKey]grantEntry{}, lookup: c.mayActFor}
+	return c, nil
+}
+
+// Close releases the gRPC connection.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Conn is the gRPC connection, for module query clients.
+func (c *Client) Conn() *grpc.ClientConn { return c.conn }
+
+// CurrentEpoch is the epoch whose window holds the latest block.
+func (c *Client) CurrentEpoch(ctx context.Context) (uint64, error) {
+	resp, err := c.query.CurrentEpoch(ctx, &devshardtypes.QueryCurrentEpochRequest{})
+	if err != nil {
+		return 0, fmt.Errorf("query current epoch: %w", err)
+	}
+	return resp.Epoch.Id, nil
+}
+
+// Address renders an account address in the chain's bech32 form.
+func (c *Client) Address(a signing.Address) string {
+	s, err := c.addrs.BytesToString(a[:])
+	if err != nil {
+		return a.String()
+	}
+	return s
+}
+
+func (c *Client) mayActFor(ctx context.Context, holder, signer signing.Address, kind session.Kind) (bool, error) {
+	resp, err := c.query.MayActFor(ctx, &devshardtypes.QueryMayActForRequest{Holder: c.Address(holder), Signer: c.Address(signer), Kind: string(kind)})
+	if err != nil {
+		return false, err
+	}
+	return resp.Allowed, nil
+}
+
+// Authorizer answers the protocol's warm-key question from the chain's
+// x/authz grants, cached for GrantTTL. A chain that cannot be asked answers
+// no: a signature is refused rather than accepted on a guess.
+func (c *Client) Authorizer() session.Authorizer { return c.grants }
+
+type grantKey struct {
+	holder, signer signing.Address
+	kind           session.Kind
+}
+
+type grantEntry struct {
+	allowed bool
+	at      time.Time
+}
+
+type grantCache struct {
+	ttl     time.Duration
+	lookup  func(ctx context.Context, holder, signer signing.Address, kind session.Kind) (bool, error)
+	mu      sync.Mutex
+	entries map[grantKey]grantEntry
+	now     func() time.Time
+}
+
+func (g *grantCache) clock() time.Time {
+	if g.now != nil {
+		return g.now()
+	}
+	return time.Now()
+}
+
+// MayActFor implements session.Authorizer.
+func (g *grantCache) MayActFor(holder, signer signing.Address, kind session.Kind) bool {
+	k := grantKey{holder, signer, kind}
+	now := g.clock()
+	g.mu.Lock()
+	e, ok := g.entries[k]
+	g.mu.Unlock()
+	if ok && now.Sub(e.at) < g.ttl {
+		return e.allowed
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	allowed, err := g.lookup(ctx, holder, signer, kind)
+	if err != nil {
+		return false // not cached: the next call asks again
+	}
+	g.mu.Lock()
+	g.entries[k] = grantEntry{allowed: allowed, at: now}
+	g.mu.Unlock()
+	return allowed
+}
+
+// FollowEpochs calls fn with the current epoch now and whenever it changes,
+// until ctx ends. It learns of new blocks from CometBFT's websocket and,
+// while that is down, polls every poll interval; it reconnects on its own.
+func (c *Client) FollowEpochs(ctx context.Context, poll time.Duration, fn func(epoch uint64)) error {
+	if poll <= 0 {
+		poll = 5 * time.Second
+	}
+	var last uint64
+	check := func() {
+		e, err := c.CurrentEpoch(ctx)
+		if err != nil {
+			c.log.Warn("epoch check failed", "err", err)
+			return
+		}
+		if e != last {
+			last = e
+			fn(e)
+		}
+	}
+	check()
+	for ctx.Err() == nil {
+		blocks, stop, err := c.subscribeBlocks(ctx)
+		if err != nil {
+			c.log.Warn("block subscription failed; polling", "rpc", c.rpc, "err", err)
+		}
+		ticker := time.NewTicker(poll)
+	loop:
+		for {
+			select {
+			case <-ctx.Done():
+				break loop
+			case _, ok := <-blocks:
+				if !ok {
+					break loop // the websocket closed: resubscribe
+				}
+				check()
+			case <-ticker.C:
+				check()
+				if blocks == nil {
+					break loop // try to subscribe again
+				}
+			}
+		}
+		ticker.Stop()
+		if stop != nil {
+			stop()
+		}
+	}
+	return ctx.Err()
+}
+
+// subscribeBlocks opens a websocket subscription to new blocks. A nil
+// channel (with an error) means polling only.
+func (c *Client) subscribeBlocks(ctx context.Context) (<-chan coretypes.ResultEvent, func(), error) {
+	if c.rpc == "" {
+		return nil, nil, fmt.Errorf("no CometBFT RPC configured")
+	}
+	ws, err := rpchttp.New(c.rpc, "/websocket")
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := ws.Start(); err != nil {
+		return nil, nil, err
+	}
+	ch, err := ws.Subscribe(ctx, "devshard-chainclient", "tm.event = 'NewBlock'", 16)
+	if err != nil {
+		_ = ws.Stop()
+		return nil, nil, err
+	}
+	return ch, func() {
+		_ = ws.UnsubscribeAll(context.Background(), "devshard-chainclient")
+		_ = ws.Stop()
+	}, nil
+}
