@@ -21,7 +21,7 @@ figure and one 'RATIO' line per target, comparing figures taken in the same
 run. Ratios, not absolute times, are what the targets constrain: the
 machines are shared and noisy. docs/BENCHMARKS.md records the results.`,
 	}
-	cmd.AddCommand(newBenchProtocolCommand(), newBenchStoreCommand())
+	cmd.AddCommand(newBenchProtocolCommand(), newBenchStoreCommand(), newBenchSchedulerCommand())
 	return cmd
 }
 
