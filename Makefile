@@ -18,6 +18,7 @@ bench: ## go benchmarks plus the ratio report
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 	$(GO) run ./cmd/devshard bench protocol
 	$(GO) run ./cmd/devshard bench store
+	$(GO) run ./cmd/devshard bench scheduler
 
 lint: ## go vet and gofmt
 	$(GO) vet ./...

@@ -17,7 +17,7 @@ func newRootCommand() *cobra.Command {
 		Long: `devshard runs every role of the network from one binary:
 
   chain     the chain node: init, start, keys, tx, query, genesis; 'chain dev' starts a local chain in one command
-  bench     measure speed targets (protocol, store) and print ratios
+  bench     measure speed targets (protocol, store, scheduler) and print ratios
   version   print the build and protocol version
 
 Run 'devshard <command> --help' for the flags of each command.`,
