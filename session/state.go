@@ -212,13 +212,9 @@ func (s *Session) State() *sessionpb.SessionState {
 		Balance:         s.balance,
 		Reserved:        s.reserved,
 		Fees:            s.fees,
-		HostStats:       make([]*sessionpb.HostStats, len(s.stats)),
+		HostStats:       s.statsCopy(),
 		Live:            make([]*sessionpb.InferenceRecord, 0, len(s.live)),
-		Sealed:          &sessionpb.SealedAccumulator{Count: s.sealedCount, Digest: append([]byte(nil), s.sealedDigest[:]...)},
-	}
-	for i := range s.stats {
-		c := s.stats[i]
-		st.HostStats[i] = &c
+		Sealed:          s.sealedCopy(),
 	}
 	for _, id := range s.sortedLiveIDs() {
 		st.Live = append(st.Live, cloneRecord(s.live[id]))
@@ -376,17 +372,26 @@ func (s *Session) Settlement() *sessionpb.Settlement {
 		Balance:         s.balance,
 		Reserved:        s.reserved,
 		Fees:            s.fees,
-		HostStats:       make([]*sessionpb.HostStats, len(s.stats)),
-		Sealed:          &sessionpb.SealedAccumulator{Count: s.sealedCount, Digest: append([]byte(nil), s.sealedDigest[:]...)},
+		HostStats:       s.statsCopy(),
+		Sealed:          s.sealedCopy(),
 		ProtocolVersion: s.snap.ProtocolVersion,
 	}
 	r := s.tree.root()
 	st.RecordsRoot = r[:]
 	root := s.root
 	st.StateRoot = root[:]
+	return st
+}
+
+func (s *Session) statsCopy() []*sessionpb.HostStats {
+	out := make([]*sessionpb.HostStats, len(s.stats))
 	for i := range s.stats {
 		c := s.stats[i]
-		st.HostStats[i] = &c
+		out[i] = &c
 	}
-	return st
+	return out
+}
+
+func (s *Session) sealedCopy() *sessionpb.SealedAccumulator {
+	return &sessionpb.SealedAccumulator{Count: s.sealedCount, Digest: append([]byte(nil), s.sealedDigest[:]...)}
 }
