@@ -190,7 +190,7 @@ func New(logger log.Logger, db dbm.DB, traceStore io.Writer, loadLatest bool, ap
 
 	app.SchedulerKeeper = schedulerkeeper.NewKeeper(appCodec, runtime.NewKVStoreService(keys[schedulertypes.StoreKey]), govAuthority)
 	app.DevshardKeeper = devshardkeeper.NewKeeper(appCodec, runtime.NewKVStoreService(keys[devshardtypes.StoreKey]),
-		accCodec, govAuthority, app.BankKeeper, app.AuthzKeeper, app.SchedulerKeeper)
+		accCodec, govAuthority, app.BankKeeper, app.AuthzKeeper, app.SchedulerKeeper, app.DistrKeeper)
 	if err := app.SchedulerKeeper.Register(app.DevshardKeeper.TaskDefinitions()...); err != nil {
 		panic(err)
 	}
@@ -223,7 +223,7 @@ func New(logger log.Logger, db dbm.DB, traceStore io.Writer, loadLatest bool, ap
 	app.ModuleManager.SetOrderBeginBlockers(distrtypes.ModuleName, stakingtypes.ModuleName, authz.ModuleName)
 	// The scheduler runs last, after gov, so a task governance puts back on
 	// the schedule runs in the same block.
-	app.ModuleManager.SetOrderEndBlockers(govtypes.ModuleName, stakingtypes.ModuleName, schedulertypes.ModuleName)
+	app.ModuleManager.SetOrderEndBlockers(govtypes.ModuleName, stakingtypes.ModuleName, devshardtypes.ModuleName, schedulertypes.ModuleName)
 	// genutil delivers the gentxs, so staking and bank must be set up first;
 	// the devshard module schedules epoch 1 through the scheduler and checks
 	// bonded collateral against bank, so it comes after both.
@@ -246,6 +246,7 @@ func New(logger log.Logger, db dbm.DB, traceStore io.Writer, loadLatest bool, ap
 	}
 	reflectionv1.RegisterReflectionServiceServer(app.GRPCQueryRouter(), reflection)
 
+	app.registerUpgrades()
 	app.MountKVStores(keys)
 	app.SetInitChainer(app.InitChainer)
 	app.SetPreBlocker(app.PreBlocker)

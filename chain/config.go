@@ -5,6 +5,7 @@ import (
 	"time"
 
 	cmtcfg "github.com/cometbft/cometbft/config"
+	cmttypes "github.com/cometbft/cometbft/types"
 
 	srvconfig "github.com/cosmos/cosmos-sdk/server/config"
 	sdk "github.com/cosmos/cosmos-sdk/types"
@@ -65,4 +66,17 @@ func DefaultAppConfig() *srvconfig.Config {
 	cfg.API.Enable = true
 	cfg.GRPC.Enable = true
 	return cfg
+}
+
+// BlockMaxGas is the block gas limit the default genesis sets (an unlimited
+// block is no limit). A 16-slot MsgSettleEscrow tx costs at most about 270k
+// gas (docs/BENCHMARKS.md), so a block holds at least 1,000 of them.
+const BlockMaxGas = 400_000_000
+
+// DefaultConsensusParams are CometBFT's defaults with the block gas limit
+// set to BlockMaxGas.
+func DefaultConsensusParams() *cmttypes.ConsensusParams {
+	p := cmttypes.DefaultConsensusParams()
+	p.Block.MaxGas = BlockMaxGas
+	return p
 }

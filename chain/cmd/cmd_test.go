@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -45,6 +47,8 @@ func TestCommandTreeHasTheUsualCommands(t *testing.T) {
 		{"query", "devshard", "epochs-by-state"}, {"query", "devshard", "epoch-members"}, {"query", "devshard", "may-act-for"},
 		{"query", "scheduler", "task-types"}, {"query", "scheduler", "failed-tasks"}, {"query", "scheduler", "tasks-by-due-height"},
 		{"tx", "devshard", "register-participant"}, {"tx", "devshard", "unregister-participant"}, {"tx", "devshard", "cancel-epoch"},
+		{"tx", "devshard", "create-escrow"}, {"tx", "devshard", "claim-rewards"},
+		{"query", "devshard", "escrow"}, {"query", "devshard", "summary"}, {"query", "devshard", "conservation"},
 		{"tx", "scheduler", "retry-failed-task"}, {"tx", "scheduler", "drop-failed-task"},
 		{"tx", "bank", "send"}, {"tx", "authz", "grant"}, {"tx", "gov", "submit-proposal"}, {"query", "staking", "validators"},
 	} {
@@ -53,6 +57,19 @@ func TestCommandTreeHasTheUsualCommands(t *testing.T) {
 		require.Empty(t, rest, strings.Join(path, " "))
 		require.Equal(t, path[len(path)-1], cmd.Name())
 	}
+}
+
+// init writes a genesis with a real block gas limit.
+func TestInitSetsTheBlockGasLimit(t *testing.T) {
+	t.Parallel()
+	home := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := run(t, ctx, "init", "n0", "--chain-id", "devshard-test", "--home", home)
+	require.NoError(t, err)
+	raw, err := os.ReadFile(filepath.Join(home, "config", "genesis.json"))
+	require.NoError(t, err)
+	require.Contains(t, string(raw), fmt.Sprintf(`"max_gas": "%d"`, chain.BlockMaxGas))
 }
 
 // The generated CLI signs and sends a devshard tx and queries the result,

@@ -27,9 +27,11 @@ import (
 	"github.com/cosmos/cosmos-sdk/server"
 	srvconfig "github.com/cosmos/cosmos-sdk/server/config"
 	servertypes "github.com/cosmos/cosmos-sdk/server/types"
+	"github.com/cosmos/cosmos-sdk/types/module"
 	authcmd "github.com/cosmos/cosmos-sdk/x/auth/client/cli"
 	authtypes "github.com/cosmos/cosmos-sdk/x/auth/types"
 	genutilcli "github.com/cosmos/cosmos-sdk/x/genutil/client/cli"
+	genutiltypes "github.com/cosmos/cosmos-sdk/x/genutil/types"
 
 	"github.com/devshard/devshard/chain"
 )
@@ -85,7 +87,7 @@ step-by-step setup. See docs/chain.md.`,
 	root.PersistentFlags().Bool(flags.FlagLogNoColor, false, "disable colored logs")
 
 	root.AddCommand(
-		genutilcli.InitCmd(app.BasicModuleManager, chain.DefaultNodeHome),
+		initCmd(app.BasicModuleManager),
 		debug.Cmd(),
 		pruning.Cmd(newApp, chain.DefaultNodeHome),
 		snapshot.Cmd(newApp),
@@ -185,4 +187,24 @@ func exportApp(logger log.Logger, db dbm.DB, traceStore io.Writer, height int64,
 		}
 	}
 	return app.ExportAppStateAndValidators(forZeroHeight, jailAllowedAddrs, modulesToExport)
+}
+
+// initCmd is the SDK's init with the chain's consensus params: a real block
+// gas limit (chain.BlockMaxGas) instead of CometBFT's unlimited default.
+func initCmd(basics module.BasicManager) *cobra.Command {
+	cmd := genutilcli.InitCmd(basics, chain.DefaultNodeHome)
+	run := cmd.RunE
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		if err := run(c, args); err != nil {
+			return err
+		}
+		file := server.GetServerContextFromCmd(c).Config.GenesisFile()
+		g, err := genutiltypes.AppGenesisFromFile(file)
+		if err != nil {
+			return err
+		}
+		g.Consensus.Params.Block.MaxGas = chain.BlockMaxGas
+		return g.SaveAs(file)
+	}
+	return cmd
 }

@@ -326,7 +326,7 @@ func (n *Node) writeGenesis(cfg Config, cometCfg *cmtcfg.Config, pv *privval.Fil
 	if err != nil {
 		return err
 	}
-	consensus := cmttypes.DefaultConsensusParams()
+	consensus := chain.DefaultConsensusParams()
 	g := genutiltypes.NewAppGenesisWithVersion(cfg.ChainID, appState)
 	g.GenesisTime = time.Now().UTC()
 	g.Consensus = &genutiltypes.ConsensusGenesis{Params: consensus}

@@ -38,6 +38,18 @@ func (AppModule) AutoCLIOptions() *autocliv1.ModuleOptions {
 					Short:          "Check whether signer may sign session messages of kind (e.g. devshard/v1/tx/finish) for holder",
 					PositionalArgs: []*autocliv1.PositionalArgDescriptor{{ProtoField: "holder"}, {ProtoField: "signer"}, {ProtoField: "kind"}},
 				},
+				{
+					RpcMethod: "Escrow", Use: "escrow [id]", Short: "Show one escrow with its snapshot and group",
+					PositionalArgs: []*autocliv1.PositionalArgDescriptor{{ProtoField: "id"}},
+				},
+				{
+					RpcMethod: "Summary", Use: "summary [epoch-id] [address]", Short: "Show a participant's performance summary for an accounted epoch",
+					PositionalArgs: []*autocliv1.PositionalArgDescriptor{{ProtoField: "epoch_id"}, {ProtoField: "address"}},
+				},
+				{
+					RpcMethod: "Conservation", Use: "conservation",
+					Short: "Compare the module account's balance with what it owes (open escrows, ledgers, unclaimed rewards, collateral)",
+				},
 			},
 		},
 		Tx: &autocliv1.ServiceCommandDescriptor{
@@ -63,6 +75,16 @@ func (AppModule) AutoCLIOptions() *autocliv1.ModuleOptions {
 					RpcMethod: "CancelEpoch", Use: "cancel-epoch [epoch-id] [reason]", Short: "Propose to cancel an epoch that is not final",
 					PositionalArgs: []*autocliv1.PositionalArgDescriptor{{ProtoField: "epoch_id"}, {ProtoField: "reason"}},
 					GovProposal:    true,
+				},
+				{
+					RpcMethod: "CreateEscrow", Use: "create-escrow [amount]",
+					Short:          "Lock amount (in the collateral denom, integer) for a session in the current epoch",
+					PositionalArgs: []*autocliv1.PositionalArgDescriptor{{ProtoField: "amount"}},
+				},
+				{RpcMethod: "SettleEscrow", Skip: true}, // built and sent by the gateway or a host, not typed by hand
+				{
+					RpcMethod: "ClaimRewards", Use: "claim-rewards [epoch-id]", Short: "Claim your reward for a CLAIMABLE epoch",
+					PositionalArgs: []*autocliv1.PositionalArgDescriptor{{ProtoField: "epoch_id"}},
 				},
 			},
 		},

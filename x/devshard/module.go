@@ -33,10 +33,13 @@ var (
 	_ module.HasConsensusVersion = AppModule{}
 	_ appmodule.AppModule        = AppModule{}
 	_ appmodule.HasServices      = AppModule{}
+	_ appmodule.HasEndBlocker    = AppModule{}
+	_ module.HasInvariants       = AppModule{}
 )
 
-// AppModule is the devshard module. It has no block hooks of its own: the
-// scheduler runs its epoch transitions.
+// AppModule is the devshard module. The scheduler runs its epoch
+// transitions; its own end blocker refunds expired escrows in bounded
+// batches.
 type AppModule struct {
 	keeper keeper.Keeper
 }
@@ -93,4 +96,17 @@ func (am AppModule) ExportGenesis(ctx sdk.Context, cdc codec.JSONCodec) json.Raw
 		panic(fmt.Errorf("%s genesis export: %w", types.ModuleName, err))
 	}
 	return cdc.MustMarshalJSON(gs)
+}
+
+// EndBlock refunds escrows whose expiry epoch has begun, at most
+// expiry_batch per block.
+func (am AppModule) EndBlock(ctx context.Context) error {
+	return am.keeper.ExpireEscrows(sdk.UnwrapSDKContext(ctx))
+}
+
+// RegisterInvariants registers the conservation invariant: the module
+// account holds exactly open escrows + ledgers + unclaimed rewards + bonded
+// collateral.
+func (am AppModule) RegisterInvariants(ir sdk.InvariantRegistry) {
+	keeper.RegisterInvariants(ir, am.keeper)
 }

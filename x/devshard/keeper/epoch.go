@@ -35,9 +35,9 @@ type row = fsm.Transition[types.EpochState, types.Symbol, *transition]
 var EpochTable = fsm.MustNew([]types.EpochState{types.EpochClosed, types.EpochCancelled},
 	row{From: types.EpochPlanned, On: types.SymActivate, To: types.EpochActive, Action: activate},
 	row{From: types.EpochActive, On: types.SymSettle, To: types.EpochSettling, Action: notify},
-	row{From: types.EpochSettling, On: types.SymAccount, To: types.EpochAccounting, Action: notify},
+	row{From: types.EpochSettling, On: types.SymAccount, To: types.EpochAccounting, Action: account},
 	row{From: types.EpochAccounting, On: types.SymOpenClaims, To: types.EpochClaimable, Action: notify},
-	row{From: types.EpochClaimable, On: types.SymClose, To: types.EpochClosed, Action: notify},
+	row{From: types.EpochClaimable, On: types.SymClose, To: types.EpochClosed, Action: closeEpoch},
 	row{From: types.EpochPlanned, On: types.SymCancel, To: types.EpochCancelled, Action: cancel},
 	row{From: types.EpochActive, On: types.SymCancel, To: types.EpochCancelled, Action: cancel},
 	row{From: types.EpochSettling, On: types.SymCancel, To: types.EpochCancelled, Action: cancel},
@@ -59,7 +59,24 @@ func activate(t *transition, from, to types.EpochState) error {
 	return notify(t, from, to)
 }
 
+func account(t *transition, from, to types.EpochState) error {
+	if err := t.k.accountEpoch(t.ctx, t.epoch.Id); err != nil {
+		return err
+	}
+	return notify(t, from, to)
+}
+
+func closeEpoch(t *transition, from, to types.EpochState) error {
+	if err := t.k.sweepUnclaimed(t.ctx, t.epoch.Id); err != nil {
+		return err
+	}
+	return notify(t, from, to)
+}
+
 func cancel(t *transition, from, to types.EpochState) error {
+	if err := t.k.payOutCancelled(t.ctx, *t.epoch); err != nil {
+		return err
+	}
 	// The begin task (first id) stays: the cancelled epoch's window still
 	// passes, and its start still advances the current epoch and plans the
 	// next one. The other transitions must not run.

@@ -58,10 +58,14 @@ func (k Keeper) InitGenesis(ctx sdk.Context, gs types.GenesisState) error {
 			return err
 		}
 	}
+	owed, err := k.initEscrowGenesis(ctx, gs)
+	if err != nil {
+		return err
+	}
 	module := authtypes.NewModuleAddress(types.ModuleName)
-	for _, c := range bonded {
+	for _, c := range bonded.Add(owed...) {
 		if held := k.bank.GetBalance(ctx, module, c.Denom); held.Amount.LT(c.Amount) {
-			return fmt.Errorf("%w: participants bond %s but the %s module account holds only %s; fund it in the bank genesis",
+			return fmt.Errorf("%w: participants bond and escrows, ledgers and rewards owe %s but the %s module account holds only %s; fund it in the bank genesis",
 				types.ErrInvalidGenesis, c, types.ModuleName, held)
 		}
 	}
@@ -100,5 +104,67 @@ func (k Keeper) ExportGenesis(ctx context.Context) (*types.GenesisState, error) 
 	}); err != nil {
 		return nil, err
 	}
+	if err := k.Escrows.Walk(ctx, nil, func(_ uint64, e types.Escrow) (bool, error) {
+		gs.Escrows = append(gs.Escrows, e)
+		return false, nil
+	}); err != nil {
+		return nil, err
+	}
+	if gs.EscrowSeq, err = k.EscrowSeq.Peek(ctx); err != nil {
+		return nil, err
+	}
+	if err := k.EscrowCount.Walk(ctx, nil, func(epoch, count uint64) (bool, error) {
+		gs.EscrowCounts = append(gs.EscrowCounts, types.EpochEscrowCount{EpochId: epoch, Count: count})
+		return false, nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := k.Summaries.Walk(ctx, nil, func(_ collections.Pair[uint64, sdk.AccAddress], s types.EpochPerformanceSummary) (bool, error) {
+		gs.Summaries = append(gs.Summaries, s)
+		return false, nil
+	}); err != nil {
+		return nil, err
+	}
 	return gs, nil
+}
+
+// initEscrowGenesis loads escrows, counts and summaries, and returns what
+// they and the ledgers owe.
+func (k Keeper) initEscrowGenesis(ctx sdk.Context, gs types.GenesisState) (sdk.Coins, error) {
+	owed := sdk.NewCoins()
+	for _, m := range gs.Members {
+		owed = owed.Add(coinsOf(gs.Params.MinCollateral.Denom, m.Earned)...)
+	}
+	for _, e := range gs.Escrows {
+		if err := k.Escrows.Set(ctx, e.Id, e); err != nil {
+			return nil, err
+		}
+		if e.Status == types.EscrowOpen {
+			if err := k.EscrowExpiry.Set(ctx, collections.Join(e.ExpiryEpoch, e.Id)); err != nil {
+				return nil, err
+			}
+			owed = owed.Add(e.Coins(e.Snapshot.Amount)...)
+		}
+	}
+	if err := k.EscrowSeq.Set(ctx, gs.EscrowSeq); err != nil {
+		return nil, err
+	}
+	for _, c := range gs.EscrowCounts {
+		if err := k.EscrowCount.Set(ctx, c.EpochId, c.Count); err != nil {
+			return nil, err
+		}
+	}
+	for _, s := range gs.Summaries {
+		addr, err := k.addressCodec.StringToBytes(s.Address)
+		if err != nil {
+			return nil, err
+		}
+		if err := k.Summaries.Set(ctx, collections.Join(s.EpochId, sdk.AccAddress(addr)), s); err != nil {
+			return nil, err
+		}
+		if !s.Claimed && !s.Swept {
+			owed = owed.Add(coinsOf(gs.Params.MinCollateral.Denom, s.Rewarded)...)
+		}
+	}
+	return owed, nil
 }

@@ -143,3 +143,39 @@ func (q queryServer) MayActFor(ctx context.Context, req *types.QueryMayActForReq
 	}
 	return &types.QueryMayActForResponse{Allowed: q.k.MayActFor(ctx, holder, signer, kind)}, nil
 }
+
+func (q queryServer) Escrow(ctx context.Context, req *types.QueryEscrowRequest) (*types.QueryEscrowResponse, error) {
+	if req == nil {
+		return nil, status.Error(codes.InvalidArgument, "empty request")
+	}
+	e, err := q.k.Escrow(ctx, req.Id)
+	if err != nil {
+		return nil, status.Error(codes.NotFound, err.Error())
+	}
+	return &types.QueryEscrowResponse{Escrow: e}, nil
+}
+
+func (q queryServer) Summary(ctx context.Context, req *types.QuerySummaryRequest) (*types.QuerySummaryResponse, error) {
+	if req == nil {
+		return nil, status.Error(codes.InvalidArgument, "empty request")
+	}
+	addr, err := q.k.addressCodec.StringToBytes(req.Address)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "address %q: %v", req.Address, err)
+	}
+	s, err := q.k.Summaries.Get(ctx, collections.Join(req.EpochId, sdk.AccAddress(addr)))
+	if errors.Is(err, collections.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "no performance summary for %s in epoch %d (written when the epoch is accounted)", req.Address, req.EpochId)
+	} else if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return &types.QuerySummaryResponse{Summary: s}, nil
+}
+
+func (q queryServer) Conservation(ctx context.Context, _ *types.QueryConservationRequest) (*types.QueryConservationResponse, error) {
+	_, res, err := q.k.Conservation(sdk.UnwrapSDKContext(ctx))
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return &res, nil
+}

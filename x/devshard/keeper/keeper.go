@@ -34,6 +34,7 @@ type Keeper struct {
 	bank         types.BankKeeper
 	authz        types.AuthzKeeper
 	scheduler    types.SchedulerKeeper
+	distr        types.DistributionKeeper
 	// hooks is shared by copies of the keeper, so hooks set after the module
 	// is built are seen by it.
 	hooks *hookSlot
@@ -51,6 +52,17 @@ type Keeper struct {
 	// Unbonding holds (unbond_after_epoch, address) of participants that
 	// left, ordered so release reads only the entries it releases.
 	Unbonding collections.KeySet[collections.Pair[uint64, sdk.AccAddress]]
+
+	EscrowSeq collections.Sequence
+	Escrows   collections.Map[uint64, types.Escrow]
+	// EscrowExpiry holds (expiry_epoch, id) of every OPEN escrow, ordered
+	// so expiry reads only the escrows it refunds.
+	EscrowExpiry collections.KeySet[collections.Pair[uint64, uint64]]
+	// EscrowCount is how many escrows each epoch accepted.
+	EscrowCount collections.Map[uint64, uint64]
+	// Summaries are the EpochPerformanceSummary of each (epoch, address),
+	// written at accounting.
+	Summaries collections.Map[collections.Pair[uint64, sdk.AccAddress], types.EpochPerformanceSummary]
 }
 
 type hookSlot struct{ hooks types.EpochHooks }
@@ -65,6 +77,7 @@ func NewKeeper(
 	bank types.BankKeeper,
 	authz types.AuthzKeeper,
 	scheduler types.SchedulerKeeper,
+	distr types.DistributionKeeper,
 ) Keeper {
 	sb := collections.NewSchemaBuilder(storeService)
 	k := Keeper{
@@ -73,6 +86,7 @@ func NewKeeper(
 		bank:         bank,
 		authz:        authz,
 		scheduler:    scheduler,
+		distr:        distr,
 		hooks:        &hookSlot{},
 		Params:       collections.NewItem(sb, types.ParamsKey, "params", codec.CollValue[types.Params](cdc)),
 		CurrentEpoch: collections.NewItem(sb, types.CurrentEpochKey, "current_epoch", collections.Uint64Value),
@@ -85,6 +99,13 @@ func NewKeeper(
 			collections.PairKeyCodec(collections.Uint64Key, sdk.AccAddressKey), codec.CollValue[types.EpochMember](cdc)),
 		Unbonding: collections.NewKeySet(sb, types.UnbondingKey, "unbonding",
 			collections.PairKeyCodec(collections.Uint64Key, sdk.AccAddressKey)),
+		EscrowSeq: collections.NewSequence(sb, types.EscrowSeqKey, "escrow_seq"),
+		Escrows:   collections.NewMap(sb, types.EscrowsKey, "escrows", collections.Uint64Key, codec.CollValue[types.Escrow](cdc)),
+		EscrowExpiry: collections.NewKeySet(sb, types.EscrowExpiryKey, "escrow_expiry",
+			collections.PairKeyCodec(collections.Uint64Key, collections.Uint64Key)),
+		EscrowCount: collections.NewMap(sb, types.EscrowCountKey, "escrow_count", collections.Uint64Key, collections.Uint64Value),
+		Summaries: collections.NewMap(sb, types.SummariesKey, "summaries",
+			collections.PairKeyCodec(collections.Uint64Key, sdk.AccAddressKey), codec.CollValue[types.EpochPerformanceSummary](cdc)),
 	}
 	schema, err := sb.Build()
 	if err != nil {

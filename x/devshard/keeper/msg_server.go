@@ -79,3 +79,39 @@ func (s msgServer) CancelEpoch(ctx context.Context, msg *types.MsgCancelEpoch) (
 	}
 	return &types.MsgCancelEpochResponse{}, s.k.CancelEpoch(sdk.UnwrapSDKContext(ctx), msg.EpochId, reason)
 }
+
+func (s msgServer) CreateEscrow(ctx context.Context, msg *types.MsgCreateEscrow) (*types.MsgCreateEscrowResponse, error) {
+	creator, err := s.k.addressCodec.StringToBytes(msg.Creator)
+	if err != nil {
+		return nil, types.ErrInvalidEscrow.Wrapf("creator %q is not a valid address: %v", msg.Creator, err)
+	}
+	esc, err := s.k.CreateEscrow(sdk.UnwrapSDKContext(ctx), creator, msg.Amount)
+	if err != nil {
+		return nil, err
+	}
+	return &types.MsgCreateEscrowResponse{EscrowId: esc.Id, EpochId: esc.Snapshot.Epoch}, nil
+}
+
+func (s msgServer) SettleEscrow(ctx context.Context, msg *types.MsgSettleEscrow) (*types.MsgSettleEscrowResponse, error) {
+	sender, err := s.k.addressCodec.StringToBytes(msg.Sender)
+	if err != nil {
+		return nil, types.ErrSettlement.Wrapf("sender %q is not a valid address: %v", msg.Sender, err)
+	}
+	plan, err := s.k.SettleEscrow(sdk.UnwrapSDKContext(ctx), sender, msg.Settlement)
+	if err != nil {
+		return nil, err
+	}
+	return &types.MsgSettleEscrowResponse{Paid: plan.Amount - plan.Refund, Refund: plan.Refund}, nil
+}
+
+func (s msgServer) ClaimRewards(ctx context.Context, msg *types.MsgClaimRewards) (*types.MsgClaimRewardsResponse, error) {
+	addr, err := s.address("participant", msg.Participant)
+	if err != nil {
+		return nil, err
+	}
+	amount, err := s.k.ClaimRewards(sdk.UnwrapSDKContext(ctx), addr, msg.EpochId)
+	if err != nil {
+		return nil, err
+	}
+	return &types.MsgClaimRewardsResponse{Amount: amount}, nil
+}

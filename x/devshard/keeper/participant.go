@@ -256,14 +256,22 @@ func (k Keeper) setStatus(ctx context.Context, p *types.Participant, to types.Pa
 	})
 }
 
-// RecordStats adds settled stats to addr's record in epoch and updates its
-// invalid streak; a streak reaching max_consecutive_invalid moves an ACTIVE
-// participant to INVALID. Settlement calls it.
+// RecordStats adds settled stats to addr's record in epoch, with no coins.
+func (k Keeper) RecordStats(ctx context.Context, epoch uint64, addr sdk.AccAddress, s types.InferenceStats) error {
+	return k.pay(ctx, epoch, addr, 0, s)
+}
+
+// pay is the one payment function: it credits amount to addr's ledger in
+// epoch (EpochMember.earned) and adds the settled stats, every sum
+// overflow-checked, then updates the invalid streak; a streak reaching
+// max_consecutive_invalid moves an ACTIVE participant to INVALID. The coins
+// stay in the module account until accounting moves them to the epoch's
+// summary and the participant claims them.
 //
 // A batch carries counts, not order, so the keeper assumes the worst for the
 // host: the batch's validated inferences came first (ending any previous
 // streak) and its invalidated ones last (starting the new one).
-func (k Keeper) RecordStats(ctx context.Context, epoch uint64, addr sdk.AccAddress, s types.InferenceStats) error {
+func (k Keeper) pay(ctx context.Context, epoch uint64, addr sdk.AccAddress, amount uint64, s types.InferenceStats) error {
 	key := collections.Join(epoch, addr)
 	m, err := k.Members.Get(ctx, key)
 	if errors.Is(err, collections.ErrNotFound) {
@@ -272,11 +280,14 @@ func (k Keeper) RecordStats(ctx context.Context, epoch uint64, addr sdk.AccAddre
 	if err != nil {
 		return err
 	}
-	m.Stats.Finished += s.Finished
-	m.Stats.Missed += s.Missed
-	m.Stats.Invalidated += s.Invalidated
-	m.Stats.Validated += s.Validated
-	m.Stats.ValidationsDone += s.ValidationsDone
+	earned, ok := addU64(m.Earned, amount)
+	if !ok {
+		return types.ErrOverflow.Wrapf("ledger of %s in epoch %d: %d + %d overflows", addr, epoch, m.Earned, amount)
+	}
+	m.Earned = earned
+	if err := addStats(&m.Stats, s); err != nil {
+		return err
+	}
 	if err := k.Members.Set(ctx, key, m); err != nil {
 		return err
 	}
@@ -292,7 +303,11 @@ func (k Keeper) RecordStats(ctx context.Context, epoch uint64, addr sdk.AccAddre
 	if s.Validated > 0 {
 		p.ConsecutiveInvalidInferences = 0
 	}
-	p.ConsecutiveInvalidInferences += s.Invalidated
+	streak, ok := addU64(p.ConsecutiveInvalidInferences, s.Invalidated)
+	if !ok {
+		streak = ^uint64(0)
+	}
+	p.ConsecutiveInvalidInferences = streak
 	if limit := params.MaxConsecutiveInvalid; limit > 0 && p.ConsecutiveInvalidInferences >= limit && p.Status == types.ParticipantActive {
 		if err := k.setStatus(ctx, &p, types.ParticipantInvalid); err != nil {
 			return err

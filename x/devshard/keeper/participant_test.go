@@ -251,5 +251,5 @@ func TestGenesisRoundTrip(t *testing.T) {
 
 	// Collateral the module account does not hold is refused.
 	poor := newBundle(t)
-	require.ErrorContains(t, poor.k.InitGenesis(poor.ctx, *gs), "participants bond 200ushard but the devshard module account holds only 0ushard")
+	require.ErrorContains(t, poor.k.InitGenesis(poor.ctx, *gs), "owe 200ushard but the devshard module account holds only 0ushard")
 }

@@ -46,18 +46,30 @@ type bundle struct {
 
 // testParams: 4-block epochs that settle for one epoch, are accounted for
 // one and claimable for one.
+// Escrows: groups of 3 slots, amounts from 1,000, creation fee 100 and 2
+// per nonce; group members may settle from the next epoch, escrows expire
+// two epochs after the one they were created in.
 func testParams() types.Params {
-	return types.Params{
-		EpochLength:           4,
-		SettlingEpochs:        1,
-		AccountingEpochs:      1,
-		ClaimableEpochs:       1,
-		MinCollateral:         sdk.NewInt64Coin(denom, 100),
-		MaxConsecutiveInvalid: 3,
-	}
+	p := types.DefaultParams()
+	p.EpochLength = 4
+	p.SettlingEpochs = 1
+	p.AccountingEpochs = 1
+	p.ClaimableEpochs = 1
+	p.MinCollateral = sdk.NewInt64Coin(denom, 100)
+	p.MaxConsecutiveInvalid = 3
+	p.GroupSize = 3
+	p.MinEscrowAmount = 1_000
+	p.MaxEscrowAmount = 1_000_000_000
+	p.CreationFee = 100
+	p.FeePerNonce = 2
+	p.TokenPrice = 1
+	p.SettlementWindowEpochs = 1
+	p.ExpiryEpochs = 2
+	p.ExpiryBatch = 2
+	return p
 }
 
-func setup(t *testing.T, params types.Params) *bundle {
+func setup(t testing.TB, params types.Params) *bundle {
 	t.Helper()
 	b := newBundle(t)
 	gs := types.DefaultGenesis()
@@ -68,7 +80,7 @@ func setup(t *testing.T, params types.Params) *bundle {
 
 // newBundle wires the keepers over an empty store, before any genesis of the
 // devshard module.
-func newBundle(t *testing.T) *bundle {
+func newBundle(t testing.TB) *bundle {
 	t.Helper()
 	keys := storetypes.NewKVStoreKeys(types.StoreKey, schedulertypes.StoreKey)
 	ctx := testutil.DefaultContextWithKeys(keys, nil, nil)
@@ -77,7 +89,7 @@ func newBundle(t *testing.T) *bundle {
 	b := &bundle{bank: newBank(), authz: grants{}, hooks: &hookLog{}}
 	b.sched = schedulerkeeper.NewKeeper(cdc, runtime.NewKVStoreService(keys[schedulertypes.StoreKey]), authority)
 	b.k = keeper.NewKeeper(cdc, runtime.NewKVStoreService(keys[types.StoreKey]), addresscodec.NewBech32Codec("cosmos"),
-		authority, b.bank, b.authz, b.sched)
+		authority, b.bank, b.authz, b.sched, b.bank)
 	b.k.SetHooks(b.hooks)
 	require.NoError(t, b.sched.Register(b.k.TaskDefinitions()...))
 	require.NoError(t, b.sched.Seal())
@@ -93,14 +105,16 @@ func (b *bundle) block(h int64) {
 	b.ctx = b.ctx.WithBlockHeight(h).WithEventManager(sdk.NewEventManager())
 }
 
-// endBlock runs block's end: the due scheduler tasks.
-func (b *bundle) endBlock(t *testing.T) {
+// endBlock runs block's end in the app's order: escrow expiry, then the due
+// scheduler tasks.
+func (b *bundle) endBlock(t testing.TB) {
 	t.Helper()
+	require.NoError(t, b.k.ExpireEscrows(b.ctx))
 	require.NoError(t, b.sched.RunDue(b.ctx))
 }
 
 // advanceTo runs every block after the current one up to and including h.
-func (b *bundle) advanceTo(t *testing.T, h int64) {
+func (b *bundle) advanceTo(t testing.TB, h int64) {
 	t.Helper()
 	for height := b.ctx.BlockHeight() + 1; height <= h; height++ {
 		b.block(height)
@@ -108,23 +122,23 @@ func (b *bundle) advanceTo(t *testing.T, h int64) {
 	}
 }
 
-func (b *bundle) epoch(t *testing.T, id uint64) types.Epoch {
+func (b *bundle) epoch(t testing.TB, id uint64) types.Epoch {
 	t.Helper()
 	e, err := b.k.Epoch(b.ctx, id)
 	require.NoError(t, err)
 	return e
 }
 
-func (b *bundle) state(t *testing.T, id uint64) types.EpochState { return b.epoch(t, id).State }
+func (b *bundle) state(t testing.TB, id uint64) types.EpochState { return b.epoch(t, id).State }
 
-func (b *bundle) participant(t *testing.T, addr sdk.AccAddress) types.Participant {
+func (b *bundle) participant(t testing.TB, addr sdk.AccAddress) types.Participant {
 	t.Helper()
 	p, err := b.k.Participants.Get(b.ctx, addr)
 	require.NoError(t, err)
 	return p
 }
 
-func (b *bundle) epochsIn(t *testing.T, s types.EpochState) []uint64 {
+func (b *bundle) epochsIn(t testing.TB, s types.EpochState) []uint64 {
 	t.Helper()
 	res, err := keeper.NewQueryServer(b.k).EpochsByState(b.ctx, &types.QueryEpochsByStateRequest{State: s})
 	require.NoError(t, err)
@@ -142,7 +156,7 @@ func (b *bundle) host(n int, funds int64) sdk.AccAddress {
 	return addr
 }
 
-func (b *bundle) register(t *testing.T, addr sdk.AccAddress, collateral int64) uint64 {
+func (b *bundle) register(t testing.TB, addr sdk.AccAddress, collateral int64) uint64 {
 	t.Helper()
 	res, err := keeper.NewMsgServer(b.k).RegisterParticipant(b.ctx, &types.MsgRegisterParticipant{
 		Participant: addr.String(), Url: "https://" + addr.String() + ".example", Collateral: sdk.NewInt64Coin(denom, collateral),
@@ -179,6 +193,13 @@ func (b *bank) SendCoinsFromAccountToModule(_ context.Context, from sdk.AccAddre
 func (b *bank) SendCoinsFromModuleToAccount(_ context.Context, _ string, to sdk.AccAddress, amt sdk.Coins) error {
 	return b.move(moduleAddr(), to, amt)
 }
+
+// FundCommunityPool moves amt to the community pool's stand-in account.
+func (b *bank) FundCommunityPool(_ context.Context, amt sdk.Coins, from sdk.AccAddress) error {
+	return b.move(from, communityPool(), amt)
+}
+
+func communityPool() sdk.AccAddress { return authtypes.NewModuleAddress("distribution") }
 
 func (b *bank) GetBalance(_ context.Context, addr sdk.AccAddress, d string) sdk.Coin {
 	return sdk.NewCoin(d, b.balances[addr.String()].AmountOf(d))

@@ -17,6 +17,9 @@ func RegisterInterfaces(registry codectypes.InterfaceRegistry) {
 		&MsgSignSession{},
 		&MsgUpdateParams{},
 		&MsgCancelEpoch{},
+		&MsgCreateEscrow{},
+		&MsgSettleEscrow{},
+		&MsgClaimRewards{},
 	)
 	msgservice.RegisterMsgServiceDesc(registry, &_Msg_serviceDesc)
 }
@@ -28,4 +31,7 @@ func RegisterLegacyAminoCodec(cdc *codec.LegacyAmino) {
 	legacy.RegisterAminoMsg(cdc, &MsgSignSession{}, "devshard/MsgSignSession")
 	legacy.RegisterAminoMsg(cdc, &MsgUpdateParams{}, "devshard/MsgUpdateParams")
 	legacy.RegisterAminoMsg(cdc, &MsgCancelEpoch{}, "devshard/MsgCancelEpoch")
+	legacy.RegisterAminoMsg(cdc, &MsgCreateEscrow{}, "devshard/MsgCreateEscrow")
+	legacy.RegisterAminoMsg(cdc, &MsgSettleEscrow{}, "devshard/MsgSettleEscrow")
+	legacy.RegisterAminoMsg(cdc, &MsgClaimRewards{}, "devshard/MsgClaimRewards")
 }

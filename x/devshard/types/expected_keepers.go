@@ -27,3 +27,9 @@ type SchedulerKeeper interface {
 	Schedule(ctx context.Context, tasks ...schedulertypes.NewTask) ([]uint64, error)
 	Unschedule(ctx context.Context, ids ...uint64) error
 }
+
+// DistributionKeeper takes coins into the community pool: unclaimed rewards
+// at an epoch's close and the work coins of punished participants.
+type DistributionKeeper interface {
+	FundCommunityPool(ctx context.Context, amount sdk.Coins, depositor sdk.AccAddress) error
+}

@@ -42,6 +42,13 @@ func (gs GenesisState) Validate() error {
 		}
 		participants[p.Address] = true
 	}
+	escrows := make(map[uint64]bool, len(gs.Escrows))
+	for _, e := range gs.Escrows {
+		if e.Id == 0 || e.Id > gs.EscrowSeq || escrows[e.Id] {
+			return fmt.Errorf("%w: escrow id %d is zero, above escrow_seq %d, or appears twice", ErrInvalidGenesis, e.Id, gs.EscrowSeq)
+		}
+		escrows[e.Id] = true
+	}
 	for _, m := range gs.Members {
 		if !epochs[m.EpochId] || !participants[m.Address] {
 			return fmt.Errorf("%w: member %s of epoch %d names an unknown epoch or participant", ErrInvalidGenesis, m.Address, m.EpochId)

@@ -33,6 +33,13 @@ type GenesisState struct {
 	Epochs       []Epoch       `protobuf:"bytes,3,rep,name=epochs,proto3" json:"epochs"`
 	Participants []Participant `protobuf:"bytes,4,rep,name=participants,proto3" json:"participants"`
 	Members      []EpochMember `protobuf:"bytes,5,rep,name=members,proto3" json:"members"`
+	// escrows are every escrow, open or not; open ones are refunded or
+	// settled after import as before.
+	Escrows []Escrow `protobuf:"bytes,6,rep,name=escrows,proto3" json:"escrows"`
+	// escrow_seq is the number of escrows ever created (the last id).
+	EscrowSeq    uint64                    `protobuf:"varint,7,opt,name=escrow_seq,json=escrowSeq,proto3" json:"escrow_seq,omitempty"`
+	EscrowCounts []EpochEscrowCount        `protobuf:"bytes,8,rep,name=escrow_counts,json=escrowCounts,proto3" json:"escrow_counts"`
+	Summaries    []EpochPerformanceSummary `protobuf:"bytes,9,rep,name=summaries,proto3" json:"summaries"`
 }
 
 func (m *GenesisState) Reset()         { *m = GenesisState{} }
@@ -103,8 +110,90 @@ func (m *GenesisState) GetMembers() []EpochMember {
 	return nil
 }
 
+func (m *GenesisState) GetEscrows() []Escrow {
+	if m != nil {
+		return m.Escrows
+	}
+	return nil
+}
+
+func (m *GenesisState) GetEscrowSeq() uint64 {
+	if m != nil {
+		return m.EscrowSeq
+	}
+	return 0
+}
+
+func (m *GenesisState) GetEscrowCounts() []EpochEscrowCount {
+	if m != nil {
+		return m.EscrowCounts
+	}
+	return nil
+}
+
+func (m *GenesisState) GetSummaries() []EpochPerformanceSummary {
+	if m != nil {
+		return m.Summaries
+	}
+	return nil
+}
+
+// EpochEscrowCount is how many escrows an epoch accepted.
+type EpochEscrowCount struct {
+	EpochId uint64 `protobuf:"varint,1,opt,name=epoch_id,json=epochId,proto3" json:"epoch_id,omitempty"`
+	Count   uint64 `protobuf:"varint,2,opt,name=count,proto3" json:"count,omitempty"`
+}
+
+func (m *EpochEscrowCount) Reset()         { *m = EpochEscrowCount{} }
+func (m *EpochEscrowCount) String() string { return proto.CompactTextString(m) }
+func (*EpochEscrowCount) ProtoMessage()    {}
+func (*EpochEscrowCount) Descriptor() ([]byte, []int) {
+	return fileDescriptor_72096bc4497a4489, []int{1}
+}
+func (m *EpochEscrowCount) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *EpochEscrowCount) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_EpochEscrowCount.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *EpochEscrowCount) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_EpochEscrowCount.Merge(m, src)
+}
+func (m *EpochEscrowCount) XXX_Size() int {
+	return m.Size()
+}
+func (m *EpochEscrowCount) XXX_DiscardUnknown() {
+	xxx_messageInfo_EpochEscrowCount.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_EpochEscrowCount proto.InternalMessageInfo
+
+func (m *EpochEscrowCount) GetEpochId() uint64 {
+	if m != nil {
+		return m.EpochId
+	}
+	return 0
+}
+
+func (m *EpochEscrowCount) GetCount() uint64 {
+	if m != nil {
+		return m.Count
+	}
+	return 0
+}
+
 func init() {
 	proto.RegisterType((*GenesisState)(nil), "devshard.devshard.v1.GenesisState")
+	proto.RegisterType((*EpochEscrowCount)(nil), "devshard.devshard.v1.EpochEscrowCount")
 }
 
 func init() {
@@ -112,28 +201,37 @@ func init() {
 }
 
 var fileDescriptor_72096bc4497a4489 = []byte{
-	// 326 bytes of a gzipped FileDescriptorProto
-	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0xe2, 0x52, 0x4a, 0x49, 0x2d, 0x2b,
-	0xce, 0x48, 0x2c, 0x4a, 0xd1, 0x87, 0x33, 0xca, 0x0c, 0xf5, 0xd3, 0x53, 0xf3, 0x52, 0x8b, 0x33,
-	0x8b, 0xf5, 0x0a, 0x8a, 0xf2, 0x4b, 0xf2, 0x85, 0x44, 0x60, 0x52, 0x7a, 0x70, 0x46, 0x99, 0xa1,
-	0x94, 0x48, 0x7a, 0x7e, 0x7a, 0x3e, 0x58, 0x81, 0x3e, 0x88, 0x05, 0x51, 0x2b, 0x25, 0x98, 0x98,
-	0x9b, 0x99, 0x97, 0xaf, 0x0f, 0x26, 0xa1, 0x42, 0x8a, 0x58, 0xad, 0x28, 0x48, 0x2c, 0x4a, 0xcc,
-	0x85, 0xda, 0x20, 0xa5, 0x80, 0x55, 0x49, 0x6a, 0x41, 0x7e, 0x72, 0x06, 0x54, 0x85, 0x1a, 0x2e,
-	0x43, 0x4a, 0x32, 0x93, 0x33, 0x0b, 0x12, 0xf3, 0x4a, 0x20, 0xea, 0x94, 0xf6, 0x33, 0x71, 0xf1,
-	0xb8, 0x43, 0x5c, 0x1f, 0x5c, 0x92, 0x58, 0x92, 0x2a, 0x64, 0xcf, 0xc5, 0x06, 0xb1, 0x4a, 0x82,
-	0x51, 0x81, 0x51, 0x83, 0xdb, 0x48, 0x46, 0x0f, 0x9b, 0x6f, 0xf4, 0x02, 0xc0, 0x6a, 0x9c, 0x38,
-	0x4f, 0xdc, 0x93, 0x67, 0x58, 0xf1, 0x7c, 0x83, 0x16, 0x63, 0x10, 0x54, 0x9b, 0x90, 0x32, 0x17,
-	0x6f, 0x72, 0x69, 0x51, 0x51, 0x6a, 0x5e, 0x49, 0x3c, 0xd8, 0x41, 0x12, 0x4c, 0x0a, 0x8c, 0x1a,
-	0x2c, 0x41, 0x3c, 0x50, 0x41, 0x57, 0x90, 0x98, 0x90, 0x25, 0x17, 0x1b, 0x58, 0xb2, 0x58, 0x82,
-	0x59, 0x81, 0x59, 0x83, 0xdb, 0x48, 0x1a, 0xbb, 0x2d, 0x60, 0xc5, 0x4e, 0x2c, 0x20, 0x4b, 0x82,
-	0xa0, 0x1a, 0x84, 0xbc, 0xb9, 0x78, 0x90, 0xbc, 0x51, 0x2c, 0xc1, 0x02, 0x36, 0x40, 0x11, 0xa7,
-	0x33, 0x61, 0x2a, 0xa1, 0xc6, 0xa0, 0x68, 0x16, 0x72, 0xe4, 0x62, 0xcf, 0x4d, 0xcd, 0x4d, 0x4a,
-	0x2d, 0x2a, 0x96, 0x60, 0xc5, 0x67, 0x0e, 0xd8, 0x21, 0xbe, 0x60, 0x95, 0x50, 0x73, 0x60, 0xfa,
-	0x9c, 0xdc, 0x4f, 0x3c, 0x92, 0x63, 0xbc, 0xf0, 0x48, 0x8e, 0xf1, 0xc1, 0x23, 0x39, 0xc6, 0x09,
-	0x8f, 0xe5, 0x18, 0x2e, 0x3c, 0x96, 0x63, 0xb8, 0xf1, 0x58, 0x8e, 0x21, 0x4a, 0x37, 0x3d, 0xb3,
-	0x24, 0xa3, 0x34, 0x49, 0x2f, 0x39, 0x3f, 0x57, 0x1f, 0x33, 0x3a, 0x2a, 0x10, 0xcc, 0x92, 0xca,
-	0x82, 0xd4, 0xe2, 0x24, 0x36, 0x70, 0x8c, 0x18, 0x03, 0x02, 0x00, 0x00, 0xff, 0xff, 0x2a, 0xed,
-	0xd3, 0x59, 0x63, 0x02, 0x00, 0x00,
+	// 468 bytes of a gzipped FileDescriptorProto
+	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0x7c, 0x52, 0x4f, 0x6f, 0xd3, 0x30,
+	0x14, 0x6f, 0x58, 0xd6, 0xae, 0x5e, 0x27, 0x81, 0xd5, 0x83, 0x29, 0x10, 0xba, 0x22, 0x4d, 0x15,
+	0xd2, 0x12, 0x6d, 0x9c, 0x90, 0x90, 0x10, 0x9d, 0xa6, 0x09, 0x21, 0xa4, 0xad, 0xbd, 0x71, 0xa9,
+	0xdc, 0xf4, 0xd1, 0xe6, 0xe0, 0x38, 0xb3, 0xdd, 0xc2, 0xbe, 0x05, 0x1f, 0x83, 0x23, 0x9f, 0x81,
+	0xd3, 0x8e, 0x3b, 0x72, 0x42, 0xa8, 0x3d, 0xf0, 0x35, 0x50, 0x9e, 0x9d, 0x15, 0x58, 0x9b, 0x4b,
+	0xf4, 0xfc, 0xfc, 0xfb, 0xf3, 0x7e, 0xce, 0x23, 0x9d, 0x31, 0xcc, 0xf5, 0x94, 0xab, 0x71, 0x74,
+	0x5b, 0xcc, 0x8f, 0xa2, 0x09, 0xa4, 0xa0, 0x13, 0x1d, 0x66, 0x4a, 0x1a, 0x49, 0x9b, 0xc5, 0x55,
+	0x78, 0x5b, 0xcc, 0x8f, 0x5a, 0xcd, 0x89, 0x9c, 0x48, 0x04, 0x44, 0x79, 0x65, 0xb1, 0xad, 0x07,
+	0x5c, 0x24, 0xa9, 0x8c, 0xf0, 0xeb, 0x5a, 0xfb, 0x6b, 0x2d, 0x32, 0xae, 0xb8, 0x70, 0x0e, 0xad,
+	0xf6, 0x5a, 0x08, 0x64, 0x32, 0x9e, 0x96, 0x8a, 0x80, 0x8e, 0x95, 0xfc, 0xe4, 0x20, 0x07, 0x9b,
+	0x7c, 0x4c, 0x12, 0x27, 0x19, 0x4f, 0x8d, 0xc5, 0x75, 0xbe, 0xfb, 0xa4, 0x71, 0x66, 0x03, 0x0e,
+	0x0c, 0x37, 0x40, 0x5f, 0x93, 0xaa, 0x9d, 0x86, 0x79, 0x6d, 0xaf, 0xbb, 0x7b, 0xfc, 0x38, 0x5c,
+	0x17, 0x38, 0x3c, 0x47, 0x4c, 0xaf, 0x7e, 0xfd, 0xf3, 0x69, 0xe5, 0xeb, 0xef, 0x6f, 0xcf, 0xbd,
+	0xbe, 0xa3, 0xd1, 0x67, 0x64, 0x2f, 0x9e, 0x29, 0x05, 0xa9, 0x19, 0xe2, 0xcc, 0xec, 0x5e, 0xdb,
+	0xeb, 0xfa, 0xfd, 0x86, 0x6b, 0x9e, 0xe6, 0x3d, 0xfa, 0x92, 0x54, 0xf1, 0x52, 0xb3, 0xad, 0xf6,
+	0x56, 0x77, 0xf7, 0xf8, 0xd1, 0x7a, 0x17, 0x04, 0xf7, 0xfc, 0xdc, 0xa4, 0xef, 0x08, 0xf4, 0x1d,
+	0x69, 0xfc, 0x15, 0x43, 0x33, 0x1f, 0x05, 0xf6, 0x37, 0x8e, 0x59, 0x20, 0x9d, 0xcc, 0x3f, 0x64,
+	0xfa, 0x86, 0xd4, 0x04, 0x88, 0x11, 0x28, 0xcd, 0xb6, 0xcb, 0x74, 0x70, 0x90, 0xf7, 0x88, 0x74,
+	0x3a, 0x05, 0x8f, 0xbe, 0x22, 0x35, 0xfb, 0xf2, 0x9a, 0x55, 0x51, 0x62, 0xc3, 0x8b, 0x9d, 0x22,
+	0xa8, 0x60, 0x3b, 0x0a, 0x7d, 0x42, 0x88, 0x2d, 0x87, 0x1a, 0x2e, 0x59, 0x0d, 0x9f, 0xaa, 0x6e,
+	0x3b, 0x03, 0xb8, 0xa4, 0x17, 0x64, 0xcf, 0x5d, 0xc7, 0x72, 0x96, 0xa7, 0xdd, 0x41, 0x8b, 0x83,
+	0x92, 0x29, 0xad, 0xcf, 0x49, 0x0e, 0x2f, 0x22, 0xc3, 0xaa, 0xa5, 0xe9, 0x05, 0xa9, 0xeb, 0x99,
+	0x10, 0x5c, 0x25, 0xa0, 0x59, 0x1d, 0xe5, 0x0e, 0x4b, 0xe4, 0xce, 0x41, 0x7d, 0x94, 0x4a, 0xf0,
+	0x34, 0x86, 0x01, 0xd2, 0xae, 0x9c, 0xea, 0x4a, 0xa5, 0x73, 0x42, 0xee, 0xff, 0x6f, 0x4d, 0x1f,
+	0x92, 0x1d, 0xfc, 0x61, 0xc3, 0x64, 0x8c, 0x9b, 0xe4, 0xf7, 0x6b, 0x78, 0x7e, 0x3b, 0xa6, 0x4d,
+	0xb2, 0x8d, 0x69, 0xdc, 0x66, 0xd8, 0x43, 0xef, 0xec, 0x7a, 0x11, 0x78, 0x37, 0x8b, 0xc0, 0xfb,
+	0xb5, 0x08, 0xbc, 0x2f, 0xcb, 0xa0, 0x72, 0xb3, 0x0c, 0x2a, 0x3f, 0x96, 0x41, 0xe5, 0xc3, 0xe1,
+	0x24, 0x31, 0xd3, 0xd9, 0x28, 0x8c, 0xa5, 0x88, 0xee, 0xae, 0xf5, 0xe7, 0x55, 0x69, 0xae, 0x32,
+	0xd0, 0xa3, 0x2a, 0x6e, 0xf6, 0x8b, 0x3f, 0x01, 0x00, 0x00, 0xff, 0xff, 0x40, 0xeb, 0xbb, 0x75,
+	0xce, 0x03, 0x00, 0x00,
 }
 
 func (m *GenesisState) Marshal() (dAtA []byte, err error) {
@@ -156,6 +254,53 @@ func (m *GenesisState) MarshalToSizedBuffer(dAtA []byte) (int, error) {
 	_ = i
 	var l int
 	_ = l
+	if len(m.Summaries) > 0 {
+		for iNdEx := len(m.Summaries) - 1; iNdEx >= 0; iNdEx-- {
+			{
+				size, err := m.Summaries[iNdEx].MarshalToSizedBuffer(dAtA[:i])
+				if err != nil {
+					return 0, err
+				}
+				i -= size
+				i = encodeVarintGenesis(dAtA, i, uint64(size))
+			}
+			i--
+			dAtA[i] = 0x4a
+		}
+	}
+	if len(m.EscrowCounts) > 0 {
+		for iNdEx := len(m.EscrowCounts) - 1; iNdEx >= 0; iNdEx-- {
+			{
+				size, err := m.EscrowCounts[iNdEx].MarshalToSizedBuffer(dAtA[:i])
+				if err != nil {
+					return 0, err
+				}
+				i -= size
+				i = encodeVarintGenesis(dAtA, i, uint64(size))
+			}
+			i--
+			dAtA[i] = 0x42
+		}
+	}
+	if m.EscrowSeq != 0 {
+		i = encodeVarintGenesis(dAtA, i, uint64(m.EscrowSeq))
+		i--
+		dAtA[i] = 0x38
+	}
+	if len(m.Escrows) > 0 {
+		for iNdEx := len(m.Escrows) - 1; iNdEx >= 0; iNdEx-- {
+			{
+				size, err := m.Escrows[iNdEx].MarshalToSizedBuffer(dAtA[:i])
+				if err != nil {
+					return 0, err
+				}
+				i -= size
+				i = encodeVarintGenesis(dAtA, i, uint64(size))
+			}
+			i--
+			dAtA[i] = 0x32
+		}
+	}
 	if len(m.Members) > 0 {
 		for iNdEx := len(m.Members) - 1; iNdEx >= 0; iNdEx-- {
 			{
@@ -216,6 +361,39 @@ func (m *GenesisState) MarshalToSizedBuffer(dAtA []byte) (int, error) {
 	return len(dAtA) - i, nil
 }
 
+func (m *EpochEscrowCount) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *EpochEscrowCount) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *EpochEscrowCount) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.Count != 0 {
+		i = encodeVarintGenesis(dAtA, i, uint64(m.Count))
+		i--
+		dAtA[i] = 0x10
+	}
+	if m.EpochId != 0 {
+		i = encodeVarintGenesis(dAtA, i, uint64(m.EpochId))
+		i--
+		dAtA[i] = 0x8
+	}
+	return len(dAtA) - i, nil
+}
+
 func encodeVarintGenesis(dAtA []byte, offset int, v uint64) int {
 	offset -= sovGenesis(v)
 	base := offset
@@ -255,6 +433,42 @@ func (m *GenesisState) Size() (n int) {
 			l = e.Size()
 			n += 1 + l + sovGenesis(uint64(l))
 		}
+	}
+	if len(m.Escrows) > 0 {
+		for _, e := range m.Escrows {
+			l = e.Size()
+			n += 1 + l + sovGenesis(uint64(l))
+		}
+	}
+	if m.EscrowSeq != 0 {
+		n += 1 + sovGenesis(uint64(m.EscrowSeq))
+	}
+	if len(m.EscrowCounts) > 0 {
+		for _, e := range m.EscrowCounts {
+			l = e.Size()
+			n += 1 + l + sovGenesis(uint64(l))
+		}
+	}
+	if len(m.Summaries) > 0 {
+		for _, e := range m.Summaries {
+			l = e.Size()
+			n += 1 + l + sovGenesis(uint64(l))
+		}
+	}
+	return n
+}
+
+func (m *EpochEscrowCount) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.EpochId != 0 {
+		n += 1 + sovGenesis(uint64(m.EpochId))
+	}
+	if m.Count != 0 {
+		n += 1 + sovGenesis(uint64(m.Count))
 	}
 	return n
 }
@@ -448,6 +662,215 @@ func (m *GenesisState) Unmarshal(dAtA []byte) error {
 				return err
 			}
 			iNdEx = postIndex
+		case 6:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Escrows", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowGenesis
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthGenesis
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthGenesis
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Escrows = append(m.Escrows, Escrow{})
+			if err := m.Escrows[len(m.Escrows)-1].Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 7:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field EscrowSeq", wireType)
+			}
+			m.EscrowSeq = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowGenesis
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.EscrowSeq |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 8:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field EscrowCounts", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowGenesis
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthGenesis
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthGenesis
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.EscrowCounts = append(m.EscrowCounts, EpochEscrowCount{})
+			if err := m.EscrowCounts[len(m.EscrowCounts)-1].Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 9:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Summaries", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowGenesis
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthGenesis
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthGenesis
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Summaries = append(m.Summaries, EpochPerformanceSummary{})
+			if err := m.Summaries[len(m.Summaries)-1].Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipGenesis(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthGenesis
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *EpochEscrowCount) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowGenesis
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: EpochEscrowCount: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: EpochEscrowCount: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field EpochId", wireType)
+			}
+			m.EpochId = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowGenesis
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.EpochId |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 2:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Count", wireType)
+			}
+			m.Count = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowGenesis
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Count |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := skipGenesis(dAtA[iNdEx:])

@@ -17,6 +17,11 @@ var (
 	ParticipantsKey    = collections.NewPrefix(4)
 	MembersKey         = collections.NewPrefix(5)
 	UnbondingKey       = collections.NewPrefix(6)
+	EscrowSeqKey       = collections.NewPrefix(7)
+	EscrowsKey         = collections.NewPrefix(8)
+	EscrowExpiryKey    = collections.NewPrefix(9)
+	EscrowCountKey     = collections.NewPrefix(10)
+	SummariesKey       = collections.NewPrefix(11)
 )
 
 // Scheduler task types that drive the epoch lifecycle. Each task's payload

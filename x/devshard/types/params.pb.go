@@ -52,6 +52,43 @@ type Params struct {
 	// max_consecutive_invalid is the streak of invalidated inferences that moves
 	// a participant to INVALID. 0 never does.
 	MaxConsecutiveInvalid uint64 `protobuf:"varint,6,opt,name=max_consecutive_invalid,json=maxConsecutiveInvalid,proto3" json:"max_consecutive_invalid,omitempty"`
+	// group_size is how many slots an escrow's group has. A participant may
+	// hold several.
+	GroupSize uint32 `protobuf:"varint,7,opt,name=group_size,json=groupSize,proto3" json:"group_size,omitempty"`
+	// min_escrow_amount and max_escrow_amount bound MsgCreateEscrow's amount,
+	// in the collateral denom.
+	MinEscrowAmount uint64 `protobuf:"varint,8,opt,name=min_escrow_amount,json=minEscrowAmount,proto3" json:"min_escrow_amount,omitempty"`
+	MaxEscrowAmount uint64 `protobuf:"varint,9,opt,name=max_escrow_amount,json=maxEscrowAmount,proto3" json:"max_escrow_amount,omitempty"`
+	// max_escrows_per_epoch caps how many escrows one epoch accepts.
+	MaxEscrowsPerEpoch uint64 `protobuf:"varint,10,opt,name=max_escrows_per_epoch,json=maxEscrowsPerEpoch,proto3" json:"max_escrows_per_epoch,omitempty"`
+	// The session parameters below are snapshotted into every escrow at
+	// creation; later changes never affect an existing escrow.
+	MaxNonce                uint64 `protobuf:"varint,11,opt,name=max_nonce,json=maxNonce,proto3" json:"max_nonce,omitempty"`
+	CreationFee             uint64 `protobuf:"varint,12,opt,name=creation_fee,json=creationFee,proto3" json:"creation_fee,omitempty"`
+	FeePerNonce             uint64 `protobuf:"varint,13,opt,name=fee_per_nonce,json=feePerNonce,proto3" json:"fee_per_nonce,omitempty"`
+	TokenPrice              uint64 `protobuf:"varint,14,opt,name=token_price,json=tokenPrice,proto3" json:"token_price,omitempty"`
+	SealGraceNonces         uint64 `protobuf:"varint,15,opt,name=seal_grace_nonces,json=sealGraceNonces,proto3" json:"seal_grace_nonces,omitempty"`
+	SealGraceSeconds        uint64 `protobuf:"varint,16,opt,name=seal_grace_seconds,json=sealGraceSeconds,proto3" json:"seal_grace_seconds,omitempty"`
+	ExecutionTimeoutSeconds uint64 `protobuf:"varint,17,opt,name=execution_timeout_seconds,json=executionTimeoutSeconds,proto3" json:"execution_timeout_seconds,omitempty"`
+	// validation_rate_bps is the validation sampling rate, 0..10000.
+	ValidationRateBps uint32 `protobuf:"varint,18,opt,name=validation_rate_bps,json=validationRateBps,proto3" json:"validation_rate_bps,omitempty"`
+	ProtocolVersion   uint32 `protobuf:"varint,19,opt,name=protocol_version,json=protocolVersion,proto3" json:"protocol_version,omitempty"`
+	// settlement_window_epochs: an escrow created in epoch N may be settled
+	// by a group member (not only its creator) once epoch N + window begins.
+	SettlementWindowEpochs uint32 `protobuf:"varint,20,opt,name=settlement_window_epochs,json=settlementWindowEpochs,proto3" json:"settlement_window_epochs,omitempty"`
+	// expiry_epochs: an escrow created in epoch N and still unsettled when
+	// epoch N + expiry begins goes back to its creator. Greater than the
+	// settlement window.
+	ExpiryEpochs uint32 `protobuf:"varint,21,opt,name=expiry_epochs,json=expiryEpochs,proto3" json:"expiry_epochs,omitempty"`
+	// expiry_batch is how many escrows at most expire in one block.
+	ExpiryBatch uint32 `protobuf:"varint,22,opt,name=expiry_batch,json=expiryBatch,proto3" json:"expiry_batch,omitempty"`
+	// max_missed_ratio_bps and max_invalid_ratio_bps: at accounting, a member
+	// whose missed / (finished + missed) or invalidated / finished exceeds the
+	// threshold is punished. 10000 never punishes.
+	MaxMissedRatioBps  uint32 `protobuf:"varint,23,opt,name=max_missed_ratio_bps,json=maxMissedRatioBps,proto3" json:"max_missed_ratio_bps,omitempty"`
+	MaxInvalidRatioBps uint32 `protobuf:"varint,24,opt,name=max_invalid_ratio_bps,json=maxInvalidRatioBps,proto3" json:"max_invalid_ratio_bps,omitempty"`
+	// approved_versions are the runtime versions hosts may run.
+	ApprovedVersions []ApprovedVersion `protobuf:"bytes,25,rep,name=approved_versions,json=approvedVersions,proto3" json:"approved_versions"`
 }
 
 func (m *Params) Reset()         { *m = Params{} }
@@ -129,38 +166,262 @@ func (m *Params) GetMaxConsecutiveInvalid() uint64 {
 	return 0
 }
 
+func (m *Params) GetGroupSize() uint32 {
+	if m != nil {
+		return m.GroupSize
+	}
+	return 0
+}
+
+func (m *Params) GetMinEscrowAmount() uint64 {
+	if m != nil {
+		return m.MinEscrowAmount
+	}
+	return 0
+}
+
+func (m *Params) GetMaxEscrowAmount() uint64 {
+	if m != nil {
+		return m.MaxEscrowAmount
+	}
+	return 0
+}
+
+func (m *Params) GetMaxEscrowsPerEpoch() uint64 {
+	if m != nil {
+		return m.MaxEscrowsPerEpoch
+	}
+	return 0
+}
+
+func (m *Params) GetMaxNonce() uint64 {
+	if m != nil {
+		return m.MaxNonce
+	}
+	return 0
+}
+
+func (m *Params) GetCreationFee() uint64 {
+	if m != nil {
+		return m.CreationFee
+	}
+	return 0
+}
+
+func (m *Params) GetFeePerNonce() uint64 {
+	if m != nil {
+		return m.FeePerNonce
+	}
+	return 0
+}
+
+func (m *Params) GetTokenPrice() uint64 {
+	if m != nil {
+		return m.TokenPrice
+	}
+	return 0
+}
+
+func (m *Params) GetSealGraceNonces() uint64 {
+	if m != nil {
+		return m.SealGraceNonces
+	}
+	return 0
+}
+
+func (m *Params) GetSealGraceSeconds() uint64 {
+	if m != nil {
+		return m.SealGraceSeconds
+	}
+	return 0
+}
+
+func (m *Params) GetExecutionTimeoutSeconds() uint64 {
+	if m != nil {
+		return m.ExecutionTimeoutSeconds
+	}
+	return 0
+}
+
+func (m *Params) GetValidationRateBps() uint32 {
+	if m != nil {
+		return m.ValidationRateBps
+	}
+	return 0
+}
+
+func (m *Params) GetProtocolVersion() uint32 {
+	if m != nil {
+		return m.ProtocolVersion
+	}
+	return 0
+}
+
+func (m *Params) GetSettlementWindowEpochs() uint32 {
+	if m != nil {
+		return m.SettlementWindowEpochs
+	}
+	return 0
+}
+
+func (m *Params) GetExpiryEpochs() uint32 {
+	if m != nil {
+		return m.ExpiryEpochs
+	}
+	return 0
+}
+
+func (m *Params) GetExpiryBatch() uint32 {
+	if m != nil {
+		return m.ExpiryBatch
+	}
+	return 0
+}
+
+func (m *Params) GetMaxMissedRatioBps() uint32 {
+	if m != nil {
+		return m.MaxMissedRatioBps
+	}
+	return 0
+}
+
+func (m *Params) GetMaxInvalidRatioBps() uint32 {
+	if m != nil {
+		return m.MaxInvalidRatioBps
+	}
+	return 0
+}
+
+func (m *Params) GetApprovedVersions() []ApprovedVersion {
+	if m != nil {
+		return m.ApprovedVersions
+	}
+	return nil
+}
+
+// ApprovedVersion is a runtime version hosts download and verify.
+type ApprovedVersion struct {
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Url  string `protobuf:"bytes,2,opt,name=url,proto3" json:"url,omitempty"`
+	// sha256 of the artifact, 64 lowercase hex digits.
+	Sha256 string `protobuf:"bytes,3,opt,name=sha256,proto3" json:"sha256,omitempty"`
+}
+
+func (m *ApprovedVersion) Reset()         { *m = ApprovedVersion{} }
+func (m *ApprovedVersion) String() string { return proto.CompactTextString(m) }
+func (*ApprovedVersion) ProtoMessage()    {}
+func (*ApprovedVersion) Descriptor() ([]byte, []int) {
+	return fileDescriptor_0f2521fdc6c05365, []int{1}
+}
+func (m *ApprovedVersion) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *ApprovedVersion) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_ApprovedVersion.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *ApprovedVersion) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_ApprovedVersion.Merge(m, src)
+}
+func (m *ApprovedVersion) XXX_Size() int {
+	return m.Size()
+}
+func (m *ApprovedVersion) XXX_DiscardUnknown() {
+	xxx_messageInfo_ApprovedVersion.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_ApprovedVersion proto.InternalMessageInfo
+
+func (m *ApprovedVersion) GetName() string {
+	if m != nil {
+		return m.Name
+	}
+	return ""
+}
+
+func (m *ApprovedVersion) GetUrl() string {
+	if m != nil {
+		return m.Url
+	}
+	return ""
+}
+
+func (m *ApprovedVersion) GetSha256() string {
+	if m != nil {
+		return m.Sha256
+	}
+	return ""
+}
+
 func init() {
 	proto.RegisterType((*Params)(nil), "devshard.devshard.v1.Params")
+	proto.RegisterType((*ApprovedVersion)(nil), "devshard.devshard.v1.ApprovedVersion")
 }
 
 func init() { proto.RegisterFile("devshard/devshard/v1/params.proto", fileDescriptor_0f2521fdc6c05365) }
 
 var fileDescriptor_0f2521fdc6c05365 = []byte{
-	// 379 bytes of a gzipped FileDescriptorProto
-	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0x64, 0x91, 0xbd, 0xae, 0xd3, 0x30,
-	0x18, 0x86, 0xe3, 0x73, 0x0e, 0x95, 0xf0, 0xe1, 0xf4, 0x27, 0x2a, 0x22, 0x74, 0x08, 0x29, 0x0b,
-	0xa1, 0x88, 0x58, 0x01, 0x89, 0x81, 0xb1, 0x15, 0x42, 0x08, 0x06, 0x94, 0x91, 0x25, 0x72, 0x5c,
-	0x2b, 0xb1, 0xe4, 0x9f, 0x28, 0x76, 0xa3, 0x72, 0x0b, 0x4c, 0x5c, 0x06, 0x63, 0xef, 0x82, 0x8e,
-	0x1d, 0x99, 0x10, 0x6a, 0x87, 0xde, 0x06, 0xaa, 0x93, 0xa6, 0x48, 0x2c, 0xd6, 0xab, 0xe7, 0x7d,
-	0x2c, 0xeb, 0xf3, 0x07, 0xa7, 0x4b, 0x5a, 0xeb, 0x02, 0x57, 0x4b, 0xd4, 0x85, 0x3a, 0x46, 0x25,
-	0xae, 0xb0, 0xd0, 0x51, 0x59, 0x29, 0xa3, 0xdc, 0xf1, 0xb9, 0x89, 0xba, 0x50, 0xc7, 0x93, 0x71,
-	0xae, 0x72, 0x65, 0x05, 0x74, 0x4a, 0x8d, 0x3b, 0x19, 0x61, 0xc1, 0xa4, 0x42, 0xf6, 0x6c, 0x91,
-	0x4f, 0x94, 0x16, 0x4a, 0xa3, 0x0c, 0x6b, 0x8a, 0xea, 0x38, 0xa3, 0x06, 0xc7, 0x88, 0x28, 0x26,
-	0x9b, 0xfe, 0xe9, 0xcf, 0x2b, 0xd8, 0xfb, 0x6c, 0xdf, 0x73, 0xa7, 0xf0, 0x01, 0x2d, 0x15, 0x29,
-	0x52, 0x4e, 0x65, 0x6e, 0x0a, 0x0f, 0x04, 0x20, 0xbc, 0x4e, 0x6e, 0x2d, 0xfb, 0x64, 0x91, 0xfb,
-	0x0c, 0x0e, 0x34, 0x35, 0x86, 0x33, 0x99, 0xa7, 0x96, 0x6b, 0xef, 0x2a, 0x00, 0xe1, 0x5d, 0xd2,
-	0x3f, 0xe3, 0x77, 0x96, 0xba, 0x2f, 0xe0, 0x08, 0x13, 0xa2, 0x56, 0xd2, 0xfc, 0xa3, 0x5e, 0x5b,
-	0x75, 0x78, 0x29, 0x5a, 0xf9, 0x39, 0x1c, 0x12, 0x8e, 0x99, 0xc0, 0x19, 0xa7, 0x67, 0xf7, 0xc6,
-	0xba, 0x83, 0x8e, 0xb7, 0xea, 0x47, 0xd8, 0x17, 0x4c, 0xa6, 0x44, 0x71, 0x8e, 0x0d, 0xad, 0x30,
-	0xf7, 0xee, 0x05, 0x20, 0xbc, 0x7d, 0xf5, 0x38, 0x6a, 0xe6, 0x8c, 0x4e, 0x73, 0x46, 0xed, 0x9c,
-	0xd1, 0x42, 0x31, 0x39, 0xbf, 0xbf, 0xfd, 0xfd, 0xc4, 0xf9, 0x71, 0xdc, 0xcc, 0x40, 0x72, 0x27,
-	0x98, 0x5c, 0x74, 0x57, 0xdd, 0x37, 0xf0, 0x91, 0xc0, 0xeb, 0x94, 0x28, 0xa9, 0x29, 0x59, 0x19,
-	0x56, 0xd3, 0x94, 0xc9, 0x1a, 0x73, 0xb6, 0xf4, 0x7a, 0x01, 0x08, 0x6f, 0x92, 0x87, 0x02, 0xaf,
-	0x17, 0x97, 0xf6, 0x43, 0x53, 0xbe, 0x1d, 0x7f, 0x3b, 0x6e, 0x66, 0x83, 0x6e, 0x63, 0xcd, 0xf7,
-	0xcd, 0xdf, 0x6f, 0xf7, 0x3e, 0xd8, 0xed, 0x7d, 0xf0, 0x67, 0xef, 0x83, 0xef, 0x07, 0xdf, 0xd9,
-	0x1d, 0x7c, 0xe7, 0xd7, 0xc1, 0x77, 0xbe, 0xbc, 0xcc, 0x99, 0x29, 0x56, 0x59, 0x44, 0x94, 0x40,
-	0xff, 0x2f, 0x7c, 0x7d, 0x89, 0xe6, 0x6b, 0x49, 0x75, 0xd6, 0xb3, 0x9b, 0x79, 0xfd, 0x37, 0x00,
-	0x00, 0xff, 0xff, 0x1b, 0xe2, 0x4e, 0xd7, 0x1d, 0x02, 0x00, 0x00,
+	// 824 bytes of a gzipped FileDescriptorProto
+	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0x6c, 0x94, 0xdf, 0x6e, 0x1b, 0x45,
+	0x14, 0xc6, 0xb3, 0x24, 0x84, 0x7a, 0x1c, 0xc7, 0xf6, 0xd4, 0x49, 0x26, 0x45, 0xb8, 0x6e, 0x10,
+	0xc2, 0x04, 0xd8, 0x95, 0x83, 0xa8, 0x50, 0xef, 0x9a, 0xa8, 0x54, 0x88, 0x7f, 0xd1, 0x16, 0x81,
+	0x84, 0x84, 0x56, 0xe3, 0xf1, 0x89, 0x3d, 0x62, 0x77, 0x66, 0xb5, 0x33, 0x76, 0xb6, 0x7d, 0x04,
+	0xae, 0x78, 0x0c, 0x2e, 0xb8, 0xe8, 0x63, 0xf4, 0xb2, 0x97, 0x5c, 0x21, 0x94, 0x5c, 0xf4, 0x35,
+	0xd0, 0x9c, 0xd9, 0x5d, 0xa7, 0x85, 0x9b, 0xd5, 0xec, 0xf7, 0xfd, 0xce, 0xd9, 0x3d, 0x33, 0x67,
+	0x0e, 0xb9, 0x37, 0x83, 0x95, 0x59, 0xf0, 0x62, 0x16, 0x35, 0x8b, 0xd5, 0x24, 0xca, 0x79, 0xc1,
+	0x33, 0x13, 0xe6, 0x85, 0xb6, 0x9a, 0x0e, 0x6a, 0x27, 0x6c, 0x16, 0xab, 0xc9, 0x9d, 0xc1, 0x5c,
+	0xcf, 0x35, 0x02, 0x91, 0x5b, 0x79, 0xf6, 0x4e, 0x9f, 0x67, 0x52, 0xe9, 0x08, 0x9f, 0x95, 0x34,
+	0x14, 0xda, 0x64, 0xda, 0x44, 0x53, 0x6e, 0x20, 0x5a, 0x4d, 0xa6, 0x60, 0xf9, 0x24, 0x12, 0x5a,
+	0x2a, 0xef, 0x1f, 0xfd, 0xd9, 0x22, 0xdb, 0xe7, 0xf8, 0x3d, 0x7a, 0x8f, 0xec, 0x40, 0xae, 0xc5,
+	0x22, 0x49, 0x41, 0xcd, 0xed, 0x82, 0x05, 0xa3, 0x60, 0xbc, 0x19, 0xb7, 0x51, 0xfb, 0x06, 0x25,
+	0xfa, 0x21, 0xe9, 0x1a, 0xb0, 0x36, 0x95, 0x6a, 0x9e, 0xa0, 0x6e, 0xd8, 0x5b, 0xa3, 0x60, 0xdc,
+	0x89, 0x77, 0x6b, 0xf9, 0x11, 0xaa, 0xf4, 0x63, 0xd2, 0xe7, 0x42, 0xe8, 0xa5, 0xb2, 0x37, 0xd0,
+	0x4d, 0x44, 0x7b, 0x6b, 0xa3, 0x82, 0x3f, 0x22, 0x3d, 0x91, 0x72, 0x99, 0xf1, 0x69, 0x0a, 0x35,
+	0xbb, 0x85, 0x6c, 0xb7, 0xd1, 0x2b, 0xf4, 0x6b, 0xb2, 0x9b, 0x49, 0x95, 0x08, 0x9d, 0xa6, 0xdc,
+	0x42, 0xc1, 0x53, 0xf6, 0xf6, 0x28, 0x18, 0xb7, 0x4f, 0x0e, 0x43, 0x5f, 0x67, 0xe8, 0xea, 0x0c,
+	0xab, 0x3a, 0xc3, 0x33, 0x2d, 0xd5, 0x69, 0xeb, 0xc5, 0xdf, 0x77, 0x37, 0xfe, 0x78, 0xf5, 0xfc,
+	0x38, 0x88, 0x3b, 0x99, 0x54, 0x67, 0x4d, 0x28, 0xbd, 0x4f, 0x0e, 0x32, 0x5e, 0x26, 0x42, 0x2b,
+	0x03, 0x62, 0x69, 0xe5, 0x0a, 0x12, 0xa9, 0x56, 0x3c, 0x95, 0x33, 0xb6, 0x3d, 0x0a, 0xc6, 0x5b,
+	0xf1, 0x5e, 0xc6, 0xcb, 0xb3, 0xb5, 0xfb, 0x95, 0x37, 0xe9, 0x7b, 0x84, 0xcc, 0x0b, 0xbd, 0xcc,
+	0x13, 0x23, 0x9f, 0x01, 0x7b, 0x07, 0xff, 0xb4, 0x85, 0xca, 0x13, 0xf9, 0x0c, 0xe8, 0x31, 0xe9,
+	0xbb, 0x7f, 0x04, 0x23, 0x0a, 0x7d, 0x99, 0xf0, 0xcc, 0x15, 0xcb, 0x6e, 0x61, 0xc2, 0x6e, 0x26,
+	0xd5, 0x23, 0xd4, 0x1f, 0xa2, 0x8c, 0x2c, 0x2f, 0xdf, 0x60, 0x5b, 0x15, 0xcb, 0xcb, 0xd7, 0xd8,
+	0x09, 0xd9, 0x5b, 0xb3, 0x26, 0xc9, 0xa1, 0xf0, 0x9b, 0xc5, 0x08, 0xf2, 0xb4, 0xe1, 0xcd, 0x39,
+	0x14, 0xb8, 0x5f, 0xf4, 0x5d, 0xd2, 0x72, 0x21, 0x4a, 0x2b, 0x01, 0xac, 0x8d, 0xd8, 0xad, 0x8c,
+	0x97, 0xdf, 0xb9, 0x77, 0x77, 0xde, 0xa2, 0x00, 0x6e, 0xa5, 0x56, 0xc9, 0x05, 0x00, 0xdb, 0x41,
+	0xbf, 0x5d, 0x6b, 0x5f, 0x02, 0xd0, 0x23, 0xd2, 0xb9, 0x00, 0xc0, 0x4f, 0xf9, 0x1c, 0x1d, 0xcf,
+	0x5c, 0x00, 0x9c, 0x43, 0xe1, 0xd3, 0xdc, 0x25, 0x6d, 0xab, 0x7f, 0x05, 0x95, 0xe4, 0x85, 0x14,
+	0xc0, 0x76, 0x91, 0x20, 0x28, 0x9d, 0x3b, 0xc5, 0xd5, 0x68, 0x80, 0xa7, 0xc9, 0xbc, 0xe0, 0x02,
+	0x7c, 0x1e, 0xc3, 0xba, 0xbe, 0x46, 0x67, 0x3c, 0x76, 0x3a, 0xe6, 0x32, 0xf4, 0x13, 0x42, 0x6f,
+	0xb0, 0x06, 0x84, 0x56, 0x33, 0xc3, 0x7a, 0x08, 0xf7, 0x1a, 0xf8, 0x89, 0xd7, 0xe9, 0x03, 0x72,
+	0x08, 0x25, 0x1e, 0x8e, 0x56, 0x89, 0x95, 0x19, 0xe8, 0xa5, 0x6d, 0x82, 0xfa, 0x18, 0x74, 0xd0,
+	0x00, 0x3f, 0x78, 0xbf, 0x8e, 0x0d, 0xc9, 0x6d, 0x3c, 0x4d, 0x5f, 0x7f, 0xc1, 0x2d, 0x24, 0xd3,
+	0xdc, 0x30, 0x8a, 0xa7, 0xd9, 0x5f, 0x5b, 0x31, 0xb7, 0x70, 0x9a, 0x63, 0x93, 0xe2, 0x8d, 0x11,
+	0x3a, 0x4d, 0x56, 0x50, 0x18, 0xa9, 0x15, 0xbb, 0xed, 0x9b, 0xb4, 0xd6, 0x7f, 0xf4, 0x32, 0xfd,
+	0x82, 0x30, 0xbc, 0x0e, 0x90, 0x81, 0xb2, 0xc9, 0xa5, 0x54, 0x33, 0x7d, 0x59, 0xf7, 0xf5, 0x00,
+	0x43, 0xf6, 0xd7, 0xfe, 0x4f, 0x68, 0x57, 0xed, 0xfd, 0x3e, 0xe9, 0x40, 0x99, 0xcb, 0xe2, 0x69,
+	0x8d, 0xef, 0x21, 0xbe, 0xe3, 0xc5, 0x0a, 0x72, 0xf7, 0xd4, 0x43, 0x53, 0x6e, 0xc5, 0x82, 0xed,
+	0x23, 0xd3, 0xf6, 0xda, 0xa9, 0x93, 0x68, 0x44, 0x06, 0xee, 0xdc, 0x33, 0x69, 0x0c, 0xcc, 0x5c,
+	0x71, 0x52, 0x63, 0x75, 0x07, 0xbe, 0xba, 0x8c, 0x97, 0xdf, 0xa2, 0x15, 0x3b, 0xc7, 0x55, 0x57,
+	0xf5, 0x56, 0xd5, 0xfe, 0x37, 0x22, 0x18, 0x46, 0xb8, 0xde, 0xaa, 0xba, 0xbf, 0x09, 0xf9, 0x85,
+	0xf4, 0x79, 0x9e, 0x17, 0x7a, 0x05, 0xb3, 0x7a, 0x43, 0x0c, 0x3b, 0x1c, 0x6d, 0x8e, 0xdb, 0x27,
+	0x1f, 0x84, 0xff, 0x37, 0xb4, 0xc2, 0x87, 0x15, 0x5e, 0xed, 0xd3, 0xcd, 0x9b, 0xd9, 0xe3, 0xaf,
+	0x7b, 0xe6, 0xc1, 0xe0, 0xb7, 0x57, 0xcf, 0x8f, 0xbb, 0xcd, 0x58, 0xf4, 0x33, 0xea, 0xe8, 0x7b,
+	0xd2, 0x7d, 0x23, 0x0b, 0xa5, 0x64, 0x4b, 0xf1, 0x0c, 0x70, 0x5c, 0xb5, 0x62, 0x5c, 0xd3, 0x1e,
+	0xd9, 0x5c, 0x16, 0x29, 0xce, 0xa6, 0x56, 0xec, 0x96, 0x74, 0x9f, 0x6c, 0x9b, 0x05, 0x3f, 0xf9,
+	0xfc, 0x3e, 0x4e, 0xa1, 0x56, 0x5c, 0xbd, 0x9d, 0x3e, 0x7e, 0x71, 0x35, 0x0c, 0x5e, 0x5e, 0x0d,
+	0x83, 0x7f, 0xae, 0x86, 0xc1, 0xef, 0xd7, 0xc3, 0x8d, 0x97, 0xd7, 0xc3, 0x8d, 0xbf, 0xae, 0x87,
+	0x1b, 0x3f, 0x7f, 0x3a, 0x97, 0x76, 0xb1, 0x9c, 0x86, 0x42, 0x67, 0xd1, 0x7f, 0xc7, 0x74, 0xb9,
+	0x5e, 0xda, 0xa7, 0x39, 0x98, 0xe9, 0x36, 0x76, 0xc1, 0x67, 0xff, 0x06, 0x00, 0x00, 0xff, 0xff,
+	0x93, 0x06, 0xf8, 0x13, 0xd3, 0x05, 0x00, 0x00,
 }
 
 func (m *Params) Marshal() (dAtA []byte, err error) {
@@ -183,6 +444,130 @@ func (m *Params) MarshalToSizedBuffer(dAtA []byte) (int, error) {
 	_ = i
 	var l int
 	_ = l
+	if len(m.ApprovedVersions) > 0 {
+		for iNdEx := len(m.ApprovedVersions) - 1; iNdEx >= 0; iNdEx-- {
+			{
+				size, err := m.ApprovedVersions[iNdEx].MarshalToSizedBuffer(dAtA[:i])
+				if err != nil {
+					return 0, err
+				}
+				i -= size
+				i = encodeVarintParams(dAtA, i, uint64(size))
+			}
+			i--
+			dAtA[i] = 0x1
+			i--
+			dAtA[i] = 0xca
+		}
+	}
+	if m.MaxInvalidRatioBps != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.MaxInvalidRatioBps))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xc0
+	}
+	if m.MaxMissedRatioBps != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.MaxMissedRatioBps))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xb8
+	}
+	if m.ExpiryBatch != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.ExpiryBatch))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xb0
+	}
+	if m.ExpiryEpochs != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.ExpiryEpochs))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xa8
+	}
+	if m.SettlementWindowEpochs != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.SettlementWindowEpochs))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0xa0
+	}
+	if m.ProtocolVersion != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.ProtocolVersion))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0x98
+	}
+	if m.ValidationRateBps != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.ValidationRateBps))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0x90
+	}
+	if m.ExecutionTimeoutSeconds != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.ExecutionTimeoutSeconds))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0x88
+	}
+	if m.SealGraceSeconds != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.SealGraceSeconds))
+		i--
+		dAtA[i] = 0x1
+		i--
+		dAtA[i] = 0x80
+	}
+	if m.SealGraceNonces != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.SealGraceNonces))
+		i--
+		dAtA[i] = 0x78
+	}
+	if m.TokenPrice != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.TokenPrice))
+		i--
+		dAtA[i] = 0x70
+	}
+	if m.FeePerNonce != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.FeePerNonce))
+		i--
+		dAtA[i] = 0x68
+	}
+	if m.CreationFee != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.CreationFee))
+		i--
+		dAtA[i] = 0x60
+	}
+	if m.MaxNonce != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.MaxNonce))
+		i--
+		dAtA[i] = 0x58
+	}
+	if m.MaxEscrowsPerEpoch != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.MaxEscrowsPerEpoch))
+		i--
+		dAtA[i] = 0x50
+	}
+	if m.MaxEscrowAmount != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.MaxEscrowAmount))
+		i--
+		dAtA[i] = 0x48
+	}
+	if m.MinEscrowAmount != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.MinEscrowAmount))
+		i--
+		dAtA[i] = 0x40
+	}
+	if m.GroupSize != 0 {
+		i = encodeVarintParams(dAtA, i, uint64(m.GroupSize))
+		i--
+		dAtA[i] = 0x38
+	}
 	if m.MaxConsecutiveInvalid != 0 {
 		i = encodeVarintParams(dAtA, i, uint64(m.MaxConsecutiveInvalid))
 		i--
@@ -221,6 +606,50 @@ func (m *Params) MarshalToSizedBuffer(dAtA []byte) (int, error) {
 	return len(dAtA) - i, nil
 }
 
+func (m *ApprovedVersion) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *ApprovedVersion) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *ApprovedVersion) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Sha256) > 0 {
+		i -= len(m.Sha256)
+		copy(dAtA[i:], m.Sha256)
+		i = encodeVarintParams(dAtA, i, uint64(len(m.Sha256)))
+		i--
+		dAtA[i] = 0x1a
+	}
+	if len(m.Url) > 0 {
+		i -= len(m.Url)
+		copy(dAtA[i:], m.Url)
+		i = encodeVarintParams(dAtA, i, uint64(len(m.Url)))
+		i--
+		dAtA[i] = 0x12
+	}
+	if len(m.Name) > 0 {
+		i -= len(m.Name)
+		copy(dAtA[i:], m.Name)
+		i = encodeVarintParams(dAtA, i, uint64(len(m.Name)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
 func encodeVarintParams(dAtA []byte, offset int, v uint64) int {
 	offset -= sovParams(v)
 	base := offset
@@ -254,6 +683,87 @@ func (m *Params) Size() (n int) {
 	n += 1 + l + sovParams(uint64(l))
 	if m.MaxConsecutiveInvalid != 0 {
 		n += 1 + sovParams(uint64(m.MaxConsecutiveInvalid))
+	}
+	if m.GroupSize != 0 {
+		n += 1 + sovParams(uint64(m.GroupSize))
+	}
+	if m.MinEscrowAmount != 0 {
+		n += 1 + sovParams(uint64(m.MinEscrowAmount))
+	}
+	if m.MaxEscrowAmount != 0 {
+		n += 1 + sovParams(uint64(m.MaxEscrowAmount))
+	}
+	if m.MaxEscrowsPerEpoch != 0 {
+		n += 1 + sovParams(uint64(m.MaxEscrowsPerEpoch))
+	}
+	if m.MaxNonce != 0 {
+		n += 1 + sovParams(uint64(m.MaxNonce))
+	}
+	if m.CreationFee != 0 {
+		n += 1 + sovParams(uint64(m.CreationFee))
+	}
+	if m.FeePerNonce != 0 {
+		n += 1 + sovParams(uint64(m.FeePerNonce))
+	}
+	if m.TokenPrice != 0 {
+		n += 1 + sovParams(uint64(m.TokenPrice))
+	}
+	if m.SealGraceNonces != 0 {
+		n += 1 + sovParams(uint64(m.SealGraceNonces))
+	}
+	if m.SealGraceSeconds != 0 {
+		n += 2 + sovParams(uint64(m.SealGraceSeconds))
+	}
+	if m.ExecutionTimeoutSeconds != 0 {
+		n += 2 + sovParams(uint64(m.ExecutionTimeoutSeconds))
+	}
+	if m.ValidationRateBps != 0 {
+		n += 2 + sovParams(uint64(m.ValidationRateBps))
+	}
+	if m.ProtocolVersion != 0 {
+		n += 2 + sovParams(uint64(m.ProtocolVersion))
+	}
+	if m.SettlementWindowEpochs != 0 {
+		n += 2 + sovParams(uint64(m.SettlementWindowEpochs))
+	}
+	if m.ExpiryEpochs != 0 {
+		n += 2 + sovParams(uint64(m.ExpiryEpochs))
+	}
+	if m.ExpiryBatch != 0 {
+		n += 2 + sovParams(uint64(m.ExpiryBatch))
+	}
+	if m.MaxMissedRatioBps != 0 {
+		n += 2 + sovParams(uint64(m.MaxMissedRatioBps))
+	}
+	if m.MaxInvalidRatioBps != 0 {
+		n += 2 + sovParams(uint64(m.MaxInvalidRatioBps))
+	}
+	if len(m.ApprovedVersions) > 0 {
+		for _, e := range m.ApprovedVersions {
+			l = e.Size()
+			n += 2 + l + sovParams(uint64(l))
+		}
+	}
+	return n
+}
+
+func (m *ApprovedVersion) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Name)
+	if l > 0 {
+		n += 1 + l + sovParams(uint64(l))
+	}
+	l = len(m.Url)
+	if l > 0 {
+		n += 1 + l + sovParams(uint64(l))
+	}
+	l = len(m.Sha256)
+	if l > 0 {
+		n += 1 + l + sovParams(uint64(l))
 	}
 	return n
 }
@@ -421,6 +931,528 @@ func (m *Params) Unmarshal(dAtA []byte) error {
 					break
 				}
 			}
+		case 7:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field GroupSize", wireType)
+			}
+			m.GroupSize = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.GroupSize |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 8:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MinEscrowAmount", wireType)
+			}
+			m.MinEscrowAmount = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MinEscrowAmount |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 9:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxEscrowAmount", wireType)
+			}
+			m.MaxEscrowAmount = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxEscrowAmount |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 10:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxEscrowsPerEpoch", wireType)
+			}
+			m.MaxEscrowsPerEpoch = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxEscrowsPerEpoch |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 11:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxNonce", wireType)
+			}
+			m.MaxNonce = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxNonce |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 12:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field CreationFee", wireType)
+			}
+			m.CreationFee = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.CreationFee |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 13:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field FeePerNonce", wireType)
+			}
+			m.FeePerNonce = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.FeePerNonce |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 14:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field TokenPrice", wireType)
+			}
+			m.TokenPrice = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.TokenPrice |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 15:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field SealGraceNonces", wireType)
+			}
+			m.SealGraceNonces = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.SealGraceNonces |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 16:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field SealGraceSeconds", wireType)
+			}
+			m.SealGraceSeconds = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.SealGraceSeconds |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 17:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ExecutionTimeoutSeconds", wireType)
+			}
+			m.ExecutionTimeoutSeconds = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.ExecutionTimeoutSeconds |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 18:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ValidationRateBps", wireType)
+			}
+			m.ValidationRateBps = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.ValidationRateBps |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 19:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ProtocolVersion", wireType)
+			}
+			m.ProtocolVersion = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.ProtocolVersion |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 20:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field SettlementWindowEpochs", wireType)
+			}
+			m.SettlementWindowEpochs = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.SettlementWindowEpochs |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 21:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ExpiryEpochs", wireType)
+			}
+			m.ExpiryEpochs = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.ExpiryEpochs |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 22:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ExpiryBatch", wireType)
+			}
+			m.ExpiryBatch = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.ExpiryBatch |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 23:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxMissedRatioBps", wireType)
+			}
+			m.MaxMissedRatioBps = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxMissedRatioBps |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 24:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field MaxInvalidRatioBps", wireType)
+			}
+			m.MaxInvalidRatioBps = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.MaxInvalidRatioBps |= uint32(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 25:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field ApprovedVersions", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthParams
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthParams
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.ApprovedVersions = append(m.ApprovedVersions, ApprovedVersion{})
+			if err := m.ApprovedVersions[len(m.ApprovedVersions)-1].Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipParams(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthParams
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *ApprovedVersion) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowParams
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: ApprovedVersion: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: ApprovedVersion: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Name", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthParams
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthParams
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Name = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Url", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthParams
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthParams
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Url = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 3:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Sha256", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowParams
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthParams
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthParams
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Sha256 = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
 			skippy, err := skipParams(dAtA[iNdEx:])

@@ -776,6 +776,312 @@ func (m *QueryMayActForResponse) GetAllowed() bool {
 	return false
 }
 
+type QueryEscrowRequest struct {
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+}
+
+func (m *QueryEscrowRequest) Reset()         { *m = QueryEscrowRequest{} }
+func (m *QueryEscrowRequest) String() string { return proto.CompactTextString(m) }
+func (*QueryEscrowRequest) ProtoMessage()    {}
+func (*QueryEscrowRequest) Descriptor() ([]byte, []int) {
+	return fileDescriptor_6a9ee1357931da8d, []int{16}
+}
+func (m *QueryEscrowRequest) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *QueryEscrowRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_QueryEscrowRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *QueryEscrowRequest) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_QueryEscrowRequest.Merge(m, src)
+}
+func (m *QueryEscrowRequest) XXX_Size() int {
+	return m.Size()
+}
+func (m *QueryEscrowRequest) XXX_DiscardUnknown() {
+	xxx_messageInfo_QueryEscrowRequest.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_QueryEscrowRequest proto.InternalMessageInfo
+
+func (m *QueryEscrowRequest) GetId() uint64 {
+	if m != nil {
+		return m.Id
+	}
+	return 0
+}
+
+type QueryEscrowResponse struct {
+	Escrow Escrow `protobuf:"bytes,1,opt,name=escrow,proto3" json:"escrow"`
+}
+
+func (m *QueryEscrowResponse) Reset()         { *m = QueryEscrowResponse{} }
+func (m *QueryEscrowResponse) String() string { return proto.CompactTextString(m) }
+func (*QueryEscrowResponse) ProtoMessage()    {}
+func (*QueryEscrowResponse) Descriptor() ([]byte, []int) {
+	return fileDescriptor_6a9ee1357931da8d, []int{17}
+}
+func (m *QueryEscrowResponse) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *QueryEscrowResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_QueryEscrowResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *QueryEscrowResponse) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_QueryEscrowResponse.Merge(m, src)
+}
+func (m *QueryEscrowResponse) XXX_Size() int {
+	return m.Size()
+}
+func (m *QueryEscrowResponse) XXX_DiscardUnknown() {
+	xxx_messageInfo_QueryEscrowResponse.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_QueryEscrowResponse proto.InternalMessageInfo
+
+func (m *QueryEscrowResponse) GetEscrow() Escrow {
+	if m != nil {
+		return m.Escrow
+	}
+	return Escrow{}
+}
+
+type QuerySummaryRequest struct {
+	EpochId uint64 `protobuf:"varint,1,opt,name=epoch_id,json=epochId,proto3" json:"epoch_id,omitempty"`
+	Address string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+}
+
+func (m *QuerySummaryRequest) Reset()         { *m = QuerySummaryRequest{} }
+func (m *QuerySummaryRequest) String() string { return proto.CompactTextString(m) }
+func (*QuerySummaryRequest) ProtoMessage()    {}
+func (*QuerySummaryRequest) Descriptor() ([]byte, []int) {
+	return fileDescriptor_6a9ee1357931da8d, []int{18}
+}
+func (m *QuerySummaryRequest) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *QuerySummaryRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_QuerySummaryRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *QuerySummaryRequest) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_QuerySummaryRequest.Merge(m, src)
+}
+func (m *QuerySummaryRequest) XXX_Size() int {
+	return m.Size()
+}
+func (m *QuerySummaryRequest) XXX_DiscardUnknown() {
+	xxx_messageInfo_QuerySummaryRequest.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_QuerySummaryRequest proto.InternalMessageInfo
+
+func (m *QuerySummaryRequest) GetEpochId() uint64 {
+	if m != nil {
+		return m.EpochId
+	}
+	return 0
+}
+
+func (m *QuerySummaryRequest) GetAddress() string {
+	if m != nil {
+		return m.Address
+	}
+	return ""
+}
+
+type QuerySummaryResponse struct {
+	Summary EpochPerformanceSummary `protobuf:"bytes,1,opt,name=summary,proto3" json:"summary"`
+}
+
+func (m *QuerySummaryResponse) Reset()         { *m = QuerySummaryResponse{} }
+func (m *QuerySummaryResponse) String() string { return proto.CompactTextString(m) }
+func (*QuerySummaryResponse) ProtoMessage()    {}
+func (*QuerySummaryResponse) Descriptor() ([]byte, []int) {
+	return fileDescriptor_6a9ee1357931da8d, []int{19}
+}
+func (m *QuerySummaryResponse) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *QuerySummaryResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_QuerySummaryResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *QuerySummaryResponse) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_QuerySummaryResponse.Merge(m, src)
+}
+func (m *QuerySummaryResponse) XXX_Size() int {
+	return m.Size()
+}
+func (m *QuerySummaryResponse) XXX_DiscardUnknown() {
+	xxx_messageInfo_QuerySummaryResponse.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_QuerySummaryResponse proto.InternalMessageInfo
+
+func (m *QuerySummaryResponse) GetSummary() EpochPerformanceSummary {
+	if m != nil {
+		return m.Summary
+	}
+	return EpochPerformanceSummary{}
+}
+
+type QueryConservationRequest struct {
+}
+
+func (m *QueryConservationRequest) Reset()         { *m = QueryConservationRequest{} }
+func (m *QueryConservationRequest) String() string { return proto.CompactTextString(m) }
+func (*QueryConservationRequest) ProtoMessage()    {}
+func (*QueryConservationRequest) Descriptor() ([]byte, []int) {
+	return fileDescriptor_6a9ee1357931da8d, []int{20}
+}
+func (m *QueryConservationRequest) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *QueryConservationRequest) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_QueryConservationRequest.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *QueryConservationRequest) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_QueryConservationRequest.Merge(m, src)
+}
+func (m *QueryConservationRequest) XXX_Size() int {
+	return m.Size()
+}
+func (m *QueryConservationRequest) XXX_DiscardUnknown() {
+	xxx_messageInfo_QueryConservationRequest.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_QueryConservationRequest proto.InternalMessageInfo
+
+type QueryConservationResponse struct {
+	// balance is the module account's balance in the collateral denom.
+	Balance string `protobuf:"bytes,1,opt,name=balance,proto3" json:"balance,omitempty"`
+	// owed = open_escrows + ledgers + unclaimed + bonded.
+	Owed        string `protobuf:"bytes,2,opt,name=owed,proto3" json:"owed,omitempty"`
+	OpenEscrows string `protobuf:"bytes,3,opt,name=open_escrows,json=openEscrows,proto3" json:"open_escrows,omitempty"`
+	Ledgers     string `protobuf:"bytes,4,opt,name=ledgers,proto3" json:"ledgers,omitempty"`
+	Unclaimed   string `protobuf:"bytes,5,opt,name=unclaimed,proto3" json:"unclaimed,omitempty"`
+	Bonded      string `protobuf:"bytes,6,opt,name=bonded,proto3" json:"bonded,omitempty"`
+}
+
+func (m *QueryConservationResponse) Reset()         { *m = QueryConservationResponse{} }
+func (m *QueryConservationResponse) String() string { return proto.CompactTextString(m) }
+func (*QueryConservationResponse) ProtoMessage()    {}
+func (*QueryConservationResponse) Descriptor() ([]byte, []int) {
+	return fileDescriptor_6a9ee1357931da8d, []int{21}
+}
+func (m *QueryConservationResponse) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *QueryConservationResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_QueryConservationResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *QueryConservationResponse) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_QueryConservationResponse.Merge(m, src)
+}
+func (m *QueryConservationResponse) XXX_Size() int {
+	return m.Size()
+}
+func (m *QueryConservationResponse) XXX_DiscardUnknown() {
+	xxx_messageInfo_QueryConservationResponse.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_QueryConservationResponse proto.InternalMessageInfo
+
+func (m *QueryConservationResponse) GetBalance() string {
+	if m != nil {
+		return m.Balance
+	}
+	return ""
+}
+
+func (m *QueryConservationResponse) GetOwed() string {
+	if m != nil {
+		return m.Owed
+	}
+	return ""
+}
+
+func (m *QueryConservationResponse) GetOpenEscrows() string {
+	if m != nil {
+		return m.OpenEscrows
+	}
+	return ""
+}
+
+func (m *QueryConservationResponse) GetLedgers() string {
+	if m != nil {
+		return m.Ledgers
+	}
+	return ""
+}
+
+func (m *QueryConservationResponse) GetUnclaimed() string {
+	if m != nil {
+		return m.Unclaimed
+	}
+	return ""
+}
+
+func (m *QueryConservationResponse) GetBonded() string {
+	if m != nil {
+		return m.Bonded
+	}
+	return ""
+}
+
 func init() {
 	proto.RegisterType((*QueryParamsRequest)(nil), "devshard.devshard.v1.QueryParamsRequest")
 	proto.RegisterType((*QueryParamsResponse)(nil), "devshard.devshard.v1.QueryParamsResponse")
@@ -793,73 +1099,95 @@ func init() {
 	proto.RegisterType((*QueryEpochMembersResponse)(nil), "devshard.devshard.v1.QueryEpochMembersResponse")
 	proto.RegisterType((*QueryMayActForRequest)(nil), "devshard.devshard.v1.QueryMayActForRequest")
 	proto.RegisterType((*QueryMayActForResponse)(nil), "devshard.devshard.v1.QueryMayActForResponse")
+	proto.RegisterType((*QueryEscrowRequest)(nil), "devshard.devshard.v1.QueryEscrowRequest")
+	proto.RegisterType((*QueryEscrowResponse)(nil), "devshard.devshard.v1.QueryEscrowResponse")
+	proto.RegisterType((*QuerySummaryRequest)(nil), "devshard.devshard.v1.QuerySummaryRequest")
+	proto.RegisterType((*QuerySummaryResponse)(nil), "devshard.devshard.v1.QuerySummaryResponse")
+	proto.RegisterType((*QueryConservationRequest)(nil), "devshard.devshard.v1.QueryConservationRequest")
+	proto.RegisterType((*QueryConservationResponse)(nil), "devshard.devshard.v1.QueryConservationResponse")
 }
 
 func init() { proto.RegisterFile("devshard/devshard/v1/query.proto", fileDescriptor_6a9ee1357931da8d) }
 
 var fileDescriptor_6a9ee1357931da8d = []byte{
-	// 970 bytes of a gzipped FileDescriptorProto
-	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0xac, 0x97, 0xcf, 0x6f, 0xdc, 0x44,
-	0x14, 0xc7, 0xe3, 0x34, 0xd9, 0xb4, 0x2f, 0xa1, 0x12, 0x43, 0x80, 0x8d, 0x89, 0x96, 0xc4, 0x29,
-	0x6d, 0xfa, 0x23, 0x1e, 0x76, 0x4b, 0xa9, 0x80, 0x53, 0x82, 0x68, 0x55, 0xa1, 0x48, 0xed, 0xf6,
-	0x86, 0x90, 0x56, 0xb3, 0xeb, 0xc1, 0xb1, 0xc8, 0x7a, 0x5c, 0xdb, 0x59, 0x58, 0xad, 0xf6, 0x02,
-	0xe2, 0x0c, 0x12, 0xe2, 0x80, 0x7a, 0x83, 0x03, 0x5c, 0x91, 0xf8, 0x23, 0x7a, 0xac, 0xe0, 0xc2,
-	0x09, 0xa1, 0x84, 0x23, 0x7f, 0x04, 0xf2, 0xcc, 0x9b, 0xad, 0xbd, 0x75, 0x6c, 0xa7, 0xda, 0x53,
-	0x66, 0xec, 0xef, 0x7b, 0xef, 0x33, 0xef, 0x3d, 0xcf, 0xcb, 0xc2, 0x86, 0xc3, 0x07, 0xd1, 0x01,
-	0x0b, 0x1d, 0x3a, 0x59, 0x0c, 0x9a, 0xf4, 0xd1, 0x11, 0x0f, 0x87, 0x76, 0x10, 0x8a, 0x58, 0x90,
-	0x55, 0xfd, 0xc2, 0x9e, 0x2c, 0x06, 0x4d, 0x73, 0xd5, 0x15, 0xae, 0x90, 0x02, 0x9a, 0xac, 0x94,
-	0xd6, 0x5c, 0x77, 0x85, 0x70, 0x0f, 0x39, 0x65, 0x81, 0x47, 0x99, 0xef, 0x8b, 0x98, 0xc5, 0x9e,
-	0xf0, 0x23, 0x7c, 0xbb, 0xd6, 0x13, 0x51, 0x5f, 0x44, 0x1d, 0x65, 0xa6, 0x36, 0xf8, 0xea, 0x9a,
-	0xda, 0xd1, 0x2e, 0x8b, 0xb8, 0x8a, 0x4e, 0x07, 0xcd, 0x2e, 0x8f, 0x59, 0x93, 0x06, 0xcc, 0xf5,
-	0x7c, 0xe9, 0x07, 0xb5, 0x9b, 0xb9, 0xc8, 0x01, 0x0b, 0x59, 0x5f, 0xbb, 0xcb, 0x3f, 0x15, 0x0f,
-	0x44, 0xef, 0x00, 0x15, 0x97, 0x4f, 0x73, 0x12, 0x7b, 0x3d, 0x2f, 0x60, 0x7e, 0xac, 0x74, 0xd6,
-	0x2a, 0x90, 0x07, 0x09, 0xce, 0x7d, 0xe9, 0xbe, 0xcd, 0x1f, 0x1d, 0xf1, 0x28, 0xb6, 0x1e, 0xc0,
-	0x2b, 0x99, 0xa7, 0x51, 0x20, 0xfc, 0x88, 0x93, 0xf7, 0xa1, 0xa6, 0x30, 0xea, 0xc6, 0x86, 0xb1,
-	0xbd, 0xdc, 0x5a, 0xb7, 0xf3, 0x72, 0x67, 0x2b, 0xab, 0xbd, 0x85, 0x27, 0x7f, 0xbf, 0x39, 0xd7,
-	0x46, 0x0b, 0x6b, 0x0b, 0x5e, 0x96, 0x2e, 0x3f, 0x4a, 0x20, 0x31, 0x0e, 0xb9, 0x08, 0xf3, 0x9e,
-	0x23, 0x9d, 0x2d, 0xb4, 0xe7, 0x3d, 0xc7, 0x32, 0xa1, 0x2e, 0x45, 0x1f, 0x1e, 0x85, 0x21, 0xf7,
-	0xe3, 0xb4, 0xd6, 0xda, 0x47, 0x52, 0x7c, 0x88, 0x48, 0xb7, 0x61, 0x51, 0x1e, 0x1b, 0x89, 0xde,
-	0xc8, 0x27, 0x92, 0x36, 0x08, 0xa4, 0xf4, 0xd6, 0xa7, 0x69, 0x77, 0xfa, 0xe0, 0xe4, 0x0e, 0xc0,
-	0xb3, 0x7a, 0xa0, 0xcf, 0xcb, 0x36, 0x96, 0x32, 0x29, 0x9e, 0xad, 0x5a, 0x07, 0x8b, 0x67, 0xdf,
-	0x67, 0x2e, 0x47, 0xdb, 0x76, 0xca, 0xd2, 0x7a, 0x6c, 0xc0, 0x5a, 0xca, 0xfd, 0xde, 0xf0, 0x61,
-	0xcc, 0x62, 0xad, 0x24, 0xef, 0xc2, 0x62, 0x94, 0xec, 0x65, 0x80, 0x8b, 0xad, 0x8d, 0x02, 0x68,
-	0x65, 0xa7, 0xe4, 0x53, 0x74, 0xf3, 0x2f, 0x4c, 0xf7, 0xa3, 0x81, 0xf5, 0xd5, 0x87, 0xc7, 0x64,
-	0xbe, 0x07, 0x35, 0x99, 0x9c, 0xa4, 0xbe, 0xe7, 0xaa, 0x65, 0x13, 0x0d, 0xc8, 0xdd, 0x1c, 0xb4,
-	0x2b, 0xa5, 0x68, 0x2a, 0x6e, 0x86, 0x6d, 0x1f, 0x5e, 0xd7, 0xad, 0xa7, 0x5b, 0x55, 0xa7, 0xad,
-	0x05, 0x4b, 0xcc, 0x71, 0x42, 0x1e, 0xa9, 0xfe, 0xbb, 0xb0, 0x57, 0xff, 0xe3, 0xf7, 0x9d, 0x55,
-	0x8c, 0xb1, 0xab, 0xde, 0x3c, 0x8c, 0x43, 0xcf, 0x77, 0xdb, 0x5a, 0x68, 0x71, 0xec, 0xa8, 0x8c,
-	0x3b, 0x3c, 0xee, 0x3d, 0x58, 0x4e, 0x7d, 0x10, 0x58, 0xed, 0xcd, 0x53, 0x7b, 0x5a, 0x0b, 0xf1,
-	0xe4, 0x69, 0x5b, 0xab, 0xfb, 0x7c, 0x98, 0x99, 0xf7, 0xd4, 0x6f, 0xba, 0xa7, 0xb2, 0x41, 0xf0,
-	0x30, 0x1f, 0xc3, 0x4a, 0x0a, 0x48, 0x57, 0xb0, 0xf2, 0x69, 0x32, 0xc6, 0xb3, 0xab, 0xe6, 0x18,
-	0xf3, 0x22, 0x5b, 0x66, 0x9f, 0xf7, 0xbb, 0x3c, 0x9c, 0xe4, 0x65, 0x0d, 0xce, 0xcb, 0xe6, 0xe9,
-	0x4c, 0xae, 0x80, 0x25, 0xb9, 0xbf, 0xe7, 0xcc, 0xac, 0xd1, 0x7f, 0xc9, 0x7c, 0x86, 0x93, 0xf8,
-	0x98, 0xb2, 0x5d, 0x58, 0xea, 0xab, 0x47, 0xc5, 0xd9, 0x4a, 0x19, 0x63, 0xb6, 0xb4, 0xdd, 0xec,
-	0x12, 0xf5, 0xad, 0x01, 0xaf, 0x4a, 0xd2, 0x7d, 0x36, 0xdc, 0xed, 0xc5, 0x77, 0x44, 0xa8, 0xd3,
-	0xf4, 0x36, 0xd4, 0x0e, 0xc4, 0xa1, 0xc3, 0xc3, 0xd2, 0xa6, 0x47, 0x5d, 0x62, 0x11, 0x79, 0xae,
-	0xcf, 0x43, 0x09, 0x54, 0x68, 0xa1, 0x74, 0x84, 0xc0, 0xc2, 0xe7, 0x9e, 0xef, 0xd4, 0xcf, 0x25,
-	0xfa, 0xb6, 0x5c, 0x5b, 0x2d, 0x78, 0x6d, 0x1a, 0x08, 0xf3, 0x56, 0x87, 0x25, 0x76, 0x78, 0x28,
-	0xbe, 0xe0, 0xaa, 0x6e, 0xe7, 0xdb, 0x7a, 0xdb, 0xfa, 0x0f, 0x60, 0x51, 0x1a, 0x91, 0xaf, 0x0d,
-	0xa8, 0xa9, 0x39, 0x40, 0xb6, 0xf3, 0xb3, 0xfa, 0xfc, 0xd8, 0x31, 0xaf, 0x56, 0x50, 0x2a, 0x06,
-	0xeb, 0xd2, 0x57, 0x7f, 0xfe, 0xfb, 0xfd, 0x7c, 0x83, 0xac, 0xd3, 0x82, 0x69, 0x49, 0xbe, 0x31,
-	0x60, 0x51, 0x56, 0x8f, 0x5c, 0x29, 0x70, 0x9d, 0x1e, 0x33, 0xe6, 0x76, 0xb9, 0x10, 0x11, 0xae,
-	0x4a, 0x84, 0x2d, 0xb2, 0x49, 0x4f, 0x9f, 0xc6, 0x11, 0x1d, 0x79, 0xce, 0x98, 0xfc, 0x60, 0xc0,
-	0x4a, 0x7a, 0xa6, 0x11, 0xbb, 0x20, 0x4a, 0xce, 0xf0, 0x3b, 0x03, 0xd5, 0x75, 0x49, 0xf5, 0x16,
-	0xd9, 0xca, 0xa7, 0xea, 0x29, 0xe7, 0x1d, 0x49, 0x27, 0xab, 0xa4, 0x66, 0x00, 0x29, 0x8d, 0x50,
-	0xa9, 0x4a, 0xd9, 0x81, 0x52, 0x56, 0x25, 0x9c, 0x1d, 0x3f, 0x19, 0xf0, 0x52, 0x66, 0x4e, 0x12,
-	0x5a, 0x1a, 0x22, 0x3b, 0x51, 0xcf, 0xc2, 0x74, 0x4b, 0x32, 0x51, 0xb2, 0x53, 0x58, 0xb6, 0xee,
-	0xb0, 0x23, 0x67, 0x2e, 0x1d, 0xc9, 0x3f, 0xe3, 0x04, 0x72, 0x39, 0x75, 0x6d, 0x92, 0x9d, 0xe2,
-	0x5e, 0x9d, 0x9a, 0x5d, 0xa6, 0x5d, 0x55, 0x8e, 0x94, 0xef, 0x48, 0x4a, 0x9b, 0xdc, 0xa0, 0x65,
-	0xff, 0xc8, 0x45, 0x74, 0x84, 0xc3, 0x6e, 0x4c, 0x1e, 0x1b, 0xb0, 0x92, 0x9e, 0x0e, 0xa4, 0x62,
-	0xd8, 0x49, 0x6d, 0x69, 0x65, 0x3d, 0x72, 0x5e, 0x93, 0x9c, 0x97, 0x88, 0x55, 0xce, 0x49, 0x7e,
-	0x35, 0x60, 0x25, 0x7d, 0x11, 0x17, 0xd2, 0xe5, 0x4c, 0x0c, 0x93, 0x56, 0xd6, 0x23, 0xdd, 0x6d,
-	0x49, 0xd7, 0x24, 0xb4, 0xf8, 0x13, 0xd5, 0x63, 0x68, 0x4c, 0xf5, 0xbd, 0xfe, 0xb3, 0x01, 0x17,
-	0x26, 0x17, 0x1f, 0xb9, 0x5e, 0x10, 0x77, 0xfa, 0xbe, 0x36, 0x6f, 0x54, 0x13, 0x23, 0xe1, 0x07,
-	0x92, 0xf0, 0x16, 0xb9, 0x99, 0x4f, 0xd8, 0x67, 0xc3, 0x0e, 0xeb, 0xc5, 0x9d, 0xcf, 0x44, 0x48,
-	0x47, 0xea, 0x7a, 0x1f, 0xd3, 0x91, 0xba, 0xb5, 0xc7, 0x7b, 0x77, 0x9f, 0x1c, 0x37, 0x8c, 0xa7,
-	0xc7, 0x0d, 0xe3, 0x9f, 0xe3, 0x86, 0xf1, 0xdd, 0x49, 0x63, 0xee, 0xe9, 0x49, 0x63, 0xee, 0xaf,
-	0x93, 0xc6, 0xdc, 0x27, 0x3b, 0xae, 0x17, 0x1f, 0x1c, 0x75, 0xed, 0x9e, 0xe8, 0xe7, 0x38, 0xfe,
-	0xf2, 0xd9, 0x32, 0x1e, 0x06, 0x3c, 0xea, 0xd6, 0xe4, 0x8f, 0x81, 0x9b, 0xff, 0x07, 0x00, 0x00,
-	0xff, 0xff, 0x52, 0x15, 0x55, 0xde, 0x2e, 0x0d, 0x00, 0x00,
+	// 1222 bytes of a gzipped FileDescriptorProto
+	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0xac, 0x57, 0x41, 0x6f, 0x1b, 0x45,
+	0x14, 0xce, 0xa6, 0x89, 0xdd, 0x4c, 0x42, 0x24, 0x86, 0x50, 0x1c, 0x13, 0x99, 0x64, 0x13, 0xda,
+	0x34, 0x6d, 0x76, 0x48, 0x4a, 0xa9, 0xa0, 0xe2, 0x90, 0x54, 0xb4, 0x2a, 0x28, 0x52, 0xea, 0xdc,
+	0x10, 0x92, 0x35, 0xde, 0x9d, 0x3a, 0x2b, 0xec, 0x1d, 0x77, 0x77, 0x9d, 0x62, 0x45, 0xbe, 0x80,
+	0x38, 0x70, 0x02, 0x09, 0x71, 0x40, 0xbd, 0x81, 0x10, 0x5c, 0x91, 0x38, 0x22, 0xce, 0x3d, 0x56,
+	0x70, 0xe1, 0x84, 0x50, 0xc2, 0x0f, 0x41, 0xfb, 0xe6, 0x8d, 0xbd, 0x9b, 0x6c, 0x76, 0xb7, 0x55,
+	0x4e, 0xde, 0x99, 0xf9, 0xde, 0x7b, 0xdf, 0xbc, 0xf7, 0xe6, 0xbd, 0x67, 0xb2, 0xe8, 0x88, 0x83,
+	0x60, 0x9f, 0xfb, 0x0e, 0x1b, 0x7e, 0x1c, 0x6c, 0xb0, 0x47, 0x3d, 0xe1, 0xf7, 0xad, 0xae, 0x2f,
+	0x43, 0x49, 0xe7, 0xf4, 0x81, 0x35, 0xfc, 0x38, 0xd8, 0xa8, 0xce, 0xb5, 0x64, 0x4b, 0x02, 0x80,
+	0x45, 0x5f, 0x0a, 0x5b, 0x5d, 0x68, 0x49, 0xd9, 0x6a, 0x0b, 0xc6, 0xbb, 0x2e, 0xe3, 0x9e, 0x27,
+	0x43, 0x1e, 0xba, 0xd2, 0x0b, 0xf0, 0x74, 0xde, 0x96, 0x41, 0x47, 0x06, 0x0d, 0x25, 0xa6, 0x16,
+	0x78, 0xb4, 0xa6, 0x56, 0xac, 0xc9, 0x03, 0xa1, 0xac, 0xb3, 0x83, 0x8d, 0xa6, 0x08, 0xf9, 0x06,
+	0xeb, 0xf2, 0x96, 0xeb, 0x81, 0x1e, 0xc4, 0x2e, 0xa5, 0x52, 0xee, 0x72, 0x9f, 0x77, 0x82, 0x4c,
+	0x88, 0x08, 0x6c, 0x5f, 0x3e, 0x46, 0x48, 0xfa, 0xc5, 0x45, 0x57, 0xda, 0xfb, 0x88, 0xb8, 0x7c,
+	0x96, 0x9d, 0xd0, 0xb5, 0xdd, 0x2e, 0xf7, 0x42, 0x85, 0x33, 0xe7, 0x08, 0x7d, 0x10, 0x31, 0xde,
+	0x05, 0x06, 0x75, 0xf1, 0xa8, 0x27, 0x82, 0xd0, 0x7c, 0x40, 0x5e, 0x49, 0xec, 0x06, 0x5d, 0xe9,
+	0x05, 0x82, 0xbe, 0x47, 0x4a, 0x8a, 0x69, 0xc5, 0x58, 0x34, 0x56, 0xa7, 0x37, 0x17, 0xac, 0x34,
+	0xf7, 0x5a, 0x4a, 0x6a, 0x7b, 0xe2, 0xe9, 0x3f, 0x6f, 0x8c, 0xd5, 0x51, 0xc2, 0x5c, 0x26, 0x2f,
+	0x83, 0xca, 0x0f, 0x22, 0x92, 0x68, 0x87, 0xce, 0x92, 0x71, 0xd7, 0x01, 0x65, 0x13, 0xf5, 0x71,
+	0xd7, 0x31, 0xab, 0xa4, 0x02, 0xa0, 0x3b, 0x3d, 0xdf, 0x17, 0x5e, 0x18, 0xc7, 0x9a, 0x3b, 0xc8,
+	0x14, 0x37, 0x91, 0xd2, 0x2d, 0x32, 0x09, 0xd7, 0x46, 0x46, 0xaf, 0xa7, 0x33, 0x02, 0x19, 0x24,
+	0xa4, 0xf0, 0xe6, 0x27, 0x71, 0x75, 0xfa, 0xe2, 0xf4, 0x2e, 0x21, 0xa3, 0x90, 0xa1, 0xce, 0xcb,
+	0x16, 0x46, 0x3b, 0x8a, 0xaf, 0xa5, 0xb2, 0x0b, 0xe3, 0x6b, 0xed, 0xf2, 0x96, 0x40, 0xd9, 0x7a,
+	0x4c, 0xd2, 0x7c, 0x62, 0x90, 0xf9, 0x98, 0xfa, 0xed, 0xfe, 0x5e, 0xc8, 0x43, 0x8d, 0xa4, 0xef,
+	0x90, 0xc9, 0x20, 0x5a, 0x83, 0x81, 0xd9, 0xcd, 0xc5, 0x0c, 0xd2, 0x4a, 0x4e, 0xc1, 0x4f, 0xb0,
+	0x1b, 0x7f, 0x61, 0x76, 0xdf, 0x1b, 0x18, 0x5f, 0x7d, 0x79, 0x74, 0xe6, 0xbb, 0xa4, 0x04, 0xce,
+	0x89, 0xe2, 0x7b, 0xa1, 0x98, 0x37, 0x51, 0x80, 0xde, 0x4b, 0xa1, 0x76, 0x25, 0x97, 0x9a, 0xb2,
+	0x9b, 0xe0, 0xb6, 0x43, 0x5e, 0xd3, 0xa9, 0xa7, 0x53, 0x55, 0xbb, 0x6d, 0x93, 0x94, 0xb9, 0xe3,
+	0xf8, 0x22, 0x50, 0xf9, 0x37, 0xb5, 0x5d, 0xf9, 0xf3, 0xb7, 0xf5, 0x39, 0xb4, 0xb1, 0xa5, 0x4e,
+	0xf6, 0x42, 0xdf, 0xf5, 0x5a, 0x75, 0x0d, 0x34, 0x05, 0x66, 0x54, 0x42, 0x1d, 0x5e, 0xf7, 0x3e,
+	0x99, 0x8e, 0x3d, 0x08, 0x8c, 0xf6, 0xd2, 0x99, 0x39, 0xad, 0x81, 0x78, 0xf3, 0xb8, 0xac, 0xd9,
+	0x3c, 0x6d, 0xe6, 0xdc, 0x73, 0xea, 0x57, 0x9d, 0x53, 0x49, 0x23, 0x78, 0x99, 0x8f, 0xc8, 0x4c,
+	0x8c, 0x90, 0x8e, 0x60, 0xe1, 0xdb, 0x24, 0x84, 0xcf, 0x2f, 0x9a, 0x03, 0xf4, 0x0b, 0xa4, 0xcc,
+	0x8e, 0xe8, 0x34, 0x85, 0x3f, 0xf4, 0xcb, 0x3c, 0xb9, 0x08, 0xc9, 0xd3, 0x18, 0x96, 0x80, 0x32,
+	0xac, 0xef, 0x3b, 0xe7, 0x96, 0xe8, 0x3f, 0x27, 0x9e, 0xe1, 0xd0, 0x3e, 0xba, 0x6c, 0x8b, 0x94,
+	0x3b, 0x6a, 0x2b, 0xdb, 0x5b, 0x31, 0x61, 0xf4, 0x96, 0x96, 0x3b, 0x3f, 0x47, 0x7d, 0x6d, 0x90,
+	0x57, 0x81, 0xe9, 0x0e, 0xef, 0x6f, 0xd9, 0xe1, 0x5d, 0xe9, 0x6b, 0x37, 0xbd, 0x45, 0x4a, 0xfb,
+	0xb2, 0xed, 0x08, 0x3f, 0x37, 0xe9, 0x11, 0x17, 0x49, 0x04, 0x6e, 0xcb, 0x13, 0x3e, 0x10, 0xca,
+	0x94, 0x50, 0x38, 0x4a, 0xc9, 0xc4, 0xa7, 0xae, 0xe7, 0x54, 0x2e, 0x44, 0xf8, 0x3a, 0x7c, 0x9b,
+	0x9b, 0xe4, 0xd2, 0x49, 0x42, 0xe8, 0xb7, 0x0a, 0x29, 0xf3, 0x76, 0x5b, 0x3e, 0x16, 0x2a, 0x6e,
+	0x17, 0xeb, 0x7a, 0x69, 0xae, 0xe8, 0xa2, 0x0a, 0xcd, 0xea, 0xac, 0x2a, 0xaf, 0xbb, 0x8b, 0x46,
+	0x8d, 0xba, 0x8b, 0x6a, 0x72, 0xd9, 0xdd, 0x45, 0x49, 0x0d, 0xcb, 0x0f, 0xac, 0xcc, 0x0f, 0x51,
+	0xe5, 0x5e, 0xaf, 0xd3, 0xe1, 0x7e, 0xbf, 0x40, 0x8a, 0x55, 0x46, 0xc5, 0x04, 0xbc, 0x14, 0x2f,
+	0x19, 0x73, 0x49, 0x5d, 0xc8, 0x6f, 0x87, 0x94, 0x03, 0xb5, 0x85, 0x04, 0xd7, 0x33, 0xd2, 0x65,
+	0x57, 0xf8, 0x0f, 0xa5, 0xdf, 0xe1, 0x9e, 0x2d, 0x50, 0x8f, 0x4e, 0x1d, 0xd4, 0x31, 0xea, 0x75,
+	0x91, 0x72, 0xff, 0x00, 0xd2, 0x40, 0xf7, 0xba, 0xdf, 0x75, 0xde, 0x26, 0x0f, 0x47, 0xfe, 0x6f,
+	0xf2, 0x76, 0xa4, 0x5a, 0xa5, 0x44, 0x5d, 0x2f, 0xa3, 0x38, 0x42, 0x58, 0xd4, 0x8d, 0xe0, 0x9b,
+	0x2e, 0x91, 0x19, 0xd9, 0x15, 0x5e, 0x43, 0x79, 0x2a, 0xc0, 0x18, 0x4f, 0x47, 0x7b, 0xca, 0x95,
+	0x41, 0xa4, 0xb0, 0x2d, 0x9c, 0x56, 0xf4, 0x10, 0x26, 0x94, 0x42, 0x5c, 0xd2, 0x05, 0x32, 0xd5,
+	0xf3, 0xec, 0x36, 0x77, 0x3b, 0xc2, 0xa9, 0x4c, 0xc2, 0xd9, 0x68, 0x83, 0x5e, 0x22, 0xa5, 0xa6,
+	0xf4, 0x1c, 0xe1, 0x54, 0x4a, 0x70, 0x84, 0xab, 0xcd, 0x3f, 0x66, 0xc9, 0x24, 0xd0, 0xa7, 0x5f,
+	0x18, 0xa4, 0xa4, 0xc6, 0x01, 0xba, 0x9a, 0xee, 0xad, 0xd3, 0xd3, 0x47, 0xf5, 0x6a, 0x01, 0xa4,
+	0x72, 0x85, 0xb9, 0xf2, 0xf9, 0x5f, 0xff, 0x7d, 0x3b, 0x5e, 0xa3, 0x0b, 0x2c, 0x63, 0xae, 0xa2,
+	0x5f, 0x1a, 0x64, 0x12, 0xa2, 0x42, 0xaf, 0x64, 0xa8, 0x8e, 0x4f, 0x1b, 0xd5, 0xd5, 0x7c, 0x20,
+	0x52, 0xb8, 0x0a, 0x14, 0x96, 0xe9, 0x12, 0x3b, 0x7b, 0x28, 0x0b, 0xd8, 0xa1, 0xeb, 0x0c, 0xe8,
+	0x77, 0x06, 0x99, 0x89, 0x8f, 0x36, 0xd4, 0xca, 0xb0, 0x92, 0x32, 0x03, 0x3d, 0x07, 0xab, 0x6b,
+	0xc0, 0xea, 0x4d, 0xba, 0x9c, 0xce, 0xca, 0x56, 0xca, 0x1b, 0xc0, 0x0e, 0xa2, 0xa4, 0x46, 0x01,
+	0x9a, 0x6b, 0xa1, 0x50, 0x94, 0x92, 0x73, 0x45, 0x5e, 0x94, 0x70, 0x84, 0xf8, 0xc1, 0x20, 0x2f,
+	0x25, 0xc6, 0x25, 0xca, 0x72, 0x4d, 0x24, 0x07, 0xab, 0xe7, 0xe1, 0x74, 0x13, 0x38, 0x31, 0xba,
+	0x9e, 0x19, 0xb6, 0x66, 0xbf, 0x01, 0xa3, 0x17, 0x3b, 0x84, 0x9f, 0x41, 0x44, 0x72, 0x3a, 0xd6,
+	0x3d, 0xe9, 0x7a, 0x76, 0xae, 0x9e, 0x18, 0x61, 0xaa, 0x56, 0x51, 0x38, 0xb2, 0x7c, 0x1b, 0x58,
+	0x5a, 0xf4, 0x3a, 0xcb, 0x9b, 0xe7, 0x03, 0x76, 0x88, 0x05, 0x6c, 0x40, 0x9f, 0x18, 0x64, 0x26,
+	0x3e, 0x24, 0xd0, 0x82, 0x66, 0x87, 0xb1, 0x65, 0x85, 0xf1, 0xc8, 0x73, 0x0d, 0x78, 0xae, 0x50,
+	0x33, 0x9f, 0x27, 0xfd, 0xc5, 0x20, 0x33, 0xf1, 0x7e, 0x9c, 0xc9, 0x2e, 0x65, 0x70, 0xa8, 0xb2,
+	0xc2, 0x78, 0x64, 0x77, 0x0b, 0xd8, 0x6d, 0x50, 0x96, 0xfd, 0x44, 0x75, 0xab, 0x18, 0x30, 0xdd,
+	0xde, 0xbf, 0x8a, 0x1e, 0x06, 0x14, 0xc9, 0xec, 0x87, 0x11, 0x6f, 0x77, 0xd9, 0x49, 0x98, 0x68,
+	0x79, 0x79, 0x6e, 0xc3, 0x92, 0xad, 0x8a, 0xc7, 0x4f, 0x06, 0x29, 0x63, 0x2b, 0xa1, 0x59, 0x26,
+	0x92, 0x2d, 0xb0, 0xba, 0x56, 0x04, 0x8a, 0x74, 0xee, 0x00, 0x9d, 0xf7, 0xe9, 0xed, 0xa2, 0x7e,
+	0x52, 0xbd, 0xcc, 0x15, 0x27, 0x93, 0x2f, 0xde, 0xb6, 0xb2, 0x8b, 0xdc, 0xe9, 0xe6, 0x97, 0x19,
+	0xde, 0xb4, 0x7e, 0x98, 0xe7, 0x45, 0x3b, 0x4e, 0xe6, 0x47, 0x83, 0x4c, 0x0d, 0x27, 0x1a, 0x7a,
+	0x2d, 0xc3, 0xd4, 0xc9, 0x41, 0xac, 0x7a, 0xbd, 0x18, 0x18, 0x49, 0xdd, 0x06, 0x52, 0x37, 0xe9,
+	0x8d, 0x74, 0x52, 0x1d, 0xde, 0x6f, 0x70, 0x3b, 0x6c, 0x3c, 0x94, 0x3e, 0x3b, 0x54, 0x73, 0xdb,
+	0x80, 0x1d, 0xaa, 0x71, 0x6c, 0xb0, 0x7d, 0xef, 0xe9, 0x51, 0xcd, 0x78, 0x76, 0x54, 0x33, 0xfe,
+	0x3d, 0xaa, 0x19, 0xdf, 0x1c, 0xd7, 0xc6, 0x9e, 0x1d, 0xd7, 0xc6, 0xfe, 0x3e, 0xae, 0x8d, 0x7d,
+	0xbc, 0xde, 0x72, 0xc3, 0xfd, 0x5e, 0xd3, 0xb2, 0x65, 0x27, 0x45, 0xf1, 0x67, 0xa3, 0xcf, 0xb0,
+	0xdf, 0x15, 0x41, 0xb3, 0x04, 0xff, 0xf2, 0x6f, 0xfc, 0x1f, 0x00, 0x00, 0xff, 0xff, 0x8d, 0xde,
+	0x13, 0x02, 0x2a, 0x11, 0x00, 0x00,
 }
 
 // Reference imports to suppress errors if they are not otherwise used.
@@ -891,6 +1219,14 @@ type QueryClient interface {
 	// EpochMembers lists the participants effective in an epoch, with their
 	// weights and stats.
 	EpochMembers(ctx context.Context, in *QueryEpochMembersRequest, opts ...grpc.CallOption) (*QueryEpochMembersResponse, error)
+	// Escrow returns one escrow.
+	Escrow(ctx context.Context, in *QueryEscrowRequest, opts ...grpc.CallOption) (*QueryEscrowResponse, error)
+	// Summary returns a participant's performance summary for an epoch.
+	Summary(ctx context.Context, in *QuerySummaryRequest, opts ...grpc.CallOption) (*QuerySummaryResponse, error)
+	// Conservation reports both sides of the module account's books: its
+	// balance, and what it owes (open escrows, ledgers, unclaimed summaries,
+	// bonded collateral).
+	Conservation(ctx context.Context, in *QueryConservationRequest, opts ...grpc.CallOption) (*QueryConservationResponse, error)
 	// MayActFor reports whether signer may sign session messages of kind for
 	// holder: it is holder itself or holds an x/authz grant of MsgSignSession.
 	MayActFor(ctx context.Context, in *QueryMayActForRequest, opts ...grpc.CallOption) (*QueryMayActForResponse, error)
@@ -976,6 +1312,33 @@ func (c *queryClient) EpochMembers(ctx context.Context, in *QueryEpochMembersReq
 	return out, nil
 }
 
+func (c *queryClient) Escrow(ctx context.Context, in *QueryEscrowRequest, opts ...grpc.CallOption) (*QueryEscrowResponse, error) {
+	out := new(QueryEscrowResponse)
+	err := c.cc.Invoke(ctx, "/devshard.devshard.v1.Query/Escrow", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queryClient) Summary(ctx context.Context, in *QuerySummaryRequest, opts ...grpc.CallOption) (*QuerySummaryResponse, error) {
+	out := new(QuerySummaryResponse)
+	err := c.cc.Invoke(ctx, "/devshard.devshard.v1.Query/Summary", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *queryClient) Conservation(ctx context.Context, in *QueryConservationRequest, opts ...grpc.CallOption) (*QueryConservationResponse, error) {
+	out := new(QueryConservationResponse)
+	err := c.cc.Invoke(ctx, "/devshard.devshard.v1.Query/Conservation", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *queryClient) MayActFor(ctx context.Context, in *QueryMayActForRequest, opts ...grpc.CallOption) (*QueryMayActForResponse, error) {
 	out := new(QueryMayActForResponse)
 	err := c.cc.Invoke(ctx, "/devshard.devshard.v1.Query/MayActFor", in, out, opts...)
@@ -1004,6 +1367,14 @@ type QueryServer interface {
 	// EpochMembers lists the participants effective in an epoch, with their
 	// weights and stats.
 	EpochMembers(context.Context, *QueryEpochMembersRequest) (*QueryEpochMembersResponse, error)
+	// Escrow returns one escrow.
+	Escrow(context.Context, *QueryEscrowRequest) (*QueryEscrowResponse, error)
+	// Summary returns a participant's performance summary for an epoch.
+	Summary(context.Context, *QuerySummaryRequest) (*QuerySummaryResponse, error)
+	// Conservation reports both sides of the module account's books: its
+	// balance, and what it owes (open escrows, ledgers, unclaimed summaries,
+	// bonded collateral).
+	Conservation(context.Context, *QueryConservationRequest) (*QueryConservationResponse, error)
 	// MayActFor reports whether signer may sign session messages of kind for
 	// holder: it is holder itself or holds an x/authz grant of MsgSignSession.
 	MayActFor(context.Context, *QueryMayActForRequest) (*QueryMayActForResponse, error)
@@ -1036,6 +1407,15 @@ func (*UnimplementedQueryServer) Participants(ctx context.Context, req *QueryPar
 }
 func (*UnimplementedQueryServer) EpochMembers(ctx context.Context, req *QueryEpochMembersRequest) (*QueryEpochMembersResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method EpochMembers not implemented")
+}
+func (*UnimplementedQueryServer) Escrow(ctx context.Context, req *QueryEscrowRequest) (*QueryEscrowResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Escrow not implemented")
+}
+func (*UnimplementedQueryServer) Summary(ctx context.Context, req *QuerySummaryRequest) (*QuerySummaryResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Summary not implemented")
+}
+func (*UnimplementedQueryServer) Conservation(ctx context.Context, req *QueryConservationRequest) (*QueryConservationResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Conservation not implemented")
 }
 func (*UnimplementedQueryServer) MayActFor(ctx context.Context, req *QueryMayActForRequest) (*QueryMayActForResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method MayActFor not implemented")
@@ -1189,6 +1569,60 @@ func _Query_EpochMembers_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Query_Escrow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryEscrowRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueryServer).Escrow(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/devshard.devshard.v1.Query/Escrow",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueryServer).Escrow(ctx, req.(*QueryEscrowRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Query_Summary_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QuerySummaryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueryServer).Summary(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/devshard.devshard.v1.Query/Summary",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueryServer).Summary(ctx, req.(*QuerySummaryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Query_Conservation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(QueryConservationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(QueryServer).Conservation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/devshard.devshard.v1.Query/Conservation",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(QueryServer).Conservation(ctx, req.(*QueryConservationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Query_MayActFor_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(QueryMayActForRequest)
 	if err := dec(in); err != nil {
@@ -1243,6 +1677,18 @@ var _Query_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EpochMembers",
 			Handler:    _Query_EpochMembers_Handler,
+		},
+		{
+			MethodName: "Escrow",
+			Handler:    _Query_Escrow_Handler,
+		},
+		{
+			MethodName: "Summary",
+			Handler:    _Query_Summary_Handler,
+		},
+		{
+			MethodName: "Conservation",
+			Handler:    _Query_Conservation_Handler,
 		},
 		{
 			MethodName: "MayActFor",
@@ -1830,6 +2276,223 @@ func (m *QueryMayActForResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) 
 	return len(dAtA) - i, nil
 }
 
+func (m *QueryEscrowRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *QueryEscrowRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *QueryEscrowRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.Id != 0 {
+		i = encodeVarintQuery(dAtA, i, uint64(m.Id))
+		i--
+		dAtA[i] = 0x8
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *QueryEscrowResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *QueryEscrowResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *QueryEscrowResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	{
+		size, err := m.Escrow.MarshalToSizedBuffer(dAtA[:i])
+		if err != nil {
+			return 0, err
+		}
+		i -= size
+		i = encodeVarintQuery(dAtA, i, uint64(size))
+	}
+	i--
+	dAtA[i] = 0xa
+	return len(dAtA) - i, nil
+}
+
+func (m *QuerySummaryRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *QuerySummaryRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *QuerySummaryRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Address) > 0 {
+		i -= len(m.Address)
+		copy(dAtA[i:], m.Address)
+		i = encodeVarintQuery(dAtA, i, uint64(len(m.Address)))
+		i--
+		dAtA[i] = 0x12
+	}
+	if m.EpochId != 0 {
+		i = encodeVarintQuery(dAtA, i, uint64(m.EpochId))
+		i--
+		dAtA[i] = 0x8
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *QuerySummaryResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *QuerySummaryResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *QuerySummaryResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	{
+		size, err := m.Summary.MarshalToSizedBuffer(dAtA[:i])
+		if err != nil {
+			return 0, err
+		}
+		i -= size
+		i = encodeVarintQuery(dAtA, i, uint64(size))
+	}
+	i--
+	dAtA[i] = 0xa
+	return len(dAtA) - i, nil
+}
+
+func (m *QueryConservationRequest) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *QueryConservationRequest) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *QueryConservationRequest) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	return len(dAtA) - i, nil
+}
+
+func (m *QueryConservationResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *QueryConservationResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *QueryConservationResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Bonded) > 0 {
+		i -= len(m.Bonded)
+		copy(dAtA[i:], m.Bonded)
+		i = encodeVarintQuery(dAtA, i, uint64(len(m.Bonded)))
+		i--
+		dAtA[i] = 0x32
+	}
+	if len(m.Unclaimed) > 0 {
+		i -= len(m.Unclaimed)
+		copy(dAtA[i:], m.Unclaimed)
+		i = encodeVarintQuery(dAtA, i, uint64(len(m.Unclaimed)))
+		i--
+		dAtA[i] = 0x2a
+	}
+	if len(m.Ledgers) > 0 {
+		i -= len(m.Ledgers)
+		copy(dAtA[i:], m.Ledgers)
+		i = encodeVarintQuery(dAtA, i, uint64(len(m.Ledgers)))
+		i--
+		dAtA[i] = 0x22
+	}
+	if len(m.OpenEscrows) > 0 {
+		i -= len(m.OpenEscrows)
+		copy(dAtA[i:], m.OpenEscrows)
+		i = encodeVarintQuery(dAtA, i, uint64(len(m.OpenEscrows)))
+		i--
+		dAtA[i] = 0x1a
+	}
+	if len(m.Owed) > 0 {
+		i -= len(m.Owed)
+		copy(dAtA[i:], m.Owed)
+		i = encodeVarintQuery(dAtA, i, uint64(len(m.Owed)))
+		i--
+		dAtA[i] = 0x12
+	}
+	if len(m.Balance) > 0 {
+		i -= len(m.Balance)
+		copy(dAtA[i:], m.Balance)
+		i = encodeVarintQuery(dAtA, i, uint64(len(m.Balance)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
 func encodeVarintQuery(dAtA []byte, offset int, v uint64) int {
 	offset -= sovQuery(v)
 	base := offset
@@ -2061,6 +2724,98 @@ func (m *QueryMayActForResponse) Size() (n int) {
 	_ = l
 	if m.Allowed {
 		n += 2
+	}
+	return n
+}
+
+func (m *QueryEscrowRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Id != 0 {
+		n += 1 + sovQuery(uint64(m.Id))
+	}
+	return n
+}
+
+func (m *QueryEscrowResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = m.Escrow.Size()
+	n += 1 + l + sovQuery(uint64(l))
+	return n
+}
+
+func (m *QuerySummaryRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.EpochId != 0 {
+		n += 1 + sovQuery(uint64(m.EpochId))
+	}
+	l = len(m.Address)
+	if l > 0 {
+		n += 1 + l + sovQuery(uint64(l))
+	}
+	return n
+}
+
+func (m *QuerySummaryResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = m.Summary.Size()
+	n += 1 + l + sovQuery(uint64(l))
+	return n
+}
+
+func (m *QueryConservationRequest) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	return n
+}
+
+func (m *QueryConservationResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Balance)
+	if l > 0 {
+		n += 1 + l + sovQuery(uint64(l))
+	}
+	l = len(m.Owed)
+	if l > 0 {
+		n += 1 + l + sovQuery(uint64(l))
+	}
+	l = len(m.OpenEscrows)
+	if l > 0 {
+		n += 1 + l + sovQuery(uint64(l))
+	}
+	l = len(m.Ledgers)
+	if l > 0 {
+		n += 1 + l + sovQuery(uint64(l))
+	}
+	l = len(m.Unclaimed)
+	if l > 0 {
+		n += 1 + l + sovQuery(uint64(l))
+	}
+	l = len(m.Bonded)
+	if l > 0 {
+		n += 1 + l + sovQuery(uint64(l))
 	}
 	return n
 }
@@ -3508,6 +4263,634 @@ func (m *QueryMayActForResponse) Unmarshal(dAtA []byte) error {
 				}
 			}
 			m.Allowed = bool(v != 0)
+		default:
+			iNdEx = preIndex
+			skippy, err := skipQuery(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthQuery
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *QueryEscrowRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowQuery
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: QueryEscrowRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: QueryEscrowRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Id", wireType)
+			}
+			m.Id = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowQuery
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Id |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		default:
+			iNdEx = preIndex
+			skippy, err := skipQuery(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthQuery
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *QueryEscrowResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowQuery
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: QueryEscrowResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: QueryEscrowResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Escrow", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowQuery
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthQuery
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthQuery
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if err := m.Escrow.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipQuery(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthQuery
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *QuerySummaryRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowQuery
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: QuerySummaryRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: QuerySummaryRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field EpochId", wireType)
+			}
+			m.EpochId = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowQuery
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.EpochId |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Address", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowQuery
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthQuery
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthQuery
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Address = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipQuery(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthQuery
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *QuerySummaryResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowQuery
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: QuerySummaryResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: QuerySummaryResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Summary", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowQuery
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthQuery
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthQuery
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if err := m.Summary.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipQuery(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthQuery
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *QueryConservationRequest) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowQuery
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: QueryConservationRequest: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: QueryConservationRequest: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		default:
+			iNdEx = preIndex
+			skippy, err := skipQuery(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthQuery
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *QueryConservationResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowQuery
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: QueryConservationResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: QueryConservationResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Balance", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowQuery
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthQuery
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthQuery
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Balance = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Owed", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowQuery
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthQuery
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthQuery
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Owed = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 3:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field OpenEscrows", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowQuery
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthQuery
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthQuery
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.OpenEscrows = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 4:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Ledgers", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowQuery
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthQuery
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthQuery
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Ledgers = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 5:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Unclaimed", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowQuery
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthQuery
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthQuery
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Unclaimed = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 6:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Bonded", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowQuery
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthQuery
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthQuery
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Bonded = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
 			skippy, err := skipQuery(dAtA[iNdEx:])

@@ -13,6 +13,7 @@ import (
 	_ "github.com/cosmos/gogoproto/gogoproto"
 	grpc1 "github.com/cosmos/gogoproto/grpc"
 	proto "github.com/cosmos/gogoproto/proto"
+	sessionpb "github.com/devshard/devshard/session/sessionpb"
 	grpc "google.golang.org/grpc"
 	codes "google.golang.org/grpc/codes"
 	status "google.golang.org/grpc/status"
@@ -492,6 +493,311 @@ func (m *MsgCancelEpochResponse) XXX_DiscardUnknown() {
 
 var xxx_messageInfo_MsgCancelEpochResponse proto.InternalMessageInfo
 
+type MsgCreateEscrow struct {
+	Creator string `protobuf:"bytes,1,opt,name=creator,proto3" json:"creator,omitempty"`
+	// amount in the collateral denom.
+	Amount uint64 `protobuf:"varint,2,opt,name=amount,proto3" json:"amount,omitempty"`
+}
+
+func (m *MsgCreateEscrow) Reset()         { *m = MsgCreateEscrow{} }
+func (m *MsgCreateEscrow) String() string { return proto.CompactTextString(m) }
+func (*MsgCreateEscrow) ProtoMessage()    {}
+func (*MsgCreateEscrow) Descriptor() ([]byte, []int) {
+	return fileDescriptor_38559604839304b8, []int{10}
+}
+func (m *MsgCreateEscrow) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *MsgCreateEscrow) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_MsgCreateEscrow.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *MsgCreateEscrow) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_MsgCreateEscrow.Merge(m, src)
+}
+func (m *MsgCreateEscrow) XXX_Size() int {
+	return m.Size()
+}
+func (m *MsgCreateEscrow) XXX_DiscardUnknown() {
+	xxx_messageInfo_MsgCreateEscrow.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_MsgCreateEscrow proto.InternalMessageInfo
+
+func (m *MsgCreateEscrow) GetCreator() string {
+	if m != nil {
+		return m.Creator
+	}
+	return ""
+}
+
+func (m *MsgCreateEscrow) GetAmount() uint64 {
+	if m != nil {
+		return m.Amount
+	}
+	return 0
+}
+
+type MsgCreateEscrowResponse struct {
+	EscrowId uint64 `protobuf:"varint,1,opt,name=escrow_id,json=escrowId,proto3" json:"escrow_id,omitempty"`
+	EpochId  uint64 `protobuf:"varint,2,opt,name=epoch_id,json=epochId,proto3" json:"epoch_id,omitempty"`
+}
+
+func (m *MsgCreateEscrowResponse) Reset()         { *m = MsgCreateEscrowResponse{} }
+func (m *MsgCreateEscrowResponse) String() string { return proto.CompactTextString(m) }
+func (*MsgCreateEscrowResponse) ProtoMessage()    {}
+func (*MsgCreateEscrowResponse) Descriptor() ([]byte, []int) {
+	return fileDescriptor_38559604839304b8, []int{11}
+}
+func (m *MsgCreateEscrowResponse) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *MsgCreateEscrowResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_MsgCreateEscrowResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *MsgCreateEscrowResponse) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_MsgCreateEscrowResponse.Merge(m, src)
+}
+func (m *MsgCreateEscrowResponse) XXX_Size() int {
+	return m.Size()
+}
+func (m *MsgCreateEscrowResponse) XXX_DiscardUnknown() {
+	xxx_messageInfo_MsgCreateEscrowResponse.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_MsgCreateEscrowResponse proto.InternalMessageInfo
+
+func (m *MsgCreateEscrowResponse) GetEscrowId() uint64 {
+	if m != nil {
+		return m.EscrowId
+	}
+	return 0
+}
+
+func (m *MsgCreateEscrowResponse) GetEpochId() uint64 {
+	if m != nil {
+		return m.EpochId
+	}
+	return 0
+}
+
+type MsgSettleEscrow struct {
+	Sender     string                `protobuf:"bytes,1,opt,name=sender,proto3" json:"sender,omitempty"`
+	Settlement *sessionpb.Settlement `protobuf:"bytes,2,opt,name=settlement,proto3" json:"settlement,omitempty"`
+}
+
+func (m *MsgSettleEscrow) Reset()         { *m = MsgSettleEscrow{} }
+func (m *MsgSettleEscrow) String() string { return proto.CompactTextString(m) }
+func (*MsgSettleEscrow) ProtoMessage()    {}
+func (*MsgSettleEscrow) Descriptor() ([]byte, []int) {
+	return fileDescriptor_38559604839304b8, []int{12}
+}
+func (m *MsgSettleEscrow) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *MsgSettleEscrow) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_MsgSettleEscrow.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *MsgSettleEscrow) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_MsgSettleEscrow.Merge(m, src)
+}
+func (m *MsgSettleEscrow) XXX_Size() int {
+	return m.Size()
+}
+func (m *MsgSettleEscrow) XXX_DiscardUnknown() {
+	xxx_messageInfo_MsgSettleEscrow.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_MsgSettleEscrow proto.InternalMessageInfo
+
+func (m *MsgSettleEscrow) GetSender() string {
+	if m != nil {
+		return m.Sender
+	}
+	return ""
+}
+
+func (m *MsgSettleEscrow) GetSettlement() *sessionpb.Settlement {
+	if m != nil {
+		return m.Settlement
+	}
+	return nil
+}
+
+type MsgSettleEscrowResponse struct {
+	Paid   uint64 `protobuf:"varint,1,opt,name=paid,proto3" json:"paid,omitempty"`
+	Refund uint64 `protobuf:"varint,2,opt,name=refund,proto3" json:"refund,omitempty"`
+}
+
+func (m *MsgSettleEscrowResponse) Reset()         { *m = MsgSettleEscrowResponse{} }
+func (m *MsgSettleEscrowResponse) String() string { return proto.CompactTextString(m) }
+func (*MsgSettleEscrowResponse) ProtoMessage()    {}
+func (*MsgSettleEscrowResponse) Descriptor() ([]byte, []int) {
+	return fileDescriptor_38559604839304b8, []int{13}
+}
+func (m *MsgSettleEscrowResponse) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *MsgSettleEscrowResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_MsgSettleEscrowResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *MsgSettleEscrowResponse) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_MsgSettleEscrowResponse.Merge(m, src)
+}
+func (m *MsgSettleEscrowResponse) XXX_Size() int {
+	return m.Size()
+}
+func (m *MsgSettleEscrowResponse) XXX_DiscardUnknown() {
+	xxx_messageInfo_MsgSettleEscrowResponse.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_MsgSettleEscrowResponse proto.InternalMessageInfo
+
+func (m *MsgSettleEscrowResponse) GetPaid() uint64 {
+	if m != nil {
+		return m.Paid
+	}
+	return 0
+}
+
+func (m *MsgSettleEscrowResponse) GetRefund() uint64 {
+	if m != nil {
+		return m.Refund
+	}
+	return 0
+}
+
+type MsgClaimRewards struct {
+	Participant string `protobuf:"bytes,1,opt,name=participant,proto3" json:"participant,omitempty"`
+	EpochId     uint64 `protobuf:"varint,2,opt,name=epoch_id,json=epochId,proto3" json:"epoch_id,omitempty"`
+}
+
+func (m *MsgClaimRewards) Reset()         { *m = MsgClaimRewards{} }
+func (m *MsgClaimRewards) String() string { return proto.CompactTextString(m) }
+func (*MsgClaimRewards) ProtoMessage()    {}
+func (*MsgClaimRewards) Descriptor() ([]byte, []int) {
+	return fileDescriptor_38559604839304b8, []int{14}
+}
+func (m *MsgClaimRewards) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *MsgClaimRewards) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_MsgClaimRewards.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *MsgClaimRewards) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_MsgClaimRewards.Merge(m, src)
+}
+func (m *MsgClaimRewards) XXX_Size() int {
+	return m.Size()
+}
+func (m *MsgClaimRewards) XXX_DiscardUnknown() {
+	xxx_messageInfo_MsgClaimRewards.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_MsgClaimRewards proto.InternalMessageInfo
+
+func (m *MsgClaimRewards) GetParticipant() string {
+	if m != nil {
+		return m.Participant
+	}
+	return ""
+}
+
+func (m *MsgClaimRewards) GetEpochId() uint64 {
+	if m != nil {
+		return m.EpochId
+	}
+	return 0
+}
+
+type MsgClaimRewardsResponse struct {
+	Amount uint64 `protobuf:"varint,1,opt,name=amount,proto3" json:"amount,omitempty"`
+}
+
+func (m *MsgClaimRewardsResponse) Reset()         { *m = MsgClaimRewardsResponse{} }
+func (m *MsgClaimRewardsResponse) String() string { return proto.CompactTextString(m) }
+func (*MsgClaimRewardsResponse) ProtoMessage()    {}
+func (*MsgClaimRewardsResponse) Descriptor() ([]byte, []int) {
+	return fileDescriptor_38559604839304b8, []int{15}
+}
+func (m *MsgClaimRewardsResponse) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *MsgClaimRewardsResponse) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_MsgClaimRewardsResponse.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *MsgClaimRewardsResponse) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_MsgClaimRewardsResponse.Merge(m, src)
+}
+func (m *MsgClaimRewardsResponse) XXX_Size() int {
+	return m.Size()
+}
+func (m *MsgClaimRewardsResponse) XXX_DiscardUnknown() {
+	xxx_messageInfo_MsgClaimRewardsResponse.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_MsgClaimRewardsResponse proto.InternalMessageInfo
+
+func (m *MsgClaimRewardsResponse) GetAmount() uint64 {
+	if m != nil {
+		return m.Amount
+	}
+	return 0
+}
+
 func init() {
 	proto.RegisterType((*MsgRegisterParticipant)(nil), "devshard.devshard.v1.MsgRegisterParticipant")
 	proto.RegisterType((*MsgRegisterParticipantResponse)(nil), "devshard.devshard.v1.MsgRegisterParticipantResponse")
@@ -503,57 +809,78 @@ func init() {
 	proto.RegisterType((*MsgUpdateParamsResponse)(nil), "devshard.devshard.v1.MsgUpdateParamsResponse")
 	proto.RegisterType((*MsgCancelEpoch)(nil), "devshard.devshard.v1.MsgCancelEpoch")
 	proto.RegisterType((*MsgCancelEpochResponse)(nil), "devshard.devshard.v1.MsgCancelEpochResponse")
+	proto.RegisterType((*MsgCreateEscrow)(nil), "devshard.devshard.v1.MsgCreateEscrow")
+	proto.RegisterType((*MsgCreateEscrowResponse)(nil), "devshard.devshard.v1.MsgCreateEscrowResponse")
+	proto.RegisterType((*MsgSettleEscrow)(nil), "devshard.devshard.v1.MsgSettleEscrow")
+	proto.RegisterType((*MsgSettleEscrowResponse)(nil), "devshard.devshard.v1.MsgSettleEscrowResponse")
+	proto.RegisterType((*MsgClaimRewards)(nil), "devshard.devshard.v1.MsgClaimRewards")
+	proto.RegisterType((*MsgClaimRewardsResponse)(nil), "devshard.devshard.v1.MsgClaimRewardsResponse")
 }
 
 func init() { proto.RegisterFile("devshard/devshard/v1/tx.proto", fileDescriptor_38559604839304b8) }
 
 var fileDescriptor_38559604839304b8 = []byte{
-	// 708 bytes of a gzipped FileDescriptorProto
-	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0xac, 0x95, 0xc1, 0x4f, 0x13, 0x4f,
-	0x14, 0xc7, 0xbb, 0x3f, 0xf8, 0x55, 0x3b, 0x55, 0xc4, 0x15, 0xa1, 0x6d, 0x74, 0x81, 0x46, 0x22,
-	0xa9, 0xb0, 0x6b, 0x91, 0x70, 0xe8, 0xc5, 0x00, 0x1a, 0xe2, 0xa1, 0x09, 0x59, 0xe2, 0xc5, 0x4b,
-	0x33, 0xdd, 0x1d, 0xa7, 0x13, 0xdb, 0x99, 0xcd, 0xcc, 0xb4, 0x81, 0x93, 0xc6, 0xa3, 0x07, 0xe3,
-	0x7f, 0xa1, 0x47, 0x0e, 0x24, 0xfe, 0x0b, 0x1c, 0x89, 0x27, 0x4f, 0xc6, 0x94, 0x03, 0xff, 0x86,
-	0xd9, 0xdd, 0xe9, 0x76, 0x2a, 0x5b, 0x01, 0xe3, 0xa5, 0x99, 0xf7, 0xde, 0x77, 0xde, 0xbc, 0xcf,
-	0xcc, 0x7b, 0x5d, 0x70, 0xdf, 0x47, 0x3d, 0xd1, 0x82, 0xdc, 0x77, 0x92, 0x45, 0xaf, 0xea, 0xc8,
-	0x7d, 0x3b, 0xe0, 0x4c, 0x32, 0x73, 0x66, 0xe0, 0xb5, 0x93, 0x45, 0xaf, 0x5a, 0x9a, 0xc1, 0x0c,
-	0xb3, 0x48, 0xe0, 0x84, 0xab, 0x58, 0x5b, 0xba, 0x0d, 0x3b, 0x84, 0x32, 0x27, 0xfa, 0x55, 0xae,
-	0xa2, 0xc7, 0x44, 0x87, 0x89, 0x46, 0xac, 0x8d, 0x0d, 0x15, 0x9a, 0x8b, 0x2d, 0xa7, 0x23, 0x70,
-	0x78, 0x62, 0x47, 0x60, 0x15, 0xb0, 0x54, 0xa0, 0x09, 0x05, 0x72, 0x7a, 0xd5, 0x26, 0x92, 0xb0,
-	0xea, 0x78, 0x8c, 0x50, 0x15, 0x5f, 0x4c, 0xad, 0x38, 0x80, 0x1c, 0x76, 0x54, 0xee, 0x72, 0xdf,
-	0x00, 0xb3, 0x75, 0x81, 0x5d, 0x84, 0x89, 0x90, 0x88, 0xef, 0x42, 0x2e, 0x89, 0x47, 0x02, 0x48,
-	0xa5, 0x59, 0x03, 0xf9, 0x60, 0x68, 0x16, 0x8c, 0x05, 0x63, 0x39, 0xb7, 0x55, 0xf8, 0x76, 0xb4,
-	0x3a, 0xa3, 0xaa, 0xdb, 0xf4, 0x7d, 0x8e, 0x84, 0xd8, 0x93, 0x9c, 0x50, 0xec, 0xea, 0x62, 0x73,
-	0x1a, 0x4c, 0x74, 0x79, 0xbb, 0xf0, 0x5f, 0xb8, 0xc7, 0x0d, 0x97, 0xe6, 0x33, 0x00, 0x3c, 0xd6,
-	0x6e, 0x43, 0x89, 0x38, 0x6c, 0x17, 0x26, 0x16, 0x8c, 0xe5, 0xfc, 0x5a, 0xd1, 0x56, 0x99, 0x42,
-	0x00, 0x5b, 0x01, 0xd8, 0xdb, 0x8c, 0xd0, 0xad, 0xdc, 0xf1, 0x8f, 0xf9, 0xcc, 0x97, 0xb3, 0xc3,
-	0x8a, 0xe1, 0x6a, 0xfb, 0x6a, 0xeb, 0xef, 0xcf, 0x0e, 0x2b, 0xfa, 0x49, 0x1f, 0xce, 0x0e, 0x2b,
-	0xf3, 0x09, 0x5d, 0x3a, 0x49, 0x79, 0x07, 0x58, 0xe9, 0x11, 0x17, 0x89, 0x80, 0x51, 0x81, 0xcc,
-	0x25, 0x30, 0xd5, 0x0d, 0x3c, 0xd6, 0x21, 0x14, 0x37, 0x50, 0xc0, 0xbc, 0x56, 0x84, 0x3b, 0xe9,
-	0xde, 0x1c, 0x78, 0x9f, 0x87, 0xce, 0xf2, 0x47, 0x03, 0x14, 0xea, 0x02, 0xbf, 0xa4, 0xfc, 0xdf,
-	0xde, 0x57, 0x6d, 0x23, 0x8d, 0x6b, 0x51, 0xe7, 0x4a, 0x3d, 0xb3, 0xbc, 0x0b, 0x16, 0xc6, 0xc5,
-	0x12, 0xb6, 0x15, 0x60, 0x76, 0x69, 0x93, 0x51, 0xbf, 0x01, 0x5f, 0x4b, 0xc4, 0x47, 0xf8, 0xa6,
-	0xe3, 0xc8, 0x66, 0x18, 0x88, 0x11, 0xdf, 0x80, 0xa9, 0xba, 0xc0, 0x7b, 0x04, 0xd3, 0x3d, 0x24,
-	0x04, 0x61, 0xd4, 0x7c, 0x0c, 0xb2, 0x82, 0x60, 0x8a, 0xf8, 0x85, 0x48, 0x4a, 0x57, 0x7b, 0x18,
-	0xd2, 0x28, 0x23, 0x04, 0x99, 0xd3, 0x41, 0xb4, 0xd4, 0xe5, 0x42, 0xd4, 0x7c, 0x9a, 0x67, 0x50,
-	0x74, 0xf9, 0xab, 0x01, 0x6e, 0x85, 0x64, 0x81, 0x0f, 0x25, 0xda, 0x8d, 0x3a, 0xd6, 0xdc, 0x00,
-	0x39, 0xd8, 0x95, 0x2d, 0xc6, 0x89, 0x3c, 0xb8, 0xb0, 0x96, 0xa1, 0xd4, 0x7c, 0x0a, 0xb2, 0x71,
-	0xcf, 0x47, 0xfd, 0x98, 0x5f, 0xbb, 0x67, 0xa7, 0x8d, 0xaa, 0x1d, 0x9f, 0xa2, 0x77, 0x9e, 0xda,
-	0x56, 0x7b, 0x14, 0xf2, 0x0c, 0x13, 0x86, 0x48, 0x85, 0x91, 0xb7, 0xd1, 0xaa, 0x2c, 0x17, 0xc1,
-	0xdc, 0x6f, 0xae, 0x04, 0xea, 0xb3, 0x11, 0x5d, 0xee, 0x36, 0xa4, 0x1e, 0x6a, 0x47, 0xd7, 0xfd,
-	0xd7, 0x4c, 0x45, 0x70, 0x3d, 0x7a, 0xc7, 0x06, 0xf1, 0x23, 0xaa, 0x49, 0xf7, 0x5a, 0x64, 0xbf,
-	0xf0, 0xcd, 0x59, 0x90, 0xe5, 0x08, 0x0a, 0x46, 0xa3, 0x29, 0xcb, 0xb9, 0xca, 0xaa, 0x55, 0xce,
-	0x53, 0x8c, 0x3c, 0x8c, 0x56, 0x96, 0x7a, 0x18, 0xcd, 0x33, 0x60, 0x58, 0x3b, 0x9a, 0x04, 0x13,
-	0x75, 0x81, 0xcd, 0x03, 0x70, 0x27, 0xed, 0x4f, 0x63, 0x25, 0xfd, 0x6e, 0xd3, 0xc7, 0xaf, 0xb4,
-	0x7e, 0x15, 0x75, 0xd2, 0xd0, 0x6f, 0xc1, 0xdd, 0xf4, 0x09, 0xb4, 0xc7, 0xa6, 0x4b, 0xd5, 0x97,
-	0x36, 0xae, 0xa6, 0x4f, 0x0a, 0x80, 0x20, 0xaf, 0x0f, 0xc8, 0x83, 0xb1, 0x69, 0x34, 0x55, 0x69,
-	0xe5, 0x32, 0xaa, 0xe4, 0x08, 0x1f, 0xdc, 0x18, 0xe9, 0xfd, 0xa5, 0xf1, 0xa5, 0x6a, 0xb2, 0xd2,
-	0xea, 0xa5, 0x64, 0x3a, 0x88, 0xde, 0x8c, 0xe3, 0x41, 0x34, 0xd5, 0x1f, 0x40, 0x52, 0xfa, 0xa5,
-	0xf4, 0xff, 0xbb, 0x70, 0x94, 0xb6, 0x76, 0x8e, 0xfb, 0x96, 0x71, 0xd2, 0xb7, 0x8c, 0x9f, 0x7d,
-	0xcb, 0xf8, 0x74, 0x6a, 0x65, 0x4e, 0x4e, 0xad, 0xcc, 0xf7, 0x53, 0x2b, 0xf3, 0x6a, 0x15, 0x13,
-	0xd9, 0xea, 0x36, 0x6d, 0x8f, 0x75, 0x9c, 0xf3, 0xdf, 0xab, 0xfd, 0xe1, 0x52, 0x1e, 0x04, 0x48,
-	0x34, 0xb3, 0xd1, 0x77, 0xeb, 0xc9, 0xaf, 0x00, 0x00, 0x00, 0xff, 0xff, 0x8f, 0x60, 0xdc, 0x0e,
-	0x8e, 0x07, 0x00, 0x00,
+	// 948 bytes of a gzipped FileDescriptorProto
+	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0xac, 0x96, 0xcf, 0x6f, 0x1b, 0x45,
+	0x14, 0xc7, 0xb3, 0x24, 0xb8, 0xf5, 0xb8, 0x94, 0xb2, 0x84, 0xc6, 0x31, 0xe0, 0xa4, 0x2b, 0x2a,
+	0x42, 0x48, 0xd6, 0xd8, 0x54, 0x39, 0xec, 0xa5, 0x6a, 0x42, 0x54, 0xf5, 0x10, 0x29, 0xac, 0xc5,
+	0x85, 0x4b, 0x34, 0xde, 0x9d, 0x6e, 0x56, 0x78, 0x67, 0x56, 0x33, 0x63, 0xb7, 0x39, 0x81, 0x38,
+	0x21, 0x0e, 0x88, 0x1b, 0x7f, 0x02, 0x9c, 0x50, 0x0e, 0x48, 0xfc, 0x0b, 0x3d, 0x56, 0x9c, 0x38,
+	0x21, 0x94, 0x48, 0xe4, 0xdf, 0x40, 0xf3, 0x63, 0xd7, 0x63, 0x3c, 0xeb, 0x24, 0xc0, 0xc5, 0x9a,
+	0xf7, 0xe6, 0xbb, 0x33, 0xef, 0xf3, 0xe6, 0xcd, 0x1b, 0x83, 0x77, 0x63, 0x34, 0x66, 0xc7, 0x90,
+	0xc6, 0x9d, 0x72, 0x30, 0xee, 0x76, 0xf8, 0x73, 0x3f, 0xa7, 0x84, 0x13, 0x77, 0xb9, 0xf0, 0xfa,
+	0xe5, 0x60, 0xdc, 0x6d, 0x2d, 0x27, 0x24, 0x21, 0x52, 0xd0, 0x11, 0x23, 0xa5, 0x6d, 0xbd, 0x01,
+	0xb3, 0x14, 0x93, 0x8e, 0xfc, 0xd5, 0xae, 0xd5, 0x88, 0xb0, 0x8c, 0xb0, 0x23, 0xa5, 0x55, 0x86,
+	0x9e, 0x5a, 0x51, 0x56, 0x27, 0x63, 0x89, 0xd8, 0x31, 0x63, 0x89, 0x9e, 0x68, 0xeb, 0x89, 0x01,
+	0x64, 0xa8, 0x33, 0xee, 0x0e, 0x10, 0x87, 0xdd, 0x4e, 0x44, 0x52, 0xac, 0xe7, 0xef, 0x59, 0x23,
+	0xce, 0x21, 0x85, 0x19, 0x9b, 0x91, 0x30, 0xc4, 0x58, 0x4a, 0xb0, 0x50, 0xe8, 0xa1, 0x92, 0x78,
+	0x67, 0x0e, 0xb8, 0x7b, 0xc0, 0x92, 0x10, 0x25, 0x29, 0xe3, 0x88, 0x1e, 0x42, 0xca, 0xd3, 0x28,
+	0xcd, 0x21, 0xe6, 0x6e, 0x00, 0x1a, 0xf9, 0xc4, 0x6c, 0x3a, 0xeb, 0xce, 0x46, 0x7d, 0xb7, 0xf9,
+	0xdb, 0x2f, 0xdb, 0xcb, 0x1a, 0xe0, 0x51, 0x1c, 0x53, 0xc4, 0x58, 0x9f, 0xd3, 0x14, 0x27, 0xa1,
+	0x29, 0x76, 0xef, 0x80, 0xc5, 0x11, 0x1d, 0x36, 0x5f, 0x11, 0xdf, 0x84, 0x62, 0xe8, 0x7e, 0x02,
+	0x40, 0x44, 0x86, 0x43, 0xc8, 0x11, 0x85, 0xc3, 0xe6, 0xe2, 0xba, 0xb3, 0xd1, 0xe8, 0xad, 0xfa,
+	0x7a, 0x25, 0xc1, 0xe8, 0x6b, 0x46, 0x7f, 0x8f, 0xa4, 0x78, 0xb7, 0xfe, 0xe2, 0x8f, 0xb5, 0x85,
+	0x9f, 0x2e, 0x4e, 0x37, 0x9d, 0xd0, 0xf8, 0x2e, 0x78, 0xf0, 0xf5, 0xc5, 0xe9, 0xa6, 0xb9, 0xd3,
+	0xb7, 0x17, 0xa7, 0x9b, 0x6b, 0x25, 0xa6, 0x9d, 0xc4, 0x7b, 0x0c, 0xda, 0xf6, 0x99, 0x10, 0xb1,
+	0x9c, 0x60, 0x86, 0xdc, 0xfb, 0xe0, 0xf6, 0x28, 0x8f, 0x48, 0x96, 0xe2, 0xe4, 0x08, 0xe5, 0x24,
+	0x3a, 0x96, 0xb8, 0x4b, 0xe1, 0x6b, 0x85, 0x77, 0x5f, 0x38, 0xbd, 0xef, 0x1c, 0xd0, 0x3c, 0x60,
+	0xc9, 0x67, 0x98, 0xfe, 0xbf, 0xf9, 0x0a, 0x76, 0x6c, 0x5c, 0xf7, 0x4c, 0x2e, 0xeb, 0x9e, 0xde,
+	0x21, 0x58, 0xaf, 0x9a, 0x2b, 0xd9, 0xb6, 0x80, 0x3b, 0xc2, 0x03, 0x82, 0xe3, 0x23, 0xf8, 0x94,
+	0x23, 0x3a, 0xc5, 0x77, 0x47, 0xcd, 0x3c, 0x12, 0x13, 0x0a, 0xf1, 0x0b, 0x70, 0xfb, 0x80, 0x25,
+	0xfd, 0x34, 0xc1, 0x7d, 0x55, 0x28, 0xee, 0x47, 0xa0, 0xc6, 0xd2, 0x04, 0x23, 0x7a, 0x29, 0x92,
+	0xd6, 0x05, 0xef, 0x0b, 0x1a, 0x6d, 0x08, 0x90, 0x15, 0x13, 0xc4, 0x58, 0xda, 0x6b, 0xca, 0xe2,
+	0x33, 0x3c, 0x45, 0xd0, 0xde, 0xaf, 0x0e, 0x78, 0x5d, 0x90, 0xe5, 0x31, 0xe4, 0xe8, 0x50, 0x16,
+	0xb5, 0xbb, 0x03, 0xea, 0x70, 0xc4, 0x8f, 0x09, 0x4d, 0xf9, 0xc9, 0xa5, 0xb1, 0x4c, 0xa4, 0xee,
+	0x43, 0x50, 0x53, 0xd7, 0x42, 0xd6, 0x63, 0xa3, 0xf7, 0x8e, 0x6f, 0xbb, 0xcd, 0xbe, 0xda, 0xc5,
+	0xac, 0x3c, 0xfd, 0x59, 0xf0, 0xa1, 0xe0, 0x99, 0x2c, 0x28, 0x90, 0x9a, 0x53, 0x67, 0x63, 0x44,
+	0xe9, 0xad, 0x82, 0x95, 0x7f, 0xb8, 0x4a, 0xa8, 0x1f, 0x1d, 0x99, 0xdc, 0x3d, 0x88, 0x23, 0x34,
+	0x94, 0xe9, 0xfe, 0xd7, 0x4c, 0xab, 0xe0, 0xa6, 0x3c, 0xc7, 0xa3, 0x34, 0x96, 0x54, 0x4b, 0xe1,
+	0x0d, 0x69, 0x3f, 0x89, 0xdd, 0xbb, 0xa0, 0x46, 0x11, 0x64, 0x04, 0xcb, 0x5b, 0x56, 0x0f, 0xb5,
+	0x15, 0x6c, 0xce, 0x52, 0x4c, 0x1d, 0x8c, 0x11, 0x96, 0x3e, 0x18, 0xc3, 0x53, 0x32, 0x7c, 0xa3,
+	0x0e, 0x66, 0x8f, 0x22, 0xc8, 0xd1, 0x3e, 0x8b, 0x28, 0x79, 0xe6, 0xf6, 0xc0, 0x8d, 0x48, 0xd8,
+	0xe4, 0xf2, 0x12, 0x29, 0x84, 0x22, 0x4a, 0x98, 0x91, 0x11, 0xe6, 0x3a, 0x7c, 0x6d, 0x05, 0x1f,
+	0x88, 0x28, 0x0b, 0xd5, 0x4c, 0xa6, 0xcd, 0x6d, 0xbd, 0x4f, 0x65, 0xa6, 0x4d, 0x57, 0x59, 0xf3,
+	0x6f, 0x83, 0x3a, 0x92, 0x1e, 0x91, 0x1f, 0x55, 0xea, 0x37, 0x95, 0xe3, 0x49, 0x3c, 0x27, 0x77,
+	0xde, 0xcf, 0x8a, 0xae, 0x8f, 0x38, 0x1f, 0x16, 0x74, 0xa2, 0xfe, 0x11, 0x8e, 0xaf, 0x54, 0xff,
+	0x52, 0xe7, 0x3e, 0x04, 0x80, 0xc9, 0x15, 0x32, 0xa4, 0xf9, 0x1a, 0xbd, 0xb5, 0x49, 0xad, 0x15,
+	0x1d, 0x78, 0xdc, 0xf5, 0xfb, 0xa5, 0x2c, 0x34, 0x3e, 0x09, 0x36, 0xd4, 0x05, 0x92, 0xab, 0xcd,
+	0xe4, 0xc0, 0x0c, 0xce, 0xdb, 0x97, 0x39, 0x30, 0x5d, 0x65, 0x0e, 0x5c, 0xb0, 0x94, 0xc3, 0x12,
+	0x5f, 0x8e, 0x55, 0x6d, 0x3c, 0x1d, 0xe1, 0x02, 0x5c, 0x5b, 0xde, 0x0f, 0xfa, 0x54, 0x87, 0x30,
+	0xcd, 0x42, 0xf4, 0x0c, 0xd2, 0x98, 0xfd, 0xa7, 0xfe, 0x5f, 0x9d, 0xe2, 0x60, 0xdb, 0xd6, 0xea,
+	0xa6, 0x0f, 0xd9, 0x88, 0xc2, 0xeb, 0xaa, 0x43, 0x36, 0x5c, 0x25, 0xe0, 0xa4, 0x84, 0x1c, 0xb3,
+	0x84, 0x7a, 0x7f, 0xd5, 0xc0, 0xe2, 0x01, 0x4b, 0xdc, 0x13, 0xf0, 0xa6, 0xed, 0x5d, 0xdb, 0xb2,
+	0x5f, 0x7f, 0xfb, 0x0b, 0xd1, 0x7a, 0x70, 0x1d, 0x75, 0x19, 0xda, 0x97, 0xe0, 0x2d, 0xfb, 0x23,
+	0xe1, 0x57, 0x2e, 0x67, 0xd5, 0xb7, 0x76, 0xae, 0xa7, 0x2f, 0x03, 0x80, 0xa0, 0x61, 0xf6, 0xf0,
+	0xf7, 0x2a, 0x97, 0x31, 0x54, 0xad, 0xad, 0xab, 0xa8, 0xca, 0x2d, 0x62, 0x70, 0x6b, 0xaa, 0x3d,
+	0xdf, 0xaf, 0x0e, 0xd5, 0x90, 0xb5, 0xb6, 0xaf, 0x24, 0x33, 0x41, 0xcc, 0x7e, 0x59, 0x0d, 0x62,
+	0xa8, 0xe6, 0x80, 0x58, 0x5a, 0x9a, 0x00, 0x99, 0x6a, 0x67, 0xd5, 0x20, 0xa6, 0x6c, 0x0e, 0x88,
+	0xb5, 0x25, 0xc5, 0xe0, 0xd6, 0x54, 0x5b, 0xa9, 0xde, 0xc5, 0x94, 0xcd, 0xd9, 0xc5, 0x7a, 0xe9,
+	0x05, 0x8b, 0x79, 0x89, 0xe7, 0xb0, 0x18, 0xb2, 0x79, 0x2c, 0x96, 0x9b, 0xd7, 0x7a, 0xf5, 0x2b,
+	0xf1, 0x3e, 0xee, 0x3e, 0x7e, 0x71, 0xd6, 0x76, 0x5e, 0x9e, 0xb5, 0x9d, 0x3f, 0xcf, 0xda, 0xce,
+	0xf7, 0xe7, 0xed, 0x85, 0x97, 0xe7, 0xed, 0x85, 0xdf, 0xcf, 0xdb, 0x0b, 0x9f, 0x6f, 0x27, 0x29,
+	0x3f, 0x1e, 0x0d, 0xfc, 0x88, 0x64, 0x9d, 0xd9, 0xff, 0xa9, 0xcf, 0x27, 0x43, 0x7e, 0x92, 0x23,
+	0x36, 0xa8, 0xc9, 0x3f, 0xa3, 0x1f, 0xff, 0x1d, 0x00, 0x00, 0xff, 0xff, 0x44, 0x21, 0x6d, 0x3c,
+	0x86, 0x0b, 0x00, 0x00,
 }
 
 // Reference imports to suppress errors if they are not otherwise used.
@@ -582,6 +909,12 @@ type MsgClient interface {
 	UpdateParams(ctx context.Context, in *MsgUpdateParams, opts ...grpc.CallOption) (*MsgUpdateParamsResponse, error)
 	// CancelEpoch cancels an epoch that is not final (governance only).
 	CancelEpoch(ctx context.Context, in *MsgCancelEpoch, opts ...grpc.CallOption) (*MsgCancelEpochResponse, error)
+	// CreateEscrow locks amount for a session and picks its group.
+	CreateEscrow(ctx context.Context, in *MsgCreateEscrow, opts ...grpc.CallOption) (*MsgCreateEscrowResponse, error)
+	// SettleEscrow verifies a co-signed settlement and pays it out.
+	SettleEscrow(ctx context.Context, in *MsgSettleEscrow, opts ...grpc.CallOption) (*MsgSettleEscrowResponse, error)
+	// ClaimRewards pays a participant's reward for a CLAIMABLE epoch.
+	ClaimRewards(ctx context.Context, in *MsgClaimRewards, opts ...grpc.CallOption) (*MsgClaimRewardsResponse, error)
 }
 
 type msgClient struct {
@@ -637,6 +970,33 @@ func (c *msgClient) CancelEpoch(ctx context.Context, in *MsgCancelEpoch, opts ..
 	return out, nil
 }
 
+func (c *msgClient) CreateEscrow(ctx context.Context, in *MsgCreateEscrow, opts ...grpc.CallOption) (*MsgCreateEscrowResponse, error) {
+	out := new(MsgCreateEscrowResponse)
+	err := c.cc.Invoke(ctx, "/devshard.devshard.v1.Msg/CreateEscrow", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *msgClient) SettleEscrow(ctx context.Context, in *MsgSettleEscrow, opts ...grpc.CallOption) (*MsgSettleEscrowResponse, error) {
+	out := new(MsgSettleEscrowResponse)
+	err := c.cc.Invoke(ctx, "/devshard.devshard.v1.Msg/SettleEscrow", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *msgClient) ClaimRewards(ctx context.Context, in *MsgClaimRewards, opts ...grpc.CallOption) (*MsgClaimRewardsResponse, error) {
+	out := new(MsgClaimRewardsResponse)
+	err := c.cc.Invoke(ctx, "/devshard.devshard.v1.Msg/ClaimRewards", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // MsgServer is the server API for Msg service.
 type MsgServer interface {
 	// RegisterParticipant bonds collateral and makes the sender an upcoming
@@ -653,6 +1013,12 @@ type MsgServer interface {
 	UpdateParams(context.Context, *MsgUpdateParams) (*MsgUpdateParamsResponse, error)
 	// CancelEpoch cancels an epoch that is not final (governance only).
 	CancelEpoch(context.Context, *MsgCancelEpoch) (*MsgCancelEpochResponse, error)
+	// CreateEscrow locks amount for a session and picks its group.
+	CreateEscrow(context.Context, *MsgCreateEscrow) (*MsgCreateEscrowResponse, error)
+	// SettleEscrow verifies a co-signed settlement and pays it out.
+	SettleEscrow(context.Context, *MsgSettleEscrow) (*MsgSettleEscrowResponse, error)
+	// ClaimRewards pays a participant's reward for a CLAIMABLE epoch.
+	ClaimRewards(context.Context, *MsgClaimRewards) (*MsgClaimRewardsResponse, error)
 }
 
 // UnimplementedMsgServer can be embedded to have forward compatible implementations.
@@ -673,6 +1039,15 @@ func (*UnimplementedMsgServer) UpdateParams(ctx context.Context, req *MsgUpdateP
 }
 func (*UnimplementedMsgServer) CancelEpoch(ctx context.Context, req *MsgCancelEpoch) (*MsgCancelEpochResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CancelEpoch not implemented")
+}
+func (*UnimplementedMsgServer) CreateEscrow(ctx context.Context, req *MsgCreateEscrow) (*MsgCreateEscrowResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method CreateEscrow not implemented")
+}
+func (*UnimplementedMsgServer) SettleEscrow(ctx context.Context, req *MsgSettleEscrow) (*MsgSettleEscrowResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SettleEscrow not implemented")
+}
+func (*UnimplementedMsgServer) ClaimRewards(ctx context.Context, req *MsgClaimRewards) (*MsgClaimRewardsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ClaimRewards not implemented")
 }
 
 func RegisterMsgServer(s grpc1.Server, srv MsgServer) {
@@ -769,6 +1144,60 @@ func _Msg_CancelEpoch_Handler(srv interface{}, ctx context.Context, dec func(int
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Msg_CreateEscrow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MsgCreateEscrow)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MsgServer).CreateEscrow(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/devshard.devshard.v1.Msg/CreateEscrow",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MsgServer).CreateEscrow(ctx, req.(*MsgCreateEscrow))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Msg_SettleEscrow_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MsgSettleEscrow)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MsgServer).SettleEscrow(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/devshard.devshard.v1.Msg/SettleEscrow",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MsgServer).SettleEscrow(ctx, req.(*MsgSettleEscrow))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Msg_ClaimRewards_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MsgClaimRewards)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(MsgServer).ClaimRewards(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/devshard.devshard.v1.Msg/ClaimRewards",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(MsgServer).ClaimRewards(ctx, req.(*MsgClaimRewards))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var Msg_serviceDesc = _Msg_serviceDesc
 var _Msg_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "devshard.devshard.v1.Msg",
@@ -793,6 +1222,18 @@ var _Msg_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CancelEpoch",
 			Handler:    _Msg_CancelEpoch_Handler,
+		},
+		{
+			MethodName: "CreateEscrow",
+			Handler:    _Msg_CreateEscrow_Handler,
+		},
+		{
+			MethodName: "SettleEscrow",
+			Handler:    _Msg_SettleEscrow_Handler,
+		},
+		{
+			MethodName: "ClaimRewards",
+			Handler:    _Msg_ClaimRewards_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
@@ -1113,6 +1554,212 @@ func (m *MsgCancelEpochResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) 
 	return len(dAtA) - i, nil
 }
 
+func (m *MsgCreateEscrow) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *MsgCreateEscrow) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *MsgCreateEscrow) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.Amount != 0 {
+		i = encodeVarintTx(dAtA, i, uint64(m.Amount))
+		i--
+		dAtA[i] = 0x10
+	}
+	if len(m.Creator) > 0 {
+		i -= len(m.Creator)
+		copy(dAtA[i:], m.Creator)
+		i = encodeVarintTx(dAtA, i, uint64(len(m.Creator)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *MsgCreateEscrowResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *MsgCreateEscrowResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *MsgCreateEscrowResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.EpochId != 0 {
+		i = encodeVarintTx(dAtA, i, uint64(m.EpochId))
+		i--
+		dAtA[i] = 0x10
+	}
+	if m.EscrowId != 0 {
+		i = encodeVarintTx(dAtA, i, uint64(m.EscrowId))
+		i--
+		dAtA[i] = 0x8
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *MsgSettleEscrow) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *MsgSettleEscrow) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *MsgSettleEscrow) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.Settlement != nil {
+		{
+			size, err := m.Settlement.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintTx(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0x12
+	}
+	if len(m.Sender) > 0 {
+		i -= len(m.Sender)
+		copy(dAtA[i:], m.Sender)
+		i = encodeVarintTx(dAtA, i, uint64(len(m.Sender)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *MsgSettleEscrowResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *MsgSettleEscrowResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *MsgSettleEscrowResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.Refund != 0 {
+		i = encodeVarintTx(dAtA, i, uint64(m.Refund))
+		i--
+		dAtA[i] = 0x10
+	}
+	if m.Paid != 0 {
+		i = encodeVarintTx(dAtA, i, uint64(m.Paid))
+		i--
+		dAtA[i] = 0x8
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *MsgClaimRewards) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *MsgClaimRewards) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *MsgClaimRewards) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.EpochId != 0 {
+		i = encodeVarintTx(dAtA, i, uint64(m.EpochId))
+		i--
+		dAtA[i] = 0x10
+	}
+	if len(m.Participant) > 0 {
+		i -= len(m.Participant)
+		copy(dAtA[i:], m.Participant)
+		i = encodeVarintTx(dAtA, i, uint64(len(m.Participant)))
+		i--
+		dAtA[i] = 0xa
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *MsgClaimRewardsResponse) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *MsgClaimRewardsResponse) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *MsgClaimRewardsResponse) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.Amount != 0 {
+		i = encodeVarintTx(dAtA, i, uint64(m.Amount))
+		i--
+		dAtA[i] = 0x8
+	}
+	return len(dAtA) - i, nil
+}
+
 func encodeVarintTx(dAtA []byte, offset int, v uint64) int {
 	offset -= sovTx(v)
 	base := offset
@@ -1252,6 +1899,97 @@ func (m *MsgCancelEpochResponse) Size() (n int) {
 	}
 	var l int
 	_ = l
+	return n
+}
+
+func (m *MsgCreateEscrow) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Creator)
+	if l > 0 {
+		n += 1 + l + sovTx(uint64(l))
+	}
+	if m.Amount != 0 {
+		n += 1 + sovTx(uint64(m.Amount))
+	}
+	return n
+}
+
+func (m *MsgCreateEscrowResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.EscrowId != 0 {
+		n += 1 + sovTx(uint64(m.EscrowId))
+	}
+	if m.EpochId != 0 {
+		n += 1 + sovTx(uint64(m.EpochId))
+	}
+	return n
+}
+
+func (m *MsgSettleEscrow) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Sender)
+	if l > 0 {
+		n += 1 + l + sovTx(uint64(l))
+	}
+	if m.Settlement != nil {
+		l = m.Settlement.Size()
+		n += 1 + l + sovTx(uint64(l))
+	}
+	return n
+}
+
+func (m *MsgSettleEscrowResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Paid != 0 {
+		n += 1 + sovTx(uint64(m.Paid))
+	}
+	if m.Refund != 0 {
+		n += 1 + sovTx(uint64(m.Refund))
+	}
+	return n
+}
+
+func (m *MsgClaimRewards) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Participant)
+	if l > 0 {
+		n += 1 + l + sovTx(uint64(l))
+	}
+	if m.EpochId != 0 {
+		n += 1 + sovTx(uint64(m.EpochId))
+	}
+	return n
+}
+
+func (m *MsgClaimRewardsResponse) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.Amount != 0 {
+		n += 1 + sovTx(uint64(m.Amount))
+	}
 	return n
 }
 
@@ -2087,6 +2825,571 @@ func (m *MsgCancelEpochResponse) Unmarshal(dAtA []byte) error {
 			return fmt.Errorf("proto: MsgCancelEpochResponse: illegal tag %d (wire type %d)", fieldNum, wire)
 		}
 		switch fieldNum {
+		default:
+			iNdEx = preIndex
+			skippy, err := skipTx(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthTx
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *MsgCreateEscrow) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowTx
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: MsgCreateEscrow: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: MsgCreateEscrow: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Creator", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowTx
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthTx
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthTx
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Creator = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Amount", wireType)
+			}
+			m.Amount = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowTx
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Amount |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		default:
+			iNdEx = preIndex
+			skippy, err := skipTx(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthTx
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *MsgCreateEscrowResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowTx
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: MsgCreateEscrowResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: MsgCreateEscrowResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field EscrowId", wireType)
+			}
+			m.EscrowId = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowTx
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.EscrowId |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 2:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field EpochId", wireType)
+			}
+			m.EpochId = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowTx
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.EpochId |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		default:
+			iNdEx = preIndex
+			skippy, err := skipTx(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthTx
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *MsgSettleEscrow) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowTx
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: MsgSettleEscrow: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: MsgSettleEscrow: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Sender", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowTx
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthTx
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthTx
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Sender = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Settlement", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowTx
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthTx
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthTx
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Settlement == nil {
+				m.Settlement = &sessionpb.Settlement{}
+			}
+			if err := m.Settlement.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipTx(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthTx
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *MsgSettleEscrowResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowTx
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: MsgSettleEscrowResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: MsgSettleEscrowResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Paid", wireType)
+			}
+			m.Paid = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowTx
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Paid |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 2:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Refund", wireType)
+			}
+			m.Refund = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowTx
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Refund |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		default:
+			iNdEx = preIndex
+			skippy, err := skipTx(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthTx
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *MsgClaimRewards) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowTx
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: MsgClaimRewards: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: MsgClaimRewards: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Participant", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowTx
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthTx
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthTx
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Participant = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field EpochId", wireType)
+			}
+			m.EpochId = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowTx
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.EpochId |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		default:
+			iNdEx = preIndex
+			skippy, err := skipTx(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthTx
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *MsgClaimRewardsResponse) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowTx
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: MsgClaimRewardsResponse: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: MsgClaimRewardsResponse: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Amount", wireType)
+			}
+			m.Amount = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowTx
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Amount |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
 		default:
 			iNdEx = preIndex
 			skippy, err := skipTx(dAtA[iNdEx:])

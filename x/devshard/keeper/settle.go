@@ -1,0 +1,220 @@
+package keeper
+
+import (
+	"errors"
+	"fmt"
+
+	"cosmossdk.io/collections"
+
+	sdk "github.com/cosmos/cosmos-sdk/types"
+
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/signing"
+	"github.com/devshard/devshard/x/devshard/types"
+)
+
+// SignatureGas is charged per signature a settlement carries: the price of
+// one secp256k1 verification, as the auth module charges for a tx signature.
+const SignatureGas = 1000
+
+// Payout destinations, as reported in EventEscrowPayout.
+const (
+	DestLedger  = "ledger"  // the host's ledger for the escrow's epoch (not yet accounted)
+	DestSummary = "summary" // the host's unclaimed summary of the accounted epoch
+	DestHost    = "host"    // sent to the host: it already claimed, or the claim window is over
+	DestCreator = "creator" // back to the creator: the host is punished, unknown or inactive
+	DestRefund  = "refund"  // the session's unspent balance, back to the creator
+)
+
+// SettleEscrow verifies a settlement with the protocol package and applies
+// its payout plan. The keeper adds no settlement rule: who may settle and
+// whether the settlement is valid are session.MaySettle and
+// session.VerifySettlement, against the escrow's snapshot.
+func (k Keeper) SettleEscrow(ctx sdk.Context, sender sdk.AccAddress, m *sessionpb.Settlement) (*session.Plan, error) {
+	if m == nil {
+		return nil, types.ErrSettlement.Wrap("the message carries no settlement")
+	}
+	esc, err := k.Escrow(ctx, m.EscrowId)
+	if err != nil {
+		return nil, err
+	}
+	if esc.Status != types.EscrowOpen {
+		return nil, types.ErrEscrowClosed.Wrapf("escrow %d is %s; only an OPEN escrow can be settled", esc.Id, esc.Status)
+	}
+	cur, err := k.currentEpochID(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ctx.GasMeter().ConsumeGas(SignatureGas*uint64(len(m.Signatures)), "settlement signatures")
+
+	from, err := signing.AddressFromBytes(sender)
+	if err != nil {
+		return nil, types.ErrSettlement.Wrapf("sender: %v", err)
+	}
+	auth := k.Authorizer(ctx)
+	if err := session.MaySettle(&esc.Snapshot, from, cur >= esc.DeadlineEpoch, auth); err != nil {
+		return nil, types.ErrSettlement.Wrapf("%v (deadline: epoch %d, current epoch %d)", err, esc.DeadlineEpoch, cur)
+	}
+	plan, err := session.VerifySettlement(&esc.Snapshot, m, auth)
+	if err != nil {
+		return nil, types.ErrSettlement.Wrap(err.Error())
+	}
+
+	creator := sdk.AccAddress(esc.Snapshot.Creator)
+	toCreator := plan.Refund
+	stats := statsByAddress(plan)
+	for _, a := range plan.ByAddress() {
+		amount, ok := addU64(a.Cost, a.FeeShare)
+		if !ok {
+			return nil, types.ErrOverflow.Wrapf("payout to %s overflows", sdk.AccAddress(a.Address[:]))
+		}
+		dest, reason, err := k.route(ctx, esc, sdk.AccAddress(a.Address[:]), amount, stats[a.Address])
+		if err != nil {
+			return nil, err
+		}
+		if dest == DestCreator {
+			if toCreator, ok = addU64(toCreator, amount); !ok {
+				return nil, types.ErrOverflow.Wrap("creator refund overflows")
+			}
+		}
+		if err := ctx.EventManager().EmitTypedEvent(&types.EventEscrowPayout{
+			EscrowId: esc.Id, Address: sdk.AccAddress(a.Address[:]).String(), Amount: amount, Destination: dest, Reason: reason,
+		}); err != nil {
+			return nil, err
+		}
+	}
+	if toCreator > 0 {
+		if err := k.bank.SendCoinsFromModuleToAccount(ctx, types.ModuleName, creator, esc.Coins(toCreator)); err != nil {
+			return nil, fmt.Errorf("refunding %d to creator %s: %w", toCreator, creator, err)
+		}
+	}
+	if err := ctx.EventManager().EmitTypedEvent(&types.EventEscrowPayout{
+		EscrowId: esc.Id, Address: esc.Creator, Amount: plan.Refund, Destination: DestRefund, Reason: "unspent balance",
+	}); err != nil {
+		return nil, err
+	}
+
+	if err := k.EscrowExpiry.Remove(ctx, collections.Join(esc.ExpiryEpoch, esc.Id)); err != nil {
+		return nil, err
+	}
+	esc.Status = types.EscrowSettled
+	if err := k.Escrows.Set(ctx, esc.Id, esc); err != nil {
+		return nil, err
+	}
+	return plan, ctx.EventManager().EmitTypedEvent(&types.EventEscrowSettled{
+		EscrowId: esc.Id, Sender: sender.String(), Nonce: m.Nonce, Paid: plan.Amount - plan.Refund, Refund: plan.Refund,
+	})
+}
+
+// route sends one host's payout where DESIGN.md says it goes and reports
+// the destination. DestCreator means the caller refunds the creator.
+//
+//   - The escrow's epoch is not yet accounted (ACTIVE or SETTLING) and the
+//     host is an ACTIVE member of it: its ledger (pay).
+//   - The epoch is accounted and the host was not punished in it: its
+//     unclaimed summary; or straight to the host if it already claimed, or
+//     the epoch is CLOSED or CANCELLED.
+//   - Otherwise (punished, not a member, inactive or invalid): the creator.
+func (k Keeper) route(ctx sdk.Context, esc types.Escrow, host sdk.AccAddress, amount uint64, stats types.InferenceStats) (dest, reason string, err error) {
+	epochID := esc.Snapshot.Epoch
+	epoch, err := k.Epoch(ctx, epochID)
+	if err != nil {
+		return "", "", err
+	}
+	switch epoch.State {
+	case types.EpochActive, types.EpochSettling:
+		p, err := k.Participants.Get(ctx, host)
+		if errors.Is(err, collections.ErrNotFound) {
+			return DestCreator, "host is not a registered participant", nil
+		} else if err != nil {
+			return "", "", err
+		}
+		if p.Status != types.ParticipantActive {
+			return DestCreator, fmt.Sprintf("host is %s", p.Status), nil
+		}
+		if has, err := k.Members.Has(ctx, collections.Join(epochID, host)); err != nil {
+			return "", "", err
+		} else if !has {
+			return DestCreator, fmt.Sprintf("host is not a member of epoch %d", epochID), nil
+		}
+		return DestLedger, "", k.pay(ctx, epochID, host, amount, stats)
+	}
+
+	key := collections.Join(epochID, host)
+	sum, err := k.Summaries.Get(ctx, key)
+	if errors.Is(err, collections.ErrNotFound) {
+		return DestCreator, fmt.Sprintf("host has no performance summary for epoch %d (%s)", epochID, epoch.State.Short()), nil
+	} else if err != nil {
+		return "", "", err
+	}
+	if sum.Punished {
+		return DestCreator, fmt.Sprintf("host was punished in epoch %d", epochID), nil
+	}
+	direct := sum.Claimed || sum.Swept || epoch.State.IsFinal()
+	if err := addStats(&sum.Stats, stats); err != nil {
+		return "", "", err
+	}
+	var ok bool
+	if sum.Earned, ok = addU64(sum.Earned, amount); !ok {
+		return "", "", types.ErrOverflow.Wrapf("summary of %s in epoch %d overflows", host, epochID)
+	}
+	if !direct {
+		if sum.Rewarded, ok = addU64(sum.Rewarded, amount); !ok {
+			return "", "", types.ErrOverflow.Wrapf("summary of %s in epoch %d overflows", host, epochID)
+		}
+	}
+	if err := k.Summaries.Set(ctx, key, sum); err != nil {
+		return "", "", err
+	}
+	if !direct {
+		return DestSummary, "", nil
+	}
+	if amount > 0 {
+		if err := k.bank.SendCoinsFromModuleToAccount(ctx, types.ModuleName, host, esc.Coins(amount)); err != nil {
+			return "", "", err
+		}
+	}
+	return DestHost, fmt.Sprintf("epoch %d is %s and the summary is settled", epochID, epoch.State.Short()), nil
+}
+
+// statsByAddress sums each address's slot stats.
+func statsByAddress(plan *session.Plan) map[signing.Address]types.InferenceStats {
+	out := make(map[signing.Address]types.InferenceStats)
+	for _, sp := range plan.Slots {
+		s := out[sp.Address]
+		if st := sp.Stats; st != nil {
+			s.Finished += st.Finished
+			s.Missed += st.Missed
+			s.Invalidated += st.Invalid
+			s.Validated += st.Validated
+			s.ValidationsDone += st.ValidationsDone
+		}
+		out[sp.Address] = s
+	}
+	return out
+}
+
+func addU64(a, b uint64) (uint64, bool) {
+	s := a + b
+	return s, s >= a
+}
+
+// addStats adds s to into, failing on overflow.
+func addStats(into *types.InferenceStats, s types.InferenceStats) error {
+	fields := []struct {
+		to *uint64
+		v  uint64
+	}{
+		{&into.Finished, s.Finished}, {&into.Missed, s.Missed}, {&into.Invalidated, s.Invalidated},
+		{&into.Validated, s.Validated}, {&into.ValidationsDone, s.ValidationsDone},
+	}
+	for _, f := range fields {
+		sum, ok := addU64(*f.to, f.v)
+		if !ok {
+			return types.ErrOverflow.Wrap("inference stats overflow")
+		}
+		*f.to = sum
+	}
+	return nil
+}
