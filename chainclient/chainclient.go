@@ -5,6 +5,7 @@ package chainclient
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -15,7 +16,9 @@ import (
 	coretypes "github.com/cometbft/cometbft/rpc/core/types"
 	addresscodec "github.com/cosmos/cosmos-sdk/codec/address"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"github.com/devshard/devshard/chain"
 	"github.com/devshard/devshard/session"
@@ -229,3 +232,19 @@ func (c *Client) subscribeBlocks(ctx context.Context) (<-chan coretypes.ResultEv
 		_ = ws.Stop()
 	}, nil
 }
+
+// Escrow returns an escrow as the chain holds it. A missing escrow is an
+// error wrapping ErrNoEscrow.
+func (c *Client) Escrow(ctx context.Context, id uint64) (*devshardtypes.Escrow, error) {
+	resp, err := c.query.Escrow(ctx, &devshardtypes.QueryEscrowRequest{Id: id})
+	if err != nil {
+		if status.Code(err) == codes.NotFound {
+			return nil, fmt.Errorf("%w: %d", ErrNoEscrow, id)
+		}
+		return nil, fmt.Errorf("query escrow %d: %w", id, err)
+	}
+	return &resp.Escrow, nil
+}
+
+// ErrNoEscrow is an escrow id the chain does not know.
+var ErrNoEscrow = errors.New("no such escrow on chain")

@@ -107,6 +107,10 @@ func New(cfg Config) *Engine {
 	}
 }
 
+// SetStore gives the engine its storage once it is open; the daemon binds
+// its listener before storage is ready. Call it before MarkReady.
+func (e *Engine) SetStore(s store.Store) { e.cfg.Store = s }
+
 // Address is the participant account the host serves as.
 func (e *Engine) Address() signing.Address { return e.addr }
 

@@ -17,6 +17,7 @@ func newRootCommand() *cobra.Command {
 		Long: `devshard runs every role of the network from one binary:
 
   chain     the chain node: init, start, keys, tx, query, genesis; 'chain dev' starts a local chain in one command
+  host      run a host: serve sessions, execute and validate inference
   bench     measure speed targets (protocol, store, scheduler) and print ratios
   version   print the build and protocol version
 
@@ -24,7 +25,7 @@ Run 'devshard <command> --help' for the flags of each command.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(chaincmd.NewCommand(), newVersionCommand(), newBenchCommand())
+	root.AddCommand(chaincmd.NewCommand(), newHostCommand(), newVersionCommand(), newBenchCommand())
 	return root
 }
 
@@ -34,12 +35,16 @@ func newVersionCommand() *cobra.Command {
 		Short: "Print the build and session protocol version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			version := "(devel)"
-			if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" {
-				version = info.Main.Version
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "devshard %s, session protocol v%d\n", version, session.ProtocolVersion)
+			fmt.Fprintf(cmd.OutOrStdout(), "devshard %s, session protocol v%d\n", buildVersion(), session.ProtocolVersion)
 			return nil
 		},
 	}
+}
+
+// buildVersion is the module version stamped into the binary.
+func buildVersion() string {
+	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" {
+		return info.Main.Version
+	}
+	return "(devel)"
 }

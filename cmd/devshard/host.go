@@ -1,0 +1,273 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	sdk "github.com/cosmos/cosmos-sdk/types"
+	"github.com/spf13/cobra"
+
+	"github.com/devshard/devshard/chainclient"
+	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/keys"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/signing"
+	"github.com/devshard/devshard/store/boot"
+	"github.com/devshard/devshard/store/managed"
+)
+
+func newHostCommand() *cobra.Command {
+	var configPath string
+	flags := map[string]*string{}
+	cmd := &cobra.Command{
+		Use:   "host",
+		Short: "Run a host: serve sessions, execute and validate inference",
+		Long:  hostLong(),
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadHostConfig(cmd, configPath, flags)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return runHost(ctx, cfg, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
+		},
+	}
+	cmd.Flags().StringVar(&configPath, "config", "", "TOML config file (default: <home>/host.toml when it exists)")
+	for _, s := range host.Settings {
+		flags[s.Key] = cmd.Flags().String(strings.ReplaceAll(s.Key, "_", "-"), "", s.Help+" (env "+s.Env+", default "+quoteDefault(s.Default)+")")
+	}
+	cmd.AddCommand(newHostInitCommand())
+	return cmd
+}
+
+func quoteDefault(d string) string {
+	if d == "" {
+		return "none"
+	}
+	return d
+}
+
+func hostLong() string {
+	var b strings.Builder
+	b.WriteString(`host serves the sessions of every escrow whose group this account is in.
+It binds its HTTP API first (health, version and metrics answer at once),
+opens storage, recovers stored sessions in parallel, follows the chain's
+epochs to prune old ones, and votes timeouts for stalled peers.
+
+Settings come from the TOML file, then DEVSHARD_HOST_* variables, then the
+flags below (a flag named after each setting, dots kept). docs/host.md
+explains every setting and the HTTP API. 'devshard host init' writes a
+config and a key to start from.`)
+	return b.String()
+}
+
+func loadHostConfig(cmd *cobra.Command, path string, flags map[string]*string) (*host.FileConfig, error) {
+	overrides := map[string]string{}
+	for key, v := range flags {
+		if cmd.Flags().Changed(strings.ReplaceAll(key, "_", "-")) {
+			overrides[key] = *v
+		}
+	}
+	if path == "" {
+		home := host.DefaultConfig().Home
+		if h, ok := overrides["home"]; ok {
+			home = h
+		} else if h, ok := os.LookupEnv("DEVSHARD_HOST_HOME"); ok {
+			home = h
+		}
+		candidate := (&host.FileConfig{Home: home}).Path("host.toml")
+		if _, err := os.Stat(candidate); err == nil {
+			path = candidate
+		}
+	}
+	return host.LoadConfig(path, os.LookupEnv, overrides)
+}
+
+// chainEscrows serves the host's escrow questions from the chain.
+type chainEscrows struct{ c *chainclient.Client }
+
+func (e chainEscrows) EscrowSnapshot(ctx context.Context, id uint64) (*sessionpb.EscrowSnapshot, error) {
+	esc, err := e.c.Escrow(ctx, id)
+	if errors.Is(err, chainclient.ErrNoEscrow) {
+		return nil, fmt.Errorf("%w: the chain has no escrow %d", host.ErrUnknownEscrow, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	snap := esc.Snapshot
+	return &snap, nil
+}
+
+func loadSigner(cfg *host.FileConfig) (signing.Signer, signing.Address, error) {
+	var signer signing.Signer
+	if cfg.Key.KeyringBackend != "" {
+		dir := cfg.Key.KeyringDir
+		if dir == "" {
+			dir = cfg.Path("")
+		}
+		k, err := keys.OpenKeyring(cfg.Key.KeyringBackend, dir, cfg.Key.KeyName, os.Stdin)
+		if err != nil {
+			return nil, signing.Address{}, err
+		}
+		signer = k
+	} else {
+		k, err := keys.LoadFile(cfg.Path(cfg.Key.File))
+		if err != nil {
+			return nil, signing.Address{}, fmt.Errorf("%w (create one with 'devshard host init')", err)
+		}
+		signer = k
+	}
+	account := signer.PubKey().Address()
+	if cfg.Key.Account != "" {
+		a, err := parseAccount(cfg.Key.Account)
+		if err != nil {
+			return nil, signing.Address{}, err
+		}
+		account = a
+	}
+	return signer, account, nil
+}
+
+func parseAccount(s string) (signing.Address, error) {
+	if a, err := sdk.AccAddressFromBech32(s); err == nil {
+		return signing.AddressFromBytes(a)
+	}
+	a, err := sdk.AccAddressFromHexUnsafe(s)
+	if err != nil {
+		return signing.Address{}, fmt.Errorf("key.account %q is neither a devshard1… address nor 40 hex characters", s)
+	}
+	return signing.AddressFromBytes(a)
+}
+
+func newExecutor(cfg *host.FileConfig) executor.Executor {
+	if cfg.Executor.Kind == "openai" {
+		return &executor.Upstream{BaseURL: cfg.Executor.URL, ModelNames: cfg.Executor.Models, APIKey: cfg.Executor.APIKey,
+			Client: &http.Client{Timeout: 10 * time.Minute}}
+	}
+	return executor.Builtin{}
+}
+
+// runHost runs the daemon until ctx ends.
+func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error {
+	signer, account, err := loadSigner(cfg)
+	if err != nil {
+		return err
+	}
+	// The listener binds first: health answers while storage opens.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	chainc, err := chainclient.Dial(chainclient.Config{GRPC: cfg.Chain.GRPC, RPC: cfg.Chain.RPC, Logger: log})
+	if err != nil {
+		return err
+	}
+	defer chainc.Close()
+
+	eng := host.New(host.Config{Key: signer, Account: account, Escrows: chainEscrows{chainc}, Executor: newExecutor(cfg),
+		Auth: chainc.Authorizer(), SnapshotEvery: cfg.Storage.SnapshotEvery, Logger: log})
+	metrics := host.NewMetrics(eng)
+	srv := &http.Server{Handler: host.Handler(eng, buildVersion()), ReadHeaderTimeout: 10 * time.Second}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info("host listening", "addr", ln.Addr().String(), "account", chainc.Address(account))
+
+	catchUp, _ := time.ParseDuration(cfg.Storage.CatchUp)
+	st, err := boot.Open(ctx, boot.Config{
+		Mode: boot.Mode(cfg.Storage.Driver), Dir: cfg.Path(cfg.Storage.Dir),
+		Retention: managed.Options{Keep: uint64(cfg.Storage.KeepEpochs), Interval: catchUp, Current: chainc.CurrentEpoch,
+			OnError: func(err error) { log.Warn("storage retention", "err", err) }},
+	})
+	if err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("open storage: %w", err)
+	}
+	defer st.Close()
+	eng.SetStore(st)
+	eng.MarkReady()
+	log.Info("storage ready", "mode", st.Mode)
+
+	go func() {
+		if err := eng.RecoverAll(ctx, cfg.Recovery.Workers); err != nil && ctx.Err() == nil {
+			log.Error("recovery", "err", err)
+		}
+	}()
+	go func() {
+		_ = chainc.FollowEpochs(ctx, 5*time.Second, func(epoch uint64) {
+			log.Info("epoch", "current", epoch)
+			if err := st.SetEpoch(ctx, epoch); err != nil {
+				log.Warn("prune on epoch change", "epoch", epoch, "err", err)
+			}
+			if err := st.PrepareEpoch(ctx, epoch+1); err != nil {
+				log.Warn("prepare next epoch's storage", "epoch", epoch+1, "err", err)
+			}
+		})
+	}()
+	ticker := time.NewTicker(time.Second)
+	defer ticker.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			log.Info("shutting down")
+			shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			err := srv.Shutdown(shutdown)
+			eng.Wait()
+			_ = metrics
+			return err
+		case err := <-serveErr:
+			return fmt.Errorf("http server: %w", err)
+		case <-ticker.C:
+			eng.Tick(ctx)
+		}
+	}
+}
+
+func newHostInitCommand() *cobra.Command {
+	var home string
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Write a starting host.toml and a new key file into the home directory",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg := host.DefaultConfig()
+			if home != "" {
+				cfg.Home = home
+			}
+			dir := cfg.Path("")
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return err
+			}
+			keyPath := cfg.Path(cfg.Key.File)
+			k, err := keys.WriteFile(keyPath, rand.Reader)
+			if err != nil {
+				return err
+			}
+			confPath := filepath.Join(dir, "host.toml")
+			conf := fmt.Sprintf("# devshard host configuration; docs/host.md explains every setting.\nlisten = %q\nhome = %q\n\n[key]\nfile = %q\n\n[chain]\nrpc = %q\ngrpc = %q\n\n[storage]\ndriver = %q\n\n[executor]\nkind = %q\n",
+				cfg.Listen, dir, cfg.Key.File, cfg.Chain.RPC, cfg.Chain.GRPC, cfg.Storage.Driver, cfg.Executor.Kind)
+			if err := os.WriteFile(confPath, []byte(conf), 0o600); err != nil {
+				return err
+			}
+			addr := sdk.AccAddress(k.Address().Bytes())
+			fmt.Fprintf(cmd.OutOrStdout(), "wrote %s and %s\nhost account: %s\nfund it, then register: devshard chain tx devshard register-participant <url> <collateral> --from …\n", confPath, keyPath, addr)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&home, "home", "", "home directory (default ~/.devshard/host)")
+	return cmd
+}
