@@ -115,10 +115,11 @@ func FuzzDecodeState(f *testing.F) {
 }
 
 // FuzzVerifySettlement: mutated settlements never panic, and an accepted
-// plan always conserves the amount.
+// plan pays exactly the replica's books and conserves the amount.
 func FuzzVerifySettlement(f *testing.F) {
 	fx, gw, _ := fuzzSession(6, 15)
 	raw, _ := fx.Settle(gw.Replica, fx.AllSlots()...).Marshal()
+	st := gw.Replica.State()
 	f.Add(raw, []byte{})
 	f.Add(raw, []byte{10, 1})
 	f.Fuzz(func(t *testing.T, raw, edits []byte) {
@@ -130,12 +131,10 @@ func FuzzVerifySettlement(f *testing.F) {
 		if err != nil {
 			return
 		}
-		total := plan.Refund
-		for _, p := range plan.Slots {
-			total += p.Total()
-		}
-		if total != fx.Snapshot.Amount {
-			t.Fatalf("accepted plan pays %d of %d", total, fx.Snapshot.Amount)
+		// The signatures bind the settlement to the replica's root, so an
+		// accepted one pays exactly the replica's books.
+		if err := planMatches(fx.Snapshot, plan, st.Balance, st.Reserved, st.Fees, st.HostStats); err != nil {
+			t.Fatalf("accepted plan does not match the replica's books: %v", err)
 		}
 	})
 }
@@ -152,5 +151,71 @@ func FuzzStateSignature(f *testing.F) {
 			return
 		}
 		_ = session.VerifyStateSignature(fx.Snapshot, &ss, nil)
+	})
+}
+
+// FuzzDecodeSnapshot: arbitrary bytes as an escrow snapshot. Validation never
+// panics, and a snapshot it accepts must start a session whose books hold
+// exactly the amount.
+func FuzzDecodeSnapshot(f *testing.F) {
+	for seed, holders := range [][]int{{0, 1, 2}, {0, 0, 1}, {0}} {
+		o := sessiontest.DefaultOptions()
+		o.Holders = holders
+		raw, _ := sessiontest.New(int64(seed), o).Snapshot.Marshal()
+		f.Add(raw)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var snap sessionpb.EscrowSnapshot
+		if err := snap.Unmarshal(raw); err != nil {
+			return
+		}
+		if err := session.ValidateSnapshot(&snap); err != nil {
+			return
+		}
+		s, err := session.New(&snap, nil)
+		if err != nil {
+			t.Fatalf("validated snapshot does not start a session: %v", err)
+		}
+		st := s.State()
+		if st.Balance+st.Fees != snap.Amount || len(st.HostStats) != len(snap.Group) {
+			t.Fatalf("new session holds balance %d + fees %d for %d slots, the snapshot has amount %d and %d slots",
+				st.Balance, st.Fees, len(st.HostStats), snap.Amount, len(snap.Group))
+		}
+	})
+}
+
+// FuzzVerifyHostTx: arbitrary bytes as a gossiped host tx. Verification never
+// panics, and without the hosts' keys no mutation verifies: an accepted tx has
+// the canonical bytes of one the fixture signed.
+func FuzzVerifyHostTx(f *testing.F) {
+	o := sessiontest.DefaultOptions()
+	o.Holders = []int{0, 0, 1} // slots 0 and 1 share a key: a moved slot must not verify
+	fx := sessiontest.New(8, o)
+	signed := map[string]bool{}
+	for _, tx := range []*sessionpb.Tx{
+		fx.Confirm(0, 1, sessiontest.Timestamp(1)),
+		fx.Finish(0, 1, 10, 20),
+		fx.Validate(1, 1, true),
+		fx.Validate(2, 1, false),
+		fx.Timeout(1, 2),
+		sessiontest.Start(3, 10, 20),
+	} {
+		signed[session.TxKey(tx)] = true
+		raw, _ := tx.Marshal()
+		f.Add(raw)
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		var tx sessionpb.Tx
+		if err := tx.Unmarshal(raw); err != nil {
+			return
+		}
+		_ = session.TxKey(&tx)
+		_, _ = session.TxSignBytes(fx.Snapshot.EscrowId, &tx)
+		if err := session.VerifyHostTx(fx.Snapshot, &tx, nil); err != nil {
+			return
+		}
+		if !signed[session.TxKey(&tx)] {
+			t.Fatalf("a tx the fixture never signed verifies: slot %d, %v", tx.Slot, tx.Body)
+		}
 	})
 }

@@ -1,6 +1,9 @@
 package session_test
 
 import (
+	"bytes"
+	"fmt"
+	"math"
 	"math/rand"
 	"testing"
 
@@ -72,12 +75,50 @@ func requireConserves(t *testing.T, f *sessiontest.Fixture, s *session.Session) 
 	t.Helper()
 	plan, err := session.VerifySettlement(f.Snapshot, f.Settle(s, f.AllSlots()...), nil)
 	require.NoError(t, err)
+	st := s.State()
+	require.NoError(t, planMatches(f.Snapshot, plan, st.Balance, st.Reserved, st.Fees, st.HostStats))
+	fees, ok := session.ExpectedFees(f.Snapshot, st.ActiveNonces)
+	require.True(t, ok)
+	require.Equal(t, fees, plan.Fees)
+}
+
+// planMatches checks a plan against the books it settles. amount == Σ payouts
+// + refund alone proves nothing, since the plan derives its refund from what
+// it paid; so each part is checked on its own: every slot is paid exactly the
+// cost its stats record, the fee shares are equal to within one coin and sum
+// to the fees, and the refund is exactly what the books leave unspent
+// (balance + reserved).
+func planMatches(snap *sessionpb.EscrowSnapshot, plan *session.Plan, balance, reserved, fees uint64, stats []*sessionpb.HostStats) error {
+	if len(plan.Slots) != len(stats) {
+		return fmt.Errorf("plan pays %d slots, the books have %d", len(plan.Slots), len(stats))
+	}
+	if plan.Fees != fees {
+		return fmt.Errorf("plan fees %d, the books say %d", plan.Fees, fees)
+	}
+	var shares uint64
+	lo, hi := uint64(math.MaxUint64), uint64(0)
+	for i, p := range plan.Slots {
+		if p.Slot != uint32(i) || !bytes.Equal(p.Address[:], snap.Group[i]) {
+			return fmt.Errorf("payout %d is for slot %d (%s), not slot %d of the group", i, p.Slot, p.Address, i)
+		}
+		if p.Cost != stats[i].Cost || p.Finished != stats[i].Finished {
+			return fmt.Errorf("slot %d paid cost %d for %d finished, its stats say %d for %d", i, p.Cost, p.Finished, stats[i].Cost, stats[i].Finished)
+		}
+		shares += p.FeeShare
+		lo, hi = min(lo, p.FeeShare), max(hi, p.FeeShare)
+	}
+	if shares != fees || hi-lo > 1 {
+		return fmt.Errorf("fee shares sum to %d (from %d to %d each), the fees are %d", shares, lo, hi, fees)
+	}
+	if plan.Refund != balance+reserved {
+		return fmt.Errorf("refund %d, the books leave %d unspent (balance %d + reserved %d)", plan.Refund, balance+reserved, balance, reserved)
+	}
 	total := plan.Refund
 	for _, p := range plan.Slots {
 		total += p.Total()
 	}
-	require.Equal(t, f.Snapshot.Amount, total, "amount == Σ payouts + refund")
-	fees, ok := session.ExpectedFees(f.Snapshot, s.State().ActiveNonces)
-	require.True(t, ok)
-	require.Equal(t, fees, plan.Fees)
+	if total != snap.Amount {
+		return fmt.Errorf("plan pays %d of the amount %d", total, snap.Amount)
+	}
+	return nil
 }
