@@ -152,11 +152,45 @@ func TestChainSettlesEscrowsAndPaysRewards(t *testing.T) {
 	}
 	check("escrows created")
 
+	// Groups are drawn from the header hash, so the roles are picked from the
+	// groups drawn: the punished host executes in escrow A beside others who
+	// can invalidate it, and holds slots of escrow B; the claimer is another
+	// host holding slots of escrow C.
+	slotsOf := func(esc devshardtypes.Escrow, h int) int {
+		n := 0
+		for _, a := range esc.Snapshot.Group {
+			if hosts[h].Address.Equals(sdk.AccAddress(a)) {
+				n++
+			}
+		}
+		return n
+	}
+	punished, claimerIdx := -1, -1
+	for _, h := range []int{2, 1, 0} { // the heaviest first
+		if n := slotsOf(escrows[0], h); n > 0 && n < len(escrows[0].Snapshot.Group) && slotsOf(escrows[1], h) > 0 {
+			punished = h
+			break
+		}
+	}
+	require.NotEqual(t, -1, punished, "no host can be punished in escrow A and paid in escrow B")
+	for _, h := range []int{1, 0, 2} {
+		if h != punished && slotsOf(escrows[2], h) > 0 {
+			claimerIdx = h
+			break
+		}
+	}
+	require.NotEqual(t, -1, claimerIdx, "no honest host holds slots of escrow C")
+
 	// The punished host executes an inference the others invalidate.
 	fa := fixture(escrows[0])
 	holder := func(f *sessiontest.Fixture, slot uint32) int { return f.Holders[slot] }
-	const punished = 2 // the heaviest host: in every group, all but surely
 	seq := fa.Sequencer()
+	// The executor is the inference id modulo the group size: empty diffs
+	// step the nonce to a slot the punished host holds, at most one lap.
+	for holder(fa, seq.Replica.Executor(seq.Replica.Nonce()+1)) != punished {
+		_, err := seq.Next()
+		require.NoError(t, err)
+	}
 	invalidated := false
 	for range 12 {
 		id := seq.Replica.Nonce() + 1
@@ -263,7 +297,7 @@ func TestChainSettlesEscrowsAndPaysRewards(t *testing.T) {
 	}
 
 	// An honest host claims; the punished one cannot.
-	claimer := hosts[1]
+	claimer := hosts[claimerIdx]
 	send(claimer, &devshardtypes.MsgClaimRewards{Participant: claimer.Address.String(), EpochId: 2})
 	want[claimer.Address.String()] += rewarded[claimer.Address.String()]
 	want[module.String()] -= rewarded[claimer.Address.String()]
