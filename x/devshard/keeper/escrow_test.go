@@ -595,6 +595,77 @@ func TestAttackCrossEpochPayoutsNeverVanish(t *testing.T) {
 	require.Equal(t, uint64(600), w.bal(moduleAddr()), "only collateral is left")
 }
 
+// invalidated plays a session of esc in which host executes n inferences
+// the other slots invalidate, closes it and returns the settlement.
+func (w *world) invalidated(t testing.TB, esc types.Escrow, host, n int) *sessionpb.Settlement {
+	t.Helper()
+	f := w.fixture(t, esc)
+	q := f.Sequencer()
+	for range n {
+		// The executor is the id modulo the group size: empty diffs step
+		// the nonce to a slot host holds.
+		for f.Holders[q.Replica.Executor(q.Replica.Nonce()+1)] != host {
+			_, err := q.Next()
+			require.NoError(t, err)
+		}
+		id := q.Replica.Nonce() + 1
+		_, err := q.Next(sessiontest.Start(id, 10, 100))
+		require.NoError(t, err)
+		exec := q.Replica.Executor(id)
+		_, err = q.Next(f.Confirm(exec, id, sessiontest.Timestamp(id)), f.Finish(exec, id, 10, 40))
+		require.NoError(t, err)
+		for _, s := range f.AllSlots() {
+			if _, live := q.Replica.Record(id); !live {
+				break
+			}
+			if f.Holders[s] != host {
+				_, err := q.Next(f.Validate(s, id, false))
+				require.NoError(t, err)
+			}
+		}
+		_, live := q.Replica.Record(id)
+		require.False(t, live, "inference %d resolved", id)
+	}
+	for range 2 {
+		_, err := q.Next(sessiontest.Finalize())
+		require.NoError(t, err)
+	}
+	return f.Settle(q.Replica, f.AllSlots()...)
+}
+
+// Invalid inferences that settle after their epoch was accounted still
+// drive the invalid streak and the move to INVALID (DESIGN.md, Epoch
+// lifecycle: status moves from the settled stats), as on the ledger path.
+func TestCrossEpochSettlementDrivesTheInvalidStreak(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, func(p *types.Params) { p.GroupSize = 32; p.ExpiryEpochs = 6 })
+	const host = 0
+	h := w.hosts[host]
+	a, b := w.create(t, 100_000), w.create(t, 100_000)
+	ma, mb := w.invalidated(t, a, host, 2), w.invalidated(t, b, host, 1)
+
+	w.advanceTo(t, 10) // epoch 1 ACCOUNTING: nothing settled, nobody punished
+	require.False(t, w.summary(t, 1, h).Punished)
+
+	_, err := w.settle(w.gw, ma)
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), w.summary(t, 1, h).Stats.Invalidated)
+	p := w.participant(t, h)
+	require.Equal(t, uint64(2), p.ConsecutiveInvalidInferences)
+	require.Equal(t, types.ParticipantActive, p.Status)
+
+	_, err = w.settle(w.gw, mb)
+	require.NoError(t, err)
+	require.Equal(t, uint64(3), w.summary(t, 1, h).Stats.Invalidated)
+	p = w.participant(t, h)
+	require.Equal(t, types.ParticipantInvalid, p.Status, "the streak reached max_consecutive_invalid 3")
+	require.Zero(t, p.ConsecutiveInvalidInferences, "moving to INVALID resets the streak")
+	for _, other := range w.hosts[1:] {
+		require.Equal(t, types.ParticipantActive, w.participant(t, other).Status)
+	}
+	w.conserved(t)
+}
+
 func TestAccountingClaimsAndSweep(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, func(p *types.Params) { p.GroupSize = 16 })

@@ -261,16 +261,11 @@ func (k Keeper) RecordStats(ctx context.Context, epoch uint64, addr sdk.AccAddre
 	return k.pay(ctx, epoch, addr, 0, s)
 }
 
-// pay is the one payment function: it credits amount to addr's ledger in
-// epoch (EpochMember.earned) and adds the settled stats, every sum
-// overflow-checked, then updates the invalid streak; a streak reaching
-// max_consecutive_invalid moves an ACTIVE participant to INVALID. The coins
-// stay in the module account until accounting moves them to the epoch's
-// summary and the participant claims them.
-//
-// A batch carries counts, not order, so the keeper assumes the worst for the
-// host: the batch's validated inferences came first (ending any previous
-// streak) and its invalidated ones last (starting the new one).
+// pay is the one payment function of an epoch not yet accounted: it credits
+// amount to addr's ledger in epoch (EpochMember.earned) and adds the settled
+// stats, every sum overflow-checked, then updates the invalid streak
+// (recordStreak). The coins stay in the module account until accounting
+// moves them to the epoch's summary and the participant claims them.
 func (k Keeper) pay(ctx context.Context, epoch uint64, addr sdk.AccAddress, amount uint64, s types.InferenceStats) error {
 	key := collections.Join(epoch, addr)
 	m, err := k.Members.Get(ctx, key)
@@ -291,7 +286,17 @@ func (k Keeper) pay(ctx context.Context, epoch uint64, addr sdk.AccAddress, amou
 	if err := k.Members.Set(ctx, key, m); err != nil {
 		return err
 	}
+	return k.recordStreak(ctx, addr, s)
+}
 
+// recordStreak updates addr's invalid streak from a batch of settled stats,
+// wherever the batch's coins were credited (a ledger or a summary); a streak
+// reaching max_consecutive_invalid moves an ACTIVE participant to INVALID.
+//
+// A batch carries counts, not order, so the keeper assumes the worst for the
+// host: the batch's validated inferences came first (ending any previous
+// streak) and its invalidated ones last (starting the new one).
+func (k Keeper) recordStreak(ctx context.Context, addr sdk.AccAddress, s types.InferenceStats) error {
 	p, err := k.participant(ctx, addr)
 	if err != nil {
 		return err

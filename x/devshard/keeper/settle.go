@@ -114,7 +114,8 @@ func (k Keeper) SettleEscrow(ctx sdk.Context, sender sdk.AccAddress, m *sessionp
 //     host is an ACTIVE member of it: its ledger (pay).
 //   - The epoch is accounted and the host was not punished in it: its
 //     unclaimed summary; or straight to the host if it already claimed, or
-//     the epoch is CLOSED or CANCELLED.
+//     the epoch is CLOSED or CANCELLED. The stats go to the summary and the
+//     invalid streak as on the ledger path.
 //   - Otherwise (punished, not a member, inactive or invalid): the creator.
 func (k Keeper) route(ctx sdk.Context, esc types.Escrow, host sdk.AccAddress, amount uint64, stats types.InferenceStats) (dest, reason string, err error) {
 	epochID := esc.Snapshot.Epoch
@@ -165,6 +166,12 @@ func (k Keeper) route(ctx sdk.Context, esc types.Escrow, host sdk.AccAddress, am
 		}
 	}
 	if err := k.Summaries.Set(ctx, key, sum); err != nil {
+		return "", "", err
+	}
+	// The status moves from settled stats whichever epoch they settle in; a
+	// summary with no participant behind it (an imported genesis may hold
+	// one) has no status to move, and its pay must not be held up.
+	if err := k.recordStreak(ctx, host, stats); err != nil && !errors.Is(err, types.ErrParticipantNotFound) {
 		return "", "", err
 	}
 	if !direct {
