@@ -9,8 +9,10 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync"
 	"time"
 
+	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/store"
 	"github.com/devshard/devshard/store/hybrid"
 	"github.com/devshard/devshard/store/legacy"
@@ -113,31 +115,83 @@ func openDriver(ctx context.Context, mode Mode, dir, dsn string) (store.Store, e
 		if err != nil {
 			return nil, err
 		}
-		if dir != "" {
-			if err := markPostgres(ctx, s, dir); err != nil {
-				s.Close()
-				return nil, err
-			}
+		if dir == "" {
+			return s, nil
 		}
-		return s, nil
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			s.Close()
+			return nil, err
+		}
+		m := &markedPostgres{Store: s, dir: dir}
+		if err := m.sync(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
+		return m, nil
 	}
 	return nil, fmt.Errorf("unknown store mode %q: use sqlite, postgres or hybrid", mode)
 }
 
-// markPostgres keeps the marker in dir in step with whether Postgres holds
-// sessions, so that a later SQLite-only boot on dir refuses to run.
-func markPostgres(ctx context.Context, s *postgres.Store, dir string) error {
-	n, err := s.CountSessions(ctx)
+// markedPostgres is the Postgres driver with a local directory. It keeps the
+// marker in dir in step with whether Postgres holds sessions, as the hybrid
+// driver does, so that a later SQLite-only boot on dir refuses to run: the
+// marker is written before the first session is created and checked again
+// after every prune, the only way sessions go.
+type markedPostgres struct {
+	*postgres.Store
+	dir string
+
+	mu     sync.Mutex // held across a create and across a recount, so neither misses the other
+	marked bool       // the marker is known to be written
+}
+
+// CreateSession writes the marker first: Postgres must never hold a session
+// that a SQLite-only boot would not know to look for.
+func (p *markedPostgres) CreateSession(ctx context.Context, snap *sessionpb.EscrowSnapshot) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.marked {
+		n, err := p.CountSessions(ctx)
+		if err != nil {
+			return err
+		}
+		if err := p.write(n + 1); err != nil {
+			return err
+		}
+	}
+	return p.Store.CreateSession(ctx, snap)
+}
+
+// Prune prunes epoch, then removes the marker if Postgres holds no session.
+func (p *markedPostgres) Prune(ctx context.Context, epoch uint64) error {
+	if err := p.Store.Prune(ctx, epoch); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sync(ctx)
+}
+
+// sync writes the marker while Postgres holds sessions and removes it once
+// it holds none. Open calls it before the store is shared; others hold p.mu.
+func (p *markedPostgres) sync(ctx context.Context) error {
+	n, err := p.CountSessions(ctx)
 	if err != nil {
 		return err
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if n == 0 {
+		p.marked = false
+		return sqlite.RemoveMarker(p.dir)
+	}
+	return p.write(n)
+}
+
+func (p *markedPostgres) write(sessions int) error {
+	if err := sqlite.WriteMarker(p.dir, sqlite.Marker{Postgres: p.Name(), Sessions: sessions, Written: time.Now().UTC()}); err != nil {
 		return err
 	}
-	if n == 0 {
-		return sqlite.RemoveMarker(dir)
-	}
-	return sqlite.WriteMarker(dir, sqlite.Marker{Postgres: s.Name(), Sessions: n, Written: time.Now().UTC()})
+	p.marked = true
+	return nil
 }
 
 // pgVars maps the standard libpq variables to connection keywords.

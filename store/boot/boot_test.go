@@ -13,6 +13,7 @@ import (
 	"github.com/devshard/devshard/store/boot"
 	"github.com/devshard/devshard/store/legacy/legacytest"
 	"github.com/devshard/devshard/store/managed"
+	"github.com/devshard/devshard/store/sqlite"
 	"github.com/devshard/devshard/store/storetest"
 )
 
@@ -45,11 +46,24 @@ func TestPostgresModesAndMarker(t *testing.T) {
 	pgEnv := env(c.Env("host"))
 	dir := t.TempDir()
 	ctx := t.Context()
+	marker := func() *sqlite.Marker {
+		t.Helper()
+		m, err := sqlite.ReadMarker(dir)
+		require.NoError(t, err)
+		return m
+	}
+	refused := func(msg string) {
+		t.Helper()
+		_, err := boot.Open(ctx, boot.Config{Mode: boot.SQLite, Dir: dir, Getenv: pgEnv})
+		require.ErrorContains(t, err, "still holds 1 live sessions", msg)
+	}
 
 	o, err := boot.Open(ctx, boot.Config{Dir: dir, Getenv: pgEnv})
 	require.NoError(t, err)
 	require.Equal(t, boot.Postgres, o.Mode, "PGHOST set: Postgres")
+	require.Nil(t, marker(), "Postgres holds no sessions yet")
 	require.NoError(t, o.CreateSession(ctx, storetest.SyntheticSnapshot(1, 1)))
+	refused("the first session marks the directory while Postgres mode runs, not at its next boot")
 	require.NoError(t, o.Close())
 
 	h, err := boot.Open(ctx, boot.Config{Mode: boot.Hybrid, Dir: dir, Getenv: pgEnv})
@@ -58,9 +72,15 @@ func TestPostgresModesAndMarker(t *testing.T) {
 	require.NoError(t, err, "hybrid serves the escrows Postgres holds")
 	require.Equal(t, uint64(1), got.Epoch)
 	require.NoError(t, h.Close())
+	refused("SQLite-only boot refuses while Postgres holds sessions")
 
-	_, err = boot.Open(ctx, boot.Config{Mode: boot.SQLite, Dir: dir, Getenv: pgEnv})
-	require.ErrorContains(t, err, "still holds 1 live sessions", "SQLite-only boot refuses while Postgres holds sessions")
+	o, err = boot.Open(ctx, boot.Config{Mode: boot.Postgres, Dir: dir, Getenv: pgEnv})
+	require.NoError(t, err)
+	require.NotNil(t, marker())
+	require.NoError(t, o.Prune(ctx, 1))
+	require.Nil(t, marker(), "pruning the last sessions removes the marker")
+	require.NoError(t, o.Close())
+	open(t, boot.Config{Mode: boot.SQLite, Dir: dir, Getenv: pgEnv})
 }
 
 func TestLegacyMigrationOnFirstBoot(t *testing.T) {
