@@ -53,40 +53,10 @@ func (m *mempool) txs() []*sessionpb.Tx {
 // or it moved past the status the tx needs.
 func (m *mempool) prune(s *session.Session) {
 	for k, p := range m.byKey {
-		if !applicable(s, p.tx) {
+		if !s.MayInclude(p.tx) {
 			delete(m.byKey, k)
 		}
 	}
-}
-
-func applicable(s *session.Session, tx *sessionpb.Tx) bool {
-	if s.Phase() == sessionpb.Phase_PHASE_SETTLEMENT {
-		return false
-	}
-	var id uint64
-	var want []sessionpb.InferenceStatus
-	switch b := tx.Body.(type) {
-	case *sessionpb.Tx_Confirm:
-		id, want = b.Confirm.InferenceId, []sessionpb.InferenceStatus{sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING}
-	case *sessionpb.Tx_Finish:
-		id, want = b.Finish.InferenceId, []sessionpb.InferenceStatus{sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING, sessionpb.InferenceStatus_INFERENCE_STATUS_STARTED}
-	case *sessionpb.Tx_Validation:
-		id, want = b.Validation.InferenceId, []sessionpb.InferenceStatus{sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED, sessionpb.InferenceStatus_INFERENCE_STATUS_CHALLENGED}
-	case *sessionpb.Tx_Timeout:
-		id, want = b.Timeout.InferenceId, []sessionpb.InferenceStatus{sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING, sessionpb.InferenceStatus_INFERENCE_STATUS_STARTED}
-	default:
-		return false
-	}
-	r, ok := s.Record(id)
-	if !ok {
-		return false
-	}
-	for _, st := range want {
-		if r.Status == st {
-			return true
-		}
-	}
-	return false
 }
 
 // overdue explains why the host must withhold its signature: one of its own

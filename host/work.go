@@ -112,7 +112,7 @@ func (e *Engine) validate(en *entry, r *sessionpb.InferenceRecord, slot uint32) 
 			return
 		}
 		en.mu.Lock()
-		if applicable(en.s, vote) {
+		if en.s.MayInclude(vote) {
 			en.pool.add(vote, en.s.Nonce(), true)
 		}
 		en.mu.Unlock()
@@ -194,7 +194,7 @@ func (e *Engine) Gossip(ctx context.Context, escrowID uint64, raw []byte) error 
 	if err := session.VerifyHostTx(en.snap, &tx, e.cfg.Auth); err != nil {
 		return fmt.Errorf("%w: %v", ErrForbidden, err)
 	}
-	if applicable(en.s, &tx) {
+	if en.s.MayInclude(&tx) {
 		en.pool.add(&tx, en.s.Nonce(), false)
 	}
 	return nil

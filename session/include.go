@@ -1,0 +1,37 @@
+package session
+
+import "github.com/devshard/devshard/session/sessionpb"
+
+// MayInclude reports whether a host tx could be carried by the next diff:
+// the session still takes host txs and the inference it names is in a
+// status the tx applies to. It checks no signature. Mempools (the host's,
+// the gateway's) use it to drop txs that can no longer apply.
+func (s *Session) MayInclude(tx *sessionpb.Tx) bool {
+	if s.Phase() == sessionpb.Phase_PHASE_SETTLEMENT {
+		return false
+	}
+	var id uint64
+	var want []sessionpb.InferenceStatus
+	switch b := tx.Body.(type) {
+	case *sessionpb.Tx_Confirm:
+		id, want = b.Confirm.InferenceId, []sessionpb.InferenceStatus{sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING}
+	case *sessionpb.Tx_Finish:
+		id, want = b.Finish.InferenceId, []sessionpb.InferenceStatus{sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING, sessionpb.InferenceStatus_INFERENCE_STATUS_STARTED}
+	case *sessionpb.Tx_Validation:
+		id, want = b.Validation.InferenceId, []sessionpb.InferenceStatus{sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED, sessionpb.InferenceStatus_INFERENCE_STATUS_CHALLENGED}
+	case *sessionpb.Tx_Timeout:
+		id, want = b.Timeout.InferenceId, []sessionpb.InferenceStatus{sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING, sessionpb.InferenceStatus_INFERENCE_STATUS_STARTED}
+	default:
+		return false
+	}
+	r, ok := s.Record(id)
+	if !ok {
+		return false
+	}
+	for _, st := range want {
+		if r.Status == st {
+			return true
+		}
+	}
+	return false
+}
