@@ -248,3 +248,43 @@ func (c *Client) Escrow(ctx context.Context, id uint64) (*devshardtypes.Escrow, 
 
 // ErrNoEscrow is an escrow id the chain does not know.
 var ErrNoEscrow = errors.New("no such escrow on chain")
+
+// ChainID asks the node's CometBFT RPC which chain it runs, for signing txs.
+func (c *Client) ChainID(ctx context.Context) (string, error) {
+	if c.rpc == "" {
+		return "", fmt.Errorf("chain id: no CometBFT RPC configured")
+	}
+	cli, err := rpchttp.New(c.rpc, "/websocket")
+	if err != nil {
+		return "", err
+	}
+	st, err := cli.Status(ctx)
+	if err != nil {
+		return "", fmt.Errorf("chain id: status of %s: %w", c.rpc, err)
+	}
+	return st.NodeInfo.Network, nil
+}
+
+// Unclaimed lists the performance summaries of account that can be claimed
+// now: in CLAIMABLE epochs, not punished, not yet claimed, with a reward.
+func (c *Client) Unclaimed(ctx context.Context, account signing.Address) ([]devshardtypes.EpochPerformanceSummary, error) {
+	epochs, err := c.query.EpochsByState(ctx, &devshardtypes.QueryEpochsByStateRequest{State: devshardtypes.EpochClaimable})
+	if err != nil {
+		return nil, fmt.Errorf("query claimable epochs: %w", err)
+	}
+	var out []devshardtypes.EpochPerformanceSummary
+	for _, e := range epochs.Epochs {
+		res, err := c.query.Summary(ctx, &devshardtypes.QuerySummaryRequest{EpochId: e.Id, Address: c.Address(account)})
+		if status.Code(err) == codes.NotFound {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("query summary of epoch %d: %w", e.Id, err)
+		}
+		s := res.Summary
+		if !s.Claimed && !s.Punished && s.Rewarded > 0 {
+			out = append(out, s)
+		}
+	}
+	return out, nil
+}

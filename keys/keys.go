@@ -52,18 +52,24 @@ func WriteFile(path string, rand io.Reader) (*signing.PrivKey, error) {
 	if err != nil {
 		return nil, err
 	}
+	return k, Save(path, k)
+}
+
+// Save writes k to a new key file at path (mode 0600); it never overwrites
+// an existing file.
+func Save(path string, k *signing.PrivKey) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		if errors.Is(err, os.ErrExist) {
-			return nil, fmt.Errorf("key file %s already exists; not overwriting it", path)
+			return fmt.Errorf("key file %s already exists; not overwriting it", path)
 		}
-		return nil, err
+		return err
 	}
 	defer f.Close()
 	if _, err := fmt.Fprintln(f, hex.EncodeToString(k.Bytes())); err != nil {
-		return nil, err
+		return err
 	}
-	return k, f.Sync()
+	return f.Sync()
 }
 
 // Keyring signs with a keyring entry. The keyring hashes with SHA-256 and

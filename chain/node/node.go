@@ -73,6 +73,11 @@ type Config struct {
 	Genesis func(cdc codec.JSONCodec, state chain.GenesisState) error
 	// Logger receives the node's logs (default: none).
 	Logger log.Logger
+	// Resume continues the chain already in Home if it has a genesis file:
+	// nothing is written, and Accounts (whose Key or Mnemonic must be set)
+	// only name the keys; Validator is left empty. Without a genesis in
+	// Home a new chain is made as usual.
+	Resume bool
 }
 
 // Account is a genesis account and its key.
@@ -87,17 +92,23 @@ type Account struct {
 	Address  sdk.AccAddress // set by Start
 }
 
+// NewMnemonic returns a fresh 24-word BIP-39 mnemonic.
+func NewMnemonic() (string, error) {
+	entropy, err := bip39.NewEntropy(256)
+	if err != nil {
+		return "", err
+	}
+	return bip39.NewMnemonic(entropy)
+}
+
 // derive fills in Key from Mnemonic (the standard Cosmos path m/44'/118'/0'/0/0).
 func (a *Account) derive() error {
 	if a.Key != nil {
 		return nil
 	}
 	if a.Mnemonic == "" {
-		entropy, err := bip39.NewEntropy(256)
-		if err != nil {
-			return err
-		}
-		if a.Mnemonic, err = bip39.NewMnemonic(entropy); err != nil {
+		var err error
+		if a.Mnemonic, err = NewMnemonic(); err != nil {
 			return err
 		}
 	}
@@ -188,7 +199,11 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := n.writeGenesis(cfg, cometCfg, pv); err != nil {
+	if _, statErr := os.Stat(cometCfg.GenesisFile()); cfg.Resume && statErr == nil {
+		if err := n.resumeAccounts(cfg); err != nil {
+			return nil, err
+		}
+	} else if err := n.writeGenesis(cfg, cometCfg, pv); err != nil {
 		return nil, fmt.Errorf("writing genesis: %w", err)
 	}
 
@@ -331,6 +346,23 @@ func (n *Node) writeGenesis(cfg Config, cometCfg *cmtcfg.Config, pv *privval.Fil
 	g.GenesisTime = time.Now().UTC()
 	g.Consensus = &genutiltypes.ConsensusGenesis{Params: consensus}
 	return g.SaveAs(cometCfg.GenesisFile())
+}
+
+// resumeAccounts fills in the keys and addresses of the accounts of a
+// chain that already exists.
+func (n *Node) resumeAccounts(cfg Config) error {
+	n.Accounts = append([]Account(nil), cfg.Accounts...)
+	for i := range n.Accounts {
+		a := &n.Accounts[i]
+		if a.Key == nil && a.Mnemonic == "" {
+			return fmt.Errorf("resuming the chain in %s: account %q has neither a key nor a mnemonic", n.Home, a.Name)
+		}
+		if err := a.derive(); err != nil {
+			return err
+		}
+		a.Address = sdk.AccAddress(a.Key.PubKey().Address())
+	}
+	return nil
 }
 
 // gentx is the validator's MsgCreateValidator, signed the way genesis

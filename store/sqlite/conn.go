@@ -87,3 +87,11 @@ func openPool(path, sync string, readOnly bool, maxConns int) *sql.DB {
 	db.SetConnMaxIdleTime(0)
 	return db
 }
+
+// OpenDB opens a read-write pool of at most maxConns connections on the
+// SQLite file at path, with the settings above (WAL, the given synchronous
+// level). Other components that keep their own SQLite state, such as the
+// gateway, use it so every devshard database runs with the same settings.
+func OpenDB(path, synchronous string, maxConns int) *sql.DB {
+	return openPool(path, synchronous, false, maxConns)
+}
