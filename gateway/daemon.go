@@ -1,0 +1,130 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"time"
+
+	"github.com/devshard/devshard/chainclient"
+	"github.com/devshard/devshard/signing"
+)
+
+// DaemonConfig is a whole gateway process: where it listens, which chain
+// it pays on, its key, its API keys and its limits.
+type DaemonConfig struct {
+	// Listen is the API's address (default 127.0.0.1:8080).
+	Listen string
+	// Home holds state.db.
+	Home string
+	// ChainGRPC and ChainRPC name a chain node; ChainID is asked of the
+	// node when empty.
+	ChainGRPC, ChainRPC, ChainID string
+	Key                          *signing.PrivKey
+	Keys                         []APIKey
+	// Synchronous is the state file's SQLite durability (default FULL).
+	Synchronous string
+	// MaxInFlight per API key (default 256).
+	MaxInFlight int
+	// Gateway carries the rest (amount, models, limits, timeouts); its Key,
+	// Chain, State, Auth, Logger and Metrics are filled in here.
+	Gateway Config
+	Logger  *slog.Logger
+}
+
+// Daemon is a running gateway with its HTTP server.
+type Daemon struct {
+	Gateway *Gateway
+	ln      net.Listener
+	srv     *http.Server
+	state   *State
+	chainc  *chainclient.Client
+	served  chan error
+}
+
+// Open starts a gateway: it binds the listener, opens the state file,
+// resumes stored sessions and serves the API.
+func Open(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:8080"
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.Key == nil {
+		return nil, errors.New("gateway: a signing key is required")
+	}
+	if len(cfg.Keys) == 0 {
+		return nil, errors.New("gateway: at least one API key is required (--api-key name:key)")
+	}
+	d = &Daemon{served: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			d.release()
+		}
+	}()
+	if d.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+	}
+	if d.state, err = OpenState(filepath.Join(cfg.Home, "state.db"), cfg.Synchronous); err != nil {
+		return nil, err
+	}
+	if d.chainc, err = chainclient.Dial(chainclient.Config{GRPC: cfg.ChainGRPC, RPC: cfg.ChainRPC, Logger: cfg.Logger}); err != nil {
+		return nil, err
+	}
+	if cfg.ChainID == "" {
+		if cfg.ChainID, err = d.chainc.ChainID(ctx); err != nil {
+			return nil, err
+		}
+	}
+	gc := cfg.Gateway
+	gc.Key, gc.State, gc.Logger = cfg.Key, d.state, cfg.Logger
+	gc.Chain = NewGRPCChain(d.chainc.Conn(), cfg.ChainID, cfg.Key)
+	gc.Auth = d.chainc.Authorizer()
+	d.Gateway = New(gc)
+	if err := d.Gateway.Start(ctx); err != nil {
+		return nil, err
+	}
+	d.srv = &http.Server{Handler: Handler(d.Gateway, APIConfig{Keys: cfg.Keys, MaxInFlight: cfg.MaxInFlight}), ReadHeaderTimeout: 10 * time.Second}
+	go func() { d.served <- d.srv.Serve(d.ln) }()
+	cfg.Logger.Info("gateway listening", "addr", d.ln.Addr().String(), "account", d.chainc.Address(cfg.Key.Address()))
+	return d, nil
+}
+
+// Addr is the API's bound address.
+func (d *Daemon) Addr() string { return d.ln.Addr().String() }
+
+// URL is the API's base URL.
+func (d *Daemon) URL() string { return "http://" + d.Addr() }
+
+// Served reports the HTTP server's end.
+func (d *Daemon) Served() <-chan error { return d.served }
+
+// Close stops serving, settles every open escrow within ctx, and closes the
+// state file. What is not settled by then resumes at the next Open.
+func (d *Daemon) Close(ctx context.Context) error {
+	shut, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	err := d.srv.Shutdown(shut)
+	if cerr := d.Gateway.Close(ctx); cerr != nil {
+		err = errors.Join(err, cerr)
+	}
+	d.release()
+	return err
+}
+
+func (d *Daemon) release() {
+	if d.ln != nil {
+		d.ln.Close()
+	}
+	if d.chainc != nil {
+		d.chainc.Close()
+	}
+	if d.state != nil {
+		d.state.Close()
+	}
+}

@@ -1,0 +1,191 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/session/sessionpb"
+)
+
+// lowWater: an escrow whose balance falls below this share of its amount
+// stops taking requests, and a new one is opened before it runs out.
+const lowWater = 10 // percent
+
+// start sequences a StartInference for req and returns its nonce and the
+// executor's URL. Nonces whose executor is known to be down are skipped
+// with diffs that only carry pooled txs.
+func (q *sequencer) start(ctx context.Context, req executor.Request) (uint64, string, error) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.status != StatusOpen || q.settling {
+		return 0, "", errEscrowLow
+	}
+	in := uint64(executor.PromptTokens(req.Messages))
+	reserve := (in + uint64(req.MaxTokens)) * q.snap.TokenPrice
+	if reserve > q.replica.Balance() || q.replica.Nonce()+uint64(len(q.snap.Group))+2 >= q.snap.MaxNonce {
+		return 0, "", errEscrowLow
+	}
+	now := time.Now()
+	for skips := 0; skips < len(q.snap.Group); skips++ {
+		if !q.isDown(q.executorMember(q.replica.Nonce()+1), now) {
+			break
+		}
+		if _, err := q.step(ctx, nil, nil, false); err != nil {
+			return 0, "", err
+		}
+	}
+	id := q.replica.Nonce() + 1
+	hash := req.PromptHash()
+	startTx := &sessionpb.Tx{Body: &sessionpb.Tx_Start{Start: &sessionpb.StartInference{
+		InferenceId: id, InputTokens: in, MaxTokens: uint64(req.MaxTokens), PromptHash: hash[:], Model: req.Model,
+	}}}
+	if _, err := q.step(ctx, []*sessionpb.Tx{startTx}, map[uint64]executor.Request{id: req}, false); err != nil {
+		return 0, "", err
+	}
+	if q.replica.Balance()*100 < q.snap.Amount*lowWater {
+		q.g.log.Info("escrow running low; the next request opens a new one", "escrow", q.id(), "balance", q.replica.Balance())
+		go q.g.retire(q)
+	}
+	return id, q.members[q.executorMember(id)].url, nil
+}
+
+// cost is what the session charges for a finished inference: tokens used
+// times the price, capped at the reservation.
+func (q *sequencer) cost(u executor.Usage, req executor.Request) uint64 {
+	in := uint64(executor.PromptTokens(req.Messages))
+	used := uint64(u.PromptTokens + u.CompletionTokens)
+	return min(used, in+uint64(req.MaxTokens)) * q.snap.TokenPrice
+}
+
+// markDown makes the next starts skip the host at url for a while.
+func (q *sequencer) markDown(url string) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for i, m := range q.members {
+		if m.url == url {
+			q.down[i] = time.Now().Add(downFor)
+		}
+	}
+}
+
+// flush carries pooled txs in a diff if the session has been quiet for
+// idle: finishes of the last requests, validations and timeout votes.
+func (q *sequencer) flush(ctx context.Context, idle time.Duration) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.settling || q.replica.Phase() == sessionpb.Phase_PHASE_SETTLEMENT || time.Since(q.lastDiff) < idle {
+		return
+	}
+	q.collect(ctx)
+	if len(q.carry()) == 0 {
+		return
+	}
+	if _, err := q.step(ctx, nil, nil, false); err != nil {
+		q.g.log.Warn("flush", "escrow", q.id(), "err", err)
+	}
+}
+
+// settle finalizes the session, gathers the group's signatures on the final
+// root and settles it on chain. It is resumable: each stage is read from
+// the replica's phase and the state file, so calling it again after an
+// error or a restart goes on where it stopped.
+func (q *sequencer) settle(ctx context.Context) error {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.status == StatusSettled {
+		return nil
+	}
+	q.settling = true
+	if q.status != StatusSettling {
+		if err := q.g.state.SetStatus(ctx, q.id(), StatusSettling, nil); err != nil {
+			return err
+		}
+		q.status = StatusSettling
+	}
+	if q.replica.Phase() == sessionpb.Phase_PHASE_ACTIVE {
+		q.collect(ctx)
+		if _, err := q.step(ctx, nil, nil, true); err != nil {
+			return err
+		}
+	}
+	if q.replica.Phase() == sessionpb.Phase_PHASE_FINALIZING {
+		q.drain(ctx)
+		if _, err := q.step(ctx, nil, nil, true); err != nil {
+			return err
+		}
+	}
+	if err := q.gatherSignatures(ctx); err != nil {
+		return err
+	}
+	m := q.settlement()
+	if err := q.g.state.SetStatus(ctx, q.id(), StatusSettling, m); err != nil {
+		return err
+	}
+	txHash, err := q.g.chain.Settle(ctx, m)
+	if err != nil {
+		return err
+	}
+	if err := q.g.state.SetSettled(ctx, q.id(), txHash); err != nil {
+		return err
+	}
+	q.status = StatusSettled
+	q.g.metrics.settlements.Inc()
+	q.g.log.Info("escrow settled", "escrow", q.id(), "nonce", m.Nonce, "fees", m.Fees, "balance", m.Balance, "signatures", len(m.Signatures))
+	return nil
+}
+
+// drain gives open inferences until the escrow's execution timeout (plus
+// slack) to finish or be timed out by the group's votes, carrying the txs
+// that resolve them, and collects the last validations.
+func (q *sequencer) drain(ctx context.Context) {
+	deadline := time.Now().Add(time.Duration(q.snap.ExecutionTimeoutSeconds)*time.Second + 5*time.Second)
+	for {
+		q.collect(ctx)
+		if len(q.carry()) > 0 {
+			if _, err := q.step(ctx, nil, nil, false); err != nil {
+				q.g.log.Warn("drain", "escrow", q.id(), "err", err)
+			}
+		}
+		if q.openRecords() == 0 || time.Now().After(deadline) || ctx.Err() != nil {
+			return
+		}
+		q.mu.Unlock()
+		select {
+		case <-ctx.Done():
+		case <-time.After(500 * time.Millisecond):
+		}
+		q.mu.Lock()
+	}
+}
+
+// gatherSignatures re-sends the final diff until members holding more than
+// 2/3 of the slots have signed its root; a host that was down catches up
+// on the way. Hosts answer a byte-identical diff with their stored
+// signature.
+func (q *sequencer) gatherSignatures(ctx context.Context) error {
+	for attempt := 0; !q.quorum(); attempt++ {
+		if attempt > 0 {
+			q.mu.Unlock()
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+			q.mu.Lock()
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("escrow %d: %d of %d slots signed the final root: %w", q.id(), len(q.sigs), len(q.snap.Group), ctx.Err())
+		}
+		last, err := q.g.state.Diffs(ctx, q.id(), q.replica.Nonce(), 1)
+		if err != nil || len(last) == 0 {
+			return fmt.Errorf("escrow %d: final diff not in the state file: %v", q.id(), err)
+		}
+		clear(q.down) // try everyone again
+		q.broadcast(ctx, last[0].Nonce, last[0].Data, last[0].Requests)
+		if attempt == 30 {
+			return fmt.Errorf("escrow %d: only %d of %d slots signed the final root", q.id(), len(q.sigs), len(q.snap.Group))
+		}
+	}
+	return nil
+}

@@ -1,0 +1,212 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/httpauth"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/signing"
+)
+
+// HostError is a host's answer other than success: its status and its
+// sentence. Status 0 means the host was not reached at all.
+type HostError struct {
+	URL     string
+	Status  int
+	Message string
+}
+
+func (e *HostError) Error() string {
+	if e.Status == 0 {
+		return fmt.Sprintf("host %s unreachable: %s", e.URL, e.Message)
+	}
+	return fmt.Sprintf("host %s answered %d: %s", e.URL, e.Status, e.Message)
+}
+
+// unreachable reports whether err means the host is down rather than that
+// it refused the request.
+func unreachable(err error) bool {
+	var he *HostError
+	return errors.As(err, &he) && (he.Status == 0 || he.Status >= 500)
+}
+
+// peers talks to hosts over their HTTP API (docs/host.md).
+type peers struct {
+	client *http.Client // for short calls: diffs, mempools
+	stream *http.Client // for inference streams: no overall timeout
+	key    signing.Signer
+}
+
+func newPeers(key signing.Signer, timeout time.Duration) *peers {
+	tr := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
+	return &peers{
+		client: &http.Client{Transport: tr, Timeout: timeout},
+		stream: &http.Client{Transport: tr},
+		key:    key,
+	}
+}
+
+// postDiff sends one diff and its payloads to a host.
+func (p *peers) postDiff(ctx context.Context, url string, escrow uint64, raw []byte, reqs map[uint64]executor.Request) (*host.DiffResponse, error) {
+	body, err := json.Marshal(host.DiffRequest{Diff: raw, Requests: reqs})
+	if err != nil {
+		return nil, err
+	}
+	var out host.DiffResponse
+	if err := p.do(ctx, http.MethodPost, fmt.Sprintf("%s/v1/sessions/%d/diffs", url, escrow), body, false, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// mempool reads a host's pooled txs for escrow, as the escrow's creator.
+func (p *peers) mempool(ctx context.Context, url string, escrow uint64) ([]*sessionpb.Tx, error) {
+	var out struct {
+		Txs [][]byte `json:"txs"`
+	}
+	if err := p.do(ctx, http.MethodGet, fmt.Sprintf("%s/v1/sessions/%d/mempool", url, escrow), nil, true, &out); err != nil {
+		return nil, err
+	}
+	return decodeTxs(out.Txs)
+}
+
+func decodeTxs(raws [][]byte) ([]*sessionpb.Tx, error) {
+	txs := make([]*sessionpb.Tx, 0, len(raws))
+	for _, raw := range raws {
+		var tx sessionpb.Tx
+		if err := tx.Unmarshal(raw); err != nil {
+			return nil, fmt.Errorf("host sent a tx that does not decode: %w", err)
+		}
+		txs = append(txs, &tx)
+	}
+	return txs, nil
+}
+
+func (p *peers) do(ctx context.Context, method, url string, body []byte, signed bool, out any) error {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	if err != nil {
+		return err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if signed {
+		if err := httpauth.Sign(req, p.key, time.Now()); err != nil {
+			return err
+		}
+	}
+	resp, err := p.client.Do(req)
+	if err != nil {
+		return &HostError{URL: hostOf(url), Message: err.Error()}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 != 2 {
+		return readHostError(url, resp)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return &HostError{URL: hostOf(url), Status: resp.StatusCode, Message: "undecodable answer: " + err.Error()}
+	}
+	return nil
+}
+
+func readHostError(url string, resp *http.Response) error {
+	var e struct {
+		Error string `json:"error"`
+	}
+	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if json.Unmarshal(raw, &e) != nil || e.Error == "" {
+		e.Error = strings.TrimSpace(string(raw))
+	}
+	return &HostError{URL: hostOf(url), Status: resp.StatusCode, Message: e.Error}
+}
+
+func hostOf(url string) string {
+	if i := strings.Index(url, "/v1/"); i > 0 {
+		return url[:i]
+	}
+	return url
+}
+
+// streamResult is the end of an inference stream.
+type streamResult struct {
+	Usage        executor.Usage
+	FinishReason string
+	ResponseHash string
+}
+
+// inference runs inference nonce on its executor host, calling onText for
+// each piece of text. A stream that goes quiet for longer than stall is cut
+// and reported as an unreachable host, so the caller retries elsewhere.
+func (p *peers) inference(ctx context.Context, url string, escrow, nonce uint64, req executor.Request, stall time.Duration, onText func(string) error) (*streamResult, error) {
+	body, err := json.Marshal(host.InferenceRequest{Nonce: nonce, Request: req})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("%s/v1/sessions/%d/inference", url, escrow), bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	// The watchdog cuts a stalled stream: every event resets it.
+	watchdog := time.AfterFunc(stall, cancel)
+	defer watchdog.Stop()
+	resp, err := p.stream.Do(hreq)
+	if err != nil {
+		if !watchdog.Stop() {
+			return nil, &HostError{URL: url, Message: fmt.Sprintf("no answer within %s", stall)}
+		}
+		return nil, &HostError{URL: url, Message: err.Error()}
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, readHostError(url, resp)
+	}
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	for sc.Scan() {
+		watchdog.Reset(stall)
+		line := sc.Text()
+		if !strings.HasPrefix(line, "data: ") {
+			continue
+		}
+		var ev host.StreamEvent
+		if err := json.Unmarshal([]byte(line[len("data: "):]), &ev); err != nil {
+			return nil, &HostError{URL: url, Status: http.StatusBadGateway, Message: "undecodable stream event: " + err.Error()}
+		}
+		switch {
+		case ev.Error != "":
+			return nil, &HostError{URL: url, Status: http.StatusBadGateway, Message: "inference failed: " + ev.Error}
+		case ev.Done:
+			if ev.Usage == nil {
+				return nil, &HostError{URL: url, Status: http.StatusBadGateway, Message: "stream ended without usage"}
+			}
+			return &streamResult{Usage: *ev.Usage, FinishReason: ev.FinishReason, ResponseHash: ev.ResponseHash}, nil
+		case ev.Text != "":
+			if err := onText(ev.Text); err != nil {
+				return nil, err
+			}
+		}
+	}
+	msg := "stream ended before it was done"
+	if err := sc.Err(); err != nil {
+		msg += ": " + err.Error()
+	}
+	return nil, &HostError{URL: url, Message: msg}
+}

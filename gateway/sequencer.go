@@ -1,0 +1,310 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/signing"
+)
+
+// member is one distinct participant of an escrow's group.
+type member struct {
+	addr  signing.Address
+	url   string
+	slots []uint32
+}
+
+// sequencer is the gateway's side of one escrow's session: it keeps the
+// replica, assigns nonces, builds and signs diffs from its own starts and
+// the hosts' pooled txs, and sends every diff to every member in order.
+//
+// mu serializes everything: a diff is built, stored, applied and sent
+// before the next one is built, so each host sees nonces in order.
+type sequencer struct {
+	g       *Gateway
+	snap    *sessionpb.EscrowSnapshot
+	members []*member
+
+	mu       sync.Mutex
+	replica  *session.Session
+	status   EscrowStatus
+	settling bool                            // set once settlement began: no new requests
+	pending  map[string]*sessionpb.Tx        // host txs to carry, by session.TxKey
+	acked    map[int]uint64                  // member index -> highest nonce it accepted
+	down     map[int]time.Time               // member index -> not tried before this time
+	sigs     map[uint32]*sessionpb.Signature // state signatures over the replica's root, by slot
+	lastDiff time.Time
+}
+
+// downFor is how long an unreachable host is skipped; it catches up on the
+// first diff after that.
+const downFor = 3 * time.Second
+
+func (q *sequencer) id() uint64 { return q.snap.EscrowId }
+
+// executorMember is the member that executes inference id.
+func (q *sequencer) executorMember(id uint64) int {
+	slot := q.replica.Executor(id)
+	for i, m := range q.members {
+		for _, s := range m.slots {
+			if s == slot {
+				return i
+			}
+		}
+	}
+	return -1 // cannot happen: every slot has a member
+}
+
+func (q *sequencer) isDown(i int, now time.Time) bool {
+	until, ok := q.down[i]
+	return ok && now.Before(until)
+}
+
+// step builds the next diff from starts, the pooled txs and, if finalize,
+// a FinalizeRound; stores it; applies it to the replica; and sends it to
+// every member. Call with mu held. Pooled txs that no longer apply are
+// dropped rather than failing the diff.
+func (q *sequencer) step(ctx context.Context, starts []*sessionpb.Tx, reqs map[uint64]executor.Request, finalize bool) (*sessionpb.Diff, error) {
+	d, err := q.build(starts, finalize)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := d.Marshal()
+	if err != nil {
+		return nil, err
+	}
+	// Stored before anyone sees it: a restart resends, never re-sequences.
+	if err := q.g.state.PutDiff(ctx, q.id(), StoredDiff{Nonce: d.Nonce, Data: raw, Requests: reqs}); err != nil {
+		return nil, fmt.Errorf("diff %d of escrow %d not stored: %w", d.Nonce, q.id(), err)
+	}
+	if _, err := q.replica.Apply(d); err != nil {
+		return nil, fmt.Errorf("gateway replica rejected its own diff %d: %w", d.Nonce, err)
+	}
+	for _, tx := range d.Txs {
+		delete(q.pending, session.TxKey(tx))
+	}
+	q.sigs = map[uint32]*sessionpb.Signature{}
+	q.lastDiff = time.Now()
+	q.g.metrics.diffs.Inc()
+	q.broadcast(ctx, d.Nonce, raw, reqs)
+	return d, nil
+}
+
+// build assembles and signs the next diff.
+func (q *sequencer) build(starts []*sessionpb.Tx, finalize bool) (*sessionpb.Diff, error) {
+	carried := q.carry()
+	for attempt := 0; ; attempt++ {
+		txs := append(append([]*sessionpb.Tx{}, starts...), carried...)
+		if finalize {
+			txs = append(txs, &sessionpb.Tx{Body: &sessionpb.Tx_Finalize{Finalize: &sessionpb.FinalizeRound{}}})
+		}
+		d := &sessionpb.Diff{EscrowId: q.id(), Nonce: q.replica.Nonce() + 1, Txs: txs}
+		root, err := q.replica.Next(d)
+		if err == nil {
+			d.PostStateRoot = root[:]
+			if err := session.SignDiff(q.g.key, d); err != nil {
+				return nil, err
+			}
+			return d, nil
+		}
+		// A pooled tx that cannot apply (a duplicate vote, a forged one that
+		// slipped into a mempool) is dropped, and the diff built again.
+		var de *session.DiffError
+		if !errors.As(err, &de) || de.Tx < len(starts) || de.Tx >= len(starts)+len(carried) || attempt > len(carried) {
+			return nil, err
+		}
+		bad := carried[de.Tx-len(starts)]
+		delete(q.pending, session.TxKey(bad))
+		q.g.log.Warn("dropped a pooled tx that does not apply", "escrow", q.id(), "err", err)
+		carried = append(carried[:de.Tx-len(starts)], carried[de.Tx-len(starts)+1:]...)
+	}
+}
+
+// carry lists the pooled txs that may still apply, in a fixed order, and
+// forgets the others.
+func (q *sequencer) carry() []*sessionpb.Tx {
+	keys := make([]string, 0, len(q.pending))
+	for k, tx := range q.pending {
+		if !q.replica.MayInclude(tx) {
+			delete(q.pending, k)
+			continue
+		}
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]*sessionpb.Tx, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, q.pending[k])
+	}
+	return out
+}
+
+// pool adds host txs to carry in the next diff.
+func (q *sequencer) pool(txs []*sessionpb.Tx) {
+	for _, tx := range txs {
+		if q.replica.MayInclude(tx) && session.VerifyHostTx(q.snap, tx, q.g.auth) == nil {
+			q.pending[session.TxKey(tx)] = tx
+		}
+	}
+}
+
+// broadcast sends diff nonce to every member at once and waits for them.
+// A member that missed earlier diffs (it was down) is sent them first.
+func (q *sequencer) broadcast(ctx context.Context, nonce uint64, raw []byte, reqs map[uint64]executor.Request) {
+	type answer struct {
+		i    int
+		resp *host.DiffResponse
+		err  error
+	}
+	now := time.Now()
+	answers := make(chan answer, len(q.members))
+	sent := 0
+	for i, m := range q.members {
+		if q.isDown(i, now) {
+			continue
+		}
+		sent++
+		from := q.acked[i] + 1
+		go func() {
+			resp, err := q.sendTo(ctx, m, from, nonce, raw, reqs)
+			var he *HostError
+			if errors.As(err, &he) && he.Status == http.StatusConflict && from > 1 {
+				// The host is behind what this gateway believed (it lost
+				// its disk, or the gateway restarted): replay from the
+				// start; diffs it has are idempotent no-ops.
+				resp, err = q.sendTo(ctx, m, 1, nonce, raw, reqs)
+			}
+			answers <- answer{i, resp, err}
+		}()
+	}
+	for range sent {
+		a := <-answers
+		if a.err != nil {
+			if unreachable(a.err) {
+				q.down[a.i] = time.Now().Add(downFor)
+			}
+			q.g.log.Warn("host did not take diff", "escrow", q.id(), "nonce", nonce, "err", a.err)
+			continue
+		}
+		delete(q.down, a.i)
+		q.acked[a.i] = a.resp.Nonce
+		q.absorb(a.resp)
+	}
+}
+
+// sendTo brings member m from nonce from up to nonce, whose bytes the caller
+// holds; earlier diffs come from the state file.
+func (q *sequencer) sendTo(ctx context.Context, m *member, from, nonce uint64, raw []byte, reqs map[uint64]executor.Request) (*host.DiffResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, q.g.cfg.HostTimeout)
+	defer cancel()
+	for from < nonce {
+		back, err := q.g.state.Diffs(ctx, q.id(), from, 256)
+		if err != nil {
+			return nil, err
+		}
+		for _, d := range back {
+			if d.Nonce >= nonce {
+				break
+			}
+			if _, err := q.g.peers.postDiff(ctx, m.url, q.id(), d.Data, d.Requests); err != nil {
+				return nil, fmt.Errorf("catching up diff %d: %w", d.Nonce, err)
+			}
+			from = d.Nonce + 1
+		}
+		if len(back) == 0 {
+			break
+		}
+	}
+	return q.g.peers.postDiff(ctx, m.url, q.id(), raw, reqs)
+}
+
+// absorb takes a host's answer: its state signatures over the current root
+// and its pooled txs.
+func (q *sequencer) absorb(resp *host.DiffResponse) {
+	root := q.replica.Root()
+	for _, raw := range resp.Signatures {
+		var ss sessionpb.StateSignature
+		if ss.Unmarshal(raw) != nil || ss.Nonce != q.replica.Nonce() || string(ss.StateRoot) != string(root[:]) {
+			continue
+		}
+		if session.VerifyStateSignature(q.snap, &ss, q.g.auth) == nil {
+			q.sigs[ss.Slot] = ss.Sig
+		}
+	}
+	txs, err := decodeTxs(resp.Mempool)
+	if err != nil {
+		q.g.log.Warn("host mempool", "escrow", q.id(), "err", err)
+		return
+	}
+	q.pool(txs)
+}
+
+// collect reads every reachable member's mempool into the pool. Call with
+// mu held.
+func (q *sequencer) collect(ctx context.Context) {
+	var wg sync.WaitGroup
+	results := make([][]*sessionpb.Tx, len(q.members))
+	now := time.Now()
+	for i, m := range q.members {
+		if q.isDown(i, now) {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(ctx, q.g.cfg.HostTimeout)
+			defer cancel()
+			txs, err := q.g.peers.mempool(ctx, m.url, q.id())
+			if err != nil {
+				return
+			}
+			results[i] = txs
+		}()
+	}
+	wg.Wait()
+	for _, txs := range results {
+		q.pool(txs)
+	}
+}
+
+// quorum reports whether the signatures gathered over the current root
+// come from more than 2/3 of the group's slots.
+func (q *sequencer) quorum() bool {
+	return 3*len(q.sigs) > 2*len(q.snap.Group)
+}
+
+// settlement is the replica's settlement with the gathered signatures, in
+// slot order.
+func (q *sequencer) settlement() *sessionpb.Settlement {
+	m := q.replica.Settlement()
+	slots := make([]uint32, 0, len(q.sigs))
+	for s := range q.sigs {
+		slots = append(slots, s)
+	}
+	sort.Slice(slots, func(i, j int) bool { return slots[i] < slots[j] })
+	for _, s := range slots {
+		m.Signatures = append(m.Signatures, &sessionpb.SlotSignature{Slot: s, Sig: q.sigs[s]})
+	}
+	return m
+}
+
+// openRecords counts the inferences still waiting for an executor's
+// answer or a timeout.
+func (q *sequencer) openRecords() int {
+	n := 0
+	for _, r := range q.replica.State().Live {
+		if r.Status == sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING || r.Status == sessionpb.InferenceStatus_INFERENCE_STATUS_STARTED {
+			n++
+		}
+	}
+	return n
+}

@@ -1,0 +1,256 @@
+package gateway
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/store/sqlite"
+)
+
+// EscrowStatus is where one of the gateway's escrows is in its life.
+type EscrowStatus string
+
+// Escrow statuses, in order.
+const (
+	// StatusOpen: the session takes requests.
+	StatusOpen EscrowStatus = "open"
+	// StatusSettling: no new requests; the session is being finalized or
+	// its settlement is waiting to land on chain.
+	StatusSettling EscrowStatus = "settling"
+	// StatusSettled: the chain accepted the settlement.
+	StatusSettled EscrowStatus = "settled"
+)
+
+// State is the gateway's durable state in one SQLite file: its escrows, every
+// diff it sequenced (with the request payloads the diffs started), pending
+// settlements and usage per API key. A diff is stored before it is sent to
+// any host, so after a restart the gateway rebuilds each open session from
+// its own diffs and resumes any settlement in flight.
+type State struct {
+	db *sql.DB
+}
+
+const stateSchema = `
+CREATE TABLE IF NOT EXISTS escrows (
+	id         INTEGER PRIMARY KEY,
+	snapshot   BLOB NOT NULL,
+	status     TEXT NOT NULL,
+	settlement BLOB,
+	settle_tx  TEXT
+);
+CREATE TABLE IF NOT EXISTS diffs (
+	escrow   INTEGER NOT NULL,
+	nonce    INTEGER NOT NULL,
+	data     BLOB NOT NULL,
+	requests BLOB,
+	PRIMARY KEY (escrow, nonce)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage (
+	api_key           TEXT PRIMARY KEY,
+	requests          INTEGER NOT NULL,
+	prompt_tokens     INTEGER NOT NULL,
+	completion_tokens INTEGER NOT NULL,
+	cost              INTEGER NOT NULL
+);
+`
+
+// OpenState opens (creating if needed) the state file at path. synchronous
+// is SQLite's durability level: FULL fsyncs every commit (the default), NORMAL
+// survives a process crash but not power loss.
+func OpenState(path, synchronous string) (*State, error) {
+	if synchronous == "" {
+		synchronous = "FULL"
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	db := sqlite.OpenDB(path, synchronous, 1)
+	if _, err := db.Exec(stateSchema); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("gateway state %s: %w", path, err)
+	}
+	return &State{db: db}, nil
+}
+
+// Close closes the file.
+func (s *State) Close() error { return s.db.Close() }
+
+// StoredEscrow is one escrow row.
+type StoredEscrow struct {
+	Snapshot   *sessionpb.EscrowSnapshot
+	Status     EscrowStatus
+	Settlement *sessionpb.Settlement // set once the final root is signed
+}
+
+// AddEscrow records a new open escrow. Adding the same id again is a no-op.
+func (s *State) AddEscrow(ctx context.Context, snap *sessionpb.EscrowSnapshot) error {
+	raw, err := snap.Marshal()
+	if err != nil {
+		return err
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO escrows (id, snapshot, status) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING`,
+		snap.EscrowId, raw, StatusOpen)
+	return err
+}
+
+// SetStatus moves an escrow to status, storing the settlement with it when
+// one is given.
+func (s *State) SetStatus(ctx context.Context, id uint64, status EscrowStatus, m *sessionpb.Settlement) error {
+	var raw []byte
+	if m != nil {
+		var err error
+		if raw, err = m.Marshal(); err != nil {
+			return err
+		}
+	}
+	res, err := s.db.ExecContext(ctx, `UPDATE escrows SET status = ?, settlement = COALESCE(?, settlement) WHERE id = ?`, status, raw, id)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("gateway state has no escrow %d", id)
+	}
+	return nil
+}
+
+// SetSettled marks an escrow settled by the chain tx txHash.
+func (s *State) SetSettled(ctx context.Context, id uint64, txHash string) error {
+	_, err := s.db.ExecContext(ctx, `UPDATE escrows SET status = ?, settle_tx = ? WHERE id = ?`, StatusSettled, txHash, id)
+	return err
+}
+
+// SettledEscrow is an escrow the chain settled, and the tx that did.
+type SettledEscrow struct {
+	ID     uint64
+	TxHash string
+}
+
+// Settled lists the settled escrows, by id.
+func (s *State) Settled(ctx context.Context) ([]SettledEscrow, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT id, COALESCE(settle_tx, '') FROM escrows WHERE status = ? ORDER BY id`, StatusSettled)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []SettledEscrow
+	for rows.Next() {
+		var e SettledEscrow
+		if err := rows.Scan(&e.ID, &e.TxHash); err != nil {
+			return nil, err
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// Escrows lists the escrows that are not settled yet, by id.
+func (s *State) Escrows(ctx context.Context) ([]StoredEscrow, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT snapshot, status, settlement FROM escrows WHERE status != ? ORDER BY id`, StatusSettled)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []StoredEscrow
+	for rows.Next() {
+		var snapRaw, setRaw []byte
+		var e StoredEscrow
+		if err := rows.Scan(&snapRaw, &e.Status, &setRaw); err != nil {
+			return nil, err
+		}
+		e.Snapshot = &sessionpb.EscrowSnapshot{}
+		if err := e.Snapshot.Unmarshal(snapRaw); err != nil {
+			return nil, fmt.Errorf("stored escrow snapshot: %w", err)
+		}
+		if setRaw != nil {
+			e.Settlement = &sessionpb.Settlement{}
+			if err := e.Settlement.Unmarshal(setRaw); err != nil {
+				return nil, fmt.Errorf("stored settlement of escrow %d: %w", e.Snapshot.EscrowId, err)
+			}
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// StoredDiff is one diff the gateway sequenced.
+type StoredDiff struct {
+	Nonce    uint64
+	Data     []byte
+	Requests map[uint64]executor.Request
+}
+
+// PutDiff stores diff nonce of escrow with the payloads it starts. The
+// gateway calls it before sending the diff anywhere.
+func (s *State) PutDiff(ctx context.Context, escrow uint64, d StoredDiff) error {
+	var reqs []byte
+	if len(d.Requests) > 0 {
+		var err error
+		if reqs, err = json.Marshal(d.Requests); err != nil {
+			return err
+		}
+	}
+	_, err := s.db.ExecContext(ctx, `INSERT INTO diffs (escrow, nonce, data, requests) VALUES (?, ?, ?, ?)`, escrow, d.Nonce, d.Data, reqs)
+	return err
+}
+
+// Diffs returns up to limit diffs of escrow from nonce from on, in nonce
+// order. The caller owns the returned slices.
+func (s *State) Diffs(ctx context.Context, escrow, from uint64, limit int) ([]StoredDiff, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT nonce, data, requests FROM diffs WHERE escrow = ? AND nonce >= ? ORDER BY nonce LIMIT ?`, escrow, from, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []StoredDiff
+	for rows.Next() {
+		var d StoredDiff
+		var reqs []byte
+		if err := rows.Scan(&d.Nonce, &d.Data, &reqs); err != nil {
+			return nil, err
+		}
+		if reqs != nil {
+			if err := json.Unmarshal(reqs, &d.Requests); err != nil {
+				return nil, fmt.Errorf("stored requests of diff %d: %w", d.Nonce, err)
+			}
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// Usage is what one API key has consumed.
+type Usage struct {
+	Requests         uint64 `json:"requests"`
+	PromptTokens     uint64 `json:"prompt_tokens"`
+	CompletionTokens uint64 `json:"completion_tokens"`
+	// Cost is what the key's requests were charged, in the chain's base
+	// denomination (tokens × the escrow's price).
+	Cost uint64 `json:"cost"`
+}
+
+// AddUsage adds one finished request to key's usage.
+func (s *State) AddUsage(ctx context.Context, key string, u Usage) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO usage (api_key, requests, prompt_tokens, completion_tokens, cost) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (api_key) DO UPDATE SET requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+		completion_tokens = completion_tokens + excluded.completion_tokens, cost = cost + excluded.cost`,
+		key, u.Requests, u.PromptTokens, u.CompletionTokens, u.Cost)
+	return err
+}
+
+// UsageOf returns key's usage; zero if it has made no request.
+func (s *State) UsageOf(ctx context.Context, key string) (Usage, error) {
+	var u Usage
+	err := s.db.QueryRowContext(ctx, `SELECT requests, prompt_tokens, completion_tokens, cost FROM usage WHERE api_key = ?`, key).
+		Scan(&u.Requests, &u.PromptTokens, &u.CompletionTokens, &u.Cost)
+	if errors.Is(err, sql.ErrNoRows) {
+		return Usage{}, nil
+	}
+	return u, err
+}
