@@ -206,9 +206,11 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 			log.Error("recovery", "err", err)
 		}
 	}()
+	claims := newClaimer(ctx, chainc, signer, account, log)
 	go func() {
 		_ = chainc.FollowEpochs(ctx, 5*time.Second, func(epoch uint64) {
 			log.Info("epoch", "current", epoch)
+			go claims.claim(ctx)
 			if err := st.SetEpoch(ctx, epoch); err != nil {
 				log.Warn("prune on epoch change", "epoch", epoch, "err", err)
 			}
@@ -231,8 +233,11 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 			return err
 		case err := <-serveErr:
 			return fmt.Errorf("http server: %w", err)
-		case <-ticker.C:
+		case now := <-ticker.C:
 			eng.Tick(ctx)
+			if now.Unix()%15 == 0 { // claims also land between epoch changes
+				go claims.claim(ctx)
+			}
 		}
 	}
 }
