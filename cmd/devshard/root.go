@@ -16,6 +16,8 @@ func newRootCommand() *cobra.Command {
 		Short: "devshard: the payment and work layer of a decentralized inference network",
 		Long: `devshard runs every role of the network from one binary:
 
+  devnet    run a whole local network (chain, hosts, gateway) in one command
+  gateway   run a gateway: the OpenAI-compatible API, paid from escrows
   chain     the chain node: init, start, keys, tx, query, genesis; 'chain dev' starts a local chain in one command
   host      run a host: serve sessions, execute and validate inference
   bench     measure speed targets (protocol, store, scheduler) and print ratios
@@ -25,7 +27,7 @@ Run 'devshard <command> --help' for the flags of each command.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(chaincmd.NewCommand(), newHostCommand(), newVersionCommand(), newBenchCommand())
+	root.AddCommand(newDevnetCommand(), newGatewayCommand(), chaincmd.NewCommand(), newHostCommand(), newVersionCommand(), newBenchCommand())
 	return root
 }
 

@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/devshard/devshard/devnet"
+	"github.com/devshard/devshard/executor"
+)
+
+func newDevnetCommand() *cobra.Command {
+	var (
+		home  string
+		hosts int
+		demo  int
+	)
+	cmd := &cobra.Command{
+		Use:   "devnet",
+		Short: "Run a whole local network: chain, hosts and a gateway, on embedded defaults",
+		Long: `devnet runs the whole network on this machine with embedded defaults:
+a single-validator chain (500 ms blocks, 10 s epochs) in this process, three
+hosts as 'devshard host' child processes, registered as participants with
+the built-in model, and one funded gateway serving the OpenAI-compatible API.
+
+It prints a line per step, then the endpoints and a curl command to try, and
+writes <home>/devnet.json with every endpoint and the gateway's API key.
+Ctrl-C shuts it down cleanly (the gateway settles its open escrows first);
+running it again on the same --home resumes the same network.
+
+--demo N sends N requests (every third one streamed), settles, waits for the
+epoch to turn and the hosts to claim their rewards, prints a ledger read
+back from the chain, and exits.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			out := cmd.OutOrStdout()
+			n, err := devnet.Start(ctx, devnet.Config{Home: home, Hosts: hosts, Supervise: true, Progress: out})
+			if err != nil {
+				return err
+			}
+			defer func() {
+				fmt.Fprintln(out, "devnet: shutting down (settling open escrows)")
+				closeCtx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+				defer cancel()
+				if err := n.Close(closeCtx); err != nil {
+					fmt.Fprintln(cmd.ErrOrStderr(), "devnet: shutdown:", err)
+				}
+			}()
+			printEndpoints(out, n)
+			if demo > 0 {
+				ledger, err := devnet.Demo(ctx, n, demo, out)
+				if err != nil {
+					return err
+				}
+				ledger.Print(out)
+				return nil
+			}
+			fmt.Fprintln(out, "devnet: ready; Ctrl-C to stop")
+			<-ctx.Done()
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&home, "home", "", "directory for the whole network (default ~/.devshard/devnet)")
+	cmd.Flags().IntVar(&hosts, "hosts", 3, "number of hosts")
+	cmd.Flags().IntVar(&demo, "demo", 0, "send N requests, settle, wait for the claims, print a ledger and exit")
+	return cmd
+}
+
+func printEndpoints(out io.Writer, n *devnet.Network) {
+	i := n.Info
+	fmt.Fprintf(out, "\nendpoints:\n  gateway  %s  (OpenAI-compatible; API key %s)\n  chain    rpc %s  grpc %s  rest %s  (chain id %s)\n", i.Gateway.URL, i.Gateway.APIKey, i.RPC, i.GRPC, i.REST, i.ChainID)
+	for _, h := range i.Hosts {
+		fmt.Fprintf(out, "  %-8s %s  (account %s, log %s)\n", h.Name, h.URL, h.Account, h.Log)
+	}
+	fmt.Fprintf(out, "\ntry it:\n  curl -s %s/v1/chat/completions -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' \\\n    -d '{\"model\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}],\"max_tokens\":32}'\n\n",
+		i.Gateway.URL, i.Gateway.APIKey, executor.BuiltinModel)
+}

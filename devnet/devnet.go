@@ -1,0 +1,440 @@
+// Package devnet runs a whole devshard network on one machine: a
+// single-validator chain in this process, host daemons as child processes
+// (the real `devshard host`), and a gateway in this process. It is what
+// `devshard devnet` runs, and what the end-to-end tests start.
+//
+// Everything lives under one home directory, so running it again on the
+// same home resumes the same chain, hosts and gateway.
+package devnet
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	sdkmath "cosmossdk.io/math"
+	sdk "github.com/cosmos/cosmos-sdk/types"
+
+	"github.com/devshard/devshard/chain"
+	"github.com/devshard/devshard/chain/node"
+	"github.com/devshard/devshard/gateway"
+	"github.com/devshard/devshard/signing"
+	devshardtypes "github.com/devshard/devshard/x/devshard/types"
+)
+
+// Config shapes a local network. The zero value (plus Home) is the
+// embedded default.
+type Config struct {
+	// Home holds everything (default ~/.devshard/devnet).
+	Home string
+	// Binary is the devshard executable the hosts run as (default: this
+	// process's own executable).
+	Binary string
+	// Hosts is how many hosts serve (default 3).
+	Hosts int
+	// BlockTime is the chain's block interval (default 500ms).
+	BlockTime time.Duration
+	// Params are the chain's devshard parameters (default: Params()).
+	Params *devshardtypes.Params
+	// Supervise restarts a host process that exits on its own.
+	Supervise bool
+	// GatewayListen is the gateway's address (default: a free loopback port,
+	// kept across runs).
+	GatewayListen string
+	// EscrowAmount is what each of the gateway's escrows locks.
+	EscrowAmount uint64
+	// Progress receives one line per step (default: discarded).
+	Progress io.Writer
+	// Logger receives the gateway's logs (default: <home>/gateway/gateway.log).
+	Logger *slog.Logger
+}
+
+// Funds at genesis, in the chain's denomination.
+const (
+	HostFunds    = 100_000_000
+	GatewayFunds = 1_000_000_000
+	Collateral   = 10_000_000
+)
+
+// Params are the devnet's chain parameters: short epochs and a small group,
+// so a demo sees settlement, accounting and claims within a minute.
+func Params() devshardtypes.Params {
+	p := devshardtypes.DefaultParams()
+	p.EpochLength = 20 // 10 s at 500 ms blocks
+	p.SettlingEpochs = 1
+	p.AccountingEpochs = 0
+	p.ClaimableEpochs = 1
+	p.GroupSize = 6
+	p.MinCollateral = sdk.NewCoin(chain.Denom, sdkmath.NewInt(1_000_000))
+	p.TokenPrice = 10
+	p.CreationFee = 1_000
+	p.FeePerNonce = 2
+	p.ExecutionTimeoutSeconds = 5
+	p.ValidationRateBps = 2_000
+	p.SealGraceSeconds = 5
+	return p
+}
+
+// Info is <home>/devnet.json: every endpoint and the gateway's API key, for
+// scripts.
+type Info struct {
+	Home      string     `json:"home"`
+	ChainID   string     `json:"chain_id"`
+	RPC       string     `json:"rpc"`
+	GRPC      string     `json:"grpc"`
+	REST      string     `json:"rest"`
+	Gateway   GatewayRef `json:"gateway"`
+	Hosts     []HostRef  `json:"hosts"`
+	StartedAt time.Time  `json:"started_at"`
+}
+
+// GatewayRef describes the gateway in devnet.json.
+type GatewayRef struct {
+	URL     string `json:"url"`
+	APIKey  string `json:"api_key"`
+	Account string `json:"account"`
+}
+
+// HostRef describes a host in devnet.json.
+type HostRef struct {
+	Name    string `json:"name"`
+	URL     string `json:"url"`
+	Account string `json:"account"`
+	Home    string `json:"home"`
+	Log     string `json:"log"`
+}
+
+// setup is what the first run decides and later runs reuse:
+// <home>/setup.json, private (it holds the mnemonics).
+type setup struct {
+	Hosts   []hostSetup `json:"hosts"`
+	Gateway struct {
+		Mnemonic string `json:"mnemonic"`
+		Listen   string `json:"listen"`
+		APIKey   string `json:"api_key"`
+	} `json:"gateway"`
+}
+
+type hostSetup struct {
+	Mnemonic string `json:"mnemonic"`
+	Listen   string `json:"listen"`
+}
+
+// Network is a running devnet.
+type Network struct {
+	Info    Info
+	Node    *node.Node
+	Hosts   []*Host
+	Gateway *gateway.Daemon
+	// GatewayAccount is the gateway's funded account.
+	GatewayAccount node.Account
+	cfg            Config
+}
+
+func (c *Config) defaults() error {
+	if c.Home == "" {
+		home, err := os.UserHomeDir()
+		if err != nil {
+			return err
+		}
+		c.Home = filepath.Join(home, ".devshard", "devnet")
+	}
+	if c.Binary == "" {
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		c.Binary = exe
+	}
+	if c.Hosts == 0 {
+		c.Hosts = 3
+	}
+	if c.BlockTime == 0 {
+		c.BlockTime = 500 * time.Millisecond
+	}
+	if c.Params == nil {
+		p := Params()
+		c.Params = &p
+	}
+	if c.Progress == nil {
+		c.Progress = io.Discard
+	}
+	return nil
+}
+
+// Start brings the network up, or resumes the one in Home. It returns once
+// the hosts are effective in an ACTIVE epoch and the gateway serves.
+func Start(ctx context.Context, cfg Config) (n *Network, err error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Home, 0o700); err != nil {
+		return nil, err
+	}
+	n = &Network{cfg: cfg}
+	nw := n // the named result is nil on error returns
+	defer func() {
+		if err != nil {
+			nw.Close(context.Background())
+		}
+	}()
+	st, resumed, err := loadSetup(cfg)
+	if err != nil {
+		return nil, err
+	}
+	step := func(format string, args ...any) { fmt.Fprintf(cfg.Progress, "devnet: "+format+"\n", args...) }
+
+	// 1. The chain.
+	if resumed {
+		step("resuming the network in %s", cfg.Home)
+	}
+	step("starting a single-validator chain (blocks every %s, epochs of %d blocks)", cfg.BlockTime, cfg.Params.EpochLength)
+	ncfg := node.Config{Home: filepath.Join(cfg.Home, "chain"), BlockTime: cfg.BlockTime, Params: cfg.Params, Resume: true}
+	for i, h := range st.Hosts {
+		ncfg.Accounts = append(ncfg.Accounts, node.Account{Name: fmt.Sprintf("host%d", i), Mnemonic: h.Mnemonic, Coins: coins(HostFunds)})
+	}
+	ncfg.Accounts = append(ncfg.Accounts, node.Account{Name: "gateway", Mnemonic: st.Gateway.Mnemonic, Coins: coins(GatewayFunds)})
+	if n.Node, err = node.Start(ctx, ncfg); err != nil {
+		return nil, fmt.Errorf("chain: %w", err)
+	}
+	n.GatewayAccount = n.Node.Accounts[len(st.Hosts)]
+	step("chain %s is up: rpc %s, grpc %s, rest %s", n.Node.ChainID, n.Node.RPCAddress, n.Node.GRPCAddress, n.Node.APIAddress)
+
+	// 2. The hosts, as child processes.
+	for i, hs := range st.Hosts {
+		h, err := newHost(cfg, i, hs, n.Node)
+		if err != nil {
+			return nil, err
+		}
+		n.Hosts = append(n.Hosts, h)
+		if err := h.Start(); err != nil {
+			return nil, err
+		}
+	}
+	for _, h := range n.Hosts {
+		if err := h.WaitHealthy(ctx, 30*time.Second); err != nil {
+			return nil, err
+		}
+	}
+	step("%d hosts are listening: %s", len(n.Hosts), hostURLs(n.Hosts))
+
+	// 3. Participants: registered once, effective from the next epoch.
+	if err := n.register(ctx, step); err != nil {
+		return nil, err
+	}
+
+	// 4. The gateway.
+	gwKey, err := signing.PrivKeyFromBytes(n.GatewayAccount.Key.Key)
+	if err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		if logger, err = fileLogger(filepath.Join(cfg.Home, "gateway", "gateway.log")); err != nil {
+			return nil, err
+		}
+	}
+	listen := st.Gateway.Listen
+	if cfg.GatewayListen != "" {
+		listen = cfg.GatewayListen
+	}
+	n.Gateway, err = gateway.Open(ctx, gateway.DaemonConfig{
+		Listen: listen, Home: filepath.Join(cfg.Home, "gateway"),
+		ChainGRPC: n.Node.GRPCAddress, ChainRPC: n.Node.RPCAddress, ChainID: n.Node.ChainID,
+		Key: gwKey, Keys: []gateway.APIKey{{Name: "devnet", Key: st.Gateway.APIKey}},
+		Gateway: gateway.Config{EscrowAmount: cfg.EscrowAmount},
+		Logger:  logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	step("gateway is serving on %s (account %s)", n.Gateway.URL(), n.GatewayAccount.Address)
+
+	n.Info = Info{Home: cfg.Home, ChainID: n.Node.ChainID, RPC: n.Node.RPCAddress, GRPC: n.Node.GRPCAddress, REST: n.Node.APIAddress,
+		Gateway:   GatewayRef{URL: n.Gateway.URL(), APIKey: st.Gateway.APIKey, Account: n.GatewayAccount.Address.String()},
+		StartedAt: time.Now().UTC()}
+	for _, h := range n.Hosts {
+		n.Info.Hosts = append(n.Info.Hosts, HostRef{Name: h.Name, URL: h.URL, Account: h.Account.String(), Home: h.Home, Log: h.LogPath})
+	}
+	raw, _ := json.MarshalIndent(n.Info, "", "  ")
+	if err := os.WriteFile(filepath.Join(cfg.Home, "devnet.json"), append(raw, '\n'), 0o600); err != nil {
+		return nil, err
+	}
+	step("wrote %s", filepath.Join(cfg.Home, "devnet.json"))
+	return n, nil
+}
+
+func coins(amount int64) sdk.Coins {
+	return sdk.NewCoins(sdk.NewCoin(chain.Denom, sdkmath.NewInt(amount)))
+}
+
+func hostURLs(hs []*Host) []string {
+	out := make([]string, len(hs))
+	for i, h := range hs {
+		out[i] = h.URL
+	}
+	return out
+}
+
+// loadSetup reads <home>/setup.json, or makes a new setup: fresh mnemonics,
+// free ports and an API key.
+func loadSetup(cfg Config) (*setup, bool, error) {
+	path := filepath.Join(cfg.Home, "setup.json")
+	raw, err := os.ReadFile(path)
+	if err == nil {
+		var st setup
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return nil, false, fmt.Errorf("%s: %w (remove the home directory to start a new network)", path, err)
+		}
+		if len(st.Hosts) != cfg.Hosts {
+			return nil, false, fmt.Errorf("%s has %d hosts, asked for %d; use another --home for a different network", path, len(st.Hosts), cfg.Hosts)
+		}
+		return &st, true, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return nil, false, err
+	}
+	var st setup
+	ports, err := freePorts(cfg.Hosts + 1)
+	if err != nil {
+		return nil, false, err
+	}
+	for i := range cfg.Hosts {
+		m, err := node.NewMnemonic()
+		if err != nil {
+			return nil, false, err
+		}
+		st.Hosts = append(st.Hosts, hostSetup{Mnemonic: m, Listen: fmt.Sprintf("127.0.0.1:%d", ports[i])})
+	}
+	if st.Gateway.Mnemonic, err = node.NewMnemonic(); err != nil {
+		return nil, false, err
+	}
+	st.Gateway.Listen = fmt.Sprintf("127.0.0.1:%d", ports[cfg.Hosts])
+	st.Gateway.APIKey = gateway.NewAPIKey("devnet").Key
+	raw, _ = json.MarshalIndent(st, "", "  ")
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		return nil, false, err
+	}
+	return &st, false, nil
+}
+
+// register makes every host a participant (once) and waits for an ACTIVE
+// epoch in which all of them are effective.
+func (n *Network) register(ctx context.Context, step func(string, ...any)) error {
+	q := devshardtypes.NewQueryClient(n.Node.Conn())
+	fresh := 0
+	for i, h := range n.Hosts {
+		if _, err := q.Participant(ctx, &devshardtypes.QueryParticipantRequest{Address: h.Account.String()}); err == nil {
+			continue
+		}
+		acct := n.Node.Accounts[i]
+		msg := &devshardtypes.MsgRegisterParticipant{Participant: acct.Address.String(), Url: h.URL,
+			Collateral: sdk.NewCoin(chain.Denom, sdkmath.NewInt(Collateral))}
+		if _, err := n.Node.TxClient().Send(ctx, acct.Key, msg); err != nil {
+			return fmt.Errorf("registering %s: %w", h.Name, err)
+		}
+		fresh++
+	}
+	if fresh > 0 {
+		step("registered %d hosts as participants (collateral %d each); they become effective next epoch", fresh, Collateral)
+	}
+	for {
+		res, err := q.CurrentEpoch(ctx, &devshardtypes.QueryCurrentEpochRequest{})
+		if err == nil && res.Epoch.State == devshardtypes.EpochActive && int(res.Epoch.Participants) >= len(n.Hosts) {
+			step("epoch %d is ACTIVE with %d effective participants", res.Epoch.Id, res.Epoch.Participants)
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the hosts to become effective: %w", ctx.Err())
+		case <-time.After(n.cfg.BlockTime):
+		}
+	}
+}
+
+// Close stops the gateway (settling its open escrows within ctx), the
+// hosts and the chain.
+func (n *Network) Close(ctx context.Context) error {
+	var errs []error
+	if n.Gateway != nil {
+		if err := n.Gateway.Close(ctx); err != nil {
+			errs = append(errs, fmt.Errorf("gateway: %w", err))
+		}
+	}
+	for _, h := range n.Hosts {
+		h.Stop()
+	}
+	if n.Node != nil {
+		if err := n.Node.Close(); err != nil {
+			errs = append(errs, fmt.Errorf("chain: %w", err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// freePorts asks the kernel for n unused loopback ports.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var lns []net.Listener
+	defer func() {
+		for _, l := range lns {
+			l.Close()
+		}
+	}()
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}
+
+func fileLogger(path string) (*slog.Logger, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	return slog.New(slog.NewTextHandler(f, nil)), nil
+}
+
+// waitHTTP polls url until it answers 200 or timeout passes.
+func waitHTTP(ctx context.Context, url string, timeout time.Duration, alive func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if alive != nil {
+			if err := alive(); err != nil {
+				return err
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s did not answer within %s", url, timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
