@@ -18,6 +18,8 @@ import (
 type Client struct {
 	URL, Key string
 	HTTP     *http.Client
+	// OnText, if set, sees each piece of a streamed answer as it arrives.
+	OnText func(text string)
 }
 
 // NewClient returns a client for the gateway at url.
@@ -137,6 +139,9 @@ func (c *Client) Post(ctx context.Context, body []byte, stream bool) (*ChatResul
 		}
 		for _, ch := range chunk.Choices {
 			text.WriteString(ch.Delta.Content)
+			if c.OnText != nil && ch.Delta.Content != "" {
+				c.OnText(ch.Delta.Content)
+			}
 			if ch.FinishReason != nil {
 				res.FinishReason = *ch.FinishReason
 			}

@@ -44,6 +44,9 @@ type Config struct {
 	BlockTime time.Duration
 	// Params are the chain's devshard parameters (default: Params()).
 	Params *devshardtypes.Params
+	// ThinkTime is the built-in model's pause per token on every host
+	// (default none).
+	ThinkTime time.Duration
 	// Supervise restarts a host process that exits on its own.
 	Supervise bool
 	// GatewayListen is the gateway's address (default: a free loopback port,
@@ -80,6 +83,9 @@ func Params() devshardtypes.Params {
 	p.ExecutionTimeoutSeconds = 5
 	p.ValidationRateBps = 2_000
 	p.SealGraceSeconds = 5
+	// Unsettled escrows are refunded after a minute, not 20 s, so a host
+	// restarted by hand has time to rejoin its groups' settlements.
+	p.ExpiryEpochs = 6
 	return p
 }
 

@@ -62,7 +62,7 @@ func newHost(cfg Config, i int, hs hostSetup, n *node.Node) (*Host, error) {
 	}
 	h.args = []string{"host", "--home", h.Home, "--listen", hs.Listen,
 		"--chain.rpc", "http://" + trimScheme(n.RPCAddress), "--chain.grpc", n.GRPCAddress,
-		"--storage.synchronous", "NORMAL"}
+		"--storage.synchronous", "NORMAL", "--executor.think-time", cfg.ThinkTime.String()}
 	return h, nil
 }
 
@@ -156,6 +156,21 @@ func (h *Host) Pid() int {
 		return 0
 	}
 	return h.cmd.Process.Pid
+}
+
+// Running reports whether the host process is alive.
+func (h *Host) Running() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.exited == nil {
+		return false
+	}
+	select {
+	case <-h.exited:
+		return false
+	default:
+		return true
+	}
 }
 
 // WaitHealthy waits until the host answers /healthz, failing early if the

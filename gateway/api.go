@@ -85,6 +85,9 @@ func Handler(g *Gateway, cfg APIConfig) http.Handler {
 	mux.HandleFunc("GET /v1/models", a.auth(a.models))
 	mux.HandleFunc("POST /v1/chat/completions", a.auth(a.completions))
 	mux.HandleFunc("GET /v1/usage", a.auth(a.usage))
+	mux.HandleFunc("GET /v1/escrows", a.auth(func(w http.ResponseWriter, r *http.Request, _ string) {
+		writeJSON(w, http.StatusOK, map[string]any{"escrows": g.Escrows()})
+	}))
 	return mux
 }
 

@@ -322,6 +322,9 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 			if len(text) < len(delivered) {
 				return nil, fmt.Errorf("%w: the retried answer is shorter than what was already streamed", ErrNoHost)
 			}
+			q.mu.Lock()
+			q.pool(res.Txs) // carried by the next diff, even if the host dies now
+			q.mu.Unlock()
 			c := &Completion{Text: string(text), Usage: res.Usage, FinishReason: res.FinishReason, Model: req.Model,
 				EscrowID: q.id(), Nonce: nonce, Attempts: attempt, Cost: q.cost(res.Usage, req)}
 			return c, nil
@@ -563,4 +566,41 @@ func (g *Gateway) Settled(ctx context.Context) ([]SettledEscrow, error) { return
 func (g *Gateway) SettledCount(ctx context.Context) (int, error) {
 	s, err := g.state.Settled(ctx)
 	return len(s), err
+}
+
+// EscrowView is an operator's view of one escrow the gateway holds.
+type EscrowView struct {
+	ID      uint64       `json:"id"`
+	Epoch   uint64       `json:"epoch"`
+	Status  EscrowStatus `json:"status"`
+	Phase   string       `json:"phase"`
+	Nonce   uint64       `json:"nonce"`
+	Root    string       `json:"root"`
+	Balance uint64       `json:"balance"`
+	// NextExecutor is the URL of the host that executes the next nonce.
+	NextExecutor string `json:"next_executor"`
+	Current      bool   `json:"current"`
+}
+
+// Escrows describes every escrow not yet settled, by id.
+func (g *Gateway) Escrows() []EscrowView {
+	g.mu.Lock()
+	qs := make([]*sequencer, 0, len(g.all))
+	for _, q := range g.all {
+		qs = append(qs, q)
+	}
+	current := g.current
+	g.mu.Unlock()
+	sort.Slice(qs, func(i, j int) bool { return qs[i].id() < qs[j].id() })
+	out := make([]EscrowView, 0, len(qs))
+	for _, q := range qs {
+		q.mu.Lock()
+		root := q.replica.Root()
+		v := EscrowView{ID: q.id(), Epoch: q.snap.Epoch, Status: q.status, Phase: q.replica.Phase().String(), Nonce: q.replica.Nonce(),
+			Root: fmt.Sprintf("%x", root), Balance: q.replica.Balance(), NextExecutor: q.members[q.executorMember(q.replica.Nonce()+1)].url,
+			Current: q == current}
+		q.mu.Unlock()
+		out = append(out, v)
+	}
+	return out
 }

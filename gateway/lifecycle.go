@@ -19,7 +19,10 @@ const lowWater = 10 // percent
 func (q *sequencer) start(ctx context.Context, req executor.Request) (uint64, string, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	if q.status != StatusOpen || q.settling {
+	if q.status != StatusOpen || q.settling || q.replica.Phase() != sessionpb.Phase_PHASE_ACTIVE {
+		if q.replica.Phase() != sessionpb.Phase_PHASE_ACTIVE && !q.settling {
+			q.g.log.Error("escrow left open past its ACTIVE phase", "escrow", q.id(), "phase", q.replica.Phase(), "status", q.status)
+		}
 		return 0, "", errEscrowLow
 	}
 	in := uint64(executor.PromptTokens(req.Messages))
@@ -92,6 +95,10 @@ func (q *sequencer) flush(ctx context.Context, idle time.Duration) {
 // the replica's phase and the state file, so calling it again after an
 // error or a restart goes on where it stopped.
 func (q *sequencer) settle(ctx context.Context) error {
+	// One settlement at a time: drain and gatherSignatures release mu
+	// while they wait, and a second settle must not interleave with them.
+	q.settleMu.Lock()
+	defer q.settleMu.Unlock()
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.status == StatusSettled {

@@ -147,6 +147,8 @@ type streamResult struct {
 	Usage        executor.Usage
 	FinishReason string
 	ResponseHash string
+	// Txs are the executor's signed ConfirmStart and FinishInference.
+	Txs []*sessionpb.Tx
 }
 
 // inference runs inference nonce on its executor host, calling onText for
@@ -197,7 +199,11 @@ func (p *peers) inference(ctx context.Context, url string, escrow, nonce uint64,
 			if ev.Usage == nil {
 				return nil, &HostError{URL: url, Status: http.StatusBadGateway, Message: "stream ended without usage"}
 			}
-			return &streamResult{Usage: *ev.Usage, FinishReason: ev.FinishReason, ResponseHash: ev.ResponseHash}, nil
+			txs, err := decodeTxs(ev.Txs)
+			if err != nil {
+				return nil, &HostError{URL: url, Status: http.StatusBadGateway, Message: err.Error()}
+			}
+			return &streamResult{Usage: *ev.Usage, FinishReason: ev.FinishReason, ResponseHash: ev.ResponseHash, Txs: txs}, nil
 		case ev.Text != "":
 			if err := onText(ev.Text); err != nil {
 				return nil, err

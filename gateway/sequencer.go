@@ -34,6 +34,8 @@ type sequencer struct {
 	snap    *sessionpb.EscrowSnapshot
 	members []*member
 
+	settleMu sync.Mutex // held through a whole settle
+
 	mu       sync.Mutex
 	replica  *session.Session
 	status   EscrowStatus

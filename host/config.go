@@ -48,6 +48,8 @@ type FileConfig struct {
 		URL    string   `toml:"url"`
 		Models []string `toml:"models"`
 		APIKey string   `toml:"api_key"`
+		// ThinkTime is the built-in model's pause per token.
+		ThinkTime string `toml:"think_time"`
 	} `toml:"executor"`
 
 	Recovery struct {
@@ -82,6 +84,7 @@ var Settings = []Setting{
 	{"executor.kind", "DEVSHARD_HOST_EXECUTOR", "builtin", "builtin (deterministic test model) or openai (an OpenAI-compatible server such as vLLM)", func(c *FileConfig, v string) error { c.Executor.Kind = v; return nil }},
 	{"executor.url", "DEVSHARD_HOST_EXECUTOR_URL", "", "base URL of the OpenAI-compatible server (openai only)", func(c *FileConfig, v string) error { c.Executor.URL = v; return nil }},
 	{"executor.models", "DEVSHARD_HOST_EXECUTOR_MODELS", "", "comma-separated models the server serves (openai only)", func(c *FileConfig, v string) error { c.Executor.Models = splitList(v); return nil }},
+	{"executor.think_time", "DEVSHARD_HOST_THINK_TIME", "0s", "pause per token of the built-in model, to imitate a real one (builtin only)", func(c *FileConfig, v string) error { c.Executor.ThinkTime = v; return nil }},
 	{"executor.api_key", "DEVSHARD_HOST_EXECUTOR_API_KEY", "", "bearer token for the server (openai only)", func(c *FileConfig, v string) error { c.Executor.APIKey = v; return nil }},
 	{"recovery.workers", "DEVSHARD_HOST_RECOVERY_WORKERS", "4", "parallel workers recovering sessions at startup", func(c *FileConfig, v string) error { return setInt(&c.Recovery.Workers, v) }},
 }
@@ -199,6 +202,9 @@ func (c *FileConfig) validate() error {
 	}
 	if c.Storage.SnapshotEvery < 1 {
 		return fmt.Errorf("storage.snapshot_every must be at least 1, got %d", c.Storage.SnapshotEvery)
+	}
+	if d, err := time.ParseDuration(c.Executor.ThinkTime); err != nil || d < 0 {
+		return fmt.Errorf("executor.think_time must be a duration such as 20ms (0s for none), got %q", c.Executor.ThinkTime)
 	}
 	if d, err := time.ParseDuration(c.Storage.CatchUp); err != nil || d <= 0 {
 		return fmt.Errorf("storage.prune_catch_up must be a positive duration such as 30s, got %q", c.Storage.CatchUp)

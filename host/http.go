@@ -55,7 +55,10 @@ type StreamEvent struct {
 	Usage        *executor.Usage `json:"usage,omitempty"`
 	FinishReason string          `json:"finish_reason,omitempty"`
 	ResponseHash string          `json:"response_hash,omitempty"`
-	Error        string          `json:"error,omitempty"`
+	// Txs, on the done event, are the executor's signed ConfirmStart and
+	// FinishInference (marshalled sessionpb.Tx) for the gateway to carry.
+	Txs   [][]byte `json:"txs,omitempty"`
+	Error string   `json:"error,omitempty"`
 }
 
 // GossipRequest is the body of POST /v1/sessions/{escrow}/gossip.
@@ -204,7 +207,7 @@ func (h *handler) inference(w http.ResponseWriter, r *http.Request, escrowID uin
 		}
 		return nil
 	}
-	res, err := h.e.Inference(r.Context(), escrowID, req.Nonce, req.Request, emit)
+	res, txs, err := h.e.Inference(r.Context(), escrowID, req.Nonce, req.Request, emit)
 	if err != nil {
 		if started {
 			_ = writeEvent(w, StreamEvent{Error: err.Error()})
@@ -217,7 +220,12 @@ func (h *handler) inference(w http.ResponseWriter, r *http.Request, escrowID uin
 		_ = emit("")
 	}
 	hash := res.ResponseHash()
-	_ = writeEvent(w, StreamEvent{Done: true, Usage: &res.Usage, FinishReason: res.FinishReason, ResponseHash: hex.EncodeToString(hash[:])})
+	done := StreamEvent{Done: true, Usage: &res.Usage, FinishReason: res.FinishReason, ResponseHash: hex.EncodeToString(hash[:])}
+	for _, tx := range txs {
+		b, _ := tx.Marshal()
+		done.Txs = append(done.Txs, b)
+	}
+	_ = writeEvent(w, done)
 	if flusher != nil {
 		flusher.Flush()
 	}

@@ -13,81 +13,91 @@ import (
 
 // Inference runs inference nonce of the escrow, which this host must
 // execute, streaming text to emit. It pools a signed ConfirmStart before it
-// starts and a signed FinishInference when the executor is done.
-func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req executor.Request, emit func(string) error) (executor.Result, error) {
+// starts and a signed FinishInference when the executor is done, and
+// returns both, so the caller can hand them to the gateway at once: a host
+// that crashes after answering has then still delivered its proof of work.
+func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req executor.Request, emit func(string) error) (executor.Result, []*sessionpb.Tx, error) {
 	en, err := e.session(ctx, escrowID)
 	if err != nil {
-		return executor.Result{}, err
+		return executor.Result{}, nil, err
 	}
 	r, ok := en.s.Record(nonce)
 	switch {
 	case !ok:
 		en.mu.Unlock()
-		return executor.Result{}, fmt.Errorf("%w: inference %d of escrow %d is not live here (not yet started by a diff, or sealed)", ErrBadInput, nonce, escrowID)
+		return executor.Result{}, nil, fmt.Errorf("%w: inference %d of escrow %d is not live here (not yet started by a diff, or sealed)", ErrBadInput, nonce, escrowID)
 	case !en.holds(r.ExecutorSlot):
 		en.mu.Unlock()
-		return executor.Result{}, fmt.Errorf("%w: inference %d is assigned to slot %d, which this host does not hold", ErrNotExecutor, nonce, r.ExecutorSlot)
+		return executor.Result{}, nil, fmt.Errorf("%w: inference %d is assigned to slot %d, which this host does not hold", ErrNotExecutor, nonce, r.ExecutorSlot)
 	case r.Status != sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING || en.ran[nonce]:
 		en.mu.Unlock()
-		return executor.Result{}, fmt.Errorf("%w: inference %d was already run (it is %s); it runs once", ErrBadInput, nonce, r.Status)
+		return executor.Result{}, nil, fmt.Errorf("%w: inference %d was already run (it is %s); it runs once", ErrBadInput, nonce, r.Status)
 	}
 	if h := req.PromptHash(); !bytes.Equal(h[:], r.PromptHash) || uint64(req.MaxTokens) != r.MaxTokens {
 		en.mu.Unlock()
-		return executor.Result{}, fmt.Errorf("%w: the request does not match what diff %d started (prompt hash or max tokens)", ErrBadInput, nonce)
+		return executor.Result{}, nil, fmt.Errorf("%w: the request does not match what diff %d started (prompt hash or max tokens)", ErrBadInput, nonce)
 	}
 	en.requests[nonce] = req
 	en.ran[nonce] = true
 	confirm := &sessionpb.Tx{Slot: r.ExecutorSlot, Body: &sessionpb.Tx_Confirm{Confirm: &sessionpb.ConfirmStart{InferenceId: nonce, ConfirmedAt: e.cfg.Now().Unix()}}}
 	if err := session.SignTx(e.cfg.Key, escrowID, confirm); err != nil {
 		en.mu.Unlock()
-		return executor.Result{}, err
+		return executor.Result{}, nil, err
 	}
 	en.pool.add(confirm, en.s.Nonce(), true)
 	en.mu.Unlock()
 
 	res, err := e.cfg.Executor.Execute(ctx, req, emit)
 	if err != nil {
-		return executor.Result{}, err
+		return executor.Result{}, nil, err
 	}
 	hash := res.ResponseHash()
 	finish := &sessionpb.Tx{Slot: r.ExecutorSlot, Body: &sessionpb.Tx_Finish{Finish: &sessionpb.FinishInference{
 		InferenceId: nonce, InputTokens: uint64(res.Usage.PromptTokens), OutputTokens: uint64(res.Usage.CompletionTokens), ResponseHash: hash[:],
 	}}}
 	if err := session.SignTx(e.cfg.Key, escrowID, finish); err != nil {
-		return executor.Result{}, err
+		return executor.Result{}, nil, err
 	}
 	en.mu.Lock()
 	en.pool.add(finish, en.s.Nonce(), true)
 	en.mu.Unlock()
-	return res, nil
+	return res, []*sessionpb.Tx{confirm, finish}, nil
 }
 
 // maybeValidate re-runs a peer's finished inference when this host is
-// sampled for it, and pools its vote. It runs with en.mu held and returns at
-// once; the re-run happens in the background.
+// sampled for it, and pools its votes: one per held slot that the sampling
+// picked. It runs with en.mu held and returns at once; the re-run happens
+// in the background.
 func (e *Engine) maybeValidate(ctx context.Context, en *entry, f *sessionpb.FinishInference, finishRoot []byte) {
 	r, ok := en.s.Record(f.InferenceId)
 	if !ok || r.Status != sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED {
 		return
 	}
-	slot, ok := e.eligibleSlot(en, r)
-	if !ok || !session.Sampled(en.snap, finishRoot, r.Id, slot) {
-		return
+	var sampled []uint32
+	for _, slot := range e.eligibleSlots(en, r) {
+		if session.Sampled(en.snap, finishRoot, r.Id, slot) {
+			sampled = append(sampled, slot)
+		}
 	}
-	e.validate(en, r, slot)
+	if len(sampled) > 0 {
+		e.validate(en, r, sampled)
+	}
 }
 
-// eligibleSlot is the slot this host votes with on r: none if this host is
-// the executor's participant, since no one votes on their own work.
-func (e *Engine) eligibleSlot(en *entry, r *sessionpb.InferenceRecord) (uint32, bool) {
+// eligibleSlots are the slots this host votes with on r: every slot it
+// holds, since thresholds count slots (a host holding two slots has two
+// votes), and none if this host is the executor's participant, since no
+// one votes on their own work.
+func (e *Engine) eligibleSlots(en *entry, r *sessionpb.InferenceRecord) []uint32 {
 	if string(en.snap.Group[r.ExecutorSlot]) == string(e.addr[:]) {
-		return 0, false
+		return nil
 	}
-	return en.slots[0], true
+	return en.slots
 }
 
-// validate re-runs r in the background and pools a Validation vote.
-func (e *Engine) validate(en *entry, r *sessionpb.InferenceRecord, slot uint32) {
+// validate re-runs r once in the background and pools a Validation vote for
+// each of slots.
+func (e *Engine) validate(en *entry, r *sessionpb.InferenceRecord, slots []uint32) {
 	req, ok := en.requests[r.Id]
 	if !ok {
 		e.log.Warn("cannot validate: request payload unknown", "escrow", en.snap.EscrowId, "inference", r.Id)
@@ -106,14 +116,20 @@ func (e *Engine) validate(en *entry, r *sessionpb.InferenceRecord, slot uint32) 
 			hash = res.ResponseHash()
 			valid = bytes.Equal(hash[:], r.ResponseHash) && uint64(res.Usage.CompletionTokens)+uint64(res.Usage.PromptTokens) == r.TokensUsed
 		}
-		vote := &sessionpb.Tx{Slot: slot, Body: &sessionpb.Tx_Validation{Validation: &sessionpb.Validation{InferenceId: r.Id, Valid: valid, ResponseHash: hash[:]}}}
-		if err := session.SignTx(e.cfg.Key, escrowID, vote); err != nil {
-			e.log.Error("sign validation", "err", err)
-			return
+		var votes []*sessionpb.Tx
+		for _, slot := range slots {
+			vote := &sessionpb.Tx{Slot: slot, Body: &sessionpb.Tx_Validation{Validation: &sessionpb.Validation{InferenceId: r.Id, Valid: valid, ResponseHash: hash[:]}}}
+			if err := session.SignTx(e.cfg.Key, escrowID, vote); err != nil {
+				e.log.Error("sign validation", "err", err)
+				return
+			}
+			votes = append(votes, vote)
 		}
 		en.mu.Lock()
-		if en.s.MayInclude(vote) {
-			en.pool.add(vote, en.s.Nonce(), true)
+		for _, vote := range votes {
+			if en.s.MayInclude(vote) {
+				en.pool.add(vote, en.s.Nonce(), true)
+			}
 		}
 		en.mu.Unlock()
 		e.cfg.Metrics.validation(valid)
@@ -121,17 +137,21 @@ func (e *Engine) validate(en *entry, r *sessionpb.InferenceRecord, slot uint32) 
 }
 
 // challenged makes every eligible host re-run an inference that a validator
-// voted invalid: the group resolves it by majority.
+// voted invalid: the group resolves it by a majority of slots.
 func (e *Engine) challenged(en *entry, v *sessionpb.Validation) {
 	r, ok := en.s.Record(v.InferenceId)
 	if !ok || r.Status != sessionpb.InferenceStatus_INFERENCE_STATUS_CHALLENGED {
 		return
 	}
-	slot, ok := e.eligibleSlot(en, r)
-	if !ok || voted(r.ValidVotes, slot) || voted(r.InvalidVotes, slot) {
-		return
+	var slots []uint32
+	for _, slot := range e.eligibleSlots(en, r) {
+		if !voted(r.ValidVotes, slot) && !voted(r.InvalidVotes, slot) {
+			slots = append(slots, slot)
+		}
 	}
-	e.validate(en, r, slot)
+	if len(slots) > 0 {
+		e.validate(en, r, slots)
+	}
 }
 
 func voted(bitmap []byte, slot uint32) bool { return bitmap[slot/8]&(1<<(slot%8)) != 0 }
@@ -156,8 +176,8 @@ func (e *Engine) voteTimeouts(en *entry, now time.Time) {
 		if r.Status != sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING && r.Status != sessionpb.InferenceStatus_INFERENCE_STATUS_STARTED {
 			continue
 		}
-		slot, ok := e.eligibleSlot(en, r)
-		if !ok || voted(r.TimeoutVotes, slot) {
+		slots := e.eligibleSlots(en, r)
+		if len(slots) == 0 {
 			continue
 		}
 		first, ok := en.seen[r.Id]
@@ -168,13 +188,18 @@ func (e *Engine) voteTimeouts(en *entry, now time.Time) {
 		if now.Sub(first) < limit {
 			continue
 		}
-		vote := &sessionpb.Tx{Slot: slot, Body: &sessionpb.Tx_Timeout{Timeout: &sessionpb.TimeoutInference{InferenceId: r.Id}}}
-		if err := session.SignTx(e.cfg.Key, en.snap.EscrowId, vote); err != nil {
-			e.log.Error("sign timeout vote", "err", err)
-			return
-		}
-		if en.pool.add(vote, en.s.Nonce(), true) {
-			e.log.Info("voted timeout", "escrow", en.snap.EscrowId, "inference", r.Id, "open_for", now.Sub(first))
+		for _, slot := range slots {
+			if voted(r.TimeoutVotes, slot) {
+				continue
+			}
+			vote := &sessionpb.Tx{Slot: slot, Body: &sessionpb.Tx_Timeout{Timeout: &sessionpb.TimeoutInference{InferenceId: r.Id}}}
+			if err := session.SignTx(e.cfg.Key, en.snap.EscrowId, vote); err != nil {
+				e.log.Error("sign timeout vote", "err", err)
+				return
+			}
+			if en.pool.add(vote, en.s.Nonce(), true) {
+				e.log.Info("voted timeout", "escrow", en.snap.EscrowId, "inference", r.Id, "slot", slot, "open_for", now.Sub(first))
+			}
 		}
 	}
 }

@@ -158,7 +158,8 @@ func newExecutor(cfg *host.FileConfig) executor.Executor {
 		return &executor.Upstream{BaseURL: cfg.Executor.URL, ModelNames: cfg.Executor.Models, APIKey: cfg.Executor.APIKey,
 			Client: &http.Client{Timeout: 10 * time.Minute}}
 	}
-	return executor.Builtin{}
+	think, _ := time.ParseDuration(cfg.Executor.ThinkTime) // validated by LoadConfig
+	return executor.Builtin{ThinkTime: think}
 }
 
 // runHost runs the daemon until ctx ends.
@@ -235,7 +236,7 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 			return fmt.Errorf("http server: %w", err)
 		case now := <-ticker.C:
 			eng.Tick(ctx)
-			if now.Unix()%15 == 0 { // claims also land between epoch changes
+			if now.Unix()%5 == 0 { // claims also land between epoch changes
 				go claims.claim(ctx)
 			}
 		}

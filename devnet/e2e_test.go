@@ -1,0 +1,487 @@
+package devnet
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	sdkmath "cosmossdk.io/math"
+	"github.com/cosmos/cosmos-sdk/crypto/keys/secp256k1"
+	sdk "github.com/cosmos/cosmos-sdk/types"
+	txtypes "github.com/cosmos/cosmos-sdk/types/tx"
+	authtypes "github.com/cosmos/cosmos-sdk/x/auth/types"
+	banktypes "github.com/cosmos/cosmos-sdk/x/bank/types"
+
+	"github.com/devshard/devshard/chain"
+	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/gateway"
+	"github.com/devshard/devshard/httpauth"
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/signing"
+	devshardtypes "github.com/devshard/devshard/x/devshard/types"
+)
+
+// binary is the devshard executable the hosts run as, built once.
+var binary = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "devshard-e2e-bin-")
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "devshard")
+	cmd := exec.Command("go", "build", "-o", out, "../cmd/devshard")
+	if msg, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/devshard: %v\n%s", err, msg)
+	}
+	return out, nil
+})
+
+// e2e is one running devnet and what the test knows about it.
+type e2e struct {
+	t     *testing.T
+	ctx   context.Context
+	nw    *Network
+	price uint64
+}
+
+func startE2E(t *testing.T) *e2e {
+	bin, err := binary()
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	t.Cleanup(cancel)
+	p := Params()
+	// A missed inference does not punish here, so a host killed on
+	// purpose is still paid exactly its attested work (punishment has its
+	// own chain tests).
+	p.MaxMissedRatioBps = 10_000
+	home := t.TempDir()
+	nw, err := Start(ctx, Config{Home: home, Binary: bin, Params: &p, ThinkTime: 15 * time.Millisecond, Progress: testWriter{t}})
+	require.NoError(t, err, "devnet did not start; host logs are under %s", home)
+	t.Cleanup(func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		if err := nw.Close(closeCtx); err != nil {
+			t.Logf("devnet close: %v", err)
+		}
+		if t.Failed() {
+			for _, h := range nw.Hosts {
+				if raw, err := os.ReadFile(h.LogPath); err == nil {
+					lines := strings.Split(string(raw), "\n")
+					t.Logf("%s log tail:\n%s", h.Name, strings.Join(lines[max(0, len(lines)-30):], "\n"))
+				}
+			}
+		}
+	})
+	return &e2e{t: t, ctx: ctx, nw: nw, price: p.TokenPrice}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
+func (e *e2e) balance(addr sdk.AccAddress) int64 {
+	e.t.Helper()
+	res, err := banktypes.NewQueryClient(e.nw.Node.Conn()).Balance(e.ctx, &banktypes.QueryBalanceRequest{Address: addr.String(), Denom: chain.Denom})
+	require.NoError(e.t, err)
+	return res.Balance.Amount.Int64()
+}
+
+var moduleAddr = authtypes.NewModuleAddress(devshardtypes.ModuleName)
+
+// balances are the accounts the test follows.
+type balances struct {
+	gateway, module int64
+	hosts           []int64
+}
+
+func (e *e2e) balances() balances {
+	b := balances{gateway: e.balance(e.nw.GatewayAccount.Address), module: e.balance(moduleAddr)}
+	for _, h := range e.nw.Hosts {
+		b.hosts = append(b.hosts, e.balance(h.Account))
+	}
+	return b
+}
+
+func (e *e2e) client() *Client { return NewClient(e.nw.Info.Gateway.URL, e.nw.Info.Gateway.APIKey) }
+
+// spent is what the app was charged for one answer, from the usage the
+// gateway reported to it.
+func (e *e2e) spent(r *ChatResult) uint64 {
+	return uint64(r.PromptTokens+r.CompletionTokens) * e.price
+}
+
+// send sends n requests, parallel at a time, every third streamed, and
+// returns the sum of their charges.
+func (e *e2e) send(n, parallel int, tag string) uint64 {
+	e.t.Helper()
+	var (
+		mu    sync.Mutex
+		total uint64
+		errs  []error
+		wg    sync.WaitGroup
+	)
+	work := make(chan int)
+	for range parallel {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := e.client()
+			for i := range work {
+				req := ChatRequest{Model: executor.BuiltinModel, MaxTokens: 8 + i%24,
+					Messages: []executor.Message{{Role: "user", Content: fmt.Sprintf("%s request %d", tag, i)}}}
+				res, err := c.Chat(e.ctx, req, i%3 == 0)
+				mu.Lock()
+				if err != nil {
+					errs = append(errs, fmt.Errorf("request %d: %w", i, err))
+				} else {
+					total += e.spent(res)
+					if want := expectedText(e.t, req); res.Text != want {
+						errs = append(errs, fmt.Errorf("request %d: answer %q, the model says %q", i, res.Text, want))
+					}
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	for i := range n {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	require.Empty(e.t, errs)
+	return total
+}
+
+// expectedText is what the built-in model answers, run directly.
+func expectedText(t *testing.T, req ChatRequest) string {
+	res, err := executor.Builtin{}.Execute(context.Background(), executor.Request{Model: req.Model, Messages: req.Messages, MaxTokens: req.MaxTokens}, func(string) error { return nil })
+	require.NoError(t, err)
+	return res.Text
+}
+
+// settled settles everything and returns the settlements of the escrows
+// settled since the first `skip`, read back from their txs on chain, with
+// the plans the protocol computes for them.
+func (e *e2e) settleAll(skip int) []settled {
+	e.t.Helper()
+	require.NoError(e.t, e.nw.Gateway.Gateway.SettleAll(e.ctx))
+	list, err := e.nw.Gateway.Gateway.Settled(e.ctx)
+	require.NoError(e.t, err)
+	var out []settled
+	for _, s := range list[skip:] {
+		out = append(out, e.readSettlement(s.ID, s.TxHash))
+	}
+	require.NotEmpty(e.t, out, "nothing was settled")
+	for _, s := range out {
+		require.NoError(e.t, waitClaims(e.ctx, e.nw, s.snap.Epoch))
+	}
+	return out
+}
+
+type settled struct {
+	snap *sessionpb.EscrowSnapshot
+	msg  *sessionpb.Settlement
+	plan *session.Plan
+}
+
+func (e *e2e) readSettlement(id uint64, hash string) settled {
+	e.t.Helper()
+	require.NotEmpty(e.t, hash, "escrow %d has no settlement tx recorded", id)
+	esc, err := devshardtypes.NewQueryClient(e.nw.Node.Conn()).Escrow(e.ctx, &devshardtypes.QueryEscrowRequest{Id: id})
+	require.NoError(e.t, err)
+	require.Equal(e.t, devshardtypes.EscrowSettled, esc.Escrow.Status)
+	res, err := txtypes.NewServiceClient(e.nw.Node.Conn()).GetTx(e.ctx, &txtypes.GetTxRequest{Hash: hash})
+	require.NoError(e.t, err)
+	var m *devshardtypes.MsgSettleEscrow
+	for _, any := range res.Tx.Body.Messages {
+		var msg sdk.Msg
+		require.NoError(e.t, e.nw.Node.Encoding.InterfaceRegistry.UnpackAny(any, &msg))
+		if s, ok := msg.(*devshardtypes.MsgSettleEscrow); ok {
+			m = s
+		}
+	}
+	require.NotNil(e.t, m, "tx %s carries no MsgSettleEscrow", hash)
+	snap := esc.Escrow.Snapshot
+	plan, err := session.VerifySettlement(&snap, m.Settlement, nil)
+	require.NoError(e.t, err)
+	return settled{snap: &snap, msg: m.Settlement, plan: plan}
+}
+
+// checkBooks checks, from chain balances, that the gateway paid exactly
+// the charged costs plus the fees, each host received exactly its cost and
+// fee share, the creator got the rest, and the module holds only the
+// collateral again.
+func (e *e2e) checkBooks(before balances, charged uint64, ss []settled) {
+	e.t.Helper()
+	after := e.balances()
+	var costs, fees uint64
+	toHost := map[signing.Address]uint64{}
+	for _, s := range ss {
+		want, ok := session.ExpectedFees(s.snap, s.msg.ActiveNonces)
+		require.True(e.t, ok)
+		require.Equal(e.t, want, s.msg.Fees, "escrow %d: fees are the snapshot's creation fee plus fee per nonce × %d active nonces", s.snap.EscrowId, s.msg.ActiveNonces)
+		fees += s.msg.Fees
+		for _, hs := range s.msg.HostStats {
+			costs += hs.Cost
+		}
+		for _, a := range s.plan.ByAddress() {
+			toHost[a.Address] += a.Cost + a.FeeShare
+		}
+		require.Equal(e.t, s.snap.Amount, s.plan.Refund+s.plan.Fees+sumCosts(s.msg), "escrow %d conserves", s.snap.EscrowId)
+	}
+	require.Equal(e.t, charged, costs, "the costs the hosts attested equal what the app was charged")
+	require.Equal(e.t, int64(costs+fees), before.gateway-after.gateway, "the gateway paid Σ costs + fees; the rest came back")
+	for i, h := range e.nw.Hosts {
+		a, err := signing.AddressFromBytes(h.Account)
+		require.NoError(e.t, err)
+		require.Equal(e.t, int64(toHost[a]), after.hosts[i]-before.hosts[i], "%s received its costs plus its fee share", h.Name)
+	}
+	require.Equal(e.t, int64(len(e.nw.Hosts)*Collateral), after.module, "the module account holds the collateral alone")
+	cons, err := devshardtypes.NewQueryClient(e.nw.Node.Conn()).Conservation(e.ctx, &devshardtypes.QueryConservationRequest{})
+	require.NoError(e.t, err)
+	require.Equal(e.t, cons.Balance, cons.Owed)
+}
+
+func sumCosts(m *sessionpb.Settlement) uint64 {
+	var c uint64
+	for _, hs := range m.HostStats {
+		c += hs.Cost
+	}
+	return c
+}
+
+// TestEndToEnd runs the devnet: requests through the gateway (streamed
+// and not, by hand and through the official openai npm client), bad input,
+// an exhausted gateway, settlement and claims with exact balances, then a
+// host killed mid-stream, then a host killed with kill -9 that recovers to
+// the group's root while the others keep serving.
+func TestEndToEnd(t *testing.T) {
+	e := startE2E(t)
+
+	t.Run("requests settle and pay exactly", func(t *testing.T) {
+		e.t = t
+		before := e.balances()
+		charged := e.send(50, 4, "e2e")
+		res := runOpenAIClient(t, e.nw.Info.Gateway.URL, e.nw.Info.Gateway.APIKey)
+		require.Contains(t, res.Models, executor.BuiltinModel)
+		require.NotEmpty(t, res.StreamText)
+		require.Positive(t, res.StreamUsage.CompletionTokens)
+		require.Equal(t, res.StreamUsage.PromptTokens+res.StreamUsage.CompletionTokens, res.StreamUsage.TotalTokens)
+		require.NotEmpty(t, res.Text)
+		charged += uint64(res.StreamUsage.TotalTokens+res.Usage.TotalTokens) * e.price
+		ss := e.settleAll(0)
+		e.checkBooks(before, charged, ss)
+	})
+
+	t.Run("bad input moves no coins", func(t *testing.T) {
+		e.t = t
+		before := e.balances()
+		url := e.nw.Info.Gateway.URL
+		ok := fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"hi"}],"max_tokens":8}`, executor.BuiltinModel)
+		cases := []struct {
+			name, key, body string
+			status          int
+			says            string
+		}{
+			{"no key", "", ok, http.StatusUnauthorized, "didn't provide an API key"},
+			{"bad key", "sk-devshard-not-a-real-key", ok, http.StatusUnauthorized, "Incorrect API key"},
+			{"malformed body", e.nw.Info.Gateway.APIKey, `{"model":`, http.StatusBadRequest, "could not parse the JSON body"},
+			{"no messages", e.nw.Info.Gateway.APIKey, fmt.Sprintf(`{"model":%q,"messages":[]}`, executor.BuiltinModel), http.StatusBadRequest, "at least one message"},
+			{"unknown model", e.nw.Info.Gateway.APIKey, `{"model":"gpt-nonexistent","messages":[{"role":"user","content":"hi"}]}`, http.StatusNotFound, `model "gpt-nonexistent" does not exist`},
+			{"max_tokens too large", e.nw.Info.Gateway.APIKey, fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"hi"}],"max_tokens":100000}`, executor.BuiltinModel), http.StatusBadRequest, "allows at most 4096"},
+			{"negative max_tokens", e.nw.Info.Gateway.APIKey, fmt.Sprintf(`{"model":%q,"messages":[{"role":"user","content":"hi"}],"max_tokens":-3}`, executor.BuiltinModel), http.StatusBadRequest, "positive integer"},
+		}
+		for _, c := range cases {
+			_, err := (&Client{URL: url, Key: c.key, HTTP: http.DefaultClient}).Post(e.ctx, []byte(c.body), false)
+			var ae *APIError
+			require.ErrorAs(t, err, &ae, c.name)
+			require.Equal(t, c.status, ae.Status, "%s: %s", c.name, ae.Message)
+			require.Contains(t, ae.Message, c.says, c.name)
+		}
+		require.Empty(t, e.nw.Gateway.Gateway.Escrows(), "no escrow was opened for bad input")
+
+		// A gateway whose account cannot lock an escrow answers 402.
+		poorKey := secp256k1.GenPrivKey()
+		poor := sdk.AccAddress(poorKey.PubKey().Address())
+		_, err := e.nw.Node.TxClient().Send(e.ctx, e.nw.Node.Validator.Key,
+			banktypes.NewMsgSend(e.nw.Node.Validator.Address, poor, sdk.NewCoins(sdk.NewCoin(chain.Denom, sdkmath.NewInt(5_000)))))
+		require.NoError(t, err)
+		key, err := signing.PrivKeyFromBytes(poorKey.Key)
+		require.NoError(t, err)
+		api := gateway.NewAPIKey("poor")
+		d, err := gateway.Open(e.ctx, gateway.DaemonConfig{Listen: "127.0.0.1:0", Home: t.TempDir(), ChainGRPC: e.nw.Node.GRPCAddress,
+			ChainRPC: e.nw.Node.RPCAddress, ChainID: e.nw.Node.ChainID, Key: key, Keys: []gateway.APIKey{api}})
+		require.NoError(t, err)
+		defer d.Close(e.ctx)
+		_, err = NewClient(d.URL(), api.Key).Post(e.ctx, []byte(ok), false)
+		var ae *APIError
+		require.ErrorAs(t, err, &ae)
+		require.Equal(t, http.StatusPaymentRequired, ae.Status, ae.Message)
+		require.Equal(t, "insufficient_quota", ae.Code)
+		require.Contains(t, ae.Message, "holds 5000 and an escrow locks 10000000")
+		require.Equal(t, int64(5_000), e.balance(poor))
+
+		after := e.balances()
+		require.Equal(t, before, after, "no coins moved")
+	})
+
+	t.Run("a host killed mid-stream is retried and timed out", func(t *testing.T) {
+		e.t = t
+		before := e.balances()
+		skip, err := e.nw.Gateway.Gateway.SettledCount(e.ctx)
+		require.NoError(t, err)
+		charged := e.send(3, 1, "warm-up") // opens the escrow
+		views := e.nw.Gateway.Gateway.Escrows()
+		require.Len(t, views, 1)
+		victim := e.hostAt(views[0].NextExecutor)
+
+		req := ChatRequest{Model: executor.BuiltinModel, MaxTokens: 60, Messages: []executor.Message{{Role: "user", Content: "a long answer, please, about retries"}}}
+		var once sync.Once
+		c := e.client()
+		c.OnText = func(string) { once.Do(victim.Kill) }
+		res, err := c.Chat(e.ctx, req, true)
+		require.NoError(t, err, "the app sees one answer despite the executor dying")
+		require.Equal(t, expectedText(t, req), res.Text, "the answer is whole and nothing is repeated")
+		charged += e.spent(res)
+		require.False(t, victim.Running(), "the victim was killed")
+
+		require.NoError(t, victim.Start())
+		require.NoError(t, victim.WaitReady(e.ctx, 30*time.Second))
+		charged += e.send(6, 2, "after-kill")
+		ss := e.settleAll(skip)
+		missed := uint64(0)
+		va, _ := signing.AddressFromBytes(victim.Account)
+		for _, s := range ss {
+			for slot, hs := range s.msg.HostStats {
+				if string(s.snap.Group[slot]) == string(va[:]) {
+					missed += hs.Missed
+				}
+			}
+		}
+		require.Positive(t, missed, "the killed executor's inference was timed out by the group's votes and counted as missed")
+		e.checkBooks(before, charged, ss)
+	})
+
+	t.Run("a host killed with kill -9 recovers to the group's root", func(t *testing.T) {
+		e.t = t
+		before := e.balances()
+		skip, err := e.nw.Gateway.Gateway.SettledCount(e.ctx)
+		require.NoError(t, err)
+		charged := e.send(200, 8, "load")
+		victim := e.nw.Hosts[1]
+		victim.Kill()
+		charged += e.send(20, 4, "while-down") // the others keep serving
+		require.NoError(t, victim.Start())
+		require.NoError(t, victim.WaitReady(e.ctx, 60*time.Second))
+		// The gateway skips a host it found down for a few seconds, then
+		// brings it up to date on the next diff.
+		caughtUp := false
+		for attempt := 0; attempt < 20 && !caughtUp; attempt++ {
+			charged += e.send(1, 1, fmt.Sprintf("after-restart-%d", attempt))
+			caughtUp = true
+			for _, v := range e.nw.Gateway.Gateway.Escrows() {
+				if e.holds(victim, v.ID) && e.hostRoot(victim, v.ID, v.Nonce) != v.Root {
+					caughtUp = false
+				}
+			}
+			if !caughtUp {
+				time.Sleep(500 * time.Millisecond)
+			}
+		}
+		require.True(t, caughtUp, "the restarted host reached the gateway's root in every escrow it serves")
+		validations := 0.0
+		for _, h := range e.nw.Hosts {
+			validations += metric(t, h.URL, "devshard_host_validations_total")
+		}
+		require.Positive(t, validations, "hosts re-ran sampled inferences of their peers")
+		ss := e.settleAll(skip)
+		e.checkBooks(before, charged, ss)
+	})
+}
+
+func (e *e2e) hostAt(url string) *Host {
+	for _, h := range e.nw.Hosts {
+		if h.URL == url {
+			return h
+		}
+	}
+	e.t.Fatalf("no host serves %s", url)
+	return nil
+}
+
+func (e *e2e) holds(h *Host, escrow uint64) bool {
+	res, err := devshardtypes.NewQueryClient(e.nw.Node.Conn()).Escrow(e.ctx, &devshardtypes.QueryEscrowRequest{Id: escrow})
+	require.NoError(e.t, err)
+	for _, a := range res.Escrow.Snapshot.Group {
+		if sdk.AccAddress(a).Equals(h.Account) {
+			return true
+		}
+	}
+	return false
+}
+
+// hostRoot reads the root a host stored at nonce, as the escrow's creator;
+// a parenthesized note if it has none.
+func (e *e2e) hostRoot(h *Host, escrow, nonce uint64) string {
+	e.t.Helper()
+	key, err := signing.PrivKeyFromBytes(e.nw.GatewayAccount.Key.Key)
+	require.NoError(e.t, err)
+	req, err := http.NewRequestWithContext(e.ctx, http.MethodGet, fmt.Sprintf("%s/v1/sessions/%d/diffs?from=%d&limit=1", h.URL, escrow, nonce), nil)
+	require.NoError(e.t, err)
+	require.NoError(e.t, httpauth.Sign(req, key, time.Now()))
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(e.t, err)
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Sprintf("(answered %d)", resp.StatusCode)
+	}
+	var out struct {
+		Diffs []struct {
+			Nonce uint64 `json:"nonce"`
+			Root  string `json:"root"`
+		} `json:"diffs"`
+	}
+	require.NoError(e.t, jsonDecode(resp, &out))
+	if len(out.Diffs) != 1 {
+		return "(no diff)"
+	}
+	return out.Diffs[0].Root
+}
+
+func jsonDecode(resp *http.Response, v any) error { return json.NewDecoder(resp.Body).Decode(v) }
+
+// metric sums a Prometheus counter's samples from a host's /metrics.
+func metric(t *testing.T, url, name string) float64 {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	require.NoError(t, err)
+	var sum float64
+	for _, line := range strings.Split(string(raw), "\n") {
+		if !strings.HasPrefix(line, name) {
+			continue
+		}
+		fields := strings.Fields(line)
+		v, err := strconv.ParseFloat(fields[len(fields)-1], 64)
+		require.NoError(t, err, line)
+		sum += v
+	}
+	return sum
+}
