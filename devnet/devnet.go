@@ -143,6 +143,18 @@ type Network struct {
 	// GatewayAccount is the gateway's funded account.
 	GatewayAccount node.Account
 	cfg            Config
+	gatewayConfig  gateway.DaemonConfig
+}
+
+// OpenGateway (re)starts the gateway on its home and address; after a Halt
+// it resumes the gateway's sessions and settlements.
+func (n *Network) OpenGateway(ctx context.Context) error {
+	d, err := gateway.Open(ctx, n.gatewayConfig)
+	if err != nil {
+		return fmt.Errorf("gateway: %w", err)
+	}
+	n.Gateway = d
+	return nil
 }
 
 func (c *Config) defaults() error {
@@ -252,15 +264,15 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 	if cfg.GatewayListen != "" {
 		listen = cfg.GatewayListen
 	}
-	n.Gateway, err = gateway.Open(ctx, gateway.DaemonConfig{
+	n.gatewayConfig = gateway.DaemonConfig{
 		Listen: listen, Home: filepath.Join(cfg.Home, "gateway"),
 		ChainGRPC: n.Node.GRPCAddress, ChainRPC: n.Node.RPCAddress, ChainID: n.Node.ChainID,
 		Key: gwKey, Keys: []gateway.APIKey{{Name: "devnet", Key: st.Gateway.APIKey}},
 		Gateway: gateway.Config{EscrowAmount: cfg.EscrowAmount},
 		Logger:  logger,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if err := n.OpenGateway(ctx); err != nil {
+		return nil, err
 	}
 	step("gateway is serving on %s (account %s)", n.Gateway.URL(), n.GatewayAccount.Address)
 

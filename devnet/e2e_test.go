@@ -345,6 +345,7 @@ func TestEndToEnd(t *testing.T) {
 		before := e.balances()
 		skip, err := e.nw.Gateway.Gateway.SettledCount(e.ctx)
 		require.NoError(t, err)
+		e.waitEpochStart() // one escrow for the whole step
 		charged := e.send(3, 1, "warm-up") // opens the escrow
 		views := e.nw.Gateway.Gateway.Escrows()
 		require.Len(t, views, 1)
@@ -412,6 +413,84 @@ func TestEndToEnd(t *testing.T) {
 		ss := e.settleAll(skip)
 		e.checkBooks(before, charged, ss)
 	})
+
+	t.Run("a gateway restart resumes its session and a settlement in flight", func(t *testing.T) {
+		e.t = t
+		before := e.balances()
+		skip, err := e.nw.Gateway.Gateway.SettledCount(e.ctx)
+		require.NoError(t, err)
+		e.waitEpochStart() // one escrow for the whole step
+		charged := e.send(10, 2, "before-restart")
+		views := e.nw.Gateway.Gateway.Escrows()
+		require.Len(t, views, 1)
+		open := views[0]
+
+		e.nw.Gateway.Halt() // as a crash would leave it: nothing settled
+		require.NoError(t, e.nw.OpenGateway(e.ctx))
+		resumed := e.nw.Gateway.Gateway.Escrows()
+		require.Len(t, resumed, 1)
+		require.Equal(t, open.ID, resumed[0].ID)
+		require.Equal(t, open.Nonce, resumed[0].Nonce, "the session resumed at its last nonce")
+		require.Equal(t, open.Root, resumed[0].Root, "the session resumed at its last root")
+		charged += e.send(5, 1, "after-restart")
+		require.Greater(t, e.nw.Gateway.Gateway.Escrows()[0].Nonce, open.Nonce, "the same escrow took the new requests")
+
+		// With every host down the settlement cannot gather signatures: it
+		// is left in flight, and the gateway halts.
+		for _, h := range e.nw.Hosts {
+			h.Kill()
+		}
+		short, cancel := context.WithTimeout(e.ctx, 4*time.Second)
+		require.Error(t, e.nw.Gateway.Gateway.SettleAll(short))
+		cancel()
+		inFlight := e.nw.Gateway.Gateway.Escrows()
+		require.Len(t, inFlight, 1)
+		require.Equal(t, gateway.StatusSettling, inFlight[0].Status)
+		e.nw.Gateway.Halt()
+
+		for _, h := range e.nw.Hosts {
+			require.NoError(t, h.Start())
+		}
+		for _, h := range e.nw.Hosts {
+			require.NoError(t, h.WaitReady(e.ctx, 60*time.Second))
+		}
+		require.NoError(t, e.nw.OpenGateway(e.ctx)) // resumes the settlement
+		require.Eventually(t, func() bool { return len(e.nw.Gateway.Gateway.Escrows()) == 0 }, 90*time.Second, 500*time.Millisecond,
+			"the resumed settlement landed")
+		list, err := e.nw.Gateway.Gateway.Settled(e.ctx)
+		require.NoError(t, err)
+		var ss []settled
+		for _, s := range list[skip:] {
+			ss = append(ss, e.readSettlement(s.ID, s.TxHash))
+		}
+		require.Len(t, ss, 1)
+		require.NoError(t, waitClaims(e.ctx, e.nw, ss[0].snap.Epoch))
+		e.checkBooks(before, charged, ss)
+	})
+}
+
+// waitEpochStart returns once a new epoch has begun, so a step that needs
+// one escrow throughout has a whole epoch before the gateway settles it.
+func (e *e2e) waitEpochStart() {
+	e.t.Helper()
+	q := devshardtypes.NewQueryClient(e.nw.Node.Conn())
+	cur := func() uint64 {
+		res, err := q.CurrentEpoch(e.ctx, &devshardtypes.QueryCurrentEpochRequest{})
+		require.NoError(e.t, err)
+		return res.Epoch.Id
+	}
+	start := cur()
+	require.Eventually(e.t, func() bool { return cur() > start }, 60*time.Second, 200*time.Millisecond)
+	// The gateway sees the new epoch on its next poll and settles the
+	// old escrows; wait until it has retired them.
+	require.Eventually(e.t, func() bool {
+		for _, v := range e.nw.Gateway.Gateway.Escrows() {
+			if v.Status == gateway.StatusOpen && v.Epoch < start+1 {
+				return false
+			}
+		}
+		return true
+	}, 30*time.Second, 200*time.Millisecond)
 }
 
 func (e *e2e) hostAt(url string) *Host {

@@ -117,6 +117,15 @@ func (d *Daemon) Close(ctx context.Context) error {
 	return err
 }
 
+// Halt stops serving and every background loop at once, settling nothing:
+// what a crash leaves behind, short of the process exiting. The next Open
+// on the same home resumes the sessions and any settlement in flight.
+func (d *Daemon) Halt() {
+	_ = d.srv.Close()
+	d.Gateway.halt()
+	d.release()
+}
+
 func (d *Daemon) release() {
 	if d.ln != nil {
 		d.ln.Close()

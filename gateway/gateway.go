@@ -506,6 +506,15 @@ func (g *Gateway) Close(ctx context.Context) error {
 	return err
 }
 
+// halt stops the loops and settlements in progress without settling.
+func (g *Gateway) halt() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
+	g.stop()
+	g.bg.Wait()
+}
+
 // flushLoop carries the hosts' pooled txs (finishes, validations, timeout
 // votes) of sessions that have gone quiet, so work is recorded without
 // waiting for the next request.
