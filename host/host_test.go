@@ -12,6 +12,7 @@ import (
 	"math/rand"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -561,6 +562,211 @@ func TestTimeoutVotes(t *testing.T) {
 	require.Empty(t, resps[1].Mempool, "the executor does not vote itself out")
 	b.next(t, nil, append(decodeTxs(t, resps[0].Mempool), decodeTxs(t, resps[2].Mempool)...)...)
 	require.Equal(t, uint64(1), b.gw.Replica.State().HostStats[1].Missed)
+}
+
+// skewed gives participant A (host 0) three of five slots, B (host 1) one
+// and C (host 2) one: slots 0-2 are A's, 3 is B's, 4 is C's. Inference 4
+// runs on C's slot 4, so four slots are eligible to vote on it and a strict
+// majority is three: more than A and B reach with one vote each.
+func skewed(o *sessiontest.Options) { o.Holders = []int{0, 0, 0, 1, 2} }
+
+// startOnC brings the session to nonce 3 and starts inference 4 on C's slot.
+func (b *hostBundle) startOnC(t *testing.T, req executor.Request) {
+	t.Helper()
+	for range 3 {
+		b.next(t, nil)
+	}
+	b.next(t, map[uint64]executor.Request{4: req}, startTx(4, req))
+	r, ok := b.gw.Replica.Record(4)
+	require.True(t, ok)
+	require.Equal(t, uint32(4), r.ExecutorSlot)
+}
+
+// sampleNoOne makes the chain report a validation rate of zero, so that
+// finished work is re-run only when it is challenged. Call it before the
+// first diff: hosts read the snapshot when they first see the escrow.
+func (b *hostBundle) sampleNoOne() {
+	snap := *b.f.Snapshot
+	snap.ValidationRateBps = 0
+	b.chain.mu.Lock()
+	b.chain.snaps[snap.EscrowId] = &snap
+	b.chain.mu.Unlock()
+}
+
+// wait blocks until every host has finished its background re-runs.
+func (b *hostBundle) wait() {
+	for _, h := range b.hosts {
+		h.Wait()
+	}
+}
+
+// slotsOf lists the slots txs are cast for, sorted.
+func slotsOf(txs []*sessionpb.Tx) []uint32 {
+	out := make([]uint32, 0, len(txs))
+	for _, tx := range txs {
+		out = append(out, tx.Slot)
+	}
+	slices.Sort(out)
+	return out
+}
+
+// bySlot picks the tx cast for slot.
+func bySlot(t *testing.T, txs []*sessionpb.Tx, slot uint32) *sessionpb.Tx {
+	t.Helper()
+	for _, tx := range txs {
+		if tx.Slot == slot {
+			return tx
+		}
+	}
+	require.Failf(t, "no tx for slot", "slot %d not among %v", slot, slotsOf(txs))
+	return nil
+}
+
+// status is the status of live inference id on the gateway's replica.
+func (b *hostBundle) status(t *testing.T, id uint64) sessionpb.InferenceStatus {
+	t.Helper()
+	r, ok := b.gw.Replica.Record(id)
+	require.True(t, ok, "inference %d is live", id)
+	return r.Status
+}
+
+// sealedStatus is the status inference id was sealed with, as host i's
+// sealed-inference index records it. Decided inferences seal at once.
+func (b *hostBundle) sealedStatus(t *testing.T, i int, id uint64) sessionpb.InferenceStatus {
+	t.Helper()
+	_, live := b.gw.Replica.Record(id)
+	require.False(t, live, "inference %d is sealed", id)
+	rows, err := b.stores[i].Sealed(context.Background(), b.f.Snapshot.EscrowId)
+	require.NoError(t, err)
+	for _, row := range rows {
+		if row.InferenceID == id {
+			var r sessionpb.InferenceRecord
+			require.NoError(t, r.Unmarshal(row.Record))
+			return r.Status
+		}
+	}
+	require.Failf(t, "not in the sealed index", "inference %d, host %d", id, i)
+	return 0
+}
+
+// Attack 13: a timeout needs a strict majority of eligible slots, so a host
+// votes with every slot it holds. With one vote per participant, A and B
+// would cast two of four and the stalled inference would stay open forever.
+func TestTimeoutVotesCountEverySlotHeld(t *testing.T) {
+	t.Parallel()
+	b := setup(t, skewed)
+	b.startOnC(t, request(1))
+	for _, h := range b.hosts {
+		h.Tick(context.Background())
+	}
+	b.now = b.now.Add(2 * time.Minute) // past the 60 s execution timeout
+	for _, h := range b.hosts {
+		h.Tick(context.Background())
+	}
+	resps := b.next(t, nil)
+	a, bv := decodeTxs(t, resps[0].Mempool), decodeTxs(t, resps[1].Mempool)
+	for _, v := range append(a, bv...) {
+		require.NotNil(t, v.GetTimeout())
+	}
+	require.Equal(t, []uint32{0, 1, 2}, slotsOf(a), "A votes with each of its three slots")
+	require.Equal(t, []uint32{3}, slotsOf(bv))
+	require.Empty(t, resps[2].Mempool, "the executor does not vote itself out")
+
+	// B's vote and A's first are what one vote per participant would give:
+	// two of four eligible slots are no strict majority.
+	b.next(t, nil, bySlot(t, bv, 3))
+	b.next(t, nil, bySlot(t, a, 0))
+	require.Equal(t, sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING, b.status(t, 4))
+	resps = b.next(t, nil, bySlot(t, a, 1))
+	for i := range b.hosts {
+		require.Equal(t, sessionpb.InferenceStatus_INFERENCE_STATUS_TIMED_OUT, b.sealedStatus(t, i, 4), "host %d", i)
+	}
+	require.Equal(t, uint64(1), b.gw.Replica.State().HostStats[4].Missed)
+	require.Empty(t, resps[0].Mempool, "A's vote for slot 2 is dropped: the inference is no longer open")
+}
+
+// Attack 13: a challenged inference is decided by a majority of eligible
+// slots, so every host re-runs it and votes with every slot it holds that
+// has not voted. With one vote per participant, the challenge and A's one
+// vote would be two of four slots and decide nothing.
+func TestChallengeResolvesByMajorityOfSlotsHeld(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name string
+		// sampled: every slot is sampled when the finish lands. Otherwise
+		// none is, and only the challenge sets A's slots to work.
+		sampled bool
+		lie     bool // C signs a made-up answer instead of running it
+		want    sessionpb.InferenceStatus
+	}{
+		{"wrong answer, every slot sampled", true, true, sessionpb.InferenceStatus_INFERENCE_STATUS_INVALIDATED},
+		{"wrong answer, challenged by an unsampled vote", false, true, sessionpb.InferenceStatus_INFERENCE_STATUS_INVALIDATED},
+		{"right answer, falsely challenged", false, false, sessionpb.InferenceStatus_INFERENCE_STATUS_VALIDATED},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			b := setup(t, skewed)
+			if !tc.sampled {
+				b.sampleNoOne()
+			}
+			req := request(5)
+			b.startOnC(t, req)
+			if tc.lie {
+				lie := b.f.Signed(4, &sessionpb.Tx{Body: &sessionpb.Tx_Finish{Finish: &sessionpb.FinishInference{InferenceId: 4, InputTokens: 6, OutputTokens: 20, ResponseHash: sessiontest.Hash("made up")}}})
+				b.next(t, nil, b.f.Confirm(4, 4, 100), lie)
+			} else {
+				status, _, body := b.infer(t, 2, 4, req)
+				require.Equal(t, http.StatusOK, status, body)
+				resps := b.next(t, nil)
+				b.next(t, nil, decodeTxs(t, resps[2].Mempool)...)
+			}
+			require.Equal(t, sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED, b.status(t, 4))
+			b.wait()
+
+			// One invalid vote from B's slot challenges the inference.
+			resps := b.next(t, nil)
+			challenge := b.f.Validate(3, 4, false) // B, lying or not sampled
+			if tc.sampled {
+				bv := decodeTxs(t, resps[1].Mempool)
+				require.Equal(t, []uint32{3}, slotsOf(bv))
+				challenge = bv[0]
+			} else {
+				require.Empty(t, resps[0].Mempool, "nobody was sampled")
+				require.Empty(t, resps[1].Mempool, "nobody was sampled")
+			}
+			require.False(t, challenge.GetValidation().Valid)
+			b.next(t, nil, challenge)
+			require.Equal(t, sessionpb.InferenceStatus_INFERENCE_STATUS_CHALLENGED, b.status(t, 4))
+			b.wait()
+
+			resps = b.next(t, nil)
+			a := decodeTxs(t, resps[0].Mempool)
+			require.Equal(t, []uint32{0, 1, 2}, slotsOf(a), "A votes with each of its three slots")
+			for _, v := range a {
+				require.Equal(t, !tc.lie, v.GetValidation().Valid, "A re-ran it")
+			}
+			require.Empty(t, resps[1].Mempool, "B's slot has voted")
+			require.Empty(t, resps[2].Mempool, "the executor does not judge itself")
+
+			// The challenge and A's first vote: two of four slots decide nothing.
+			b.next(t, nil, bySlot(t, a, 0))
+			require.Equal(t, sessionpb.InferenceStatus_INFERENCE_STATUS_CHALLENGED, b.status(t, 4))
+			// A's second vote decides: three of four invalid is a strict
+			// majority; two of four valid is a tie, and ties favour the executor.
+			resps = b.next(t, nil, bySlot(t, a, 1))
+			for i := range b.hosts {
+				require.Equal(t, tc.want, b.sealedStatus(t, i, 4), "host %d", i)
+			}
+			stats := b.gw.Replica.State().HostStats[4]
+			if tc.lie {
+				require.Equal(t, uint64(1), stats.Invalid)
+			} else {
+				require.Equal(t, uint64(1), stats.Validated)
+			}
+			require.Empty(t, resps[0].Mempool, "A's vote for slot 2 is dropped: the inference is decided")
+		})
+	}
 }
 
 // A restarted host recovers the session from storage on first use.

@@ -3,8 +3,9 @@ package session
 import "github.com/devshard/devshard/session/sessionpb"
 
 // MayInclude reports whether a host tx could be carried by the next diff:
-// the session still takes host txs and the inference it names is in a
-// status the tx applies to. It checks no signature. Mempools (the host's,
+// the session still takes host txs, the inference it names is in a status
+// the tx applies to, and a vote's slot has not voted on it yet. It checks no
+// signature. Mempools (the host's,
 // the gateway's) use it to drop txs that can no longer apply.
 func (s *Session) MayInclude(tx *sessionpb.Tx) bool {
 	if s.Phase() == sessionpb.Phase_PHASE_SETTLEMENT {
@@ -25,8 +26,18 @@ func (s *Session) MayInclude(tx *sessionpb.Tx) bool {
 		return false
 	}
 	r, ok := s.Record(id)
-	if !ok {
+	if !ok || int(tx.Slot) >= len(s.group) {
 		return false
+	}
+	switch tx.Body.(type) {
+	case *sessionpb.Tx_Validation:
+		if hasBit(r.ValidVotes, tx.Slot) || hasBit(r.InvalidVotes, tx.Slot) {
+			return false
+		}
+	case *sessionpb.Tx_Timeout:
+		if hasBit(r.TimeoutVotes, tx.Slot) {
+			return false
+		}
 	}
 	for _, st := range want {
 		if r.Status == st {
