@@ -1,15 +1,15 @@
-package host
+package host_test
 
 import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
-	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/host/hostbench"
 	"github.com/devshard/devshard/internal/pgtest"
-	"github.com/devshard/devshard/session"
-	"github.com/devshard/devshard/session/sessionbench"
 	"github.com/devshard/devshard/store"
+	"github.com/devshard/devshard/store/boot"
 	"github.com/devshard/devshard/store/postgres"
 	"github.com/devshard/devshard/store/sqlite"
 )
@@ -18,7 +18,8 @@ import (
 // verify, persist to SQLite (synchronous=FULL), commit and sign. Compare
 // with BenchmarkPureApply, measured on the same diffs.
 func BenchmarkHostApplySQLite(b *testing.B) {
-	benchHostApply(b, func(b *testing.B) store.Store {
+	w := applyWorkload(b)
+	w.BenchHost(b, func(b *testing.B) store.Store {
 		st, err := sqlite.Open(context.Background(), b.TempDir(), sqlite.Options{})
 		if err != nil {
 			b.Fatal(err)
@@ -30,10 +31,11 @@ func BenchmarkHostApplySQLite(b *testing.B) {
 // BenchmarkHostApplyPostgres is the same on Postgres with fsync and
 // synchronous_commit on.
 func BenchmarkHostApplyPostgres(b *testing.B) {
+	w := applyWorkload(b)
 	c := pgtest.Start(b)
 	c.Durable(b)
 	n := 0
-	benchHostApply(b, func(b *testing.B) store.Store {
+	w.BenchHost(b, func(b *testing.B) store.Store {
 		n++
 		st, err := postgres.Open(context.Background(), postgres.Config{DSN: c.CreateDatabase(b, fmt.Sprintf("bench%d", n))})
 		if err != nil {
@@ -43,54 +45,49 @@ func BenchmarkHostApplyPostgres(b *testing.B) {
 	})
 }
 
-func benchHostApply(b *testing.B, open func(*testing.B) store.Store) {
-	p, err := sessionbench.NewPipeline(21, 1000)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx := context.Background()
-	var e *Engine
-	var closeStore func()
-	i := len(p.Raw)
-	for b.Loop() {
-		if i == len(p.Raw) {
-			b.StopTimer()
-			if closeStore != nil {
-				closeStore()
-			}
-			st := open(b)
-			closeStore = func() { st.Close() }
-			e = New(Config{Key: p.Fixture.SlotKey(0), Store: st, Escrows: staticEscrows{p.Fixture.Snapshot}, Executor: executor.Builtin{}})
-			e.MarkReady()
-			i = 0
-			b.StartTimer()
-		}
-		if _, err := e.ApplyDiff(ctx, 21, p.Raw[i], nil); err != nil {
-			b.Fatal(err)
-		}
-		i++
-	}
-	b.StopTimer()
-	closeStore()
+// BenchmarkPureApply is session.Apply alone on the same diffs.
+func BenchmarkPureApply(b *testing.B) {
+	applyWorkload(b).BenchPure(b)
 }
 
-func BenchmarkPureApply(b *testing.B) {
-	p, err := sessionbench.NewPipeline(21, 1000)
+func applyWorkload(b *testing.B) *hostbench.ApplyWorkload {
+	w, err := hostbench.NewApplyWorkload()
 	if err != nil {
 		b.Fatal(err)
 	}
-	var s *session.Session
-	i := len(p.Diffs)
+	return w
+}
+
+// BenchmarkHostStartup starts a host daemon over 1,000 stored sessions of
+// 1,000 nonces each, with the snapshots a host writes (K = 500), and
+// reports the time to the first 200 on /healthz and to every session
+// recovered. Building the stored state takes about a minute; run it with
+// -benchtime 3x.
+func BenchmarkHostStartup(b *testing.B) {
+	ctx := context.Background()
+	dir := b.TempDir()
+	st, err := sqlite.Open(ctx, dir, sqlite.Options{Synchronous: "NORMAL"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, err := hostbench.BuildStartup(ctx, st, hostbench.StartupOptions{}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := st.Close(); err != nil {
+		b.Fatal(err)
+	}
+	var listening, recovered time.Duration
 	for b.Loop() {
-		if i == len(p.Diffs) {
-			b.StopTimer()
-			s, _ = session.New(p.Fixture.Snapshot, nil)
-			i = 0
-			b.StartTimer()
-		}
-		if _, err := s.Apply(p.Diffs[i]); err != nil {
+		t, err := s.Run(ctx, func(ctx context.Context) (store.Store, error) {
+			return boot.Open(ctx, boot.Config{Mode: boot.SQLite, Dir: dir, Getenv: func(string) string { return "" }})
+		})
+		if err != nil {
 			b.Fatal(err)
 		}
-		i++
+		listening += t.Listening
+		recovered += t.Recovered
 	}
+	b.ReportMetric(float64(listening.Microseconds())/1e3/float64(b.N), "listen-ms")
+	b.ReportMetric(float64(recovered.Microseconds())/1e3/float64(b.N), "recovered-ms")
 }

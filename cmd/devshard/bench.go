@@ -19,9 +19,10 @@ func newBenchCommand() *cobra.Command {
 		Long: `bench runs a workload, prints one 'BENCH <name> <value> <unit>' line per
 figure and one 'RATIO' line per target, comparing figures taken in the same
 run; lines starting with '#' explain a figure. Ratios, not absolute times, are what the targets constrain: the
-machines are shared and noisy. docs/BENCHMARKS.md records the results.`,
+machines are shared and noisy ('bench host' records figures no target bounds; its RATIO
+lines say '(target none)'). docs/BENCHMARKS.md records the results.`,
 	}
-	cmd.AddCommand(newBenchProtocolCommand(), newBenchStoreCommand(), newBenchSchedulerCommand())
+	cmd.AddCommand(newBenchProtocolCommand(), newBenchStoreCommand(), newBenchSchedulerCommand(), newBenchGatewayCommand(), newBenchHostCommand())
 	return cmd
 }
 
