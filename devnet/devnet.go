@@ -47,6 +47,9 @@ type Config struct {
 	// ThinkTime is the built-in model's pause per token on every host
 	// (default none).
 	ThinkTime time.Duration
+	// Synchronous is the SQLite durability of the hosts and the gateway:
+	// FULL (the default, fsync at every commit) or NORMAL.
+	Synchronous string
 	// Supervise restarts a host process that exits on its own.
 	Supervise bool
 	// GatewayListen is the gateway's address (default: a free loopback port,
@@ -54,6 +57,8 @@ type Config struct {
 	GatewayListen string
 	// EscrowAmount is what each of the gateway's escrows locks.
 	EscrowAmount uint64
+	// Lanes is how many escrows the gateway runs at once (default 1).
+	Lanes int
 	// Progress receives one line per step (default: discarded).
 	Progress io.Writer
 	// Logger receives the gateway's logs (default: <home>/gateway/gateway.log).
@@ -185,6 +190,9 @@ func (c *Config) defaults() error {
 	if c.Progress == nil {
 		c.Progress = io.Discard
 	}
+	if c.Synchronous == "" {
+		c.Synchronous = "FULL"
+	}
 	return nil
 }
 
@@ -268,8 +276,8 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 		Listen: listen, Home: filepath.Join(cfg.Home, "gateway"),
 		ChainGRPC: n.Node.GRPCAddress, ChainRPC: n.Node.RPCAddress, ChainID: n.Node.ChainID,
 		Key: gwKey, Keys: []gateway.APIKey{{Name: "devnet", Key: st.Gateway.APIKey}},
-		Gateway: gateway.Config{EscrowAmount: cfg.EscrowAmount},
-		Logger:  logger,
+		Gateway: gateway.Config{EscrowAmount: cfg.EscrowAmount, Lanes: cfg.Lanes}, Synchronous: cfg.Synchronous,
+		Logger: logger,
 	}
 	if err := n.OpenGateway(ctx); err != nil {
 		return nil, err

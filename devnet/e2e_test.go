@@ -345,7 +345,7 @@ func TestEndToEnd(t *testing.T) {
 		before := e.balances()
 		skip, err := e.nw.Gateway.Gateway.SettledCount(e.ctx)
 		require.NoError(t, err)
-		e.waitEpochStart() // one escrow for the whole step
+		e.waitEpochStart()                 // one escrow for the whole step
 		charged := e.send(3, 1, "warm-up") // opens the escrow
 		views := e.nw.Gateway.Gateway.Escrows()
 		require.Len(t, views, 1)

@@ -62,7 +62,7 @@ func newHost(cfg Config, i int, hs hostSetup, n *node.Node) (*Host, error) {
 	}
 	h.args = []string{"host", "--home", h.Home, "--listen", hs.Listen,
 		"--chain.rpc", "http://" + trimScheme(n.RPCAddress), "--chain.grpc", n.GRPCAddress,
-		"--storage.synchronous", "NORMAL", "--executor.think-time", cfg.ThinkTime.String()}
+		"--storage.synchronous", cfg.Synchronous, "--executor.think-time", cfg.ThinkTime.String()}
 	return h, nil
 }
 

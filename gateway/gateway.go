@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -56,8 +57,12 @@ type Config struct {
 	// EpochPoll is how often the gateway checks for a new epoch, whose
 	// start settles the previous epoch's escrows (default 2s).
 	EpochPoll time.Duration
-	Logger    *slog.Logger
-	Metrics   *Metrics
+	// Lanes is how many escrows take requests at once (default 1). Each
+	// lane's diffs are sequenced independently, so more lanes carry more
+	// requests in parallel, at one creation fee per escrow.
+	Lanes   int
+	Logger  *slog.Logger
+	Metrics *Metrics
 }
 
 func (c *Config) defaults() {
@@ -87,6 +92,9 @@ func (c *Config) defaults() {
 	}
 	if c.EpochPoll == 0 {
 		c.EpochPoll = 2 * time.Second
+	}
+	if c.Lanes <= 0 {
+		c.Lanes = 1
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -125,9 +133,10 @@ type Gateway struct {
 	mu       sync.Mutex
 	closed   bool
 	epoch    uint64                // latest epoch seen on chain
-	current  *sequencer            // the escrow taking new requests
+	lanes    []*sequencer          // the escrows taking new requests; nil: none yet
+	creating []chan struct{}       // per lane, held while its escrow is being created
+	next     uint64                // round-robin over the lanes
 	all      map[uint64]*sequencer // every escrow not yet settled
-	creating chan struct{}         // held while an escrow is being created
 
 	bg     sync.WaitGroup // settlements and loops
 	stop   context.CancelFunc
@@ -139,12 +148,27 @@ type Gateway struct {
 func New(cfg Config) *Gateway {
 	cfg.defaults()
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Gateway{
+	g := &Gateway{
 		cfg: cfg, key: cfg.Key, state: cfg.State, chain: cfg.Chain, auth: cfg.Auth,
 		peers: newPeers(cfg.Key, cfg.HostTimeout), log: cfg.Logger, metrics: cfg.Metrics,
-		all: map[uint64]*sequencer{}, creating: make(chan struct{}, 1),
+		all: map[uint64]*sequencer{}, lanes: make([]*sequencer, cfg.Lanes), creating: make([]chan struct{}, cfg.Lanes),
 		stop: cancel, loopCx: ctx,
 	}
+	for i := range g.creating {
+		g.creating[i] = make(chan struct{}, 1)
+	}
+	return g
+}
+
+// takeLane puts q in a free lane; false if every lane is taken.
+func (g *Gateway) takeLane(q *sequencer) bool {
+	for i, l := range g.lanes {
+		if l == nil {
+			g.lanes[i] = q
+			return true
+		}
+	}
+	return false
 }
 
 // Address is the gateway's account.
@@ -171,8 +195,8 @@ func (g *Gateway) Start(ctx context.Context) error {
 		switch {
 		case q.status == StatusSettling || e.Snapshot.Epoch < epoch:
 			g.settleLater(q)
-		case g.current == nil || q.id() > g.current.id():
-			g.current = q
+		case !g.takeLane(q):
+			g.settleLater(q) // more open escrows than lanes
 		}
 		g.log.Info("resumed escrow", "escrow", q.id(), "nonce", q.replica.Nonce(), "status", q.status)
 	}
@@ -222,7 +246,7 @@ func (g *Gateway) newSequencer(ctx context.Context, snap *sessionpb.EscrowSnapsh
 		return nil, err
 	}
 	q := &sequencer{g: g, snap: snap, replica: replica, status: StatusOpen,
-		pending: map[string]*sessionpb.Tx{}, acked: map[int]uint64{}, down: map[int]time.Time{}, sigs: map[uint32]*sessionpb.Signature{}}
+		pending: map[string]*sessionpb.Tx{}, acked: map[int]uint64{}, down: map[int]time.Time{}, sigs: map[uint32]*sessionpb.StateSignature{}}
 	byAddr := map[signing.Address]*member{}
 	for slot, raw := range snap.Group {
 		a, err := signing.AddressFromBytes(raw)
@@ -353,41 +377,45 @@ func isHostError(err error) bool {
 	return errors.As(err, &he)
 }
 
-// sequencerFor returns the escrow that takes new requests, creating one if
-// there is none.
+// sequencerFor returns an escrow that takes new requests, in round robin
+// over the lanes, creating the lane's escrow if it has none.
 func (g *Gateway) sequencerFor(ctx context.Context) (*sequencer, error) {
+	g.mu.Lock()
+	lane := int(g.next % uint64(len(g.lanes)))
+	g.next++
+	g.mu.Unlock()
 	for {
 		g.mu.Lock()
 		if g.closed {
 			g.mu.Unlock()
 			return nil, ErrClosed
 		}
-		if q := g.current; q != nil {
+		if q := g.lanes[lane]; q != nil {
 			g.mu.Unlock()
 			return q, nil
 		}
 		g.mu.Unlock()
 		select {
-		case g.creating <- struct{}{}:
+		case g.creating[lane] <- struct{}{}:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
 		g.mu.Lock()
-		q := g.current
+		q := g.lanes[lane]
 		g.mu.Unlock()
 		if q != nil { // another request created it while this one waited
-			<-g.creating
+			<-g.creating[lane]
 			return q, nil
 		}
 		q, err := g.createEscrow(ctx)
-		<-g.creating
+		<-g.creating[lane]
 		if err != nil {
 			return nil, err
 		}
 		g.mu.Lock()
 		g.all[q.id()] = q
-		if g.current == nil {
-			g.current = q
+		if g.lanes[lane] == nil {
+			g.lanes[lane] = q
 		}
 		g.mu.Unlock()
 	}
@@ -428,8 +456,10 @@ func (g *Gateway) createEscrow(ctx context.Context) (*sequencer, error) {
 // retire stops new requests on q and settles it in the background.
 func (g *Gateway) retire(q *sequencer) {
 	g.mu.Lock()
-	if g.current == q {
-		g.current = nil
+	for i, l := range g.lanes {
+		if l == q {
+			g.lanes[i] = nil
+		}
 	}
 	g.mu.Unlock()
 	g.settleLater(q)
@@ -479,7 +509,7 @@ func (g *Gateway) SettleAll(ctx context.Context) error {
 	for _, q := range g.all {
 		qs = append(qs, q)
 	}
-	g.current = nil
+	clear(g.lanes)
 	g.mu.Unlock()
 	sort.Slice(qs, func(i, j int) bool { return qs[i].id() < qs[j].id() })
 	var errs []error
@@ -529,10 +559,12 @@ func (g *Gateway) flushLoop() {
 		case <-t.C:
 		}
 		g.mu.Lock()
-		q := g.current
+		lanes := slices.Clone(g.lanes)
 		g.mu.Unlock()
-		if q != nil {
-			q.flush(g.loopCx, g.cfg.FlushEvery)
+		for _, q := range lanes {
+			if q != nil {
+				q.flush(g.loopCx, g.cfg.FlushEvery)
+			}
 		}
 	}
 }
@@ -598,7 +630,7 @@ func (g *Gateway) Escrows() []EscrowView {
 	for _, q := range g.all {
 		qs = append(qs, q)
 	}
-	current := g.current
+	lanes := slices.Clone(g.lanes)
 	g.mu.Unlock()
 	sort.Slice(qs, func(i, j int) bool { return qs[i].id() < qs[j].id() })
 	out := make([]EscrowView, 0, len(qs))
@@ -607,7 +639,7 @@ func (g *Gateway) Escrows() []EscrowView {
 		root := q.replica.Root()
 		v := EscrowView{ID: q.id(), Epoch: q.snap.Epoch, Status: q.status, Phase: q.replica.Phase().String(), Nonce: q.replica.Nonce(),
 			Root: fmt.Sprintf("%x", root), Balance: q.replica.Balance(), NextExecutor: q.members[q.executorMember(q.replica.Nonce()+1)].url,
-			Current: q == current}
+			Current: slices.Contains(lanes, q)}
 		q.mu.Unlock()
 		out = append(out, v)
 	}

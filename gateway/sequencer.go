@@ -39,11 +39,11 @@ type sequencer struct {
 	mu       sync.Mutex
 	replica  *session.Session
 	status   EscrowStatus
-	settling bool                            // set once settlement began: no new requests
-	pending  map[string]*sessionpb.Tx        // host txs to carry, by session.TxKey
-	acked    map[int]uint64                  // member index -> highest nonce it accepted
-	down     map[int]time.Time               // member index -> not tried before this time
-	sigs     map[uint32]*sessionpb.Signature // state signatures over the replica's root, by slot
+	settling bool                                 // set once settlement began: no new requests
+	pending  map[string]*sessionpb.Tx             // host txs to carry, by session.TxKey
+	acked    map[int]uint64                       // member index -> highest nonce it accepted
+	down     map[int]time.Time                    // member index -> not tried before this time
+	sigs     map[uint32]*sessionpb.StateSignature // state signatures over the replica's root, by slot
 	lastDiff time.Time
 }
 
@@ -76,7 +76,7 @@ func (q *sequencer) isDown(i int, now time.Time) bool {
 // every member. Call with mu held. Pooled txs that no longer apply are
 // dropped rather than failing the diff.
 func (q *sequencer) step(ctx context.Context, starts []*sessionpb.Tx, reqs map[uint64]executor.Request, finalize bool) (*sessionpb.Diff, error) {
-	d, err := q.build(starts, finalize)
+	d, p, err := q.build(starts, finalize)
 	if err != nil {
 		return nil, err
 	}
@@ -88,21 +88,21 @@ func (q *sequencer) step(ctx context.Context, starts []*sessionpb.Tx, reqs map[u
 	if err := q.g.state.PutDiff(ctx, q.id(), StoredDiff{Nonce: d.Nonce, Data: raw, Requests: reqs}); err != nil {
 		return nil, fmt.Errorf("diff %d of escrow %d not stored: %w", d.Nonce, q.id(), err)
 	}
-	if _, err := q.replica.Apply(d); err != nil {
-		return nil, fmt.Errorf("gateway replica rejected its own diff %d: %w", d.Nonce, err)
+	if err := p.Commit(); err != nil {
+		return nil, fmt.Errorf("gateway replica could not take its own diff %d: %w", d.Nonce, err)
 	}
 	for _, tx := range d.Txs {
 		delete(q.pending, session.TxKey(tx))
 	}
-	q.sigs = map[uint32]*sessionpb.Signature{}
+	clear(q.sigs)
 	q.lastDiff = time.Now()
 	q.g.metrics.diffs.Inc()
 	q.broadcast(ctx, d.Nonce, raw, reqs)
 	return d, nil
 }
 
-// build assembles and signs the next diff.
-func (q *sequencer) build(starts []*sessionpb.Tx, finalize bool) (*sessionpb.Diff, error) {
+// build assembles the next diff, fills in its root and signs it.
+func (q *sequencer) build(starts []*sessionpb.Tx, finalize bool) (*sessionpb.Diff, *session.Pending, error) {
 	carried := q.carry()
 	for attempt := 0; ; attempt++ {
 		txs := append(append([]*sessionpb.Tx{}, starts...), carried...)
@@ -110,19 +110,18 @@ func (q *sequencer) build(starts []*sessionpb.Tx, finalize bool) (*sessionpb.Dif
 			txs = append(txs, &sessionpb.Tx{Body: &sessionpb.Tx_Finalize{Finalize: &sessionpb.FinalizeRound{}}})
 		}
 		d := &sessionpb.Diff{EscrowId: q.id(), Nonce: q.replica.Nonce() + 1, Txs: txs}
-		root, err := q.replica.Next(d)
+		p, err := q.replica.Sequence(d)
 		if err == nil {
-			d.PostStateRoot = root[:]
 			if err := session.SignDiff(q.g.key, d); err != nil {
-				return nil, err
+				return nil, nil, err
 			}
-			return d, nil
+			return d, p, nil
 		}
-		// A pooled tx that cannot apply (a duplicate vote, a forged one that
-		// slipped into a mempool) is dropped, and the diff built again.
+		// A pooled tx that cannot apply (a forged one, or one a host sent
+		// twice with different bytes) is dropped, and the diff built again.
 		var de *session.DiffError
 		if !errors.As(err, &de) || de.Tx < len(starts) || de.Tx >= len(starts)+len(carried) || attempt > len(carried) {
-			return nil, err
+			return nil, nil, err
 		}
 		bad := carried[de.Tx-len(starts)]
 		delete(q.pending, session.TxKey(bad))
@@ -150,11 +149,14 @@ func (q *sequencer) carry() []*sessionpb.Tx {
 	return out
 }
 
-// pool adds host txs to carry in the next diff.
+// pool adds host txs to carry in the next diff. Their signatures are
+// checked when a diff is built (a bad one is dropped then), so a tx that
+// every host returns is verified once, not once per answer.
 func (q *sequencer) pool(txs []*sessionpb.Tx) {
 	for _, tx := range txs {
-		if q.replica.MayInclude(tx) && session.VerifyHostTx(q.snap, tx, q.g.auth) == nil {
-			q.pending[session.TxKey(tx)] = tx
+		k := session.TxKey(tx)
+		if _, ok := q.pending[k]; !ok && q.replica.MayInclude(tx) {
+			q.pending[k] = tx
 		}
 	}
 }
@@ -230,16 +232,16 @@ func (q *sequencer) sendTo(ctx context.Context, m *member, from, nonce uint64, r
 }
 
 // absorb takes a host's answer: its state signatures over the current root
-// and its pooled txs.
+// (kept unverified until a settlement needs them) and its pooled txs.
 func (q *sequencer) absorb(resp *host.DiffResponse) {
 	root := q.replica.Root()
 	for _, raw := range resp.Signatures {
 		var ss sessionpb.StateSignature
-		if ss.Unmarshal(raw) != nil || ss.Nonce != q.replica.Nonce() || string(ss.StateRoot) != string(root[:]) {
+		if ss.Unmarshal(raw) != nil || ss.Nonce != q.replica.Nonce() || string(ss.StateRoot) != string(root[:]) || ss.EscrowId != q.id() {
 			continue
 		}
-		if session.VerifyStateSignature(q.snap, &ss, q.g.auth) == nil {
-			q.sigs[ss.Slot] = ss.Sig
+		if _, ok := q.sigs[ss.Slot]; !ok {
+			q.sigs[ss.Slot] = &ss
 		}
 	}
 	txs, err := decodeTxs(resp.Mempool)
@@ -278,14 +280,21 @@ func (q *sequencer) collect(ctx context.Context) {
 	}
 }
 
-// quorum reports whether the signatures gathered over the current root
-// come from more than 2/3 of the group's slots.
+// quorum verifies the signatures gathered over the current root, forgets
+// bad ones, and reports whether the good ones come from more than 2/3 of
+// the group's slots.
 func (q *sequencer) quorum() bool {
+	for slot, ss := range q.sigs {
+		if ss.Slot != slot || session.VerifyStateSignature(q.snap, ss, q.g.auth) != nil {
+			q.g.log.Warn("dropped a bad state signature", "escrow", q.id(), "slot", slot)
+			delete(q.sigs, slot)
+		}
+	}
 	return 3*len(q.sigs) > 2*len(q.snap.Group)
 }
 
 // settlement is the replica's settlement with the gathered signatures, in
-// slot order.
+// slot order. Call quorum first.
 func (q *sequencer) settlement() *sessionpb.Settlement {
 	m := q.replica.Settlement()
 	slots := make([]uint32, 0, len(q.sigs))
@@ -294,7 +303,7 @@ func (q *sequencer) settlement() *sessionpb.Settlement {
 	}
 	sort.Slice(slots, func(i, j int) bool { return slots[i] < slots[j] })
 	for _, s := range slots {
-		m.Signatures = append(m.Signatures, &sessionpb.SlotSignature{Slot: s, Sig: q.sigs[s]})
+		m.Signatures = append(m.Signatures, &sessionpb.SlotSignature{Slot: s, Sig: q.sigs[s].Sig})
 	}
 	return m
 }

@@ -95,6 +95,22 @@ func (s *Session) Next(d *sessionpb.Diff) ([32]byte, error) {
 	return root, nil
 }
 
+// Sequence is the sequencer's Prepare: it checks diff d's header and txs
+// as Apply does, fills in d.PostStateRoot, and returns the Pending to
+// commit once the caller has signed and stored d. It skips the check of the
+// user signature, which the caller is about to make itself, so the gateway
+// verifies each host tx once instead of twice.
+func (s *Session) Sequence(d *sessionpb.Diff) (*Pending, error) {
+	st, err := s.stageUnsigned(d)
+	if err != nil {
+		return nil, err
+	}
+	st.seal()
+	update, root := st.root()
+	d.PostStateRoot = root[:]
+	return &Pending{st: st, update: update, root: root, baseNonce: s.nonce}, nil
+}
+
 // staged is the next state, built beside the session. Records are copied on
 // first touch, so the session's own records stay as they were until commit.
 type staged struct {
