@@ -511,15 +511,18 @@ func (g *Gateway) SettleAll(ctx context.Context) error {
 	}
 	clear(g.lanes)
 	g.mu.Unlock()
-	sort.Slice(qs, func(i, j int) bool { return qs[i].id() < qs[j].id() })
-	var errs []error
-	for _, q := range qs {
-		if err := q.settle(ctx); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		g.forget(q)
+	errs := make([]error, len(qs))
+	var wg sync.WaitGroup
+	for i, q := range qs {
+		wg.Add(1)
+		go func() { // escrows settle independently: each waits on its own hosts
+			defer wg.Done()
+			if errs[i] = q.settle(ctx); errs[i] == nil {
+				g.forget(q)
+			}
+		}()
 	}
+	wg.Wait()
 	return errors.Join(errs...)
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"time"
 
@@ -17,7 +18,7 @@ func newBenchGatewayCommand() *cobra.Command {
 	var (
 		rounds, requests, workers, lanes int
 		duration                         time.Duration
-		synchronous                      string
+		synchronous, cpuProfile          string
 	)
 	cmd := &cobra.Command{
 		Use:   "gateway",
@@ -39,6 +40,17 @@ Each figure is measured --rounds times, interleaved, and the median kept.`,
 			if rounds < 1 || requests < 10 || workers < 1 {
 				return fmt.Errorf("--rounds must be at least 1, --requests at least 10 and --workers at least 1")
 			}
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return err
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return err
+				}
+				defer pprof.StopCPUProfile()
+			}
 			return benchGateway(cmd.Context(), cmd.OutOrStdout(), cmd.ErrOrStderr(), rounds, requests, workers, lanes, duration, synchronous)
 		},
 	}
@@ -47,6 +59,7 @@ Each figure is measured --rounds times, interleaved, and the median kept.`,
 	cmd.Flags().IntVar(&workers, "workers", 32, "concurrent clients for the throughput measurement")
 	cmd.Flags().IntVar(&lanes, "lanes", 4, "escrows the gateway sequences in parallel")
 	cmd.Flags().DurationVar(&duration, "duration", 10*time.Second, "length of each throughput measurement")
+	cmd.Flags().StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of this process (chain, gateway, clients; not the host processes) to this file")
 	cmd.Flags().StringVar(&synchronous, "synchronous", "FULL", "SQLite durability of hosts and gateway: FULL or NORMAL")
 	return cmd
 }
