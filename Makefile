@@ -19,6 +19,8 @@ bench: ## go benchmarks plus the ratio report
 	$(GO) run ./cmd/devshard bench protocol
 	$(GO) run ./cmd/devshard bench store
 	$(GO) run ./cmd/devshard bench scheduler
+	$(GO) run ./cmd/devshard bench host
+	$(GO) run ./cmd/devshard bench gateway
 
 lint: ## go vet and gofmt
 	$(GO) vet ./...
