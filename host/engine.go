@@ -55,6 +55,8 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics may be nil.
 	Metrics *Metrics
+	// Peers finds the other members' hosts for re-gossip; nil gossips nothing.
+	Peers Peers
 }
 
 // Engine serves the sessions of the escrows whose group this host is in.
@@ -66,7 +68,8 @@ type Engine struct {
 	mu       sync.Mutex
 	sessions map[uint64]*entry
 	ready    chan struct{}  // closed once storage is open and recovery may run
-	wg       sync.WaitGroup // background validations
+	wg       sync.WaitGroup // background validations and gossip pushes
+	gossiped gossipLog      // own txs pushed to peers (regossip.go)
 }
 
 // Errors the transport maps to statuses.

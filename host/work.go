@@ -168,6 +168,7 @@ func (e *Engine) Tick(ctx context.Context) {
 		}
 		en.mu.Unlock()
 	}
+	e.regossip(ctx) // own txs the gateway keeps leaving out go to the peers
 }
 
 func (e *Engine) voteTimeouts(en *entry, now time.Time) {
@@ -225,7 +226,7 @@ func (e *Engine) Gossip(ctx context.Context, escrowID uint64, raw []byte) error 
 	return nil
 }
 
-// Wait blocks until background validations have finished.
+// Wait blocks until background validations and gossip pushes have finished.
 func (e *Engine) Wait() { e.wg.Wait() }
 
 // entries lists the session entries, loaded or not.

@@ -1,0 +1,290 @@
+package host
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/signing"
+)
+
+// Re-gossip is the sending side of POST /v1/sessions/{escrow}/gossip
+// (Engine.Gossip). A host whose own signed tx the gateway keeps leaving out
+// pushes it to the other members of the escrow's group, so that any of them
+// can offer it in its next diff reply and the gateway cannot bury a host's
+// work by ignoring that one host.
+
+// Peers finds the hosts of the other participants of a group.
+type Peers interface {
+	// PeerURL returns the base URL of the host API that participant addr
+	// serves, as registered on chain, without a trailing slash. An error
+	// means the participant cannot be reached now; the push is tried again
+	// on a later tick. Implementations should cache: it is asked once per
+	// peer on every tick that has something new to push.
+	PeerURL(ctx context.Context, addr signing.Address) (string, error)
+}
+
+// gossipTimeout bounds one URL lookup and one push to a peer, so a dead
+// peer costs a tick's background push this long at most.
+const gossipTimeout = 2 * time.Second
+
+var gossipClient = &http.Client{Timeout: gossipTimeout}
+
+// regossipAfter is how many nonces an own tx waits for inclusion before the
+// host pushes it to its peers: half the escrow's seal grace, and at least 2.
+// The host starts withholding its signatures once a tx has waited more than
+// the whole grace (mempool.overdue); pushing halfway there gives the peers'
+// replies time to carry the tx before that, while a gateway that merely
+// includes txs a diff or two late costs no traffic.
+func regossipAfter(sealGrace uint64) uint64 { return max(sealGrace/2, 2) }
+
+// gossipLog remembers which own txs went to which peer, so a tx reaches
+// each peer at most once. A push that failed for a reason that may pass (no
+// answer, 5xx, an unknown escrow) is forgotten and retried on a later tick.
+// It is safe for concurrent use; its zero value is ready.
+type gossipLog struct {
+	mu sync.Mutex
+	// sent is, per escrow, true for a delivered (or finally refused) push
+	// and false for one in flight.
+	sent map[uint64]map[peerTx]bool
+}
+
+type peerTx struct {
+	tx   string // session.TxKey
+	peer signing.Address
+}
+
+// pushBatch is the txs of one escrow due to one peer.
+type pushBatch struct {
+	escrow uint64
+	peer   signing.Address
+	txs    []*sessionpb.Tx
+	keys   []string
+}
+
+// regossip pushes every own tx that has waited past regossipAfter to each
+// peer that has not had it yet. It collects under each entry's lock and
+// pushes in the background, holding no lock during HTTP.
+func (e *Engine) regossip(ctx context.Context) {
+	if e.cfg.Peers == nil {
+		return
+	}
+	for _, en := range e.entries() {
+		for _, b := range e.dueBatches(en) {
+			e.wg.Add(1)
+			go func() {
+				defer e.wg.Done()
+				e.push(ctx, b)
+			}()
+		}
+	}
+}
+
+// dueBatches lists what en's peers are owed and marks it in flight. It also
+// forgets pushes of txs that have left the pool.
+func (e *Engine) dueBatches(en *entry) []pushBatch {
+	en.mu.Lock()
+	if !en.loaded {
+		en.mu.Unlock()
+		return nil
+	}
+	escrow, nonce, after := en.snap.EscrowId, en.s.Nonce(), regossipAfter(en.snap.SealGraceNonces)
+	pooled := map[string]bool{}
+	var due []*sessionpb.Tx
+	var keys []string
+	for _, k := range en.pool.order {
+		p, ok := en.pool.byKey[k]
+		if !ok || !p.own || pooled[k] {
+			continue
+		}
+		pooled[k] = true
+		if nonce-p.since > after {
+			due, keys = append(due, p.tx), append(keys, k)
+		}
+	}
+	peers := e.peersOf(en.snap)
+	en.mu.Unlock()
+
+	g := &e.gossiped
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	sent := g.sent[escrow]
+	for k := range sent {
+		if !pooled[k.tx] {
+			delete(sent, k)
+		}
+	}
+	if len(due) == 0 || len(peers) == 0 {
+		if sent != nil && len(sent) == 0 {
+			delete(g.sent, escrow)
+		}
+		return nil
+	}
+	if sent == nil {
+		if g.sent == nil {
+			g.sent = map[uint64]map[peerTx]bool{}
+		}
+		sent = map[peerTx]bool{}
+		g.sent[escrow] = sent
+	}
+	var out []pushBatch
+	for _, peer := range peers {
+		b := pushBatch{escrow: escrow, peer: peer}
+		for i, k := range keys {
+			pk := peerTx{k, peer}
+			if _, seen := sent[pk]; seen {
+				continue
+			}
+			sent[pk] = false
+			b.txs, b.keys = append(b.txs, due[i]), append(b.keys, k)
+		}
+		if len(b.txs) > 0 {
+			out = append(out, b)
+		}
+	}
+	return out
+}
+
+// peersOf lists the group's participants other than this host, once each,
+// in slot order.
+func (e *Engine) peersOf(snap *sessionpb.EscrowSnapshot) []signing.Address {
+	var out []signing.Address
+	seen := map[signing.Address]bool{e.addr: true}
+	for _, raw := range snap.Group {
+		a, err := signing.AddressFromBytes(raw)
+		if err != nil || seen[a] {
+			continue
+		}
+		seen[a] = true
+		out = append(out, a)
+	}
+	return out
+}
+
+// push delivers b's txs to its peer in order. The first failure that may
+// pass ends the batch: the rest are retried on a later tick with it.
+func (e *Engine) push(ctx context.Context, b pushBatch) {
+	lookup, cancel := context.WithTimeout(ctx, gossipTimeout)
+	url, err := e.cfg.Peers.PeerURL(lookup, b.peer)
+	cancel()
+	if err != nil {
+		e.log.Debug("gossip: peer not reachable; retrying later", "escrow", b.escrow, "peer", b.peer, "err", err)
+		e.gossiped.settle(b.escrow, b.peer, b.keys, false)
+		return
+	}
+	for i, tx := range b.txs {
+		err := postGossip(ctx, url, b.escrow, tx)
+		var refused *gossipRefused
+		switch {
+		case err == nil:
+			e.log.Info("re-gossiped own tx the gateway has not included", "escrow", b.escrow, "tx", txKind(tx), "inference", txID(tx), "slot", tx.Slot, "peer", b.peer)
+		case errors.As(err, &refused) && refused.final():
+			// The same bytes would be refused again: do not retry.
+			e.log.Warn("gossip refused by peer", "escrow", b.escrow, "tx", txKind(tx), "inference", txID(tx), "peer", b.peer, "err", err)
+		default:
+			e.log.Debug("gossip failed; retrying later", "escrow", b.escrow, "inference", txID(tx), "peer", b.peer, "err", err)
+			e.gossiped.settle(b.escrow, b.peer, b.keys[i:], false)
+			return
+		}
+		e.gossiped.settle(b.escrow, b.peer, b.keys[i:i+1], true)
+	}
+}
+
+func txKind(tx *sessionpb.Tx) string {
+	switch tx.Body.(type) {
+	case *sessionpb.Tx_Confirm:
+		return "confirm"
+	case *sessionpb.Tx_Finish:
+		return "finish"
+	case *sessionpb.Tx_Validation:
+		return "validation"
+	case *sessionpb.Tx_Timeout:
+		return "timeout"
+	}
+	return "other"
+}
+
+// settle records the outcome of pushes in flight: delivered ones are kept,
+// failed ones forgotten. Pushes of txs that left the pool meanwhile are
+// already forgotten and stay so.
+func (g *gossipLog) settle(escrow uint64, peer signing.Address, keys []string, delivered bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	sent := g.sent[escrow]
+	for _, k := range keys {
+		pk := peerTx{k, peer}
+		if _, ok := sent[pk]; !ok {
+			continue
+		}
+		if delivered {
+			sent[pk] = true
+		} else {
+			delete(sent, pk)
+		}
+	}
+}
+
+// gossipRefused is a peer's 4xx answer to a push.
+type gossipRefused struct {
+	status int
+	msg    string
+}
+
+func (r *gossipRefused) Error() string {
+	return fmt.Sprintf("peer answered %d: %s", r.status, r.msg)
+}
+
+// final reports whether the refusal would stand on a retry. 404 (the
+// peer's chain node does not know the escrow yet), 408 and 429 may pass.
+func (r *gossipRefused) final() bool {
+	switch r.status {
+	case http.StatusNotFound, http.StatusRequestTimeout, http.StatusTooManyRequests:
+		return false
+	}
+	return true
+}
+
+// postGossip posts one tx to a peer's gossip route. A 4xx answer is a
+// *gossipRefused; anything else that is not 2xx is a plain error.
+func postGossip(ctx context.Context, baseURL string, escrow uint64, tx *sessionpb.Tx) error {
+	raw, err := tx.Marshal()
+	if err != nil {
+		return err
+	}
+	body, err := json.Marshal(GossipRequest{Tx: raw})
+	if err != nil {
+		return err
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("%s/v1/sessions/%d/gossip", baseURL, escrow), bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := gossipClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode/100 == 2 {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
+		return nil
+	}
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(msg, &e) == nil && e.Error != "" {
+		msg = []byte(e.Error)
+	}
+	if resp.StatusCode/100 == 4 {
+		return &gossipRefused{status: resp.StatusCode, msg: string(msg)}
+	}
+	return fmt.Errorf("peer answered %d: %s", resp.StatusCode, msg)
+}
