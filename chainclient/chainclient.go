@@ -288,3 +288,12 @@ func (c *Client) Unclaimed(ctx context.Context, account signing.Address) ([]devs
 	}
 	return out, nil
 }
+
+// Participant returns a registered participant, with the URL it serves at.
+func (c *Client) Participant(ctx context.Context, a signing.Address) (*devshardtypes.Participant, error) {
+	resp, err := c.query.Participant(ctx, &devshardtypes.QueryParticipantRequest{Address: c.Address(a)})
+	if err != nil {
+		return nil, fmt.Errorf("query participant %s: %w", c.Address(a), err)
+	}
+	return &resp.Participant, nil
+}

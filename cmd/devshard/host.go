@@ -180,7 +180,7 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 	defer chainc.Close()
 
 	eng := host.New(host.Config{Key: signer, Account: account, Escrows: chainEscrows{chainc}, Executor: newExecutor(cfg),
-		Auth: chainc.Authorizer(), SnapshotEvery: cfg.Storage.SnapshotEvery, Logger: log})
+		Auth: chainc.Authorizer(), SnapshotEvery: cfg.Storage.SnapshotEvery, Peers: newChainPeers(chainc), Logger: log})
 	metrics := host.NewMetrics(eng)
 	srv := &http.Server{Handler: host.Handler(eng, buildVersion()), ReadHeaderTimeout: 10 * time.Second}
 	serveErr := make(chan error, 1)
@@ -208,6 +208,7 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 		}
 	}()
 	claims := newClaimer(ctx, chainc, signer, account, log)
+	settler := newSelfSettler(eng, chainc, claims, signer, log)
 	go func() {
 		_ = chainc.FollowEpochs(ctx, 5*time.Second, func(epoch uint64) {
 			log.Info("epoch", "current", epoch)
@@ -238,6 +239,7 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 			eng.Tick(ctx)
 			if now.Unix()%5 == 0 { // claims also land between epoch changes
 				go claims.claim(ctx)
+				go settler.round(ctx)
 			}
 		}
 	}
