@@ -312,6 +312,7 @@ func (g *Gateway) Models() []string { return append([]string(nil), g.cfg.Models.
 // or the request fails. req must have been normalized.
 func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(string) error) (*Completion, error) {
 	var delivered []byte // text already given to emit, across attempts
+	rotations := 0       // escrows retired for this request
 	var lastErr error
 	for attempt := 1; attempt <= g.cfg.Attempts; attempt++ {
 		q, err := g.sequencerFor(ctx)
@@ -321,6 +322,9 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 		nonce, url, err := q.start(ctx, req)
 		if errors.Is(err, errEscrowLow) {
 			g.retire(q)
+			if rotations++; rotations > maxRotations {
+				return nil, fmt.Errorf("%w: %d fresh escrows could not take the request", ErrNoHost, maxRotations)
+			}
 			attempt-- // not the executor's fault
 			continue
 		}
@@ -371,6 +375,11 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 }
 
 var errDiverged = errors.New("retried output diverged")
+
+// maxRotations bounds how many escrows one request may retire for being
+// too low: a request no fresh escrow can cover must not lock escrow after
+// escrow.
+const maxRotations = 2
 
 func isHostError(err error) bool {
 	var he *HostError

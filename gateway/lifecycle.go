@@ -27,6 +27,10 @@ func (q *sequencer) start(ctx context.Context, req executor.Request) (uint64, st
 	}
 	in := uint64(executor.PromptTokens(req.Messages))
 	reserve := (in + uint64(req.MaxTokens)) * q.snap.TokenPrice
+	if fresh := q.snap.Amount - min(q.snap.Amount, q.snap.CreationFee); reserve > fresh {
+		return 0, "", fmt.Errorf("%w: the request reserves (%d prompt + %d max tokens) × price %d = %d, more than a whole escrow of %d holds; lower max_tokens",
+			ErrRequest, in, req.MaxTokens, q.snap.TokenPrice, reserve, fresh)
+	}
 	if reserve > q.replica.Balance() || q.replica.Nonce()+uint64(len(q.snap.Group))+2 >= q.snap.MaxNonce {
 		return 0, "", errEscrowLow
 	}

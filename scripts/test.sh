@@ -18,7 +18,7 @@ fi
 # Core packages: the pure protocol and everything that shares state across
 # goroutines. They run under -race (DESIGN.md, attack 8).
 race_pkgs=()
-for dir in session signing executor httpauth host fsm x store; do
+for dir in session signing executor httpauth host gateway fsm x store; do
   [ -d "$dir" ] && race_pkgs+=("./$dir/...")
 done
 echo "== go test -race (core packages: ${race_pkgs[*]})"

@@ -1,0 +1,178 @@
+package gateway
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/session/sessiontest"
+	"github.com/devshard/devshard/signing"
+	devshardtypes "github.com/devshard/devshard/x/devshard/types"
+)
+
+// fakeChain is a fake standing in for the chain node. It implements Chain
+// in memory: escrows are built from a sessiontest fixture (a group of three
+// slots over three host keys, the fixture's price and fees), ids count up
+// from 1, and every settlement is checked with the protocol's own
+// session.VerifySettlement, so a settlement the real chain would reject
+// fails the gateway's call and with it the test.
+type fakeChain struct {
+	fixture *sessiontest.Fixture
+
+	mu          sync.Mutex
+	epoch       uint64
+	state       devshardtypes.EpochState
+	balance     uint64
+	lastID      uint64
+	snaps       map[uint64]*sessionpb.EscrowSnapshot
+	created     []*sessionpb.EscrowSnapshot
+	settlements []*sessionpb.Settlement
+	plans       []*session.Plan
+	rejected    []error
+	settled     map[uint64]bool
+	urls        map[signing.Address]string
+}
+
+func newFakeChain(f *sessiontest.Fixture) *fakeChain {
+	return &fakeChain{
+		fixture: f, epoch: 1, state: devshardtypes.EpochActive, balance: 1 << 40,
+		snaps: map[uint64]*sessionpb.EscrowSnapshot{}, settled: map[uint64]bool{}, urls: map[signing.Address]string{},
+	}
+}
+
+// CurrentEpoch implements Chain.
+func (c *fakeChain) CurrentEpoch(context.Context) (uint64, devshardtypes.EpochState, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.epoch, c.state, nil
+}
+
+// CreateEscrow implements Chain: it locks amount and snapshots the
+// fixture's parameters into a new escrow of the current epoch.
+func (c *fakeChain) CreateEscrow(_ context.Context, amount uint64) (*sessionpb.EscrowSnapshot, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != devshardtypes.EpochActive {
+		return nil, fmt.Errorf("fake chain: epoch %d is %s", c.epoch, c.state.Short())
+	}
+	if c.balance < amount {
+		return nil, fmt.Errorf("%w: fake chain holds %d, escrow locks %d", ErrFunds, c.balance, amount)
+	}
+	c.balance -= amount
+	c.lastID++
+	snap := cloneSnapshot(c.fixture.Snapshot)
+	snap.EscrowId = c.lastID
+	snap.Amount = amount
+	snap.Epoch = c.epoch
+	c.snaps[snap.EscrowId] = snap
+	c.created = append(c.created, snap)
+	return cloneSnapshot(snap), nil // the gateway gets its own copy, as over the wire
+}
+
+// Settle implements Chain: it records the settlement and verifies it
+// against the escrow's snapshot. An escrow already settled is success with
+// an empty hash, as the Chain contract says.
+func (c *fakeChain) Settle(_ context.Context, m *sessionpb.Settlement) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	snap, ok := c.snaps[m.EscrowId]
+	if !ok {
+		return "", fmt.Errorf("fake chain: settlement names unknown escrow %d", m.EscrowId)
+	}
+	if c.settled[m.EscrowId] {
+		return "", nil
+	}
+	c.settlements = append(c.settlements, m)
+	plan, err := session.VerifySettlement(snap, m, nil)
+	if err != nil {
+		c.rejected = append(c.rejected, err)
+		return "", err
+	}
+	c.plans = append(c.plans, plan)
+	c.settled[m.EscrowId] = true
+	return fmt.Sprintf("FAKETX%d", m.EscrowId), nil
+}
+
+// HostURL implements Chain.
+func (c *fakeChain) HostURL(_ context.Context, addr signing.Address) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	url, ok := c.urls[addr]
+	if !ok {
+		return "", fmt.Errorf("fake chain: %s is not a registered participant", addr)
+	}
+	return url, nil
+}
+
+// Balance implements Chain.
+func (c *fakeChain) Balance(context.Context) (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.balance, nil
+}
+
+func (c *fakeChain) register(addr signing.Address, url string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.urls[addr] = url
+}
+
+func (c *fakeChain) setBalance(b uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.balance = b
+}
+
+func (c *fakeChain) setEpoch(id uint64, state devshardtypes.EpochState) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.epoch, c.state = id, state
+}
+
+// createdCount is how many escrows the gateway locked.
+func (c *fakeChain) createdCount() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.created)
+}
+
+// snapshot is the chain's copy of escrow id.
+func (c *fakeChain) snapshot(id uint64) *sessionpb.EscrowSnapshot {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.snaps[id]
+}
+
+// settledState is what the chain has seen of settlements: all of them, the
+// plans of the accepted ones and the errors of the rejected ones.
+func (c *fakeChain) settledState() ([]*sessionpb.Settlement, []*session.Plan, []error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*sessionpb.Settlement(nil), c.settlements...), append([]*session.Plan(nil), c.plans...), append([]error(nil), c.rejected...)
+}
+
+// hostEscrows is what a host reads of the fake chain: escrow snapshots.
+type hostEscrows struct{ c *fakeChain }
+
+// EscrowSnapshot implements host.Escrows.
+func (h hostEscrows) EscrowSnapshot(_ context.Context, id uint64) (*sessionpb.EscrowSnapshot, error) {
+	if snap := h.c.snapshot(id); snap != nil {
+		return snap, nil
+	}
+	return nil, fmt.Errorf("%w: %d", host.ErrUnknownEscrow, id)
+}
+
+func cloneSnapshot(s *sessionpb.EscrowSnapshot) *sessionpb.EscrowSnapshot {
+	raw, err := s.Marshal()
+	if err != nil {
+		panic(err)
+	}
+	var out sessionpb.EscrowSnapshot
+	if err := out.Unmarshal(raw); err != nil {
+		panic(err)
+	}
+	return &out
+}

@@ -1,0 +1,732 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/session/sessiontest"
+	"github.com/devshard/devshard/store/sqlite"
+	devshardtypes "github.com/devshard/devshard/x/devshard/types"
+)
+
+// testKey is the one API key the tests' HTTP API accepts.
+var testKey = APIKey{Name: "app", Key: "sk-devshard-test-0123456789abcdef"}
+
+// settleWait bounds a settlement in a test; an honest one takes well under
+// a second, so reaching it means the gateway is stuck.
+const settleWait = 20 * time.Second
+
+type testHost struct {
+	engine *host.Engine
+	srv    *httptest.Server
+}
+
+// bundle is one test's network: a fake chain, three real hosts on real
+// SQLite and HTTP, and a gateway on a real state file.
+type bundle struct {
+	fixture   *sessiontest.Fixture
+	chain     *fakeChain
+	hosts     []*testHost
+	cfg       Config // what every gateway of this bundle is built from, less State
+	statePath string
+	state     *State
+	gw        *Gateway
+}
+
+type setupOptions struct {
+	executor func(i int) executor.Executor // host i's executor; default executor.Builtin{}
+	config   func(*Config)
+}
+
+// setup builds a bundle and starts its gateway. The gateway's flush and
+// epoch loops are slowed to an hour so that no diff is sequenced behind a
+// test's back; each test drives every diff itself.
+func setup(t *testing.T, opts ...func(*setupOptions)) *bundle {
+	t.Helper()
+	o := setupOptions{executor: func(int) executor.Executor { return executor.Builtin{} }}
+	for _, f := range opts {
+		f(&o)
+	}
+	quiet := slog.New(slog.DiscardHandler)
+	f := sessiontest.New(1, sessiontest.DefaultOptions())
+	b := &bundle{fixture: f, chain: newFakeChain(f), statePath: filepath.Join(t.TempDir(), "state.db")}
+	for i, key := range f.Hosts {
+		st, err := sqlite.Open(context.Background(), t.TempDir(), sqlite.Options{})
+		require.NoError(t, err)
+		t.Cleanup(func() { st.Close() })
+		e := host.New(host.Config{Key: key, Store: st, Escrows: hostEscrows{b.chain}, Executor: o.executor(i), Logger: quiet})
+		e.MarkReady()
+		srv := httptest.NewServer(host.Handler(e, "test"))
+		t.Cleanup(srv.Close)
+		t.Cleanup(e.Wait)
+		b.chain.register(key.Address(), srv.URL)
+		b.hosts = append(b.hosts, &testHost{engine: e, srv: srv})
+	}
+	b.cfg = Config{Key: f.Gateway, Chain: b.chain, Logger: quiet, FlushEvery: time.Hour, EpochPoll: time.Hour}
+	if o.config != nil {
+		o.config(&b.cfg)
+	}
+	b.gw, b.state = b.startGateway(t)
+	return b
+}
+
+// startGateway opens the bundle's state file and starts a gateway on it.
+// Cleanup stops its loops before closing the file.
+func (b *bundle) startGateway(t *testing.T) (*Gateway, *State) {
+	t.Helper()
+	st, err := OpenState(b.statePath, "NORMAL")
+	require.NoError(t, err)
+	cfg := b.cfg
+	cfg.State = st
+	g := New(cfg)
+	t.Cleanup(func() {
+		g.halt()
+		st.Close()
+	})
+	require.NoError(t, g.Start(t.Context()))
+	return g, st
+}
+
+// complete runs req through Complete and checks that what was streamed is
+// the completion's text.
+func (b *bundle) complete(t *testing.T, req executor.Request) *Completion {
+	t.Helper()
+	require.NoError(t, b.gw.Normalize(&req))
+	var streamed strings.Builder
+	c, err := b.gw.Complete(t.Context(), req, func(s string) error { streamed.WriteString(s); return nil })
+	require.NoError(t, err)
+	require.Equal(t, c.Text, streamed.String(), "text emitted while streaming differs from the completion's text")
+	return c
+}
+
+// api serves the gateway's HTTP API on a real listener.
+func (b *bundle) api(t *testing.T, cfg APIConfig) *httptest.Server {
+	t.Helper()
+	if cfg.Keys == nil {
+		cfg.Keys = []APIKey{testKey}
+	}
+	srv := httptest.NewServer(Handler(b.gw, cfg))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// price is the token price snapshotted into escrow id.
+func (b *bundle) price(t *testing.T, id uint64) uint64 {
+	t.Helper()
+	snap := b.chain.snapshot(id)
+	require.NotNil(t, snap, "the chain has no escrow %d", id)
+	return snap.TokenPrice
+}
+
+// ask is the i-th test request.
+func ask(i int) executor.Request {
+	return executor.Request{Model: executor.BuiltinModel, MaxTokens: 48, Messages: []executor.Message{
+		{Role: "system", Content: "answer briefly"},
+		{Role: "user", Content: fmt.Sprintf("question %d: what does the gateway settle on chain?", i)},
+	}}
+}
+
+// builtinAnswer is what the built-in model answers to req, run here, with
+// no host in between.
+func builtinAnswer(t *testing.T, req executor.Request) executor.Result {
+	t.Helper()
+	res, err := executor.Builtin{}.Execute(context.Background(), req, func(string) error { return nil })
+	require.NoError(t, err)
+	return res
+}
+
+// requireAnswer checks that c is exactly the built-in model's answer to req.
+func requireAnswer(t *testing.T, req executor.Request, c *Completion) {
+	t.Helper()
+	want := builtinAnswer(t, req)
+	require.Equal(t, want.Text, c.Text)
+	require.Equal(t, want.Usage, c.Usage)
+	require.Equal(t, want.FinishReason, c.FinishReason)
+	require.Equal(t, req.Model, c.Model)
+}
+
+// chatBody is an OpenAI chat request body for req.
+func chatBody(t *testing.T, req executor.Request, extra map[string]any) []byte {
+	t.Helper()
+	body := map[string]any{"model": req.Model, "messages": req.Messages, "max_tokens": req.MaxTokens}
+	for k, v := range extra {
+		body[k] = v
+	}
+	raw, err := json.Marshal(body)
+	require.NoError(t, err)
+	return raw
+}
+
+// postChat sends a chat completion to a live API server.
+func postChat(t *testing.T, url string, body []byte) *http.Response {
+	t.Helper()
+	r, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url+"/v1/chat/completions", bytes.NewReader(body))
+	require.NoError(t, err)
+	r.Header.Set("Authorization", "Bearer "+testKey.Key)
+	r.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(r)
+	require.NoError(t, err)
+	t.Cleanup(func() { resp.Body.Close() })
+	return resp
+}
+
+// serve runs one chat completion through h in memory.
+func serve(h http.Handler, auth string, body []byte) *httptest.ResponseRecorder {
+	r := httptest.NewRequest(http.MethodPost, "/v1/chat/completions", bytes.NewReader(body))
+	if auth != "" {
+		r.Header.Set("Authorization", auth)
+	}
+	r.Header.Set("Content-Type", "application/json")
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	return w
+}
+
+type usageBody struct {
+	PromptTokens     int `json:"prompt_tokens"`
+	CompletionTokens int `json:"completion_tokens"`
+	TotalTokens      int `json:"total_tokens"`
+}
+
+type chatResponse struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	Model   string `json:"model"`
+	Choices []struct {
+		Index   int `json:"index"`
+		Message struct {
+			Role    string `json:"role"`
+			Content string `json:"content"`
+		} `json:"message"`
+		FinishReason string `json:"finish_reason"`
+	} `json:"choices"`
+	Usage *usageBody `json:"usage"`
+}
+
+type chatChunk struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Model   string `json:"model"`
+	Choices []struct {
+		Index        int               `json:"index"`
+		Delta        map[string]string `json:"delta"`
+		FinishReason *string           `json:"finish_reason"`
+	} `json:"choices"`
+	Usage *usageBody `json:"usage"`
+}
+
+type apiErrorBody struct {
+	Error struct {
+		Message string  `json:"message"`
+		Type    string  `json:"type"`
+		Code    *string `json:"code"`
+	} `json:"error"`
+}
+
+// sseData reads a server-sent event stream and returns each event's data.
+func sseData(t *testing.T, r io.Reader) []string {
+	t.Helper()
+	var out []string
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
+			out = append(out, data)
+		}
+	}
+	require.NoError(t, sc.Err())
+	return out
+}
+
+// streamed is what an OpenAI client assembles from a chat stream.
+type streamed struct {
+	text   string
+	finish string
+	usage  *usageBody
+}
+
+// readStream checks a chat stream's shape, the way OpenAI sends it, and
+// assembles it: a role chunk first, content deltas, one chunk with the
+// finish reason, optionally a usage chunk with no choices, then [DONE].
+func readStream(t *testing.T, resp *http.Response) streamed {
+	t.Helper()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	require.Equal(t, "text/event-stream", resp.Header.Get("Content-Type"))
+	data := sseData(t, resp.Body)
+	require.GreaterOrEqual(t, len(data), 3, "a stream has at least a role chunk, a finish chunk and [DONE]")
+	require.Equal(t, "[DONE]", data[len(data)-1], "the stream must end with data: [DONE]")
+	var s streamed
+	var id string
+	for i, raw := range data[:len(data)-1] {
+		var c chatChunk
+		require.NoError(t, json.Unmarshal([]byte(raw), &c), "chunk %d: %s", i, raw)
+		require.Equal(t, "chat.completion.chunk", c.Object)
+		require.NotEmpty(t, c.ID)
+		if id == "" {
+			id = c.ID
+		}
+		require.Equal(t, id, c.ID, "every chunk of one completion carries its id")
+		require.Equal(t, executor.BuiltinModel, c.Model)
+		if c.Usage != nil {
+			require.Empty(t, c.Choices, "the usage chunk has no choices")
+			require.Nil(t, s.usage, "one usage chunk")
+			s.usage = c.Usage
+			continue
+		}
+		require.Len(t, c.Choices, 1, "chunk %d: %s", i, raw)
+		ch := c.Choices[0]
+		if i == 0 {
+			require.Equal(t, "assistant", ch.Delta["role"], "the first chunk gives the role")
+		}
+		if ch.FinishReason != nil {
+			require.Empty(t, s.finish, "one finish chunk")
+			s.finish = *ch.FinishReason
+			continue
+		}
+		require.Empty(t, s.finish, "no content after the finish chunk")
+		s.text += ch.Delta["content"]
+	}
+	return s
+}
+
+// TestHonestFlow runs completions through Complete and the HTTP API (plain
+// and streamed), each answer the built-in model's own, then settles: the
+// chain gets exactly one settlement, VerifySettlement accepts it, and the
+// hosts are paid exactly (prompt + completion tokens) × price per answer.
+func TestHonestFlow(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var wantCost uint64
+	var escrow, lastNonce uint64
+	for i := range 10 {
+		req := ask(i)
+		c := b.complete(t, req)
+		requireAnswer(t, req, c)
+		require.Equal(t, 1, c.Attempts)
+		if escrow == 0 {
+			escrow = c.EscrowID
+		}
+		require.Equal(t, escrow, c.EscrowID, "one lane: every request goes to the same escrow")
+		require.Greater(t, c.Nonce, lastNonce, "nonces only grow")
+		lastNonce = c.Nonce
+		cost := uint64(c.Usage.PromptTokens+c.Usage.CompletionTokens) * b.price(t, c.EscrowID)
+		require.Equal(t, cost, c.Cost)
+		wantCost += cost
+	}
+	require.Equal(t, 1, b.chain.createdCount())
+
+	srv := b.api(t, APIConfig{})
+	price := b.price(t, escrow)
+	var apiUsage Usage
+
+	t.Run("plain", func(t *testing.T) {
+		req := ask(100)
+		want := builtinAnswer(t, req)
+		resp := postChat(t, srv.URL, chatBody(t, req, nil))
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+		var out chatResponse
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+		require.Equal(t, "chat.completion", out.Object)
+		require.True(t, strings.HasPrefix(out.ID, "chatcmpl-"), out.ID)
+		require.NotZero(t, out.Created)
+		require.Equal(t, executor.BuiltinModel, out.Model)
+		require.Len(t, out.Choices, 1)
+		require.Equal(t, 0, out.Choices[0].Index)
+		require.Equal(t, "assistant", out.Choices[0].Message.Role)
+		require.Equal(t, want.Text, out.Choices[0].Message.Content)
+		require.Equal(t, want.FinishReason, out.Choices[0].FinishReason)
+		require.Equal(t, &usageBody{PromptTokens: want.Usage.PromptTokens, CompletionTokens: want.Usage.CompletionTokens,
+			TotalTokens: want.Usage.PromptTokens + want.Usage.CompletionTokens}, out.Usage)
+		wantCost += uint64(out.Usage.TotalTokens) * price
+		apiUsage.add(want.Usage, price)
+	})
+
+	t.Run("streamed with usage", func(t *testing.T) {
+		req := ask(101)
+		want := builtinAnswer(t, req)
+		s := readStream(t, postChat(t, srv.URL, chatBody(t, req, map[string]any{"stream": true, "stream_options": map[string]bool{"include_usage": true}})))
+		require.Equal(t, want.Text, s.text)
+		require.Equal(t, want.FinishReason, s.finish)
+		require.Equal(t, &usageBody{PromptTokens: want.Usage.PromptTokens, CompletionTokens: want.Usage.CompletionTokens,
+			TotalTokens: want.Usage.PromptTokens + want.Usage.CompletionTokens}, s.usage)
+		wantCost += uint64(s.usage.TotalTokens) * price
+		apiUsage.add(want.Usage, price)
+	})
+
+	t.Run("streamed without usage", func(t *testing.T) {
+		// A short max_tokens: the answer is cut, finish_reason "length".
+		req := ask(102)
+		req.MaxTokens = 3
+		want := builtinAnswer(t, req)
+		require.Equal(t, "length", want.FinishReason)
+		s := readStream(t, postChat(t, srv.URL, chatBody(t, req, map[string]any{"stream": true})))
+		require.Equal(t, want.Text, s.text)
+		require.Equal(t, "length", s.finish)
+		require.Nil(t, s.usage, "no usage chunk unless stream_options.include_usage")
+		wantCost += uint64(want.Usage.PromptTokens+want.Usage.CompletionTokens) * price
+		apiUsage.add(want.Usage, price)
+	})
+
+	got, err := b.state.UsageOf(t.Context(), testKey.Name)
+	require.NoError(t, err)
+	require.Equal(t, apiUsage, got, "usage recorded for the API key")
+	require.Equal(t, 1, b.chain.createdCount(), "the API requests went to the same escrow")
+
+	ctx, cancel := context.WithTimeout(t.Context(), settleWait)
+	defer cancel()
+	require.NoError(t, b.gw.SettleAll(ctx))
+
+	settlements, plans, rejected := b.chain.settledState()
+	require.Empty(t, rejected, "VerifySettlement rejected a settlement")
+	require.Len(t, settlements, 1, "exactly one settlement")
+	require.Len(t, plans, 1)
+	require.Equal(t, escrow, settlements[0].EscrowId)
+	var cost, finished uint64
+	for _, p := range plans[0].Slots {
+		cost += p.Cost
+		finished += p.Finished
+	}
+	require.Equal(t, wantCost, cost, "the hosts' cost is Σ (prompt + completion tokens) × price over the answers")
+	require.Equal(t, uint64(13), finished, "every answer is credited as finished work")
+
+	require.Empty(t, b.gw.Escrows(), "a settled escrow is no longer held")
+	settled, err := b.gw.Settled(t.Context())
+	require.NoError(t, err)
+	require.Equal(t, []SettledEscrow{{ID: escrow, TxHash: fmt.Sprintf("FAKETX%d", escrow)}}, settled)
+}
+
+func (u *Usage) add(x executor.Usage, price uint64) {
+	u.Requests++
+	u.PromptTokens += uint64(x.PromptTokens)
+	u.CompletionTokens += uint64(x.CompletionTokens)
+	u.Cost += uint64(x.PromptTokens+x.CompletionTokens) * price
+}
+
+// TestHandlerRejectsBadInput: every request the API refuses is refused
+// before any escrow is locked.
+func TestHandlerRejectsBadInput(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	h := Handler(b.gw, APIConfig{Keys: []APIKey{testKey}})
+	bearer := "Bearer " + testKey.Key
+	valid := string(chatBody(t, ask(1), nil))
+	huge := `{"model":"` + executor.BuiltinModel + `","messages":[{"role":"user","content":"` + strings.Repeat("a", MaxBody) + `"}]}`
+
+	cases := []struct {
+		name   string
+		auth   string
+		body   string
+		status int
+		typ    string
+		code   string // "" means null
+	}{
+		{"no key", "", valid, http.StatusUnauthorized, "invalid_request_error", "missing_api_key"},
+		{"bad key", "Bearer sk-devshard-not-a-key-here", valid, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key"},
+		{"not a bearer key", "Basic " + testKey.Key, valid, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key"},
+		{"malformed JSON", bearer, `{"model": "devshard-test-1", "messages": [`, http.StatusBadRequest, "invalid_request_error", ""},
+		{"unknown model", bearer, `{"model":"gpt-none","messages":[{"role":"user","content":"hi"}]}`, http.StatusNotFound, "invalid_request_error", "model_not_found"},
+		{"max_tokens above the limit", bearer, `{"model":"devshard-test-1","max_tokens":4097,"messages":[{"role":"user","content":"hi"}]}`, http.StatusBadRequest, "invalid_request_error", ""},
+		{"max_completion_tokens above the limit", bearer, `{"model":"devshard-test-1","max_completion_tokens":100000,"messages":[{"role":"user","content":"hi"}]}`, http.StatusBadRequest, "invalid_request_error", ""},
+		{"max_tokens zero", bearer, `{"model":"devshard-test-1","max_tokens":0,"messages":[{"role":"user","content":"hi"}]}`, http.StatusBadRequest, "invalid_request_error", ""},
+		{"no model", bearer, `{"messages":[{"role":"user","content":"hi"}]}`, http.StatusBadRequest, "invalid_request_error", ""},
+		{"no messages", bearer, `{"model":"devshard-test-1","messages":[]}`, http.StatusBadRequest, "invalid_request_error", ""},
+		{"unknown role", bearer, `{"model":"devshard-test-1","messages":[{"role":"wizard","content":"hi"}]}`, http.StatusBadRequest, "invalid_request_error", ""},
+		{"image content", bearer, `{"model":"devshard-test-1","messages":[{"role":"user","content":[{"type":"image_url"}]}]}`, http.StatusBadRequest, "invalid_request_error", ""},
+		{"body over 1 MiB", bearer, huge, http.StatusRequestEntityTooLarge, "invalid_request_error", ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			w := serve(h, tc.auth, []byte(tc.body))
+			require.Equal(t, tc.status, w.Code, w.Body.String())
+			require.Equal(t, "application/json", w.Header().Get("Content-Type"))
+			var e apiErrorBody
+			require.NoError(t, json.Unmarshal(w.Body.Bytes(), &e), w.Body.String())
+			require.Equal(t, tc.typ, e.Error.Type)
+			require.NotEmpty(t, e.Error.Message)
+			if tc.code == "" {
+				require.Nil(t, e.Error.Code)
+			} else {
+				require.NotNil(t, e.Error.Code)
+				require.Equal(t, tc.code, *e.Error.Code)
+			}
+			require.Zero(t, b.chain.createdCount(), "a refused request locked an escrow")
+		})
+	}
+}
+
+// gatedExecutor is the built-in model held at a gate: each run reports
+// that it began, then waits for release. A request can so be held in
+// flight for exactly as long as a test needs, without timing guesses.
+type gatedExecutor struct {
+	executor.Builtin
+	entered chan struct{} // one buffered signal: a run began
+	release chan struct{} // closed: runs go on
+}
+
+func (e gatedExecutor) Execute(ctx context.Context, req executor.Request, emit func(string) error) (executor.Result, error) {
+	select {
+	case e.entered <- struct{}{}:
+	default:
+	}
+	select {
+	case <-e.release:
+	case <-ctx.Done():
+		return executor.Result{}, ctx.Err()
+	}
+	return e.Builtin.Execute(ctx, req, emit)
+}
+
+// TestHandlerLimitsRequestsInFlight: with MaxInFlight 1 and one request in
+// flight, a second from the same key gets 429 and locks nothing; once the
+// first is done the key may ask again.
+func TestHandlerLimitsRequestsInFlight(t *testing.T) {
+	t.Parallel()
+	gate := gatedExecutor{entered: make(chan struct{}, 1), release: make(chan struct{})}
+	b := setup(t, func(o *setupOptions) {
+		o.executor = func(int) executor.Executor { return gate }
+	})
+	srv := b.api(t, APIConfig{MaxInFlight: 1})
+
+	slow := ask(1)
+	type result struct {
+		status int
+		body   []byte
+		err    error
+	}
+	first := make(chan result, 1)
+	slowBody := chatBody(t, slow, nil)
+	go func() {
+		r, err := http.NewRequest(http.MethodPost, srv.URL+"/v1/chat/completions", bytes.NewReader(slowBody))
+		if err != nil {
+			first <- result{err: err}
+			return
+		}
+		r.Header.Set("Authorization", "Bearer "+testKey.Key)
+		resp, err := http.DefaultClient.Do(r)
+		if err != nil {
+			first <- result{err: err}
+			return
+		}
+		defer resp.Body.Close()
+		body, err := io.ReadAll(resp.Body)
+		first <- result{resp.StatusCode, body, err}
+	}()
+	select {
+	case <-gate.entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first request never reached its executor")
+	}
+	require.Equal(t, 1, b.chain.createdCount(), "the request in flight locked the escrow")
+
+	resp := postChat(t, srv.URL, chatBody(t, ask(2), nil))
+	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
+	var e apiErrorBody
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&e))
+	require.Equal(t, "rate_limit_error", e.Error.Type)
+	require.NotNil(t, e.Error.Code)
+	require.Equal(t, "rate_limit_exceeded", *e.Error.Code)
+	require.Equal(t, 1, b.chain.createdCount(), "the refused request locked no escrow")
+
+	close(gate.release)
+	var r result
+	select {
+	case r = <-first:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the first request did not finish once released")
+	}
+	require.NoError(t, r.err)
+	require.Equal(t, http.StatusOK, r.status, string(r.body))
+	var out chatResponse
+	require.NoError(t, json.Unmarshal(r.body, &out))
+	require.Len(t, out.Choices, 1)
+	require.Equal(t, builtinAnswer(t, slow).Text, out.Choices[0].Message.Content)
+
+	again := postChat(t, srv.URL, chatBody(t, ask(3), nil))
+	require.Equal(t, http.StatusOK, again.StatusCode, "the key's slot is free again")
+	require.Equal(t, 1, b.chain.createdCount())
+}
+
+// TestHandlerInsufficientFunds: an account that cannot lock an escrow gets
+// 402 insufficient_quota, and nothing is locked.
+func TestHandlerInsufficientFunds(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	h := Handler(b.gw, APIConfig{Keys: []APIKey{testKey}})
+	b.chain.setBalance(b.gw.cfg.EscrowAmount - 1)
+
+	w := serve(h, "Bearer "+testKey.Key, chatBody(t, ask(1), nil))
+	require.Equal(t, http.StatusPaymentRequired, w.Code, w.Body.String())
+	var e apiErrorBody
+	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &e))
+	require.Equal(t, "insufficient_quota", e.Error.Type)
+	require.NotNil(t, e.Error.Code)
+	require.Equal(t, "insufficient_quota", *e.Error.Code)
+	require.Contains(t, e.Error.Message, fmt.Sprint(b.gw.cfg.EscrowAmount), "the message says what an escrow locks")
+	require.Zero(t, b.chain.createdCount())
+
+	// Funded again, the same request goes through.
+	b.chain.setBalance(b.gw.cfg.EscrowAmount)
+	w = serve(h, "Bearer "+testKey.Key, chatBody(t, ask(1), nil))
+	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+	require.Equal(t, 1, b.chain.createdCount())
+}
+
+// TestHandlerNoActiveEpoch: while the chain's epoch is not ACTIVE no escrow
+// can be created, and the API answers 503.
+func TestHandlerNoActiveEpoch(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	h := Handler(b.gw, APIConfig{Keys: []APIKey{testKey}})
+	b.chain.setEpoch(1, devshardtypes.EpochSettling)
+
+	w := serve(h, "Bearer "+testKey.Key, chatBody(t, ask(1), nil))
+	require.Equal(t, http.StatusServiceUnavailable, w.Code, w.Body.String())
+	var e apiErrorBody
+	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &e))
+	require.Equal(t, "server_error", e.Error.Type)
+	require.NotNil(t, e.Error.Code)
+	require.Equal(t, "service_unavailable", *e.Error.Code)
+	require.Contains(t, e.Error.Message, "ACTIVE")
+	require.Zero(t, b.chain.createdCount())
+
+	_, err := b.gw.Complete(t.Context(), normalized(t, b.gw, ask(2)), func(string) error { return nil })
+	require.ErrorIs(t, err, ErrNoEpoch)
+	require.Zero(t, b.chain.createdCount())
+}
+
+func normalized(t *testing.T, g *Gateway, req executor.Request) executor.Request {
+	t.Helper()
+	require.NoError(t, g.Normalize(&req))
+	return req
+}
+
+// TestRestartResumesEscrow: a gateway that stops without settling (a crash)
+// is replaced by one on the same state file, which holds the same escrow at
+// the same nonce and root, continues its nonces, and settles it with every
+// answer from both lives paid.
+func TestRestartResumesEscrow(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var wantCost, lastNonce uint64
+	for i := range 4 {
+		req := ask(i)
+		c := b.complete(t, req)
+		requireAnswer(t, req, c)
+		wantCost += c.Cost
+		lastNonce = c.Nonce
+	}
+	before := b.gw.Escrows()
+	require.Len(t, before, 1)
+	require.Equal(t, lastNonce, before[0].Nonce)
+
+	// No Close: stop the loops, then let go of the file, as a killed
+	// process would.
+	b.gw.halt()
+	require.NoError(t, b.state.Close())
+	b.gw, b.state = b.startGateway(t)
+
+	after := b.gw.Escrows()
+	require.Len(t, after, 1)
+	require.Equal(t, before[0].ID, after[0].ID)
+	require.Equal(t, before[0].Nonce, after[0].Nonce)
+	require.Equal(t, before[0].Root, after[0].Root)
+	require.Equal(t, StatusOpen, after[0].Status)
+	require.True(t, after[0].Current, "the resumed escrow takes requests")
+
+	for i := 4; i < 7; i++ {
+		req := ask(i)
+		c := b.complete(t, req)
+		requireAnswer(t, req, c)
+		require.Equal(t, before[0].ID, c.EscrowID, "the resumed escrow goes on")
+		require.Equal(t, lastNonce+1, c.Nonce, "nonces continue where the old gateway stopped")
+		wantCost += c.Cost
+		lastNonce = c.Nonce
+	}
+	require.Equal(t, 1, b.chain.createdCount(), "no second escrow")
+
+	ctx, cancel := context.WithTimeout(t.Context(), settleWait)
+	defer cancel()
+	require.NoError(t, b.gw.SettleAll(ctx))
+	settlements, plans, rejected := b.chain.settledState()
+	require.Empty(t, rejected)
+	require.Len(t, settlements, 1)
+	var cost uint64
+	for _, p := range plans[0].Slots {
+		cost += p.Cost
+	}
+	require.Equal(t, wantCost, cost, "answers from before and after the restart are all paid")
+}
+
+// TestExecutorDownRetries: the host that executes the next nonce is gone;
+// the request is retried under a new nonce on another host, and the app
+// gets exactly the model's answer.
+func TestExecutorDownRetries(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c := b.complete(t, ask(0))
+	requireAnswer(t, ask(0), c)
+
+	views := b.gw.Escrows()
+	require.Len(t, views, 1)
+	next := views[0].NextExecutor
+	down := -1
+	for i, h := range b.hosts {
+		if h.srv.URL == next {
+			down = i
+		}
+	}
+	require.NotEqual(t, -1, down, "the next executor %s is one of the hosts", next)
+	b.hosts[down].srv.Close()
+
+	req := ask(1)
+	c = b.complete(t, req)
+	requireAnswer(t, req, c)
+	require.Equal(t, 2, c.Attempts, "tried on the dead executor, then on another")
+	require.Equal(t, views[0].Nonce+2, c.Nonce, "the retry runs under the nonce after the dead executor's")
+	require.Equal(t, views[0].ID, c.EscrowID)
+	require.NotEqual(t, next, b.gw.Escrows()[0].NextExecutor)
+
+	// Two nonces on, the dead host's slot comes round again. Whether the
+	// gateway still remembers it as down (and skips its nonce with a diff
+	// that starts nothing) or tries it once more, the request lands on
+	// the nonce after it.
+	req = ask(2)
+	c = b.complete(t, req)
+	requireAnswer(t, req, c)
+	require.Equal(t, views[0].Nonce+3, c.Nonce)
+	req = ask(3)
+	c = b.complete(t, req)
+	requireAnswer(t, req, c)
+	require.Equal(t, views[0].Nonce+5, c.Nonce, "the dead executor's nonce is not used")
+}
+
+// A request whose reservation no fresh escrow can cover is refused with a
+// clear 400, and opens at most one escrow (it used to lock escrow after
+// escrow until the client went away).
+func TestRequestLargerThanAnEscrowIsRefused(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *setupOptions) { o.config = func(c *Config) { c.EscrowAmount = 20_000 } })
+	req := executor.Request{Model: executor.BuiltinModel, MaxTokens: 4096, Messages: []executor.Message{{Role: "user", Content: "hi"}}}
+	require.NoError(t, b.gw.Normalize(&req))
+	_, err := b.gw.Complete(context.Background(), req, func(string) error { return nil })
+	require.ErrorIs(t, err, ErrRequest)
+	require.ErrorContains(t, err, "more than a whole escrow")
+	require.LessOrEqual(t, b.chain.createdCount(), 1)
+}
