@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -329,7 +328,7 @@ func loadSetup(cfg Config) (*setup, bool, error) {
 		return nil, false, err
 	}
 	var st setup
-	ports, err := freePorts(cfg.Hosts + 1)
+	ports, err := node.FreePorts(cfg.Hosts + 1)
 	if err != nil {
 		return nil, false, err
 	}
@@ -404,26 +403,6 @@ func (n *Network) Close(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// freePorts asks the kernel for n unused loopback ports.
-func freePorts(n int) ([]int, error) {
-	var ports []int
-	var lns []net.Listener
-	defer func() {
-		for _, l := range lns {
-			l.Close()
-		}
-	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return nil, err
-		}
-		lns = append(lns, l)
-		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
-	}
-	return ports, nil
 }
 
 func fileLogger(path string) (*slog.Logger, error) {

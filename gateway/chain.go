@@ -30,7 +30,8 @@ type Chain interface {
 	// new escrow's snapshot.
 	CreateEscrow(ctx context.Context, amount uint64) (*sessionpb.EscrowSnapshot, error)
 	// Settle sends MsgSettleEscrow and returns its tx hash. An escrow the
-	// chain already shows as settled is success, with an empty hash.
+	// chain already shows as settled is success, with an empty hash; one
+	// that expired is an error wrapping ErrExpired.
 	Settle(ctx context.Context, m *sessionpb.Settlement) (string, error)
 	// HostURL is the API address a participant registered.
 	HostURL(ctx context.Context, addr signing.Address) (string, error)
@@ -40,6 +41,9 @@ type Chain interface {
 
 // ErrFunds means the gateway's account cannot lock another escrow.
 var ErrFunds = errors.New("insufficient funds")
+
+// ErrExpired means the escrow expired on chain before it was settled.
+var ErrExpired = errors.New("escrow expired")
 
 // ErrNoEpoch means no epoch is ACTIVE, so no escrow can be created.
 var ErrNoEpoch = errors.New("no active epoch")
@@ -117,9 +121,15 @@ func (c *GRPCChain) Settle(ctx context.Context, m *sessionpb.Settlement) (string
 	if err == nil {
 		return res.TxHash, nil
 	}
-	// A settlement that landed before a restart is not an error now.
-	if q, qerr := c.q.Escrow(ctx, &devshardtypes.QueryEscrowRequest{Id: m.EscrowId}); qerr == nil && q.Escrow.Status == devshardtypes.EscrowSettled {
-		return "", nil
+	// A settlement that landed before a restart is not an error now; an
+	// escrow that expired meanwhile can never be settled.
+	if q, qerr := c.q.Escrow(ctx, &devshardtypes.QueryEscrowRequest{Id: m.EscrowId}); qerr == nil {
+		switch q.Escrow.Status {
+		case devshardtypes.EscrowSettled:
+			return "", nil
+		case devshardtypes.EscrowExpired:
+			return "", fmt.Errorf("%w: escrow %d expired on chain before it was settled; its whole amount went back to the creator", ErrExpired, m.EscrowId)
+		}
 	}
 	return "", fmt.Errorf("settle escrow %d: %w", m.EscrowId, err)
 }

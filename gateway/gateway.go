@@ -201,8 +201,8 @@ func (g *Gateway) Start(ctx context.Context) error {
 		g.log.Info("resumed escrow", "escrow", q.id(), "nonce", q.replica.Nonce(), "status", q.status)
 	}
 	g.bg.Add(2)
-	go g.flushLoop()
-	go g.epochLoop()
+	go g.every(g.cfg.FlushEvery, g.flushLanes)
+	go g.every(g.cfg.EpochPoll, g.settleEnded)
 	return nil
 }
 
@@ -557,58 +557,53 @@ func (g *Gateway) halt() {
 	g.bg.Wait()
 }
 
-// flushLoop carries the hosts' pooled txs (finishes, validations, timeout
-// votes) of sessions that have gone quiet, so work is recorded without
-// waiting for the next request.
-func (g *Gateway) flushLoop() {
+// every runs fn every d until the gateway halts.
+func (g *Gateway) every(d time.Duration, fn func()) {
 	defer g.bg.Done()
-	t := time.NewTicker(g.cfg.FlushEvery)
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-g.loopCx.Done():
 			return
 		case <-t.C:
-		}
-		g.mu.Lock()
-		lanes := slices.Clone(g.lanes)
-		g.mu.Unlock()
-		for _, q := range lanes {
-			if q != nil {
-				q.flush(g.loopCx, g.cfg.FlushEvery)
-			}
+			fn()
 		}
 	}
 }
 
-// epochLoop settles the escrows of epochs that have ended.
-func (g *Gateway) epochLoop() {
-	defer g.bg.Done()
-	t := time.NewTicker(g.cfg.EpochPoll)
-	defer t.Stop()
-	for {
-		select {
-		case <-g.loopCx.Done():
-			return
-		case <-t.C:
+// flushLanes carries the hosts' pooled txs (finishes, validations, timeout
+// votes) of lanes that have gone quiet, so work is recorded without waiting
+// for the next request.
+func (g *Gateway) flushLanes() {
+	g.mu.Lock()
+	lanes := slices.Clone(g.lanes)
+	g.mu.Unlock()
+	for _, q := range lanes {
+		if q != nil {
+			q.flush(g.loopCx, g.cfg.FlushEvery)
 		}
-		epoch, _, err := g.chain.CurrentEpoch(g.loopCx)
-		if err != nil {
-			continue
+	}
+}
+
+// settleEnded settles the escrows of epochs that have ended.
+func (g *Gateway) settleEnded() {
+	epoch, _, err := g.chain.CurrentEpoch(g.loopCx)
+	if err != nil {
+		return
+	}
+	g.mu.Lock()
+	g.epoch = epoch
+	var old []*sequencer
+	for _, q := range g.all {
+		if q.snap.Epoch < epoch {
+			old = append(old, q)
 		}
-		g.mu.Lock()
-		g.epoch = epoch
-		var old []*sequencer
-		for _, q := range g.all {
-			if q.snap.Epoch < epoch {
-				old = append(old, q)
-			}
-		}
-		g.mu.Unlock()
-		for _, q := range old {
-			g.log.Info("epoch turned; settling escrow", "escrow", q.id(), "escrow_epoch", q.snap.Epoch, "epoch", epoch)
-			g.retire(q)
-		}
+	}
+	g.mu.Unlock()
+	for _, q := range old {
+		g.log.Info("epoch turned; settling escrow", "escrow", q.id(), "escrow_epoch", q.snap.Epoch, "epoch", epoch)
+		g.retire(q)
 	}
 }
 

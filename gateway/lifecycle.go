@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -135,6 +136,15 @@ func (q *sequencer) settle(ctx context.Context) error {
 		return err
 	}
 	txHash, err := q.g.chain.Settle(ctx, m)
+	if errors.Is(err, ErrExpired) {
+		// Final: nothing is left to settle. The creator got everything back.
+		q.g.log.Error("escrow expired before its settlement landed", "escrow", q.id(), "err", err)
+		err = q.g.state.SetSettled(ctx, q.id(), "")
+		if err == nil {
+			q.status = StatusSettled
+		}
+		return err
+	}
 	if err != nil {
 		return err
 	}

@@ -179,7 +179,7 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 		}
 	}()
 
-	ports, err := freePorts(4)
+	ports, err := FreePorts(4)
 	if err != nil {
 		return nil, err
 	}
@@ -482,9 +482,9 @@ func (n *Node) Close() error {
 	return errors.Join(errs...)
 }
 
-// freePorts asks the kernel for n unused loopback ports. Another process
+// FreePorts asks the kernel for n unused loopback ports. Another process
 // could take one before the node binds it; on a test machine that is rare.
-func freePorts(n int) ([]int, error) {
+func FreePorts(n int) ([]int, error) {
 	ports := make([]int, 0, n)
 	var listeners []net.Listener
 	defer func() {

@@ -85,31 +85,34 @@ func benchHost(ctx context.Context, out, progress io.Writer, o benchHostOptions)
 	// applyRounds interleaves the figures so slow phases of a noisy machine
 	// hit all alike. openPG is nil without --postgres.
 	applyRounds := func(openPG func(round int) (store.Store, error)) error {
+		// hostRate posts the workload to a host on the store open returns.
+		hostRate := func(open func() (store.Store, error)) (float64, error) {
+			st, err := open()
+			if err != nil {
+				return 0, err
+			}
+			defer st.Close()
+			d, err := w.Host(ctx, st)
+			return rate(d), err
+		}
 		for r := range o.rounds {
 			fmt.Fprintf(progress, "host apply round %d/%d\n", r+1, o.rounds)
-			st, err := sqlite.Open(ctx, fmt.Sprintf("%s/apply-%d", root, r), sqlite.Options{Synchronous: "FULL"})
+			v, err := hostRate(func() (store.Store, error) {
+				return sqlite.Open(ctx, fmt.Sprintf("%s/apply-%d", root, r), sqlite.Options{Synchronous: "FULL"})
+			})
 			if err != nil {
 				return err
 			}
-			d, err := w.Host(ctx, st)
-			st.Close()
-			if err != nil {
-				return err
-			}
-			sqliteRate = append(sqliteRate, rate(d))
+			sqliteRate = append(sqliteRate, v)
 			if openPG != nil {
-				st, err := openPG(r)
+				v, err := hostRate(func() (store.Store, error) { return openPG(r) })
 				if err != nil {
 					return err
 				}
-				d, err := w.Host(ctx, st)
-				st.Close()
-				if err != nil {
-					return err
-				}
-				pgRate = append(pgRate, rate(d))
+				pgRate = append(pgRate, v)
 			}
-			if d, err = w.Pure(); err != nil {
+			d, err := w.Pure()
+			if err != nil {
 				return err
 			}
 			pureRate = append(pureRate, rate(d))
