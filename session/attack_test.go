@@ -84,6 +84,74 @@ func TestAttackSnapshotBoundsAtSettlement(t *testing.T) {
 	require.ErrorContains(t, err, "protocol version 2, the escrow was created for version 1")
 }
 
+// Known attack (stale root): hosts co-sign every root, so the gateway holds a
+// quorum-signed root for every nonce. A malicious gateway that settles an
+// early ACTIVE root pays the hosts only for the work up to it and takes the
+// rest back as its refund. Closed by MaySettle: the creator's side may settle
+// only the finalized root (phase SETTLEMENT; a session there accepts no more
+// diffs, so it is the last one). After the deadline a host may settle its
+// latest root at any phase, for a gateway that vanished without finalizing.
+func TestAttackStaleRootSettlement(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	gateway := b.f.Gateway.Address()
+	host := b.f.SlotKey(1).Address()
+	all := b.f.AllSlots()
+	// settle is what the chain runs for a MsgSettleEscrow from sender.
+	settle := func(sender signing.Address, m *sessionpb.Settlement, deadlinePassed bool) (*session.Plan, error) {
+		if err := session.MaySettle(b.f.Snapshot, sender, m.Phase, deadlinePassed, nil); err != nil {
+			return nil, err
+		}
+		return session.VerifySettlement(b.f.Snapshot, m, nil)
+	}
+	finished := func(p *session.Plan) (n uint64) {
+		for _, s := range p.Slots {
+			n += s.Finished
+		}
+		return n
+	}
+
+	b.inference(t, 10, 20, 5)
+	stale := b.f.Settle(b.gw.Replica, all...) // every host signed it
+	for range 5 {
+		b.inference(t, 10, 20, 5)
+	}
+	latest := b.f.Settle(b.gw.Replica, all...) // the hosts' latest root, still ACTIVE
+	b.step(t, sessiontest.Finalize())
+	finalizing := b.f.Settle(b.gw.Replica, all...)
+	b.step(t, sessiontest.Finalize())
+	final := b.f.Settle(b.gw.Replica, all...)
+
+	// The stale root is valid books on its own: only the phase rule stops it.
+	plan, err := session.VerifySettlement(b.f.Snapshot, stale, nil)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), finished(plan))
+
+	// Malicious gateway: a stale or unfinished root, before or after the deadline.
+	for _, m := range []*sessionpb.Settlement{stale, latest, finalizing} {
+		for _, passed := range []bool{false, true} {
+			_, err := settle(gateway, m, passed)
+			require.ErrorIs(t, err, session.ReasonPhase)
+			var se *session.SettlementError
+			require.ErrorAs(t, err, &se)
+			require.ErrorContains(t, err, "may settle only a finalized session: expected phase PHASE_SETTLEMENT, the settlement is at phase "+m.Phase.String())
+		}
+	}
+
+	// Honest gateway: the final root pays for all six inferences.
+	plan, err = settle(gateway, final, false)
+	require.NoError(t, err)
+	require.Equal(t, uint64(6), finished(plan))
+
+	// A host, for a gateway that vanished: its latest ACTIVE root, after the
+	// deadline only.
+	_, err = settle(host, latest, false)
+	require.ErrorIs(t, err, session.ReasonUnauthorized)
+	plan, err = settle(host, latest, true)
+	require.NoError(t, err)
+	require.Equal(t, uint64(6), finished(plan))
+}
+
 // Attack 10: txs and signatures from keys outside the group, or unsigned.
 func TestAttackNonMemberSignatures(t *testing.T) {
 	t.Parallel()

@@ -74,15 +74,27 @@ func ExpectedFees(snap *sessionpb.EscrowSnapshot, activeNonces uint64) (uint64, 
 	return add(snap.CreationFee, perNonce)
 }
 
-// MaySettle reports whether sender may submit a settlement for the escrow:
-// the creator always; any group member (or a warm key it granted) once the
-// settlement deadline has passed, so a gateway cannot hold hosts' pay hostage.
-func MaySettle(snap *sessionpb.EscrowSnapshot, sender signing.Address, deadlinePassed bool, auth Authorizer) error {
-	if bytes.Equal(sender[:], snap.Creator) {
-		return nil
-	}
+// MaySettle reports whether sender may submit a settlement at phase for the
+// escrow. phase is the settlement's own; VerifySettlement binds it to the
+// signed root, so a caller runs both.
+//
+//   - The creator's side (the creator, or a warm key it granted) may settle at
+//     any time, but only a finalized session: phase SETTLEMENT. Hosts sign
+//     every root along the way, so otherwise the creator could settle an
+//     earlier, cheaper root and not pay for the work done after it. This
+//     holds even if the creator also holds a slot.
+//   - Any group member (or a warm key it granted) may settle once the
+//     settlement deadline has passed, at any phase, so a gateway cannot hold
+//     hosts' pay hostage: one that vanished never finalized, and a host's
+//     latest root (typically ACTIVE) is the newest the hosts signed.
+func MaySettle(snap *sessionpb.EscrowSnapshot, sender signing.Address, phase sessionpb.Phase, deadlinePassed bool, auth Authorizer) error {
 	creator, _ := signing.AddressFromBytes(snap.Creator)
-	if auth != nil && auth.MayActFor(creator, sender, KindDiff) {
+	if bytes.Equal(sender[:], snap.Creator) || (auth != nil && auth.MayActFor(creator, sender, KindDiff)) {
+		if phase != sessionpb.Phase_PHASE_SETTLEMENT {
+			return &SettlementError{EscrowID: snap.EscrowId, Reason: ReasonPhase, Detail: fmt.Sprintf(
+				"the creator's side (%s) may settle only a finalized session: expected phase %s, the settlement is at phase %s; finalize the session (FinalizeRound twice) and settle its final root",
+				sender, sessionpb.Phase_PHASE_SETTLEMENT, phase)}
+		}
 		return nil
 	}
 	member := false

@@ -146,16 +146,39 @@ func TestMaySettle(t *testing.T) {
 	host := f.SlotKey(0).Address()
 	stranger, err := signing.GenerateKey(sessiontestRand(3))
 	require.NoError(t, err)
+	final, active := sessionpb.Phase_PHASE_SETTLEMENT, sessionpb.Phase_PHASE_ACTIVE
 
-	require.NoError(t, session.MaySettle(f.Snapshot, gw, false, nil), "the creator may always settle")
-	err = session.MaySettle(f.Snapshot, host, false, nil)
+	require.NoError(t, session.MaySettle(f.Snapshot, gw, final, false, nil), "the creator may settle a finalized session at any time")
+	err = session.MaySettle(f.Snapshot, host, final, false, nil)
 	require.ErrorIs(t, err, session.ReasonUnauthorized)
 	require.ErrorContains(t, err, "only after the settlement deadline")
-	require.NoError(t, session.MaySettle(f.Snapshot, host, true, nil), "members may once the deadline passed")
-	err = session.MaySettle(f.Snapshot, stranger.Address(), true, nil)
+	require.NoError(t, session.MaySettle(f.Snapshot, host, final, true, nil), "members may once the deadline passed")
+	require.NoError(t, session.MaySettle(f.Snapshot, host, active, true, nil), "at any phase")
+	err = session.MaySettle(f.Snapshot, stranger.Address(), final, true, nil)
 	require.ErrorContains(t, err, "neither the creator nor a group member")
 	auth := warmKeys{stranger.Address(): host}
-	require.NoError(t, session.MaySettle(f.Snapshot, stranger.Address(), true, auth), "a member's warm key")
+	require.NoError(t, session.MaySettle(f.Snapshot, stranger.Address(), active, true, auth), "a member's warm key")
+
+	// The creator's side settles only SETTLEMENT, before or after the
+	// deadline, directly or through its warm key.
+	creatorWarm := warmKeys{stranger.Address(): gw}
+	for _, phase := range []sessionpb.Phase{sessionpb.Phase_PHASE_ACTIVE, sessionpb.Phase_PHASE_FINALIZING} {
+		for _, passed := range []bool{false, true} {
+			for _, c := range []struct {
+				sender signing.Address
+				auth   session.Authorizer
+			}{{gw, nil}, {stranger.Address(), creatorWarm}} {
+				err := session.MaySettle(f.Snapshot, c.sender, phase, passed, c.auth)
+				require.ErrorIs(t, err, session.ReasonPhase, "%s, deadline passed %v", phase, passed)
+				require.ErrorContains(t, err, "expected phase PHASE_SETTLEMENT, the settlement is at phase "+phase.String())
+			}
+		}
+	}
+	require.NoError(t, session.MaySettle(f.Snapshot, stranger.Address(), final, false, creatorWarm), "the creator's warm key")
+
+	// A creator that also holds a slot is still held to the creator's rule.
+	f.Snapshot.Group[0] = gw.Bytes()
+	require.ErrorIs(t, session.MaySettle(f.Snapshot, gw, active, true, nil), session.ReasonPhase)
 }
 
 func TestValidateSnapshot(t *testing.T) {

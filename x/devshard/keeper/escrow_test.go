@@ -1,6 +1,7 @@
 package keeper_test
 
 import (
+	"bytes"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -99,19 +100,32 @@ func (w *world) fixture(t testing.TB, esc types.Escrow) *sessiontest.Fixture {
 func run(t testing.TB, f *sessiontest.Fixture, n int) *session.Session {
 	t.Helper()
 	q := f.Sequencer()
+	infer(t, q, n)
+	finalize(t, q)
+	return q.Replica
+}
+
+// finalize moves q's session to SETTLEMENT: two FinalizeRounds.
+func finalize(t testing.TB, q *sessiontest.Sequencer) {
+	t.Helper()
+	for range 2 {
+		_, err := q.Next(sessiontest.Finalize())
+		require.NoError(t, err)
+	}
+}
+
+// infer plays n more inferences (10 in, 40 out tokens each) on q, leaving
+// the session ACTIVE.
+func infer(t testing.TB, q *sessiontest.Sequencer, n int) {
+	t.Helper()
 	for range n {
 		id := q.Replica.Nonce() + 1
 		_, err := q.Next(sessiontest.Start(id, 10, 100))
 		require.NoError(t, err)
 		exec := q.Replica.Executor(id)
-		_, err = q.Next(f.Confirm(exec, id, sessiontest.Timestamp(id)), f.Finish(exec, id, 10, 40))
+		_, err = q.Next(q.F.Confirm(exec, id, sessiontest.Timestamp(id)), q.F.Finish(exec, id, 10, 40))
 		require.NoError(t, err)
 	}
-	for range 2 {
-		_, err := q.Next(sessiontest.Finalize())
-		require.NoError(t, err)
-	}
-	return q.Replica
 }
 
 // honest returns a fully signed settlement of an n-inference session of esc.
@@ -279,6 +293,43 @@ func TestCreateEscrowRejections(t *testing.T) {
 	err = create(w.gw.String(), 1000)
 	require.ErrorIs(t, err, types.ErrEpochNotActive)
 	require.ErrorContains(t, err, "epoch 2 is CANCELLED")
+	w.conserved(t)
+}
+
+// With no ACTIVE member of positive weight left in the current epoch no
+// group can be drawn: the escrow is refused and nothing is locked.
+func TestCreateEscrowWithoutAnActiveMember(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	for _, h := range w.hosts[:2] {
+		_, err := w.srv.UnregisterParticipant(w.ctx, &types.MsgUnregisterParticipant{Participant: h.String()})
+		require.NoError(t, err)
+	}
+	require.NoError(t, w.k.RecordStats(w.ctx, 1, w.hosts[2], types.InferenceStats{Invalidated: 3}))
+	require.Equal(t, types.ParticipantInvalid, w.participant(t, w.hosts[2]).Status)
+	require.Equal(t, types.EpochActive, w.state(t, 1), "the epoch and its members stand; none may serve")
+
+	_, err := w.srv.CreateEscrow(w.ctx, &types.MsgCreateEscrow{Creator: w.gw.String(), Amount: 1000})
+	require.ErrorIs(t, err, types.ErrNoGroup)
+	require.ErrorContains(t, err, "epoch 1 has no ACTIVE member with positive weight")
+	require.Equal(t, uint64(gatewayFunds), w.bal(w.gw), "nothing was locked")
+	w.conserved(t)
+}
+
+// The snapshot is checked by the protocol package before any coin moves. A
+// valid bech32 address of another length than a session key's 20 bytes (a
+// 32-byte module or contract account, say) cannot sign a session.
+func TestCreateEscrowRejectsAnInvalidSnapshot(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	long := sdk.AccAddress(bytes.Repeat([]byte{7}, 32))
+	w.bank.balances[long.String()] = sdk.NewCoins(sdk.NewInt64Coin(denom, 10_000))
+
+	_, err := w.srv.CreateEscrow(w.ctx, &types.MsgCreateEscrow{Creator: long.String(), Amount: 1000})
+	require.ErrorIs(t, err, types.ErrInvalidEscrow)
+	require.ErrorContains(t, err, "escrow snapshot: creator must be a 20-byte address, got 32 bytes")
+	require.Equal(t, uint64(10_000), w.bal(long), "nothing was locked")
+	require.Equal(t, uint64(600), w.bal(moduleAddr()))
 	w.conserved(t)
 }
 
@@ -626,10 +677,7 @@ func (w *world) invalidated(t testing.TB, esc types.Escrow, host, n int) *sessio
 		_, live := q.Replica.Record(id)
 		require.False(t, live, "inference %d resolved", id)
 	}
-	for range 2 {
-		_, err := q.Next(sessiontest.Finalize())
-		require.NoError(t, err)
-	}
+	finalize(t, q)
 	return f.Settle(q.Replica, f.AllSlots()...)
 }
 

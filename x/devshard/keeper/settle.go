@@ -28,9 +28,10 @@ const (
 )
 
 // SettleEscrow verifies a settlement with the protocol package and applies
-// its payout plan. The keeper adds no settlement rule: who may settle and
-// whether the settlement is valid are session.MaySettle and
-// session.VerifySettlement, against the escrow's snapshot.
+// its payout plan. The keeper adds no settlement rule: who may settle, and
+// at which phase (session.MaySettle), and whether the settlement is valid
+// (session.VerifySettlement, which binds that phase to the signed root) are
+// the protocol package's, against the escrow's snapshot.
 func (k Keeper) SettleEscrow(ctx sdk.Context, sender sdk.AccAddress, m *sessionpb.Settlement) (*session.Plan, error) {
 	if m == nil {
 		return nil, types.ErrSettlement.Wrap("the message carries no settlement")
@@ -53,7 +54,7 @@ func (k Keeper) SettleEscrow(ctx sdk.Context, sender sdk.AccAddress, m *sessionp
 		return nil, types.ErrSettlement.Wrapf("sender: %v", err)
 	}
 	auth := k.Authorizer(ctx)
-	if err := session.MaySettle(&esc.Snapshot, from, cur >= esc.DeadlineEpoch, auth); err != nil {
+	if err := session.MaySettle(&esc.Snapshot, from, m.Phase, cur >= esc.DeadlineEpoch, auth); err != nil {
 		return nil, types.ErrSettlement.Wrapf("%v (deadline: epoch %d, current epoch %d)", err, esc.DeadlineEpoch, cur)
 	}
 	plan, err := session.VerifySettlement(&esc.Snapshot, m, auth)
@@ -63,7 +64,10 @@ func (k Keeper) SettleEscrow(ctx sdk.Context, sender sdk.AccAddress, m *sessionp
 
 	creator := sdk.AccAddress(esc.Snapshot.Creator)
 	toCreator := plan.Refund
-	stats := statsByAddress(plan)
+	stats, err := statsByAddress(plan)
+	if err != nil {
+		return nil, err
+	}
 	for _, a := range plan.ByAddress() {
 		amount, ok := addU64(a.Cost, a.FeeShare)
 		if !ok {
@@ -185,21 +189,25 @@ func (k Keeper) route(ctx sdk.Context, esc types.Escrow, host sdk.AccAddress, am
 	return DestHost, fmt.Sprintf("epoch %d is %s and the summary is settled", epochID, epoch.State.Short()), nil
 }
 
-// statsByAddress sums each address's slot stats.
-func statsByAddress(plan *session.Plan) map[signing.Address]types.InferenceStats {
+// statsByAddress sums each address's slot stats. Validated and
+// validations_done are attested by the quorum but not bounded by the nonce,
+// so the sums are overflow-checked like every other figure.
+func statsByAddress(plan *session.Plan) (map[signing.Address]types.InferenceStats, error) {
 	out := make(map[signing.Address]types.InferenceStats)
 	for _, sp := range plan.Slots {
 		s := out[sp.Address]
 		if st := sp.Stats; st != nil {
-			s.Finished += st.Finished
-			s.Missed += st.Missed
-			s.Invalidated += st.Invalid
-			s.Validated += st.Validated
-			s.ValidationsDone += st.ValidationsDone
+			err := addStats(&s, types.InferenceStats{
+				Finished: st.Finished, Missed: st.Missed, Invalidated: st.Invalid,
+				Validated: st.Validated, ValidationsDone: st.ValidationsDone,
+			})
+			if err != nil {
+				return nil, fmt.Errorf("summing the slots of %s: %w", sdk.AccAddress(sp.Address[:]), err)
+			}
 		}
 		out[sp.Address] = s
 	}
-	return out
+	return out, nil
 }
 
 func addU64(a, b uint64) (uint64, bool) {
@@ -207,21 +215,24 @@ func addU64(a, b uint64) (uint64, bool) {
 	return s, s >= a
 }
 
-// addStats adds s to into, failing on overflow.
+// addStats adds s to into, failing on overflow; into is unchanged then.
 func addStats(into *types.InferenceStats, s types.InferenceStats) error {
+	sum := *into
 	fields := []struct {
-		to *uint64
-		v  uint64
+		name string
+		to   *uint64
+		v    uint64
 	}{
-		{&into.Finished, s.Finished}, {&into.Missed, s.Missed}, {&into.Invalidated, s.Invalidated},
-		{&into.Validated, s.Validated}, {&into.ValidationsDone, s.ValidationsDone},
+		{"finished", &sum.Finished, s.Finished}, {"missed", &sum.Missed, s.Missed}, {"invalidated", &sum.Invalidated, s.Invalidated},
+		{"validated", &sum.Validated, s.Validated}, {"validations_done", &sum.ValidationsDone, s.ValidationsDone},
 	}
 	for _, f := range fields {
-		sum, ok := addU64(*f.to, f.v)
+		v, ok := addU64(*f.to, f.v)
 		if !ok {
-			return types.ErrOverflow.Wrap("inference stats overflow")
+			return types.ErrOverflow.Wrapf("inference stats overflow: %s %d + %d exceeds uint64", f.name, *f.to, f.v)
 		}
-		*f.to = sum
+		*f.to = v
 	}
+	*into = sum
 	return nil
 }
