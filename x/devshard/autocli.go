@@ -81,7 +81,13 @@ func (AppModule) AutoCLIOptions() *autocliv1.ModuleOptions {
 					Short:          "Lock amount (in the collateral denom, integer) for a session in the current epoch",
 					PositionalArgs: []*autocliv1.PositionalArgDescriptor{{ProtoField: "amount"}},
 				},
-				{RpcMethod: "SettleEscrow", Skip: true}, // built and sent by the gateway or a host, not typed by hand
+				{
+					// Gateways and hosts build and send settlements themselves;
+					// this is for an operator holding a signed settlement as JSON.
+					RpcMethod: "SettleEscrow", Use: "settle-escrow [settlement-json]",
+					Short:          "Settle an escrow with a signed settlement (the Settlement message as JSON)",
+					PositionalArgs: []*autocliv1.PositionalArgDescriptor{{ProtoField: "settlement"}},
+				},
 				{
 					RpcMethod: "ClaimRewards", Use: "claim-rewards [epoch-id]", Short: "Claim your reward for a CLAIMABLE epoch",
 					PositionalArgs: []*autocliv1.PositionalArgDescriptor{{ProtoField: "epoch_id"}},
