@@ -17,7 +17,7 @@ const (
 	ReasonMalformed    Reason = "malformed"          // a field is missing, oversized or out of range
 	ReasonEscrow       Reason = "wrong_escrow"       // the message names another escrow
 	ReasonNonce        Reason = "nonce"              // not latest+1, or past the snapshot's max_nonce
-	ReasonPhase        Reason = "phase"              // the tx is not allowed in the session's phase
+	ReasonPhase        Reason = "phase"              // the tx, or a settlement by the creator, is not allowed in the session's phase
 	ReasonSignature    Reason = "signature"          // missing, malformed or not verifying
 	ReasonUnauthorized Reason = "unauthorized"       // signed by a key that may not act for the slot
 	ReasonStatus       Reason = "status"             // the inference is not in a status the tx needs
