@@ -8,10 +8,14 @@ package chain
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 
 	abci "github.com/cometbft/cometbft/abci/types"
 	dbm "github.com/cosmos/cosmos-db"
@@ -132,6 +136,9 @@ type App struct {
 	ModuleManager      *module.Manager
 	BasicModuleManager module.BasicManager
 	configurator       module.Configurator
+
+	invariants     invariantRegistry
+	invCheckPeriod uint // --inv-check-period; 0: never
 }
 
 // New builds the app over db. appOpts carries the server's flags and config
@@ -246,6 +253,8 @@ func New(logger log.Logger, db dbm.DB, traceStore io.Writer, loadLatest bool, ap
 	}
 	reflectionv1.RegisterReflectionServiceServer(app.GRPCQueryRouter(), reflection)
 
+	app.registerInvariants()
+	app.invCheckPeriod = cast.ToUint(appOpts.Get(server.FlagInvCheckPeriod))
 	app.registerUpgrades()
 	app.MountKVStores(keys)
 	app.SetInitChainer(app.InitChainer)
@@ -307,9 +316,89 @@ func (app *App) BeginBlocker(ctx sdk.Context) (sdk.BeginBlock, error) {
 	return app.ModuleManager.BeginBlock(ctx)
 }
 
-// EndBlocker runs the modules' end blockers, the scheduler last.
+// EndBlocker runs the modules' end blockers, the scheduler last, then, every
+// --inv-check-period blocks, the registered invariants. A broken invariant
+// is an error: this node stops before committing the block.
 func (app *App) EndBlocker(ctx sdk.Context) (sdk.EndBlock, error) {
-	return app.ModuleManager.EndBlock(ctx)
+	res, err := app.ModuleManager.EndBlock(ctx)
+	if err != nil {
+		return res, err
+	}
+	period := int64(app.invCheckPeriod)
+	if period == 0 || ctx.BlockHeight()%period != 0 {
+		return res, nil
+	}
+	if err := app.AssertInvariants(ctx); err != nil {
+		ctx.Logger().Error("invariant broken: stopping this node", "height", ctx.BlockHeight(), "err", err)
+		return res, fmt.Errorf("%w; this node stops before committing block %d (--%s %d): "+
+			"`devshard chain query devshard conservation` shows both sides of the books, "+
+			"and --%s 0 lets the node follow the chain again",
+			err, ctx.BlockHeight(), server.FlagInvCheckPeriod, period, server.FlagInvCheckPeriod)
+	}
+	return res, nil
+}
+
+// InvariantRoute is a registered invariant, named module/route as x/crisis
+// named them (devshard/conservation).
+type InvariantRoute struct {
+	Module, Route string
+	Check         sdk.Invariant
+}
+
+// FullRoute is module/route.
+func (r InvariantRoute) FullRoute() string { return r.Module + "/" + r.Route }
+
+// invariantRegistry holds the modules' invariants. The app keeps them
+// itself: in SDK v0.53 Manager.RegisterInvariants is a no-op and x/crisis,
+// which held them, is deprecated.
+type invariantRegistry []InvariantRoute
+
+// RegisterRoute implements sdk.InvariantRegistry.
+func (r *invariantRegistry) RegisterRoute(moduleName, route string, check sdk.Invariant) {
+	*r = append(*r, InvariantRoute{Module: moduleName, Route: route, Check: check})
+}
+
+// registerInvariants collects the invariants of every module that has any,
+// in module name order.
+func (app *App) registerInvariants() {
+	for _, name := range slices.Sorted(maps.Keys(app.ModuleManager.Modules)) {
+		if m, ok := app.ModuleManager.Modules[name].(module.HasInvariants); ok {
+			m.RegisterInvariants(&app.invariants)
+		}
+	}
+}
+
+// Invariants are the registered invariants, in the order they are checked.
+func (app *App) Invariants() []InvariantRoute { return slices.Clone(app.invariants) }
+
+// BrokenInvariantError is a registered invariant that does not hold.
+type BrokenInvariantError struct {
+	Route  string // module/route
+	Height int64
+	Report string // the invariant's own account of what it found
+}
+
+func (e *BrokenInvariantError) Error() string {
+	return fmt.Sprintf("invariant %s broken at height %d: %s", e.Route, e.Height, e.Report)
+}
+
+// AssertInvariants checks every registered invariant against ctx's state and
+// returns a *BrokenInvariantError for each that does not hold (joined), or
+// nil. Each check runs in a branch that is thrown away, with its own gas
+// meter, so checking changes neither the state nor the block's gas.
+func (app *App) AssertInvariants(ctx sdk.Context) error {
+	var broken []error
+	for _, r := range app.invariants {
+		branch, _ := ctx.CacheContext()
+		report, bad := r.Check(branch.WithGasMeter(storetypes.NewInfiniteGasMeter()))
+		if bad {
+			broken = append(broken, &BrokenInvariantError{
+				Route: r.FullRoute(), Height: ctx.BlockHeight(),
+				Report: strings.ReplaceAll(strings.TrimSpace(report), "\n", ": "),
+			})
+		}
+	}
+	return errors.Join(broken...)
 }
 
 // LoadHeight loads the state at height, for export.

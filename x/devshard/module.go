@@ -104,9 +104,10 @@ func (am AppModule) EndBlock(ctx context.Context) error {
 	return am.keeper.ExpireEscrows(sdk.UnwrapSDKContext(ctx))
 }
 
-// RegisterInvariants registers the conservation invariant: the module
-// account holds exactly open escrows + ledgers + unclaimed rewards + bonded
-// collateral.
+// RegisterInvariants registers the conservation invariant
+// (devshard/conservation): the module account holds exactly open escrows +
+// ledgers + unclaimed rewards + bonded collateral. The app collects it and
+// checks it every --inv-check-period blocks (chain.App.AssertInvariants).
 func (am AppModule) RegisterInvariants(ir sdk.InvariantRegistry) {
 	keeper.RegisterInvariants(ir, am.keeper)
 }
