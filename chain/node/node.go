@@ -211,7 +211,9 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	n.App = chain.New(cfg.Logger, db, nil, true, appOptions{"home": n.Home},
+	// The local chain checks its books every block: a broken conservation
+	// invariant stops it at once, with the invariant's report.
+	n.App = chain.New(cfg.Logger, db, nil, true, appOptions{"home": n.Home, server.FlagInvCheckPeriod: uint(1)},
 		baseapp.SetChainID(cfg.ChainID), baseapp.SetMinGasPrices(appCfg.MinGasPrices))
 
 	n.comet, err = cmtnode.NewNode(cometCfg, pv, nodeKey,
