@@ -20,7 +20,7 @@ func newRootCommand() *cobra.Command {
   gateway   run a gateway: the OpenAI-compatible API, paid from escrows
   chain     the chain node: init, start, keys, tx, query, genesis; 'chain dev' starts a local chain in one command
   host      run a host: serve sessions, execute and validate inference
-  bench     measure speed targets (protocol, store, scheduler) and print ratios
+  bench     measure speed targets (protocol, store, scheduler, host, gateway) and print ratios
   version   print the build and protocol version
 
 Run 'devshard <command> --help' for the flags of each command.`,
