@@ -87,6 +87,9 @@ func Params() devshardtypes.Params {
 	p.ExecutionTimeoutSeconds = 5
 	p.ValidationRateBps = 2_000
 	p.SealGraceSeconds = 5
+	// The gateway settles an escrow when its epoch ends; the hosts step in
+	// only a whole epoch later, so they do not race an honest gateway.
+	p.SettlementWindowEpochs = 2
 	// Unsettled escrows are refunded after a minute, not 20 s, so a host
 	// restarted by hand has time to rejoin its groups' settlements.
 	p.ExpiryEpochs = 6

@@ -9,6 +9,7 @@ import (
 
 	"github.com/cosmos/cosmos-sdk/crypto/keys/secp256k1"
 	sdk "github.com/cosmos/cosmos-sdk/types"
+	txtypes "github.com/cosmos/cosmos-sdk/types/tx"
 	banktypes "github.com/cosmos/cosmos-sdk/x/bank/types"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -30,8 +31,9 @@ type Chain interface {
 	// new escrow's snapshot.
 	CreateEscrow(ctx context.Context, amount uint64) (*sessionpb.EscrowSnapshot, error)
 	// Settle sends MsgSettleEscrow and returns its tx hash. An escrow the
-	// chain already shows as settled is success, with an empty hash; one
-	// that expired is an error wrapping ErrExpired.
+	// chain already shows as settled is success, with the hash of the tx
+	// that settled it when the node can find it; one that expired is an
+	// error wrapping ErrExpired.
 	Settle(ctx context.Context, m *sessionpb.Settlement) (string, error)
 	// HostURL is the API address a participant registered.
 	HostURL(ctx context.Context, addr signing.Address) (string, error)
@@ -53,6 +55,7 @@ type GRPCChain struct {
 	q       devshardtypes.QueryClient
 	bank    banktypes.QueryClient
 	tx      *txclient.Client
+	txs     txtypes.ServiceClient
 	key     *secp256k1.PrivKey
 	address sdk.AccAddress
 }
@@ -65,6 +68,7 @@ func NewGRPCChain(conn grpc.ClientConnInterface, chainID string, key *signing.Pr
 		q:       devshardtypes.NewQueryClient(conn),
 		bank:    banktypes.NewQueryClient(conn),
 		tx:      txclient.New(conn, chainID, chain.MakeEncoding().TxConfig),
+		txs:     txtypes.NewServiceClient(conn),
 		key:     ck,
 		address: sdk.AccAddress(ck.PubKey().Address()),
 	}
@@ -126,12 +130,27 @@ func (c *GRPCChain) Settle(ctx context.Context, m *sessionpb.Settlement) (string
 	if q, qerr := c.q.Escrow(ctx, &devshardtypes.QueryEscrowRequest{Id: m.EscrowId}); qerr == nil {
 		switch q.Escrow.Status {
 		case devshardtypes.EscrowSettled:
-			return "", nil
+			return c.settledBy(ctx, m.EscrowId), nil
 		case devshardtypes.EscrowExpired:
 			return "", fmt.Errorf("%w: escrow %d expired on chain before it was settled; its whole amount went back to the creator", ErrExpired, m.EscrowId)
 		}
 	}
 	return "", fmt.Errorf("settle escrow %d: %w", m.EscrowId, err)
+}
+
+// settledBy finds the tx that settled escrow id (this gateway's, before a
+// restart, or a host's after the deadline); "" if the node cannot say.
+func (c *GRPCChain) settledBy(ctx context.Context, id uint64) string {
+	// Typed events carry their values as JSON, where a uint64 is a quoted
+	// string; the bare form is tried too.
+	for _, v := range []string{fmt.Sprintf(`"%d"`, id), fmt.Sprint(id)} {
+		query := fmt.Sprintf("devshard.devshard.v1.EventEscrowSettled.escrow_id='%s'", v)
+		res, err := c.txs.GetTxsEvent(ctx, &txtypes.GetTxsEventRequest{Query: query, Limit: 1})
+		if err == nil && len(res.TxResponses) > 0 {
+			return res.TxResponses[0].TxHash
+		}
+	}
+	return ""
 }
 
 // HostURL implements Chain.
