@@ -363,7 +363,7 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 		if errors.Is(err, errDiverged) {
 			return nil, fmt.Errorf("%w: the executor died mid-stream and the retry's answer differs from what was already streamed", ErrNoHost)
 		}
-		if !unreachable(err) && !isHostError(err) {
+		if !isHostError(err) {
 			return nil, err // the app went away: emit failed
 		}
 		lastErr = err
