@@ -8,7 +8,26 @@ import "github.com/devshard/devshard/session/sessionpb"
 // signature. Mempools (the host's,
 // the gateway's) use it to drop txs that can no longer apply.
 func (s *Session) MayInclude(tx *sessionpb.Tx) bool {
-	if s.Phase() == sessionpb.Phase_PHASE_SETTLEMENT {
+	return mayInclude(tx, s.phase, len(s.group), func(id uint64) *sessionpb.InferenceRecord { return s.live[id] })
+}
+
+// MayInclude is Session.MayInclude asked of the state this diff leads to,
+// before it is committed: a host deciding whether to sign the new state
+// asks it of its own pooled txs.
+func (p *Pending) MayInclude(tx *sessionpb.Tx) bool {
+	st := p.st
+	return mayInclude(tx, st.phase, len(st.s.group), func(id uint64) *sessionpb.InferenceRecord {
+		if st.removed[id] {
+			return nil
+		}
+		return st.peek(id)
+	})
+}
+
+// mayInclude is the rule behind both, over a phase and a read-only lookup
+// of live records (nil when the record is not live).
+func mayInclude(tx *sessionpb.Tx, phase sessionpb.Phase, groupLen int, lookup func(id uint64) *sessionpb.InferenceRecord) bool {
+	if phase == sessionpb.Phase_PHASE_SETTLEMENT {
 		return false
 	}
 	var id uint64
@@ -25,8 +44,8 @@ func (s *Session) MayInclude(tx *sessionpb.Tx) bool {
 	default:
 		return false
 	}
-	r, ok := s.Record(id)
-	if !ok || int(tx.Slot) >= len(s.group) {
+	r := lookup(id)
+	if r == nil || int(tx.Slot) >= groupLen {
 		return false
 	}
 	switch tx.Body.(type) {

@@ -5,6 +5,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/session/sessiontest"
 )
 
@@ -39,4 +40,50 @@ func TestMayIncludeDropsVotesFromSlotsThatVoted(t *testing.T) {
 	outside := f.Validate(other, 1, true)
 	outside.Slot = 7
 	require.False(t, seq.Replica.MayInclude(outside), "a slot outside the group")
+}
+
+// A pending diff answers MayInclude for the state it leads to, before it is
+// committed, exactly as the session answers once it is.
+func TestPendingMayIncludeAsksTheNextState(t *testing.T) {
+	t.Parallel()
+	f := sessiontest.New(2, sessiontest.DefaultOptions())
+	seq := f.Sequencer()
+	_, err := seq.Next(sessiontest.Start(1, 10, 50))
+	require.NoError(t, err)
+	_, err = seq.Next(sessiontest.Start(2, 10, 50))
+	require.NoError(t, err)
+	exec := seq.Replica.Executor(1)
+	voter := (exec + 1) % 3
+	voter2 := (seq.Replica.Executor(2) + 1) % 3
+	candidates := []*sessionpb.Tx{
+		f.Confirm(exec, 1, sessiontest.Timestamp(1)),
+		f.Finish(exec, 1, 10, 20),
+		f.Timeout(voter, 1),
+		f.Validate(voter, 1, true),
+		f.Timeout(voter2, 2),
+		f.Confirm(seq.Replica.Executor(2), 2, sessiontest.Timestamp(2)),
+	}
+	before := make([]bool, len(candidates))
+	for i, tx := range candidates {
+		before[i] = seq.Replica.MayInclude(tx)
+	}
+
+	d, err := seq.Build(f.Confirm(exec, 1, sessiontest.Timestamp(1)), f.Finish(exec, 1, 10, 20), f.Timeout(voter2, 2))
+	require.NoError(t, err)
+	p, err := seq.Replica.Prepare(d)
+	require.NoError(t, err)
+	ahead := make([]bool, len(candidates))
+	for i, tx := range candidates {
+		ahead[i] = p.MayInclude(tx)
+		require.Equal(t, before[i], seq.Replica.MayInclude(tx), "preparing changes nothing")
+	}
+	require.NoError(t, p.Commit())
+	changed := 0
+	for i, tx := range candidates {
+		require.Equal(t, seq.Replica.MayInclude(tx), ahead[i], "candidate %d", i)
+		if ahead[i] != before[i] {
+			changed++
+		}
+	}
+	require.GreaterOrEqual(t, changed, 4, "the diff moved inference 1 from pending to finished and voted on 2")
 }

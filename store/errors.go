@@ -181,6 +181,15 @@ func CheckDiff(d *Diff) error {
 				d.Nonce, d.EscrowID, s.EscrowID, s.Nonce)
 		}
 	}
+	for _, s := range d.Signatures {
+		switch {
+		case s.EscrowID != d.EscrowID || s.Nonce != d.Nonce:
+			return Errorf(ErrInvalid, "diff %d of escrow %d carries a signature for escrow %d, nonce %d; signatures must be over the diff's own state",
+				d.Nonce, d.EscrowID, s.EscrowID, s.Nonce)
+		case len(s.Data) == 0:
+			return Errorf(ErrInvalid, "diff %d of escrow %d carries an empty signature of slot %d", d.Nonce, d.EscrowID, s.Slot)
+		}
+	}
 	return nil
 }
 

@@ -90,6 +90,13 @@ type Diff struct {
 	// written with the diff, in the same transaction; each row's EscrowID and
 	// Nonce must be the diff's. Reads leave Sealed nil.
 	Sealed []Sealed
+	// Signatures are the host's own state signatures over Root, stored with
+	// the diff in the same transaction, so that signing a new state costs no
+	// durable commit of its own. Each row's EscrowID and Nonce must be the
+	// diff's. They are written only with a newly inserted diff: a replay
+	// leaves the stored signatures as they are. Read them with Signatures;
+	// Diffs leaves this nil.
+	Signatures []Signature
 }
 
 // Diffs is the append-only, gap-free chain of an escrow's diffs.

@@ -381,7 +381,8 @@ func (s *Store) ListSessions(ctx context.Context) ([]*store.Session, error) {
 // qAppend inserts one diff if its predecessor is stored, with the index rows
 // it sealed, in one statement. It returns whether it inserted, and else the
 // stored diff at that nonce (a replay or a fork) and the last stored nonce
-// (a gap). The sealed rows are written only with a newly inserted diff.
+// (a gap). The sealed rows and the diff's own signatures are written only
+// with a newly inserted diff.
 const qAppend = `
 WITH ins AS (
 	INSERT INTO diffs (epoch_id, escrow_id, nonce, root, data)
@@ -395,6 +396,11 @@ WITH ins AS (
 	SELECT $1, $2, x.inference_id, ins.nonce, x.record
 	FROM ins, unnest($6::bigint[], $7::bytea[]) AS x(inference_id, record)
 	ON CONFLICT (epoch_id, escrow_id, inference_id) DO UPDATE SET nonce = excluded.nonce, record = excluded.record
+), sig AS (
+	INSERT INTO signatures (epoch_id, escrow_id, nonce, slot, data)
+	SELECT $1, $2, ins.nonce, x.slot, x.data
+	FROM ins, unnest($8::bigint[], $9::bytea[]) AS x(slot, data)
+	ON CONFLICT (epoch_id, escrow_id, nonce, slot) DO NOTHING
 )
 SELECT EXISTS (SELECT 1 FROM ins),
 	(SELECT root FROM diffs WHERE epoch_id = $1 AND escrow_id = $2 AND nonce = $3),
@@ -433,7 +439,12 @@ func (s *Store) AppendDiffs(ctx context.Context, ds []store.Diff) error {
 		for j, r := range d.Sealed {
 			ids[j], recs[j] = int64(r.InferenceID), r.Record
 		}
-		batch.Queue(qAppend, int64(epoch), int64(d.EscrowID), int64(d.Nonce), d.Root, d.Data, ids, recs)
+		slots := make([]int64, len(d.Signatures))
+		sigs := make([][]byte, len(d.Signatures))
+		for j, s := range d.Signatures {
+			slots[j], sigs[j] = int64(s.Slot), s.Data
+		}
+		batch.Queue(qAppend, int64(epoch), int64(d.EscrowID), int64(d.Nonce), d.Root, d.Data, ids, recs, slots, sigs)
 		queued = append(queued, i)
 	}
 	if len(queued) == 0 {

@@ -18,13 +18,16 @@ const (
 	qLastNonce  = "SELECT COALESCE(MAX(nonce), 0) FROM diffs WHERE escrow_id = ?"
 	qInsertDiff = "INSERT INTO diffs (escrow_id, nonce, root, data) VALUES (?, ?, ?, ?)"
 	qPutSealed  = "INSERT OR REPLACE INTO sealed (escrow_id, inference_id, nonce, record) VALUES (?, ?, ?, ?)"
+	// A diff's own signatures: none can exist at a nonce whose diff is new,
+	// and a stored one is never overwritten.
+	qDiffSig = "INSERT INTO signatures (escrow_id, nonce, slot, data) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
 	qDiffs      = "SELECT nonce, root, data FROM diffs WHERE escrow_id = ? AND nonce >= ? ORDER BY nonce LIMIT ?"
 )
 
 // writeStmts are the append path's statements, prepared once on the
 // writer connection.
 type writeStmts struct {
-	diffAt, hasDiff, lastNonce, insertDiff, putSealed *sql.Stmt
+	diffAt, hasDiff, lastNonce, insertDiff, putSealed, diffSig *sql.Stmt
 }
 
 func prepareWrites(ctx context.Context, db *sql.DB) (*writeStmts, error) {
@@ -34,7 +37,7 @@ func prepareWrites(ctx context.Context, db *sql.DB) (*writeStmts, error) {
 		q   string
 	}{
 		{&st.diffAt, qDiffAt}, {&st.hasDiff, qHasDiff}, {&st.lastNonce, qLastNonce},
-		{&st.insertDiff, qInsertDiff}, {&st.putSealed, qPutSealed},
+		{&st.insertDiff, qInsertDiff}, {&st.putSealed, qPutSealed}, {&st.diffSig, qDiffSig},
 	} {
 		s, err := db.PrepareContext(ctx, p.q)
 		if err != nil {
@@ -54,11 +57,12 @@ func (st *writeStmts) in(ctx context.Context, tx *sql.Tx) *writeStmts {
 		lastNonce:  tx.StmtContext(ctx, st.lastNonce),
 		insertDiff: tx.StmtContext(ctx, st.insertDiff),
 		putSealed:  tx.StmtContext(ctx, st.putSealed),
+		diffSig:    tx.StmtContext(ctx, st.diffSig),
 	}
 }
 
 func (st *writeStmts) close() {
-	for _, s := range []*sql.Stmt{st.diffAt, st.hasDiff, st.lastNonce, st.insertDiff, st.putSealed} {
+	for _, s := range []*sql.Stmt{st.diffAt, st.hasDiff, st.lastNonce, st.insertDiff, st.putSealed, st.diffSig} {
 		if s != nil {
 			s.Close()
 		}
@@ -211,6 +215,11 @@ func (st *writeStmts) appendOne(ctx context.Context, d *store.Diff) (refused, er
 	}
 	for _, r := range d.Sealed {
 		if _, err := st.putSealed.ExecContext(ctx, id, int64(r.InferenceID), nonce, r.Record); err != nil {
+			return nil, err
+		}
+	}
+	for _, s := range d.Signatures {
+		if _, err := st.diffSig.ExecContext(ctx, id, nonce, int64(s.Slot), s.Data); err != nil {
 			return nil, err
 		}
 	}

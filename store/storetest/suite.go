@@ -51,6 +51,7 @@ func Run(t *testing.T, open Opener) {
 		{"RacingForkHasOneWinner", testRacingForkHasOneWinner},
 		{"GroupCommit", testGroupCommit},
 		{"Signatures", testSignatures},
+		{"SignaturesWithDiff", testSignaturesWithDiff},
 		{"SnapshotOnlyHigherOverwrites", testSnapshotOnlyHigherOverwrites},
 		{"SealedIndexRebuild", testSealedIndexRebuild},
 		{"RecoverFromSnapshot", testRecoverFromSnapshot},
@@ -434,6 +435,66 @@ func testSignatures(t *testing.T, b *bundle) {
 	none, err := b.s.Signatures(b.ctx, 121, 1)
 	require.NoError(t, err)
 	require.Empty(t, none)
+}
+
+// signed is diff nonce of c carrying the state signatures of slots.
+func signed(t *testing.T, c *Chain, nonce uint64, slots ...uint32) store.Diff {
+	t.Helper()
+	d := c.Diffs[nonce-1]
+	d.Signatures = nil
+	for _, slot := range slots {
+		ss, err := signState(c, slot, nonce)
+		require.NoError(t, err)
+		d.Signatures = append(d.Signatures, ss)
+	}
+	return d
+}
+
+func testSignaturesWithDiff(t *testing.T, b *bundle) {
+	c := b.session(t, 123, 1, 5)
+	one := signed(t, c, 1, 1, 0)
+	b.append(t, one)
+	got, err := b.s.Signatures(b.ctx, 123, 1)
+	require.NoError(t, err)
+	require.Equal(t, []store.Signature{one.Signatures[1], one.Signatures[0]}, got, "stored with the diff, read in slot order")
+
+	// A batch: each stored diff brings its own signatures; a refused one
+	// (the gap at nonce 4) brings none.
+	batch := []store.Diff{signed(t, c, 2, 2), signed(t, c, 4, 2), signed(t, c, 3, 0, 2)}
+	var be *store.BatchError
+	require.ErrorAs(t, b.s.AppendDiffs(b.ctx, batch), &be)
+	require.NoError(t, be.Errs[0])
+	require.ErrorIs(t, be.Errs[1], store.ErrNonceGap)
+	require.NoError(t, be.Errs[2])
+	for nonce, want := range map[uint64][]store.Signature{2: batch[0].Signatures, 3: batch[2].Signatures, 4: {}} {
+		got, err := b.s.Signatures(b.ctx, 123, nonce)
+		require.NoError(t, err)
+		require.Equal(t, want, got, "signatures at nonce %d", nonce)
+	}
+
+	// A replay carrying other signatures changes nothing stored.
+	again := signed(t, c, 1, 2)
+	require.NoError(t, b.s.AppendDiff(b.ctx, again))
+	got, err = b.s.Signatures(b.ctx, 123, 1)
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	require.NotContains(t, got, again.Signatures[0])
+
+	// A signature stored with its diff guards the nonce like PutSignature's.
+	other := one.Signatures[0]
+	other.Data = append(bytes.Clone(other.Data), 1)
+	require.ErrorIs(t, b.s.PutSignature(b.ctx, other), store.ErrConflict)
+
+	// Rows that are not the diff's own are refused, with nothing stored.
+	stray := signed(t, c, 4, 0)
+	stray.Signatures[0].Nonce = 3
+	require.ErrorIs(t, b.s.AppendDiff(b.ctx, stray), store.ErrInvalid)
+	blank := signed(t, c, 4, 0)
+	blank.Signatures[0].Data = nil
+	require.ErrorIs(t, b.s.AppendDiff(b.ctx, blank), store.ErrInvalid)
+	last, err := b.s.LastNonce(b.ctx, 123)
+	require.NoError(t, err)
+	require.Equal(t, uint64(3), last)
 }
 
 func testSnapshotOnlyHigherOverwrites(t *testing.T, b *bundle) {
