@@ -74,9 +74,21 @@ func (e *Engine) ApplyDiff(ctx context.Context, escrowID uint64, raw []byte, req
 		}
 		rows = append(rows, store.Sealed{EscrowID: escrowID, InferenceID: r.Id, Nonce: d.Nonce, Record: b})
 	}
+	// The new state's signatures, or why they are withheld, are decided
+	// now, so that they are stored with the diff in one durable commit.
+	withheld := en.pool.overdue(d.Nonce, en.snap.SealGraceNonces, func(key string, tx *sessionpb.Tx) bool {
+		return !carried(&d, key) && p.MayInclude(tx)
+	})
+	var sigs []*sessionpb.StateSignature
+	var sigRows []store.Signature
+	if withheld == "" {
+		if sigs, sigRows, err = e.signState(en, d.Nonce, res.Root); err != nil {
+			return nil, err
+		}
+	}
 	// Persist first: if the store fails, the prepared diff is dropped and
 	// memory stays where disk is.
-	if err := e.cfg.Store.AppendDiff(ctx, store.Diff{EscrowID: escrowID, Nonce: d.Nonce, Root: res.Root[:], Data: raw, Sealed: rows}); err != nil {
+	if err := e.cfg.Store.AppendDiff(ctx, store.Diff{EscrowID: escrowID, Nonce: d.Nonce, Root: res.Root[:], Data: raw, Sealed: rows, Signatures: sigRows}); err != nil {
 		e.cfg.Metrics.storageError()
 		return nil, fmt.Errorf("diff %d of escrow %d not stored: %w", d.Nonce, escrowID, err)
 	}
@@ -90,7 +102,21 @@ func (e *Engine) ApplyDiff(ctx context.Context, escrowID uint64, raw []byte, req
 		en.requests[id] = req
 	}
 	e.afterApply(ctx, en, &d, res)
-	return e.reply(ctx, en)
+	reply := &DiffReply{Nonce: d.Nonce, Root: res.Root, Signatures: sigs, Withheld: withheld, Mempool: en.pool.txs()}
+	if withheld != "" {
+		e.cfg.Metrics.withheld()
+	}
+	return reply, nil
+}
+
+// carried reports whether diff d carries the tx with key.
+func carried(d *sessionpb.Diff, key string) bool {
+	for _, tx := range d.Txs {
+		if session.TxKey(tx) == key {
+			return true
+		}
+	}
+	return false
 }
 
 // checkRequest ties a payload to the StartInference in the diff.
@@ -178,29 +204,22 @@ func (e *Engine) snapshot(ctx context.Context, en *entry) {
 	}
 }
 
-// reply signs the current root unless this host is withholding.
-func (e *Engine) reply(ctx context.Context, en *entry) (*DiffReply, error) {
-	s := en.s
-	reply := &DiffReply{Nonce: s.Nonce(), Root: s.Root(), Mempool: en.pool.txs()}
-	if why := en.pool.overdue(en, s.Nonce(), en.snap.SealGraceNonces); why != "" {
-		reply.Withheld = why
-		e.cfg.Metrics.withheld()
-		return reply, nil
-	}
-	root := s.Root()
+// signState signs root at nonce once per slot the host holds, and returns
+// the signatures with their stored form.
+func (e *Engine) signState(en *entry, nonce uint64, root [32]byte) ([]*sessionpb.StateSignature, []store.Signature, error) {
+	sigs := make([]*sessionpb.StateSignature, 0, len(en.slots))
+	rows := make([]store.Signature, 0, len(en.slots))
 	for _, slot := range en.slots {
-		ss, err := session.SignState(e.cfg.Key, en.snap.EscrowId, s.Nonce(), root[:], slot)
+		ss, err := session.SignState(e.cfg.Key, en.snap.EscrowId, nonce, root[:], slot)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		raw, err := ss.Marshal()
+		row, err := store.NewSignature(ss)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		if err := e.cfg.Store.PutSignature(ctx, store.Signature{EscrowID: en.snap.EscrowId, Nonce: s.Nonce(), Slot: slot, Data: raw}); err != nil {
-			return nil, fmt.Errorf("state signature at nonce %d not stored: %w", s.Nonce(), err)
-		}
-		reply.Signatures = append(reply.Signatures, ss)
+		sigs = append(sigs, ss)
+		rows = append(rows, row)
 	}
-	return reply, nil
+	return sigs, rows, nil
 }

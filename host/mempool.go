@@ -59,13 +59,14 @@ func (m *mempool) prune(s *session.Session) {
 	}
 }
 
-// overdue explains why the host must withhold its signature: one of its own
-// txs has waited more than grace nonces for the gateway to include it. It
-// returns "" when nothing is overdue.
-func (m *mempool) overdue(en *entry, nonce, grace uint64) string {
+// overdue explains why the host must withhold its signature from the state
+// at nonce: one of its own txs that still waits there (pending reports
+// which do) has waited more than grace nonces for the gateway to include
+// it. It returns "" when nothing is overdue.
+func (m *mempool) overdue(nonce, grace uint64, pending func(key string, tx *sessionpb.Tx) bool) string {
 	for _, k := range m.order {
 		p, ok := m.byKey[k]
-		if !ok || !p.own || nonce-p.since <= grace {
+		if !ok || !p.own || nonce-p.since <= grace || !pending(k, p.tx) {
 			continue
 		}
 		return fmt.Sprintf("withholding signatures: own tx for inference %d (slot %d) has waited %d nonces for inclusion, more than the grace of %d",
