@@ -480,10 +480,23 @@ func TestEndToEnd(t *testing.T) {
 		id := views[0].ID
 		e.nw.Gateway.Halt() // the gateway goes away without settling
 		q := devshardtypes.NewQueryClient(e.nw.Node.Conn())
-		require.Eventually(t, func() bool {
-			res, err := q.Escrow(e.ctx, &devshardtypes.QueryEscrowRequest{Id: id})
-			return err == nil && res.Escrow.Status == devshardtypes.EscrowSettled
-		}, 90*time.Second, time.Second, "a host settled escrow %d after its deadline", id)
+		var last string
+		isSettled := func() bool {
+			qctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
+			defer cancel()
+			res, err := q.Escrow(qctx, &devshardtypes.QueryEscrowRequest{Id: id})
+			if err != nil {
+				last = err.Error()
+				return false
+			}
+			last = res.Escrow.Status.String()
+			return res.Escrow.Status == devshardtypes.EscrowSettled
+		}
+		for deadline := time.Now().Add(90 * time.Second); !isSettled(); time.Sleep(time.Second) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no host settled escrow %d after its deadline (last seen: %s)", id, last)
+			}
+		}
 		hash := e.settleTx(id)
 		s := e.readSettlement(id, hash)
 		require.NoError(t, waitClaims(e.ctx, e.nw, s.snap.Epoch))

@@ -21,7 +21,7 @@ const (
 	// A diff's own signatures: none can exist at a nonce whose diff is new,
 	// and a stored one is never overwritten.
 	qDiffSig = "INSERT INTO signatures (escrow_id, nonce, slot, data) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING"
-	qDiffs      = "SELECT nonce, root, data FROM diffs WHERE escrow_id = ? AND nonce >= ? ORDER BY nonce LIMIT ?"
+	qDiffs   = "SELECT nonce, root, data FROM diffs WHERE escrow_id = ? AND nonce >= ? ORDER BY nonce LIMIT ?"
 )
 
 // writeStmts are the append path's statements, prepared once on the
