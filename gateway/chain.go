@@ -35,6 +35,12 @@ type Chain interface {
 	// that settled it when the node can find it; one that expired is an
 	// error wrapping ErrExpired.
 	Settle(ctx context.Context, m *sessionpb.Settlement) (string, error)
+	// Closed reports whether escrow id is no longer open on chain: true
+	// once it is settled, with the hash of the tx that settled it ("" if
+	// the node cannot say); an error wrapping ErrExpired once it expired.
+	// The gateway asks before and while it settles, because the hosts
+	// settle an escrow themselves once its deadline has passed.
+	Closed(ctx context.Context, id uint64) (bool, string, error)
 	// HostURL is the API address a participant registered.
 	HostURL(ctx context.Context, addr signing.Address) (string, error)
 	// Balance is the gateway account's spendable balance.
@@ -127,15 +133,25 @@ func (c *GRPCChain) Settle(ctx context.Context, m *sessionpb.Settlement) (string
 	}
 	// A settlement that landed before a restart is not an error now; an
 	// escrow that expired meanwhile can never be settled.
-	if q, qerr := c.q.Escrow(ctx, &devshardtypes.QueryEscrowRequest{Id: m.EscrowId}); qerr == nil {
-		switch q.Escrow.Status {
-		case devshardtypes.EscrowSettled:
-			return c.settledBy(ctx, m.EscrowId), nil
-		case devshardtypes.EscrowExpired:
-			return "", fmt.Errorf("%w: escrow %d expired on chain before it was settled; its whole amount went back to the creator", ErrExpired, m.EscrowId)
-		}
+	if closed, hash, cerr := c.Closed(ctx, m.EscrowId); closed || errors.Is(cerr, ErrExpired) {
+		return hash, cerr
 	}
 	return "", fmt.Errorf("settle escrow %d: %w", m.EscrowId, err)
+}
+
+// Closed implements Chain.
+func (c *GRPCChain) Closed(ctx context.Context, id uint64) (bool, string, error) {
+	q, err := c.q.Escrow(ctx, &devshardtypes.QueryEscrowRequest{Id: id})
+	if err != nil {
+		return false, "", fmt.Errorf("query escrow %d: %w", id, err)
+	}
+	switch q.Escrow.Status {
+	case devshardtypes.EscrowSettled:
+		return true, c.settledBy(ctx, id), nil
+	case devshardtypes.EscrowExpired:
+		return false, "", fmt.Errorf("%w: escrow %d expired on chain before it was settled; its whole amount went back to the creator", ErrExpired, id)
+	}
+	return false, "", nil
 }
 
 // settledBy finds the tx that settled escrow id (this gateway's, before a

@@ -96,6 +96,24 @@ func (c *fakeChain) Settle(_ context.Context, m *sessionpb.Settlement) (string, 
 	return fmt.Sprintf("FAKETX%d", m.EscrowId), nil
 }
 
+// Closed implements Chain.
+func (c *fakeChain) Closed(_ context.Context, id uint64) (bool, string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.settled[id] {
+		return true, fmt.Sprintf("FAKETX%d", id), nil
+	}
+	return false, "", nil
+}
+
+// settleElsewhere marks escrow id settled by someone else, as hosts do past
+// the deadline.
+func (c *fakeChain) settleElsewhere(id uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.settled[id] = true
+}
+
 // HostURL implements Chain.
 func (c *fakeChain) HostURL(_ context.Context, addr signing.Address) (string, error) {
 	c.mu.Lock()

@@ -236,6 +236,7 @@ func (g *Gateway) restore(ctx context.Context, e StoredEscrow) (*sequencer, erro
 	for i := range q.members {
 		q.acked[i] = q.replica.Nonce()
 	}
+	q.sigNonce = q.replica.Nonce()
 	return q, nil
 }
 
@@ -319,7 +320,7 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 		if err != nil {
 			return nil, err
 		}
-		nonce, url, err := q.start(ctx, req)
+		st, err := q.start(ctx, req)
 		if errors.Is(err, errEscrowLow) {
 			g.retire(q)
 			if rotations++; rotations > maxRotations {
@@ -330,6 +331,19 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 		}
 		if err != nil {
 			return nil, err
+		}
+		nonce, url := st.nonce, st.url
+		if err := st.sent.wait(ctx, st.exec); err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			// The executor did not take the diff that starts the request:
+			// retry on another host, as if it had failed the stream.
+			lastErr = err
+			g.metrics.retries.Inc()
+			g.log.Warn("executor did not take the start; retrying on another host", "escrow", q.id(), "nonce", nonce, "attempt", attempt, "err", err)
+			q.markDown(url)
+			continue
 		}
 		var text []byte
 		forward := func(piece string) error {

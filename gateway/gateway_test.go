@@ -11,7 +11,10 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +22,7 @@ import (
 
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/session/sessiontest"
 	"github.com/devshard/devshard/store/sqlite"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
@@ -51,6 +55,7 @@ type bundle struct {
 type setupOptions struct {
 	executor func(i int) executor.Executor // host i's executor; default executor.Builtin{}
 	config   func(*Config)
+	wrap     func(i int, h http.Handler) http.Handler // host i's HTTP handler; default as is
 }
 
 // setup builds a bundle and starts its gateway. The gateway's flush and
@@ -71,7 +76,11 @@ func setup(t *testing.T, opts ...func(*setupOptions)) *bundle {
 		t.Cleanup(func() { st.Close() })
 		e := host.New(host.Config{Key: key, Store: st, Escrows: hostEscrows{b.chain}, Executor: o.executor(i), Logger: quiet})
 		e.MarkReady()
-		srv := httptest.NewServer(host.Handler(e, "test"))
+		var h http.Handler = host.Handler(e, "test")
+		if o.wrap != nil {
+			h = o.wrap(i, h)
+		}
+		srv := httptest.NewServer(h)
 		t.Cleanup(srv.Close)
 		t.Cleanup(e.Wait)
 		b.chain.register(key.Address(), srv.URL)
@@ -729,4 +738,122 @@ func TestRequestLargerThanAnEscrowIsRefused(t *testing.T) {
 	require.ErrorIs(t, err, ErrRequest)
 	require.ErrorContains(t, err, "more than a whole escrow")
 	require.LessOrEqual(t, b.chain.createdCount(), 1)
+}
+
+// Past the deadline the hosts settle an escrow themselves. A gateway that
+// comes to settle it then (resumed late, or stuck gathering signatures the
+// hosts no longer give) finds it closed on chain and lets it go, with the
+// hash of the tx that settled it, instead of retrying forever.
+func TestEscrowSettledByTheHostsIsLetGo(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c := b.complete(t, ask(0))
+	for _, h := range b.hosts {
+		h.srv.Close() // no signature can be gathered any more
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), settleWait)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- b.gw.SettleAll(ctx) }()
+	require.Eventually(t, func() bool {
+		v := b.gw.Escrows()
+		return len(v) == 1 && v[0].Status == StatusSettling
+	}, settleWait, 10*time.Millisecond)
+	time.Sleep(1500 * time.Millisecond) // into the signature rounds
+	b.chain.settleElsewhere(c.EscrowID)
+	require.NoError(t, <-done)
+
+	require.Empty(t, b.gw.Escrows())
+	list, err := b.gw.Settled(t.Context())
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+	require.Equal(t, c.EscrowID, list[0].ID)
+	require.Equal(t, fmt.Sprintf("FAKETX%d", c.EscrowID), list[0].TxHash)
+	settlements, _, _ := b.chain.settledState()
+	require.Empty(t, settlements, "the gateway sent no settlement of its own")
+}
+
+// Diffs reach each host in order but independently: a member that is slow
+// to take diffs holds up only the requests it executes. It catches up, in
+// nonce order, once it answers again, and signs the final root.
+func TestSlowMemberDoesNotHoldUpOthers(t *testing.T) {
+	t.Parallel()
+	gate := make(chan struct{})
+	var opened sync.Once
+	open := func() { opened.Do(func() { close(gate) }) }
+	var gated atomic.Int32
+	gated.Store(-1)
+	var mu sync.Mutex
+	var seen []uint64 // nonces the gated host was posted, in arrival order
+	b := setup(t, func(o *setupOptions) {
+		o.wrap = func(i int, h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if int(gated.Load()) == i && r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/diffs") {
+					select {
+					case <-gate:
+					case <-r.Context().Done():
+						return
+					}
+					raw, _ := io.ReadAll(r.Body)
+					var body struct {
+						Diff []byte `json:"diff"`
+					}
+					if json.Unmarshal(raw, &body) == nil {
+						var d sessionpb.Diff
+						if d.Unmarshal(body.Diff) == nil {
+							mu.Lock()
+							seen = append(seen, d.Nonce)
+							mu.Unlock()
+						}
+					}
+					r.Body = io.NopCloser(bytes.NewReader(raw))
+				}
+				h.ServeHTTP(w, r)
+			})
+		}
+	})
+	t.Cleanup(open) // first of the cleanups: a failing test must not leave a handler blocked
+	requireAnswer(t, ask(0), b.complete(t, ask(0)))
+	next := b.gw.Escrows()[0].NextExecutor
+	slow := -1
+	for i, h := range b.hosts {
+		if h.srv.URL != next {
+			slow = i
+			break
+		}
+	}
+	gated.Store(int32(slow))
+
+	served := 0
+	for i := 1; i < 12 && b.gw.Escrows()[0].NextExecutor != b.hosts[slow].srv.URL; i++ {
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Second)
+		req := ask(i)
+		require.NoError(t, b.gw.Normalize(&req))
+		c, err := b.gw.Complete(ctx, req, func(string) error { return nil })
+		cancel()
+		require.NoError(t, err, "request %d waited for a member that does not execute it", i)
+		requireAnswer(t, req, c)
+		served++
+	}
+	require.Positive(t, served)
+
+	open()
+	ctx, cancel := context.WithTimeout(t.Context(), settleWait)
+	defer cancel()
+	require.NoError(t, b.gw.SettleAll(ctx))
+	settlements, _, rejected := b.chain.settledState()
+	require.Empty(t, rejected)
+	require.Len(t, settlements, 1)
+	slots := map[uint32]bool{}
+	for _, s := range settlements[0].Signatures {
+		slots[s.Slot] = true
+	}
+	for slot, raw := range b.fixture.Snapshot.Group {
+		if string(raw) == string(b.hosts[slow].engine.Address().Bytes()) {
+			require.True(t, slots[uint32(slot)], "the slow member's slot %d signed the final root", slot)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	require.True(t, slices.IsSorted(seen), "the slow member got its diffs in nonce order: %v", seen)
 }

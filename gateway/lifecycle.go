@@ -14,26 +14,35 @@ import (
 // stops taking requests, and a new one is opened before it runs out.
 const lowWater = 10 // percent
 
-// start sequences a StartInference for req and returns its nonce and the
-// executor's URL. Nonces whose executor is known to be down are skipped
-// with diffs that only carry pooled txs.
-func (q *sequencer) start(ctx context.Context, req executor.Request) (uint64, string, error) {
+// started is a sequenced StartInference on its way to the hosts.
+type started struct {
+	nonce uint64
+	url   string // the executor's
+	exec  int    // the executor's member index
+	sent  *delivery
+}
+
+// start sequences a StartInference for req. Nonces whose executor is known
+// to be down are skipped with diffs that only carry pooled txs. It returns
+// once the diff is stored and queued for the hosts: the caller waits for
+// the executor's answer (sent.wait) without holding up the next request.
+func (q *sequencer) start(ctx context.Context, req executor.Request) (*started, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.status != StatusOpen || q.settling || q.replica.Phase() != sessionpb.Phase_PHASE_ACTIVE {
 		if q.replica.Phase() != sessionpb.Phase_PHASE_ACTIVE && !q.settling {
 			q.g.log.Error("escrow left open past its ACTIVE phase", "escrow", q.id(), "phase", q.replica.Phase(), "status", q.status)
 		}
-		return 0, "", errEscrowLow
+		return nil, errEscrowLow
 	}
 	in := uint64(executor.PromptTokens(req.Messages))
 	reserve := (in + uint64(req.MaxTokens)) * q.snap.TokenPrice
 	if fresh := q.snap.Amount - min(q.snap.Amount, q.snap.CreationFee); reserve > fresh {
-		return 0, "", fmt.Errorf("%w: the request reserves (%d prompt + %d max tokens) × price %d = %d, more than a whole escrow of %d holds; lower max_tokens",
+		return nil, fmt.Errorf("%w: the request reserves (%d prompt + %d max tokens) × price %d = %d, more than a whole escrow of %d holds; lower max_tokens",
 			ErrRequest, in, req.MaxTokens, q.snap.TokenPrice, reserve, fresh)
 	}
 	if reserve > q.replica.Balance() || q.replica.Nonce()+uint64(len(q.snap.Group))+2 >= q.snap.MaxNonce {
-		return 0, "", errEscrowLow
+		return nil, errEscrowLow
 	}
 	now := time.Now()
 	for skips := 0; skips < len(q.snap.Group); skips++ {
@@ -41,7 +50,7 @@ func (q *sequencer) start(ctx context.Context, req executor.Request) (uint64, st
 			break
 		}
 		if _, err := q.step(ctx, nil, nil, false); err != nil {
-			return 0, "", err
+			return nil, err
 		}
 	}
 	id := q.replica.Nonce() + 1
@@ -49,14 +58,16 @@ func (q *sequencer) start(ctx context.Context, req executor.Request) (uint64, st
 	startTx := &sessionpb.Tx{Body: &sessionpb.Tx_Start{Start: &sessionpb.StartInference{
 		InferenceId: id, InputTokens: in, MaxTokens: uint64(req.MaxTokens), PromptHash: hash[:], Model: req.Model,
 	}}}
-	if _, err := q.step(ctx, []*sessionpb.Tx{startTx}, map[uint64]executor.Request{id: req}, false); err != nil {
-		return 0, "", err
+	sent, err := q.step(ctx, []*sessionpb.Tx{startTx}, map[uint64]executor.Request{id: req}, false)
+	if err != nil {
+		return nil, err
 	}
 	if q.replica.Balance()*100 < q.snap.Amount*lowWater {
 		q.g.log.Info("escrow running low; the next request opens a new one", "escrow", q.id(), "balance", q.replica.Balance())
 		go q.g.retire(q)
 	}
-	return id, q.members[q.executorMember(id)].url, nil
+	exec := q.executorMember(id)
+	return &started{nonce: id, url: q.members[exec].url, exec: exec, sent: sent}, nil
 }
 
 // cost is what the session charges for a finished inference: tokens used
@@ -69,8 +80,8 @@ func (q *sequencer) cost(u executor.Usage, req executor.Request) uint64 {
 
 // markDown makes the next starts skip the host at url for a while.
 func (q *sequencer) markDown(url string) {
-	q.mu.Lock()
-	defer q.mu.Unlock()
+	q.net.Lock()
+	defer q.net.Unlock()
 	for i, m := range q.members {
 		if m.url == url {
 			q.down[i] = time.Now().Add(downFor)
@@ -116,6 +127,9 @@ func (q *sequencer) settle(ctx context.Context) error {
 		}
 		q.status = StatusSettling
 	}
+	if done, err := q.closedOnChain(ctx); done || err != nil {
+		return err
+	}
 	if q.replica.Phase() == sessionpb.Phase_PHASE_ACTIVE {
 		q.collect(ctx)
 		if _, err := q.step(ctx, nil, nil, true); err != nil {
@@ -124,11 +138,16 @@ func (q *sequencer) settle(ctx context.Context) error {
 	}
 	if q.replica.Phase() == sessionpb.Phase_PHASE_FINALIZING {
 		q.drain(ctx)
-		if _, err := q.step(ctx, nil, nil, true); err != nil {
+		sent, err := q.step(ctx, nil, nil, true)
+		if err != nil {
 			return err
 		}
+		sent.waitAll(ctx) // the members' signatures over the final root
 	}
 	if err := q.gatherSignatures(ctx); err != nil {
+		if errors.Is(err, errClosedOnChain) {
+			return nil
+		}
 		return err
 	}
 	m := q.settlement()
@@ -137,13 +156,7 @@ func (q *sequencer) settle(ctx context.Context) error {
 	}
 	txHash, err := q.g.chain.Settle(ctx, m)
 	if errors.Is(err, ErrExpired) {
-		// Final: nothing is left to settle. The creator got everything back.
-		q.g.log.Error("escrow expired before its settlement landed", "escrow", q.id(), "err", err)
-		err = q.g.state.SetSettled(ctx, q.id(), "")
-		if err == nil {
-			q.status = StatusSettled
-		}
-		return err
+		return q.expired(ctx, err)
 	}
 	if err != nil {
 		return err
@@ -155,6 +168,40 @@ func (q *sequencer) settle(ctx context.Context) error {
 	q.g.metrics.settlements.Inc()
 	q.g.log.Info("escrow settled", "escrow", q.id(), "nonce", m.Nonce, "fees", m.Fees, "balance", m.Balance, "signatures", len(m.Signatures))
 	return nil
+}
+
+// expired records an escrow that expired before its settlement landed.
+// It is final: nothing is left to settle; the creator got everything back.
+func (q *sequencer) expired(ctx context.Context, why error) error {
+	q.g.log.Error("escrow expired before its settlement landed", "escrow", q.id(), "err", why)
+	if err := q.g.state.SetSettled(ctx, q.id(), ""); err != nil {
+		return err
+	}
+	q.status = StatusSettled
+	return nil
+}
+
+// errClosedOnChain stops a settlement of an escrow the chain already closed.
+var errClosedOnChain = errors.New("escrow already closed on chain")
+
+// closedOnChain asks the chain whether the escrow is still open and, if it
+// was settled by someone else (the hosts, past the deadline) or expired,
+// records it as final and returns true. A chain that cannot be asked is
+// not an answer: the settlement goes on.
+func (q *sequencer) closedOnChain(ctx context.Context) (bool, error) {
+	closed, txHash, err := q.g.chain.Closed(ctx, q.id())
+	switch {
+	case errors.Is(err, ErrExpired):
+		return true, q.expired(ctx, err)
+	case err != nil || !closed:
+		return false, nil
+	}
+	if err := q.g.state.SetSettled(ctx, q.id(), txHash); err != nil {
+		return false, err
+	}
+	q.status = StatusSettled
+	q.g.log.Info("escrow was settled on chain by another party", "escrow", q.id(), "tx", txHash)
+	return true, nil
 }
 
 // drain gives open inferences until the escrow's execution timeout (plus
@@ -194,19 +241,34 @@ func (q *sequencer) gatherSignatures(ctx context.Context) error {
 			case <-time.After(time.Second):
 			}
 			q.mu.Lock()
+			// The hosts stop signing once they settled it themselves.
+			if done, err := q.closedOnChain(ctx); err != nil {
+				return err
+			} else if done {
+				return errClosedOnChain
+			}
 		}
 		if ctx.Err() != nil {
-			return fmt.Errorf("escrow %d: %d of %d slots signed the final root: %w", q.id(), len(q.sigs), len(q.snap.Group), ctx.Err())
+			return fmt.Errorf("escrow %d: %d of %d slots signed the final root: %w", q.id(), q.signed(), len(q.snap.Group), ctx.Err())
 		}
 		last, err := q.g.state.Diffs(ctx, q.id(), q.replica.Nonce(), 1)
 		if err != nil || len(last) == 0 {
 			return fmt.Errorf("escrow %d: final diff not in the state file: %v", q.id(), err)
 		}
+		q.net.Lock()
 		clear(q.down) // try everyone again
+		q.net.Unlock()
 		q.broadcast(ctx, last[0].Nonce, last[0].Data, last[0].Requests)
 		if attempt == 30 {
-			return fmt.Errorf("escrow %d: only %d of %d slots signed the final root", q.id(), len(q.sigs), len(q.snap.Group))
+			return fmt.Errorf("escrow %d: only %d of %d slots signed the final root", q.id(), q.signed(), len(q.snap.Group))
 		}
 	}
 	return nil
+}
+
+// signed counts the slots whose signature over the latest root arrived.
+func (q *sequencer) signed() int {
+	q.net.Lock()
+	defer q.net.Unlock()
+	return len(q.sigs)
 }

@@ -21,14 +21,60 @@ type member struct {
 	addr  signing.Address
 	url   string
 	slots []uint32
+	out   outbox
 }
+
+// outbox is a member's queue of diffs to deliver, in nonce order. One
+// goroutine drains it while it is not empty, so a member sees nonces in
+// order while the members are served independently of each other.
+type outbox struct {
+	mu      sync.Mutex
+	queue   []*delivery
+	running bool
+}
+
+// delivery is one diff on its way to every member.
+type delivery struct {
+	nonce uint64
+	root  [32]byte
+	raw   []byte
+	reqs  map[uint64]executor.Request
+	done  []chan error // per member, buffered: nil once it took the diff
+}
+
+// wait returns member i's outcome, or ctx's error first.
+func (d *delivery) wait(ctx context.Context, i int) error {
+	select {
+	case err := <-d.done[i]:
+		d.done[i] <- err // kept for another waiter
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// waitAll waits until every member answered, or ctx ends.
+func (d *delivery) waitAll(ctx context.Context) {
+	for i := range d.done {
+		if d.wait(ctx, i) != nil && ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// errSkipped answers a delivery to a member that is known to be down; it
+// catches up on its first delivery after that.
+var errSkipped = errors.New("host skipped while down")
 
 // sequencer is the gateway's side of one escrow's session: it keeps the
 // replica, assigns nonces, builds and signs diffs from its own starts and
 // the hosts' pooled txs, and sends every diff to every member in order.
 //
-// mu serializes everything: a diff is built, stored, applied and sent
-// before the next one is built, so each host sees nonces in order.
+// mu serializes sequencing: a diff is built, stored and applied before the
+// next one is built. Delivery is pipelined: each member's outbox sends the
+// diffs in order while mu is free for the next one, and a request waits
+// only for its executor. The members' answers are kept under net, which
+// the outboxes take and mu holders may take after mu (never the reverse).
 type sequencer struct {
 	g       *Gateway
 	snap    *sessionpb.EscrowSnapshot
@@ -39,12 +85,16 @@ type sequencer struct {
 	mu       sync.Mutex
 	replica  *session.Session
 	status   EscrowStatus
-	settling bool                                 // set once settlement began: no new requests
-	pending  map[string]*sessionpb.Tx             // host txs to carry, by session.TxKey
+	settling bool                     // set once settlement began: no new requests
+	pending  map[string]*sessionpb.Tx // host txs to carry, by session.TxKey
+	lastDiff time.Time
+
+	net      sync.Mutex
 	acked    map[int]uint64                       // member index -> highest nonce it accepted
 	down     map[int]time.Time                    // member index -> not tried before this time
-	sigs     map[uint32]*sessionpb.StateSignature // state signatures over the replica's root, by slot
-	lastDiff time.Time
+	sigNonce uint64                               // the latest sequenced nonce: sigs are over its root
+	sigs     map[uint32]*sessionpb.StateSignature // state signatures at sigNonce, by slot
+	inbox    []*sessionpb.Tx                      // members' pooled txs, not yet in pending
 }
 
 // downFor is how long an unreachable host is skipped; it catches up on the
@@ -66,16 +116,24 @@ func (q *sequencer) executorMember(id uint64) int {
 	return -1 // cannot happen: every slot has a member
 }
 
+// isDown reports whether member i is being skipped. It takes net.
 func (q *sequencer) isDown(i int, now time.Time) bool {
+	q.net.Lock()
+	defer q.net.Unlock()
+	return q.downLocked(i, now)
+}
+
+func (q *sequencer) downLocked(i int, now time.Time) bool {
 	until, ok := q.down[i]
 	return ok && now.Before(until)
 }
 
 // step builds the next diff from starts, the pooled txs and, if finalize,
-// a FinalizeRound; stores it; applies it to the replica; and sends it to
+// a FinalizeRound; stores it; applies it to the replica; and queues it for
 // every member. Call with mu held. Pooled txs that no longer apply are
-// dropped rather than failing the diff.
-func (q *sequencer) step(ctx context.Context, starts []*sessionpb.Tx, reqs map[uint64]executor.Request, finalize bool) (*sessionpb.Diff, error) {
+// dropped rather than failing the diff. The returned delivery reports each
+// member's answer.
+func (q *sequencer) step(ctx context.Context, starts []*sessionpb.Tx, reqs map[uint64]executor.Request, finalize bool) (*delivery, error) {
 	d, p, err := q.build(starts, finalize)
 	if err != nil {
 		return nil, err
@@ -94,11 +152,13 @@ func (q *sequencer) step(ctx context.Context, starts []*sessionpb.Tx, reqs map[u
 	for _, tx := range d.Txs {
 		delete(q.pending, session.TxKey(tx))
 	}
+	q.net.Lock()
+	q.sigNonce = d.Nonce
 	clear(q.sigs)
+	q.net.Unlock()
 	q.lastDiff = time.Now()
 	q.g.metrics.diffs.Inc()
-	q.broadcast(ctx, d.Nonce, raw, reqs)
-	return d, nil
+	return q.send(d.Nonce, q.replica.Root(), raw, reqs), nil
 }
 
 // build assembles the next diff, fills in its root and signs it.
@@ -133,6 +193,7 @@ func (q *sequencer) build(starts []*sessionpb.Tx, finalize bool) (*sessionpb.Dif
 // carry lists the pooled txs that may still apply, in a fixed order, and
 // forgets the others.
 func (q *sequencer) carry() []*sessionpb.Tx {
+	q.intake()
 	keys := make([]string, 0, len(q.pending))
 	for k, tx := range q.pending {
 		if !q.replica.MayInclude(tx) {
@@ -161,50 +222,89 @@ func (q *sequencer) pool(txs []*sessionpb.Tx) {
 	}
 }
 
-// broadcast sends diff nonce to every member at once and waits for them.
-// A member that missed earlier diffs (it was down) is sent them first.
-func (q *sequencer) broadcast(ctx context.Context, nonce uint64, raw []byte, reqs map[uint64]executor.Request) {
-	type answer struct {
-		i    int
-		resp *host.DiffResponse
-		err  error
-	}
-	now := time.Now()
-	answers := make(chan answer, len(q.members))
-	sent := 0
+// send queues diff nonce, whose post-state root is root, for every member.
+func (q *sequencer) send(nonce uint64, root [32]byte, raw []byte, reqs map[uint64]executor.Request) *delivery {
+	d := &delivery{nonce: nonce, root: root, raw: raw, reqs: reqs, done: make([]chan error, len(q.members))}
 	for i, m := range q.members {
-		if q.isDown(i, now) {
-			continue
+		d.done[i] = make(chan error, 1)
+		m.out.mu.Lock()
+		m.out.queue = append(m.out.queue, d)
+		if !m.out.running {
+			m.out.running = true
+			go q.drainOutbox(i)
 		}
-		sent++
-		from := q.acked[i] + 1
-		go func() {
-			resp, err := q.sendTo(ctx, m, from, nonce, raw, reqs)
-			var he *HostError
-			if errors.As(err, &he) && he.Status == http.StatusConflict && from > 1 {
-				// The host is behind what this gateway believed (it lost
-				// its disk, or the gateway restarted): replay from the
-				// start; diffs it has are idempotent no-ops.
-				resp, err = q.sendTo(ctx, m, 1, nonce, raw, reqs)
-			}
-			answers <- answer{i, resp, err}
-		}()
+		m.out.mu.Unlock()
 	}
-	for range sent {
-		a := <-answers
-		if a.err != nil {
-			if unreachable(a.err) {
-				q.down[a.i] = time.Now().Add(downFor)
-			}
-			q.g.log.Warn("host did not take diff", "escrow", q.id(), "nonce", nonce, "err", a.err)
-			continue
+	return d
+}
+
+// drainOutbox delivers member i's queued diffs in order until none is left.
+func (q *sequencer) drainOutbox(i int) {
+	out := &q.members[i].out
+	for {
+		out.mu.Lock()
+		if len(out.queue) == 0 {
+			out.running = false
+			out.mu.Unlock()
+			return
 		}
-		delete(q.down, a.i)
-		q.acked[a.i] = a.resp.Nonce
-		q.absorb(a.resp)
+		d := out.queue[0]
+		out.queue[0] = nil
+		out.queue = out.queue[1:]
+		out.mu.Unlock()
+		d.done[i] <- q.deliver(i, d)
 	}
 }
 
+// deliver brings member i up to diff d. A member that missed earlier
+// diffs (it was down) is sent them first.
+func (q *sequencer) deliver(i int, d *delivery) error {
+	m := q.members[i]
+	q.net.Lock()
+	if q.downLocked(i, time.Now()) {
+		q.net.Unlock()
+		return errSkipped
+	}
+	from := q.acked[i] + 1
+	q.net.Unlock()
+	ctx := q.g.loopCx // outlives the request that sequenced d; ends when the gateway halts
+	resp, err := q.sendTo(ctx, m, from, d.nonce, d.raw, d.reqs)
+	var he *HostError
+	if errors.As(err, &he) && he.Status == http.StatusConflict && from > 1 {
+		// The host is behind what this gateway believed (it lost its
+		// disk, or the gateway restarted): replay from the start; diffs
+		// it has are idempotent no-ops.
+		resp, err = q.sendTo(ctx, m, 1, d.nonce, d.raw, d.reqs)
+	}
+	q.net.Lock()
+	defer q.net.Unlock()
+	if err != nil {
+		if unreachable(err) {
+			q.down[i] = time.Now().Add(downFor)
+		}
+		if ctx.Err() == nil {
+			q.g.log.Warn("host did not take diff", "escrow", q.id(), "nonce", d.nonce, "host", m.url, "err", err)
+		}
+		return err
+	}
+	delete(q.down, i)
+	q.acked[i] = max(q.acked[i], resp.Nonce)
+	q.absorb(d, resp)
+	return nil
+}
+
+// broadcast queues diff nonce for every member and waits for their
+// answers, or for ctx to end.
+func (q *sequencer) broadcast(ctx context.Context, nonce uint64, raw []byte, reqs map[uint64]executor.Request) {
+	var d sessionpb.Diff
+	if err := d.Unmarshal(raw); err != nil {
+		q.g.log.Error("stored diff does not decode", "escrow", q.id(), "nonce", nonce, "err", err)
+		return
+	}
+	var root [32]byte
+	copy(root[:], d.PostStateRoot)
+	q.send(nonce, root, raw, reqs).waitAll(ctx)
+}
 // sendTo brings member m from nonce from up to nonce, whose bytes the caller
 // holds; earlier diffs come from the state file.
 func (q *sequencer) sendTo(ctx context.Context, m *member, from, nonce uint64, raw []byte, reqs map[uint64]executor.Request) (*host.DiffResponse, error) {
@@ -231,17 +331,19 @@ func (q *sequencer) sendTo(ctx context.Context, m *member, from, nonce uint64, r
 	return q.g.peers.postDiff(ctx, m.url, q.id(), raw, reqs)
 }
 
-// absorb takes a host's answer: its state signatures over the current root
-// (kept unverified until a settlement needs them) and its pooled txs.
-func (q *sequencer) absorb(resp *host.DiffResponse) {
-	root := q.replica.Root()
-	for _, raw := range resp.Signatures {
-		var ss sessionpb.StateSignature
-		if ss.Unmarshal(raw) != nil || ss.Nonce != q.replica.Nonce() || string(ss.StateRoot) != string(root[:]) || ss.EscrowId != q.id() {
-			continue
-		}
-		if _, ok := q.sigs[ss.Slot]; !ok {
-			q.sigs[ss.Slot] = &ss
+// absorb takes a host's answer to d: its state signatures over d's root,
+// kept (unverified until a settlement needs them) while d is the latest
+// diff, and its pooled txs, for the next build. Call with net held.
+func (q *sequencer) absorb(d *delivery, resp *host.DiffResponse) {
+	if d.nonce == q.sigNonce {
+		for _, raw := range resp.Signatures {
+			var ss sessionpb.StateSignature
+			if ss.Unmarshal(raw) != nil || ss.Nonce != d.nonce || string(ss.StateRoot) != string(d.root[:]) || ss.EscrowId != q.id() {
+				continue
+			}
+			if _, ok := q.sigs[ss.Slot]; !ok {
+				q.sigs[ss.Slot] = &ss
+			}
 		}
 	}
 	txs, err := decodeTxs(resp.Mempool)
@@ -249,7 +351,17 @@ func (q *sequencer) absorb(resp *host.DiffResponse) {
 		q.g.log.Warn("host mempool", "escrow", q.id(), "err", err)
 		return
 	}
-	q.pool(txs)
+	q.inbox = append(q.inbox, txs...)
+}
+
+// intake decodes the members' answered mempools into the pool. Call with
+// mu held.
+func (q *sequencer) intake() {
+	q.net.Lock()
+	in := q.inbox
+	q.inbox = nil
+	q.net.Unlock()
+	q.pool(in)
 }
 
 // collect reads every reachable member's mempool into the pool. Call with
@@ -284,6 +396,8 @@ func (q *sequencer) collect(ctx context.Context) {
 // bad ones, and reports whether the good ones come from more than 2/3 of
 // the group's slots.
 func (q *sequencer) quorum() bool {
+	q.net.Lock()
+	defer q.net.Unlock()
 	for slot, ss := range q.sigs {
 		if ss.Slot != slot || session.VerifyStateSignature(q.snap, ss, q.g.auth) != nil {
 			q.g.log.Warn("dropped a bad state signature", "escrow", q.id(), "slot", slot)
@@ -296,6 +410,8 @@ func (q *sequencer) quorum() bool {
 // settlement is the replica's settlement with the gathered signatures, in
 // slot order. Call quorum first.
 func (q *sequencer) settlement() *sessionpb.Settlement {
+	q.net.Lock()
+	defer q.net.Unlock()
 	m := q.replica.Settlement()
 	slots := make([]uint32, 0, len(q.sigs))
 	for s := range q.sigs {
