@@ -305,6 +305,7 @@ func (q *sequencer) broadcast(ctx context.Context, nonce uint64, raw []byte, req
 	copy(root[:], d.PostStateRoot)
 	q.send(nonce, root, raw, reqs).waitAll(ctx)
 }
+
 // sendTo brings member m from nonce from up to nonce, whose bytes the caller
 // holds; earlier diffs come from the state file.
 func (q *sequencer) sendTo(ctx context.Context, m *member, from, nonce uint64, raw []byte, reqs map[uint64]executor.Request) (*host.DiffResponse, error) {
