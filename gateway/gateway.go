@@ -171,6 +171,9 @@ func (g *Gateway) takeLane(q *sequencer) bool {
 	return false
 }
 
+// Metrics are the gateway's metrics.
+func (g *Gateway) Metrics() *Metrics { return g.metrics }
+
 // Address is the gateway's account.
 func (g *Gateway) Address() signing.Address { return g.key.Address() }
 
@@ -320,6 +323,7 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 		if err != nil {
 			return nil, err
 		}
+		began := time.Now()
 		st, err := q.start(ctx, req)
 		if errors.Is(err, errEscrowLow) {
 			g.retire(q)
@@ -333,6 +337,8 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 			return nil, err
 		}
 		nonce, url := st.nonce, st.url
+		g.metrics.phase(PhaseSequence, began)
+		began = time.Now()
 		if err := st.sent.wait(ctx, st.exec); err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -345,6 +351,8 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 			q.markDown(url)
 			continue
 		}
+		g.metrics.phase(PhaseExecutor, began)
+		began = time.Now()
 		var text []byte
 		forward := func(piece string) error {
 			text = append(text, piece...)
@@ -360,6 +368,7 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 			return emit(string(fresh))
 		}
 		res, err := g.peers.inference(ctx, url, q.id(), nonce, req, g.cfg.StallTimeout, forward)
+		g.metrics.phase(PhaseStream, began)
 		if err == nil {
 			if len(text) < len(delivered) {
 				return nil, fmt.Errorf("%w: the retried answer is shorter than what was already streamed", ErrNoHost)

@@ -1,6 +1,10 @@
 package gateway
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Metrics are the gateway's Prometheus metrics (docs/gateway.md lists them).
 type Metrics struct {
@@ -8,6 +12,7 @@ type Metrics struct {
 
 	requests    *prometheus.CounterVec
 	latency     prometheus.Histogram
+	phases      *prometheus.HistogramVec
 	diffs       prometheus.Counter
 	retries     prometheus.Counter
 	escrows     prometheus.Counter
@@ -25,6 +30,11 @@ func NewMetrics() *Metrics {
 			Name: "devshard_gateway_request_seconds", Help: "Time from request to the last byte of a successful completion.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16),
 		}),
+		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "devshard_gateway_request_phase_seconds",
+			Help:    "Time a completion attempt spent in each phase: sequence (build, sign and store the diff that starts it), executor (until the executor took that diff), stream (the executor's answer).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
+		}, []string{"phase"}),
 		diffs: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "devshard_gateway_diffs_total", Help: "Diffs sequenced, signed and sent.",
 		}),
@@ -38,6 +48,42 @@ func NewMetrics() *Metrics {
 			Name: "devshard_gateway_settlements_total", Help: "Escrows settled on chain.",
 		}),
 	}
-	m.Registry.MustRegister(m.requests, m.latency, m.diffs, m.retries, m.escrows, m.settlements)
+	m.Registry.MustRegister(m.requests, m.latency, m.phases, m.diffs, m.retries, m.escrows, m.settlements)
 	return m
+}
+
+// The phases of a completion attempt, as devshard_gateway_request_phase_seconds labels them.
+const (
+	PhaseSequence = "sequence"
+	PhaseExecutor = "executor"
+	PhaseStream   = "stream"
+)
+
+func (m *Metrics) phase(name string, since time.Time) {
+	m.phases.WithLabelValues(name).Observe(time.Since(since).Seconds())
+}
+
+// PhaseTotals reads, per phase, how many attempts were observed and the
+// time they spent there in all. Benchmarks take two readings and divide
+// the difference.
+func (m *Metrics) PhaseTotals() (map[string]uint64, map[string]time.Duration, error) {
+	fams, err := m.Registry.Gather()
+	if err != nil {
+		return nil, nil, err
+	}
+	counts, sums := map[string]uint64{}, map[string]time.Duration{}
+	for _, f := range fams {
+		if f.GetName() != "devshard_gateway_request_phase_seconds" {
+			continue
+		}
+		for _, x := range f.GetMetric() {
+			for _, l := range x.GetLabel() {
+				if l.GetName() == "phase" {
+					counts[l.GetValue()] = x.GetHistogram().GetSampleCount()
+					sums[l.GetValue()] = time.Duration(x.GetHistogram().GetSampleSum() * float64(time.Second))
+				}
+			}
+		}
+	}
+	return counts, sums, nil
 }

@@ -225,8 +225,10 @@ func (q *sequencer) pool(txs []*sessionpb.Tx) {
 // send queues diff nonce, whose post-state root is root, for every member.
 func (q *sequencer) send(nonce uint64, root [32]byte, raw []byte, reqs map[uint64]executor.Request) *delivery {
 	d := &delivery{nonce: nonce, root: root, raw: raw, reqs: reqs, done: make([]chan error, len(q.members))}
-	for i, m := range q.members {
+	for i := range d.done {
 		d.done[i] = make(chan error, 1)
+	}
+	for i, m := range q.members {
 		m.out.mu.Lock()
 		m.out.queue = append(m.out.queue, d)
 		if !m.out.running {

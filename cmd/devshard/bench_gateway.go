@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/devshard/devshard/devnet"
+	"github.com/devshard/devshard/gateway"
 )
 
 func newBenchGatewayCommand() *cobra.Command {
@@ -71,7 +72,12 @@ func benchGateway(ctx context.Context, out, progress io.Writer, rounds, requests
 	}
 	defer os.RemoveAll(home)
 	p := devnet.Params()
-	p.EpochLength = 600 // one epoch for the whole run: no settlement in the middle
+	// One epoch for the whole run, so nothing settles in the middle: a
+	// generous estimate of the run (20 ms a request is slow here), at the
+	// devnet's 500 ms blocks. Longer epochs would only delay the start,
+	// which waits for the hosts to become effective in the next epoch.
+	run := 30*time.Second + time.Duration(rounds)*(duration+time.Duration(2*requests)*20*time.Millisecond)
+	p.EpochLength = int64(run / (500 * time.Millisecond))
 	p.ValidationRateBps = 500
 	fmt.Fprintln(progress, "starting a devnet (chain, 3 hosts, gateway)...")
 	nw, err := devnet.Start(ctx, devnet.Config{Home: home, Params: &p, Synchronous: synchronous, EscrowAmount: 100_000_000, Lanes: lanes, Progress: progress})
@@ -96,6 +102,8 @@ func benchGateway(ctx context.Context, out, progress io.Writer, rounds, requests
 	}
 
 	var gwP50, gwP99, dP50, dP99, rps []float64
+	phases := map[string][]float64{} // mean ms per attempt, per round
+	metrics := nw.Gateway.Gateway.Metrics()
 	ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 	for r := range rounds {
 		fmt.Fprintf(progress, "round %d/%d\n", r+1, rounds)
@@ -103,9 +111,22 @@ func benchGateway(ctx context.Context, out, progress io.Writer, rounds, requests
 		if err != nil {
 			return err
 		}
+		n0, s0, err := metrics.PhaseTotals()
+		if err != nil {
+			return err
+		}
 		g, err := devnet.MeasureLatency(ctx, gw, requests)
 		if err != nil {
 			return err
+		}
+		n1, s1, err := metrics.PhaseTotals()
+		if err != nil {
+			return err
+		}
+		for _, ph := range gatewayPhases {
+			if n := n1[ph] - n0[ph]; n > 0 {
+				phases[ph] = append(phases[ph], ms((s1[ph]-s0[ph])/time.Duration(n)))
+			}
 		}
 		dP50, dP99 = append(dP50, ms(d.Quantile(0.5))), append(dP99, ms(d.Quantile(0.99)))
 		gwP50, gwP99 = append(gwP50, ms(g.Quantile(0.5))), append(gwP99, ms(g.Quantile(0.99)))
@@ -129,6 +150,11 @@ func benchGateway(ctx context.Context, out, progress io.Writer, rounds, requests
 	fmt.Fprintf(out, "# durability: SQLite synchronous=%s on the hosts and the gateway; %d lanes, %d workers\n", synchronous, lanes, workers)
 	fmt.Fprintf(out, "BENCH direct_model_p50 %.3f ms\nBENCH direct_model_p99 %.3f ms\n", med(dP50), med(dP99))
 	fmt.Fprintf(out, "BENCH gateway_p50 %.3f ms\nBENCH gateway_p99 %.3f ms\n", med(gwP50), med(gwP99))
+	for _, ph := range gatewayPhases {
+		if len(phases[ph]) > 0 {
+			fmt.Fprintf(out, "BENCH gateway_phase_%s_mean %.3f ms\n", ph, med(phases[ph]))
+		}
+	}
 	fmt.Fprintf(out, "BENCH gateway_throughput_%dworkers %.1f requests/s\n", workers, med(rps))
 	added50, added99 := med(gwP50)-med(dP50), med(gwP99)-med(dP99)
 	fmt.Fprintf(out, "RATIO added_latency_p50 %.3f (target <= 2.000 ms) %s\n", added50, verdict(added50 <= 2))
@@ -136,3 +162,7 @@ func benchGateway(ctx context.Context, out, progress io.Writer, rounds, requests
 	fmt.Fprintf(out, "RATIO throughput %.1f (target >= 300 requests/s) %s\n", med(rps), verdict(med(rps) >= 300))
 	return nil
 }
+
+// gatewayPhases are the phases of a completion the bench breaks the
+// gateway's latency into (devshard_gateway_request_phase_seconds).
+var gatewayPhases = []string{gateway.PhaseSequence, gateway.PhaseExecutor, gateway.PhaseStream}
