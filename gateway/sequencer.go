@@ -39,7 +39,7 @@ type delivery struct {
 	root  [32]byte
 	raw   []byte
 	reqs  map[uint64]executor.Request
-	done  []chan error // per member, buffered: nil once it took the diff
+	done  []chan error // per member, buffered: its outcome, nil once it took the diff
 }
 
 // wait returns member i's outcome, or ctx's error first.

@@ -47,21 +47,40 @@ func (c *fakeChain) EscrowSnapshot(_ context.Context, id uint64) (*sessionpb.Esc
 	return s, nil
 }
 
-// failingStore is a store whose diff writes fail while fail is set.
+// failingStore is a store whose diff writes fail while fail is set. It
+// counts the durable writes the host makes.
 type failingStore struct {
 	store.Store
-	mu   sync.Mutex
-	fail bool
+	mu      sync.Mutex
+	fail    bool
+	appends int // AppendDiff calls that reached the store
+	puts    int // PutSignature calls
 }
 
 func (s *failingStore) AppendDiff(ctx context.Context, d store.Diff) error {
 	s.mu.Lock()
 	fail := s.fail
+	if !fail {
+		s.appends++
+	}
 	s.mu.Unlock()
 	if fail {
 		return store.Errorf(store.ErrUnavailable, "injected write failure for diff %d", d.Nonce)
 	}
 	return s.Store.AppendDiff(ctx, d)
+}
+
+func (s *failingStore) PutSignature(ctx context.Context, sig store.Signature) error {
+	s.mu.Lock()
+	s.puts++
+	s.mu.Unlock()
+	return s.Store.PutSignature(ctx, sig)
+}
+
+func (s *failingStore) writes() (appends, puts int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.appends, s.puts
 }
 
 type hostBundle struct {
@@ -351,6 +370,29 @@ func TestReplayAndFork(t *testing.T) {
 	status, _, body = b.send(t, 0, &fork, nil)
 	require.Equal(t, http.StatusConflict, status, body)
 	require.Contains(t, body, "a different diff is stored at that nonce")
+}
+
+// A host's state signatures are stored with the diff, in its one durable
+// commit: no write of their own, and a replay reads them back.
+func TestSignaturesRideWithTheDiff(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var resps []DiffResponse
+	for range 3 {
+		resps = b.next(t, nil)
+	}
+	for i, st := range b.stores {
+		appends, puts := st.writes()
+		require.Equal(t, 3, appends, "host %d: one write per diff", i)
+		require.Zero(t, puts, "host %d: no separate signature write", i)
+		stored, err := st.Signatures(t.Context(), b.f.Snapshot.EscrowId, 3)
+		require.NoError(t, err)
+		require.NotEmpty(t, resps[i].Signatures, "host %d signed", i)
+		require.Len(t, stored, len(resps[i].Signatures), "host %d stored what it answered", i)
+		for j, sig := range stored {
+			require.Equal(t, resps[i].Signatures[j], sig.Data)
+		}
+	}
 }
 
 func TestSessionRoutesWaitForStorage(t *testing.T) {
