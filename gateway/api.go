@@ -288,6 +288,10 @@ func (a *api) completions(w http.ResponseWriter, r *http.Request, key string) {
 		})
 	}
 	a.g.metrics.latency.Observe(time.Since(began).Seconds())
+	// The app has its whole answer before the usage row's durable write.
+	if f, ok := w.(http.Flusher); ok {
+		f.Flush()
+	}
 	if err := a.g.state.AddUsage(context.WithoutCancel(r.Context()), key, Usage{Requests: 1,
 		PromptTokens: uint64(c.Usage.PromptTokens), CompletionTokens: uint64(c.Usage.CompletionTokens), Cost: c.Cost}); err != nil {
 		a.g.log.Warn("usage not recorded", "key", key, "err", err)
@@ -414,10 +418,19 @@ func apiError(w http.ResponseWriter, status int, typ, code, msg string) {
 	writeJSON(w, status, map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": c}})
 }
 
+// writeJSON writes v as the whole response, with its length, so that a
+// flush puts a complete response on the wire.
 func writeJSON(w http.ResponseWriter, status int, v any) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		http.Error(w, "response does not encode: "+err.Error(), http.StatusInternalServerError)
+		return
+	}
+	body = append(body, '\n')
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+	_, _ = w.Write(body)
 }
 
 func randomID() string {

@@ -349,6 +349,10 @@ func TestHonestFlow(t *testing.T) {
 		resp := postChat(t, srv.URL, chatBody(t, req, nil))
 		require.Equal(t, http.StatusOK, resp.StatusCode)
 		require.Equal(t, "application/json", resp.Header.Get("Content-Type"))
+		// Sized, not chunked: the answer is complete on the wire when the
+		// gateway flushes it, before it records the key's usage.
+		require.Positive(t, resp.ContentLength)
+		require.Empty(t, resp.TransferEncoding)
 		var out chatResponse
 		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
 		require.Equal(t, "chat.completion", out.Object)
