@@ -5,8 +5,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/session/sessiontest"
+	"github.com/devshard/devshard/signing"
 )
 
 // A vote from a slot that already voted can never apply again, so mempools
@@ -86,4 +88,51 @@ func TestPendingMayIncludeAsksTheNextState(t *testing.T) {
 		}
 	}
 	require.GreaterOrEqual(t, changed, 4, "the diff moved inference 1 from pending to finished and voted on 2")
+}
+
+// A memo of checked signatures changes no outcome: a diff whose host txs
+// were checked on arrival applies exactly as without it, and a forged or
+// altered tx is refused even when a tx like it is in the memo.
+func TestMemoChangesNoOutcome(t *testing.T) {
+	t.Parallel()
+	f := sessiontest.New(3, sessiontest.DefaultOptions())
+	seq := f.Sequencer()
+	d1, err := seq.Next(sessiontest.Start(1, 10, 50))
+	require.NoError(t, err)
+	plain, memoed := f.NewSession(nil), f.NewSession(nil)
+	memo := signing.NewMemo(64)
+	memoed.UseMemo(memo)
+	for _, s := range []*session.Session{plain, memoed} {
+		_, err := s.Apply(d1)
+		require.NoError(t, err)
+	}
+
+	exec := seq.Replica.Executor(1)
+	confirm, finish := f.Confirm(exec, 1, sessiontest.Timestamp(1)), f.Finish(exec, 1, 10, 20)
+	for _, tx := range []*sessionpb.Tx{confirm, finish} {
+		require.NoError(t, session.VerifyHostTxWith(f.Snapshot, tx, nil, memo))
+	}
+	require.Equal(t, 2, memo.Len())
+
+	raw, err := finish.Marshal()
+	require.NoError(t, err)
+	altered := &sessionpb.Tx{}
+	require.NoError(t, altered.Unmarshal(raw))
+	altered.GetFinish().OutputTokens = 21 // same signature, other bytes
+	good, err := seq.Build(confirm, finish)
+	require.NoError(t, err)
+	bad := &sessionpb.Diff{EscrowId: good.EscrowId, Nonce: good.Nonce, Txs: []*sessionpb.Tx{confirm, altered}, PostStateRoot: good.PostStateRoot}
+	require.NoError(t, session.SignDiff(f.Gateway, bad))
+	for _, s := range []*session.Session{plain, memoed} {
+		_, err := s.Apply(bad)
+		var de *session.DiffError
+		require.ErrorAs(t, err, &de)
+		require.Equal(t, session.ReasonSignature, de.Reason)
+	}
+
+	rp, err := plain.Apply(good)
+	require.NoError(t, err)
+	rm, err := memoed.Apply(good)
+	require.NoError(t, err)
+	require.Equal(t, rp.Root, rm.Root)
 }

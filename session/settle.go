@@ -245,7 +245,7 @@ func checkQuorum(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth A
 			continue // a slot counts once, however often it is listed
 		}
 		holder, _ := signing.AddressFromBytes(snap.Group[ss.Slot])
-		if reason, detail := checkSig(ss.Sig, msg, holder, KindState, auth); reason != "" {
+		if reason, detail := checkSig(ss.Sig, msg, holder, KindState, auth, nil); reason != "" {
 			return &SettlementError{EscrowID: snap.EscrowId, Reason: reason, Detail: fmt.Sprintf("slot %d: %s", ss.Slot, detail)}
 		}
 		signed[ss.Slot] = true

@@ -136,7 +136,7 @@ func sign(s signing.Signer, msg []byte) (*sessionpb.Signature, error) {
 
 // checkSig verifies sig over msg and that its key may act for holder. It
 // returns the reason and a sentence on failure.
-func checkSig(sig *sessionpb.Signature, msg []byte, holder signing.Address, kind Kind, auth Authorizer) (Reason, string) {
+func checkSig(sig *sessionpb.Signature, msg []byte, holder signing.Address, kind Kind, auth Authorizer, memo *signing.Memo) (Reason, string) {
 	if sig == nil || len(sig.PubKey) == 0 || len(sig.Sig) == 0 {
 		return ReasonSignature, "unsigned"
 	}
@@ -149,7 +149,7 @@ func checkSig(sig *sessionpb.Signature, msg []byte, holder signing.Address, kind
 	if signer != holder && (auth == nil || !auth.MayActFor(holder, signer, kind)) {
 		return ReasonUnauthorized, fmt.Sprintf("signer %s may not sign %s for %s", signer, kind, holder)
 	}
-	if err := signing.Verify(sig.PubKey, msg, sig.Sig); err != nil {
+	if err := memo.Verify(sig.PubKey, msg, sig.Sig); err != nil {
 		return ReasonSignature, fmt.Sprintf("signature by %s: %v", signer, err)
 	}
 	return "", ""
@@ -169,7 +169,7 @@ func VerifyStateSignature(snap *sessionpb.EscrowSnapshot, ss *sessionpb.StateSig
 	if err != nil {
 		return fmt.Errorf("%w: group slot %d: %v", ReasonMalformed, ss.Slot, err)
 	}
-	if reason, detail := checkSig(ss.Sig, StateSignBytes(ss.EscrowId, ss.Nonce, ss.StateRoot), holder, KindState, auth); reason != "" {
+	if reason, detail := checkSig(ss.Sig, StateSignBytes(ss.EscrowId, ss.Nonce, ss.StateRoot), holder, KindState, auth, nil); reason != "" {
 		return fmt.Errorf("%w: slot %d state signature at nonce %d: %s", reason, ss.Slot, ss.Nonce, detail)
 	}
 	return nil
@@ -179,6 +179,13 @@ func VerifyStateSignature(snap *sessionpb.EscrowSnapshot, ss *sessionpb.StateSig
 // slot exists in the escrow's group and the tx is signed by the slot's holder
 // (or a warm key it granted). It does not check the tx against any state.
 func VerifyHostTx(snap *sessionpb.EscrowSnapshot, tx *sessionpb.Tx, auth Authorizer) error {
+	return VerifyHostTxWith(snap, tx, auth, nil)
+}
+
+// VerifyHostTxWith is VerifyHostTx through memo: a tx checked when it
+// arrives is then checked in a diff by a session using the same memo
+// (Session.UseMemo) at the cost of a hash.
+func VerifyHostTxWith(snap *sessionpb.EscrowSnapshot, tx *sessionpb.Tx, auth Authorizer, memo *signing.Memo) error {
 	if !hasBody(tx) {
 		return fmt.Errorf("%w: tx has no body", ReasonMalformed)
 	}
@@ -194,7 +201,7 @@ func VerifyHostTx(snap *sessionpb.EscrowSnapshot, tx *sessionpb.Tx, auth Authori
 		return fmt.Errorf("%w: group slot %d: %v", ReasonMalformed, tx.Slot, err)
 	}
 	msg, _ := TxSignBytes(snap.EscrowId, tx)
-	if reason, detail := checkSig(tx.Sig, msg, holder, kind, auth); reason != "" {
+	if reason, detail := checkSig(tx.Sig, msg, holder, kind, auth, memo); reason != "" {
 		return fmt.Errorf("%w: slot %d: %s", reason, tx.Slot, detail)
 	}
 	return nil

@@ -1,0 +1,93 @@
+package signing
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"sync"
+)
+
+// Memo remembers signatures that verified, so that one checked when it
+// arrives costs only a hash when it is checked again later, inside a diff.
+// The key binds the public key, the message and the signature, so a memo
+// hit is exactly a repeat of a check that passed. It holds at most its
+// capacity, forgetting the oldest first. A nil *Memo verifies every time.
+// It is safe for concurrent use.
+type Memo struct {
+	mu    sync.Mutex
+	seen  map[[32]byte]struct{}
+	ring  [][32]byte // insertion order; ring[next] is the oldest once full
+	next  int
+	limit int
+}
+
+// NewMemo returns a memo of at most limit signatures (at least 1).
+func NewMemo(limit int) *Memo {
+	limit = max(limit, 1)
+	return &Memo{seen: make(map[[32]byte]struct{}, limit), limit: limit}
+}
+
+// Verify is Verify, answered from the memo when the same signature over the
+// same message by the same key already verified.
+func (m *Memo) Verify(pub, msg, sig []byte) error {
+	if m == nil {
+		return Verify(pub, msg, sig)
+	}
+	k := memoKey(pub, msg, sig)
+	m.mu.Lock()
+	_, ok := m.seen[k]
+	m.mu.Unlock()
+	if ok {
+		return nil
+	}
+	if err := Verify(pub, msg, sig); err != nil {
+		return err
+	}
+	m.add(k)
+	return nil
+}
+
+// Remember records a signature the caller made itself with the key of pub,
+// so that its own signatures are never verified again. Do not pass it a
+// signature from anyone else.
+func (m *Memo) Remember(pub, msg, sig []byte) {
+	if m != nil {
+		m.add(memoKey(pub, msg, sig))
+	}
+}
+
+// Len is how many signatures the memo holds.
+func (m *Memo) Len() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.seen)
+}
+
+func (m *Memo) add(k [32]byte) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if _, ok := m.seen[k]; ok {
+		return
+	}
+	if len(m.ring) < m.limit {
+		m.ring = append(m.ring, k)
+	} else {
+		delete(m.seen, m.ring[m.next])
+		m.ring[m.next] = k
+		m.next = (m.next + 1) % m.limit
+	}
+	m.seen[k] = struct{}{}
+}
+
+// memoKey is SHA-256 over the three parts, each length-prefixed.
+func memoKey(pub, msg, sig []byte) [32]byte {
+	h := sha256.New()
+	var n [4]byte
+	for _, part := range [][]byte{pub, sig, msg} {
+		binary.BigEndian.PutUint32(n[:], uint32(len(part)))
+		h.Write(n[:])
+		h.Write(part)
+	}
+	var k [32]byte
+	h.Sum(k[:0])
+	return k
+}
