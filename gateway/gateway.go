@@ -129,6 +129,7 @@ type Gateway struct {
 	auth    session.Authorizer
 	log     *slog.Logger
 	metrics *Metrics
+	memo    *signing.Memo // host tx signatures checked on arrival, so building a diff does not check them again
 
 	mu       sync.Mutex
 	closed   bool
@@ -150,7 +151,7 @@ func New(cfg Config) *Gateway {
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gateway{
 		cfg: cfg, key: cfg.Key, state: cfg.State, chain: cfg.Chain, auth: cfg.Auth,
-		peers: newPeers(cfg.Key, cfg.HostTimeout), log: cfg.Logger, metrics: cfg.Metrics,
+		peers: newPeers(cfg.Key, cfg.HostTimeout), log: cfg.Logger, metrics: cfg.Metrics, memo: signing.NewMemo(memoSize),
 		all: map[uint64]*sequencer{}, lanes: make([]*sequencer, cfg.Lanes), creating: make([]chan struct{}, cfg.Lanes),
 		stop: cancel, loopCx: ctx,
 	}
@@ -159,6 +160,10 @@ func New(cfg Config) *Gateway {
 	}
 	return g
 }
+
+// memoSize bounds the gateway's memo of checked host tx signatures: far
+// more than the txs in flight between two diffs of every lane.
+const memoSize = 1 << 16
 
 // takeLane puts q in a free lane; false if every lane is taken.
 func (g *Gateway) takeLane(q *sequencer) bool {
@@ -249,6 +254,7 @@ func (g *Gateway) newSequencer(ctx context.Context, snap *sessionpb.EscrowSnapsh
 	if err != nil {
 		return nil, err
 	}
+	replica.UseMemo(g.memo)
 	q := &sequencer{g: g, snap: snap, replica: replica, status: StatusOpen,
 		pending: map[string]*sessionpb.Tx{}, acked: map[int]uint64{}, down: map[int]time.Time{}, sigs: map[uint32]*sessionpb.StateSignature{}}
 	byAddr := map[signing.Address]*member{}
@@ -373,6 +379,7 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 			if len(text) < len(delivered) {
 				return nil, fmt.Errorf("%w: the retried answer is shorter than what was already streamed", ErrNoHost)
 			}
+			go q.check(res.Txs) // beside the answer, not on this request's path nor the next one's
 			q.mu.Lock()
 			q.pool(res.Txs) // carried by the next diff, even if the host dies now
 			q.mu.Unlock()

@@ -210,6 +210,15 @@ func (q *sequencer) carry() []*sessionpb.Tx {
 	return out
 }
 
+// check verifies host txs as they arrive, through the gateway's memo, so
+// that building the diff that carries them costs a hash per tx. Call it
+// without mu. A tx that fails is left for build to drop.
+func (q *sequencer) check(txs []*sessionpb.Tx) {
+	for _, tx := range txs {
+		_ = session.VerifyHostTxWith(q.snap, tx, q.g.auth, q.g.memo)
+	}
+}
+
 // pool adds host txs to carry in the next diff. Their signatures are
 // checked when a diff is built (a bad one is dropped then), so a tx that
 // every host returns is verified once, not once per answer.
@@ -254,18 +263,21 @@ func (q *sequencer) drainOutbox(i int) {
 		out.queue[0] = nil
 		out.queue = out.queue[1:]
 		out.mu.Unlock()
-		d.done[i] <- q.deliver(i, d)
+		txs, err := q.deliver(i, d)
+		d.done[i] <- err
+		q.check(txs) // after the answer: a request may be waiting for it
 	}
 }
 
-// deliver brings member i up to diff d. A member that missed earlier
-// diffs (it was down) is sent them first.
-func (q *sequencer) deliver(i int, d *delivery) error {
+// deliver brings member i up to diff d, and returns the txs its mempool
+// answered. A member that missed earlier diffs (it was down) is sent them
+// first.
+func (q *sequencer) deliver(i int, d *delivery) ([]*sessionpb.Tx, error) {
 	m := q.members[i]
 	q.net.Lock()
 	if q.downLocked(i, time.Now()) {
 		q.net.Unlock()
-		return errSkipped
+		return nil, errSkipped
 	}
 	from := q.acked[i] + 1
 	q.net.Unlock()
@@ -278,6 +290,13 @@ func (q *sequencer) deliver(i int, d *delivery) error {
 		// it has are idempotent no-ops.
 		resp, err = q.sendTo(ctx, m, 1, d.nonce, d.raw, d.reqs)
 	}
+	var txs []*sessionpb.Tx
+	if err == nil {
+		if txs, err = decodeTxs(resp.Mempool); err != nil {
+			q.g.log.Warn("host mempool", "escrow", q.id(), "host", m.url, "err", err)
+			txs, err = nil, nil
+		}
+	}
 	q.net.Lock()
 	defer q.net.Unlock()
 	if err != nil {
@@ -287,12 +306,12 @@ func (q *sequencer) deliver(i int, d *delivery) error {
 		if ctx.Err() == nil {
 			q.g.log.Warn("host did not take diff", "escrow", q.id(), "nonce", d.nonce, "host", m.url, "err", err)
 		}
-		return err
+		return nil, err
 	}
 	delete(q.down, i)
 	q.acked[i] = max(q.acked[i], resp.Nonce)
-	q.absorb(d, resp)
-	return nil
+	q.absorb(d, resp, txs)
+	return txs, nil
 }
 
 // broadcast queues diff nonce for every member and waits for their
@@ -336,8 +355,9 @@ func (q *sequencer) sendTo(ctx context.Context, m *member, from, nonce uint64, r
 
 // absorb takes a host's answer to d: its state signatures over d's root,
 // kept (unverified until a settlement needs them) while d is the latest
-// diff, and its pooled txs, for the next build. Call with net held.
-func (q *sequencer) absorb(d *delivery, resp *host.DiffResponse) {
+// diff, and its pooled txs, decoded, for the next build. Call with net
+// held.
+func (q *sequencer) absorb(d *delivery, resp *host.DiffResponse, txs []*sessionpb.Tx) {
 	if d.nonce == q.sigNonce {
 		for _, raw := range resp.Signatures {
 			var ss sessionpb.StateSignature
@@ -348,11 +368,6 @@ func (q *sequencer) absorb(d *delivery, resp *host.DiffResponse) {
 				q.sigs[ss.Slot] = &ss
 			}
 		}
-	}
-	txs, err := decodeTxs(resp.Mempool)
-	if err != nil {
-		q.g.log.Warn("host mempool", "escrow", q.id(), "err", err)
-		return
 	}
 	q.inbox = append(q.inbox, txs...)
 }
@@ -386,6 +401,7 @@ func (q *sequencer) collect(ctx context.Context) {
 			if err != nil {
 				return
 			}
+			q.check(txs)
 			results[i] = txs
 		}()
 	}

@@ -70,7 +70,11 @@ type Engine struct {
 	ready    chan struct{}  // closed once storage is open and recovery may run
 	wg       sync.WaitGroup // background validations and gossip pushes
 	gossiped gossipLog      // own txs pushed to peers (regossip.go)
+	memo     *signing.Memo  // tx signatures made or checked already: a diff carrying them checks a hash
 }
+
+// memoSize bounds the engine's memo of checked tx signatures.
+const memoSize = 1 << 16
 
 // Errors the transport maps to statuses.
 var (
@@ -107,7 +111,20 @@ func New(cfg Config) *Engine {
 		log:      cfg.Logger,
 		sessions: make(map[uint64]*entry),
 		ready:    make(chan struct{}),
+		memo:     signing.NewMemo(memoSize),
 	}
+}
+
+// signTx signs tx for escrowID with the host's key and remembers the
+// signature, so the diff that carries the tx back costs no verification.
+func (e *Engine) signTx(escrowID uint64, tx *sessionpb.Tx) error {
+	if err := session.SignTx(e.cfg.Key, escrowID, tx); err != nil {
+		return err
+	}
+	if msg, err := session.TxSignBytes(escrowID, tx); err == nil {
+		e.memo.Remember(tx.Sig.PubKey, msg, tx.Sig.Sig)
+	}
+	return nil
 }
 
 // SetStore gives the engine its storage once it is open; the daemon binds
@@ -254,6 +271,7 @@ func (e *Engine) load(ctx context.Context, escrowID uint64, en *entry) error {
 			return err
 		}
 	}
+	s.UseMemo(e.memo)
 	// Field by field: en.mu is held by the caller.
 	en.s, en.snap, en.slots = s, snap, slots
 	en.pool = newMempool()

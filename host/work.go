@@ -40,7 +40,7 @@ func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req exec
 	en.requests[nonce] = req
 	en.ran[nonce] = true
 	confirm := &sessionpb.Tx{Slot: r.ExecutorSlot, Body: &sessionpb.Tx_Confirm{Confirm: &sessionpb.ConfirmStart{InferenceId: nonce, ConfirmedAt: e.cfg.Now().Unix()}}}
-	if err := session.SignTx(e.cfg.Key, escrowID, confirm); err != nil {
+	if err := e.signTx(escrowID, confirm); err != nil {
 		en.mu.Unlock()
 		return executor.Result{}, nil, err
 	}
@@ -55,7 +55,7 @@ func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req exec
 	finish := &sessionpb.Tx{Slot: r.ExecutorSlot, Body: &sessionpb.Tx_Finish{Finish: &sessionpb.FinishInference{
 		InferenceId: nonce, InputTokens: uint64(res.Usage.PromptTokens), OutputTokens: uint64(res.Usage.CompletionTokens), ResponseHash: hash[:],
 	}}}
-	if err := session.SignTx(e.cfg.Key, escrowID, finish); err != nil {
+	if err := e.signTx(escrowID, finish); err != nil {
 		return executor.Result{}, nil, err
 	}
 	en.mu.Lock()
@@ -119,7 +119,7 @@ func (e *Engine) validate(en *entry, r *sessionpb.InferenceRecord, slots []uint3
 		var votes []*sessionpb.Tx
 		for _, slot := range slots {
 			vote := &sessionpb.Tx{Slot: slot, Body: &sessionpb.Tx_Validation{Validation: &sessionpb.Validation{InferenceId: r.Id, Valid: valid, ResponseHash: hash[:]}}}
-			if err := session.SignTx(e.cfg.Key, escrowID, vote); err != nil {
+			if err := e.signTx(escrowID, vote); err != nil {
 				e.log.Error("sign validation", "err", err)
 				return
 			}
@@ -194,7 +194,7 @@ func (e *Engine) voteTimeouts(en *entry, now time.Time) {
 				continue
 			}
 			vote := &sessionpb.Tx{Slot: slot, Body: &sessionpb.Tx_Timeout{Timeout: &sessionpb.TimeoutInference{InferenceId: r.Id}}}
-			if err := session.SignTx(e.cfg.Key, en.snap.EscrowId, vote); err != nil {
+			if err := e.signTx(en.snap.EscrowId, vote); err != nil {
 				e.log.Error("sign timeout vote", "err", err)
 				return
 			}
@@ -217,7 +217,7 @@ func (e *Engine) Gossip(ctx context.Context, escrowID uint64, raw []byte) error 
 		return err
 	}
 	defer en.mu.Unlock()
-	if err := session.VerifyHostTx(en.snap, &tx, e.cfg.Auth); err != nil {
+	if err := session.VerifyHostTxWith(en.snap, &tx, e.cfg.Auth, e.memo); err != nil {
 		return fmt.Errorf("%w: %v", ErrForbidden, err)
 	}
 	if en.s.MayInclude(&tx) {
