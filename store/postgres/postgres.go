@@ -473,6 +473,13 @@ func (s *Store) AppendDiffs(ctx context.Context, ds []store.Diff) error {
 	return store.BatchResult(errs)
 }
 
+// qReread is the stored diff at a nonce (NULLs if none) and the last stored
+// nonce, in one snapshot.
+const qReread = `SELECT
+	(SELECT root FROM diffs WHERE epoch_id = $1 AND escrow_id = $2 AND nonce = $3),
+	(SELECT data FROM diffs WHERE epoch_id = $1 AND escrow_id = $2 AND nonce = $3),
+	(SELECT COALESCE(MAX(nonce), 0) FROM diffs WHERE epoch_id = $1 AND escrow_id = $2)`
+
 // outcome turns one qAppend result into the diff's error.
 func (s *Store) outcome(ctx context.Context, d *store.Diff, inserted bool, root, data []byte, last int64) error {
 	switch {
@@ -483,18 +490,21 @@ func (s *Store) outcome(ctx context.Context, d *store.Diff, inserted bool, root,
 			return nil
 		}
 		return store.NewForkError(d.EscrowID, d.Nonce, data, d.Data)
-	case uint64(last) >= d.Nonce:
-		// A concurrent writer committed this nonce after the statement's
-		// snapshot was taken: read what it stored.
-		epoch, err := s.epochOf(ctx, d.EscrowID)
-		if err != nil {
-			return err
-		}
-		err = s.pool.QueryRow(ctx, "SELECT root, data FROM diffs WHERE epoch_id = $1 AND escrow_id = $2 AND nonce = $3",
-			int64(epoch), int64(d.EscrowID), int64(d.Nonce)).Scan(&root, &data)
-		if err != nil {
-			return s.fail(err, "read diff %d of escrow %d", d.Nonce, d.EscrowID)
-		}
+	}
+	// Nothing inserted and nothing seen at the nonce. The statement's
+	// snapshot may predate a racing writer's commit of this very nonce:
+	// its INSERT then waited for that writer and did nothing, and its
+	// reads could not see the row. Read again, in a fresh snapshot, before
+	// calling it a gap.
+	epoch, err := s.epochOf(ctx, d.EscrowID)
+	if err != nil {
+		return err
+	}
+	err = s.pool.QueryRow(ctx, qReread, int64(epoch), int64(d.EscrowID), int64(d.Nonce)).Scan(&root, &data, &last)
+	if err != nil {
+		return s.fail(err, "read diff %d of escrow %d", d.Nonce, d.EscrowID)
+	}
+	if data != nil {
 		return s.outcome(ctx, d, false, root, data, 0)
 	}
 	return &store.GapError{EscrowID: d.EscrowID, Nonce: d.Nonce, Last: uint64(last)}
