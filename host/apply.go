@@ -204,21 +204,20 @@ func (e *Engine) snapshot(ctx context.Context, en *entry) {
 	}
 }
 
-// signState signs root at nonce once per slot the host holds, and returns
-// the signatures with their stored form.
+// signState signs root at nonce for every slot the host holds (one
+// signature: the signed bytes name no slot), and returns the signatures
+// with their stored form.
 func (e *Engine) signState(en *entry, nonce uint64, root [32]byte) ([]*sessionpb.StateSignature, []store.Signature, error) {
-	sigs := make([]*sessionpb.StateSignature, 0, len(en.slots))
-	rows := make([]store.Signature, 0, len(en.slots))
-	for _, slot := range en.slots {
-		ss, err := session.SignState(e.cfg.Key, en.snap.EscrowId, nonce, root[:], slot)
-		if err != nil {
-			return nil, nil, err
-		}
+	sigs, err := session.SignStateSlots(e.cfg.Key, en.snap.EscrowId, nonce, root[:], en.slots)
+	if err != nil {
+		return nil, nil, err
+	}
+	rows := make([]store.Signature, 0, len(sigs))
+	for _, ss := range sigs {
 		row, err := store.NewSignature(ss)
 		if err != nil {
 			return nil, nil, err
 		}
-		sigs = append(sigs, ss)
 		rows = append(rows, row)
 	}
 	return sigs, rows, nil

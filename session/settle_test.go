@@ -242,3 +242,39 @@ func TestRestoreRejectsInconsistentState(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, b.gw.Replica.Root(), s.Root())
 }
+
+// countingSigner counts the signatures its key makes.
+type countingSigner struct {
+	*signing.PrivKey
+	n int
+}
+
+func (c *countingSigner) Sign(msg []byte) ([]byte, error) {
+	c.n++
+	return c.PrivKey.Sign(msg)
+}
+
+func TestSignStateSlotsSignsOnceForEverySlot(t *testing.T) {
+	t.Parallel()
+	o := sessiontest.DefaultOptions()
+	o.Holders = []int{0, 1, 0, 2, 0} // participant 0 holds slots 0, 2 and 4
+	f := sessiontest.New(3, o)
+	key := &countingSigner{PrivKey: f.Hosts[0]}
+	root := sessiontest.Hash("root")
+	sigs, err := session.SignStateSlots(key, f.Snapshot.EscrowId, 9, root, []uint32{0, 2, 4})
+	require.NoError(t, err)
+	require.Equal(t, 1, key.n, "the signed bytes name no slot: one signature serves every slot")
+	require.Len(t, sigs, 3)
+	for i, slot := range []uint32{0, 2, 4} {
+		require.Equal(t, slot, sigs[i].Slot)
+		require.NoError(t, session.VerifyStateSignature(f.Snapshot, sigs[i], nil), "slot %d", slot)
+	}
+	// Each slot's signature is its own copy: changing one leaves the others.
+	sigs[0].Sig.Sig[0] ^= 1
+	require.Error(t, session.VerifyStateSignature(f.Snapshot, sigs[0], nil))
+	require.NoError(t, session.VerifyStateSignature(f.Snapshot, sigs[1], nil))
+	// The same signature does not pass for a slot the key does not hold.
+	stolen := *sigs[1]
+	stolen.Slot = 1
+	require.Error(t, session.VerifyStateSignature(f.Snapshot, &stolen, nil))
+}

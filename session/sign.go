@@ -1,6 +1,7 @@
 package session
 
 import (
+	"bytes"
 	"fmt"
 
 	"github.com/devshard/devshard/session/sessionpb"
@@ -112,17 +113,32 @@ func SignTx(s signing.Signer, escrowID uint64, tx *sessionpb.Tx) error {
 
 // SignState returns a host's signature over (escrow, nonce, root) for slot.
 func SignState(s signing.Signer, escrowID, nonce uint64, root []byte, slot uint32) (*sessionpb.StateSignature, error) {
+	sigs, err := SignStateSlots(s, escrowID, nonce, root, []uint32{slot})
+	if err != nil {
+		return nil, err
+	}
+	return sigs[0], nil
+}
+
+// SignStateSlots returns a host's state signatures for each of the slots it
+// holds. The signed bytes name no slot, so one signature serves them all:
+// the key signs once, whatever the number of slots.
+func SignStateSlots(s signing.Signer, escrowID, nonce uint64, root []byte, slots []uint32) ([]*sessionpb.StateSignature, error) {
 	sig, err := sign(s, StateSignBytes(escrowID, nonce, root))
 	if err != nil {
 		return nil, fmt.Errorf("sign state %d: %w", nonce, err)
 	}
-	return &sessionpb.StateSignature{
-		EscrowId:  escrowID,
-		Nonce:     nonce,
-		StateRoot: append([]byte(nil), root...),
-		Slot:      slot,
-		Sig:       sig,
-	}, nil
+	out := make([]*sessionpb.StateSignature, 0, len(slots))
+	for _, slot := range slots {
+		out = append(out, &sessionpb.StateSignature{
+			EscrowId:  escrowID,
+			Nonce:     nonce,
+			StateRoot: append([]byte(nil), root...),
+			Slot:      slot,
+			Sig:       &sessionpb.Signature{PubKey: bytes.Clone(sig.PubKey), Sig: bytes.Clone(sig.Sig)},
+		})
+	}
+	return out, nil
 }
 
 func sign(s signing.Signer, msg []byte) (*sessionpb.Signature, error) {
