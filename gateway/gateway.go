@@ -345,20 +345,20 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 		nonce, url := st.nonce, st.url
 		g.metrics.phase(PhaseSequence, began)
 		began = time.Now()
-		if err := st.sent.wait(ctx, st.exec); err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
+		// The stream is asked for at once, beside the diff's delivery: the
+		// executor starts the inference when it has checked the diff, and
+		// its stream waits for it. A delivery that fails ends the stream.
+		streamCx, cancelStream := context.WithCancel(ctx)
+		taken := make(chan error, 1)
+		go func() {
+			err := st.sent.wait(streamCx, st.exec)
+			if err == nil {
+				g.metrics.phase(PhaseExecutor, began)
+			} else {
+				cancelStream()
 			}
-			// The executor did not take the diff that starts the request:
-			// retry on another host, as if it had failed the stream.
-			lastErr = err
-			g.metrics.retries.Inc()
-			g.log.Warn("executor did not take the start; retrying on another host", "escrow", q.id(), "nonce", nonce, "attempt", attempt, "err", err)
-			q.markDown(url)
-			continue
-		}
-		g.metrics.phase(PhaseExecutor, began)
-		began = time.Now()
+			taken <- err
+		}()
 		var text []byte
 		forward := func(piece string) error {
 			text = append(text, piece...)
@@ -373,8 +373,20 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 			delivered = append(delivered, fresh...)
 			return emit(string(fresh))
 		}
-		res, err := g.peers.inference(ctx, url, q.id(), nonce, req, g.cfg.StallTimeout, forward)
+		res, err := g.peers.inference(streamCx, url, q.id(), nonce, req, g.cfg.StallTimeout, forward)
 		g.metrics.phase(PhaseStream, began)
+		cancelStream()
+		// A delivery still pending when the stream ended was cut by
+		// cancelStream above; only a failed one counts.
+		if deliveryErr := <-taken; deliveryErr != nil && !errors.Is(deliveryErr, context.Canceled) && ctx.Err() == nil {
+			// The executor did not take the diff that starts the request:
+			// retry on another host, as if it had failed the stream.
+			lastErr = deliveryErr
+			g.metrics.retries.Inc()
+			g.log.Warn("executor did not take the start; retrying on another host", "escrow", q.id(), "nonce", nonce, "attempt", attempt, "err", deliveryErr)
+			q.markDown(url)
+			continue
+		}
 		if err == nil {
 			if len(text) < len(delivered) {
 				return nil, fmt.Errorf("%w: the retried answer is shorter than what was already streamed", ErrNoHost)

@@ -861,3 +861,60 @@ func TestSlowMemberDoesNotHoldUpOthers(t *testing.T) {
 	defer mu.Unlock()
 	require.True(t, slices.IsSorted(seen), "the slow member got its diffs in nonce order: %v", seen)
 }
+
+// The executor is asked for its stream beside the diff that starts the
+// request, not after that diff's answer: a host holds back its answer to
+// the diff until the stream request arrives, and no request waits for it.
+func TestStreamIsAskedBesideTheDiff(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	asked := map[uint64]chan struct{}{} // nonce -> closed when its stream was asked for
+	arrival := func(nonce uint64) chan struct{} {
+		mu.Lock()
+		defer mu.Unlock()
+		if asked[nonce] == nil {
+			asked[nonce] = make(chan struct{})
+		}
+		return asked[nonce]
+	}
+	var late atomic.Int32
+	b := setup(t, func(o *setupOptions) {
+		o.wrap = func(i int, h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				raw, _ := io.ReadAll(r.Body)
+				r.Body = io.NopCloser(bytes.NewReader(raw))
+				switch {
+				case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/inference"):
+					var body host.InferenceRequest
+					if json.Unmarshal(raw, &body) == nil {
+						close(arrival(body.Nonce))
+					}
+				case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/diffs"):
+					var body host.DiffRequest
+					var d sessionpb.Diff
+					if json.Unmarshal(raw, &body) != nil || d.Unmarshal(body.Diff) != nil || len(body.Requests) == 0 || int(d.Nonce%3) != i {
+						break // not a start this host executes
+					}
+					rec := httptest.NewRecorder()
+					h.ServeHTTP(rec, r)
+					select {
+					case <-arrival(d.Nonce):
+					case <-time.After(2 * time.Second):
+						late.Add(1)
+					}
+					for k, v := range rec.Header() {
+						w.Header()[k] = v
+					}
+					w.WriteHeader(rec.Code)
+					_, _ = w.Write(rec.Body.Bytes())
+					return
+				}
+				h.ServeHTTP(w, r)
+			})
+		}
+	})
+	for i := range 4 {
+		requireAnswer(t, ask(i), b.complete(t, ask(i)))
+	}
+	require.Zero(t, late.Load(), "a stream was asked for only after its executor answered the diff")
+}

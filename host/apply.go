@@ -66,6 +66,18 @@ func (e *Engine) ApplyDiff(ctx context.Context, escrowID uint64, raw []byte, req
 		return nil, err
 	}
 	res := p.Result()
+	// The inferences this host executes start now, beside the signing and
+	// the durable write; nothing of them leaves the host before the diff is
+	// committed, and they are dropped if it is not.
+	ahead, committed := e.runAhead(en, &d, requests), false
+	defer func() {
+		for _, id := range ahead {
+			if !committed {
+				en.dropRun(id)
+				delete(en.ran, id)
+			}
+		}
+	}()
 	rows := make([]store.Sealed, 0, len(res.Sealed))
 	for _, r := range res.Sealed {
 		b, err := r.Marshal()
@@ -96,6 +108,9 @@ func (e *Engine) ApplyDiff(ctx context.Context, escrowID uint64, raw []byte, req
 	if err := p.Commit(); err != nil {
 		return nil, err // cannot happen under en.mu; kept as a guard
 	}
+	committed = true
+	close(en.applied)
+	en.applied = make(chan struct{})
 	timer()
 	e.cfg.Metrics.applied(en.s.Phase())
 	for id, req := range requests {
@@ -107,6 +122,28 @@ func (e *Engine) ApplyDiff(ctx context.Context, escrowID uint64, raw []byte, req
 		e.cfg.Metrics.withheld()
 	}
 	return reply, nil
+}
+
+// runAhead starts the inferences of d that this host executes and has the
+// payloads of, and returns their ids. Call with en.mu held, once d is
+// checked.
+func (e *Engine) runAhead(en *entry, d *sessionpb.Diff, requests map[uint64]executor.Request) []uint64 {
+	var ids []uint64
+	for _, tx := range d.Txs {
+		st := tx.GetStart()
+		if st == nil {
+			continue
+		}
+		req, ok := requests[st.InferenceId]
+		slot := en.s.Executor(st.InferenceId)
+		if !ok || !en.holds(slot) || en.ran[st.InferenceId] || req.Validate() != nil {
+			continue
+		}
+		e.startRun(en, st.InferenceId, slot, req)
+		en.ran[st.InferenceId] = true
+		ids = append(ids, st.InferenceId)
+	}
+	return ids
 }
 
 // carried reports whether diff d carries the tx with key.
@@ -179,6 +216,7 @@ func (e *Engine) afterApply(ctx context.Context, en *entry, d *sessionpb.Diff, r
 		delete(en.requests, r.Id)
 		delete(en.seen, r.Id)
 		delete(en.ran, r.Id)
+		en.dropRun(r.Id)
 	}
 	en.pool.prune(s)
 	for _, tx := range d.Txs {

@@ -57,6 +57,9 @@ type Config struct {
 	Metrics *Metrics
 	// Peers finds the other members' hosts for re-gossip; nil gossips nothing.
 	Peers Peers
+	// StartWait is how long an inference request waits for the diff that
+	// starts it, when it arrives first (default 5s).
+	StartWait time.Duration
 }
 
 // Engine serves the sessions of the escrows whose group this host is in.
@@ -94,6 +97,9 @@ func New(cfg Config) *Engine {
 	}
 	if cfg.LoadWait <= 0 {
 		cfg.LoadWait = 5 * time.Second
+	}
+	if cfg.StartWait <= 0 {
+		cfg.StartWait = 5 * time.Second
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -168,6 +174,8 @@ type entry struct {
 	requests map[uint64]executor.Request // payloads of live inferences, for executing and validating
 	seen     map[uint64]time.Time        // when this host first saw an open record, for timeouts
 	ran      map[uint64]bool             // inferences this host has started executing
+	runs     map[uint64]*run             // inferences started as their diff was stored, until streamed or sealed
+	applied  chan struct{}               // closed and replaced whenever a diff is applied
 }
 
 // session returns the escrow's entry, loading or creating it on first use
@@ -278,6 +286,8 @@ func (e *Engine) load(ctx context.Context, escrowID uint64, en *entry) error {
 	en.requests = map[uint64]executor.Request{}
 	en.seen = map[uint64]time.Time{}
 	en.ran = map[uint64]bool{}
+	en.runs = map[uint64]*run{}
+	en.applied = make(chan struct{})
 	en.loaded = true
 	e.cfg.Metrics.sessionLoaded(s.Phase())
 	return nil

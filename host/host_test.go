@@ -53,17 +53,21 @@ type failingStore struct {
 	store.Store
 	mu      sync.Mutex
 	fail    bool
-	appends int // AppendDiff calls that reached the store
-	puts    int // PutSignature calls
+	gate    chan struct{} // if set, AppendDiff waits for it to close
+	appends int           // AppendDiff calls that reached the store
+	puts    int           // PutSignature calls
 }
 
 func (s *failingStore) AppendDiff(ctx context.Context, d store.Diff) error {
 	s.mu.Lock()
-	fail := s.fail
+	fail, gate := s.fail, s.gate
 	if !fail {
 		s.appends++
 	}
 	s.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
 	if fail {
 		return store.Errorf(store.ErrUnavailable, "injected write failure for diff %d", d.Nonce)
 	}
@@ -84,13 +88,14 @@ func (s *failingStore) writes() (appends, puts int) {
 }
 
 type hostBundle struct {
-	f      *sessiontest.Fixture
-	gw     *sessiontest.Sequencer
-	chain  *fakeChain
-	hosts  []*Engine
-	stores []*failingStore
-	urls   []string
-	now    time.Time
+	f         *sessiontest.Fixture
+	gw        *sessiontest.Sequencer
+	chain     *fakeChain
+	hosts     []*Engine
+	stores    []*failingStore
+	executors []*watchedExecutor
+	urls      []string
+	now       time.Time
 }
 
 // setup runs one engine per participant of a 3-slot escrow, on real SQLite
@@ -111,7 +116,8 @@ func setup(t *testing.T, mutate ...func(*sessiontest.Options)) *hostBundle {
 		require.NoError(t, err)
 		fs := &failingStore{Store: st}
 		t.Cleanup(func() { st.Close() })
-		e := New(Config{Key: key, Store: fs, Escrows: b.chain, Executor: executor.Builtin{}, Now: func() time.Time { return b.now }})
+		ex := &watchedExecutor{called: make(chan executor.Request, 16)}
+		e := New(Config{Key: key, Store: fs, Escrows: b.chain, Executor: ex, Now: func() time.Time { return b.now }, StartWait: startWait})
 		NewMetrics(e)
 		e.MarkReady()
 		srv := httptest.NewServer(Handler(e, "test"))
@@ -119,6 +125,7 @@ func setup(t *testing.T, mutate ...func(*sessiontest.Options)) *hostBundle {
 		t.Cleanup(e.Wait)
 		b.hosts = append(b.hosts, e)
 		b.stores = append(b.stores, fs)
+		b.executors = append(b.executors, ex)
 		b.urls = append(b.urls, srv.URL)
 	}
 	return b

@@ -22,6 +22,10 @@ import (
 // MaxBody bounds every request body.
 const MaxBody = 4 << 20
 
+// maxAnnounced bounds the txs of one announcement: an executor announces
+// its two per inference.
+const maxAnnounced = 16
+
 // ReadyzFailures is how many consecutive storage failures turn /readyz 503.
 const ReadyzFailures = 3
 
@@ -61,9 +65,12 @@ type StreamEvent struct {
 	Error string   `json:"error,omitempty"`
 }
 
-// GossipRequest is the body of POST /v1/sessions/{escrow}/gossip.
+// GossipRequest is the body of POST /v1/sessions/{escrow}/gossip: either
+// Tx, a peer's tx to pool and carry too, or Announced, txs an executor has
+// just signed, to check now and not pool (announce.go).
 type GossipRequest struct {
-	Tx []byte `json:"tx"` // marshalled sessionpb.Tx
+	Tx        []byte   `json:"tx,omitempty"`        // marshalled sessionpb.Tx
+	Announced [][]byte `json:"announced,omitempty"` // marshalled sessionpb.Tx
 }
 
 // Handler serves the engine over HTTP. Health, version and metrics answer
@@ -245,11 +252,26 @@ func (h *handler) gossip(w http.ResponseWriter, r *http.Request, escrowID uint64
 	if !decodeJSON(w, r, &req) {
 		return
 	}
-	if err := h.e.Gossip(r.Context(), escrowID, req.Tx); err != nil {
-		h.fail(w, err)
-		return
+	switch {
+	case len(req.Tx) > 0 && len(req.Announced) > 0:
+		writeError(w, http.StatusBadRequest, "body carries either \"tx\" or \"announced\", not both")
+	case len(req.Announced) > 0:
+		if len(req.Announced) > maxAnnounced {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("at most %d announced txs per request", maxAnnounced))
+			return
+		}
+		if err := h.e.Announced(r.Context(), escrowID, req.Announced); err != nil {
+			h.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusAccepted, map[string]string{"status": "checked"})
+	default:
+		if err := h.e.Gossip(r.Context(), escrowID, req.Tx); err != nil {
+			h.fail(w, err)
+			return
+		}
+		writeJSON(w, http.StatusAccepted, map[string]string{"status": "pooled"})
 	}
-	writeJSON(w, http.StatusAccepted, map[string]string{"status": "pooled"})
 }
 
 func (h *handler) getDiffs(w http.ResponseWriter, r *http.Request, escrowID uint64) {
