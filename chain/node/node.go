@@ -172,9 +172,10 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 		}
 		n.removeHome = true
 	}
+	built := n // an error return sets n to nil before this runs
 	defer func() {
 		if err != nil {
-			n.Close()
+			built.Close()
 			n = nil
 		}
 	}()
@@ -242,7 +243,10 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := n.WaitForHeight(ctx, 1); err != nil {
+	// Wait for a block made by this process: a resumed chain already has a
+	// height, but until it commits its next block the app has no block
+	// header to answer queries at the latest height with.
+	if err := n.WaitForHeight(ctx, n.Height()+1); err != nil {
 		return nil, fmt.Errorf("waiting for the first block: %w", err)
 	}
 	return n, nil
