@@ -71,10 +71,12 @@ func (e *Engine) ApplyDiff(ctx context.Context, escrowID uint64, raw []byte, req
 	// committed, and they are dropped if it is not.
 	ahead, committed := e.runAhead(en, &d, requests), false
 	defer func() {
-		for _, id := range ahead {
-			if !committed {
-				en.dropRun(id)
-				delete(en.ran, id)
+		for _, r := range ahead {
+			if committed {
+				r.stored = true
+			} else {
+				e.runs.drop(runKey{escrowID, r.nonce})
+				delete(en.ran, r.nonce)
 			}
 		}
 	}()
@@ -109,8 +111,8 @@ func (e *Engine) ApplyDiff(ctx context.Context, escrowID uint64, raw []byte, req
 		return nil, err // cannot happen under en.mu; kept as a guard
 	}
 	committed = true
-	close(en.applied)
-	en.applied = make(chan struct{})
+	en.nonce.Store(d.Nonce)
+	e.runs.poke()
 	timer()
 	e.cfg.Metrics.applied(en.s.Phase())
 	for id, req := range requests {
@@ -125,10 +127,10 @@ func (e *Engine) ApplyDiff(ctx context.Context, escrowID uint64, raw []byte, req
 }
 
 // runAhead starts the inferences of d that this host executes and has the
-// payloads of, and returns their ids. Call with en.mu held, once d is
+// payloads of, and returns their runs. Call with en.mu held, once d is
 // checked.
-func (e *Engine) runAhead(en *entry, d *sessionpb.Diff, requests map[uint64]executor.Request) []uint64 {
-	var ids []uint64
+func (e *Engine) runAhead(en *entry, d *sessionpb.Diff, requests map[uint64]executor.Request) []*run {
+	var out []*run
 	for _, tx := range d.Txs {
 		st := tx.GetStart()
 		if st == nil {
@@ -139,11 +141,10 @@ func (e *Engine) runAhead(en *entry, d *sessionpb.Diff, requests map[uint64]exec
 		if !ok || !en.holds(slot) || en.ran[st.InferenceId] || req.Validate() != nil {
 			continue
 		}
-		e.startRun(en, st.InferenceId, slot, req)
+		out = append(out, e.startRun(en, st.InferenceId, slot, req))
 		en.ran[st.InferenceId] = true
-		ids = append(ids, st.InferenceId)
 	}
-	return ids
+	return out
 }
 
 // carried reports whether diff d carries the tx with key.
@@ -216,7 +217,7 @@ func (e *Engine) afterApply(ctx context.Context, en *entry, d *sessionpb.Diff, r
 		delete(en.requests, r.Id)
 		delete(en.seen, r.Id)
 		delete(en.ran, r.Id)
-		en.dropRun(r.Id)
+		e.runs.drop(runKey{en.snap.EscrowId, r.Id})
 	}
 	en.pool.prune(s)
 	for _, tx := range d.Txs {

@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/devshard/devshard/executor"
@@ -74,6 +75,7 @@ type Engine struct {
 	wg       sync.WaitGroup // background validations and gossip pushes
 	gossiped gossipLog      // own txs pushed to peers (regossip.go)
 	memo     *signing.Memo  // tx signatures made or checked already: a diff carrying them checks a hash
+	runs     *runs          // inferences started beside their diff's durable write (run.go)
 }
 
 // memoSize bounds the engine's memo of checked tx signatures.
@@ -118,6 +120,7 @@ func New(cfg Config) *Engine {
 		sessions: make(map[uint64]*entry),
 		ready:    make(chan struct{}),
 		memo:     signing.NewMemo(memoSize),
+		runs:     newRuns(),
 	}
 }
 
@@ -174,8 +177,7 @@ type entry struct {
 	requests map[uint64]executor.Request // payloads of live inferences, for executing and validating
 	seen     map[uint64]time.Time        // when this host first saw an open record, for timeouts
 	ran      map[uint64]bool             // inferences this host has started executing
-	runs     map[uint64]*run             // inferences started as their diff was stored, until streamed or sealed
-	applied  chan struct{}               // closed and replaced whenever a diff is applied
+	nonce    atomic.Uint64               // the applied nonce, for streams that must not take mu
 }
 
 // session returns the escrow's entry, loading or creating it on first use
@@ -286,8 +288,7 @@ func (e *Engine) load(ctx context.Context, escrowID uint64, en *entry) error {
 	en.requests = map[uint64]executor.Request{}
 	en.seen = map[uint64]time.Time{}
 	en.ran = map[uint64]bool{}
-	en.runs = map[uint64]*run{}
-	en.applied = make(chan struct{})
+	en.nonce.Store(s.Nonce())
 	en.loaded = true
 	e.cfg.Metrics.sessionLoaded(s.Phase())
 	return nil

@@ -71,7 +71,7 @@ func (b *hostBundle) inferAsync(t *testing.T, host int, id uint64, req executor.
 	return out
 }
 
-func TestExecutorStartsWhileTheDiffIsStored(t *testing.T) {
+func TestExecutorStreamsWhileTheDiffIsStored(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	req := request(4)
@@ -84,33 +84,45 @@ func TestExecutorStartsWhileTheDiffIsStored(t *testing.T) {
 	b.stores[1].mu.Lock()
 	b.stores[1].gate = gate
 	b.stores[1].mu.Unlock()
-	applied := make(chan int, 1)
+	applied := make(chan DiffResponse, 1)
 	go func() {
-		status, _, _ := b.send(t, 1, d, map[uint64]executor.Request{1: req})
-		applied <- status
+		status, resp, _ := b.send(t, 1, d, map[uint64]executor.Request{1: req})
+		if status != http.StatusOK {
+			resp.Nonce = 0
+		}
+		applied <- resp
 	}()
 	stream := b.inferAsync(t, 1, 1, req)
 
 	require.True(t, b.ran(t, 1, req), "the executor runs the inference while its diff is still being stored")
+	var o inferOutcome
 	select {
-	case o := <-stream:
-		t.Fatalf("the stream answered (%d %q) before its diff was stored", o.status, o.body)
-	case <-time.After(100 * time.Millisecond):
+	case o = <-stream:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stream waited for the diff's durable write")
 	}
-	unblock()
-	require.Equal(t, http.StatusOK, <-applied)
-	o := <-stream
 	require.Equal(t, http.StatusOK, o.status, o.body)
 	want, err := executor.Builtin{}.Execute(context.Background(), req, func(string) error { return nil })
 	require.NoError(t, err)
 	require.Equal(t, want.Text, o.text)
 	require.Equal(t, 2, o.txs, "the done event carries the confirm and the finish")
+	select {
+	case <-applied:
+		t.Fatal("the diff's reply, with its state signatures, came before its durable write")
+	default:
+	}
+
+	unblock()
+	resp := <-applied
+	require.Equal(t, uint64(1), resp.Nonce)
+	require.NotEmpty(t, resp.Signatures)
+	b.wait()
 	for _, i := range []int{0, 2} {
 		status, _, body := b.send(t, i, d, map[uint64]executor.Request{1: req})
 		require.Equal(t, http.StatusOK, status, body)
 	}
 	pool := decodeTxs(t, b.next(t, nil)[1].Mempool)
-	require.Len(t, pool, 2)
+	require.Len(t, pool, 2, "once the diff is stored, the run's txs are pooled")
 	require.NotNil(t, pool[0].GetConfirm())
 	require.NotNil(t, pool[1].GetFinish())
 	status, _, body := b.infer(t, 1, 1, req)
@@ -134,8 +146,11 @@ func TestADiffNotStoredDropsItsRun(t *testing.T) {
 	require.Contains(t, body, "no diff started it within")
 	en, err := b.hosts[1].session(context.Background(), d.EscrowId)
 	require.NoError(t, err)
-	runs, pooled := len(en.runs), len(en.pool.txs())
+	pooled := len(en.pool.txs())
 	en.mu.Unlock()
+	b.hosts[1].runs.mu.Lock()
+	runs := len(b.hosts[1].runs.byKey)
+	b.hosts[1].runs.mu.Unlock()
 	require.Zero(t, runs, "the run of a diff that was not stored is dropped")
 	require.Zero(t, pooled)
 

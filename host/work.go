@@ -17,32 +17,34 @@ import (
 // returns both, so the caller can hand them to the gateway at once: a host
 // that crashes after answering has then still delivered its proof of work.
 func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req executor.Request, emit func(string) error) (executor.Result, []*sessionpb.Tx, error) {
+	// The gateway asks beside the diff that starts the inference: attach
+	// to the run that diff started, or wait a while for it.
+	ahead, err := e.awaitRun(ctx, escrowID, nonce)
+	if err != nil {
+		return executor.Result{}, nil, err
+	}
+	if ahead != nil {
+		return e.stream(ctx, ahead, req, emit)
+	}
 	en, err := e.session(ctx, escrowID)
 	if err != nil {
 		return executor.Result{}, nil, err
 	}
-	// The gateway may ask before the diff that starts the inference has
-	// reached this host: wait for it a while.
-	if err := e.awaitNonce(ctx, en, nonce); err != nil {
-		return executor.Result{}, nil, err
-	}
 	r, ok := en.s.Record(nonce)
-	if !ok {
+	switch {
+	case !ok && en.s.Nonce() < nonce:
+		en.mu.Unlock()
+		return executor.Result{}, nil, fmt.Errorf("%w: inference %d of escrow %d is not live here: no diff started it within %s", ErrBadInput, nonce, escrowID, e.cfg.StartWait)
+	case !ok:
 		en.mu.Unlock()
 		return executor.Result{}, nil, fmt.Errorf("%w: inference %d of escrow %d is not live here (not yet started by a diff, or sealed)", ErrBadInput, nonce, escrowID)
-	}
-	if !en.holds(r.ExecutorSlot) {
+	case !en.holds(r.ExecutorSlot):
 		en.mu.Unlock()
 		return executor.Result{}, nil, fmt.Errorf("%w: inference %d is assigned to slot %d, which this host does not hold", ErrNotExecutor, nonce, r.ExecutorSlot)
 	}
 	if h := req.PromptHash(); !bytes.Equal(h[:], r.PromptHash) || uint64(req.MaxTokens) != r.MaxTokens {
 		en.mu.Unlock()
 		return executor.Result{}, nil, fmt.Errorf("%w: the request does not match what diff %d started (prompt hash or max tokens)", ErrBadInput, nonce)
-	}
-	if ahead, ok := en.runs[nonce]; ok && !ahead.attached && r.Status == sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING {
-		ahead.attached = true
-		en.mu.Unlock()
-		return e.stream(ctx, en, ahead, emit)
 	}
 	if r.Status != sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING || en.ran[nonce] {
 		en.mu.Unlock()
@@ -71,35 +73,6 @@ func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req exec
 	en.mu.Unlock()
 	e.announce(en.snap, confirm, finish)
 	return res, []*sessionpb.Tx{confirm, finish}, nil
-}
-
-// awaitNonce waits, with en.mu held on entry and on return, until the
-// session has applied nonce, for at most StartWait. It returns with en.mu
-// released only on error.
-func (e *Engine) awaitNonce(ctx context.Context, en *entry, nonce uint64) error {
-	if en.s.Nonce() >= nonce {
-		return nil
-	}
-	t := time.NewTimer(e.cfg.StartWait)
-	defer t.Stop()
-	for en.s.Nonce() < nonce {
-		applied := en.applied
-		en.mu.Unlock()
-		select {
-		case <-applied:
-		case <-t.C:
-			en.mu.Lock()
-			if en.s.Nonce() >= nonce {
-				return nil
-			}
-			en.mu.Unlock()
-			return fmt.Errorf("%w: inference %d of escrow %d is not live here: no diff started it within %s", ErrBadInput, nonce, en.snap.EscrowId, e.cfg.StartWait)
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		en.mu.Lock()
-	}
-	return nil
 }
 
 // maybeValidate re-runs a peer's finished inference when this host is
