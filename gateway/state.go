@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
+	"time"
 
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/session/sessionpb"
@@ -33,9 +35,27 @@ const (
 // settlements and usage per API key. A diff is stored before it is sent to
 // any host, so after a restart the gateway rebuilds each open session from
 // its own diffs and resumes any settlement in flight.
+//
+// Usage is written behind the answers: AddUsage keeps the counts in memory,
+// and they are committed in the transaction of the next diff, or after
+// usageFlushEvery when no diff comes, and on Close. A request's usage thus
+// never costs a durable write of its own. A crash loses at most the usage of
+// the requests answered in the last usageFlushEvery.
 type State struct {
 	db *sql.DB
+
+	// fmu is held from taking the usage in memory until its commit ended,
+	// so that UsageOf never sees a count both or neither places.
+	fmu     sync.Mutex
+	umu     sync.Mutex
+	pending map[string]Usage // usage not yet committed, by API key
+	timer   *time.Timer      // armed while pending is not empty
+	closed  bool
 }
+
+// usageFlushEvery bounds how long usage waits in memory for a diff to ride
+// with.
+const usageFlushEvery = 100 * time.Millisecond
 
 const stateSchema = `
 CREATE TABLE IF NOT EXISTS escrows (
@@ -76,11 +96,20 @@ func OpenState(path, synchronous string) (*State, error) {
 		db.Close()
 		return nil, fmt.Errorf("gateway state %s: %w", path, err)
 	}
-	return &State{db: db}, nil
+	return &State{db: db, pending: map[string]Usage{}}, nil
 }
 
-// Close closes the file.
-func (s *State) Close() error { return s.db.Close() }
+// Close commits the usage still in memory and closes the file.
+func (s *State) Close() error {
+	s.umu.Lock()
+	s.closed = true
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	s.umu.Unlock()
+	err := s.flushUsage(context.Background())
+	return errors.Join(err, s.db.Close())
+}
 
 // StoredEscrow is one escrow row.
 type StoredEscrow struct {
@@ -196,8 +225,36 @@ func (s *State) PutDiff(ctx context.Context, escrow uint64, d StoredDiff) error 
 			return err
 		}
 	}
-	_, err := s.db.ExecContext(ctx, `INSERT INTO diffs (escrow, nonce, data, requests) VALUES (?, ?, ?, ?)`, escrow, d.Nonce, d.Data, reqs)
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	usage := s.takeUsage()
+	if len(usage) == 0 {
+		_, err := s.db.ExecContext(ctx, `INSERT INTO diffs (escrow, nonce, data, requests) VALUES (?, ?, ?, ?)`, escrow, d.Nonce, d.Data, reqs)
+		return err
+	}
+	// The usage answered since the last commit rides with the diff.
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO diffs (escrow, nonce, data, requests) VALUES (?, ?, ?, ?)`, escrow, d.Nonce, d.Data, reqs); err != nil {
+			return err
+		}
+		return writeUsage(ctx, tx, usage)
+	})
+	if err != nil {
+		s.giveBack(usage)
+	}
 	return err
+}
+
+func (s *State) inTx(ctx context.Context, fn func(*sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := fn(tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return tx.Commit()
 }
 
 // Diffs returns up to limit diffs of escrow from nonce from on, in nonce
@@ -235,22 +292,101 @@ type Usage struct {
 	Cost uint64 `json:"cost"`
 }
 
-// AddUsage adds one finished request to key's usage.
-func (s *State) AddUsage(ctx context.Context, key string, u Usage) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO usage (api_key, requests, prompt_tokens, completion_tokens, cost) VALUES (?, ?, ?, ?, ?)
-		ON CONFLICT (api_key) DO UPDATE SET requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-		completion_tokens = completion_tokens + excluded.completion_tokens, cost = cost + excluded.cost`,
-		key, u.Requests, u.PromptTokens, u.CompletionTokens, u.Cost)
+// AddUsage adds one finished request to key's usage. The count is in
+// UsageOf at once and committed behind the answer (see State).
+func (s *State) AddUsage(_ context.Context, key string, u Usage) error {
+	s.umu.Lock()
+	defer s.umu.Unlock()
+	if s.closed {
+		return errors.New("gateway state is closed")
+	}
+	s.pending[key] = s.pending[key].plus(u)
+	if s.timer == nil {
+		s.timer = time.AfterFunc(usageFlushEvery, func() {
+			if err := s.flushUsage(context.Background()); err != nil {
+				s.umu.Lock()
+				if !s.closed && s.timer == nil {
+					s.timer = time.AfterFunc(usageFlushEvery, func() { _ = s.flushUsage(context.Background()) })
+				}
+				s.umu.Unlock()
+			}
+		})
+	}
+	return nil
+}
+
+func (u Usage) plus(v Usage) Usage {
+	return Usage{Requests: u.Requests + v.Requests, PromptTokens: u.PromptTokens + v.PromptTokens,
+		CompletionTokens: u.CompletionTokens + v.CompletionTokens, Cost: u.Cost + v.Cost}
+}
+
+// takeUsage hands over the usage in memory, to be committed by the caller.
+func (s *State) takeUsage() map[string]Usage {
+	s.umu.Lock()
+	defer s.umu.Unlock()
+	if len(s.pending) == 0 {
+		return nil
+	}
+	out := s.pending
+	s.pending = map[string]Usage{}
+	if s.timer != nil {
+		s.timer.Stop()
+		s.timer = nil
+	}
+	return out
+}
+
+// giveBack returns usage whose commit failed to memory, for the next one.
+func (s *State) giveBack(usage map[string]Usage) {
+	s.umu.Lock()
+	defer s.umu.Unlock()
+	for k, u := range usage {
+		s.pending[k] = s.pending[k].plus(u)
+	}
+	if s.timer == nil && !s.closed {
+		s.timer = time.AfterFunc(usageFlushEvery, func() { _ = s.flushUsage(context.Background()) })
+	}
+}
+
+// flushUsage commits the usage in memory on its own.
+func (s *State) flushUsage(ctx context.Context) error {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
+	usage := s.takeUsage()
+	if len(usage) == 0 {
+		return nil
+	}
+	err := s.inTx(ctx, func(tx *sql.Tx) error { return writeUsage(ctx, tx, usage) })
+	if err != nil {
+		s.giveBack(usage)
+	}
 	return err
 }
 
-// UsageOf returns key's usage; zero if it has made no request.
+func writeUsage(ctx context.Context, tx *sql.Tx, usage map[string]Usage) error {
+	for key, u := range usage {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO usage (api_key, requests, prompt_tokens, completion_tokens, cost) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (api_key) DO UPDATE SET requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+		completion_tokens = completion_tokens + excluded.completion_tokens, cost = cost + excluded.cost`,
+			key, u.Requests, u.PromptTokens, u.CompletionTokens, u.Cost); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// UsageOf returns key's usage, committed and in memory; zero if it has made
+// no request.
 func (s *State) UsageOf(ctx context.Context, key string) (Usage, error) {
+	s.fmu.Lock()
+	defer s.fmu.Unlock()
 	var u Usage
 	err := s.db.QueryRowContext(ctx, `SELECT requests, prompt_tokens, completion_tokens, cost FROM usage WHERE api_key = ?`, key).
 		Scan(&u.Requests, &u.PromptTokens, &u.CompletionTokens, &u.Cost)
-	if errors.Is(err, sql.ErrNoRows) {
-		return Usage{}, nil
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return Usage{}, err
 	}
-	return u, err
+	s.umu.Lock()
+	defer s.umu.Unlock()
+	return u.plus(s.pending[key]), nil
 }
