@@ -376,9 +376,11 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 		res, err := g.peers.inference(streamCx, url, q.id(), nonce, req, g.cfg.StallTimeout, forward)
 		g.metrics.phase(PhaseStream, began)
 		cancelStream()
-		// A delivery still pending when the stream ended was cut by
-		// cancelStream above; only a failed one counts.
-		if deliveryErr := <-taken; deliveryErr != nil && !errors.Is(deliveryErr, context.Canceled) && ctx.Err() == nil {
+		// A whole answer stands whatever became of the delivery: the
+		// executor streams only a diff it has checked. A failed stream
+		// whose delivery failed is the delivery's failure (a delivery still
+		// pending was cut by cancelStream above and does not count).
+		if deliveryErr := <-taken; err != nil && deliveryErr != nil && !errors.Is(deliveryErr, context.Canceled) && ctx.Err() == nil {
 			// The executor did not take the diff that starts the request:
 			// retry on another host, as if it had failed the stream.
 			lastErr = deliveryErr
