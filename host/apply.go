@@ -67,8 +67,9 @@ func (e *Engine) ApplyDiff(ctx context.Context, escrowID uint64, raw []byte, req
 	}
 	res := p.Result()
 	// The inferences this host executes start now, beside the signing and
-	// the durable write; nothing of them leaves the host before the diff is
-	// committed, and they are dropped if it is not.
+	// the durable write. Their streams may answer before the write ends;
+	// their txs are pooled only once it has (run.go). A diff that is not
+	// stored stops its runs.
 	ahead, committed := e.runAhead(en, &d, requests), false
 	defer func() {
 		for _, r := range ahead {

@@ -193,14 +193,7 @@ func (e *Engine) acquire(ctx context.Context, escrowID uint64, wait time.Duratio
 	if !e.Ready() {
 		return nil, ErrInitializing
 	}
-	e.mu.Lock()
-	en, ok := e.sessions[escrowID]
-	if !ok {
-		en = &entry{done: make(chan struct{})}
-		e.sessions[escrowID] = en
-		go e.loadEntry(escrowID, en)
-	}
-	e.mu.Unlock()
+	en := e.entryFor(escrowID)
 	var timeout <-chan time.Time
 	if wait > 0 {
 		t := time.NewTimer(wait)
@@ -225,6 +218,19 @@ func (e *Engine) acquire(ctx context.Context, escrowID uint64, wait time.Duratio
 	return en, nil
 }
 
+// entryFor returns the escrow's entry, starting its load if it has none.
+func (e *Engine) entryFor(escrowID uint64) *entry {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	en, ok := e.sessions[escrowID]
+	if !ok {
+		en = &entry{done: make(chan struct{})}
+		e.sessions[escrowID] = en
+		go e.loadEntry(escrowID, en)
+	}
+	return en
+}
+
 // loadEntry loads the entry once. A failed load is forgotten, so the next
 // request tries again (the chain may have caught up, storage come back).
 func (e *Engine) loadEntry(escrowID uint64, en *entry) {
@@ -241,6 +247,7 @@ func (e *Engine) loadEntry(escrowID uint64, en *entry) {
 		e.mu.Unlock()
 	}
 	close(en.done)
+	e.runs.poke() // streams waiting on this escrow look again
 }
 
 // load recovers the escrow from storage, or starts it from the chain's

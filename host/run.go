@@ -181,16 +181,23 @@ func (e *Engine) awaitRun(ctx context.Context, escrowID, nonce uint64) (*run, er
 	}
 }
 
-// appliedNonce is the escrow's applied nonce, read without its lock; 0 if
-// it is not loaded.
+// appliedNonce is the escrow's applied nonce, read without its lock. An
+// escrow not loaded yet starts loading and reads 0 until it is; one that
+// failed to load reads as done, for the caller to meet the load's error.
 func (e *Engine) appliedNonce(escrowID uint64) uint64 {
-	e.mu.Lock()
-	en, ok := e.sessions[escrowID]
-	e.mu.Unlock()
-	if !ok {
+	if !e.Ready() {
+		return ^uint64(0)
+	}
+	en := e.entryFor(escrowID)
+	select {
+	case <-en.done:
+		if en.loadErr != nil {
+			return ^uint64(0)
+		}
+		return en.nonce.Load()
+	default:
 		return 0
 	}
-	return en.nonce.Load()
 }
 
 // stream hands r's text to emit as it comes and returns its outcome. The

@@ -11,9 +11,11 @@ import (
 	"github.com/devshard/devshard/session/sessionpb"
 )
 
-// Inference runs inference nonce of the escrow, which this host must
-// execute, streaming text to emit. It pools a signed ConfirmStart before it
-// starts and a signed FinishInference when the executor is done, and
+// Inference streams inference nonce of the escrow, which this host must
+// execute, to emit. Usually the diff that starts it has started a run
+// already (run.go), and the stream attaches to it; otherwise (the payload
+// did not come with the diff, or the host restarted) it runs here. Either
+// way it pools a signed ConfirmStart and a signed FinishInference and
 // returns both, so the caller can hand them to the gateway at once: a host
 // that crashes after answering has then still delivered its proof of work.
 func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req executor.Request, emit func(string) error) (executor.Result, []*sessionpb.Tx, error) {
