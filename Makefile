@@ -3,13 +3,16 @@ GO       ?= go
 MODCACHE := $(shell $(GO) env GOMODCACHE)
 GOGOPROTO_DIR = $(MODCACHE)/github.com/cosmos/gogoproto@$(shell $(GO) list -m -f '{{.Version}}' github.com/cosmos/gogoproto)
 
-.PHONY: help build test test-race bench lint proto fuzz
+.PHONY: help build build-cgo test test-race bench lint proto fuzz
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 build: ## build bin/devshard
 	$(GO) build -o bin/devshard ./cmd/devshard
+
+build-cgo: ## build bin/devshard with the C libsecp256k1 for signature checks (needs gcc)
+	$(GO) build -tags libsecp256k1_sdk -o bin/devshard ./cmd/devshard
 
 test: ## the test suite CI runs: deps, vet, gofmt, race on core packages, all tests
 	./scripts/test.sh

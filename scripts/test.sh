@@ -26,3 +26,8 @@ go test -race -short -count=1 -timeout 30m "${race_pkgs[@]}"
 
 echo "== go test (all packages)"
 go test -count=1 -timeout 45m ./...
+
+# The cgo secp256k1 build (see docs/BENCHMARKS.md): its curve check must
+# take exactly the signatures the pure-Go one takes.
+echo "== go test -tags libsecp256k1_sdk (signing, session)"
+go test -tags libsecp256k1_sdk -count=1 ./signing/... ./session/...

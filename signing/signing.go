@@ -160,9 +160,14 @@ func Verify(pub, msg, sig []byte) error {
 	if s.IsOverHalfOrder() {
 		return ErrHighS
 	}
-	h := sha256.Sum256(msg)
-	if !ecdsa.NewSignature(&r, &s).Verify(h[:], key) {
+	if !verifyCurve(key, &r, &s, pub, msg, sig) {
 		return ErrMismatch
 	}
 	return nil
+}
+
+// verifyPureGo is the curve check of Verify in pure Go (decred secp256k1).
+func verifyPureGo(key *secp256k1.PublicKey, r, s *secp256k1.ModNScalar, msg []byte) bool {
+	h := sha256.Sum256(msg)
+	return ecdsa.NewSignature(r, s).Verify(h[:], key)
 }

@@ -116,3 +116,46 @@ func BenchmarkVerify(b *testing.B) {
 		}
 	}
 }
+
+// The build's curve check (pure Go, or libsecp256k1 with the
+// libsecp256k1_sdk tag) takes exactly the signatures the pure-Go check
+// takes: hosts built either way must agree on every diff.
+func TestCurveCheckAgreesWithPureGo(t *testing.T) {
+	t.Parallel()
+	t.Logf("curve check: %s", Backend)
+	rng := rand.New(rand.NewSource(11))
+	other := testKey(t, 99).PubKey()
+	for i := range 100 {
+		k := testKey(t, int64(i))
+		pub := k.PubKey()
+		msg := make([]byte, 1+rng.Intn(200))
+		rng.Read(msg)
+		sig := k.SignBytes(msg)
+		badSig := bytes.Clone(sig)
+		badSig[rng.Intn(64)] ^= byte(1 + rng.Intn(255))
+		badMsg := append(bytes.Clone(msg), 0)
+		for _, c := range []struct {
+			name          string
+			pub, msg, sig []byte
+		}{
+			{"valid", pub[:], msg, sig},
+			{"altered signature", pub[:], msg, badSig},
+			{"altered message", pub[:], badMsg, sig},
+			{"another key", other[:], msg, sig},
+		} {
+			key, err := secp256k1.ParsePubKey(c.pub)
+			require.NoError(t, err)
+			var r, s secp256k1.ModNScalar
+			if r.SetByteSlice(c.sig[:32]) || s.SetByteSlice(c.sig[32:]) || r.IsZero() || s.IsZero() || s.IsOverHalfOrder() {
+				require.Error(t, Verify(c.pub, c.msg, c.sig), "%s %d: malformed", c.name, i)
+				continue
+			}
+			want := verifyPureGo(key, &r, &s, c.msg)
+			require.Equal(t, want, verifyCurve(key, &r, &s, c.pub, c.msg, c.sig), "%s %d", c.name, i)
+			require.Equal(t, want, Verify(c.pub, c.msg, c.sig) == nil, "%s %d", c.name, i)
+			if c.name == "valid" {
+				require.True(t, want)
+			}
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 
 	chaincmd "github.com/devshard/devshard/chain/cmd"
 	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/signing"
 )
 
 func newRootCommand() *cobra.Command {
@@ -37,7 +38,7 @@ func newVersionCommand() *cobra.Command {
 		Short: "Print the build and session protocol version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintf(cmd.OutOrStdout(), "devshard %s, session protocol v%d\n", buildVersion(), session.ProtocolVersion)
+			fmt.Fprintf(cmd.OutOrStdout(), "devshard %s, session protocol v%d\nsecp256k1 checks: %s\n", buildVersion(), session.ProtocolVersion, signing.Backend)
 			return nil
 		},
 	}

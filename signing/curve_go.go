@@ -1,0 +1,14 @@
+//go:build !libsecp256k1_sdk
+
+package signing
+
+import "github.com/decred/dcrd/dcrec/secp256k1/v4"
+
+// Backend names the implementation of the curve check in this build.
+const Backend = "pure Go (decred secp256k1)"
+
+// verifyCurve checks a signature Verify has found well formed (sizes, range,
+// low-S): the pure-Go build.
+func verifyCurve(key *secp256k1.PublicKey, r, s *secp256k1.ModNScalar, _, msg, _ []byte) bool {
+	return verifyPureGo(key, r, s, msg)
+}
