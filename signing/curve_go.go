@@ -4,7 +4,7 @@ package signing
 
 import "github.com/decred/dcrd/dcrec/secp256k1/v4"
 
-// Backend names the implementation of the curve check in this build.
+// Backend names the secp256k1 implementation of this build.
 const Backend = "pure Go (decred secp256k1)"
 
 // verifyCurve checks a signature Verify has found well formed (sizes, range,

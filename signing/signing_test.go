@@ -122,7 +122,7 @@ func BenchmarkVerify(b *testing.B) {
 // takes: hosts built either way must agree on every diff.
 func TestCurveCheckAgreesWithPureGo(t *testing.T) {
 	t.Parallel()
-	t.Logf("curve check: %s", Backend)
+	t.Logf("secp256k1: %s", Backend)
 	rng := rand.New(rand.NewSource(11))
 	other := testKey(t, 99).PubKey()
 	for i := range 100 {
@@ -157,5 +157,13 @@ func TestCurveCheckAgreesWithPureGo(t *testing.T) {
 				require.True(t, want)
 			}
 		}
+	}
+}
+
+func BenchmarkSign(b *testing.B) {
+	k := testKey(b, 6)
+	msg := []byte("a message of ordinary length for a diff's sign bytes")
+	for b.Loop() {
+		_ = k.SignBytes(msg)
 	}
 }

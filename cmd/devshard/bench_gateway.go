@@ -149,7 +149,7 @@ func benchGateway(ctx context.Context, out, progress io.Writer, rounds, requests
 		return "MISSES"
 	}
 	fmt.Fprintf(out, "# durability: SQLite synchronous=%s on the hosts and the gateway; %d lanes, %d workers\n", synchronous, lanes, workers)
-	fmt.Fprintf(out, "# secp256k1 checks: %s\n", signing.Backend)
+	fmt.Fprintf(out, "# secp256k1: %s\n", signing.Backend)
 	fmt.Fprintf(out, "BENCH direct_model_p50 %.3f ms\nBENCH direct_model_p99 %.3f ms\n", med(dP50), med(dP99))
 	fmt.Fprintf(out, "BENCH gateway_p50 %.3f ms\nBENCH gateway_p99 %.3f ms\n", med(gwP50), med(gwP99))
 	for _, ph := range gatewayPhases {

@@ -38,7 +38,7 @@ func newVersionCommand() *cobra.Command {
 		Short: "Print the build and session protocol version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintf(cmd.OutOrStdout(), "devshard %s, session protocol v%d\nsecp256k1 checks: %s\n", buildVersion(), session.ProtocolVersion, signing.Backend)
+			fmt.Fprintf(cmd.OutOrStdout(), "devshard %s, session protocol v%d\nsecp256k1: %s\n", buildVersion(), session.ProtocolVersion, signing.Backend)
 			return nil
 		},
 	}
