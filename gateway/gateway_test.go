@@ -918,3 +918,57 @@ func TestStreamIsAskedBesideTheDiff(t *testing.T) {
 	}
 	require.Zero(t, late.Load(), "a stream was asked for only after its executor answered the diff")
 }
+
+// A whole answer stands even if the executor's answer to the diff fails
+// after it: the executor streams only a diff it has checked, so the request
+// is not retried elsewhere.
+func TestAnswerStandsWhenItsDeliveryFailsAfter(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	streamed := map[uint64]chan struct{}{} // nonce -> closed once its stream was served
+	done := func(nonce uint64) chan struct{} {
+		mu.Lock()
+		defer mu.Unlock()
+		if streamed[nonce] == nil {
+			streamed[nonce] = make(chan struct{})
+		}
+		return streamed[nonce]
+	}
+	var failed atomic.Int32
+	b := setup(t, func(o *setupOptions) {
+		o.wrap = func(i int, h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				raw, _ := io.ReadAll(r.Body)
+				r.Body = io.NopCloser(bytes.NewReader(raw))
+				switch {
+				case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/inference"):
+					var body host.InferenceRequest
+					_ = json.Unmarshal(raw, &body)
+					h.ServeHTTP(w, r)
+					close(done(body.Nonce))
+					return
+				case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/diffs"):
+					var body host.DiffRequest
+					var d sessionpb.Diff
+					if json.Unmarshal(raw, &body) != nil || d.Unmarshal(body.Diff) != nil || len(body.Requests) == 0 || int(d.Nonce%3) != i {
+						break
+					}
+					h.ServeHTTP(httptest.NewRecorder(), r) // the host takes the diff...
+					select {
+					case <-done(d.Nonce):
+						time.Sleep(100 * time.Millisecond) // the answer has reached the gateway
+					case <-time.After(2 * time.Second):
+					}
+					failed.Add(1)
+					http.Error(w, `{"error":"injected: the answer to the diff is lost"}`, http.StatusBadGateway) // ...its answer is lost
+					return
+				}
+				h.ServeHTTP(w, r)
+			})
+		}
+	})
+	c := b.complete(t, ask(1))
+	requireAnswer(t, ask(1), c)
+	require.Equal(t, 1, c.Attempts, "the answer was kept, not retried on another host")
+	require.Eventually(t, func() bool { return failed.Load() > 0 }, 5*time.Second, 10*time.Millisecond, "the executor's answer to the diff failed")
+}
