@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -220,12 +221,14 @@ func (e *Engine) stream(ctx context.Context, r *run, req executor.Request, emit 
 	sent := 0
 	for {
 		r.mu.Lock()
-		fresh := r.pieces[sent:]
+		fresh := strings.Join(r.pieces[sent:], "")
 		sent = len(r.pieces)
 		ended, changed := r.ended, r.changed
 		r.mu.Unlock()
-		for _, piece := range fresh {
-			if err := emit(piece); err != nil {
+		// What came since the last look goes out as one piece: one event
+		// and one write, however many pieces the model made meanwhile.
+		if fresh != "" {
+			if err := emit(fresh); err != nil {
 				r.cancel()
 				return executor.Result{}, nil, err
 			}

@@ -181,3 +181,38 @@ func TestInferenceWaitsForItsDiff(t *testing.T) {
 	require.True(t, strings.Contains(o.text, " "), "a whole answer: %q", o.text)
 	require.Equal(t, 2, o.txs)
 }
+
+// A stream sends what the run made since its last look as one event: a run
+// that ended before its stream attached goes out as one piece of text, not
+// one write per token.
+func TestStreamSendsWhatAccumulatedAsOneEvent(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	req := request(7)
+	d, err := b.gw.Next(startTx(1, req))
+	require.NoError(t, err)
+	status, _, body := b.send(t, 1, d, map[uint64]executor.Request{1: req})
+	require.Equal(t, http.StatusOK, status, body)
+	var pieces int
+	require.Eventually(t, func() bool {
+		b.hosts[1].runs.mu.Lock()
+		r := b.hosts[1].runs.byKey[runKey{d.EscrowId, 1}]
+		b.hosts[1].runs.mu.Unlock()
+		if r == nil {
+			return false
+		}
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		pieces = len(r.pieces)
+		return r.ended
+	}, 5*time.Second, time.Millisecond, "the run ends without a stream")
+	require.Greater(t, pieces, 1, "the model made several pieces")
+
+	status, events, body := b.infer(t, 1, 1, req)
+	require.Equal(t, http.StatusOK, status, body)
+	want, err := executor.Builtin{}.Execute(context.Background(), req, func(string) error { return nil })
+	require.NoError(t, err)
+	require.Len(t, events, 2, "one text event and the done event")
+	require.Equal(t, want.Text, events[0].Text)
+	require.True(t, events[1].Done)
+}
