@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/session"
@@ -71,6 +72,13 @@ func (e *Engine) ApplyDiff(ctx context.Context, escrowID uint64, raw []byte, req
 	// their txs are pooled only once it has (run.go). A diff that is not
 	// stored stops its runs.
 	ahead, committed := e.runAhead(en, &d, requests), false
+	if len(ahead) > 0 {
+		// Let the run (the goroutine just started, next in line on this
+		// thread) sign its ConfirmStart and stream first: the app waits
+		// for it, while the state signature and the durable write below
+		// wait only for this diff's reply.
+		runtime.Gosched()
+	}
 	defer func() {
 		for _, r := range ahead {
 			if committed {
