@@ -11,7 +11,7 @@ import (
 // Backend names the secp256k1 implementation of this build. Signing stays
 // in pure Go in both builds: it is faster there than through the SDK's C
 // binding (45 against 58 µs here), and RFC 6979 makes the same bytes.
-const Backend = "libsecp256k1 checks (cgo: the Cosmos SDK's, -tags libsecp256k1_sdk), pure-Go signing"
+const Backend = "libsecp256k1 checks (cgo: the Cosmos SDK's, -tags libsecp256k1_sdk); keys checked often through precomputed tables; pure-Go signing"
 
 // verifyCurve checks a signature Verify has found well formed (sizes, range,
 // low-S) with the C libsecp256k1 the Cosmos SDK bundles: the same signatures

@@ -5,7 +5,7 @@ package signing
 import "github.com/decred/dcrd/dcrec/secp256k1/v4"
 
 // Backend names the secp256k1 implementation of this build.
-const Backend = "pure Go (decred secp256k1)"
+const Backend = "pure Go (decred secp256k1); keys checked often through precomputed tables"
 
 // verifyCurve checks a signature Verify has found well formed (sizes, range,
 // low-S): the pure-Go build.
