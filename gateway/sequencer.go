@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
@@ -232,21 +233,43 @@ func (q *sequencer) pool(txs []*sessionpb.Tx) {
 }
 
 // send queues diff nonce, whose post-state root is root, for every member.
+// A diff that starts an inference goes to its executor first: the app
+// waits for that member, not for the others.
 func (q *sequencer) send(nonce uint64, root [32]byte, raw []byte, reqs map[uint64]executor.Request) *delivery {
 	d := &delivery{nonce: nonce, root: root, raw: raw, reqs: reqs, done: make([]chan error, len(q.members))}
 	for i := range d.done {
 		d.done[i] = make(chan error, 1)
 	}
-	for i, m := range q.members {
-		m.out.mu.Lock()
-		m.out.queue = append(m.out.queue, d)
-		if !m.out.running {
-			m.out.running = true
-			go q.drainOutbox(i)
+	first := -1
+	if len(reqs) > 0 {
+		first = q.executorMember(nonce)
+	}
+	if first >= 0 && q.enqueue(first, d) {
+		// The executor's delivery, just started, takes this thread until
+		// its request is on the wire; the others' come after it.
+		runtime.Gosched()
+	}
+	for i := range q.members {
+		if i != first {
+			q.enqueue(i, d)
 		}
-		m.out.mu.Unlock()
 	}
 	return d
+}
+
+// enqueue queues d for member i, and reports whether that started its
+// outbox's goroutine.
+func (q *sequencer) enqueue(i int, d *delivery) bool {
+	out := &q.members[i].out
+	out.mu.Lock()
+	defer out.mu.Unlock()
+	out.queue = append(out.queue, d)
+	if out.running {
+		return false
+	}
+	out.running = true
+	go q.drainOutbox(i)
+	return true
 }
 
 // drainOutbox delivers member i's queued diffs in order until none is left.
