@@ -9,9 +9,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	cmtcfg "github.com/cometbft/cometbft/config"
@@ -488,9 +491,14 @@ func (n *Node) Close() error {
 	return errors.Join(errs...)
 }
 
-// FreePorts asks the kernel for n unused loopback ports. Another process
-// could take one before the node binds it; on a test machine that is rare.
+// FreePorts returns n distinct loopback ports that were free a moment ago.
+// They are drawn below the kernel's ephemeral range: every outgoing
+// connection made before their owner binds them (the chain's own, another
+// test's) takes an ephemeral port, so none of those can take one of these.
+// Only another listener asking for the same port could, which is rare.
 func FreePorts(n int) ([]int, error) {
+	low := ephemeralLow()
+	const floor = 10000 // clear of the well-known and registered services below it
 	ports := make([]int, 0, n)
 	var listeners []net.Listener
 	defer func() {
@@ -498,15 +506,36 @@ func FreePorts(n int) ([]int, error) {
 			l.Close()
 		}
 	}()
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
+	for tries := 0; len(ports) < n; tries++ {
+		addr := "127.0.0.1:0" // the kernel's choice, if the range below is too small or full
+		if low-floor >= 1000 && tries < 64*n {
+			addr = fmt.Sprintf("127.0.0.1:%d", floor+rand.IntN(low-floor))
+		}
+		l, err := net.Listen("tcp", addr)
 		if err != nil {
-			return nil, err
+			if addr == "127.0.0.1:0" {
+				return nil, err
+			}
+			continue // taken: draw again
 		}
 		listeners = append(listeners, l)
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// ephemeralLow is the first port of the kernel's ephemeral range (Linux's
+// ip_local_port_range), or 32768 where it cannot be read.
+func ephemeralLow() int {
+	raw, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err == nil {
+		if f := strings.Fields(string(raw)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil {
+				return v
+			}
+		}
+	}
+	return 32768
 }
 
 // appOptions is a fixed set of server options.
