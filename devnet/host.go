@@ -182,11 +182,21 @@ func (h *Host) WaitHealthy(ctx context.Context, timeout time.Duration) error {
 	return waitHTTP(ctx, h.URL+"/healthz", timeout, func() error {
 		select {
 		case <-exited:
-			return fmt.Errorf("%s exited at startup (%v); see %s", h.Name, h.exitErr, h.LogPath)
+			return fmt.Errorf("%s exited at startup (%v); the end of %s:\n%s", h.Name, h.exitErr, h.LogPath, logTail(h.LogPath, 20))
 		default:
 			return nil
 		}
 	})
+}
+
+// logTail is the last n lines of the file at path, or why it cannot be read.
+func logTail(path string, n int) string {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(raw), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // WaitReady waits until the host's storage is open (/readyz answers 200).
