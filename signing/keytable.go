@@ -32,14 +32,13 @@ const (
 // keyTable holds rows[i][d-1] = d·2^(w·i)·Q for d = 1..2^(w-1), each
 // point affine (Z = 1) so that adding it is the cheaper mixed addition.
 type keyTable struct {
-	key  *secp256k1.PublicKey
 	rows [tableRows][tableHalf]secp256k1.JacobianPoint
 }
 
 // newKeyTable computes the table of key. It costs about as much as 25
 // ordinary checks.
 func newKeyTable(key *secp256k1.PublicKey) *keyTable {
-	t := &keyTable{key: key}
+	t := &keyTable{}
 	var base secp256k1.JacobianPoint
 	key.AsJacobian(&base)
 	for i := range t.rows {

@@ -151,9 +151,7 @@ func Verify(pub, msg, sig []byte) error {
 	// A key with a table passed its checks before, so it is well formed.
 	table := tables.get(pub)
 	var key *secp256k1.PublicKey
-	if table != nil {
-		key = table.key
-	} else {
+	if table == nil {
 		var err error
 		if key, err = secp256k1.ParsePubKey(pub); err != nil || len(pub) != PubKeySize {
 			return ErrBadPubKey
