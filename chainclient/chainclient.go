@@ -14,6 +14,7 @@ import (
 	"cosmossdk.io/core/address"
 	rpchttp "github.com/cometbft/cometbft/rpc/client/http"
 	coretypes "github.com/cometbft/cometbft/rpc/core/types"
+	cmttypes "github.com/cometbft/cometbft/types"
 	addresscodec "github.com/cosmos/cosmos-sdk/codec/address"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -209,8 +210,10 @@ func (c *Client) FollowEpochs(ctx context.Context, poll time.Duration, fn func(e
 	return ctx.Err()
 }
 
-// subscribeBlocks opens a websocket subscription to new blocks. A nil
-// channel (with an error) means polling only.
+// subscribeBlocks opens a websocket subscription to new block headers: the
+// header is all a block's arrival needs to say, and a whole block's event
+// (its txs and results) costs every follower a large decode per block. A
+// nil channel (with an error) means polling only.
 func (c *Client) subscribeBlocks(ctx context.Context) (<-chan coretypes.ResultEvent, func(), error) {
 	if c.rpc == "" {
 		return nil, nil, fmt.Errorf("no CometBFT RPC configured")
@@ -222,7 +225,7 @@ func (c *Client) subscribeBlocks(ctx context.Context) (<-chan coretypes.ResultEv
 	if err := ws.Start(); err != nil {
 		return nil, nil, err
 	}
-	ch, err := ws.Subscribe(ctx, "devshard-chainclient", "tm.event = 'NewBlock'", 16)
+	ch, err := ws.Subscribe(ctx, "devshard-chainclient", cmttypes.EventQueryNewBlockHeader.String(), 16)
 	if err != nil {
 		_ = ws.Stop()
 		return nil, nil, err
