@@ -57,12 +57,14 @@ func newPeers(key signing.Signer, timeout time.Duration) *peers {
 	}
 }
 
-// postDiff sends one diff and its payloads to a host.
-func (p *peers) postDiff(ctx context.Context, url string, escrow uint64, raw []byte, reqs map[uint64]executor.Request) (*host.DiffResponse, error) {
-	body, err := json.Marshal(host.DiffRequest{Diff: raw, Requests: reqs})
-	if err != nil {
-		return nil, err
-	}
+// diffBody is the request body that posts diff raw with the payloads of
+// the inferences it starts.
+func diffBody(raw []byte, reqs map[uint64]executor.Request) ([]byte, error) {
+	return json.Marshal(host.DiffRequest{Diff: raw, Requests: reqs})
+}
+
+// postDiff sends one diff, encoded by diffBody, to a host.
+func (p *peers) postDiff(ctx context.Context, url string, escrow uint64, body []byte) (*host.DiffResponse, error) {
 	var out host.DiffResponse
 	if err := p.do(ctx, http.MethodPost, fmt.Sprintf("%s/v1/sessions/%d/diffs", url, escrow), body, false, &out); err != nil {
 		return nil, err

@@ -41,6 +41,16 @@ type delivery struct {
 	raw   []byte
 	reqs  map[uint64]executor.Request
 	done  []chan error // per member, buffered: its outcome, nil once it took the diff
+
+	encode  sync.Once // body is encoded once, for every member
+	body    []byte
+	bodyErr error
+}
+
+// encoded is d's request body, the same for every member.
+func (d *delivery) encoded() ([]byte, error) {
+	d.encode.Do(func() { d.body, d.bodyErr = diffBody(d.raw, d.reqs) })
+	return d.body, d.bodyErr
 }
 
 // wait returns member i's outcome, or ctx's error first.
@@ -305,13 +315,13 @@ func (q *sequencer) deliver(i int, d *delivery) ([]*sessionpb.Tx, error) {
 	from := q.acked[i] + 1
 	q.net.Unlock()
 	ctx := q.g.loopCx // outlives the request that sequenced d; ends when the gateway halts
-	resp, err := q.sendTo(ctx, m, from, d.nonce, d.raw, d.reqs)
+	resp, err := q.sendTo(ctx, m, from, d)
 	var he *HostError
 	if errors.As(err, &he) && he.Status == http.StatusConflict && from > 1 {
 		// The host is behind what this gateway believed (it lost its
 		// disk, or the gateway restarted): replay from the start; diffs
 		// it has are idempotent no-ops.
-		resp, err = q.sendTo(ctx, m, 1, d.nonce, d.raw, d.reqs)
+		resp, err = q.sendTo(ctx, m, 1, d)
 	}
 	var txs []*sessionpb.Tx
 	if err == nil {
@@ -350,30 +360,38 @@ func (q *sequencer) broadcast(ctx context.Context, nonce uint64, raw []byte, req
 	q.send(nonce, root, raw, reqs).waitAll(ctx)
 }
 
-// sendTo brings member m from nonce from up to nonce, whose bytes the caller
-// holds; earlier diffs come from the state file.
-func (q *sequencer) sendTo(ctx context.Context, m *member, from, nonce uint64, raw []byte, reqs map[uint64]executor.Request) (*host.DiffResponse, error) {
+// sendTo brings member m from nonce from up to d; earlier diffs come from
+// the state file.
+func (q *sequencer) sendTo(ctx context.Context, m *member, from uint64, d *delivery) (*host.DiffResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, q.g.cfg.HostTimeout)
 	defer cancel()
-	for from < nonce {
+	for from < d.nonce {
 		back, err := q.g.state.Diffs(ctx, q.id(), from, 256)
 		if err != nil {
 			return nil, err
 		}
-		for _, d := range back {
-			if d.Nonce >= nonce {
+		for _, sd := range back {
+			if sd.Nonce >= d.nonce {
 				break
 			}
-			if _, err := q.g.peers.postDiff(ctx, m.url, q.id(), d.Data, d.Requests); err != nil {
-				return nil, fmt.Errorf("catching up diff %d: %w", d.Nonce, err)
+			body, err := diffBody(sd.Data, sd.Requests)
+			if err != nil {
+				return nil, err
 			}
-			from = d.Nonce + 1
+			if _, err := q.g.peers.postDiff(ctx, m.url, q.id(), body); err != nil {
+				return nil, fmt.Errorf("catching up diff %d: %w", sd.Nonce, err)
+			}
+			from = sd.Nonce + 1
 		}
 		if len(back) == 0 {
 			break
 		}
 	}
-	return q.g.peers.postDiff(ctx, m.url, q.id(), raw, reqs)
+	body, err := d.encoded()
+	if err != nil {
+		return nil, err
+	}
+	return q.g.peers.postDiff(ctx, m.url, q.id(), body)
 }
 
 // absorb takes a host's answer to d: its state signatures over d's root,
