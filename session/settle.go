@@ -192,6 +192,23 @@ func VerifySettlement(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, a
 	if work > m.Nonce {
 		return fail(ReasonConservation, "%d inferences credited, more than the %d nonces applied", work, m.Nonce)
 	}
+	// Validation counts follow from the work counts: an inference is
+	// validated only once finished, and a slot votes at most once on each
+	// inference of another slot that finished (whether it stayed finished or
+	// was invalidated). The sums fit: work did not overflow and is at most
+	// the nonce.
+	var judged uint64 // finished + invalid over the group
+	for _, hs := range m.HostStats {
+		judged += hs.Finished + hs.Invalid
+	}
+	for i, hs := range m.HostStats {
+		if hs.Validated > hs.Finished {
+			return fail(ReasonConservation, "slot %d: %d inferences validated, more than the %d it finished", i, hs.Validated, hs.Finished)
+		}
+		if others := judged - hs.Finished - hs.Invalid; hs.ValidationsDone > others {
+			return fail(ReasonConservation, "slot %d: %d validations done, more than the %d finished inferences of other slots", i, hs.ValidationsDone, others)
+		}
+	}
 	root := SettlementRoot(m)
 	if !bytes.Equal(root[:], m.StateRoot) {
 		return fail(ReasonRoot, "state root mismatch (signed %s, recomputed from the parts %s)", short(m.StateRoot), short(root[:]))

@@ -74,6 +74,15 @@ func TestVerifySettlementRejections(t *testing.T) {
 			m.Balance++
 			return b.f.Resign(m, all...)
 		}, session.ReasonConservation, []string{"do not add up to the escrow amount 10000000"}},
+		{"more validated than finished", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			m.HostStats[0].Validated = m.HostStats[0].Finished + 1
+			return b.f.Resign(m, all...)
+		}, session.ReasonConservation, []string{"slot 0: ", "inferences validated, more than the"}},
+		{"more validations than others' finished inferences", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
+			others := m.HostStats[1].Finished + m.HostStats[1].Invalid + m.HostStats[2].Finished + m.HostStats[2].Invalid
+			m.HostStats[0].ValidationsDone = others + 1
+			return b.f.Resign(m, all...)
+		}, session.ReasonConservation, []string{"slot 0: ", "validations done, more than the"}},
 		{"parts do not match the signed root", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
 			m.HostStats[0].Validated++
 			return m
