@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -971,4 +972,70 @@ func TestAnswerStandsWhenItsDeliveryFailsAfter(t *testing.T) {
 	requireAnswer(t, ask(1), c)
 	require.Equal(t, 1, c.Attempts, "the answer was kept, not retried on another host")
 	require.Eventually(t, func() bool { return failed.Load() > 0 }, 5*time.Second, 10*time.Millisecond, "the executor's answer to the diff failed")
+}
+
+// TestDiffWriteThatLandedDespiteAnErrorStands: a diff write can report an
+// error although its commit landed (an interrupted commit, a lost answer).
+// The sequencer reads the state file back: the same bytes there mean the
+// write succeeded, so the request goes on; a different diff there (an
+// earlier write reported failed) is adopted and sent, and the request is
+// sequenced at the next nonce. Either way no nonce is stored twice or
+// skipped, the hosts take every diff, and settlement pays every answer.
+func TestDiffWriteThatLandedDespiteAnErrorStands(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c := b.complete(t, ask(0))
+	requireAnswer(t, ask(0), c)
+	wantCost, lastNonce := c.Cost, c.Nonce
+
+	// The next write lands but reports an error.
+	var once sync.Once
+	b.state.lostAnswer = func(nonce uint64) (err error) {
+		once.Do(func() { err = errors.New("the commit's answer was lost") })
+		return err
+	}
+	c = b.complete(t, ask(1))
+	requireAnswer(t, ask(1), c)
+	require.Equal(t, lastNonce+1, c.Nonce, "the landed write counts as written")
+	wantCost, lastNonce = wantCost+c.Cost, c.Nonce
+	b.state.lostAnswer = nil
+
+	// An earlier write at the next nonce landed while its step was told it
+	// failed: the state file holds a diff the sequencer never applied.
+	views := b.gw.Escrows()
+	require.Len(t, views, 1)
+	q := b.gw.all[views[0].ID]
+	q.mu.Lock()
+	d, _, err := q.build(nil, false)
+	require.NoError(t, err)
+	raw, err := d.Marshal()
+	require.NoError(t, err)
+	require.NoError(t, b.state.PutDiff(t.Context(), q.id(), StoredDiff{Nonce: d.Nonce, Data: raw}))
+	q.mu.Unlock()
+	require.Equal(t, lastNonce+1, d.Nonce)
+
+	c = b.complete(t, ask(2))
+	requireAnswer(t, ask(2), c)
+	require.Equal(t, lastNonce+2, c.Nonce, "the stored diff keeps its nonce; the request takes the next")
+	wantCost += c.Cost
+	stored, err := b.state.Diffs(t.Context(), q.id(), lastNonce+1, 1)
+	require.NoError(t, err)
+	require.Equal(t, raw, stored[0].Data, "the diff that landed first stands")
+
+	ctx, cancel := context.WithTimeout(t.Context(), settleWait)
+	defer cancel()
+	require.NoError(t, b.gw.SettleAll(ctx))
+	settlements, plans, rejected := b.chain.settledState()
+	require.Empty(t, rejected)
+	require.Len(t, settlements, 1)
+	var cost uint64
+	for _, p := range plans[0].Slots {
+		cost += p.Cost
+	}
+	require.Equal(t, wantCost, cost, "every answer is paid")
+	for i, h := range b.hosts {
+		reply, err := h.engine.ApplyDiff(t.Context(), q.id(), raw, nil)
+		require.NoError(t, err, "host %d holds the adopted diff byte for byte (a replay is a no-op)", i)
+		require.Equal(t, d.Nonce, reply.Nonce)
+	}
 }

@@ -29,6 +29,28 @@ type started struct {
 func (q *sequencer) start(ctx context.Context, req executor.Request) (*started, error) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	for attempt := 0; ; attempt++ {
+		st, err := q.startOnce(ctx, req)
+		if !errors.Is(err, errRestep) || attempt == 2 {
+			return st, err
+		}
+	}
+}
+
+// stepPooled steps with the pooled txs only (and a FinalizeRound if
+// finalize), building again when the nonce was taken by a diff stored
+// earlier. Call with mu held.
+func (q *sequencer) stepPooled(ctx context.Context, finalize bool) (*delivery, error) {
+	for attempt := 0; ; attempt++ {
+		sent, err := q.step(ctx, nil, nil, finalize)
+		if !errors.Is(err, errRestep) || attempt == 2 {
+			return sent, err
+		}
+	}
+}
+
+// startOnce is start with mu held; errRestep means build it again.
+func (q *sequencer) startOnce(ctx context.Context, req executor.Request) (*started, error) {
 	if q.status != StatusOpen || q.settling || q.replica.Phase() != sessionpb.Phase_PHASE_ACTIVE {
 		if q.replica.Phase() != sessionpb.Phase_PHASE_ACTIVE && !q.settling {
 			q.g.log.Error("escrow left open past its ACTIVE phase", "escrow", q.id(), "phase", q.replica.Phase(), "status", q.status)
@@ -49,7 +71,7 @@ func (q *sequencer) start(ctx context.Context, req executor.Request) (*started, 
 		if !q.isDown(q.executorMember(q.replica.Nonce()+1), now) {
 			break
 		}
-		if _, err := q.step(ctx, nil, nil, false); err != nil {
+		if _, err := q.stepPooled(ctx, false); err != nil {
 			return nil, err
 		}
 	}
@@ -101,7 +123,7 @@ func (q *sequencer) flush(ctx context.Context, idle time.Duration) {
 	if len(q.carry()) == 0 {
 		return
 	}
-	if _, err := q.step(ctx, nil, nil, false); err != nil {
+	if _, err := q.stepPooled(ctx, false); err != nil {
 		q.g.log.Warn("flush", "escrow", q.id(), "err", err)
 	}
 }
@@ -132,13 +154,13 @@ func (q *sequencer) settle(ctx context.Context) error {
 	}
 	if q.replica.Phase() == sessionpb.Phase_PHASE_ACTIVE {
 		q.collect(ctx)
-		if _, err := q.step(ctx, nil, nil, true); err != nil {
+		if _, err := q.stepPooled(ctx, true); err != nil {
 			return err
 		}
 	}
 	if q.replica.Phase() == sessionpb.Phase_PHASE_FINALIZING {
 		q.drain(ctx)
-		sent, err := q.step(ctx, nil, nil, true)
+		sent, err := q.stepPooled(ctx, true)
 		if err != nil {
 			return err
 		}
@@ -212,7 +234,7 @@ func (q *sequencer) drain(ctx context.Context) {
 	for {
 		q.collect(ctx)
 		if len(q.carry()) > 0 {
-			if _, err := q.step(ctx, nil, nil, false); err != nil {
+			if _, err := q.stepPooled(ctx, false); err != nil {
 				q.g.log.Warn("drain", "escrow", q.id(), "err", err)
 			}
 		}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -143,7 +144,8 @@ func (q *sequencer) downLocked(i int, now time.Time) bool {
 // a FinalizeRound; stores it; applies it to the replica; and queues it for
 // every member. Call with mu held. Pooled txs that no longer apply are
 // dropped rather than failing the diff. The returned delivery reports each
-// member's answer.
+// member's answer. errRestep means the nonce was taken by a diff an
+// earlier step stored (see reconcile): build again.
 func (q *sequencer) step(ctx context.Context, starts []*sessionpb.Tx, reqs map[uint64]executor.Request, finalize bool) (*delivery, error) {
 	d, p, err := q.build(starts, finalize)
 	if err != nil {
@@ -154,12 +156,23 @@ func (q *sequencer) step(ctx context.Context, starts []*sessionpb.Tx, reqs map[u
 		return nil, err
 	}
 	// Stored before anyone sees it: a restart resends, never re-sequences.
-	if err := q.g.state.PutDiff(ctx, q.id(), StoredDiff{Nonce: d.Nonce, Data: raw, Requests: reqs}); err != nil {
-		return nil, fmt.Errorf("diff %d of escrow %d not stored: %w", d.Nonce, q.id(), err)
+	// The write is not cut short when the request that asked for it ends:
+	// an interrupted commit may still land, unknown to the sequencer.
+	if err := q.g.state.PutDiff(context.WithoutCancel(ctx), q.id(), StoredDiff{Nonce: d.Nonce, Data: raw, Requests: reqs}); err != nil {
+		if err := q.reconcile(ctx, d.Nonce, raw, err); err != nil {
+			return nil, err
+		}
 	}
 	if err := p.Commit(); err != nil {
 		return nil, fmt.Errorf("gateway replica could not take its own diff %d: %w", d.Nonce, err)
 	}
+	q.advanced(d)
+	return q.send(d.Nonce, q.replica.Root(), raw, reqs), nil
+}
+
+// advanced does the sequencer's bookkeeping for diff d, just applied to
+// the replica.
+func (q *sequencer) advanced(d *sessionpb.Diff) {
 	for _, tx := range d.Txs {
 		delete(q.pending, session.TxKey(tx))
 	}
@@ -169,7 +182,43 @@ func (q *sequencer) step(ctx context.Context, starts []*sessionpb.Tx, reqs map[u
 	q.net.Unlock()
 	q.lastDiff = time.Now()
 	q.g.metrics.diffs.Inc()
-	return q.send(d.Nonce, q.replica.Root(), raw, reqs), nil
+}
+
+// errRestep: the nonce a diff was built for holds another diff, now
+// applied; the caller builds its diff again at the next nonce.
+var errRestep = errors.New("the nonce was taken by a diff stored earlier")
+
+// reconcile settles a diff write that reported werr. A write can fail after
+// its commit landed (an interrupted or lost answer), so the state file at
+// nonce is the truth. Nothing there: the write failed, and werr stands. The
+// same bytes: the write succeeded. Other bytes: an earlier write at nonce
+// was reported failed but landed. That diff stands, as it would after a
+// restart: it is applied and sent, and reconcile answers errRestep. Call
+// with mu held.
+func (q *sequencer) reconcile(ctx context.Context, nonce uint64, raw []byte, werr error) error {
+	back, err := q.g.state.Diffs(context.WithoutCancel(ctx), q.id(), nonce, 1)
+	if err != nil {
+		return fmt.Errorf("diff %d of escrow %d: the write failed (%v) and the state file could not be read back: %w", nonce, q.id(), werr, err)
+	}
+	if len(back) == 0 || back[0].Nonce != nonce {
+		return fmt.Errorf("diff %d of escrow %d not stored: %w", nonce, q.id(), werr)
+	}
+	stored := back[0]
+	if bytes.Equal(stored.Data, raw) {
+		q.g.log.Warn("a diff write reported an error but landed", "escrow", q.id(), "nonce", nonce, "err", werr)
+		return nil
+	}
+	var d sessionpb.Diff
+	if err := d.Unmarshal(stored.Data); err != nil {
+		return fmt.Errorf("stored diff %d of escrow %d: %w", nonce, q.id(), err)
+	}
+	if _, err := q.replica.Apply(&d); err != nil {
+		return fmt.Errorf("stored diff %d of escrow %d does not apply: %w", nonce, q.id(), err)
+	}
+	q.g.log.Warn("adopted a diff whose write was reported failed but landed", "escrow", q.id(), "nonce", nonce, "err", werr)
+	q.advanced(&d)
+	q.send(nonce, q.replica.Root(), stored.Data, stored.Requests)
+	return errRestep
 }
 
 // build assembles the next diff, fills in its root and signs it.

@@ -51,6 +51,11 @@ type State struct {
 	pending map[string]Usage // usage not yet committed, by API key
 	timer   *time.Timer      // armed while pending is not empty
 	closed  bool
+
+	// lostAnswer, when set (by tests only), is asked after each diff write
+	// that committed, and its error is returned as if the write had failed:
+	// a commit whose answer was lost.
+	lostAnswer func(nonce uint64) error
 }
 
 // usageFlushEvery bounds how long usage waits in memory for a diff to ride
@@ -216,8 +221,18 @@ type StoredDiff struct {
 }
 
 // PutDiff stores diff nonce of escrow with the payloads it starts. The
-// gateway calls it before sending the diff anywhere.
+// gateway calls it before sending the diff anywhere. Storing a nonce that
+// is stored already is an error; after an error, Diffs tells whether the
+// write landed all the same.
 func (s *State) PutDiff(ctx context.Context, escrow uint64, d StoredDiff) error {
+	err := s.putDiff(ctx, escrow, d)
+	if err == nil && s.lostAnswer != nil {
+		err = s.lostAnswer(d.Nonce)
+	}
+	return err
+}
+
+func (s *State) putDiff(ctx context.Context, escrow uint64, d StoredDiff) error {
 	var reqs []byte
 	if len(d.Requests) > 0 {
 		var err error
