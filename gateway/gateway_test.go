@@ -675,6 +675,13 @@ func TestRestartResumesEscrow(t *testing.T) {
 	}
 	require.Equal(t, 1, b.chain.createdCount(), "no second escrow")
 
+	b.requireOneSettlementPaying(t, wantCost, "answers from before and after the restart are all paid")
+}
+
+// requireOneSettlementPaying settles every escrow and checks that the chain
+// took exactly one settlement and that its hosts' costs add up to want.
+func (b *bundle) requireOneSettlementPaying(t *testing.T, want uint64, why string) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), settleWait)
 	defer cancel()
 	require.NoError(t, b.gw.SettleAll(ctx))
@@ -685,7 +692,7 @@ func TestRestartResumesEscrow(t *testing.T) {
 	for _, p := range plans[0].Slots {
 		cost += p.Cost
 	}
-	require.Equal(t, wantCost, cost, "answers from before and after the restart are all paid")
+	require.Equal(t, want, cost, why)
 }
 
 // TestExecutorDownRetries: the host that executes the next nonce is gone;
@@ -1022,17 +1029,7 @@ func TestDiffWriteThatLandedDespiteAnErrorStands(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, raw, stored[0].Data, "the diff that landed first stands")
 
-	ctx, cancel := context.WithTimeout(t.Context(), settleWait)
-	defer cancel()
-	require.NoError(t, b.gw.SettleAll(ctx))
-	settlements, plans, rejected := b.chain.settledState()
-	require.Empty(t, rejected)
-	require.Len(t, settlements, 1)
-	var cost uint64
-	for _, p := range plans[0].Slots {
-		cost += p.Cost
-	}
-	require.Equal(t, wantCost, cost, "every answer is paid")
+	b.requireOneSettlementPaying(t, wantCost, "every answer is paid")
 	for i, h := range b.hosts {
 		reply, err := h.engine.ApplyDiff(t.Context(), q.id(), raw, nil)
 		require.NoError(t, err, "host %d holds the adopted diff byte for byte (a replay is a no-op)", i)
