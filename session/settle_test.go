@@ -84,7 +84,7 @@ func TestVerifySettlementRejections(t *testing.T) {
 			return b.f.Resign(m, all...)
 		}, session.ReasonConservation, []string{"slot 0: ", "validations done, more than the"}},
 		{"parts do not match the signed root", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
-			m.HostStats[0].Validated++
+			m.HostStats[0].LastConfirmedAt++
 			return m
 		}, session.ReasonRoot, []string{"state root mismatch (signed "}},
 		{"signature for a slot outside the group", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {

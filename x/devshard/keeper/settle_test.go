@@ -68,11 +68,11 @@ func TestAttackStaleRootSettlement(t *testing.T) {
 }
 
 // Every settled figure is overflow-checked (DESIGN.md, Settlement rules).
-// validated and validations_done are attested by the quorum but, unlike the
-// work counts, not bounded by the nonce, so a colluding quorum can sign any
-// value. A sum that would wrap, within one settlement (an address holding
-// two slots), on a ledger or on an accounted epoch's summary, is refused
-// with ErrOverflow before any coin or stat moves.
+// validated and validations_done are attested by the quorum; one settlement
+// cannot carry them past the work counts (session.VerifySettlement), but
+// sums over many settlements are still checked: a sum that would wrap on a
+// ledger or on an accounted epoch's summary is refused with ErrOverflow
+// before any coin or stat moves.
 func TestSettleRefusesStatsOverflow(t *testing.T) {
 	t.Parallel()
 	w := newWorldN(t, 1, func(p *types.Params) { p.ExpiryEpochs = 6 }) // one host holds every slot
@@ -96,13 +96,22 @@ func TestSettleRefusesStatsOverflow(t *testing.T) {
 		w.conserved(t)
 	}
 	const wrap = "inference stats overflow: validations_done 18446744073709551615 + 1 exceeds uint64"
-	inOne, onLedger, ledger, onSummary := w.create(t, 10_000), w.create(t, 10_000), w.create(t, 10_000), w.create(t, 10_000)
+	inOne, onLedger, onSummary := w.create(t, 10_000), w.create(t, 10_000), w.create(t, 10_000)
 
-	refused(inOne, inflated(inOne, math.MaxUint64, 1), "summing the slots of "+host.String()+": "+wrap)
+	// One settlement cannot carry a count near the top any more: a slot's
+	// validations are bounded by the other slots' finished inferences.
+	module := w.bal(moduleAddr())
+	_, err := w.settle(w.gw, inflated(inOne, math.MaxUint64, 1))
+	require.ErrorIs(t, err, types.ErrSettlement)
+	require.ErrorContains(t, err, "slot 0: 18446744073709551615 validations done, more than the 1 finished inferences of other slots")
+	require.Equal(t, module, w.bal(moduleAddr()), "no coin moved")
+	require.Equal(t, types.EscrowOpen, mustEscrow(t, w, inOne.Id).Status)
 
-	_, err := w.settle(w.gw, inflated(ledger, math.MaxUint64))
-	require.NoError(t, err)
-	require.Equal(t, uint64(math.MaxUint64), w.member(t, 1, host).Stats.ValidationsDone)
+	// Sums over many settlements are still checked: a ledger already at the
+	// top (set here directly) refuses one more.
+	m := w.member(t, 1, host)
+	m.Stats.ValidationsDone = math.MaxUint64
+	require.NoError(t, w.k.Members.Set(w.ctx, collectionsJoin(uint64(1), host), m))
 	refused(onLedger, inflated(onLedger, 1), wrap)
 	require.Equal(t, uint64(math.MaxUint64), w.member(t, 1, host).Stats.ValidationsDone, "the ledger's stats are unchanged")
 
