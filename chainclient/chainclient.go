@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"cosmossdk.io/core/address"
@@ -35,6 +36,8 @@ type Client struct {
 	addrs  address.Codec
 	log    *slog.Logger
 	grants *grantCache
+
+	epochQueries atomic.Int64 // CurrentEpoch queries sent, read by tests
 }
 
 // Config names the node to read.
@@ -83,11 +86,20 @@ func (c *Client) Conn() *grpc.ClientConn { return c.conn }
 
 // CurrentEpoch is the epoch whose window holds the latest block.
 func (c *Client) CurrentEpoch(ctx context.Context) (uint64, error) {
+	e, err := c.currentEpoch(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return e.Id, nil
+}
+
+func (c *Client) currentEpoch(ctx context.Context) (*devshardtypes.Epoch, error) {
+	c.epochQueries.Add(1)
 	resp, err := c.query.CurrentEpoch(ctx, &devshardtypes.QueryCurrentEpochRequest{})
 	if err != nil {
-		return 0, fmt.Errorf("query current epoch: %w", err)
+		return nil, fmt.Errorf("query current epoch: %w", err)
 	}
-	return resp.Epoch.Id, nil
+	return &resp.Epoch, nil
 }
 
 // Address renders an account address in the chain's bech32 form.
@@ -162,23 +174,33 @@ func (g *grantCache) MayActFor(holder, signer signing.Address, kind session.Kind
 // FollowEpochs calls fn with the current epoch now and whenever it changes,
 // until ctx ends. It learns of new blocks from CometBFT's websocket and,
 // while that is down, polls every poll interval; it reconnects on its own.
+// A block below the current epoch's end height cannot have changed the
+// epoch, so it costs no query: the chain is asked about once per epoch,
+// and on every poll.
 func (c *Client) FollowEpochs(ctx context.Context, poll time.Duration, fn func(epoch uint64)) error {
 	if poll <= 0 {
 		poll = 5 * time.Second
 	}
 	var last uint64
-	check := func() {
-		e, err := c.CurrentEpoch(ctx)
+	var ends int64 // the current epoch's end height; 0 while unknown
+	// check asks the chain for the current epoch, unless height (0:
+	// unknown) is below the end of the epoch last seen.
+	check := func(height int64) {
+		if height > 0 && height < ends {
+			return
+		}
+		e, err := c.currentEpoch(ctx)
 		if err != nil {
 			c.log.Warn("epoch check failed", "err", err)
 			return
 		}
-		if e != last {
-			last = e
-			fn(e)
+		ends = e.EndHeight
+		if e.Id != last {
+			last = e.Id
+			fn(e.Id)
 		}
 	}
-	check()
+	check(0)
 	for ctx.Err() == nil {
 		blocks, stop, err := c.subscribeBlocks(ctx)
 		if err != nil {
@@ -190,13 +212,17 @@ func (c *Client) FollowEpochs(ctx context.Context, poll time.Duration, fn func(e
 			select {
 			case <-ctx.Done():
 				break loop
-			case _, ok := <-blocks:
+			case ev, ok := <-blocks:
 				if !ok {
 					break loop // the websocket closed: resubscribe
 				}
-				check()
+				var height int64
+				if h, ok := ev.Data.(cmttypes.EventDataNewBlockHeader); ok {
+					height = h.Header.Height
+				}
+				check(height)
 			case <-ticker.C:
-				check()
+				check(0)
 				if blocks == nil {
 					break loop // try to subscribe again
 				}

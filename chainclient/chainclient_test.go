@@ -46,6 +46,7 @@ func TestClientAgainstARealNode(t *testing.T) {
 	first, err := c.CurrentEpoch(ctx)
 	require.NoError(t, err)
 	require.GreaterOrEqual(t, first, uint64(1))
+	c.epochQueries.Store(0)
 
 	// Follow epochs over the websocket until two changes were seen.
 	var mu sync.Mutex
@@ -61,12 +62,16 @@ func TestClientAgainstARealNode(t *testing.T) {
 	require.Eventually(t, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(seen) >= 3
+		return len(seen) >= 4
 	}, 30*time.Second, 50*time.Millisecond, "epochs change every 6 blocks of 200 ms; polling is 1 min, so changes came from the websocket")
 	fcancel()
 	mu.Lock()
 	require.Less(t, seen[0], seen[1])
 	require.Less(t, seen[1], seen[2])
+	require.Less(t, seen[2], seen[3])
+	// Two whole epochs of 6 blocks passed between the first and the third
+	// change; blocks below an epoch's end height cost no query.
+	require.LessOrEqual(t, c.epochQueries.Load(), int64(len(seen)+2), "about one query per epoch, not one per block")
 	mu.Unlock()
 
 	cold, warm := n.Accounts[0], n.Accounts[1]
