@@ -678,6 +678,25 @@ func TestRestartResumesEscrow(t *testing.T) {
 	b.requireOneSettlementPaying(t, wantCost, "answers from before and after the restart are all paid")
 }
 
+// waitDelivered waits until every member of escrow id took its diffs up to
+// nonce.
+func (b *bundle) waitDelivered(t *testing.T, id, nonce uint64) {
+	t.Helper()
+	b.gw.mu.Lock()
+	q := b.gw.all[id]
+	b.gw.mu.Unlock()
+	require.Eventually(t, func() bool {
+		q.net.Lock()
+		defer q.net.Unlock()
+		for i := range q.members {
+			if q.acked[i] < nonce {
+				return false
+			}
+		}
+		return true
+	}, 10*time.Second, 5*time.Millisecond, "every member takes diff %d", nonce)
+}
+
 // requireOneSettlementPaying settles every escrow and checks that the chain
 // took exactly one settlement and that its hosts' costs add up to want.
 func (b *bundle) requireOneSettlementPaying(t *testing.T, want uint64, why string) {
@@ -714,6 +733,10 @@ func TestExecutorDownRetries(t *testing.T) {
 		}
 	}
 	require.NotEqual(t, -1, down, "the next executor %s is one of the hosts", next)
+	// Every member took the first diff before the host dies: a delivery
+	// still in flight would fail against the dead host and mark it down,
+	// and the request would skip it without trying.
+	b.waitDelivered(t, views[0].ID, views[0].Nonce)
 	b.hosts[down].srv.Close()
 
 	req := ask(1)
@@ -1011,7 +1034,9 @@ func TestDiffWriteThatLandedDespiteAnErrorStands(t *testing.T) {
 	// failed: the state file holds a diff the sequencer never applied.
 	views := b.gw.Escrows()
 	require.Len(t, views, 1)
+	b.gw.mu.Lock()
 	q := b.gw.all[views[0].ID]
+	b.gw.mu.Unlock()
 	q.mu.Lock()
 	d, _, err := q.build(nil, false)
 	require.NoError(t, err)
