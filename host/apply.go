@@ -26,6 +26,13 @@ type DiffReply struct {
 	Mempool []*sessionpb.Tx
 }
 
+// DiffItem is one diff of a delivery: the marshalled sessionpb.Diff and
+// the payloads of the inferences it starts, keyed by inference id.
+type DiffItem struct {
+	Raw      []byte
+	Requests map[uint64]executor.Request
+}
+
 // ApplyDiff verifies a diff through the protocol package, persists it, and
 // only then publishes it and signs the new root. Requests carries the
 // payloads of inferences the diff starts, keyed by inference id; the
@@ -33,14 +40,43 @@ type DiffReply struct {
 // of a stored diff answers as the first time did; other bytes at a stored
 // nonce are a fork.
 func (e *Engine) ApplyDiff(ctx context.Context, escrowID uint64, raw []byte, requests map[uint64]executor.Request) (*DiffReply, error) {
-	var d sessionpb.Diff
-	if err := d.Unmarshal(raw); err != nil {
-		e.cfg.Metrics.reject("decode")
-		return nil, fmt.Errorf("%w: diff does not decode: %v", ErrBadInput, err)
+	return e.ApplyDiffs(ctx, escrowID, []DiffItem{{Raw: raw, Requests: requests}})
+}
+
+// ApplyDiffs applies consecutive diffs of one escrow, in order, and
+// persists them in one durable commit; the reply is the last one's, and
+// only the last root is signed. A gateway sends a member the diffs it does
+// not execute this way, so the member pays one commit and one signature
+// for several nonces.
+//
+// The diffs before the last are applied in memory before the commit. If a
+// later diff of the run is refused, the ones before it are still stored
+// (unsigned) and the refusal is returned. If the store fails on a run of
+// more than one diff, memory is ahead of disk, so the session is dropped
+// and recovered from storage on its next use.
+func (e *Engine) ApplyDiffs(ctx context.Context, escrowID uint64, items []DiffItem) (*DiffReply, error) {
+	if len(items) == 0 {
+		return nil, fmt.Errorf("%w: no diff to apply", ErrBadInput)
 	}
-	if d.EscrowId != escrowID {
-		e.cfg.Metrics.reject(string(session.ReasonEscrow))
-		return nil, fmt.Errorf("%w: diff is for escrow %d, posted to escrow %d", ErrBadInput, d.EscrowId, escrowID)
+	ds := make([]*sessionpb.Diff, len(items))
+	for i, it := range items {
+		var d sessionpb.Diff
+		if err := d.Unmarshal(it.Raw); err != nil {
+			e.cfg.Metrics.reject("decode")
+			if len(items) == 1 {
+				return nil, fmt.Errorf("%w: diff does not decode: %v", ErrBadInput, err)
+			}
+			return nil, fmt.Errorf("%w: diff %d of the delivery does not decode: %v", ErrBadInput, i, err)
+		}
+		if d.EscrowId != escrowID {
+			e.cfg.Metrics.reject(string(session.ReasonEscrow))
+			return nil, fmt.Errorf("%w: diff is for escrow %d, posted to escrow %d", ErrBadInput, d.EscrowId, escrowID)
+		}
+		if i > 0 && d.Nonce != ds[i-1].Nonce+1 {
+			e.cfg.Metrics.reject("order")
+			return nil, fmt.Errorf("%w: the delivery's diffs must have consecutive nonces; nonce %d follows %d", ErrBadInput, d.Nonce, ds[i-1].Nonce)
+		}
+		ds[i] = &d
 	}
 	en, err := e.session(ctx, escrowID)
 	if err != nil {
@@ -48,40 +84,74 @@ func (e *Engine) ApplyDiff(ctx context.Context, escrowID uint64, raw []byte, req
 	}
 	defer en.mu.Unlock()
 
-	if d.Nonce != 0 && d.Nonce <= en.s.Nonce() {
-		return e.replay(ctx, en, &d, raw)
-	}
-	for id, req := range requests {
-		if err := checkRequest(&d, id, req); err != nil {
-			e.cfg.Metrics.reject("request")
+	// Diffs this host already has are replays: the same bytes, or a fork.
+	var reply *DiffReply
+	for len(ds) > 0 && ds[0].Nonce != 0 && ds[0].Nonce <= en.s.Nonce() {
+		if reply, err = e.replay(ctx, en, ds[0], items[0].Raw); err != nil {
 			return nil, err
 		}
+		ds, items = ds[1:], items[1:]
 	}
+	if len(ds) == 0 {
+		return reply, nil
+	}
+	return e.applyRun(ctx, en, ds, items)
+}
+
+// applyRun applies ds (items' decoded diffs, starting at the next nonce).
+// Call with en.mu held.
+func (e *Engine) applyRun(ctx context.Context, en *entry, ds []*sessionpb.Diff, items []DiffItem) (*DiffReply, error) {
+	escrowID := en.snap.EscrowId
 	timer := e.cfg.Metrics.applyTimer()
-	p, err := en.s.Prepare(&d)
-	if err != nil {
-		var de *session.DiffError
-		if errors.As(err, &de) {
-			e.cfg.Metrics.reject(string(de.Reason))
+	var (
+		rows    = make([]store.Diff, 0, len(ds))
+		results = make([]*session.Result, 0, len(ds))
+		ahead   []*run
+		last    *session.Pending // the run's last diff, committed to memory once stored
+		refused error            // why diff len(rows) was refused, if one was
+	)
+	for i, d := range ds {
+		if refused = e.check(d, items[i].Requests); refused != nil {
+			break
 		}
-		return nil, err
+		p, err := en.s.Prepare(d)
+		if err != nil {
+			var de *session.DiffError
+			if errors.As(err, &de) {
+				e.cfg.Metrics.reject(string(de.Reason))
+			}
+			refused = err
+			break
+		}
+		res := p.Result()
+		// The inferences this host executes start now, beside the signing
+		// and the durable write. Their streams may answer before the write
+		// ends; their txs are pooled only once it has (run.go). A diff that
+		// is not stored stops its runs.
+		ahead = append(ahead, e.runAhead(en, d, items[i].Requests)...)
+		row, err := diffRow(escrowID, d, res, items[i].Raw)
+		if err != nil {
+			return nil, err
+		}
+		rows, results = append(rows, row), append(results, res)
+		if i == len(ds)-1 {
+			last = p
+			break
+		}
+		// Memory goes ahead of disk for all but the last diff of a run; a
+		// failed write drops the session (below).
+		if err := p.Commit(); err != nil {
+			return nil, err // cannot happen under en.mu; kept as a guard
+		}
+		e.took(ctx, en, d, res, items[i].Requests)
 	}
-	res := p.Result()
-	// The inferences this host executes start now, beside the signing and
-	// the durable write. Their streams may answer before the write ends;
-	// their txs are pooled only once it has (run.go). A diff that is not
-	// stored stops its runs.
-	ahead, committed := e.runAhead(en, &d, requests), false
-	if len(ahead) > 0 {
-		// Let the run (the goroutine just started, next in line on this
-		// thread) sign its ConfirmStart and stream first: the app waits
-		// for it, while the state signature and the durable write below
-		// wait only for this diff's reply.
-		runtime.Gosched()
+	if len(rows) == 0 {
+		return nil, refused
 	}
+	stored := false
 	defer func() {
 		for _, r := range ahead {
-			if committed {
+			if stored {
 				r.stored = true
 			} else {
 				e.runs.drop(runKey{escrowID, r.nonce})
@@ -89,50 +159,112 @@ func (e *Engine) ApplyDiff(ctx context.Context, escrowID uint64, raw []byte, req
 			}
 		}
 	}()
-	rows := make([]store.Sealed, 0, len(res.Sealed))
-	for _, r := range res.Sealed {
-		b, err := r.Marshal()
-		if err != nil {
-			return nil, err
-		}
-		rows = append(rows, store.Sealed{EscrowID: escrowID, InferenceID: r.Id, Nonce: d.Nonce, Record: b})
+	if len(ahead) > 0 {
+		// Let the run (the goroutine just started, next in line on this
+		// thread) sign its ConfirmStart and stream first: the app waits
+		// for it, while the state signature and the durable write below
+		// wait only for this diff's reply.
+		runtime.Gosched()
 	}
+	top := &rows[len(rows)-1]
 	// The new state's signatures, or why they are withheld, are decided
-	// now, so that they are stored with the diff in one durable commit.
-	withheld := en.pool.overdue(d.Nonce, en.snap.SealGraceNonces, func(key string, tx *sessionpb.Tx) bool {
-		return !carried(&d, key) && p.MayInclude(tx)
-	})
+	// now, so that they are stored with the diff in one durable commit. A
+	// run cut short by a refused diff is stored unsigned.
+	var withheld string
 	var sigs []*sessionpb.StateSignature
-	var sigRows []store.Signature
-	if withheld == "" {
-		if sigs, sigRows, err = e.signState(en, d.Nonce, res.Root); err != nil {
-			return nil, err
+	if last != nil {
+		d := ds[len(rows)-1]
+		withheld = en.pool.overdue(d.Nonce, en.snap.SealGraceNonces, func(key string, tx *sessionpb.Tx) bool {
+			return !carried(d, key) && last.MayInclude(tx)
+		})
+		if withheld == "" {
+			var err error
+			if sigs, top.Signatures, err = e.signState(en, d.Nonce, results[len(rows)-1].Root); err != nil {
+				return nil, err
+			}
 		}
 	}
 	// Persist first: if the store fails, the prepared diff is dropped and
-	// memory stays where disk is.
-	if err := e.cfg.Store.AppendDiff(ctx, store.Diff{EscrowID: escrowID, Nonce: d.Nonce, Root: res.Root[:], Data: raw, Sealed: rows, Signatures: sigRows}); err != nil {
+	// memory stays where disk is (or, for a longer run, the session is
+	// recovered from disk).
+	if err := e.cfg.Store.AppendDiffs(ctx, rows); err != nil {
 		e.cfg.Metrics.storageError()
-		return nil, fmt.Errorf("diff %d of escrow %d not stored: %w", d.Nonce, escrowID, err)
+		if len(rows) > 1 || last == nil {
+			e.evict(en)
+		}
+		return nil, fmt.Errorf("diffs %d to %d of escrow %d not stored: %w", rows[0].Nonce, top.Nonce, escrowID, err)
 	}
 	e.cfg.Metrics.storageOK()
-	if err := p.Commit(); err != nil {
-		return nil, err // cannot happen under en.mu; kept as a guard
+	stored = true
+	if last != nil {
+		if err := last.Commit(); err != nil {
+			return nil, err // cannot happen under en.mu; kept as a guard
+		}
+		e.took(ctx, en, ds[len(rows)-1], results[len(rows)-1], items[len(rows)-1].Requests)
 	}
-	committed = true
-	en.nonce.Store(d.Nonce)
+	en.nonce.Store(en.s.Nonce())
 	e.runs.poke()
 	timer()
-	e.cfg.Metrics.applied(en.s.Phase())
-	for id, req := range requests {
-		en.requests[id] = req
+	if e.snapshotDue(en, rows) {
+		e.snapshot(ctx, en)
 	}
-	e.afterApply(ctx, en, &d, res)
-	reply := &DiffReply{Nonce: d.Nonce, Root: res.Root, Signatures: sigs, Withheld: withheld, Mempool: en.pool.txs()}
+	if refused != nil {
+		return nil, refused
+	}
+	reply := &DiffReply{Nonce: top.Nonce, Signatures: sigs, Withheld: withheld, Mempool: en.pool.txs()}
+	copy(reply.Root[:], top.Root)
 	if withheld != "" {
 		e.cfg.Metrics.withheld()
 	}
 	return reply, nil
+}
+
+// check ties each payload to its StartInference in d.
+func (e *Engine) check(d *sessionpb.Diff, requests map[uint64]executor.Request) error {
+	for id, req := range requests {
+		if err := checkRequest(d, id, req); err != nil {
+			e.cfg.Metrics.reject("request")
+			return err
+		}
+	}
+	return nil
+}
+
+// diffRow is d's stored form, with the records its apply sealed.
+func diffRow(escrowID uint64, d *sessionpb.Diff, res *session.Result, raw []byte) (store.Diff, error) {
+	rows := make([]store.Sealed, 0, len(res.Sealed))
+	for _, r := range res.Sealed {
+		b, err := r.Marshal()
+		if err != nil {
+			return store.Diff{}, err
+		}
+		rows = append(rows, store.Sealed{EscrowID: escrowID, InferenceID: r.Id, Nonce: d.Nonce, Record: b})
+	}
+	return store.Diff{EscrowID: escrowID, Nonce: d.Nonce, Root: res.Root[:], Data: raw, Sealed: rows}, nil
+}
+
+// took does what a diff now applied in memory calls for: its payloads are
+// kept, and its txs and sealed records tidied out of the host's books.
+func (e *Engine) took(ctx context.Context, en *entry, d *sessionpb.Diff, res *session.Result, requests map[uint64]executor.Request) {
+	e.cfg.Metrics.applied(en.s.Phase())
+	for id, req := range requests {
+		en.requests[id] = req
+	}
+	e.afterApply(ctx, en, d, res)
+}
+
+// snapshotDue reports whether the stored run rows reached a snapshot
+// nonce, or the session reached settlement.
+func (e *Engine) snapshotDue(en *entry, rows []store.Diff) bool {
+	if en.s.Phase() == sessionpb.Phase_PHASE_SETTLEMENT {
+		return true
+	}
+	for _, r := range rows {
+		if r.Nonce%e.cfg.SnapshotEvery == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // runAhead starts the inferences of d that this host executes and has the
@@ -209,16 +341,32 @@ func (e *Engine) replay(ctx context.Context, en *entry, d *sessionpb.Diff, raw [
 			reply.Signatures = append(reply.Signatures, &ss)
 		}
 	}
+	if len(sigs) == 0 && d.Nonce == en.s.Nonce() {
+		// The latest diff came inside a longer delivery, which signed only
+		// its last root, or its run was cut short: it is stored, so sign
+		// it now, unless an own tx is overdue.
+		if reply.Withheld = en.pool.overdue(d.Nonce, en.snap.SealGraceNonces, func(_ string, tx *sessionpb.Tx) bool { return en.s.MayInclude(tx) }); reply.Withheld != "" {
+			e.cfg.Metrics.withheld()
+			return reply, nil
+		}
+		ss, rows, err := e.signState(en, d.Nonce, reply.Root)
+		if err != nil {
+			return nil, err
+		}
+		for _, row := range rows {
+			if err := e.cfg.Store.PutSignature(ctx, row); err != nil {
+				return nil, err
+			}
+		}
+		reply.Signatures = ss
+	}
 	return reply, nil
 }
 
-// afterApply does what a new state calls for: snapshots, mempool upkeep,
-// and validation of peers' finished work.
+// afterApply does what a new state calls for: mempool upkeep and
+// validation of peers' finished work.
 func (e *Engine) afterApply(ctx context.Context, en *entry, d *sessionpb.Diff, res *session.Result) {
 	s := en.s
-	if s.Nonce()%e.cfg.SnapshotEvery == 0 || s.Phase() == sessionpb.Phase_PHASE_SETTLEMENT {
-		e.snapshot(ctx, en)
-	}
 	for _, tx := range d.Txs {
 		en.pool.remove(session.TxKey(tx))
 	}

@@ -170,6 +170,7 @@ type entry struct {
 
 	mu       sync.Mutex
 	loaded   bool
+	evicted  bool // memory went ahead of storage: dropped, to be recovered afresh
 	s        *session.Session
 	snap     *sessionpb.EscrowSnapshot
 	slots    []uint32 // the slots this host holds
@@ -215,7 +216,25 @@ func (e *Engine) acquire(ctx context.Context, escrowID uint64, wait time.Duratio
 		return nil, en.loadErr
 	}
 	en.mu.Lock()
+	if en.evicted {
+		en.mu.Unlock()
+		return e.acquire(ctx, escrowID, wait)
+	}
 	return en, nil
+}
+
+// evict drops en, whose memory went ahead of what storage holds: the
+// escrow's next use recovers it from storage, as a restart would. Call
+// with en.mu held.
+func (e *Engine) evict(en *entry) {
+	en.evicted, en.loaded = true, false
+	id := en.snap.EscrowId
+	e.mu.Lock()
+	if e.sessions[id] == en {
+		delete(e.sessions, id)
+	}
+	e.mu.Unlock()
+	e.log.Warn("session dropped after a failed write; it is recovered from storage on its next use", "escrow", id)
 }
 
 // entryFor returns the escrow's entry, starting its load if it has none.

@@ -53,25 +53,31 @@ type failingStore struct {
 	store.Store
 	mu      sync.Mutex
 	fail    bool
-	gate    chan struct{} // if set, AppendDiff waits for it to close
-	appends int           // AppendDiff calls that reached the store
+	gate    chan struct{} // if set, a diff write waits for it to close
+	appends int           // diff writes (durable commits) that reached the store
+	diffs   int           // diffs those writes carried
 	puts    int           // PutSignature calls
 }
 
 func (s *failingStore) AppendDiff(ctx context.Context, d store.Diff) error {
+	return s.AppendDiffs(ctx, []store.Diff{d})
+}
+
+func (s *failingStore) AppendDiffs(ctx context.Context, ds []store.Diff) error {
 	s.mu.Lock()
 	fail, gate := s.fail, s.gate
 	if !fail {
 		s.appends++
+		s.diffs += len(ds)
 	}
 	s.mu.Unlock()
 	if gate != nil {
 		<-gate
 	}
 	if fail {
-		return store.Errorf(store.ErrUnavailable, "injected write failure for diff %d", d.Nonce)
+		return store.Errorf(store.ErrUnavailable, "injected write failure for diffs %d to %d", ds[0].Nonce, ds[len(ds)-1].Nonce)
 	}
-	return s.Store.AppendDiff(ctx, d)
+	return s.Store.AppendDiffs(ctx, ds)
 }
 
 func (s *failingStore) PutSignature(ctx context.Context, sig store.Signature) error {

@@ -29,11 +29,25 @@ const maxAnnounced = 16
 // ReadyzFailures is how many consecutive storage failures turn /readyz 503.
 const ReadyzFailures = 3
 
-// DiffRequest is the body of POST /v1/sessions/{escrow}/diffs.
+// MaxDiffsPerDelivery bounds the diffs of one POST .../diffs.
+const MaxDiffsPerDelivery = 256
+
+// DiffRequest is the body of POST /v1/sessions/{escrow}/diffs: either one
+// diff (Diff, Requests), or in Diffs a run of consecutive diffs that the
+// host applies in order, stores in one durable commit, and answers for
+// with the last one's reply (Engine.ApplyDiffs).
 type DiffRequest struct {
 	// Diff is the marshalled sessionpb.Diff, base64.
-	Diff []byte `json:"diff"`
+	Diff []byte `json:"diff,omitempty"`
 	// Requests are the payloads of the inferences the diff starts.
+	Requests map[uint64]executor.Request `json:"requests,omitempty"`
+	// Diffs are consecutive diffs, oldest first.
+	Diffs []DiffItemJSON `json:"diffs,omitempty"`
+}
+
+// DiffItemJSON is one diff of a DiffRequest's run.
+type DiffItemJSON struct {
+	Diff     []byte                      `json:"diff"`
 	Requests map[uint64]executor.Request `json:"requests,omitempty"`
 }
 
@@ -167,11 +181,34 @@ func (h *handler) postDiff(w http.ResponseWriter, r *http.Request, escrowID uint
 	if !decodeJSON(w, r, &req) {
 		return
 	}
-	if len(req.Diff) == 0 {
-		writeError(w, http.StatusBadRequest, "body must carry the diff (base64 protobuf) in \"diff\"")
+	var items []DiffItem
+	switch {
+	case len(req.Diff) > 0 && len(req.Diffs) > 0:
+		writeError(w, http.StatusBadRequest, "body carries either one diff in \"diff\" or a run in \"diffs\", not both")
+		return
+	case len(req.Diff) > 0:
+		items = []DiffItem{{Raw: req.Diff, Requests: req.Requests}}
+	case len(req.Diffs) > MaxDiffsPerDelivery:
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("at most %d diffs per delivery; got %d", MaxDiffsPerDelivery, len(req.Diffs)))
+		return
+	case len(req.Diffs) > 0:
+		if len(req.Requests) > 0 {
+			writeError(w, http.StatusBadRequest, "with \"diffs\", each diff carries its own \"requests\"")
+			return
+		}
+		items = make([]DiffItem, len(req.Diffs))
+		for i, it := range req.Diffs {
+			if len(it.Diff) == 0 {
+				writeError(w, http.StatusBadRequest, fmt.Sprintf("diffs[%d] carries no \"diff\"", i))
+				return
+			}
+			items[i] = DiffItem{Raw: it.Diff, Requests: it.Requests}
+		}
+	default:
+		writeError(w, http.StatusBadRequest, "body must carry the diff (base64 protobuf) in \"diff\", or consecutive diffs in \"diffs\"")
 		return
 	}
-	reply, err := h.e.ApplyDiff(r.Context(), escrowID, req.Diff, req.Requests)
+	reply, err := h.e.ApplyDiffs(r.Context(), escrowID, items)
 	if err != nil {
 		h.fail(w, err)
 		return
