@@ -57,6 +57,13 @@ type Config struct {
 	// EpochPoll is how often the gateway checks for a new epoch, whose
 	// start settles the previous epoch's escrows (default 2s).
 	EpochPoll time.Duration
+	// HoldFor is how long a diff may wait for a member that does not
+	// execute it, so that it goes out with later diffs in one delivery:
+	// one durable commit and one signature for the run on that host
+	// (default 50ms). A member gets its held diffs at once when it is the
+	// executor of a new one, when maxHeld are waiting, and when the
+	// session finalizes. Negative sends every diff at once.
+	HoldFor time.Duration
 	// Lanes is how many escrows take requests at once (default 1). Each
 	// lane's diffs are sequenced independently, so more lanes carry more
 	// requests in parallel, at one creation fee per escrow.
@@ -95,6 +102,9 @@ func (c *Config) defaults() {
 	}
 	if c.Lanes <= 0 {
 		c.Lanes = 1
+	}
+	if c.HoldFor == 0 {
+		c.HoldFor = 50 * time.Millisecond
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()

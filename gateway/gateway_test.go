@@ -830,17 +830,10 @@ func TestSlowMemberDoesNotHoldUpOthers(t *testing.T) {
 						return
 					}
 					raw, _ := io.ReadAll(r.Body)
-					var body struct {
-						Diff []byte `json:"diff"`
-					}
-					if json.Unmarshal(raw, &body) == nil {
-						var d sessionpb.Diff
-						if d.Unmarshal(body.Diff) == nil {
-							mu.Lock()
-							seen = append(seen, d.Nonce)
-							mu.Unlock()
-						}
-					}
+					nonces := postedNonces(t, raw)
+					mu.Lock()
+					seen = append(seen, nonces...)
+					mu.Unlock()
 					r.Body = io.NopCloser(bytes.NewReader(raw))
 				}
 				h.ServeHTTP(w, r)
@@ -1060,4 +1053,100 @@ func TestDiffWriteThatLandedDespiteAnErrorStands(t *testing.T) {
 		require.NoError(t, err, "host %d holds the adopted diff byte for byte (a replay is a no-op)", i)
 		require.Equal(t, d.Nonce, reply.Nonce)
 	}
+}
+
+// postedNonces are the nonces of the diffs in a POST .../diffs body, one
+// diff or a run.
+func postedNonces(t *testing.T, raw []byte) []uint64 {
+	t.Helper()
+	var body host.DiffRequest
+	require.NoError(t, json.Unmarshal(raw, &body))
+	items := body.Diffs
+	if len(body.Diff) > 0 {
+		items = []host.DiffItemJSON{{Diff: body.Diff}}
+	}
+	var out []uint64
+	for _, it := range items {
+		var d sessionpb.Diff
+		require.NoError(t, d.Unmarshal(it.Diff))
+		out = append(out, d.Nonce)
+	}
+	return out
+}
+
+// A member gets the diffs it does not execute held, and takes them as one
+// run in front of the next diff it executes: one delivery per request in
+// all, not one per member. Finalizing sends everything, and every slot
+// signs the final root.
+func TestMembersTakeHeldDiffsAsOneRun(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	runs := map[int][][]uint64{} // host index -> the nonces of each delivery
+	b := setup(t, func(o *setupOptions) {
+		o.config = func(c *Config) { c.HoldFor = time.Hour }
+		o.wrap = func(i int, h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/diffs") {
+					raw, _ := io.ReadAll(r.Body)
+					mu.Lock()
+					runs[i] = append(runs[i], postedNonces(t, raw))
+					mu.Unlock()
+					r.Body = io.NopCloser(bytes.NewReader(raw))
+				}
+				h.ServeHTTP(w, r)
+			})
+		}
+	})
+	const requests = 6
+	var cost uint64
+	for i := range requests {
+		c := b.complete(t, ask(i))
+		requireAnswer(t, ask(i), c)
+		cost += c.Cost
+	}
+	mu.Lock()
+	deliveries := 0
+	for i, rs := range runs {
+		deliveries += len(rs)
+		var got []uint64
+		for _, r := range rs {
+			got = append(got, r...)
+			require.Equal(t, r[len(r)-1]%3, uint64(b.slotOf(t, i)), "host %d got a delivery that ends at a diff it does not execute: %v", i, rs)
+		}
+		require.Equal(t, seq(1, got[len(got)-1]), got, "host %d took every nonce once, in order", i)
+	}
+	mu.Unlock()
+	require.Equal(t, requests, deliveries, "one delivery per request: the executor's, with what was held for it")
+
+	b.requireOneSettlementPaying(t, cost, "every answer is paid")
+	settlements, _, _ := b.chain.settledState()
+	require.Len(t, settlements[0].Signatures, len(b.fixture.Snapshot.Group), "every slot signed the final root")
+}
+
+// A held diff goes out when its hold ends, with no later request.
+func TestHeldDiffsGoOutWhenTheHoldEnds(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *setupOptions) { o.config = func(c *Config) { c.HoldFor = 20 * time.Millisecond } })
+	c := b.complete(t, ask(0))
+	b.waitDelivered(t, c.EscrowID, c.Nonce)
+}
+
+// slotOf is host i's slot in the fixture's group.
+func (b *bundle) slotOf(t *testing.T, i int) int {
+	t.Helper()
+	for slot, raw := range b.fixture.Snapshot.Group {
+		if string(raw) == string(b.hosts[i].engine.Address().Bytes()) {
+			return slot
+		}
+	}
+	t.Fatalf("host %d holds no slot", i)
+	return -1
+}
+
+func seq(from, to uint64) []uint64 {
+	var out []uint64
+	for n := from; n <= to; n++ {
+		out = append(out, n)
+	}
+	return out
 }

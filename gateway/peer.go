@@ -63,7 +63,26 @@ func diffBody(raw []byte, reqs map[uint64]executor.Request) ([]byte, error) {
 	return json.Marshal(host.DiffRequest{Diff: raw, Requests: reqs})
 }
 
-// postDiff sends one diff, encoded by diffBody, to a host.
+// runBody is the request body that posts a run of consecutive diffs,
+// given each one's diffBody: the items of a run have the same fields.
+func runBody(bodies [][]byte) []byte {
+	n := len(`{"diffs":[]}`) + len(bodies)
+	for _, b := range bodies {
+		n += len(b)
+	}
+	out := make([]byte, 0, n)
+	out = append(out, `{"diffs":[`...)
+	for i, b := range bodies {
+		if i > 0 {
+			out = append(out, ',')
+		}
+		out = append(out, b...)
+	}
+	return append(out, `]}`...)
+}
+
+// postDiff sends one diff, encoded by diffBody, or a run, encoded by
+// runBody, to a host.
 func (p *peers) postDiff(ctx context.Context, url string, escrow uint64, body []byte) (*host.DiffResponse, error) {
 	var out host.DiffResponse
 	if err := p.do(ctx, http.MethodPost, fmt.Sprintf("%s/v1/sessions/%d/diffs", url, escrow), body, false, &out); err != nil {

@@ -27,13 +27,31 @@ type member struct {
 }
 
 // outbox is a member's queue of diffs to deliver, in nonce order. One
-// goroutine drains it while it is not empty, so a member sees nonces in
-// order while the members are served independently of each other.
+// goroutine drains it while it is not empty, sending everything queued as
+// one run, so a member sees nonces in order while the members are served
+// independently of each other.
+//
+// Diffs the member does not execute are held (Config.HoldFor): they go
+// out with the next diff it executes, or when maxHeld are waiting, or
+// when the hold ends, so that the member stores and signs several nonces
+// in one commit. Every process of the network shares the machine's cores:
+// each commit, signature and round trip a member saves is time the
+// executor of the current request gets.
 type outbox struct {
-	mu      sync.Mutex
-	queue   []*delivery
-	running bool
+	mu       sync.Mutex
+	queue    []*delivery
+	running  bool
+	urgentTo uint64      // queued diffs up to this nonce go out now
+	hold     *time.Timer // armed while held diffs wait
 }
+
+// ready reports whether the queue goes out now. Call with mu held.
+func (o *outbox) ready() bool {
+	return len(o.queue) > 0 && (o.queue[0].nonce <= o.urgentTo || len(o.queue) >= maxHeld)
+}
+
+// maxHeld is how many diffs may wait for a member before they go out.
+const maxHeld = 16
 
 // delivery is one diff on its way to every member.
 type delivery struct {
@@ -167,7 +185,7 @@ func (q *sequencer) step(ctx context.Context, starts []*sessionpb.Tx, reqs map[u
 		return nil, fmt.Errorf("gateway replica could not take its own diff %d: %w", d.Nonce, err)
 	}
 	q.advanced(d)
-	return q.send(d.Nonce, q.replica.Root(), raw, reqs), nil
+	return q.send(d.Nonce, q.replica.Root(), raw, reqs, finalize), nil
 }
 
 // advanced does the sequencer's bookkeeping for diff d, just applied to
@@ -217,7 +235,7 @@ func (q *sequencer) reconcile(ctx context.Context, nonce uint64, raw []byte, wer
 	}
 	q.g.log.Warn("adopted a diff whose write was reported failed but landed", "escrow", q.id(), "nonce", nonce, "err", werr)
 	q.advanced(&d)
-	q.send(nonce, q.replica.Root(), stored.Data, stored.Requests)
+	q.send(nonce, q.replica.Root(), stored.Data, stored.Requests, true)
 	return errRestep
 }
 
@@ -292,9 +310,10 @@ func (q *sequencer) pool(txs []*sessionpb.Tx) {
 }
 
 // send queues diff nonce, whose post-state root is root, for every member.
-// A diff that starts an inference goes to its executor first: the app
-// waits for that member, not for the others.
-func (q *sequencer) send(nonce uint64, root [32]byte, raw []byte, reqs map[uint64]executor.Request) *delivery {
+// A diff that starts an inference goes to its executor at once and first:
+// the app waits for that member, not for the others, which hold it
+// (outbox) unless urgent: the caller waits for every member.
+func (q *sequencer) send(nonce uint64, root [32]byte, raw []byte, reqs map[uint64]executor.Request, urgent bool) *delivery {
 	d := &delivery{nonce: nonce, root: root, raw: raw, reqs: reqs, done: make([]chan error, len(q.members))}
 	for i := range d.done {
 		d.done[i] = make(chan error, 1)
@@ -303,59 +322,109 @@ func (q *sequencer) send(nonce uint64, root [32]byte, raw []byte, reqs map[uint6
 	if len(reqs) > 0 {
 		first = q.executorMember(nonce)
 	}
-	if first >= 0 && q.enqueue(first, d) {
+	if first >= 0 && q.enqueue(first, d, true) {
 		// The executor's delivery, just started, takes this thread until
 		// its request is on the wire; the others' come after it.
 		runtime.Gosched()
 	}
 	for i := range q.members {
 		if i != first {
-			q.enqueue(i, d)
+			q.enqueue(i, d, urgent || q.g.cfg.HoldFor < 0)
 		}
 	}
 	return d
 }
 
 // enqueue queues d for member i, and reports whether that started its
-// outbox's goroutine.
-func (q *sequencer) enqueue(i int, d *delivery) bool {
+// outbox's goroutine. A diff that is not urgent is held while fewer than
+// maxHeld wait.
+func (q *sequencer) enqueue(i int, d *delivery, urgent bool) bool {
 	out := &q.members[i].out
 	out.mu.Lock()
 	defer out.mu.Unlock()
 	out.queue = append(out.queue, d)
+	if urgent {
+		out.urgentTo = max(out.urgentTo, d.nonce)
+	}
 	if out.running {
+		return false // the running goroutine sends it, or holds it
+	}
+	if !out.ready() {
+		q.holdLocked(i)
 		return false
 	}
-	out.running = true
-	go q.drainOutbox(i)
+	q.startDrain(i)
 	return true
 }
 
-// drainOutbox delivers member i's queued diffs in order until none is left.
+// holdLocked arms member i's hold timer, unless it is armed. Call with its
+// outbox's mu held.
+func (q *sequencer) holdLocked(i int) {
+	out := &q.members[i].out
+	if out.hold == nil {
+		out.hold = time.AfterFunc(q.g.cfg.HoldFor, func() { q.release(i) })
+	}
+}
+
+// release sends member i's held diffs: their hold ended.
+func (q *sequencer) release(i int) {
+	out := &q.members[i].out
+	out.mu.Lock()
+	defer out.mu.Unlock()
+	out.hold = nil
+	if len(out.queue) == 0 {
+		return
+	}
+	out.urgentTo = max(out.urgentTo, out.queue[len(out.queue)-1].nonce)
+	if !out.running {
+		q.startDrain(i)
+	}
+}
+
+// startDrain starts member i's outbox goroutine. Call with its mu held.
+func (q *sequencer) startDrain(i int) {
+	out := &q.members[i].out
+	if out.hold != nil {
+		out.hold.Stop()
+		out.hold = nil
+	}
+	out.running = true
+	go q.drainOutbox(i)
+}
+
+// drainOutbox delivers member i's queued diffs, as runs in nonce order,
+// while they are ready to go; held ones wait for their timer.
 func (q *sequencer) drainOutbox(i int) {
 	out := &q.members[i].out
 	for {
 		out.mu.Lock()
-		if len(out.queue) == 0 {
+		if !out.ready() {
 			out.running = false
+			if len(out.queue) > 0 {
+				q.holdLocked(i)
+			}
 			out.mu.Unlock()
 			return
 		}
-		d := out.queue[0]
-		out.queue[0] = nil
-		out.queue = out.queue[1:]
+		n := min(len(out.queue), host.MaxDiffsPerDelivery)
+		run := append([]*delivery(nil), out.queue[:n]...)
+		clear(out.queue[:n])
+		out.queue = out.queue[n:]
 		out.mu.Unlock()
-		txs, err := q.deliver(i, d)
-		d.done[i] <- err
+		txs, err := q.deliver(i, run)
+		for _, d := range run {
+			d.done[i] <- err
+		}
 		q.check(txs) // after the answer: a request may be waiting for it
 	}
 }
 
-// deliver brings member i up to diff d, and returns the txs its mempool
-// answered. A member that missed earlier diffs (it was down) is sent them
-// first.
-func (q *sequencer) deliver(i int, d *delivery) ([]*sessionpb.Tx, error) {
+// deliver brings member i up to the last diff of run, and returns the txs
+// its mempool answered. A member that missed earlier diffs (it was down)
+// is sent them first.
+func (q *sequencer) deliver(i int, run []*delivery) ([]*sessionpb.Tx, error) {
 	m := q.members[i]
+	d := run[len(run)-1]
 	q.net.Lock()
 	if q.downLocked(i, time.Now()) {
 		q.net.Unlock()
@@ -364,13 +433,13 @@ func (q *sequencer) deliver(i int, d *delivery) ([]*sessionpb.Tx, error) {
 	from := q.acked[i] + 1
 	q.net.Unlock()
 	ctx := q.g.loopCx // outlives the request that sequenced d; ends when the gateway halts
-	resp, err := q.sendTo(ctx, m, from, d)
+	resp, err := q.sendTo(ctx, m, from, run)
 	var he *HostError
 	if errors.As(err, &he) && he.Status == http.StatusConflict && from > 1 {
 		// The host is behind what this gateway believed (it lost its
 		// disk, or the gateway restarted): replay from the start; diffs
 		// it has are idempotent no-ops.
-		resp, err = q.sendTo(ctx, m, 1, d)
+		resp, err = q.sendTo(ctx, m, 1, run)
 	}
 	var txs []*sessionpb.Tx
 	if err == nil {
@@ -406,29 +475,61 @@ func (q *sequencer) broadcast(ctx context.Context, nonce uint64, raw []byte, req
 	}
 	var root [32]byte
 	copy(root[:], d.PostStateRoot)
-	q.send(nonce, root, raw, reqs).waitAll(ctx)
+	q.send(nonce, root, raw, reqs, true).waitAll(ctx)
 }
 
-// sendTo brings member m from nonce from up to d; earlier diffs come from
-// the state file.
-func (q *sequencer) sendTo(ctx context.Context, m *member, from uint64, d *delivery) (*host.DiffResponse, error) {
+// maxRunBytes bounds the body of one delivery, well under the host's
+// limit (host.MaxBody): a longer run goes out in parts.
+const maxRunBytes = host.MaxBody / 4
+
+// sendTo brings member m from nonce from up to the last diff of run, in as
+// few deliveries as the limits allow, and returns the last answer. Diffs
+// before run come from the state file.
+func (q *sequencer) sendTo(ctx context.Context, m *member, from uint64, run []*delivery) (*host.DiffResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, q.g.cfg.HostTimeout)
 	defer cancel()
-	for from < d.nonce {
-		back, err := q.g.state.Diffs(ctx, q.id(), from, 256)
+	var (
+		bodies [][]byte
+		size   int
+		first  = from // the first nonce in bodies
+	)
+	post := func() (*host.DiffResponse, error) {
+		body := bodies[0]
+		if len(bodies) > 1 {
+			body = runBody(bodies)
+		}
+		resp, err := q.g.peers.postDiff(ctx, m.url, q.id(), body)
+		if err != nil && first < run[0].nonce {
+			err = fmt.Errorf("catching up from diff %d: %w", first, err)
+		}
+		first += uint64(len(bodies))
+		bodies, size = bodies[:0], 0
+		return resp, err
+	}
+	add := func(body []byte) error {
+		if len(bodies) > 0 && (len(bodies) == host.MaxDiffsPerDelivery || size+len(body) > maxRunBytes) {
+			if _, err := post(); err != nil {
+				return err
+			}
+		}
+		bodies, size = append(bodies, body), size+len(body)
+		return nil
+	}
+	for from < run[0].nonce {
+		back, err := q.g.state.Diffs(ctx, q.id(), from, host.MaxDiffsPerDelivery)
 		if err != nil {
 			return nil, err
 		}
 		for _, sd := range back {
-			if sd.Nonce >= d.nonce {
+			if sd.Nonce >= run[0].nonce {
 				break
 			}
 			body, err := diffBody(sd.Data, sd.Requests)
 			if err != nil {
 				return nil, err
 			}
-			if _, err := q.g.peers.postDiff(ctx, m.url, q.id(), body); err != nil {
-				return nil, fmt.Errorf("catching up diff %d: %w", sd.Nonce, err)
+			if err := add(body); err != nil {
+				return nil, err
 			}
 			from = sd.Nonce + 1
 		}
@@ -436,11 +537,16 @@ func (q *sequencer) sendTo(ctx context.Context, m *member, from uint64, d *deliv
 			break
 		}
 	}
-	body, err := d.encoded()
-	if err != nil {
-		return nil, err
+	for _, d := range run {
+		body, err := d.encoded()
+		if err != nil {
+			return nil, err
+		}
+		if err := add(body); err != nil {
+			return nil, err
+		}
 	}
-	return q.g.peers.postDiff(ctx, m.url, q.id(), body)
+	return post()
 }
 
 // absorb takes a host's answer to d: its state signatures over d's root,
