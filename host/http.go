@@ -22,10 +22,6 @@ import (
 // MaxBody bounds every request body.
 const MaxBody = 4 << 20
 
-// maxAnnounced bounds the txs of one announcement: an executor announces
-// its two per inference.
-const maxAnnounced = 16
-
 // ReadyzFailures is how many consecutive storage failures turn /readyz 503.
 const ReadyzFailures = 3
 
@@ -79,12 +75,11 @@ type StreamEvent struct {
 	Error string   `json:"error,omitempty"`
 }
 
-// GossipRequest is the body of POST /v1/sessions/{escrow}/gossip: either
-// Tx, a peer's tx to pool and carry too, or Announced, txs an executor has
-// just signed, to check now and not pool (announce.go).
+// GossipRequest is the body of POST /v1/sessions/{escrow}/gossip: a
+// peer's signed tx, which the gateway keeps leaving out, to pool and carry
+// too (regossip.go).
 type GossipRequest struct {
-	Tx        []byte   `json:"tx,omitempty"`        // marshalled sessionpb.Tx
-	Announced [][]byte `json:"announced,omitempty"` // marshalled sessionpb.Tx
+	Tx []byte `json:"tx"` // marshalled sessionpb.Tx
 }
 
 // Handler serves the engine over HTTP. Health, version and metrics answer
@@ -289,26 +284,15 @@ func (h *handler) gossip(w http.ResponseWriter, r *http.Request, escrowID uint64
 	if !decodeJSON(w, r, &req) {
 		return
 	}
-	switch {
-	case len(req.Tx) > 0 && len(req.Announced) > 0:
-		writeError(w, http.StatusBadRequest, "body carries either \"tx\" or \"announced\", not both")
-	case len(req.Announced) > 0:
-		if len(req.Announced) > maxAnnounced {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("at most %d announced txs per request", maxAnnounced))
-			return
-		}
-		if err := h.e.Announced(r.Context(), escrowID, req.Announced); err != nil {
-			h.fail(w, err)
-			return
-		}
-		writeJSON(w, http.StatusAccepted, map[string]string{"status": "checked"})
-	default:
-		if err := h.e.Gossip(r.Context(), escrowID, req.Tx); err != nil {
-			h.fail(w, err)
-			return
-		}
-		writeJSON(w, http.StatusAccepted, map[string]string{"status": "pooled"})
+	if len(req.Tx) == 0 {
+		writeError(w, http.StatusBadRequest, "body must carry the signed tx (base64 protobuf) in \"tx\"")
+		return
 	}
+	if err := h.e.Gossip(r.Context(), escrowID, req.Tx); err != nil {
+		h.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, map[string]string{"status": "pooled"})
 }
 
 func (h *handler) getDiffs(w http.ResponseWriter, r *http.Request, escrowID uint64) {

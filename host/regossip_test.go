@@ -1,11 +1,9 @@
 package host
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/rand"
 	"net/http"
 	"net/http/httptest"
@@ -33,8 +31,6 @@ type peerBook struct {
 	down    map[signing.Address]bool // lookups fail, as for a host that is gone
 	lookups int
 	posts   map[signing.Address]int // gossip pushes received, by participant
-	// announced counts announcements received, by participant
-	announced map[signing.Address]int
 }
 
 func (p *peerBook) PeerURL(_ context.Context, addr signing.Address) (string, error) {
@@ -74,7 +70,7 @@ func (p *peerBook) stats() (lookups, posts int) {
 func gossipSetup(t *testing.T) (*hostBundle, *peerBook) {
 	t.Helper()
 	b := setup(t)
-	book := &peerBook{urls: map[signing.Address]string{}, down: map[signing.Address]bool{}, posts: map[signing.Address]int{}, announced: map[signing.Address]int{}}
+	book := &peerBook{urls: map[signing.Address]string{}, down: map[signing.Address]bool{}, posts: map[signing.Address]int{}}
 	for i, h := range b.hosts {
 		target, err := url.Parse(b.urls[i])
 		require.NoError(t, err)
@@ -82,16 +78,8 @@ func gossipSetup(t *testing.T) (*hostBundle, *peerBook) {
 		addr := h.Address()
 		proxy := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if strings.HasSuffix(r.URL.Path, "/gossip") {
-				raw, _ := io.ReadAll(r.Body)
-				r.Body = io.NopCloser(bytes.NewReader(raw))
-				var body GossipRequest
-				_ = json.Unmarshal(raw, &body)
 				book.mu.Lock()
-				if len(body.Announced) > 0 {
-					book.announced[addr]++
-				} else {
-					book.posts[addr]++
-				}
+				book.posts[addr]++
 				book.mu.Unlock()
 			}
 			rp.ServeHTTP(w, r)
@@ -227,7 +215,7 @@ func TestRegossipWaitsForTheThreshold(t *testing.T) {
 		}
 	}
 	lookups, posts := book.stats()
-	require.Equal(t, 2, lookups, "only the announcement to the two peers looked them up")
+	require.Zero(t, lookups)
 	require.Zero(t, posts)
 	for _, i := range []int{0, 2} {
 		pool := b.pooled(t, i)
@@ -258,42 +246,4 @@ func TestRegossipRetriesAnUnreachablePeer(t *testing.T) {
 	require.True(t, holds(b.pooled(t, 2), finish))
 	require.Equal(t, 2, book.received(down), "the confirm and the finish")
 	require.Equal(t, 2, book.received(b.hosts[0].Address()), "host 0 got them on the first tick, and only then")
-}
-
-// The executor announces its confirm and finish to its peers as soon as it
-// has signed them: each peer checks them into its memo, so the diff that
-// carries them costs it no signature check, and pools neither.
-func TestExecutorAnnouncesItsTxsToPeers(t *testing.T) {
-	t.Parallel()
-	b, book := gossipSetup(t)
-	b.sampleNoOne() // no validator signs votes of its own into its memo
-	before := []int{b.hosts[0].memo.Len(), b.hosts[2].memo.Len()}
-	confirm, finish := b.runOnHost1(t)
-	b.wait()
-	for j, i := range []int{0, 2} {
-		require.Equal(t, 1, book.announced[b.hosts[i].Address()], "host %d got one announcement", i)
-		require.Equal(t, before[j]+2, b.hosts[i].memo.Len(), "host %d remembers both txs", i)
-		pool := b.pooled(t, i)
-		require.False(t, holds(pool, confirm), "an announced tx is not pooled")
-		require.False(t, holds(pool, finish))
-	}
-	require.Zero(t, book.announced[b.hosts[1].Address()], "the executor announces to its peers only")
-
-	// The diff carrying them needs no new check: the memos stay as they are.
-	sizes := []int{b.hosts[0].memo.Len(), b.hosts[2].memo.Len()}
-	b.next(t, nil, confirm, finish)
-	b.wait()
-	require.Equal(t, sizes, []int{b.hosts[0].memo.Len(), b.hosts[2].memo.Len()})
-
-	// An announcement that does not verify is refused and not remembered.
-	forged := *finish
-	forged.Sig = &sessionpb.Signature{PubKey: finish.Sig.PubKey, Sig: append([]byte(nil), finish.Sig.Sig...)}
-	forged.Sig.Sig[3] ^= 1
-	raw, err := forged.Marshal()
-	require.NoError(t, err)
-	status, body := post(t, fmt.Sprintf("%s/v1/sessions/%d/gossip", b.urls[0], b.f.Snapshot.EscrowId), GossipRequest{Announced: [][]byte{raw}})
-	require.Equal(t, http.StatusForbidden, status, string(body))
-	require.Equal(t, sizes[0], b.hosts[0].memo.Len())
-	status, body = post(t, fmt.Sprintf("%s/v1/sessions/%d/gossip", b.urls[0], b.f.Snapshot.EscrowId), GossipRequest{Tx: raw, Announced: [][]byte{raw}})
-	require.Equal(t, http.StatusBadRequest, status, string(body))
 }

@@ -247,7 +247,6 @@ func (e *Engine) stream(ctx context.Context, r *run, req executor.Request, emit 
 		return executor.Result{}, nil, r.err
 	}
 	e.poolOnceStored(r, r.finish, pooled, nil)
-	e.announce(r.en.snap, r.confirm, r.finish)
 	return r.res, []*sessionpb.Tx{r.confirm, r.finish}, nil
 }
 

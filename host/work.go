@@ -73,7 +73,6 @@ func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req exec
 	en.mu.Lock()
 	en.pool.add(finish, en.s.Nonce(), true)
 	en.mu.Unlock()
-	e.announce(en.snap, confirm, finish)
 	return res, []*sessionpb.Tx{confirm, finish}, nil
 }
 
