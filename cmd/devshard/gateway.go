@@ -28,7 +28,7 @@ type gatewayFlags struct {
 	apiKeys, models                                                     []string
 	escrowAmount                                                        uint64
 	maxTokens, maxInFlight                                              int
-	stall                                                               time.Duration
+	stall, holdFor                                                      time.Duration
 }
 
 func newGatewayCommand() *cobra.Command {
@@ -71,6 +71,7 @@ and dots as underscores). docs/gateway.md explains each one.`,
 	fl.IntVar(&f.maxTokens, "max-tokens", 4096, "largest max_tokens a request may ask")
 	fl.IntVar(&f.maxInFlight, "max-in-flight", 256, "requests one API key may have open at once; more get 429")
 	fl.DurationVar(&f.stall, "stall-timeout", 15*time.Second, "an inference stream silent this long is retried on another host")
+	fl.DurationVar(&f.holdFor, "hold-for", 50*time.Millisecond, "longest a diff waits for a host that does not execute it, to go out with later ones in one delivery; negative sends each at once")
 	fl.StringVar(&f.synchronous, "synchronous", "FULL", "state.db durability: FULL (fsync every commit) or NORMAL")
 	cmd.AddCommand(newGatewayInitCommand())
 	return cmd
@@ -130,7 +131,7 @@ func runGateway(ctx context.Context, f gatewayFlags, log *slog.Logger) error {
 	d, err := gateway.Open(ctx, gateway.DaemonConfig{
 		Listen: f.listen, Home: f.home, ChainGRPC: f.grpc, ChainRPC: f.rpc, ChainID: f.chainID,
 		Key: key, Keys: apiKeys, Synchronous: f.synchronous, MaxInFlight: f.maxInFlight, Logger: log,
-		Gateway: gateway.Config{EscrowAmount: f.escrowAmount, Models: f.models, MaxTokens: f.maxTokens, StallTimeout: f.stall},
+		Gateway: gateway.Config{EscrowAmount: f.escrowAmount, Models: f.models, MaxTokens: f.maxTokens, StallTimeout: f.stall, HoldFor: f.holdFor},
 	})
 	if err != nil {
 		return err
