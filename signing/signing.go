@@ -47,8 +47,18 @@ func (a Address) Bytes() []byte { return append([]byte(nil), a[:]...) }
 // String is the lowercase hex form; the chain renders addresses in bech32.
 func (a Address) String() string { return hex.EncodeToString(a[:]) }
 
-// PrivKey is a secp256k1 private key.
-type PrivKey struct{ key *secp256k1.PrivateKey }
+// PrivKey is a secp256k1 private key, with its public key derived once:
+// every signed tx and state signature carries it.
+type PrivKey struct {
+	key *secp256k1.PrivateKey
+	pub PubKey
+}
+
+func newPrivKey(k *secp256k1.PrivateKey) *PrivKey {
+	p := &PrivKey{key: k}
+	copy(p.pub[:], k.PubKey().SerializeCompressed())
+	return p
+}
 
 // GenerateKey draws a new key from r (crypto/rand.Reader in production).
 func GenerateKey(r io.Reader) (*PrivKey, error) {
@@ -56,7 +66,7 @@ func GenerateKey(r io.Reader) (*PrivKey, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generate secp256k1 key: %w", err)
 	}
-	return &PrivKey{key: k}, nil
+	return newPrivKey(k), nil
 }
 
 // PrivKeyFromBytes loads a 32-byte secret scalar.
@@ -68,18 +78,14 @@ func PrivKeyFromBytes(b []byte) (*PrivKey, error) {
 	if overflow := s.SetByteSlice(b); overflow || s.IsZero() {
 		return nil, errors.New("private key is not a valid secp256k1 scalar")
 	}
-	return &PrivKey{key: secp256k1.NewPrivateKey(&s)}, nil
+	return newPrivKey(secp256k1.NewPrivateKey(&s)), nil
 }
 
 // Bytes returns the 32-byte secret scalar.
 func (k *PrivKey) Bytes() []byte { return k.key.Serialize() }
 
 // PubKey returns the compressed public key.
-func (k *PrivKey) PubKey() PubKey {
-	var p PubKey
-	copy(p[:], k.key.PubKey().SerializeCompressed())
-	return p
-}
+func (k *PrivKey) PubKey() PubKey { return k.pub }
 
 // Address returns the account address of the key.
 func (k *PrivKey) Address() Address { return k.PubKey().Address() }

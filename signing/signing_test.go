@@ -167,3 +167,18 @@ func BenchmarkSign(b *testing.B) {
 		_ = k.SignBytes(msg)
 	}
 }
+
+// The public key is derived once, at construction; it must be the secret's.
+func TestPubKeyIsTheSecretsOwn(t *testing.T) {
+	t.Parallel()
+	for seed := range int64(8) {
+		k := testKey(t, seed+10)
+		want := secp256k1.PrivKeyFromBytes(k.Bytes()).PubKey().SerializeCompressed()
+		got := k.PubKey()
+		require.Equal(t, want, got[:], "generated key %d", seed)
+		loaded, err := PrivKeyFromBytes(k.Bytes())
+		require.NoError(t, err)
+		require.Equal(t, k.PubKey(), loaded.PubKey(), "loaded key %d", seed)
+		require.Equal(t, k.PubKey().Address(), loaded.Address())
+	}
+}
