@@ -43,6 +43,8 @@ const (
 // the requests answered in the last usageFlushEvery.
 type State struct {
 	db *sql.DB
+	// The statements of every request, prepared once.
+	insertDiff, upsertUsage *sql.Stmt
 
 	// fmu is held from taking the usage in memory until its commit ended,
 	// so that UsageOf never sees a count both or neither places.
@@ -101,8 +103,26 @@ func OpenState(path, synchronous string) (*State, error) {
 		db.Close()
 		return nil, fmt.Errorf("gateway state %s: %w", path, err)
 	}
-	return &State{db: db, pending: map[string]Usage{}}, nil
+	s := &State{db: db, pending: map[string]Usage{}}
+	for _, p := range []struct {
+		stmt **sql.Stmt
+		sql  string
+	}{{&s.insertDiff, insertDiffSQL}, {&s.upsertUsage, upsertUsageSQL}} {
+		var err error
+		if *p.stmt, err = db.Prepare(p.sql); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("gateway state %s: %w", path, err)
+		}
+	}
+	return s, nil
 }
+
+const (
+	insertDiffSQL  = `INSERT INTO diffs (escrow, nonce, data, requests) VALUES (?, ?, ?, ?)`
+	upsertUsageSQL = `INSERT INTO usage (api_key, requests, prompt_tokens, completion_tokens, cost) VALUES (?, ?, ?, ?, ?)
+		ON CONFLICT (api_key) DO UPDATE SET requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens,
+		completion_tokens = completion_tokens + excluded.completion_tokens, cost = cost + excluded.cost`
+)
 
 // Close commits the usage still in memory and closes the file.
 func (s *State) Close() error {
@@ -244,15 +264,15 @@ func (s *State) putDiff(ctx context.Context, escrow uint64, d StoredDiff) error 
 	defer s.fmu.Unlock()
 	usage := s.takeUsage()
 	if len(usage) == 0 {
-		_, err := s.db.ExecContext(ctx, `INSERT INTO diffs (escrow, nonce, data, requests) VALUES (?, ?, ?, ?)`, escrow, d.Nonce, d.Data, reqs)
+		_, err := s.insertDiff.ExecContext(ctx, escrow, d.Nonce, d.Data, reqs)
 		return err
 	}
 	// The usage answered since the last commit rides with the diff.
 	err := s.inTx(ctx, func(tx *sql.Tx) error {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO diffs (escrow, nonce, data, requests) VALUES (?, ?, ?, ?)`, escrow, d.Nonce, d.Data, reqs); err != nil {
+		if _, err := tx.StmtContext(ctx, s.insertDiff).ExecContext(ctx, escrow, d.Nonce, d.Data, reqs); err != nil {
 			return err
 		}
-		return writeUsage(ctx, tx, usage)
+		return s.writeUsage(ctx, tx, usage)
 	})
 	if err != nil {
 		s.giveBack(usage)
@@ -371,19 +391,17 @@ func (s *State) flushUsage(ctx context.Context) error {
 	if len(usage) == 0 {
 		return nil
 	}
-	err := s.inTx(ctx, func(tx *sql.Tx) error { return writeUsage(ctx, tx, usage) })
+	err := s.inTx(ctx, func(tx *sql.Tx) error { return s.writeUsage(ctx, tx, usage) })
 	if err != nil {
 		s.giveBack(usage)
 	}
 	return err
 }
 
-func writeUsage(ctx context.Context, tx *sql.Tx, usage map[string]Usage) error {
+func (s *State) writeUsage(ctx context.Context, tx *sql.Tx, usage map[string]Usage) error {
+	stmt := tx.StmtContext(ctx, s.upsertUsage)
 	for key, u := range usage {
-		if _, err := tx.ExecContext(ctx, `INSERT INTO usage (api_key, requests, prompt_tokens, completion_tokens, cost) VALUES (?, ?, ?, ?, ?)
-		ON CONFLICT (api_key) DO UPDATE SET requests = requests + excluded.requests, prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-		completion_tokens = completion_tokens + excluded.completion_tokens, cost = cost + excluded.cost`,
-			key, u.Requests, u.PromptTokens, u.CompletionTokens, u.Cost); err != nil {
+		if _, err := stmt.ExecContext(ctx, key, u.Requests, u.PromptTokens, u.CompletionTokens, u.Cost); err != nil {
 			return err
 		}
 	}
