@@ -602,11 +602,23 @@ func (g *Gateway) Close(ctx context.Context) error {
 	return err
 }
 
-// halt stops the loops and settlements in progress without settling.
+// halt stops the loops and settlements in progress without settling. The
+// diffs held for members go out first (within HostTimeout), so that every
+// host ends at the latest nonce, where the group can settle without the
+// gateway.
 func (g *Gateway) halt() {
 	g.mu.Lock()
 	g.closed = true
+	all := make([]*sequencer, 0, len(g.all))
+	for _, q := range g.all {
+		all = append(all, q)
+	}
 	g.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.HostTimeout)
+	for _, q := range all {
+		q.sendHeld(ctx)
+	}
+	cancel()
 	g.stop()
 	g.bg.Wait()
 }

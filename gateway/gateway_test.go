@@ -1150,3 +1150,25 @@ func seq(from, to uint64) []uint64 {
 	}
 	return out
 }
+
+// A gateway that halts first sends the members the diffs it held for
+// them: every host ends at the latest nonce, with a signature over its
+// root, where the group can settle without the gateway.
+func TestHaltSendsHeldDiffs(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *setupOptions) { o.config = func(c *Config) { c.HoldFor = time.Hour } })
+	var last *Completion
+	for i := range 4 {
+		last = b.complete(t, ask(i))
+	}
+	b.gw.halt()
+	for i, h := range b.hosts {
+		list := h.engine.Settleables()
+		require.Len(t, list, 1, "host %d", i)
+		m := list[0].Settlement
+		require.Equal(t, last.Nonce, m.Nonce, "host %d is at the latest nonce", i)
+		sigs, err := h.engine.OwnSignatures(t.Context(), last.EscrowID, m.Nonce)
+		require.NoError(t, err)
+		require.NotEmpty(t, sigs, "host %d signed the latest root", i)
+	}
+}

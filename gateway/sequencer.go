@@ -381,6 +381,33 @@ func (q *sequencer) release(i int) {
 	}
 }
 
+// sendHeld sends every member its held diffs now, and waits until each
+// outbox is empty or ctx ends.
+func (q *sequencer) sendHeld(ctx context.Context) {
+	for i := range q.members {
+		q.release(i)
+	}
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	for {
+		idle := true
+		for i := range q.members {
+			out := &q.members[i].out
+			out.mu.Lock()
+			idle = idle && !out.running && len(out.queue) == 0
+			out.mu.Unlock()
+		}
+		if idle {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
 // startDrain starts member i's outbox goroutine. Call with its mu held.
 func (q *sequencer) startDrain(i int) {
 	out := &q.members[i].out
