@@ -6,10 +6,12 @@ import (
 	"fmt"
 	"net/http"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/httpauth"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
 )
@@ -182,4 +184,57 @@ func TestAFailedWriteOfARunRecoversTheSessionFromDisk(t *testing.T) {
 	require.Equal(t, uint64(4), resp.Nonce)
 	root := b.gw.Replica.Root()
 	require.Equal(t, hex.EncodeToString(root[:]), resp.Root)
+}
+
+// A member the gateway left behind (diffs held for it never came) catches
+// up from a peer's stored diffs, which carry the gateway's signature, and
+// then signs the same latest root as the peer: the group can settle
+// without the gateway.
+func TestAMemberLeftBehindCatchesUpFromAPeer(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	ds := b.build(t, 4)
+	status, ahead, body := b.sendRun(t, 0, ds, nil)
+	require.Equal(t, http.StatusOK, status, body)
+	status, _, body = b.sendRun(t, 1, ds[:1], nil)
+	require.Equal(t, http.StatusOK, status, body)
+
+	// Host 1 reads host 0's stored diffs past its own nonce.
+	req, err := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/v1/sessions/%d/diffs?from=2", b.urls[0], b.f.Snapshot.EscrowId), nil)
+	require.NoError(t, err)
+	require.NoError(t, httpauth.Sign(req, b.f.Hosts[1], time.Now()))
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var got struct {
+		Diffs []struct {
+			Data []byte `json:"data"`
+		} `json:"diffs"`
+	}
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&got))
+	require.Len(t, got.Diffs, 3)
+	items := make([]DiffItem, len(got.Diffs))
+	for i, d := range got.Diffs {
+		items[i] = DiffItem{Raw: d.Data}
+	}
+	reply, err := b.hosts[1].ApplyDiffs(t.Context(), b.f.Snapshot.EscrowId, items)
+	require.NoError(t, err)
+	require.Equal(t, ahead.Root, hex.EncodeToString(reply.Root[:]), "the same root as the peer")
+
+	// Host 2 got diffs 1 to 3 as a run that was cut short at 3 (so 2 is its
+	// latest, unsigned); SignLatest signs it.
+	bad := *ds[2]
+	bad.PostStateRoot = make([]byte, 32)
+	require.NoError(t, session.SignDiff(b.f.Gateway, &bad))
+	status, _, body = b.sendRun(t, 2, []*sessionpb.Diff{ds[0], ds[1], &bad}, nil)
+	require.Equal(t, http.StatusBadRequest, status, body)
+	sigs, err := b.hosts[2].OwnSignatures(t.Context(), b.f.Snapshot.EscrowId, 2)
+	require.NoError(t, err)
+	require.Empty(t, sigs)
+	require.NoError(t, b.hosts[2].SignLatest(t.Context(), b.f.Snapshot.EscrowId))
+	sigs, err = b.hosts[2].OwnSignatures(t.Context(), b.f.Snapshot.EscrowId, 2)
+	require.NoError(t, err)
+	require.Len(t, sigs, 1)
+	require.NoError(t, session.VerifyStateSignature(b.f.Snapshot, sigs[0], nil))
 }

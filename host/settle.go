@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/devshard/devshard/session/sessionpb"
 )
@@ -45,4 +46,34 @@ func (e *Engine) OwnSignatures(ctx context.Context, escrow, nonce uint64) ([]*se
 		out = append(out, &ss)
 	}
 	return out, nil
+}
+
+// SignLatest signs the escrow's latest stored root if this host has not: a
+// delivery's run signs only its last diff, and a run cut short by a
+// refused diff signs none. An own tx overdue for inclusion still withholds
+// the signature. It is for settling without the gateway, once the host has
+// caught up from its peers (ApplyDiffs with their stored diffs).
+func (e *Engine) SignLatest(ctx context.Context, escrowID uint64) error {
+	en, err := e.session(ctx, escrowID)
+	if err != nil {
+		return err
+	}
+	defer en.mu.Unlock()
+	n := en.s.Nonce()
+	if n == 0 {
+		return nil
+	}
+	stored, err := e.cfg.Store.Diffs(ctx, escrowID, n, 1)
+	if err != nil {
+		return err
+	}
+	if len(stored) == 0 || stored[0].Nonce != n {
+		return fmt.Errorf("diff %d of escrow %d is applied but not stored", n, escrowID)
+	}
+	var d sessionpb.Diff
+	if err := d.Unmarshal(stored[0].Data); err != nil {
+		return err
+	}
+	_, err = e.replay(ctx, en, &d, stored[0].Data)
+	return err
 }

@@ -27,9 +27,10 @@ import (
 // selfSettler settles, from the host's own account, every escrow the host
 // serves that is still open once its settlement deadline has passed: the
 // gateway went away or stalls, and the hosts are owed their work. It
-// gathers the group's state signatures over the host's latest root (its
-// own, plus each peer's through the signatures route) and sends
-// MsgSettleEscrow once more than 2/3 of the slots have signed.
+// catches up from its peers' stored diffs (catchUp), gathers the group's
+// state signatures over the host's latest root (its own, plus each peer's
+// through the signatures route) and sends MsgSettleEscrow once more than
+// 2/3 of the slots have signed.
 type selfSettler struct {
 	eng    *host.Engine
 	c      *chainclient.Client
@@ -76,6 +77,7 @@ func (s *selfSettler) round(ctx context.Context) {
 		if epoch < esc.DeadlineEpoch {
 			continue
 		}
+		st = s.catchUp(ctx, st)
 		if err := s.settle(ctx, st); err != nil {
 			s.log.Warn("self-settlement", "escrow", id, "err", err)
 			continue
@@ -99,16 +101,7 @@ func (s *selfSettler) settle(ctx context.Context, st host.Settleable) error {
 		return err
 	}
 	take(own)
-	seen := map[string]bool{string(s.eng.Address().Bytes()): true}
-	for _, raw := range st.Snapshot.Group {
-		if seen[string(raw)] {
-			continue
-		}
-		seen[string(raw)] = true
-		a, err := signing.AddressFromBytes(raw)
-		if err != nil {
-			return err
-		}
+	for _, a := range s.peers(st.Snapshot) {
 		peer, err := s.peerSignatures(ctx, a, m.EscrowId, m.Nonce)
 		if err != nil {
 			s.log.Info("self-settlement: a peer's signatures are missing", "escrow", m.EscrowId, "peer", s.c.Address(a), "err", err)
@@ -135,31 +128,117 @@ func (s *selfSettler) settle(ctx context.Context, st host.Settleable) error {
 	return nil
 }
 
-// peerSignatures asks a group member for its state signatures at nonce.
-func (s *selfSettler) peerSignatures(ctx context.Context, peer signing.Address, escrow, nonce uint64) ([]*sessionpb.StateSignature, error) {
+// catchUpPages bounds the pages of diffs one catch-up reads from a peer.
+const catchUpPages = 64
+
+// catchUp brings the host's copy of st's escrow up to the latest nonce a
+// peer holds, then signs its latest root if it has not, and returns the
+// escrow as it now stands. A gateway that went away may have left the
+// members at different nonces (diffs it held for some of them, deliveries
+// in flight), and no root would then gather the signatures of more than
+// 2/3 of the slots. Every diff carries the gateway's signature, so a
+// peer's stored copy is as good as the gateway's; each member catches up
+// in its own round, so the group meets at the latest nonce.
+func (s *selfSettler) catchUp(ctx context.Context, st host.Settleable) host.Settleable {
+	id := st.Snapshot.EscrowId
+	nonce := st.Settlement.Nonce
+	for _, peer := range s.peers(st.Snapshot) {
+		for range catchUpPages {
+			raws, err := s.peerDiffs(ctx, peer, id, nonce+1)
+			if err != nil || len(raws) == 0 {
+				break
+			}
+			items := make([]host.DiffItem, len(raws))
+			for i, raw := range raws {
+				items[i] = host.DiffItem{Raw: raw}
+			}
+			reply, err := s.eng.ApplyDiffs(ctx, id, items)
+			if err != nil {
+				s.log.Warn("self-settlement: a peer's diffs do not apply", "escrow", id, "peer", s.c.Address(peer), "from", nonce+1, "err", err)
+				break
+			}
+			nonce = reply.Nonce
+		}
+	}
+	if err := s.eng.SignLatest(ctx, id); err != nil {
+		s.log.Warn("self-settlement: latest root not signed", "escrow", id, "err", err)
+	}
+	for _, now := range s.eng.Settleables() {
+		if now.Snapshot.EscrowId == id {
+			return now
+		}
+	}
+	return st
+}
+
+// peers are the group's other participants.
+func (s *selfSettler) peers(snap *sessionpb.EscrowSnapshot) []signing.Address {
+	seen := map[string]bool{string(s.eng.Address().Bytes()): true}
+	var out []signing.Address
+	for _, raw := range snap.Group {
+		if seen[string(raw)] {
+			continue
+		}
+		seen[string(raw)] = true
+		if a, err := signing.AddressFromBytes(raw); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// peerGet reads path from a group member's host API, signed as this host,
+// into out.
+func (s *selfSettler) peerGet(ctx context.Context, peer signing.Address, path string, out any) error {
 	p, err := s.c.Participant(ctx, peer)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/v1/sessions/%d/signatures?nonce=%d", strings.TrimRight(p.Url, "/"), escrow, nonce), nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(p.Url, "/")+path, nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if err := httpauth.Sign(req, s.signer, time.Now()); err != nil {
-		return nil, err
+		return err
 	}
 	resp, err := s.http.Do(req)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("%s answered %d", p.Url, resp.StatusCode)
+		return fmt.Errorf("%s answered %d", p.Url, resp.StatusCode)
 	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// peerDiffs asks a group member for its stored diffs from nonce from on.
+func (s *selfSettler) peerDiffs(ctx context.Context, peer signing.Address, escrow, from uint64) ([][]byte, error) {
+	var out struct {
+		Diffs []struct {
+			Nonce uint64 `json:"nonce"`
+			Data  []byte `json:"data"`
+		} `json:"diffs"`
+	}
+	if err := s.peerGet(ctx, peer, fmt.Sprintf("/v1/sessions/%d/diffs?from=%d&limit=%d", escrow, from, host.MaxDiffsPerDelivery), &out); err != nil {
+		return nil, err
+	}
+	raws := make([][]byte, 0, len(out.Diffs))
+	for i, d := range out.Diffs {
+		if d.Nonce != from+uint64(i) {
+			return nil, fmt.Errorf("peer's diffs from %d are not consecutive at %d", from, d.Nonce)
+		}
+		raws = append(raws, d.Data)
+	}
+	return raws, nil
+}
+
+// peerSignatures asks a group member for its state signatures at nonce.
+func (s *selfSettler) peerSignatures(ctx context.Context, peer signing.Address, escrow, nonce uint64) ([]*sessionpb.StateSignature, error) {
 	var out struct {
 		Signatures [][]byte `json:"signatures"`
 	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+	if err := s.peerGet(ctx, peer, fmt.Sprintf("/v1/sessions/%d/signatures?nonce=%d", escrow, nonce), &out); err != nil {
 		return nil, err
 	}
 	list := make([]*sessionpb.StateSignature, 0, len(out.Signatures))
