@@ -57,6 +57,7 @@ type setupOptions struct {
 	executor func(i int) executor.Executor // host i's executor; default executor.Builtin{}
 	config   func(*Config)
 	wrap     func(i int, h http.Handler) http.Handler // host i's HTTP handler; default as is
+	session  func(*sessiontest.Options)               // the escrow's parameters; default sessiontest.DefaultOptions
 }
 
 // setup builds a bundle and starts its gateway. The gateway's flush and
@@ -69,7 +70,11 @@ func setup(t *testing.T, opts ...func(*setupOptions)) *bundle {
 		f(&o)
 	}
 	quiet := slog.New(slog.DiscardHandler)
-	f := sessiontest.New(1, sessiontest.DefaultOptions())
+	so := sessiontest.DefaultOptions()
+	if o.session != nil {
+		o.session(&so)
+	}
+	f := sessiontest.New(1, so)
 	b := &bundle{fixture: f, chain: newFakeChain(f), statePath: filepath.Join(t.TempDir(), "state.db")}
 	for i, key := range f.Hosts {
 		st, err := sqlite.Open(context.Background(), t.TempDir(), sqlite.Options{})
@@ -1171,4 +1176,34 @@ func TestHaltSendsHeldDiffs(t *testing.T) {
 		require.NoError(t, err)
 		require.NotEmpty(t, sigs, "host %d signed the latest root", i)
 	}
+}
+
+// A short seal grace holds fewer diffs: at most a quarter of it, so that a
+// validator sees a finished inference well before it seals.
+func TestHoldIsBoundedByTheSealGrace(t *testing.T) {
+	t.Parallel()
+	var mu sync.Mutex
+	longest := 0
+	b := setup(t, func(o *setupOptions) {
+		o.session = func(so *sessiontest.Options) { so.SealGraceNonces = 8 }
+		o.config = func(c *Config) { c.HoldFor = time.Hour }
+		o.wrap = func(i int, h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/diffs") {
+					raw, _ := io.ReadAll(r.Body)
+					mu.Lock()
+					longest = max(longest, len(postedNonces(t, raw)))
+					mu.Unlock()
+					r.Body = io.NopCloser(bytes.NewReader(raw))
+				}
+				h.ServeHTTP(w, r)
+			})
+		}
+	})
+	for i := range 6 {
+		requireAnswer(t, ask(i), b.complete(t, ask(i)))
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, 2, longest, "8 grace nonces hold at most 2 diffs")
 }

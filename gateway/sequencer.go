@@ -45,13 +45,30 @@ type outbox struct {
 	hold     *time.Timer // armed while held diffs wait
 }
 
-// ready reports whether the queue goes out now. Call with mu held.
-func (o *outbox) ready() bool {
-	return len(o.queue) > 0 && (o.queue[0].nonce <= o.urgentTo || len(o.queue) >= maxHeld)
+// ready reports whether the queue goes out now, with at most held diffs
+// held. Call with mu held.
+func (o *outbox) ready(held int) bool {
+	return len(o.queue) > 0 && (o.queue[0].nonce <= o.urgentTo || len(o.queue) >= held)
 }
 
 // maxHeld is how many diffs may wait for a member before they go out.
 const maxHeld = 16
+
+// holdFor is how long diffs may wait for a member of this escrow:
+// Config.HoldFor, and at most a quarter of the seal grace's seconds.
+func (q *sequencer) holdFor() time.Duration {
+	if g := q.snap.SealGraceSeconds; g > 0 {
+		return min(q.g.cfg.HoldFor, time.Duration(g)*time.Second/4)
+	}
+	return q.g.cfg.HoldFor
+}
+
+// held is how many diffs may wait for a member of this escrow: maxHeld,
+// and at most a quarter of the seal grace, so that a member sampled to
+// validate a finished inference sees it well before it seals.
+func (q *sequencer) held() int {
+	return int(max(min(maxHeld, q.snap.SealGraceNonces/4), 1))
+}
 
 // delivery is one diff on its way to every member.
 type delivery struct {
@@ -349,7 +366,7 @@ func (q *sequencer) enqueue(i int, d *delivery, urgent bool) bool {
 	if out.running {
 		return false // the running goroutine sends it, or holds it
 	}
-	if !out.ready() {
+	if !out.ready(q.held()) {
 		q.holdLocked(i)
 		return false
 	}
@@ -362,7 +379,7 @@ func (q *sequencer) enqueue(i int, d *delivery, urgent bool) bool {
 func (q *sequencer) holdLocked(i int) {
 	out := &q.members[i].out
 	if out.hold == nil {
-		out.hold = time.AfterFunc(q.g.cfg.HoldFor, func() { q.release(i) })
+		out.hold = time.AfterFunc(q.holdFor(), func() { q.release(i) })
 	}
 }
 
@@ -425,7 +442,7 @@ func (q *sequencer) drainOutbox(i int) {
 	out := &q.members[i].out
 	for {
 		out.mu.Lock()
-		if !out.ready() {
+		if !out.ready(q.held()) {
 			out.running = false
 			if len(out.queue) > 0 {
 				q.holdLocked(i)
