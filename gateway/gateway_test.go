@@ -1079,6 +1079,21 @@ func postedNonces(t *testing.T, raw []byte) []uint64 {
 	return out
 }
 
+// watchDeliveries wraps each host's handler so that seen learns the
+// nonces of every diff delivery posted to host i.
+func watchDeliveries(t *testing.T, seen func(i int, nonces []uint64)) func(int, http.Handler) http.Handler {
+	return func(i int, h http.Handler) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/diffs") {
+				raw, _ := io.ReadAll(r.Body)
+				seen(i, postedNonces(t, raw))
+				r.Body = io.NopCloser(bytes.NewReader(raw))
+			}
+			h.ServeHTTP(w, r)
+		})
+	}
+}
+
 // A member gets the diffs it does not execute held, and takes them as one
 // run in front of the next diff it executes: one delivery per request in
 // all, not one per member. Finalizing sends everything, and every slot
@@ -1089,18 +1104,11 @@ func TestMembersTakeHeldDiffsAsOneRun(t *testing.T) {
 	runs := map[int][][]uint64{} // host index -> the nonces of each delivery
 	b := setup(t, func(o *setupOptions) {
 		o.config = func(c *Config) { c.HoldFor = time.Hour }
-		o.wrap = func(i int, h http.Handler) http.Handler {
-			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/diffs") {
-					raw, _ := io.ReadAll(r.Body)
-					mu.Lock()
-					runs[i] = append(runs[i], postedNonces(t, raw))
-					mu.Unlock()
-					r.Body = io.NopCloser(bytes.NewReader(raw))
-				}
-				h.ServeHTTP(w, r)
-			})
-		}
+		o.wrap = watchDeliveries(t, func(i int, nonces []uint64) {
+			mu.Lock()
+			runs[i] = append(runs[i], nonces)
+			mu.Unlock()
+		})
 	})
 	const requests = 6
 	var cost uint64
@@ -1187,18 +1195,11 @@ func TestHoldIsBoundedByTheSealGrace(t *testing.T) {
 	b := setup(t, func(o *setupOptions) {
 		o.session = func(so *sessiontest.Options) { so.SealGraceNonces = 8 }
 		o.config = func(c *Config) { c.HoldFor = time.Hour }
-		o.wrap = func(i int, h http.Handler) http.Handler {
-			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				if r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/diffs") {
-					raw, _ := io.ReadAll(r.Body)
-					mu.Lock()
-					longest = max(longest, len(postedNonces(t, raw)))
-					mu.Unlock()
-					r.Body = io.NopCloser(bytes.NewReader(raw))
-				}
-				h.ServeHTTP(w, r)
-			})
-		}
+		o.wrap = watchDeliveries(t, func(_ int, nonces []uint64) {
+			mu.Lock()
+			longest = max(longest, len(nonces))
+			mu.Unlock()
+		})
 	})
 	for i := range 6 {
 		requireAnswer(t, ask(i), b.complete(t, ask(i)))
