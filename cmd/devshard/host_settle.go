@@ -34,7 +34,8 @@ import (
 type selfSettler struct {
 	eng    *host.Engine
 	c      *chainclient.Client
-	send   *claimer // the account's key and tx client
+	urls   host.Peers // where each group member serves
+	send   *claimer   // the account's key and tx client
 	signer signing.Signer
 	http   *http.Client
 	log    *slog.Logger
@@ -46,7 +47,7 @@ func newSelfSettler(eng *host.Engine, c *chainclient.Client, send *claimer, sign
 	if send == nil {
 		return nil // no key that can send txs for the account: the claimer said why
 	}
-	return &selfSettler{eng: eng, c: c, send: send, signer: signer, http: &http.Client{Timeout: 5 * time.Second}, log: log, done: map[uint64]bool{}}
+	return &selfSettler{eng: eng, c: c, urls: newChainPeers(c), send: send, signer: signer, http: &http.Client{Timeout: 5 * time.Second}, log: log, done: map[uint64]bool{}}
 }
 
 // round settles what is due now. Errors are logged; the next round retries.
@@ -154,7 +155,7 @@ func (s *selfSettler) catchUp(ctx context.Context, st host.Settleable) host.Sett
 			}
 			reply, err := s.eng.ApplyDiffs(ctx, id, items)
 			if err != nil {
-				s.log.Warn("self-settlement: a peer's diffs do not apply", "escrow", id, "peer", s.c.Address(peer), "from", nonce+1, "err", err)
+				s.log.Warn("self-settlement: a peer's diffs do not apply", "escrow", id, "peer", peer, "from", nonce+1, "err", err)
 				break
 			}
 			nonce = reply.Nonce
@@ -190,11 +191,11 @@ func (s *selfSettler) peers(snap *sessionpb.EscrowSnapshot) []signing.Address {
 // peerGet reads path from a group member's host API, signed as this host,
 // into out.
 func (s *selfSettler) peerGet(ctx context.Context, peer signing.Address, path string, out any) error {
-	p, err := s.c.Participant(ctx, peer)
+	url, err := s.urls.PeerURL(ctx, peer)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(p.Url, "/")+path, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+path, nil)
 	if err != nil {
 		return err
 	}
@@ -207,7 +208,7 @@ func (s *selfSettler) peerGet(ctx context.Context, peer signing.Address, path st
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s answered %d", p.Url, resp.StatusCode)
+		return fmt.Errorf("%s answered %d", url, resp.StatusCode)
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
 }
