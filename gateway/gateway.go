@@ -210,7 +210,13 @@ func (g *Gateway) Start(ctx context.Context) error {
 			return fmt.Errorf("resume escrow %d: %w", e.Snapshot.EscrowId, err)
 		}
 		g.all[q.id()] = q
+		q.mu.Lock()
+		tail := q.adoptTail(ctx)
+		q.mu.Unlock()
 		switch {
+		case tail != nil:
+			g.log.Warn("resumed escrow waits for a host; it will be settled once the host answers", "escrow", q.id(), "err", tail)
+			g.settleLater(q)
 		case q.status == StatusSettling || e.Snapshot.Epoch < epoch:
 			g.settleLater(q)
 		case !g.takeLane(q):
@@ -255,6 +261,7 @@ func (g *Gateway) restore(ctx context.Context, e StoredEscrow) (*sequencer, erro
 		q.acked[i] = q.replica.Nonce()
 	}
 	q.sigNonce = q.replica.Nonce()
+	q.tailUnknown = q.status != StatusSettled
 	return q, nil
 }
 
@@ -369,8 +376,22 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 			}
 			taken <- err
 		}()
+		// Nothing of the answer reaches the app before the diff that
+		// started it is stored: the app's answer is always on the books.
+		storeErr, waited := error(nil), false
+		awaitStored := func() error {
+			if !waited {
+				waited = true
+				storeErr = <-st.stored // the write is not cut short by ctx
+				g.metrics.phase(PhaseStore, began)
+			}
+			return storeErr
+		}
 		var text []byte
 		forward := func(piece string) error {
+			if err := awaitStored(); err != nil {
+				return err
+			}
 			text = append(text, piece...)
 			n := min(len(text), len(delivered))
 			if string(text[:n]) != string(delivered[:n]) {
@@ -385,6 +406,11 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 		}
 		res, err := g.peers.inference(streamCx, url, q.id(), nonce, req, g.cfg.StallTimeout, forward)
 		g.metrics.phase(PhaseStream, began)
+		if serr := awaitStored(); serr != nil {
+			cancelStream()
+			<-taken
+			return nil, serr // the diff stays unwritten: its nonce is taken (sequencer.store)
+		}
 		cancelStream()
 		// A whole answer stands whatever became of the delivery: the
 		// executor streams only a diff it has checked. A failed stream

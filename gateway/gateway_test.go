@@ -1005,10 +1005,8 @@ func TestAnswerStandsWhenItsDeliveryFailsAfter(t *testing.T) {
 // TestDiffWriteThatLandedDespiteAnErrorStands: a diff write can report an
 // error although its commit landed (an interrupted commit, a lost answer).
 // The sequencer reads the state file back: the same bytes there mean the
-// write succeeded, so the request goes on; a different diff there (an
-// earlier write reported failed) is adopted and sent, and the request is
-// sequenced at the next nonce. Either way no nonce is stored twice or
-// skipped, the hosts take every diff, and settlement pays every answer.
+// write succeeded, so the request goes on. No nonce is stored twice or
+// skipped, and settlement pays every answer.
 func TestDiffWriteThatLandedDespiteAnErrorStands(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -1028,36 +1026,221 @@ func TestDiffWriteThatLandedDespiteAnErrorStands(t *testing.T) {
 	wantCost, lastNonce = wantCost+c.Cost, c.Nonce
 	b.state.lostAnswer = nil
 
-	// An earlier write at the next nonce landed while its step was told it
-	// failed: the state file holds a diff the sequencer never applied.
-	views := b.gw.Escrows()
-	require.Len(t, views, 1)
+	c = b.complete(t, ask(2))
+	requireAnswer(t, ask(2), c)
+	require.Equal(t, lastNonce+1, c.Nonce)
+	wantCost += c.Cost
+	b.requireOneSettlementPaying(t, wantCost, "every answer is paid")
+}
+
+// sequencerOf is the gateway's sequencer of escrow id.
+func (b *bundle) sequencerOf(t *testing.T, id uint64) *sequencer {
+	t.Helper()
 	b.gw.mu.Lock()
-	q := b.gw.all[views[0].ID]
-	b.gw.mu.Unlock()
+	defer b.gw.mu.Unlock()
+	q := b.gw.all[id]
+	require.NotNil(t, q, "the gateway has no escrow %d", id)
+	return q
+}
+
+// heldBy reads diff nonce of escrow id as host url stores it.
+func (b *bundle) heldBy(t *testing.T, url string, id, nonce uint64) []byte {
+	t.Helper()
+	held, err := b.gw.peers.diffs(t.Context(), url, id, nonce, 1)
+	require.NoError(t, err)
+	require.NotEmpty(t, held, "host %s holds no diff %d", url, nonce)
+	require.Equal(t, nonce, held[0].Nonce)
+	return held[0].Data
+}
+
+// failNextWrite makes the gateway's next diff write fail, and returns the
+// nonce it was for once it has.
+func failNextWrite(st *State) func() uint64 {
+	var failed atomic.Uint64
+	var once sync.Once
+	st.failWrite = func(nonce uint64) (err error) {
+		once.Do(func() {
+			failed.Store(nonce)
+			err = errors.New("disk full")
+		})
+		return err
+	}
+	return failed.Load
+}
+
+// TestAFailedDiffWriteIsWrittenBeforeTheNextDiff: a start goes to its
+// executor beside the gateway's write. When the write fails, the request
+// fails, and the diff its executor holds keeps its nonce: the next request
+// stores it first and takes the nonce after, and every host takes both.
+func TestAFailedDiffWriteIsWrittenBeforeTheNextDiff(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c := b.complete(t, ask(0))
+	id := c.EscrowID
+	q := b.sequencerOf(t, id)
+
+	failed := failNextWrite(b.state)
+	req := normalized(t, b.gw, ask(1))
+	_, err := b.gw.Complete(t.Context(), req, func(string) error { return nil })
+	require.ErrorContains(t, err, "disk full", "the request fails with the write")
+	n := failed()
+	require.Equal(t, c.Nonce+1, n)
 	q.mu.Lock()
-	d, _, err := q.build(nil, false)
-	require.NoError(t, err)
-	raw, err := d.Marshal()
-	require.NoError(t, err)
-	require.NoError(t, b.state.PutDiff(t.Context(), q.id(), StoredDiff{Nonce: d.Nonce, Data: raw}))
+	exec := q.members[q.executorMember(n)]
 	q.mu.Unlock()
-	require.Equal(t, lastNonce+1, d.Nonce)
+	require.Eventually(t, func() bool {
+		held, err := b.gw.peers.diffs(t.Context(), exec.url, id, n, 1)
+		return err == nil && len(held) == 1
+	}, 5*time.Second, 5*time.Millisecond, "the executor took diff %d beside the failed write", n)
+	b.state.failWrite = nil
 
 	c = b.complete(t, ask(2))
 	requireAnswer(t, ask(2), c)
-	require.Equal(t, lastNonce+2, c.Nonce, "the stored diff keeps its nonce; the request takes the next")
-	wantCost += c.Cost
-	stored, err := b.state.Diffs(t.Context(), q.id(), lastNonce+1, 1)
+	require.Equal(t, n+1, c.Nonce, "the unwritten diff kept its nonce")
+	stored, err := b.state.Diffs(t.Context(), id, n, 1)
 	require.NoError(t, err)
-	require.Equal(t, raw, stored[0].Data, "the diff that landed first stands")
+	require.Len(t, stored, 1)
+	require.Equal(t, b.heldBy(t, exec.url, id, n), stored[0].Data, "the gateway stored the diff its executor holds")
+	b.waitDelivered(t, id, n+1)
+}
 
-	b.requireOneSettlementPaying(t, wantCost, "every answer is paid")
-	for i, h := range b.hosts {
-		reply, err := h.engine.ApplyDiff(t.Context(), q.id(), raw, nil)
-		require.NoError(t, err, "host %d holds the adopted diff byte for byte (a replay is a no-op)", i)
-		require.Equal(t, d.Nonce, reply.Nonce)
+// TestRestartTakesBackADiffOnlyItsExecutorHolds: the gateway stops after
+// its executor took a start but before the gateway's write landed. The
+// restarted gateway takes the diff back from that host instead of
+// building another at its nonce, which would fork the session.
+func TestRestartTakesBackADiffOnlyItsExecutorHolds(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	var lastNonce uint64
+	for i := range 3 {
+		lastNonce = b.complete(t, ask(i)).Nonce
 	}
+	id := b.gw.Escrows()[0].ID
+	failNextWrite(b.state)
+	_, err := b.gw.Complete(t.Context(), normalized(t, b.gw, ask(3)), func(string) error { return nil })
+	require.Error(t, err)
+	n := lastNonce + 1
+	q := b.sequencerOf(t, id)
+	q.mu.Lock()
+	exec := q.members[q.executorMember(n)]
+	q.mu.Unlock()
+	require.Eventually(t, func() bool {
+		held, err := b.gw.peers.diffs(t.Context(), exec.url, id, n, 1)
+		return err == nil && len(held) == 1
+	}, 5*time.Second, 5*time.Millisecond)
+
+	// Stopped as a killed process would be, with diff n in memory only.
+	b.gw.halt()
+	require.NoError(t, b.state.Close())
+	b.gw, b.state = b.startGateway(t)
+
+	views := b.gw.Escrows()
+	require.Len(t, views, 1)
+	require.Equal(t, n, views[0].Nonce, "the restarted gateway took diff %d back", n)
+	require.True(t, views[0].Current, "the escrow goes on")
+	stored, err := b.state.Diffs(t.Context(), id, n, 1)
+	require.NoError(t, err)
+	require.Len(t, stored, 1)
+	require.Equal(t, b.heldBy(t, exec.url, id, n), stored[0].Data)
+
+	c := b.complete(t, ask(4))
+	requireAnswer(t, ask(4), c)
+	require.Equal(t, id, c.EscrowID)
+	require.Equal(t, n+1, c.Nonce)
+	require.Equal(t, 1, c.Attempts, "no host refused the diff as a fork")
+	b.waitDelivered(t, id, n+1)
+}
+
+// TestRestartWaitsForAHostStillInitializing: a host that has just
+// started answers 503 until its storage is ready. The restarted gateway
+// asks again rather than giving up on the escrow.
+func TestRestartWaitsForAHostStillInitializing(t *testing.T) {
+	t.Parallel()
+	var busy atomic.Int32 // answers left to refuse, per host
+	b := setup(t, func(o *setupOptions) {
+		o.wrap = func(i int, h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method == http.MethodGet && busy.Add(-1) >= 0 {
+					http.Error(w, `{"error":"initializing"}`, http.StatusServiceUnavailable)
+					return
+				}
+				h.ServeHTTP(w, r)
+			})
+		}
+	})
+	c := b.complete(t, ask(0))
+	b.gw.halt()
+	require.NoError(t, b.state.Close())
+	busy.Store(3)
+	b.gw, b.state = b.startGateway(t)
+	views := b.gw.Escrows()
+	require.Len(t, views, 1)
+	require.True(t, views[0].Current, "the escrow is resumed once its host is ready")
+	require.Less(t, busy.Load(), int32(0), "the host was asked past its 503s")
+	next := b.complete(t, ask(1))
+	require.Equal(t, c.EscrowID, next.EscrowID)
+	require.Equal(t, c.Nonce+1, next.Nonce)
+}
+
+// TestRestartWaitsForTheExecutorOfTheNextNonce: while the host that may
+// hold the diff after the stored ones does not answer, the resumed escrow
+// takes no requests and sequences nothing; once it answers, its diff is
+// taken back.
+func TestRestartWaitsForTheExecutorOfTheNextNonce(t *testing.T) {
+	t.Parallel()
+	var down atomic.Int32
+	down.Store(-1)
+	b := setup(t, func(o *setupOptions) {
+		o.wrap = func(i int, h http.Handler) http.Handler {
+			return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if int(down.Load()) == i {
+					panic(http.ErrAbortHandler) // the connection drops, as to a dead host
+				}
+				h.ServeHTTP(w, r)
+			})
+		}
+	})
+	lastNonce := b.complete(t, ask(0)).Nonce
+	id := b.gw.Escrows()[0].ID
+	failNextWrite(b.state)
+	_, err := b.gw.Complete(t.Context(), normalized(t, b.gw, ask(1)), func(string) error { return nil })
+	require.Error(t, err)
+	n := lastNonce + 1
+	q := b.sequencerOf(t, id)
+	q.mu.Lock()
+	e := q.executorMember(n)
+	exec := q.members[e]
+	q.mu.Unlock()
+	require.Eventually(t, func() bool {
+		held, err := b.gw.peers.diffs(t.Context(), exec.url, id, n, 1)
+		return err == nil && len(held) == 1
+	}, 5*time.Second, 5*time.Millisecond)
+	held := b.heldBy(t, exec.url, id, n)
+
+	b.gw.halt()
+	require.NoError(t, b.state.Close())
+	for i, h := range b.hosts {
+		if h.srv.URL == exec.url {
+			down.Store(int32(i))
+		}
+	}
+	b.gw, b.state = b.startGateway(t)
+	views := b.gw.Escrows()
+	require.Len(t, views, 1)
+	require.Equal(t, lastNonce, views[0].Nonce)
+	require.False(t, views[0].Current, "an escrow whose next diff may be with a host that does not answer takes no requests")
+	stored, err := b.state.Diffs(t.Context(), id, n, 1)
+	require.NoError(t, err)
+	require.Empty(t, stored, "nothing was sequenced at nonce %d", n)
+
+	down.Store(-1)
+	require.Eventually(t, func() bool {
+		stored, err := b.state.Diffs(t.Context(), id, n, 1)
+		return err == nil && len(stored) == 1
+	}, 15*time.Second, 20*time.Millisecond, "once the host answers, its diff is taken back")
+	stored, err = b.state.Diffs(t.Context(), id, n, 1)
+	require.NoError(t, err)
+	require.Equal(t, held, stored[0].Data)
 }
 
 // postedNonces are the nonces of the diffs in a POST .../diffs body, one

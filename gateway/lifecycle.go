@@ -20,42 +20,35 @@ type started struct {
 	url   string // the executor's
 	exec  int    // the executor's member index
 	sent  *delivery
+	// stored reports the write of the start's diff; the app sees nothing
+	// of the answer before it has landed.
+	stored <-chan error
 }
 
 // start sequences a StartInference for req. Nonces whose executor is known
 // to be down are skipped with diffs that only carry pooled txs. It returns
-// once the diff is stored and queued for the hosts: the caller waits for
-// the executor's answer (sent.wait) without holding up the next request.
+// once the diff is on its way to its executor; its write and the other
+// members' deliveries follow (startStep). The caller waits for the
+// executor's answer (sent.wait) and the write (stored) without holding up
+// the next request.
 func (q *sequencer) start(ctx context.Context, req executor.Request) (*started, error) {
 	q.mu.Lock()
-	defer q.mu.Unlock()
-	for attempt := 0; ; attempt++ {
-		st, err := q.startOnce(ctx, req)
-		if !errors.Is(err, errRestep) || attempt == 2 {
-			return st, err
-		}
+	st, err := q.startLocked(ctx, req)
+	if err != nil {
+		q.mu.Unlock() // on success the start's write unlocks it (startStep)
 	}
+	return st, err
 }
 
-// stepPooled steps with the pooled txs only (and a FinalizeRound if
-// finalize), building again when the nonce was taken by a diff stored
-// earlier. Call with mu held.
-func (q *sequencer) stepPooled(ctx context.Context, finalize bool) (*delivery, error) {
-	for attempt := 0; ; attempt++ {
-		sent, err := q.step(ctx, nil, nil, finalize)
-		if !errors.Is(err, errRestep) || attempt == 2 {
-			return sent, err
-		}
-	}
-}
-
-// startOnce is start with mu held; errRestep means build it again.
-func (q *sequencer) startOnce(ctx context.Context, req executor.Request) (*started, error) {
+func (q *sequencer) startLocked(ctx context.Context, req executor.Request) (*started, error) {
 	if q.status != StatusOpen || q.settling || q.replica.Phase() != sessionpb.Phase_PHASE_ACTIVE {
 		if q.replica.Phase() != sessionpb.Phase_PHASE_ACTIVE && !q.settling {
 			q.g.log.Error("escrow left open past its ACTIVE phase", "escrow", q.id(), "phase", q.replica.Phase(), "status", q.status)
 		}
 		return nil, errEscrowLow
+	}
+	if err := q.catchUp(ctx); err != nil {
+		return nil, err
 	}
 	in := uint64(executor.PromptTokens(req.Messages))
 	reserve := (in + uint64(req.MaxTokens)) * q.snap.TokenPrice
@@ -80,16 +73,18 @@ func (q *sequencer) startOnce(ctx context.Context, req executor.Request) (*start
 	startTx := &sessionpb.Tx{Body: &sessionpb.Tx_Start{Start: &sessionpb.StartInference{
 		InferenceId: id, InputTokens: in, MaxTokens: uint64(req.MaxTokens), PromptHash: hash[:], Model: req.Model,
 	}}}
-	sent, err := q.step(ctx, []*sessionpb.Tx{startTx}, map[uint64]executor.Request{id: req}, false)
+	exec := q.executorMember(id)
+	sent, stored, err := q.startStep(ctx, []*sessionpb.Tx{startTx}, map[uint64]executor.Request{id: req})
 	if err != nil {
 		return nil, err
 	}
-	if q.replica.Balance()*100 < q.snap.Amount*lowWater {
-		q.g.log.Info("escrow running low; the next request opens a new one", "escrow", q.id(), "balance", q.replica.Balance())
-		go q.g.retire(q)
-	}
-	exec := q.executorMember(id)
-	return &started{nonce: id, url: q.members[exec].url, exec: exec, sent: sent}, nil
+	return &started{nonce: id, url: q.members[exec].url, exec: exec, sent: sent, stored: stored}, nil
+}
+
+// stepPooled steps with the pooled txs only (and a FinalizeRound if
+// finalize). Call with mu held.
+func (q *sequencer) stepPooled(ctx context.Context, finalize bool) (*delivery, error) {
+	return q.step(ctx, finalize)
 }
 
 // cost is what the session charges for a finished inference: tokens used

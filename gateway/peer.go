@@ -48,6 +48,13 @@ type peers struct {
 	key    signing.Signer
 }
 
+// initializing reports whether err is a host's answer that its storage is
+// not ready yet (503).
+func initializing(err error) bool {
+	var he *HostError
+	return errors.As(err, &he) && he.Status == http.StatusServiceUnavailable
+}
+
 func newPeers(key signing.Signer, timeout time.Duration) *peers {
 	tr := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
 	return &peers{
@@ -100,6 +107,24 @@ func (p *peers) mempool(ctx context.Context, url string, escrow uint64) ([]*sess
 		return nil, err
 	}
 	return decodeTxs(out.Txs)
+}
+
+// storedDiff is a diff as a host's GET .../diffs lists it.
+type storedDiff struct {
+	Nonce uint64 `json:"nonce"`
+	Data  []byte `json:"data"`
+}
+
+// diffs reads up to limit of a host's stored diffs of escrow from nonce
+// from on, as the escrow's creator.
+func (p *peers) diffs(ctx context.Context, url string, escrow, from uint64, limit int) ([]storedDiff, error) {
+	var out struct {
+		Diffs []storedDiff `json:"diffs"`
+	}
+	if err := p.do(ctx, http.MethodGet, fmt.Sprintf("%s/v1/sessions/%d/diffs?from=%d&limit=%d", url, escrow, from, limit), nil, true, &out); err != nil {
+		return nil, err
+	}
+	return out.Diffs, nil
 }
 
 func decodeTxs(raws [][]byte) ([]*sessionpb.Tx, error) {

@@ -135,6 +135,12 @@ type sequencer struct {
 	settling bool                     // set once settlement began: no new requests
 	pending  map[string]*sessionpb.Tx // host txs to carry, by session.TxKey
 	lastDiff time.Time
+	// unwritten is a diff its executor has but whose write failed: the
+	// next step stores it before building anything (writeUnwritten).
+	unwritten *written
+	// tailUnknown is set on a sequencer restored from the state file: the
+	// diff after the stored ones may be with its executor (adoptTail).
+	tailUnknown bool
 
 	net      sync.Mutex
 	acked    map[int]uint64                       // member index -> highest nonce it accepted
@@ -175,13 +181,64 @@ func (q *sequencer) downLocked(i int, now time.Time) bool {
 	return ok && now.Before(until)
 }
 
-// step builds the next diff from starts, the pooled txs and, if finalize,
-// a FinalizeRound; stores it; applies it to the replica; and queues it for
+// step builds the next diff from the pooled txs and, if finalize, a
+// FinalizeRound; stores it; applies it to the replica; and queues it for
 // every member. Call with mu held. Pooled txs that no longer apply are
 // dropped rather than failing the diff. The returned delivery reports each
-// member's answer. errRestep means the nonce was taken by a diff an
-// earlier step stored (see reconcile): build again.
-func (q *sequencer) step(ctx context.Context, starts []*sessionpb.Tx, reqs map[uint64]executor.Request, finalize bool) (*delivery, error) {
+// member's answer. A diff that starts an inference goes through startStep.
+func (q *sequencer) step(ctx context.Context, finalize bool) (*delivery, error) {
+	w, err := q.prepare(ctx, nil, nil, finalize)
+	if err != nil {
+		return nil, err
+	}
+	if err := q.store(ctx, w); err != nil {
+		return nil, err
+	}
+	return w.sent, nil
+}
+
+// startStep is step for the diff that starts an inference: starts and
+// reqs, its payloads. The diff goes to its executor while the gateway
+// writes it, not after: the executor checks it, and the app waits for
+// that, while the write lands. The replica takes the diff, and the other
+// members see it, only once it is stored; so a diff not yet stored is
+// known to its executor alone, and a restart asks that host for it
+// (adoptTail).
+//
+// Call with mu held. On success startStep hands mu to the write: the
+// write's goroutine unlocks it once the diff is stored and published, and
+// then reports the outcome on stored. On error mu is still the caller's.
+func (q *sequencer) startStep(ctx context.Context, starts []*sessionpb.Tx, reqs map[uint64]executor.Request) (*delivery, <-chan error, error) {
+	w, err := q.prepare(ctx, starts, reqs, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	w.exec = q.executorMember(w.diff.Nonce)
+	q.expectSignatures(w.diff.Nonce)
+	if q.enqueue(w.exec, w.sent, true) {
+		// The executor's delivery, just started, takes this thread until
+		// its request is on the wire; the write comes after it.
+		runtime.Gosched()
+	}
+	stored := make(chan error, 1)
+	go func() {
+		defer q.mu.Unlock()
+		err := q.store(ctx, w)
+		if err == nil && q.replica.Balance()*100 < q.snap.Amount*lowWater {
+			q.g.log.Info("escrow running low; the next request opens a new one", "escrow", q.id(), "balance", q.replica.Balance())
+			go q.g.retire(q)
+		}
+		stored <- err
+	}()
+	return w.sent, stored, nil
+}
+
+// prepare brings the replica up to the last diff sent (catchUp), then
+// builds and signs the next diff, ready to store.
+func (q *sequencer) prepare(ctx context.Context, starts []*sessionpb.Tx, reqs map[uint64]executor.Request, finalize bool) (*written, error) {
+	if err := q.catchUp(ctx); err != nil {
+		return nil, err
+	}
 	d, p, err := q.build(starts, finalize)
 	if err != nil {
 		return nil, err
@@ -190,19 +247,128 @@ func (q *sequencer) step(ctx context.Context, starts []*sessionpb.Tx, reqs map[u
 	if err != nil {
 		return nil, err
 	}
-	// Stored before anyone sees it: a restart resends, never re-sequences.
-	// The write is not cut short when the request that asked for it ends:
-	// an interrupted commit may still land, unknown to the sequencer.
-	if err := q.g.state.PutDiff(context.WithoutCancel(ctx), q.id(), StoredDiff{Nonce: d.Nonce, Data: raw, Requests: reqs}); err != nil {
-		if err := q.reconcile(ctx, d.Nonce, raw, err); err != nil {
-			return nil, err
+	var root [32]byte
+	copy(root[:], d.PostStateRoot)
+	return &written{diff: d, pending: p, stored: StoredDiff{Nonce: d.Nonce, Data: raw, Requests: reqs},
+		sent: q.newDelivery(d.Nonce, root, raw, reqs), exec: -1, urgent: finalize}, nil
+}
+
+// store writes w and publishes it. A write that fails leaves w unwritten,
+// to be written before anything else is built (writeUnwritten). The write
+// is not cut short when the request that asked for it ends: an
+// interrupted commit may still land, unknown to the sequencer. Call with
+// mu held.
+func (q *sequencer) store(ctx context.Context, w *written) error {
+	if err := q.g.state.PutDiff(context.WithoutCancel(ctx), q.id(), w.stored); err != nil {
+		if err := q.reconcile(ctx, w.diff.Nonce, w.stored.Data, err); err != nil {
+			// Its executor may have it, or the write may yet prove to
+			// have landed: the nonce is taken either way.
+			q.unwritten = w
+			return err
 		}
 	}
-	if err := p.Commit(); err != nil {
-		return nil, fmt.Errorf("gateway replica could not take its own diff %d: %w", d.Nonce, err)
+	return q.publish(w)
+}
+
+// written is a diff on its way to the state file; its executor, if it
+// starts an inference, has it already.
+type written struct {
+	diff    *sessionpb.Diff
+	pending *session.Pending // the replica's side of it, committed once stored
+	stored  StoredDiff
+	sent    *delivery
+	exec    int  // the member sent the diff before the write, or -1
+	urgent  bool // the other members take it at once, not held
+}
+
+// publish applies w, now stored, to the replica and queues it for the
+// members that do not have it yet. Call with mu held.
+func (q *sequencer) publish(w *written) error {
+	if err := w.pending.Commit(); err != nil {
+		return fmt.Errorf("gateway replica could not take its own diff %d: %w", w.diff.Nonce, err)
 	}
-	q.advanced(d)
-	return q.send(d.Nonce, q.replica.Root(), raw, reqs, finalize), nil
+	q.advanced(w.diff)
+	q.sendRest(w.sent, w.exec, w.urgent)
+	return nil
+}
+
+// writeUnwritten stores the diff whose write failed, if there is one, and
+// publishes it. Its executor may have it, so no other diff may take its
+// nonce: until it is stored, nothing is sequenced. Call with mu held.
+func (q *sequencer) writeUnwritten(ctx context.Context) error {
+	w := q.unwritten
+	if w == nil {
+		return nil
+	}
+	if err := q.g.state.PutDiff(context.WithoutCancel(ctx), q.id(), w.stored); err != nil {
+		if err := q.reconcile(ctx, w.diff.Nonce, w.stored.Data, err); err != nil {
+			return fmt.Errorf("an earlier diff is still not stored, and nothing is sequenced until it is: %w", err)
+		}
+	}
+	q.unwritten = nil
+	q.g.log.Info("stored a diff whose first write failed", "escrow", q.id(), "nonce", w.diff.Nonce)
+	return q.publish(w)
+}
+
+// catchUp brings the replica to the last diff sent to any host: the diff
+// a restart may have left with its executor alone (adoptTail), then the
+// diff whose write failed (writeUnwritten). Call with mu held.
+func (q *sequencer) catchUp(ctx context.Context) error {
+	if err := q.adoptTail(ctx); err != nil {
+		return err
+	}
+	return q.writeUnwritten(ctx)
+}
+
+// adoptTail, on a sequencer restored from the state file, asks the host
+// that executes the next nonce whether it holds a diff there: the gateway
+// may have stopped between sending it a start and storing it (step). If
+// it does, and the diff is this gateway's and applies, it is stored and
+// applied here, and sent to the other members. Until that host has
+// answered, nothing is sequenced: a new diff at that nonce would fork the
+// session. Call with mu held.
+func (q *sequencer) adoptTail(ctx context.Context) error {
+	if !q.tailUnknown {
+		return nil
+	}
+	next := q.replica.Nonce() + 1
+	e := q.members[q.executorMember(next)]
+	askCx, cancel := context.WithTimeout(ctx, q.g.cfg.HostTimeout)
+	defer cancel()
+	held, err := q.g.peers.diffs(askCx, e.url, q.id(), next, 1)
+	for initializing(err) && askCx.Err() == nil {
+		// A host that has just started answers once its storage is ready.
+		select {
+		case <-askCx.Done():
+		case <-time.After(100 * time.Millisecond):
+			held, err = q.g.peers.diffs(askCx, e.url, q.id(), next, 1)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("escrow %d: diff %d may be with its executor %s, which did not answer (%w); nothing is sequenced until it does", q.id(), next, e.url, err)
+	}
+	if len(held) == 0 || held[0].Nonce != next {
+		q.tailUnknown = false
+		return nil
+	}
+	var d sessionpb.Diff
+	if err := d.Unmarshal(held[0].Data); err != nil {
+		return fmt.Errorf("escrow %d: host %s holds a diff %d that does not decode: %w", q.id(), e.url, next, err)
+	}
+	p, err := q.replica.Prepare(&d) // this gateway's signature, and its root
+	if err != nil {
+		return fmt.Errorf("escrow %d: host %s holds a diff %d that this gateway's state does not take: %w", q.id(), e.url, next, err)
+	}
+	var root [32]byte
+	copy(root[:], d.PostStateRoot)
+	w := &written{diff: &d, pending: p, stored: StoredDiff{Nonce: next, Data: held[0].Data},
+		sent: q.newDelivery(next, root, held[0].Data, nil), exec: -1}
+	if err := q.g.state.PutDiff(context.WithoutCancel(ctx), q.id(), w.stored); err != nil {
+		return fmt.Errorf("escrow %d: storing diff %d taken back from its executor: %w", q.id(), next, err)
+	}
+	q.tailUnknown = false
+	q.g.log.Warn("took back a diff its executor held but the state file did not", "escrow", q.id(), "nonce", next, "host", e.url)
+	return q.publish(w)
 }
 
 // advanced does the sequencer's bookkeeping for diff d, just applied to
@@ -211,25 +377,27 @@ func (q *sequencer) advanced(d *sessionpb.Diff) {
 	for _, tx := range d.Txs {
 		delete(q.pending, session.TxKey(tx))
 	}
-	q.net.Lock()
-	q.sigNonce = d.Nonce
-	clear(q.sigs)
-	q.net.Unlock()
+	q.expectSignatures(d.Nonce)
 	q.lastDiff = time.Now()
 	q.g.metrics.diffs.Inc()
 }
 
-// errRestep: the nonce a diff was built for holds another diff, now
-// applied; the caller builds its diff again at the next nonce.
-var errRestep = errors.New("the nonce was taken by a diff stored earlier")
+// expectSignatures makes nonce the one whose state signatures are kept.
+func (q *sequencer) expectSignatures(nonce uint64) {
+	q.net.Lock()
+	if q.sigNonce != nonce {
+		q.sigNonce = nonce
+		clear(q.sigs)
+	}
+	q.net.Unlock()
+}
 
 // reconcile settles a diff write that reported werr. A write can fail after
 // its commit landed (an interrupted or lost answer), so the state file at
-// nonce is the truth. Nothing there: the write failed, and werr stands. The
-// same bytes: the write succeeded. Other bytes: an earlier write at nonce
-// was reported failed but landed. That diff stands, as it would after a
-// restart: it is applied and sent, and reconcile answers errRestep. Call
-// with mu held.
+// nonce is the truth: the same bytes there mean the write succeeded;
+// nothing there means it failed, and werr stands. Other bytes cannot come
+// from this sequencer, which writes a failed diff again before building
+// another (writeUnwritten); they mean the file changed behind it.
 func (q *sequencer) reconcile(ctx context.Context, nonce uint64, raw []byte, werr error) error {
 	back, err := q.g.state.Diffs(context.WithoutCancel(ctx), q.id(), nonce, 1)
 	if err != nil {
@@ -238,22 +406,11 @@ func (q *sequencer) reconcile(ctx context.Context, nonce uint64, raw []byte, wer
 	if len(back) == 0 || back[0].Nonce != nonce {
 		return fmt.Errorf("diff %d of escrow %d not stored: %w", nonce, q.id(), werr)
 	}
-	stored := back[0]
-	if bytes.Equal(stored.Data, raw) {
-		q.g.log.Warn("a diff write reported an error but landed", "escrow", q.id(), "nonce", nonce, "err", werr)
-		return nil
+	if !bytes.Equal(back[0].Data, raw) {
+		return fmt.Errorf("diff %d of escrow %d: the state file holds another diff at that nonce, written behind this gateway's back (%v)", nonce, q.id(), werr)
 	}
-	var d sessionpb.Diff
-	if err := d.Unmarshal(stored.Data); err != nil {
-		return fmt.Errorf("stored diff %d of escrow %d: %w", nonce, q.id(), err)
-	}
-	if _, err := q.replica.Apply(&d); err != nil {
-		return fmt.Errorf("stored diff %d of escrow %d does not apply: %w", nonce, q.id(), err)
-	}
-	q.g.log.Warn("adopted a diff whose write was reported failed but landed", "escrow", q.id(), "nonce", nonce, "err", werr)
-	q.advanced(&d)
-	q.send(nonce, q.replica.Root(), stored.Data, stored.Requests, true)
-	return errRestep
+	q.g.log.Warn("a diff write reported an error but landed", "escrow", q.id(), "nonce", nonce, "err", werr)
+	return nil
 }
 
 // build assembles the next diff, fills in its root and signs it.
@@ -331,25 +488,36 @@ func (q *sequencer) pool(txs []*sessionpb.Tx) {
 // the app waits for that member, not for the others, which hold it
 // (outbox) unless urgent: the caller waits for every member.
 func (q *sequencer) send(nonce uint64, root [32]byte, raw []byte, reqs map[uint64]executor.Request, urgent bool) *delivery {
+	d := q.newDelivery(nonce, root, raw, reqs)
+	first := -1
+	if len(reqs) > 0 {
+		first = q.executorMember(nonce)
+		if q.enqueue(first, d, true) {
+			// The executor's delivery, just started, takes this thread
+			// until its request is on the wire; the others' come after it.
+			runtime.Gosched()
+		}
+	}
+	q.sendRest(d, first, urgent)
+	return d
+}
+
+// newDelivery is diff nonce, on its way to no member yet.
+func (q *sequencer) newDelivery(nonce uint64, root [32]byte, raw []byte, reqs map[uint64]executor.Request) *delivery {
 	d := &delivery{nonce: nonce, root: root, raw: raw, reqs: reqs, done: make([]chan error, len(q.members))}
 	for i := range d.done {
 		d.done[i] = make(chan error, 1)
 	}
-	first := -1
-	if len(reqs) > 0 {
-		first = q.executorMember(nonce)
-	}
-	if first >= 0 && q.enqueue(first, d, true) {
-		// The executor's delivery, just started, takes this thread until
-		// its request is on the wire; the others' come after it.
-		runtime.Gosched()
-	}
+	return d
+}
+
+// sendRest queues d for every member but skip (-1: none).
+func (q *sequencer) sendRest(d *delivery, skip int, urgent bool) {
 	for i := range q.members {
-		if i != first {
+		if i != skip {
 			q.enqueue(i, d, urgent || q.g.cfg.HoldFor < 0)
 		}
 	}
-	return d
 }
 
 // enqueue queues d for member i, and reports whether that started its

@@ -58,6 +58,9 @@ type State struct {
 	// that committed, and its error is returned as if the write had failed:
 	// a commit whose answer was lost.
 	lostAnswer func(nonce uint64) error
+	// failWrite, when set (by tests only), is asked before each diff
+	// write; its error fails the write, which then does not happen.
+	failWrite func(nonce uint64) error
 }
 
 // usageFlushEvery bounds how long usage waits in memory for a diff to ride
@@ -245,6 +248,11 @@ type StoredDiff struct {
 // is stored already is an error; after an error, Diffs tells whether the
 // write landed all the same.
 func (s *State) PutDiff(ctx context.Context, escrow uint64, d StoredDiff) error {
+	if s.failWrite != nil {
+		if err := s.failWrite(d.Nonce); err != nil {
+			return err
+		}
+	}
 	err := s.putDiff(ctx, escrow, d)
 	if err == nil && s.lostAnswer != nil {
 		err = s.lostAnswer(d.Nonce)

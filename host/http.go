@@ -306,7 +306,15 @@ func (h *handler) getDiffs(w http.ResponseWriter, r *http.Request, escrowID uint
 		writeError(w, http.StatusBadRequest, "limit must be 1 to 1000")
 		return
 	}
+	// Read under the session's lock: a diff being applied is listed once
+	// its write has landed, never left out while it is about to.
+	en, err := h.e.session(r.Context(), escrowID)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
 	diffs, err := h.e.cfg.Store.Diffs(r.Context(), escrowID, from, int(limit))
+	en.mu.Unlock()
 	if err != nil {
 		h.fail(w, err)
 		return

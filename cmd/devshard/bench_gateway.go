@@ -167,4 +167,4 @@ func benchGateway(ctx context.Context, out, progress io.Writer, rounds, requests
 
 // gatewayPhases are the phases of a completion the bench breaks the
 // gateway's latency into (devshard_gateway_request_phase_seconds).
-var gatewayPhases = []string{gateway.PhaseSequence, gateway.PhaseExecutor, gateway.PhaseStream}
+var gatewayPhases = []string{gateway.PhaseSequence, gateway.PhaseStore, gateway.PhaseExecutor, gateway.PhaseStream}
