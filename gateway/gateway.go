@@ -378,20 +378,29 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 		}()
 		// Nothing of the answer reaches the app before the diff that
 		// started it is stored: the app's answer is always on the books.
-		storeErr, waited := error(nil), false
-		awaitStored := func() error {
-			if !waited {
-				waited = true
-				storeErr = <-st.stored // the write is not cut short by ctx
+		// Pieces that come before the write has landed are held, and the
+		// stream read on meanwhile.
+		var storeErr error
+		isStored := false
+		stored := func(block bool) (bool, error) {
+			if !isStored {
+				if block {
+					storeErr = <-st.stored // the write is not cut short by ctx
+				} else {
+					select {
+					case storeErr = <-st.stored:
+					default:
+						return false, nil
+					}
+				}
+				isStored = true
 				g.metrics.phase(PhaseStore, began)
 			}
-			return storeErr
+			return true, storeErr
 		}
 		var text []byte
-		forward := func(piece string) error {
-			if err := awaitStored(); err != nil {
-				return err
-			}
+		var held []string // pieces not yet passed on
+		pass := func(piece string) error {
 			text = append(text, piece...)
 			n := min(len(text), len(delivered))
 			if string(text[:n]) != string(delivered[:n]) {
@@ -404,12 +413,32 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 			delivered = append(delivered, fresh...)
 			return emit(string(fresh))
 		}
+		release := func() error {
+			for len(held) > 0 {
+				piece := held[0]
+				held = held[1:]
+				if err := pass(piece); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		forward := func(piece string) error {
+			held = append(held, piece)
+			if ok, err := stored(false); !ok || err != nil {
+				return err
+			}
+			return release()
+		}
 		res, err := g.peers.inference(streamCx, url, q.id(), nonce, req, g.cfg.StallTimeout, forward)
 		g.metrics.phase(PhaseStream, began)
-		if serr := awaitStored(); serr != nil {
+		if _, serr := stored(true); serr != nil {
 			cancelStream()
 			<-taken
 			return nil, serr // the diff stays unwritten: its nonce is taken (sequencer.store)
+		}
+		if err == nil {
+			err = release()
 		}
 		cancelStream()
 		// A whole answer stands whatever became of the delivery: the

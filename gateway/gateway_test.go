@@ -1104,6 +1104,62 @@ func TestAFailedDiffWriteIsWrittenBeforeTheNextDiff(t *testing.T) {
 	b.waitDelivered(t, id, n+1)
 }
 
+// TestTheAppSeesNoAnswerBeforeTheDiffIsStored: the executor answers
+// while the gateway's write of the diff that started the request is still
+// in flight. Nothing reaches the app until the write lands, and an answer
+// whose write fails never does.
+func TestTheAppSeesNoAnswerBeforeTheDiffIsStored(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	first := b.complete(t, ask(0))
+	q := b.sequencerOf(t, first.EscrowID)
+	for _, fails := range []bool{false, true} {
+		n := first.Nonce + 1
+		q.mu.Lock()
+		exec := q.members[q.executorMember(n)]
+		q.mu.Unlock()
+		gate := make(chan struct{})
+		b.state.failWrite = func(nonce uint64) error {
+			if nonce != n {
+				return nil
+			}
+			<-gate
+			if fails {
+				return errors.New("disk gone")
+			}
+			return nil
+		}
+		var emitted atomic.Int32
+		done := make(chan error, 1)
+		go func() {
+			_, err := b.gw.Complete(t.Context(), normalized(t, b.gw, ask(1)), func(string) error { emitted.Add(1); return nil })
+			done <- err
+		}()
+		require.Eventually(t, func() bool {
+			held, err := b.gw.peers.diffs(t.Context(), exec.url, first.EscrowID, n, 1)
+			return err == nil && len(held) == 1
+		}, 5*time.Second, 5*time.Millisecond, "the executor stores the diff once it has streamed its answer")
+		time.Sleep(50 * time.Millisecond) // the answer has reached the gateway by now
+		require.Zero(t, emitted.Load(), "no text reaches the app while the gateway's write is in flight")
+		select {
+		case err := <-done:
+			t.Fatalf("the request ended before the gateway's write did: %v", err)
+		default:
+		}
+		close(gate)
+		err := <-done
+		if fails {
+			require.ErrorContains(t, err, "disk gone")
+			require.Zero(t, emitted.Load(), "an answer whose diff was not stored never reaches the app")
+			b.state.failWrite = nil
+			break
+		}
+		require.NoError(t, err)
+		require.Positive(t, emitted.Load())
+		first.Nonce = n
+	}
+}
+
 // TestRestartTakesBackADiffOnlyItsExecutorHolds: the gateway stops after
 // its executor took a start but before the gateway's write landed. The
 // restarted gateway takes the diff back from that host instead of
