@@ -394,7 +394,6 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 					}
 				}
 				isStored = true
-				g.metrics.phase(PhaseStore, began)
 			}
 			return true, storeErr
 		}

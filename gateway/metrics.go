@@ -32,7 +32,7 @@ func NewMetrics() *Metrics {
 		}),
 		phases: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "devshard_gateway_request_phase_seconds",
-			Help:    "Time a completion attempt spent in each phase: sequence (build and sign the diff that starts it, and send it to its executor), then, overlapping, store (until the gateway's write of that diff landed), executor (until the executor took it) and stream (the executor's answer).",
+			Help:    "Time a completion attempt spent in each phase: sequence (build and sign the diff that starts it, and send it to its executor); then, overlapping, store (the gateway's write of that diff), executor (until the executor took it) and stream (the executor's answer).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 18),
 		}, []string{"phase"}),
 		diffs: prometheus.NewCounter(prometheus.CounterOpts{

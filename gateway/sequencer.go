@@ -223,7 +223,9 @@ func (q *sequencer) startStep(ctx context.Context, starts []*sessionpb.Tx, reqs 
 	stored := make(chan error, 1)
 	go func() {
 		defer q.mu.Unlock()
+		began := time.Now()
 		err := q.store(ctx, w)
+		q.g.metrics.phase(PhaseStore, began)
 		if err == nil && q.replica.Balance()*100 < q.snap.Amount*lowWater {
 			q.g.log.Info("escrow running low; the next request opens a new one", "escrow", q.id(), "balance", q.replica.Balance())
 			go q.g.retire(q)
