@@ -1068,6 +1068,37 @@ func failNextWrite(st *State) func() uint64 {
 	return failed.Load
 }
 
+// executorOf is the member of escrow id that executes nonce n.
+func (b *bundle) executorOf(t *testing.T, id, n uint64) *member {
+	t.Helper()
+	q := b.sequencerOf(t, id)
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.members[q.executorMember(n)]
+}
+
+// waitHeld waits until host url stores diff n of escrow id.
+func (b *bundle) waitHeld(t *testing.T, url string, id, n uint64) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		held, err := b.gw.peers.diffs(t.Context(), url, id, n, 1)
+		return err == nil && len(held) == 1
+	}, 5*time.Second, 5*time.Millisecond, "host %s stores diff %d", url, n)
+}
+
+// leaveUnwritten runs req with the gateway's write of its diff failing,
+// and returns the executor holding that diff and its nonce.
+func (b *bundle) leaveUnwritten(t *testing.T, id uint64, req executor.Request) (*member, uint64) {
+	t.Helper()
+	failed := failNextWrite(b.state)
+	_, err := b.gw.Complete(t.Context(), normalized(t, b.gw, req), func(string) error { return nil })
+	require.ErrorContains(t, err, "disk full", "the request fails with the write")
+	n := failed()
+	exec := b.executorOf(t, id, n)
+	b.waitHeld(t, exec.url, id, n)
+	return exec, n
+}
+
 // TestAFailedDiffWriteIsWrittenBeforeTheNextDiff: a start goes to its
 // executor beside the gateway's write. When the write fails, the request
 // fails, and the diff its executor holds keeps its nonce: the next request
@@ -1077,21 +1108,8 @@ func TestAFailedDiffWriteIsWrittenBeforeTheNextDiff(t *testing.T) {
 	b := setup(t)
 	c := b.complete(t, ask(0))
 	id := c.EscrowID
-	q := b.sequencerOf(t, id)
-
-	failed := failNextWrite(b.state)
-	req := normalized(t, b.gw, ask(1))
-	_, err := b.gw.Complete(t.Context(), req, func(string) error { return nil })
-	require.ErrorContains(t, err, "disk full", "the request fails with the write")
-	n := failed()
+	exec, n := b.leaveUnwritten(t, id, ask(1))
 	require.Equal(t, c.Nonce+1, n)
-	q.mu.Lock()
-	exec := q.members[q.executorMember(n)]
-	q.mu.Unlock()
-	require.Eventually(t, func() bool {
-		held, err := b.gw.peers.diffs(t.Context(), exec.url, id, n, 1)
-		return err == nil && len(held) == 1
-	}, 5*time.Second, 5*time.Millisecond, "the executor took diff %d beside the failed write", n)
 	b.state.failWrite = nil
 
 	c = b.complete(t, ask(2))
@@ -1112,12 +1130,9 @@ func TestTheAppSeesNoAnswerBeforeTheDiffIsStored(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	first := b.complete(t, ask(0))
-	q := b.sequencerOf(t, first.EscrowID)
 	for _, fails := range []bool{false, true} {
 		n := first.Nonce + 1
-		q.mu.Lock()
-		exec := q.members[q.executorMember(n)]
-		q.mu.Unlock()
+		exec := b.executorOf(t, first.EscrowID, n)
 		gate := make(chan struct{})
 		b.state.failWrite = func(nonce uint64) error {
 			if nonce != n {
@@ -1135,11 +1150,8 @@ func TestTheAppSeesNoAnswerBeforeTheDiffIsStored(t *testing.T) {
 			_, err := b.gw.Complete(t.Context(), normalized(t, b.gw, ask(1)), func(string) error { emitted.Add(1); return nil })
 			done <- err
 		}()
-		require.Eventually(t, func() bool {
-			held, err := b.gw.peers.diffs(t.Context(), exec.url, first.EscrowID, n, 1)
-			return err == nil && len(held) == 1
-		}, 5*time.Second, 5*time.Millisecond, "the executor stores the diff once it has streamed its answer")
-		time.Sleep(50 * time.Millisecond) // the answer has reached the gateway by now
+		b.waitHeld(t, exec.url, first.EscrowID, n) // once it has streamed its answer
+		time.Sleep(50 * time.Millisecond)          // the answer has reached the gateway by now
 		require.Zero(t, emitted.Load(), "no text reaches the app while the gateway's write is in flight")
 		select {
 		case err := <-done:
@@ -1172,18 +1184,8 @@ func TestRestartTakesBackADiffOnlyItsExecutorHolds(t *testing.T) {
 		lastNonce = b.complete(t, ask(i)).Nonce
 	}
 	id := b.gw.Escrows()[0].ID
-	failNextWrite(b.state)
-	_, err := b.gw.Complete(t.Context(), normalized(t, b.gw, ask(3)), func(string) error { return nil })
-	require.Error(t, err)
-	n := lastNonce + 1
-	q := b.sequencerOf(t, id)
-	q.mu.Lock()
-	exec := q.members[q.executorMember(n)]
-	q.mu.Unlock()
-	require.Eventually(t, func() bool {
-		held, err := b.gw.peers.diffs(t.Context(), exec.url, id, n, 1)
-		return err == nil && len(held) == 1
-	}, 5*time.Second, 5*time.Millisecond)
+	exec, n := b.leaveUnwritten(t, id, ask(3))
+	require.Equal(t, lastNonce+1, n)
 
 	// Stopped as a killed process would be, with diff n in memory only.
 	b.gw.halt()
@@ -1258,19 +1260,8 @@ func TestRestartWaitsForTheExecutorOfTheNextNonce(t *testing.T) {
 	})
 	lastNonce := b.complete(t, ask(0)).Nonce
 	id := b.gw.Escrows()[0].ID
-	failNextWrite(b.state)
-	_, err := b.gw.Complete(t.Context(), normalized(t, b.gw, ask(1)), func(string) error { return nil })
-	require.Error(t, err)
-	n := lastNonce + 1
-	q := b.sequencerOf(t, id)
-	q.mu.Lock()
-	e := q.executorMember(n)
-	exec := q.members[e]
-	q.mu.Unlock()
-	require.Eventually(t, func() bool {
-		held, err := b.gw.peers.diffs(t.Context(), exec.url, id, n, 1)
-		return err == nil && len(held) == 1
-	}, 5*time.Second, 5*time.Millisecond)
+	exec, n := b.leaveUnwritten(t, id, ask(1))
+	require.Equal(t, lastNonce+1, n)
 	held := b.heldBy(t, exec.url, id, n)
 
 	b.gw.halt()
