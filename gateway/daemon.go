@@ -31,7 +31,7 @@ type DaemonConfig struct {
 	// MaxInFlight per API key (default 256).
 	MaxInFlight int
 	// Gateway carries the rest (amount, models, limits, timeouts); its Key,
-	// Chain, State, Auth, Logger and Metrics are filled in here.
+	// ChainID, Chain, State, Auth, Logger and Metrics are filled in here.
 	Gateway Config
 	Logger  *slog.Logger
 }
@@ -82,7 +82,7 @@ func Open(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 		}
 	}
 	gc := cfg.Gateway
-	gc.Key, gc.State, gc.Logger = cfg.Key, d.state, cfg.Logger
+	gc.Key, gc.State, gc.Logger, gc.ChainID = cfg.Key, d.state, cfg.Logger, cfg.ChainID
 	gc.Chain = NewGRPCChain(d.chainc.Conn(), cfg.ChainID, cfg.Key)
 	gc.Auth = d.chainc.Authorizer()
 	d.Gateway = New(gc)

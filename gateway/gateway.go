@@ -30,9 +30,12 @@ import (
 // Config assembles a Gateway.
 type Config struct {
 	// Key signs diffs; its account creates and pays for the escrows.
-	Key   *signing.PrivKey
-	Chain Chain
-	State *State
+	Key *signing.PrivKey
+	// ChainID is the chain the escrows live on; requests to hosts are
+	// signed for it.
+	ChainID string
+	Chain   Chain
+	State   *State
 	// Auth accepts hosts' warm keys; nil accepts only holders' own keys.
 	Auth session.Authorizer
 	// EscrowAmount is what each new escrow locks (default 10,000,000).
@@ -161,7 +164,7 @@ func New(cfg Config) *Gateway {
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gateway{
 		cfg: cfg, key: cfg.Key, state: cfg.State, chain: cfg.Chain, auth: cfg.Auth,
-		peers: newPeers(cfg.Key, cfg.HostTimeout), log: cfg.Logger, metrics: cfg.Metrics, memo: signing.NewMemo(memoSize),
+		peers: newPeers(cfg.Key, cfg.ChainID, cfg.HostTimeout), log: cfg.Logger, metrics: cfg.Metrics, memo: signing.NewMemo(memoSize),
 		all: map[uint64]*sequencer{}, lanes: make([]*sequencer, cfg.Lanes), creating: make([]chan struct{}, cfg.Lanes),
 		stop: cancel, loopCx: ctx,
 	}
@@ -359,7 +362,7 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 		if err != nil {
 			return nil, err
 		}
-		nonce, url := st.nonce, st.url
+		nonce, url, addr := st.nonce, st.url, st.addr
 		g.metrics.phase(PhaseSequence, began)
 		began = time.Now()
 		// The stream is asked for at once, beside the diff's delivery: the
@@ -429,7 +432,7 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 			}
 			return release()
 		}
-		res, err := g.peers.inference(streamCx, url, q.id(), nonce, req, g.cfg.StallTimeout, forward)
+		res, err := g.peers.inference(streamCx, url, addr, q.id(), nonce, req, g.cfg.StallTimeout, forward)
 		g.metrics.phase(PhaseStream, began)
 		if _, serr := stored(true); serr != nil {
 			cancelStream()

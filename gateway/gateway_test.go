@@ -60,6 +60,9 @@ type setupOptions struct {
 	session  func(*sessiontest.Options)               // the escrow's parameters; default sessiontest.DefaultOptions
 }
 
+// testChainID is the chain the test gateway and hosts sign requests for.
+const testChainID = "devshard-test"
+
 // setup builds a bundle and starts its gateway. The gateway's flush and
 // epoch loops are slowed to an hour so that no diff is sequenced behind a
 // test's back; each test drives every diff itself.
@@ -80,7 +83,7 @@ func setup(t *testing.T, opts ...func(*setupOptions)) *bundle {
 		st, err := sqlite.Open(context.Background(), t.TempDir(), sqlite.Options{})
 		require.NoError(t, err)
 		t.Cleanup(func() { st.Close() })
-		e := host.New(host.Config{Key: key, Store: st, Escrows: hostEscrows{b.chain}, Executor: o.executor(i), Logger: quiet})
+		e := host.New(host.Config{Key: key, Store: st, Escrows: hostEscrows{b.chain}, Executor: o.executor(i), Logger: quiet, ChainID: testChainID})
 		e.MarkReady()
 		var h http.Handler = host.Handler(e, "test")
 		if o.wrap != nil {
@@ -92,7 +95,7 @@ func setup(t *testing.T, opts ...func(*setupOptions)) *bundle {
 		b.chain.register(key.Address(), srv.URL)
 		b.hosts = append(b.hosts, &testHost{engine: e, srv: srv})
 	}
-	b.cfg = Config{Key: f.Gateway, Chain: b.chain, Logger: quiet, FlushEvery: time.Hour, EpochPoll: time.Hour}
+	b.cfg = Config{Key: f.Gateway, ChainID: testChainID, Chain: b.chain, Logger: quiet, FlushEvery: time.Hour, EpochPoll: time.Hour}
 	if o.config != nil {
 		o.config(&b.cfg)
 	}
@@ -1043,12 +1046,12 @@ func (b *bundle) sequencerOf(t *testing.T, id uint64) *sequencer {
 	return q
 }
 
-// heldBy reads diff nonce of escrow id as host url stores it.
-func (b *bundle) heldBy(t *testing.T, url string, id, nonce uint64) []byte {
+// heldBy reads diff nonce of escrow id as host m stores it.
+func (b *bundle) heldBy(t *testing.T, m *member, id, nonce uint64) []byte {
 	t.Helper()
-	held, err := b.gw.peers.diffs(t.Context(), url, id, nonce, 1)
+	held, err := b.gw.peers.diffs(t.Context(), m.url, m.addr, id, nonce, 1)
 	require.NoError(t, err)
-	require.NotEmpty(t, held, "host %s holds no diff %d", url, nonce)
+	require.NotEmpty(t, held, "host %s holds no diff %d", m.url, nonce)
 	require.Equal(t, nonce, held[0].Nonce)
 	return held[0].Data
 }
@@ -1077,13 +1080,13 @@ func (b *bundle) executorOf(t *testing.T, id, n uint64) *member {
 	return q.members[q.executorMember(n)]
 }
 
-// waitHeld waits until host url stores diff n of escrow id.
-func (b *bundle) waitHeld(t *testing.T, url string, id, n uint64) {
+// waitHeld waits until host m stores diff n of escrow id.
+func (b *bundle) waitHeld(t *testing.T, m *member, id, n uint64) {
 	t.Helper()
 	require.Eventually(t, func() bool {
-		held, err := b.gw.peers.diffs(t.Context(), url, id, n, 1)
+		held, err := b.gw.peers.diffs(t.Context(), m.url, m.addr, id, n, 1)
 		return err == nil && len(held) == 1
-	}, 5*time.Second, 5*time.Millisecond, "host %s stores diff %d", url, n)
+	}, 5*time.Second, 5*time.Millisecond, "host %s stores diff %d", m.url, n)
 }
 
 // leaveUnwritten runs req with the gateway's write of its diff failing,
@@ -1095,7 +1098,7 @@ func (b *bundle) leaveUnwritten(t *testing.T, id uint64, req executor.Request) (
 	require.ErrorContains(t, err, "disk full", "the request fails with the write")
 	n := failed()
 	exec := b.executorOf(t, id, n)
-	b.waitHeld(t, exec.url, id, n)
+	b.waitHeld(t, exec, id, n)
 	return exec, n
 }
 
@@ -1118,7 +1121,7 @@ func TestAFailedDiffWriteIsWrittenBeforeTheNextDiff(t *testing.T) {
 	stored, err := b.state.Diffs(t.Context(), id, n, 1)
 	require.NoError(t, err)
 	require.Len(t, stored, 1)
-	require.Equal(t, b.heldBy(t, exec.url, id, n), stored[0].Data, "the gateway stored the diff its executor holds")
+	require.Equal(t, b.heldBy(t, exec, id, n), stored[0].Data, "the gateway stored the diff its executor holds")
 	b.waitDelivered(t, id, n+1)
 }
 
@@ -1150,7 +1153,7 @@ func TestTheAppSeesNoAnswerBeforeTheDiffIsStored(t *testing.T) {
 			_, err := b.gw.Complete(t.Context(), normalized(t, b.gw, ask(1)), func(string) error { emitted.Add(1); return nil })
 			done <- err
 		}()
-		b.waitHeld(t, exec.url, first.EscrowID, n) // once it has streamed its answer
+		b.waitHeld(t, exec, first.EscrowID, n) // once it has streamed its answer
 		time.Sleep(50 * time.Millisecond)          // the answer has reached the gateway by now
 		require.Zero(t, emitted.Load(), "no text reaches the app while the gateway's write is in flight")
 		select {
@@ -1199,7 +1202,7 @@ func TestRestartTakesBackADiffOnlyItsExecutorHolds(t *testing.T) {
 	stored, err := b.state.Diffs(t.Context(), id, n, 1)
 	require.NoError(t, err)
 	require.Len(t, stored, 1)
-	require.Equal(t, b.heldBy(t, exec.url, id, n), stored[0].Data)
+	require.Equal(t, b.heldBy(t, exec, id, n), stored[0].Data)
 
 	c := b.complete(t, ask(4))
 	requireAnswer(t, ask(4), c)
@@ -1262,7 +1265,7 @@ func TestRestartWaitsForTheExecutorOfTheNextNonce(t *testing.T) {
 	id := b.gw.Escrows()[0].ID
 	exec, n := b.leaveUnwritten(t, id, ask(1))
 	require.Equal(t, lastNonce+1, n)
-	held := b.heldBy(t, exec.url, id, n)
+	held := b.heldBy(t, exec, id, n)
 
 	b.gw.halt()
 	require.NoError(t, b.state.Close())

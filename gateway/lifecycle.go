@@ -8,6 +8,7 @@ import (
 
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/signing"
 )
 
 // lowWater: an escrow whose balance falls below this share of its amount
@@ -17,8 +18,9 @@ const lowWater = 10 // percent
 // started is a sequenced StartInference on its way to the hosts.
 type started struct {
 	nonce uint64
-	url   string // the executor's
-	exec  int    // the executor's member index
+	url   string          // the executor's
+	addr  signing.Address // the executor's account
+	exec  int             // the executor's member index
 	sent  *delivery
 	// stored reports the write of the start's diff; the app sees nothing
 	// of the answer before it has landed.
@@ -78,7 +80,7 @@ func (q *sequencer) startLocked(ctx context.Context, req executor.Request) (*sta
 	if err != nil {
 		return nil, err
 	}
-	return &started{nonce: id, url: q.members[exec].url, exec: exec, sent: sent, stored: stored}, nil
+	return &started{nonce: id, url: q.members[exec].url, addr: q.members[exec].addr, exec: exec, sent: sent, stored: stored}, nil
 }
 
 // stepPooled steps with the pooled txs only (and a FinalizeRound if

@@ -41,11 +41,13 @@ func unreachable(err error) bool {
 	return errors.As(err, &he) && (he.Status == 0 || he.Status >= 500)
 }
 
-// peers talks to hosts over their HTTP API (docs/host.md).
+// peers talks to hosts over their HTTP API (docs/host.md). Every request
+// is signed (package httpauth) for the host it goes to and the chain.
 type peers struct {
-	client *http.Client // for short calls: diffs, mempools
-	stream *http.Client // for inference streams: no overall timeout
-	key    signing.Signer
+	client  *http.Client // for short calls: diffs, mempools
+	stream  *http.Client // for inference streams: no overall timeout
+	key     signing.Signer
+	chainID string
 }
 
 // initializing reports whether err is a host's answer that its storage is
@@ -55,13 +57,19 @@ func initializing(err error) bool {
 	return errors.As(err, &he) && he.Status == http.StatusServiceUnavailable
 }
 
-func newPeers(key signing.Signer, timeout time.Duration) *peers {
+func newPeers(key signing.Signer, chainID string, timeout time.Duration) *peers {
 	tr := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
 	return &peers{
-		client: &http.Client{Transport: tr, Timeout: timeout},
-		stream: &http.Client{Transport: tr},
-		key:    key,
+		client:  &http.Client{Transport: tr, Timeout: timeout},
+		stream:  &http.Client{Transport: tr},
+		key:     key,
+		chainID: chainID,
 	}
+}
+
+// sign signs req, whose body is body, for the host of account to.
+func (p *peers) sign(req *http.Request, body []byte, to signing.Address) error {
+	return httpauth.Sign(req, body, p.key, httpauth.Audience{ChainID: p.chainID, Host: to}, time.Now())
 }
 
 // diffBody is the request body that posts diff raw with the payloads of
@@ -89,21 +97,21 @@ func runBody(bodies [][]byte) []byte {
 }
 
 // postDiff sends one diff, encoded by diffBody, or a run, encoded by
-// runBody, to a host.
-func (p *peers) postDiff(ctx context.Context, url string, escrow uint64, body []byte) (*host.DiffResponse, error) {
+// runBody, to the host of account to at url.
+func (p *peers) postDiff(ctx context.Context, url string, to signing.Address, escrow uint64, body []byte) (*host.DiffResponse, error) {
 	var out host.DiffResponse
-	if err := p.do(ctx, http.MethodPost, fmt.Sprintf("%s/v1/sessions/%d/diffs", url, escrow), body, false, &out); err != nil {
+	if err := p.do(ctx, http.MethodPost, fmt.Sprintf("%s/v1/sessions/%d/diffs", url, escrow), to, body, &out); err != nil {
 		return nil, err
 	}
 	return &out, nil
 }
 
 // mempool reads a host's pooled txs for escrow, as the escrow's creator.
-func (p *peers) mempool(ctx context.Context, url string, escrow uint64) ([]*sessionpb.Tx, error) {
+func (p *peers) mempool(ctx context.Context, url string, to signing.Address, escrow uint64) ([]*sessionpb.Tx, error) {
 	var out struct {
 		Txs [][]byte `json:"txs"`
 	}
-	if err := p.do(ctx, http.MethodGet, fmt.Sprintf("%s/v1/sessions/%d/mempool", url, escrow), nil, true, &out); err != nil {
+	if err := p.do(ctx, http.MethodGet, fmt.Sprintf("%s/v1/sessions/%d/mempool", url, escrow), to, nil, &out); err != nil {
 		return nil, err
 	}
 	return decodeTxs(out.Txs)
@@ -117,11 +125,11 @@ type storedDiff struct {
 
 // diffs reads up to limit of a host's stored diffs of escrow from nonce
 // from on, as the escrow's creator.
-func (p *peers) diffs(ctx context.Context, url string, escrow, from uint64, limit int) ([]storedDiff, error) {
+func (p *peers) diffs(ctx context.Context, url string, to signing.Address, escrow, from uint64, limit int) ([]storedDiff, error) {
 	var out struct {
 		Diffs []storedDiff `json:"diffs"`
 	}
-	if err := p.do(ctx, http.MethodGet, fmt.Sprintf("%s/v1/sessions/%d/diffs?from=%d&limit=%d", url, escrow, from, limit), nil, true, &out); err != nil {
+	if err := p.do(ctx, http.MethodGet, fmt.Sprintf("%s/v1/sessions/%d/diffs?from=%d&limit=%d", url, escrow, from, limit), to, nil, &out); err != nil {
 		return nil, err
 	}
 	return out.Diffs, nil
@@ -139,7 +147,7 @@ func decodeTxs(raws [][]byte) ([]*sessionpb.Tx, error) {
 	return txs, nil
 }
 
-func (p *peers) do(ctx context.Context, method, url string, body []byte, signed bool, out any) error {
+func (p *peers) do(ctx context.Context, method, url string, to signing.Address, body []byte, out any) error {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
@@ -151,10 +159,8 @@ func (p *peers) do(ctx context.Context, method, url string, body []byte, signed 
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if signed {
-		if err := httpauth.Sign(req, p.key, time.Now()); err != nil {
-			return err
-		}
+	if err := p.sign(req, body, to); err != nil {
+		return err
 	}
 	resp, err := p.client.Do(req)
 	if err != nil {
@@ -197,10 +203,11 @@ type streamResult struct {
 	Txs []*sessionpb.Tx
 }
 
-// inference runs inference nonce on its executor host, calling onText for
+// inference runs inference nonce on its executor, the host of account to
+// at url, calling onText for
 // each piece of text. A stream that goes quiet for longer than stall is cut
 // and reported as an unreachable host, so the caller retries elsewhere.
-func (p *peers) inference(ctx context.Context, url string, escrow, nonce uint64, req executor.Request, stall time.Duration, onText func(string) error) (*streamResult, error) {
+func (p *peers) inference(ctx context.Context, url string, to signing.Address, escrow, nonce uint64, req executor.Request, stall time.Duration, onText func(string) error) (*streamResult, error) {
 	body, err := json.Marshal(host.InferenceRequest{Nonce: nonce, Request: req})
 	if err != nil {
 		return nil, err
@@ -212,6 +219,9 @@ func (p *peers) inference(ctx context.Context, url string, escrow, nonce uint64,
 		return nil, err
 	}
 	hreq.Header.Set("Content-Type", "application/json")
+	if err := p.sign(hreq, body, to); err != nil {
+		return nil, err
+	}
 	// The watchdog cuts a stalled stream: every event resets it.
 	watchdog := time.AfterFunc(stall, cancel)
 	defer watchdog.Stop()

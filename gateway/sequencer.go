@@ -337,13 +337,13 @@ func (q *sequencer) adoptTail(ctx context.Context) error {
 	e := q.members[q.executorMember(next)]
 	askCx, cancel := context.WithTimeout(ctx, q.g.cfg.HostTimeout)
 	defer cancel()
-	held, err := q.g.peers.diffs(askCx, e.url, q.id(), next, 1)
+	held, err := q.g.peers.diffs(askCx, e.url, e.addr, q.id(), next, 1)
 	for initializing(err) && askCx.Err() == nil {
 		// A host that has just started answers once its storage is ready.
 		select {
 		case <-askCx.Done():
 		case <-time.After(100 * time.Millisecond):
-			held, err = q.g.peers.diffs(askCx, e.url, q.id(), next, 1)
+			held, err = q.g.peers.diffs(askCx, e.url, e.addr, q.id(), next, 1)
 		}
 	}
 	if err != nil {
@@ -712,7 +712,7 @@ func (q *sequencer) sendTo(ctx context.Context, m *member, from uint64, run []*d
 		if len(bodies) > 1 {
 			body = runBody(bodies)
 		}
-		resp, err := q.g.peers.postDiff(ctx, m.url, q.id(), body)
+		resp, err := q.g.peers.postDiff(ctx, m.url, m.addr, q.id(), body)
 		if err != nil && first < run[0].nonce {
 			err = fmt.Errorf("catching up from diff %d: %w", first, err)
 		}
@@ -807,7 +807,7 @@ func (q *sequencer) collect(ctx context.Context) {
 			defer wg.Done()
 			ctx, cancel := context.WithTimeout(ctx, q.g.cfg.HostTimeout)
 			defer cancel()
-			txs, err := q.g.peers.mempool(ctx, m.url, q.id())
+			txs, err := q.g.peers.mempool(ctx, m.url, m.addr, q.id())
 			if err != nil {
 				return
 			}

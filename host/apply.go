@@ -90,6 +90,9 @@ func (e *Engine) ApplyDiffs(ctx context.Context, escrowID uint64, items []DiffIt
 		if reply, err = e.replay(ctx, en, ds[0], items[0].Raw); err != nil {
 			return nil, err
 		}
+		if err := e.replayPayloads(en, ds[0], items[0].Requests); err != nil {
+			return nil, err
+		}
 		ds, items = ds[1:], items[1:]
 	}
 	if len(ds) == 0 {
@@ -361,6 +364,40 @@ func (e *Engine) replay(ctx context.Context, en *entry, d *sessionpb.Diff, raw [
 		reply.Signatures = ss
 	}
 	return reply, nil
+}
+
+// replayPayloads keeps the payloads that come with a replay of stored
+// diff d, and starts the runs this host executes and has not run. Anyone
+// may deliver a diff first: an executor that re-posts its diff to a peer
+// without the payloads must not make the gateway's delivery, then a
+// replay, lose them, or no peer could validate its work. A payload is
+// kept when it matches the prompt hash and max tokens d (the same bytes
+// as the stored diff) commits to, whoever delivers it, and its inference
+// is still live. Call with en.mu held.
+func (e *Engine) replayPayloads(en *entry, d *sessionpb.Diff, requests map[uint64]executor.Request) error {
+	if len(requests) == 0 {
+		return nil
+	}
+	if err := e.check(d, requests); err != nil {
+		return err
+	}
+	pending := map[uint64]executor.Request{}
+	for id, req := range requests {
+		r, ok := en.s.Record(id)
+		if !ok {
+			continue // sealed: no one validates it any more
+		}
+		if _, have := en.requests[id]; !have {
+			en.requests[id] = req
+		}
+		if r.Status == sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING {
+			pending[id] = req
+		}
+	}
+	for _, r := range e.runAhead(en, d, pending) {
+		r.stored = true // the diff is stored already
+	}
+	return nil
 }
 
 // afterApply does what a new state calls for: mempool upkeep and

@@ -29,7 +29,7 @@ func (b *hostBundle) sendRun(t *testing.T, i int, ds []*sessionpb.Diff, reqs []m
 		}
 		body.Diffs = append(body.Diffs, it)
 	}
-	status, out := post(t, fmt.Sprintf("%s/v1/sessions/%d/diffs", b.urls[i], ds[0].EscrowId), body)
+	status, out := b.gwPost(t, i, fmt.Sprintf("/v1/sessions/%d/diffs", ds[0].EscrowId), body)
 	var resp DiffResponse
 	if status == http.StatusOK {
 		require.NoError(t, json.Unmarshal(out, &resp))
@@ -110,11 +110,11 @@ func TestARunMustBeConsecutive(t *testing.T) {
 
 	raw, err := ds[0].Marshal()
 	require.NoError(t, err)
-	status, out := post(t, fmt.Sprintf("%s/v1/sessions/%d/diffs", b.urls[0], ds[0].EscrowId), DiffRequest{Diff: raw, Diffs: []DiffItemJSON{{Diff: raw}}})
+	status, out := b.gwPost(t, 0, fmt.Sprintf("/v1/sessions/%d/diffs", ds[0].EscrowId), DiffRequest{Diff: raw, Diffs: []DiffItemJSON{{Diff: raw}}})
 	require.Equal(t, http.StatusBadRequest, status)
 	require.Contains(t, string(out), "not both")
 	too := DiffRequest{Diffs: make([]DiffItemJSON, MaxDiffsPerDelivery+1)}
-	status, out = post(t, fmt.Sprintf("%s/v1/sessions/%d/diffs", b.urls[0], ds[0].EscrowId), too)
+	status, out = b.gwPost(t, 0, fmt.Sprintf("/v1/sessions/%d/diffs", ds[0].EscrowId), too)
 	require.Equal(t, http.StatusBadRequest, status)
 	require.Contains(t, string(out), "at most")
 }
@@ -202,7 +202,7 @@ func TestAMemberLeftBehindCatchesUpFromAPeer(t *testing.T) {
 	// Host 1 reads host 0's stored diffs past its own nonce.
 	req, err := http.NewRequest(http.MethodGet, fmt.Sprintf("%s/v1/sessions/%d/diffs?from=2", b.urls[0], b.f.Snapshot.EscrowId), nil)
 	require.NoError(t, err)
-	require.NoError(t, httpauth.Sign(req, b.f.Hosts[1], time.Now()))
+	require.NoError(t, httpauth.Sign(req, nil, b.f.Hosts[1], to(b.hosts[0].Address()), time.Now()))
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()

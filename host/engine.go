@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/httpauth"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
@@ -61,6 +62,9 @@ type Config struct {
 	// StartWait is how long an inference request waits for the diff that
 	// starts it, when it arrives first (default 5s).
 	StartWait time.Duration
+	// ChainID is the chain this host serves on. Signed HTTP requests name
+	// it (package httpauth), so one signed for another chain is refused.
+	ChainID string
 }
 
 // Engine serves the sessions of the escrows whose group this host is in.
@@ -89,6 +93,8 @@ var (
 	ErrNotExecutor   = errors.New("not the executor")
 	ErrInitializing  = errors.New("initializing")
 	ErrForbidden     = errors.New("forbidden")
+	// ErrNotIncludable is a gossiped tx the session cannot include.
+	ErrNotIncludable = errors.New("the session cannot include this tx")
 )
 
 // New returns an engine. It serves nothing until MarkReady is called, so a
@@ -140,8 +146,21 @@ func (e *Engine) signTx(escrowID uint64, tx *sessionpb.Tx) error {
 // its listener before storage is ready. Call it before MarkReady.
 func (e *Engine) SetStore(s store.Store) { e.cfg.Store = s }
 
+// SetChainID names the chain the host serves on, once the daemon has
+// asked its node; signed requests must name it. Call it before MarkReady:
+// every route that takes a signed request answers 503 until then.
+func (e *Engine) SetChainID(id string) { e.cfg.ChainID = id }
+
+// ChainID is the chain the host serves on.
+func (e *Engine) ChainID() string { return e.cfg.ChainID }
+
 // Address is the participant account the host serves as.
 func (e *Engine) Address() signing.Address { return e.addr }
+
+// audience is what a signed request to this host must be signed for.
+func (e *Engine) audience() httpauth.Audience {
+	return httpauth.Audience{ChainID: e.cfg.ChainID, Host: e.addr}
+}
 
 // MarkReady opens session routes: storage is usable from now on.
 func (e *Engine) MarkReady() {
@@ -191,6 +210,33 @@ func (e *Engine) session(ctx context.Context, escrowID uint64) (*entry, error) {
 
 // acquire is session with an explicit wait; 0 waits as long as ctx allows.
 func (e *Engine) acquire(ctx context.Context, escrowID uint64, wait time.Duration) (*entry, error) {
+	en, err := e.loaded(ctx, escrowID, wait)
+	if err != nil {
+		return nil, err
+	}
+	en.mu.Lock()
+	if en.evicted {
+		en.mu.Unlock()
+		return e.acquire(ctx, escrowID, wait)
+	}
+	return en, nil
+}
+
+// escrow returns the escrow's snapshot, loading its session if needed,
+// without taking the session's lock: a request is authorized against it
+// before any work, and a stream must not wait for a diff's durable write.
+func (e *Engine) escrow(ctx context.Context, escrowID uint64) (*sessionpb.EscrowSnapshot, error) {
+	en, err := e.loaded(ctx, escrowID, e.cfg.LoadWait)
+	if err != nil {
+		return nil, err
+	}
+	return en.snap, nil // set before done was closed, and never after
+}
+
+// loaded returns the escrow's entry once its load has finished well,
+// starting the load if needed, unlocked. It waits at most wait (0: as
+// long as ctx allows), then answers ErrInitializing.
+func (e *Engine) loaded(ctx context.Context, escrowID uint64, wait time.Duration) (*entry, error) {
 	if !e.Ready() {
 		return nil, ErrInitializing
 	}
@@ -214,11 +260,6 @@ func (e *Engine) acquire(ctx context.Context, escrowID uint64, wait time.Duratio
 	}
 	if en.loadErr != nil {
 		return nil, en.loadErr
-	}
-	en.mu.Lock()
-	if en.evicted {
-		en.mu.Unlock()
-		return e.acquire(ctx, escrowID, wait)
 	}
 	return en, nil
 }

@@ -123,7 +123,7 @@ func setup(t *testing.T, mutate ...func(*sessiontest.Options)) *hostBundle {
 		fs := &failingStore{Store: st}
 		t.Cleanup(func() { st.Close() })
 		ex := &watchedExecutor{called: make(chan executor.Request, 16)}
-		e := New(Config{Key: key, Store: fs, Escrows: b.chain, Executor: ex, Now: func() time.Time { return b.now }, StartWait: startWait})
+		e := New(Config{Key: key, Store: fs, Escrows: b.chain, Executor: ex, Now: func() time.Time { return b.now }, StartWait: startWait, ChainID: testChainID})
 		NewMetrics(e)
 		e.MarkReady()
 		srv := httptest.NewServer(Handler(e, "test"))
@@ -148,7 +148,22 @@ func startTx(id uint64, req executor.Request) *sessionpb.Tx {
 	}}}
 }
 
+// testChainID is the chain the test hosts serve on.
+const testChainID = "devshard-test"
+
+// to is the audience of a signed request to the host at addr.
+func to(addr signing.Address) httpauth.Audience {
+	return httpauth.Audience{ChainID: testChainID, Host: addr}
+}
+
+// post posts body to url unsigned.
 func post(t *testing.T, url string, body any) (int, []byte) {
+	t.Helper()
+	return signedPost(t, url, nil, httpauth.Audience{}, body)
+}
+
+// signedPost posts body to url, signed by key (nil: unsigned) for aud.
+func signedPost(t *testing.T, url string, key signing.Signer, aud httpauth.Audience, body any) (int, []byte) {
 	t.Helper()
 	var raw []byte
 	switch v := body.(type) {
@@ -159,7 +174,13 @@ func post(t *testing.T, url string, body any) (int, []byte) {
 		raw, err = json.Marshal(body)
 		require.NoError(t, err)
 	}
-	resp, err := http.Post(url, "application/json", bytes.NewReader(raw))
+	req, err := http.NewRequest(http.MethodPost, url, bytes.NewReader(raw))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	if key != nil {
+		require.NoError(t, httpauth.Sign(req, raw, key, aud, time.Now()))
+	}
+	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	out, err := io.ReadAll(resp.Body)
@@ -167,12 +188,18 @@ func post(t *testing.T, url string, body any) (int, []byte) {
 	return resp.StatusCode, out
 }
 
+// gwPost posts body to path on host i, signed by the escrow's creator.
+func (b *hostBundle) gwPost(t *testing.T, i int, path string, body any) (int, []byte) {
+	t.Helper()
+	return signedPost(t, b.urls[i]+path, b.f.Gateway, to(b.hosts[i].Address()), body)
+}
+
 // send posts diff d (with payloads) to host i.
 func (b *hostBundle) send(t *testing.T, i int, d *sessionpb.Diff, reqs map[uint64]executor.Request) (int, DiffResponse, string) {
 	t.Helper()
 	raw, err := d.Marshal()
 	require.NoError(t, err)
-	status, body := post(t, fmt.Sprintf("%s/v1/sessions/%d/diffs", b.urls[i], d.EscrowId), DiffRequest{Diff: raw, Requests: reqs})
+	status, body := b.gwPost(t, i, fmt.Sprintf("/v1/sessions/%d/diffs", d.EscrowId), DiffRequest{Diff: raw, Requests: reqs})
 	var resp DiffResponse
 	if status == http.StatusOK {
 		require.NoError(t, json.Unmarshal(body, &resp))
@@ -207,7 +234,20 @@ func (b *hostBundle) infer(t *testing.T, host int, id uint64, req executor.Reque
 	t.Helper()
 	raw, err := json.Marshal(InferenceRequest{Nonce: id, Request: req})
 	require.NoError(t, err)
-	resp, err := http.Post(fmt.Sprintf("%s/v1/sessions/%d/inference", b.urls[host], b.f.Snapshot.EscrowId), "application/json", bytes.NewReader(raw))
+	return b.inferAs(t, host, b.f.Gateway, id, raw)
+}
+
+// inferAs opens the inference stream on host with body raw, signed by key
+// (nil: unsigned), and returns the events.
+func (b *hostBundle) inferAs(t *testing.T, host int, key signing.Signer, id uint64, raw []byte) (int, []StreamEvent, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("%s/v1/sessions/%d/inference", b.urls[host], b.f.Snapshot.EscrowId), bytes.NewReader(raw))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	if key != nil {
+		require.NoError(t, httpauth.Sign(req, raw, key, to(b.hosts[host].Address()), time.Now()))
+	}
+	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -304,6 +344,13 @@ func TestPostDiffBadInput(t *testing.T) {
 	goodRaw, err := good.Marshal()
 	require.NoError(t, err)
 	url := fmt.Sprintf("%s/v1/sessions/7/diffs", b.urls[0])
+	// Escrow 8 has the same group and creator, so a diff of escrow 7
+	// posted to it passes the signature check and meets the escrow check.
+	eight := *b.f.Snapshot
+	eight.EscrowId = 8
+	b.chain.mu.Lock()
+	b.chain.snaps[8] = &eight
+	b.chain.mu.Unlock()
 
 	cases := []struct {
 		name   string
@@ -336,7 +383,7 @@ func TestPostDiffBadInput(t *testing.T) {
 	}
 	nonce, root := b.state(t, 0)
 	for _, tc := range cases {
-		status, body := post(t, tc.url, tc.body)
+		status, body := signedPost(t, tc.url, b.f.Gateway, to(b.hosts[0].Address()), tc.body)
 		require.Equal(t, tc.status, status, "%s: %s", tc.name, body)
 		var e map[string]string
 		require.NoError(t, json.Unmarshal(body, &e), tc.name)
@@ -355,13 +402,13 @@ func TestPostDiffBadInput(t *testing.T) {
 	d, err := other.Sequencer().Build()
 	require.NoError(t, err)
 	raw, _ := d.Marshal()
-	status, body := post(t, b.urls[0]+"/v1/sessions/9/diffs", DiffRequest{Diff: raw})
+	status, body := b.gwPost(t, 0, "/v1/sessions/9/diffs", DiffRequest{Diff: raw})
 	require.Equal(t, http.StatusForbidden, status, string(body))
 	require.Contains(t, string(body), "holds no slot of escrow 9")
 
 	d.EscrowId = 10
 	raw, _ = d.Marshal()
-	status, body = post(t, b.urls[0]+"/v1/sessions/10/diffs", DiffRequest{Diff: raw})
+	status, body = b.gwPost(t, 0, "/v1/sessions/10/diffs", DiffRequest{Diff: raw})
 	require.Equal(t, http.StatusNotFound, status, string(body))
 }
 
@@ -471,7 +518,7 @@ func TestReadRoutesNeedAMember(t *testing.T) {
 		req, err := http.NewRequest("GET", b.urls[0]+path, nil)
 		require.NoError(t, err)
 		if key != nil {
-			require.NoError(t, httpauth.Sign(req, key, time.Now()))
+			require.NoError(t, httpauth.Sign(req, nil, key, to(b.hosts[0].Address()), time.Now()))
 		}
 		resp, err := http.DefaultClient.Do(req)
 		require.NoError(t, err)
@@ -487,7 +534,7 @@ func TestReadRoutesNeedAMember(t *testing.T) {
 		require.Contains(t, body, "request is not signed")
 		status, body = get(outsider, path)
 		require.Equal(t, http.StatusForbidden, status, body)
-		require.Contains(t, body, "is not in the group of escrow 7")
+		require.Contains(t, body, "is for a group member or the escrow's creator (or a key one of them granted); "+outsider.Address().String()+" is neither")
 		status, body = get(b.f.Hosts[1], path)
 		require.Equal(t, http.StatusOK, status, body)
 	}
@@ -514,17 +561,17 @@ func TestGossipOnlyFromMembers(t *testing.T) {
 	url := b.urls[0] + "/v1/sessions/7/gossip"
 	forged := b.f.SignedBy(outsider, 1, &sessionpb.Tx{Body: &sessionpb.Tx_Confirm{Confirm: &sessionpb.ConfirmStart{InferenceId: 1, ConfirmedAt: 5}}})
 	raw, _ := forged.Marshal()
-	status, body := post(t, url, GossipRequest{Tx: raw})
+	status, body := signedPost(t, url, b.f.Hosts[1], to(b.hosts[0].Address()), GossipRequest{Tx: raw})
 	require.Equal(t, http.StatusForbidden, status, string(body))
 	unsigned := &sessionpb.Tx{Slot: 1, Body: &sessionpb.Tx_Confirm{Confirm: &sessionpb.ConfirmStart{InferenceId: 1, ConfirmedAt: 5}}}
 	raw, _ = unsigned.Marshal()
-	status, body = post(t, url, GossipRequest{Tx: raw})
+	status, body = signedPost(t, url, b.f.Hosts[1], to(b.hosts[0].Address()), GossipRequest{Tx: raw})
 	require.Equal(t, http.StatusForbidden, status, string(body))
 	require.Contains(t, string(body), "unsigned")
 
 	honest := b.f.Confirm(1, 1, 5)
 	raw, _ = honest.Marshal()
-	status, body = post(t, url, GossipRequest{Tx: raw})
+	status, body = signedPost(t, url, b.f.Hosts[1], to(b.hosts[0].Address()), GossipRequest{Tx: raw})
 	require.Equal(t, http.StatusAccepted, status, string(body))
 	resps := b.next(t, nil)
 	require.Len(t, resps[0].Mempool, 1, "host 0 now carries host 1's tx")
@@ -945,7 +992,7 @@ func TestStartupWithThousandSessions(t *testing.T) {
 	get := func(path string) int {
 		req, err := http.NewRequest("GET", srv.URL+path, nil)
 		require.NoError(t, err)
-		require.NoError(t, httpauth.Sign(req, f.Hosts[1], time.Now()))
+		require.NoError(t, httpauth.Sign(req, nil, f.Hosts[1], httpauth.Audience{Host: e.Address()}, time.Now()))
 		resp, err := http.DefaultClient.Do(req)
 		require.NoError(t, err)
 		resp.Body.Close()

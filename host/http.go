@@ -97,12 +97,15 @@ func Handler(e *Engine, version string) http.Handler {
 	if e.cfg.Metrics != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(e.cfg.Metrics.Registry, promhttp.HandlerOpts{}))
 	}
-	mux.HandleFunc("POST /v1/sessions/{escrow}/diffs", h.session(h.postDiff))
-	mux.HandleFunc("POST /v1/sessions/{escrow}/inference", h.session(h.inference))
-	mux.HandleFunc("POST /v1/sessions/{escrow}/gossip", h.session(h.gossip))
-	mux.HandleFunc("GET /v1/sessions/{escrow}/diffs", h.session(h.member(h.getDiffs)))
-	mux.HandleFunc("GET /v1/sessions/{escrow}/signatures", h.session(h.member(h.getSignatures)))
-	mux.HandleFunc("GET /v1/sessions/{escrow}/mempool", h.session(h.member(h.getMempool)))
+	// Every session route is signed, and the signer's role checked, before
+	// any work: the body is decoded, the diff applied, the model run only
+	// for a caller the route admits.
+	mux.HandleFunc("POST /v1/sessions/{escrow}/diffs", h.session(h.signed(memberOrCreator, h.postDiff)))
+	mux.HandleFunc("POST /v1/sessions/{escrow}/inference", h.session(h.signed(creator, h.inference)))
+	mux.HandleFunc("POST /v1/sessions/{escrow}/gossip", h.session(h.signed(memberOrCreator, h.gossip)))
+	mux.HandleFunc("GET /v1/sessions/{escrow}/diffs", h.session(h.signed(memberOrCreator, h.getDiffs)))
+	mux.HandleFunc("GET /v1/sessions/{escrow}/signatures", h.session(h.signed(memberOrCreator, h.getSignatures)))
+	mux.HandleFunc("GET /v1/sessions/{escrow}/mempool", h.session(h.signed(memberOrCreator, h.getMempool)))
 	return mux
 }
 
@@ -128,36 +131,51 @@ func (h *handler) session(next sessionHandler) http.HandlerFunc {
 	}
 }
 
-// member admits signed requests from the escrow's group or its creator.
-func (h *handler) member(next sessionHandler) sessionHandler {
-	return func(w http.ResponseWriter, r *http.Request, escrowID uint64) {
-		who, err := httpauth.Verify(r, time.Now())
+// role says whether a signer may call a route about an escrow; its
+// sentence says who may, for the refusal.
+type role struct {
+	who string
+	may func(snap *sessionpb.EscrowSnapshot, signer signing.Address, auth session.Authorizer) bool
+}
+
+var (
+	// creator: only the gateway that sequences the escrow opens an
+	// inference stream. Whoever opens it receives the answer and the
+	// executor's signed txs, and an inference runs once.
+	creator = role{"the escrow's creator (or a key it granted)", session.ActsForCreator}
+	// memberOrCreator: diffs, gossip and reads come from the gateway or a
+	// group member; members deliver diffs to each other when they catch up.
+	memberOrCreator = role{"a group member or the escrow's creator (or a key one of them granted)", func(snap *sessionpb.EscrowSnapshot, signer signing.Address, auth session.Authorizer) bool {
+		return session.ActsForCreator(snap, signer, auth) || session.ActsForMember(snap, signer, auth)
+	}}
+)
+
+// signed admits requests signed for this host and chain (package httpauth)
+// by a signer r admits. The body is read, bounded, to check the signature;
+// next reads the verified bytes.
+func (h *handler) signed(r role, next sessionHandler) sessionHandler {
+	return func(w http.ResponseWriter, req *http.Request, escrowID uint64) {
+		who, _, err := httpauth.Verify(req, h.e.audience(), MaxBody, time.Now())
 		if err != nil {
-			writeError(w, http.StatusForbidden, "read routes need a signed request from a group member: "+err.Error())
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
+				return
+			}
+			writeError(w, http.StatusForbidden, fmt.Sprintf("%s %s needs a request signed by %s, for host %s on chain %q: %v", req.Method, req.URL.Path, r.who, h.e.addr, h.e.cfg.ChainID, err))
 			return
 		}
-		en, err := h.e.session(r.Context(), escrowID)
+		snap, err := h.e.escrow(req.Context(), escrowID)
 		if err != nil {
 			h.fail(w, err)
 			return
 		}
-		ok := string(en.snap.Creator) == string(who[:]) || memberOf(en.snap, who)
-		en.mu.Unlock()
-		if !ok {
-			writeError(w, http.StatusForbidden, fmt.Sprintf("%s is not in the group of escrow %d", who, escrowID))
+		if !r.may(snap, who, h.e.cfg.Auth) {
+			writeError(w, http.StatusForbidden, fmt.Sprintf("%s %s of escrow %d is for %s; %s is neither", req.Method, req.URL.Path, escrowID, r.who, who))
 			return
 		}
-		next(w, r, escrowID)
+		next(w, req, escrowID)
 	}
-}
-
-func memberOf(snap *sessionpb.EscrowSnapshot, a signing.Address) bool {
-	for _, g := range snap.Group {
-		if string(g) == string(a[:]) {
-			return true
-		}
-	}
-	return false
 }
 
 func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
@@ -379,7 +397,7 @@ func (h *handler) fail(w http.ResponseWriter, err error) {
 		status = http.StatusNotFound
 	case errors.Is(err, ErrNotMember), errors.Is(err, ErrForbidden), errors.Is(err, ErrNotExecutor):
 		status = http.StatusForbidden
-	case errors.Is(err, store.ErrFork), errors.Is(err, store.ErrNonceGap):
+	case errors.Is(err, store.ErrFork), errors.Is(err, store.ErrNonceGap), errors.Is(err, ErrNotIncludable):
 		status = http.StatusConflict
 	case errors.As(err, &de):
 		switch de.Reason {

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/devshard/devshard/httpauth"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
 )
@@ -180,7 +181,7 @@ func (e *Engine) push(ctx context.Context, b pushBatch) {
 		return
 	}
 	for i, tx := range b.txs {
-		err := postGossip(ctx, url, b.escrow, tx)
+		err := e.postGossip(ctx, url, b.peer, b.escrow, tx)
 		var refused *gossipRefused
 		switch {
 		case err == nil:
@@ -251,9 +252,10 @@ func (r *gossipRefused) final() bool {
 	return true
 }
 
-// postGossip posts one tx to a peer's gossip route. A 4xx answer is a
-// *gossipRefused; anything else that is not 2xx is a plain error.
-func postGossip(ctx context.Context, baseURL string, escrow uint64, tx *sessionpb.Tx) error {
+// postGossip posts one tx to peer's gossip route, signed by this host for
+// that peer. A 4xx answer is a *gossipRefused; anything else that is not
+// 2xx is a plain error.
+func (e *Engine) postGossip(ctx context.Context, baseURL string, peer signing.Address, escrow uint64, tx *sessionpb.Tx) error {
 	raw, err := tx.Marshal()
 	if err != nil {
 		return err
@@ -267,6 +269,9 @@ func postGossip(ctx context.Context, baseURL string, escrow uint64, tx *sessionp
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	if err := httpauth.Sign(req, body, e.cfg.Key, httpauth.Audience{ChainID: e.cfg.ChainID, Host: peer}, time.Now()); err != nil {
+		return err
+	}
 	resp, err := gossipClient.Do(req)
 	if err != nil {
 		return err
@@ -277,11 +282,11 @@ func postGossip(ctx context.Context, baseURL string, escrow uint64, tx *sessionp
 		return nil
 	}
 	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	var e struct {
+	var refusal struct {
 		Error string `json:"error"`
 	}
-	if json.Unmarshal(msg, &e) == nil && e.Error != "" {
-		msg = []byte(e.Error)
+	if json.Unmarshal(msg, &refusal) == nil && refusal.Error != "" {
+		msg = []byte(refusal.Error)
 	}
 	if resp.StatusCode/100 == 4 {
 		return &gossipRefused{status: resp.StatusCode, msg: string(msg)}

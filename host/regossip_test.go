@@ -106,7 +106,7 @@ func (b *hostBundle) pooled(t *testing.T, i int) []*sessionpb.Tx {
 	t.Helper()
 	req, err := http.NewRequest("GET", fmt.Sprintf("%s/v1/sessions/%d/mempool", b.urls[i], b.f.Snapshot.EscrowId), nil)
 	require.NoError(t, err)
-	require.NoError(t, httpauth.Sign(req, b.f.Gateway, time.Now()))
+	require.NoError(t, httpauth.Sign(req, nil, b.f.Gateway, to(b.hosts[i].Address()), time.Now()))
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
@@ -193,11 +193,11 @@ func TestRegossipsAFinishTheGatewayLeavesOut(t *testing.T) {
 	url := fmt.Sprintf("%s/v1/sessions/%d/gossip", b.urls[0], b.f.Snapshot.EscrowId)
 	forged := b.f.SignedBy(outsider, 1, &sessionpb.Tx{Body: &sessionpb.Tx_Timeout{Timeout: &sessionpb.TimeoutInference{InferenceId: 1}}})
 	raw, _ := forged.Marshal()
-	status, body := post(t, url, GossipRequest{Tx: raw})
+	status, body := signedPost(t, url, b.f.Hosts[2], to(b.hosts[0].Address()), GossipRequest{Tx: raw})
 	require.Equal(t, http.StatusForbidden, status, string(body))
 	unsigned := &sessionpb.Tx{Slot: 0, Body: &sessionpb.Tx_Timeout{Timeout: &sessionpb.TimeoutInference{InferenceId: 1}}}
 	raw, _ = unsigned.Marshal()
-	status, body = post(t, url, GossipRequest{Tx: raw})
+	status, body = signedPost(t, url, b.f.Hosts[2], to(b.hosts[0].Address()), GossipRequest{Tx: raw})
 	require.Equal(t, http.StatusForbidden, status, string(body))
 	require.False(t, holds(b.pooled(t, 0), forged))
 }

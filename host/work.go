@@ -218,7 +218,9 @@ func (e *Engine) voteTimeouts(en *entry, now time.Time) {
 }
 
 // Gossip takes a peer's signed tx so this host can carry it to the gateway
-// too. Only txs signed by the holder of the slot they name are accepted.
+// too. Only txs signed by the holder of the slot they name, that the
+// session can include now, are pooled; others are refused with
+// ErrForbidden or ErrNotIncludable.
 func (e *Engine) Gossip(ctx context.Context, escrowID uint64, raw []byte) error {
 	var tx sessionpb.Tx
 	if err := tx.Unmarshal(raw); err != nil {
@@ -232,9 +234,13 @@ func (e *Engine) Gossip(ctx context.Context, escrowID uint64, raw []byte) error 
 	if err := session.VerifyHostTxWith(en.snap, &tx, e.cfg.Auth, e.memo); err != nil {
 		return fmt.Errorf("%w: %v", ErrForbidden, err)
 	}
-	if en.s.MayInclude(&tx) {
-		en.pool.add(&tx, en.s.Nonce(), false)
+	// Pool only what the session can take: a tx for an inference that does
+	// not exist, or in the wrong status, would sit in the pool and be
+	// offered to the gateway for nothing.
+	if err := en.s.Includable(&tx); err != nil {
+		return fmt.Errorf("%w: escrow %d at nonce %d: %w", ErrNotIncludable, escrowID, en.s.Nonce(), err)
 	}
+	en.pool.add(&tx, en.s.Nonce(), false)
 	return nil
 }
 

@@ -1,6 +1,10 @@
 package session
 
-import "github.com/devshard/devshard/session/sessionpb"
+import (
+	"fmt"
+
+	"github.com/devshard/devshard/session/sessionpb"
+)
 
 // MayInclude reports whether a host tx could be carried by the next diff:
 // the session still takes host txs, the inference it names is in a status
@@ -8,7 +12,15 @@ import "github.com/devshard/devshard/session/sessionpb"
 // signature. Mempools (the host's,
 // the gateway's) use it to drop txs that can no longer apply.
 func (s *Session) MayInclude(tx *sessionpb.Tx) bool {
-	return mayInclude(tx, s.phase, len(s.group), func(id uint64) *sessionpb.InferenceRecord { return s.live[id] })
+	return s.Includable(tx) == nil
+}
+
+// Includable is MayInclude with the reason: nil if the next diff could
+// carry tx, else an error wrapping ReasonPhase, ReasonStatus,
+// ReasonDuplicate or ReasonMalformed that says what the session holds. A
+// host asks it of a peer's gossiped tx before pooling it.
+func (s *Session) Includable(tx *sessionpb.Tx) error {
+	return includable(tx, s.phase, len(s.group), func(id uint64) *sessionpb.InferenceRecord { return s.live[id] })
 }
 
 // MayInclude is Session.MayInclude asked of the state this diff leads to,
@@ -16,19 +28,19 @@ func (s *Session) MayInclude(tx *sessionpb.Tx) bool {
 // asks it of its own pooled txs.
 func (p *Pending) MayInclude(tx *sessionpb.Tx) bool {
 	st := p.st
-	return mayInclude(tx, st.phase, len(st.s.group), func(id uint64) *sessionpb.InferenceRecord {
+	return includable(tx, st.phase, len(st.s.group), func(id uint64) *sessionpb.InferenceRecord {
 		if st.removed[id] {
 			return nil
 		}
 		return st.peek(id)
-	})
+	}) == nil
 }
 
-// mayInclude is the rule behind both, over a phase and a read-only lookup
+// includable is the rule behind them, over a phase and a read-only lookup
 // of live records (nil when the record is not live).
-func mayInclude(tx *sessionpb.Tx, phase sessionpb.Phase, groupLen int, lookup func(id uint64) *sessionpb.InferenceRecord) bool {
+func includable(tx *sessionpb.Tx, phase sessionpb.Phase, groupLen int, lookup func(id uint64) *sessionpb.InferenceRecord) error {
 	if phase == sessionpb.Phase_PHASE_SETTLEMENT {
-		return false
+		return fmt.Errorf("%w: the session is in phase %s and takes no host txs", ReasonPhase, phase)
 	}
 	var id uint64
 	var want []sessionpb.InferenceStatus
@@ -42,26 +54,42 @@ func mayInclude(tx *sessionpb.Tx, phase sessionpb.Phase, groupLen int, lookup fu
 	case *sessionpb.Tx_Timeout:
 		id, want = b.Timeout.InferenceId, []sessionpb.InferenceStatus{sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING, sessionpb.InferenceStatus_INFERENCE_STATUS_STARTED}
 	default:
-		return false
+		return fmt.Errorf("%w: a tx of type %T is not a host's", ReasonMalformed, tx.Body)
+	}
+	if int(tx.Slot) >= groupLen {
+		return fmt.Errorf("%w: slot %d is outside the group of %d slots", ReasonMalformed, tx.Slot, groupLen)
 	}
 	r := lookup(id)
-	if r == nil || int(tx.Slot) >= groupLen {
-		return false
+	if r == nil {
+		return fmt.Errorf("%w: inference %d is not live in this session (never started, or sealed)", ReasonStatus, id)
 	}
 	switch tx.Body.(type) {
 	case *sessionpb.Tx_Validation:
 		if hasBit(r.ValidVotes, tx.Slot) || hasBit(r.InvalidVotes, tx.Slot) {
-			return false
+			return fmt.Errorf("%w: slot %d has already voted on inference %d", ReasonDuplicate, tx.Slot, id)
 		}
 	case *sessionpb.Tx_Timeout:
 		if hasBit(r.TimeoutVotes, tx.Slot) {
-			return false
+			return fmt.Errorf("%w: slot %d has already voted to time out inference %d", ReasonDuplicate, tx.Slot, id)
 		}
 	}
 	for _, st := range want {
 		if r.Status == st {
-			return true
+			return nil
 		}
 	}
-	return false
+	return fmt.Errorf("%w: inference %d is %s; a %s applies only to one that is %v", ReasonStatus, id, r.Status, txName(tx), want)
+}
+
+func txName(tx *sessionpb.Tx) string {
+	switch tx.Body.(type) {
+	case *sessionpb.Tx_Confirm:
+		return "ConfirmStart"
+	case *sessionpb.Tx_Finish:
+		return "FinishInference"
+	case *sessionpb.Tx_Validation:
+		return "Validation"
+	default:
+		return "TimeoutInference"
+	}
 }

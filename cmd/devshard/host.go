@@ -199,6 +199,13 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 	}
 	defer st.Close()
 	eng.SetStore(st)
+	// Signed requests name the chain: asked of the node once.
+	chainID, err := chainc.ChainID(ctx)
+	if err != nil {
+		_ = srv.Close()
+		return fmt.Errorf("ask the chain node its chain id: %w", err)
+	}
+	eng.SetChainID(chainID)
 	eng.MarkReady()
 	log.Info("storage ready", "mode", st.Mode)
 

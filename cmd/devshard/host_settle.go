@@ -199,7 +199,7 @@ func (s *selfSettler) peerGet(ctx context.Context, peer signing.Address, path st
 	if err != nil {
 		return err
 	}
-	if err := httpauth.Sign(req, s.signer, time.Now()); err != nil {
+	if err := httpauth.Sign(req, nil, s.signer, httpauth.Audience{ChainID: s.eng.ChainID(), Host: peer}, time.Now()); err != nil {
 		return err
 	}
 	resp, err := s.http.Do(req)

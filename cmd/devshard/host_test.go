@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +18,8 @@ import (
 
 	"github.com/devshard/devshard/chain/node"
 	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/httpauth"
+	"github.com/devshard/devshard/signing"
 )
 
 func freeAddr(t *testing.T) string {
@@ -68,7 +73,21 @@ func TestHostDaemonAgainstARealNode(t *testing.T) {
 	status, body := get("/version")
 	require.Equal(t, http.StatusOK, status)
 	require.Contains(t, body, `"protocol":1`)
-	resp, err := http.Post("http://"+listen+"/v1/sessions/42/diffs", "application/json", strings.NewReader(`{"diff":"CCo="}`))
+	// A diff for an escrow the chain does not know, signed for this host
+	// on this chain (the signature is checked first), is 404.
+	var version struct{ Address string }
+	require.NoError(t, json.Unmarshal([]byte(body), &version))
+	raw, err := hex.DecodeString(version.Address)
+	require.NoError(t, err)
+	addr, err := signing.AddressFromBytes(raw)
+	require.NoError(t, err)
+	key, err := signing.GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	diff := []byte(`{"diff":"CCo="}`)
+	req, err := http.NewRequest(http.MethodPost, "http://"+listen+"/v1/sessions/42/diffs", bytes.NewReader(diff))
+	require.NoError(t, err)
+	require.NoError(t, httpauth.Sign(req, diff, key, httpauth.Audience{ChainID: n.ChainID, Host: addr}, time.Now()))
+	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
