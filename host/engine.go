@@ -65,6 +65,15 @@ type Config struct {
 	// ChainID is the chain this host serves on. Signed HTTP requests name
 	// it (package httpauth), so one signed for another chain is refused.
 	ChainID string
+	// MissFor is how long an escrow that failed to load (the chain does
+	// not know it, this host holds no slot of it) is remembered, so that
+	// requests naming it are answered at once instead of asking the chain
+	// again (default 2s). It is short: a chain node a block behind the
+	// gateway learns of a new escrow soon.
+	MissFor time.Duration
+	// Lookups bounds the escrow lookups on the chain in flight at once
+	// (default 4): requests naming many unknown escrows queue for them.
+	Lookups int
 }
 
 // Engine serves the sessions of the escrows whose group this host is in.
@@ -80,6 +89,7 @@ type Engine struct {
 	gossiped gossipLog      // own txs pushed to peers (regossip.go)
 	memo     *signing.Memo  // tx signatures made or checked already: a diff carrying them checks a hash
 	runs     *runs          // inferences started beside their diff's durable write (run.go)
+	lookups  chan struct{}  // a slot per escrow lookup on the chain in flight
 }
 
 // memoSize bounds the engine's memo of checked tx signatures.
@@ -112,6 +122,12 @@ func New(cfg Config) *Engine {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.MissFor <= 0 {
+		cfg.MissFor = 2 * time.Second
+	}
+	if cfg.Lookups <= 0 {
+		cfg.Lookups = 4
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -127,6 +143,7 @@ func New(cfg Config) *Engine {
 		ready:    make(chan struct{}),
 		memo:     signing.NewMemo(memoSize),
 		runs:     newRuns(),
+		lookups:  make(chan struct{}, cfg.Lookups),
 	}
 }
 
@@ -279,6 +296,8 @@ func (e *Engine) evict(en *entry) {
 }
 
 // entryFor returns the escrow's entry, starting its load if it has none.
+// An entry whose load failed stays for MissFor (loadEntry), so requests
+// naming an escrow the chain does not know meet the same error at once.
 func (e *Engine) entryFor(escrowID uint64) *entry {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -291,8 +310,9 @@ func (e *Engine) entryFor(escrowID uint64) *entry {
 	return en
 }
 
-// loadEntry loads the entry once. A failed load is forgotten, so the next
-// request tries again (the chain may have caught up, storage come back).
+// loadEntry loads the entry once. A failed load is remembered for MissFor,
+// then forgotten, so a later request tries again (the chain may have
+// caught up, storage come back).
 func (e *Engine) loadEntry(escrowID uint64, en *entry) {
 	ctx := context.Background()
 	en.mu.Lock()
@@ -300,11 +320,13 @@ func (e *Engine) loadEntry(escrowID uint64, en *entry) {
 	en.mu.Unlock()
 	if err != nil {
 		en.loadErr = err
-		e.mu.Lock()
-		if e.sessions[escrowID] == en {
-			delete(e.sessions, escrowID)
-		}
-		e.mu.Unlock()
+		time.AfterFunc(e.cfg.MissFor, func() {
+			e.mu.Lock()
+			if e.sessions[escrowID] == en {
+				delete(e.sessions, escrowID)
+			}
+			e.mu.Unlock()
+		})
 	}
 	close(en.done)
 	e.runs.poke() // streams waiting on this escrow look again
@@ -319,7 +341,7 @@ func (e *Engine) load(ctx context.Context, escrowID uint64, en *entry) error {
 	case err == nil:
 		snap = info.Snapshot
 	case errors.Is(err, store.ErrNotFound):
-		if snap, err = e.cfg.Escrows.EscrowSnapshot(ctx, escrowID); err != nil {
+		if snap, err = e.lookup(ctx, escrowID); err != nil {
 			return err
 		}
 		if snap.EscrowId != escrowID {
@@ -359,6 +381,15 @@ func (e *Engine) load(ctx context.Context, escrowID uint64, en *entry) error {
 	en.loaded = true
 	e.cfg.Metrics.sessionLoaded(s.Phase())
 	return nil
+}
+
+// lookup asks the chain for an escrow's snapshot, holding one of the
+// Lookups slots, so requests naming many unknown escrows cost at most that
+// many lookups at a time.
+func (e *Engine) lookup(ctx context.Context, escrowID uint64) (*sessionpb.EscrowSnapshot, error) {
+	e.lookups <- struct{}{}
+	defer func() { <-e.lookups }()
+	return e.cfg.Escrows.EscrowSnapshot(ctx, escrowID)
 }
 
 func (e *Engine) slotsIn(snap *sessionpb.EscrowSnapshot) []uint32 {
