@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/devshard/devshard/chainclient"
+	"github.com/devshard/devshard/internal/httpserve"
 	"github.com/devshard/devshard/signing"
 )
 
@@ -89,7 +90,7 @@ func Open(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 	if err := d.Gateway.Start(ctx); err != nil {
 		return nil, err
 	}
-	d.srv = &http.Server{Handler: Handler(d.Gateway, APIConfig{Keys: cfg.Keys, MaxInFlight: cfg.MaxInFlight}), ReadHeaderTimeout: 10 * time.Second}
+	d.srv = httpserve.Server(Handler(d.Gateway, APIConfig{Keys: cfg.Keys, MaxInFlight: cfg.MaxInFlight}))
 	go func() { d.served <- d.srv.Serve(d.ln) }()
 	cfg.Logger.Info("gateway listening", "addr", d.ln.Addr().String(), "account", d.chainc.Address(cfg.Key.Address()))
 	return d, nil

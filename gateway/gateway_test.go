@@ -1154,7 +1154,7 @@ func TestTheAppSeesNoAnswerBeforeTheDiffIsStored(t *testing.T) {
 			done <- err
 		}()
 		b.waitHeld(t, exec, first.EscrowID, n) // once it has streamed its answer
-		time.Sleep(50 * time.Millisecond)          // the answer has reached the gateway by now
+		time.Sleep(50 * time.Millisecond)      // the answer has reached the gateway by now
 		require.Zero(t, emitted.Load(), "no text reaches the app while the gateway's write is in flight")
 		select {
 		case err := <-done:

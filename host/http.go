@@ -13,6 +13,7 @@ import (
 
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/httpauth"
+	"github.com/devshard/devshard/internal/httpserve"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
@@ -158,8 +159,12 @@ func (h *handler) signed(r role, next sessionHandler) sessionHandler {
 		who, _, err := httpauth.Verify(req, h.e.audience(), MaxBody, time.Now())
 		if err != nil {
 			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
+			switch {
+			case errors.As(err, &mbe):
 				writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
+				return
+			case errors.Is(err, httpserve.ErrSlowBody):
+				writeError(w, http.StatusRequestTimeout, err.Error())
 				return
 			}
 			writeError(w, http.StatusForbidden, fmt.Sprintf("%s %s needs a request signed by %s, for host %s on chain %q: %v", req.Method, req.URL.Path, r.who, h.e.addr, h.e.cfg.ChainID, err))

@@ -21,6 +21,7 @@ import (
 	"github.com/devshard/devshard/chainclient"
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/internal/httpserve"
 	"github.com/devshard/devshard/keys"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
@@ -182,7 +183,7 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 	eng := host.New(host.Config{Key: signer, Account: account, Escrows: chainEscrows{chainc}, Executor: newExecutor(cfg),
 		Auth: chainc.Authorizer(), SnapshotEvery: cfg.Storage.SnapshotEvery, Peers: newChainPeers(chainc), Logger: log})
 	metrics := host.NewMetrics(eng)
-	srv := &http.Server{Handler: host.Handler(eng, buildVersion()), ReadHeaderTimeout: 10 * time.Second}
+	srv := httpserve.Server(host.Handler(eng, buildVersion()))
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("host listening", "addr", ln.Addr().String(), "account", chainc.Address(account))

@@ -13,6 +13,7 @@ import (
 
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/internal/httpserve"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionbench"
 	"github.com/devshard/devshard/session/sessionpb"
@@ -297,7 +298,7 @@ func (s *Startup) Run(ctx context.Context, open func(context.Context) (store.Sto
 	eng := host.New(host.Config{Key: s.key, Escrows: s.escrows, Executor: executor.Builtin{},
 		SnapshotEvery: s.opts.SnapshotEvery, Logger: slog.New(log)})
 	host.NewMetrics(eng)
-	srv := &http.Server{Handler: host.Handler(eng, "bench"), ReadHeaderTimeout: 10 * time.Second}
+	srv := httpserve.Server(host.Handler(eng, "bench"))
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
 
