@@ -1,12 +1,16 @@
 package host
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand"
+	"net"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -15,6 +19,7 @@ import (
 
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/httpauth"
+	"github.com/devshard/devshard/internal/httpserve"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
@@ -303,4 +308,51 @@ func TestAttackGossipOfATxTheSessionCannotInclude(t *testing.T) {
 	status, body = gossip(b.f.Confirm(1, 1, 5))
 	require.Equal(t, http.StatusAccepted, status, body)
 	require.Len(t, b.pooled(t, 0), 1)
+}
+
+// Item b at the host: a signed body that trickles in is cut at the body
+// bound and answered 408, before any work. Without the bound the host
+// waited for the last byte (the test's 5 s cut).
+func TestAttackSlowBodyIsCut(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.next(t, nil)
+	srv := httptest.NewServer(httpserve.BodyDeadline(Handler(b.hosts[0], "test"), 300*time.Millisecond))
+	t.Cleanup(srv.Close)
+	raw, err := b.f.Confirm(1, 1, 5).Marshal()
+	require.NoError(t, err)
+	body, err := json.Marshal(GossipRequest{Tx: raw})
+	require.NoError(t, err)
+	req, err := http.NewRequest(http.MethodPost, srv.URL+"/v1/sessions/7/gossip", bytes.NewReader(body))
+	require.NoError(t, err)
+	require.NoError(t, httpauth.Sign(req, body, b.f.Hosts[1], to(b.hosts[0].Address()), time.Now()))
+
+	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = fmt.Fprintf(conn, "POST /v1/sessions/7/gossip HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n%s: %s\r\nContent-Length: %d\r\n\r\n", httpauth.Header, req.Header.Get(httpauth.Header), len(body))
+	require.NoError(t, err)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for _, c := range body {
+			select {
+			case <-stop:
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			if _, err := conn.Write([]byte{c}); err != nil {
+				return
+			}
+		}
+	}()
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+	began := time.Now()
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(resp.Body)
+	require.Equal(t, http.StatusRequestTimeout, resp.StatusCode, string(out))
+	require.Contains(t, string(out), httpserve.ErrSlowBody.Error())
+	require.Less(t, time.Since(began), 2*time.Second)
 }
