@@ -350,7 +350,7 @@ func (e *Engine) replay(ctx context.Context, en *entry, d *sessionpb.Diff, raw [
 	if len(sigs) == 0 && d.Nonce == en.s.Nonce() {
 		// The latest diff came inside a longer delivery, which signed only
 		// its last root, or its run was cut short: it is stored, so sign
-		// it now, unless an own tx is overdue.
+		// it now, unless a pooled tx is overdue.
 		if reply.Withheld = en.pool.overdue(d.Nonce, en.snap.SealGraceNonces, func(_ string, tx *sessionpb.Tx) bool { return en.s.CheckHostTx(tx) == nil }); reply.Withheld != "" {
 			e.cfg.Metrics.withheld()
 			return reply, nil
