@@ -131,7 +131,7 @@ func (e *Engine) applyRun(ctx context.Context, en *entry, ds []*sessionpb.Diff, 
 		// and the durable write. Their streams may answer before the write
 		// ends; their txs are pooled only once it has (run.go). A diff that
 		// is not stored stops its runs.
-		ahead = append(ahead, e.runAhead(en, d, items[i].Requests)...)
+		ahead = append(ahead, e.runAhead(en, d, p, items[i].Requests)...)
 		row, err := diffRow(escrowID, d, res, items[i].Raw)
 		if err != nil {
 			return nil, err
@@ -178,7 +178,7 @@ func (e *Engine) applyRun(ctx context.Context, en *entry, ds []*sessionpb.Diff, 
 	if last != nil {
 		d := ds[len(rows)-1]
 		withheld = en.pool.overdue(d.Nonce, en.snap.SealGraceNonces, func(key string, tx *sessionpb.Tx) bool {
-			return !carried(d, key) && last.MayInclude(tx)
+			return !carried(d, key) && last.CheckHostTx(tx) == nil
 		})
 		if withheld == "" {
 			var err error
@@ -272,8 +272,9 @@ func (e *Engine) snapshotDue(en *entry, rows []store.Diff) bool {
 
 // runAhead starts the inferences of d that this host executes and has the
 // payloads of, and returns their runs. Call with en.mu held, once d is
-// checked.
-func (e *Engine) runAhead(en *entry, d *sessionpb.Diff, requests map[uint64]executor.Request) []*run {
+// checked (p; nil for a replay of a stored d). None starts while the host's own txs are overdue: the
+// gateway's inference request is then refused (Inference).
+func (e *Engine) runAhead(en *entry, d *sessionpb.Diff, p *session.Pending, requests map[uint64]executor.Request) []*run {
 	var out []*run
 	for _, tx := range d.Txs {
 		st := tx.GetStart()
@@ -283,6 +284,14 @@ func (e *Engine) runAhead(en *entry, d *sessionpb.Diff, requests map[uint64]exec
 		req, ok := requests[st.InferenceId]
 		slot := en.s.Executor(st.InferenceId)
 		if !ok || !en.holds(slot) || en.ran[st.InferenceId] || req.Validate() != nil {
+			continue
+		}
+		if en.pool.overdueOwn(d.Nonce, en.snap.SealGraceNonces, func(key string, tx *sessionpb.Tx) bool {
+			if p == nil { // a replay: the session is at d already
+				return en.s.CheckHostTx(tx) == nil
+			}
+			return !carried(d, key) && p.CheckHostTx(tx) == nil
+		}) != "" {
 			continue
 		}
 		out = append(out, e.startRun(en, st.InferenceId, slot, req))
@@ -347,8 +356,8 @@ func (e *Engine) replay(ctx context.Context, en *entry, d *sessionpb.Diff, raw [
 	if len(sigs) == 0 && d.Nonce == en.s.Nonce() {
 		// The latest diff came inside a longer delivery, which signed only
 		// its last root, or its run was cut short: it is stored, so sign
-		// it now, unless an own tx is overdue.
-		if reply.Withheld = en.pool.overdue(d.Nonce, en.snap.SealGraceNonces, func(_ string, tx *sessionpb.Tx) bool { return en.s.MayInclude(tx) }); reply.Withheld != "" {
+		// it now, unless a pooled tx is overdue.
+		if reply.Withheld = en.pool.overdue(d.Nonce, en.snap.SealGraceNonces, func(_ string, tx *sessionpb.Tx) bool { return en.s.CheckHostTx(tx) == nil }); reply.Withheld != "" {
 			e.cfg.Metrics.withheld()
 			return reply, nil
 		}
@@ -394,7 +403,7 @@ func (e *Engine) replayPayloads(en *entry, d *sessionpb.Diff, requests map[uint6
 			pending[id] = req
 		}
 	}
-	for _, r := range e.runAhead(en, d, pending) {
+	for _, r := range e.runAhead(en, d, nil, pending) {
 		r.stored = true // the diff is stored already
 	}
 	return nil

@@ -105,6 +105,9 @@ var (
 	ErrForbidden     = errors.New("forbidden")
 	// ErrNotIncludable is a gossiped tx the session cannot include.
 	ErrNotIncludable = errors.New("the session cannot include this tx")
+	// ErrOverdue is an executor refusing new work while the gateway leaves
+	// its own txs out past the escrow's seal grace (409).
+	ErrOverdue = errors.New("own txs overdue")
 )
 
 // New returns an engine. It serves nothing until MarkReady is called, so a
@@ -361,7 +364,7 @@ func (e *Engine) load(ctx context.Context, escrowID uint64, en *entry) error {
 		if s, rec, err = store.Recover(ctx, e.cfg.Store, escrowID, e.cfg.Auth); err != nil {
 			return err
 		}
-		e.log.Info("recovered session", "escrow", escrowID, "nonce", s.Nonce(), "snapshot", rec.SnapshotNonce, "replayed", rec.Replayed, "took", time.Since(start))
+		e.log.Info("recovered session", "escrow", escrowID, "nonce", s.Nonce(), "snapshot", rec.SnapshotNonce, "replayed", rec.Replayed, "index_rebuilt", rec.IndexRebuilt, "took", time.Since(start))
 	} else {
 		if err := e.cfg.Store.CreateSession(ctx, snap); err != nil {
 			return err
@@ -373,7 +376,7 @@ func (e *Engine) load(ctx context.Context, escrowID uint64, en *entry) error {
 	s.UseMemo(e.memo)
 	// Field by field: en.mu is held by the caller.
 	en.s, en.snap, en.slots = s, snap, slots
-	en.pool = newMempool()
+	en.pool = newMempool(e.cfg.Now)
 	en.requests = map[uint64]executor.Request{}
 	en.seen = map[uint64]time.Time{}
 	en.ran = map[uint64]bool{}

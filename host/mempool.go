@@ -2,6 +2,7 @@ package host
 
 import (
 	"fmt"
+	"time"
 
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
@@ -12,15 +13,20 @@ import (
 type mempool struct {
 	byKey map[string]*pooled
 	order []string // insertion order, for a stable reply
+	now   func() time.Time
 }
 
 type pooled struct {
 	tx    *sessionpb.Tx
-	since uint64 // the session nonce when the tx entered the pool
+	since uint64    // the session nonce when the tx entered the pool
+	at    time.Time // when it entered, by the host's clock
 	own   bool
 }
 
-func newMempool() *mempool { return &mempool{byKey: map[string]*pooled{}} }
+// newMempool returns an empty pool that stamps entries with now.
+func newMempool(now func() time.Time) *mempool {
+	return &mempool{byKey: map[string]*pooled{}, now: now}
+}
 
 // add keeps tx unless an equivalent tx is already pooled.
 func (m *mempool) add(tx *sessionpb.Tx, since uint64, own bool) bool {
@@ -28,7 +34,7 @@ func (m *mempool) add(tx *sessionpb.Tx, since uint64, own bool) bool {
 	if _, ok := m.byKey[key]; ok {
 		return false
 	}
-	m.byKey[key] = &pooled{tx: tx, since: since, own: own}
+	m.byKey[key] = &pooled{tx: tx, since: since, at: m.now(), own: own}
 	m.order = append(m.order, key)
 	return true
 }
@@ -60,19 +66,74 @@ func (m *mempool) prune(s *session.Session) {
 }
 
 // overdue explains why the host must withhold its signature from the state
-// at nonce: one of its own txs that still waits there (pending reports
-// which do) has waited more than grace nonces for the gateway to include
-// it. It returns "" when nothing is overdue.
+// at nonce: a pooled tx that still waits there (pending reports which do)
+// has waited more than grace nonces in this pool for the gateway to include
+// it. Gossiped txs count as much as the host's own: they were verified on
+// arrival, so a gateway that censors one member loses the signatures of
+// every member its txs reached. It returns "" when nothing is overdue.
 func (m *mempool) overdue(nonce, grace uint64, pending func(key string, tx *sessionpb.Tx) bool) string {
-	for _, k := range m.order {
-		p, ok := m.byKey[k]
-		if !ok || !p.own || nonce-p.since <= grace || !pending(k, p.tx) {
-			continue
-		}
+	p := m.late(nonce, grace, false, pending)
+	if p == nil {
+		return ""
+	}
+	if p.own {
 		return fmt.Sprintf("withholding signatures: own tx for inference %d (slot %d) has waited %d nonces for inclusion, more than the grace of %d",
 			txID(p.tx), p.tx.Slot, nonce-p.since, grace)
 	}
-	return ""
+	return fmt.Sprintf("withholding signatures: slot %d's %s for inference %d, taken by gossip, has waited %d nonces here for inclusion, more than the grace of %d",
+		p.tx.Slot, txKind(p.tx), txID(p.tx), nonce-p.since, grace)
+}
+
+// overdueOwn explains why the host, as executor, refuses to run new
+// inferences at nonce: one of its own txs that still waits has waited more
+// than grace nonces. Work the gateway does not carry is not paid, so the
+// host stops working for it until its txs are in. It returns "" when
+// nothing is overdue.
+func (m *mempool) overdueOwn(nonce, grace uint64, pending func(key string, tx *sessionpb.Tx) bool) string {
+	p := m.late(nonce, grace, true, pending)
+	if p == nil {
+		return ""
+	}
+	return fmt.Sprintf("this host's own %s for inference %d (slot %d) has waited %d nonces for inclusion, more than the grace of %d; it runs new inferences once the gateway carries it",
+		txKind(p.tx), txID(p.tx), p.tx.Slot, nonce-p.since, grace)
+}
+
+// late is the first pooled tx, of this host's own only if ownOnly, that
+// still waits and has waited more than grace nonces at nonce, or nil.
+func (m *mempool) late(nonce, grace uint64, ownOnly bool, pending func(key string, tx *sessionpb.Tx) bool) *pooled {
+	for _, k := range m.order {
+		p, ok := m.byKey[k]
+		if !ok || (ownOnly && !p.own) || nonce-p.since <= grace || !pending(k, p.tx) {
+			continue
+		}
+		return p
+	}
+	return nil
+}
+
+// proves reports whether the pool holds the executor's proof that
+// inference id is not stalled: its ConfirmStart or FinishInference that
+// the next diff could carry on its own (applies says which), so a confirm
+// while the record is PENDING, a finish once it is STARTED; a finish
+// alone cannot be carried before its confirm. A host holding it does not
+// vote a timeout: the executor did its part and the gateway left it out.
+func (m *mempool) proves(id uint64, applies func(tx *sessionpb.Tx) bool) bool {
+	for _, p := range m.byKey {
+		if (p.tx.GetConfirm() != nil || p.tx.GetFinish() != nil) && txID(p.tx) == id && applies(p.tx) {
+			return true
+		}
+	}
+	return false
+}
+
+// withdrawTimeouts drops this host's own pooled timeout votes on inference
+// id: they were cast before the executor's proof reached the pool.
+func (m *mempool) withdrawTimeouts(id uint64) {
+	for k, p := range m.byKey {
+		if p.own && p.tx.GetTimeout() != nil && txID(p.tx) == id {
+			delete(m.byKey, k)
+		}
+	}
 }
 
 func txID(tx *sessionpb.Tx) uint64 {

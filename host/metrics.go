@@ -18,6 +18,7 @@ type Metrics struct {
 	applyLatency prometheus.Histogram
 	validations  *prometheus.CounterVec
 	withholds    prometheus.Counter
+	refusals     prometheus.Counter
 	storageUp    prometheus.Gauge
 	recovered    prometheus.Gauge
 	recoverTotal prometheus.Gauge
@@ -48,6 +49,9 @@ func NewMetrics(e *Engine) *Metrics {
 		withholds: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "devshard_host_signatures_withheld_total", Help: "Diff replies without a signature because an own tx went uncollected.",
 		}),
+		refusals: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "devshard_host_executions_refused_total", Help: "Inferences this host refused to run because its own txs went uncollected past the seal grace.",
+		}),
 		storageUp: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "devshard_host_storage_up", Help: "1 while the last storage write succeeded.",
 		}),
@@ -59,7 +63,7 @@ func NewMetrics(e *Engine) *Metrics {
 		}),
 	}
 	m.storageUp.Set(1)
-	m.Registry.MustRegister(m.diffs, m.rejects, m.applyLatency, m.validations, m.withholds, m.storageUp, m.recovered, m.recoverTotal,
+	m.Registry.MustRegister(m.diffs, m.rejects, m.applyLatency, m.validations, m.withholds, m.refusals, m.storageUp, m.recovered, m.recoverTotal,
 		&phaseCollector{e: e, desc: prometheus.NewDesc("devshard_host_sessions", "Loaded sessions by phase.", []string{"phase"}, nil)},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	e.cfg.Metrics = m
@@ -115,6 +119,12 @@ func (m *Metrics) validation(valid bool) {
 func (m *Metrics) withheld() {
 	if m != nil {
 		m.withholds.Inc()
+	}
+}
+
+func (m *Metrics) refused() {
+	if m != nil {
+		m.refusals.Inc()
 	}
 }
 

@@ -46,6 +46,16 @@ var gossipClient = &http.Client{Timeout: gossipTimeout}
 // includes txs a diff or two late costs no traffic.
 func regossipAfter(sealGrace uint64) uint64 { return max(sealGrace/2, 2) }
 
+// regossipWait is how long an own tx waits for inclusion, by the host's
+// clock, before it is pushed however few nonces have passed: half the
+// escrow's execution timeout. Peers vote an inference out once it has been
+// open that long by their clocks, and hold back while they hold the
+// executor's proof (voteTimeouts), so a gateway that slows its nonces
+// cannot keep the proof from them until they have voted.
+func regossipWait(executionTimeoutSeconds uint64) time.Duration {
+	return max(time.Duration(executionTimeoutSeconds)*time.Second/2, time.Second)
+}
+
 // gossipLog remembers which own txs went to which peer, so a tx reaches
 // each peer at most once. A push that failed for a reason that may pass (no
 // answer, 5xx, an unknown escrow) is forgotten and retried on a later tick.
@@ -70,9 +80,10 @@ type pushBatch struct {
 	keys   []string
 }
 
-// regossip pushes every own tx that has waited past regossipAfter to each
-// peer that has not had it yet. It collects under each entry's lock and
-// pushes in the background, holding no lock during HTTP.
+// regossip pushes every own tx that has waited past regossipAfter nonces,
+// or regossipWait by the clock, to each peer that has not had it yet. It
+// collects under each entry's lock and pushes in the background, holding
+// no lock during HTTP.
 func (e *Engine) regossip(ctx context.Context) {
 	if e.cfg.Peers == nil {
 		return
@@ -97,6 +108,7 @@ func (e *Engine) dueBatches(en *entry) []pushBatch {
 		return nil
 	}
 	escrow, nonce, after := en.snap.EscrowId, en.s.Nonce(), regossipAfter(en.snap.SealGraceNonces)
+	now, wait := e.cfg.Now(), regossipWait(en.snap.ExecutionTimeoutSeconds)
 	pooled := map[string]bool{}
 	var due []*sessionpb.Tx
 	var keys []string
@@ -106,7 +118,7 @@ func (e *Engine) dueBatches(en *entry) []pushBatch {
 			continue
 		}
 		pooled[k] = true
-		if nonce-p.since > after {
+		if nonce-p.since > after || now.Sub(p.at) >= wait {
 			due, keys = append(due, p.tx), append(keys, k)
 		}
 	}

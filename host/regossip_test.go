@@ -20,6 +20,7 @@ import (
 	"github.com/devshard/devshard/httpauth"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/session/sessiontest"
 	"github.com/devshard/devshard/signing"
 )
 
@@ -67,9 +68,9 @@ func (p *peerBook) stats() (lookups, posts int) {
 
 // gossipSetup is setup with every host gossiping through a shared peer
 // book. The grace is 8 nonces, so own txs go out once they have waited 5.
-func gossipSetup(t *testing.T) (*hostBundle, *peerBook) {
+func gossipSetup(t *testing.T, mutate ...func(*sessiontest.Options)) (*hostBundle, *peerBook) {
 	t.Helper()
-	b := setup(t)
+	b := setup(t, mutate...)
 	book := &peerBook{urls: map[signing.Address]string{}, down: map[signing.Address]bool{}, posts: map[signing.Address]int{}}
 	for i, h := range b.hosts {
 		target, err := url.Parse(b.urls[i])

@@ -44,6 +44,11 @@ func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req exec
 		en.mu.Unlock()
 		return executor.Result{}, nil, fmt.Errorf("%w: inference %d is assigned to slot %d, which this host does not hold", ErrNotExecutor, nonce, r.ExecutorSlot)
 	}
+	if why := en.pool.overdueOwn(en.s.Nonce(), en.snap.SealGraceNonces, func(_ string, tx *sessionpb.Tx) bool { return en.s.CheckHostTx(tx) == nil }); why != "" && !en.ran[nonce] {
+		en.mu.Unlock()
+		e.cfg.Metrics.refused()
+		return executor.Result{}, nil, fmt.Errorf("%w: inference %d of escrow %d is not run: %s", ErrOverdue, nonce, escrowID, why)
+	}
 	if h := req.PromptHash(); !bytes.Equal(h[:], r.PromptHash) || uint64(req.MaxTokens) != r.MaxTokens {
 		en.mu.Unlock()
 		return executor.Result{}, nil, fmt.Errorf("%w: the request does not match what diff %d started (prompt hash or max tokens)", ErrBadInput, nonce)
@@ -191,6 +196,13 @@ func (e *Engine) voteTimeouts(en *entry, now time.Time) {
 		}
 		slots := e.eligibleSlots(en, r)
 		if len(slots) == 0 {
+			continue
+		}
+		// The executor's proof in this pool (its own, or gossiped because
+		// the gateway keeps leaving it out) means the gateway stalls the
+		// inference, not the executor: no vote, and none left on offer.
+		if en.pool.proves(r.Id, func(tx *sessionpb.Tx) bool { return en.s.CheckHostTx(tx) == nil }) {
+			en.pool.withdrawTimeouts(r.Id)
 			continue
 		}
 		first, ok := en.seen[r.Id]

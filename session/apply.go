@@ -353,32 +353,7 @@ func (st *staged) finalize(i int, tx *sessionpb.Tx) error {
 
 // hostTx authenticates a host tx, then applies it.
 func (st *staged) hostTx(i int, tx *sessionpb.Tx) error {
-	if st.phase == sessionpb.Phase_PHASE_SETTLEMENT {
-		return st.fail(i, ReasonPhase, "host txs are not accepted in SETTLEMENT")
-	}
-	if int(tx.Slot) >= len(st.s.group) {
-		return st.fail(i, ReasonMalformed, "slot %d is outside the group of %d", tx.Slot, len(st.s.group))
-	}
-	id := txInferenceID(tx)
-	r, ok := st.record(id)
-	if !ok {
-		return st.fail(i, ReasonStatus, "inference %d is not live (never started, or already sealed)", id)
-	}
-	// Structural and status checks come before the signature: they are
-	// cheap and do not depend on who signed. Each returns the change to make
-	// once the signature holds.
-	var change func()
-	var err error
-	switch b := tx.Body.(type) {
-	case *sessionpb.Tx_Confirm:
-		change, err = st.confirm(i, tx, r, b.Confirm)
-	case *sessionpb.Tx_Finish:
-		change, err = st.finish(i, tx, r, b.Finish)
-	case *sessionpb.Tx_Validation:
-		change, err = st.validate(i, tx, r, b.Validation)
-	case *sessionpb.Tx_Timeout:
-		change, err = st.timeout(i, tx, r)
-	}
+	change, err := st.checkHostTx(i, tx, st.record)
 	if err != nil {
 		return err
 	}
@@ -389,6 +364,35 @@ func (st *staged) hostTx(i int, tx *sessionpb.Tx) error {
 	}
 	change()
 	return nil
+}
+
+// checkHostTx makes apply's structural and status checks of host tx i,
+// against the record lookup returns, and returns the change to make once
+// the signature holds. They come before the signature: they are cheap and
+// do not depend on who signed.
+func (st *staged) checkHostTx(i int, tx *sessionpb.Tx, lookup func(id uint64) (*sessionpb.InferenceRecord, bool)) (func(), error) {
+	if st.phase == sessionpb.Phase_PHASE_SETTLEMENT {
+		return nil, st.fail(i, ReasonPhase, "host txs are not accepted in SETTLEMENT")
+	}
+	if int(tx.Slot) >= len(st.s.group) {
+		return nil, st.fail(i, ReasonMalformed, "slot %d is outside the group of %d", tx.Slot, len(st.s.group))
+	}
+	id := txInferenceID(tx)
+	r, ok := lookup(id)
+	if !ok {
+		return nil, st.fail(i, ReasonStatus, "inference %d is not live (never started, or already sealed)", id)
+	}
+	switch b := tx.Body.(type) {
+	case *sessionpb.Tx_Confirm:
+		return st.confirm(i, tx, r, b.Confirm)
+	case *sessionpb.Tx_Finish:
+		return st.finish(i, tx, r, b.Finish)
+	case *sessionpb.Tx_Validation:
+		return st.validate(i, tx, r, b.Validation)
+	case *sessionpb.Tx_Timeout:
+		return st.timeout(i, tx, r)
+	}
+	return nil, st.fail(i, ReasonMalformed, "a host tx is a ConfirmStart, FinishInference, Validation or TimeoutInference")
 }
 
 func txInferenceID(tx *sessionpb.Tx) uint64 {

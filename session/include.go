@@ -36,7 +36,50 @@ func (p *Pending) MayInclude(tx *sessionpb.Tx) bool {
 	}) == nil
 }
 
-// includable is the rule behind them, over a phase and a read-only lookup
+// CheckHostTx says why the next diff could not carry host tx on its own,
+// or nil if it could: apply's checks of the phase, the slot, the record's
+// status, the executor's slot, the voter's eligibility and the body, all
+// but the signature, which the caller checked when it took the tx. Unlike
+// MayInclude it refuses a FinishInference whose ConfirmStart is not in
+// yet. A host withholds its state signature over txs that pass it and
+// that the gateway keeps leaving out, so a tx no diff could carry never
+// holds up the group. The error is the *DiffError the next diff would get.
+func (s *Session) CheckHostTx(tx *sessionpb.Tx) error {
+	st := &staged{s: s, d: &sessionpb.Diff{EscrowId: s.snap.EscrowId, Nonce: s.nonce + 1}, phase: s.phase, stats: s.stats}
+	return checkAlone(st, tx, func(id uint64) (*sessionpb.InferenceRecord, bool) {
+		r, ok := s.live[id]
+		return r, ok
+	})
+}
+
+// CheckHostTx is Session.CheckHostTx asked of the state this diff leads
+// to, before it is committed.
+func (p *Pending) CheckHostTx(tx *sessionpb.Tx) error {
+	st := *p.st // the checks only read; a shallow copy keeps p as it was
+	st.d = &sessionpb.Diff{EscrowId: p.st.d.EscrowId, Nonce: p.st.d.Nonce + 1}
+	return checkAlone(&st, tx, func(id uint64) (*sessionpb.InferenceRecord, bool) {
+		if st.removed[id] {
+			return nil, false
+		}
+		r := st.peek(id)
+		return r, r != nil
+	})
+}
+
+// checkAlone runs the checks of tx as the only tx of st's diff, reading
+// records through lookup, which never copies them.
+func checkAlone(st *staged, tx *sessionpb.Tx, lookup func(id uint64) (*sessionpb.InferenceRecord, bool)) error {
+	if !hasBody(tx) {
+		return &DiffError{Nonce: st.d.Nonce, Tx: 0, Reason: ReasonMalformed, Detail: "tx has no body"}
+	}
+	if _, err := hostTxKind(tx); err != nil {
+		return &DiffError{Nonce: st.d.Nonce, Tx: 0, Reason: ReasonMalformed, Detail: err.Error()}
+	}
+	_, err := st.checkHostTx(0, tx, lookup)
+	return err
+}
+
+// includable is the rule behind MayInclude and Includable, over a phase and a read-only lookup
 // of live records (nil when the record is not live).
 func includable(tx *sessionpb.Tx, phase sessionpb.Phase, groupLen int, lookup func(id uint64) *sessionpb.InferenceRecord) error {
 	if phase == sessionpb.Phase_PHASE_SETTLEMENT {

@@ -136,3 +136,57 @@ func TestMemoChangesNoOutcome(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, rp.Root, rm.Root)
 }
+
+// A host withholds its signature over pooled txs the gateway leaves out,
+// gossiped ones included, so only a tx the next diff could carry on its own
+// may count: anything else would let one member stall the group with a tx
+// no gateway can include. CheckHostTx answers exactly as apply would, and
+// the answer matches the diff's refusal.
+func TestCheckHostTxAnswersAsApplyWould(t *testing.T) {
+	t.Parallel()
+	f := sessiontest.New(3, sessiontest.DefaultOptions())
+	seq := f.Sequencer()
+	_, err := seq.Next(sessiontest.Start(1, 10, 50))
+	require.NoError(t, err)
+	exec := seq.Replica.Executor(1)
+	voter := (exec + 1) % 3
+	at := sessiontest.Timestamp(1)
+
+	cases := []struct {
+		name string
+		tx   *sessionpb.Tx
+		want error // nil: the next diff carries it
+	}{
+		{"the executor's confirm", f.Confirm(exec, 1, at), nil},
+		{"a peer's timeout vote", f.Timeout(voter, 1), nil},
+		{"a finish before its confirm", f.Finish(exec, 1, 10, 20), session.ReasonStatus},
+		{"a confirm from another slot", f.Signed(voter, &sessionpb.Tx{Body: &sessionpb.Tx_Confirm{Confirm: &sessionpb.ConfirmStart{InferenceId: 1, ConfirmedAt: at}}}), session.ReasonUnauthorized},
+		{"a confirm without a time", f.Confirm(exec, 1, 0), session.ReasonMalformed},
+		{"the executor voting itself out", f.Timeout(exec, 1), session.ReasonSelfVote},
+		{"an inference never started", f.Timeout(voter, 9), session.ReasonStatus},
+	}
+	for _, tc := range cases {
+		err := seq.Replica.CheckHostTx(tc.tx)
+		_, applyErr := seq.Build(tc.tx)
+		if tc.want == nil {
+			require.NoError(t, err, tc.name)
+			require.NoError(t, applyErr, tc.name)
+			continue
+		}
+		require.ErrorIs(t, err, tc.want, tc.name)
+		require.ErrorIs(t, applyErr, tc.want, "%s: the diff refuses it the same way", tc.name)
+	}
+
+	require.True(t, seq.Replica.MayInclude(cases[2].tx), "MayInclude keeps a finish for its confirm to join")
+	require.True(t, seq.Replica.MayInclude(cases[3].tx), "MayInclude does not look at the slot")
+	require.ErrorIs(t, seq.Replica.CheckHostTx(sessiontest.Start(2, 10, 50)), session.ReasonMalformed, "a gateway tx is no host tx")
+
+	// A pending diff answers for the state it leads to.
+	d, err := seq.Build(f.Confirm(exec, 1, at))
+	require.NoError(t, err)
+	p, err := seq.Replica.Prepare(d)
+	require.NoError(t, err)
+	require.NoError(t, p.CheckHostTx(f.Finish(exec, 1, 10, 20)), "the finish applies once the confirm is in")
+	require.ErrorIs(t, p.CheckHostTx(f.Confirm(exec, 1, at)), session.ReasonStatus)
+	require.ErrorIs(t, seq.Replica.CheckHostTx(f.Finish(exec, 1, 10, 20)), session.ReasonStatus, "the session itself is unchanged")
+}

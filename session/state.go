@@ -187,6 +187,10 @@ func (s *Session) Record(id uint64) (*sessionpb.InferenceRecord, bool) {
 // LiveCount is the number of records not yet sealed.
 func (s *Session) LiveCount() int { return len(s.live) }
 
+// SealedCount is the number of records sealed so far: one row each in a
+// host's sealed-inference index.
+func (s *Session) SealedCount() uint64 { return s.sealedCount }
+
 // Clock is the state clock: the lower median of the slots' latest
 // confirmed_at values, over slots that reported one. It is 0 (undefined)
 // until some executor confirmed an inference. A single executor lying about

@@ -10,17 +10,11 @@ import (
 // indexFlush is how many index rows RebuildIndex writes per call.
 const indexFlush = 1024
 
-// IndexRebuilder is what RebuildIndex needs.
-type IndexRebuilder interface {
-	Reader
-	Index
-}
-
 // RebuildIndex recomputes an escrow's sealed-inference index from its diffs.
 // It clears the index, replays every stored diff from nonce 1 through
 // session.Apply and writes the rows each diff sealed. It returns the number
 // of rows written. If it fails midway, running it again starts over.
-func RebuildIndex(ctx context.Context, s IndexRebuilder, escrowID uint64, auth session.Authorizer) (int, error) {
+func RebuildIndex(ctx context.Context, s Recoverer, escrowID uint64, auth session.Authorizer) (int, error) {
 	info, err := s.Session(ctx, escrowID)
 	if err != nil {
 		return 0, err

@@ -24,6 +24,15 @@ type Recovery struct {
 	// or there was none. A rejected snapshot costs a full replay, never
 	// correctness.
 	Rejected error
+	// IndexRebuilt is how many sealed-index rows recovery wrote because the
+	// index was lost or did not match the diffs; 0 when it was intact.
+	IndexRebuilt int
+}
+
+// Recoverer is what recovery reads, and the derived index it repairs.
+type Recoverer interface {
+	Reader
+	Index
 }
 
 // Recover rebuilds an escrow's session from storage. It loads the snapshot,
@@ -31,7 +40,13 @@ type Recovery struct {
 // it, and replays only the diffs after it through session.Apply. Without a
 // usable snapshot it replays every diff from nonce 1. A stored diff that does
 // not apply is an error: the store's history is not a valid session.
-func Recover(ctx context.Context, r Reader, escrowID uint64, auth session.Authorizer) (*session.Session, Recovery, error) {
+//
+// Then it checks the sealed-inference index: an intact index holds one row
+// per sealed record, so a row count other than the session's sealed count
+// means rows were lost (or are left from elsewhere), and the index is
+// rebuilt from the diffs. The check is one count query; the full replay is
+// paid only when the index is wrong.
+func Recover(ctx context.Context, r Recoverer, escrowID uint64, auth session.Authorizer) (*session.Session, Recovery, error) {
 	var rec Recovery
 	info, err := r.Session(ctx, escrowID)
 	if err != nil {
@@ -52,6 +67,15 @@ func Recover(ctx context.Context, r Reader, escrowID uint64, auth session.Author
 	rec.Replayed, err = replay(ctx, r, escrowID, s, func(Diff, *session.Result) error { return nil })
 	if err != nil {
 		return nil, rec, err
+	}
+	rows, err := r.SealedCount(ctx, escrowID)
+	if err != nil {
+		return nil, rec, err
+	}
+	if rows != s.SealedCount() {
+		if rec.IndexRebuilt, err = RebuildIndex(ctx, r, escrowID, auth); err != nil {
+			return nil, rec, fmt.Errorf("recover escrow %d: its sealed index holds %d rows for %d sealed records, and rebuilding it failed: %w", escrowID, rows, s.SealedCount(), err)
+		}
 	}
 	return s, rec, nil
 }

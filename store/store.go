@@ -176,13 +176,18 @@ type Sealed struct {
 }
 
 // Index is the sealed-inference index: derived data, rebuilt from the diffs
-// by RebuildIndex whenever it is lost.
+// by RebuildIndex whenever it is lost (Recover does so when its row count
+// is not the session's sealed count).
 type Index interface {
 	// IndexSealed writes rows, replacing rows with the same (escrow,
 	// inference id): the index is derived, so the last write wins.
 	IndexSealed(ctx context.Context, rows []Sealed) error
 	// Sealed returns the escrow's rows in inference id order.
 	Sealed(ctx context.Context, escrowID uint64) ([]Sealed, error)
+	// SealedCount is how many rows the escrow has, read without the rows:
+	// recovery compares it with the session's sealed count to tell an
+	// intact index from a lost one.
+	SealedCount(ctx context.Context, escrowID uint64) (uint64, error)
 	// ClearIndex deletes the escrow's rows.
 	ClearIndex(ctx context.Context, escrowID uint64) error
 }

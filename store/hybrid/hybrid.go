@@ -634,6 +634,16 @@ func (h *Store) Sealed(ctx context.Context, id uint64) ([]store.Sealed, error) {
 	return out, h.check(err)
 }
 
+// SealedCount implements store.Index.
+func (h *Store) SealedCount(ctx context.Context, id uint64) (uint64, error) {
+	s, err := h.backend(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	n, err := s.SealedCount(ctx, id)
+	return n, h.check(err)
+}
+
 // ClearIndex implements store.Index.
 func (h *Store) ClearIndex(ctx context.Context, id uint64) error {
 	s, err := h.backend(ctx, id)

@@ -748,6 +748,24 @@ func (s *Store) Sealed(ctx context.Context, escrowID uint64) ([]store.Sealed, er
 	return out, nil
 }
 
+// SealedCount implements store.Index.
+func (s *Store) SealedCount(ctx context.Context, escrowID uint64) (uint64, error) {
+	ctx, cancel, err := s.op(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer cancel()
+	epoch, err := s.epochOf(ctx, escrowID)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	if err := s.pool.QueryRow(ctx, "SELECT COUNT(*) FROM sealed WHERE epoch_id = $1 AND escrow_id = $2", int64(epoch), int64(escrowID)).Scan(&n); err != nil {
+		return 0, s.fail(err, "count the sealed index of escrow %d", escrowID)
+	}
+	return uint64(n), nil
+}
+
 // ClearIndex implements store.Index.
 func (s *Store) ClearIndex(ctx context.Context, escrowID uint64) error {
 	ctx, cancel, err := s.op(ctx)

@@ -542,6 +542,20 @@ func (s *Store) Sealed(ctx context.Context, escrowID uint64) ([]store.Sealed, er
 	return e.sealed(ctx, escrowID)
 }
 
+// SealedCount implements store.Index.
+func (s *Store) SealedCount(ctx context.Context, escrowID uint64) (uint64, error) {
+	e, err := s.acquire(escrowID)
+	if err != nil {
+		return 0, err
+	}
+	defer e.mu.RUnlock()
+	var n int64
+	if err := e.r.QueryRowContext(ctx, "SELECT COUNT(*) FROM sealed WHERE escrow_id = ?", int64(escrowID)).Scan(&n); err != nil {
+		return 0, fmt.Errorf("count the sealed index of escrow %d in %s: %w", escrowID, e.path, err)
+	}
+	return uint64(n), nil
+}
+
 // ClearIndex implements store.Index.
 func (s *Store) ClearIndex(ctx context.Context, escrowID uint64) error {
 	e, err := s.acquire(escrowID)

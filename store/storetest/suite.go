@@ -54,6 +54,7 @@ func Run(t *testing.T, open Opener) {
 		{"SignaturesWithDiff", testSignaturesWithDiff},
 		{"SnapshotOnlyHigherOverwrites", testSnapshotOnlyHigherOverwrites},
 		{"SealedIndexRebuild", testSealedIndexRebuild},
+		{"AttackSealedIndexRebuiltOnRecovery", testAttackSealedIndexRebuiltOnRecovery},
 		{"RecoverFromSnapshot", testRecoverFromSnapshot},
 		{"RecoverRejectsBadSnapshot", testRecoverRejectsBadSnapshot},
 		{"Prune", testPrune},
@@ -553,6 +554,61 @@ func testSealedIndexRebuild(t *testing.T, b *bundle) {
 		require.NoError(t, rec.Unmarshal(r.Record))
 		require.Equal(t, r.InferenceID, rec.Id)
 	}
+}
+
+// Attack 7: the sealed-inference index is derived data, and a restart must
+// not lose it. The driver keeps it across a reopen, and Recover, which a
+// host runs on every session at startup, rebuilds it from the diffs when it
+// was lost or holds rows the diffs never sealed, and leaves an intact one
+// alone. Checked to fail before the fix: with Recover not rebuilding, the
+// lost and stray cases keep the wrong rows; and on a sqlite mutant that
+// deletes the index at open, the first check after the reopen fails.
+func testAttackSealedIndexRebuiltOnRecovery(t *testing.T, b *bundle) {
+	const id = 127
+	c := b.session(t, id, 1, 30)
+	b.append(t, c.Diffs...)
+	snap, err := store.TakeSnapshot(c.Replica(24))
+	require.NoError(t, err)
+	require.NoError(t, b.s.PutSnapshot(b.ctx, snap))
+	want, err := b.s.Sealed(b.ctx, id)
+	require.NoError(t, err)
+	require.NotEmpty(t, want, "the chain seals inferences")
+	requireSealed := func(msg string) {
+		t.Helper()
+		got, err := b.s.Sealed(b.ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, want, got, msg)
+		n, err := b.s.SealedCount(b.ctx, id)
+		require.NoError(t, err)
+		require.Equal(t, uint64(len(want)), n, msg)
+	}
+	recoverNow := func() store.Recovery {
+		t.Helper()
+		s, rec, err := store.Recover(b.ctx, b.s, id, nil)
+		require.NoError(t, err)
+		require.Equal(t, c.Roots[29], s.Root())
+		require.Equal(t, uint64(24), rec.SnapshotNonce, "recovery still starts from the snapshot")
+		return rec
+	}
+
+	b.s = b.Reopen(t)
+	requireSealed("the driver keeps the index across a reopen")
+	require.Zero(t, recoverNow().IndexRebuilt, "an intact index is not rebuilt")
+	requireSealed("recovery leaves an intact index as it was")
+
+	// Lost: the rows are gone when the host restarts.
+	require.NoError(t, b.s.ClearIndex(b.ctx, id))
+	b.s = b.Reopen(t)
+	require.Equal(t, len(want), recoverNow().IndexRebuilt)
+	requireSealed("recovery rebuilds a lost index")
+
+	// Inconsistent: a row for an inference no diff sealed.
+	stray := want[0]
+	stray.InferenceID, stray.Nonce = 1000, 30
+	require.NoError(t, b.s.IndexSealed(b.ctx, []store.Sealed{stray}))
+	b.s = b.Reopen(t)
+	require.Equal(t, len(want), recoverNow().IndexRebuilt)
+	requireSealed("recovery drops rows the diffs never sealed")
 }
 
 func testRecoverFromSnapshot(t *testing.T, b *bundle) {
