@@ -168,9 +168,12 @@ func TestAttackCensorLosesTheQuorumOfPeersHoldingTheVictimsTxs(t *testing.T) {
 // Issue item 5: the victim stops working for a gateway that does not carry
 // its txs. With its own confirm overdue past the seal grace, it starts no
 // run beside the diff that assigns it inference 13, refuses the gateway's
-// inference request with 409 and the reason, and counts the refusal; once
-// its txs are carried it executes again. Checked to fail before the fix:
-// the old host ran inference 13 and streamed it (200).
+// inference request with 409 and the reason, and counts the refusal; the
+// peers, holding its uncarried work, do not vote the refused inference out;
+// once its txs are carried it executes again. Checked to fail before the
+// fix: the old host ran inference 13 and streamed it (200); and with the
+// peers asking only for the proof of the inference itself (the first
+// version of this fix), hosts 0, 2 and 3 voted inference 13 out.
 func TestAttackCensoredExecutorStopsRunning(t *testing.T) {
 	t.Parallel()
 	b, confirm, finish, resps := censorScript(t)
@@ -184,6 +187,12 @@ func TestAttackCensoredExecutorStopsRunning(t *testing.T) {
 	require.Contains(t, body, "inference 13 of escrow 7 is not run: this host's own confirm for inference 1 (slot 1) has waited 12 nonces for inclusion, more than the grace of 8")
 	require.Empty(t, b.executors[victim].called, "the victim's model never ran inference 13")
 	require.Contains(t, b.metrics(t, victim), "devshard_host_executions_refused_total 1")
+	// The peers hold the victim's uncarried work: its refusal is the
+	// gateway's doing, so they do not vote inference 13 out either.
+	b.tick()
+	b.now = b.now.Add(2 * time.Minute)
+	b.tick()
+	b.noTimeoutVotes(t, 13)
 
 	// Carried: the victim works again, on its next inference.
 	b.next(t, nil, append(b.censor(resps), confirm, finish)...)

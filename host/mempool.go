@@ -111,15 +111,18 @@ func (m *mempool) late(nonce, grace uint64, ownOnly bool, pending func(key strin
 	return nil
 }
 
-// proves reports whether the pool holds the executor's proof that
-// inference id is not stalled: its ConfirmStart or FinishInference that
-// the next diff could carry on its own (applies says which), so a confirm
-// while the record is PENDING, a finish once it is STARTED; a finish
-// alone cannot be carried before its confirm. A host holding it does not
-// vote a timeout: the executor did its part and the gateway left it out.
-func (m *mempool) proves(id uint64, applies func(tx *sessionpb.Tx) bool) bool {
+// holdsWork reports whether the pool holds a ConfirmStart or
+// FinishInference of the executor (isExec says which slots are its) that
+// the next diff could carry on its own (applies), for any inference. For
+// the inference in question that is the executor's proof: a confirm while
+// it is PENDING, a finish once STARTED (a finish alone cannot be carried
+// before its confirm). For another one it shows the gateway sitting on the
+// executor's work, which the executor answers by refusing new inferences
+// (Engine.Inference). Either way the stall is the gateway's doing, and a
+// host holding such a tx does not vote the executor's inferences out.
+func (m *mempool) holdsWork(isExec func(slot uint32) bool, applies func(tx *sessionpb.Tx) bool) bool {
 	for _, p := range m.byKey {
-		if (p.tx.GetConfirm() != nil || p.tx.GetFinish() != nil) && txID(p.tx) == id && applies(p.tx) {
+		if (p.tx.GetConfirm() != nil || p.tx.GetFinish() != nil) && isExec(p.tx.Slot) && applies(p.tx) {
 			return true
 		}
 	}

@@ -198,11 +198,16 @@ func (e *Engine) voteTimeouts(en *entry, now time.Time) {
 		if len(slots) == 0 {
 			continue
 		}
-		// The executor's proof in this pool (its own, or gossiped because
+		// The executor's work in this pool (its own, or gossiped because
 		// the gateway keeps leaving it out) means the gateway stalls the
-		// inference, not the executor: no vote, and none left on offer.
-		if en.pool.proves(r.Id, func(tx *sessionpb.Tx) bool { return en.s.CheckHostTx(tx) == nil }) {
+		// inference, not the executor: no vote, none left on offer, and
+		// the timeout clock starts again once the work is carried.
+		exec := string(en.snap.Group[r.ExecutorSlot])
+		isExec := func(slot uint32) bool { return int(slot) < len(en.snap.Group) && string(en.snap.Group[slot]) == exec }
+		applies := func(tx *sessionpb.Tx) bool { return en.s.CheckHostTx(tx) == nil }
+		if en.pool.holdsWork(isExec, applies) {
 			en.pool.withdrawTimeouts(r.Id)
+			delete(en.seen, r.Id)
 			continue
 		}
 		first, ok := en.seen[r.Id]
