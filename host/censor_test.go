@@ -303,7 +303,7 @@ func TestGossipedTxsThatCannotApplyHoldNothingUp(t *testing.T) {
 	for _, tx := range []*sessionpb.Tx{lone, wrongSlot} {
 		raw, err := tx.Marshal()
 		require.NoError(t, err)
-		status, body := post(t, fmt.Sprintf("%s/v1/sessions/%d/gossip", b.urls[0], b.f.Snapshot.EscrowId), GossipRequest{Tx: raw})
+		status, body := signedPost(t, fmt.Sprintf("%s/v1/sessions/%d/gossip", b.urls[0], b.f.Snapshot.EscrowId), b.f.SlotKey(1), to(b.hosts[0].Address()), GossipRequest{Tx: raw})
 		require.Equal(t, http.StatusAccepted, status, string(body))
 	}
 	require.True(t, holds(b.pooled(t, 0), lone))

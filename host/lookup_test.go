@@ -58,7 +58,9 @@ func lookupSetup(t *testing.T, chain *countingChain, missFor time.Duration) (*En
 	require.NoError(t, err)
 	t.Cleanup(func() { st.Close() })
 	chain.asked = map[uint64]int{}
-	e := New(Config{Key: f.Hosts[0], Store: st, Escrows: chain, Executor: executor.Builtin{}, ChainID: testChainID, MissFor: missFor})
+	e := New(Config{Key: f.Hosts[0], Store: st, Escrows: chain, Executor: executor.Builtin{}, ChainID: testChainID, MissFor: missFor,
+		// Long waits, so a 404 that waits for them shows against any load.
+		LoadWait: 30 * time.Second, StartWait: 30 * time.Second})
 	e.MarkReady()
 	srv := httptest.NewServer(Handler(e, "test"))
 	t.Cleanup(srv.Close)
@@ -98,7 +100,7 @@ func TestAttackUnknownEscrowCostsOneLookup(t *testing.T) {
 	}
 	_, _, err := e.Inference(t.Context(), 404, 1, request(1), func(string) error { return nil })
 	require.ErrorIs(t, err, ErrUnknownEscrow)
-	require.Less(t, time.Since(began), time.Second, "the 404s come at once")
+	require.Less(t, time.Since(began), 10*time.Second, "the 404s come at once, not after the 30 s waits")
 	require.Equal(t, 1, chain.lookups(404))
 }
 
