@@ -379,7 +379,7 @@ func (e *Engine) afterApply(ctx context.Context, en *entry, d *sessionpb.Diff, r
 	en.pool.prune(s)
 	for _, tx := range d.Txs {
 		if f := tx.GetFinish(); f != nil {
-			e.maybeValidate(ctx, en, f, res.Root[:])
+			e.maybeValidate(ctx, en, f)
 		}
 		if v := tx.GetValidation(); v != nil && !v.Valid {
 			e.challenged(en, v)

@@ -76,23 +76,24 @@ func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req exec
 	return res, []*sessionpb.Tx{confirm, finish}, nil
 }
 
-// maybeValidate re-runs a peer's finished inference when this host is
-// sampled for it, and pools its votes: one per held slot that the sampling
-// picked. It runs with en.mu held and returns at once; the re-run happens
-// in the background.
-func (e *Engine) maybeValidate(ctx context.Context, en *entry, f *sessionpb.FinishInference, finishRoot []byte) {
+// maybeValidate re-runs a peer's finished inference when the sampling
+// picked a slot this host holds, and pools its votes: one per held slot
+// that the sampling picked (session.SampledSlots; apply refuses any other
+// until someone challenges). It runs with en.mu held and returns at once;
+// the re-run happens in the background.
+func (e *Engine) maybeValidate(ctx context.Context, en *entry, f *sessionpb.FinishInference) {
 	r, ok := en.s.Record(f.InferenceId)
 	if !ok || r.Status != sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED {
 		return
 	}
-	var sampled []uint32
-	for _, slot := range e.eligibleSlots(en, r) {
-		if session.Sampled(en.snap, finishRoot, r.Id, slot) {
-			sampled = append(sampled, slot)
+	var mine []uint32
+	for _, slot := range en.s.SampledSlots(r) {
+		if en.holds(slot) {
+			mine = append(mine, slot)
 		}
 	}
-	if len(sampled) > 0 {
-		e.validate(en, r, sampled)
+	if len(mine) > 0 {
+		e.validate(en, r, mine)
 	}
 }
 

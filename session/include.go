@@ -1,14 +1,19 @@
 package session
 
-import "github.com/devshard/devshard/session/sessionpb"
+import (
+	"slices"
+
+	"github.com/devshard/devshard/session/sessionpb"
+)
 
 // MayInclude reports whether a host tx could be carried by the next diff:
 // the session still takes host txs, the inference it names is in a status
-// the tx applies to, and a vote's slot has not voted on it yet. It checks no
+// the tx applies to, and a vote's slot has not voted on it yet (nor, on an
+// unchallenged inference, was left out by the sampling). It checks no
 // signature. Mempools (the host's,
 // the gateway's) use it to drop txs that can no longer apply.
 func (s *Session) MayInclude(tx *sessionpb.Tx) bool {
-	return mayInclude(tx, s.phase, len(s.group), func(id uint64) *sessionpb.InferenceRecord { return s.live[id] })
+	return mayInclude(tx, s.phase, s, func(id uint64) *sessionpb.InferenceRecord { return s.live[id] })
 }
 
 // MayInclude is Session.MayInclude asked of the state this diff leads to,
@@ -16,7 +21,7 @@ func (s *Session) MayInclude(tx *sessionpb.Tx) bool {
 // asks it of its own pooled txs.
 func (p *Pending) MayInclude(tx *sessionpb.Tx) bool {
 	st := p.st
-	return mayInclude(tx, st.phase, len(st.s.group), func(id uint64) *sessionpb.InferenceRecord {
+	return mayInclude(tx, st.phase, st.s, func(id uint64) *sessionpb.InferenceRecord {
 		if st.removed[id] {
 			return nil
 		}
@@ -24,9 +29,10 @@ func (p *Pending) MayInclude(tx *sessionpb.Tx) bool {
 	})
 }
 
-// mayInclude is the rule behind both, over a phase and a read-only lookup
-// of live records (nil when the record is not live).
-func mayInclude(tx *sessionpb.Tx, phase sessionpb.Phase, groupLen int, lookup func(id uint64) *sessionpb.InferenceRecord) bool {
+// mayInclude is the rule behind both, over a phase, the session's snapshot
+// and group, and a read-only lookup of live records (nil when the record is
+// not live).
+func mayInclude(tx *sessionpb.Tx, phase sessionpb.Phase, s *Session, lookup func(id uint64) *sessionpb.InferenceRecord) bool {
 	if phase == sessionpb.Phase_PHASE_SETTLEMENT {
 		return false
 	}
@@ -45,12 +51,15 @@ func mayInclude(tx *sessionpb.Tx, phase sessionpb.Phase, groupLen int, lookup fu
 		return false
 	}
 	r := lookup(id)
-	if r == nil || int(tx.Slot) >= groupLen {
+	if r == nil || int(tx.Slot) >= len(s.group) {
 		return false
 	}
 	switch tx.Body.(type) {
 	case *sessionpb.Tx_Validation:
 		if hasBit(r.ValidVotes, tx.Slot) || hasBit(r.InvalidVotes, tx.Slot) {
+			return false
+		}
+		if r.Status == sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED && !slices.Contains(sampledSlots(s.snap, s.group, r), tx.Slot) {
 			return false
 		}
 	case *sessionpb.Tx_Timeout:

@@ -33,6 +33,9 @@ type Options struct {
 	MaxNonce         uint64
 	SealGraceNonces  uint64
 	SealGraceSeconds uint64
+	// ValidationRateBps is the share of eligible slots sampled to validate
+	// each finished inference; 10000 samples every one.
+	ValidationRateBps uint32
 }
 
 // DefaultOptions are small, round numbers that make test arithmetic easy.
@@ -47,6 +50,8 @@ func DefaultOptions() Options {
 		MaxNonce:         1_000_000,
 		SealGraceNonces:  150,
 		SealGraceSeconds: 30,
+
+		ValidationRateBps: 1000,
 	}
 }
 
@@ -81,7 +86,7 @@ func New(seed int64, o Options) *Fixture {
 		SealGraceNonces:         o.SealGraceNonces,
 		SealGraceSeconds:        o.SealGraceSeconds,
 		ExecutionTimeoutSeconds: 60,
-		ValidationRateBps:       1000,
+		ValidationRateBps:       o.ValidationRateBps,
 		ProtocolVersion:         session.ProtocolVersion,
 	}
 	for _, h := range o.Holders {
