@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/devshard/devshard/chain/node"
 	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/session"
 )
 
 func freeAddr(t *testing.T) string {
@@ -67,7 +69,7 @@ func TestHostDaemonAgainstARealNode(t *testing.T) {
 	require.Eventually(t, func() bool { s, _ := get("/readyz"); return s == http.StatusOK }, 20*time.Second, 50*time.Millisecond)
 	status, body := get("/version")
 	require.Equal(t, http.StatusOK, status)
-	require.Contains(t, body, `"protocol":1`)
+	require.Contains(t, body, fmt.Sprintf(`"protocol":%d`, session.ProtocolVersion))
 	resp, err := http.Post("http://"+listen+"/v1/sessions/42/diffs", "application/json", strings.NewReader(`{"diff":"CCo="}`))
 	require.NoError(t, err)
 	b, _ := io.ReadAll(resp.Body)
