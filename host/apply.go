@@ -404,7 +404,7 @@ func (e *Engine) snapshot(ctx context.Context, en *entry) {
 // signature: the signed bytes name no slot), and returns the signatures
 // with their stored form.
 func (e *Engine) signState(en *entry, nonce uint64, root [32]byte) ([]*sessionpb.StateSignature, []store.Signature, error) {
-	sigs, err := session.SignStateSlots(e.cfg.Key, en.snap.EscrowId, nonce, root[:], en.slots)
+	sigs, err := session.SignStateSlots(e.cfg.Key, en.snap.ChainId, en.snap.EscrowId, nonce, root[:], en.slots)
 	if err != nil {
 		return nil, nil, err
 	}

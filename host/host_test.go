@@ -324,13 +324,13 @@ func TestPostDiffBadInput(t *testing.T) {
 		{"wrong nonce", url, func() DiffRequest {
 			d := *good
 			d.Nonce = 5
-			require.NoError(t, session.SignDiff(b.f.Gateway, &d))
+			require.NoError(t, session.SignDiff(b.f.Gateway, b.f.Snapshot.ChainId, &d))
 			raw, _ := d.Marshal()
 			return DiffRequest{Diff: raw}
 		}(), http.StatusConflict, "nonce must be 2 (latest+1), got 5"},
 		{"bad signature", url, func() DiffRequest {
 			d := *good
-			require.NoError(t, session.SignDiff(outsider, &d))
+			require.NoError(t, session.SignDiff(outsider, sessiontest.ChainID, &d))
 			raw, _ := d.Marshal()
 			return DiffRequest{Diff: raw}
 		}(), http.StatusForbidden, "may not sign devshard/v1/diff"},
@@ -382,7 +382,7 @@ func TestReplayAndFork(t *testing.T) {
 
 	fork := *d
 	fork.Txs = []*sessionpb.Tx{sessiontest.Start(1, 2, 2)}
-	require.NoError(t, session.SignDiff(b.f.Gateway, &fork))
+	require.NoError(t, session.SignDiff(b.f.Gateway, b.f.Snapshot.ChainId, &fork))
 	status, _, body = b.send(t, 0, &fork, nil)
 	require.Equal(t, http.StatusConflict, status, body)
 	require.Contains(t, body, "a different diff is stored at that nonce")

@@ -55,7 +55,7 @@ func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req exec
 	en.requests[nonce] = req
 	en.ran[nonce] = true
 	confirm := &sessionpb.Tx{Slot: r.ExecutorSlot, Body: &sessionpb.Tx_Confirm{Confirm: &sessionpb.ConfirmStart{InferenceId: nonce, ConfirmedAt: e.cfg.Now().Unix()}}}
-	if err := e.signTx(escrowID, confirm); err != nil {
+	if err := e.signTx(en.snap, confirm); err != nil {
 		en.mu.Unlock()
 		return executor.Result{}, nil, err
 	}
@@ -67,7 +67,7 @@ func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req exec
 		return executor.Result{}, nil, err
 	}
 	finish := finishTx(r.ExecutorSlot, nonce, res)
-	if err := e.signTx(escrowID, finish); err != nil {
+	if err := e.signTx(en.snap, finish); err != nil {
 		return executor.Result{}, nil, err
 	}
 	en.mu.Lock()
@@ -116,7 +116,6 @@ func (e *Engine) validate(en *entry, r *sessionpb.InferenceRecord, slots []uint3
 		e.log.Warn("cannot validate: request payload unknown", "escrow", en.snap.EscrowId, "inference", r.Id)
 		return
 	}
-	escrowID := en.snap.EscrowId
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
@@ -132,7 +131,7 @@ func (e *Engine) validate(en *entry, r *sessionpb.InferenceRecord, slots []uint3
 		var votes []*sessionpb.Tx
 		for _, slot := range slots {
 			vote := &sessionpb.Tx{Slot: slot, Body: &sessionpb.Tx_Validation{Validation: &sessionpb.Validation{InferenceId: r.Id, Valid: valid, ResponseHash: hash[:]}}}
-			if err := e.signTx(escrowID, vote); err != nil {
+			if err := e.signTx(en.snap, vote); err != nil {
 				e.log.Error("sign validation", "err", err)
 				return
 			}
@@ -207,7 +206,7 @@ func (e *Engine) voteTimeouts(en *entry, now time.Time) {
 				continue
 			}
 			vote := &sessionpb.Tx{Slot: slot, Body: &sessionpb.Tx_Timeout{Timeout: &sessionpb.TimeoutInference{InferenceId: r.Id}}}
-			if err := e.signTx(en.snap.EscrowId, vote); err != nil {
+			if err := e.signTx(en.snap, vote); err != nil {
 				e.log.Error("sign timeout vote", "err", err)
 				return
 			}

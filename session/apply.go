@@ -144,7 +144,7 @@ func (s *Session) stage(d *sessionpb.Diff) (*staged, error) {
 	if len(d.PostStateRoot) != hashSize {
 		return nil, &DiffError{Nonce: d.Nonce, Tx: -1, Reason: ReasonMalformed, Detail: fmt.Sprintf("post-state root must be %d bytes, got %d", hashSize, len(d.PostStateRoot))}
 	}
-	if r, detail := checkSig(d.UserSig, DiffSignBytes(d), s.creator, KindDiff, s.auth, nil); r != "" {
+	if r, detail := checkSig(d.UserSig, DiffSignBytes(s.snap.ChainId, d), s.creator, KindDiff, s.auth, nil); r != "" {
 		return nil, &DiffError{Nonce: d.Nonce, Tx: -1, Reason: r, Detail: "user signature: " + detail}
 	}
 	return s.applyTxs(d)
@@ -382,7 +382,7 @@ func (st *staged) hostTx(i int, tx *sessionpb.Tx) error {
 	if err != nil {
 		return err
 	}
-	msg, _ := TxSignBytes(st.d.EscrowId, tx)
+	msg, _ := TxSignBytes(st.s.snap.ChainId, st.d.EscrowId, tx)
 	kind, _ := hostTxKind(tx)
 	if reason, detail := checkSig(tx.Sig, msg, st.s.group[tx.Slot], kind, st.s.auth, st.s.memo); reason != "" {
 		return st.fail(i, reason, "slot %d: %s", tx.Slot, detail)

@@ -169,7 +169,7 @@ func TestAttackNonMemberSignatures(t *testing.T) {
 
 	// An outsider's signature in a settlement, for slot 0.
 	m := b.f.Settle(b.gw.Replica, 1, 2)
-	ss, err := session.SignState(outsider, m.EscrowId, m.Nonce, m.StateRoot, 0)
+	ss, err := session.SignState(outsider, sessiontest.ChainID, m.EscrowId, m.Nonce, m.StateRoot, 0)
 	require.NoError(t, err)
 	m.Signatures = append(m.Signatures, &sessionpb.SlotSignature{Slot: 0, Sig: ss.Sig})
 	_, err = session.VerifySettlement(b.f.Snapshot, m, nil)
@@ -184,7 +184,7 @@ func TestAttackNonMemberSignatures(t *testing.T) {
 
 	// A state signature from an outsider, as gossip would carry it.
 	require.ErrorIs(t, session.VerifyStateSignature(b.f.Snapshot, ss, nil), session.ReasonUnauthorized)
-	own, err := session.SignState(b.f.SlotKey(0), m.EscrowId, m.Nonce, m.StateRoot, 0)
+	own, err := session.SignState(b.f.SlotKey(0), sessiontest.ChainID, m.EscrowId, m.Nonce, m.StateRoot, 0)
 	require.NoError(t, err)
 	require.NoError(t, session.VerifyStateSignature(b.f.Snapshot, own, nil))
 }
@@ -509,6 +509,43 @@ func TestAttackOneValidVoteNoLongerSeals(t *testing.T) {
 	_, live = b.gw.Replica.Record(id)
 	require.False(t, live)
 	require.Equal(t, uint64(1), b.gw.Replica.State().HostStats[exec].Validated)
+}
+
+// Invariant 5 across networks: a signature is for one chain. The same keys
+// and escrow id on another chain (a testnet, a fork, a restarted chain that
+// reuses escrow ids) produce byte-identical diffs, txs and roots, so without
+// the chain id in the signed bytes a diff, a host tx or a settlement signed
+// there would verify here. Fails with the chain id left out of signBytes:
+// every signature below verifies.
+func TestAttackSignatureForAnotherChain(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	o := sessiontest.DefaultOptions()
+	o.ChainID = "devshard-fork"
+	other := sessiontest.New(1, o) // same seed: the same keys and escrow id
+	require.Equal(t, b.f.Snapshot.Group, other.Snapshot.Group)
+	require.Equal(t, b.f.Snapshot.EscrowId, other.Snapshot.EscrowId)
+
+	// The gateway's diff, signed on the other chain, with the right root.
+	d, err := other.Sequencer().Build(sessiontest.Start(1, 10, 100))
+	require.NoError(t, err)
+	requireRejected(t, b.gw.Replica, d, session.ReasonSignature, "user signature: signature by")
+
+	// A host's tx, in a diff and as gossip.
+	startOne(t, b)
+	requireRejected(t, b.gw.Replica, b.forge(t, other.Confirm(1, 1, 100)), session.ReasonSignature, "slot 1: signature by")
+	require.ErrorIs(t, session.VerifyHostTx(b.f.Snapshot, other.Confirm(1, 1, 100), nil), session.ReasonSignature)
+	require.NoError(t, session.VerifyHostTx(b.f.Snapshot, b.f.Confirm(1, 1, 100), nil))
+
+	// State signatures, alone and in a settlement.
+	m := b.f.Settle(b.gw.Replica)
+	ss, err := session.SignState(other.SlotKey(0), other.Snapshot.ChainId, m.EscrowId, m.Nonce, m.StateRoot, 0)
+	require.NoError(t, err)
+	require.ErrorIs(t, session.VerifyStateSignature(b.f.Snapshot, ss, nil), session.ReasonSignature)
+	_, err = session.VerifySettlement(b.f.Snapshot, other.Resign(m, other.AllSlots()...), nil)
+	require.ErrorIs(t, err, session.ReasonSignature)
+	_, err = session.VerifySettlement(b.f.Snapshot, b.f.Resign(m, b.f.AllSlots()...), nil)
+	require.NoError(t, err)
 }
 
 // Attack 10 for gossip: a host tx is accepted only from the slot's holder.

@@ -93,8 +93,8 @@ func TestGoldenVectors(t *testing.T) {
 		d, err := gw.Next(txs...)
 		require.NoError(t, err, "step %d", i)
 		if i == 2 {
-			got.DiffSignBytes = hex.EncodeToString(session.DiffSignBytes(d))
-			msg, err := session.TxSignBytes(d.EscrowId, d.Txs[0])
+			got.DiffSignBytes = hex.EncodeToString(session.DiffSignBytes(f.Snapshot.ChainId, d))
+			msg, err := session.TxSignBytes(f.Snapshot.ChainId, d.EscrowId, d.Txs[0])
 			require.NoError(t, err)
 			got.TxSignBytes = hex.EncodeToString(msg)
 		}

@@ -137,7 +137,7 @@ func TestMemoChangesNoOutcome(t *testing.T) {
 	good, err := seq.Build(confirm, finish)
 	require.NoError(t, err)
 	bad := &sessionpb.Diff{EscrowId: good.EscrowId, Nonce: good.Nonce, Txs: []*sessionpb.Tx{confirm, altered}, PostStateRoot: good.PostStateRoot}
-	require.NoError(t, session.SignDiff(f.Gateway, bad))
+	require.NoError(t, session.SignDiff(f.Gateway, sessiontest.ChainID, bad))
 	for _, s := range []*session.Session{plain, memoed} {
 		_, err := s.Apply(bad)
 		var de *session.DiffError

@@ -245,7 +245,7 @@ func SettlementRoot(m *sessionpb.Settlement) [32]byte {
 // checkQuorum counts valid signatures by distinct slot.
 func checkQuorum(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth Authorizer) error {
 	n := len(snap.Group)
-	msg := StateSignBytes(m.EscrowId, m.Nonce, m.StateRoot)
+	msg := StateSignBytes(snap.ChainId, m.EscrowId, m.Nonce, m.StateRoot)
 	signed := make([]bool, n)
 	count := 0
 	for i, ss := range m.Signatures {

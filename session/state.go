@@ -16,6 +16,7 @@ const ProtocolVersion = 2
 const (
 	MaxGroupSize  = 256
 	MaxTxsPerDiff = 1024
+	MaxChainIDLen = 50        // CometBFT's limit on a chain id
 	MaxNonceLimit = 1<<32 - 1 // inference ids index a depth-32 tree
 	hashSize      = 32
 	maxModelLen   = 256
@@ -64,6 +65,9 @@ func ValidateSnapshot(snap *sessionpb.EscrowSnapshot) error {
 		if len(a) != signing.AddressSize {
 			return bad("slot %d address must be %d bytes, got %d", i, signing.AddressSize, len(a))
 		}
+	}
+	if n := len(snap.ChainId); n == 0 || n > MaxChainIDLen {
+		return bad("chain id must be 1 to %d bytes, got %d; every signature names it", MaxChainIDLen, n)
 	}
 	if snap.ProtocolVersion != ProtocolVersion {
 		return bad("protocol version %d is not supported (this build runs version %d)", snap.ProtocolVersion, ProtocolVersion)

@@ -424,7 +424,7 @@ func TestSettleEscrowRejections(t *testing.T) {
 	forged := f.Settle(run(t, f, 3))
 	thief := sessiontest.New(99, sessiontest.DefaultOptions()).Gateway
 	for _, slot := range f.AllSlots() {
-		ss, err := session.SignState(thief, forged.EscrowId, forged.Nonce, forged.StateRoot, slot)
+		ss, err := session.SignState(thief, sessiontest.ChainID, forged.EscrowId, forged.Nonce, forged.StateRoot, slot)
 		require.NoError(t, err)
 		forged.Signatures = append(forged.Signatures, &sessionpb.SlotSignature{Slot: slot, Sig: ss.Sig})
 	}
