@@ -576,7 +576,7 @@ func (e *e2e) hostRoot(h *Host, escrow, nonce uint64) string {
 	require.NoError(e.t, err)
 	req, err := http.NewRequestWithContext(e.ctx, http.MethodGet, fmt.Sprintf("%s/v1/sessions/%d/diffs?from=%d&limit=1", h.URL, escrow, nonce), nil)
 	require.NoError(e.t, err)
-	require.NoError(e.t, httpauth.Sign(req, key, time.Now()))
+	require.NoError(e.t, httpauth.Sign(req, nil, key, e.audience(h), time.Now()))
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(e.t, err)
 	defer resp.Body.Close()
@@ -594,6 +594,14 @@ func (e *e2e) hostRoot(h *Host, escrow, nonce uint64) string {
 		return "(no diff)"
 	}
 	return out.Diffs[0].Root
+}
+
+// audience names host h on the devnet's chain, for a signed request.
+func (e *e2e) audience(h *Host) httpauth.Audience {
+	e.t.Helper()
+	a, err := signing.AddressFromBytes(h.Account)
+	require.NoError(e.t, err)
+	return httpauth.Audience{ChainID: e.nw.Node.ChainID, Host: a}
 }
 
 func jsonDecode(resp *http.Response, v any) error { return json.NewDecoder(resp.Body).Decode(v) }

@@ -426,7 +426,7 @@ func (q *sequencer) build(starts []*sessionpb.Tx, finalize bool) (*sessionpb.Dif
 		d := &sessionpb.Diff{EscrowId: q.id(), Nonce: q.replica.Nonce() + 1, Txs: txs}
 		p, err := q.replica.Sequence(d)
 		if err == nil {
-			if err := session.SignDiff(q.g.key, d); err != nil {
+			if err := session.SignDiff(q.g.key, q.snap.ChainId, d); err != nil {
 				return nil, nil, err
 			}
 			return d, p, nil

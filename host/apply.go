@@ -425,7 +425,7 @@ func (e *Engine) afterApply(ctx context.Context, en *entry, d *sessionpb.Diff, r
 	en.pool.prune(s)
 	for _, tx := range d.Txs {
 		if f := tx.GetFinish(); f != nil {
-			e.maybeValidate(ctx, en, f, res.Root[:])
+			e.maybeValidate(ctx, en, f)
 		}
 		if v := tx.GetValidation(); v != nil && !v.Valid {
 			e.challenged(en, v)
@@ -450,7 +450,7 @@ func (e *Engine) snapshot(ctx context.Context, en *entry) {
 // signature: the signed bytes name no slot), and returns the signatures
 // with their stored form.
 func (e *Engine) signState(en *entry, nonce uint64, root [32]byte) ([]*sessionpb.StateSignature, []store.Signature, error) {
-	sigs, err := session.SignStateSlots(e.cfg.Key, en.snap.EscrowId, nonce, root[:], en.slots)
+	sigs, err := session.SignStateSlots(e.cfg.Key, en.snap.ChainId, en.snap.EscrowId, nonce, root[:], en.slots)
 	if err != nil {
 		return nil, nil, err
 	}

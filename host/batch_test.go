@@ -128,7 +128,7 @@ func TestARunCutShortByABadDiffKeepsWhatCameBefore(t *testing.T) {
 	ds := b.build(t, 3)
 	bad := *ds[2]
 	bad.PostStateRoot = make([]byte, 32)
-	require.NoError(t, session.SignDiff(b.f.Gateway, &bad))
+	require.NoError(t, session.SignDiff(b.f.Gateway, b.f.Snapshot.ChainId, &bad))
 	status, _, body := b.sendRun(t, 0, []*sessionpb.Diff{ds[0], ds[1], &bad}, nil)
 	require.Equal(t, http.StatusBadRequest, status, body)
 	require.Contains(t, body, "root")
@@ -226,7 +226,7 @@ func TestAMemberLeftBehindCatchesUpFromAPeer(t *testing.T) {
 	// latest, unsigned); SignLatest signs it.
 	bad := *ds[2]
 	bad.PostStateRoot = make([]byte, 32)
-	require.NoError(t, session.SignDiff(b.f.Gateway, &bad))
+	require.NoError(t, session.SignDiff(b.f.Gateway, b.f.Snapshot.ChainId, &bad))
 	status, _, body = b.sendRun(t, 2, []*sessionpb.Diff{ds[0], ds[1], &bad}, nil)
 	require.Equal(t, http.StatusBadRequest, status, body)
 	sigs, err := b.hosts[2].OwnSignatures(t.Context(), b.f.Snapshot.EscrowId, 2)

@@ -150,13 +150,14 @@ func New(cfg Config) *Engine {
 	}
 }
 
-// signTx signs tx for escrowID with the host's key and remembers the
-// signature, so the diff that carries the tx back costs no verification.
-func (e *Engine) signTx(escrowID uint64, tx *sessionpb.Tx) error {
-	if err := session.SignTx(e.cfg.Key, escrowID, tx); err != nil {
+// signTx signs tx for the escrow of snap with the host's key and remembers
+// the signature, so the diff that carries the tx back costs no
+// verification.
+func (e *Engine) signTx(snap *sessionpb.EscrowSnapshot, tx *sessionpb.Tx) error {
+	if err := session.SignTx(e.cfg.Key, snap.ChainId, snap.EscrowId, tx); err != nil {
 		return err
 	}
-	if msg, err := session.TxSignBytes(escrowID, tx); err == nil {
+	if msg, err := session.TxSignBytes(snap.ChainId, snap.EscrowId, tx); err == nil {
 		e.memo.Remember(tx.Sig.PubKey, msg, tx.Sig.Sig)
 	}
 	return nil

@@ -321,7 +321,10 @@ func TestHonestDiffInferenceAndInclusion(t *testing.T) {
 	require.Empty(t, resps[1].Mempool, "an executor never validates itself")
 	b.next(t, nil, votes[0])
 	_, live := b.gw.Replica.Record(1)
-	require.False(t, live, "validated and sealed")
+	require.True(t, live, "the other sampled slot has not voted yet")
+	b.next(t, nil, votes[1])
+	_, live = b.gw.Replica.Record(1)
+	require.False(t, live, "validated by every sampled slot and sealed")
 }
 
 // state returns host i's nonce and root for escrow 7.
@@ -368,13 +371,13 @@ func TestPostDiffBadInput(t *testing.T) {
 		{"wrong nonce", url, func() DiffRequest {
 			d := *good
 			d.Nonce = 5
-			require.NoError(t, session.SignDiff(b.f.Gateway, &d))
+			require.NoError(t, session.SignDiff(b.f.Gateway, b.f.Snapshot.ChainId, &d))
 			raw, _ := d.Marshal()
 			return DiffRequest{Diff: raw}
 		}(), http.StatusConflict, "nonce must be 2 (latest+1), got 5"},
 		{"bad signature", url, func() DiffRequest {
 			d := *good
-			require.NoError(t, session.SignDiff(outsider, &d))
+			require.NoError(t, session.SignDiff(outsider, sessiontest.ChainID, &d))
 			raw, _ := d.Marshal()
 			return DiffRequest{Diff: raw}
 		}(), http.StatusForbidden, "may not sign devshard/v1/diff"},
@@ -426,7 +429,7 @@ func TestReplayAndFork(t *testing.T) {
 
 	fork := *d
 	fork.Txs = []*sessionpb.Tx{sessiontest.Start(1, 2, 2)}
-	require.NoError(t, session.SignDiff(b.f.Gateway, &fork))
+	require.NoError(t, session.SignDiff(b.f.Gateway, b.f.Snapshot.ChainId, &fork))
 	status, _, body = b.send(t, 0, &fork, nil)
 	require.Equal(t, http.StatusConflict, status, body)
 	require.Contains(t, body, "a different diff is stored at that nonce")
@@ -684,15 +687,17 @@ func (b *hostBundle) startOnC(t *testing.T, req executor.Request) {
 	require.Equal(t, uint32(4), r.ExecutorSlot)
 }
 
-// sampleNoOne makes the chain report a validation rate of zero, so that
-// finished work is re-run only when it is challenged. Call it before the
-// first diff: hosts read the snapshot when they first see the escrow.
-func (b *hostBundle) sampleNoOne() {
+// sampleAt sets the escrow's validation rate, on the chain and in the
+// gateway's replica. Call it before the first diff: hosts read the snapshot
+// when they first see the escrow.
+func (b *hostBundle) sampleAt(bps uint32) {
 	snap := *b.f.Snapshot
-	snap.ValidationRateBps = 0
+	snap.ValidationRateBps = bps
 	b.chain.mu.Lock()
 	b.chain.snaps[snap.EscrowId] = &snap
 	b.chain.mu.Unlock()
+	b.f.Snapshot = &snap
+	b.gw = b.f.Sequencer()
 }
 
 // wait blocks until every host has finished its background re-runs.
@@ -790,28 +795,22 @@ func TestTimeoutVotesCountEverySlotHeld(t *testing.T) {
 // Attack 13: a challenged inference is decided by a majority of eligible
 // slots, so every host re-runs it and votes with every slot it holds that
 // has not voted. With one vote per participant, the challenge and A's one
-// vote would be two of four slots and decide nothing.
+// vote would be two of four slots and decide nothing. Every slot is
+// sampled, so B's slot may open the challenge.
 func TestChallengeResolvesByMajorityOfSlotsHeld(t *testing.T) {
 	t.Parallel()
 	cases := []struct {
 		name string
-		// sampled: every slot is sampled when the finish lands. Otherwise
-		// none is, and only the challenge sets A's slots to work.
-		sampled bool
-		lie     bool // C signs a made-up answer instead of running it
-		want    sessionpb.InferenceStatus
+		lie  bool // C signs a made-up answer instead of running it
+		want sessionpb.InferenceStatus
 	}{
-		{"wrong answer, every slot sampled", true, true, sessionpb.InferenceStatus_INFERENCE_STATUS_INVALIDATED},
-		{"wrong answer, challenged by an unsampled vote", false, true, sessionpb.InferenceStatus_INFERENCE_STATUS_INVALIDATED},
-		{"right answer, falsely challenged", false, false, sessionpb.InferenceStatus_INFERENCE_STATUS_VALIDATED},
+		{"wrong answer, challenged by B's sampled slot", true, sessionpb.InferenceStatus_INFERENCE_STATUS_INVALIDATED},
+		{"right answer, falsely challenged by B's sampled slot", false, sessionpb.InferenceStatus_INFERENCE_STATUS_VALIDATED},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			b := setup(t, skewed)
-			if !tc.sampled {
-				b.sampleNoOne()
-			}
 			req := request(5)
 			b.startOnC(t, req)
 			if tc.lie {
@@ -826,16 +825,15 @@ func TestChallengeResolvesByMajorityOfSlotsHeld(t *testing.T) {
 			require.Equal(t, sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED, b.status(t, 4))
 			b.wait()
 
-			// One invalid vote from B's slot challenges the inference.
+			// One invalid vote from B's slot challenges the inference: B's
+			// host's own when C lied, a lying B's otherwise.
 			resps := b.next(t, nil)
-			challenge := b.f.Validate(3, 4, false) // B, lying or not sampled
-			if tc.sampled {
-				bv := decodeTxs(t, resps[1].Mempool)
-				require.Equal(t, []uint32{3}, slotsOf(bv))
-				challenge = bv[0]
-			} else {
-				require.Empty(t, resps[0].Mempool, "nobody was sampled")
-				require.Empty(t, resps[1].Mempool, "nobody was sampled")
+			bv := decodeTxs(t, resps[1].Mempool)
+			require.Equal(t, []uint32{3}, slotsOf(bv))
+			challenge := bv[0]
+			if !tc.lie {
+				require.True(t, challenge.GetValidation().Valid, "B re-ran it")
+				challenge = b.f.Validate(3, 4, false)
 			}
 			require.False(t, challenge.GetValidation().Valid)
 			b.next(t, nil, challenge)
@@ -868,6 +866,38 @@ func TestChallengeResolvesByMajorityOfSlotsHeld(t *testing.T) {
 			}
 			require.Empty(t, resps[0].Mempool, "A's vote for slot 2 is dropped: the inference is decided")
 		})
+	}
+}
+
+// Item 6, host side: apply accepts a validation of an unchallenged
+// inference only from the slots session.SampledSlots names, so a host
+// re-runs it and votes with exactly its own slots among them, and every
+// vote it pools applies. Fails with the host drawing from the finishing
+// diff's post-state root (the old rule): the hosts pool a vote for slot 3
+// only, and A's sampled slots 1 and 2 never vote, so the inference can
+// never validate.
+func TestHostVotesWithItsSampledSlotsOnly(t *testing.T) {
+	t.Parallel()
+	b := setup(t, skewed)
+	b.sampleAt(5000)
+	b.startOnC(t, request(5))
+	lie := b.f.Signed(4, &sessionpb.Tx{Body: &sessionpb.Tx_Finish{Finish: &sessionpb.FinishInference{InferenceId: 4, InputTokens: 6, OutputTokens: 20, ResponseHash: sessiontest.Hash("made up")}}})
+	b.next(t, nil, b.f.Confirm(4, 4, 100), lie)
+	r, ok := b.gw.Replica.Record(4)
+	require.True(t, ok)
+	sampled := b.gw.Replica.SampledSlots(r)
+	require.Equal(t, []uint32{1, 2, 3}, sampled, "this fixture's draw picks two of A's slots and B's one")
+	b.wait()
+
+	resps := b.next(t, nil)
+	var votes []*sessionpb.Tx
+	for _, resp := range resps {
+		votes = append(votes, decodeTxs(t, resp.Mempool)...)
+	}
+	require.Equal(t, sampled, slotsOf(votes))
+	b.next(t, nil, votes...)
+	for i := range b.hosts {
+		require.Equal(t, sessionpb.InferenceStatus_INFERENCE_STATUS_INVALIDATED, b.sealedStatus(t, i, 4), "host %d: 3 of 4 eligible slots voted invalid", i)
 	}
 }
 

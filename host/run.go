@@ -134,7 +134,7 @@ func (e *Engine) startRun(en *entry, nonce uint64, slot uint32, req executor.Req
 	go func() {
 		defer e.wg.Done()
 		defer cancel()
-		if err := e.signTx(escrowID, confirm); err != nil {
+		if err := e.signTx(en.snap, confirm); err != nil {
 			close(r.confirmed)
 			r.end(executor.Result{}, nil, err)
 			return
@@ -147,7 +147,7 @@ func (e *Engine) startRun(en *entry, nonce uint64, slot uint32, req executor.Req
 			return
 		}
 		finish := finishTx(slot, nonce, res)
-		if err := e.signTx(escrowID, finish); err != nil {
+		if err := e.signTx(en.snap, finish); err != nil {
 			r.end(executor.Result{}, nil, err)
 			return
 		}

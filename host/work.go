@@ -60,7 +60,7 @@ func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req exec
 	en.requests[nonce] = req
 	en.ran[nonce] = true
 	confirm := &sessionpb.Tx{Slot: r.ExecutorSlot, Body: &sessionpb.Tx_Confirm{Confirm: &sessionpb.ConfirmStart{InferenceId: nonce, ConfirmedAt: e.cfg.Now().Unix()}}}
-	if err := e.signTx(escrowID, confirm); err != nil {
+	if err := e.signTx(en.snap, confirm); err != nil {
 		en.mu.Unlock()
 		return executor.Result{}, nil, err
 	}
@@ -72,7 +72,7 @@ func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req exec
 		return executor.Result{}, nil, err
 	}
 	finish := finishTx(r.ExecutorSlot, nonce, res)
-	if err := e.signTx(escrowID, finish); err != nil {
+	if err := e.signTx(en.snap, finish); err != nil {
 		return executor.Result{}, nil, err
 	}
 	en.mu.Lock()
@@ -81,23 +81,24 @@ func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req exec
 	return res, []*sessionpb.Tx{confirm, finish}, nil
 }
 
-// maybeValidate re-runs a peer's finished inference when this host is
-// sampled for it, and pools its votes: one per held slot that the sampling
-// picked. It runs with en.mu held and returns at once; the re-run happens
-// in the background.
-func (e *Engine) maybeValidate(ctx context.Context, en *entry, f *sessionpb.FinishInference, finishRoot []byte) {
+// maybeValidate re-runs a peer's finished inference when the sampling
+// picked a slot this host holds, and pools its votes: one per held slot
+// that the sampling picked (session.SampledSlots; apply refuses any other
+// until someone challenges). It runs with en.mu held and returns at once;
+// the re-run happens in the background.
+func (e *Engine) maybeValidate(ctx context.Context, en *entry, f *sessionpb.FinishInference) {
 	r, ok := en.s.Record(f.InferenceId)
 	if !ok || r.Status != sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED {
 		return
 	}
-	var sampled []uint32
-	for _, slot := range e.eligibleSlots(en, r) {
-		if session.Sampled(en.snap, finishRoot, r.Id, slot) {
-			sampled = append(sampled, slot)
+	var mine []uint32
+	for _, slot := range en.s.SampledSlots(r) {
+		if en.holds(slot) {
+			mine = append(mine, slot)
 		}
 	}
-	if len(sampled) > 0 {
-		e.validate(en, r, sampled)
+	if len(mine) > 0 {
+		e.validate(en, r, mine)
 	}
 }
 
@@ -120,7 +121,6 @@ func (e *Engine) validate(en *entry, r *sessionpb.InferenceRecord, slots []uint3
 		e.log.Warn("cannot validate: request payload unknown", "escrow", en.snap.EscrowId, "inference", r.Id)
 		return
 	}
-	escrowID := en.snap.EscrowId
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
@@ -136,7 +136,7 @@ func (e *Engine) validate(en *entry, r *sessionpb.InferenceRecord, slots []uint3
 		var votes []*sessionpb.Tx
 		for _, slot := range slots {
 			vote := &sessionpb.Tx{Slot: slot, Body: &sessionpb.Tx_Validation{Validation: &sessionpb.Validation{InferenceId: r.Id, Valid: valid, ResponseHash: hash[:]}}}
-			if err := e.signTx(escrowID, vote); err != nil {
+			if err := e.signTx(en.snap, vote); err != nil {
 				e.log.Error("sign validation", "err", err)
 				return
 			}
@@ -223,7 +223,7 @@ func (e *Engine) voteTimeouts(en *entry, now time.Time) {
 				continue
 			}
 			vote := &sessionpb.Tx{Slot: slot, Body: &sessionpb.Tx_Timeout{Timeout: &sessionpb.TimeoutInference{InferenceId: r.Id}}}
-			if err := e.signTx(en.snap.EscrowId, vote); err != nil {
+			if err := e.signTx(en.snap, vote); err != nil {
 				e.log.Error("sign timeout vote", "err", err)
 				return
 			}

@@ -144,7 +144,7 @@ func (s *Session) stage(d *sessionpb.Diff) (*staged, error) {
 	if len(d.PostStateRoot) != hashSize {
 		return nil, &DiffError{Nonce: d.Nonce, Tx: -1, Reason: ReasonMalformed, Detail: fmt.Sprintf("post-state root must be %d bytes, got %d", hashSize, len(d.PostStateRoot))}
 	}
-	if r, detail := checkSig(d.UserSig, DiffSignBytes(d), s.creator, KindDiff, s.auth, nil); r != "" {
+	if r, detail := checkSig(d.UserSig, DiffSignBytes(s.snap.ChainId, d), s.creator, KindDiff, s.auth, nil); r != "" {
 		return nil, &DiffError{Nonce: d.Nonce, Tx: -1, Reason: r, Detail: "user signature: " + detail}
 	}
 	return s.applyTxs(d)
@@ -357,7 +357,7 @@ func (st *staged) hostTx(i int, tx *sessionpb.Tx) error {
 	if err != nil {
 		return err
 	}
-	msg, _ := TxSignBytes(st.d.EscrowId, tx)
+	msg, _ := TxSignBytes(st.s.snap.ChainId, st.d.EscrowId, tx)
 	kind, _ := hostTxKind(tx)
 	if reason, detail := checkSig(tx.Sig, msg, st.s.group[tx.Slot], kind, st.s.auth, st.s.memo); reason != "" {
 		return st.fail(i, reason, "slot %d: %s", tx.Slot, detail)
@@ -461,28 +461,18 @@ func (st *staged) finish(i int, tx *sessionpb.Tx, r *sessionpb.InferenceRecord, 
 		r.TokensUsed = used
 		r.ResponseHash = slices.Clone(m.ResponseHash)
 		r.FinishedNonce = st.d.Nonce
+		// The live-records root before this diff: fixed before the
+		// executor's signed Finish could be carried, known to apply from
+		// state alone, and (unlike the state root) free of the escrow id.
+		seed := st.s.tree.root()
+		r.SampleSeed = seed[:]
 		insertSorted(&st.sealQueue, r.Id)
 	}, nil
 }
 
-// eligible counts the slots that may vote on inference r: every slot not
-// held by the executor's address. Thresholds are taken over this count, so
-// a participant holding many slots can neither vote on its own work nor make
-// a threshold unreachable by holding them.
-func (st *staged) eligible(r *sessionpb.InferenceRecord) int {
-	exec := st.s.group[r.ExecutorSlot]
-	n := 0
-	for _, a := range st.s.group {
-		if a != exec {
-			n++
-		}
-	}
-	return n
-}
-
 // voter checks that slot may vote on r and has not yet voted in votes.
 func (st *staged) voter(i int, slot uint32, r *sessionpb.InferenceRecord, kind string, votes ...[]byte) error {
-	if st.s.group[slot] == st.s.group[r.ExecutorSlot] {
+	if !eligible(st.s.group, r.ExecutorSlot, slot) {
 		return st.fail(i, ReasonSelfVote, "slot %d is held by the executor of inference %d; it may not cast a %s vote on it", slot, r.Id, kind)
 	}
 	for _, v := range votes {
@@ -503,6 +493,15 @@ func (st *staged) validate(i int, tx *sessionpb.Tx, r *sessionpb.InferenceRecord
 	if err := st.voter(i, tx.Slot, r, "validation", r.ValidVotes, r.InvalidVotes); err != nil {
 		return nil, err
 	}
+	// Until a challenge, only the slots the draw picked may vote: otherwise
+	// any slot, a Sybil of the executor among them, could vouch for it.
+	var sampled []uint32
+	if r.Status == sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED {
+		sampled = sampledSlots(st.s.snap, st.s.group, r)
+		if !slices.Contains(sampled, tx.Slot) {
+			return nil, st.fail(i, ReasonNotSampled, "slot %d was not sampled to validate inference %d (sampled slots: %s); until a sampled slot challenges it, only sampled slots may vote", tx.Slot, r.Id, slotList(sampled))
+		}
+	}
 	return func() {
 		st.stat(tx.Slot).ValidationsDone++
 		if m.Valid {
@@ -512,10 +511,15 @@ func (st *staged) validate(i int, tx *sessionpb.Tx, r *sessionpb.InferenceRecord
 		}
 		if r.Status == sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED {
 			if m.Valid {
-				// A sampled validator agreeing is enough: the short path.
-				st.resolveValidated(r)
+				// Every sampled slot must agree; one that has not voted
+				// leaves the record to seal as FINISHED after its grace.
+				if allVoted(r.ValidVotes, sampled) {
+					st.resolveValidated(r)
+				}
 				return
 			}
+			// A sampled slot disagreeing opens a challenge that every
+			// eligible slot may vote on.
 			r.Status = sessionpb.InferenceStatus_INFERENCE_STATUS_CHALLENGED
 			removeSorted(&st.sealQueue, r.Id)
 		}
@@ -523,15 +527,13 @@ func (st *staged) validate(i int, tx *sessionpb.Tx, r *sessionpb.InferenceRecord
 	}, nil
 }
 
-// tally resolves a challenged inference once a side holds the threshold of
-// eligible slots: a strict majority invalidates, and valid wins once invalid
-// can no longer reach a strict majority (ties favour the executor).
+// tally resolves a challenged inference once its votes decide it
+// (challengeOutcome).
 func (st *staged) tally(r *sessionpb.InferenceRecord) {
-	eligible := st.eligible(r)
-	switch {
-	case 2*popcount(r.InvalidVotes) > eligible:
+	switch challengeOutcome(st.s.group, r) {
+	case sessionpb.InferenceStatus_INFERENCE_STATUS_INVALIDATED:
 		st.resolveInvalidated(r)
-	case 2*popcount(r.ValidVotes) >= eligible:
+	case sessionpb.InferenceStatus_INFERENCE_STATUS_VALIDATED:
 		st.resolveValidated(r)
 	}
 }
@@ -563,7 +565,7 @@ func (st *staged) timeout(i int, tx *sessionpb.Tx, r *sessionpb.InferenceRecord)
 	}
 	return func() {
 		setBit(r.TimeoutVotes, tx.Slot)
-		if 2*popcount(r.TimeoutVotes) > st.eligible(r) {
+		if timedOut(st.s.group, r) {
 			r.Status = sessionpb.InferenceStatus_INFERENCE_STATUS_TIMED_OUT
 			st.release(r)
 			st.stat(r.ExecutorSlot).Missed++

@@ -4,6 +4,9 @@ package session_test
 // next to the honest run. Each fails if the check that closes it is removed.
 
 import (
+	"fmt"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -78,10 +81,10 @@ func TestAttackSnapshotBoundsAtSettlement(t *testing.T) {
 	require.ErrorContains(t, err, "nonce 6 exceeds the escrow's max nonce 5")
 
 	m = b.f.Settle(b.gw.Replica)
-	m.ProtocolVersion = 2
+	m.ProtocolVersion = session.ProtocolVersion + 1
 	_, err = session.VerifySettlement(b.f.Snapshot, b.f.Resign(m, b.f.AllSlots()...), nil)
 	require.ErrorIs(t, err, session.ReasonVersion)
-	require.ErrorContains(t, err, "protocol version 2, the escrow was created for version 1")
+	require.ErrorContains(t, err, fmt.Sprintf("protocol version %d, the escrow was created for version %d", session.ProtocolVersion+1, session.ProtocolVersion))
 }
 
 // Known attack (stale root): hosts co-sign every root, so the gateway holds a
@@ -166,7 +169,7 @@ func TestAttackNonMemberSignatures(t *testing.T) {
 
 	// An outsider's signature in a settlement, for slot 0.
 	m := b.f.Settle(b.gw.Replica, 1, 2)
-	ss, err := session.SignState(outsider, m.EscrowId, m.Nonce, m.StateRoot, 0)
+	ss, err := session.SignState(outsider, sessiontest.ChainID, m.EscrowId, m.Nonce, m.StateRoot, 0)
 	require.NoError(t, err)
 	m.Signatures = append(m.Signatures, &sessionpb.SlotSignature{Slot: 0, Sig: ss.Sig})
 	_, err = session.VerifySettlement(b.f.Snapshot, m, nil)
@@ -181,7 +184,7 @@ func TestAttackNonMemberSignatures(t *testing.T) {
 
 	// A state signature from an outsider, as gossip would carry it.
 	require.ErrorIs(t, session.VerifyStateSignature(b.f.Snapshot, ss, nil), session.ReasonUnauthorized)
-	own, err := session.SignState(b.f.SlotKey(0), m.EscrowId, m.Nonce, m.StateRoot, 0)
+	own, err := session.SignState(b.f.SlotKey(0), sessiontest.ChainID, m.EscrowId, m.Nonce, m.StateRoot, 0)
 	require.NoError(t, err)
 	require.NoError(t, session.VerifyStateSignature(b.f.Snapshot, own, nil))
 }
@@ -221,30 +224,328 @@ func TestAttackExecutorValidatesItself(t *testing.T) {
 	b.step(t, b.f.Validate(2, id, true)) // the other participant may
 }
 
+// executedBy steps empty diffs until the next inference's executor slot is
+// held by participant, then runs one inference there and returns its id.
+func (b *bundle) executedBy(t *testing.T, participant int) uint64 {
+	t.Helper()
+	for b.f.Holders[b.gw.Replica.Executor(b.gw.Replica.Nonce()+1)] != participant {
+		b.step(t)
+	}
+	return b.inference(t, 1, 10, 1)
+}
+
+// startedBy is executedBy for an inference that is started and left open.
+func (b *bundle) startedBy(t *testing.T, participant int) uint64 {
+	t.Helper()
+	for b.f.Holders[b.gw.Replica.Executor(b.gw.Replica.Nonce()+1)] != participant {
+		b.step(t)
+	}
+	id := b.gw.Replica.Nonce() + 1
+	b.step(t, sessiontest.Start(id, 1, 10))
+	return id
+}
+
+// voteUntilSealed casts vote(slot) for each slot, one diff each, until the
+// record leaves the live set.
+func (b *bundle) voteUntilSealed(t *testing.T, id uint64, slots []uint32, vote func(slot uint32) *sessionpb.Tx) {
+	t.Helper()
+	for _, slot := range slots {
+		if _, live := b.gw.Replica.Record(id); !live {
+			return
+		}
+		b.step(t, vote(slot))
+	}
+}
+
 // Attack 13: with slots skewed toward the executor's participant, a
 // threshold over all slots would be unreachable. Votes are taken over the
-// slots that may vote, so one honest outsider resolves it.
+// slots that may vote, so the other participants resolve it: here the one
+// outsider of {A, A, A, B} invalidates and times out B's work with its three
+// slots, and in {A, A, B} the lone B, holding a third of the group, still
+// decides on A's. TestAttackThresholdsByGroupShape checks every shape of
+// the table in docs/protocol.md. Fails with the threshold taken over all
+// slots (2 × votes > n): A's 3 slots reach it in {A, A, A, B}, B's one in
+// {A, A, B} does not.
 func TestAttackSkewedSlotsCanStillResolve(t *testing.T) {
 	t.Parallel()
 	b := setup(t, func(o *sessiontest.Options) { o.Holders = []int{0, 0, 0, 1} })
-	id := b.inference(t, 1, 10, 1) // id 1: executor slot 1 (participant 0)
-	b.step(t, b.f.Validate(3, id, false))
+	id := b.executedBy(t, 1) // executor slot 3 (participant B)
+	b.voteUntilSealed(t, id, []uint32{0, 1, 2}, func(slot uint32) *sessionpb.Tx { return b.f.Validate(slot, id, false) })
 	_, live := b.gw.Replica.Record(id)
-	require.False(t, live, "one eligible slot voting invalid resolves and seals the inference")
-	st := b.gw.Replica.State().HostStats[1]
+	require.False(t, live, "two of the three eligible slots voting invalid resolve and seal the inference")
+	st := b.gw.Replica.State().HostStats[3]
 	require.Equal(t, uint64(1), st.Invalid)
 	require.Zero(t, st.Finished)
 	require.Zero(t, st.Cost, "an invalidated inference is refunded")
 
-	// A stalled inference times out on the one eligible vote.
-	id = b.gw.Replica.Nonce() + 1
-	b.step(t, sessiontest.Start(id, 1, 10))
-	exec := b.gw.Replica.Executor(id)
-	require.NotEqual(t, uint32(3), exec)
-	b.step(t, b.f.Timeout(3, id))
+	// A stalled inference of B times out on A's votes.
+	id = b.startedBy(t, 1)
+	b.voteUntilSealed(t, id, []uint32{0, 1, 2}, func(slot uint32) *sessionpb.Tx { return b.f.Timeout(slot, id) })
 	_, live = b.gw.Replica.Record(id)
 	require.False(t, live)
+	require.Equal(t, uint64(1), b.gw.Replica.State().HostStats[3].Missed)
+
+	// {A, A, B}: B alone is the only eligible slot on A's work and holds a
+	// third of the group, as much as can block settlement: it decides.
+	b = setup(t, func(o *sessiontest.Options) { o.Holders = []int{0, 0, 1} })
+	id = b.executedBy(t, 0)
+	exec := b.gw.Replica.Executor(id)
+	b.step(t, b.f.Validate(2, id, false))
+	require.Equal(t, uint64(1), b.gw.Replica.State().HostStats[exec].Invalid)
+	id = b.startedBy(t, 0)
+	exec = b.gw.Replica.Executor(id)
+	b.step(t, b.f.Timeout(2, id))
 	require.Equal(t, uint64(1), b.gw.Replica.State().HostStats[exec].Missed)
+}
+
+// groupShapes is the table of docs/protocol.md ("Votes and thresholds"):
+// in group (a letter per slot, one letter per participant), can the
+// participants in voters, voting with every slot they hold, invalidate and
+// time out an inference that a slot of exec executes?
+var groupShapes = []struct {
+	group  string
+	exec   byte
+	voters string
+	force  bool
+}{
+	{"AB", 'A', "B", true},
+	{"ABC", 'A', "B", false},
+	{"ABC", 'A', "BC", true},
+	{"AAB", 'A', "B", true},
+	{"AAB", 'B', "A", true},
+	{"AAAB", 'A', "B", false},
+	{"AAAB", 'B', "A", true},
+	{"AABB", 'A', "B", true},
+	{"AABC", 'A', "B", false},
+	{"AABC", 'A', "BC", true},
+	{"AABC", 'B', "A", true},
+	{"AABC", 'B', "C", false},
+	{"ABCD", 'A', "B", false},
+	{"ABCD", 'A', "BC", true},
+	{"AAAAB", 'A', "B", false},
+	{"AAAAB", 'B', "A", true},
+	{"AAABC", 'A', "B", false},
+	{"AAABC", 'A', "BC", true},
+	{"AAABC", 'B', "A", true},
+	{"AABCD", 'A', "B", false},
+	{"AABCD", 'A', "BC", true},
+	{"AABCD", 'B', "A", false},
+	{"AABCD", 'B', "AC", true},
+	{"AABCD", 'B', "CD", false},
+}
+
+// Attacks 13 and the minority veto, for every group shape of the table:
+// a decision against the executor needs a strict majority of the eligible
+// slots and slots holding at least a third of the group, no more and no
+// less. Fails with either half of the rule removed: without the third,
+// {A, A, A, B} lets B decide alone; without the majority, {A, B, C} lets B.
+func TestAttackThresholdsByGroupShape(t *testing.T) {
+	t.Parallel()
+	for _, row := range groupShapes {
+		t.Run(fmt.Sprintf("%s/exec_%c/by_%s", row.group, row.exec, row.voters), func(t *testing.T) {
+			t.Parallel()
+			holders := make([]int, len(row.group))
+			var voters []uint32
+			for slot, c := range []byte(row.group) {
+				holders[slot] = int(c - 'A')
+				if strings.IndexByte(row.voters, c) >= 0 {
+					voters = append(voters, uint32(slot))
+				}
+			}
+			b := setup(t, func(o *sessiontest.Options) { o.Holders = holders })
+			exec := int(row.exec - 'A')
+
+			id := b.executedBy(t, exec)
+			slot := b.gw.Replica.Executor(id)
+			b.voteUntilSealed(t, id, voters, func(v uint32) *sessionpb.Tx { return b.f.Validate(v, id, false) })
+			invalid := b.gw.Replica.State().HostStats[slot].Invalid
+			require.Equal(t, row.force, invalid == 1, "invalidated: %v", invalid == 1)
+
+			id = b.startedBy(t, exec)
+			slot = b.gw.Replica.Executor(id)
+			b.voteUntilSealed(t, id, voters, func(v uint32) *sessionpb.Tx { return b.f.Timeout(v, id) })
+			missed := b.gw.Replica.State().HostStats[slot].Missed
+			require.Equal(t, row.force, missed == 1, "timed out: %v", missed == 1)
+		})
+	}
+}
+
+// Item 7 (the minority veto): with slots {A, A, A, B}, B is the only slot
+// that may vote on A's work. Had one eligible vote been enough (the first
+// fix of attack 13), B alone would invalidate or time out every inference
+// of A. B holds a quarter of the group, too little to block settlement, so
+// it may not punish alone: its challenge cannot reach the threshold and
+// keeps A's work, and its timeout vote leaves the inference open, released
+// without blame at settlement. Fails with the group-third half of the
+// threshold removed (B's vote invalidates and times out A).
+func TestAttackMinorityHolderCannotVeto(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *sessiontest.Options) { o.Holders = []int{0, 0, 0, 1} })
+	id := b.executedBy(t, 0)
+	exec := b.gw.Replica.Executor(id)
+	b.step(t, b.f.Validate(3, id, false))
+	_, live := b.gw.Replica.Record(id)
+	require.False(t, live, "a challenge that can never reach the threshold resolves at once")
+	st := b.gw.Replica.State().HostStats[exec]
+	require.Zero(t, st.Invalid)
+	require.Equal(t, uint64(1), st.Finished)
+	require.Equal(t, uint64(1), st.Validated, "the executor's work stands")
+
+	id = b.startedBy(t, 0)
+	exec = b.gw.Replica.Executor(id)
+	b.step(t, b.f.Timeout(3, id))
+	r, live := b.gw.Replica.Record(id)
+	require.True(t, live)
+	require.Equal(t, sessionpb.InferenceStatus_INFERENCE_STATUS_PENDING, r.Status)
+	b.step(t, sessiontest.Finalize())
+	b.step(t, sessiontest.Finalize())
+	require.Zero(t, b.gw.Replica.State().HostStats[exec].Missed, "released at settlement without blame")
+}
+
+// Item 7 at settlement: entering SETTLEMENT resolves open challenges. If
+// the votes cast were compared with each other there (invalid > valid), a
+// gateway that finalizes right after one slot's challenge would let that
+// one vote invalidate. The same threshold as during the session applies.
+// Fails with the old settlement rule: 1 invalid, 0 valid invalidates.
+func TestAttackLoneChallengeAtSettlement(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *sessiontest.Options) { o.Holders = []int{0, 1, 2, 3} })
+	id := b.executedBy(t, 0)
+	exec := b.gw.Replica.Executor(id)
+	b.step(t, b.f.Validate(exec+1, id, false))
+	r, _ := b.gw.Replica.Record(id)
+	require.Equal(t, sessionpb.InferenceStatus_INFERENCE_STATUS_CHALLENGED, r.Status)
+	b.step(t, sessiontest.Finalize())
+	b.step(t, sessiontest.Finalize())
+	st := b.gw.Replica.State().HostStats[exec]
+	require.Zero(t, st.Invalid)
+	require.Equal(t, uint64(1), st.Validated)
+}
+
+// Item 6 (validation not bound to sampling): any slot could vouch for a
+// finished inference, and one valid vote resolved and sealed it. A Sybil of
+// the executor holding another slot vouches at once; the honest challenge
+// that follows is refused as "not live". Only slots the deterministic draw
+// picked may vote before a challenge. Fails with the sampled-slot check
+// removed: the Sybil's vote resolves the record and the diff's root differs.
+func TestAttackUnsampledSybilVouches(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *sessiontest.Options) {
+		o.Holders = []int{0, 1, 2, 3}
+		o.ValidationRateBps = 5000
+	})
+	// Find an inference whose draw left the Sybil (the slot after the
+	// executor's) out and picked an honest slot.
+	var id uint64
+	var exec, sybil uint32
+	var sampled []uint32
+	for range 64 {
+		id = b.inference(t, 1, 10, 1)
+		exec = b.gw.Replica.Executor(id)
+		sybil = (exec + 1) % 4
+		r, _ := b.gw.Replica.Record(id)
+		sampled = b.gw.Replica.SampledSlots(r)
+		if len(sampled) > 0 && !slices.Contains(sampled, sybil) {
+			break
+		}
+		sampled = nil
+	}
+	require.NotEmpty(t, sampled, "no inference in 64 sampled an honest slot and left the Sybil out")
+
+	d := b.forge(t, b.f.Validate(sybil, id, true))
+	requireRejected(t, b.gw.Replica, d, session.ReasonNotSampled,
+		fmt.Sprintf("slot %d was not sampled to validate inference %d", sybil, id))
+
+	// The honest sampled slot's challenge still lands; once challenged,
+	// every eligible slot votes, the Sybil included, and the majority wins.
+	honest := sampled[0]
+	b.step(t, b.f.Validate(honest, id, false))
+	b.step(t, b.f.Validate(sybil, id, true))
+	r, live := b.gw.Replica.Record(id)
+	require.True(t, live)
+	require.Equal(t, sessionpb.InferenceStatus_INFERENCE_STATUS_CHALLENGED, r.Status)
+	var third uint32
+	for s := range uint32(4) {
+		if s != exec && s != sybil && s != honest {
+			third = s
+		}
+	}
+	b.step(t, b.f.Validate(third, id, false))
+	require.Equal(t, uint64(1), b.gw.Replica.State().HostStats[exec].Invalid)
+}
+
+// Item 6 (one vote decides): with two slots sampled, one valid vote sealed
+// the record before the other sampled slot could challenge. A FINISHED
+// record becomes VALIDATED only once every sampled slot voted valid. Fails
+// with the old short path (the first valid vote validates and seals, and
+// the second sampled slot's challenge is refused: inference not live).
+func TestAttackOneValidVoteNoLongerSeals(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *sessiontest.Options) { o.Holders = []int{0, 1, 2, 3} })
+	id := b.inference(t, 1, 10, 1)
+	exec := b.gw.Replica.Executor(id)
+	r, _ := b.gw.Replica.Record(id)
+	sampled := b.gw.Replica.SampledSlots(r)
+	require.Len(t, sampled, 3, "every eligible slot is sampled at 10000 bps")
+
+	b.step(t, b.f.Validate(sampled[0], id, true)) // the executor's Sybil vouches
+	r, live := b.gw.Replica.Record(id)
+	require.True(t, live, "two sampled slots have not voted yet")
+	require.Equal(t, sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED, r.Status)
+
+	b.step(t, b.f.Validate(sampled[1], id, false))
+	b.step(t, b.f.Validate(sampled[2], id, false))
+	st := b.gw.Replica.State().HostStats[exec]
+	require.Equal(t, uint64(1), st.Invalid, "two of three eligible slots invalidate")
+	require.Zero(t, st.Validated)
+
+	// The honest run: every sampled slot agreeing validates at once.
+	id = b.inference(t, 1, 10, 1)
+	exec = b.gw.Replica.Executor(id)
+	r, _ = b.gw.Replica.Record(id)
+	for _, slot := range b.gw.Replica.SampledSlots(r) {
+		b.step(t, b.f.Validate(slot, id, true))
+	}
+	_, live = b.gw.Replica.Record(id)
+	require.False(t, live)
+	require.Equal(t, uint64(1), b.gw.Replica.State().HostStats[exec].Validated)
+}
+
+// Invariant 5 across networks: a signature is for one chain. The same keys
+// and escrow id on another chain (a testnet, a fork, a restarted chain that
+// reuses escrow ids) produce byte-identical diffs, txs and roots, so without
+// the chain id in the signed bytes a diff, a host tx or a settlement signed
+// there would verify here. Fails with the chain id left out of signBytes:
+// every signature below verifies.
+func TestAttackSignatureForAnotherChain(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	o := sessiontest.DefaultOptions()
+	o.ChainID = "devshard-fork"
+	other := sessiontest.New(1, o) // same seed: the same keys and escrow id
+	require.Equal(t, b.f.Snapshot.Group, other.Snapshot.Group)
+	require.Equal(t, b.f.Snapshot.EscrowId, other.Snapshot.EscrowId)
+
+	// The gateway's diff, signed on the other chain, with the right root.
+	d, err := other.Sequencer().Build(sessiontest.Start(1, 10, 100))
+	require.NoError(t, err)
+	requireRejected(t, b.gw.Replica, d, session.ReasonSignature, "user signature: signature by")
+
+	// A host's tx, in a diff and as gossip.
+	startOne(t, b)
+	requireRejected(t, b.gw.Replica, b.forge(t, other.Confirm(1, 1, 100)), session.ReasonSignature, "slot 1: signature by")
+	require.ErrorIs(t, session.VerifyHostTx(b.f.Snapshot, other.Confirm(1, 1, 100), nil), session.ReasonSignature)
+	require.NoError(t, session.VerifyHostTx(b.f.Snapshot, b.f.Confirm(1, 1, 100), nil))
+
+	// State signatures, alone and in a settlement.
+	m := b.f.Settle(b.gw.Replica)
+	ss, err := session.SignState(other.SlotKey(0), other.Snapshot.ChainId, m.EscrowId, m.Nonce, m.StateRoot, 0)
+	require.NoError(t, err)
+	require.ErrorIs(t, session.VerifyStateSignature(b.f.Snapshot, ss, nil), session.ReasonSignature)
+	_, err = session.VerifySettlement(b.f.Snapshot, other.Resign(m, other.AllSlots()...), nil)
+	require.ErrorIs(t, err, session.ReasonSignature)
+	_, err = session.VerifySettlement(b.f.Snapshot, b.f.Resign(m, b.f.AllSlots()...), nil)
+	require.NoError(t, err)
 }
 
 // Attack 10 for gossip: a host tx is accepted only from the slot's holder.

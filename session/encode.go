@@ -122,6 +122,7 @@ func recordLeaf(r *sessionpb.InferenceRecord) [32]byte {
 	e.bytes(r.ResponseHash)
 	e.i64(r.ConfirmedAt)
 	e.u64(r.FinishedNonce)
+	e.bytes(r.SampleSeed)
 	e.bytes(r.ValidVotes)
 	e.bytes(r.InvalidVotes)
 	e.bytes(r.TimeoutVotes)

@@ -23,6 +23,7 @@ const (
 	ReasonStatus       Reason = "status"             // the inference is not in a status the tx needs
 	ReasonFunds        Reason = "insufficient_funds" // the escrow cannot pay a fee or a reservation
 	ReasonSelfVote     Reason = "self_vote"          // an executor voting on its own inference
+	ReasonNotSampled   Reason = "not_sampled"        // a validation of an unchallenged inference from a slot the draw did not pick
 	ReasonDuplicate    Reason = "duplicate_vote"     // a slot voting twice on one inference
 	ReasonOverflow     Reason = "overflow"           // an amount would overflow uint64
 	ReasonRoot         Reason = "root_mismatch"      // the signed root differs from the computed one

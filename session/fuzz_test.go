@@ -87,7 +87,7 @@ func FuzzDecodeDiff(f *testing.F) {
 		if err := d.Unmarshal(raw); err != nil {
 			return
 		}
-		_ = session.DiffSignBytes(&d)
+		_ = session.DiffSignBytes(sessiontest.ChainID, &d)
 		_, _ = fx.NewSession(nil).Apply(&d)
 	})
 }
@@ -142,7 +142,7 @@ func FuzzVerifySettlement(f *testing.F) {
 // FuzzStateSignature: arbitrary state signatures never panic.
 func FuzzStateSignature(f *testing.F) {
 	fx := sessiontest.New(7, sessiontest.DefaultOptions())
-	ss, _ := session.SignState(fx.SlotKey(0), 7, 1, make([]byte, 32), 0)
+	ss, _ := session.SignState(fx.SlotKey(0), sessiontest.ChainID, 7, 1, make([]byte, 32), 0)
 	raw, _ := ss.Marshal()
 	f.Add(raw)
 	f.Fuzz(func(t *testing.T, raw []byte) {
@@ -210,7 +210,7 @@ func FuzzVerifyHostTx(f *testing.F) {
 			return
 		}
 		_ = session.TxKey(&tx)
-		_, _ = session.TxSignBytes(fx.Snapshot.EscrowId, &tx)
+		_, _ = session.TxSignBytes(fx.Snapshot.ChainId, fx.Snapshot.EscrowId, &tx)
 		if err := session.VerifyHostTx(fx.Snapshot, &tx, nil); err != nil {
 			return
 		}

@@ -2,6 +2,7 @@ package session
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/devshard/devshard/session/sessionpb"
 )
@@ -20,7 +21,7 @@ func (s *Session) MayInclude(tx *sessionpb.Tx) bool {
 // ReasonDuplicate or ReasonMalformed that says what the session holds. A
 // host asks it of a peer's gossiped tx before pooling it.
 func (s *Session) Includable(tx *sessionpb.Tx) error {
-	return includable(tx, s.phase, len(s.group), func(id uint64) *sessionpb.InferenceRecord { return s.live[id] })
+	return includable(tx, s.phase, s, func(id uint64) *sessionpb.InferenceRecord { return s.live[id] })
 }
 
 // MayInclude is Session.MayInclude asked of the state this diff leads to,
@@ -28,7 +29,7 @@ func (s *Session) Includable(tx *sessionpb.Tx) error {
 // asks it of its own pooled txs.
 func (p *Pending) MayInclude(tx *sessionpb.Tx) bool {
 	st := p.st
-	return includable(tx, st.phase, len(st.s.group), func(id uint64) *sessionpb.InferenceRecord {
+	return includable(tx, st.phase, st.s, func(id uint64) *sessionpb.InferenceRecord {
 		if st.removed[id] {
 			return nil
 		}
@@ -79,9 +80,11 @@ func checkAlone(st *staged, tx *sessionpb.Tx, lookup func(id uint64) (*sessionpb
 	return err
 }
 
-// includable is the rule behind MayInclude and Includable, over a phase and a read-only lookup
+// includable is the rule behind MayInclude and Includable, over a phase, the
+// session (its snapshot and group, for the sampling draw) and a read-only lookup
 // of live records (nil when the record is not live).
-func includable(tx *sessionpb.Tx, phase sessionpb.Phase, groupLen int, lookup func(id uint64) *sessionpb.InferenceRecord) error {
+func includable(tx *sessionpb.Tx, phase sessionpb.Phase, s *Session, lookup func(id uint64) *sessionpb.InferenceRecord) error {
+	groupLen := len(s.group)
 	if phase == sessionpb.Phase_PHASE_SETTLEMENT {
 		return fmt.Errorf("%w: the session is in phase %s and takes no host txs", ReasonPhase, phase)
 	}
@@ -110,6 +113,9 @@ func includable(tx *sessionpb.Tx, phase sessionpb.Phase, groupLen int, lookup fu
 	case *sessionpb.Tx_Validation:
 		if hasBit(r.ValidVotes, tx.Slot) || hasBit(r.InvalidVotes, tx.Slot) {
 			return fmt.Errorf("%w: slot %d has already voted on inference %d", ReasonDuplicate, tx.Slot, id)
+		}
+		if r.Status == sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED && !slices.Contains(sampledSlots(s.snap, s.group, r), tx.Slot) {
+			return fmt.Errorf("%w: slot %d was not sampled to validate inference %d", ReasonNotSampled, tx.Slot, id)
 		}
 	case *sessionpb.Tx_Timeout:
 		if hasBit(r.TimeoutVotes, tx.Slot) {

@@ -16,7 +16,9 @@ import (
 // it as its own uncollected tx and withhold its signatures).
 func TestMayIncludeDropsVotesFromSlotsThatVoted(t *testing.T) {
 	t.Parallel()
-	f := sessiontest.New(1, sessiontest.DefaultOptions())
+	o := sessiontest.DefaultOptions()
+	o.ValidationRateBps = 10000
+	f := sessiontest.New(1, o)
 	seq := f.Sequencer()
 	_, err := seq.Next(sessiontest.Start(1, 10, 50))
 	require.NoError(t, err)
@@ -42,6 +44,19 @@ func TestMayIncludeDropsVotesFromSlotsThatVoted(t *testing.T) {
 	outside := f.Validate(other, 1, true)
 	outside.Slot = 7
 	require.False(t, seq.Replica.MayInclude(outside), "a slot outside the group")
+
+	// Before a challenge, a validation from a slot the sampling left out
+	// can never apply.
+	o.ValidationRateBps = 0
+	f = sessiontest.New(1, o)
+	seq = f.Sequencer()
+	_, err = seq.Next(sessiontest.Start(1, 10, 50))
+	require.NoError(t, err)
+	_, err = seq.Next(f.Confirm(exec, 1, sessiontest.Timestamp(1)), f.Finish(exec, 1, 10, 20))
+	require.NoError(t, err)
+	r, _ := seq.Replica.Record(1)
+	require.Empty(t, seq.Replica.SampledSlots(r))
+	require.False(t, seq.Replica.MayInclude(f.Validate(voter, 1, false)), "a validation from a slot that was not sampled")
 }
 
 // A pending diff answers MayInclude for the state it leads to, before it is
@@ -122,7 +137,7 @@ func TestMemoChangesNoOutcome(t *testing.T) {
 	good, err := seq.Build(confirm, finish)
 	require.NoError(t, err)
 	bad := &sessionpb.Diff{EscrowId: good.EscrowId, Nonce: good.Nonce, Txs: []*sessionpb.Tx{confirm, altered}, PostStateRoot: good.PostStateRoot}
-	require.NoError(t, session.SignDiff(f.Gateway, bad))
+	require.NoError(t, session.SignDiff(f.Gateway, sessiontest.ChainID, bad))
 	for _, s := range []*session.Session{plain, memoed} {
 		_, err := s.Apply(bad)
 		var de *session.DiffError

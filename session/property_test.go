@@ -30,6 +30,7 @@ func TestPropertyReplicasAgreeAndPlansConserve(t *testing.T) {
 			EscrowID: uint64(seed), Amount: uint64(20_000 + rng.Intn(200_000)), Holders: holders,
 			TokenPrice: uint64(1 + rng.Intn(5)), CreationFee: uint64(rng.Intn(500)), FeePerNonce: uint64(rng.Intn(7)),
 			MaxNonce: 1000, SealGraceNonces: uint64(rng.Intn(12)), SealGraceSeconds: uint64(rng.Intn(10)),
+			ValidationRateBps: []uint32{0, 3000, 10000}[seed%3],
 		})
 		gw := f.Sequencer()
 		a, b := f.NewSession(nil), f.NewSession(nil)

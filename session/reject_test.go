@@ -18,7 +18,7 @@ func (b *bundle) forge(t *testing.T, txs ...*sessionpb.Tx) *sessionpb.Diff {
 	s := b.gw.Replica
 	root := s.Root()
 	d := &sessionpb.Diff{EscrowId: b.f.Snapshot.EscrowId, Nonce: s.Nonce() + 1, Txs: txs, PostStateRoot: root[:]}
-	require.NoError(t, session.SignDiff(b.f.Gateway, d))
+	require.NoError(t, session.SignDiff(b.f.Gateway, sessiontest.ChainID, d))
 	return d
 }
 
@@ -75,7 +75,7 @@ func TestApplyRejections(t *testing.T) {
 			diff: func(t *testing.T, b *bundle) *sessionpb.Diff {
 				d := b.forge(t)
 				d.Nonce = 3
-				require.NoError(t, session.SignDiff(b.f.Gateway, d))
+				require.NoError(t, session.SignDiff(b.f.Gateway, sessiontest.ChainID, d))
 				return d
 			},
 			reason: session.ReasonNonce, fragments: []string{"diff 3 rejected", "nonce must be 1 (latest+1), got 3"},
@@ -135,7 +135,7 @@ func TestApplyRejections(t *testing.T) {
 			name: "diff signed by someone other than the creator",
 			diff: func(t *testing.T, b *bundle) *sessionpb.Diff {
 				d := b.forge(t)
-				require.NoError(t, session.SignDiff(stranger, d))
+				require.NoError(t, session.SignDiff(stranger, sessiontest.ChainID, d))
 				return d
 			},
 			reason: session.ReasonUnauthorized, fragments: []string{"may not sign devshard/v1/diff"},

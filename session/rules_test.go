@@ -140,11 +140,15 @@ func TestSealingGraceAndClock(t *testing.T) {
 	require.Equal(t, 2, s.LiveCount(), "15 and 17 stay: still open")
 	require.Equal(t, uint64(3), s.State().Sealed.Count)
 
-	// A validated record seals at once, inside its grace.
+	// A validated record seals at once, inside its grace, once every
+	// sampled slot (here both eligible ones) agreed.
 	b.step(t, b.f.Finish(2, 17, 1, 1))
 	_, live := s.Record(17)
 	require.True(t, live)
 	b.step(t, b.f.Validate(0, 17, true))
+	_, live = s.Record(17)
+	require.True(t, live, "slot 1 was sampled too and has not voted")
+	b.step(t, b.f.Validate(1, 17, true))
 	_, live = s.Record(17)
 	require.False(t, live, "short path")
 }
@@ -169,7 +173,8 @@ func TestLiveSetStaysBounded(t *testing.T) {
 }
 
 // Entering SETTLEMENT seals everything: open reservations go back to the
-// balance without blame, open challenges resolve by the votes cast.
+// balance without blame, open challenges resolve by the votes cast under
+// the session's threshold, so one unanswered challenge keeps the work.
 func TestSettlementPhaseClosesTheBooks(t *testing.T) {
 	t.Parallel()
 	b := setup(t, func(o *sessiontest.Options) { o.Holders = []int{0, 1, 2, 3} })
@@ -183,8 +188,9 @@ func TestSettlementPhaseClosesTheBooks(t *testing.T) {
 	require.Zero(t, s.LiveCount())
 	st := s.State()
 	require.Zero(t, st.Reserved)
-	require.Equal(t, bal+200+200, st.Balance, "pending reservation and invalidated cost return")
-	require.Equal(t, uint64(1), st.HostStats[2].Invalid)
+	require.Equal(t, bal+200, st.Balance, "the pending reservation returns; the challenged work stays charged")
+	require.Zero(t, st.HostStats[2].Invalid, "1 invalid vote of 3 eligible slots is below the threshold")
+	require.Equal(t, uint64(1), st.HostStats[2].Validated)
 	require.Zero(t, st.HostStats[1].Missed, "no timeout votes, no blame")
 	requireRejected(t, s, b.forge(t), session.ReasonPhase, "accepts no more diffs")
 }

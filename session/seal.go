@@ -11,7 +11,8 @@ import (
 // seals the same records at the same nonce:
 //
 //   - entering SETTLEMENT seals everything still live (open reservations are
-//     released, open challenges resolved by the votes cast);
+//     released, open challenges resolved by the votes cast, under the same
+//     threshold as during the session);
 //   - otherwise VALIDATED, INVALIDATED and TIMED_OUT records seal at once
 //     (the short path), in ascending id order;
 //   - then FINISHED records seal from the oldest while they are past the
@@ -66,7 +67,11 @@ func (st *staged) sealAll() {
 			// nobody is charged or blamed; blame needs timeout votes.
 			st.release(r)
 		case sessionpb.InferenceStatus_INFERENCE_STATUS_CHALLENGED:
-			if popcount(r.InvalidVotes) > popcount(r.ValidVotes) {
+			// The votes are final: the same threshold as during the
+			// session, and a challenge that did not reach it keeps the
+			// executor's work, so finalizing early cannot let a minority
+			// of votes decide.
+			if challengeOutcome(st.s.group, r) == sessionpb.InferenceStatus_INFERENCE_STATUS_INVALIDATED {
 				st.resolveInvalidated(r)
 			} else {
 				st.resolveValidated(r)

@@ -21,6 +21,9 @@ type bundle struct {
 func setup(t *testing.T, mutate ...func(*sessiontest.Options)) *bundle {
 	t.Helper()
 	o := sessiontest.DefaultOptions()
+	// Every eligible slot is sampled unless a test says otherwise, so
+	// tests choose their validators; sampling itself has its own tests.
+	o.ValidationRateBps = 10000
 	for _, m := range mutate {
 		m(&o)
 	}

@@ -2,7 +2,6 @@ package session
 
 import (
 	"bytes"
-	"encoding/binary"
 	"fmt"
 
 	"github.com/devshard/devshard/session/sessionpb"
@@ -246,7 +245,7 @@ func SettlementRoot(m *sessionpb.Settlement) [32]byte {
 // checkQuorum counts valid signatures by distinct slot.
 func checkQuorum(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth Authorizer) error {
 	n := len(snap.Group)
-	msg := StateSignBytes(m.EscrowId, m.Nonce, m.StateRoot)
+	msg := StateSignBytes(snap.ChainId, m.EscrowId, m.Nonce, m.StateRoot)
 	signed := make([]bool, n)
 	count := 0
 	for i, ss := range m.Signatures {
@@ -295,19 +294,4 @@ func planFor(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement) *Plan {
 	}
 	p.Refund = snap.Amount - paid
 	return p
-}
-
-// Sampled reports whether slot must validate inference id. It is decided by
-// the post-state root of the diff in which the inference finished, so every
-// replica agrees, and the executor, which signs its FinishInference before
-// the gateway builds that diff, cannot choose its validators. The snapshot's
-// validation rate is in basis points.
-func Sampled(snap *sessionpb.EscrowSnapshot, finishRoot []byte, id uint64, slot uint32) bool {
-	e := encoder{b: make([]byte, 0, 80)}
-	e.domain("devshard/v1/sample")
-	e.bytes(finishRoot)
-	e.u64(id)
-	e.u32(slot)
-	h := e.sum()
-	return binary.BigEndian.Uint64(h[:8])%10000 < uint64(snap.ValidationRateBps)
 }

@@ -1,6 +1,7 @@
 package session_test
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -96,7 +97,7 @@ func TestVerifySettlementRejections(t *testing.T) {
 			return m
 		}, session.ReasonUnauthorized, []string{"may not sign devshard/v1/state"}},
 		{"signature over another root", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
-			ss, _ := session.SignState(b.f.SlotKey(0), m.EscrowId, m.Nonce, make([]byte, 32), 0)
+			ss, _ := session.SignState(b.f.SlotKey(0), sessiontest.ChainID, m.EscrowId, m.Nonce, make([]byte, 32), 0)
 			m.Signatures[0].Sig = ss.Sig
 			return m
 		}, session.ReasonSignature, []string{"slot 0: signature by", "does not verify"}},
@@ -205,6 +206,8 @@ func TestValidateSnapshot(t *testing.T) {
 		{"fee above amount", func(s *sessionpb.EscrowSnapshot) { s.CreationFee = s.Amount + 1 }, "creation fee 10000001 exceeds the amount 10000000"},
 		{"max nonce", func(s *sessionpb.EscrowSnapshot) { s.MaxNonce = 1 << 32 }, "max nonce must be 1 to 4294967295"},
 		{"rate", func(s *sessionpb.EscrowSnapshot) { s.ValidationRateBps = 10001 }, "validation rate must be at most 10000 bps"},
+		{"no chain id", func(s *sessionpb.EscrowSnapshot) { s.ChainId = "" }, "chain id must be 1 to 50 bytes, got 0"},
+		{"long chain id", func(s *sessionpb.EscrowSnapshot) { s.ChainId = strings.Repeat("c", 51) }, "chain id must be 1 to 50 bytes, got 51"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -270,7 +273,7 @@ func TestSignStateSlotsSignsOnceForEverySlot(t *testing.T) {
 	f := sessiontest.New(3, o)
 	key := &countingSigner{PrivKey: f.Hosts[0]}
 	root := sessiontest.Hash("root")
-	sigs, err := session.SignStateSlots(key, f.Snapshot.EscrowId, 9, root, []uint32{0, 2, 4})
+	sigs, err := session.SignStateSlots(key, f.Snapshot.ChainId, f.Snapshot.EscrowId, 9, root, []uint32{0, 2, 4})
 	require.NoError(t, err)
 	require.Equal(t, 1, key.n, "the signed bytes name no slot: one signature serves every slot")
 	require.Len(t, sigs, 3)

@@ -30,19 +30,23 @@ type Authorizer interface {
 	MayActFor(holder, signer signing.Address, kind Kind) bool
 }
 
-// signBytes is the domain-separated message: tag, escrow id, payload.
-func signBytes(kind Kind, escrowID uint64, payload func(*encoder)) []byte {
-	e := encoder{b: make([]byte, 0, 160)}
+// signBytes is the domain-separated message: tag, chain id, escrow id,
+// payload. The chain id keeps a signature made on one network (a testnet, a
+// fork, a restarted chain that reuses escrow ids) from verifying on another.
+func signBytes(kind Kind, chainID string, escrowID uint64, payload func(*encoder)) []byte {
+	e := encoder{b: make([]byte, 0, 160+len(chainID))}
 	e.domain(string(kind))
+	e.bytes([]byte(chainID))
 	e.u64(escrowID)
 	payload(&e)
 	return e.b
 }
 
-// DiffSignBytes are the bytes the gateway signs for a diff: the nonce, every
-// tx's canonical bytes (without host signatures) and the post-state root.
-func DiffSignBytes(d *sessionpb.Diff) []byte {
-	return signBytes(KindDiff, d.EscrowId, func(e *encoder) {
+// DiffSignBytes are the bytes the gateway signs for a diff on chain chainID:
+// the nonce, every tx's canonical bytes (without host signatures) and the
+// post-state root.
+func DiffSignBytes(chainID string, d *sessionpb.Diff) []byte {
+	return signBytes(KindDiff, chainID, d.EscrowId, func(e *encoder) {
 		e.u64(d.Nonce)
 		e.u32(uint32(len(d.Txs)))
 		for _, tx := range d.Txs {
@@ -52,8 +56,9 @@ func DiffSignBytes(d *sessionpb.Diff) []byte {
 	})
 }
 
-// TxSignBytes are the bytes a host signs for one of its txs.
-func TxSignBytes(escrowID uint64, tx *sessionpb.Tx) ([]byte, error) {
+// TxSignBytes are the bytes a host signs for one of its txs in escrow
+// escrowID on chain chainID.
+func TxSignBytes(chainID string, escrowID uint64, tx *sessionpb.Tx) ([]byte, error) {
 	if !hasBody(tx) {
 		return nil, fmt.Errorf("tx has no body")
 	}
@@ -61,12 +66,12 @@ func TxSignBytes(escrowID uint64, tx *sessionpb.Tx) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return signBytes(kind, escrowID, func(e *encoder) { encodeTx(e, tx) }), nil
+	return signBytes(kind, chainID, escrowID, func(e *encoder) { encodeTx(e, tx) }), nil
 }
 
 // StateSignBytes are the bytes a host signs to attest a root.
-func StateSignBytes(escrowID, nonce uint64, root []byte) []byte {
-	return signBytes(KindState, escrowID, func(e *encoder) {
+func StateSignBytes(chainID string, escrowID, nonce uint64, root []byte) []byte {
+	return signBytes(KindState, chainID, escrowID, func(e *encoder) {
 		e.u64(nonce)
 		e.bytes(root)
 	})
@@ -87,9 +92,10 @@ func hostTxKind(tx *sessionpb.Tx) (Kind, error) {
 	}
 }
 
-// SignDiff sets d.UserSig with the gateway's key. Set PostStateRoot first.
-func SignDiff(s signing.Signer, d *sessionpb.Diff) error {
-	sig, err := sign(s, DiffSignBytes(d))
+// SignDiff sets d.UserSig with the gateway's key, for chain chainID. Set
+// PostStateRoot first.
+func SignDiff(s signing.Signer, chainID string, d *sessionpb.Diff) error {
+	sig, err := sign(s, DiffSignBytes(chainID, d))
 	if err != nil {
 		return fmt.Errorf("sign diff %d: %w", d.Nonce, err)
 	}
@@ -97,9 +103,10 @@ func SignDiff(s signing.Signer, d *sessionpb.Diff) error {
 	return nil
 }
 
-// SignTx sets tx.Sig with a host's key. Set tx.Slot first.
-func SignTx(s signing.Signer, escrowID uint64, tx *sessionpb.Tx) error {
-	msg, err := TxSignBytes(escrowID, tx)
+// SignTx sets tx.Sig with a host's key, for escrow escrowID on chain
+// chainID. Set tx.Slot first.
+func SignTx(s signing.Signer, chainID string, escrowID uint64, tx *sessionpb.Tx) error {
+	msg, err := TxSignBytes(chainID, escrowID, tx)
 	if err != nil {
 		return err
 	}
@@ -111,9 +118,10 @@ func SignTx(s signing.Signer, escrowID uint64, tx *sessionpb.Tx) error {
 	return nil
 }
 
-// SignState returns a host's signature over (escrow, nonce, root) for slot.
-func SignState(s signing.Signer, escrowID, nonce uint64, root []byte, slot uint32) (*sessionpb.StateSignature, error) {
-	sigs, err := SignStateSlots(s, escrowID, nonce, root, []uint32{slot})
+// SignState returns a host's signature over (chain, escrow, nonce, root)
+// for slot.
+func SignState(s signing.Signer, chainID string, escrowID, nonce uint64, root []byte, slot uint32) (*sessionpb.StateSignature, error) {
+	sigs, err := SignStateSlots(s, chainID, escrowID, nonce, root, []uint32{slot})
 	if err != nil {
 		return nil, err
 	}
@@ -123,8 +131,8 @@ func SignState(s signing.Signer, escrowID, nonce uint64, root []byte, slot uint3
 // SignStateSlots returns a host's state signatures for each of the slots it
 // holds. The signed bytes name no slot, so one signature serves them all:
 // the key signs once, whatever the number of slots.
-func SignStateSlots(s signing.Signer, escrowID, nonce uint64, root []byte, slots []uint32) ([]*sessionpb.StateSignature, error) {
-	sig, err := sign(s, StateSignBytes(escrowID, nonce, root))
+func SignStateSlots(s signing.Signer, chainID string, escrowID, nonce uint64, root []byte, slots []uint32) ([]*sessionpb.StateSignature, error) {
+	sig, err := sign(s, StateSignBytes(chainID, escrowID, nonce, root))
 	if err != nil {
 		return nil, fmt.Errorf("sign state %d: %w", nonce, err)
 	}
@@ -173,7 +181,7 @@ func checkSig(sig *sessionpb.Signature, msg []byte, holder signing.Address, kind
 
 // VerifyStateSignature checks a host's state signature against the group of
 // the escrow in snap: the slot exists, and its holder (or a warm key it
-// granted) signed (escrow, nonce, root).
+// granted) signed (snap's chain, escrow, nonce, root).
 func VerifyStateSignature(snap *sessionpb.EscrowSnapshot, ss *sessionpb.StateSignature, auth Authorizer) error {
 	if ss.EscrowId != snap.EscrowId {
 		return fmt.Errorf("%w: state signature is for escrow %d, expected %d", ReasonEscrow, ss.EscrowId, snap.EscrowId)
@@ -185,7 +193,7 @@ func VerifyStateSignature(snap *sessionpb.EscrowSnapshot, ss *sessionpb.StateSig
 	if err != nil {
 		return fmt.Errorf("%w: group slot %d: %v", ReasonMalformed, ss.Slot, err)
 	}
-	if reason, detail := checkSig(ss.Sig, StateSignBytes(ss.EscrowId, ss.Nonce, ss.StateRoot), holder, KindState, auth, nil); reason != "" {
+	if reason, detail := checkSig(ss.Sig, StateSignBytes(snap.ChainId, ss.EscrowId, ss.Nonce, ss.StateRoot), holder, KindState, auth, nil); reason != "" {
 		return fmt.Errorf("%w: slot %d state signature at nonce %d: %s", reason, ss.Slot, ss.Nonce, detail)
 	}
 	return nil
@@ -216,7 +224,7 @@ func VerifyHostTxWith(snap *sessionpb.EscrowSnapshot, tx *sessionpb.Tx, auth Aut
 	if err != nil {
 		return fmt.Errorf("%w: group slot %d: %v", ReasonMalformed, tx.Slot, err)
 	}
-	msg, _ := TxSignBytes(snap.EscrowId, tx)
+	msg, _ := TxSignBytes(snap.ChainId, snap.EscrowId, tx)
 	if reason, detail := checkSig(tx.Sig, msg, holder, kind, auth, memo); reason != "" {
 		return fmt.Errorf("%w: slot %d: %s", reason, tx.Slot, detail)
 	}

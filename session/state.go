@@ -10,12 +10,13 @@ import (
 
 // ProtocolVersion is the session protocol this package implements. An
 // escrow snapshot names the version its session runs.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 // Limits that keep one diff's work bounded.
 const (
 	MaxGroupSize  = 256
 	MaxTxsPerDiff = 1024
+	MaxChainIDLen = 50        // CometBFT's limit on a chain id
 	MaxNonceLimit = 1<<32 - 1 // inference ids index a depth-32 tree
 	hashSize      = 32
 	maxModelLen   = 256
@@ -64,6 +65,9 @@ func ValidateSnapshot(snap *sessionpb.EscrowSnapshot) error {
 		if len(a) != signing.AddressSize {
 			return bad("slot %d address must be %d bytes, got %d", i, signing.AddressSize, len(a))
 		}
+	}
+	if n := len(snap.ChainId); n == 0 || n > MaxChainIDLen {
+		return bad("chain id must be 1 to %d bytes, got %d; every signature names it", MaxChainIDLen, n)
 	}
 	if snap.ProtocolVersion != ProtocolVersion {
 		return bad("protocol version %d is not supported (this build runs version %d)", snap.ProtocolVersion, ProtocolVersion)
@@ -332,6 +336,15 @@ func checkRecord(s *Session, r *sessionpb.InferenceRecord) error {
 		// so only PENDING..CHALLENGED can be live.
 		return fmt.Errorf("status %s cannot be live", r.Status)
 	}
+	// Sampling is drawn from the seed, so a stored record must carry one
+	// exactly when it has finished.
+	finished := r.Status == sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED || r.Status == sessionpb.InferenceStatus_INFERENCE_STATUS_CHALLENGED
+	switch {
+	case finished && len(r.SampleSeed) != hashSize:
+		return fmt.Errorf("a %s record needs a %d-byte sample seed, got %d bytes", r.Status, hashSize, len(r.SampleSeed))
+	case !finished && len(r.SampleSeed) != 0:
+		return fmt.Errorf("a %s record has no sample seed yet, got %d bytes", r.Status, len(r.SampleSeed))
+	}
 	n := bitmapLen(len(s.group))
 	for _, votes := range [][]byte{r.ValidVotes, r.InvalidVotes, r.TimeoutVotes} {
 		if len(votes) != n {
@@ -356,6 +369,7 @@ func cloneRecord(r *sessionpb.InferenceRecord) *sessionpb.InferenceRecord {
 	c := *r
 	c.PromptHash = slices.Clone(r.PromptHash)
 	c.ResponseHash = slices.Clone(r.ResponseHash)
+	c.SampleSeed = slices.Clone(r.SampleSeed)
 	c.ValidVotes = slices.Clone(r.ValidVotes)
 	c.InvalidVotes = slices.Clone(r.InvalidVotes)
 	c.TimeoutVotes = slices.Clone(r.TimeoutVotes)

@@ -42,7 +42,8 @@ func TestChainSettlesEscrowsAndPaysRewards(t *testing.T) {
 	params.MinCollateral = sdk.NewCoin(chain.Denom, sdkmath.NewInt(1_000_000))
 	params.GroupSize = 16
 	params.ExpiryEpochs = 4
-	params.MaxInvalidRatioBps = 0 // a single invalidated inference punishes
+	params.MaxInvalidRatioBps = 0     // a single invalidated inference punishes
+	params.ValidationRateBps = 10_000 // every eligible slot may open a challenge
 	funds := sdk.NewCoins(sdk.NewCoin(chain.Denom, sdkmath.NewInt(100_000_000)))
 	cfg := node.Config{BlockTime: 250 * time.Millisecond, Params: &params}
 	for i := range 4 {
@@ -154,7 +155,9 @@ func TestChainSettlesEscrowsAndPaysRewards(t *testing.T) {
 
 	// Groups are drawn from the header hash, so the roles are picked from the
 	// groups drawn: the punished host executes in escrow A beside others who
-	// can invalidate it, and holds slots of escrow B; the claimer is another
+	// can invalidate it (they hold at least a third of its slots: the
+	// threshold against an executor needs that), and holds slots of escrow
+	// B; the claimer is another
 	// host holding slots of escrow C.
 	slotsOf := func(esc devshardtypes.Escrow, h int) int {
 		n := 0
@@ -167,7 +170,7 @@ func TestChainSettlesEscrowsAndPaysRewards(t *testing.T) {
 	}
 	punished, claimerIdx := -1, -1
 	for _, h := range []int{2, 1, 0} { // the heaviest first
-		if n := slotsOf(escrows[0], h); n > 0 && n < len(escrows[0].Snapshot.Group) && slotsOf(escrows[1], h) > 0 {
+		if n, g := slotsOf(escrows[0], h), len(escrows[0].Snapshot.Group); n > 0 && 3*(g-n) >= g && slotsOf(escrows[1], h) > 0 {
 			punished = h
 			break
 		}

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -19,6 +20,7 @@ import (
 	"github.com/devshard/devshard/chain/node"
 	"github.com/devshard/devshard/host"
 	"github.com/devshard/devshard/httpauth"
+	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/signing"
 )
 
@@ -72,7 +74,7 @@ func TestHostDaemonAgainstARealNode(t *testing.T) {
 	require.Eventually(t, func() bool { s, _ := get("/readyz"); return s == http.StatusOK }, 20*time.Second, 50*time.Millisecond)
 	status, body := get("/version")
 	require.Equal(t, http.StatusOK, status)
-	require.Contains(t, body, `"protocol":1`)
+	require.Contains(t, body, fmt.Sprintf(`"protocol":%d`, session.ProtocolVersion))
 	// A diff for an escrow the chain does not know, signed for this host
 	// on this chain (the signature is checked first), is 404.
 	var version struct{ Address string }

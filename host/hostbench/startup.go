@@ -228,11 +228,11 @@ func resign(f *sessiontest.Fixture, d *sessionpb.Diff, replica *session.Session)
 	if err := out.Unmarshal(raw); err != nil {
 		return nil, err
 	}
-	id := replica.Snapshot().EscrowId
-	out.EscrowId = id
+	snap := replica.Snapshot()
+	out.EscrowId = snap.EscrowId
 	for _, tx := range out.Txs {
 		if tx.Sig != nil {
-			if err := session.SignTx(f.SlotKey(tx.Slot), id, tx); err != nil {
+			if err := session.SignTx(f.SlotKey(tx.Slot), snap.ChainId, snap.EscrowId, tx); err != nil {
 				return nil, err
 			}
 		}
@@ -242,7 +242,7 @@ func resign(f *sessiontest.Fixture, d *sessionpb.Diff, replica *session.Session)
 		return nil, err
 	}
 	out.PostStateRoot = root[:]
-	if err := session.SignDiff(f.Gateway, out); err != nil {
+	if err := session.SignDiff(f.Gateway, snap.ChainId, out); err != nil {
 		return nil, err
 	}
 	return out, nil

@@ -8,7 +8,8 @@ import (
 
 // RandomStep builds and applies one random but valid diff: maybe a new
 // inference, plus confirmations, finishes, validations and timeout votes on
-// live records, each by a slot allowed to send it. Near the end of a script,
+// live records, each by a slot allowed to send it (validations of
+// unchallenged inferences by sampled slots only). Near the end of a script,
 // callers finalize with Finalize diffs.
 func (q *Sequencer) RandomStep(rng *rand.Rand) (*sessionpb.Diff, error) {
 	s := q.Replica
@@ -45,7 +46,15 @@ func (q *Sequencer) RandomStep(rng *rand.Rand) (*sessionpb.Diff, error) {
 			if rng.Intn(3) != 0 {
 				continue
 			}
+			// Until a challenge only the sampled slots may vote.
 			slot := uint32(rng.Intn(len(group)))
+			if r.Status == sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED {
+				sampled := s.SampledSlots(r)
+				if len(sampled) == 0 {
+					continue
+				}
+				slot = sampled[rng.Intn(len(sampled))]
+			}
 			if string(group[slot]) == string(group[exec]) || voted[[2]uint64{r.Id, uint64(slot)}] ||
 				hasVote(r.ValidVotes, slot) || hasVote(r.InvalidVotes, slot) {
 				continue

@@ -22,8 +22,12 @@ type Fixture struct {
 	Snapshot *sessionpb.EscrowSnapshot
 }
 
+// ChainID is the chain id of fixtures whose options name none.
+const ChainID = "devshard-test"
+
 // Options shape a fixture's snapshot.
 type Options struct {
+	ChainID          string // empty: ChainID
 	EscrowID         uint64
 	Amount           uint64
 	Holders          []int // slot -> participant index; default: 3 slots, 3 participants
@@ -33,6 +37,9 @@ type Options struct {
 	MaxNonce         uint64
 	SealGraceNonces  uint64
 	SealGraceSeconds uint64
+	// ValidationRateBps is the share of eligible slots sampled to validate
+	// each finished inference; 10000 samples every one.
+	ValidationRateBps uint32
 }
 
 // DefaultOptions are small, round numbers that make test arithmetic easy.
@@ -47,6 +54,8 @@ func DefaultOptions() Options {
 		MaxNonce:         1_000_000,
 		SealGraceNonces:  150,
 		SealGraceSeconds: 30,
+
+		ValidationRateBps: 1000,
 	}
 }
 
@@ -69,7 +78,11 @@ func New(seed int64, o Options) *Fixture {
 		f.Hosts = append(f.Hosts, key())
 	}
 	gw := f.Gateway.Address()
+	if o.ChainID == "" {
+		o.ChainID = ChainID
+	}
 	f.Snapshot = &sessionpb.EscrowSnapshot{
+		ChainId:                 o.ChainID,
 		EscrowId:                o.EscrowID,
 		Creator:                 gw.Bytes(),
 		Amount:                  o.Amount,
@@ -81,7 +94,7 @@ func New(seed int64, o Options) *Fixture {
 		SealGraceNonces:         o.SealGraceNonces,
 		SealGraceSeconds:        o.SealGraceSeconds,
 		ExecutionTimeoutSeconds: 60,
-		ValidationRateBps:       1000,
+		ValidationRateBps:       o.ValidationRateBps,
 		ProtocolVersion:         session.ProtocolVersion,
 	}
 	for _, h := range o.Holders {
@@ -129,7 +142,7 @@ func (f *Fixture) Signed(slot uint32, tx *sessionpb.Tx) *sessionpb.Tx {
 // SignedBy signs tx for slot with any key: for forgeries and warm keys.
 func (f *Fixture) SignedBy(k signing.Signer, slot uint32, tx *sessionpb.Tx) *sessionpb.Tx {
 	tx.Slot = slot
-	if err := session.SignTx(k, f.Snapshot.EscrowId, tx); err != nil {
+	if err := session.SignTx(k, f.Snapshot.ChainId, f.Snapshot.EscrowId, tx); err != nil {
 		panic(err)
 	}
 	return tx
@@ -179,7 +192,7 @@ func (q *Sequencer) Build(txs ...*sessionpb.Tx) (*sessionpb.Diff, error) {
 		return nil, err
 	}
 	d.PostStateRoot = root[:]
-	if err := session.SignDiff(q.F.Gateway, d); err != nil {
+	if err := session.SignDiff(q.F.Gateway, q.F.Snapshot.ChainId, d); err != nil {
 		return nil, err
 	}
 	return d, nil
@@ -201,7 +214,7 @@ func (q *Sequencer) Next(txs ...*sessionpb.Tx) (*sessionpb.Diff, error) {
 func (f *Fixture) Settle(s *session.Session, slots ...uint32) *sessionpb.Settlement {
 	m := s.Settlement()
 	for _, slot := range slots {
-		ss, err := session.SignState(f.SlotKey(slot), m.EscrowId, m.Nonce, m.StateRoot, slot)
+		ss, err := session.SignState(f.SlotKey(slot), f.Snapshot.ChainId, m.EscrowId, m.Nonce, m.StateRoot, slot)
 		if err != nil {
 			panic(err)
 		}

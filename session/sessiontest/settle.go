@@ -13,7 +13,7 @@ func (f *Fixture) Resign(m *sessionpb.Settlement, slots ...uint32) *sessionpb.Se
 	m.StateRoot = root[:]
 	m.Signatures = nil
 	for _, slot := range slots {
-		ss, err := session.SignState(f.SlotKey(slot), m.EscrowId, m.Nonce, m.StateRoot, slot)
+		ss, err := session.SignState(f.SlotKey(slot), f.Snapshot.ChainId, m.EscrowId, m.Nonce, m.StateRoot, slot)
 		if err != nil {
 			panic(err)
 		}

@@ -54,6 +54,7 @@ func NewChain(id, epoch uint64, n int) *Chain {
 		o.EscrowID = id
 		o.Holders = []int{0, 1, 2, 3, 4}
 		o.Amount = 1 << 50
+		o.ValidationRateBps = 10000 // every eligible slot sampled: any may open the challenge
 		g = &generator{f: sessiontest.New(int64(id), o)}
 		g.q = g.f.Sequencer()
 		generators[id] = g

@@ -823,7 +823,7 @@ func testClosed(t *testing.T, b *bundle) {
 // signState is slot's state signature over the chain's root at nonce.
 func signState(c *Chain, slot uint32, nonce uint64) (store.Signature, error) {
 	root := c.Roots[nonce-1]
-	ss, err := session.SignState(c.Fixture.SlotKey(slot), c.Snapshot.EscrowId, nonce, root[:], slot)
+	ss, err := session.SignState(c.Fixture.SlotKey(slot), c.Snapshot.ChainId, c.Snapshot.EscrowId, nonce, root[:], slot)
 	if err != nil {
 		return store.Signature{}, fmt.Errorf("sign state: %w", err)
 	}

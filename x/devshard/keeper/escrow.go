@@ -63,6 +63,7 @@ func (k Keeper) CreateEscrow(ctx sdk.Context, creator sdk.AccAddress, amount uin
 		return types.Escrow{}, err
 	}
 	snap := sessionpb.EscrowSnapshot{
+		ChainId:                 ctx.ChainID(), // every session signature names it
 		EscrowId:                id,
 		Creator:                 creator,
 		Amount:                  amount,

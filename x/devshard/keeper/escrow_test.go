@@ -2,6 +2,7 @@ package keeper_test
 
 import (
 	"bytes"
+	"fmt"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -188,7 +189,7 @@ func TestParamsValidation(t *testing.T) {
 		{"max nonce 0", func(p *types.Params) { p.MaxNonce = 0 }, "max_nonce is 0"},
 		{"free tokens", func(p *types.Params) { p.TokenPrice = 0 }, "token_price is 0"},
 		{"validation rate", func(p *types.Params) { p.ValidationRateBps = 10_001 }, "validation_rate_bps is 10001"},
-		{"protocol version", func(p *types.Params) { p.ProtocolVersion = 2 }, "this build runs protocol version 1"},
+		{"protocol version", func(p *types.Params) { p.ProtocolVersion = session.ProtocolVersion + 1 }, fmt.Sprintf("this build runs protocol version %d", session.ProtocolVersion)},
 		{"window 0", func(p *types.Params) { p.SettlementWindowEpochs = 0 }, "settlement_window_epochs is 0"},
 		{"expiry inside window", func(p *types.Params) { p.ExpiryEpochs = p.SettlementWindowEpochs }, "greater than settlement_window_epochs"},
 		{"batch 0", func(p *types.Params) { p.ExpiryBatch = 0 }, "expiry_batch is 0"},
@@ -423,7 +424,7 @@ func TestSettleEscrowRejections(t *testing.T) {
 	forged := f.Settle(run(t, f, 3))
 	thief := sessiontest.New(99, sessiontest.DefaultOptions()).Gateway
 	for _, slot := range f.AllSlots() {
-		ss, err := session.SignState(thief, forged.EscrowId, forged.Nonce, forged.StateRoot, slot)
+		ss, err := session.SignState(thief, sessiontest.ChainID, forged.EscrowId, forged.Nonce, forged.StateRoot, slot)
 		require.NoError(t, err)
 		forged.Signatures = append(forged.Signatures, &sessionpb.SlotSignature{Slot: slot, Sig: ss.Sig})
 	}
@@ -506,9 +507,9 @@ func TestAttackNonceBoundFromSnapshot(t *testing.T) {
 	require.ErrorContains(t, err, "nonce 6 exceeds the escrow's max nonce 5")
 
 	m = f.Settle(run(t, f, 1))
-	m.ProtocolVersion = 2
+	m.ProtocolVersion = session.ProtocolVersion + 1
 	_, err = w.settle(w.gw, f.Resign(m, f.AllSlots()...))
-	require.ErrorContains(t, err, "protocol version 2, the escrow was created for version 1")
+	require.ErrorContains(t, err, fmt.Sprintf("protocol version %d, the escrow was created for version %d", session.ProtocolVersion+1, session.ProtocolVersion))
 	w.conserved(t)
 }
 
@@ -686,7 +687,8 @@ func (w *world) invalidated(t testing.TB, esc types.Escrow, host, n int) *sessio
 // lifecycle: status moves from the settled stats), as on the ledger path.
 func TestCrossEpochSettlementDrivesTheInvalidStreak(t *testing.T) {
 	t.Parallel()
-	w := newWorld(t, func(p *types.Params) { p.GroupSize = 32; p.ExpiryEpochs = 6 })
+	// Every eligible slot is sampled, so any of them may open a challenge.
+	w := newWorld(t, func(p *types.Params) { p.GroupSize = 32; p.ExpiryEpochs = 6; p.ValidationRateBps = 10_000 })
 	const host = 0
 	h := w.hosts[host]
 	a, b := w.create(t, 100_000), w.create(t, 100_000)

@@ -21,6 +21,7 @@ import (
 	authtypes "github.com/cosmos/cosmos-sdk/x/auth/types"
 	"github.com/cosmos/cosmos-sdk/x/authz"
 
+	"github.com/devshard/devshard/session/sessiontest"
 	"github.com/devshard/devshard/x/devshard/keeper"
 	"github.com/devshard/devshard/x/devshard/types"
 	schedulerkeeper "github.com/devshard/devshard/x/scheduler/keeper"
@@ -95,7 +96,7 @@ func newBundle(t testing.TB) *bundle {
 	require.NoError(t, b.sched.Seal())
 
 	// InitChain runs at height 0; epoch 1 begins at the end of block 1.
-	b.ctx = ctx.WithBlockHeight(0).WithEventManager(sdk.NewEventManager())
+	b.ctx = ctx.WithBlockHeight(0).WithEventManager(sdk.NewEventManager()).WithChainID(sessiontest.ChainID)
 	require.NoError(t, b.sched.InitGenesis(b.ctx, *schedulertypes.DefaultGenesis()))
 	return b
 }
