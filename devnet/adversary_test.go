@@ -14,6 +14,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/devshard/devshard/chain/node"
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/host"
 	"github.com/devshard/devshard/httpauth"
@@ -42,6 +43,8 @@ import (
 //     protobuf field added.
 //   - pool flooder: a co-member gossips forged txs for inferences that do
 //     not exist.
+//   - forking gateway: a gateway of its own escrow sends different diffs
+//     at one nonce to different hosts, then finalizes one branch.
 func TestAdversaries(t *testing.T) {
 	bin, err := binary()
 	require.NoError(t, err)
@@ -56,7 +59,7 @@ func TestAdversaries(t *testing.T) {
 	// dozen requests whatever slots the group drew.
 	p.ValidationRateBps = 5_000
 	home := t.TempDir()
-	nw, err := Start(ctx, Config{Home: home, Binary: bin, Params: &p, Progress: testWriter{t},
+	nw, err := Start(ctx, Config{Home: home, Binary: bin, Params: &p, Progress: testWriter{t}, Accounts: []node.Account{rogueAccount},
 		HostArgs: func(i int) []string {
 			if i != lazy {
 				return nil
@@ -180,6 +183,88 @@ func TestAdversaries(t *testing.T) {
 		sendAny(t, e, 3, "after-flood")
 		require.Greater(t, nw.Gateway.Gateway.Escrows()[0].Nonce, before, "the gateway still serves")
 	})
+
+	t.Run("forking gateway: no branch of a fork can be settled", func(t *testing.T) {
+		e.t = t
+		forkingGateway(t, e)
+	})
+}
+
+// forkingGateway: the rogue splits the group so that neither side holds
+// more than 2/3 of the slots, gives each side its own diff 1, and
+// finalizes side A's branch. Every host refuses the other branch as a
+// fork, and no branch gathers a quorum, so the chain refuses to settle it.
+func forkingGateway(t *testing.T, e *e2e) {
+	r := newRogue(t, e, 10_000_000)
+	n := len(r.snap.Group)
+	var sideA, sideB []*Host
+	held := 0
+	groupHosts := r.hosts()
+	for _, h := range e.nw.Hosts { // in a fixed order
+		slots, ok := groupHosts[h]
+		switch {
+		case !ok:
+		case len(sideB) == 0 && len(sideA) > 0 && quorum(n, held+len(slots)):
+			sideB = append(sideB, h)
+		case len(sideB) == 0 && len(sideA)+1 < len(groupHosts) && !quorum(n, held+len(slots)):
+			sideA = append(sideA, h)
+			held += len(slots)
+		default:
+			sideB = append(sideB, h)
+		}
+	}
+	require.NotEmpty(t, sideA)
+	require.NotEmpty(t, sideB, "a group of one host cannot be forked")
+	sA, sB := r.replica(), r.replica()
+	startA, reqA := r.request(sA, "branch A")
+	dA := r.next(sA, startA)
+	startB, reqB := r.request(sB, "branch B")
+	dB := r.next(sB, startB)
+	for _, h := range sideA {
+		status, _, msg := r.deliver(h, dA, map[uint64]executor.Request{1: reqA})
+		require.Equal(t, http.StatusOK, status, msg)
+	}
+	for _, h := range sideB {
+		status, _, msg := r.deliver(h, dB, map[uint64]executor.Request{1: reqB})
+		require.Equal(t, http.StatusOK, status, msg)
+	}
+	// The other branch is a fork to everyone.
+	for _, h := range sideA {
+		status, _, msg := r.deliver(h, dB, nil)
+		require.Equal(t, http.StatusConflict, status, "%s: %s", h.Name, msg)
+	}
+	for _, h := range sideB {
+		status, _, msg := r.deliver(h, dA, nil)
+		require.Equal(t, http.StatusConflict, status, "%s: %s", h.Name, msg)
+	}
+	// Side A's branch, finalized: only side A signs it.
+	finalize := func() *sessionpb.Tx {
+		return &sessionpb.Tx{Body: &sessionpb.Tx_Finalize{Finalize: &sessionpb.FinalizeRound{}}}
+	}
+	f1 := r.next(sA, finalize())
+	f2 := r.next(sA, finalize())
+	var sigs []*sessionpb.SlotSignature
+	for _, h := range sideA {
+		for _, d := range []*sessionpb.Diff{f1, f2} {
+			status, reply, msg := r.deliver(h, d, nil)
+			require.Equal(t, http.StatusOK, status, msg)
+			if d == f2 {
+				for _, ss := range signedSlots(t, reply) {
+					sigs = append(sigs, &sessionpb.SlotSignature{Slot: ss.Slot, Sig: ss.Sig})
+				}
+			}
+		}
+	}
+	for _, h := range sideB {
+		status, _, msg := r.deliver(h, f1, nil)
+		require.GreaterOrEqual(t, status, 400, "%s took side A's diff on top of side B's: %s", h.Name, msg)
+	}
+	require.False(t, quorum(n, len(sigs)), "side A holds %d of %d slots", len(sigs), n)
+	err := r.settleWith(sA, sigs)
+	require.Error(t, err, "the chain settled a forked branch signed by %d of %d slots", len(sigs), n)
+	closed, _, cerr := r.chain.Closed(e.ctx, r.snap.EscrowId)
+	require.NoError(t, cerr)
+	require.False(t, closed, "escrow %d is still open: its coins go back to the rogue only by expiry", r.snap.EscrowId)
 }
 
 // startLyingModel serves an OpenAI-compatible model that answers every
