@@ -62,6 +62,12 @@ type Config struct {
 	Progress io.Writer
 	// Logger receives the gateway's logs (default: <home>/gateway/gateway.log).
 	Logger *slog.Logger
+	// HostArgs, if set, gives extra `devshard host` flags for host i: the
+	// adversary suite runs a host against a model that lies this way.
+	HostArgs func(i int) []string
+	// Accounts are extra funded accounts at genesis (a second gateway, an
+	// attacker's); they follow the hosts and the gateway in Node.Accounts.
+	Accounts []node.Account
 }
 
 // Funds at genesis, in the chain's denomination.
@@ -230,6 +236,7 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 		ncfg.Accounts = append(ncfg.Accounts, node.Account{Name: fmt.Sprintf("host%d", i), Mnemonic: h.Mnemonic, Coins: coins(HostFunds)})
 	}
 	ncfg.Accounts = append(ncfg.Accounts, node.Account{Name: "gateway", Mnemonic: st.Gateway.Mnemonic, Coins: coins(GatewayFunds)})
+	ncfg.Accounts = append(ncfg.Accounts, cfg.Accounts...)
 	if n.Node, err = node.Start(ctx, ncfg); err != nil {
 		return nil, fmt.Errorf("chain: %w", err)
 	}

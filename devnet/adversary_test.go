@@ -1,0 +1,374 @@
+package devnet
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/devshard/devshard/chain/node"
+	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/httpauth"
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/session/sessiontest"
+	"github.com/devshard/devshard/signing"
+	devshardtypes "github.com/devshard/devshard/x/devshard/types"
+)
+
+// The adversary suite: attacker roles, each a short script, run beside the
+// honest roles on one devnet (a real chain, real `devshard host` processes,
+// the real gateway). Each step asserts what the honest parties end with:
+// their pay and punishments on chain, what their hosts accept, and that the
+// session still serves and settles. docs/protocol.md lists the attacks;
+// the unit tests named there pin each defence one level down.
+//
+// Roles:
+//   - lazy executor: host 2 serves a model that answers with fixed text
+//     instead of running the request (a real host process whose upstream
+//     lies). Its sampled peers must catch it: it is paid nothing for the
+//     inferences they invalidate, and the honest hosts lose nothing.
+//   - stream hijacker: a co-member opens the executor's inference stream
+//     before the gateway does.
+//   - diff tamperer: a co-member re-posts a stored diff with an unknown
+//     protobuf field added.
+//   - pool flooder: a co-member gossips forged txs for inferences that do
+//     not exist.
+//   - forking gateway: a gateway of its own escrow sends different diffs
+//     at one nonce to different hosts, then finalizes one branch.
+func TestAdversaries(t *testing.T) {
+	bin, err := binary()
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
+	t.Cleanup(cancel)
+
+	liar := startLyingModel(t)
+	const lazy = 2 // the host whose model lies
+	p := Params()
+	p.MaxMissedRatioBps = 10_000
+	// Sample every other vote, so the lazy host is caught within a few
+	// dozen requests whatever slots the group drew.
+	p.ValidationRateBps = 5_000
+	home := t.TempDir()
+	nw, err := Start(ctx, Config{Home: home, Binary: bin, Params: &p, Progress: testWriter{t}, Accounts: []node.Account{rogueAccount},
+		HostArgs: func(i int) []string {
+			if i != lazy {
+				return nil
+			}
+			return []string{"--executor.kind", "openai", "--executor.url", liar.URL, "--executor.models", executor.BuiltinModel}
+		}})
+	require.NoError(t, err, "devnet did not start; host logs are under %s", home)
+	e := &e2e{t: t, ctx: ctx, nw: nw, price: p.TokenPrice}
+	t.Cleanup(func() {
+		closeCtx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		if err := nw.Close(closeCtx); err != nil {
+			t.Logf("devnet close: %v", err)
+		}
+		if t.Failed() {
+			for _, h := range nw.Hosts {
+				t.Logf("%s log tail:\n%s", h.Name, logTail(h.LogPath, 30))
+			}
+		}
+	})
+	member := nw.Hosts[0] // the co-member that plays the attacker below
+
+	t.Run("lazy executor: invalidated by its sampled peers and not paid for it", func(t *testing.T) {
+		e.t = t
+		skip, err := nw.Gateway.Gateway.SettledCount(ctx)
+		require.NoError(t, err)
+		e.waitEpochStart() // one escrow for the whole step
+		sendAny(t, e, 30, "lazy-1")
+		// Validations run in the background; the next requests' diffs
+		// carry their votes and the challenges they open.
+		time.Sleep(3 * time.Second)
+		sendAny(t, e, 10, "lazy-2")
+		time.Sleep(3 * time.Second)
+		sendAny(t, e, 5, "lazy-3")
+		ss := e.settleAll(skip)
+		byHost := invalidByHost(t, nw, ss)
+		require.Positive(t, byHost[nw.Hosts[lazy].Name], "the lazy host's invalid answers were caught: %v", byHost)
+		for i, h := range nw.Hosts {
+			if i != lazy {
+				require.Zero(t, byHost[h.Name], "%s answered honestly and lost nothing: %v", h.Name, byHost)
+			}
+		}
+		for _, s := range ss {
+			require.Equal(t, s.snap.Amount, s.plan.Refund+s.plan.Fees+sumCosts(s.msg), "escrow %d conserves", s.snap.EscrowId)
+		}
+	})
+
+	t.Run("stream hijacker: a co-member cannot open the executor's stream", func(t *testing.T) {
+		e.t = t
+		sendAny(t, e, 1, "open") // an open escrow to aim at
+		views := nw.Gateway.Gateway.Escrows()
+		require.NotEmpty(t, views)
+		v := views[0]
+		for _, h := range nw.Hosts {
+			if h == member || !e.holds(h, v.ID) {
+				continue
+			}
+			body, _ := json.Marshal(host.InferenceRequest{Nonce: v.Nonce + 1, Request: executor.Request{Model: executor.BuiltinModel,
+				Messages: []executor.Message{{Role: "user", Content: "steal me"}}, MaxTokens: 8}})
+			status, msg := memberCall(t, e, member, h, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/inference", v.ID), body)
+			require.Equal(t, http.StatusForbidden, status, "%s let a co-member open a stream: %s", h.Name, msg)
+		}
+		before := nw.Gateway.Gateway.Escrows()[0].Nonce
+		sendAny(t, e, 3, "after-hijack")
+		require.Greater(t, nw.Gateway.Gateway.Escrows()[0].Nonce, before, "the gateway still serves")
+	})
+
+	t.Run("diff tamperer: a re-encoded diff is refused and the session goes on", func(t *testing.T) {
+		e.t = t
+		sendAny(t, e, 1, "tamper")
+		v := nw.Gateway.Gateway.Escrows()[0]
+		var from, to *Host
+		for _, h := range nw.Hosts {
+			if !e.holds(h, v.ID) {
+				continue
+			}
+			if from == nil {
+				from = h
+			} else if to == nil && h != member {
+				to = h
+			}
+		}
+		require.NotNil(t, to, "two hosts of escrow %d", v.ID)
+		raw := storedDiff(t, e, member, from, v.ID, v.Nonce)
+		// Field 15, varint 1: unknown to sessionpb.Diff, ignored by a lax
+		// decoder, so the gateway's signature would still hold.
+		tampered := append(bytes.Clone(raw), 0x78, 0x01)
+		body, _ := json.Marshal(host.DiffRequest{Diff: tampered})
+		status, msg := memberCall(t, e, member, to, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/diffs", v.ID), body)
+		require.Equal(t, http.StatusBadRequest, status, "%s took a non-canonical diff: %s", to.Name, msg)
+		sendAny(t, e, 3, "after-tamper")
+		require.Equal(t, nw.Gateway.Gateway.Escrows()[0].Root, e.hostRoot(to, v.ID, nw.Gateway.Gateway.Escrows()[0].Nonce),
+			"%s still follows the gateway's diffs", to.Name)
+	})
+
+	t.Run("pool flooder: forged txs for inferences that do not exist are refused", func(t *testing.T) {
+		e.t = t
+		sendAny(t, e, 1, "flood")
+		v := nw.Gateway.Gateway.Escrows()[0]
+		var target *Host
+		for _, h := range nw.Hosts {
+			if h != member && e.holds(h, v.ID) {
+				target = h
+			}
+		}
+		require.NotNil(t, target)
+		slot := slotOf(t, e, member, v.ID)
+		for i := range 50 {
+			// Signed by the member itself, so only the state check stops it.
+			tx := &sessionpb.Tx{Slot: slot, Body: &sessionpb.Tx_Finish{Finish: &sessionpb.FinishInference{
+				InferenceId: v.Nonce + 1000 + uint64(i), InputTokens: 1, OutputTokens: 1, ResponseHash: sessiontest.Hash("flood", i)}}}
+			signTxAs(t, e, member, v.ID, tx)
+			raw, err := tx.Marshal()
+			require.NoError(t, err)
+			body, _ := json.Marshal(host.GossipRequest{Tx: raw})
+			status, msg := memberCall(t, e, member, target, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/gossip", v.ID), body)
+			require.GreaterOrEqual(t, status, 400, "%s pooled a tx for inference that does not exist: %s", target.Name, msg)
+			require.Less(t, status, 500, msg)
+		}
+		before := nw.Gateway.Gateway.Escrows()[0].Nonce
+		sendAny(t, e, 3, "after-flood")
+		require.Greater(t, nw.Gateway.Gateway.Escrows()[0].Nonce, before, "the gateway still serves")
+	})
+
+	t.Run("forking gateway: no branch of a fork can be settled", func(t *testing.T) {
+		e.t = t
+		forkingGateway(t, e)
+	})
+}
+
+// forkingGateway: the rogue splits the group so that neither side holds
+// more than 2/3 of the slots, gives each side its own diff 1, and
+// finalizes side A's branch. Every host refuses the other branch as a
+// fork, and no branch gathers a quorum, so the chain refuses to settle it.
+func forkingGateway(t *testing.T, e *e2e) {
+	r := newRogue(t, e, 10_000_000)
+	n := len(r.snap.Group)
+	var sideA, sideB []*Host
+	held := 0
+	groupHosts := r.hosts()
+	for _, h := range e.nw.Hosts { // in a fixed order
+		slots, ok := groupHosts[h]
+		switch {
+		case !ok:
+		case len(sideB) == 0 && len(sideA) > 0 && quorum(n, held+len(slots)):
+			sideB = append(sideB, h)
+		case len(sideB) == 0 && len(sideA)+1 < len(groupHosts) && !quorum(n, held+len(slots)):
+			sideA = append(sideA, h)
+			held += len(slots)
+		default:
+			sideB = append(sideB, h)
+		}
+	}
+	require.NotEmpty(t, sideA)
+	require.NotEmpty(t, sideB, "a group of one host cannot be forked")
+	sA, sB := r.replica(), r.replica()
+	startA, reqA := r.request(sA, "branch A")
+	dA := r.next(sA, startA)
+	startB, reqB := r.request(sB, "branch B")
+	dB := r.next(sB, startB)
+	for _, h := range sideA {
+		status, _, msg := r.deliver(h, dA, map[uint64]executor.Request{1: reqA})
+		require.Equal(t, http.StatusOK, status, msg)
+	}
+	for _, h := range sideB {
+		status, _, msg := r.deliver(h, dB, map[uint64]executor.Request{1: reqB})
+		require.Equal(t, http.StatusOK, status, msg)
+	}
+	// The other branch is a fork to everyone.
+	for _, h := range sideA {
+		status, _, msg := r.deliver(h, dB, nil)
+		require.Equal(t, http.StatusConflict, status, "%s: %s", h.Name, msg)
+	}
+	for _, h := range sideB {
+		status, _, msg := r.deliver(h, dA, nil)
+		require.Equal(t, http.StatusConflict, status, "%s: %s", h.Name, msg)
+	}
+	// Side A's branch, finalized: only side A signs it.
+	finalize := func() *sessionpb.Tx {
+		return &sessionpb.Tx{Body: &sessionpb.Tx_Finalize{Finalize: &sessionpb.FinalizeRound{}}}
+	}
+	f1 := r.next(sA, finalize())
+	f2 := r.next(sA, finalize())
+	var sigs []*sessionpb.SlotSignature
+	for _, h := range sideA {
+		for _, d := range []*sessionpb.Diff{f1, f2} {
+			status, reply, msg := r.deliver(h, d, nil)
+			require.Equal(t, http.StatusOK, status, msg)
+			if d == f2 {
+				for _, ss := range signedSlots(t, reply) {
+					sigs = append(sigs, &sessionpb.SlotSignature{Slot: ss.Slot, Sig: ss.Sig})
+				}
+			}
+		}
+	}
+	for _, h := range sideB {
+		status, _, msg := r.deliver(h, f1, nil)
+		require.GreaterOrEqual(t, status, 400, "%s took side A's diff on top of side B's: %s", h.Name, msg)
+	}
+	require.False(t, quorum(n, len(sigs)), "side A holds %d of %d slots", len(sigs), n)
+	err := r.settleWith(sA, sigs)
+	require.Error(t, err, "the chain settled a forked branch signed by %d of %d slots", len(sigs), n)
+	closed, _, cerr := r.chain.Closed(e.ctx, r.snap.EscrowId)
+	require.NoError(t, cerr)
+	require.False(t, closed, "escrow %d is still open: its coins go back to the rogue only by expiry", r.snap.EscrowId)
+}
+
+// startLyingModel serves an OpenAI-compatible model that answers every
+// request with the same short text, as a host that skips the work would.
+func startLyingModel(t *testing.T) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		fmt.Fprintf(w, "data: %s\n\n", `{"choices":[{"delta":{"content":"trust me"},"finish_reason":null}]}`)
+		fmt.Fprintf(w, "data: %s\n\n", `{"choices":[{"delta":{},"finish_reason":"stop"}]}`)
+		fmt.Fprintf(w, "data: %s\n\n", `{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}`)
+		fmt.Fprint(w, "data: [DONE]\n\n")
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// sendAny sends n requests one at a time through the gateway and checks
+// only that each was answered: a lying host's answers are wrong by design.
+func sendAny(t *testing.T, e *e2e, n int, tag string) {
+	t.Helper()
+	c := e.client()
+	for i := range n {
+		req := ChatRequest{Model: executor.BuiltinModel, MaxTokens: 8 + i%8,
+			Messages: []executor.Message{{Role: "user", Content: fmt.Sprintf("%s request %d", tag, i)}}}
+		_, err := c.Chat(e.ctx, req, i%2 == 0)
+		require.NoError(t, err, "request %d", i)
+	}
+}
+
+// invalidByHost sums the settled invalid counts per host name.
+func invalidByHost(t *testing.T, nw *Network, ss []settled) map[string]uint64 {
+	out := map[string]uint64{}
+	for _, s := range ss {
+		for slot, hs := range s.msg.HostStats {
+			a := s.snap.Group[slot]
+			for _, h := range nw.Hosts {
+				if bytes.Equal(h.Account, a) {
+					out[h.Name] += hs.Invalid
+				}
+			}
+		}
+	}
+	return out
+}
+
+// slotOf is the first slot h holds in escrow id.
+func slotOf(t *testing.T, e *e2e, h *Host, id uint64) uint32 {
+	t.Helper()
+	for slot, a := range e.escrowGroup(id) {
+		if bytes.Equal(a, h.Account) {
+			return uint32(slot)
+		}
+	}
+	t.Fatalf("%s holds no slot of escrow %d", h.Name, id)
+	return 0
+}
+
+// storedDiff reads the diff host h stored at nonce, asking as member.
+func storedDiff(t *testing.T, e *e2e, member, h *Host, id, nonce uint64) []byte {
+	t.Helper()
+	status, body := memberCall(t, e, member, h, http.MethodGet, fmt.Sprintf("/v1/sessions/%d/diffs?from=%d&limit=1", id, nonce), nil)
+	require.Equal(t, http.StatusOK, status, body)
+	var out struct {
+		Diffs []struct {
+			Data []byte `json:"data"`
+		} `json:"diffs"`
+	}
+	require.NoError(t, json.Unmarshal([]byte(body), &out))
+	require.Len(t, out.Diffs, 1)
+	return out.Diffs[0].Data
+}
+
+// memberCall makes a request to host to as the co-member from, signed
+// with from's key, and returns the status and body.
+func memberCall(t *testing.T, e *e2e, from, to *Host, method, path string, body []byte) (int, string) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(e.ctx, method, to.URL+path, bytes.NewReader(body))
+	require.NoError(t, err)
+	req.Header.Set("Content-Type", "application/json")
+	signRequestAs(t, e, from.Key, to, req, body)
+	resp, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, strings.TrimSpace(string(raw))
+}
+
+// escrowGroup is escrow id's group, from the chain.
+func (e *e2e) escrowGroup(id uint64) [][]byte {
+	e.t.Helper()
+	res, err := devshardtypes.NewQueryClient(e.nw.Node.Conn()).Escrow(e.ctx, &devshardtypes.QueryEscrowRequest{Id: id})
+	require.NoError(e.t, err)
+	return res.Escrow.Snapshot.Group
+}
+
+// signRequestAs signs req as key would, for host to.
+func signRequestAs(t *testing.T, e *e2e, key *signing.PrivKey, to *Host, req *http.Request, body []byte) {
+	t.Helper()
+	require.NoError(t, httpauth.Sign(req, key, time.Now()))
+}
+
+// signTxAs signs tx for escrow id with h's key.
+func signTxAs(t *testing.T, e *e2e, h *Host, id uint64, tx *sessionpb.Tx) {
+	t.Helper()
+	require.NoError(t, session.SignTx(h.Key, id, tx))
+}
