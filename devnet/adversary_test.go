@@ -364,11 +364,11 @@ func (e *e2e) escrowGroup(id uint64) [][]byte {
 // signRequestAs signs req as key would, for host to.
 func signRequestAs(t *testing.T, e *e2e, key *signing.PrivKey, to *Host, req *http.Request, body []byte) {
 	t.Helper()
-	require.NoError(t, httpauth.Sign(req, key, time.Now()))
+	require.NoError(t, httpauth.Sign(req, body, key, e.audience(to), time.Now()))
 }
 
 // signTxAs signs tx for escrow id with h's key.
 func signTxAs(t *testing.T, e *e2e, h *Host, id uint64, tx *sessionpb.Tx) {
 	t.Helper()
-	require.NoError(t, session.SignTx(h.Key, id, tx))
+	require.NoError(t, session.SignTx(h.Key, e.nw.Node.ChainID, id, tx))
 }

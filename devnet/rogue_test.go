@@ -73,7 +73,7 @@ func (r *rogue) next(s *session.Session, txs ...*sessionpb.Tx) *sessionpb.Diff {
 	d := &sessionpb.Diff{EscrowId: r.snap.EscrowId, Nonce: s.Nonce() + 1, Txs: txs}
 	p, err := s.Sequence(d)
 	require.NoError(r.t, err)
-	require.NoError(r.t, session.SignDiff(r.key, d))
+	require.NoError(r.t, session.SignDiff(r.key, r.snap.ChainId, d))
 	require.NoError(r.t, p.Commit())
 	return d
 }
