@@ -220,20 +220,20 @@ func (e *Engine) voteTimeouts(en *entry, now time.Time) {
 // Gossip takes a peer's signed tx so this host can carry it to the gateway
 // too. Only txs signed by the holder of the slot they name are accepted.
 func (e *Engine) Gossip(ctx context.Context, escrowID uint64, raw []byte) error {
-	var tx sessionpb.Tx
-	if err := tx.Unmarshal(raw); err != nil {
-		return fmt.Errorf("%w: tx does not decode: %v", ErrBadInput, err)
+	tx, err := session.DecodeTx(raw)
+	if err != nil {
+		return fmt.Errorf("%w: the gossiped tx is refused: %w", ErrBadInput, err)
 	}
 	en, err := e.session(ctx, escrowID)
 	if err != nil {
 		return err
 	}
 	defer en.mu.Unlock()
-	if err := session.VerifyHostTxWith(en.snap, &tx, e.cfg.Auth, e.memo); err != nil {
+	if err := session.VerifyHostTxWith(en.snap, tx, e.cfg.Auth, e.memo); err != nil {
 		return fmt.Errorf("%w: %v", ErrForbidden, err)
 	}
-	if en.s.MayInclude(&tx) {
-		en.pool.add(&tx, en.s.Nonce(), false)
+	if en.s.MayInclude(tx) {
+		en.pool.add(tx, en.s.Nonce(), false)
 	}
 	return nil
 }
