@@ -60,8 +60,10 @@ func TestAPIKeyIsAcceptedByItsHash(t *testing.T) {
 // key or a part of it: two keys that share their first characters (every
 // generated key starts "sk-devshard-") are accounted apart. The old
 // gateway named a bare key by its first 14 characters, which leaked them
-// into logs and merged the two keys' usage.
-func TestAPIKeyIDNamesUsageNotTheKey(t *testing.T) {
+// into logs and merged the two keys' usage (both are "sk-devshard-aa…"
+// there, so each key's usage read 2 requests); the test is written against
+// the new APIKey and does not compile against the old one.
+func TestAttackAPIKeyPrefixNamesNothing(t *testing.T) {
 	t.Parallel()
 	var logs bytes.Buffer
 	b := setup(t, func(o *setupOptions) {

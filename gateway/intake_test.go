@@ -207,7 +207,10 @@ func TestBadHostTxsAreCountedAgainstTheirHost(t *testing.T) {
 // One host may have at most maxPendingPerHost txs waiting; more are
 // dropped and counted, and other hosts' txs still get in. Variants of one
 // tx (same kind, slot and inference) take one place: only one can apply.
-func TestHostPendingTxsAreCapped(t *testing.T) {
+//
+// Checked without the cap (its case in admit disabled): nothing is
+// dropped for pending_cap and the test fails; the old pool had no bound.
+func TestAttackHostPendingTxsAreCapped(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	c := b.complete(t, ask(0))
@@ -251,7 +254,10 @@ func b0key(t *testing.T) *signing.PrivKey {
 
 // Every host answer the gateway reads is bounded; a longer one is refused
 // with a sentence saying so, not read into memory.
-func TestOversizedHostAnswerIsRefused(t *testing.T) {
+//
+// Checked with the old reads (an unbounded JSON decoder, a 4 MiB stream
+// line): the oversized mempool answer was read whole and no error came.
+func TestAttackOversizedHostAnswerIsRefused(t *testing.T) {
 	t.Parallel()
 	huge := strings.Repeat("A", maxHostAnswer)
 	line := strings.Repeat("x", maxStreamEvent+1)

@@ -35,7 +35,10 @@ func TestGatewayFlagsFromEnvironment(t *testing.T) {
 // An API key on the command line is refused before anything starts: every
 // user of the machine sees a process's arguments. The environment and the
 // keys file (hashes only) are the ways in.
-func TestGatewayRefusesAKeyOnTheCommandLine(t *testing.T) {
+//
+// Checked against the old flags: --api-key was taken, and the command
+// went on to fail on the missing gateway key file instead.
+func TestAttackAPIKeyOnTheCommandLineIsRefused(t *testing.T) {
 	cmd := newGatewayCommand()
 	cmd.SetArgs([]string{"--home", t.TempDir(), "--api-key", "app:sk-devshard-0123456789abcdef"})
 	cmd.SetOut(io.Discard)
