@@ -281,10 +281,14 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 	if cfg.GatewayListen != "" {
 		listen = cfg.GatewayListen
 	}
+	apiKey, err := gateway.HashAPIKey("devnet", st.Gateway.APIKey)
+	if err != nil {
+		return nil, err
+	}
 	n.gatewayConfig = gateway.DaemonConfig{
 		Listen: listen, Home: filepath.Join(cfg.Home, "gateway"),
 		ChainGRPC: n.Node.GRPCAddress, ChainRPC: n.Node.RPCAddress, ChainID: n.Node.ChainID,
-		Key: gwKey, Keys: []gateway.APIKey{{Name: "devnet", Key: st.Gateway.APIKey}},
+		Key: gwKey, Keys: []gateway.APIKey{apiKey},
 		Gateway: gateway.Config{EscrowAmount: cfg.EscrowAmount, Lanes: cfg.Lanes}, Synchronous: cfg.Synchronous,
 		Logger: logger,
 	}
@@ -353,7 +357,7 @@ func loadSetup(cfg Config) (*setup, bool, error) {
 		return nil, false, err
 	}
 	st.Gateway.Listen = fmt.Sprintf("127.0.0.1:%d", ports[cfg.Hosts])
-	st.Gateway.APIKey = gateway.NewAPIKey("devnet").Key
+	_, st.Gateway.APIKey = gateway.NewAPIKey("devnet")
 	raw, _ = json.MarshalIndent(st, "", "  ")
 	if err := os.WriteFile(path, raw, 0o600); err != nil {
 		return nil, false, err

@@ -325,12 +325,12 @@ func TestEndToEnd(t *testing.T) {
 		require.NoError(t, err)
 		key, err := signing.PrivKeyFromBytes(poorKey.Key)
 		require.NoError(t, err)
-		api := gateway.NewAPIKey("poor")
+		api, secret := gateway.NewAPIKey("poor")
 		d, err := gateway.Open(e.ctx, gateway.DaemonConfig{Listen: "127.0.0.1:0", Home: t.TempDir(), ChainGRPC: e.nw.Node.GRPCAddress,
 			ChainRPC: e.nw.Node.RPCAddress, ChainID: e.nw.Node.ChainID, Key: key, Keys: []gateway.APIKey{api}})
 		require.NoError(t, err)
 		defer d.Close(e.ctx)
-		_, err = NewClient(d.URL(), api.Key).Post(e.ctx, []byte(ok), false)
+		_, err = NewClient(d.URL(), secret).Post(e.ctx, []byte(ok), false)
 		var ae *APIError
 		require.ErrorAs(t, err, &ae)
 		require.Equal(t, http.StatusPaymentRequired, ae.Status, ae.Message)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -22,33 +23,89 @@ import (
 // MaxBody bounds a request body.
 const MaxBody = 1 << 20
 
-// APIKey is one app's credential.
+// APIKey is one app's credential as the gateway keeps it: an id, which
+// names the key in usage accounting, logs and metrics, and the SHA-256 of
+// the secret. The secret itself is never kept, logged or shown again.
 type APIKey struct {
-	Name string
-	Key  string
+	ID   string
+	Hash [32]byte
 }
 
-// NewAPIKey returns a fresh random key named name.
-func NewAPIKey(name string) APIKey {
+// NewAPIKey returns a fresh random secret and the APIKey that admits it
+// under id.
+func NewAPIKey(id string) (APIKey, string) {
 	b := make([]byte, 24)
 	_, _ = rand.Read(b)
-	return APIKey{Name: name, Key: "sk-devshard-" + hex.EncodeToString(b)}
+	secret := "sk-devshard-" + hex.EncodeToString(b)
+	return APIKey{ID: id, Hash: sha256.Sum256([]byte(secret))}, secret
 }
 
-// ParseAPIKey reads "name:key" (or a bare key, named after its first
-// characters).
-func ParseAPIKey(s string) (APIKey, error) {
-	name, key, ok := strings.Cut(s, ":")
-	if !ok {
-		key, name = s, ""
+// HashAPIKey returns the APIKey that admits secret under id.
+func HashAPIKey(id, secret string) (APIKey, error) {
+	if err := checkKeyID(id); err != nil {
+		return APIKey{}, err
 	}
-	if len(key) < 16 {
-		return APIKey{}, fmt.Errorf("API key %q is too short: use at least 16 characters", s)
+	if len(secret) < minSecret {
+		return APIKey{}, fmt.Errorf("the API key with id %q is %d characters long; use at least %d", id, len(secret), minSecret)
 	}
-	if name == "" {
-		name = key[:min(len(key), 14)] + "…"
+	return APIKey{ID: id, Hash: sha256.Sum256([]byte(secret))}, nil
+}
+
+// minSecret is the shortest secret HashAPIKey takes.
+const minSecret = 16
+
+// Line is k's line in a keys file: its id, a space, and its hash in hex.
+func (k APIKey) Line() string { return k.ID + " " + hex.EncodeToString(k.Hash[:]) }
+
+// ParseAPIKeys reads a keys file: one "<id> <sha256 of the key, hex>" per
+// line (APIKey.Line), blank lines and lines starting with # skipped. Ids
+// and hashes must be unique.
+func ParseAPIKeys(text string) ([]APIKey, error) {
+	var out []APIKey
+	ids, hashes := map[string]bool{}, map[[32]byte]string{}
+	for n, line := range strings.Split(text, "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		fields := strings.Fields(line)
+		if len(fields) != 2 {
+			return nil, fmt.Errorf("line %d: expected \"<id> <sha256 of the key, 64 hex characters>\", got %d fields; keys are kept hashed, never in plain text", n+1, len(fields))
+		}
+		id, hexHash := fields[0], fields[1]
+		if err := checkKeyID(id); err != nil {
+			return nil, fmt.Errorf("line %d: %w", n+1, err)
+		}
+		raw, err := hex.DecodeString(hexHash)
+		if err != nil || len(raw) != sha256.Size {
+			return nil, fmt.Errorf("line %d: the hash of key %q must be 64 hex characters (SHA-256), got %q", n+1, id, hexHash)
+		}
+		k := APIKey{ID: id}
+		copy(k.Hash[:], raw)
+		if ids[id] {
+			return nil, fmt.Errorf("line %d: the id %q is listed twice; each key needs its own id", n+1, id)
+		}
+		if other, dup := hashes[k.Hash]; dup {
+			return nil, fmt.Errorf("line %d: key %q has the same hash as key %q; one key must not have two ids", n+1, id, other)
+		}
+		ids[id], hashes[k.Hash] = true, id
+		out = append(out, k)
 	}
-	return APIKey{Name: name, Key: key}, nil
+	return out, nil
+}
+
+// checkKeyID: ids name keys in logs, metrics and the usage table, so they
+// are short and plain.
+func checkKeyID(id string) error {
+	if id == "" || len(id) > 64 {
+		return fmt.Errorf("an API key id must be 1 to 64 characters, got %d", len(id))
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
+			return fmt.Errorf("the API key id %q may hold only letters, digits, '-', '_' and '.'", id)
+		}
+	}
+	return nil
 }
 
 // APIConfig shapes the HTTP API.
@@ -62,7 +119,7 @@ type APIConfig struct {
 // api serves the OpenAI-compatible routes.
 type api struct {
 	g        *Gateway
-	keys     map[[32]byte]string // sha256(key) -> name
+	keys     []APIKey
 	limit    int
 	mu       sync.Mutex
 	inFlight map[string]int
@@ -70,12 +127,9 @@ type api struct {
 
 // Handler serves the gateway's HTTP API (docs/gateway.md).
 func Handler(g *Gateway, cfg APIConfig) http.Handler {
-	a := &api{g: g, keys: map[[32]byte]string{}, limit: cfg.MaxInFlight, inFlight: map[string]int{}}
+	a := &api{g: g, keys: append([]APIKey(nil), cfg.Keys...), limit: cfg.MaxInFlight, inFlight: map[string]int{}}
 	if a.limit == 0 {
 		a.limit = 256
-	}
-	for _, k := range cfg.Keys {
-		a.keys[sha256.Sum256([]byte(k.Key))] = k.Name
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -91,7 +145,22 @@ func Handler(g *Gateway, cfg APIConfig) http.Handler {
 	return mux
 }
 
-type keyedHandler func(w http.ResponseWriter, r *http.Request, key string)
+// keyedHandler serves a request admitted under the key with id.
+type keyedHandler func(w http.ResponseWriter, r *http.Request, id string)
+
+// keyID returns the id of the key whose hash is that of token. Every key
+// is compared, in constant time, so the answer's timing does not tell how
+// close a guess came.
+func (a *api) keyID(token string) (string, bool) {
+	h := sha256.Sum256([]byte(token))
+	id, found := "", false
+	for _, k := range a.keys {
+		if subtle.ConstantTimeCompare(h[:], k.Hash[:]) == 1 {
+			id, found = k.ID, true
+		}
+	}
+	return id, found
+}
 
 // auth admits requests with a known bearer key.
 func (a *api) auth(next keyedHandler) http.HandlerFunc {
@@ -103,12 +172,12 @@ func (a *api) auth(next keyedHandler) http.HandlerFunc {
 				"You didn't provide an API key. Send it in the Authorization header: 'Authorization: Bearer YOUR_KEY'.")
 			return
 		}
-		name, known := a.keys[sha256.Sum256([]byte(strings.TrimSpace(token)))]
+		id, known := a.keyID(strings.TrimSpace(token))
 		if !ok || !known {
 			apiError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "Incorrect API key provided.")
 			return
 		}
-		next(w, r, name)
+		next(w, r, id)
 	}
 }
 
@@ -129,13 +198,13 @@ func (a *api) models(w http.ResponseWriter, r *http.Request, _ string) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (a *api) usage(w http.ResponseWriter, r *http.Request, key string) {
-	u, err := a.g.state.UsageOf(r.Context(), key)
+func (a *api) usage(w http.ResponseWriter, r *http.Request, keyID string) {
+	u, err := a.g.state.UsageOf(r.Context(), keyID)
 	if err != nil {
 		apiError(w, http.StatusInternalServerError, "server_error", "", err.Error())
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"key": key, "usage": u})
+	writeJSON(w, http.StatusOK, map[string]any{"key": keyID, "usage": u})
 }
 
 // chatRequest is the part of OpenAI's request body the gateway reads;
@@ -208,24 +277,25 @@ func (c *chatRequest) toExecutor() (executor.Request, error) {
 	return req, nil
 }
 
-// acquire counts a request against key's in-flight limit.
-func (a *api) acquire(key string) bool {
+// acquire counts a request against the in-flight limit of the key with
+// keyID.
+func (a *api) acquire(keyID string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.inFlight[key] >= a.limit {
+	if a.inFlight[keyID] >= a.limit {
 		return false
 	}
-	a.inFlight[key]++
+	a.inFlight[keyID]++
 	return true
 }
 
-func (a *api) release(key string) {
+func (a *api) release(keyID string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.inFlight[key]--
+	a.inFlight[keyID]--
 }
 
-func (a *api) completions(w http.ResponseWriter, r *http.Request, key string) {
+func (a *api) completions(w http.ResponseWriter, r *http.Request, keyID string) {
 	began := time.Now()
 	rec := &statusRecorder{ResponseWriter: w}
 	defer func() { a.g.metrics.requests.WithLabelValues(strconv.Itoa(rec.status())).Inc() }()
@@ -250,12 +320,12 @@ func (a *api) completions(w http.ResponseWriter, r *http.Request, key string) {
 		fail(w, err)
 		return
 	}
-	if !a.acquire(key) {
+	if !a.acquire(keyID) {
 		apiError(w, http.StatusTooManyRequests, "rate_limit_error", "rate_limit_exceeded",
-			fmt.Sprintf("Key %s already has %d requests in flight; wait for some to finish.", key, a.limit))
+			fmt.Sprintf("Key %s already has %d requests in flight; wait for some to finish.", keyID, a.limit))
 		return
 	}
-	defer a.release(key)
+	defer a.release(keyID)
 
 	id := "chatcmpl-" + randomID()
 	created := time.Now().Unix()
@@ -292,9 +362,9 @@ func (a *api) completions(w http.ResponseWriter, r *http.Request, key string) {
 	if f, ok := w.(http.Flusher); ok {
 		f.Flush()
 	}
-	if err := a.g.state.AddUsage(context.WithoutCancel(r.Context()), key, Usage{Requests: 1,
+	if err := a.g.state.AddUsage(context.WithoutCancel(r.Context()), keyID, Usage{Requests: 1,
 		PromptTokens: uint64(c.Usage.PromptTokens), CompletionTokens: uint64(c.Usage.CompletionTokens), Cost: c.Cost}); err != nil {
-		a.g.log.Warn("usage not recorded", "key", key, "err", err)
+		a.g.log.Warn("usage not recorded", "key_id", keyID, "err", err)
 	}
 }
 

@@ -26,7 +26,8 @@ type DaemonConfig struct {
 	// node when empty.
 	ChainGRPC, ChainRPC, ChainID string
 	Key                          *signing.PrivKey
-	Keys                         []APIKey
+	// Keys are the apps' API keys, hashed.
+	Keys []APIKey
 	// Synchronous is the state file's SQLite durability (default FULL).
 	Synchronous string
 	// MaxInFlight per API key (default 256).
@@ -60,7 +61,7 @@ func Open(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 		return nil, errors.New("gateway: a signing key is required")
 	}
 	if len(cfg.Keys) == 0 {
-		return nil, errors.New("gateway: at least one API key is required (--api-key name:key)")
+		return nil, errors.New("gateway: at least one API key is required: list its id and SHA-256 in the keys file (--api-keys-file), or set DEVSHARD_GATEWAY_API_KEY=id:key")
 	}
 	d = &Daemon{served: make(chan error, 1)}
 	defer func() {

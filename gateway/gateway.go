@@ -276,7 +276,7 @@ func (g *Gateway) newSequencer(ctx context.Context, snap *sessionpb.EscrowSnapsh
 	}
 	replica.UseMemo(g.memo)
 	q := &sequencer{g: g, snap: snap, replica: replica, status: StatusOpen,
-		pending: map[string]*sessionpb.Tx{}, acked: map[int]uint64{}, down: map[int]time.Time{}, sigs: map[uint32]*sessionpb.StateSignature{}}
+		pending: map[string]*pooled{}, known: map[string]bool{}, acked: map[int]uint64{}, down: map[int]time.Time{}, sigs: map[uint32]*sessionpb.StateSignature{}}
 	byAddr := map[signing.Address]*member{}
 	for slot, raw := range snap.Group {
 		a, err := signing.AddressFromBytes(raw)
@@ -295,6 +295,7 @@ func (g *Gateway) newSequencer(ctx context.Context, snap *sessionpb.EscrowSnapsh
 		}
 		m.slots = append(m.slots, uint32(slot))
 	}
+	q.waiting = make([]int, len(q.members))
 	return q, nil
 }
 
@@ -460,10 +461,9 @@ func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(
 			if len(text) < len(delivered) {
 				return nil, fmt.Errorf("%w: the retried answer is shorter than what was already streamed", ErrNoHost)
 			}
-			go q.check(res.Txs) // beside the answer, not on this request's path nor the next one's
-			q.mu.Lock()
-			q.pool(res.Txs) // carried by the next diff, even if the host dies now
-			q.mu.Unlock()
+			// Verified now, so that they are carried by the next diff even
+			// if the host dies now; the memo makes carrying them cheap.
+			q.admit(st.exec, res.Txs)
 			c := &Completion{Text: string(text), Usage: res.Usage, FinishReason: res.FinishReason, Model: req.Model,
 				EscrowID: q.id(), Nonce: nonce, Attempts: attempt, Cost: q.cost(res.Usage, req)}
 			return c, nil

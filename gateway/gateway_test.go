@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,8 +30,10 @@ import (
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
 
-// testKey is the one API key the tests' HTTP API accepts.
-var testKey = APIKey{Name: "app", Key: "sk-devshard-test-0123456789abcdef"}
+// testSecret is the one API key the tests' HTTP API accepts, as id testKey.ID.
+const testSecret = "sk-devshard-test-0123456789abcdef"
+
+var testKey = APIKey{ID: "app", Hash: sha256.Sum256([]byte(testSecret))}
 
 // settleWait bounds a settlement in a test; an honest one takes well under
 // a second, so reaching it means the gateway is stuck.
@@ -195,7 +198,7 @@ func postChat(t *testing.T, url string, body []byte) *http.Response {
 	t.Helper()
 	r, err := http.NewRequestWithContext(t.Context(), http.MethodPost, url+"/v1/chat/completions", bytes.NewReader(body))
 	require.NoError(t, err)
-	r.Header.Set("Authorization", "Bearer "+testKey.Key)
+	r.Header.Set("Authorization", "Bearer "+testSecret)
 	r.Header.Set("Content-Type", "application/json")
 	resp, err := http.DefaultClient.Do(r)
 	require.NoError(t, err)
@@ -405,7 +408,7 @@ func TestHonestFlow(t *testing.T) {
 		apiUsage.add(want.Usage, price)
 	})
 
-	got, err := b.state.UsageOf(t.Context(), testKey.Name)
+	got, err := b.state.UsageOf(t.Context(), testKey.ID)
 	require.NoError(t, err)
 	require.Equal(t, apiUsage, got, "usage recorded for the API key")
 	require.Equal(t, 1, b.chain.createdCount(), "the API requests went to the same escrow")
@@ -446,7 +449,7 @@ func TestHandlerRejectsBadInput(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	h := Handler(b.gw, APIConfig{Keys: []APIKey{testKey}})
-	bearer := "Bearer " + testKey.Key
+	bearer := "Bearer " + testSecret
 	valid := string(chatBody(t, ask(1), nil))
 	huge := `{"model":"` + executor.BuiltinModel + `","messages":[{"role":"user","content":"` + strings.Repeat("a", MaxBody) + `"}]}`
 
@@ -460,7 +463,7 @@ func TestHandlerRejectsBadInput(t *testing.T) {
 	}{
 		{"no key", "", valid, http.StatusUnauthorized, "invalid_request_error", "missing_api_key"},
 		{"bad key", "Bearer sk-devshard-not-a-key-here", valid, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key"},
-		{"not a bearer key", "Basic " + testKey.Key, valid, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key"},
+		{"not a bearer key", "Basic " + testSecret, valid, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key"},
 		{"malformed JSON", bearer, `{"model": "devshard-test-1", "messages": [`, http.StatusBadRequest, "invalid_request_error", ""},
 		{"unknown model", bearer, `{"model":"gpt-none","messages":[{"role":"user","content":"hi"}]}`, http.StatusNotFound, "invalid_request_error", "model_not_found"},
 		{"max_tokens above the limit", bearer, `{"model":"devshard-test-1","max_tokens":4097,"messages":[{"role":"user","content":"hi"}]}`, http.StatusBadRequest, "invalid_request_error", ""},
@@ -540,7 +543,7 @@ func TestHandlerLimitsRequestsInFlight(t *testing.T) {
 			first <- result{err: err}
 			return
 		}
-		r.Header.Set("Authorization", "Bearer "+testKey.Key)
+		r.Header.Set("Authorization", "Bearer "+testSecret)
 		resp, err := http.DefaultClient.Do(r)
 		if err != nil {
 			first <- result{err: err}
@@ -593,7 +596,7 @@ func TestHandlerInsufficientFunds(t *testing.T) {
 	h := Handler(b.gw, APIConfig{Keys: []APIKey{testKey}})
 	b.chain.setBalance(b.gw.cfg.EscrowAmount - 1)
 
-	w := serve(h, "Bearer "+testKey.Key, chatBody(t, ask(1), nil))
+	w := serve(h, "Bearer "+testSecret, chatBody(t, ask(1), nil))
 	require.Equal(t, http.StatusPaymentRequired, w.Code, w.Body.String())
 	var e apiErrorBody
 	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &e))
@@ -605,7 +608,7 @@ func TestHandlerInsufficientFunds(t *testing.T) {
 
 	// Funded again, the same request goes through.
 	b.chain.setBalance(b.gw.cfg.EscrowAmount)
-	w = serve(h, "Bearer "+testKey.Key, chatBody(t, ask(1), nil))
+	w = serve(h, "Bearer "+testSecret, chatBody(t, ask(1), nil))
 	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
 	require.Equal(t, 1, b.chain.createdCount())
 }
@@ -618,7 +621,7 @@ func TestHandlerNoActiveEpoch(t *testing.T) {
 	h := Handler(b.gw, APIConfig{Keys: []APIKey{testKey}})
 	b.chain.setEpoch(1, devshardtypes.EpochSettling)
 
-	w := serve(h, "Bearer "+testKey.Key, chatBody(t, ask(1), nil))
+	w := serve(h, "Bearer "+testSecret, chatBody(t, ask(1), nil))
 	require.Equal(t, http.StatusServiceUnavailable, w.Code, w.Body.String())
 	var e apiErrorBody
 	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &e))

@@ -1,9 +1,12 @@
 package gateway
 
 import (
+	"errors"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/devshard/devshard/session"
 )
 
 // Metrics are the gateway's Prometheus metrics (docs/gateway.md lists them).
@@ -17,6 +20,7 @@ type Metrics struct {
 	retries     prometheus.Counter
 	escrows     prometheus.Counter
 	settlements prometheus.Counter
+	droppedTxs  *prometheus.CounterVec
 }
 
 // NewMetrics registers the gateway's metrics on a fresh registry.
@@ -47,9 +51,30 @@ func NewMetrics() *Metrics {
 		settlements: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "devshard_gateway_settlements_total", Help: "Escrows settled on chain.",
 		}),
+		droppedTxs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "devshard_gateway_host_txs_dropped_total",
+			Help: "Txs a host answered that the gateway dropped on intake, by the host's address and the reason: a session reason (signature, unauthorized, malformed, encoding, ...) or pending_cap (the host had the most txs one host may have waiting).",
+		}, []string{"host", "reason"}),
 	}
-	m.Registry.MustRegister(m.requests, m.latency, m.phases, m.diffs, m.retries, m.escrows, m.settlements)
+	m.Registry.MustRegister(m.requests, m.latency, m.phases, m.diffs, m.retries, m.escrows, m.settlements, m.droppedTxs)
 	return m
+}
+
+// droppedTx counts a tx from host dropped on intake for err.
+func (m *Metrics) droppedTx(host string, err error) {
+	m.droppedTxs.WithLabelValues(host, dropReason(err)).Inc()
+}
+
+// dropReason is err's label: its session reason, or pending_cap.
+func dropReason(err error) string {
+	var r session.Reason
+	switch {
+	case errors.Is(err, errPendingCap):
+		return "pending_cap"
+	case errors.As(err, &r):
+		return string(r)
+	}
+	return "other"
 }
 
 // The phases of a completion attempt, as devshard_gateway_request_phase_seconds labels them.

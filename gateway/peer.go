@@ -15,7 +15,6 @@ import (
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/host"
 	"github.com/devshard/devshard/httpauth"
-	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
 )
 
@@ -106,15 +105,16 @@ func (p *peers) postDiff(ctx context.Context, url string, to signing.Address, es
 	return &out, nil
 }
 
-// mempool reads a host's pooled txs for escrow, as the escrow's creator.
-func (p *peers) mempool(ctx context.Context, url string, to signing.Address, escrow uint64) ([]*sessionpb.Tx, error) {
+// mempool reads a host's pooled txs for escrow, as the escrow's creator,
+// undecoded: the sequencer decodes and verifies each (admit).
+func (p *peers) mempool(ctx context.Context, url string, to signing.Address, escrow uint64) ([][]byte, error) {
 	var out struct {
 		Txs [][]byte `json:"txs"`
 	}
 	if err := p.do(ctx, http.MethodGet, fmt.Sprintf("%s/v1/sessions/%d/mempool", url, escrow), to, nil, &out); err != nil {
 		return nil, err
 	}
-	return decodeTxs(out.Txs)
+	return out.Txs, nil
 }
 
 // storedDiff is a diff as a host's GET .../diffs lists it.
@@ -133,18 +133,6 @@ func (p *peers) diffs(ctx context.Context, url string, to signing.Address, escro
 		return nil, err
 	}
 	return out.Diffs, nil
-}
-
-func decodeTxs(raws [][]byte) ([]*sessionpb.Tx, error) {
-	txs := make([]*sessionpb.Tx, 0, len(raws))
-	for _, raw := range raws {
-		var tx sessionpb.Tx
-		if err := tx.Unmarshal(raw); err != nil {
-			return nil, fmt.Errorf("host sent a tx that does not decode: %w", err)
-		}
-		txs = append(txs, &tx)
-	}
-	return txs, nil
 }
 
 func (p *peers) do(ctx context.Context, method, url string, to signing.Address, body []byte, out any) error {
@@ -170,10 +158,64 @@ func (p *peers) do(ctx context.Context, method, url string, to signing.Address, 
 	if resp.StatusCode/100 != 2 {
 		return readHostError(url, resp)
 	}
-	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+	if err := json.NewDecoder(bounded(resp.Body, maxHostAnswer)).Decode(out); err != nil {
+		var tl *tooLargeError
+		if errors.As(err, &tl) {
+			return &HostError{URL: hostOf(url), Status: http.StatusBadGateway, Message: "answer refused: " + tl.Error()}
+		}
 		return &HostError{URL: hostOf(url), Status: resp.StatusCode, Message: "undecodable answer: " + err.Error()}
 	}
 	return nil
+}
+
+// Bounds on what the gateway reads from a host, so that a host cannot make
+// it buffer without end. An honest answer is far smaller: a diff carries
+// at most session.MaxTxsPerDiff txs, and a stream's events are pieces of
+// text.
+const (
+	// maxHostAnswer bounds a JSON answer: a diff's reply, a mempool, stored
+	// diffs.
+	maxHostAnswer = 2 * host.MaxBody
+	// maxStreamEvent bounds one line of an inference stream.
+	maxStreamEvent = 1 << 20
+	// maxStreamBytes bounds a whole inference stream.
+	maxStreamBytes = 64 << 20
+)
+
+// tooLargeError is a host answer longer than the gateway reads.
+type tooLargeError struct{ limit int64 }
+
+func (e *tooLargeError) Error() string {
+	return fmt.Sprintf("the host's answer is longer than the %d bytes the gateway reads", e.limit)
+}
+
+// boundedReader reads at most limit bytes of r, and fails with a
+// *tooLargeError rather than cut an answer that goes on.
+type boundedReader struct {
+	r     io.Reader
+	left  int64
+	limit int64
+}
+
+func bounded(r io.Reader, limit int64) *boundedReader {
+	return &boundedReader{r: r, left: limit, limit: limit}
+}
+
+func (b *boundedReader) Read(p []byte) (int, error) {
+	if b.left <= 0 {
+		// At the limit: an answer that ends here is whole.
+		var one [1]byte
+		if n, err := b.r.Read(one[:]); n == 0 {
+			return 0, err
+		}
+		return 0, &tooLargeError{limit: b.limit}
+	}
+	if int64(len(p)) > b.left {
+		p = p[:b.left]
+	}
+	n, err := b.r.Read(p)
+	b.left -= int64(n)
+	return n, err
 }
 
 func readHostError(url string, resp *http.Response) error {
@@ -199,8 +241,9 @@ type streamResult struct {
 	Usage        executor.Usage
 	FinishReason string
 	ResponseHash string
-	// Txs are the executor's signed ConfirmStart and FinishInference.
-	Txs []*sessionpb.Tx
+	// Txs are the executor's signed ConfirmStart and FinishInference, as
+	// they came: the sequencer decodes and verifies them (admit).
+	Txs [][]byte
 }
 
 // inference runs inference nonce on its executor, the host of account to
@@ -236,8 +279,8 @@ func (p *peers) inference(ctx context.Context, url string, to signing.Address, e
 	if resp.StatusCode != http.StatusOK {
 		return nil, readHostError(url, resp)
 	}
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64<<10), 4<<20)
+	sc := bufio.NewScanner(bounded(resp.Body, maxStreamBytes))
+	sc.Buffer(make([]byte, 64<<10), maxStreamEvent)
 	for sc.Scan() {
 		watchdog.Reset(stall)
 		line := sc.Text()
@@ -255,20 +298,21 @@ func (p *peers) inference(ctx context.Context, url string, to signing.Address, e
 			if ev.Usage == nil {
 				return nil, &HostError{URL: url, Status: http.StatusBadGateway, Message: "stream ended without usage"}
 			}
-			txs, err := decodeTxs(ev.Txs)
-			if err != nil {
-				return nil, &HostError{URL: url, Status: http.StatusBadGateway, Message: err.Error()}
-			}
-			return &streamResult{Usage: *ev.Usage, FinishReason: ev.FinishReason, ResponseHash: ev.ResponseHash, Txs: txs}, nil
+			return &streamResult{Usage: *ev.Usage, FinishReason: ev.FinishReason, ResponseHash: ev.ResponseHash, Txs: ev.Txs}, nil
 		case ev.Text != "":
 			if err := onText(ev.Text); err != nil {
 				return nil, err
 			}
 		}
 	}
-	msg := "stream ended before it was done"
-	if err := sc.Err(); err != nil {
-		msg += ": " + err.Error()
+	var tl *tooLargeError
+	switch err := sc.Err(); {
+	case errors.Is(err, bufio.ErrTooLong):
+		return nil, &HostError{URL: url, Status: http.StatusBadGateway, Message: fmt.Sprintf("stream refused: an event is longer than the %d bytes the gateway reads", maxStreamEvent)}
+	case errors.As(err, &tl):
+		return nil, &HostError{URL: url, Status: http.StatusBadGateway, Message: "stream refused: " + tl.Error()}
+	case err != nil:
+		return nil, &HostError{URL: url, Message: "stream ended before it was done: " + err.Error()}
 	}
-	return nil, &HostError{URL: url, Message: msg}
+	return nil, &HostError{URL: url, Message: "stream ended before it was done"}
 }

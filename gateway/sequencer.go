@@ -132,8 +132,8 @@ type sequencer struct {
 	mu       sync.Mutex
 	replica  *session.Session
 	status   EscrowStatus
-	settling bool                     // set once settlement began: no new requests
-	pending  map[string]*sessionpb.Tx // host txs to carry, by session.TxKey
+	settling bool               // set once settlement began: no new requests
+	pending  map[string]*pooled // verified host txs to carry, by session.TxEffectKey
 	lastDiff time.Time
 	// unwritten is a diff its executor has but whose write failed: the
 	// next step stores it before building anything (writeUnwritten).
@@ -147,8 +147,27 @@ type sequencer struct {
 	down     map[int]time.Time                    // member index -> not tried before this time
 	sigNonce uint64                               // the latest sequenced nonce: sigs are over its root
 	sigs     map[uint32]*sessionpb.StateSignature // state signatures at sigNonce, by slot
-	inbox    []*sessionpb.Tx                      // members' pooled txs, not yet in pending
+	inbox    []*pooled                            // members' verified txs, not yet in pending
+	known    map[string]bool                      // effect keys in inbox or pending
+	waiting  []int                                // member index -> its txs in inbox or pending
 }
+
+// pooled is a verified host tx waiting to be carried, and the member that
+// sent it first.
+type pooled struct {
+	tx   *sessionpb.Tx
+	key  string // session.TxEffectKey
+	from int
+}
+
+// maxPendingPerHost bounds the txs one member may have waiting to be
+// carried: a quarter of what one diff carries, so no member can fill a
+// diff, and a few together cannot keep the others' txs out for long. A tx
+// over the cap is dropped and counted; an honest host answers every diff
+// with its whole mempool, so one it dropped comes back once the pool has
+// room. Honest hosts stay far below it: their txs are carried by the next
+// diff.
+const maxPendingPerHost = session.MaxTxsPerDiff / 4
 
 // downFor is how long an unreachable host is skipped; it catches up on the
 // first diff after that.
@@ -353,17 +372,17 @@ func (q *sequencer) adoptTail(ctx context.Context) error {
 		q.tailUnknown = false
 		return nil
 	}
-	var d sessionpb.Diff
-	if err := d.Unmarshal(held[0].Data); err != nil {
+	d, err := session.DecodeDiff(held[0].Data)
+	if err != nil {
 		return fmt.Errorf("escrow %d: host %s holds a diff %d that does not decode: %w", q.id(), e.url, next, err)
 	}
-	p, err := q.replica.Prepare(&d) // this gateway's signature, and its root
+	p, err := q.replica.Prepare(d) // this gateway's signature, and its root
 	if err != nil {
 		return fmt.Errorf("escrow %d: host %s holds a diff %d that this gateway's state does not take: %w", q.id(), e.url, next, err)
 	}
 	var root [32]byte
 	copy(root[:], d.PostStateRoot)
-	w := &written{diff: &d, pending: p, stored: StoredDiff{Nonce: next, Data: held[0].Data},
+	w := &written{diff: d, pending: p, stored: StoredDiff{Nonce: next, Data: held[0].Data},
 		sent: q.newDelivery(next, root, held[0].Data, nil), exec: -1}
 	if err := q.g.state.PutDiff(context.WithoutCancel(ctx), q.id(), w.stored); err != nil {
 		return fmt.Errorf("escrow %d: storing diff %d taken back from its executor: %w", q.id(), next, err)
@@ -377,7 +396,7 @@ func (q *sequencer) adoptTail(ctx context.Context) error {
 // the replica.
 func (q *sequencer) advanced(d *sessionpb.Diff) {
 	for _, tx := range d.Txs {
-		delete(q.pending, session.TxKey(tx))
+		q.forget(session.TxEffectKey(tx))
 	}
 	q.expectSignatures(d.Nonce)
 	q.lastDiff = time.Now()
@@ -418,6 +437,13 @@ func (q *sequencer) reconcile(ctx context.Context, nonce uint64, raw []byte, wer
 // build assembles the next diff, fills in its root and signs it.
 func (q *sequencer) build(starts []*sessionpb.Tx, finalize bool) (*sessionpb.Diff, *session.Pending, error) {
 	carried := q.carry()
+	room := session.MaxTxsPerDiff - len(starts)
+	if finalize {
+		room--
+	}
+	if len(carried) > room {
+		carried = carried[:max(room, 0)] // the rest waits for the next diff
+	}
 	for attempt := 0; ; attempt++ {
 		txs := append(append([]*sessionpb.Tx{}, starts...), carried...)
 		if finalize {
@@ -431,27 +457,30 @@ func (q *sequencer) build(starts []*sessionpb.Tx, finalize bool) (*sessionpb.Dif
 			}
 			return d, p, nil
 		}
-		// A pooled tx that cannot apply (a forged one, or one a host sent
-		// twice with different bytes) is dropped, and the diff built again.
+		// Pooled txs are verified and state-checked on intake, and one per
+		// effect is kept, so a tx fails here only when an earlier tx of
+		// the same diff moved its record on (a vote after the one that
+		// resolved it): it is dropped, and the diff built again.
 		var de *session.DiffError
 		if !errors.As(err, &de) || de.Tx < len(starts) || de.Tx >= len(starts)+len(carried) || attempt > len(carried) {
 			return nil, nil, err
 		}
 		bad := carried[de.Tx-len(starts)]
-		delete(q.pending, session.TxKey(bad))
+		q.forget(session.TxEffectKey(bad))
 		q.g.log.Warn("dropped a pooled tx that does not apply", "escrow", q.id(), "err", err)
 		carried = append(carried[:de.Tx-len(starts)], carried[de.Tx-len(starts)+1:]...)
 	}
 }
 
-// carry lists the pooled txs that may still apply, in a fixed order, and
-// forgets the others.
+// carry lists the pooled txs that may still apply, in a fixed order
+// (confirms and finishes first: the kind leads the key), and forgets the
+// others.
 func (q *sequencer) carry() []*sessionpb.Tx {
 	q.intake()
 	keys := make([]string, 0, len(q.pending))
-	for k, tx := range q.pending {
-		if !q.replica.MayInclude(tx) {
-			delete(q.pending, k)
+	for k, p := range q.pending {
+		if !q.replica.MayInclude(p.tx) {
+			q.forget(k)
 			continue
 		}
 		keys = append(keys, k)
@@ -459,30 +488,83 @@ func (q *sequencer) carry() []*sessionpb.Tx {
 	sort.Strings(keys)
 	out := make([]*sessionpb.Tx, 0, len(keys))
 	for _, k := range keys {
-		out = append(out, q.pending[k])
+		out = append(out, q.pending[k].tx)
 	}
 	return out
 }
 
-// check verifies host txs as they arrive, through the gateway's memo, so
-// that building the diff that carries them costs a hash per tx. Call it
-// without mu. A tx that fails is left for build to drop.
-func (q *sequencer) check(txs []*sessionpb.Tx) {
-	for _, tx := range txs {
-		_ = session.VerifyHostTxWith(q.snap, tx, q.g.auth, q.g.memo)
+// admit takes the txs member i answered: each is decoded (canonical
+// bytes only), verified (its slot's holder signed it) and queued for the
+// next build, where the state check follows (intake). A tx that fails, or
+// that would put the member over maxPendingPerHost, is dropped and counted
+// against the member. A tx already waiting is not verified again, since
+// hosts answer their whole mempool every time. Verification goes through
+// the gateway's memo, so building the diff that carries a tx costs a
+// hash. Call it without mu.
+func (q *sequencer) admit(i int, raws [][]byte) {
+	if len(raws) == 0 {
+		return
+	}
+	host := q.members[i].addr.String()
+	fresh := make([]*pooled, 0, len(raws))
+	seen := make(map[string]bool, len(raws))
+	q.net.Lock()
+	for _, raw := range raws {
+		tx, err := session.DecodeTx(raw)
+		if err != nil {
+			q.g.metrics.droppedTx(host, err)
+			continue
+		}
+		if k := session.TxEffectKey(tx); !q.known[k] && !seen[k] {
+			seen[k] = true
+			fresh = append(fresh, &pooled{tx: tx, key: k, from: i})
+		}
+	}
+	q.net.Unlock()
+	ok := fresh[:0]
+	for _, p := range fresh {
+		if err := session.VerifyHostTxWith(q.snap, p.tx, q.g.auth, q.g.memo); err != nil {
+			q.g.metrics.droppedTx(host, err)
+			continue
+		}
+		ok = append(ok, p)
+	}
+	q.net.Lock()
+	defer q.net.Unlock()
+	for _, p := range ok {
+		switch {
+		case q.known[p.key]: // another member sent it meanwhile
+		case q.waiting[i] >= maxPendingPerHost:
+			q.g.metrics.droppedTx(host, errPendingCap)
+		default:
+			q.known[p.key] = true
+			q.waiting[i]++
+			q.inbox = append(q.inbox, p)
+		}
 	}
 }
 
-// pool adds host txs to carry in the next diff. Their signatures are
-// checked when a diff is built (a bad one is dropped then), so a tx that
-// every host returns is verified once, not once per answer.
-func (q *sequencer) pool(txs []*sessionpb.Tx) {
-	for _, tx := range txs {
-		k := session.TxKey(tx)
-		if _, ok := q.pending[k]; !ok && q.replica.MayInclude(tx) {
-			q.pending[k] = tx
-		}
+// errPendingCap is a tx dropped because its member has maxPendingPerHost
+// txs waiting.
+var errPendingCap = fmt.Errorf("the host has %d txs waiting to be carried, the most one host may", maxPendingPerHost)
+
+// forget removes the tx with effect key k from the pool. Call with mu
+// held.
+func (q *sequencer) forget(k string) {
+	p, ok := q.pending[k]
+	if !ok {
+		return
 	}
+	delete(q.pending, k)
+	q.net.Lock()
+	q.unpool(p)
+	q.net.Unlock()
+}
+
+// unpool frees p's place in the pool. Call with net held.
+func (q *sequencer) unpool(p *pooled) {
+	delete(q.known, p.key)
+	q.waiting[p.from]--
 }
 
 // send queues diff nonce, whose post-state root is root, for every member.
@@ -629,14 +711,14 @@ func (q *sequencer) drainOutbox(i int) {
 		for _, d := range run {
 			d.done[i] <- err
 		}
-		q.check(txs) // after the answer: a request may be waiting for it
+		q.admit(i, txs) // after the answer: a request may be waiting for it
 	}
 }
 
 // deliver brings member i up to the last diff of run, and returns the txs
-// its mempool answered. A member that missed earlier diffs (it was down)
-// is sent them first.
-func (q *sequencer) deliver(i int, run []*delivery) ([]*sessionpb.Tx, error) {
+// its mempool answered, as they came. A member that missed earlier diffs
+// (it was down) is sent them first.
+func (q *sequencer) deliver(i int, run []*delivery) ([][]byte, error) {
 	m := q.members[i]
 	d := run[len(run)-1]
 	q.net.Lock()
@@ -655,13 +737,6 @@ func (q *sequencer) deliver(i int, run []*delivery) ([]*sessionpb.Tx, error) {
 		// it has are idempotent no-ops.
 		resp, err = q.sendTo(ctx, m, 1, run)
 	}
-	var txs []*sessionpb.Tx
-	if err == nil {
-		if txs, err = decodeTxs(resp.Mempool); err != nil {
-			q.g.log.Warn("host mempool", "escrow", q.id(), "host", m.url, "err", err)
-			txs, err = nil, nil
-		}
-	}
 	q.net.Lock()
 	defer q.net.Unlock()
 	if err != nil {
@@ -675,8 +750,8 @@ func (q *sequencer) deliver(i int, run []*delivery) ([]*sessionpb.Tx, error) {
 	}
 	delete(q.down, i)
 	q.acked[i] = max(q.acked[i], resp.Nonce)
-	q.absorb(d, resp, txs)
-	return txs, nil
+	q.absorb(d, resp)
+	return resp.Mempool, nil
 }
 
 // broadcast queues diff nonce for every member and waits for their
@@ -763,40 +838,45 @@ func (q *sequencer) sendTo(ctx context.Context, m *member, from uint64, run []*d
 	return post()
 }
 
-// absorb takes a host's answer to d: its state signatures over d's root,
-// kept (unverified until a settlement needs them) while d is the latest
-// diff, and its pooled txs, decoded, for the next build. Call with net
+// absorb takes a host's state signatures over d's root, kept (unverified
+// until a settlement needs them) while d is the latest diff. Call with net
 // held.
-func (q *sequencer) absorb(d *delivery, resp *host.DiffResponse, txs []*sessionpb.Tx) {
-	if d.nonce == q.sigNonce {
-		for _, raw := range resp.Signatures {
-			var ss sessionpb.StateSignature
-			if ss.Unmarshal(raw) != nil || ss.Nonce != d.nonce || string(ss.StateRoot) != string(d.root[:]) || ss.EscrowId != q.id() {
-				continue
-			}
-			if _, ok := q.sigs[ss.Slot]; !ok {
-				q.sigs[ss.Slot] = &ss
-			}
+func (q *sequencer) absorb(d *delivery, resp *host.DiffResponse) {
+	if d.nonce != q.sigNonce {
+		return
+	}
+	for _, raw := range resp.Signatures {
+		ss, err := session.DecodeStateSignature(raw)
+		if err != nil || ss.Nonce != d.nonce || string(ss.StateRoot) != string(d.root[:]) || ss.EscrowId != q.id() {
+			continue
+		}
+		if _, ok := q.sigs[ss.Slot]; !ok {
+			q.sigs[ss.Slot] = ss
 		}
 	}
-	q.inbox = append(q.inbox, txs...)
 }
 
-// intake decodes the members' answered mempools into the pool. Call with
-// mu held.
+// intake moves the members' verified txs into the pool, less those the
+// replica's state no longer takes (carried meanwhile, or never
+// applicable). Call with mu held.
 func (q *sequencer) intake() {
 	q.net.Lock()
-	in := q.inbox
-	q.inbox = nil
-	q.net.Unlock()
-	q.pool(in)
+	defer q.net.Unlock()
+	for _, p := range q.inbox {
+		if q.replica.MayInclude(p.tx) {
+			q.pending[p.key] = p
+		} else {
+			q.unpool(p)
+		}
+	}
+	clear(q.inbox)
+	q.inbox = q.inbox[:0]
 }
 
 // collect reads every reachable member's mempool into the pool. Call with
 // mu held.
 func (q *sequencer) collect(ctx context.Context) {
 	var wg sync.WaitGroup
-	results := make([][]*sessionpb.Tx, len(q.members))
 	now := time.Now()
 	for i, m := range q.members {
 		if q.isDown(i, now) {
@@ -811,14 +891,11 @@ func (q *sequencer) collect(ctx context.Context) {
 			if err != nil {
 				return
 			}
-			q.check(txs)
-			results[i] = txs
+			q.admit(i, txs)
 		}()
 	}
 	wg.Wait()
-	for _, txs := range results {
-		q.pool(txs)
-	}
+	q.intake()
 }
 
 // quorum verifies the signatures gathered over the current root, forgets

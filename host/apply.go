@@ -36,9 +36,9 @@ type DiffItem struct {
 // ApplyDiff verifies a diff through the protocol package, persists it, and
 // only then publishes it and signs the new root. Requests carries the
 // payloads of inferences the diff starts, keyed by inference id; the
-// executor needs them to run, validators to re-run. A byte-identical replay
-// of a stored diff answers as the first time did; other bytes at a stored
-// nonce are a fork.
+// executor needs them to run, validators to re-run. A replay of a stored
+// diff (the same signed content, session.SameDiff) answers as the first
+// time did; another diff at a stored nonce is a fork.
 func (e *Engine) ApplyDiff(ctx context.Context, escrowID uint64, raw []byte, requests map[uint64]executor.Request) (*DiffReply, error) {
 	return e.ApplyDiffs(ctx, escrowID, []DiffItem{{Raw: raw, Requests: requests}})
 }
@@ -60,13 +60,15 @@ func (e *Engine) ApplyDiffs(ctx context.Context, escrowID uint64, items []DiffIt
 	}
 	ds := make([]*sessionpb.Diff, len(items))
 	for i, it := range items {
-		var d sessionpb.Diff
-		if err := d.Unmarshal(it.Raw); err != nil {
-			e.cfg.Metrics.reject("decode")
+		// Only the canonical encoding is taken, so what is stored is what
+		// any other copy of the diff would be (session.DecodeDiff).
+		d, err := session.DecodeDiff(it.Raw)
+		if err != nil {
+			e.cfg.Metrics.reject(decodeReject(err))
 			if len(items) == 1 {
-				return nil, fmt.Errorf("%w: diff does not decode: %v", ErrBadInput, err)
+				return nil, fmt.Errorf("%w: %w", ErrBadInput, err)
 			}
-			return nil, fmt.Errorf("%w: diff %d of the delivery does not decode: %v", ErrBadInput, i, err)
+			return nil, fmt.Errorf("%w: diff %d of the delivery: %w", ErrBadInput, i, err)
 		}
 		if d.EscrowId != escrowID {
 			e.cfg.Metrics.reject(string(session.ReasonEscrow))
@@ -76,7 +78,7 @@ func (e *Engine) ApplyDiffs(ctx context.Context, escrowID uint64, items []DiffIt
 			e.cfg.Metrics.reject("order")
 			return nil, fmt.Errorf("%w: the delivery's diffs must have consecutive nonces; nonce %d follows %d", ErrBadInput, d.Nonce, ds[i-1].Nonce)
 		}
-		ds[i] = &d
+		ds[i] = d
 	}
 	en, err := e.session(ctx, escrowID)
 	if err != nil {
@@ -233,6 +235,14 @@ func (e *Engine) check(d *sessionpb.Diff, requests map[uint64]executor.Request) 
 	return nil
 }
 
+// decodeReject is the reject metric's label for a diff that does not decode.
+func decodeReject(err error) string {
+	if errors.Is(err, session.ReasonEncoding) {
+		return string(session.ReasonEncoding)
+	}
+	return "decode"
+}
+
 // diffRow is d's stored form, with the records its apply sealed.
 func diffRow(escrowID uint64, d *sessionpb.Diff, res *session.Result, raw []byte) (store.Diff, error) {
 	rows := make([]store.Sealed, 0, len(res.Sealed))
@@ -327,8 +337,8 @@ func checkRequest(d *sessionpb.Diff, id uint64, req executor.Request) error {
 	return fmt.Errorf("%w: a request was sent for inference %d, which this diff does not start", ErrBadInput, id)
 }
 
-// replay answers a diff at an already applied nonce: identical bytes get the
-// stored answer again, anything else is a fork.
+// replay answers a diff at an already applied nonce: the same diff
+// (session.SameDiff) gets the stored answer again, anything else is a fork.
 func (e *Engine) replay(ctx context.Context, en *entry, d *sessionpb.Diff, raw []byte) (*DiffReply, error) {
 	stored, err := e.cfg.Store.Diffs(ctx, d.EscrowId, d.Nonce, 1)
 	if err != nil {
@@ -337,7 +347,13 @@ func (e *Engine) replay(ctx context.Context, en *entry, d *sessionpb.Diff, raw [
 	if len(stored) == 0 || stored[0].Nonce != d.Nonce {
 		return nil, fmt.Errorf("diff %d of escrow %d is applied but not stored", d.Nonce, d.EscrowId)
 	}
-	if !bytes.Equal(stored[0].Data, raw) {
+	// The same signed content is the same diff, whatever its signature
+	// bytes: anyone who re-signs a tx of it, or posts it first, must not
+	// make the gateway's copy a fork. The stored copy is decoded as it is
+	// (it passed apply), so a host that stored a tampered encoding before
+	// the decoders were canonical still takes the genuine diff.
+	var prev sessionpb.Diff
+	if err := prev.Unmarshal(stored[0].Data); err != nil || !session.SameDiff(&prev, d) {
 		e.cfg.Metrics.reject("fork")
 		return nil, store.NewForkError(d.EscrowId, d.Nonce, stored[0].Data, raw)
 	}

@@ -239,25 +239,25 @@ func (e *Engine) voteTimeouts(en *entry, now time.Time) {
 // session can include now, are pooled; others are refused with
 // ErrForbidden or ErrNotIncludable.
 func (e *Engine) Gossip(ctx context.Context, escrowID uint64, raw []byte) error {
-	var tx sessionpb.Tx
-	if err := tx.Unmarshal(raw); err != nil {
-		return fmt.Errorf("%w: tx does not decode: %v", ErrBadInput, err)
+	tx, err := session.DecodeTx(raw)
+	if err != nil {
+		return fmt.Errorf("%w: the gossiped tx is refused: %w", ErrBadInput, err)
 	}
 	en, err := e.session(ctx, escrowID)
 	if err != nil {
 		return err
 	}
 	defer en.mu.Unlock()
-	if err := session.VerifyHostTxWith(en.snap, &tx, e.cfg.Auth, e.memo); err != nil {
+	if err := session.VerifyHostTxWith(en.snap, tx, e.cfg.Auth, e.memo); err != nil {
 		return fmt.Errorf("%w: %v", ErrForbidden, err)
 	}
 	// Pool only what the session can take: a tx for an inference that does
 	// not exist, or in the wrong status, would sit in the pool and be
 	// offered to the gateway for nothing.
-	if err := en.s.Includable(&tx); err != nil {
+	if err := en.s.Includable(tx); err != nil {
 		return fmt.Errorf("%w: escrow %d at nonce %d: %w", ErrNotIncludable, escrowID, en.s.Nonce(), err)
 	}
-	en.pool.add(&tx, en.s.Nonce(), false)
+	en.pool.add(tx, en.s.Nonce(), false)
 	return nil
 }
 

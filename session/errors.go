@@ -32,6 +32,7 @@ const (
 	ReasonQuorum       Reason = "quorum"             // not more than 2/3 of slots signed
 	ReasonConservation Reason = "conservation"       // the books do not add up to the escrow amount
 	ReasonState        Reason = "bad_state"          // a stored state fails its own invariants
+	ReasonEncoding     Reason = "encoding"           // protobuf bytes that decode but are not the canonical encoding
 )
 
 // DiffError is a rejected diff. Nothing was applied.

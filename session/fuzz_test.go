@@ -219,3 +219,90 @@ func FuzzVerifyHostTx(f *testing.F) {
 		}
 	})
 }
+
+// protoMessage is a generated message, as the canonical decoders take it.
+type protoMessage interface {
+	Marshal() ([]byte, error)
+	Unmarshal([]byte) error
+}
+
+// checkCanonical is the property of every canonical decoder: what it
+// accepts encodes back to exactly the bytes it came as, and whatever plain
+// Unmarshal takes has a canonical form that it accepts and that decodes to
+// the same message.
+func checkCanonical[M protoMessage](t *testing.T, raw []byte, decode func([]byte) (M, error), fresh func() M) {
+	got, err := decode(raw)
+	if err == nil {
+		again, err := got.Marshal()
+		if err != nil || !bytes.Equal(again, raw) {
+			t.Fatalf("accepted %x, which encodes back to %x (%v)", raw, again, err)
+		}
+	}
+	plain := fresh()
+	if plain.Unmarshal(raw) != nil {
+		if err == nil {
+			t.Fatalf("accepted %x, which does not unmarshal", raw)
+		}
+		return
+	}
+	canon, err := plain.Marshal()
+	if err != nil {
+		t.Fatalf("decoded message does not encode: %v", err)
+	}
+	back, err := decode(canon)
+	if err != nil {
+		t.Fatalf("canonical encoding %x refused: %v", canon, err)
+	}
+	if again, _ := back.Marshal(); !bytes.Equal(again, canon) {
+		t.Fatalf("canonical encoding %x decodes to %x", canon, again)
+	}
+}
+
+// FuzzCanonicalDiff: decode-then-encode is the identity on every diff
+// DecodeDiff accepts.
+func FuzzCanonicalDiff(f *testing.F) {
+	_, _, diffs := fuzzSession(9, 6)
+	for _, d := range diffs {
+		raw, _ := d.Marshal()
+		f.Add(raw)
+		f.Add(append(raw, 0xf8, 0x07, 0x01))
+	}
+	f.Add([]byte{0x10, 0x81, 0x00})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		checkCanonical(t, raw, session.DecodeDiff, func() *sessionpb.Diff { return &sessionpb.Diff{} })
+	})
+}
+
+// FuzzCanonicalTx: decode-then-encode is the identity on every tx DecodeTx
+// accepts.
+func FuzzCanonicalTx(f *testing.F) {
+	fx := sessiontest.New(10, sessiontest.DefaultOptions())
+	for _, tx := range []*sessionpb.Tx{
+		fx.Confirm(0, 1, sessiontest.Timestamp(1)),
+		fx.Finish(0, 1, 10, 20),
+		fx.Validate(1, 1, true),
+		fx.Timeout(1, 2),
+		sessiontest.Start(3, 10, 20),
+		sessiontest.Finalize(),
+	} {
+		raw, _ := tx.Marshal()
+		f.Add(raw)
+		f.Add(append([]byte{0x50, 0x00}, raw...))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		checkCanonical(t, raw, session.DecodeTx, func() *sessionpb.Tx { return &sessionpb.Tx{} })
+	})
+}
+
+// FuzzCanonicalStateSignature: decode-then-encode is the identity on every
+// state signature DecodeStateSignature accepts.
+func FuzzCanonicalStateSignature(f *testing.F) {
+	fx := sessiontest.New(11, sessiontest.DefaultOptions())
+	ss, _ := session.SignState(fx.SlotKey(0), fx.Snapshot.ChainId, 7, 1, make([]byte, 32), 0)
+	raw, _ := ss.Marshal()
+	f.Add(raw)
+	f.Add(append(raw, 0x30, 0x01))
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		checkCanonical(t, raw, session.DecodeStateSignature, func() *sessionpb.StateSignature { return &sessionpb.StateSignature{} })
+	})
+}

@@ -238,3 +238,28 @@ func TxKey(tx *sessionpb.Tx) string {
 	encodeTx(&e, tx)
 	return string(e.b)
 }
+
+// TxEffectKey identifies what a host tx does: its kind, its slot and the
+// inference it names. Of the host txs that share an effect key at most one
+// ever applies (a record leaves the status a confirm or a finish needs, and
+// a slot votes once), and only the slot's holder can sign one. A mempool
+// that keeps one tx per effect key cannot be filled with variants of one
+// tx that are bound to fail.
+func TxEffectKey(tx *sessionpb.Tx) string {
+	e := encoder{b: make([]byte, 0, 13)}
+	switch tx.Body.(type) {
+	case *sessionpb.Tx_Confirm:
+		e.u8(kindConfirm)
+	case *sessionpb.Tx_Finish:
+		e.u8(kindFinish)
+	case *sessionpb.Tx_Validation:
+		e.u8(kindValidation)
+	case *sessionpb.Tx_Timeout:
+		e.u8(kindTimeout)
+	default:
+		return TxKey(tx) // not a host tx: only its own bytes say what it does
+	}
+	e.u32(tx.Slot)
+	e.u64(txInferenceID(tx))
+	return string(e.b)
+}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -49,6 +48,9 @@ Every flag can also be set as DEVSHARD_GATEWAY_<FLAG> (upper case, dashes
 and dots as underscores). docs/gateway.md explains each one.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := refuseKeyOnCommandLine(cmd); err != nil {
+				return err
+			}
 			if err := applyEnv(cmd, "DEVSHARD_GATEWAY_"); err != nil {
 				return err
 			}
@@ -64,8 +66,11 @@ and dots as underscores). docs/gateway.md explains each one.`,
 	fl.StringVar(&f.rpc, "chain.rpc", "http://127.0.0.1:26657", "CometBFT RPC of a chain node")
 	fl.StringVar(&f.chainID, "chain.id", "", "chain id to sign for (default: asked of the node)")
 	fl.StringVar(&f.keyFile, "key-file", "gateway.key", "key file (64 hex characters, mode 0600), relative to --home; 'devshard gateway init' writes one")
-	fl.StringSliceVar(&f.apiKeys, "api-key", nil, "an app's API key as name:key (repeatable)")
-	fl.StringVar(&f.apiKeysFile, "api-keys-file", "api_keys", "file of API keys, one name:key per line, relative to --home; read when it exists")
+	// Read from DEVSHARD_GATEWAY_API_KEY only: on the command line a key is
+	// visible to every user of the machine (ps).
+	fl.StringSliceVar(&f.apiKeys, "api-key", nil, "set DEVSHARD_GATEWAY_API_KEY=id:key (comma-separated for several); never on the command line")
+	_ = fl.MarkHidden("api-key")
+	fl.StringVar(&f.apiKeysFile, "api-keys-file", "api_keys", "file of API keys, one '<id> <sha256 of the key, hex>' per line, relative to --home; read when it exists")
 	fl.StringSliceVar(&f.models, "models", nil, "models apps may ask for (default: the built-in model)")
 	fl.Uint64Var(&f.escrowAmount, "escrow-amount", 10_000_000, "coins each new escrow locks")
 	fl.IntVar(&f.maxTokens, "max-tokens", 4096, "largest max_tokens a request may ask")
@@ -115,19 +120,10 @@ func runGateway(ctx context.Context, f gatewayFlags, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("%w (create one with 'devshard gateway init')", err)
 	}
-	var apiKeys []gateway.APIKey
-	for _, s := range f.apiKeys {
-		k, err := gateway.ParseAPIKey(s)
-		if err != nil {
-			return err
-		}
-		apiKeys = append(apiKeys, k)
-	}
-	fileKeys, err := readAPIKeys(resolve(f.home, f.apiKeysFile))
+	apiKeys, err := loadAPIKeys(f)
 	if err != nil {
 		return err
 	}
-	apiKeys = append(apiKeys, fileKeys...)
 	d, err := gateway.Open(ctx, gateway.DaemonConfig{
 		Listen: f.listen, Home: f.home, ChainGRPC: f.grpc, ChainRPC: f.rpc, ChainID: f.chainID,
 		Key: key, Keys: apiKeys, Synchronous: f.synchronous, MaxInFlight: f.maxInFlight, Logger: log,
@@ -147,31 +143,68 @@ func runGateway(ctx context.Context, f gatewayFlags, log *slog.Logger) error {
 	return errors.Join(err, d.Close(closeCtx))
 }
 
-// readAPIKeys reads name:key lines; a missing file is no keys.
+// refuseKeyOnCommandLine refuses --api-key given as an argument: every
+// user of the machine sees a process's arguments.
+func refuseKeyOnCommandLine(cmd *cobra.Command) error {
+	if cmd.Flags().Changed("api-key") {
+		return errors.New("--api-key is refused: a key on the command line is visible to every user of the machine (ps). " +
+			"List the key's id and SHA-256 in the keys file (--api-keys-file; 'devshard gateway init' writes one), or set DEVSHARD_GATEWAY_API_KEY=id:key")
+	}
+	return nil
+}
+
+// loadAPIKeys gathers the apps' keys, hashed: id:key pairs from
+// DEVSHARD_GATEWAY_API_KEY, and the keys file. Ids must be unique, since
+// usage is accounted by id.
+func loadAPIKeys(f gatewayFlags) ([]gateway.APIKey, error) {
+	var out []gateway.APIKey
+	for _, s := range f.apiKeys {
+		id, secret, ok := strings.Cut(s, ":")
+		if !ok {
+			return nil, errors.New("DEVSHARD_GATEWAY_API_KEY: each key must be given as id:key")
+		}
+		k, err := gateway.HashAPIKey(id, secret)
+		if err != nil {
+			return nil, fmt.Errorf("DEVSHARD_GATEWAY_API_KEY: %w", err)
+		}
+		out = append(out, k)
+	}
+	fileKeys, err := readAPIKeys(resolve(f.home, f.apiKeysFile))
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for _, k := range append(out, fileKeys...) {
+		if seen[k.ID] {
+			return nil, fmt.Errorf("the API key id %q is given twice (environment and keys file); each key needs its own id", k.ID)
+		}
+		seen[k.ID] = true
+	}
+	return append(out, fileKeys...), nil
+}
+
+// readAPIKeys reads a keys file (gateway.ParseAPIKeys); a missing file is
+// no keys.
 func readAPIKeys(path string) ([]gateway.APIKey, error) {
-	fh, err := os.Open(path)
+	raw, err := os.ReadFile(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
 		return nil, err
 	}
-	defer fh.Close()
-	var out []gateway.APIKey
-	sc := bufio.NewScanner(fh)
-	for line := 1; sc.Scan(); line++ {
-		s := strings.TrimSpace(sc.Text())
-		if s == "" || strings.HasPrefix(s, "#") {
-			continue
-		}
-		k, err := gateway.ParseAPIKey(s)
-		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
-		}
-		out = append(out, k)
+	keys, err := gateway.ParseAPIKeys(string(raw))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	return out, sc.Err()
+	return keys, nil
 }
+
+// apiKeysHeader opens a keys file written by init.
+const apiKeysHeader = `# API keys: one "<id> <sha256 of the key, hex>" per line. The id names the
+# key in usage, logs and metrics; the key itself is never stored. Add one with
+#   printf %s "$KEY" | sha256sum
+`
 
 func newGatewayInitCommand() *cobra.Command {
 	var home string
@@ -187,13 +220,13 @@ func newGatewayInitCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			api := gateway.NewAPIKey("app")
+			api, secret := gateway.NewAPIKey("app")
 			path := filepath.Join(home, "api_keys")
-			if err := os.WriteFile(path, []byte("# name:key, one per line\n"+api.Name+":"+api.Key+"\n"), 0o600); err != nil {
+			if err := os.WriteFile(path, []byte(apiKeysHeader+api.Line()+"\n"), 0o600); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "gateway account: %s (fund it before serving)\nAPI key for apps: %s (in %s)\n",
-				sdk.AccAddress(k.Address().Bytes()), api.Key, path)
+			fmt.Fprintf(cmd.OutOrStdout(), "gateway account: %s (fund it before serving)\nAPI key for apps: %s (id %q; shown once: %s keeps only its hash)\n",
+				sdk.AccAddress(k.Address().Bytes()), secret, api.ID, path)
 			return nil
 		},
 	}

@@ -244,9 +244,8 @@ func (s *selfSettler) peerSignatures(ctx context.Context, peer signing.Address, 
 	}
 	list := make([]*sessionpb.StateSignature, 0, len(out.Signatures))
 	for _, raw := range out.Signatures {
-		var ss sessionpb.StateSignature
-		if err := ss.Unmarshal(raw); err == nil {
-			list = append(list, &ss)
+		if ss, err := session.DecodeStateSignature(raw); err == nil {
+			list = append(list, ss)
 		}
 	}
 	return list, nil

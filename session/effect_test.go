@@ -1,0 +1,43 @@
+package session_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/session/sessiontest"
+)
+
+// Host txs with one effect key are variants of which at most one applies:
+// after one of them, every other is refused. Txs with other keys differ in
+// kind, slot or inference.
+func TestTxEffectKeyGroupsTxsOfWhichOneApplies(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.step(t, sessiontest.Start(1, 10, 10))
+	exec := b.gw.Replica.Executor(1)
+	voter := (exec + 1) % 3
+	b.step(t, b.f.Confirm(exec, 1, 5), b.f.Finish(exec, 1, 10, 5))
+
+	vote := func(valid bool, hash byte) *sessionpb.Tx {
+		h := make([]byte, 32)
+		h[0] = hash
+		return b.f.Signed(voter, &sessionpb.Tx{Body: &sessionpb.Tx_Validation{Validation: &sessionpb.Validation{InferenceId: 1, Valid: valid, ResponseHash: h}}})
+	}
+	a, c := vote(true, 1), vote(false, 2)
+	require.NotEqual(t, session.TxKey(a), session.TxKey(c))
+	require.Equal(t, session.TxEffectKey(a), session.TxEffectKey(c), "two votes of one slot on one inference")
+	b.step(t, a)
+	_, err := b.gw.Next(c)
+	require.ErrorIs(t, err, session.ReasonStatus, "the other variant no longer applies")
+
+	for _, other := range []*sessionpb.Tx{
+		b.f.Validate((voter+1)%3, 1, true), // another slot
+		b.f.Validate(voter, 2, true),       // another inference
+		b.f.Timeout(voter, 1),              // another kind
+	} {
+		require.NotEqual(t, session.TxEffectKey(a), session.TxEffectKey(other))
+	}
+}
