@@ -113,6 +113,9 @@ func TestAttackCoHostHijacksInferenceStream(t *testing.T) {
 func TestAttackStrangerDeliversDiffs(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
+	warm := newKey(t, 105)
+	auth := &grants{by: map[[2]signing.Address]session.Kind{{b.f.Hosts[2].Address(), warm.Address()}: session.KindFinish}}
+	b.hosts[0].cfg.Auth = auth // before any traffic
 	b.next(t, nil)
 	d, err := b.gw.Next()
 	require.NoError(t, err)
@@ -133,6 +136,15 @@ func TestAttackStrangerDeliversDiffs(t *testing.T) {
 	require.Equal(t, appends, after, "nothing was stored")
 	nonce, _ := b.state(t, 0)
 	require.Equal(t, uint64(1), nonce)
+
+	// A member's warm key delivers, once granted for state signatures.
+	status, out := signedPost(t, url, warm, to(b.hosts[0].Address()), DiffRequest{Diff: raw})
+	require.Equal(t, http.StatusForbidden, status, "granted only for finishes: %s", out)
+	auth.mu.Lock()
+	auth.by[[2]signing.Address{b.f.Hosts[2].Address(), warm.Address()}] = session.KindState
+	auth.mu.Unlock()
+	status, out = signedPost(t, url, warm, to(b.hosts[0].Address()), DiffRequest{Diff: raw})
+	require.Equal(t, http.StatusOK, status, string(out))
 }
 
 // Item 2: the executor gets each diff first. It re-posts it to a peer
