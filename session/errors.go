@@ -31,6 +31,7 @@ const (
 	ReasonQuorum       Reason = "quorum"             // not more than 2/3 of slots signed
 	ReasonConservation Reason = "conservation"       // the books do not add up to the escrow amount
 	ReasonState        Reason = "bad_state"          // a stored state fails its own invariants
+	ReasonStale        Reason = "stale_nonce"        // a settlement no newer than the one pending in its challenge window
 )
 
 // DiffError is a rejected diff. Nothing was applied.
