@@ -482,33 +482,74 @@ func TestAttackFeesCheckedAgainstSnapshot(t *testing.T) {
 }
 
 // Attack 3: the nonce bound and protocol version come from the escrow's
-// snapshot, never from live params.
+// snapshot, never from live params. The live params are set so that they
+// allow what each snapshot forbids and forbid what it allows, and the test
+// asserts acceptance and the typed reason, so a keeper that read the live
+// params fails it either way.
+//
+// Checked with mutant keepers that overwrote the snapshot's max_nonce, its
+// protocol_version, or both, with the live params before verifying: each
+// failed this test (the live version refuses the version-1 settlements, the
+// live bound accepts nonce 6 and refuses nonce 8).
 func TestAttackNonceBoundFromSnapshot(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, func(p *types.Params) { p.MaxNonce = 5 })
-	esc := w.create(t, 100_000)
-	require.Equal(t, uint64(5), esc.Snapshot.MaxNonce)
-	f := w.fixture(t, esc)
+	small := w.create(t, 100_000) // snapshot max_nonce 5
+	setParams := func(mutate func(*types.Params)) {
+		t.Helper()
+		p, err := w.k.Params.Get(w.ctx)
+		require.NoError(t, err)
+		mutate(&p)
+		_, err = w.srv.UpdateParams(w.ctx, &types.MsgUpdateParams{Authority: authority, Params: p})
+		require.NoError(t, err)
+	}
+	setParams(func(p *types.Params) { p.MaxNonce = 20 })
+	large := w.create(t, 100_000) // snapshot max_nonce 20
+	require.Equal(t, []uint64{5, 20}, []uint64{small.Snapshot.MaxNonce, large.Snapshot.MaxNonce})
 
-	// Governance raises max_nonce; the escrow keeps 5.
+	// Live: max_nonce 7, and protocol version 2, which no build validates
+	// yet, so it is written straight to the store, as a later build might.
+	setParams(func(p *types.Params) { p.MaxNonce = 7 })
 	p, err := w.k.Params.Get(w.ctx)
 	require.NoError(t, err)
-	p.MaxNonce = 1_000_000
-	_, err = w.srv.UpdateParams(w.ctx, &types.MsgUpdateParams{Authority: authority, Params: p})
-	require.NoError(t, err)
+	p.ProtocolVersion = 2
+	require.NoError(t, w.k.Params.Set(w.ctx, p))
+	module := w.bal(moduleAddr())
 
-	m := f.Settle(run(t, f, 1)) // 4 nonces
+	// Nonce 6: the live bound (7) allows it, the snapshot (5) does not.
+	fs := w.fixture(t, small)
+	m := fs.Settle(run(t, fs, 1)) // nonce 4; a colluding quorum re-signs 6
 	m.Nonce, m.ActiveNonces = 6, 6
-	m.Fees += 2 * f.Snapshot.FeePerNonce
-	m.Balance -= 2 * f.Snapshot.FeePerNonce
-	_, err = w.settle(w.gw, f.Resign(m, f.AllSlots()...))
+	m.Fees += 2 * fs.Snapshot.FeePerNonce
+	m.Balance -= 2 * fs.Snapshot.FeePerNonce
+	_, err = w.settle(w.gw, fs.Resign(m, fs.AllSlots()...))
 	require.ErrorIs(t, err, types.ErrSettlement)
-	require.ErrorContains(t, err, "nonce 6 exceeds the escrow's max nonce 5")
+	require.ErrorIs(t, err, session.ReasonNonce)
+	var rejected *types.RejectedSettlement
+	require.ErrorAs(t, err, &rejected)
+	require.Equal(t, types.ErrSettlement.Codespace(), rejected.Codespace())
+	require.NotEqual(t, types.ErrSettlement.ABCICode(), rejected.ABCICode(), "the reason has its own code")
 
-	m = f.Settle(run(t, f, 1))
-	m.ProtocolVersion = 2
-	_, err = w.settle(w.gw, f.Resign(m, f.AllSlots()...))
-	require.ErrorContains(t, err, "protocol version 2, the escrow was created for version 1")
+	// Version 2: the live params name it, the snapshot (1) does not.
+	fl := w.fixture(t, large)
+	q := fl.Sequencer()
+	infer(t, q, 3)
+	finalize(t, q)
+	honest := fl.Settle(q.Replica, fl.AllSlots()...)
+	require.Equal(t, uint64(8), honest.Nonce)
+	v2 := fl.Settle(q.Replica)
+	v2.ProtocolVersion = 2
+	_, err = w.settle(w.gw, fl.Resign(v2, fl.AllSlots()...))
+	require.ErrorIs(t, err, types.ErrSettlement)
+	require.ErrorIs(t, err, session.ReasonVersion)
+	require.Equal(t, module, w.bal(moduleAddr()), "no coin moved")
+
+	// Nonce 8 at version 1: the live params forbid both, the snapshot
+	// allows both.
+	res, err := w.settle(w.gw, honest)
+	require.NoError(t, err)
+	require.Equal(t, plan(t, large, honest).Refund, res.Refund)
+	require.Equal(t, types.EscrowSettled, mustEscrow(t, w, large.Id).Status)
 	w.conserved(t)
 }
 
@@ -559,7 +600,8 @@ func TestAttackDuplicateSignaturesCountOnce(t *testing.T) {
 	m.Signatures = append(m.Signatures, m.Signatures[0], m.Signatures[0])
 	_, err := w.settle(w.gw, m)
 	require.ErrorIs(t, err, types.ErrSettlement)
-	require.ErrorContains(t, err, "1 of 3 slots signed; more than 2/3 (at least 3) are needed")
+	require.ErrorIs(t, err, session.ReasonQuorum)
+	require.ErrorContains(t, err, "1 of 3 slots signed validly; more than 2/3 (at least 3) are needed")
 	require.Equal(t, uint64(600+100_000), w.bal(moduleAddr()))
 	require.Equal(t, types.EscrowOpen, mustEscrow(t, w, esc.Id).Status)
 	w.conserved(t)

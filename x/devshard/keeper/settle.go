@@ -55,11 +55,11 @@ func (k Keeper) SettleEscrow(ctx sdk.Context, sender sdk.AccAddress, m *sessionp
 	}
 	auth := k.Authorizer(ctx)
 	if err := session.MaySettle(&esc.Snapshot, from, m.Phase, cur >= esc.DeadlineEpoch, auth); err != nil {
-		return nil, types.ErrSettlement.Wrapf("%v (deadline: epoch %d, current epoch %d)", err, esc.DeadlineEpoch, cur)
+		return nil, types.SettlementRejected(err, fmt.Sprintf(" (deadline: epoch %d, current epoch %d)", esc.DeadlineEpoch, cur))
 	}
 	plan, err := session.VerifySettlement(&esc.Snapshot, m, auth)
 	if err != nil {
-		return nil, types.ErrSettlement.Wrap(err.Error())
+		return nil, types.SettlementRejected(err, "")
 	}
 
 	creator := sdk.AccAddress(esc.Snapshot.Creator)
