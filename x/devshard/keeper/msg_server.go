@@ -97,11 +97,7 @@ func (s msgServer) SettleEscrow(ctx context.Context, msg *types.MsgSettleEscrow)
 	if err != nil {
 		return nil, types.ErrSettlement.Wrapf("sender %q is not a valid address: %v", msg.Sender, err)
 	}
-	plan, err := s.k.SettleEscrow(sdk.UnwrapSDKContext(ctx), sender, msg.Settlement)
-	if err != nil {
-		return nil, err
-	}
-	return &types.MsgSettleEscrowResponse{Paid: plan.Amount - plan.Refund, Refund: plan.Refund}, nil
+	return s.k.SettleEscrow(sdk.UnwrapSDKContext(ctx), sender, msg.Settlement)
 }
 
 func (s msgServer) ClaimRewards(ctx context.Context, msg *types.MsgClaimRewards) (*types.MsgClaimRewardsResponse, error) {

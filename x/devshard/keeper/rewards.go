@@ -211,7 +211,8 @@ func coinsOf(denom string, amount uint64) sdk.Coins {
 }
 
 // Conservation sums both sides of the module account's books, per denom:
-// its balance, and what it owes (open escrows, ledgers of epochs not yet
+// its balance, and what it owes (open escrows, pending settlements included,
+// ledgers of epochs not yet
 // accounted, unclaimed summaries, bonded collateral).
 func (k Keeper) Conservation(ctx sdk.Context) (balance sdk.Coins, owed types.QueryConservationResponse, err error) {
 	var escrows, ledgers, unclaimed, bonded sdk.Coins
@@ -220,14 +221,22 @@ func (k Keeper) Conservation(ctx sdk.Context) (balance sdk.Coins, owed types.Que
 		return nil, owed, err
 	}
 	denom := params.MinCollateral.Denom
-	if err = k.EscrowExpiry.Walk(ctx, nil, func(key collections.Pair[uint64, uint64]) (bool, error) {
-		e, err := k.Escrows.Get(ctx, key.K2())
+	addEscrow := func(id uint64) (bool, error) {
+		e, err := k.Escrows.Get(ctx, id)
 		if err != nil {
 			return true, err
 		}
 		escrows = escrows.Add(e.Coins(e.Snapshot.Amount)...)
 		return false, nil
+	}
+	// Every OPEN escrow is in exactly one of the two: the expiry index, or
+	// the pending set while a settlement waits out its window.
+	if err = k.EscrowExpiry.Walk(ctx, nil, func(key collections.Pair[uint64, uint64]) (bool, error) {
+		return addEscrow(key.K2())
 	}); err != nil {
+		return nil, owed, err
+	}
+	if err = k.Pending.Walk(ctx, nil, addEscrow); err != nil {
 		return nil, owed, err
 	}
 	if err = k.Members.Walk(ctx, nil, func(_ collections.Pair[uint64, sdk.AccAddress], m types.EpochMember) (bool, error) {
