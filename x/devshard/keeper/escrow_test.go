@@ -853,3 +853,57 @@ func TestEscrowGenesisRoundTrip(t *testing.T) {
 	short.bank.balances[moduleAddr().String()] = sdk.NewCoins(sdk.NewInt64Coin(denom, 600))
 	require.ErrorContains(t, short.k.InitGenesis(short.ctx, *gs), "but the devshard module account holds only 600ushard")
 }
+
+// Item 9 of the review (denom change strands rewards): escrows lock the
+// collateral denom of their creation, while ledgers, summaries, claims and
+// sweeps were paid in the live one, and governance could change it at any
+// time. After a change the module owed coins it never held, the invariant
+// broke and claims failed. A change of the denom is refused while anything
+// but collateral is owed in the old one.
+//
+// Checked on the unfixed keeper: the update was accepted and the
+// conservation invariant broke at once (ledgers counted in the new denom).
+func TestAttackDenomChangeStrandsRewards(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	esc := w.create(t, 100_000)
+	_, m := w.honest(t, esc, 3)
+	_, err := w.settle(w.gw, m)
+	require.NoError(t, err)
+	require.Positive(t, w.member(t, 1, w.hosts[0]).Earned+w.member(t, 1, w.hosts[1]).Earned+w.member(t, 1, w.hosts[2]).Earned)
+	open := w.create(t, 5_000)
+
+	change := func() error {
+		p, err := w.k.Params.Get(w.ctx)
+		require.NoError(t, err)
+		p.MinCollateral = sdk.NewInt64Coin("uother", 100)
+		_, err = w.srv.UpdateParams(w.ctx, &types.MsgUpdateParams{Authority: authority, Params: p})
+		return err
+	}
+	err = change()
+	require.ErrorIs(t, err, types.ErrInvalidParams)
+	require.ErrorContains(t, err, "min_collateral's denom cannot change from ushard to uother while the module owes")
+	p, err := w.k.Params.Get(w.ctx)
+	require.NoError(t, err)
+	require.Equal(t, denom, p.MinCollateral.Denom, "the params are unchanged")
+	w.conserved(t)
+
+	// The open escrow expires, the ledgers are accounted, claimed and swept:
+	// nothing but collateral is owed, and the change goes through.
+	w.advanceTo(t, 14)
+	for _, h := range w.hosts {
+		_, _ = w.srv.ClaimRewards(w.ctx, &types.MsgClaimRewards{Participant: h.String(), EpochId: 1})
+	}
+	require.Equal(t, types.EscrowExpired, mustEscrow(t, w, open.Id).Status)
+	require.NoError(t, change())
+	w.conserved(t)
+
+	// Escrows now lock the new denom, and are paid in it.
+	w.bank.balances[w.gw.String()] = w.bank.balances[w.gw.String()].Add(sdk.NewInt64Coin("uother", 50_000))
+	esc2 := w.create(t, 20_000)
+	require.Equal(t, "uother", esc2.Denom)
+	_, m2 := w.honest(t, esc2, 2)
+	_, err = w.settle(w.gw, m2)
+	require.NoError(t, err)
+	w.conserved(t)
+}

@@ -66,6 +66,9 @@ func (s msgServer) UpdateParams(ctx context.Context, msg *types.MsgUpdateParams)
 	if err := msg.Params.Validate(); err != nil {
 		return nil, err
 	}
+	if err := s.k.CheckDenomChange(sdk.UnwrapSDKContext(ctx), msg.Params); err != nil {
+		return nil, err
+	}
 	return &types.MsgUpdateParamsResponse{}, s.k.Params.Set(ctx, msg.Params)
 }
 
