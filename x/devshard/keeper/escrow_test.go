@@ -829,15 +829,24 @@ func TestEscrowGenesisRoundTrip(t *testing.T) {
 	_, err := w.settle(w.gw, m)
 	require.NoError(t, err)
 	w.create(t, 7_000) // stays open
+	pendingEsc := w.create(t, 8_000)
+	fp := w.fixture(t, pendingEsc)
+	qp := fp.Sequencer()
+	infer(t, qp, 1)
+	pm := fp.Settle(qp.Replica, fp.AllSlots()...) // never finalized
 	w.advanceTo(t, 6)
 	w.create(t, 9_000) // epoch 2
-	w.advanceTo(t, 10) // epoch 1 accounted: summaries
+	w.advanceTo(t, 9)
+	w.block(10) // epoch 1 accounted: summaries
+	res, err := w.settle(sdk.AccAddress(pendingEsc.Snapshot.Group[0]), pm)
+	require.NoError(t, err)
+	require.True(t, res.Pending, "exported inside its challenge window")
 
 	gs, err := w.k.ExportGenesis(w.ctx)
 	require.NoError(t, err)
 	require.NoError(t, gs.Validate())
-	require.Len(t, gs.Escrows, 3)
-	require.Equal(t, uint64(3), gs.EscrowSeq)
+	require.Len(t, gs.Escrows, 4)
+	require.Equal(t, uint64(4), gs.EscrowSeq)
 	require.NotEmpty(t, gs.Summaries)
 
 	fresh := newBundle(t)
@@ -848,6 +857,9 @@ func TestEscrowGenesisRoundTrip(t *testing.T) {
 	require.Equal(t, gs, again)
 	msg, broken := keeper.ConservationInvariant(fresh.k)(fresh.ctx)
 	require.False(t, broken, msg)
+	has, err := fresh.k.Pending.Has(fresh.ctx, pendingEsc.Id)
+	require.NoError(t, err)
+	require.True(t, has, "the imported pending settlement waits for its window, not for expiry")
 
 	short := newBundle(t)
 	short.bank.balances[moduleAddr().String()] = sdk.NewCoins(sdk.NewInt64Coin(denom, 600))
