@@ -160,8 +160,8 @@ func TestAppWiring(t *testing.T) {
 	}
 	require.Equal(t, []string{
 		"devshard/epoch-settle", "devshard/epoch-account", "devshard/epoch-begin",
-		"devshard/epoch-claimable", "devshard/epoch-close",
-	}, names, "the order same-block epoch transitions run in")
+		"devshard/epoch-claimable", "devshard/epoch-close", "devshard/settlement-window",
+	}, names, "the order same-block epoch transitions (and settlement windows) run in")
 
 	var routes []string
 	for _, r := range app.Invariants() {

@@ -126,6 +126,9 @@ func withEscrowDefaults(p devshardtypes.Params) devshardtypes.Params {
 	fill32(&p.SettlementWindowEpochs, d.SettlementWindowEpochs)
 	fill32(&p.ExpiryEpochs, d.ExpiryEpochs)
 	fill32(&p.ExpiryBatch, d.ExpiryBatch)
+	if p.SettlementChallengeBlocks == 0 {
+		p.SettlementChallengeBlocks = d.SettlementChallengeBlocks
+	}
 	if p.CreationFee == 0 && p.FeePerNonce == 0 && p.ValidationRateBps == 0 && p.MaxMissedRatioBps == 0 && p.MaxInvalidRatioBps == 0 {
 		// All five unset: the previous version. (Each may legitimately be
 		// 0 afterwards, so they are filled only together.)

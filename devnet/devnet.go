@@ -99,6 +99,9 @@ func Params() devshardtypes.Params {
 	// Unsettled escrows are refunded after a minute, not 20 s, so a host
 	// restarted by hand has time to rejoin its groups' settlements.
 	p.ExpiryEpochs = 6
+	// A host's settlement of a root the gateway never finalized is paid 5 s
+	// after it lands, unless a host answers with a later root meanwhile.
+	p.SettlementChallengeBlocks = 10
 	return p
 }
 

@@ -506,17 +506,21 @@ func TestEndToEnd(t *testing.T) {
 	})
 }
 
-// settleTx finds the tx that settled escrow id, by its event.
+// settleTx finds the tx that settled escrow id, by its event: the one that
+// paid it at once, or else the last settlement accepted into its challenge
+// window (the window's close pays that one in an end block, outside any tx).
 func (e *e2e) settleTx(id uint64) string {
 	e.t.Helper()
 	svc := txtypes.NewServiceClient(e.nw.Node.Conn())
-	for _, q := range []string{
-		fmt.Sprintf("devshard.devshard.v1.EventEscrowSettled.escrow_id='\"%d\"'", id),
-		fmt.Sprintf("devshard.devshard.v1.EventEscrowSettled.escrow_id='%d'", id),
-	} {
-		res, err := svc.GetTxsEvent(e.ctx, &txtypes.GetTxsEventRequest{Query: q, Limit: 1})
-		if err == nil && len(res.TxResponses) == 1 {
-			return res.TxResponses[0].TxHash
+	for _, event := range []string{"EventEscrowSettled", "EventSettlementPending"} {
+		for _, q := range []string{
+			fmt.Sprintf("devshard.devshard.v1.%s.escrow_id='\"%d\"'", event, id),
+			fmt.Sprintf("devshard.devshard.v1.%s.escrow_id='%d'", event, id),
+		} {
+			res, err := svc.GetTxsEvent(e.ctx, &txtypes.GetTxsEventRequest{Query: q, Limit: 1, OrderBy: txtypes.OrderBy_ORDER_BY_DESC})
+			if err == nil && len(res.TxResponses) == 1 {
+				return res.TxResponses[0].TxHash
+			}
 		}
 	}
 	e.t.Fatalf("no tx settled escrow %d", id)

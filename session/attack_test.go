@@ -173,14 +173,15 @@ func TestAttackNonMemberSignatures(t *testing.T) {
 	require.NoError(t, err)
 	m.Signatures = append(m.Signatures, &sessionpb.SlotSignature{Slot: 0, Sig: ss.Sig})
 	_, err = session.VerifySettlement(b.f.Snapshot, m, nil)
-	require.ErrorIs(t, err, session.ReasonUnauthorized)
+	require.ErrorIs(t, err, session.ReasonQuorum, "it does not count")
+	require.ErrorContains(t, err, "2 of 3 slots signed validly; more than 2/3 (at least 3) are needed; ignored slot 0: signer "+outsider.Address().String()+" may not sign devshard/v1/state")
 
 	// An unsigned claim for slot 0.
 	m = b.f.Settle(b.gw.Replica, 1, 2)
 	m.Signatures = append(m.Signatures, &sessionpb.SlotSignature{Slot: 0})
 	_, err = session.VerifySettlement(b.f.Snapshot, m, nil)
-	require.ErrorIs(t, err, session.ReasonSignature)
-	require.ErrorContains(t, err, "slot 0: unsigned")
+	require.ErrorIs(t, err, session.ReasonQuorum)
+	require.ErrorContains(t, err, "ignored slot 0: unsigned")
 
 	// A state signature from an outsider, as gossip would carry it.
 	require.ErrorIs(t, session.VerifyStateSignature(b.f.Snapshot, ss, nil), session.ReasonUnauthorized)
@@ -194,10 +195,14 @@ func TestAttackDuplicateSignaturesCountOnce(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	b.step(t)
-	m := b.f.Settle(b.gw.Replica, 0, 0, 0, 1, 1)
+	m := b.f.Settle(b.gw.Replica, 0, 0, 1)
 	_, err := session.VerifySettlement(b.f.Snapshot, m, nil)
 	require.ErrorIs(t, err, session.ReasonQuorum)
 	require.ErrorContains(t, err, "2 of 3 slots signed")
+	// Listing a slot more often than the group has slots is refused outright.
+	m = b.f.Settle(b.gw.Replica, 0, 0, 0, 1, 1)
+	_, err = session.VerifySettlement(b.f.Snapshot, m, nil)
+	require.ErrorIs(t, err, session.ReasonMalformed)
 
 	// An address holding two slots counts once per slot it holds.
 	b = setup(t, func(o *sessiontest.Options) { o.Holders = []int{0, 0, 1, 2} })
@@ -565,4 +570,93 @@ func TestVerifyHostTxForGossip(t *testing.T) {
 	bad.Slot = 9
 	require.ErrorIs(t, session.VerifyHostTx(f.Snapshot, bad, nil), session.ReasonMalformed)
 	require.Equal(t, session.TxKey(f.Confirm(1, 1, 5)), session.TxKey(f.SignedBy(outsider, 1, confirmTx(1, 5))), "the key ignores who signed")
+}
+
+// A host that signed a root and then revokes its warm key's grant (or any
+// one slot whose signature no longer verifies) must not be able to block a
+// settlement that a quorum of other slots signed. Invalid signatures are
+// ignored and reported in the plan; only the valid ones count.
+//
+// Checked against the old checkQuorum, which rejected the whole settlement
+// on the first invalid signature: this test then failed with
+// ReasonUnauthorized for slot 0.
+func TestAttackRevokedGrantBlocksSettlement(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *sessiontest.Options) { o.Holders = []int{0, 1, 2, 3} })
+	b.inference(t, 10, 20, 5)
+	b.step(t, sessiontest.Finalize())
+	b.step(t, sessiontest.Finalize())
+	warm, err := signing.GenerateKey(sessiontestRand(11))
+	require.NoError(t, err)
+	holder := b.f.SlotKey(0).Address()
+	granted := warmKeys{warm.Address(): holder}
+
+	// Slot 0 signed through its warm key while the grant stood; slots 1-3
+	// signed with their own keys: a quorum of 3 of 4 without slot 0.
+	m := b.f.Settle(b.gw.Replica, 1, 2, 3)
+	ss, err := session.SignState(warm, b.f.Snapshot.ChainId, m.EscrowId, m.Nonce, m.StateRoot, 0)
+	require.NoError(t, err)
+	m.Signatures = append([]*sessionpb.SlotSignature{{Slot: 0, Sig: ss.Sig}}, m.Signatures...)
+	plan, err := session.VerifySettlement(b.f.Snapshot, m, granted)
+	require.NoError(t, err)
+	require.Empty(t, plan.Ignored, "with the grant standing, every signature counts")
+
+	// The host revokes the grant: its signature is ignored, not fatal.
+	plan, err = session.VerifySettlement(b.f.Snapshot, m, nil)
+	require.NoError(t, err)
+	require.Len(t, plan.Ignored, 1)
+	require.Equal(t, uint32(0), plan.Ignored[0].Slot)
+	require.ErrorIs(t, plan.Ignored[0], session.ReasonUnauthorized)
+	require.Equal(t, b.f.Snapshot.Amount, plan.Refund+sumTotals(plan), "the plan still adds up")
+
+	// Without the quorum the settlement still fails, on the quorum, and
+	// names what it ignored.
+	m.Signatures = m.Signatures[:3]
+	_, err = session.VerifySettlement(b.f.Snapshot, m, nil)
+	require.ErrorIs(t, err, session.ReasonQuorum)
+	require.ErrorContains(t, err, "2 of 4 slots signed validly; more than 2/3 (at least 3) are needed; ignored slot 0: signer")
+
+	// The cost stays bounded: no more signatures than slots.
+	m = b.f.Settle(b.gw.Replica, 0, 1, 2, 3, 3)
+	_, err = session.VerifySettlement(b.f.Snapshot, m, nil)
+	require.ErrorIs(t, err, session.ReasonMalformed)
+	require.ErrorContains(t, err, "5 signatures for a group of 4 slots; at most one per slot")
+}
+
+func sumTotals(p *session.Plan) (n uint64) {
+	for _, s := range p.Slots {
+		n += s.Total()
+	}
+	return n
+}
+
+// A state signature names its escrow, and is checked against the escrow the
+// caller holds. A host holding the same slot in two escrows signs both; a
+// peer (or a gateway) that hands its signature from escrow B to whoever
+// gathers signatures for escrow A must not have it counted for A: the
+// gathered quorum would be refused on chain, and the settlement with it.
+//
+// Checked by deleting the escrow id comparison in VerifyStateSignature:
+// the first assertion then failed (the signature over escrow B's bytes
+// verified, since the check used the escrow id the signature claimed).
+func TestAttackStateSignatureFromAnotherEscrow(t *testing.T) {
+	t.Parallel()
+	a := sessiontest.New(1, sessiontest.DefaultOptions())
+	o := sessiontest.DefaultOptions()
+	o.EscrowID = 8
+	bEscrow := sessiontest.New(1, o) // same keys, same slots, escrow 8
+	require.Equal(t, a.Snapshot.Group, bEscrow.Snapshot.Group)
+	root := sessiontest.Hash("root")
+
+	fromB, err := session.SignState(bEscrow.SlotKey(0), bEscrow.Snapshot.ChainId, 8, 3, root, 0)
+	require.NoError(t, err)
+	require.NoError(t, session.VerifyStateSignature(bEscrow.Snapshot, fromB, nil), "valid for the escrow it names")
+	err = session.VerifyStateSignature(a.Snapshot, fromB, nil)
+	require.ErrorIs(t, err, session.ReasonEscrow)
+	require.ErrorContains(t, err, "state signature is for escrow 8, expected 7")
+
+	// Relabelled as escrow 7 it no longer verifies: the bytes name escrow 8.
+	relabelled := *fromB
+	relabelled.EscrowId = 7
+	require.ErrorIs(t, session.VerifyStateSignature(a.Snapshot, &relabelled, nil), session.ReasonSignature)
 }

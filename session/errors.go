@@ -33,6 +33,7 @@ const (
 	ReasonConservation Reason = "conservation"       // the books do not add up to the escrow amount
 	ReasonState        Reason = "bad_state"          // a stored state fails its own invariants
 	ReasonEncoding     Reason = "encoding"           // protobuf bytes that decode but are not the canonical encoding
+	ReasonStale        Reason = "stale_nonce"        // a settlement no newer than the one pending in its challenge window
 )
 
 // DiffError is a rejected diff. Nothing was applied.

@@ -32,7 +32,22 @@ type Plan struct {
 	Fees     uint64
 	Refund   uint64 // back to the creator: unreserved balance plus open reservations
 	Slots    []Payout
+	// Ignored are the signatures that did not count toward the quorum (a
+	// revoked warm key, a bad signature), in the order carried. They are
+	// reported, not fatal: one host cannot block a quorum of others.
+	Ignored []IgnoredSignature
 }
+
+// IgnoredSignature is a settlement signature that did not count, and why.
+type IgnoredSignature struct {
+	Slot   uint32
+	Reason Reason
+	Detail string
+}
+
+func (s IgnoredSignature) Error() string { return fmt.Sprintf("slot %d: %s", s.Slot, s.Detail) }
+
+func (s IgnoredSignature) Unwrap() error { return s.Reason }
 
 // AddressPayout is a plan's payout summed over the slots one address holds.
 type AddressPayout struct {
@@ -114,7 +129,28 @@ func MaySettle(snap *sessionpb.EscrowSnapshot, sender signing.Address, phase ses
 }
 
 // VerifySettlement checks a settlement against the escrow's snapshot and
-// returns the exact payout plan. It enforces every settlement rule:
+// returns the exact payout plan. It enforces every settlement rule: the
+// books (VerifyBooks), then the quorum: distinct slots holding more than 2/3
+// of the group signed the root. A slot counts once however often it
+// appears; an address holding two slots counts for each slot it signed
+// with. A settlement carries at most one signature per slot, so the cost is
+// bounded by the group. Signatures are checked in order until the quorum is
+// reached; an invalid one before that is ignored and reported in
+// Plan.Ignored (a host that revokes its warm key after signing cannot block
+// the others), and only a missing quorum rejects.
+func VerifySettlement(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth Authorizer) (*Plan, error) {
+	plan, err := VerifyBooks(snap, m)
+	if err != nil {
+		return nil, err
+	}
+	if plan.Ignored, err = checkQuorum(snap, m, auth); err != nil {
+		return nil, err
+	}
+	return plan, nil
+}
+
+// VerifyBooks checks every settlement rule but the signatures and returns
+// the payout plan:
 //   - the escrow id, and the protocol version and max nonce of the snapshot
 //     (never live parameters);
 //   - the per-slot stats cover exactly the group;
@@ -122,12 +158,12 @@ func MaySettle(snap *sessionpb.EscrowSnapshot, sender signing.Address, phase ses
 //   - the books add up: balance + reserved + fees + Σ cost == amount, with
 //     every sum overflow-checked, so Σ cost + fees <= amount;
 //   - credited work (finished + invalid + missed) fits under the nonce;
-//   - the root recomputed from the parts equals state_root;
-//   - distinct slots holding more than 2/3 of the group signed that root.
-//     A slot counts once however often it appears; an address holding two
-//     slots counts for each slot it signed with. Signatures are checked in
-//     order until the quorum is reached; any invalid one before that rejects.
-func VerifySettlement(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth Authorizer) (*Plan, error) {
+//   - the root recomputed from the parts equals state_root.
+//
+// The chain pays a settlement that waited out its challenge window through
+// it alone: the quorum was verified when the settlement was accepted, and a
+// grant revoked since must not undo that.
+func VerifyBooks(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement) (*Plan, error) {
 	if err := ValidateSnapshot(snap); err != nil {
 		return nil, err
 	}
@@ -212,9 +248,6 @@ func VerifySettlement(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, a
 	if !bytes.Equal(root[:], m.StateRoot) {
 		return fail(ReasonRoot, "state root mismatch (signed %s, recomputed from the parts %s)", short(m.StateRoot), short(root[:]))
 	}
-	if err := checkQuorum(snap, m, auth); err != nil {
-		return nil, err
-	}
 	return planFor(snap, m), nil
 }
 
@@ -242,35 +275,71 @@ func SettlementRoot(m *sessionpb.Settlement) [32]byte {
 	return p.root()
 }
 
-// checkQuorum counts valid signatures by distinct slot.
-func checkQuorum(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth Authorizer) error {
+// checkQuorum counts valid signatures by distinct slot and returns the ones
+// it ignored. A nil entry or a slot outside the group is the submitter's
+// malformed message, not a host's fault, and rejects.
+func checkQuorum(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth Authorizer) ([]IgnoredSignature, error) {
 	n := len(snap.Group)
+	if len(m.Signatures) > n {
+		return nil, &SettlementError{EscrowID: snap.EscrowId, Reason: ReasonMalformed, Detail: fmt.Sprintf(
+			"%d signatures for a group of %d slots; at most one per slot", len(m.Signatures), n)}
+	}
 	msg := StateSignBytes(snap.ChainId, m.EscrowId, m.Nonce, m.StateRoot)
 	signed := make([]bool, n)
 	count := 0
+	var ignored []IgnoredSignature
 	for i, ss := range m.Signatures {
 		if 3*count > 2*n {
-			// Quorum reached: later signatures cannot change the outcome, and
-			// not checking them caps the cost at the quorum size.
+			// Quorum reached: later signatures cannot change the outcome.
 			break
 		}
 		if ss == nil || int(ss.Slot) >= n {
-			return &SettlementError{EscrowID: snap.EscrowId, Reason: ReasonMalformed, Detail: fmt.Sprintf("signature %d names no slot of the group of %d", i, n)}
+			return nil, &SettlementError{EscrowID: snap.EscrowId, Reason: ReasonMalformed, Detail: fmt.Sprintf("signature %d names no slot of the group of %d", i, n)}
 		}
 		if signed[ss.Slot] {
 			continue // a slot counts once, however often it is listed
 		}
 		holder, _ := signing.AddressFromBytes(snap.Group[ss.Slot])
 		if reason, detail := checkSig(ss.Sig, msg, holder, KindState, auth, nil); reason != "" {
-			return &SettlementError{EscrowID: snap.EscrowId, Reason: reason, Detail: fmt.Sprintf("slot %d: %s", ss.Slot, detail)}
+			ignored = append(ignored, IgnoredSignature{Slot: ss.Slot, Reason: reason, Detail: detail})
+			continue
 		}
 		signed[ss.Slot] = true
 		count++
 	}
 	if 3*count <= 2*n {
-		return &SettlementError{EscrowID: snap.EscrowId, Reason: ReasonQuorum, Detail: fmt.Sprintf("%d of %d slots signed; more than 2/3 (at least %d) are needed", count, n, 2*n/3+1)}
+		detail := fmt.Sprintf("%d of %d slots signed validly; more than 2/3 (at least %d) are needed", count, n, 2*n/3+1)
+		for _, ig := range ignored {
+			detail += "; ignored " + ig.Error()
+		}
+		return nil, &SettlementError{EscrowID: snap.EscrowId, Reason: ReasonQuorum, Detail: detail}
 	}
-	return nil
+	return ignored, nil
+}
+
+// PaysAtOnce reports whether a verified settlement is paid when the chain
+// accepts it. Only a finalized root (phase SETTLEMENT) is certainly the
+// session's last: no diff applies after it. Any other root, which only a
+// group member may settle and only after the deadline (MaySettle), may be
+// an early one that a member who is also the gateway picked to pay for less
+// work, so it waits out a challenge window in which a root of a higher
+// nonce replaces it (MaySupersede).
+func PaysAtOnce(m *sessionpb.Settlement) bool {
+	return m.Phase == sessionpb.Phase_PHASE_SETTLEMENT
+}
+
+// MaySupersede reports whether next may replace the settlement pending in
+// its challenge window (nil: none is). Hosts sign every root, and a root of
+// a higher nonce includes all the work of a lower one, so only a higher
+// nonce replaces; an equal or lower one would let the pending settlement's
+// rival pay for less.
+func MaySupersede(snap *sessionpb.EscrowSnapshot, pending, next *sessionpb.Settlement) error {
+	if pending == nil || next.Nonce > pending.Nonce {
+		return nil
+	}
+	return &SettlementError{EscrowID: snap.EscrowId, Reason: ReasonStale, Detail: fmt.Sprintf(
+		"a settlement at nonce %d is pending in its challenge window; only a settlement of a higher nonce replaces it, this one is at nonce %d",
+		pending.Nonce, next.Nonce)}
 }
 
 // planFor splits the settled books. Fees are shared equally by slot, since

@@ -95,16 +95,16 @@ func TestVerifySettlementRejections(t *testing.T) {
 		{"signature by the wrong slot's key", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
 			m.Signatures[0].Slot, m.Signatures[1].Slot = m.Signatures[1].Slot, m.Signatures[0].Slot
 			return m
-		}, session.ReasonUnauthorized, []string{"may not sign devshard/v1/state"}},
+		}, session.ReasonQuorum, []string{"1 of 3 slots signed validly", "ignored slot 1: signer", "may not sign devshard/v1/state"}},
 		{"signature over another root", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
 			ss, _ := session.SignState(b.f.SlotKey(0), sessiontest.ChainID, m.EscrowId, m.Nonce, make([]byte, 32), 0)
 			m.Signatures[0].Sig = ss.Sig
 			return m
-		}, session.ReasonSignature, []string{"slot 0: signature by", "does not verify"}},
+		}, session.ReasonQuorum, []string{"ignored slot 0: signature by", "does not verify"}},
 		{"too few slots", func(b *bundle, m *sessionpb.Settlement) *sessionpb.Settlement {
 			m.Signatures = m.Signatures[:2]
 			return m
-		}, session.ReasonQuorum, []string{"2 of 3 slots signed; more than 2/3 (at least 3) are needed"}},
+		}, session.ReasonQuorum, []string{"2 of 3 slots signed validly; more than 2/3 (at least 3) are needed"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -289,4 +289,34 @@ func TestSignStateSlotsSignsOnceForEverySlot(t *testing.T) {
 	stolen := *sigs[1]
 	stolen.Slot = 1
 	require.Error(t, session.VerifyStateSignature(f.Snapshot, &stolen, nil))
+}
+
+// Only a root of a higher nonce replaces one pending in its challenge
+// window; only a finalized root pays at once.
+func TestMaySupersedeAndPaysAtOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	b.inference(t, 10, 20, 5)
+	early := b.f.Settle(b.gw.Replica, b.f.AllSlots()...)
+	b.inference(t, 10, 20, 5)
+	later := b.f.Settle(b.gw.Replica, b.f.AllSlots()...)
+	b.step(t, sessiontest.Finalize())
+	b.step(t, sessiontest.Finalize())
+	final := b.f.Settle(b.gw.Replica, b.f.AllSlots()...)
+
+	require.NoError(t, session.MaySupersede(b.f.Snapshot, nil, early), "nothing pending")
+	require.NoError(t, session.MaySupersede(b.f.Snapshot, early, later))
+	require.NoError(t, session.MaySupersede(b.f.Snapshot, later, final))
+	for _, next := range []*sessionpb.Settlement{early, later} {
+		err := session.MaySupersede(b.f.Snapshot, later, next)
+		require.ErrorIs(t, err, session.ReasonStale)
+		var se *session.SettlementError
+		require.ErrorAs(t, err, &se)
+	}
+	require.ErrorContains(t, session.MaySupersede(b.f.Snapshot, later, early),
+		"a settlement at nonce 4 is pending in its challenge window; only a settlement of a higher nonce replaces it, this one is at nonce 2")
+
+	require.False(t, session.PaysAtOnce(early))
+	require.False(t, session.PaysAtOnce(later))
+	require.True(t, session.PaysAtOnce(final))
 }

@@ -168,7 +168,9 @@ func (k Keeper) planEpoch(ctx sdk.Context, id uint64, start int64) error {
 	})
 }
 
-// TaskDefinitions are the scheduler task types of the epoch lifecycle. Their
+// TaskDefinitions are the scheduler task types of the epoch lifecycle, and
+// the close of a settlement's challenge window (no order to keep: a payout
+// routes by whatever state its epoch is in). Their
 // dependencies order same-block transitions: an epoch's active phase closes
 // (settle) and the previous ones move on (account) before the next epoch
 // begins, and an epoch is accounted before it opens claims, which happens
@@ -180,6 +182,7 @@ func (k Keeper) TaskDefinitions() []schedulertypes.TaskDefinition {
 		{Name: types.TaskEpochClaimable, DependsOn: []string{types.TaskEpochAccount}, Handler: k.onEpoch(types.SymOpenClaims)},
 		{Name: types.TaskEpochClose, DependsOn: []string{types.TaskEpochClaimable}, Handler: k.onEpoch(types.SymClose)},
 		{Name: types.TaskEpochBegin, DependsOn: []string{types.TaskEpochSettle, types.TaskEpochAccount}, Handler: k.beginTask},
+		{Name: types.TaskSettlementWindow, Handler: k.closeSettlementWindow},
 	}
 }
 

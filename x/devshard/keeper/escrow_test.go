@@ -483,33 +483,75 @@ func TestAttackFeesCheckedAgainstSnapshot(t *testing.T) {
 }
 
 // Attack 3: the nonce bound and protocol version come from the escrow's
-// snapshot, never from live params.
+// snapshot, never from live params. The live params are set so that they
+// allow what each snapshot forbids and forbid what it allows, and the test
+// asserts acceptance and the typed reason, so a keeper that read the live
+// params fails it either way.
+//
+// Checked with mutant keepers that overwrote the snapshot's max_nonce, its
+// protocol_version, or both, with the live params before verifying: each
+// failed this test (the live version refuses the version-1 settlements, the
+// live bound accepts nonce 6 and refuses nonce 8).
 func TestAttackNonceBoundFromSnapshot(t *testing.T) {
 	t.Parallel()
 	w := newWorld(t, func(p *types.Params) { p.MaxNonce = 5 })
-	esc := w.create(t, 100_000)
-	require.Equal(t, uint64(5), esc.Snapshot.MaxNonce)
-	f := w.fixture(t, esc)
+	small := w.create(t, 100_000) // snapshot max_nonce 5
+	setParams := func(mutate func(*types.Params)) {
+		t.Helper()
+		p, err := w.k.Params.Get(w.ctx)
+		require.NoError(t, err)
+		mutate(&p)
+		_, err = w.srv.UpdateParams(w.ctx, &types.MsgUpdateParams{Authority: authority, Params: p})
+		require.NoError(t, err)
+	}
+	setParams(func(p *types.Params) { p.MaxNonce = 20 })
+	large := w.create(t, 100_000) // snapshot max_nonce 20
+	require.Equal(t, []uint64{5, 20}, []uint64{small.Snapshot.MaxNonce, large.Snapshot.MaxNonce})
 
-	// Governance raises max_nonce; the escrow keeps 5.
+	// Live: max_nonce 7, and the next protocol version, which no build
+	// validates yet, so it is written straight to the store, as a later
+	// build might.
+	setParams(func(p *types.Params) { p.MaxNonce = 7 })
 	p, err := w.k.Params.Get(w.ctx)
 	require.NoError(t, err)
-	p.MaxNonce = 1_000_000
-	_, err = w.srv.UpdateParams(w.ctx, &types.MsgUpdateParams{Authority: authority, Params: p})
-	require.NoError(t, err)
+	p.ProtocolVersion = session.ProtocolVersion + 1
+	require.NoError(t, w.k.Params.Set(w.ctx, p))
+	module := w.bal(moduleAddr())
 
-	m := f.Settle(run(t, f, 1)) // 4 nonces
+	// Nonce 6: the live bound (7) allows it, the snapshot (5) does not.
+	fs := w.fixture(t, small)
+	m := fs.Settle(run(t, fs, 1)) // nonce 4; a colluding quorum re-signs 6
 	m.Nonce, m.ActiveNonces = 6, 6
-	m.Fees += 2 * f.Snapshot.FeePerNonce
-	m.Balance -= 2 * f.Snapshot.FeePerNonce
-	_, err = w.settle(w.gw, f.Resign(m, f.AllSlots()...))
+	m.Fees += 2 * fs.Snapshot.FeePerNonce
+	m.Balance -= 2 * fs.Snapshot.FeePerNonce
+	_, err = w.settle(w.gw, fs.Resign(m, fs.AllSlots()...))
 	require.ErrorIs(t, err, types.ErrSettlement)
-	require.ErrorContains(t, err, "nonce 6 exceeds the escrow's max nonce 5")
+	require.ErrorIs(t, err, session.ReasonNonce)
+	var rejected *types.RejectedSettlement
+	require.ErrorAs(t, err, &rejected)
+	require.Equal(t, types.ErrSettlement.Codespace(), rejected.Codespace())
+	require.NotEqual(t, types.ErrSettlement.ABCICode(), rejected.ABCICode(), "the reason has its own code")
 
-	m = f.Settle(run(t, f, 1))
-	m.ProtocolVersion = session.ProtocolVersion + 1
-	_, err = w.settle(w.gw, f.Resign(m, f.AllSlots()...))
-	require.ErrorContains(t, err, fmt.Sprintf("protocol version %d, the escrow was created for version %d", session.ProtocolVersion+1, session.ProtocolVersion))
+	// The next version: the live params name it, the snapshot does not.
+	fl := w.fixture(t, large)
+	q := fl.Sequencer()
+	infer(t, q, 3)
+	finalize(t, q)
+	honest := fl.Settle(q.Replica, fl.AllSlots()...)
+	require.Equal(t, uint64(8), honest.Nonce)
+	v2 := fl.Settle(q.Replica)
+	v2.ProtocolVersion = session.ProtocolVersion + 1
+	_, err = w.settle(w.gw, fl.Resign(v2, fl.AllSlots()...))
+	require.ErrorIs(t, err, types.ErrSettlement)
+	require.ErrorIs(t, err, session.ReasonVersion)
+	require.Equal(t, module, w.bal(moduleAddr()), "no coin moved")
+
+	// Nonce 8 at the snapshot's version: the live params forbid both, the
+	// snapshot allows both.
+	res, err := w.settle(w.gw, honest)
+	require.NoError(t, err)
+	require.Equal(t, plan(t, large, honest).Refund, res.Refund)
+	require.Equal(t, types.EscrowSettled, mustEscrow(t, w, large.Id).Status)
 	w.conserved(t)
 }
 
@@ -560,7 +602,8 @@ func TestAttackDuplicateSignaturesCountOnce(t *testing.T) {
 	m.Signatures = append(m.Signatures, m.Signatures[0], m.Signatures[0])
 	_, err := w.settle(w.gw, m)
 	require.ErrorIs(t, err, types.ErrSettlement)
-	require.ErrorContains(t, err, "1 of 3 slots signed; more than 2/3 (at least 3) are needed")
+	require.ErrorIs(t, err, session.ReasonQuorum)
+	require.ErrorContains(t, err, "1 of 3 slots signed validly; more than 2/3 (at least 3) are needed")
 	require.Equal(t, uint64(600+100_000), w.bal(moduleAddr()))
 	require.Equal(t, types.EscrowOpen, mustEscrow(t, w, esc.Id).Status)
 	w.conserved(t)
@@ -789,15 +832,24 @@ func TestEscrowGenesisRoundTrip(t *testing.T) {
 	_, err := w.settle(w.gw, m)
 	require.NoError(t, err)
 	w.create(t, 7_000) // stays open
+	pendingEsc := w.create(t, 8_000)
+	fp := w.fixture(t, pendingEsc)
+	qp := fp.Sequencer()
+	infer(t, qp, 1)
+	pm := fp.Settle(qp.Replica, fp.AllSlots()...) // never finalized
 	w.advanceTo(t, 6)
 	w.create(t, 9_000) // epoch 2
-	w.advanceTo(t, 10) // epoch 1 accounted: summaries
+	w.advanceTo(t, 9)
+	w.block(10) // epoch 1 accounted: summaries
+	res, err := w.settle(sdk.AccAddress(pendingEsc.Snapshot.Group[0]), pm)
+	require.NoError(t, err)
+	require.True(t, res.Pending, "exported inside its challenge window")
 
 	gs, err := w.k.ExportGenesis(w.ctx)
 	require.NoError(t, err)
 	require.NoError(t, gs.Validate())
-	require.Len(t, gs.Escrows, 3)
-	require.Equal(t, uint64(3), gs.EscrowSeq)
+	require.Len(t, gs.Escrows, 4)
+	require.Equal(t, uint64(4), gs.EscrowSeq)
 	require.NotEmpty(t, gs.Summaries)
 
 	fresh := newBundle(t)
@@ -808,8 +860,65 @@ func TestEscrowGenesisRoundTrip(t *testing.T) {
 	require.Equal(t, gs, again)
 	msg, broken := keeper.ConservationInvariant(fresh.k)(fresh.ctx)
 	require.False(t, broken, msg)
+	has, err := fresh.k.Pending.Has(fresh.ctx, pendingEsc.Id)
+	require.NoError(t, err)
+	require.True(t, has, "the imported pending settlement waits for its window, not for expiry")
 
 	short := newBundle(t)
 	short.bank.balances[moduleAddr().String()] = sdk.NewCoins(sdk.NewInt64Coin(denom, 600))
 	require.ErrorContains(t, short.k.InitGenesis(short.ctx, *gs), "but the devshard module account holds only 600ushard")
+}
+
+// Item 9 of the review (denom change strands rewards): escrows lock the
+// collateral denom of their creation, while ledgers, summaries, claims and
+// sweeps were paid in the live one, and governance could change it at any
+// time. After a change the module owed coins it never held, the invariant
+// broke and claims failed. A change of the denom is refused while anything
+// but collateral is owed in the old one.
+//
+// Checked on the unfixed keeper: the update was accepted and the
+// conservation invariant broke at once (ledgers counted in the new denom).
+func TestAttackDenomChangeStrandsRewards(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t)
+	esc := w.create(t, 100_000)
+	_, m := w.honest(t, esc, 3)
+	_, err := w.settle(w.gw, m)
+	require.NoError(t, err)
+	require.Positive(t, w.member(t, 1, w.hosts[0]).Earned+w.member(t, 1, w.hosts[1]).Earned+w.member(t, 1, w.hosts[2]).Earned)
+	open := w.create(t, 5_000)
+
+	change := func() error {
+		p, err := w.k.Params.Get(w.ctx)
+		require.NoError(t, err)
+		p.MinCollateral = sdk.NewInt64Coin("uother", 100)
+		_, err = w.srv.UpdateParams(w.ctx, &types.MsgUpdateParams{Authority: authority, Params: p})
+		return err
+	}
+	err = change()
+	require.ErrorIs(t, err, types.ErrInvalidParams)
+	require.ErrorContains(t, err, "min_collateral's denom cannot change from ushard to uother while the module owes")
+	p, err := w.k.Params.Get(w.ctx)
+	require.NoError(t, err)
+	require.Equal(t, denom, p.MinCollateral.Denom, "the params are unchanged")
+	w.conserved(t)
+
+	// The open escrow expires, the ledgers are accounted, claimed and swept:
+	// nothing but collateral is owed, and the change goes through.
+	w.advanceTo(t, 14)
+	for _, h := range w.hosts {
+		_, _ = w.srv.ClaimRewards(w.ctx, &types.MsgClaimRewards{Participant: h.String(), EpochId: 1})
+	}
+	require.Equal(t, types.EscrowExpired, mustEscrow(t, w, open.Id).Status)
+	require.NoError(t, change())
+	w.conserved(t)
+
+	// Escrows now lock the new denom, and are paid in it.
+	w.bank.balances[w.gw.String()] = w.bank.balances[w.gw.String()].Add(sdk.NewInt64Coin("uother", 50_000))
+	esc2 := w.create(t, 20_000)
+	require.Equal(t, "uother", esc2.Denom)
+	_, m2 := w.honest(t, esc2, 2)
+	_, err = w.settle(w.gw, m2)
+	require.NoError(t, err)
+	w.conserved(t)
 }

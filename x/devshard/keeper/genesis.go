@@ -139,10 +139,18 @@ func (k Keeper) initEscrowGenesis(ctx sdk.Context, gs types.GenesisState) (sdk.C
 		if err := k.Escrows.Set(ctx, e.Id, e); err != nil {
 			return nil, err
 		}
-		if e.Status == types.EscrowOpen {
+		switch {
+		case e.Status == types.EscrowOpen && e.Pending != nil:
+			// Its window's task comes with the scheduler's genesis.
+			if err := k.Pending.Set(ctx, e.Id); err != nil {
+				return nil, err
+			}
+		case e.Status == types.EscrowOpen:
 			if err := k.EscrowExpiry.Set(ctx, collections.Join(e.ExpiryEpoch, e.Id)); err != nil {
 				return nil, err
 			}
+		}
+		if e.Status == types.EscrowOpen {
 			owed = owed.Add(e.Coins(e.Snapshot.Amount)...)
 		}
 	}

@@ -58,6 +58,10 @@ type Keeper struct {
 	// EscrowExpiry holds (expiry_epoch, id) of every OPEN escrow, ordered
 	// so expiry reads only the escrows it refunds.
 	EscrowExpiry collections.KeySet[collections.Pair[uint64, uint64]]
+	// Pending holds the id of every OPEN escrow with a settlement in its
+	// challenge window. Such an escrow leaves EscrowExpiry: it is paid when
+	// the window closes, never refunded by expiry meanwhile.
+	Pending collections.KeySet[uint64]
 	// EscrowCount is how many escrows each epoch accepted.
 	EscrowCount collections.Map[uint64, uint64]
 	// Summaries are the EpochPerformanceSummary of each (epoch, address),
@@ -103,6 +107,7 @@ func NewKeeper(
 		Escrows:   collections.NewMap(sb, types.EscrowsKey, "escrows", collections.Uint64Key, codec.CollValue[types.Escrow](cdc)),
 		EscrowExpiry: collections.NewKeySet(sb, types.EscrowExpiryKey, "escrow_expiry",
 			collections.PairKeyCodec(collections.Uint64Key, collections.Uint64Key)),
+		Pending:     collections.NewKeySet(sb, types.PendingKey, "pending_settlements", collections.Uint64Key),
 		EscrowCount: collections.NewMap(sb, types.EscrowCountKey, "escrow_count", collections.Uint64Key, collections.Uint64Value),
 		Summaries: collections.NewMap(sb, types.SummariesKey, "summaries",
 			collections.PairKeyCodec(collections.Uint64Key, sdk.AccAddressKey), codec.CollValue[types.EpochPerformanceSummary](cdc)),

@@ -66,6 +66,9 @@ func (s msgServer) UpdateParams(ctx context.Context, msg *types.MsgUpdateParams)
 	if err := msg.Params.Validate(); err != nil {
 		return nil, err
 	}
+	if err := s.k.CheckDenomChange(sdk.UnwrapSDKContext(ctx), msg.Params); err != nil {
+		return nil, err
+	}
 	return &types.MsgUpdateParamsResponse{}, s.k.Params.Set(ctx, msg.Params)
 }
 
@@ -97,11 +100,7 @@ func (s msgServer) SettleEscrow(ctx context.Context, msg *types.MsgSettleEscrow)
 	if err != nil {
 		return nil, types.ErrSettlement.Wrapf("sender %q is not a valid address: %v", msg.Sender, err)
 	}
-	plan, err := s.k.SettleEscrow(sdk.UnwrapSDKContext(ctx), sender, msg.Settlement)
-	if err != nil {
-		return nil, err
-	}
-	return &types.MsgSettleEscrowResponse{Paid: plan.Amount - plan.Refund, Refund: plan.Refund}, nil
+	return s.k.SettleEscrow(sdk.UnwrapSDKContext(ctx), sender, msg.Settlement)
 }
 
 func (s msgServer) ClaimRewards(ctx context.Context, msg *types.MsgClaimRewards) (*types.MsgClaimRewardsResponse, error) {

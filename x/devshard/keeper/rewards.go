@@ -210,47 +210,67 @@ func coinsOf(denom string, amount uint64) sdk.Coins {
 	return sdk.NewCoins(sdk.NewCoin(denom, sdkmath.NewIntFromUint64(amount)))
 }
 
-// Conservation sums both sides of the module account's books, per denom:
-// its balance, and what it owes (open escrows, ledgers of epochs not yet
-// accounted, unclaimed summaries, bonded collateral).
-func (k Keeper) Conservation(ctx sdk.Context) (balance sdk.Coins, owed types.QueryConservationResponse, err error) {
-	var escrows, ledgers, unclaimed, bonded sdk.Coins
-	params, err := k.Params.Get(ctx)
-	if err != nil {
-		return nil, owed, err
-	}
-	denom := params.MinCollateral.Denom
-	if err = k.EscrowExpiry.Walk(ctx, nil, func(key collections.Pair[uint64, uint64]) (bool, error) {
-		e, err := k.Escrows.Get(ctx, key.K2())
+// owed is what the module account owes, by kind: open escrows (pending
+// settlements included) in their own denoms, ledgers of epochs not yet
+// accounted and unclaimed summaries in the collateral denom (UpdateParams
+// keeps that denom while they hold anything), and bonded collateral.
+type owed struct{ escrows, ledgers, unclaimed, bonded sdk.Coins }
+
+func (k Keeper) owed(ctx sdk.Context, denom string) (o owed, err error) {
+	addEscrow := func(id uint64) (bool, error) {
+		e, err := k.Escrows.Get(ctx, id)
 		if err != nil {
 			return true, err
 		}
-		escrows = escrows.Add(e.Coins(e.Snapshot.Amount)...)
+		o.escrows = o.escrows.Add(e.Coins(e.Snapshot.Amount)...)
 		return false, nil
+	}
+	// Every OPEN escrow is in exactly one of the two: the expiry index, or
+	// the pending set while a settlement waits out its window.
+	if err = k.EscrowExpiry.Walk(ctx, nil, func(key collections.Pair[uint64, uint64]) (bool, error) {
+		return addEscrow(key.K2())
 	}); err != nil {
-		return nil, owed, err
+		return o, err
+	}
+	if err = k.Pending.Walk(ctx, nil, addEscrow); err != nil {
+		return o, err
 	}
 	if err = k.Members.Walk(ctx, nil, func(_ collections.Pair[uint64, sdk.AccAddress], m types.EpochMember) (bool, error) {
-		ledgers = ledgers.Add(coinsOf(denom, m.Earned)...)
+		o.ledgers = o.ledgers.Add(coinsOf(denom, m.Earned)...)
 		return false, nil
 	}); err != nil {
-		return nil, owed, err
+		return o, err
 	}
 	if err = k.Summaries.Walk(ctx, nil, func(_ collections.Pair[uint64, sdk.AccAddress], s types.EpochPerformanceSummary) (bool, error) {
 		if !s.Claimed && !s.Swept {
-			unclaimed = unclaimed.Add(coinsOf(denom, s.Rewarded)...)
+			o.unclaimed = o.unclaimed.Add(coinsOf(denom, s.Rewarded)...)
 		}
 		return false, nil
 	}); err != nil {
-		return nil, owed, err
+		return o, err
 	}
-	if err = k.Participants.Walk(ctx, nil, func(_ sdk.AccAddress, p types.Participant) (bool, error) {
-		bonded = bonded.Add(p.Collateral)
+	err = k.Participants.Walk(ctx, nil, func(_ sdk.AccAddress, p types.Participant) (bool, error) {
+		o.bonded = o.bonded.Add(p.Collateral)
 		return false, nil
-	}); err != nil {
-		return nil, owed, err
+	})
+	return o, err
+}
+
+// Conservation sums both sides of the module account's books, per denom:
+// its balance, and what it owes (open escrows, pending settlements included,
+// ledgers of epochs not yet accounted, unclaimed summaries, bonded
+// collateral).
+func (k Keeper) Conservation(ctx sdk.Context) (balance sdk.Coins, res types.QueryConservationResponse, err error) {
+	params, err := k.Params.Get(ctx)
+	if err != nil {
+		return nil, res, err
 	}
-	total := escrows.Add(ledgers...).Add(unclaimed...).Add(bonded...)
+	denom := params.MinCollateral.Denom
+	o, err := k.owed(ctx, denom)
+	if err != nil {
+		return nil, res, err
+	}
+	total := o.escrows.Add(o.ledgers...).Add(o.unclaimed...).Add(o.bonded...)
 	denoms := total.Denoms()
 	if !slices.Contains(denoms, denom) {
 		denoms = append(denoms, denom)
@@ -260,8 +280,36 @@ func (k Keeper) Conservation(ctx sdk.Context) (balance sdk.Coins, owed types.Que
 	}
 	return balance, types.QueryConservationResponse{
 		Balance: balance.String(), Owed: total.String(),
-		OpenEscrows: escrows.String(), Ledgers: ledgers.String(), Unclaimed: unclaimed.String(), Bonded: bonded.String(),
+		OpenEscrows: o.escrows.String(), Ledgers: o.ledgers.String(), Unclaimed: o.unclaimed.String(), Bonded: o.bonded.String(),
 	}, nil
+}
+
+// CheckDenomChange refuses a new collateral denom while the module owes
+// anything but collateral in the old one. Escrows lock the denom of their
+// creation, and the ledgers, summaries, claims and sweeps they feed carry
+// no denom of their own: they are paid in the collateral denom. A change
+// while they hold coins would have them paid in coins the module never
+// received. Bonded collateral keeps its own denom and is returned in it.
+func (k Keeper) CheckDenomChange(ctx sdk.Context, next types.Params) error {
+	cur, err := k.Params.Get(ctx)
+	if err != nil {
+		return err
+	}
+	from, to := cur.MinCollateral.Denom, next.MinCollateral.Denom
+	if from == to {
+		return nil
+	}
+	o, err := k.owed(ctx, from)
+	if err != nil {
+		return err
+	}
+	held := o.escrows.Add(o.ledgers...).Add(o.unclaimed...)
+	if held.AmountOf(from).IsZero() {
+		return nil
+	}
+	return types.ErrInvalidParams.Wrapf(
+		"min_collateral's denom cannot change from %s to %s while the module owes %s in it (open escrows %s, ledgers %s, unclaimed rewards %s), which are paid in %s; change it once they are settled or expired, accounted, and claimed or swept, or convert them in a software upgrade",
+		from, to, sdk.NewCoin(from, held.AmountOf(from)), o.escrows, o.ledgers, o.unclaimed, from)
 }
 
 // ConservationInvariant checks that the module account holds exactly what it

@@ -1,6 +1,8 @@
 package keeper
 
 import (
+	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 
@@ -12,6 +14,7 @@ import (
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
 	"github.com/devshard/devshard/x/devshard/types"
+	schedulertypes "github.com/devshard/devshard/x/scheduler/types"
 )
 
 // SignatureGas is charged per signature a settlement carries: the price of
@@ -28,11 +31,15 @@ const (
 )
 
 // SettleEscrow verifies a settlement with the protocol package and applies
-// its payout plan. The keeper adds no settlement rule: who may settle, and
-// at which phase (session.MaySettle), and whether the settlement is valid
-// (session.VerifySettlement, which binds that phase to the signed root) are
-// the protocol package's, against the escrow's snapshot.
-func (k Keeper) SettleEscrow(ctx sdk.Context, sender sdk.AccAddress, m *sessionpb.Settlement) (*session.Plan, error) {
+// it. The keeper adds no settlement rule: who may settle, and at which phase
+// (session.MaySettle), whether the settlement is valid
+// (session.VerifySettlement, which binds that phase to the signed root),
+// whether it replaces a pending one (session.MaySupersede) and whether it is
+// paid at once (session.PaysAtOnce) are the protocol package's, against the
+// escrow's snapshot. A settlement that is not paid at once waits out its
+// challenge window (holdSettlement); the scheduler pays it when the window
+// closes (closeSettlementWindow).
+func (k Keeper) SettleEscrow(ctx sdk.Context, sender sdk.AccAddress, m *sessionpb.Settlement) (*types.MsgSettleEscrowResponse, error) {
 	if m == nil {
 		return nil, types.ErrSettlement.Wrap("the message carries no settlement")
 	}
@@ -55,59 +62,173 @@ func (k Keeper) SettleEscrow(ctx sdk.Context, sender sdk.AccAddress, m *sessionp
 	}
 	auth := k.Authorizer(ctx)
 	if err := session.MaySettle(&esc.Snapshot, from, m.Phase, cur >= esc.DeadlineEpoch, auth); err != nil {
-		return nil, types.ErrSettlement.Wrapf("%v (deadline: epoch %d, current epoch %d)", err, esc.DeadlineEpoch, cur)
+		return nil, types.SettlementRejected(err, fmt.Sprintf(" (deadline: epoch %d, current epoch %d)", esc.DeadlineEpoch, cur))
 	}
 	plan, err := session.VerifySettlement(&esc.Snapshot, m, auth)
 	if err != nil {
-		return nil, types.ErrSettlement.Wrap(err.Error())
+		return nil, types.SettlementRejected(err, "")
 	}
+	var pending *sessionpb.Settlement
+	if esc.Pending != nil {
+		pending = &esc.Pending.Settlement
+	}
+	if err := session.MaySupersede(&esc.Snapshot, pending, m); err != nil {
+		return nil, types.SettlementRejected(err, fmt.Sprintf(" (its window closes at the end of block %d)", esc.Pending.WindowEndHeight))
+	}
+	if err := emitIgnored(ctx, esc.Id, plan.Ignored); err != nil {
+		return nil, err
+	}
+	if !session.PaysAtOnce(m) {
+		return k.holdSettlement(ctx, esc, sender, m)
+	}
+	if esc.Pending != nil {
+		// The finalized root is the session's last: it ends the window.
+		if err := k.scheduler.Unschedule(ctx, esc.Pending.TaskId); err != nil {
+			return nil, err
+		}
+	}
+	if err := k.payOut(ctx, esc, plan, sender.String(), m.Nonce); err != nil {
+		return nil, err
+	}
+	return &types.MsgSettleEscrowResponse{Paid: plan.Amount - plan.Refund, Refund: plan.Refund}, nil
+}
 
+// emitIgnored reports the signatures a settlement carried that did not
+// count, so the host whose signature failed (a revoked warm key, say) can
+// be told.
+func emitIgnored(ctx sdk.Context, escrowID uint64, ignored []session.IgnoredSignature) error {
+	if len(ignored) == 0 {
+		return nil
+	}
+	ev := &types.EventSettlementSignaturesIgnored{EscrowId: escrowID}
+	for _, ig := range ignored {
+		ev.Slots = append(ev.Slots, ig.Slot)
+		ev.Reasons = append(ev.Reasons, ig.Error())
+	}
+	return ctx.EventManager().EmitTypedEvent(ev)
+}
+
+// holdSettlement stores a verified settlement that is not paid at once as
+// the escrow's pending one. The first opens the challenge window and
+// schedules its close; a later one (a higher nonce) replaces it in the same
+// window, so a stream of ever higher roots cannot delay the payment. The
+// escrow leaves the expiry index meanwhile: expiry must not refund the
+// coins the window is about to pay.
+func (k Keeper) holdSettlement(ctx sdk.Context, esc types.Escrow, sender sdk.AccAddress, m *sessionpb.Settlement) (*types.MsgSettleEscrowResponse, error) {
+	var superseded uint64
+	if esc.Pending == nil {
+		params, err := k.Params.Get(ctx)
+		if err != nil {
+			return nil, err
+		}
+		end := ctx.BlockHeight() + params.SettlementChallengeBlocks
+		ids, err := k.scheduler.Schedule(ctx, schedulertypes.NewTask{
+			Type: types.TaskSettlementWindow, DueHeight: end, Payload: binary.BigEndian.AppendUint64(nil, esc.Id),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("scheduling the challenge window of escrow %d: %w", esc.Id, err)
+		}
+		esc.Pending = &types.PendingSettlement{WindowEndHeight: end, TaskId: ids[0]}
+		if err := k.EscrowExpiry.Remove(ctx, collections.Join(esc.ExpiryEpoch, esc.Id)); err != nil {
+			return nil, err
+		}
+		if err := k.Pending.Set(ctx, esc.Id); err != nil {
+			return nil, err
+		}
+	} else {
+		superseded = esc.Pending.Settlement.Nonce
+	}
+	stored := *m
+	stored.Signatures = nil // verified now; the window's close pays the books
+	esc.Pending.Sender = sender.String()
+	esc.Pending.Settlement = stored
+	esc.Pending.SubmittedHeight = ctx.BlockHeight()
+	if err := k.Escrows.Set(ctx, esc.Id, esc); err != nil {
+		return nil, err
+	}
+	return &types.MsgSettleEscrowResponse{Pending: true, WindowEndHeight: esc.Pending.WindowEndHeight},
+		ctx.EventManager().EmitTypedEvent(&types.EventSettlementPending{
+			EscrowId: esc.Id, Sender: sender.String(), Nonce: m.Nonce, WindowEndHeight: esc.Pending.WindowEndHeight, SupersededNonce: superseded,
+		})
+}
+
+// closeSettlementWindow is the TaskSettlementWindow handler: it pays the
+// escrow's pending settlement as a settlement is paid at once. An escrow
+// already settled (a finalized root ended the window) has nothing left to
+// pay. An error leaves the settlement pending and the task is retried; it
+// never halts the chain.
+func (k Keeper) closeSettlementWindow(ctx context.Context, task schedulertypes.Task) error {
+	if len(task.Payload) != 8 {
+		return fmt.Errorf("task %d (%s) has a %d-byte payload; want the 8-byte escrow id", task.Id, task.Type, len(task.Payload))
+	}
+	sdkCtx := sdk.UnwrapSDKContext(ctx)
+	esc, err := k.Escrow(sdkCtx, binary.BigEndian.Uint64(task.Payload))
+	if err != nil {
+		return err
+	}
+	if esc.Status != types.EscrowOpen || esc.Pending == nil {
+		return nil
+	}
+	plan, err := session.VerifyBooks(&esc.Snapshot, &esc.Pending.Settlement)
+	if err != nil {
+		return types.SettlementRejected(err, " (paying the pending settlement)")
+	}
+	return k.payOut(sdkCtx, esc, plan, esc.Pending.Sender, esc.Pending.Settlement.Nonce)
+}
+
+// payOut applies a verified plan: each host's payout where route sends it,
+// the refund to the creator, and the escrow SETTLED.
+func (k Keeper) payOut(ctx sdk.Context, esc types.Escrow, plan *session.Plan, sender string, nonce uint64) error {
 	creator := sdk.AccAddress(esc.Snapshot.Creator)
 	toCreator := plan.Refund
 	stats, err := statsByAddress(plan)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, a := range plan.ByAddress() {
 		amount, ok := addU64(a.Cost, a.FeeShare)
 		if !ok {
-			return nil, types.ErrOverflow.Wrapf("payout to %s overflows", sdk.AccAddress(a.Address[:]))
+			return types.ErrOverflow.Wrapf("payout to %s overflows", sdk.AccAddress(a.Address[:]))
 		}
 		dest, reason, err := k.route(ctx, esc, sdk.AccAddress(a.Address[:]), amount, stats[a.Address])
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if dest == DestCreator {
 			if toCreator, ok = addU64(toCreator, amount); !ok {
-				return nil, types.ErrOverflow.Wrap("creator refund overflows")
+				return types.ErrOverflow.Wrap("creator refund overflows")
 			}
 		}
 		if err := ctx.EventManager().EmitTypedEvent(&types.EventEscrowPayout{
 			EscrowId: esc.Id, Address: sdk.AccAddress(a.Address[:]).String(), Amount: amount, Destination: dest, Reason: reason,
 		}); err != nil {
-			return nil, err
+			return err
 		}
 	}
 	if toCreator > 0 {
 		if err := k.bank.SendCoinsFromModuleToAccount(ctx, types.ModuleName, creator, esc.Coins(toCreator)); err != nil {
-			return nil, fmt.Errorf("refunding %d to creator %s: %w", toCreator, creator, err)
+			return fmt.Errorf("refunding %d to creator %s: %w", toCreator, creator, err)
 		}
 	}
 	if err := ctx.EventManager().EmitTypedEvent(&types.EventEscrowPayout{
 		EscrowId: esc.Id, Address: esc.Creator, Amount: plan.Refund, Destination: DestRefund, Reason: "unspent balance",
 	}); err != nil {
-		return nil, err
+		return err
 	}
 
 	if err := k.EscrowExpiry.Remove(ctx, collections.Join(esc.ExpiryEpoch, esc.Id)); err != nil {
-		return nil, err
+		return err
+	}
+	if err := k.Pending.Remove(ctx, esc.Id); err != nil {
+		return err
 	}
 	esc.Status = types.EscrowSettled
+	esc.Pending = nil
 	if err := k.Escrows.Set(ctx, esc.Id, esc); err != nil {
-		return nil, err
+		return err
 	}
-	return plan, ctx.EventManager().EmitTypedEvent(&types.EventEscrowSettled{
-		EscrowId: esc.Id, Sender: sender.String(), Nonce: m.Nonce, Paid: plan.Amount - plan.Refund, Refund: plan.Refund,
+	return ctx.EventManager().EmitTypedEvent(&types.EventEscrowSettled{
+		EscrowId: esc.Id, Sender: sender, Nonce: nonce, Paid: plan.Amount - plan.Refund, Refund: plan.Refund,
 	})
 }
 

@@ -49,7 +49,8 @@ type bundle struct {
 // one and claimable for one.
 // Escrows: groups of 3 slots, amounts from 1,000, creation fee 100 and 2
 // per nonce; group members may settle from the next epoch, escrows expire
-// two epochs after the one they were created in.
+// two epochs after the one they were created in; a root that is not
+// finalized is paid 3 blocks after it is settled.
 func testParams() types.Params {
 	p := types.DefaultParams()
 	p.EpochLength = 4
@@ -67,6 +68,7 @@ func testParams() types.Params {
 	p.SettlementWindowEpochs = 1
 	p.ExpiryEpochs = 2
 	p.ExpiryBatch = 2
+	p.SettlementChallengeBlocks = 3
 	return p
 }
 

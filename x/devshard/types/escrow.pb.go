@@ -74,6 +74,9 @@ type Escrow struct {
 	DeadlineEpoch uint64 `protobuf:"varint,7,opt,name=deadline_epoch,json=deadlineEpoch,proto3" json:"deadline_epoch,omitempty"`
 	// expiry_epoch: at this epoch's start an unsettled escrow is refunded.
 	ExpiryEpoch uint64 `protobuf:"varint,8,opt,name=expiry_epoch,json=expiryEpoch,proto3" json:"expiry_epoch,omitempty"`
+	// pending is the settlement waiting out its challenge window, if any. The
+	// escrow stays OPEN, and does not expire, until the window closes.
+	Pending *PendingSettlement `protobuf:"bytes,9,opt,name=pending,proto3" json:"pending,omitempty"`
 }
 
 func (m *Escrow) Reset()         { *m = Escrow{} }
@@ -165,6 +168,96 @@ func (m *Escrow) GetExpiryEpoch() uint64 {
 	return 0
 }
 
+func (m *Escrow) GetPending() *PendingSettlement {
+	if m != nil {
+		return m.Pending
+	}
+	return nil
+}
+
+// PendingSettlement is an accepted settlement of a root that is not
+// finalized, paid when its challenge window closes unless a settlement of a
+// higher nonce replaces it first.
+type PendingSettlement struct {
+	Sender string `protobuf:"bytes,1,opt,name=sender,proto3" json:"sender,omitempty"`
+	// settlement without its signatures: the quorum was verified when it was
+	// accepted.
+	Settlement      sessionpb.Settlement `protobuf:"bytes,2,opt,name=settlement,proto3" json:"settlement"`
+	SubmittedHeight int64                `protobuf:"varint,3,opt,name=submitted_height,json=submittedHeight,proto3" json:"submitted_height,omitempty"`
+	// window_end_height: at this block's end the settlement is paid.
+	WindowEndHeight int64 `protobuf:"varint,4,opt,name=window_end_height,json=windowEndHeight,proto3" json:"window_end_height,omitempty"`
+	// task_id is the scheduler task that pays it.
+	TaskId uint64 `protobuf:"varint,5,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
+}
+
+func (m *PendingSettlement) Reset()         { *m = PendingSettlement{} }
+func (m *PendingSettlement) String() string { return proto.CompactTextString(m) }
+func (*PendingSettlement) ProtoMessage()    {}
+func (*PendingSettlement) Descriptor() ([]byte, []int) {
+	return fileDescriptor_ab61cfc9514cebf7, []int{1}
+}
+func (m *PendingSettlement) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *PendingSettlement) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_PendingSettlement.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *PendingSettlement) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_PendingSettlement.Merge(m, src)
+}
+func (m *PendingSettlement) XXX_Size() int {
+	return m.Size()
+}
+func (m *PendingSettlement) XXX_DiscardUnknown() {
+	xxx_messageInfo_PendingSettlement.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_PendingSettlement proto.InternalMessageInfo
+
+func (m *PendingSettlement) GetSender() string {
+	if m != nil {
+		return m.Sender
+	}
+	return ""
+}
+
+func (m *PendingSettlement) GetSettlement() sessionpb.Settlement {
+	if m != nil {
+		return m.Settlement
+	}
+	return sessionpb.Settlement{}
+}
+
+func (m *PendingSettlement) GetSubmittedHeight() int64 {
+	if m != nil {
+		return m.SubmittedHeight
+	}
+	return 0
+}
+
+func (m *PendingSettlement) GetWindowEndHeight() int64 {
+	if m != nil {
+		return m.WindowEndHeight
+	}
+	return 0
+}
+
+func (m *PendingSettlement) GetTaskId() uint64 {
+	if m != nil {
+		return m.TaskId
+	}
+	return 0
+}
+
 // EpochPerformanceSummary is a participant's result for one epoch, written
 // at accounting. rewarded is what MsgClaimRewards pays.
 type EpochPerformanceSummary struct {
@@ -186,7 +279,7 @@ func (m *EpochPerformanceSummary) Reset()         { *m = EpochPerformanceSummary
 func (m *EpochPerformanceSummary) String() string { return proto.CompactTextString(m) }
 func (*EpochPerformanceSummary) ProtoMessage()    {}
 func (*EpochPerformanceSummary) Descriptor() ([]byte, []int) {
-	return fileDescriptor_ab61cfc9514cebf7, []int{1}
+	return fileDescriptor_ab61cfc9514cebf7, []int{2}
 }
 func (m *EpochPerformanceSummary) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -284,7 +377,7 @@ func (m *EventEscrowCreated) Reset()         { *m = EventEscrowCreated{} }
 func (m *EventEscrowCreated) String() string { return proto.CompactTextString(m) }
 func (*EventEscrowCreated) ProtoMessage()    {}
 func (*EventEscrowCreated) Descriptor() ([]byte, []int) {
-	return fileDescriptor_ab61cfc9514cebf7, []int{2}
+	return fileDescriptor_ab61cfc9514cebf7, []int{3}
 }
 func (m *EventEscrowCreated) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -363,7 +456,7 @@ func (m *EventEscrowPayout) Reset()         { *m = EventEscrowPayout{} }
 func (m *EventEscrowPayout) String() string { return proto.CompactTextString(m) }
 func (*EventEscrowPayout) ProtoMessage()    {}
 func (*EventEscrowPayout) Descriptor() ([]byte, []int) {
-	return fileDescriptor_ab61cfc9514cebf7, []int{3}
+	return fileDescriptor_ab61cfc9514cebf7, []int{4}
 }
 func (m *EventEscrowPayout) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -440,7 +533,7 @@ func (m *EventEscrowSettled) Reset()         { *m = EventEscrowSettled{} }
 func (m *EventEscrowSettled) String() string { return proto.CompactTextString(m) }
 func (*EventEscrowSettled) ProtoMessage()    {}
 func (*EventEscrowSettled) Descriptor() ([]byte, []int) {
-	return fileDescriptor_ab61cfc9514cebf7, []int{4}
+	return fileDescriptor_ab61cfc9514cebf7, []int{5}
 }
 func (m *EventEscrowSettled) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -504,6 +597,147 @@ func (m *EventEscrowSettled) GetRefund() uint64 {
 	return 0
 }
 
+// EventSettlementPending is emitted when a settlement of a root that is not
+// finalized is accepted into its challenge window, or replaces the one
+// there (superseded_nonce is then that one's nonce, else 0).
+type EventSettlementPending struct {
+	EscrowId        uint64 `protobuf:"varint,1,opt,name=escrow_id,json=escrowId,proto3" json:"escrow_id,omitempty"`
+	Sender          string `protobuf:"bytes,2,opt,name=sender,proto3" json:"sender,omitempty"`
+	Nonce           uint64 `protobuf:"varint,3,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	WindowEndHeight int64  `protobuf:"varint,4,opt,name=window_end_height,json=windowEndHeight,proto3" json:"window_end_height,omitempty"`
+	SupersededNonce uint64 `protobuf:"varint,5,opt,name=superseded_nonce,json=supersededNonce,proto3" json:"superseded_nonce,omitempty"`
+}
+
+func (m *EventSettlementPending) Reset()         { *m = EventSettlementPending{} }
+func (m *EventSettlementPending) String() string { return proto.CompactTextString(m) }
+func (*EventSettlementPending) ProtoMessage()    {}
+func (*EventSettlementPending) Descriptor() ([]byte, []int) {
+	return fileDescriptor_ab61cfc9514cebf7, []int{6}
+}
+func (m *EventSettlementPending) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *EventSettlementPending) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_EventSettlementPending.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *EventSettlementPending) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_EventSettlementPending.Merge(m, src)
+}
+func (m *EventSettlementPending) XXX_Size() int {
+	return m.Size()
+}
+func (m *EventSettlementPending) XXX_DiscardUnknown() {
+	xxx_messageInfo_EventSettlementPending.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_EventSettlementPending proto.InternalMessageInfo
+
+func (m *EventSettlementPending) GetEscrowId() uint64 {
+	if m != nil {
+		return m.EscrowId
+	}
+	return 0
+}
+
+func (m *EventSettlementPending) GetSender() string {
+	if m != nil {
+		return m.Sender
+	}
+	return ""
+}
+
+func (m *EventSettlementPending) GetNonce() uint64 {
+	if m != nil {
+		return m.Nonce
+	}
+	return 0
+}
+
+func (m *EventSettlementPending) GetWindowEndHeight() int64 {
+	if m != nil {
+		return m.WindowEndHeight
+	}
+	return 0
+}
+
+func (m *EventSettlementPending) GetSupersededNonce() uint64 {
+	if m != nil {
+		return m.SupersededNonce
+	}
+	return 0
+}
+
+// EventSettlementSignaturesIgnored reports the signatures an accepted
+// settlement carried that did not count toward its quorum, with why.
+type EventSettlementSignaturesIgnored struct {
+	EscrowId uint64   `protobuf:"varint,1,opt,name=escrow_id,json=escrowId,proto3" json:"escrow_id,omitempty"`
+	Slots    []uint32 `protobuf:"varint,2,rep,packed,name=slots,proto3" json:"slots,omitempty"`
+	Reasons  []string `protobuf:"bytes,3,rep,name=reasons,proto3" json:"reasons,omitempty"`
+}
+
+func (m *EventSettlementSignaturesIgnored) Reset()         { *m = EventSettlementSignaturesIgnored{} }
+func (m *EventSettlementSignaturesIgnored) String() string { return proto.CompactTextString(m) }
+func (*EventSettlementSignaturesIgnored) ProtoMessage()    {}
+func (*EventSettlementSignaturesIgnored) Descriptor() ([]byte, []int) {
+	return fileDescriptor_ab61cfc9514cebf7, []int{7}
+}
+func (m *EventSettlementSignaturesIgnored) XXX_Unmarshal(b []byte) error {
+	return m.Unmarshal(b)
+}
+func (m *EventSettlementSignaturesIgnored) XXX_Marshal(b []byte, deterministic bool) ([]byte, error) {
+	if deterministic {
+		return xxx_messageInfo_EventSettlementSignaturesIgnored.Marshal(b, m, deterministic)
+	} else {
+		b = b[:cap(b)]
+		n, err := m.MarshalToSizedBuffer(b)
+		if err != nil {
+			return nil, err
+		}
+		return b[:n], nil
+	}
+}
+func (m *EventSettlementSignaturesIgnored) XXX_Merge(src proto.Message) {
+	xxx_messageInfo_EventSettlementSignaturesIgnored.Merge(m, src)
+}
+func (m *EventSettlementSignaturesIgnored) XXX_Size() int {
+	return m.Size()
+}
+func (m *EventSettlementSignaturesIgnored) XXX_DiscardUnknown() {
+	xxx_messageInfo_EventSettlementSignaturesIgnored.DiscardUnknown(m)
+}
+
+var xxx_messageInfo_EventSettlementSignaturesIgnored proto.InternalMessageInfo
+
+func (m *EventSettlementSignaturesIgnored) GetEscrowId() uint64 {
+	if m != nil {
+		return m.EscrowId
+	}
+	return 0
+}
+
+func (m *EventSettlementSignaturesIgnored) GetSlots() []uint32 {
+	if m != nil {
+		return m.Slots
+	}
+	return nil
+}
+
+func (m *EventSettlementSignaturesIgnored) GetReasons() []string {
+	if m != nil {
+		return m.Reasons
+	}
+	return nil
+}
+
 // EventEscrowExpired is emitted when an unsettled escrow goes back to its
 // creator.
 type EventEscrowExpired struct {
@@ -516,7 +750,7 @@ func (m *EventEscrowExpired) Reset()         { *m = EventEscrowExpired{} }
 func (m *EventEscrowExpired) String() string { return proto.CompactTextString(m) }
 func (*EventEscrowExpired) ProtoMessage()    {}
 func (*EventEscrowExpired) Descriptor() ([]byte, []int) {
-	return fileDescriptor_ab61cfc9514cebf7, []int{5}
+	return fileDescriptor_ab61cfc9514cebf7, []int{8}
 }
 func (m *EventEscrowExpired) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -579,7 +813,7 @@ func (m *EventMemberAccounted) Reset()         { *m = EventMemberAccounted{} }
 func (m *EventMemberAccounted) String() string { return proto.CompactTextString(m) }
 func (*EventMemberAccounted) ProtoMessage()    {}
 func (*EventMemberAccounted) Descriptor() ([]byte, []int) {
-	return fileDescriptor_ab61cfc9514cebf7, []int{6}
+	return fileDescriptor_ab61cfc9514cebf7, []int{9}
 }
 func (m *EventMemberAccounted) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -654,7 +888,7 @@ func (m *EventRewardsClaimed) Reset()         { *m = EventRewardsClaimed{} }
 func (m *EventRewardsClaimed) String() string { return proto.CompactTextString(m) }
 func (*EventRewardsClaimed) ProtoMessage()    {}
 func (*EventRewardsClaimed) Descriptor() ([]byte, []int) {
-	return fileDescriptor_ab61cfc9514cebf7, []int{7}
+	return fileDescriptor_ab61cfc9514cebf7, []int{10}
 }
 func (m *EventRewardsClaimed) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -717,7 +951,7 @@ func (m *EventCommunityPoolFunded) Reset()         { *m = EventCommunityPoolFund
 func (m *EventCommunityPoolFunded) String() string { return proto.CompactTextString(m) }
 func (*EventCommunityPoolFunded) ProtoMessage()    {}
 func (*EventCommunityPoolFunded) Descriptor() ([]byte, []int) {
-	return fileDescriptor_ab61cfc9514cebf7, []int{8}
+	return fileDescriptor_ab61cfc9514cebf7, []int{11}
 }
 func (m *EventCommunityPoolFunded) XXX_Unmarshal(b []byte) error {
 	return m.Unmarshal(b)
@@ -777,10 +1011,13 @@ func (m *EventCommunityPoolFunded) GetReason() string {
 func init() {
 	proto.RegisterEnum("devshard.devshard.v1.EscrowStatus", EscrowStatus_name, EscrowStatus_value)
 	proto.RegisterType((*Escrow)(nil), "devshard.devshard.v1.Escrow")
+	proto.RegisterType((*PendingSettlement)(nil), "devshard.devshard.v1.PendingSettlement")
 	proto.RegisterType((*EpochPerformanceSummary)(nil), "devshard.devshard.v1.EpochPerformanceSummary")
 	proto.RegisterType((*EventEscrowCreated)(nil), "devshard.devshard.v1.EventEscrowCreated")
 	proto.RegisterType((*EventEscrowPayout)(nil), "devshard.devshard.v1.EventEscrowPayout")
 	proto.RegisterType((*EventEscrowSettled)(nil), "devshard.devshard.v1.EventEscrowSettled")
+	proto.RegisterType((*EventSettlementPending)(nil), "devshard.devshard.v1.EventSettlementPending")
+	proto.RegisterType((*EventSettlementSignaturesIgnored)(nil), "devshard.devshard.v1.EventSettlementSignaturesIgnored")
 	proto.RegisterType((*EventEscrowExpired)(nil), "devshard.devshard.v1.EventEscrowExpired")
 	proto.RegisterType((*EventMemberAccounted)(nil), "devshard.devshard.v1.EventMemberAccounted")
 	proto.RegisterType((*EventRewardsClaimed)(nil), "devshard.devshard.v1.EventRewardsClaimed")
@@ -790,63 +1027,76 @@ func init() {
 func init() { proto.RegisterFile("devshard/devshard/v1/escrow.proto", fileDescriptor_ab61cfc9514cebf7) }
 
 var fileDescriptor_ab61cfc9514cebf7 = []byte{
-	// 892 bytes of a gzipped FileDescriptorProto
-	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0xac, 0x55, 0xcf, 0x6f, 0x1b, 0x45,
-	0x14, 0xf6, 0x3a, 0x6b, 0xc7, 0x99, 0x34, 0x51, 0x3a, 0x98, 0x74, 0xe3, 0x4a, 0x66, 0x6b, 0xa0,
-	0xb2, 0x10, 0x75, 0x94, 0x70, 0xeb, 0x89, 0xc4, 0xd9, 0x82, 0x25, 0x68, 0xac, 0x75, 0x22, 0x10,
-	0x17, 0x6b, 0xb2, 0xf3, 0x62, 0xaf, 0x94, 0x9d, 0x59, 0xcd, 0xcc, 0x3a, 0xf5, 0x89, 0x2b, 0x0a,
-	0x17, 0x0e, 0xdc, 0x20, 0x27, 0x6e, 0x9c, 0xf9, 0x23, 0x7a, 0xac, 0x10, 0x42, 0x9c, 0x10, 0x4a,
-	0xfe, 0x11, 0xb4, 0x33, 0xe3, 0x5f, 0x6a, 0x9a, 0x48, 0x55, 0x6f, 0xef, 0x7b, 0xf3, 0xbd, 0xcc,
-	0x97, 0xef, 0x7d, 0xe3, 0x45, 0x8f, 0x28, 0x8c, 0xe4, 0x90, 0x08, 0xba, 0x3d, 0x2d, 0x46, 0x3b,
-	0xdb, 0x20, 0x23, 0xc1, 0xcf, 0x5b, 0xa9, 0xe0, 0x8a, 0xe3, 0xea, 0xe4, 0xa4, 0x35, 0x2d, 0x46,
-	0x3b, 0xb5, 0xea, 0x80, 0x0f, 0xb8, 0x26, 0x6c, 0xe7, 0x95, 0xe1, 0xd6, 0xb6, 0x22, 0x2e, 0x13,
-	0x2e, 0xfb, 0xe6, 0xc0, 0x00, 0x7b, 0x34, 0xbb, 0x49, 0x82, 0x94, 0x31, 0x67, 0xf9, 0x45, 0xb6,
-	0xb4, 0x94, 0xc7, 0x37, 0x8a, 0x49, 0x89, 0x50, 0x71, 0x14, 0xa7, 0x84, 0x29, 0xc3, 0x6b, 0xfc,
-	0x5d, 0x44, 0xe5, 0x40, 0x4b, 0xc4, 0xeb, 0xa8, 0x18, 0x53, 0xcf, 0xf1, 0x9d, 0xa6, 0x1b, 0x16,
-	0x63, 0x8a, 0x77, 0xd1, 0x72, 0x24, 0x80, 0x28, 0x2e, 0xbc, 0xa2, 0xef, 0x34, 0x57, 0xf6, 0xbd,
-	0x3f, 0xff, 0x78, 0x52, 0xb5, 0x42, 0xf6, 0x28, 0x15, 0x20, 0x65, 0x4f, 0x89, 0x98, 0x0d, 0xc2,
-	0x09, 0x11, 0x57, 0x51, 0x89, 0x02, 0xe3, 0x89, 0xb7, 0x94, 0x4f, 0x84, 0x06, 0xe0, 0x00, 0x55,
-	0x24, 0x23, 0xa9, 0x1c, 0x72, 0xe5, 0xb9, 0xbe, 0xd3, 0x5c, 0xdd, 0xfd, 0x70, 0x66, 0xc0, 0x44,
-	0xf7, 0x68, 0xa7, 0x65, 0x84, 0xf4, 0x2c, 0x75, 0xdf, 0x7d, 0xf9, 0xef, 0x07, 0x85, 0x70, 0x3a,
-	0x8a, 0x9f, 0xa2, 0xb2, 0x54, 0x44, 0x65, 0xd2, 0x2b, 0xf9, 0x4e, 0x73, 0x7d, 0xb7, 0xd1, 0xba,
-	0xc9, 0xce, 0xc9, 0x5f, 0xd1, 0xcc, 0xd0, 0x4e, 0xe0, 0x8f, 0xd1, 0xba, 0xd6, 0x08, 0xb4, 0x3f,
-	0x84, 0x78, 0x30, 0x54, 0x5e, 0xd9, 0x77, 0x9a, 0x4b, 0xe1, 0x9a, 0xed, 0x7e, 0xa9, 0x9b, 0x39,
-	0x8d, 0x02, 0xa1, 0x67, 0x31, 0x83, 0x3e, 0xa4, 0x3c, 0x1a, 0x7a, 0xcb, 0xda, 0x8f, 0xb5, 0x49,
-	0x37, 0xc8, 0x9b, 0xf8, 0x11, 0xba, 0x07, 0x2f, 0xd2, 0x58, 0x8c, 0x2d, 0xa9, 0xa2, 0x49, 0xab,
-	0xa6, 0xa7, 0x29, 0x8d, 0xdf, 0x8b, 0xe8, 0x81, 0xae, 0xba, 0x20, 0x4e, 0xb9, 0x48, 0x08, 0x8b,
-	0xa0, 0x97, 0x25, 0x09, 0x11, 0x63, 0xbc, 0x85, 0x2a, 0x7a, 0xae, 0x3f, 0xf5, 0x7b, 0x59, 0xe3,
-	0x8e, 0x36, 0x9d, 0x18, 0x6b, 0xef, 0x36, 0xdd, 0x12, 0xf1, 0xe7, 0xa8, 0x94, 0xff, 0x97, 0x52,
-	0x9b, 0xbe, 0xba, 0xfb, 0xd1, 0xcd, 0xb6, 0x74, 0xd8, 0x29, 0x08, 0xc8, 0x55, 0xe4, 0x5c, 0x6b,
-	0xae, 0x19, 0xc4, 0x9b, 0xa8, 0x0c, 0x44, 0x30, 0xa0, 0x7a, 0x3d, 0x6e, 0x68, 0x11, 0xae, 0xa1,
-	0x8a, 0x80, 0x73, 0x22, 0x28, 0x50, 0xed, 0xb9, 0x1b, 0x4e, 0x71, 0x7e, 0x96, 0x66, 0x2c, 0x96,
-	0x43, 0xa0, 0xda, 0xcb, 0x4a, 0x38, 0xc5, 0xd8, 0x43, 0xcb, 0xd1, 0x19, 0x89, 0x13, 0xa0, 0xda,
-	0xbf, 0x4a, 0x38, 0x81, 0x79, 0x40, 0xe4, 0x39, 0xa4, 0x4a, 0x5b, 0x56, 0x09, 0x0d, 0x68, 0xfc,
-	0xec, 0x20, 0x1c, 0x8c, 0x80, 0x29, 0xb3, 0xbb, 0xb6, 0xd9, 0x09, 0x7e, 0x88, 0x56, 0xcc, 0xf3,
-	0x99, 0x19, 0x55, 0x31, 0x8d, 0x8e, 0xb9, 0x63, 0x3e, 0x9e, 0xb3, 0x10, 0x6e, 0xa2, 0x32, 0x49,
-	0x78, 0xc6, 0x94, 0x36, 0xc4, 0x0d, 0x2d, 0x5a, 0xb0, 0xdd, 0x5d, 0xb4, 0xbd, 0x8a, 0x4a, 0x03,
-	0xc1, 0xb3, 0xd4, 0x2b, 0xf9, 0x4b, 0x79, 0x6e, 0x35, 0x68, 0xfc, 0xea, 0xa0, 0xfb, 0x73, 0xb2,
-	0xba, 0x64, 0xcc, 0x33, 0x75, 0xa7, 0xaa, 0x85, 0xfd, 0xcd, 0xb6, 0xf4, 0x26, 0x55, 0x3e, 0x5a,
-	0xa5, 0x20, 0x55, 0xcc, 0x88, 0x8a, 0x39, 0xd3, 0xc2, 0x56, 0xc2, 0xf9, 0x56, 0x3e, 0x29, 0x80,
-	0x48, 0xce, 0xf4, 0x0e, 0x56, 0x42, 0x8b, 0x1a, 0x3f, 0x2e, 0xba, 0xd6, 0x03, 0xa5, 0xce, 0xee,
-	0x72, 0x6d, 0x13, 0x95, 0x25, 0x30, 0x0a, 0x13, 0xd3, 0x2c, 0xca, 0x0d, 0x60, 0x9c, 0x45, 0x60,
-	0xc5, 0x19, 0x80, 0x31, 0x72, 0x53, 0x32, 0x75, 0x4b, 0xd7, 0x46, 0xcd, 0x69, 0xc6, 0x26, 0x89,
-	0xb0, 0xa8, 0x11, 0x2d, 0x88, 0x09, 0xf2, 0xa7, 0xf0, 0xce, 0x57, 0xd8, 0xf8, 0xc5, 0x41, 0x55,
-	0x7d, 0xcb, 0xd7, 0x90, 0x9c, 0x80, 0xd8, 0x8b, 0xa2, 0xbc, 0x0d, 0xf4, 0xb6, 0x27, 0x75, 0xeb,
-	0x4a, 0x6c, 0xec, 0x97, 0xde, 0x18, 0x7b, 0xf7, 0x96, 0xd8, 0x97, 0x16, 0x63, 0xdf, 0x38, 0x41,
-	0xef, 0x69, 0x71, 0xa1, 0x26, 0xcb, 0xb6, 0xcd, 0xfc, 0xdb, 0x6a, 0xbb, 0xd1, 0x81, 0xef, 0x91,
-	0xa7, 0xef, 0x68, 0xf3, 0x24, 0xc9, 0x58, 0xac, 0xc6, 0x5d, 0xce, 0xcf, 0x9e, 0x65, 0x8c, 0xbe,
-	0xe3, 0x8b, 0xe6, 0x52, 0xe7, 0xce, 0xa7, 0xee, 0x93, 0xbf, 0x1c, 0x74, 0x6f, 0xfe, 0x27, 0x16,
-	0x3f, 0x45, 0x5b, 0x41, 0xaf, 0x1d, 0x1e, 0x7e, 0xd3, 0xef, 0x1d, 0xed, 0x1d, 0x1d, 0xf7, 0xfa,
-	0xc7, 0xcf, 0x7b, 0xdd, 0xa0, 0xdd, 0x79, 0xd6, 0x09, 0x0e, 0x36, 0x0a, 0xb5, 0x87, 0x17, 0x97,
-	0xfe, 0x83, 0xf9, 0x81, 0x63, 0x26, 0x53, 0x88, 0xe2, 0xd3, 0x18, 0x28, 0x7e, 0x8c, 0xf0, 0xe2,
-	0xec, 0x61, 0x37, 0x78, 0xbe, 0xe1, 0xd4, 0xd6, 0x2f, 0x2e, 0x7d, 0x64, 0x86, 0x0e, 0x53, 0x60,
-	0xf8, 0x53, 0xf4, 0xfe, 0x22, 0xaf, 0x17, 0x1c, 0x1d, 0x7d, 0x15, 0x1c, 0x6c, 0x14, 0x6b, 0xf7,
-	0x2f, 0x2e, 0xfd, 0xb5, 0xc5, 0x17, 0xf0, 0x1a, 0x3b, 0xf8, 0xb6, 0xdb, 0x09, 0x83, 0x83, 0x8d,
-	0xa5, 0x79, 0xb6, 0x8d, 0x68, 0xcd, 0xfd, 0xe1, 0xb7, 0x7a, 0x61, 0xff, 0x8b, 0x97, 0x57, 0x75,
-	0xe7, 0xd5, 0x55, 0xdd, 0xf9, 0xef, 0xaa, 0xee, 0xfc, 0x74, 0x5d, 0x2f, 0xbc, 0xba, 0xae, 0x17,
-	0xfe, 0xb9, 0xae, 0x17, 0xbe, 0x7b, 0x32, 0x88, 0xd5, 0x30, 0x3b, 0x69, 0x45, 0x3c, 0xd9, 0x7e,
-	0xfd, 0xab, 0xfa, 0x62, 0x56, 0xaa, 0x71, 0x0a, 0xf2, 0xa4, 0xac, 0x3f, 0xac, 0x9f, 0xfd, 0x1f,
-	0x00, 0x00, 0xff, 0xff, 0x66, 0x03, 0x15, 0xc0, 0x0f, 0x08, 0x00, 0x00,
+	// 1091 bytes of a gzipped FileDescriptorProto
+	0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0xff, 0xac, 0x56, 0xbf, 0x6f, 0x23, 0xc5,
+	0x17, 0xf7, 0xc6, 0xeb, 0x1f, 0x99, 0x5c, 0x72, 0xc9, 0x7c, 0xfd, 0xcd, 0xed, 0xf9, 0x24, 0x9f,
+	0x6f, 0x81, 0xc3, 0x9c, 0xb8, 0x84, 0x84, 0xee, 0x2a, 0xf2, 0x63, 0x0f, 0x2c, 0x41, 0x62, 0xad,
+	0x13, 0x81, 0x68, 0xac, 0xcd, 0xce, 0x8b, 0x3d, 0x22, 0x3b, 0xb3, 0x9a, 0x99, 0x4d, 0x2e, 0x15,
+	0x2d, 0x0a, 0x0d, 0x05, 0x0d, 0x82, 0x54, 0x74, 0xd4, 0x54, 0xfc, 0x05, 0x57, 0x9e, 0x10, 0x05,
+	0x15, 0x42, 0xc9, 0xbf, 0x41, 0x81, 0x76, 0x66, 0xbd, 0xb6, 0x89, 0x2f, 0x11, 0x28, 0xdd, 0xbc,
+	0x37, 0x9f, 0x97, 0xf9, 0xec, 0xe7, 0x7d, 0xde, 0x8b, 0xd1, 0x23, 0x02, 0xc7, 0x72, 0x10, 0x08,
+	0xb2, 0x9a, 0x1f, 0x8e, 0xd7, 0x56, 0x41, 0x86, 0x82, 0x9f, 0xac, 0xc4, 0x82, 0x2b, 0x8e, 0x6b,
+	0xc3, 0x9b, 0x95, 0xfc, 0x70, 0xbc, 0x56, 0xaf, 0xf5, 0x79, 0x9f, 0x6b, 0xc0, 0x6a, 0x7a, 0x32,
+	0xd8, 0xfa, 0xfd, 0x90, 0xcb, 0x88, 0xcb, 0x9e, 0xb9, 0x30, 0x41, 0x76, 0x35, 0x7a, 0x49, 0x82,
+	0x94, 0x94, 0xb3, 0xf4, 0xa1, 0xec, 0x98, 0x41, 0x1e, 0x4f, 0x25, 0x13, 0x07, 0x42, 0xd1, 0x90,
+	0xc6, 0x01, 0x53, 0x06, 0xe7, 0x7e, 0x57, 0x44, 0x65, 0x4f, 0x53, 0xc4, 0x0b, 0x68, 0x86, 0x12,
+	0xc7, 0x6a, 0x5a, 0x2d, 0xdb, 0x9f, 0xa1, 0x04, 0xaf, 0xa3, 0x4a, 0x28, 0x20, 0x50, 0x5c, 0x38,
+	0x33, 0x4d, 0xab, 0x35, 0xbb, 0xe9, 0xfc, 0xfa, 0xf3, 0xd3, 0x5a, 0x46, 0x64, 0x83, 0x10, 0x01,
+	0x52, 0x76, 0x95, 0xa0, 0xac, 0xef, 0x0f, 0x81, 0xb8, 0x86, 0x4a, 0x04, 0x18, 0x8f, 0x9c, 0x62,
+	0x5a, 0xe1, 0x9b, 0x00, 0x7b, 0xa8, 0x2a, 0x59, 0x10, 0xcb, 0x01, 0x57, 0x8e, 0xdd, 0xb4, 0x5a,
+	0x73, 0xeb, 0x6f, 0x8c, 0x04, 0x18, 0xf2, 0x3e, 0x5e, 0x5b, 0x31, 0x44, 0xba, 0x19, 0x74, 0xd3,
+	0x7e, 0xf9, 0xc7, 0xc3, 0x82, 0x9f, 0x97, 0xe2, 0x67, 0xa8, 0x2c, 0x55, 0xa0, 0x12, 0xe9, 0x94,
+	0x9a, 0x56, 0x6b, 0x61, 0xdd, 0x5d, 0x99, 0x26, 0xe7, 0xf0, 0xaf, 0x68, 0xa4, 0x9f, 0x55, 0xe0,
+	0xb7, 0xd0, 0x82, 0xe6, 0x08, 0xa4, 0x37, 0x00, 0xda, 0x1f, 0x28, 0xa7, 0xdc, 0xb4, 0x5a, 0x45,
+	0x7f, 0x3e, 0xcb, 0x7e, 0xa4, 0x93, 0x29, 0x8c, 0x40, 0x40, 0x8e, 0x28, 0x83, 0x1e, 0xc4, 0x3c,
+	0x1c, 0x38, 0x15, 0xad, 0xc7, 0xfc, 0x30, 0xeb, 0xa5, 0x49, 0xfc, 0x08, 0xdd, 0x81, 0x17, 0x31,
+	0x15, 0xa7, 0x19, 0xa8, 0xaa, 0x41, 0x73, 0x26, 0x67, 0x20, 0x1b, 0xa8, 0x12, 0x03, 0x23, 0x94,
+	0xf5, 0x9d, 0x59, 0xfd, 0xc9, 0x6f, 0x4f, 0x67, 0xdb, 0x31, 0xa0, 0x2e, 0x28, 0x75, 0x04, 0x11,
+	0x30, 0xe5, 0x0f, 0xeb, 0xdc, 0xbf, 0x2c, 0xb4, 0x74, 0xe5, 0x1a, 0xbf, 0x87, 0xca, 0x12, 0x18,
+	0x01, 0xa1, 0x5b, 0x75, 0x5d, 0x57, 0x32, 0x1c, 0xf6, 0x10, 0x92, 0x79, 0xbd, 0xee, 0xe5, 0xdc,
+	0xfa, 0xc3, 0xa9, 0x0d, 0x18, 0x3d, 0x93, 0x89, 0x3f, 0x56, 0x88, 0xdf, 0x41, 0x8b, 0x32, 0x39,
+	0x88, 0xa8, 0x1a, 0x13, 0xb1, 0xa8, 0x45, 0xbc, 0x9b, 0xe7, 0x33, 0x19, 0x9f, 0xa0, 0xa5, 0x13,
+	0xca, 0x08, 0x3f, 0xe9, 0x01, 0xcb, 0xb1, 0xb6, 0xc1, 0x9a, 0x0b, 0x8f, 0x0d, 0xb1, 0xf7, 0x50,
+	0x45, 0x05, 0xf2, 0x8b, 0x1e, 0x25, 0xba, 0xad, 0xb6, 0x5f, 0x4e, 0xc3, 0x36, 0x71, 0x7f, 0x9a,
+	0x41, 0xf7, 0xb4, 0x96, 0x1d, 0x10, 0x87, 0x5c, 0x44, 0x01, 0x0b, 0xa1, 0x9b, 0x44, 0x51, 0x20,
+	0x4e, 0xf1, 0x7d, 0x54, 0xd5, 0xca, 0xf7, 0x72, 0xc7, 0x56, 0x74, 0xdc, 0xd6, 0xb6, 0x0d, 0x8c,
+	0x0c, 0x37, 0xdb, 0x36, 0x03, 0xe2, 0x0f, 0x50, 0x29, 0xf5, 0x89, 0xd4, 0xdf, 0x33, 0xb7, 0xfe,
+	0xe6, 0xf4, 0x56, 0xb5, 0xd9, 0x21, 0x08, 0x48, 0x59, 0xa4, 0xd8, 0x4c, 0x21, 0x53, 0x88, 0x97,
+	0x51, 0x19, 0x02, 0xc1, 0x80, 0xe8, 0xcf, 0xb4, 0xfd, 0x2c, 0xc2, 0x75, 0x54, 0x15, 0x70, 0x12,
+	0x08, 0x02, 0xc3, 0xcf, 0xcb, 0xe3, 0xf4, 0x2e, 0x4e, 0x18, 0x95, 0x03, 0x20, 0xda, 0x8d, 0x55,
+	0x3f, 0x8f, 0xb1, 0x83, 0x2a, 0xe1, 0x51, 0x40, 0x23, 0x20, 0xda, 0x81, 0x55, 0x7f, 0x18, 0xa6,
+	0x23, 0x26, 0x4f, 0x20, 0x56, 0xda, 0x74, 0x55, 0xdf, 0x04, 0xee, 0xb7, 0x16, 0xc2, 0xde, 0x31,
+	0x30, 0x65, 0xdc, 0xbf, 0x65, 0x5c, 0x8d, 0x1f, 0xa0, 0x59, 0xb3, 0x80, 0x46, 0x42, 0x55, 0x4d,
+	0xa2, 0x6d, 0xde, 0x18, 0x1f, 0xf0, 0xd1, 0x18, 0x2f, 0xa3, 0x72, 0x10, 0xf1, 0x84, 0x99, 0x06,
+	0xdb, 0x7e, 0x16, 0x4d, 0xc8, 0x6e, 0x4f, 0xca, 0x5e, 0x43, 0xa5, 0xbe, 0xe0, 0x49, 0xec, 0x94,
+	0x9a, 0xc5, 0x74, 0xf2, 0x75, 0xe0, 0xfe, 0x60, 0xa1, 0xa5, 0x31, 0x5a, 0x9d, 0xe0, 0x94, 0x27,
+	0xea, 0x46, 0x56, 0x13, 0xfd, 0x1b, 0x75, 0xe9, 0x75, 0xac, 0x9a, 0x68, 0x8e, 0x80, 0x54, 0x94,
+	0x05, 0x8a, 0x72, 0xa6, 0x89, 0xcd, 0xfa, 0xe3, 0xa9, 0xb4, 0x52, 0x40, 0x20, 0x39, 0xd3, 0x3d,
+	0x98, 0xf5, 0xb3, 0xc8, 0xfd, 0x7a, 0x52, 0x35, 0x63, 0xff, 0x1b, 0x54, 0x5b, 0xce, 0xe7, 0xcf,
+	0xd0, 0x1b, 0x4e, 0x59, 0x0d, 0x95, 0x18, 0x67, 0x21, 0x64, 0xe4, 0x4c, 0x80, 0x31, 0xb2, 0xe3,
+	0x20, 0x57, 0x4b, 0x9f, 0x0d, 0x9b, 0xc3, 0x84, 0xe5, 0x86, 0x37, 0x91, 0xfb, 0x8b, 0x85, 0x96,
+	0x35, 0x9b, 0xd1, 0x18, 0x66, 0xe3, 0x7f, 0x9b, 0x8c, 0xfe, 0xcd, 0x6c, 0xea, 0x91, 0x8f, 0x41,
+	0x48, 0x20, 0x40, 0x7a, 0xe6, 0x8f, 0x19, 0xce, 0x77, 0x47, 0xf9, 0x9d, 0x34, 0xed, 0x72, 0xd4,
+	0xfc, 0x07, 0xf7, 0x2e, 0xed, 0xb3, 0x40, 0x25, 0x02, 0x64, 0xbb, 0xcf, 0xb8, 0xb8, 0x49, 0xd7,
+	0xd4, 0xd7, 0x47, 0x5c, 0xa5, 0x5d, 0x2f, 0xb6, 0xe6, 0x7d, 0x13, 0xa4, 0x6e, 0x30, 0xbd, 0x4a,
+	0x67, 0x33, 0x35, 0xd6, 0x30, 0x74, 0xc3, 0x89, 0xd6, 0x79, 0xe9, 0xea, 0xbd, 0x75, 0xc3, 0xbb,
+	0xdf, 0x5b, 0xa8, 0xa6, 0x5f, 0xf9, 0x04, 0xa2, 0x03, 0x10, 0x1b, 0x61, 0x98, 0xa6, 0x81, 0x5c,
+	0xb7, 0x80, 0xae, 0x35, 0x70, 0xb6, 0x24, 0x8a, 0xaf, 0x5d, 0x12, 0xf6, 0x35, 0x4b, 0xa2, 0x34,
+	0xb9, 0x24, 0xdc, 0x03, 0xf4, 0x3f, 0x4d, 0xce, 0xd7, 0x60, 0xb9, 0x95, 0x6d, 0x88, 0xff, 0xca,
+	0x6d, 0xaa, 0x02, 0x5f, 0x22, 0x47, 0xbf, 0xb1, 0xc5, 0xa3, 0x28, 0x61, 0x54, 0x9d, 0x76, 0x38,
+	0x3f, 0x7a, 0x9e, 0x30, 0x72, 0xcb, 0x0f, 0x8d, 0xcd, 0xa8, 0x3d, 0x3e, 0xa3, 0x4f, 0x7e, 0xb3,
+	0xd0, 0x9d, 0xf1, 0x7f, 0xe9, 0xf8, 0x19, 0xba, 0xef, 0x75, 0xb7, 0xfc, 0xdd, 0x4f, 0x7b, 0xdd,
+	0xbd, 0x8d, 0xbd, 0xfd, 0x6e, 0x6f, 0x7f, 0xa7, 0xdb, 0xf1, 0xb6, 0xda, 0xcf, 0xdb, 0xde, 0xf6,
+	0x62, 0xa1, 0xfe, 0xe0, 0xec, 0xbc, 0x79, 0x6f, 0xbc, 0x60, 0x9f, 0xc9, 0x18, 0x42, 0x7a, 0x48,
+	0x81, 0xe0, 0xc7, 0x08, 0x4f, 0xd6, 0xee, 0x76, 0xbc, 0x9d, 0x45, 0xab, 0xbe, 0x70, 0x76, 0xde,
+	0x44, 0xa6, 0x68, 0x37, 0x06, 0x86, 0xdf, 0x45, 0xff, 0x9f, 0xc4, 0x75, 0xbd, 0xbd, 0xbd, 0x8f,
+	0xbd, 0xed, 0xc5, 0x99, 0xfa, 0xd2, 0xd9, 0x79, 0x73, 0x7e, 0x72, 0x5f, 0x5c, 0x41, 0x7b, 0x9f,
+	0x75, 0xda, 0xbe, 0xb7, 0xbd, 0x58, 0x1c, 0x47, 0x67, 0x16, 0xad, 0xdb, 0x5f, 0xfd, 0xd8, 0x28,
+	0x6c, 0x7e, 0xf8, 0xf2, 0xa2, 0x61, 0xbd, 0xba, 0x68, 0x58, 0x7f, 0x5e, 0x34, 0xac, 0x6f, 0x2e,
+	0x1b, 0x85, 0x57, 0x97, 0x8d, 0xc2, 0xef, 0x97, 0x8d, 0xc2, 0xe7, 0x4f, 0xfb, 0x54, 0x0d, 0x92,
+	0x83, 0x95, 0x90, 0x47, 0xab, 0x57, 0x7f, 0xc5, 0xbd, 0x18, 0x1d, 0xd5, 0x69, 0x0c, 0xf2, 0xa0,
+	0xac, 0x7f, 0xc8, 0xbd, 0xff, 0x77, 0x00, 0x00, 0x00, 0xff, 0xff, 0xbe, 0xb4, 0x98, 0x2f, 0x7f,
+	0x0a, 0x00, 0x00,
 }
 
 func (m *Escrow) Marshal() (dAtA []byte, err error) {
@@ -869,6 +1119,18 @@ func (m *Escrow) MarshalToSizedBuffer(dAtA []byte) (int, error) {
 	_ = i
 	var l int
 	_ = l
+	if m.Pending != nil {
+		{
+			size, err := m.Pending.MarshalToSizedBuffer(dAtA[:i])
+			if err != nil {
+				return 0, err
+			}
+			i -= size
+			i = encodeVarintEscrow(dAtA, i, uint64(size))
+		}
+		i--
+		dAtA[i] = 0x4a
+	}
 	if m.ExpiryEpoch != 0 {
 		i = encodeVarintEscrow(dAtA, i, uint64(m.ExpiryEpoch))
 		i--
@@ -917,6 +1179,61 @@ func (m *Escrow) MarshalToSizedBuffer(dAtA []byte) (int, error) {
 		i = encodeVarintEscrow(dAtA, i, uint64(m.Id))
 		i--
 		dAtA[i] = 0x8
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *PendingSettlement) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *PendingSettlement) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *PendingSettlement) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.TaskId != 0 {
+		i = encodeVarintEscrow(dAtA, i, uint64(m.TaskId))
+		i--
+		dAtA[i] = 0x28
+	}
+	if m.WindowEndHeight != 0 {
+		i = encodeVarintEscrow(dAtA, i, uint64(m.WindowEndHeight))
+		i--
+		dAtA[i] = 0x20
+	}
+	if m.SubmittedHeight != 0 {
+		i = encodeVarintEscrow(dAtA, i, uint64(m.SubmittedHeight))
+		i--
+		dAtA[i] = 0x18
+	}
+	{
+		size, err := m.Settlement.MarshalToSizedBuffer(dAtA[:i])
+		if err != nil {
+			return 0, err
+		}
+		i -= size
+		i = encodeVarintEscrow(dAtA, i, uint64(size))
+	}
+	i--
+	dAtA[i] = 0x12
+	if len(m.Sender) > 0 {
+		i -= len(m.Sender)
+		copy(dAtA[i:], m.Sender)
+		i = encodeVarintEscrow(dAtA, i, uint64(len(m.Sender)))
+		i--
+		dAtA[i] = 0xa
 	}
 	return len(dAtA) - i, nil
 }
@@ -1164,6 +1481,111 @@ func (m *EventEscrowSettled) MarshalToSizedBuffer(dAtA []byte) (int, error) {
 	return len(dAtA) - i, nil
 }
 
+func (m *EventSettlementPending) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *EventSettlementPending) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *EventSettlementPending) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if m.SupersededNonce != 0 {
+		i = encodeVarintEscrow(dAtA, i, uint64(m.SupersededNonce))
+		i--
+		dAtA[i] = 0x28
+	}
+	if m.WindowEndHeight != 0 {
+		i = encodeVarintEscrow(dAtA, i, uint64(m.WindowEndHeight))
+		i--
+		dAtA[i] = 0x20
+	}
+	if m.Nonce != 0 {
+		i = encodeVarintEscrow(dAtA, i, uint64(m.Nonce))
+		i--
+		dAtA[i] = 0x18
+	}
+	if len(m.Sender) > 0 {
+		i -= len(m.Sender)
+		copy(dAtA[i:], m.Sender)
+		i = encodeVarintEscrow(dAtA, i, uint64(len(m.Sender)))
+		i--
+		dAtA[i] = 0x12
+	}
+	if m.EscrowId != 0 {
+		i = encodeVarintEscrow(dAtA, i, uint64(m.EscrowId))
+		i--
+		dAtA[i] = 0x8
+	}
+	return len(dAtA) - i, nil
+}
+
+func (m *EventSettlementSignaturesIgnored) Marshal() (dAtA []byte, err error) {
+	size := m.Size()
+	dAtA = make([]byte, size)
+	n, err := m.MarshalToSizedBuffer(dAtA[:size])
+	if err != nil {
+		return nil, err
+	}
+	return dAtA[:n], nil
+}
+
+func (m *EventSettlementSignaturesIgnored) MarshalTo(dAtA []byte) (int, error) {
+	size := m.Size()
+	return m.MarshalToSizedBuffer(dAtA[:size])
+}
+
+func (m *EventSettlementSignaturesIgnored) MarshalToSizedBuffer(dAtA []byte) (int, error) {
+	i := len(dAtA)
+	_ = i
+	var l int
+	_ = l
+	if len(m.Reasons) > 0 {
+		for iNdEx := len(m.Reasons) - 1; iNdEx >= 0; iNdEx-- {
+			i -= len(m.Reasons[iNdEx])
+			copy(dAtA[i:], m.Reasons[iNdEx])
+			i = encodeVarintEscrow(dAtA, i, uint64(len(m.Reasons[iNdEx])))
+			i--
+			dAtA[i] = 0x1a
+		}
+	}
+	if len(m.Slots) > 0 {
+		dAtA6 := make([]byte, len(m.Slots)*10)
+		var j5 int
+		for _, num := range m.Slots {
+			for num >= 1<<7 {
+				dAtA6[j5] = uint8(uint64(num)&0x7f | 0x80)
+				num >>= 7
+				j5++
+			}
+			dAtA6[j5] = uint8(num)
+			j5++
+		}
+		i -= j5
+		copy(dAtA[i:], dAtA6[:j5])
+		i = encodeVarintEscrow(dAtA, i, uint64(j5))
+		i--
+		dAtA[i] = 0x12
+	}
+	if m.EscrowId != 0 {
+		i = encodeVarintEscrow(dAtA, i, uint64(m.EscrowId))
+		i--
+		dAtA[i] = 0x8
+	}
+	return len(dAtA) - i, nil
+}
+
 func (m *EventEscrowExpired) Marshal() (dAtA []byte, err error) {
 	size := m.Size()
 	dAtA = make([]byte, size)
@@ -1388,6 +1810,34 @@ func (m *Escrow) Size() (n int) {
 	if m.ExpiryEpoch != 0 {
 		n += 1 + sovEscrow(uint64(m.ExpiryEpoch))
 	}
+	if m.Pending != nil {
+		l = m.Pending.Size()
+		n += 1 + l + sovEscrow(uint64(l))
+	}
+	return n
+}
+
+func (m *PendingSettlement) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	l = len(m.Sender)
+	if l > 0 {
+		n += 1 + l + sovEscrow(uint64(l))
+	}
+	l = m.Settlement.Size()
+	n += 1 + l + sovEscrow(uint64(l))
+	if m.SubmittedHeight != 0 {
+		n += 1 + sovEscrow(uint64(m.SubmittedHeight))
+	}
+	if m.WindowEndHeight != 0 {
+		n += 1 + sovEscrow(uint64(m.WindowEndHeight))
+	}
+	if m.TaskId != 0 {
+		n += 1 + sovEscrow(uint64(m.TaskId))
+	}
 	return n
 }
 
@@ -1500,6 +1950,56 @@ func (m *EventEscrowSettled) Size() (n int) {
 	}
 	if m.Refund != 0 {
 		n += 1 + sovEscrow(uint64(m.Refund))
+	}
+	return n
+}
+
+func (m *EventSettlementPending) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.EscrowId != 0 {
+		n += 1 + sovEscrow(uint64(m.EscrowId))
+	}
+	l = len(m.Sender)
+	if l > 0 {
+		n += 1 + l + sovEscrow(uint64(l))
+	}
+	if m.Nonce != 0 {
+		n += 1 + sovEscrow(uint64(m.Nonce))
+	}
+	if m.WindowEndHeight != 0 {
+		n += 1 + sovEscrow(uint64(m.WindowEndHeight))
+	}
+	if m.SupersededNonce != 0 {
+		n += 1 + sovEscrow(uint64(m.SupersededNonce))
+	}
+	return n
+}
+
+func (m *EventSettlementSignaturesIgnored) Size() (n int) {
+	if m == nil {
+		return 0
+	}
+	var l int
+	_ = l
+	if m.EscrowId != 0 {
+		n += 1 + sovEscrow(uint64(m.EscrowId))
+	}
+	if len(m.Slots) > 0 {
+		l = 0
+		for _, e := range m.Slots {
+			l += sovEscrow(uint64(e))
+		}
+		n += 1 + sovEscrow(uint64(l)) + l
+	}
+	if len(m.Reasons) > 0 {
+		for _, s := range m.Reasons {
+			l = len(s)
+			n += 1 + l + sovEscrow(uint64(l))
+		}
 	}
 	return n
 }
@@ -1813,6 +2313,214 @@ func (m *Escrow) Unmarshal(dAtA []byte) error {
 				b := dAtA[iNdEx]
 				iNdEx++
 				m.ExpiryEpoch |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 9:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Pending", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowEscrow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthEscrow
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthEscrow
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if m.Pending == nil {
+				m.Pending = &PendingSettlement{}
+			}
+			if err := m.Pending.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		default:
+			iNdEx = preIndex
+			skippy, err := skipEscrow(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthEscrow
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *PendingSettlement) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowEscrow
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: PendingSettlement: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: PendingSettlement: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Sender", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowEscrow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthEscrow
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthEscrow
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Sender = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Settlement", wireType)
+			}
+			var msglen int
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowEscrow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				msglen |= int(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			if msglen < 0 {
+				return ErrInvalidLengthEscrow
+			}
+			postIndex := iNdEx + msglen
+			if postIndex < 0 {
+				return ErrInvalidLengthEscrow
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			if err := m.Settlement.Unmarshal(dAtA[iNdEx:postIndex]); err != nil {
+				return err
+			}
+			iNdEx = postIndex
+		case 3:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field SubmittedHeight", wireType)
+			}
+			m.SubmittedHeight = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowEscrow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.SubmittedHeight |= int64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 4:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field WindowEndHeight", wireType)
+			}
+			m.WindowEndHeight = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowEscrow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.WindowEndHeight |= int64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 5:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field TaskId", wireType)
+			}
+			m.TaskId = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowEscrow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.TaskId |= uint64(b&0x7F) << shift
 				if b < 0x80 {
 					break
 				}
@@ -2562,6 +3270,341 @@ func (m *EventEscrowSettled) Unmarshal(dAtA []byte) error {
 					break
 				}
 			}
+		default:
+			iNdEx = preIndex
+			skippy, err := skipEscrow(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthEscrow
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *EventSettlementPending) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowEscrow
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: EventSettlementPending: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: EventSettlementPending: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field EscrowId", wireType)
+			}
+			m.EscrowId = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowEscrow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.EscrowId |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 2:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Sender", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowEscrow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthEscrow
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthEscrow
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Sender = string(dAtA[iNdEx:postIndex])
+			iNdEx = postIndex
+		case 3:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Nonce", wireType)
+			}
+			m.Nonce = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowEscrow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.Nonce |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 4:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field WindowEndHeight", wireType)
+			}
+			m.WindowEndHeight = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowEscrow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.WindowEndHeight |= int64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 5:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field SupersededNonce", wireType)
+			}
+			m.SupersededNonce = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowEscrow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.SupersededNonce |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		default:
+			iNdEx = preIndex
+			skippy, err := skipEscrow(dAtA[iNdEx:])
+			if err != nil {
+				return err
+			}
+			if (skippy < 0) || (iNdEx+skippy) < 0 {
+				return ErrInvalidLengthEscrow
+			}
+			if (iNdEx + skippy) > l {
+				return io.ErrUnexpectedEOF
+			}
+			iNdEx += skippy
+		}
+	}
+
+	if iNdEx > l {
+		return io.ErrUnexpectedEOF
+	}
+	return nil
+}
+func (m *EventSettlementSignaturesIgnored) Unmarshal(dAtA []byte) error {
+	l := len(dAtA)
+	iNdEx := 0
+	for iNdEx < l {
+		preIndex := iNdEx
+		var wire uint64
+		for shift := uint(0); ; shift += 7 {
+			if shift >= 64 {
+				return ErrIntOverflowEscrow
+			}
+			if iNdEx >= l {
+				return io.ErrUnexpectedEOF
+			}
+			b := dAtA[iNdEx]
+			iNdEx++
+			wire |= uint64(b&0x7F) << shift
+			if b < 0x80 {
+				break
+			}
+		}
+		fieldNum := int32(wire >> 3)
+		wireType := int(wire & 0x7)
+		if wireType == 4 {
+			return fmt.Errorf("proto: EventSettlementSignaturesIgnored: wiretype end group for non-group")
+		}
+		if fieldNum <= 0 {
+			return fmt.Errorf("proto: EventSettlementSignaturesIgnored: illegal tag %d (wire type %d)", fieldNum, wire)
+		}
+		switch fieldNum {
+		case 1:
+			if wireType != 0 {
+				return fmt.Errorf("proto: wrong wireType = %d for field EscrowId", wireType)
+			}
+			m.EscrowId = 0
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowEscrow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				m.EscrowId |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+		case 2:
+			if wireType == 0 {
+				var v uint32
+				for shift := uint(0); ; shift += 7 {
+					if shift >= 64 {
+						return ErrIntOverflowEscrow
+					}
+					if iNdEx >= l {
+						return io.ErrUnexpectedEOF
+					}
+					b := dAtA[iNdEx]
+					iNdEx++
+					v |= uint32(b&0x7F) << shift
+					if b < 0x80 {
+						break
+					}
+				}
+				m.Slots = append(m.Slots, v)
+			} else if wireType == 2 {
+				var packedLen int
+				for shift := uint(0); ; shift += 7 {
+					if shift >= 64 {
+						return ErrIntOverflowEscrow
+					}
+					if iNdEx >= l {
+						return io.ErrUnexpectedEOF
+					}
+					b := dAtA[iNdEx]
+					iNdEx++
+					packedLen |= int(b&0x7F) << shift
+					if b < 0x80 {
+						break
+					}
+				}
+				if packedLen < 0 {
+					return ErrInvalidLengthEscrow
+				}
+				postIndex := iNdEx + packedLen
+				if postIndex < 0 {
+					return ErrInvalidLengthEscrow
+				}
+				if postIndex > l {
+					return io.ErrUnexpectedEOF
+				}
+				var elementCount int
+				var count int
+				for _, integer := range dAtA[iNdEx:postIndex] {
+					if integer < 128 {
+						count++
+					}
+				}
+				elementCount = count
+				if elementCount != 0 && len(m.Slots) == 0 {
+					m.Slots = make([]uint32, 0, elementCount)
+				}
+				for iNdEx < postIndex {
+					var v uint32
+					for shift := uint(0); ; shift += 7 {
+						if shift >= 64 {
+							return ErrIntOverflowEscrow
+						}
+						if iNdEx >= l {
+							return io.ErrUnexpectedEOF
+						}
+						b := dAtA[iNdEx]
+						iNdEx++
+						v |= uint32(b&0x7F) << shift
+						if b < 0x80 {
+							break
+						}
+					}
+					m.Slots = append(m.Slots, v)
+				}
+			} else {
+				return fmt.Errorf("proto: wrong wireType = %d for field Slots", wireType)
+			}
+		case 3:
+			if wireType != 2 {
+				return fmt.Errorf("proto: wrong wireType = %d for field Reasons", wireType)
+			}
+			var stringLen uint64
+			for shift := uint(0); ; shift += 7 {
+				if shift >= 64 {
+					return ErrIntOverflowEscrow
+				}
+				if iNdEx >= l {
+					return io.ErrUnexpectedEOF
+				}
+				b := dAtA[iNdEx]
+				iNdEx++
+				stringLen |= uint64(b&0x7F) << shift
+				if b < 0x80 {
+					break
+				}
+			}
+			intStringLen := int(stringLen)
+			if intStringLen < 0 {
+				return ErrInvalidLengthEscrow
+			}
+			postIndex := iNdEx + intStringLen
+			if postIndex < 0 {
+				return ErrInvalidLengthEscrow
+			}
+			if postIndex > l {
+				return io.ErrUnexpectedEOF
+			}
+			m.Reasons = append(m.Reasons, string(dAtA[iNdEx:postIndex]))
+			iNdEx = postIndex
 		default:
 			iNdEx = preIndex
 			skippy, err := skipEscrow(dAtA[iNdEx:])

@@ -22,6 +22,7 @@ var (
 	EscrowExpiryKey    = collections.NewPrefix(9)
 	EscrowCountKey     = collections.NewPrefix(10)
 	SummariesKey       = collections.NewPrefix(11)
+	PendingKey         = collections.NewPrefix(12)
 )
 
 // Scheduler task types that drive the epoch lifecycle. Each task's payload
@@ -33,3 +34,7 @@ const (
 	TaskEpochClaimable = "devshard/epoch-claimable"
 	TaskEpochClose     = "devshard/epoch-close"
 )
+
+// TaskSettlementWindow pays a pending settlement when its challenge window
+// closes. Its payload is the escrow id, 8 bytes big-endian.
+const TaskSettlementWindow = "devshard/settlement-window"

@@ -52,6 +52,9 @@ func DefaultParams() Params {
 		MaxMissedRatioBps:       2_000,
 		MaxInvalidRatioBps:      1_000,
 		ApprovedVersions:        []ApprovedVersion{},
+		// About two minutes at one block a second: time for a host to see a
+		// stale root settled and answer with its latest.
+		SettlementChallengeBlocks: 120,
 	}
 }
 
@@ -110,6 +113,8 @@ func (p Params) validateEscrow() error {
 		return bad("expiry_epochs is %d; it must be greater than settlement_window_epochs (%d) and at most %d", p.ExpiryEpochs, p.SettlementWindowEpochs, MaxPhaseEpochs)
 	case p.ExpiryBatch == 0:
 		return bad("expiry_batch is 0; expired escrows would never be refunded")
+	case p.SettlementChallengeBlocks < 1 || p.SettlementChallengeBlocks > MaxEpochLength:
+		return bad("settlement_challenge_blocks is %d; it must be between 1 and %d, so a stale root can be answered before it is paid", p.SettlementChallengeBlocks, MaxEpochLength)
 	case p.MaxMissedRatioBps > 10_000 || p.MaxInvalidRatioBps > 10_000:
 		return bad("punishment thresholds are %d and %d bps; each must be at most 10000", p.MaxMissedRatioBps, p.MaxInvalidRatioBps)
 	}
