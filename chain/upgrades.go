@@ -11,6 +11,7 @@ import (
 	"github.com/cosmos/cosmos-sdk/types/module"
 	"github.com/cosmos/cosmos-sdk/x/authz"
 
+	"github.com/devshard/devshard/session"
 	devshardkeeper "github.com/devshard/devshard/x/devshard/keeper"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
@@ -25,6 +26,11 @@ const (
 	UpgradeMaxEscrowsPerEpoch = 1_000_000
 	UpgradeMaxNonce           = 2_000_000
 )
+
+// UpgradeSessionV2 moves the chain to session protocol 2 (validation bound
+// to sampling, thresholds a minority cannot decide, the chain id in every
+// signed layout) and the settlement challenge window. See MigrateSessionV2.
+const UpgradeSessionV2 = "v3-session-v2"
 
 // AuthzKeeper is what the upgrade needs of x/authz.
 type AuthzKeeper interface {
@@ -41,6 +47,33 @@ func (app *App) registerUpgrades() {
 			}
 			return app.ModuleManager.RunMigrations(ctx, app.configurator, vm)
 		})
+	app.UpgradeKeeper.SetUpgradeHandler(UpgradeSessionV2,
+		func(ctx context.Context, _ upgradetypes.Plan, vm module.VersionMap) (module.VersionMap, error) {
+			if err := MigrateSessionV2(sdk.UnwrapSDKContext(ctx), app.DevshardKeeper); err != nil {
+				return nil, err
+			}
+			return app.ModuleManager.RunMigrations(ctx, app.configurator, vm)
+		})
+}
+
+// MigrateSessionV2 is UpgradeSessionV2's state change, idempotent: the
+// protocol_version param becomes this build's session.ProtocolVersion, and
+// settlement_challenge_blocks, new in this version, takes its default when
+// unset. New escrows snapshot both. Escrows open at the upgrade keep their
+// version-1 snapshot, which this build cannot settle (their signatures name
+// no chain id): they expire and refund their creators in full, so operators
+// let gateways settle before the upgrade height (docs/chain.md).
+func MigrateSessionV2(ctx sdk.Context, k devshardkeeper.Keeper) error {
+	p, err := k.Params.Get(ctx)
+	if err != nil {
+		return err
+	}
+	p = withEscrowDefaults(p)
+	p.ProtocolVersion = session.ProtocolVersion
+	if err := p.Validate(); err != nil {
+		return fmt.Errorf("upgrade %s: params after migration: %w", UpgradeSessionV2, err)
+	}
+	return k.Params.Set(ctx, p)
 }
 
 // MigrateEscrows is UpgradeEscrows' state change. It is idempotent: a

@@ -22,6 +22,7 @@ import (
 	banktypes "github.com/cosmos/cosmos-sdk/x/bank/types"
 
 	"github.com/devshard/devshard/chain"
+	"github.com/devshard/devshard/session"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
 
@@ -140,6 +141,34 @@ func TestUpgradeEscrowsIsIdempotent(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, p1, p2, "the second run changes no param")
 	require.Equal(t, first, grantsOf(t, app, ctx), "the second run adds no grant")
+}
+
+// A chain at session protocol 1 without a challenge window moves to this
+// build's protocol and the default window; a second run changes nothing,
+// and params the chain set are kept.
+func TestUpgradeSessionV2(t *testing.T) {
+	t.Parallel()
+	app := chain.New(log.NewNopLogger(), dbm.NewMemDB(), nil, true, noOptions{})
+	ctx := app.NewUncachedContext(false, cmtproto.Header{Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Height: 10})
+	old := devshardtypes.DefaultParams()
+	old.ProtocolVersion = 1
+	old.SettlementChallengeBlocks = 0
+	old.GroupSize = 7
+	require.Error(t, old.Validate(), "this build does not run version 1")
+	require.NoError(t, app.DevshardKeeper.Params.Set(ctx, old))
+
+	require.NoError(t, chain.MigrateSessionV2(ctx, app.DevshardKeeper))
+	p1, err := app.DevshardKeeper.Params.Get(ctx)
+	require.NoError(t, err)
+	require.NoError(t, p1.Validate())
+	require.Equal(t, uint32(session.ProtocolVersion), p1.ProtocolVersion)
+	require.Equal(t, devshardtypes.DefaultParams().SettlementChallengeBlocks, p1.SettlementChallengeBlocks)
+	require.Equal(t, uint32(7), p1.GroupSize, "a param the chain set is kept")
+
+	require.NoError(t, chain.MigrateSessionV2(ctx, app.DevshardKeeper))
+	p2, err := app.DevshardKeeper.Params.Get(ctx)
+	require.NoError(t, err)
+	require.Equal(t, p1, p2, "the second run changes nothing")
 }
 
 // TestUpgradeEscrowsThroughXUpgrade runs the upgrade as a chain does: the
