@@ -25,6 +25,7 @@ import (
 	"github.com/devshard/devshard/chain"
 	"github.com/devshard/devshard/chain/node"
 	"github.com/devshard/devshard/gateway"
+	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/signing"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
@@ -245,6 +246,11 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 	}
 	n.GatewayAccount = n.Node.Accounts[len(st.Hosts)]
 	step("chain %s is up: rpc %s, grpc %s, rest %s", n.Node.ChainID, n.Node.RPCAddress, n.Node.GRPCAddress, n.Node.APIAddress)
+	if resumed {
+		if err := n.checkProtocol(ctx); err != nil {
+			return nil, err
+		}
+	}
 
 	// 2. The hosts, as child processes.
 	for i, hs := range st.Hosts {
@@ -366,6 +372,20 @@ func loadSetup(cfg Config) (*setup, bool, error) {
 		return nil, false, err
 	}
 	return &st, false, nil
+}
+
+// checkProtocol refuses a resumed network whose chain runs another session
+// protocol than this build: its hosts would refuse every escrow.
+func (n *Network) checkProtocol(ctx context.Context) error {
+	res, err := devshardtypes.NewQueryClient(n.Node.Conn()).Params(ctx, &devshardtypes.QueryParamsRequest{})
+	if err != nil {
+		return fmt.Errorf("reading the chain's params: %w", err)
+	}
+	if v := res.Params.ProtocolVersion; v != session.ProtocolVersion {
+		return fmt.Errorf("the network in %s was made by a build that runs session protocol %d; this build runs %d. Remove %s to start a new network, or pass another --home",
+			n.cfg.Home, v, session.ProtocolVersion, n.cfg.Home)
+	}
+	return nil
 }
 
 // register makes every host a participant (once) and waits for an ACTIVE
