@@ -63,7 +63,7 @@ func TestAttackUnknownFieldDiffIsRefused(t *testing.T) {
 	// Field 127, varint 1: unknown to sessionpb.Diff, skipped by Unmarshal.
 	tampered := append(append([]byte(nil), genuine...), 0xf8, 0x07, 0x01)
 
-	status, body := post(t, b.urls[0]+"/v1/sessions/7/diffs", DiffRequest{Diff: tampered})
+	status, body := signedPost(t, b.urls[0]+"/v1/sessions/7/diffs", b.f.Gateway, to(b.hosts[0].Address()), DiffRequest{Diff: tampered})
 	require.Equal(t, http.StatusBadRequest, status, string(body))
 	require.Contains(t, string(body), "not in canonical protobuf form")
 	_, err = b.hosts[0].ApplyDiff(t.Context(), 7, tampered, nil)

@@ -31,7 +31,7 @@ func TestTxEffectKeyGroupsTxsOfWhichOneApplies(t *testing.T) {
 	require.Equal(t, session.TxEffectKey(a), session.TxEffectKey(c), "two votes of one slot on one inference")
 	b.step(t, a)
 	_, err := b.gw.Next(c)
-	require.ErrorIs(t, err, session.ReasonStatus, "the other variant no longer applies")
+	require.ErrorIs(t, err, session.ReasonDuplicate, "the other variant no longer applies")
 
 	for _, other := range []*sessionpb.Tx{
 		b.f.Validate((voter+1)%3, 1, true), // another slot
