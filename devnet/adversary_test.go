@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -45,6 +46,8 @@ import (
 //     not exist.
 //   - forking gateway: a gateway of its own escrow sends different diffs
 //     at one nonce to different hosts, then finalizes one branch.
+//   - censoring gateway: a gateway of its own escrow has a victim execute
+//     and never carries the victim's ConfirmStart and FinishInference.
 func TestAdversaries(t *testing.T) {
 	bin, err := binary()
 	require.NoError(t, err)
@@ -58,6 +61,9 @@ func TestAdversaries(t *testing.T) {
 	// Sample every other vote, so the lazy host is caught within a few
 	// dozen requests whatever slots the group drew.
 	p.ValidationRateBps = 5_000
+	// A short seal grace, so the censoring gateway's bound comes within a
+	// few seconds of diffs.
+	p.SealGraceNonces = 8
 	home := t.TempDir()
 	nw, err := Start(ctx, Config{Home: home, Binary: bin, Params: &p, Progress: testWriter{t}, Accounts: []node.Account{rogueAccount},
 		HostArgs: func(i int) []string {
@@ -97,10 +103,26 @@ func TestAdversaries(t *testing.T) {
 		ss := e.settleAll(skip)
 		byHost := invalidByHost(t, nw, ss)
 		require.Positive(t, byHost[nw.Hosts[lazy].Name], "the lazy host's invalid answers were caught: %v", byHost)
+		// An honest host loses nothing to the liar's votes unless the group
+		// drew the liar enough slots to decide against it alone (a strict
+		// majority of the slots eligible to vote on its work and a third of
+		// the group: docs/protocol.md, "Votes and thresholds"), which the
+		// rules allow.
 		for i, h := range nw.Hosts {
-			if i != lazy {
-				require.Zero(t, byHost[h.Name], "%s answered honestly and lost nothing: %v", h.Name, byHost)
+			if i == lazy {
+				continue
 			}
+			exposed := false
+			for _, s := range ss {
+				liar, own := slotsOf(s.snap, nw.Hosts[lazy]), slotsOf(s.snap, h)
+				n := len(s.snap.Group)
+				exposed = exposed || own > 0 && 2*liar > n-own && 3*liar >= n
+			}
+			if exposed {
+				t.Logf("%s: the group drew the liar enough slots to decide against it alone; %d invalid", h.Name, byHost[h.Name])
+				continue
+			}
+			require.Zero(t, byHost[h.Name], "%s answered honestly and lost nothing: %v", h.Name, byHost)
 		}
 		for _, s := range ss {
 			require.Equal(t, s.snap.Amount, s.plan.Refund+s.plan.Fees+sumCosts(s.msg), "escrow %d conserves", s.snap.EscrowId)
@@ -151,7 +173,9 @@ func TestAdversaries(t *testing.T) {
 		status, msg := memberCall(t, e, member, to, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/diffs", v.ID), body)
 		require.Equal(t, http.StatusBadRequest, status, "%s took a non-canonical diff: %s", to.Name, msg)
 		sendAny(t, e, 3, "after-tamper")
-		require.Equal(t, nw.Gateway.Gateway.Escrows()[0].Root, e.hostRoot(to, v.ID, nw.Gateway.Gateway.Escrows()[0].Nonce),
+		now := nw.Gateway.Gateway.Escrows()[0]
+		// Members other than the executor get diffs held for a moment.
+		require.Eventually(t, func() bool { return e.hostRoot(to, now.ID, now.Nonce) == now.Root }, 10*time.Second, 100*time.Millisecond,
 			"%s still follows the gateway's diffs", to.Name)
 	})
 
@@ -187,6 +211,11 @@ func TestAdversaries(t *testing.T) {
 	t.Run("forking gateway: no branch of a fork can be settled", func(t *testing.T) {
 		e.t = t
 		forkingGateway(t, e)
+	})
+
+	t.Run("censoring gateway: the victim is not timed out, stops working, and the others stop signing", func(t *testing.T) {
+		e.t = t
+		censoringGateway(t, e, p.SealGraceNonces)
 	})
 }
 
@@ -267,6 +296,91 @@ func forkingGateway(t *testing.T, e *e2e) {
 	require.False(t, closed, "escrow %d is still open: its coins go back to the rogue only by expiry", r.snap.EscrowId)
 }
 
+// censoringGateway: the rogue starts an inference on a victim's slot, takes
+// the answer, and never carries the victim's ConfirmStart and
+// FinishInference, sending empty diffs past the seal grace instead. The
+// victim pushes its txs to its peers; no honest peer votes it out; every
+// host ends up withholding its signature, so the rogue holds no quorum on
+// any root past the bound; and the victim refuses to run more for it.
+func censoringGateway(t *testing.T, e *e2e, grace uint64) {
+	r := newRogue(t, e, 10_000_000)
+	s := r.replica()
+	members := r.hosts()
+	var victim *Host
+	for _, h := range e.nw.Hosts {
+		if _, ok := members[h]; ok {
+			victim = h
+			break
+		}
+	}
+	require.NotNil(t, victim)
+	step := func(txs []*sessionpb.Tx, reqs map[uint64]executor.Request) map[*Host]*host.DiffResponse {
+		d := r.next(s, txs...)
+		out := map[*Host]*host.DiffResponse{}
+		for h := range members {
+			status, reply, msg := r.deliver(h, d, reqs)
+			require.Equal(t, http.StatusOK, status, "%s at nonce %d: %s", h.Name, d.Nonce, msg)
+			out[h] = reply
+		}
+		return out
+	}
+	// Empty diffs until the victim executes the next nonce.
+	holds := func(slot uint32) bool { return slices.Contains(members[victim], slot) }
+	for !holds(s.Executor(s.Nonce() + 1)) {
+		step(nil, nil)
+	}
+	start, req := r.request(s, "censored")
+	id := s.Nonce() + 1
+	step([]*sessionpb.Tx{start}, map[uint64]executor.Request{id: req})
+	body, _ := json.Marshal(host.InferenceRequest{Nonce: id, Request: req})
+	status, stream := r.call(victim, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/inference", r.snap.EscrowId), body)
+	require.Equal(t, http.StatusOK, status, stream)
+	require.Contains(t, stream, `"done":true`, "the victim answered")
+
+	// The rogue never carries the victim's txs. Diffs go on, slowly enough
+	// for the hosts' ticks (re-gossip, timeout votes) to run between them.
+	var last map[*Host]*host.DiffResponse
+	for range 3 * grace {
+		last = step(nil, nil)
+		time.Sleep(250 * time.Millisecond)
+	}
+	signed := 0
+	for h, reply := range last {
+		if len(reply.Signatures) > 0 {
+			signed += len(members[h])
+			t.Logf("%s still signs at nonce %d", h.Name, reply.Nonce)
+		}
+	}
+	require.False(t, quorum(len(r.snap.Group), signed), "%d of %d slots signed a root that leaves the victim's work out", signed, len(r.snap.Group))
+	for h := range members {
+		if h == victim {
+			continue
+		}
+		require.NotEmpty(t, last[h].Withheld, "%s holds the victim's txs and withholds", h.Name)
+		status, text := r.call(h, http.MethodGet, fmt.Sprintf("/v1/sessions/%d/mempool", r.snap.EscrowId), nil)
+		require.Equal(t, http.StatusOK, status, text)
+		var pool struct {
+			Txs [][]byte `json:"txs"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(text), &pool))
+		for _, raw := range pool.Txs {
+			var tx sessionpb.Tx
+			require.NoError(t, tx.Unmarshal(raw))
+			require.Nil(t, tx.GetTimeout(), "%s offers a timeout vote against the victim: %v", h.Name, &tx)
+		}
+	}
+	// The victim works no more for a gateway that does not carry its work.
+	for !holds(s.Executor(s.Nonce() + 1)) {
+		step(nil, nil)
+	}
+	start, req = r.request(s, "censored again")
+	id = s.Nonce() + 1
+	step([]*sessionpb.Tx{start}, map[uint64]executor.Request{id: req})
+	body, _ = json.Marshal(host.InferenceRequest{Nonce: id, Request: req})
+	status, text := r.call(victim, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/inference", r.snap.EscrowId), body)
+	require.Equal(t, http.StatusConflict, status, text)
+}
+
 // startLyingModel serves an OpenAI-compatible model that answers every
 // request with the same short text, as a host that skips the work would.
 func startLyingModel(t *testing.T) *httptest.Server {
@@ -309,6 +423,17 @@ func invalidByHost(t *testing.T, nw *Network, ss []settled) map[string]uint64 {
 		}
 	}
 	return out
+}
+
+// slotsOf counts the slots h holds in snap's group.
+func slotsOf(snap *sessionpb.EscrowSnapshot, h *Host) int {
+	n := 0
+	for _, a := range snap.Group {
+		if bytes.Equal(a, h.Account) {
+			n++
+		}
+	}
+	return n
 }
 
 // slotOf is the first slot h holds in escrow id.
