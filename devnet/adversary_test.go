@@ -2,7 +2,6 @@ package devnet
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -49,43 +48,24 @@ import (
 //   - censoring gateway: a gateway of its own escrow has a victim execute
 //     and never carries the victim's ConfirmStart and FinishInference.
 func TestAdversaries(t *testing.T) {
-	bin, err := binary()
-	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
-	t.Cleanup(cancel)
-
 	liar := startLyingModel(t)
 	const lazy = 2 // the host whose model lies
-	p := Params()
-	p.MaxMissedRatioBps = 10_000
-	// Sample every other vote, so the lazy host is caught within a few
-	// dozen requests whatever slots the group drew.
-	p.ValidationRateBps = 5_000
-	// A short seal grace, so the censoring gateway's bound comes within a
-	// few seconds of diffs.
-	p.SealGraceNonces = 8
-	home := t.TempDir()
-	nw, err := Start(ctx, Config{Home: home, Binary: bin, Params: &p, Progress: testWriter{t}, Accounts: []node.Account{rogueAccount},
-		HostArgs: func(i int) []string {
+	e := startNetwork(t, 15*time.Minute, func(c *Config) {
+		// Sample every other vote, so the lazy host is caught within a few
+		// dozen requests whatever slots the group drew.
+		c.Params.ValidationRateBps = 5_000
+		// A short seal grace, so the censoring gateway's bound comes within
+		// a few seconds of diffs.
+		c.Params.SealGraceNonces = 8
+		c.Accounts = []node.Account{rogueAccount}
+		c.HostArgs = func(i int) []string {
 			if i != lazy {
 				return nil
 			}
 			return []string{"--executor.kind", "openai", "--executor.url", liar.URL, "--executor.models", executor.BuiltinModel}
-		}})
-	require.NoError(t, err, "devnet did not start; host logs are under %s", home)
-	e := &e2e{t: t, ctx: ctx, nw: nw, price: p.TokenPrice}
-	t.Cleanup(func() {
-		closeCtx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-		defer cancel()
-		if err := nw.Close(closeCtx); err != nil {
-			t.Logf("devnet close: %v", err)
-		}
-		if t.Failed() {
-			for _, h := range nw.Hosts {
-				t.Logf("%s log tail:\n%s", h.Name, logTail(h.LogPath, 30))
-			}
 		}
 	})
+	nw, ctx, grace := e.nw, e.ctx, e.nw.cfg.Params.SealGraceNonces
 	member := nw.Hosts[0] // the co-member that plays the attacker below
 
 	t.Run("lazy executor: invalidated by its sampled peers and not paid for it", func(t *testing.T) {
@@ -215,7 +195,7 @@ func TestAdversaries(t *testing.T) {
 
 	t.Run("censoring gateway: the victim is not timed out, stops working, and the others stop signing", func(t *testing.T) {
 		e.t = t
-		censoringGateway(t, e, p.SealGraceNonces)
+		censoringGateway(t, e, grace)
 	})
 }
 

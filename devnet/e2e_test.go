@@ -57,9 +57,16 @@ type e2e struct {
 }
 
 func startE2E(t *testing.T) *e2e {
+	return startNetwork(t, 25*time.Minute, func(c *Config) { c.ThinkTime = 15 * time.Millisecond })
+}
+
+// startNetwork starts a devnet in a temporary home for one test, shaped by
+// shape (its Params start as Params() with missed inferences unpunished),
+// and stops it when the test ends, with the hosts' log tails if it failed.
+func startNetwork(t *testing.T, timeout time.Duration, shape func(*Config)) *e2e {
 	bin, err := binary()
 	require.NoError(t, err)
-	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
 	p := Params()
 	// A missed inference does not punish here, so a host killed on
@@ -67,7 +74,9 @@ func startE2E(t *testing.T) *e2e {
 	// own chain tests).
 	p.MaxMissedRatioBps = 10_000
 	home := t.TempDir()
-	nw, err := Start(ctx, Config{Home: home, Binary: bin, Params: &p, ThinkTime: 15 * time.Millisecond, Progress: testWriter{t}})
+	cfg := Config{Home: home, Binary: bin, Params: &p, Progress: testWriter{t}}
+	shape(&cfg)
+	nw, err := Start(ctx, cfg)
 	require.NoError(t, err, "devnet did not start; host logs are under %s", home)
 	t.Cleanup(func() {
 		closeCtx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -77,14 +86,11 @@ func startE2E(t *testing.T) *e2e {
 		}
 		if t.Failed() {
 			for _, h := range nw.Hosts {
-				if raw, err := os.ReadFile(h.LogPath); err == nil {
-					lines := strings.Split(string(raw), "\n")
-					t.Logf("%s log tail:\n%s", h.Name, strings.Join(lines[max(0, len(lines)-30):], "\n"))
-				}
+				t.Logf("%s log tail:\n%s", h.Name, logTail(h.LogPath, 30))
 			}
 		}
 	})
-	return &e2e{t: t, ctx: ctx, nw: nw, price: p.TokenPrice}
+	return &e2e{t: t, ctx: ctx, nw: nw, price: cfg.Params.TokenPrice}
 }
 
 type testWriter struct{ t *testing.T }
