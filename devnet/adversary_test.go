@@ -47,6 +47,8 @@ import (
 //     at one nonce to different hosts, then finalizes one branch.
 //   - censoring gateway: a gateway of its own escrow has a victim execute
 //     and never carries the victim's ConfirmStart and FinishInference.
+//   - executor-picking gateway: a gateway of its own escrow pads with
+//     empty diffs so that every request lands on one favoured host.
 func TestAdversaries(t *testing.T) {
 	liar := startLyingModel(t)
 	const lazy = 2 // the host whose model lies
@@ -193,6 +195,11 @@ func TestAdversaries(t *testing.T) {
 		forkingGateway(t, e)
 	})
 
+	t.Run("executor-picking gateway: padding is paid to every slot, work only to who did it", func(t *testing.T) {
+		e.t = t
+		pickingGateway(t, e, nw.Hosts[lazy])
+	})
+
 	t.Run("censoring gateway: the victim is not timed out, stops working, and the others stop signing", func(t *testing.T) {
 		e.t = t
 		censoringGateway(t, e, grace)
@@ -247,11 +254,8 @@ func forkingGateway(t *testing.T, e *e2e) {
 		require.Equal(t, http.StatusConflict, status, "%s: %s", h.Name, msg)
 	}
 	// Side A's branch, finalized: only side A signs it.
-	finalize := func() *sessionpb.Tx {
-		return &sessionpb.Tx{Body: &sessionpb.Tx_Finalize{Finalize: &sessionpb.FinalizeRound{}}}
-	}
-	f1 := r.next(sA, finalize())
-	f2 := r.next(sA, finalize())
+	f1 := r.next(sA, finalizeTx())
+	f2 := r.next(sA, finalizeTx())
 	var sigs []*sessionpb.SlotSignature
 	for _, h := range sideA {
 		for _, d := range []*sessionpb.Diff{f1, f2} {
@@ -359,6 +363,126 @@ func censoringGateway(t *testing.T, e *e2e, grace uint64) {
 	body, _ = json.Marshal(host.InferenceRequest{Nonce: id, Request: req})
 	status, text := r.call(victim, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/inference", r.snap.EscrowId), body)
 	require.Equal(t, http.StatusConflict, status, text)
+}
+
+// pickingGateway: the rogue sends every request to one favoured host,
+// padding with empty diffs up to the favoured host's next slot, and carries
+// everything else honestly: the answers' txs and the votes the hosts pool.
+// It finalizes and settles. The favoured host is paid for its work; every
+// slot, favoured or not, gets its share of the fees of every nonce,
+// padding included, so picking executors costs the gateway a fee per
+// padded nonce and takes no fee from anyone.
+func pickingGateway(t *testing.T, e *e2e, liar *Host) {
+	r := newRogue(t, e, 10_000_000)
+	s := r.replica()
+	members := r.hosts()
+	var favoured *Host
+	for _, h := range e.nw.Hosts {
+		if _, ok := members[h]; ok && h != liar {
+			favoured = h
+			break
+		}
+	}
+	require.NotNil(t, favoured, "an honest host in the group")
+	pooled := map[string]*sessionpb.Tx{}
+	step := func(first []*sessionpb.Tx, reqs map[uint64]executor.Request) map[*Host]*host.DiffResponse {
+		// Carry what the hosts pooled, each tx only if the diff still
+		// applies with it.
+		txs := first
+		for key, tx := range pooled {
+			try := append(slices.Clone(txs), tx)
+			if _, err := s.Next(&sessionpb.Diff{EscrowId: r.snap.EscrowId, Nonce: s.Nonce() + 1, Txs: try}); err == nil {
+				txs = try
+			}
+			delete(pooled, key)
+		}
+		d := r.next(s, txs...)
+		out := map[*Host]*host.DiffResponse{}
+		for h := range members {
+			status, reply, msg := r.deliver(h, d, reqs)
+			require.Equal(t, http.StatusOK, status, "%s at nonce %d: %s", h.Name, d.Nonce, msg)
+			require.Empty(t, reply.Withheld, "%s", h.Name)
+			out[h] = reply
+			for _, raw := range reply.Mempool {
+				tx, err := session.DecodeTx(raw)
+				require.NoError(t, err)
+				pooled[session.TxKey(tx)] = tx
+			}
+		}
+		return out
+	}
+	holds := func(slot uint32) bool { return slices.Contains(members[favoured], slot) }
+	for i := range 3 {
+		for !holds(s.Executor(s.Nonce() + 1)) {
+			step(nil, nil)
+		}
+		start, req := r.request(s, fmt.Sprintf("picked %d", i))
+		id := s.Nonce() + 1
+		step([]*sessionpb.Tx{start}, map[uint64]executor.Request{id: req})
+		body, _ := json.Marshal(host.InferenceRequest{Nonce: id, Request: req})
+		status, stream := r.call(favoured, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/inference", r.snap.EscrowId), body)
+		require.Equal(t, http.StatusOK, status, stream)
+		step(streamTxs(t, stream), nil) // its ConfirmStart and FinishInference
+	}
+	step([]*sessionpb.Tx{finalizeTx()}, nil)
+	last := step([]*sessionpb.Tx{finalizeTx()}, nil)
+	var sigs []*sessionpb.SlotSignature
+	for _, reply := range last {
+		for _, ss := range signedSlots(t, reply) {
+			sigs = append(sigs, &sessionpb.SlotSignature{Slot: ss.Slot, Sig: ss.Sig})
+		}
+	}
+	slices.SortFunc(sigs, func(a, b *sessionpb.SlotSignature) int { return int(a.Slot) - int(b.Slot) })
+	require.NoError(t, r.settleWith(s, sigs), "the creator settles its finalized root")
+	m := s.Settlement()
+	m.Signatures = sigs
+	plan, err := session.VerifySettlement(r.snap, m, nil)
+	require.NoError(t, err)
+	want, ok := session.ExpectedFees(r.snap, m.ActiveNonces)
+	require.True(t, ok)
+	require.Equal(t, want, plan.Fees, "every nonce, padding included, paid its fee")
+	var work uint64
+	for _, p := range plan.Slots {
+		require.GreaterOrEqual(t, p.FeeShare, plan.Fees/uint64(len(r.snap.Group)), "slot %d gets its share of the fees", p.Slot)
+		if holds(p.Slot) {
+			// The liar among the validators may have invalidated some, where
+			// the group drew it enough slots (see the lazy-executor role).
+			work += p.Finished + p.Stats.Invalid
+			continue
+		}
+		require.Zero(t, p.Cost, "slot %d did no work and is charged for none", p.Slot)
+	}
+	require.Equal(t, uint64(3), work, "the favoured host's three inferences are accounted to it")
+	require.Equal(t, r.snap.Amount, plan.Refund+plan.Fees+sumCosts(m), "the escrow conserves")
+	closed, _, err := r.chain.Closed(e.ctx, r.snap.EscrowId)
+	require.NoError(t, err)
+	require.True(t, closed, "the finalized root was paid at once")
+}
+
+// streamTxs decodes the executor's signed txs from an inference stream's
+// done event.
+func streamTxs(t *testing.T, stream string) []*sessionpb.Tx {
+	t.Helper()
+	for _, line := range strings.Split(stream, "\n") {
+		data, ok := strings.CutPrefix(line, "data: ")
+		if !ok {
+			continue
+		}
+		var ev host.StreamEvent
+		require.NoError(t, json.Unmarshal([]byte(data), &ev))
+		if !ev.Done {
+			continue
+		}
+		var txs []*sessionpb.Tx
+		for _, raw := range ev.Txs {
+			tx, err := session.DecodeTx(raw)
+			require.NoError(t, err)
+			txs = append(txs, tx)
+		}
+		return txs
+	}
+	t.Fatalf("the stream has no done event: %s", stream)
+	return nil
 }
 
 // startLyingModel serves an OpenAI-compatible model that answers every

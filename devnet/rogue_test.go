@@ -143,5 +143,10 @@ func (r *rogue) settleWith(s *session.Session, sigs []*sessionpb.SlotSignature) 
 	return err
 }
 
+// finalizeTx is the gateway's FinalizeRound.
+func finalizeTx() *sessionpb.Tx {
+	return &sessionpb.Tx{Body: &sessionpb.Tx_Finalize{Finalize: &sessionpb.FinalizeRound{}}}
+}
+
 // quorum reports whether slots make more than 2/3 of the group.
 func quorum(n, slots int) bool { return 3*slots > 2*n }
