@@ -113,16 +113,19 @@ func (m *mempool) late(nonce, grace uint64, ownOnly bool, pending func(key strin
 
 // holdsWork reports whether the pool holds a ConfirmStart or
 // FinishInference of the executor (isExec says which slots are its) that
-// the next diff could carry on its own (applies), for any inference. For
-// the inference in question that is the executor's proof: a confirm while
-// it is PENDING, a finish once STARTED (a finish alone cannot be carried
-// before its confirm). For another one it shows the gateway sitting on the
-// executor's work, which the executor answers by refusing new inferences
-// (Engine.Inference). Either way the stall is the gateway's doing, and a
-// host holding such a tx does not vote the executor's inferences out.
-func (m *mempool) holdsWork(isExec func(slot uint32) bool, applies func(tx *sessionpb.Tx) bool) bool {
+// the next diff could carry on its own (applies), and that counts. For the
+// inference in question any such tx counts: it is the executor's proof, a
+// confirm while it is PENDING, a finish once STARTED (a finish alone cannot
+// be carried before its confirm). For another inference only a stale one
+// counts (stale: it waited here past half the seal grace or half the
+// execution timeout): that shows the gateway sitting on the executor's
+// work, which the executor answers by refusing new inferences
+// (Engine.Inference), while a fresh one is the ordinary lag before the next
+// diff and must not keep a crashed executor's lost inference from timing
+// out. Either way a host holding such a tx does not vote it out.
+func (m *mempool) holdsWork(id uint64, isExec func(slot uint32) bool, applies func(tx *sessionpb.Tx) bool, stale func(p *pooled) bool) bool {
 	for _, p := range m.byKey {
-		if (p.tx.GetConfirm() != nil || p.tx.GetFinish() != nil) && isExec(p.tx.Slot) && applies(p.tx) {
+		if (p.tx.GetConfirm() != nil || p.tx.GetFinish() != nil) && isExec(p.tx.Slot) && (txID(p.tx) == id || stale(p)) && applies(p.tx) {
 			return true
 		}
 	}

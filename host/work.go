@@ -205,7 +205,10 @@ func (e *Engine) voteTimeouts(en *entry, now time.Time) {
 		exec := string(en.snap.Group[r.ExecutorSlot])
 		isExec := func(slot uint32) bool { return int(slot) < len(en.snap.Group) && string(en.snap.Group[slot]) == exec }
 		applies := func(tx *sessionpb.Tx) bool { return en.s.CheckHostTx(tx) == nil }
-		if en.pool.holdsWork(isExec, applies) {
+		stale := func(p *pooled) bool {
+			return en.s.Nonce()-p.since > en.snap.SealGraceNonces/2 || now.Sub(p.at) > limit/2
+		}
+		if en.pool.holdsWork(r.Id, isExec, applies, stale) {
 			en.pool.withdrawTimeouts(r.Id)
 			delete(en.seen, r.Id)
 			continue
