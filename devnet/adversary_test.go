@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -211,26 +212,17 @@ func TestAdversaries(t *testing.T) {
 // finalizes side A's branch. Every host refuses the other branch as a
 // fork, and no branch gathers a quorum, so the chain refuses to settle it.
 func forkingGateway(t *testing.T, e *e2e) {
-	r := newRogue(t, e, 10_000_000)
-	n := len(r.snap.Group)
+	// A group drawn with one host holding more than 2/3 of the slots is
+	// that host's to settle whatever the gateway does: draw again (the
+	// unused escrow goes back to the rogue by expiry).
+	var r *rogue
 	var sideA, sideB []*Host
-	held := 0
-	groupHosts := r.hosts()
-	for _, h := range e.nw.Hosts { // in a fixed order
-		slots, ok := groupHosts[h]
-		switch {
-		case !ok:
-		case len(sideB) == 0 && len(sideA) > 0 && quorum(n, held+len(slots)):
-			sideB = append(sideB, h)
-		case len(sideB) == 0 && len(sideA)+1 < len(groupHosts) && !quorum(n, held+len(slots)):
-			sideA = append(sideA, h)
-			held += len(slots)
-		default:
-			sideB = append(sideB, h)
-		}
+	for try := 0; sideB == nil; try++ {
+		require.Less(t, try, 8, "no group with two sides short of a quorum in 8 draws")
+		r = newRogue(t, e, 10_000_000)
+		sideA, sideB = forkSides(r)
 	}
-	require.NotEmpty(t, sideA)
-	require.NotEmpty(t, sideB, "a group of one host cannot be forked")
+	n := len(r.snap.Group)
 	sA, sB := r.replica(), r.replica()
 	startA, reqA := r.request(sA, "branch A")
 	dA := r.next(sA, startA)
@@ -483,6 +475,34 @@ func streamTxs(t *testing.T, stream string) []*sessionpb.Tx {
 	}
 	t.Fatalf("the stream has no done event: %s", stream)
 	return nil
+}
+
+// forkSides splits the rogue's group into two sides, neither holding more
+// than 2/3 of the slots, filling side A from the hosts with the fewest
+// slots; nil sides if the group cannot be split so.
+func forkSides(r *rogue) (sideA, sideB []*Host) {
+	n := len(r.snap.Group)
+	members := r.hosts()
+	hosts := slices.Collect(maps.Keys(members))
+	slices.SortFunc(hosts, func(a, b *Host) int {
+		if d := len(members[a]) - len(members[b]); d != 0 {
+			return d
+		}
+		return strings.Compare(a.Name, b.Name)
+	})
+	held := 0
+	for _, h := range hosts {
+		if len(sideB) == 0 && !quorum(n, held+len(members[h])) {
+			sideA = append(sideA, h)
+			held += len(members[h])
+		} else {
+			sideB = append(sideB, h)
+		}
+	}
+	if len(sideA) == 0 || len(sideB) == 0 || quorum(n, n-held) {
+		return nil, nil
+	}
+	return sideA, sideB
 }
 
 // startLyingModel serves an OpenAI-compatible model that answers every
