@@ -85,7 +85,7 @@ func Params() devshardtypes.Params {
 	p.EpochLength = 20 // 10 s at 500 ms blocks
 	p.SettlingEpochs = 1
 	p.AccountingEpochs = 0
-	p.ClaimableEpochs = 1
+	p.ClaimableEpochs = 2
 	p.GroupSize = 6
 	p.MinCollateral = sdk.NewCoin(chain.Denom, sdkmath.NewInt(1_000_000))
 	p.TokenPrice = 10

@@ -506,10 +506,32 @@ func TestEndToEnd(t *testing.T) {
 		hash := e.settleTx(id)
 		s := e.readSettlement(id, hash)
 		require.NoError(t, waitClaims(e.ctx, e.nw, s.snap.Epoch))
+		t.Cleanup(func() {
+			if t.Failed() {
+				e.logPay(s.snap.Epoch)
+			}
+		})
 		e.checkBooks(before, 0, []settled{s})
 		require.NoError(t, e.nw.OpenGateway(e.ctx)) // finds the escrow settled and lets it go
 		require.Eventually(t, func() bool { return len(e.nw.Gateway.Gateway.Escrows()) == 0 }, 60*time.Second, 500*time.Millisecond)
 	})
+}
+
+// logPay logs where epoch's pay stands: its state and each host's
+// summary, for a run that fails on the books.
+func (e *e2e) logPay(epoch uint64) {
+	q := devshardtypes.NewQueryClient(e.nw.Node.Conn())
+	if ep, err := q.Epoch(e.ctx, &devshardtypes.QueryEpochRequest{Id: epoch}); err == nil {
+		e.t.Logf("epoch %d: %s", epoch, ep.Epoch.State)
+	}
+	for _, h := range e.nw.Hosts {
+		s, err := q.Summary(e.ctx, &devshardtypes.QuerySummaryRequest{EpochId: epoch, Address: h.Account.String()})
+		if err != nil {
+			e.t.Logf("%s: no summary: %v", h.Name, err)
+			continue
+		}
+		e.t.Logf("%s: %+v", h.Name, s.Summary)
+	}
 }
 
 // settleTx finds the tx that settled escrow id, by its event: the one that
