@@ -50,6 +50,9 @@ import (
 //     and never carries the victim's ConfirmStart and FinishInference.
 //   - executor-picking gateway: a gateway of its own escrow pads with
 //     empty diffs so that every request lands on one favoured host.
+//   - Sybil co-member: a member colluding with the lazy executor vouches
+//     for its answers with slots the sampling did not pick, by gossip and
+//     through a gateway that would carry the votes.
 func TestAdversaries(t *testing.T) {
 	liar := startLyingModel(t)
 	const lazy = 2 // the host whose model lies
@@ -199,6 +202,11 @@ func TestAdversaries(t *testing.T) {
 	t.Run("executor-picking gateway: padding is paid to every slot, work only to who did it", func(t *testing.T) {
 		e.t = t
 		pickingGateway(t, e, nw.Hosts[lazy])
+	})
+
+	t.Run("Sybil co-member: unsampled vouching is refused by every host", func(t *testing.T) {
+		e.t = t
+		sybilVouches(t, e, nw.Hosts[lazy])
 	})
 
 	t.Run("censoring gateway: the victim is not timed out, stops working, and the others stop signing", func(t *testing.T) {
@@ -475,6 +483,86 @@ func streamTxs(t *testing.T, stream string) []*sessionpb.Tx {
 	}
 	t.Fatalf("the stream has no done event: %s", stream)
 	return nil
+}
+
+// sybilVouches: the rogue gateway has the lazy host answer inferences and
+// carries its ConfirmStart and FinishInference; a co-member colluding with
+// it signs Valid votes with a slot the sampling did not pick. Every other
+// host refuses them by gossip (409), and refuses a diff that carries them
+// (400, not sampled), so no unsampled slot can vouch before the sampled
+// ones speak; the session goes on.
+func sybilVouches(t *testing.T, e *e2e, liar *Host) {
+	r := newRogue(t, e, 10_000_000)
+	s := r.replica()
+	members := r.hosts()
+	exec, ok := members[liar]
+	if !ok {
+		exec = nil
+		for _, h := range e.nw.Hosts {
+			if len(members[h]) > 0 {
+				liar, exec = h, members[h]
+				break
+			}
+		}
+	}
+	step := func(txs ...*sessionpb.Tx) {
+		d := r.next(s, txs...)
+		for h := range members {
+			status, _, msg := r.deliver(h, d, nil)
+			require.Equal(t, http.StatusOK, status, "%s at nonce %d: %s", h.Name, d.Nonce, msg)
+		}
+	}
+	for try := 0; ; try++ {
+		require.Less(t, try, 12, "no inference left a co-member's slot unsampled in 12 tries")
+		for !slices.Contains(exec, s.Executor(s.Nonce()+1)) {
+			step()
+		}
+		start, req := r.request(s, fmt.Sprintf("vouch %d", try))
+		id := s.Nonce() + 1
+		d := r.next(s, start)
+		for h := range members {
+			status, _, msg := r.deliver(h, d, map[uint64]executor.Request{id: req})
+			require.Equal(t, http.StatusOK, status, msg)
+		}
+		body, _ := json.Marshal(host.InferenceRequest{Nonce: id, Request: req})
+		status, stream := r.call(liar, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/inference", r.snap.EscrowId), body)
+		require.Equal(t, http.StatusOK, status, stream)
+		step(streamTxs(t, stream)...)
+		rec, ok := s.Record(id)
+		require.True(t, ok)
+		sampled := s.SampledSlots(rec)
+		for h, slots := range members {
+			if h == liar {
+				continue
+			}
+			for _, slot := range slots {
+				if slices.Contains(sampled, slot) {
+					continue
+				}
+				// h is the Sybil: an unsampled slot of its vouches.
+				vote := &sessionpb.Tx{Slot: slot, Body: &sessionpb.Tx_Validation{Validation: &sessionpb.Validation{InferenceId: id, Valid: true, ResponseHash: rec.ResponseHash}}}
+				signTxAs(t, e, h, r.snap.EscrowId, vote)
+				raw, err := vote.Marshal()
+				require.NoError(t, err)
+				gossip, _ := json.Marshal(host.GossipRequest{Tx: raw})
+				forged := &sessionpb.Diff{EscrowId: r.snap.EscrowId, Nonce: s.Nonce() + 1, Txs: []*sessionpb.Tx{vote}, PostStateRoot: make([]byte, 32)}
+				require.NoError(t, session.SignDiff(r.key, r.snap.ChainId, forged))
+				for peer := range members {
+					if peer == h {
+						continue
+					}
+					status, msg := memberCall(t, e, h, peer, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/gossip", r.snap.EscrowId), gossip)
+					require.Equal(t, http.StatusConflict, status, "%s pooled %s's unsampled vouch: %s", peer.Name, h.Name, msg)
+					require.Contains(t, msg, "not sampled")
+					status, _, msg = r.deliver(peer, forged, nil)
+					require.Equal(t, http.StatusBadRequest, status, "%s took a diff carrying %s's unsampled vouch: %s", peer.Name, h.Name, msg)
+					require.Contains(t, msg, "not sampled")
+				}
+				step() // the session goes on
+				return
+			}
+		}
+	}
 }
 
 // forkSides splits the rogue's group into two sides, neither holding more
