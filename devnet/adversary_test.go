@@ -663,16 +663,24 @@ func slotOf(t *testing.T, e *e2e, h *Host, id uint64) uint32 {
 // storedDiff reads the diff host h stored at nonce, asking as member.
 func storedDiff(t *testing.T, e *e2e, member, h *Host, id, nonce uint64) []byte {
 	t.Helper()
-	status, body := memberCall(t, e, member, h, http.MethodGet, fmt.Sprintf("/v1/sessions/%d/diffs?from=%d&limit=1", id, nonce), nil)
-	require.Equal(t, http.StatusOK, status, body)
-	var out struct {
-		Diffs []struct {
-			Data []byte `json:"data"`
-		} `json:"diffs"`
-	}
-	require.NoError(t, json.Unmarshal([]byte(body), &out))
-	require.Len(t, out.Diffs, 1)
-	return out.Diffs[0].Data
+	var data []byte
+	// A member other than the executor gets its diffs held for a moment.
+	require.Eventually(t, func() bool {
+		status, body := memberCall(t, e, member, h, http.MethodGet, fmt.Sprintf("/v1/sessions/%d/diffs?from=%d&limit=1", id, nonce), nil)
+		require.Equal(t, http.StatusOK, status, body)
+		var out struct {
+			Diffs []struct {
+				Data []byte `json:"data"`
+			} `json:"diffs"`
+		}
+		require.NoError(t, json.Unmarshal([]byte(body), &out))
+		if len(out.Diffs) == 0 {
+			return false
+		}
+		data = out.Diffs[0].Data
+		return true
+	}, 10*time.Second, 50*time.Millisecond, "%s stored diff %d of escrow %d", h.Name, nonce, id)
+	return data
 }
 
 // memberCall makes a request to host to as the co-member from, signed
