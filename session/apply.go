@@ -307,12 +307,8 @@ func (st *staged) start(i int, tx *sessionpb.Tx, m *sessionpb.StartInference) er
 	if len(m.Model) > maxModelLen {
 		return st.fail(i, ReasonMalformed, "model name longer than %d bytes", maxModelLen)
 	}
-	tokens, ok := add(m.InputTokens, m.MaxTokens)
-	var cost uint64
-	if ok {
-		cost, ok = mul(tokens, st.s.snap.TokenPrice)
-	}
-	if !ok {
+	cost, err := Reservation(m.InputTokens, m.MaxTokens, st.s.snap.TokenPrice)
+	if err != nil {
 		return st.fail(i, ReasonOverflow, "reservation (%d + %d tokens) × price %d overflows", m.InputTokens, m.MaxTokens, st.s.snap.TokenPrice)
 	}
 	if cost > st.balance {
@@ -437,15 +433,8 @@ func (st *staged) finish(i int, tx *sessionpb.Tx, r *sessionpb.InferenceRecord, 
 	if len(m.ResponseHash) != hashSize {
 		return nil, st.fail(i, ReasonMalformed, "response hash must be %d bytes, got %d", hashSize, len(m.ResponseHash))
 	}
-	used, ok := add(m.InputTokens, m.OutputTokens)
-	var cost uint64
-	if ok {
-		cost, ok = mul(used, st.s.snap.TokenPrice)
-	}
-	// Actual cost is capped at the reservation; an overflow is past any cap.
-	if !ok || cost > r.Reserved {
-		cost = r.Reserved
-	}
+	used, _ := add(m.InputTokens, m.OutputTokens) // the recorded count wraps like it always has; the charge does not
+	cost := Charge(m.InputTokens, m.OutputTokens, st.s.snap.TokenPrice, r.Reserved)
 	hs := &st.stats[tx.Slot]
 	if _, ok := add(hs.Cost, cost); !ok {
 		return nil, st.fail(i, ReasonOverflow, "slot %d cost overflows", tx.Slot)

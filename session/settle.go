@@ -289,7 +289,7 @@ func checkQuorum(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth A
 	count := 0
 	var ignored []IgnoredSignature
 	for i, ss := range m.Signatures {
-		if 3*count > 2*n {
+		if HasQuorum(count, n) {
 			// Quorum reached: later signatures cannot change the outcome.
 			break
 		}
@@ -307,8 +307,8 @@ func checkQuorum(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth A
 		signed[ss.Slot] = true
 		count++
 	}
-	if 3*count <= 2*n {
-		detail := fmt.Sprintf("%d of %d slots signed validly; more than 2/3 (at least %d) are needed", count, n, 2*n/3+1)
+	if !HasQuorum(count, n) {
+		detail := fmt.Sprintf("%d of %d slots signed validly; more than 2/3 (at least %d) are needed", count, n, QuorumSize(n))
 		for _, ig := range ignored {
 			detail += "; ignored " + ig.Error()
 		}
