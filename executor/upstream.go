@@ -1,14 +1,16 @@
 package executor
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
+
+	"github.com/devshard/devshard/internal/sse"
 )
 
 // Upstream runs requests on an OpenAI-compatible server (vLLM, llama.cpp's
@@ -44,6 +46,11 @@ type upstreamChunk struct {
 		FinishReason *string `json:"finish_reason"`
 	} `json:"choices"`
 	Usage *Usage `json:"usage"`
+	// Error is how OpenAI-style servers (vLLM among them) fail a stream
+	// that has begun: a chunk with an error and no choices.
+	Error *struct {
+		Message string `json:"message"`
+	} `json:"error"`
 }
 
 // Execute implements Executor. It asks for greedy decoding (temperature 0)
@@ -87,19 +94,29 @@ func (u *Upstream) Execute(ctx context.Context, req Request, emit func(string) e
 	return readStream(resp.Body, emit)
 }
 
-// readStream reads server-sent events until [DONE].
+// maxStreamLine bounds one line of an upstream's stream: a chunk carries a
+// few tokens.
+const maxStreamLine = 1 << 20
+
+// readStream reads server-sent events until [DONE]. An upstream that fails
+// mid-stream, with an "error" event or an error chunk, fails the run with
+// its message: the text so far is not a whole answer.
 func readStream(r io.Reader, emit func(string) error) (Result, error) {
 	var res Result
 	var text strings.Builder
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		data, ok := strings.CutPrefix(line, "data:")
-		if !ok {
-			continue // comments, event names, blank separators
+	events := sse.NewReader(r, maxStreamLine)
+	for {
+		ev, err := events.Next()
+		var failed *sse.Error
+		switch {
+		case errors.As(err, &failed):
+			return Result{}, fmt.Errorf("%w: the server failed mid-stream: %s", ErrUpstream, failed.Message)
+		case errors.Is(err, io.EOF):
+			return Result{}, fmt.Errorf("%w: the stream ended without [DONE]", ErrUpstream)
+		case err != nil:
+			return Result{}, fmt.Errorf("%w: reading the stream: %v", ErrUpstream, err)
 		}
-		data = strings.TrimSpace(data)
+		data := strings.TrimSpace(ev.Data)
 		if data == "[DONE]" {
 			res.Text = text.String()
 			if res.Usage.CompletionTokens == 0 && res.Text != "" {
@@ -110,6 +127,9 @@ func readStream(r io.Reader, emit func(string) error) (Result, error) {
 		var c upstreamChunk
 		if err := json.Unmarshal([]byte(data), &c); err != nil {
 			return Result{}, fmt.Errorf("%w: malformed stream chunk: %v", ErrUpstream, err)
+		}
+		if c.Error != nil {
+			return Result{}, fmt.Errorf("%w: the server failed mid-stream: %s", ErrUpstream, c.Error.Message)
 		}
 		for _, ch := range c.Choices {
 			if ch.Delta.Content != "" {
@@ -126,8 +146,4 @@ func readStream(r io.Reader, emit func(string) error) (Result, error) {
 			res.Usage = *c.Usage
 		}
 	}
-	if err := sc.Err(); err != nil {
-		return Result{}, fmt.Errorf("%w: reading the stream: %v", ErrUpstream, err)
-	}
-	return Result{}, fmt.Errorf("%w: the stream ended without [DONE]", ErrUpstream)
 }

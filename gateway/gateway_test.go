@@ -24,6 +24,7 @@ import (
 
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/session/sessiontest"
 	"github.com/devshard/devshard/store/sqlite"
@@ -920,12 +921,12 @@ func TestStreamIsAskedBesideTheDiff(t *testing.T) {
 				r.Body = io.NopCloser(bytes.NewReader(raw))
 				switch {
 				case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/inference"):
-					var body host.InferenceRequest
+					var body hostapi.InferenceRequest
 					if json.Unmarshal(raw, &body) == nil {
 						close(arrival(body.Nonce))
 					}
 				case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/diffs"):
-					var body host.DiffRequest
+					var body hostapi.DiffRequest
 					var d sessionpb.Diff
 					if json.Unmarshal(raw, &body) != nil || d.Unmarshal(body.Diff) != nil || len(body.Requests) == 0 || int(d.Nonce%3) != i {
 						break // not a start this host executes
@@ -977,13 +978,13 @@ func TestAnswerStandsWhenItsDeliveryFailsAfter(t *testing.T) {
 				r.Body = io.NopCloser(bytes.NewReader(raw))
 				switch {
 				case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/inference"):
-					var body host.InferenceRequest
+					var body hostapi.InferenceRequest
 					_ = json.Unmarshal(raw, &body)
 					h.ServeHTTP(w, r)
 					close(done(body.Nonce))
 					return
 				case r.Method == http.MethodPost && strings.HasSuffix(r.URL.Path, "/diffs"):
-					var body host.DiffRequest
+					var body hostapi.DiffRequest
 					var d sessionpb.Diff
 					if json.Unmarshal(raw, &body) != nil || d.Unmarshal(body.Diff) != nil || len(body.Requests) == 0 || int(d.Nonce%3) != i {
 						break
@@ -1300,11 +1301,11 @@ func TestRestartWaitsForTheExecutorOfTheNextNonce(t *testing.T) {
 // diff or a run.
 func postedNonces(t *testing.T, raw []byte) []uint64 {
 	t.Helper()
-	var body host.DiffRequest
+	var body hostapi.DiffRequest
 	require.NoError(t, json.Unmarshal(raw, &body))
 	items := body.Diffs
 	if len(body.Diff) > 0 {
-		items = []host.DiffItemJSON{{Diff: body.Diff}}
+		items = []hostapi.DiffItem{{Diff: body.Diff}}
 	}
 	var out []uint64
 	for _, it := range items {

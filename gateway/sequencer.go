@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"github.com/devshard/devshard/executor"
-	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
@@ -702,7 +702,7 @@ func (q *sequencer) drainOutbox(i int) {
 			out.mu.Unlock()
 			return
 		}
-		n := min(len(out.queue), host.MaxDiffsPerDelivery)
+		n := min(len(out.queue), hostapi.MaxDiffsPerDelivery)
 		run := append([]*delivery(nil), out.queue[:n]...)
 		clear(out.queue[:n])
 		out.queue = out.queue[n:]
@@ -768,13 +768,13 @@ func (q *sequencer) broadcast(ctx context.Context, nonce uint64, raw []byte, req
 }
 
 // maxRunBytes bounds the body of one delivery, well under the host's
-// limit (host.MaxBody): a longer run goes out in parts.
-const maxRunBytes = host.MaxBody / 4
+// limit (hostapi.MaxBody): a longer run goes out in parts.
+const maxRunBytes = hostapi.MaxBody / 4
 
 // sendTo brings member m from nonce from up to the last diff of run, in as
 // few deliveries as the limits allow, and returns the last answer. Diffs
 // before run come from the state file.
-func (q *sequencer) sendTo(ctx context.Context, m *member, from uint64, run []*delivery) (*host.DiffResponse, error) {
+func (q *sequencer) sendTo(ctx context.Context, m *member, from uint64, run []*delivery) (*hostapi.DiffResponse, error) {
 	ctx, cancel := context.WithTimeout(ctx, q.g.cfg.HostTimeout)
 	defer cancel()
 	var (
@@ -782,7 +782,7 @@ func (q *sequencer) sendTo(ctx context.Context, m *member, from uint64, run []*d
 		size   int
 		first  = from // the first nonce in bodies
 	)
-	post := func() (*host.DiffResponse, error) {
+	post := func() (*hostapi.DiffResponse, error) {
 		body := bodies[0]
 		if len(bodies) > 1 {
 			body = runBody(bodies)
@@ -796,7 +796,7 @@ func (q *sequencer) sendTo(ctx context.Context, m *member, from uint64, run []*d
 		return resp, err
 	}
 	add := func(body []byte) error {
-		if len(bodies) > 0 && (len(bodies) == host.MaxDiffsPerDelivery || size+len(body) > maxRunBytes) {
+		if len(bodies) > 0 && (len(bodies) == hostapi.MaxDiffsPerDelivery || size+len(body) > maxRunBytes) {
 			if _, err := post(); err != nil {
 				return err
 			}
@@ -805,7 +805,7 @@ func (q *sequencer) sendTo(ctx context.Context, m *member, from uint64, run []*d
 		return nil
 	}
 	for from < run[0].nonce {
-		back, err := q.g.state.Diffs(ctx, q.id(), from, host.MaxDiffsPerDelivery)
+		back, err := q.g.state.Diffs(ctx, q.id(), from, hostapi.MaxDiffsPerDelivery)
 		if err != nil {
 			return nil, err
 		}
@@ -841,7 +841,7 @@ func (q *sequencer) sendTo(ctx context.Context, m *member, from uint64, run []*d
 // absorb takes a host's state signatures over d's root, kept (unverified
 // until a settlement needs them) while d is the latest diff. Call with net
 // held.
-func (q *sequencer) absorb(d *delivery, resp *host.DiffResponse) {
+func (q *sequencer) absorb(d *delivery, resp *hostapi.DiffResponse) {
 	if d.nonce != q.sigNonce {
 		return
 	}

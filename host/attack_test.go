@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/httpauth"
 	"github.com/devshard/devshard/internal/httpserve"
 	"github.com/devshard/devshard/session"
@@ -51,7 +52,7 @@ func newKey(t *testing.T, seed int64) *signing.PrivKey {
 
 func inferenceBody(t *testing.T, id uint64, req executor.Request) []byte {
 	t.Helper()
-	raw, err := json.Marshal(InferenceRequest{Nonce: id, Request: req})
+	raw, err := json.Marshal(hostapi.InferenceRequest{Nonce: id, Request: req})
 	require.NoError(t, err)
 	return raw
 }
@@ -124,7 +125,7 @@ func TestAttackStrangerDeliversDiffs(t *testing.T) {
 	stranger := newKey(t, 103)
 	url := fmt.Sprintf("%s/v1/sessions/7/diffs", b.urls[0])
 	appends, _ := b.stores[0].writes()
-	for _, body := range []any{[]byte("{"), DiffRequest{Diff: raw}} {
+	for _, body := range []any{[]byte("{"), hostapi.DiffRequest{Diff: raw}} {
 		status, out := signedPost(t, url, stranger, to(b.hosts[0].Address()), body)
 		require.Equal(t, http.StatusForbidden, status, string(out))
 		require.Contains(t, string(out), "is for a group member or the escrow's creator")
@@ -138,12 +139,12 @@ func TestAttackStrangerDeliversDiffs(t *testing.T) {
 	require.Equal(t, uint64(1), nonce)
 
 	// A member's warm key delivers, once granted for state signatures.
-	status, out := signedPost(t, url, warm, to(b.hosts[0].Address()), DiffRequest{Diff: raw})
+	status, out := signedPost(t, url, warm, to(b.hosts[0].Address()), hostapi.DiffRequest{Diff: raw})
 	require.Equal(t, http.StatusForbidden, status, "granted only for finishes: %s", out)
 	auth.mu.Lock()
 	auth.by[[2]signing.Address{b.f.Hosts[2].Address(), warm.Address()}] = session.KindState
 	auth.mu.Unlock()
-	status, out = signedPost(t, url, warm, to(b.hosts[0].Address()), DiffRequest{Diff: raw})
+	status, out = signedPost(t, url, warm, to(b.hosts[0].Address()), hostapi.DiffRequest{Diff: raw})
 	require.Equal(t, http.StatusOK, status, string(out))
 }
 
@@ -172,7 +173,7 @@ func TestAttackExecutorStripsPayloadsToSuppressValidation(t *testing.T) {
 	status, _, body := b.send(t, 1, d, reqs)
 	require.Equal(t, http.StatusOK, status, body)
 	// It re-posts it to host 0 without the payloads, signed as itself.
-	status, out := signedPost(t, b.urls[0]+"/v1/sessions/7/diffs", b.f.Hosts[1], to(b.hosts[0].Address()), DiffRequest{Diff: raw})
+	status, out := signedPost(t, b.urls[0]+"/v1/sessions/7/diffs", b.f.Hosts[1], to(b.hosts[0].Address()), hostapi.DiffRequest{Diff: raw})
 	require.Equal(t, http.StatusOK, status, string(out))
 	// Then the gateway's deliveries arrive, with the payloads.
 	for i := range b.hosts {
@@ -264,9 +265,9 @@ func TestAttackSignedRequestReplayedElsewhere(t *testing.T) {
 	require.NoError(t, err)
 	raw, err := d.Marshal()
 	require.NoError(t, err)
-	signedBody, err := json.Marshal(DiffRequest{Diff: raw, Requests: map[uint64]executor.Request{2: req}})
+	signedBody, err := json.Marshal(hostapi.DiffRequest{Diff: raw, Requests: map[uint64]executor.Request{2: req}})
 	require.NoError(t, err)
-	stripped, err := json.Marshal(DiffRequest{Diff: raw})
+	stripped, err := json.Marshal(hostapi.DiffRequest{Diff: raw})
 	require.NoError(t, err)
 	tampered, err := http.NewRequest("POST", b.urls[0]+"/v1/sessions/7/diffs", bytes.NewReader(stripped))
 	require.NoError(t, err)
@@ -304,7 +305,7 @@ func TestAttackGossipOfATxTheSessionCannotInclude(t *testing.T) {
 	gossip := func(tx *sessionpb.Tx) (int, string) {
 		raw, err := tx.Marshal()
 		require.NoError(t, err)
-		status, out := signedPost(t, url, b.f.Hosts[1], to(b.hosts[0].Address()), GossipRequest{Tx: raw})
+		status, out := signedPost(t, url, b.f.Hosts[1], to(b.hosts[0].Address()), hostapi.GossipRequest{Tx: raw})
 		return status, string(out)
 	}
 	ghost := b.f.Finish(1, 99, 1, 1)
@@ -333,7 +334,7 @@ func TestAttackSlowBodyIsCut(t *testing.T) {
 	t.Cleanup(srv.Close)
 	raw, err := b.f.Confirm(1, 1, 5).Marshal()
 	require.NoError(t, err)
-	body, err := json.Marshal(GossipRequest{Tx: raw})
+	body, err := json.Marshal(hostapi.GossipRequest{Tx: raw})
 	require.NoError(t, err)
 	req, err := http.NewRequest(http.MethodPost, srv.URL+"/v1/sessions/7/gossip", bytes.NewReader(body))
 	require.NoError(t, err)

@@ -11,26 +11,27 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/httpauth"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
 )
 
 // sendRun posts diffs ds to host i as one delivery.
-func (b *hostBundle) sendRun(t *testing.T, i int, ds []*sessionpb.Diff, reqs []map[uint64]executor.Request) (int, DiffResponse, string) {
+func (b *hostBundle) sendRun(t *testing.T, i int, ds []*sessionpb.Diff, reqs []map[uint64]executor.Request) (int, hostapi.DiffResponse, string) {
 	t.Helper()
-	body := DiffRequest{}
+	body := hostapi.DiffRequest{}
 	for j, d := range ds {
 		raw, err := d.Marshal()
 		require.NoError(t, err)
-		it := DiffItemJSON{Diff: raw}
+		it := hostapi.DiffItem{Diff: raw}
 		if reqs != nil {
 			it.Requests = reqs[j]
 		}
 		body.Diffs = append(body.Diffs, it)
 	}
 	status, out := b.gwPost(t, i, fmt.Sprintf("/v1/sessions/%d/diffs", ds[0].EscrowId), body)
-	var resp DiffResponse
+	var resp hostapi.DiffResponse
 	if status == http.StatusOK {
 		require.NoError(t, json.Unmarshal(out, &resp))
 	}
@@ -110,10 +111,10 @@ func TestARunMustBeConsecutive(t *testing.T) {
 
 	raw, err := ds[0].Marshal()
 	require.NoError(t, err)
-	status, out := b.gwPost(t, 0, fmt.Sprintf("/v1/sessions/%d/diffs", ds[0].EscrowId), DiffRequest{Diff: raw, Diffs: []DiffItemJSON{{Diff: raw}}})
+	status, out := b.gwPost(t, 0, fmt.Sprintf("/v1/sessions/%d/diffs", ds[0].EscrowId), hostapi.DiffRequest{Diff: raw, Diffs: []hostapi.DiffItem{{Diff: raw}}})
 	require.Equal(t, http.StatusBadRequest, status)
 	require.Contains(t, string(out), "not both")
-	too := DiffRequest{Diffs: make([]DiffItemJSON, MaxDiffsPerDelivery+1)}
+	too := hostapi.DiffRequest{Diffs: make([]hostapi.DiffItem, hostapi.MaxDiffsPerDelivery+1)}
 	status, out = b.gwPost(t, 0, fmt.Sprintf("/v1/sessions/%d/diffs", ds[0].EscrowId), too)
 	require.Equal(t, http.StatusBadRequest, status)
 	require.Contains(t, string(out), "at most")

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
@@ -63,7 +64,7 @@ func TestAttackUnknownFieldDiffIsRefused(t *testing.T) {
 	// Field 127, varint 1: unknown to sessionpb.Diff, skipped by Unmarshal.
 	tampered := append(append([]byte(nil), genuine...), 0xf8, 0x07, 0x01)
 
-	status, body := signedPost(t, b.urls[0]+"/v1/sessions/7/diffs", b.f.Gateway, to(b.hosts[0].Address()), DiffRequest{Diff: tampered})
+	status, body := signedPost(t, b.urls[0]+"/v1/sessions/7/diffs", b.f.Gateway, to(b.hosts[0].Address()), hostapi.DiffRequest{Diff: tampered})
 	require.Equal(t, http.StatusBadRequest, status, string(body))
 	require.Contains(t, string(body), "not in canonical protobuf form")
 	_, err = b.hosts[0].ApplyDiff(t.Context(), 7, tampered, nil)

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/session/sessiontest"
@@ -23,7 +24,7 @@ func fourHosts(o *sessiontest.Options) { o.Holders = []int{0, 1, 2, 3} }
 
 // censor plays a gateway that carries every member's pooled txs except the
 // victim's: its ConfirmStart and FinishInference never get in.
-func (b *hostBundle) censor(resps []DiffResponse) []*sessionpb.Tx {
+func (b *hostBundle) censor(resps []hostapi.DiffResponse) []*sessionpb.Tx {
 	seen := map[string]bool{}
 	var out []*sessionpb.Tx
 	for _, r := range resps {
@@ -48,7 +49,7 @@ func (b *hostBundle) censor(resps []DiffResponse) []*sessionpb.Tx {
 
 // settlement is the gateway's replica settled with the state signatures
 // resps carried, and the slots that signed.
-func (b *hostBundle) settlement(t *testing.T, resps []DiffResponse) (*sessionpb.Settlement, []uint32) {
+func (b *hostBundle) settlement(t *testing.T, resps []hostapi.DiffResponse) (*sessionpb.Settlement, []uint32) {
 	t.Helper()
 	m := b.gw.Replica.Settlement()
 	var slots []uint32
@@ -69,7 +70,7 @@ func (b *hostBundle) settlement(t *testing.T, resps []DiffResponse) (*sessionpb.
 // victim re-gossips them at nonce 6; then the peers' clocks pass the
 // execution timeout. It stops at nonce 12, with the diff that starts
 // inference 13 (the victim's slot again) next.
-func censorScript(t *testing.T) (b *hostBundle, confirm, finish *sessionpb.Tx, resps []DiffResponse) {
+func censorScript(t *testing.T) (b *hostBundle, confirm, finish *sessionpb.Tx, resps []hostapi.DiffResponse) {
 	t.Helper()
 	b, _ = gossipSetup(t, fourHosts)
 	req := request(1)
@@ -303,13 +304,13 @@ func TestGossipedTxsThatCannotApplyHoldNothingUp(t *testing.T) {
 	for _, tx := range []*sessionpb.Tx{lone, wrongSlot} {
 		raw, err := tx.Marshal()
 		require.NoError(t, err)
-		status, body := signedPost(t, fmt.Sprintf("%s/v1/sessions/%d/gossip", b.urls[0], b.f.Snapshot.EscrowId), b.f.SlotKey(1), to(b.hosts[0].Address()), GossipRequest{Tx: raw})
+		status, body := signedPost(t, fmt.Sprintf("%s/v1/sessions/%d/gossip", b.urls[0], b.f.Snapshot.EscrowId), b.f.SlotKey(1), to(b.hosts[0].Address()), hostapi.GossipRequest{Tx: raw})
 		require.Equal(t, http.StatusAccepted, status, string(body))
 	}
 	require.True(t, holds(b.pooled(t, 0), lone))
 	require.True(t, holds(b.pooled(t, 0), wrongSlot))
 	b.tick()
-	var resps []DiffResponse
+	var resps []hostapi.DiffResponse
 	for range 10 { // past the grace of 8
 		resps = b.next(t, nil)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/httpauth"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
@@ -195,12 +196,12 @@ func (b *hostBundle) gwPost(t *testing.T, i int, path string, body any) (int, []
 }
 
 // send posts diff d (with payloads) to host i.
-func (b *hostBundle) send(t *testing.T, i int, d *sessionpb.Diff, reqs map[uint64]executor.Request) (int, DiffResponse, string) {
+func (b *hostBundle) send(t *testing.T, i int, d *sessionpb.Diff, reqs map[uint64]executor.Request) (int, hostapi.DiffResponse, string) {
 	t.Helper()
 	raw, err := d.Marshal()
 	require.NoError(t, err)
-	status, body := b.gwPost(t, i, fmt.Sprintf("/v1/sessions/%d/diffs", d.EscrowId), DiffRequest{Diff: raw, Requests: reqs})
-	var resp DiffResponse
+	status, body := b.gwPost(t, i, fmt.Sprintf("/v1/sessions/%d/diffs", d.EscrowId), hostapi.DiffRequest{Diff: raw, Requests: reqs})
+	var resp hostapi.DiffResponse
 	if status == http.StatusOK {
 		require.NoError(t, json.Unmarshal(body, &resp))
 	}
@@ -209,11 +210,11 @@ func (b *hostBundle) send(t *testing.T, i int, d *sessionpb.Diff, reqs map[uint6
 
 // next builds the gateway's next diff and sends it to every host, checking
 // each signs the gateway's root.
-func (b *hostBundle) next(t *testing.T, reqs map[uint64]executor.Request, txs ...*sessionpb.Tx) []DiffResponse {
+func (b *hostBundle) next(t *testing.T, reqs map[uint64]executor.Request, txs ...*sessionpb.Tx) []hostapi.DiffResponse {
 	t.Helper()
 	d, err := b.gw.Next(txs...)
 	require.NoError(t, err)
-	var out []DiffResponse
+	var out []hostapi.DiffResponse
 	root := b.gw.Replica.Root()
 	for i := range b.hosts {
 		status, resp, body := b.send(t, i, d, reqs)
@@ -230,16 +231,16 @@ func (b *hostBundle) next(t *testing.T, reqs map[uint64]executor.Request, txs ..
 }
 
 // infer runs inference id on its executor over HTTP and returns the events.
-func (b *hostBundle) infer(t *testing.T, host int, id uint64, req executor.Request) (int, []StreamEvent, string) {
+func (b *hostBundle) infer(t *testing.T, host int, id uint64, req executor.Request) (int, []hostapi.StreamEvent, string) {
 	t.Helper()
-	raw, err := json.Marshal(InferenceRequest{Nonce: id, Request: req})
+	raw, err := json.Marshal(hostapi.InferenceRequest{Nonce: id, Request: req})
 	require.NoError(t, err)
 	return b.inferAs(t, host, b.f.Gateway, id, raw)
 }
 
 // inferAs opens the inference stream on host with body raw, signed by key
 // (nil: unsigned), and returns the events.
-func (b *hostBundle) inferAs(t *testing.T, host int, key signing.Signer, id uint64, raw []byte) (int, []StreamEvent, string) {
+func (b *hostBundle) inferAs(t *testing.T, host int, key signing.Signer, id uint64, raw []byte) (int, []hostapi.StreamEvent, string) {
 	t.Helper()
 	req, err := http.NewRequest(http.MethodPost, fmt.Sprintf("%s/v1/sessions/%d/inference", b.urls[host], b.f.Snapshot.EscrowId), bytes.NewReader(raw))
 	require.NoError(t, err)
@@ -255,11 +256,11 @@ func (b *hostBundle) inferAs(t *testing.T, host int, key signing.Signer, id uint
 		return resp.StatusCode, nil, string(body)
 	}
 	require.Equal(t, "text/event-stream", resp.Header.Get("Content-Type"))
-	var events []StreamEvent
+	var events []hostapi.StreamEvent
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
 		if data, ok := strings.CutPrefix(sc.Text(), "data: "); ok {
-			var ev StreamEvent
+			var ev hostapi.StreamEvent
 			require.NoError(t, json.Unmarshal([]byte(data), &ev))
 			events = append(events, ev)
 		}
@@ -364,25 +365,25 @@ func TestPostDiffBadInput(t *testing.T) {
 	}{
 		{"malformed JSON", url, []byte("{"), http.StatusBadRequest, "malformed JSON body"},
 		{"unknown field", url, []byte(`{"diff":"","bogus":1}`), http.StatusBadRequest, "unknown field"},
-		{"no diff", url, DiffRequest{}, http.StatusBadRequest, `carry the diff`},
-		{"diff not protobuf", url, DiffRequest{Diff: []byte{0xff, 0xff, 0xff}}, http.StatusBadRequest, "diff does not decode"},
-		{"bad escrow id in path", b.urls[0] + "/v1/sessions/x/diffs", DiffRequest{Diff: goodRaw}, http.StatusBadRequest, `escrow id "x" is not a positive integer`},
-		{"wrong escrow", b.urls[0] + "/v1/sessions/8/diffs", DiffRequest{Diff: goodRaw}, http.StatusBadRequest, "diff is for escrow 7, posted to escrow 8"},
-		{"wrong nonce", url, func() DiffRequest {
+		{"no diff", url, hostapi.DiffRequest{}, http.StatusBadRequest, `carry the diff`},
+		{"diff not protobuf", url, hostapi.DiffRequest{Diff: []byte{0xff, 0xff, 0xff}}, http.StatusBadRequest, "diff does not decode"},
+		{"bad escrow id in path", b.urls[0] + "/v1/sessions/x/diffs", hostapi.DiffRequest{Diff: goodRaw}, http.StatusBadRequest, `escrow id "x" is not a positive integer`},
+		{"wrong escrow", b.urls[0] + "/v1/sessions/8/diffs", hostapi.DiffRequest{Diff: goodRaw}, http.StatusBadRequest, "diff is for escrow 7, posted to escrow 8"},
+		{"wrong nonce", url, func() hostapi.DiffRequest {
 			d := *good
 			d.Nonce = 5
 			require.NoError(t, session.SignDiff(b.f.Gateway, b.f.Snapshot.ChainId, &d))
 			raw, _ := d.Marshal()
-			return DiffRequest{Diff: raw}
+			return hostapi.DiffRequest{Diff: raw}
 		}(), http.StatusConflict, "nonce must be 2 (latest+1), got 5"},
-		{"bad signature", url, func() DiffRequest {
+		{"bad signature", url, func() hostapi.DiffRequest {
 			d := *good
 			require.NoError(t, session.SignDiff(outsider, sessiontest.ChainID, &d))
 			raw, _ := d.Marshal()
-			return DiffRequest{Diff: raw}
+			return hostapi.DiffRequest{Diff: raw}
 		}(), http.StatusForbidden, "may not sign devshard/v1/diff"},
-		{"request not in diff", url, DiffRequest{Diff: goodRaw, Requests: map[uint64]executor.Request{2: request(2)}}, http.StatusBadRequest, "which this diff does not start"},
-		{"oversized body", url, append(append([]byte(`{"diff":"`), bytes.Repeat([]byte("A"), MaxBody)...), `"}`...), http.StatusRequestEntityTooLarge, "body exceeds"},
+		{"request not in diff", url, hostapi.DiffRequest{Diff: goodRaw, Requests: map[uint64]executor.Request{2: request(2)}}, http.StatusBadRequest, "which this diff does not start"},
+		{"oversized body", url, append(append([]byte(`{"diff":"`), bytes.Repeat([]byte("A"), hostapi.MaxBody)...), `"}`...), http.StatusRequestEntityTooLarge, "body exceeds"},
 	}
 	nonce, root := b.state(t, 0)
 	for _, tc := range cases {
@@ -405,13 +406,13 @@ func TestPostDiffBadInput(t *testing.T) {
 	d, err := other.Sequencer().Build()
 	require.NoError(t, err)
 	raw, _ := d.Marshal()
-	status, body := b.gwPost(t, 0, "/v1/sessions/9/diffs", DiffRequest{Diff: raw})
+	status, body := b.gwPost(t, 0, "/v1/sessions/9/diffs", hostapi.DiffRequest{Diff: raw})
 	require.Equal(t, http.StatusForbidden, status, string(body))
 	require.Contains(t, string(body), "holds no slot of escrow 9")
 
 	d.EscrowId = 10
 	raw, _ = d.Marshal()
-	status, body = b.gwPost(t, 0, "/v1/sessions/10/diffs", DiffRequest{Diff: raw})
+	status, body = b.gwPost(t, 0, "/v1/sessions/10/diffs", hostapi.DiffRequest{Diff: raw})
 	require.Equal(t, http.StatusNotFound, status, string(body))
 }
 
@@ -440,7 +441,7 @@ func TestReplayAndFork(t *testing.T) {
 func TestSignaturesRideWithTheDiff(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	var resps []DiffResponse
+	var resps []hostapi.DiffResponse
 	for range 3 {
 		resps = b.next(t, nil)
 	}
@@ -471,7 +472,7 @@ func TestSessionRoutesWaitForStorage(t *testing.T) {
 		resp.Body.Close()
 		require.Equal(t, http.StatusOK, resp.StatusCode, path)
 	}
-	status, body := post(t, srv.URL+"/v1/sessions/7/diffs", DiffRequest{Diff: []byte{1}})
+	status, body := post(t, srv.URL+"/v1/sessions/7/diffs", hostapi.DiffRequest{Diff: []byte{1}})
 	require.Equal(t, http.StatusServiceUnavailable, status)
 	require.JSONEq(t, `{"error":"initializing"}`, string(body))
 	resp, err := http.Get(srv.URL + "/readyz")
@@ -564,17 +565,17 @@ func TestGossipOnlyFromMembers(t *testing.T) {
 	url := b.urls[0] + "/v1/sessions/7/gossip"
 	forged := b.f.SignedBy(outsider, 1, &sessionpb.Tx{Body: &sessionpb.Tx_Confirm{Confirm: &sessionpb.ConfirmStart{InferenceId: 1, ConfirmedAt: 5}}})
 	raw, _ := forged.Marshal()
-	status, body := signedPost(t, url, b.f.Hosts[1], to(b.hosts[0].Address()), GossipRequest{Tx: raw})
+	status, body := signedPost(t, url, b.f.Hosts[1], to(b.hosts[0].Address()), hostapi.GossipRequest{Tx: raw})
 	require.Equal(t, http.StatusForbidden, status, string(body))
 	unsigned := &sessionpb.Tx{Slot: 1, Body: &sessionpb.Tx_Confirm{Confirm: &sessionpb.ConfirmStart{InferenceId: 1, ConfirmedAt: 5}}}
 	raw, _ = unsigned.Marshal()
-	status, body = signedPost(t, url, b.f.Hosts[1], to(b.hosts[0].Address()), GossipRequest{Tx: raw})
+	status, body = signedPost(t, url, b.f.Hosts[1], to(b.hosts[0].Address()), hostapi.GossipRequest{Tx: raw})
 	require.Equal(t, http.StatusForbidden, status, string(body))
 	require.Contains(t, string(body), "unsigned")
 
 	honest := b.f.Confirm(1, 1, 5)
 	raw, _ = honest.Marshal()
-	status, body = signedPost(t, url, b.f.Hosts[1], to(b.hosts[0].Address()), GossipRequest{Tx: raw})
+	status, body = signedPost(t, url, b.f.Hosts[1], to(b.hosts[0].Address()), hostapi.GossipRequest{Tx: raw})
 	require.Equal(t, http.StatusAccepted, status, string(body))
 	resps := b.next(t, nil)
 	require.Len(t, resps[0].Mempool, 1, "host 0 now carries host 1's tx")
@@ -609,7 +610,7 @@ func TestWithholdsSignaturesWhenOwnTxIgnored(t *testing.T) {
 	b.next(t, map[uint64]executor.Request{1: req}, startTx(1, req))
 	status, _, _ := b.infer(t, 1, 1, req)
 	require.Equal(t, http.StatusOK, status)
-	var resps []DiffResponse
+	var resps []hostapi.DiffResponse
 	for range 9 { // grace is 8 nonces
 		resps = b.next(t, nil)
 	}

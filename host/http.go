@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/httpauth"
 	"github.com/devshard/devshard/internal/httpserve"
 	"github.com/devshard/devshard/session"
@@ -20,93 +21,38 @@ import (
 	"github.com/devshard/devshard/store"
 )
 
-// MaxBody bounds every request body.
-const MaxBody = 4 << 20
-
 // ReadyzFailures is how many consecutive storage failures turn /readyz 503.
 const ReadyzFailures = 3
 
-// MaxDiffsPerDelivery bounds the diffs of one POST .../diffs.
-const MaxDiffsPerDelivery = 256
-
-// DiffRequest is the body of POST /v1/sessions/{escrow}/diffs: either one
-// diff (Diff, Requests), or in Diffs a run of consecutive diffs that the
-// host applies in order, stores in one durable commit, and answers for
-// with the last one's reply (Engine.ApplyDiffs).
-type DiffRequest struct {
-	// Diff is the marshalled sessionpb.Diff, base64.
-	Diff []byte `json:"diff,omitempty"`
-	// Requests are the payloads of the inferences the diff starts.
-	Requests map[uint64]executor.Request `json:"requests,omitempty"`
-	// Diffs are consecutive diffs, oldest first.
-	Diffs []DiffItemJSON `json:"diffs,omitempty"`
-}
-
-// DiffItemJSON is one diff of a DiffRequest's run.
-type DiffItemJSON struct {
-	Diff     []byte                      `json:"diff"`
-	Requests map[uint64]executor.Request `json:"requests,omitempty"`
-}
-
-// DiffResponse answers an accepted diff.
-type DiffResponse struct {
-	Nonce      uint64   `json:"nonce"`
-	Root       string   `json:"root"`
-	Signatures [][]byte `json:"signatures"` // marshalled sessionpb.StateSignature
-	Withheld   string   `json:"withheld,omitempty"`
-	Mempool    [][]byte `json:"mempool"` // marshalled sessionpb.Tx
-}
-
-// InferenceRequest is the body of POST /v1/sessions/{escrow}/inference.
-type InferenceRequest struct {
-	Nonce   uint64           `json:"nonce"`
-	Request executor.Request `json:"request"`
-}
-
-// StreamEvent is one server-sent event of an inference stream.
-type StreamEvent struct {
-	Text         string          `json:"text,omitempty"`
-	Done         bool            `json:"done,omitempty"`
-	Usage        *executor.Usage `json:"usage,omitempty"`
-	FinishReason string          `json:"finish_reason,omitempty"`
-	ResponseHash string          `json:"response_hash,omitempty"`
-	// Txs, on the done event, are the executor's signed ConfirmStart and
-	// FinishInference (marshalled sessionpb.Tx) for the gateway to carry.
-	Txs   [][]byte `json:"txs,omitempty"`
-	Error string   `json:"error,omitempty"`
-}
-
-// GossipRequest is the body of POST /v1/sessions/{escrow}/gossip: a
-// peer's signed tx, which the gateway keeps leaving out, to pool and carry
-// too (regossip.go).
-type GossipRequest struct {
-	Tx []byte `json:"tx"` // marshalled sessionpb.Tx
-}
+// MaxDiffsPerDelivery is hostapi.MaxDiffsPerDelivery, kept under its old
+// name for self-settlement until it calls the host API through
+// hostapi.Client.
+const MaxDiffsPerDelivery = hostapi.MaxDiffsPerDelivery
 
 // Handler serves the engine over HTTP. Health, version and metrics answer
 // from the first moment; session routes answer 503 until storage is ready.
 func Handler(e *Engine, version string) http.Handler {
 	mux := http.NewServeMux()
 	h := &handler{e: e}
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	mux.HandleFunc(hostapi.Healthz.Pattern(), func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, hostapi.StatusResponse{Status: "ok"})
 	})
-	mux.HandleFunc("GET /readyz", h.readyz)
-	mux.HandleFunc("GET /version", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]any{"version": version, "protocol": session.ProtocolVersion, "address": e.addr.String()})
+	mux.HandleFunc(hostapi.Readyz.Pattern(), h.readyz)
+	mux.HandleFunc(hostapi.Version.Pattern(), func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, hostapi.VersionResponse{Version: version, Protocol: session.ProtocolVersion, Address: e.addr.String()})
 	})
 	if e.cfg.Metrics != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(e.cfg.Metrics.Registry, promhttp.HandlerOpts{}))
+		mux.Handle(hostapi.Metrics.Pattern(), promhttp.HandlerFor(e.cfg.Metrics.Registry, promhttp.HandlerOpts{}))
 	}
 	// Every session route is signed, and the signer's role checked, before
 	// any work: the body is decoded, the diff applied, the model run only
 	// for a caller the route admits.
-	mux.HandleFunc("POST /v1/sessions/{escrow}/diffs", h.session(h.signed(memberOrCreator, h.postDiff)))
-	mux.HandleFunc("POST /v1/sessions/{escrow}/inference", h.session(h.signed(creator, h.inference)))
-	mux.HandleFunc("POST /v1/sessions/{escrow}/gossip", h.session(h.signed(memberOrCreator, h.gossip)))
-	mux.HandleFunc("GET /v1/sessions/{escrow}/diffs", h.session(h.signed(memberOrCreator, h.getDiffs)))
-	mux.HandleFunc("GET /v1/sessions/{escrow}/signatures", h.session(h.signed(memberOrCreator, h.getSignatures)))
-	mux.HandleFunc("GET /v1/sessions/{escrow}/mempool", h.session(h.signed(memberOrCreator, h.getMempool)))
+	mux.HandleFunc(hostapi.PostDiffs.Pattern(), h.session(h.signed(memberOrCreator, h.postDiff)))
+	mux.HandleFunc(hostapi.Inference.Pattern(), h.session(h.signed(creator, h.inference)))
+	mux.HandleFunc(hostapi.Gossip.Pattern(), h.session(h.signed(memberOrCreator, h.gossip)))
+	mux.HandleFunc(hostapi.GetDiffs.Pattern(), h.session(h.signed(memberOrCreator, h.getDiffs)))
+	mux.HandleFunc(hostapi.Signatures.Pattern(), h.session(h.signed(memberOrCreator, h.getSignatures)))
+	mux.HandleFunc(hostapi.Mempool.Pattern(), h.session(h.signed(memberOrCreator, h.getMempool)))
 	return mux
 }
 
@@ -119,7 +65,7 @@ type sessionHandler func(w http.ResponseWriter, r *http.Request, escrowID uint64
 func (h *handler) session(next sessionHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if !h.e.Ready() {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "initializing"})
+			writeError(w, http.StatusServiceUnavailable, hostapi.Initializing)
 			return
 		}
 		id, err := strconv.ParseUint(r.PathValue("escrow"), 10, 64)
@@ -127,7 +73,7 @@ func (h *handler) session(next sessionHandler) http.HandlerFunc {
 			writeError(w, http.StatusBadRequest, fmt.Sprintf("escrow id %q is not a positive integer", r.PathValue("escrow")))
 			return
 		}
-		r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
+		r.Body = http.MaxBytesReader(w, r.Body, hostapi.MaxBody)
 		next(w, r, id)
 	}
 }
@@ -159,7 +105,7 @@ var (
 // next reads the verified bytes.
 func (h *handler) signed(r role, next sessionHandler) sessionHandler {
 	return func(w http.ResponseWriter, req *http.Request, escrowID uint64) {
-		who, _, err := httpauth.Verify(req, h.e.audience(), MaxBody, time.Now())
+		who, _, err := httpauth.Verify(req, h.e.audience(), hostapi.MaxBody, time.Now())
 		if err != nil {
 			var mbe *http.MaxBytesError
 			switch {
@@ -189,16 +135,16 @@ func (h *handler) signed(r role, next sessionHandler) sessionHandler {
 func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case !h.e.Ready():
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "initializing"})
+		writeJSON(w, http.StatusServiceUnavailable, hostapi.StatusResponse{Status: hostapi.Initializing})
 	case h.e.cfg.Metrics.StorageFailures() >= ReadyzFailures:
-		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": fmt.Sprintf("storage failing: %d consecutive write errors", h.e.cfg.Metrics.StorageFailures())})
+		writeJSON(w, http.StatusServiceUnavailable, hostapi.StatusResponse{Status: fmt.Sprintf("storage failing: %d consecutive write errors", h.e.cfg.Metrics.StorageFailures())})
 	default:
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+		writeJSON(w, http.StatusOK, hostapi.StatusResponse{Status: "ready"})
 	}
 }
 
 func (h *handler) postDiff(w http.ResponseWriter, r *http.Request, escrowID uint64) {
-	var req DiffRequest
+	var req hostapi.DiffRequest
 	if !decodeJSON(w, r, &req) {
 		return
 	}
@@ -209,8 +155,8 @@ func (h *handler) postDiff(w http.ResponseWriter, r *http.Request, escrowID uint
 		return
 	case len(req.Diff) > 0:
 		items = []DiffItem{{Raw: req.Diff, Requests: req.Requests}}
-	case len(req.Diffs) > MaxDiffsPerDelivery:
-		writeError(w, http.StatusBadRequest, fmt.Sprintf("at most %d diffs per delivery; got %d", MaxDiffsPerDelivery, len(req.Diffs)))
+	case len(req.Diffs) > hostapi.MaxDiffsPerDelivery:
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("at most %d diffs per delivery; got %d", hostapi.MaxDiffsPerDelivery, len(req.Diffs)))
 		return
 	case len(req.Diffs) > 0:
 		if len(req.Requests) > 0 {
@@ -234,7 +180,7 @@ func (h *handler) postDiff(w http.ResponseWriter, r *http.Request, escrowID uint
 		h.fail(w, err)
 		return
 	}
-	resp := DiffResponse{Nonce: reply.Nonce, Root: hex.EncodeToString(reply.Root[:]), Withheld: reply.Withheld, Signatures: [][]byte{}, Mempool: [][]byte{}}
+	resp := hostapi.DiffResponse{Nonce: reply.Nonce, Root: hex.EncodeToString(reply.Root[:]), Withheld: reply.Withheld, Signatures: [][]byte{}, Mempool: [][]byte{}}
 	for _, s := range reply.Signatures {
 		b, _ := s.Marshal()
 		resp.Signatures = append(resp.Signatures, b)
@@ -247,7 +193,7 @@ func (h *handler) postDiff(w http.ResponseWriter, r *http.Request, escrowID uint
 }
 
 func (h *handler) inference(w http.ResponseWriter, r *http.Request, escrowID uint64) {
-	var req InferenceRequest
+	var req hostapi.InferenceRequest
 	if !decodeJSON(w, r, &req) {
 		return
 	}
@@ -264,7 +210,7 @@ func (h *handler) inference(w http.ResponseWriter, r *http.Request, escrowID uin
 			w.WriteHeader(http.StatusOK)
 			started = true
 		}
-		if err := writeEvent(w, StreamEvent{Text: text}); err != nil {
+		if err := writeEvent(w, hostapi.StreamEvent{Text: text}); err != nil {
 			return err
 		}
 		if flusher != nil {
@@ -275,7 +221,7 @@ func (h *handler) inference(w http.ResponseWriter, r *http.Request, escrowID uin
 	res, txs, err := h.e.Inference(r.Context(), escrowID, req.Nonce, req.Request, emit)
 	if err != nil {
 		if started {
-			_ = writeEvent(w, StreamEvent{Error: err.Error()})
+			_ = writeEvent(w, hostapi.StreamEvent{Error: err.Error()})
 			return
 		}
 		h.fail(w, err)
@@ -285,7 +231,7 @@ func (h *handler) inference(w http.ResponseWriter, r *http.Request, escrowID uin
 		_ = emit("")
 	}
 	hash := res.ResponseHash()
-	done := StreamEvent{Done: true, Usage: &res.Usage, FinishReason: res.FinishReason, ResponseHash: hex.EncodeToString(hash[:])}
+	done := hostapi.StreamEvent{Done: true, Usage: &res.Usage, FinishReason: res.FinishReason, ResponseHash: hex.EncodeToString(hash[:])}
 	for _, tx := range txs {
 		b, _ := tx.Marshal()
 		done.Txs = append(done.Txs, b)
@@ -296,7 +242,7 @@ func (h *handler) inference(w http.ResponseWriter, r *http.Request, escrowID uin
 	}
 }
 
-func writeEvent(w http.ResponseWriter, ev StreamEvent) error {
+func writeEvent(w http.ResponseWriter, ev hostapi.StreamEvent) error {
 	b, err := json.Marshal(ev)
 	if err != nil {
 		return err
@@ -306,7 +252,7 @@ func writeEvent(w http.ResponseWriter, ev StreamEvent) error {
 }
 
 func (h *handler) gossip(w http.ResponseWriter, r *http.Request, escrowID uint64) {
-	var req GossipRequest
+	var req hostapi.GossipRequest
 	if !decodeJSON(w, r, &req) {
 		return
 	}
@@ -318,18 +264,18 @@ func (h *handler) gossip(w http.ResponseWriter, r *http.Request, escrowID uint64
 		h.fail(w, err)
 		return
 	}
-	writeJSON(w, http.StatusAccepted, map[string]string{"status": "pooled"})
+	writeJSON(w, http.StatusAccepted, hostapi.StatusResponse{Status: hostapi.Pooled})
 }
 
 func (h *handler) getDiffs(w http.ResponseWriter, r *http.Request, escrowID uint64) {
-	from, err := uintParam(r, "from", 1)
+	from, err := uintParam(r, hostapi.ParamFrom, 1)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
-	limit, err := uintParam(r, "limit", 100)
-	if err != nil || limit == 0 || limit > 1000 {
-		writeError(w, http.StatusBadRequest, "limit must be 1 to 1000")
+	limit, err := uintParam(r, hostapi.ParamLimit, hostapi.DefaultDiffsPerPage)
+	if err != nil || limit == 0 || limit > hostapi.MaxDiffsPerPage {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("%s must be 1 to %d", hostapi.ParamLimit, hostapi.MaxDiffsPerPage))
 		return
 	}
 	// Read under the session's lock: a diff being applied is listed once
@@ -345,22 +291,17 @@ func (h *handler) getDiffs(w http.ResponseWriter, r *http.Request, escrowID uint
 		h.fail(w, err)
 		return
 	}
-	type wireDiff struct {
-		Nonce uint64 `json:"nonce"`
-		Root  string `json:"root"`
-		Data  []byte `json:"data"`
-	}
-	out := make([]wireDiff, 0, len(diffs))
+	out := hostapi.DiffsResponse{Diffs: make([]hostapi.StoredDiff, 0, len(diffs))}
 	for _, d := range diffs {
-		out = append(out, wireDiff{Nonce: d.Nonce, Root: hex.EncodeToString(d.Root), Data: d.Data})
+		out.Diffs = append(out.Diffs, hostapi.StoredDiff{Nonce: d.Nonce, Root: hex.EncodeToString(d.Root), Data: d.Data})
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"diffs": out})
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (h *handler) getSignatures(w http.ResponseWriter, r *http.Request, escrowID uint64) {
-	nonce, err := uintParam(r, "nonce", 0)
+	nonce, err := uintParam(r, hostapi.ParamNonce, 0)
 	if err != nil || nonce == 0 {
-		writeError(w, http.StatusBadRequest, "nonce must be a positive integer")
+		writeError(w, http.StatusBadRequest, hostapi.ParamNonce+" must be a positive integer")
 		return
 	}
 	sigs, err := h.e.cfg.Store.Signatures(r.Context(), escrowID, nonce)
@@ -368,11 +309,11 @@ func (h *handler) getSignatures(w http.ResponseWriter, r *http.Request, escrowID
 		h.fail(w, err)
 		return
 	}
-	out := make([][]byte, 0, len(sigs))
+	out := hostapi.SignaturesResponse{Signatures: make([][]byte, 0, len(sigs))}
 	for _, s := range sigs {
-		out = append(out, s.Data)
+		out.Signatures = append(out.Signatures, s.Data)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"signatures": out})
+	writeJSON(w, http.StatusOK, out)
 }
 
 func (h *handler) getMempool(w http.ResponseWriter, r *http.Request, escrowID uint64) {
@@ -383,12 +324,12 @@ func (h *handler) getMempool(w http.ResponseWriter, r *http.Request, escrowID ui
 	}
 	txs := en.pool.txs()
 	en.mu.Unlock()
-	out := make([][]byte, 0, len(txs))
+	out := hostapi.MempoolResponse{Txs: make([][]byte, 0, len(txs))}
 	for _, tx := range txs {
 		b, _ := tx.Marshal()
-		out = append(out, b)
+		out.Txs = append(out.Txs, b)
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"txs": out})
+	writeJSON(w, http.StatusOK, out)
 }
 
 // fail maps an engine error to a status and a sentence.
@@ -461,5 +402,5 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 func writeError(w http.ResponseWriter, status int, msg string) {
-	writeJSON(w, status, map[string]string{"error": msg})
+	writeJSON(w, status, hostapi.ErrorResponse{Error: msg})
 }

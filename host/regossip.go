@@ -1,17 +1,13 @@
 package host
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"net/http"
 	"sync"
 	"time"
 
-	"github.com/devshard/devshard/httpauth"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
 )
@@ -36,7 +32,9 @@ type Peers interface {
 // peer costs a tick's background push this long at most.
 const gossipTimeout = 2 * time.Second
 
-var gossipClient = &http.Client{Timeout: gossipTimeout}
+// gossipHTTP is shared by every push, so pushes to a peer reuse its
+// connections.
+var gossipHTTP = &http.Client{Timeout: gossipTimeout}
 
 // regossipAfter is how many nonces an own tx waits for inclusion before the
 // host pushes it to its peers: half the escrow's seal grace, and at least 2.
@@ -194,11 +192,10 @@ func (e *Engine) push(ctx context.Context, b pushBatch) {
 	}
 	for i, tx := range b.txs {
 		err := e.postGossip(ctx, url, b.peer, b.escrow, tx)
-		var refused *gossipRefused
 		switch {
 		case err == nil:
 			e.log.Info("re-gossiped own tx the gateway has not included", "escrow", b.escrow, "tx", txKind(tx), "inference", txID(tx), "slot", tx.Slot, "peer", b.peer)
-		case errors.As(err, &refused) && refused.final():
+		case finalRefusal(err):
 			// The same bytes would be refused again: do not retry.
 			e.log.Warn("gossip refused by peer", "escrow", b.escrow, "tx", txKind(tx), "inference", txID(tx), "peer", b.peer, "err", err)
 		default:
@@ -244,20 +241,15 @@ func (g *gossipLog) settle(escrow uint64, peer signing.Address, keys []string, d
 	}
 }
 
-// gossipRefused is a peer's 4xx answer to a push.
-type gossipRefused struct {
-	status int
-	msg    string
-}
-
-func (r *gossipRefused) Error() string {
-	return fmt.Sprintf("peer answered %d: %s", r.status, r.msg)
-}
-
-// final reports whether the refusal would stand on a retry. 404 (the
-// peer's chain node does not know the escrow yet), 408 and 429 may pass.
-func (r *gossipRefused) final() bool {
-	switch r.status {
+// finalRefusal reports whether err is a peer's refusal that would stand
+// on a retry: a 4xx but 404 (the peer's chain node does not know the
+// escrow yet), 408 and 429, which may pass.
+func finalRefusal(err error) bool {
+	var he *hostapi.Error
+	if !errors.As(err, &he) || he.Status/100 != 4 {
+		return false
+	}
+	switch he.Status {
 	case http.StatusNotFound, http.StatusRequestTimeout, http.StatusTooManyRequests:
 		return false
 	}
@@ -265,43 +257,11 @@ func (r *gossipRefused) final() bool {
 }
 
 // postGossip posts one tx to peer's gossip route, signed by this host for
-// that peer. A 4xx answer is a *gossipRefused; anything else that is not
-// 2xx is a plain error.
+// that peer.
 func (e *Engine) postGossip(ctx context.Context, baseURL string, peer signing.Address, escrow uint64, tx *sessionpb.Tx) error {
 	raw, err := tx.Marshal()
 	if err != nil {
 		return err
 	}
-	body, err := json.Marshal(GossipRequest{Tx: raw})
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, fmt.Sprintf("%s/v1/sessions/%d/gossip", baseURL, escrow), bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	req.Header.Set("Content-Type", "application/json")
-	if err := httpauth.Sign(req, body, e.cfg.Key, httpauth.Audience{ChainID: e.cfg.ChainID, Host: peer}, time.Now()); err != nil {
-		return err
-	}
-	resp, err := gossipClient.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode/100 == 2 {
-		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4096))
-		return nil
-	}
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	var refusal struct {
-		Error string `json:"error"`
-	}
-	if json.Unmarshal(msg, &refusal) == nil && refusal.Error != "" {
-		msg = []byte(refusal.Error)
-	}
-	if resp.StatusCode/100 == 4 {
-		return &gossipRefused{status: resp.StatusCode, msg: string(msg)}
-	}
-	return fmt.Errorf("peer answered %d: %s", resp.StatusCode, msg)
+	return hostapi.NewClient(e.cfg.Key, e.cfg.ChainID, gossipHTTP).Gossip(ctx, baseURL, peer, escrow, raw)
 }

@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/httpauth"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
@@ -194,11 +195,11 @@ func TestRegossipsAFinishTheGatewayLeavesOut(t *testing.T) {
 	url := fmt.Sprintf("%s/v1/sessions/%d/gossip", b.urls[0], b.f.Snapshot.EscrowId)
 	forged := b.f.SignedBy(outsider, 1, &sessionpb.Tx{Body: &sessionpb.Tx_Timeout{Timeout: &sessionpb.TimeoutInference{InferenceId: 1}}})
 	raw, _ := forged.Marshal()
-	status, body := signedPost(t, url, b.f.Hosts[2], to(b.hosts[0].Address()), GossipRequest{Tx: raw})
+	status, body := signedPost(t, url, b.f.Hosts[2], to(b.hosts[0].Address()), hostapi.GossipRequest{Tx: raw})
 	require.Equal(t, http.StatusForbidden, status, string(body))
 	unsigned := &sessionpb.Tx{Slot: 0, Body: &sessionpb.Tx_Timeout{Timeout: &sessionpb.TimeoutInference{InferenceId: 1}}}
 	raw, _ = unsigned.Marshal()
-	status, body = signedPost(t, url, b.f.Hosts[2], to(b.hosts[0].Address()), GossipRequest{Tx: raw})
+	status, body = signedPost(t, url, b.f.Hosts[2], to(b.hosts[0].Address()), hostapi.GossipRequest{Tx: raw})
 	require.Equal(t, http.StatusForbidden, status, string(body))
 	require.False(t, holds(b.pooled(t, 0), forged))
 }

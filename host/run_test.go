@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/hostapi"
 )
 
 // startWait is the engines' StartWait in these tests: short, so a test of a
@@ -84,7 +85,7 @@ func TestExecutorStreamsWhileTheDiffIsStored(t *testing.T) {
 	b.stores[1].mu.Lock()
 	b.stores[1].gate = gate
 	b.stores[1].mu.Unlock()
-	applied := make(chan DiffResponse, 1)
+	applied := make(chan hostapi.DiffResponse, 1)
 	go func() {
 		status, resp, _ := b.send(t, 1, d, map[uint64]executor.Request{1: req})
 		if status != http.StatusOK {
