@@ -17,7 +17,7 @@ import (
 
 	"github.com/devshard/devshard/chain/node"
 	"github.com/devshard/devshard/executor"
-	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/httpauth"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
@@ -125,7 +125,7 @@ func TestAdversaries(t *testing.T) {
 			if h == member || !e.holds(h, v.ID) {
 				continue
 			}
-			body, _ := json.Marshal(host.InferenceRequest{Nonce: v.Nonce + 1, Request: executor.Request{Model: executor.BuiltinModel,
+			body, _ := json.Marshal(hostapi.InferenceRequest{Nonce: v.Nonce + 1, Request: executor.Request{Model: executor.BuiltinModel,
 				Messages: []executor.Message{{Role: "user", Content: "steal me"}}, MaxTokens: 8}})
 			status, msg := memberCall(t, e, member, h, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/inference", v.ID), body)
 			require.Equal(t, http.StatusForbidden, status, "%s let a co-member open a stream: %s", h.Name, msg)
@@ -155,7 +155,7 @@ func TestAdversaries(t *testing.T) {
 		// Field 15, varint 1: unknown to sessionpb.Diff, ignored by a lax
 		// decoder, so the gateway's signature would still hold.
 		tampered := append(bytes.Clone(raw), 0x78, 0x01)
-		body, _ := json.Marshal(host.DiffRequest{Diff: tampered})
+		body, _ := json.Marshal(hostapi.DiffRequest{Diff: tampered})
 		status, msg := memberCall(t, e, member, to, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/diffs", v.ID), body)
 		require.Equal(t, http.StatusBadRequest, status, "%s took a non-canonical diff: %s", to.Name, msg)
 		sendAny(t, e, 3, "after-tamper")
@@ -184,7 +184,7 @@ func TestAdversaries(t *testing.T) {
 			signTxAs(t, e, member, v.ID, tx)
 			raw, err := tx.Marshal()
 			require.NoError(t, err)
-			body, _ := json.Marshal(host.GossipRequest{Tx: raw})
+			body, _ := json.Marshal(hostapi.GossipRequest{Tx: raw})
 			status, msg := memberCall(t, e, member, target, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/gossip", v.ID), body)
 			require.GreaterOrEqual(t, status, 400, "%s pooled a tx for inference that does not exist: %s", target.Name, msg)
 			require.Less(t, status, 500, msg)
@@ -298,9 +298,9 @@ func censoringGateway(t *testing.T, e *e2e, grace uint64) {
 		}
 	}
 	require.NotNil(t, victim)
-	step := func(txs []*sessionpb.Tx, reqs map[uint64]executor.Request) map[*Host]*host.DiffResponse {
+	step := func(txs []*sessionpb.Tx, reqs map[uint64]executor.Request) map[*Host]*hostapi.DiffResponse {
 		d := r.next(s, txs...)
-		out := map[*Host]*host.DiffResponse{}
+		out := map[*Host]*hostapi.DiffResponse{}
 		for h := range members {
 			status, reply, msg := r.deliver(h, d, reqs)
 			require.Equal(t, http.StatusOK, status, "%s at nonce %d: %s", h.Name, d.Nonce, msg)
@@ -316,14 +316,14 @@ func censoringGateway(t *testing.T, e *e2e, grace uint64) {
 	start, req := r.request(s, "censored")
 	id := s.Nonce() + 1
 	step([]*sessionpb.Tx{start}, map[uint64]executor.Request{id: req})
-	body, _ := json.Marshal(host.InferenceRequest{Nonce: id, Request: req})
+	body, _ := json.Marshal(hostapi.InferenceRequest{Nonce: id, Request: req})
 	status, stream := r.call(victim, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/inference", r.snap.EscrowId), body)
 	require.Equal(t, http.StatusOK, status, stream)
 	require.Contains(t, stream, `"done":true`, "the victim answered")
 
 	// The rogue never carries the victim's txs. Diffs go on, slowly enough
 	// for the hosts' ticks (re-gossip, timeout votes) to run between them.
-	var last map[*Host]*host.DiffResponse
+	var last map[*Host]*hostapi.DiffResponse
 	for range 3 * grace {
 		last = step(nil, nil)
 		time.Sleep(250 * time.Millisecond)
@@ -360,7 +360,7 @@ func censoringGateway(t *testing.T, e *e2e, grace uint64) {
 	start, req = r.request(s, "censored again")
 	id = s.Nonce() + 1
 	step([]*sessionpb.Tx{start}, map[uint64]executor.Request{id: req})
-	body, _ = json.Marshal(host.InferenceRequest{Nonce: id, Request: req})
+	body, _ = json.Marshal(hostapi.InferenceRequest{Nonce: id, Request: req})
 	status, text := r.call(victim, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/inference", r.snap.EscrowId), body)
 	require.Equal(t, http.StatusConflict, status, text)
 }
@@ -385,7 +385,7 @@ func pickingGateway(t *testing.T, e *e2e, liar *Host) {
 	}
 	require.NotNil(t, favoured, "an honest host in the group")
 	pooled := map[string]*sessionpb.Tx{}
-	step := func(first []*sessionpb.Tx, reqs map[uint64]executor.Request) map[*Host]*host.DiffResponse {
+	step := func(first []*sessionpb.Tx, reqs map[uint64]executor.Request) map[*Host]*hostapi.DiffResponse {
 		// Carry what the hosts pooled, each tx only if the diff still
 		// applies with it.
 		txs := first
@@ -397,7 +397,7 @@ func pickingGateway(t *testing.T, e *e2e, liar *Host) {
 			delete(pooled, key)
 		}
 		d := r.next(s, txs...)
-		out := map[*Host]*host.DiffResponse{}
+		out := map[*Host]*hostapi.DiffResponse{}
 		for h := range members {
 			status, reply, msg := r.deliver(h, d, reqs)
 			require.Equal(t, http.StatusOK, status, "%s at nonce %d: %s", h.Name, d.Nonce, msg)
@@ -419,7 +419,7 @@ func pickingGateway(t *testing.T, e *e2e, liar *Host) {
 		start, req := r.request(s, fmt.Sprintf("picked %d", i))
 		id := s.Nonce() + 1
 		step([]*sessionpb.Tx{start}, map[uint64]executor.Request{id: req})
-		body, _ := json.Marshal(host.InferenceRequest{Nonce: id, Request: req})
+		body, _ := json.Marshal(hostapi.InferenceRequest{Nonce: id, Request: req})
 		status, stream := r.call(favoured, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/inference", r.snap.EscrowId), body)
 		require.Equal(t, http.StatusOK, status, stream)
 		step(streamTxs(t, stream), nil) // its ConfirmStart and FinishInference
@@ -468,7 +468,7 @@ func streamTxs(t *testing.T, stream string) []*sessionpb.Tx {
 		if !ok {
 			continue
 		}
-		var ev host.StreamEvent
+		var ev hostapi.StreamEvent
 		require.NoError(t, json.Unmarshal([]byte(data), &ev))
 		if !ev.Done {
 			continue
@@ -524,7 +524,7 @@ func sybilVouches(t *testing.T, e *e2e, liar *Host) {
 			status, _, msg := r.deliver(h, d, map[uint64]executor.Request{id: req})
 			require.Equal(t, http.StatusOK, status, msg)
 		}
-		body, _ := json.Marshal(host.InferenceRequest{Nonce: id, Request: req})
+		body, _ := json.Marshal(hostapi.InferenceRequest{Nonce: id, Request: req})
 		status, stream := r.call(liar, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/inference", r.snap.EscrowId), body)
 		require.Equal(t, http.StatusOK, status, stream)
 		step(streamTxs(t, stream)...)
@@ -544,7 +544,7 @@ func sybilVouches(t *testing.T, e *e2e, liar *Host) {
 				signTxAs(t, e, h, r.snap.EscrowId, vote)
 				raw, err := vote.Marshal()
 				require.NoError(t, err)
-				gossip, _ := json.Marshal(host.GossipRequest{Tx: raw})
+				gossip, _ := json.Marshal(hostapi.GossipRequest{Tx: raw})
 				forged := &sessionpb.Diff{EscrowId: r.snap.EscrowId, Nonce: s.Nonce() + 1, Txs: []*sessionpb.Tx{vote}, PostStateRoot: make([]byte, 32)}
 				require.NoError(t, session.SignDiff(r.key, r.snap.ChainId, forged))
 				for peer := range members {

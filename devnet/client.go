@@ -1,16 +1,17 @@
 package devnet
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/internal/sse"
 )
 
 // Client calls a gateway's chat completions API, the way an app would, for
@@ -103,15 +104,28 @@ func (c *Client) Post(ctx context.Context, body []byte, stream bool) (*ChatResul
 		return &ChatResult{Text: out.Choices[0].Message.Content, FinishReason: out.Choices[0].FinishReason,
 			PromptTokens: out.Usage.PromptTokens, CompletionTokens: out.Usage.CompletionTokens}, nil
 	}
+	return c.readStream(resp.Body)
+}
+
+// maxStreamLine bounds one line of a gateway's chat stream.
+const maxStreamLine = 1 << 20
+
+// readStream reads a chat stream's chunks until [DONE]. An error, as an
+// error chunk or an "error" event, is an *APIError.
+func (c *Client) readStream(r io.Reader) (*ChatResult, error) {
 	res := &ChatResult{}
 	var text strings.Builder
-	sc := bufio.NewScanner(resp.Body)
-	for sc.Scan() {
-		line, ok := strings.CutPrefix(sc.Text(), "data: ")
-		if !ok {
-			continue
+	events := sse.NewReader(r, maxStreamLine)
+	for {
+		ev, err := events.Next()
+		var failed *sse.Error
+		switch {
+		case errors.As(err, &failed):
+			return nil, &APIError{Status: http.StatusOK, Message: failed.Message}
+		case err != nil:
+			return nil, fmt.Errorf("stream ended without [DONE]: %w", err)
 		}
-		if line == "[DONE]" {
+		if ev.Data == "[DONE]" {
 			res.Text = text.String()
 			return res, nil
 		}
@@ -131,8 +145,8 @@ func (c *Client) Post(ctx context.Context, body []byte, stream bool) (*ChatResul
 				Type    string `json:"type"`
 			} `json:"error"`
 		}
-		if err := json.Unmarshal([]byte(line), &chunk); err != nil {
-			return nil, fmt.Errorf("undecodable stream chunk %q: %w", line, err)
+		if err := json.Unmarshal([]byte(ev.Data), &chunk); err != nil {
+			return nil, fmt.Errorf("undecodable stream chunk %q: %w", ev.Data, err)
 		}
 		if chunk.Error != nil {
 			return nil, &APIError{Status: http.StatusOK, Type: chunk.Error.Type, Message: chunk.Error.Message}
@@ -150,7 +164,6 @@ func (c *Client) Post(ctx context.Context, body []byte, stream bool) (*ChatResul
 			res.PromptTokens, res.CompletionTokens = chunk.Usage.PromptTokens, chunk.Usage.CompletionTokens
 		}
 	}
-	return nil, fmt.Errorf("stream ended without [DONE]: %v", sc.Err())
 }
 
 func readAPIError(resp *http.Response) error {

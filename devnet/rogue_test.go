@@ -16,7 +16,7 @@ import (
 	"github.com/devshard/devshard/chain/node"
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/gateway"
-	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
@@ -93,17 +93,17 @@ func (r *rogue) hosts() map[*Host][]uint32 {
 
 // deliver posts d with its payloads to h, signed as the gateway, and
 // returns the status and, on success, the host's reply.
-func (r *rogue) deliver(h *Host, d *sessionpb.Diff, reqs map[uint64]executor.Request) (int, *host.DiffResponse, string) {
+func (r *rogue) deliver(h *Host, d *sessionpb.Diff, reqs map[uint64]executor.Request) (int, *hostapi.DiffResponse, string) {
 	r.t.Helper()
 	raw, err := d.Marshal()
 	require.NoError(r.t, err)
-	body, err := json.Marshal(host.DiffRequest{Diff: raw, Requests: reqs})
+	body, err := json.Marshal(hostapi.DiffRequest{Diff: raw, Requests: reqs})
 	require.NoError(r.t, err)
 	status, text := r.call(h, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/diffs", r.snap.EscrowId), body)
 	if status != http.StatusOK {
 		return status, nil, text
 	}
-	var reply host.DiffResponse
+	var reply hostapi.DiffResponse
 	require.NoError(r.t, json.Unmarshal([]byte(text), &reply))
 	return status, &reply, text
 }
@@ -125,7 +125,7 @@ func (r *rogue) call(h *Host, method, path string, body []byte) (int, string) {
 }
 
 // signedSlots decodes a reply's state signatures into the slots they sign for.
-func signedSlots(t *testing.T, reply *host.DiffResponse) []*sessionpb.StateSignature {
+func signedSlots(t *testing.T, reply *hostapi.DiffResponse) []*sessionpb.StateSignature {
 	var out []*sessionpb.StateSignature
 	for _, raw := range reply.Signatures {
 		var ss sessionpb.StateSignature
