@@ -1,0 +1,65 @@
+package host
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/hostapi"
+	"github.com/devshard/devshard/session/sessiontest"
+)
+
+// The server serves every route hostapi defines: none of them is unknown
+// to its mux (404) or there under another method (405). Session routes
+// answer 503 here, the host's storage not being ready.
+func TestHandlerServesEveryRoute(t *testing.T) {
+	t.Parallel()
+	f := sessiontest.New(1, sessiontest.DefaultOptions())
+	e := New(Config{Key: f.Hosts[0], Escrows: &fakeChain{}, Executor: executor.Builtin{}})
+	NewMetrics(e)
+	srv := httptest.NewServer(Handler(e, "test"))
+	t.Cleanup(srv.Close)
+	for _, r := range hostapi.Routes() {
+		req, err := http.NewRequest(r.Method, srv.URL+r.For(7), nil)
+		require.NoError(t, err)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.NotContains(t, []int{http.StatusNotFound, http.StatusMethodNotAllowed}, resp.StatusCode, r.Pattern())
+	}
+}
+
+// hostapi.Client and the server agree on every read route: the client,
+// signed as a member, gets back what the host stored.
+func TestClientReadsHost(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	resps := b.next(t, nil)
+	c := hostapi.NewClient(b.f.Hosts[1], testChainID, &http.Client{Timeout: 10 * time.Second})
+	id := b.f.Snapshot.EscrowId
+	host := b.hosts[0].Address()
+
+	diffs, err := c.Diffs(t.Context(), b.urls[0], host, id, 1, hostapi.MaxDiffsPerDelivery)
+	require.NoError(t, err)
+	require.Len(t, diffs, 1)
+	require.Equal(t, resps[0].Root, diffs[0].Root)
+
+	sigs, err := c.Signatures(t.Context(), b.urls[0], host, id, 1)
+	require.NoError(t, err)
+	require.Len(t, sigs, len(resps[0].Signatures))
+	require.Equal(t, uint64(1), sigs[0].Nonce)
+
+	pooled, err := c.Mempool(t.Context(), b.urls[0], host, id)
+	require.NoError(t, err)
+	require.Equal(t, resps[0].Mempool, pooled)
+
+	// Signed for host 1, the same read is refused by host 0.
+	_, err = c.Mempool(t.Context(), b.urls[0], b.hosts[1].Address(), id)
+	var he *hostapi.Error
+	require.ErrorAs(t, err, &he)
+	require.Equal(t, http.StatusForbidden, he.Status)
+}
