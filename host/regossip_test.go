@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand"
 	"net/http"
@@ -248,4 +249,25 @@ func TestRegossipRetriesAnUnreachablePeer(t *testing.T) {
 	require.True(t, holds(b.pooled(t, 2), finish))
 	require.Equal(t, 2, book.received(down), "the confirm and the finish")
 	require.Equal(t, 2, book.received(b.hosts[0].Address()), "host 0 got them on the first tick, and only then")
+}
+
+// A push is retried unless the peer's refusal would stand: a 4xx other
+// than 404 (its chain node does not know the escrow yet), 408 and 429. No
+// answer, or a 5xx, may pass too.
+func TestGossipRefusalFinality(t *testing.T) {
+	t.Parallel()
+	for status, final := range map[int]bool{
+		0:                              false,
+		http.StatusBadRequest:          true,
+		http.StatusForbidden:           true,
+		http.StatusConflict:            true,
+		http.StatusNotFound:            false,
+		http.StatusRequestTimeout:      false,
+		http.StatusTooManyRequests:     false,
+		http.StatusServiceUnavailable:  false,
+		http.StatusInternalServerError: false,
+	} {
+		require.Equal(t, final, finalRefusal(&hostapi.Error{URL: "http://peer", Status: status}), "status %d", status)
+	}
+	require.False(t, finalRefusal(errors.New("dial tcp: refused")))
 }
