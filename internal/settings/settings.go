@@ -94,6 +94,7 @@ type Setting struct {
 	envOnly  bool
 	oldFlags []string
 	oldEnv   []string
+	oldKeys  []string
 }
 
 var (
@@ -138,6 +139,13 @@ func (st *Setting) FormerFlag(name string) *Setting {
 // deprecation notice; the current name wins when both are set.
 func (st *Setting) FormerEnv(name string) *Setting {
 	st.oldEnv = append(st.oldEnv, name)
+	return st
+}
+
+// FormerKey keeps an older file key working, with a one-line deprecation
+// notice; the current key wins when the file has both.
+func (st *Setting) FormerKey(key string) *Setting {
+	st.oldKeys = append(st.oldKeys, key)
 	return st
 }
 
@@ -266,7 +274,7 @@ func (s *Schema) File(env func(string) (string, bool)) string {
 // for former variable names go to warn.
 func (s *Schema) Load(path string, env func(string) (string, bool), warn io.Writer) error {
 	if path != "" {
-		if err := s.loadFile(path); err != nil {
+		if err := s.loadFile(path, warn); err != nil {
 			return err
 		}
 	}
@@ -282,7 +290,7 @@ func (s *Schema) Load(path string, env func(string) (string, bool), warn io.Writ
 	return nil
 }
 
-func (s *Schema) loadFile(path string) error {
+func (s *Schema) loadFile(path string, warn io.Writer) error {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("read config: %w", err)
@@ -298,19 +306,37 @@ func (s *Schema) loadFile(path string) error {
 		keys = append(keys, k)
 	}
 	sort.Strings(keys)
+	former := map[string]*Setting{}
+	for _, st := range s.list {
+		for _, old := range st.oldKeys {
+			former[old] = st
+		}
+	}
 	var unknown []string
 	for _, k := range keys {
-		if st, ok := s.byKey[k]; !ok {
+		st, ok := s.byKey[k]
+		if !ok {
+			if st, ok = former[k]; ok {
+				fmt.Fprintf(warn, "Config %s: key %s has been deprecated, use %s\n", path, k, st.Key)
+			}
+		}
+		switch {
+		case !ok:
 			unknown = append(unknown, k)
-		} else if st.envOnly {
+		case st.envOnly:
 			return fmt.Errorf("config %s: %s is taken from the environment only (%s), never from a file", path, k, st.Env())
 		}
 	}
 	if len(unknown) > 0 {
 		return fmt.Errorf("config %s has unknown settings: %s", path, strings.Join(unknown, ", "))
 	}
+	// Former keys first, so that a current key in the same file wins.
+	sort.SliceStable(keys, func(i, j int) bool { return former[keys[i]] != nil && former[keys[j]] == nil })
 	for _, k := range keys {
-		st := s.byKey[k]
+		st, ok := s.byKey[k]
+		if !ok {
+			st = former[k]
+		}
 		v, err := fromTOML(st.Kind, values[k])
 		if err != nil {
 			return &ValueError{Key: k, From: path, Want: st.Kind.want(), Got: fmt.Sprintf("%#v", values[k])}

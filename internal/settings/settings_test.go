@@ -35,7 +35,7 @@ func setup(t *testing.T) bundle {
 	c := &conf{}
 	s := New("worker")
 	s.String(&c.Listen, "listen", "127.0.0.1:1", "address").FormerEnv("DEVSHARD_WORKER_ADDR")
-	s.Int(&c.Keep, "storage.keep_epochs", 3, "epochs kept").FormerFlag("storage.keep-epochs")
+	s.Int(&c.Keep, "storage.keep_epochs", 3, "epochs kept").FormerFlag("storage.keep-epochs").FormerKey("storage.kept")
 	s.Uint(&c.Every, "storage.snapshot_every", 500, "a snapshot every K | nonces")
 	s.Duration(&c.Think, "executor.think_time", 20*time.Millisecond, "pause per token")
 	s.Bool(&c.Verbose, "verbose", false, "log more")
@@ -142,6 +142,20 @@ func TestFormerNamesWarn(t *testing.T) {
 	require.NoError(t, b.s.Load("", env(map[string]string{"DEVSHARD_WORKER_ADDR": "old:1", "DEVSHARD_WORKER_LISTEN": "new:1"}), b.warns))
 	require.Equal(t, "new:1", b.c.Listen, "the current name wins")
 	require.Empty(t, b.warns.String())
+}
+
+func TestFormerFileKeys(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	path := writeFile(t, "worker.toml", "[storage]\nkept = 4\n")
+	require.NoError(t, b.s.Load(path, env(nil), b.warns))
+	require.Equal(t, 4, b.c.Keep)
+	require.Equal(t, "Config "+path+": key storage.kept has been deprecated, use storage.keep_epochs\n", b.warns.String())
+
+	b = setup(t)
+	path = writeFile(t, "worker.toml", "[storage]\nkeep_epochs = 6\nkept = 4\n")
+	require.NoError(t, b.s.Load(path, env(nil), b.warns))
+	require.Equal(t, 6, b.c.Keep, "the current key wins")
 }
 
 // A bad value names the setting, where it came from and what it should be.
