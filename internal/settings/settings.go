@@ -221,8 +221,10 @@ func (s *Schema) Source(key string) Source { return s.source[s.byKey[key]] }
 
 // AddFlags registers a typed flag for every setting, the former names as
 // hidden deprecated aliases, and --config. Flags take effect in Load, after
-// the file and the environment, whatever order they were parsed in.
+// the file and the environment, whatever order they were parsed in. Help
+// lists them in the order they were declared, the docs' order.
 func (s *Schema) AddFlags(fs *pflag.FlagSet) {
+	fs.SortFlags = false
 	fs.StringVar(&s.config, "config", "", fmt.Sprintf("TOML file of these settings (default: <home>/%s.toml when it exists)", s.daemon))
 	for _, st := range s.list {
 		if st.envOnly {

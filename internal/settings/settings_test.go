@@ -82,6 +82,18 @@ func TestNamesFollowOneRule(t *testing.T) {
 	require.Equal(t, "int", b.fs.Lookup("storage-keep-epochs").Value.Type(), "flags are typed")
 }
 
+func TestHelpKeepsTheDeclaredOrder(t *testing.T) {
+	t.Parallel()
+	usage := setup(t).fs.FlagUsages()
+	last := -1
+	for _, name := range []string{"--listen", "--storage-keep-epochs", "--storage-snapshot-every", "--executor-think-time", "--verbose", "--executor-models"} {
+		i := strings.Index(usage, name+" ")
+		require.Greater(t, i, last, "%s out of order in\n%s", name, usage)
+		last = i
+	}
+	require.NotContains(t, usage, "storage.keep-epochs", "former names are hidden")
+}
+
 func TestDeclarationWritesDefaults(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
