@@ -136,7 +136,7 @@ func LoadConfig(path string, environ func(string) (string, bool), overrides map[
 	fs := pflag.NewFlagSet("host", pflag.ContinueOnError)
 	s.AddFlags(fs)
 	for key, v := range overrides {
-		st, ok := lookup(s, key)
+		st, ok := s.Lookup(key)
 		if !ok {
 			return nil, fmt.Errorf("unknown setting %q", key)
 		}
@@ -145,15 +145,6 @@ func LoadConfig(path string, environ func(string) (string, bool), overrides map[
 		}
 	}
 	return load(c, s, path, environ, io.Discard)
-}
-
-func lookup(s *settings.Schema, key string) (*settings.Setting, bool) {
-	for _, st := range s.Settings() {
-		if st.Key == key {
-			return st, true
-		}
-	}
-	return nil, false
 }
 
 func load(c *FileConfig, s *settings.Schema, path string, environ func(string) (string, bool), warn io.Writer) (*FileConfig, error) {

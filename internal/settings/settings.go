@@ -216,6 +216,12 @@ func (s *Schema) add(key string, kind Kind, help string, def any, set func(any))
 // the order --help and the docs show them.
 func (s *Schema) Settings() []*Setting { return s.list }
 
+// Lookup finds a setting by its key.
+func (s *Schema) Lookup(key string) (*Setting, bool) {
+	st, ok := s.byKey[key]
+	return st, ok
+}
+
 // Source is where the setting's current value came from.
 func (s *Schema) Source(key string) Source { return s.source[s.byKey[key]] }
 

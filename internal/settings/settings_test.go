@@ -79,6 +79,11 @@ func TestNamesFollowOneRule(t *testing.T) {
 		"api_key":                {"", "DEVSHARD_WORKER_API_KEY"},
 	}, got)
 	require.Nil(t, b.fs.Lookup("api-key"), "an environment-only setting has no flag")
+	st, ok := b.s.Lookup("storage.keep_epochs")
+	require.True(t, ok)
+	require.Equal(t, "storage-keep-epochs", st.Flag())
+	_, ok = b.s.Lookup("storage.keep-epochs")
+	require.False(t, ok, "a flag name is not a key")
 	require.Equal(t, "int", b.fs.Lookup("storage-keep-epochs").Value.Type(), "flags are typed")
 }
 
