@@ -68,7 +68,7 @@ func TestAdversaries(t *testing.T) {
 			if i != lazy {
 				return nil
 			}
-			return []string{"--executor.kind", "openai", "--executor.url", liar.URL, "--executor.models", executor.BuiltinModel}
+			return []string{"--executor-kind", "openai", "--executor-url", liar.URL, "--executor-models", executor.BuiltinModel}
 		}
 	})
 	nw, ctx, grace := e.nw, e.ctx, e.nw.cfg.Params.SealGraceNonces

@@ -61,8 +61,8 @@ func newHost(cfg Config, i int, hs hostSetup, n *node.Node) (*Host, error) {
 		}
 	}
 	h.args = []string{"host", "--home", h.Home, "--listen", hs.Listen,
-		"--chain.rpc", "http://" + trimScheme(n.RPCAddress), "--chain.grpc", n.GRPCAddress,
-		"--storage.synchronous", cfg.Synchronous, "--executor.think-time", cfg.ThinkTime.String()}
+		"--chain-rpc", "http://" + trimScheme(n.RPCAddress), "--chain-grpc", n.GRPCAddress,
+		"--storage-synchronous", cfg.Synchronous, "--executor-think-time", cfg.ThinkTime.String()}
 	if cfg.HostArgs != nil {
 		h.args = append(h.args, cfg.HostArgs(i)...)
 	}

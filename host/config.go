@@ -1,186 +1,164 @@
 package host
 
 import (
-	"errors"
 	"fmt"
+	"io"
 	"net"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/pelletier/go-toml/v2"
+	"github.com/spf13/pflag"
+
+	"github.com/devshard/devshard/internal/settings"
 )
 
-// FileConfig is the host daemon's configuration. It is read from a TOML
-// file, then overridden by DEVSHARD_HOST_* environment variables, then by
-// flags. Every field is listed, with its variable and meaning, in Settings.
+// FileConfig is the host daemon's configuration. Settings declares every
+// field, with its file key, flag, variable and meaning.
 type FileConfig struct {
-	Listen  string `toml:"listen"`
-	Home    string `toml:"home"`
-	Version string `toml:"-"`
+	Listen  string
+	Home    string
+	Version string
 
 	Key struct {
-		File           string `toml:"file"`
-		KeyringBackend string `toml:"keyring_backend"`
-		KeyringDir     string `toml:"keyring_dir"`
-		KeyName        string `toml:"key_name"`
-		Account        string `toml:"account"`
-	} `toml:"key"`
+		File           string
+		KeyringBackend string
+		KeyringDir     string
+		KeyName        string
+		Account        string
+	}
 
 	Chain struct {
-		RPC  string `toml:"rpc"`
-		GRPC string `toml:"grpc"`
-	} `toml:"chain"`
+		RPC  string
+		GRPC string
+	}
 
 	Storage struct {
-		Driver        string `toml:"driver"`
-		Dir           string `toml:"dir"`
-		Synchronous   string `toml:"synchronous"`
-		KeepEpochs    int    `toml:"keep_epochs"`
-		SnapshotEvery uint64 `toml:"snapshot_every"`
-		CatchUp       string `toml:"prune_catch_up"`
-	} `toml:"storage"`
+		Driver        string
+		Dir           string
+		Synchronous   string
+		KeepEpochs    int
+		SnapshotEvery uint64
+		CatchUp       string
+	}
 
 	Executor struct {
-		Kind   string   `toml:"kind"`
-		URL    string   `toml:"url"`
-		Models []string `toml:"models"`
-		APIKey string   `toml:"api_key"`
+		Kind   string
+		URL    string
+		Models []string
+		APIKey string
 		// ThinkTime is the built-in model's pause per token.
-		ThinkTime string `toml:"think_time"`
-	} `toml:"executor"`
+		ThinkTime string
+	}
 
 	Recovery struct {
-		Workers int `toml:"workers"`
-	} `toml:"recovery"`
+		Workers int
+	}
 }
 
-// Setting documents one configuration field.
-type Setting struct {
-	Key, Env, Default, Help string
-	set                     func(c *FileConfig, v string) error
-}
-
-// Settings lists every setting, in the order --help and docs/host.md show
+// Settings declares every setting of the host, bound to c's fields and
+// written with their defaults, in the order --help and docs/host.md show
 // them.
-var Settings = []Setting{
-	{"listen", "DEVSHARD_HOST_LISTEN", "127.0.0.1:8081", "address the HTTP API binds, first thing at startup", func(c *FileConfig, v string) error { c.Listen = v; return nil }},
-	{"home", "DEVSHARD_HOST_HOME", "~/.devshard/host", "directory for storage and keys; relative paths below resolve against it", func(c *FileConfig, v string) error { c.Home = v; return nil }},
-	{"key.file", "DEVSHARD_HOST_KEY_FILE", "host.key", "file holding the signing key as 64 hex characters (mode 0600); used when keyring_backend is empty", func(c *FileConfig, v string) error { c.Key.File = v; return nil }},
-	{"key.keyring_backend", "DEVSHARD_HOST_KEYRING_BACKEND", "", "Cosmos keyring backend (file, test, os) to take the key from instead of key.file", func(c *FileConfig, v string) error { c.Key.KeyringBackend = v; return nil }},
-	{"key.keyring_dir", "DEVSHARD_HOST_KEYRING_DIR", "", "keyring directory (default: home)", func(c *FileConfig, v string) error { c.Key.KeyringDir = v; return nil }},
-	{"key.key_name", "DEVSHARD_HOST_KEY_NAME", "host", "name of the key in the keyring", func(c *FileConfig, v string) error { c.Key.KeyName = v; return nil }},
-	{"key.account", "DEVSHARD_HOST_ACCOUNT", "", "participant account (hex or bech32) the key signs for, when it is a warm key granted through x/authz; empty: the key's own account", func(c *FileConfig, v string) error { c.Key.Account = v; return nil }},
-	{"chain.rpc", "DEVSHARD_HOST_CHAIN_RPC", "http://127.0.0.1:26657", "CometBFT RPC of a chain node: blocks and epoch changes", func(c *FileConfig, v string) error { c.Chain.RPC = v; return nil }},
-	{"chain.grpc", "DEVSHARD_HOST_CHAIN_GRPC", "127.0.0.1:9090", "gRPC of a chain node: escrows, params, grants", func(c *FileConfig, v string) error { c.Chain.GRPC = v; return nil }},
-	{"storage.driver", "DEVSHARD_HOST_STORAGE", "sqlite", "sqlite, postgres or hybrid; postgres is chosen when PGHOST is set and this is left at its default", func(c *FileConfig, v string) error { c.Storage.Driver = v; return nil }},
-	{"storage.dir", "DEVSHARD_HOST_STORAGE_DIR", "data", "SQLite directory: _meta.db plus one epoch_<N>.db per epoch", func(c *FileConfig, v string) error { c.Storage.Dir = v; return nil }},
-	{"storage.synchronous", "DEVSHARD_HOST_SQLITE_SYNCHRONOUS", "FULL", "SQLite durability: FULL (fsync every commit) or NORMAL (survives a process crash, not power loss)", func(c *FileConfig, v string) error { c.Storage.Synchronous = v; return nil }},
-	{"storage.keep_epochs", "DEVSHARD_HOST_KEEP_EPOCHS", "3", "epochs of sessions kept; older epochs are pruned when the chain's epoch changes", func(c *FileConfig, v string) error { return setInt(&c.Storage.KeepEpochs, v) }},
-	{"storage.snapshot_every", "DEVSHARD_HOST_SNAPSHOT_EVERY", "500", "K: a session snapshot every K nonces and at settlement; recovery replays at most K diffs", func(c *FileConfig, v string) error { return setUint(&c.Storage.SnapshotEvery, v) }},
-	{"storage.prune_catch_up", "DEVSHARD_HOST_PRUNE_CATCH_UP", "30s", "how often a quiet host checks for epochs to prune", func(c *FileConfig, v string) error { c.Storage.CatchUp = v; return nil }},
-	{"executor.kind", "DEVSHARD_HOST_EXECUTOR", "builtin", "builtin (deterministic test model) or openai (an OpenAI-compatible server such as vLLM)", func(c *FileConfig, v string) error { c.Executor.Kind = v; return nil }},
-	{"executor.url", "DEVSHARD_HOST_EXECUTOR_URL", "", "base URL of the OpenAI-compatible server (openai only)", func(c *FileConfig, v string) error { c.Executor.URL = v; return nil }},
-	{"executor.models", "DEVSHARD_HOST_EXECUTOR_MODELS", "", "comma-separated models the server serves (openai only)", func(c *FileConfig, v string) error { c.Executor.Models = splitList(v); return nil }},
-	{"executor.think_time", "DEVSHARD_HOST_THINK_TIME", "0s", "pause per token of the built-in model, to imitate a real one (builtin only)", func(c *FileConfig, v string) error { c.Executor.ThinkTime = v; return nil }},
-	{"executor.api_key", "DEVSHARD_HOST_EXECUTOR_API_KEY", "", "bearer token for the server (openai only)", func(c *FileConfig, v string) error { c.Executor.APIKey = v; return nil }},
-	{"recovery.workers", "DEVSHARD_HOST_RECOVERY_WORKERS", "4", "parallel workers recovering sessions at startup", func(c *FileConfig, v string) error { return setInt(&c.Recovery.Workers, v) }},
-}
-
-func setInt(p *int, v string) error {
-	n, err := strconv.Atoi(v)
-	if err != nil {
-		return fmt.Errorf("%q is not a whole number", v)
-	}
-	*p = n
-	return nil
-}
-
-func setUint(p *uint64, v string) error {
-	n, err := strconv.ParseUint(v, 10, 64)
-	if err != nil {
-		return fmt.Errorf("%q is not a non-negative whole number", v)
-	}
-	*p = n
-	return nil
-}
-
-func splitList(v string) []string {
-	var out []string
-	for _, s := range strings.Split(v, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			out = append(out, s)
+func Settings(c *FileConfig) *settings.Schema {
+	s := settings.New("host")
+	s.String(&c.Listen, "listen", "127.0.0.1:8081", "address the HTTP API binds, first thing at startup")
+	s.String(&c.Home, "home", "~/.devshard/host", "directory for storage and keys; relative paths below resolve against it")
+	s.String(&c.Key.File, "key.file", "host.key", "file holding the signing key as 64 hex characters (mode 0600); used when keyring.backend is empty")
+	// Until issue 16 the keyring's settings sat in [key]; as [keyring] their
+	// flags are the chain's (--keyring-backend, --keyring-dir).
+	backend := s.String(&c.Key.KeyringBackend, "keyring.backend", "", "Cosmos keyring backend (file, test, os) to take the key from instead of key.file")
+	dir := s.String(&c.Key.KeyringDir, "keyring.dir", "", "keyring directory (default: home)")
+	name := s.String(&c.Key.KeyName, "key.name", "host", "name of the key in the keyring")
+	former := map[*settings.Setting]string{backend: "key.keyring_backend", dir: "key.keyring_dir", name: "key.key_name"}
+	s.String(&c.Key.Account, "key.account", "", "participant account (hex or bech32) the key signs for, when it is a warm key granted through x/authz; empty: the key's own account").
+		FormerEnv("DEVSHARD_HOST_ACCOUNT")
+	s.String(&c.Chain.RPC, "chain.rpc", "http://127.0.0.1:26657", "CometBFT RPC of a chain node: blocks and epoch changes")
+	s.String(&c.Chain.GRPC, "chain.grpc", "127.0.0.1:9090", "gRPC of a chain node: escrows, params, grants")
+	s.String(&c.Storage.Driver, "storage.driver", "sqlite", "sqlite, postgres or hybrid; postgres is chosen when PGHOST is set and this is left at its default").
+		FormerEnv("DEVSHARD_HOST_STORAGE")
+	s.String(&c.Storage.Dir, "storage.dir", "data", "SQLite directory: _meta.db plus one epoch_<N>.db per epoch")
+	s.String(&c.Storage.Synchronous, "storage.synchronous", "FULL", "SQLite durability: FULL (fsync every commit) or NORMAL (survives a process crash, not power loss)").
+		FormerEnv("DEVSHARD_HOST_SQLITE_SYNCHRONOUS")
+	s.Int(&c.Storage.KeepEpochs, "storage.keep_epochs", 3, "epochs of sessions kept; older epochs are pruned when the chain's epoch changes").
+		FormerEnv("DEVSHARD_HOST_KEEP_EPOCHS")
+	s.Uint(&c.Storage.SnapshotEvery, "storage.snapshot_every", 500, "K: a session snapshot every K nonces and at settlement; recovery replays at most K diffs").
+		FormerEnv("DEVSHARD_HOST_SNAPSHOT_EVERY")
+	s.String(&c.Storage.CatchUp, "storage.prune_catch_up", "30s", "how often a quiet host checks for epochs to prune").
+		FormerEnv("DEVSHARD_HOST_PRUNE_CATCH_UP")
+	s.String(&c.Executor.Kind, "executor.kind", "builtin", "builtin (deterministic test model) or openai (an OpenAI-compatible server such as vLLM)").
+		FormerEnv("DEVSHARD_HOST_EXECUTOR")
+	s.String(&c.Executor.URL, "executor.url", "", "base URL of the OpenAI-compatible server (openai only)")
+	s.List(&c.Executor.Models, "executor.models", nil, "models the server serves (openai only)")
+	s.String(&c.Executor.ThinkTime, "executor.think_time", "0s", "pause per token of the built-in model, to imitate a real one (builtin only)").
+		FormerEnv("DEVSHARD_HOST_THINK_TIME")
+	s.String(&c.Executor.APIKey, "executor.api_key", "", "bearer token for the server (openai only)")
+	s.Int(&c.Recovery.Workers, "recovery.workers", 4, "parallel workers recovering sessions at startup")
+	// Until issue 16 a host flag kept its key's dots (--storage.keep-epochs).
+	for _, st := range s.Settings() {
+		key := st.Key
+		if old, ok := former[st]; ok {
+			st.FormerKey(old)
+			key = old
+		}
+		if old := strings.ReplaceAll(key, "_", "-"); old != st.Flag() {
+			st.FormerFlag(old)
 		}
 	}
-	return out
+	return s
 }
 
 // DefaultConfig is the configuration with every default applied.
 func DefaultConfig() *FileConfig {
 	c := &FileConfig{}
-	for _, s := range Settings {
-		if err := s.set(c, s.Default); err != nil {
-			panic(fmt.Sprintf("default of %s: %v", s.Key, err))
-		}
-	}
+	Settings(c)
 	return c
 }
 
+// ConfigFlags registers the host's flags, and --config, on fs. Once fs is
+// parsed, the function it returns loads the configuration: the file
+// (--config, or <home>/host.toml when it exists), then the environment,
+// then the flags. Deprecation notices for former variable names go to warn.
+func ConfigFlags(fs *pflag.FlagSet) func(environ func(string) (string, bool), warn io.Writer) (*FileConfig, error) {
+	c := &FileConfig{}
+	s := Settings(c)
+	s.AddFlags(fs)
+	return func(environ func(string) (string, bool), warn io.Writer) (*FileConfig, error) {
+		return load(c, s, s.File(environ), environ, warn)
+	}
+}
+
 // LoadConfig reads defaults, then the TOML file at path (if path is not
-// empty), then the environment, then overrides (setting key → value, from
-// flags). It validates the result.
+// empty), then the environment, then overrides (setting key → value, as
+// its flag takes it). It validates the result.
 func LoadConfig(path string, environ func(string) (string, bool), overrides map[string]string) (*FileConfig, error) {
-	c := DefaultConfig()
-	if path != "" {
-		raw, err := os.ReadFile(path)
-		if err != nil {
-			return nil, fmt.Errorf("read config: %w", err)
-		}
-		dec := toml.NewDecoder(strings.NewReader(string(raw)))
-		dec.DisallowUnknownFields()
-		if err := dec.Decode(c); err != nil {
-			var strict *toml.StrictMissingError
-			if errors.As(err, &strict) {
-				return nil, fmt.Errorf("config %s has unknown settings:\n%s", path, strict.String())
-			}
-			return nil, fmt.Errorf("config %s: %w", path, err)
-		}
-	}
-	for _, s := range Settings {
-		if v, ok := environ(s.Env); ok {
-			if err := s.set(c, v); err != nil {
-				return nil, fmt.Errorf("environment %s: %w", s.Env, err)
-			}
-		}
-	}
+	c := &FileConfig{}
+	s := Settings(c)
+	fs := pflag.NewFlagSet("host", pflag.ContinueOnError)
+	s.AddFlags(fs)
 	for key, v := range overrides {
-		s, ok := settingByKey(key)
+		st, ok := s.Lookup(key)
 		if !ok {
 			return nil, fmt.Errorf("unknown setting %q", key)
 		}
-		if err := s.set(c, v); err != nil {
-			return nil, fmt.Errorf("flag for %s: %w", key, err)
+		if err := fs.Set(st.Flag(), v); err != nil {
+			return nil, err
 		}
 	}
-	if c.Storage.Driver == "sqlite" {
+	return load(c, s, path, environ, io.Discard)
+}
+
+func load(c *FileConfig, s *settings.Schema, path string, environ func(string) (string, bool), warn io.Writer) (*FileConfig, error) {
+	if err := s.Load(path, environ, warn); err != nil {
+		return nil, err
+	}
+	// Postgres is the host's storage wherever PGHOST says one is at hand,
+	// unless the operator named the driver in the environment or a flag.
+	if c.Storage.Driver == "sqlite" && s.Source("storage.driver") < settings.Env {
 		if _, ok := environ("PGHOST"); ok {
-			if _, explicit := environ("DEVSHARD_HOST_STORAGE"); !explicit && overrides["storage.driver"] == "" {
-				c.Storage.Driver = "postgres"
-			}
+			c.Storage.Driver = "postgres"
 		}
 	}
 	return c, c.validate()
-}
-
-func settingByKey(key string) (Setting, bool) {
-	for _, s := range Settings {
-		if s.Key == key {
-			return s, true
-		}
-	}
-	return Setting{}, false
 }
 
 func (c *FileConfig) validate() error {
@@ -226,19 +204,10 @@ func (c *FileConfig) validate() error {
 
 // Path resolves p against the home directory, expanding a leading ~.
 func (c *FileConfig) Path(p string) string {
-	home := expandHome(c.Home)
-	p = expandHome(p)
+	home := settings.ExpandHome(c.Home)
+	p = settings.ExpandHome(p)
 	if filepath.IsAbs(p) {
 		return p
 	}
 	return filepath.Join(home, p)
-}
-
-func expandHome(p string) string {
-	if rest, ok := strings.CutPrefix(p, "~"); ok {
-		if h, err := os.UserHomeDir(); err == nil {
-			return filepath.Join(h, rest)
-		}
-	}
-	return p
 }

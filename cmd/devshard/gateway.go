@@ -15,23 +15,51 @@ import (
 
 	sdk "github.com/cosmos/cosmos-sdk/types"
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
+	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/gateway"
+	"github.com/devshard/devshard/internal/settings"
 	"github.com/devshard/devshard/keys"
 )
 
-// gatewayFlags are the gateway's settings; each also reads DEVSHARD_GATEWAY_<NAME>.
-type gatewayFlags struct {
-	home, listen, grpc, rpc, chainID, keyFile, apiKeysFile, synchronous string
-	apiKeys, models                                                     []string
-	escrowAmount                                                        uint64
-	maxTokens, maxInFlight                                              int
-	stall, holdFor                                                      time.Duration
+// gatewayConfig is the gateway daemon's configuration: the DaemonConfig it
+// opens, and the files its key and the apps' keys are read from.
+type gatewayConfig struct {
+	daemon      gateway.DaemonConfig
+	keyFile     string
+	apiKeysFile string
+	apiKeys     []string // id:key pairs, from the environment only
+}
+
+// gatewaySettings declares every setting of the gateway, bound to c's
+// fields and written with their defaults, in the order --help and
+// docs/gateway.md show them.
+func gatewaySettings(c *gatewayConfig) *settings.Schema {
+	s := settings.New("gateway")
+	d, g := &c.daemon, &c.daemon.Gateway
+	s.String(&d.Home, "home", "~/.devshard/gateway", "holds state.db, the key file and the API keys file")
+	s.String(&d.Listen, "listen", "127.0.0.1:8080", "address the API binds")
+	s.String(&d.ChainGRPC, "chain.grpc", "127.0.0.1:9090", "gRPC of a chain node: escrows, participants, balances, txs").FormerFlag("chain.grpc")
+	s.String(&d.ChainRPC, "chain.rpc", "http://127.0.0.1:26657", "CometBFT RPC of a chain node: the chain id when chain.id is empty").FormerFlag("chain.rpc")
+	s.String(&d.ChainID, "chain.id", "", "chain id the gateway signs txs, and its requests to hosts, for (default: asked of the node)").FormerFlag("chain.id")
+	s.String(&c.keyFile, "key.file", "gateway.key", "key file (64 hex characters, mode 0600), relative to home; 'devshard gateway init' writes one")
+	s.List(&c.apiKeys, "api_key", nil, "apps' keys as id:key, comma-separated; from the environment only, never a flag or the file").EnvOnly()
+	s.String(&c.apiKeysFile, "api_keys_file", "api_keys", "file of '<id> <sha256 of the key, hex>' lines (# comments), relative to home, read when it exists")
+	s.List(&g.Models, "models", []string{executor.BuiltinModel}, "models apps may ask for; the hosts must serve them")
+	s.Uint(&g.EscrowAmount, "escrow_amount", 10_000_000, "coins each new escrow locks")
+	s.Int(&g.MaxTokens, "max_tokens", 4096, "largest max_tokens a request may ask (default for a request without one: 256)")
+	s.Int(&d.MaxInFlight, "max_in_flight", 256, "requests one API key may have open at once; more get 429")
+	s.Duration(&g.StallTimeout, "stall_timeout", 15*time.Second, "an inference stream silent this long is cut and retried on another host")
+	s.Duration(&g.HoldFor, "hold_for", 50*time.Millisecond, "longest a diff waits for a host that does not execute it, so that it goes out with later diffs in one delivery; negative sends every diff to every host at once")
+	// The host's name for the same setting: one name across daemons.
+	s.String(&d.Synchronous, "storage.synchronous", "FULL", "state.db durability: FULL fsyncs every commit, NORMAL survives a crash but not power loss").
+		FormerFlag("synchronous").FormerEnv("DEVSHARD_GATEWAY_SYNCHRONOUS")
+	return s
 }
 
 func newGatewayCommand() *cobra.Command {
-	var f gatewayFlags
+	c := &gatewayConfig{}
+	s := gatewaySettings(c)
 	cmd := &cobra.Command{
 		Use:   "gateway",
 		Short: "Run a gateway: the OpenAI-compatible API, paid from escrows on chain",
@@ -44,40 +72,28 @@ its epoch ends, and on shutdown.
 
 Its state (escrows, every diff, pending settlements, usage) is
 <home>/state.db; a restart resumes open sessions and settlements in flight.
-Every flag can also be set as DEVSHARD_GATEWAY_<FLAG> (upper case, dashes
-and dots as underscores). docs/gateway.md explains each one.`,
+Settings come from the TOML file (--config, or <home>/gateway.toml when it
+exists), then DEVSHARD_GATEWAY_* variables, then the flags below:
+storage.synchronous in the file is --storage-synchronous and
+DEVSHARD_GATEWAY_STORAGE_SYNCHRONOUS. docs/gateway.md explains each one.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := refuseKeyOnCommandLine(cmd); err != nil {
 				return err
 			}
-			if err := applyEnv(cmd, "DEVSHARD_GATEWAY_"); err != nil {
+			if err := s.Load(s.File(os.LookupEnv), os.LookupEnv, cmd.ErrOrStderr()); err != nil {
 				return err
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runGateway(ctx, f, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
+			return runGateway(ctx, c, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
 		},
 	}
-	fl := cmd.Flags()
-	fl.StringVar(&f.home, "home", defaultHome("gateway"), "directory for state.db and the key file")
-	fl.StringVar(&f.listen, "listen", "127.0.0.1:8080", "address the API binds")
-	fl.StringVar(&f.grpc, "chain.grpc", "127.0.0.1:9090", "gRPC of a chain node")
-	fl.StringVar(&f.rpc, "chain.rpc", "http://127.0.0.1:26657", "CometBFT RPC of a chain node")
-	fl.StringVar(&f.chainID, "chain.id", "", "chain id to sign for (default: asked of the node)")
-	fl.StringVar(&f.keyFile, "key-file", "gateway.key", "key file (64 hex characters, mode 0600), relative to --home; 'devshard gateway init' writes one")
-	// Read from DEVSHARD_GATEWAY_API_KEY only: on the command line a key is
-	// visible to every user of the machine (ps).
-	fl.StringSliceVar(&f.apiKeys, "api-key", nil, "set DEVSHARD_GATEWAY_API_KEY=id:key (comma-separated for several); never on the command line")
-	_ = fl.MarkHidden("api-key")
-	fl.StringVar(&f.apiKeysFile, "api-keys-file", "api_keys", "file of API keys, one '<id> <sha256 of the key, hex>' per line, relative to --home; read when it exists")
-	fl.StringSliceVar(&f.models, "models", nil, "models apps may ask for (default: the built-in model)")
-	fl.Uint64Var(&f.escrowAmount, "escrow-amount", 10_000_000, "coins each new escrow locks")
-	fl.IntVar(&f.maxTokens, "max-tokens", 4096, "largest max_tokens a request may ask")
-	fl.IntVar(&f.maxInFlight, "max-in-flight", 256, "requests one API key may have open at once; more get 429")
-	fl.DurationVar(&f.stall, "stall-timeout", 15*time.Second, "an inference stream silent this long is retried on another host")
-	fl.DurationVar(&f.holdFor, "hold-for", 50*time.Millisecond, "longest a diff waits for a host that does not execute it, to go out with later ones in one delivery; negative sends each at once")
-	fl.StringVar(&f.synchronous, "synchronous", "FULL", "state.db durability: FULL (fsync every commit) or NORMAL")
+	s.AddFlags(cmd.Flags())
+	// Registered only to be refused (refuseKeyOnCommandLine): on the command
+	// line a key is visible to every user of the machine (ps).
+	cmd.Flags().StringSlice("api-key", nil, "never on the command line; set DEVSHARD_GATEWAY_API_KEY=id:key")
+	_ = cmd.Flags().MarkHidden("api-key")
 	cmd.AddCommand(newGatewayInitCommand())
 	return cmd
 }
@@ -90,24 +106,6 @@ func defaultHome(role string) string {
 	return filepath.Join(h, ".devshard", role)
 }
 
-// applyEnv sets every flag not given on the command line from its
-// environment variable, if set.
-func applyEnv(cmd *cobra.Command, prefix string) error {
-	var errs []error
-	cmd.Flags().VisitAll(func(fl *pflag.Flag) {
-		if fl.Changed || fl.Name == "help" {
-			return
-		}
-		name := prefix + strings.ToUpper(strings.NewReplacer("-", "_", ".", "_").Replace(fl.Name))
-		if v, ok := os.LookupEnv(name); ok {
-			if err := cmd.Flags().Set(fl.Name, v); err != nil {
-				errs = append(errs, fmt.Errorf("%s: %w", name, err))
-			}
-		}
-	})
-	return errors.Join(errs...)
-}
-
 func resolve(home, p string) string {
 	if filepath.IsAbs(p) {
 		return p
@@ -115,32 +113,31 @@ func resolve(home, p string) string {
 	return filepath.Join(home, p)
 }
 
-func runGateway(ctx context.Context, f gatewayFlags, log *slog.Logger) error {
-	key, err := keys.LoadFile(resolve(f.home, f.keyFile))
+func runGateway(ctx context.Context, c *gatewayConfig, log *slog.Logger) error {
+	d := c.daemon
+	d.Home = settings.ExpandHome(d.Home)
+	key, err := keys.LoadFile(resolve(d.Home, c.keyFile))
 	if err != nil {
 		return fmt.Errorf("%w (create one with 'devshard gateway init')", err)
 	}
-	apiKeys, err := loadAPIKeys(f)
+	apiKeys, err := loadAPIKeys(d.Home, c)
 	if err != nil {
 		return err
 	}
-	d, err := gateway.Open(ctx, gateway.DaemonConfig{
-		Listen: f.listen, Home: f.home, ChainGRPC: f.grpc, ChainRPC: f.rpc, ChainID: f.chainID,
-		Key: key, Keys: apiKeys, Synchronous: f.synchronous, MaxInFlight: f.maxInFlight, Logger: log,
-		Gateway: gateway.Config{EscrowAmount: f.escrowAmount, Models: f.models, MaxTokens: f.maxTokens, StallTimeout: f.stall, HoldFor: f.holdFor},
-	})
+	d.Key, d.Keys, d.Logger = key, apiKeys, log
+	daemon, err := gateway.Open(ctx, d)
 	if err != nil {
 		return err
 	}
 	select {
 	case <-ctx.Done():
-	case err = <-d.Served():
+	case err = <-daemon.Served():
 		log.Error("http server stopped", "err", err)
 	}
 	log.Info("shutting down: settling open escrows (up to 60s)")
 	closeCtx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	return errors.Join(err, d.Close(closeCtx))
+	return errors.Join(err, daemon.Close(closeCtx))
 }
 
 // refuseKeyOnCommandLine refuses --api-key given as an argument: every
@@ -154,11 +151,11 @@ func refuseKeyOnCommandLine(cmd *cobra.Command) error {
 }
 
 // loadAPIKeys gathers the apps' keys, hashed: id:key pairs from
-// DEVSHARD_GATEWAY_API_KEY, and the keys file. Ids must be unique, since
-// usage is accounted by id.
-func loadAPIKeys(f gatewayFlags) ([]gateway.APIKey, error) {
+// DEVSHARD_GATEWAY_API_KEY, and the keys file, relative to home. Ids must
+// be unique, since usage is accounted by id.
+func loadAPIKeys(home string, c *gatewayConfig) ([]gateway.APIKey, error) {
 	var out []gateway.APIKey
-	for _, s := range f.apiKeys {
+	for _, s := range c.apiKeys {
 		id, secret, ok := strings.Cut(s, ":")
 		if !ok {
 			return nil, errors.New("DEVSHARD_GATEWAY_API_KEY: each key must be given as id:key")
@@ -169,7 +166,7 @@ func loadAPIKeys(f gatewayFlags) ([]gateway.APIKey, error) {
 		}
 		out = append(out, k)
 	}
-	fileKeys, err := readAPIKeys(resolve(f.home, f.apiKeysFile))
+	fileKeys, err := readAPIKeys(resolve(home, c.apiKeysFile))
 	if err != nil {
 		return nil, err
 	}

@@ -1,35 +1,120 @@
 package main
 
 import (
+	"bytes"
 	"io"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/spf13/pflag"
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/gateway"
+	"github.com/devshard/devshard/internal/settings/settingstest"
 )
 
-// Every gateway flag reads DEVSHARD_GATEWAY_<FLAG>; a flag on the command
+func lookup(vars map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := vars[k]
+		return v, ok
+	}
+}
+
+// loadGateway parses args as the gateway command's flags and loads its
+// settings from the file at path (none when empty) and vars.
+func loadGateway(t *testing.T, path string, vars map[string]string, args ...string) (*gatewayConfig, string, error) {
+	t.Helper()
+	c := &gatewayConfig{}
+	s := gatewaySettings(c)
+	fs := pflag.NewFlagSet("gateway", pflag.ContinueOnError)
+	var notices bytes.Buffer
+	fs.SetOutput(&notices)
+	s.AddFlags(fs)
+	require.NoError(t, fs.Parse(args))
+	err := s.Load(path, lookup(vars), &notices)
+	return c, notices.String(), err
+}
+
+// Every gateway setting reads DEVSHARD_GATEWAY_<KEY>; a flag on the command
 // line wins, and a bad value is an error that names the variable.
 func TestGatewayFlagsFromEnvironment(t *testing.T) {
-	t.Setenv("DEVSHARD_GATEWAY_LISTEN", "127.0.0.1:9999")
-	t.Setenv("DEVSHARD_GATEWAY_CHAIN_GRPC", "10.0.0.1:9090")
-	t.Setenv("DEVSHARD_GATEWAY_ESCROW_AMOUNT", "42")
-	cmd := newGatewayCommand()
-	require.NoError(t, cmd.Flags().Parse([]string{"--escrow-amount", "7"}))
-	require.NoError(t, applyEnv(cmd, "DEVSHARD_GATEWAY_"))
-	listen, _ := cmd.Flags().GetString("listen")
-	grpc, _ := cmd.Flags().GetString("chain.grpc")
-	amount, _ := cmd.Flags().GetUint64("escrow-amount")
-	require.Equal(t, "127.0.0.1:9999", listen)
-	require.Equal(t, "10.0.0.1:9090", grpc)
-	require.Equal(t, uint64(7), amount, "the command line wins over the environment")
+	t.Parallel()
+	c, _, err := loadGateway(t, "", map[string]string{
+		"DEVSHARD_GATEWAY_LISTEN":        "127.0.0.1:9999",
+		"DEVSHARD_GATEWAY_CHAIN_GRPC":    "10.0.0.1:9090",
+		"DEVSHARD_GATEWAY_ESCROW_AMOUNT": "42",
+		"DEVSHARD_GATEWAY_API_KEY":       "ci:sk-1,app:sk-2",
+	}, "--escrow-amount", "7", "--chain-id", "devshard-test")
+	require.NoError(t, err)
+	require.Equal(t, "127.0.0.1:9999", c.daemon.Listen)
+	require.Equal(t, "10.0.0.1:9090", c.daemon.ChainGRPC)
+	require.Equal(t, "devshard-test", c.daemon.ChainID)
+	require.Equal(t, uint64(7), c.daemon.Gateway.EscrowAmount, "the command line wins over the environment")
+	require.Equal(t, []string{"ci:sk-1", "app:sk-2"}, c.apiKeys)
+	require.Equal(t, 50*time.Millisecond, c.daemon.Gateway.HoldFor, "defaults fill the rest")
 
-	t.Setenv("DEVSHARD_GATEWAY_MAX_TOKENS", "lots")
-	err := applyEnv(newGatewayCommand(), "DEVSHARD_GATEWAY_")
-	require.ErrorContains(t, err, "DEVSHARD_GATEWAY_MAX_TOKENS")
+	_, _, err = loadGateway(t, "", map[string]string{"DEVSHARD_GATEWAY_MAX_TOKENS": "lots"})
+	require.ErrorContains(t, err, "max_tokens from DEVSHARD_GATEWAY_MAX_TOKENS: expected a whole number")
+}
+
+// The gateway reads <home>/gateway.toml; the environment and flags override it.
+func TestGatewayConfigFile(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "gateway.toml")
+	require.NoError(t, os.WriteFile(path, []byte(`
+models = ["llama"]
+hold_for = "10ms"
+max_in_flight = 8
+[chain]
+grpc = "10.0.0.2:9090"
+[storage]
+synchronous = "NORMAL"
+`), 0o600))
+	c, _, err := loadGateway(t, path, map[string]string{"DEVSHARD_GATEWAY_MAX_IN_FLIGHT": "9"})
+	require.NoError(t, err)
+	require.Equal(t, []string{"llama"}, c.daemon.Gateway.Models)
+	require.Equal(t, 10*time.Millisecond, c.daemon.Gateway.HoldFor)
+	require.Equal(t, 9, c.daemon.MaxInFlight)
+	require.Equal(t, "10.0.0.2:9090", c.daemon.ChainGRPC)
+	require.Equal(t, "NORMAL", c.daemon.Synchronous)
+
+	// The command finds the file in its home, and refuses what it does not know.
+	home := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(home, "gateway.toml"), []byte("escrow_amout = 5\n"), 0o600))
+	cmd := newGatewayCommand()
+	cmd.SetArgs([]string{"--home", home})
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	require.ErrorContains(t, cmd.Execute(), "config "+filepath.Join(home, "gateway.toml")+" has unknown settings: escrow_amout")
+}
+
+// Scripts written before issue 16 keep working, with a one-line notice.
+func TestFormerGatewayNames(t *testing.T) {
+	t.Parallel()
+	c, notices, err := loadGateway(t, "", map[string]string{"DEVSHARD_GATEWAY_SYNCHRONOUS": "NORMAL"},
+		"--chain.grpc", "10.0.0.3:9090", "--chain.rpc", "http://10.0.0.3:26657", "--chain.id", "old")
+	require.NoError(t, err)
+	require.Equal(t, "10.0.0.3:9090", c.daemon.ChainGRPC)
+	require.Equal(t, "http://10.0.0.3:26657", c.daemon.ChainRPC)
+	require.Equal(t, "old", c.daemon.ChainID)
+	require.Equal(t, "NORMAL", c.daemon.Synchronous)
+	require.Equal(t, `Flag --chain.grpc has been deprecated, use --chain-grpc
+Flag --chain.rpc has been deprecated, use --chain-rpc
+Flag --chain.id has been deprecated, use --chain-id
+Environment variable DEVSHARD_GATEWAY_SYNCHRONOUS has been deprecated, use DEVSHARD_GATEWAY_STORAGE_SYNCHRONOUS
+`, notices)
+
+	c, _, err = loadGateway(t, "", nil, "--synchronous", "NORMAL")
+	require.NoError(t, err)
+	require.Equal(t, "NORMAL", c.daemon.Synchronous)
+}
+
+// docs/gateway.md shows the settings table the declarations render.
+func TestGatewayDocsShowTheSettingsTable(t *testing.T) {
+	t.Parallel()
+	settingstest.RequireDocTable(t, "../../docs/gateway.md", gatewaySettings(&gatewayConfig{}))
 }
 
 // An API key on the command line is refused before anything starts: every
@@ -39,6 +124,7 @@ func TestGatewayFlagsFromEnvironment(t *testing.T) {
 // Checked against the old flags: --api-key was taken, and the command
 // went on to fail on the missing gateway key file instead.
 func TestAttackAPIKeyOnTheCommandLineIsRefused(t *testing.T) {
+	t.Parallel()
 	cmd := newGatewayCommand()
 	cmd.SetArgs([]string{"--home", t.TempDir(), "--api-key", "app:sk-devshard-0123456789abcdef"})
 	cmd.SetOut(io.Discard)
@@ -50,14 +136,9 @@ func TestAttackAPIKeyOnTheCommandLineIsRefused(t *testing.T) {
 	app, err := gateway.HashAPIKey("app", "sk-devshard-from-the-file-0")
 	require.NoError(t, err)
 	require.NoError(t, os.WriteFile(filepath.Join(home, "api_keys"), []byte(apiKeysHeader+app.Line()+"\n"), 0o600))
-	t.Setenv("DEVSHARD_GATEWAY_API_KEY", "ci:sk-devshard-from-the-env-01")
-	cmd = newGatewayCommand()
-	require.NoError(t, cmd.Flags().Parse([]string{"--home", home}))
-	require.NoError(t, refuseKeyOnCommandLine(cmd))
-	require.NoError(t, applyEnv(cmd, "DEVSHARD_GATEWAY_"))
-	home2, _ := cmd.Flags().GetString("home")
-	envKeys, _ := cmd.Flags().GetStringSlice("api-key")
-	keys, err := loadAPIKeys(gatewayFlags{home: home2, apiKeysFile: "api_keys", apiKeys: envKeys})
+	c, _, err := loadGateway(t, "", map[string]string{"DEVSHARD_GATEWAY_API_KEY": "ci:sk-devshard-from-the-env-01"}, "--home", home)
+	require.NoError(t, err)
+	keys, err := loadAPIKeys(c.daemon.Home, c)
 	require.NoError(t, err)
 	ci, err := gateway.HashAPIKey("ci", "sk-devshard-from-the-env-01")
 	require.NoError(t, err)
@@ -65,6 +146,12 @@ func TestAttackAPIKeyOnTheCommandLineIsRefused(t *testing.T) {
 
 	// The keys file holds hashes: a plain key there is refused.
 	require.NoError(t, os.WriteFile(filepath.Join(home, "api_keys"), []byte("app:sk-devshard-from-the-file-0\n"), 0o600))
-	_, err = loadAPIKeys(gatewayFlags{home: home, apiKeysFile: "api_keys"})
+	_, err = loadAPIKeys(home, &gatewayConfig{apiKeysFile: "api_keys"})
 	require.ErrorContains(t, err, "keys are kept hashed")
+
+	// Nor may the file carry a key.
+	path := filepath.Join(home, "gateway.toml")
+	require.NoError(t, os.WriteFile(path, []byte("api_key = [\"app:sk-devshard-from-the-file-0\"]\n"), 0o600))
+	_, _, err = loadGateway(t, path, nil)
+	require.ErrorContains(t, err, "api_key is taken from the environment only (DEVSHARD_GATEWAY_API_KEY)")
 }

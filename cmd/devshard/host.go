@@ -5,13 +5,13 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"time"
 
@@ -30,15 +30,14 @@ import (
 )
 
 func newHostCommand() *cobra.Command {
-	var configPath string
-	flags := map[string]*string{}
+	var load func(environ func(string) (string, bool), warn io.Writer) (*host.FileConfig, error)
 	cmd := &cobra.Command{
 		Use:   "host",
 		Short: "Run a host: serve sessions, execute and validate inference",
-		Long:  hostLong(),
+		Long:  hostLong,
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := loadHostConfig(cmd, configPath, flags)
+			cfg, err := load(os.LookupEnv, cmd.ErrOrStderr())
 			if err != nil {
 				return err
 			}
@@ -47,56 +46,20 @@ func newHostCommand() *cobra.Command {
 			return runHost(ctx, cfg, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
 		},
 	}
-	cmd.Flags().StringVar(&configPath, "config", "", "TOML config file (default: <home>/host.toml when it exists)")
-	for _, s := range host.Settings {
-		flags[s.Key] = cmd.Flags().String(strings.ReplaceAll(s.Key, "_", "-"), "", s.Help+" (env "+s.Env+", default "+quoteDefault(s.Default)+")")
-	}
+	load = host.ConfigFlags(cmd.Flags())
 	cmd.AddCommand(newHostInitCommand())
 	return cmd
 }
 
-func quoteDefault(d string) string {
-	if d == "" {
-		return "none"
-	}
-	return d
-}
-
-func hostLong() string {
-	var b strings.Builder
-	b.WriteString(`host serves the sessions of every escrow whose group this account is in.
+const hostLong = `host serves the sessions of every escrow whose group this account is in.
 It binds its HTTP API first (health, version and metrics answer at once),
 opens storage, recovers stored sessions in parallel, follows the chain's
 epochs to prune old ones, and votes timeouts for stalled peers.
 
 Settings come from the TOML file, then DEVSHARD_HOST_* variables, then the
-flags below (a flag named after each setting, dots kept). docs/host.md
-explains every setting and the HTTP API. 'devshard host init' writes a
-config and a key to start from.`)
-	return b.String()
-}
-
-func loadHostConfig(cmd *cobra.Command, path string, flags map[string]*string) (*host.FileConfig, error) {
-	overrides := map[string]string{}
-	for key, v := range flags {
-		if cmd.Flags().Changed(strings.ReplaceAll(key, "_", "-")) {
-			overrides[key] = *v
-		}
-	}
-	if path == "" {
-		home := host.DefaultConfig().Home
-		if h, ok := overrides["home"]; ok {
-			home = h
-		} else if h, ok := os.LookupEnv("DEVSHARD_HOST_HOME"); ok {
-			home = h
-		}
-		candidate := (&host.FileConfig{Home: home}).Path("host.toml")
-		if _, err := os.Stat(candidate); err == nil {
-			path = candidate
-		}
-	}
-	return host.LoadConfig(path, os.LookupEnv, overrides)
-}
+flags below: storage.keep_epochs in the file is --storage-keep-epochs and
+DEVSHARD_HOST_STORAGE_KEEP_EPOCHS. docs/host.md explains every setting and
+the HTTP API. 'devshard host init' writes a config and a key to start from.`
 
 // chainEscrows serves the host's escrow questions from the chain.
 type chainEscrows struct{ c *chainclient.Client }
