@@ -461,7 +461,7 @@ func (st *staged) finish(i int, tx *sessionpb.Tx, r *sessionpb.InferenceRecord, 
 
 // voter checks that slot may vote on r and has not yet voted in votes.
 func (st *staged) voter(i int, slot uint32, r *sessionpb.InferenceRecord, kind string, votes ...[]byte) error {
-	if !eligible(st.s.group, r.ExecutorSlot, slot) {
+	if !st.s.MayVote(r.ExecutorSlot, slot) {
 		return st.fail(i, ReasonSelfVote, "slot %d is held by the executor of inference %d; it may not cast a %s vote on it", slot, r.Id, kind)
 	}
 	for _, v := range votes {
