@@ -13,9 +13,10 @@ package executor
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/devshard/devshard/session"
 )
 
 // Message is one chat message.
@@ -79,26 +80,13 @@ var (
 	ErrUpstream = errors.New("upstream failure")
 )
 
-// PromptHash is the hash StartInference commits to: SHA-256 over the model,
-// max_tokens and every message, each field length-prefixed so no two
-// requests share an encoding. The gateway computes it when it starts an
+// PromptHash is the hash StartInference commits to (session.PromptHash,
+// which owns the byte layout). The gateway computes it when it starts an
 // inference; the executor and validators recompute it from the request.
 func (r *Request) PromptHash() [32]byte {
-	h := sha256.New()
-	field := func(s string) {
-		var n [8]byte
-		binary.BigEndian.PutUint64(n[:], uint64(len(s)))
-		h.Write(n[:])
-		h.Write([]byte(s))
+	msgs := make([]session.PromptMessage, len(r.Messages))
+	for i, m := range r.Messages {
+		msgs[i] = session.PromptMessage(m)
 	}
-	field("devshard/v1/prompt")
-	field(r.Model)
-	field(fmt.Sprint(r.MaxTokens))
-	for _, m := range r.Messages {
-		field(m.Role)
-		field(m.Content)
-	}
-	var out [32]byte
-	h.Sum(out[:0])
-	return out
+	return session.PromptHash(r.Model, uint64(r.MaxTokens), msgs)
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/devshard/devshard/session"
 )
 
 func request(content string, maxTokens int) Request {
@@ -185,4 +187,15 @@ func FuzzReadStream(f *testing.F) {
 			t.Fatalf("text %q, emitted %q", res.Text, emitted.String())
 		}
 	})
+}
+
+// A request's prompt hash is session's, over the same fields: the hash a
+// StartInference commits to is the one the host recomputes.
+func TestPromptHashIsSessions(t *testing.T) {
+	t.Parallel()
+	req := request("héllo ✓", 64)
+	want := session.PromptHash(BuiltinModel, 64, []session.PromptMessage{{Role: "system", Content: "be brief"}, {Role: "user", Content: "héllo ✓"}})
+	require.Equal(t, want, req.PromptHash())
+	other := request("héllo ✓", 65)
+	require.NotEqual(t, want, other.PromptHash())
 }

@@ -49,11 +49,11 @@ func (e *Engine) ApplyDiff(ctx context.Context, escrowID uint64, raw []byte, req
 // not execute this way, so the member pays one commit and one signature
 // for several nonces.
 //
-// The diffs before the last are applied in memory before the commit. If a
-// later diff of the run is refused, the ones before it are still stored
-// (unsigned) and the refusal is returned. If the store fails on a run of
-// more than one diff, memory is ahead of disk, so the session is dropped
-// and recovered from storage on its next use.
+// The run is staged on the session (session.Run) and becomes part of it
+// only once stored, so memory never runs ahead of disk: if the store
+// fails, the session is still at its last stored nonce and the same
+// delivery can be retried. If a later diff of the run is refused, the ones
+// before it are still stored (unsigned) and the refusal is returned.
 func (e *Engine) ApplyDiffs(ctx context.Context, escrowID uint64, items []DiffItem) (*DiffReply, error) {
 	if len(items) == 0 {
 		return nil, fmt.Errorf("%w: no diff to apply", ErrBadInput)
@@ -109,17 +109,18 @@ func (e *Engine) applyRun(ctx context.Context, en *entry, ds []*sessionpb.Diff, 
 	escrowID := en.snap.EscrowId
 	timer := e.cfg.Metrics.applyTimer()
 	var (
+		staged  = en.s.NewRun()
 		rows    = make([]store.Diff, 0, len(ds))
 		results = make([]*session.Result, 0, len(ds))
 		ahead   []*run
-		last    *session.Pending // the run's last diff, committed to memory once stored
+		last    *session.Pending // the run's last diff, when every diff of the run was taken
 		refused error            // why diff len(rows) was refused, if one was
 	)
 	for i, d := range ds {
 		if refused = e.check(d, items[i].Requests); refused != nil {
 			break
 		}
-		p, err := en.s.Prepare(d)
+		p, err := staged.Prepare(d)
 		if err != nil {
 			var de *session.DiffError
 			if errors.As(err, &de) {
@@ -133,7 +134,7 @@ func (e *Engine) applyRun(ctx context.Context, en *entry, ds []*sessionpb.Diff, 
 		// and the durable write. Their streams may answer before the write
 		// ends; their txs are pooled only once it has (run.go). A diff that
 		// is not stored stops its runs.
-		ahead = append(ahead, e.runAhead(en, d, p, items[i].Requests)...)
+		ahead = append(ahead, e.runAhead(en, ds[:i+1], p, items[i].Requests)...)
 		row, err := diffRow(escrowID, d, res, items[i].Raw)
 		if err != nil {
 			return nil, err
@@ -141,18 +142,12 @@ func (e *Engine) applyRun(ctx context.Context, en *entry, ds []*sessionpb.Diff, 
 		rows, results = append(rows, row), append(results, res)
 		if i == len(ds)-1 {
 			last = p
-			break
 		}
-		// Memory goes ahead of disk for all but the last diff of a run; a
-		// failed write drops the session (below).
-		if err := p.Commit(); err != nil {
-			return nil, err // cannot happen under en.mu; kept as a guard
-		}
-		e.took(ctx, en, d, res, items[i].Requests)
 	}
 	if len(rows) == 0 {
 		return nil, refused
 	}
+	taken := ds[:len(rows)]
 	stored := false
 	defer func() {
 		for _, r := range ahead {
@@ -178,34 +173,32 @@ func (e *Engine) applyRun(ctx context.Context, en *entry, ds []*sessionpb.Diff, 
 	var withheld string
 	var sigs []*sessionpb.StateSignature
 	if last != nil {
-		d := ds[len(rows)-1]
-		withheld = en.pool.overdue(d.Nonce, en.snap.SealGraceNonces, func(key string, tx *sessionpb.Tx) bool {
-			return !carried(d, key) && last.CheckHostTx(tx) == nil
+		withheld = en.pool.overdue(top.Nonce, en.snap.SealGraceNonces, func(key string, tx *sessionpb.Tx) bool {
+			return !carried(taken, key) && last.CheckHostTx(tx) == nil
 		})
 		if withheld == "" {
 			var err error
-			if sigs, top.Signatures, err = e.signState(en, d.Nonce, results[len(rows)-1].Root); err != nil {
+			if sigs, top.Signatures, err = e.signState(en, top.Nonce, results[len(rows)-1].Root); err != nil {
 				return nil, err
 			}
 		}
 	}
-	// Persist first: if the store fails, the prepared diff is dropped and
-	// memory stays where disk is (or, for a longer run, the session is
-	// recovered from disk).
+	// Persist first: if the store fails, the staged run is dropped and
+	// memory stays where disk is.
 	if err := e.cfg.Store.AppendDiffs(ctx, rows); err != nil {
 		e.cfg.Metrics.storageError()
-		if len(rows) > 1 || last == nil {
-			e.evict(en)
-		}
 		return nil, fmt.Errorf("diffs %d to %d of escrow %d not stored: %w", rows[0].Nonce, top.Nonce, escrowID, err)
 	}
 	e.cfg.Metrics.storageOK()
 	stored = true
-	if last != nil {
-		if err := last.Commit(); err != nil {
-			return nil, err // cannot happen under en.mu; kept as a guard
-		}
-		e.took(ctx, en, ds[len(rows)-1], results[len(rows)-1], items[len(rows)-1].Requests)
+	if err := staged.Commit(); err != nil {
+		// Cannot happen under en.mu. Disk is now ahead of memory: the
+		// session is recovered from storage on its next use.
+		e.evict(en)
+		return nil, err
+	}
+	for i, d := range taken {
+		e.took(ctx, en, d, results[i], items[i].Requests)
 	}
 	en.nonce.Store(en.s.Nonce())
 	e.runs.poke()
@@ -280,11 +273,14 @@ func (e *Engine) snapshotDue(en *entry, rows []store.Diff) bool {
 	return false
 }
 
-// runAhead starts the inferences of d that this host executes and has the
-// payloads of, and returns their runs. Call with en.mu held, once d is
-// checked (p; nil for a replay of a stored d). None starts while the host's own txs are overdue: the
+// runAhead starts the inferences of d, the last of ds, that this host
+// executes and has the payloads of, and returns their runs. ds are the
+// diffs of the delivery staged so far, on the session's state; p is d's
+// staged diff (nil for a replay of a stored d, when ds is d alone). Call
+// with en.mu held. None starts while the host's own txs are overdue: the
 // gateway's inference request is then refused (Inference).
-func (e *Engine) runAhead(en *entry, d *sessionpb.Diff, p *session.Pending, requests map[uint64]executor.Request) []*run {
+func (e *Engine) runAhead(en *entry, ds []*sessionpb.Diff, p *session.Pending, requests map[uint64]executor.Request) []*run {
+	d := ds[len(ds)-1]
 	var out []*run
 	for _, tx := range d.Txs {
 		st := tx.GetStart()
@@ -300,7 +296,7 @@ func (e *Engine) runAhead(en *entry, d *sessionpb.Diff, p *session.Pending, requ
 			if p == nil { // a replay: the session is at d already
 				return en.s.CheckHostTx(tx) == nil
 			}
-			return !carried(d, key) && p.CheckHostTx(tx) == nil
+			return !carried(ds, key) && p.CheckHostTx(tx) == nil
 		}) != "" {
 			continue
 		}
@@ -310,11 +306,13 @@ func (e *Engine) runAhead(en *entry, d *sessionpb.Diff, p *session.Pending, requ
 	return out
 }
 
-// carried reports whether diff d carries the tx with key.
-func carried(d *sessionpb.Diff, key string) bool {
-	for _, tx := range d.Txs {
-		if session.TxKey(tx) == key {
-			return true
+// carried reports whether one of ds carries the tx with key.
+func carried(ds []*sessionpb.Diff, key string) bool {
+	for _, d := range ds {
+		for _, tx := range d.Txs {
+			if session.TxKey(tx) == key {
+				return true
+			}
 		}
 	}
 	return false
@@ -419,7 +417,7 @@ func (e *Engine) replayPayloads(en *entry, d *sessionpb.Diff, requests map[uint6
 			pending[id] = req
 		}
 	}
-	for _, r := range e.runAhead(en, d, nil, pending) {
+	for _, r := range e.runAhead(en, []*sessionpb.Diff{d}, nil, pending) {
 		r.stored = true // the diff is stored already
 	}
 	return nil

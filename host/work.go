@@ -103,14 +103,17 @@ func (e *Engine) maybeValidate(ctx context.Context, en *entry, f *sessionpb.Fini
 }
 
 // eligibleSlots are the slots this host votes with on r: every slot it
-// holds, since thresholds count slots (a host holding two slots has two
-// votes), and none if this host is the executor's participant, since no
-// one votes on their own work.
+// holds that session.MayVote allows, since thresholds count slots (a host
+// holding two slots has two votes). None, when this host is the executor's
+// participant.
 func (e *Engine) eligibleSlots(en *entry, r *sessionpb.InferenceRecord) []uint32 {
-	if string(en.snap.Group[r.ExecutorSlot]) == string(e.addr[:]) {
-		return nil
+	var out []uint32
+	for _, slot := range en.slots {
+		if en.s.MayVote(r.ExecutorSlot, slot) {
+			out = append(out, slot)
+		}
 	}
-	return en.slots
+	return out
 }
 
 // validate re-runs r once in the background and pools a Validation vote for

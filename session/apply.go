@@ -49,10 +49,16 @@ type Pending struct {
 // Prepare checks diff d exactly as Apply does and returns the would-be
 // result without changing the session.
 func (s *Session) Prepare(d *sessionpb.Diff) (*Pending, error) {
+	return s.prepare(d, nil)
+}
+
+// prepare checks diff d on the state prev leads to (the session's, if prev
+// is nil) and returns the would-be result, changing neither.
+func (s *Session) prepare(d *sessionpb.Diff, prev *Pending) (*Pending, error) {
 	if d == nil {
 		return nil, &DiffError{Tx: -1, Reason: ReasonMalformed, Detail: "missing diff"}
 	}
-	st, err := s.stage(d)
+	st, err := s.stage(d, prev)
 	if err != nil {
 		return nil, err
 	}
@@ -61,24 +67,35 @@ func (s *Session) Prepare(d *sessionpb.Diff) (*Pending, error) {
 	if !bytes.Equal(root[:], d.PostStateRoot) {
 		return nil, st.fail(-1, ReasonRoot, "post-state root mismatch (signed %s, computed %s)", short(d.PostStateRoot), short(root[:]))
 	}
-	return &Pending{st: st, update: update, root: root, baseNonce: s.nonce}, nil
+	return &Pending{st: st, update: update, root: root, baseNonce: st.baseNonce()}, nil
 }
 
 // Result is what committing the diff produces (or produced).
 func (p *Pending) Result() *Result { return &Result{Root: p.root, Sealed: p.st.sealedOut} }
 
 // Commit makes the prepared diff part of the session. It fails if the
-// session moved since Prepare, or if the Pending was already committed.
+// session moved since Prepare, if the Pending was already committed, or if
+// it was staged in a Run on a diff not committed yet.
 func (p *Pending) Commit() error {
+	if err := p.committable(); err != nil {
+		return err
+	}
+	p.st.commit(p.update, p.root)
+	p.done = true
+	return nil
+}
+
+// committable says why p cannot be committed now, if it cannot.
+func (p *Pending) committable() error {
 	s := p.st.s
 	switch {
 	case p.done:
 		return fmt.Errorf("diff %d was already committed", p.st.d.Nonce)
+	case p.st.prev != nil && !p.st.prev.done:
+		return fmt.Errorf("diff %d is staged on diff %d, which is not committed", p.st.d.Nonce, p.st.prev.st.d.Nonce)
 	case s.nonce != p.baseNonce:
 		return &DiffError{Nonce: p.st.d.Nonce, Tx: -1, Reason: ReasonNonce, Detail: fmt.Sprintf("session moved to nonce %d after this diff was prepared on nonce %d", s.nonce, p.baseNonce)}
 	}
-	p.st.commit(p.update, p.root)
-	p.done = true
 	return nil
 }
 
@@ -116,6 +133,9 @@ func (s *Session) Sequence(d *sessionpb.Diff) (*Pending, error) {
 type staged struct {
 	s *Session
 	d *sessionpb.Diff
+	// prev is the staged diff of a Run this one builds on; nil when it
+	// builds on the session's committed state.
+	prev *Pending
 
 	phase        sessionpb.Phase
 	activeNonces uint64
@@ -137,8 +157,8 @@ func (st *staged) fail(tx int, r Reason, format string, args ...any) error {
 	return &DiffError{Nonce: st.d.Nonce, Tx: tx, Reason: r, Detail: fmt.Sprintf(format, args...)}
 }
 
-func (s *Session) stage(d *sessionpb.Diff) (*staged, error) {
-	if err := s.checkDiffHeader(d); err != nil {
+func (s *Session) stage(d *sessionpb.Diff, prev *Pending) (*staged, error) {
+	if err := s.checkDiffHeader(d, prev); err != nil {
 		return nil, err
 	}
 	if len(d.PostStateRoot) != hashSize {
@@ -147,31 +167,37 @@ func (s *Session) stage(d *sessionpb.Diff) (*staged, error) {
 	if r, detail := checkSig(d.UserSig, DiffSignBytes(s.snap.ChainId, d), s.creator, KindDiff, s.auth, nil); r != "" {
 		return nil, &DiffError{Nonce: d.Nonce, Tx: -1, Reason: r, Detail: "user signature: " + detail}
 	}
-	return s.applyTxs(d)
+	return s.applyTxs(d, prev)
 }
 
 func (s *Session) stageUnsigned(d *sessionpb.Diff) (*staged, error) {
 	if d == nil {
 		return nil, &DiffError{Tx: -1, Reason: ReasonMalformed, Detail: "missing diff"}
 	}
-	if err := s.checkDiffHeader(d); err != nil {
+	if err := s.checkDiffHeader(d, nil); err != nil {
 		return nil, err
 	}
-	return s.applyTxs(d)
+	return s.applyTxs(d, nil)
 }
 
-func (s *Session) checkDiffHeader(d *sessionpb.Diff) error {
+// checkDiffHeader checks d's header against the state prev leads to (the
+// session's, if prev is nil).
+func (s *Session) checkDiffHeader(d *sessionpb.Diff, prev *Pending) error {
 	fail := func(r Reason, format string, args ...any) error {
 		return &DiffError{Nonce: d.Nonce, Tx: -1, Reason: r, Detail: fmt.Sprintf(format, args...)}
+	}
+	nonce, phase := s.nonce, s.phase
+	if prev != nil {
+		nonce, phase = prev.st.d.Nonce, prev.st.phase
 	}
 	switch {
 	case d.EscrowId != s.snap.EscrowId:
 		return fail(ReasonEscrow, "diff is for escrow %d, this session is escrow %d", d.EscrowId, s.snap.EscrowId)
-	case d.Nonce != s.nonce+1:
-		return fail(ReasonNonce, "nonce must be %d (latest+1), got %d", s.nonce+1, d.Nonce)
+	case d.Nonce != nonce+1:
+		return fail(ReasonNonce, "nonce must be %d (latest+1), got %d", nonce+1, d.Nonce)
 	case d.Nonce > s.snap.MaxNonce:
 		return fail(ReasonNonce, "nonce %d exceeds the escrow's max nonce %d", d.Nonce, s.snap.MaxNonce)
-	case s.phase == sessionpb.Phase_PHASE_SETTLEMENT:
+	case phase == sessionpb.Phase_PHASE_SETTLEMENT:
 		return fail(ReasonPhase, "session is in SETTLEMENT; it accepts no more diffs")
 	case len(d.Txs) > MaxTxsPerDiff:
 		return fail(ReasonMalformed, "%d txs exceed the limit of %d per diff", len(d.Txs), MaxTxsPerDiff)
@@ -207,23 +233,36 @@ func hasBody(tx *sessionpb.Tx) bool {
 	return false
 }
 
-func (s *Session) applyTxs(d *sessionpb.Diff) (*staged, error) {
+// applyTxs stages d's txs on the state prev leads to (the session's, if
+// prev is nil).
+func (s *Session) applyTxs(d *sessionpb.Diff, prev *Pending) (*staged, error) {
 	st := &staged{
 		s:            s,
 		d:            d,
+		prev:         prev,
 		phase:        s.phase,
 		activeNonces: s.activeNonces,
 		balance:      s.balance,
 		reserved:     s.reserved,
 		fees:         s.fees,
-		stats:        slices.Clone(s.stats),
-		statDirty:    make([]bool, len(s.stats)),
-		touched:      make(map[uint64]*sessionpb.InferenceRecord, 4),
-		removed:      make(map[uint64]bool, 2),
-		sealQueue:    slices.Clone(s.sealQueue),
+		stats:        s.stats,
+		sealQueue:    s.sealQueue,
 		sealedCount:  s.sealedCount,
 		sealedDigest: s.sealedDigest,
 	}
+	if prev != nil {
+		b := prev.st
+		st.phase, st.activeNonces = b.phase, b.activeNonces
+		st.balance, st.reserved, st.fees = b.balance, b.reserved, b.fees
+		st.stats, st.sealQueue = b.stats, b.sealQueue
+		st.sealedCount, st.sealedDigest = b.sealedCount, b.sealedDigest
+	}
+	// What the staged diff changes is its own: the base stays as it was.
+	st.stats = slices.Clone(st.stats)
+	st.sealQueue = slices.Clone(st.sealQueue)
+	st.statDirty = make([]bool, len(st.stats))
+	st.touched = make(map[uint64]*sessionpb.InferenceRecord, 4)
+	st.removed = make(map[uint64]bool, 2)
 	// fee_per_nonce is charged for every nonce applied while ACTIVE.
 	if st.phase == sessionpb.Phase_PHASE_ACTIVE {
 		fee := s.snap.FeePerNonce
@@ -250,7 +289,7 @@ func (st *staged) record(id uint64) (*sessionpb.InferenceRecord, bool) {
 	if r, ok := st.touched[id]; ok {
 		return r, true
 	}
-	r, ok := st.s.live[id]
+	r, ok := st.baseRecord(id)
 	if !ok {
 		return nil, false
 	}
@@ -453,7 +492,7 @@ func (st *staged) finish(i int, tx *sessionpb.Tx, r *sessionpb.InferenceRecord, 
 		// The live-records root before this diff: fixed before the
 		// executor's signed Finish could be carried, known to apply from
 		// state alone, and (unlike the state root) free of the escrow id.
-		seed := st.s.tree.root()
+		seed := st.baseTree().node(treeDepth, 0)
 		r.SampleSeed = seed[:]
 		insertSorted(&st.sealQueue, r.Id)
 	}, nil
@@ -461,7 +500,7 @@ func (st *staged) finish(i int, tx *sessionpb.Tx, r *sessionpb.InferenceRecord, 
 
 // voter checks that slot may vote on r and has not yet voted in votes.
 func (st *staged) voter(i int, slot uint32, r *sessionpb.InferenceRecord, kind string, votes ...[]byte) error {
-	if !eligible(st.s.group, r.ExecutorSlot, slot) {
+	if !st.s.MayVote(r.ExecutorSlot, slot) {
 		return st.fail(i, ReasonSelfVote, "slot %d is held by the executor of inference %d; it may not cast a %s vote on it", slot, r.Id, kind)
 	}
 	for _, v := range votes {

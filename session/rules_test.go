@@ -241,3 +241,30 @@ func TestSampledFollowsRate(t *testing.T) {
 	a := session.Sampled(f.Snapshot, sessiontest.Hash("r"), 9, 1)
 	require.Equal(t, a, session.Sampled(f.Snapshot, sessiontest.Hash("r"), 9, 1))
 }
+
+// Attack 12: MayVote is the rule apply enforces on every vote. A slot may
+// vote on an inference unless its participant executes it, through any of
+// its slots; here participant 0 holds slots 0 and 1.
+func TestMayVoteIsWhatApplyEnforces(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(o *sessiontest.Options) { o.Holders = []int{0, 0, 1, 2} })
+	s := b.gw.Replica
+	for id := uint64(1); id <= 4; id++ {
+		b.step(t, sessiontest.Start(id, 1, 1)) // a pending inference of each slot
+	}
+	for id := uint64(1); id <= 4; id++ {
+		exec := s.Executor(id)
+		for slot := range uint32(4) {
+			want := b.f.Holders[slot] != b.f.Holders[exec]
+			require.Equal(t, want, s.MayVote(exec, slot), "slot %d on slot %d's work", slot, exec)
+			_, err := b.gw.Build(b.f.Timeout(slot, id))
+			if want {
+				require.NoError(t, err, "slot %d votes on slot %d's work", slot, exec)
+			} else {
+				require.ErrorIs(t, err, session.ReasonSelfVote, "slot %d on slot %d's work", slot, exec)
+			}
+		}
+	}
+	require.False(t, s.MayVote(0, 4), "a slot outside the group")
+	require.False(t, s.MayVote(4, 0), "an executor outside the group")
+}

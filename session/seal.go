@@ -22,7 +22,7 @@ import (
 // The work is proportional to what this diff seals, never to how much was
 // sealed before.
 func (st *staged) seal() {
-	if st.phase == sessionpb.Phase_PHASE_SETTLEMENT && st.s.phase != sessionpb.Phase_PHASE_SETTLEMENT {
+	if st.phase == sessionpb.Phase_PHASE_SETTLEMENT && st.basePhase() != sessionpb.Phase_PHASE_SETTLEMENT {
 		st.sealAll()
 		return
 	}
@@ -46,12 +46,9 @@ func (st *staged) seal() {
 
 // sealAll closes the books when the session enters SETTLEMENT.
 func (st *staged) sealAll() {
-	ids := make([]uint64, 0, len(st.s.live)+len(st.touched))
-	for id := range st.s.live {
-		ids = append(ids, id)
-	}
+	ids := st.baseLiveIDs()
 	for id := range st.touched {
-		if _, base := st.s.live[id]; !base {
+		if _, base := st.baseRecord(id); !base {
 			ids = append(ids, id)
 		}
 	}
@@ -86,7 +83,8 @@ func (st *staged) peek(id uint64) *sessionpb.InferenceRecord {
 	if r, ok := st.touched[id]; ok {
 		return r
 	}
-	return st.s.live[id]
+	r, _ := st.baseRecord(id)
+	return r
 }
 
 func (st *staged) fold(id uint64) {
@@ -110,7 +108,7 @@ type pendingRoot struct {
 
 func (st *staged) root() (*pendingRoot, [32]byte) {
 	s := st.s
-	p := &pendingRoot{statLeaves: slices.Clone(s.statLeaves)}
+	p := &pendingRoot{statLeaves: slices.Clone(st.baseStatLeaves())}
 	for i, dirty := range st.statDirty {
 		if dirty {
 			p.statLeaves[i] = statsLeaf(uint32(i), &st.stats[i])
@@ -125,7 +123,7 @@ func (st *staged) root() (*pendingRoot, [32]byte) {
 	for id := range st.removed {
 		leaves[id] = [32]byte{}
 	}
-	p.tree = s.tree.plan(leaves)
+	p.tree = planTree(st.baseTree(), leaves)
 	parts := rootParts{
 		escrowID:        s.snap.EscrowId,
 		protocolVersion: s.snap.ProtocolVersion,
@@ -136,7 +134,7 @@ func (st *staged) root() (*pendingRoot, [32]byte) {
 		reserved:        st.reserved,
 		fees:            st.fees,
 		stats:           statsDigest(p.statLeaves),
-		records:         p.tree.root(s.tree),
+		records:         p.tree.root(),
 		sealedCount:     st.sealedCount,
 		sealedDigest:    st.sealedDigest,
 	}

@@ -140,7 +140,7 @@ func (s *Session) refreshDerived() {
 	}
 	slices.Sort(s.sealQueue)
 	s.tree = newRecordTree()
-	s.tree.apply(s.tree.plan(leaves))
+	s.tree.apply(planTree(s.tree, leaves))
 	s.root = s.parts(statsDigest(s.statLeaves), s.tree.root()).root()
 }
 

@@ -46,16 +46,24 @@ func (t *recordTree) node(level int, idx uint64) [32]byte {
 
 func (t *recordTree) root() [32]byte { return t.node(treeDepth, 0) }
 
-// treeUpdate is a set of node changes computed against a tree but not yet
-// written to it, so a rejected diff leaves the tree untouched.
+// nodes reads a record tree: the tree itself, or a planned update over it.
+type nodes interface {
+	node(level int, idx uint64) [32]byte
+}
+
+// treeUpdate is a set of node changes computed over a tree but not yet
+// written to it, so a rejected diff leaves the tree untouched. It reads as
+// the tree it was planned over with the changes made, so the next diff of a
+// run can be planned over it before either is written.
 type treeUpdate struct {
+	base   nodes
 	levels [treeDepth + 1]map[uint64][32]byte
 }
 
-// plan computes the nodes that change when the given leaves change. A zero
-// leaf hash means the leaf is removed.
-func (t *recordTree) plan(leaves map[uint64][32]byte) *treeUpdate {
-	u := &treeUpdate{}
+// planTree computes the nodes that change over base when the given leaves
+// change. A zero leaf hash means the leaf is removed.
+func planTree(base nodes, leaves map[uint64][32]byte) *treeUpdate {
+	u := &treeUpdate{base: base}
 	u.levels[0] = leaves
 	for level := 1; level <= treeDepth; level++ {
 		below := u.levels[level-1]
@@ -65,21 +73,21 @@ func (t *recordTree) plan(leaves map[uint64][32]byte) *treeUpdate {
 			if _, done := cur[p]; done {
 				continue
 			}
-			cur[p] = nodeHash(u.node(t, level-1, p<<1), u.node(t, level-1, p<<1|1))
+			cur[p] = nodeHash(u.node(level-1, p<<1), u.node(level-1, p<<1|1))
 		}
 		u.levels[level] = cur
 	}
 	return u
 }
 
-func (u *treeUpdate) node(t *recordTree, level int, idx uint64) [32]byte {
+func (u *treeUpdate) node(level int, idx uint64) [32]byte {
 	if h, ok := u.levels[level][idx]; ok {
 		return h
 	}
-	return t.node(level, idx)
+	return u.base.node(level, idx)
 }
 
-func (u *treeUpdate) root(t *recordTree) [32]byte { return u.node(t, treeDepth, 0) }
+func (u *treeUpdate) root() [32]byte { return u.node(treeDepth, 0) }
 
 // apply writes the update into the tree, dropping nodes that became empty.
 func (t *recordTree) apply(u *treeUpdate) {

@@ -8,9 +8,17 @@ import (
 	"github.com/devshard/devshard/signing"
 )
 
-// eligible reports whether slot may vote on an inference that slot exec
-// executes: a participant never votes on its own work, through any of its
-// slots (attack 12).
+// MayVote reports whether slot may vote (validate, or vote a timeout) on
+// an inference that slot exec executes: a participant never votes on its
+// own work, through any of its slots (attack 12). A slot outside the group
+// may not vote. Apply refuses a vote that breaks the rule; a host asks it
+// before it re-runs a peer's work or votes a timeout.
+func (s *Session) MayVote(exec, slot uint32) bool {
+	n := uint32(len(s.group))
+	return exec < n && slot < n && eligible(s.group, exec, slot)
+}
+
+// eligible is MayVote over a group, for slots known to be in it.
 func eligible(group []signing.Address, exec, slot uint32) bool { return group[slot] != group[exec] }
 
 // eligibleCount is the number of slots that may vote on an inference that
