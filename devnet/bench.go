@@ -95,7 +95,13 @@ func StartProxy(target string) (*Proxy, error) {
 		return nil, err
 	}
 	tr := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
-	rp := &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(to) }, Transport: tr}
+	rp := &httputil.ReverseProxy{
+		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(to) },
+		Transport: tr,
+		// The client sees the failure as a 502; the log would only repeat
+		// it, once per client hanging up at the end of a throughput run.
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) },
+	}
 	p := &Proxy{URL: "http://" + ln.Addr().String(), srv: &http.Server{Handler: rp}, tr: tr}
 	go func() { _ = p.srv.Serve(ln) }()
 	return p, nil

@@ -53,3 +53,19 @@ func TestStartProxyRefusesABadTarget(t *testing.T) {
 	_, err := StartProxy("http://[::1")
 	require.ErrorContains(t, err, "proxy target")
 }
+
+// A model that cannot be reached is a 502 to the client, which fails the
+// measurement, rather than a line in the log.
+func TestProxyAnswersBadGatewayWhenTheModelIsDown(t *testing.T) {
+	t.Parallel()
+	down := httptest.NewServer(http.NotFoundHandler())
+	down.Close()
+	proxy, err := StartProxy(down.URL)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = proxy.Close() })
+
+	_, err = MeasureLatency(t.Context(), NewClient(proxy.URL, ""), 1)
+	var apiErr *APIError
+	require.ErrorAs(t, err, &apiErr)
+	require.Equal(t, http.StatusBadGateway, apiErr.Status)
+}

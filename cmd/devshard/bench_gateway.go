@@ -232,7 +232,7 @@ func (v versusProxy) line(figure string) string {
 func throughputVersusProxy(gateway, proxy float64) string {
 	ratio := "n/a (the proxy completed nothing)"
 	if proxy > 0 {
-		ratio = fmt.Sprintf("%.2f", gateway/proxy)
+		ratio = fmt.Sprintf("%.3f", gateway/proxy)
 	}
 	return fmt.Sprintf("throughput gateway %.1f requests/s proxy %.1f requests/s ratio %s", gateway, proxy, ratio)
 }

@@ -43,6 +43,6 @@ func TestVersusProxyLine(t *testing.T) {
 
 func TestThroughputVersusProxy(t *testing.T) {
 	t.Parallel()
-	require.Equal(t, "throughput gateway 250.0 requests/s proxy 1000.0 requests/s ratio 0.25", throughputVersusProxy(250, 1000))
+	require.Equal(t, "throughput gateway 250.0 requests/s proxy 1000.0 requests/s ratio 0.250", throughputVersusProxy(250, 1000))
 	require.Equal(t, "throughput gateway 250.0 requests/s proxy 0.0 requests/s ratio n/a (the proxy completed nothing)", throughputVersusProxy(250, 0))
 }
