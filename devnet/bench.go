@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -66,6 +68,51 @@ func StartDirectModel() (*DirectModel, error) {
 
 // Close stops the server.
 func (d *DirectModel) Close() error { return d.srv.Close() }
+
+// Proxy is a plain reverse proxy (net/http/httputil) in front of a model
+// server: one more HTTP hop, with no protocol, no escrow and no chain. The
+// gateway is also a hop in front of the model, so the latency it adds beyond
+// what this proxy adds is the protocol's own cost. Both are measured on the
+// same machine in the same run, so their ratio means the same on a fast
+// machine and a slow one, where the absolute figure does not.
+type Proxy struct {
+	URL string
+	srv *http.Server
+	tr  *http.Transport
+}
+
+// StartProxy serves a reverse proxy to target on a free loopback port. It
+// keeps as many idle connections to the target as the gateway keeps to each
+// host (gateway/peer.go), so the baseline does not pay for reconnecting
+// where the gateway would not.
+func StartProxy(target string) (*Proxy, error) {
+	to, err := url.Parse(target)
+	if err != nil {
+		return nil, fmt.Errorf("proxy target %q: %w", target, err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	tr := &http.Transport{MaxIdleConnsPerHost: 64, IdleConnTimeout: 90 * time.Second}
+	rp := &httputil.ReverseProxy{
+		Rewrite:   func(r *httputil.ProxyRequest) { r.SetURL(to) },
+		Transport: tr,
+		// The client sees the failure as a 502; the log would only repeat
+		// it, once per client hanging up at the end of a throughput run.
+		ErrorHandler: func(w http.ResponseWriter, _ *http.Request, _ error) { w.WriteHeader(http.StatusBadGateway) },
+	}
+	p := &Proxy{URL: "http://" + ln.Addr().String(), srv: &http.Server{Handler: rp}, tr: tr}
+	go func() { _ = p.srv.Serve(ln) }()
+	return p, nil
+}
+
+// Close stops the proxy and drops its connections to the target.
+func (p *Proxy) Close() error {
+	err := p.srv.Close()
+	p.tr.CloseIdleConnections()
+	return err
+}
 
 // benchRequest is request i of a benchmark: short prompts, 16 tokens out.
 func benchRequest(i int) ChatRequest {

@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/internal/sqlitedb"
 	"github.com/devshard/devshard/session/sessionpb"
-	"github.com/devshard/devshard/store/sqlite"
 )
 
 // EscrowStatus is where one of the gateway's escrows is in its life.
@@ -101,7 +101,7 @@ func OpenState(path, synchronous string) (*State, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, err
 	}
-	db := sqlite.OpenDB(path, synchronous, 1)
+	db := sqlitedb.Open(path, sqlitedb.Options{Synchronous: synchronous})
 	if _, err := db.Exec(stateSchema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("gateway state %s: %w", path, err)

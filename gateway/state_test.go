@@ -8,14 +8,14 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/devshard/devshard/store/sqlite"
+	"github.com/devshard/devshard/internal/sqlitedb"
 )
 
 // committedUsage reads key's usage from the state file through a
 // connection of its own: what a crash would leave.
 func committedUsage(t *testing.T, path, key string) Usage {
 	t.Helper()
-	db := sqlite.OpenDB(path, "FULL", 1)
+	db := sqlitedb.Open(path, sqlitedb.Options{})
 	defer db.Close()
 	var u Usage
 	err := db.QueryRow(`SELECT requests, prompt_tokens, completion_tokens, cost FROM usage WHERE api_key = ?`, key).

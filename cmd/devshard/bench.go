@@ -20,7 +20,9 @@ func newBenchCommand() *cobra.Command {
 figure and one 'RATIO' line per target, comparing figures taken in the same
 run; lines starting with '#' explain a figure. Ratios, not absolute times, are what the targets constrain: the
 machines are shared and noisy ('bench host' records figures no target bounds; its RATIO
-lines say '(target none)'). docs/BENCHMARKS.md records the results.`,
+lines say '(target none)'). 'bench gateway' also sets the gateway beside a plain
+reverse proxy measured in the same run ('ROUND' and 'VERSUS_PROXY' lines).
+docs/BENCHMARKS.md records the results.`,
 	}
 	cmd.AddCommand(newBenchProtocolCommand(), newBenchStoreCommand(), newBenchSchedulerCommand(), newBenchGatewayCommand(), newBenchHostCommand())
 	return cmd

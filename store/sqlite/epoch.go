@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/devshard/devshard/internal/sqlitedb"
 )
 
 // epochSchema is the schema of an epoch_<N>.db file. Keys are int64 bit
@@ -77,8 +79,8 @@ func openEpoch(ctx context.Context, dir string, epoch uint64, opts Options) (*ep
 	e := &epochDB{
 		epoch: epoch,
 		path:  path,
-		w:     openPool(path, opts.Synchronous, false, 1),
-		r:     openPool(path, opts.Synchronous, true, opts.Readers),
+		w:     sqlitedb.Open(path, sqlitedb.Options{Synchronous: opts.Synchronous}),
+		r:     sqlitedb.Open(path, sqlitedb.Options{Synchronous: opts.Synchronous, ReadOnly: true, MaxConns: opts.Readers}),
 	}
 	if _, err := e.w.ExecContext(ctx, epochSchema); err != nil {
 		e.close()

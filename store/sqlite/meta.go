@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strconv"
 	"time"
+
+	"github.com/devshard/devshard/internal/sqlitedb"
 )
 
 // metaSchema is the schema of _meta.db, the routing index. epochs records
@@ -45,7 +47,7 @@ type meta struct {
 
 func openMeta(ctx context.Context, dir string, opts Options) (*meta, error) {
 	path := filepath.Join(dir, metaFile)
-	db := openPool(path, opts.Synchronous, false, 1)
+	db := sqlitedb.Open(path, sqlitedb.Options{Synchronous: opts.Synchronous})
 	if _, err := db.ExecContext(ctx, metaSchema); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("create the schema of %s: %w", path, err)

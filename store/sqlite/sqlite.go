@@ -3,7 +3,7 @@
 //
 // Durability: every write commits with synchronous=FULL, so it is fsynced to
 // the write-ahead log before the call returns and survives power loss
-// (conn.go explains each setting). Pruning an epoch closes its pools and
+// (internal/sqlitedb explains each setting). Pruning an epoch closes its pools and
 // moves its files into _trash/ with a rename, which costs the same whatever
 // they held; a background reclaimer then deletes them.
 //
@@ -26,9 +26,14 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/devshard/devshard/internal/sqlitedb"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/store"
 )
+
+// DriverName is the database/sql driver the store runs on, chosen at build
+// time in internal/sqlitedb (-tags sqlite_cgo for the cgo driver).
+const DriverName = sqlitedb.DriverName
 
 // Options tune a Store. The zero value is the production setting.
 type Options struct {

@@ -20,7 +20,7 @@ type BenchOpener func(b *testing.B) store.Store
 //   - single: one writer, AppendDiff, so every diff is its own commit;
 //   - batch=64: AppendDiffs of 64 diffs of 64 escrows, one commit each;
 //   - group/writers=64: 64 concurrent writers, one escrow each, through a
-//     store.Committer, which batches whatever queued during a commit.
+//     Committer, which batches whatever queued during a commit.
 //
 // It reports diffs/s.
 func BenchAppend(b *testing.B, open BenchOpener) {
@@ -74,7 +74,7 @@ func BenchAppend(b *testing.B, open BenchOpener) {
 				work[w] = append(work[w], Synthetic(uint64(w+1), uint64(n)))
 			}
 		}
-		gc := store.NewCommitter(s, 0)
+		gc := NewCommitter(s, 0)
 		defer gc.Close()
 		b.SetBytes(int64(len(work[0][0].Data)))
 		b.ResetTimer()

@@ -70,7 +70,7 @@ func crashWriter(open func(ctx context.Context) (store.Store, error)) error {
 		// One write per line: the parent must never see half an ack.
 		os.Stdout.WriteString("ack " + strconv.FormatUint(d.EscrowID, 10) + " " + strconv.FormatUint(d.Nonce, 10) + "\n")
 	}
-	gc := store.NewCommitter(s, 0)
+	gc := NewCommitter(s, 0)
 	var wg sync.WaitGroup
 	errs := make(chan error, len(chains))
 	for i, c := range chains {

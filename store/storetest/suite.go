@@ -382,7 +382,7 @@ func testGroupCommit(t *testing.T, b *bundle) {
 	for i := range escrows {
 		require.NoError(t, b.s.CreateSession(b.ctx, SyntheticSnapshot(uint64(300+i), 1)))
 	}
-	gc := store.NewCommitter(b.s, 0)
+	gc := NewCommitter(b.s, 0)
 	defer gc.Close()
 	var wg sync.WaitGroup
 	errs := make(chan error, escrows+1)

@@ -1,4 +1,9 @@
-package sqlite
+// Package sqlitedb opens SQLite files the one way devshard opens them: the
+// same driver, chosen at build time, and the same connection settings. The
+// host's store (store/sqlite) and the gateway's state file both open their
+// databases here, so neither carries the other's code and both keep the
+// durability the protocol relies on.
+package sqlitedb
 
 import (
 	"context"
@@ -8,9 +13,38 @@ import (
 	"sync"
 )
 
-// Connection settings, applied to every connection the pools open. They are
-// issued as PRAGMAs rather than DSN options so both drivers read them the
-// same way.
+// Options says how to open a pool.
+type Options struct {
+	// Synchronous is SQLite's durability level, FULL or NORMAL (see
+	// Pragmas). Empty means FULL.
+	Synchronous string
+	// ReadOnly refuses writes on every connection of the pool.
+	ReadOnly bool
+	// MaxConns is the pool size (default 1: one writer per file).
+	MaxConns int
+}
+
+// Open opens a pool on the SQLite file at path, creating the file if it is
+// missing. Every connection the pool opens gets Pragmas first. Like
+// sql.OpenDB, it does not touch the file: a bad path shows on first use.
+func Open(path string, opts Options) *sql.DB {
+	if opts.Synchronous == "" {
+		opts.Synchronous = "FULL"
+	}
+	if opts.MaxConns <= 0 {
+		opts.MaxConns = 1
+	}
+	db := sql.OpenDB(&connector{drv: sqliteDriver(), dsn: path, pragmas: Pragmas(opts.Synchronous, opts.ReadOnly)})
+	db.SetMaxOpenConns(opts.MaxConns)
+	db.SetMaxIdleConns(opts.MaxConns)
+	db.SetConnMaxLifetime(0)
+	db.SetConnMaxIdleTime(0)
+	return db
+}
+
+// Pragmas are the connection settings, applied to every connection a pool
+// opens. They are issued as PRAGMAs rather than DSN options so both drivers
+// read them the same way.
 //
 //   - journal_mode=WAL: a commit appends to the write-ahead log instead of
 //     rewriting pages, and readers never block the writer or each other.
@@ -26,11 +60,11 @@ import (
 //     epoch file does not keep a large log.
 //   - foreign_keys=OFF, temp_store=MEMORY: no foreign keys are used; sorts
 //     for small index queries stay in memory.
-func pragmas(sync string, readOnly bool) []string {
+func Pragmas(synchronous string, readOnly bool) []string {
 	p := []string{
 		"PRAGMA busy_timeout = 5000",
 		"PRAGMA journal_mode = WAL",
-		"PRAGMA synchronous = " + sync,
+		"PRAGMA synchronous = " + synchronous,
 		"PRAGMA journal_size_limit = 67108864",
 		"PRAGMA foreign_keys = OFF",
 		"PRAGMA temp_store = MEMORY",
@@ -77,21 +111,3 @@ func (c *connector) Connect(ctx context.Context) (driver.Conn, error) {
 }
 
 func (c *connector) Driver() driver.Driver { return c.drv }
-
-// openPool opens a pool on the database file at path.
-func openPool(path, sync string, readOnly bool, maxConns int) *sql.DB {
-	db := sql.OpenDB(&connector{drv: sqliteDriver(), dsn: path, pragmas: pragmas(sync, readOnly)})
-	db.SetMaxOpenConns(maxConns)
-	db.SetMaxIdleConns(maxConns)
-	db.SetConnMaxLifetime(0)
-	db.SetConnMaxIdleTime(0)
-	return db
-}
-
-// OpenDB opens a read-write pool of at most maxConns connections on the
-// SQLite file at path, with the settings above (WAL, the given synchronous
-// level). Other components that keep their own SQLite state, such as the
-// gateway, use it so every devshard database runs with the same settings.
-func OpenDB(path, synchronous string, maxConns int) *sql.DB {
-	return openPool(path, synchronous, false, maxConns)
-}

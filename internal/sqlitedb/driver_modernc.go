@@ -1,6 +1,6 @@
 //go:build !sqlite_cgo
 
-package sqlite
+package sqlitedb
 
 // modernc.org/sqlite, a pure-Go translation of SQLite, is the driver: on our
 // append workload its medians were 1.05-1.3x those of the cgo driver
@@ -9,5 +9,5 @@ package sqlite
 // same store, tests and benchmarks on the cgo driver.
 import _ "modernc.org/sqlite"
 
-// DriverName is the database/sql driver the store runs on.
+// DriverName is the database/sql driver every devshard SQLite file runs on.
 const DriverName = "sqlite"

@@ -1,13 +1,15 @@
-package store
+package storetest
 
 import (
 	"context"
 	"sync"
+
+	"github.com/devshard/devshard/store"
 )
 
-// BatchAppender is the write half of Diffs that group commit needs.
+// BatchAppender is the write half of store.Diffs that group commit needs.
 type BatchAppender interface {
-	AppendDiffs(ctx context.Context, ds []Diff) error
+	AppendDiffs(ctx context.Context, ds []store.Diff) error
 }
 
 // DefaultMaxBatch caps a group commit. Larger batches amortize the commit
@@ -18,6 +20,10 @@ const DefaultMaxBatch = 256
 // into one AppendDiffs batch, so one durable commit covers every diff that
 // arrived while the previous commit was running. There is no timer: a lone
 // writer pays one commit per diff and never waits for company.
+//
+// It lives here because only the suite, the crash test and the benchmarks
+// use it, to show what AppendDiffs buys when many writers share a store; the
+// host batches its own diffs (host/apply.go).
 type Committer struct {
 	s      BatchAppender
 	max    int
@@ -28,7 +34,7 @@ type Committer struct {
 }
 
 type request struct {
-	d   Diff
+	d   store.Diff
 	res chan error
 }
 
@@ -46,12 +52,12 @@ func NewCommitter(s BatchAppender, maxBatch int) *Committer {
 // Append stores d with the next group commit and returns its own outcome,
 // exactly as AppendDiff would. If ctx ends first, Append returns ctx.Err()
 // and the diff may or may not be stored; retrying it is safe.
-func (c *Committer) Append(ctx context.Context, d Diff) error {
+func (c *Committer) Append(ctx context.Context, d store.Diff) error {
 	r := &request{d: d, res: make(chan error, 1)}
 	select {
 	case c.reqs <- r:
 	case <-c.done:
-		return Errorf(ErrClosed, "group commit writer is closed; diff %d of escrow %d was not stored", d.Nonce, d.EscrowID)
+		return store.Errorf(store.ErrClosed, "group commit writer is closed; diff %d of escrow %d was not stored", d.Nonce, d.EscrowID)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -64,7 +70,7 @@ func (c *Committer) Append(ctx context.Context, d Diff) error {
 		case err := <-r.res:
 			return err
 		default:
-			return Errorf(ErrClosed, "group commit writer closed before diff %d of escrow %d was stored", d.Nonce, d.EscrowID)
+			return store.Errorf(store.ErrClosed, "group commit writer closed before diff %d of escrow %d was stored", d.Nonce, d.EscrowID)
 		}
 	case <-ctx.Done():
 		return ctx.Err()
@@ -75,7 +81,7 @@ func (c *Committer) Append(ctx context.Context, d Diff) error {
 func (c *Committer) Queued() int { return len(c.reqs) }
 
 // Close stops the writer after the batch in flight. Diffs queued behind it
-// get ErrClosed.
+// get store.ErrClosed.
 func (c *Committer) Close() {
 	c.once.Do(func() { close(c.done) })
 	<-c.exited
@@ -84,7 +90,7 @@ func (c *Committer) Close() {
 func (c *Committer) run() {
 	defer close(c.exited)
 	batch := make([]*request, 0, c.max)
-	diffs := make([]Diff, 0, c.max)
+	diffs := make([]store.Diff, 0, c.max)
 	for {
 		select {
 		case r := <-c.reqs:
@@ -106,7 +112,7 @@ func (c *Committer) run() {
 		for _, r := range batch {
 			diffs = append(diffs, r.d)
 		}
-		errs := DiffErrors(c.s.AppendDiffs(context.Background(), diffs), len(diffs))
+		errs := store.DiffErrors(c.s.AppendDiffs(context.Background(), diffs), len(diffs))
 		for i, r := range batch {
 			r.res <- errs[i]
 			batch[i] = nil
@@ -119,7 +125,7 @@ func (c *Committer) refuseQueued() {
 	for {
 		select {
 		case r := <-c.reqs:
-			r.res <- Errorf(ErrClosed, "group commit writer closed before diff %d of escrow %d was stored", r.d.Nonce, r.d.EscrowID)
+			r.res <- store.Errorf(store.ErrClosed, "group commit writer closed before diff %d of escrow %d was stored", r.d.Nonce, r.d.EscrowID)
 		default:
 			return
 		}
