@@ -90,7 +90,6 @@ func TestClientAgainstARealNode(t *testing.T) {
 	require.Equal(t, cold.Address.String(), c.Address(addr(cold.Address)))
 }
 
-
 // Against a real node: a gateway's account locks an escrow and settles it
 // through the client, and every refusal on the way is told by its code: an
 // escrow the account cannot lock is ErrInsufficientFunds, a settlement
