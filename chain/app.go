@@ -3,7 +3,7 @@
 // upgrade, consensus) and the network's own (scheduler, devshard).
 //
 // chain/cmd is its command tree (devshard chain ...), chain/node starts an
-// in-process single-validator node, chain/txclient signs and sends txs.
+// in-process single-validator node; chainclient signs and sends txs.
 package chain
 
 import (

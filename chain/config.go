@@ -1,45 +1,27 @@
 package chain
 
 import (
-	"sync"
 	"time"
 
 	cmtcfg "github.com/cometbft/cometbft/config"
 	cmttypes "github.com/cometbft/cometbft/types"
 
 	srvconfig "github.com/cosmos/cosmos-sdk/server/config"
-	sdk "github.com/cosmos/cosmos-sdk/types"
+
+	"github.com/devshard/devshard/chaincfg"
 )
 
-// Address prefixes and the base denom of the chain.
+// The chain's names for chaincfg's prefixes and denom, which clients use
+// without linking the app.
 const (
-	AccountAddressPrefix   = "devshard"
-	AccountPubKeyPrefix    = AccountAddressPrefix + "pub"
-	ValidatorAddressPrefix = AccountAddressPrefix + "valoper"
-	ValidatorPubKeyPrefix  = AccountAddressPrefix + "valoperpub"
-	ConsensusAddressPrefix = AccountAddressPrefix + "valcons"
-	ConsensusPubKeyPrefix  = AccountAddressPrefix + "valconspub"
-
-	// Denom is the base denom: fees, staking, deposits and collateral.
-	// 1 shard = 10^6 ushard.
-	Denom = "ushard"
+	AccountAddressPrefix   = chaincfg.AccountAddressPrefix
+	ValidatorAddressPrefix = chaincfg.ValidatorAddressPrefix
+	ConsensusAddressPrefix = chaincfg.ConsensusAddressPrefix
+	Denom                  = chaincfg.Denom
 )
 
-var prefixesOnce sync.Once
-
-// SetAddressPrefixes makes the SDK's global config use the devshard bech32
-// prefixes and denom. Much of the SDK formats addresses through that global
-// (sdk.AccAddress.String), so every process that talks to the chain must call
-// it before formatting an address; New and the command tree do.
-func SetAddressPrefixes() {
-	prefixesOnce.Do(func() {
-		cfg := sdk.GetConfig()
-		cfg.SetBech32PrefixForAccount(AccountAddressPrefix, AccountPubKeyPrefix)
-		cfg.SetBech32PrefixForValidator(ValidatorAddressPrefix, ValidatorPubKeyPrefix)
-		cfg.SetBech32PrefixForConsensusNode(ConsensusAddressPrefix, ConsensusPubKeyPrefix)
-		sdk.DefaultBondDenom = Denom
-	})
-}
+// SetAddressPrefixes is chaincfg.SetAddressPrefixes.
+func SetAddressPrefixes() { chaincfg.SetAddressPrefixes() }
 
 // DefaultCometConfig is CometBFT's default config with about one block a
 // second: the timeouts a single local validator needs, not a WAN network's.

@@ -1,11 +1,13 @@
-// Package chainclient is how hosts and gateways read the chain: epochs,
-// warm-key grants and (with the escrow module) escrows over gRPC, and new
-// blocks over CometBFT's websocket, reconnecting when the node goes away.
+// Package chainclient is how hosts and gateways talk to the chain. It reads
+// epochs, warm-key grants, escrows and participants over gRPC, and new
+// blocks over CometBFT's websocket, reconnecting when the node goes away;
+// given the account's key it also sends the account's txs (escrows,
+// settlements, reward claims) and tells why the chain refused one by the
+// tx's code.
 package chainclient
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -17,30 +19,43 @@ import (
 	coretypes "github.com/cometbft/cometbft/rpc/core/types"
 	cmttypes "github.com/cometbft/cometbft/types"
 	addresscodec "github.com/cosmos/cosmos-sdk/codec/address"
+	"github.com/cosmos/cosmos-sdk/crypto/keys/secp256k1"
+	sdk "github.com/cosmos/cosmos-sdk/types"
+	txtypes "github.com/cosmos/cosmos-sdk/types/tx"
+	banktypes "github.com/cosmos/cosmos-sdk/x/bank/types"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
-	"github.com/devshard/devshard/chain"
+	"github.com/devshard/devshard/chaincfg"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/signing"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
 
-// Client reads one chain node.
+// Client reads one chain node and, with a key, sends to it.
 type Client struct {
 	conn   *grpc.ClientConn
 	query  devshardtypes.QueryClient
+	bank   banktypes.QueryClient
+	txs    txtypes.ServiceClient
 	rpc    string
 	addrs  address.Codec
 	log    *slog.Logger
 	grants *grantCache
 
+	key     *secp256k1.PrivKey // nil: read-only
+	account sdk.AccAddress
+	chainID string // "" until the first send asks the node
+
+	senderMu sync.Mutex
+	sender   *Sender // made at the first send
+
 	epochQueries atomic.Int64 // CurrentEpoch queries sent, read by tests
 }
 
-// Config names the node to read.
+// Config names the node to talk to and, to send, the account's key.
 type Config struct {
 	// GRPC is the node's gRPC address, host:port.
 	GRPC string
@@ -49,6 +64,13 @@ type Config struct {
 	// GrantTTL is how long a warm-key answer is cached (default 30s).
 	GrantTTL time.Duration
 	Logger   *slog.Logger
+	// Key is the account's own key, which signs the txs the client sends
+	// and names the account whose balance it reads. Nil: read-only. A warm
+	// key cannot be used: it may sign sessions, not move coins.
+	Key *signing.PrivKey
+	// ChainID is the chain txs are signed for; empty means ask the node's
+	// CometBFT RPC at the first send.
+	ChainID string
 }
 
 // Dial connects to the node's gRPC endpoint. The connection is lazy: a node
@@ -67,12 +89,20 @@ func Dial(cfg Config) (*Client, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	chaincfg.SetAddressPrefixes()
 	c := &Client{
-		conn:  conn,
-		query: devshardtypes.NewQueryClient(conn),
-		rpc:   cfg.RPC,
-		addrs: addresscodec.NewBech32Codec(chain.AccountAddressPrefix),
-		log:   cfg.Logger,
+		conn:    conn,
+		query:   devshardtypes.NewQueryClient(conn),
+		rpc:     cfg.RPC,
+		bank:    banktypes.NewQueryClient(conn),
+		txs:     txtypes.NewServiceClient(conn),
+		addrs:   addresscodec.NewBech32Codec(chaincfg.AccountAddressPrefix),
+		log:     cfg.Logger,
+		chainID: cfg.ChainID,
+	}
+	if cfg.Key != nil {
+		c.key = &secp256k1.PrivKey{Key: cfg.Key.Bytes()}
+		c.account = sdk.AccAddress(c.key.PubKey().Address())
 	}
 	c.grants = &grantCache{ttl: cfg.GrantTTL, entries: map[grantKey]grantEntry{}, lookup: c.mayActFor}
 	return c, nil
@@ -91,6 +121,15 @@ func (c *Client) CurrentEpoch(ctx context.Context) (uint64, error) {
 		return 0, err
 	}
 	return e.Id, nil
+}
+
+// Epoch is the current epoch and its state.
+func (c *Client) Epoch(ctx context.Context) (uint64, devshardtypes.EpochState, error) {
+	e, err := c.currentEpoch(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	return e.Id, e.State, nil
 }
 
 func (c *Client) currentEpoch(ctx context.Context) (*devshardtypes.Epoch, error) {
@@ -274,9 +313,6 @@ func (c *Client) Escrow(ctx context.Context, id uint64) (*devshardtypes.Escrow, 
 	}
 	return &resp.Escrow, nil
 }
-
-// ErrNoEscrow is an escrow id the chain does not know.
-var ErrNoEscrow = errors.New("no such escrow on chain")
 
 // ChainID asks the node's CometBFT RPC which chain it runs, for signing txs.
 func (c *Client) ChainID(ctx context.Context) (string, error) {

@@ -14,7 +14,7 @@ import (
 	txtypes "github.com/cosmos/cosmos-sdk/types/tx"
 	banktypes "github.com/cosmos/cosmos-sdk/x/bank/types"
 
-	"github.com/devshard/devshard/chain"
+	"github.com/devshard/devshard/chaincfg"
 	"github.com/devshard/devshard/executor"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
@@ -63,7 +63,7 @@ func Demo(ctx context.Context, nw *Network, n int, progress io.Writer) (*Ledger,
 	bank := banktypes.NewQueryClient(conn)
 	q := devshardtypes.NewQueryClient(conn)
 	balance := func(addr sdk.AccAddress) (int64, error) {
-		res, err := bank.Balance(ctx, &banktypes.QueryBalanceRequest{Address: addr.String(), Denom: chain.Denom})
+		res, err := bank.Balance(ctx, &banktypes.QueryBalanceRequest{Address: addr.String(), Denom: chaincfg.Denom})
 		if err != nil {
 			return 0, err
 		}
@@ -272,7 +272,7 @@ func waitClaims(ctx context.Context, nw *Network, epoch uint64) error {
 
 // Print writes the ledger as a short table.
 func (l *Ledger) Print(w io.Writer) {
-	fmt.Fprintf(w, "\nledger (read back from the chain; amounts in %s):\n", chain.Denom)
+	fmt.Fprintf(w, "\nledger (read back from the chain; amounts in %s):\n", chaincfg.Denom)
 	fmt.Fprintf(w, "  requests            %d (%d streamed)\n", l.Requests, l.Streamed)
 	fmt.Fprintf(w, "  gateway paid        %d\n", l.GatewayPaid)
 	for _, e := range l.Escrows {

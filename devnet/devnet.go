@@ -22,8 +22,8 @@ import (
 	sdkmath "cosmossdk.io/math"
 	sdk "github.com/cosmos/cosmos-sdk/types"
 
-	"github.com/devshard/devshard/chain"
 	"github.com/devshard/devshard/chain/node"
+	"github.com/devshard/devshard/chaincfg"
 	"github.com/devshard/devshard/gateway"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/signing"
@@ -87,7 +87,7 @@ func Params() devshardtypes.Params {
 	p.AccountingEpochs = 0
 	p.ClaimableEpochs = 2
 	p.GroupSize = 6
-	p.MinCollateral = sdk.NewCoin(chain.Denom, sdkmath.NewInt(1_000_000))
+	p.MinCollateral = sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(1_000_000))
 	p.TokenPrice = 10
 	p.CreationFee = 1_000
 	p.FeePerNonce = 2
@@ -321,7 +321,7 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 }
 
 func coins(amount int64) sdk.Coins {
-	return sdk.NewCoins(sdk.NewCoin(chain.Denom, sdkmath.NewInt(amount)))
+	return sdk.NewCoins(sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(amount)))
 }
 
 func hostURLs(hs []*Host) []string {
@@ -399,7 +399,7 @@ func (n *Network) register(ctx context.Context, step func(string, ...any)) error
 		}
 		acct := n.Node.Accounts[i]
 		msg := &devshardtypes.MsgRegisterParticipant{Participant: acct.Address.String(), Url: h.URL,
-			Collateral: sdk.NewCoin(chain.Denom, sdkmath.NewInt(Collateral))}
+			Collateral: sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(Collateral))}
 		if _, err := n.Node.TxClient().Send(ctx, acct.Key, msg); err != nil {
 			return fmt.Errorf("registering %s: %w", h.Name, err)
 		}

@@ -14,8 +14,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/chain/node"
+	"github.com/devshard/devshard/chainclient"
 	"github.com/devshard/devshard/executor"
-	"github.com/devshard/devshard/gateway"
 	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
@@ -30,7 +30,7 @@ type rogue struct {
 	t     *testing.T
 	e     *e2e
 	key   *signing.PrivKey
-	chain *gateway.GRPCChain
+	chain *chainclient.Client
 	snap  *sessionpb.EscrowSnapshot
 }
 
@@ -44,7 +44,9 @@ func newRogue(t *testing.T, e *e2e, amount uint64) *rogue {
 	require.Equal(t, rogueAccount.Name, acct.Name)
 	key, err := signing.PrivKeyFromBytes(acct.Key.Key)
 	require.NoError(t, err)
-	c := gateway.NewGRPCChain(e.nw.Node.Conn(), e.nw.Node.ChainID, key)
+	c, err := chainclient.Dial(chainclient.Config{GRPC: e.nw.Node.GRPCAddress, ChainID: e.nw.Node.ChainID, Key: key})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = c.Close() })
 	snap, err := c.CreateEscrow(e.ctx, amount)
 	require.NoError(t, err)
 	return &rogue{t: t, e: e, key: key, chain: c, snap: snap}
@@ -139,7 +141,7 @@ func signedSlots(t *testing.T, reply *hostapi.DiffResponse) []*sessionpb.StateSi
 func (r *rogue) settleWith(s *session.Session, sigs []*sessionpb.SlotSignature) error {
 	m := s.Settlement()
 	m.Signatures = sigs
-	_, err := r.chain.Settle(r.e.ctx, m)
+	_, err := r.chain.SettleEscrow(r.e.ctx, m)
 	return err
 }
 

@@ -75,7 +75,7 @@ func Open(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 	if d.state, err = OpenState(filepath.Join(cfg.Home, "state.db"), cfg.Synchronous); err != nil {
 		return nil, err
 	}
-	if d.chainc, err = chainclient.Dial(chainclient.Config{GRPC: cfg.ChainGRPC, RPC: cfg.ChainRPC, Logger: cfg.Logger}); err != nil {
+	if d.chainc, err = chainclient.Dial(chainclient.Config{GRPC: cfg.ChainGRPC, RPC: cfg.ChainRPC, Logger: cfg.Logger, Key: cfg.Key, ChainID: cfg.ChainID}); err != nil {
 		return nil, err
 	}
 	if cfg.ChainID == "" {
@@ -85,7 +85,7 @@ func Open(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 	}
 	gc := cfg.Gateway
 	gc.Key, gc.State, gc.Logger, gc.ChainID = cfg.Key, d.state, cfg.Logger, cfg.ChainID
-	gc.Chain = NewGRPCChain(d.chainc.Conn(), cfg.ChainID, cfg.Key)
+	gc.Chain = d.chainc
 	gc.Auth = d.chainc.Authorizer()
 	d.Gateway = New(gc)
 	if err := d.Gateway.Start(ctx); err != nil {

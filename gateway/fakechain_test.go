@@ -43,8 +43,8 @@ func newFakeChain(f *sessiontest.Fixture) *fakeChain {
 	}
 }
 
-// CurrentEpoch implements Chain.
-func (c *fakeChain) CurrentEpoch(context.Context) (uint64, devshardtypes.EpochState, error) {
+// Epoch implements Chain.
+func (c *fakeChain) Epoch(context.Context) (uint64, devshardtypes.EpochState, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.epoch, c.state, nil
@@ -72,10 +72,10 @@ func (c *fakeChain) CreateEscrow(_ context.Context, amount uint64) (*sessionpb.E
 	return cloneSnapshot(snap), nil // the gateway gets its own copy, as over the wire
 }
 
-// Settle implements Chain: it records the settlement and verifies it
+// SettleEscrow implements Chain: it records the settlement and verifies it
 // against the escrow's snapshot. An escrow already settled is success with
 // an empty hash, as the Chain contract says.
-func (c *fakeChain) Settle(_ context.Context, m *sessionpb.Settlement) (string, error) {
+func (c *fakeChain) SettleEscrow(_ context.Context, m *sessionpb.Settlement) (string, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	snap, ok := c.snaps[m.EscrowId]

@@ -198,7 +198,7 @@ func (g *Gateway) Address() signing.Address { return g.key.Address() }
 // Start rebuilds every unsettled escrow from the state file, resumes the
 // settlements that were in flight, and starts the flush and epoch loops.
 func (g *Gateway) Start(ctx context.Context) error {
-	epoch, _, err := g.chain.CurrentEpoch(ctx)
+	epoch, _, err := g.chain.Epoch(ctx)
 	if err != nil {
 		return err
 	}
@@ -543,7 +543,7 @@ func (g *Gateway) sequencerFor(ctx context.Context) (*sequencer, error) {
 
 // createEscrow locks a new escrow in the current epoch.
 func (g *Gateway) createEscrow(ctx context.Context) (*sequencer, error) {
-	epoch, state, err := g.chain.CurrentEpoch(ctx)
+	epoch, state, err := g.chain.Epoch(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -711,7 +711,7 @@ func (g *Gateway) flushLanes() {
 
 // settleEnded settles the escrows of epochs that have ended.
 func (g *Gateway) settleEnded() {
-	epoch, _, err := g.chain.CurrentEpoch(g.loopCx)
+	epoch, _, err := g.chain.Epoch(g.loopCx)
 	if err != nil {
 		return
 	}

@@ -173,7 +173,7 @@ func (q *sequencer) settle(ctx context.Context) error {
 	if err := q.g.state.SetStatus(ctx, q.id(), StatusSettling, m); err != nil {
 		return err
 	}
-	txHash, err := q.g.chain.Settle(ctx, m)
+	txHash, err := q.g.chain.SettleEscrow(ctx, m)
 	if errors.Is(err, ErrExpired) {
 		return q.expired(ctx, err)
 	}

@@ -16,7 +16,7 @@ import (
 	"github.com/cosmos/cosmos-sdk/crypto/keys/secp256k1"
 	signingtypes "github.com/cosmos/cosmos-sdk/types/tx/signing"
 
-	"github.com/devshard/devshard/chain"
+	"github.com/devshard/devshard/chaincfg"
 	"github.com/devshard/devshard/signing"
 )
 
@@ -84,7 +84,7 @@ type Keyring struct {
 // OpenKeyring opens entry name of a keyring with backend (file, test, os)
 // in dir. The file backend reads its passphrase from in.
 func OpenKeyring(backend, dir, name string, in io.Reader) (*Keyring, error) {
-	enc := chain.MakeEncoding()
+	enc := chaincfg.MakeEncoding()
 	kr, err := keyring.New("devshard", backend, dir, in, enc.Codec)
 	if err != nil {
 		return nil, fmt.Errorf("open %s keyring in %s: %w", backend, dir, err)

@@ -51,7 +51,7 @@ import (
 	stakingtypes "github.com/cosmos/cosmos-sdk/x/staking/types"
 
 	"github.com/devshard/devshard/chain"
-	"github.com/devshard/devshard/chain/txclient"
+	"github.com/devshard/devshard/chainclient"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
 
@@ -391,7 +391,7 @@ func (n *Node) gentx(chainID string, pv *privval.FilePV) (json.RawMessage, error
 	if err != nil {
 		return nil, err
 	}
-	txBytes, err := txclient.SignOffline(n.Encoding.TxConfig, n.Validator.Key, chainID, 0, 0, 200_000, msg)
+	txBytes, err := chainclient.SignOffline(n.Encoding.TxConfig, n.Validator.Key, chainID, 0, 0, 200_000, msg)
 	if err != nil {
 		return nil, err
 	}
@@ -435,8 +435,8 @@ func (n *Node) startServers(logger log.Logger, appCfg *srvconfig.Config) error {
 func (n *Node) Conn() *grpc.ClientConn { return n.conn }
 
 // TxClient returns a client that signs and sends txs to this node.
-func (n *Node) TxClient(opts ...txclient.Option) *txclient.Client {
-	return txclient.New(n.conn, n.ChainID, n.Encoding.TxConfig, opts...)
+func (n *Node) TxClient() *chainclient.Sender {
+	return chainclient.NewSender(n.conn, n.ChainID, n.Encoding.TxConfig)
 }
 
 // Height is the latest block height whose state the app has committed, so

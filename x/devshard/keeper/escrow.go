@@ -5,10 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"math/big"
 
 	"cosmossdk.io/collections"
+	errorsmod "cosmossdk.io/errors"
 
 	sdk "github.com/cosmos/cosmos-sdk/types"
 	authtypes "github.com/cosmos/cosmos-sdk/x/auth/types"
@@ -93,7 +93,7 @@ func (k Keeper) CreateEscrow(ctx sdk.Context, creator sdk.AccAddress, amount uin
 		ExpiryEpoch:   epochID + uint64(params.ExpiryEpochs),
 	}
 	if err := k.bank.SendCoinsFromAccountToModule(ctx, creator, types.ModuleName, esc.Coins(amount)); err != nil {
-		return types.Escrow{}, fmt.Errorf("locking escrow amount %d%s from %s: %w", amount, esc.Denom, creator, err)
+		return types.Escrow{}, errorsmod.Wrapf(err, "locking escrow amount %d%s from %s", amount, esc.Denom, creator) // keeps the bank's code
 	}
 	if err := k.EscrowCount.Set(ctx, epochID, count+1); err != nil {
 		return types.Escrow{}, err

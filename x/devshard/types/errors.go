@@ -56,6 +56,23 @@ var reasonErrors = map[session.Reason]*errorsmod.Error{
 	session.ReasonConservation: errorsmod.Register(ModuleName, 38, "settlement rejected: conservation"),
 	session.ReasonState:        errorsmod.Register(ModuleName, 39, "settlement rejected: bad state"),
 	session.ReasonStale:        errorsmod.Register(ModuleName, 40, "settlement rejected: stale nonce"),
+	session.ReasonNotSampled:   errorsmod.Register(ModuleName, 41, "settlement rejected: not sampled"),
+	session.ReasonEncoding:     errorsmod.Register(ModuleName, 42, "settlement rejected: encoding"),
+}
+
+// ReasonOf is the protocol reason a refused tx's code stands for: a client
+// reads from (codespace, code) which rule refused its settlement, without
+// parsing the log. ok is false for any other code.
+func ReasonOf(codespace string, code uint32) (reason session.Reason, ok bool) {
+	if codespace != ModuleName {
+		return "", false
+	}
+	for r, e := range reasonErrors {
+		if e.ABCICode() == code {
+			return r, true
+		}
+	}
+	return "", false
 }
 
 // RejectedSettlement is a settlement the protocol package refused. It is

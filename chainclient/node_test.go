@@ -1,0 +1,204 @@
+package chainclient_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	sdkmath "cosmossdk.io/math"
+	sdk "github.com/cosmos/cosmos-sdk/types"
+	"github.com/cosmos/cosmos-sdk/x/authz"
+	"github.com/stretchr/testify/require"
+
+	"github.com/devshard/devshard/chain/node"
+	"github.com/devshard/devshard/chaincfg"
+	"github.com/devshard/devshard/chainclient"
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessiontest"
+	"github.com/devshard/devshard/signing"
+	devshardtypes "github.com/devshard/devshard/x/devshard/types"
+)
+
+func addr(a sdk.AccAddress) signing.Address {
+	var s signing.Address
+	copy(s[:], a)
+	return s
+}
+
+// Against a real node: the current epoch, epoch changes from new blocks, and
+// a warm-key grant seen through the cached authorizer.
+func TestClientAgainstARealNode(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	params := devshardtypes.DefaultParams()
+	params.EpochLength = 6
+	funds := sdk.NewCoins(sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(100_000_000)))
+	n, err := node.Start(ctx, node.Config{BlockTime: 200 * time.Millisecond, Params: &params,
+		Accounts: []node.Account{{Name: "cold", Coins: funds}, {Name: "warm", Coins: funds}}})
+	require.NoError(t, err)
+	defer func() { require.NoError(t, n.Close()) }()
+
+	c, err := chainclient.Dial(chainclient.Config{GRPC: n.GRPCAddress, RPC: n.RPCAddress, GrantTTL: 200 * time.Millisecond})
+	require.NoError(t, err)
+	defer c.Close()
+
+	first, err := c.CurrentEpoch(ctx)
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, first, uint64(1))
+	chainclient.EpochQueries(c).Store(0)
+
+	// Follow epochs over the websocket until two changes were seen.
+	var mu sync.Mutex
+	var seen []uint64
+	fctx, fcancel := context.WithCancel(ctx)
+	go func() {
+		_ = c.FollowEpochs(fctx, time.Minute, func(e uint64) {
+			mu.Lock()
+			seen = append(seen, e)
+			mu.Unlock()
+		})
+	}()
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(seen) >= 4
+	}, 30*time.Second, 50*time.Millisecond, "epochs change every 6 blocks of 200 ms; polling is 1 min, so changes came from the websocket")
+	fcancel()
+	mu.Lock()
+	require.Less(t, seen[0], seen[1])
+	require.Less(t, seen[1], seen[2])
+	require.Less(t, seen[2], seen[3])
+	// Two whole epochs of 6 blocks passed between the first and the third
+	// change; blocks below an epoch's end height cost no query.
+	require.LessOrEqual(t, chainclient.EpochQueries(c).Load(), int64(len(seen)+2), "about one query per epoch, not one per block")
+	mu.Unlock()
+
+	cold, warm := n.Accounts[0], n.Accounts[1]
+	auth := c.Authorizer()
+	require.False(t, auth.MayActFor(addr(cold.Address), addr(warm.Address), session.KindFinish))
+	grant, err := authz.NewGrant(time.Now(), authz.NewGenericAuthorization(sdk.MsgTypeURL(&devshardtypes.MsgSignSession{})), nil)
+	require.NoError(t, err)
+	_, err = n.TxClient().Send(ctx, cold.Key, &authz.MsgGrant{Granter: cold.Address.String(), Grantee: warm.Address.String(), Grant: grant})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		return auth.MayActFor(addr(cold.Address), addr(warm.Address), session.KindFinish)
+	}, 5*time.Second, 50*time.Millisecond, "the cached answer expires and the grant is seen")
+	require.Equal(t, cold.Address.String(), c.Address(addr(cold.Address)))
+}
+
+// Against a real node: a gateway's account locks an escrow and settles it
+// through the client, and every refusal on the way is told by its code: an
+// escrow the account cannot lock is ErrInsufficientFunds, a settlement
+// without quorum is session.ReasonQuorum, a second settlement of a settled
+// escrow is success with the first one's hash.
+func TestClientSendsAgainstARealNode(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	params := devshardtypes.DefaultParams()
+	params.EpochLength = 8
+	params.GroupSize = 4
+	params.MinCollateral = sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(1_000_000))
+	const funds = 100_000_000
+	coins := sdk.NewCoins(sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(funds)))
+	cfg := node.Config{BlockTime: 200 * time.Millisecond, Params: &params}
+	for i := range 3 {
+		cfg.Accounts = append(cfg.Accounts, node.Account{Name: fmt.Sprintf("host%d", i), Coins: coins})
+	}
+	cfg.Accounts = append(cfg.Accounts, node.Account{Name: "gateway", Coins: coins})
+	n, err := node.Start(ctx, cfg)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, n.Close()) }()
+	hosts, gw := n.Accounts[:3], n.Accounts[3]
+
+	keys := &sessiontest.Fixture{}
+	keys.Gateway, err = signing.PrivKeyFromBytes(gw.Key.Key)
+	require.NoError(t, err)
+	for i, h := range hosts {
+		k, err := signing.PrivKeyFromBytes(h.Key.Key)
+		require.NoError(t, err)
+		keys.Hosts = append(keys.Hosts, k)
+		_, err = n.TxClient().Send(ctx, h.Key, &devshardtypes.MsgRegisterParticipant{
+			Participant: h.Address.String(), Url: fmt.Sprintf("https://host%d.example/", i), Collateral: params.MinCollateral,
+		})
+		require.NoError(t, err)
+	}
+
+	// No ChainID: the client asks the node at its first send.
+	c, err := chainclient.Dial(chainclient.Config{GRPC: n.GRPCAddress, RPC: n.RPCAddress, Key: keys.Gateway})
+	require.NoError(t, err)
+	defer c.Close()
+
+	url, err := c.HostURL(ctx, addr(hosts[1].Address))
+	require.NoError(t, err)
+	require.Equal(t, "https://host1.example", url)
+	_, err = c.HostURL(ctx, addr(gw.Address))
+	require.Error(t, err, "the gateway is no participant")
+
+	// The hosts serve from the next epoch on.
+	registered, err := c.CurrentEpoch(ctx)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		id, state, err := c.Epoch(ctx)
+		return err == nil && id > registered && state == devshardtypes.EpochActive
+	}, 30*time.Second, 100*time.Millisecond)
+
+	_, err = c.CreateEscrow(ctx, funds+1)
+	require.ErrorIs(t, err, chainclient.ErrInsufficientFunds)
+	var refused *chainclient.TxError
+	require.ErrorAs(t, err, &refused)
+
+	const amount = 2_000_000
+	snap, err := c.CreateEscrow(ctx, amount)
+	require.NoError(t, err)
+	require.Equal(t, uint64(amount), snap.Amount)
+	bal, err := c.Balance(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(funds-amount), bal)
+
+	f := &sessiontest.Fixture{Gateway: keys.Gateway, Hosts: keys.Hosts, Snapshot: snap}
+	for _, a := range snap.Group {
+		for i, h := range hosts {
+			if h.Address.Equals(sdk.AccAddress(a)) {
+				f.Holders = append(f.Holders, i)
+			}
+		}
+	}
+	seq := f.Sequencer()
+	for range 2 {
+		_, err := seq.Next(sessiontest.Finalize())
+		require.NoError(t, err)
+	}
+
+	// One slot's signature is no quorum: the chain refuses it in simulation,
+	// and the client reads the protocol's reason from the code.
+	lone := f.Settle(seq.Replica, f.AllSlots()[0])
+	var want session.Reason
+	_, verr := session.VerifySettlement(f.Snapshot, lone, nil)
+	require.ErrorAs(t, verr, &want)
+	_, err = c.SettleEscrow(ctx, lone)
+	require.ErrorIs(t, err, want)
+	require.ErrorAs(t, err, &refused)
+
+	good := f.Settle(seq.Replica, f.AllSlots()...)
+	hash, err := c.SettleEscrow(ctx, good)
+	require.NoError(t, err)
+	require.NotEmpty(t, hash)
+	closed, by, err := c.Closed(ctx, snap.EscrowId)
+	require.NoError(t, err)
+	require.True(t, closed)
+	require.Equal(t, hash, by)
+	again, err := c.SettleEscrow(ctx, good)
+	require.NoError(t, err, "an escrow already settled is success")
+	require.Equal(t, hash, again)
+
+	ro, err := chainclient.Dial(chainclient.Config{GRPC: n.GRPCAddress, RPC: n.RPCAddress})
+	require.NoError(t, err)
+	defer ro.Close()
+	_, err = ro.CreateEscrow(ctx, 1)
+	require.True(t, errors.Is(err, chainclient.ErrReadOnly), "%v", err)
+}
