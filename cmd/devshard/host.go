@@ -181,8 +181,7 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 	defer chainc.Close()
 
 	eng := host.New(host.Config{Key: signer, Account: account, Escrows: chainEscrows{chainc}, Executor: newExecutor(cfg),
-		Auth: chainc.Authorizer(), SnapshotEvery: cfg.Storage.SnapshotEvery, Peers: newChainPeers(chainc), Logger: log})
-	metrics := host.NewMetrics(eng)
+		Auth: chainc.Authorizer(), SnapshotEvery: cfg.Storage.SnapshotEvery, Peers: newChainPeers(chainc), Logger: log, Metrics: host.NewMetrics()})
 	srv := httpserve.Server(host.Handler(eng, buildVersion()))
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
@@ -239,7 +238,6 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 			defer cancel()
 			err := srv.Shutdown(shutdown)
 			eng.Wait()
-			_ = metrics
 			return err
 		case err := <-serveErr:
 			return fmt.Errorf("http server: %w", err)

@@ -296,8 +296,7 @@ func (s *Startup) Run(ctx context.Context, open func(context.Context) (store.Sto
 		return times, err
 	}
 	eng := host.New(host.Config{Key: s.key, Escrows: s.escrows, Executor: executor.Builtin{},
-		SnapshotEvery: s.opts.SnapshotEvery, Logger: slog.New(log)})
-	host.NewMetrics(eng)
+		SnapshotEvery: s.opts.SnapshotEvery, Logger: slog.New(log), Metrics: host.NewMetrics()})
 	srv := httpserve.Server(host.Handler(eng, "bench"))
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()
