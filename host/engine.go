@@ -3,9 +3,11 @@
 // signs roots, runs the inferences it executes, validates its peers' work,
 // and keeps a mempool of signed txs for the gateway to collect.
 //
-// The engine is transport-free; http.go serves it. The chain and the peers
-// are reached through small interfaces, so tests run it against a fake chain
-// and real storage.
+// The engine is transport-free; http.go serves it, and Daemon (daemon.go)
+// runs both as the host process, with its storage and its background work:
+// recovery, epoch following, rewards claims and self-settlement. The chain
+// and the peers are reached through small interfaces, so tests run it
+// against a fake chain and real storage.
 package host
 
 import (

@@ -271,9 +271,9 @@ type StartupTimes struct {
 }
 
 // Run starts a host daemon in process over the store open returns, the way
-// `devshard host` does (cmd/devshard/host.go runHost): bind the listener,
-// build the engine and its metrics, serve HTTP, open storage, mark ready,
-// recover every session with the configured workers. Loading the key from
+// `devshard host` does (host.Open): bind the listener, build the engine and
+// its metrics, serve HTTP, open storage, mark ready, recover every session
+// with the configured workers. Loading the key from
 // its file and dialling the chain client (which does not block) are left
 // out, and with no chain the store learns no epoch. A client polls /healthz
 // from the start. Run fails unless every session was recovered from its
