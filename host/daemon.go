@@ -60,17 +60,6 @@ type Daemon struct {
 	loops  sync.WaitGroup
 }
 
-// Background periods: how often sessions are ticked (stalled inferences
-// timed out), how often claims and self-settlement look for work between
-// epoch changes, and how often the epoch is polled while the node pushes
-// no blocks.
-const (
-	tickEvery   = time.Second
-	roundEvery  = 5 // seconds, on the wall clock
-	pollEpochs  = 5 * time.Second
-	closeServer = 10 * time.Second
-)
-
 // Open starts a host in the order its readiness depends on: it binds the
 // listener first, so health answers while storage opens; then it opens
 // storage, asks the node its chain id (signed requests name it), opens the
@@ -148,6 +137,17 @@ func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	d.spawn(func() { d.tick(run, claims, settler) })
 	return d, nil
 }
+
+// Background periods: how often sessions are ticked (stalled inferences
+// timed out), how often claims and self-settlement look for work between
+// epoch changes, how often the epoch is polled while the node pushes no
+// blocks, and how long Close waits for requests in flight and the loops.
+const (
+	tickEvery   = time.Second
+	roundEvery  = 5 // seconds, on the wall clock
+	pollEpochs  = 5 * time.Second
+	closeServer = 10 * time.Second
+)
 
 // followEpochs prunes storage and prepares the next epoch's at every
 // epoch change, and claims what the closing epochs made claimable.
