@@ -3,9 +3,11 @@
 // signs roots, runs the inferences it executes, validates its peers' work,
 // and keeps a mempool of signed txs for the gateway to collect.
 //
-// The engine is transport-free; http.go serves it. The chain and the peers
-// are reached through small interfaces, so tests run it against a fake chain
-// and real storage.
+// The engine is transport-free; http.go serves it, and Daemon (daemon.go)
+// runs both as the host process, with its storage and its background work:
+// recovery, epoch following, rewards claims and self-settlement. The chain
+// and the peers are reached through small interfaces, so tests run it
+// against a fake chain and real storage.
 package host
 
 import (
@@ -55,7 +57,9 @@ type Config struct {
 	// time.Now). The protocol never reads it; only this host's txs do.
 	Now    func() time.Time
 	Logger *slog.Logger
-	// Metrics may be nil.
+	// Metrics receive what the engine records (NewMetrics); New adds its
+	// count of loaded sessions by phase to their registry, so they serve
+	// this engine only. Nil records nothing, and /metrics is not served.
 	Metrics *Metrics
 	// Peers finds the other members' hosts for re-gossip; nil gossips nothing.
 	Peers Peers
@@ -138,7 +142,7 @@ func New(cfg Config) *Engine {
 	if addr == (signing.Address{}) {
 		addr = cfg.Key.PubKey().Address()
 	}
-	return &Engine{
+	e := &Engine{
 		cfg:      cfg,
 		addr:     addr,
 		log:      cfg.Logger,
@@ -148,6 +152,8 @@ func New(cfg Config) *Engine {
 		runs:     newRuns(),
 		lookups:  make(chan struct{}, cfg.Lookups),
 	}
+	cfg.Metrics.countSessions(e)
+	return e
 }
 
 // signTx signs tx for the escrow of snap with the host's key and remembers

@@ -124,8 +124,7 @@ func setup(t *testing.T, mutate ...func(*sessiontest.Options)) *hostBundle {
 		fs := &failingStore{Store: st}
 		t.Cleanup(func() { st.Close() })
 		ex := &watchedExecutor{called: make(chan executor.Request, 16)}
-		e := New(Config{Key: key, Store: fs, Escrows: b.chain, Executor: ex, Now: func() time.Time { return b.now }, StartWait: startWait, ChainID: testChainID})
-		NewMetrics(e)
+		e := New(Config{Key: key, Store: fs, Escrows: b.chain, Executor: ex, Now: func() time.Time { return b.now }, StartWait: startWait, ChainID: testChainID, Metrics: NewMetrics()})
 		e.MarkReady()
 		srv := httptest.NewServer(Handler(e, "test"))
 		t.Cleanup(srv.Close)
@@ -462,8 +461,7 @@ func TestSignaturesRideWithTheDiff(t *testing.T) {
 func TestSessionRoutesWaitForStorage(t *testing.T) {
 	t.Parallel()
 	f := sessiontest.New(1, sessiontest.DefaultOptions())
-	e := New(Config{Key: f.Hosts[0], Escrows: &fakeChain{}, Executor: executor.Builtin{}})
-	NewMetrics(e)
+	e := New(Config{Key: f.Hosts[0], Escrows: &fakeChain{}, Executor: executor.Builtin{}, Metrics: NewMetrics()})
 	srv := httptest.NewServer(Handler(e, "test"))
 	defer srv.Close()
 	for _, path := range []string{"/healthz", "/version", "/metrics"} {
@@ -957,8 +955,8 @@ func TestRecoverAllInParallel(t *testing.T) {
 		roots[id] = gw.Replica.Root()
 	}
 	var logs bytes.Buffer
-	e := New(Config{Key: key, Store: st, Escrows: chain, Executor: executor.Builtin{}, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	m := NewMetrics(e)
+	m := NewMetrics()
+	e := New(Config{Key: key, Store: st, Escrows: chain, Executor: executor.Builtin{}, Logger: slog.New(slog.NewTextHandler(&logs, nil)), Metrics: m})
 	e.MarkReady()
 	require.NoError(t, e.RecoverAll(context.Background(), 4))
 	for id, root := range roots {
@@ -1016,8 +1014,8 @@ func TestStartupWithThousandSessions(t *testing.T) {
 	st, err = sqlite.Open(ctx, dir, sqlite.Options{})
 	require.NoError(t, err)
 	defer st.Close()
-	e := New(Config{Key: f.Hosts[0], Store: slowStore{st}, Escrows: chain, Executor: executor.Builtin{}, LoadWait: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	m := NewMetrics(e)
+	m := NewMetrics()
+	e := New(Config{Key: f.Hosts[0], Store: slowStore{st}, Escrows: chain, Executor: executor.Builtin{}, LoadWait: time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: m})
 	srv := httptest.NewServer(Handler(e, "test"))
 	defer srv.Close()
 	get := func(path string) int {

@@ -28,9 +28,10 @@ type Metrics struct {
 	storageFailures atomic.Int64
 }
 
-// NewMetrics registers the host's metrics on a fresh registry, including a
-// collector that counts sessions by phase from e.
-func NewMetrics(e *Engine) *Metrics {
+// NewMetrics registers the host's metrics on a fresh registry. They record
+// nothing until an engine is built with them (Config.Metrics), which adds
+// its count of loaded sessions by phase; one Metrics serves one engine.
+func NewMetrics() *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
 		diffs: prometheus.NewCounter(prometheus.CounterOpts{
@@ -64,10 +65,16 @@ func NewMetrics(e *Engine) *Metrics {
 	}
 	m.storageUp.Set(1)
 	m.Registry.MustRegister(m.diffs, m.rejects, m.applyLatency, m.validations, m.withholds, m.refusals, m.storageUp, m.recovered, m.recoverTotal,
-		&phaseCollector{e: e, desc: prometheus.NewDesc("devshard_host_sessions", "Loaded sessions by phase.", []string{"phase"}, nil)},
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	e.cfg.Metrics = m
 	return m
+}
+
+// countSessions adds the gauge of e's loaded sessions by phase, read at
+// scrape time. New calls it for the engine the metrics are given to.
+func (m *Metrics) countSessions(e *Engine) {
+	if m != nil {
+		m.Registry.MustRegister(&phaseCollector{e: e, desc: prometheus.NewDesc("devshard_host_sessions", "Loaded sessions by phase.", []string{"phase"}, nil)})
+	}
 }
 
 func (m *Metrics) reject(reason string) {

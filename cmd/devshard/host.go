@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -21,9 +20,7 @@ import (
 	"github.com/devshard/devshard/chainclient"
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/host"
-	"github.com/devshard/devshard/internal/httpserve"
 	"github.com/devshard/devshard/keys"
-	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
 	"github.com/devshard/devshard/store/boot"
 	"github.com/devshard/devshard/store/managed"
@@ -60,21 +57,6 @@ Settings come from the TOML file, then DEVSHARD_HOST_* variables, then the
 flags below: storage.keep_epochs in the file is --storage-keep-epochs and
 DEVSHARD_HOST_STORAGE_KEEP_EPOCHS. docs/host.md explains every setting and
 the HTTP API. 'devshard host init' writes a config and a key to start from.`
-
-// chainEscrows serves the host's escrow questions from the chain.
-type chainEscrows struct{ c *chainclient.Client }
-
-func (e chainEscrows) EscrowSnapshot(ctx context.Context, id uint64) (*sessionpb.EscrowSnapshot, error) {
-	esc, err := e.c.Escrow(ctx, id)
-	if errors.Is(err, chainclient.ErrNoEscrow) {
-		return nil, fmt.Errorf("%w: the chain has no escrow %d", host.ErrUnknownEscrow, id)
-	}
-	if err != nil {
-		return nil, err
-	}
-	snap := esc.Snapshot
-	return &snap, nil
-}
 
 func loadSigner(cfg *host.FileConfig) (signing.Signer, signing.Address, error) {
 	var signer signing.Signer
@@ -126,94 +108,41 @@ func newExecutor(cfg *host.FileConfig) executor.Executor {
 	return executor.Builtin{ThinkTime: think}
 }
 
-// runHost runs the daemon until ctx ends.
+// runHost runs the daemon until ctx ends: it dials the chain node, hands
+// the daemon what the configuration names, and closes it on the signal.
 func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error {
 	signer, account, err := loadSigner(cfg)
 	if err != nil {
 		return err
-	}
-	// The listener binds first: health answers while storage opens.
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	chainc, err := chainclient.Dial(chainclient.Config{GRPC: cfg.Chain.GRPC, RPC: cfg.Chain.RPC, Logger: log})
 	if err != nil {
 		return err
 	}
 	defer chainc.Close()
-
-	eng := host.New(host.Config{Key: signer, Account: account, Escrows: chainEscrows{chainc}, Executor: newExecutor(cfg),
-		Auth: chainc.Authorizer(), SnapshotEvery: cfg.Storage.SnapshotEvery, Peers: newChainPeers(chainc), Logger: log})
-	metrics := host.NewMetrics(eng)
-	srv := httpserve.Server(host.Handler(eng, buildVersion()))
-	serveErr := make(chan error, 1)
-	go func() { serveErr <- srv.Serve(ln) }()
-	log.Info("host listening", "addr", ln.Addr().String(), "account", chainc.Address(account))
-
-	catchUp, _ := time.ParseDuration(cfg.Storage.CatchUp)
-	st, err := boot.Open(ctx, boot.Config{
-		Mode: boot.Mode(cfg.Storage.Driver), Dir: cfg.Path(cfg.Storage.Dir),
-		Retention: managed.Options{Keep: uint64(cfg.Storage.KeepEpochs), Interval: catchUp, Current: chainc.CurrentEpoch,
-			OnError: func(err error) { log.Warn("storage retention", "err", err) }},
+	var sender host.ChainSender
+	if key, ok := host.AccountKey(signer, account); ok {
+		sender = newTxSender(chainc, key)
+	}
+	catchUp, _ := time.ParseDuration(cfg.Storage.CatchUp) // validated by LoadConfig
+	d, err := host.Open(ctx, host.DaemonConfig{
+		Listen: cfg.Listen, Key: signer, Account: account, Chain: chainc, Sender: sender, Executor: newExecutor(cfg),
+		Storage: boot.Config{Mode: boot.Mode(cfg.Storage.Driver), Dir: cfg.Path(cfg.Storage.Dir),
+			Retention: managed.Options{Keep: uint64(cfg.Storage.KeepEpochs), Interval: catchUp}},
+		SnapshotEvery: cfg.Storage.SnapshotEvery, RecoveryWorkers: cfg.Recovery.Workers, Version: buildVersion(), Logger: log,
 	})
 	if err != nil {
-		_ = srv.Close()
-		return fmt.Errorf("open storage: %w", err)
+		return err
 	}
-	defer st.Close()
-	eng.SetStore(st)
-	// Signed requests name the chain: asked of the node once.
-	chainID, err := chainc.ChainID(ctx)
-	if err != nil {
-		_ = srv.Close()
-		return fmt.Errorf("ask the chain node its chain id: %w", err)
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err = <-d.Served():
+		err = fmt.Errorf("http server: %w", err)
 	}
-	eng.SetChainID(chainID)
-	eng.MarkReady()
-	log.Info("storage ready", "mode", st.Mode)
-
-	go func() {
-		if err := eng.RecoverAll(ctx, cfg.Recovery.Workers); err != nil && ctx.Err() == nil {
-			log.Error("recovery", "err", err)
-		}
-	}()
-	claims := newClaimer(ctx, chainc, signer, account, log)
-	settler := newSelfSettler(eng, chainc, claims, signer, log)
-	go func() {
-		_ = chainc.FollowEpochs(ctx, 5*time.Second, func(epoch uint64) {
-			log.Info("epoch", "current", epoch)
-			go claims.claim(ctx)
-			if err := st.SetEpoch(ctx, epoch); err != nil {
-				log.Warn("prune on epoch change", "epoch", epoch, "err", err)
-			}
-			if err := st.PrepareEpoch(ctx, epoch+1); err != nil {
-				log.Warn("prepare next epoch's storage", "epoch", epoch+1, "err", err)
-			}
-		})
-	}()
-	ticker := time.NewTicker(time.Second)
-	defer ticker.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			log.Info("shutting down")
-			shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			err := srv.Shutdown(shutdown)
-			eng.Wait()
-			_ = metrics
-			return err
-		case err := <-serveErr:
-			return fmt.Errorf("http server: %w", err)
-		case now := <-ticker.C:
-			eng.Tick(ctx)
-			if now.Unix()%5 == 0 { // claims also land between epoch changes
-				go claims.claim(ctx)
-				go settler.round(ctx)
-			}
-		}
-	}
+	closeCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return errors.Join(err, d.Close(closeCtx))
 }
 
 func newHostInitCommand() *cobra.Command {

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/chain/node"
+	"github.com/devshard/devshard/chainclient"
 	"github.com/devshard/devshard/host"
 	"github.com/devshard/devshard/httpauth"
 	"github.com/devshard/devshard/session"
@@ -100,4 +101,14 @@ func TestHostDaemonAgainstARealNode(t *testing.T) {
 	stop()
 	require.NoError(t, <-done)
 	require.Contains(t, logs.String(), "shutting down")
+
+	// The account's own key sends its txs: a claim for an epoch with no
+	// summary is built for the funded validator and refused by the module.
+	vk, err := signing.PrivKeyFromBytes(n.Validator.Key.Bytes())
+	require.NoError(t, err)
+	chainc, err := chainclient.Dial(chainclient.Config{GRPC: n.GRPCAddress, RPC: n.RPCAddress})
+	require.NoError(t, err)
+	defer chainc.Close()
+	_, err = newTxSender(chainc, vk).ClaimRewards(ctx, 99)
+	require.ErrorContains(t, err, "simulating the tx (it would fail)")
 }

@@ -271,9 +271,9 @@ type StartupTimes struct {
 }
 
 // Run starts a host daemon in process over the store open returns, the way
-// `devshard host` does (cmd/devshard/host.go runHost): bind the listener,
-// build the engine and its metrics, serve HTTP, open storage, mark ready,
-// recover every session with the configured workers. Loading the key from
+// `devshard host` does (host.Open): bind the listener, build the engine and
+// its metrics, serve HTTP, open storage, mark ready, recover every session
+// with the configured workers. Loading the key from
 // its file and dialling the chain client (which does not block) are left
 // out, and with no chain the store learns no epoch. A client polls /healthz
 // from the start. Run fails unless every session was recovered from its
@@ -296,8 +296,7 @@ func (s *Startup) Run(ctx context.Context, open func(context.Context) (store.Sto
 		return times, err
 	}
 	eng := host.New(host.Config{Key: s.key, Escrows: s.escrows, Executor: executor.Builtin{},
-		SnapshotEvery: s.opts.SnapshotEvery, Logger: slog.New(log)})
-	host.NewMetrics(eng)
+		SnapshotEvery: s.opts.SnapshotEvery, Logger: slog.New(log), Metrics: host.NewMetrics()})
 	srv := httpserve.Server(host.Handler(eng, "bench"))
 	go func() { _ = srv.Serve(ln) }()
 	defer srv.Close()

@@ -1,0 +1,177 @@
+package host
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/signing"
+	devshardtypes "github.com/devshard/devshard/x/devshard/types"
+)
+
+// selfSettler settles, from the host's own account, every escrow the host
+// serves that is still open once its settlement deadline has passed: the
+// gateway went away or stalls, and the hosts are owed their work. It
+// catches up from its peers' stored diffs (catchUp), gathers the group's
+// state signatures over the host's latest root (its own, plus each peer's
+// through the signatures route) and sends MsgSettleEscrow once a quorum of
+// slots has signed.
+type selfSettler struct {
+	eng   *Engine
+	chain Chain
+	send  ChainSender
+	read  *peerReads
+	log   *slog.Logger
+	done  map[uint64]bool // escrows settled or found closed
+	busy  atomic.Bool     // one round at a time
+}
+
+// newSelfSettler returns nil, which settles nothing, without a sender.
+func newSelfSettler(eng *Engine, c Chain, send ChainSender, read *peerReads, log *slog.Logger) *selfSettler {
+	if send == nil {
+		return nil
+	}
+	return &selfSettler{eng: eng, chain: c, send: send, read: read, log: log, done: map[uint64]bool{}}
+}
+
+// round settles what is due now. Errors are logged; the next round retries.
+func (s *selfSettler) round(ctx context.Context) {
+	if s == nil || !s.busy.CompareAndSwap(false, true) {
+		return
+	}
+	defer s.busy.Store(false)
+	epoch, err := s.chain.CurrentEpoch(ctx)
+	if err != nil {
+		return
+	}
+	for _, st := range s.eng.Settleables() {
+		id := st.Snapshot.EscrowId
+		// The deadline is at least an epoch after the escrow's own (the
+		// settlement window), so current-epoch escrows cost no query.
+		if s.done[id] || st.Snapshot.Epoch >= epoch {
+			continue
+		}
+		esc, err := s.chain.Escrow(ctx, id)
+		if err != nil {
+			continue
+		}
+		if esc.Status != devshardtypes.EscrowOpen {
+			s.done[id] = true
+			continue
+		}
+		if epoch < esc.DeadlineEpoch {
+			continue
+		}
+		st = s.catchUp(ctx, st)
+		if err := s.settle(ctx, st); err != nil {
+			s.log.Warn("self-settlement", "escrow", id, "err", err)
+			continue
+		}
+		s.done[id] = true
+	}
+}
+
+// settle gathers the group's signatures over st's root and, with a
+// quorum, sends the settlement.
+func (s *selfSettler) settle(ctx context.Context, st Settleable) error {
+	m := st.Settlement
+	sigs := session.NewSignatureSet(st.Snapshot, m.Nonce, m.StateRoot, s.chain.Authorizer())
+	// Each signature is verified as it comes: a forged one for a slot is
+	// dropped at once, so it cannot keep out the slot's real one that
+	// another member holds.
+	take := func(list []*sessionpb.StateSignature) {
+		for _, ss := range list {
+			if sigs.Add(ss) == nil {
+				sigs.Quorum()
+			}
+		}
+	}
+	own, err := s.eng.OwnSignatures(ctx, m.EscrowId, m.Nonce)
+	if err != nil {
+		return err
+	}
+	take(own)
+	for _, a := range s.peers(st.Snapshot) {
+		peer, err := s.read.signatures(ctx, a, m.EscrowId, m.Nonce)
+		if err != nil {
+			s.log.Info("self-settlement: a peer's signatures are missing", "escrow", m.EscrowId, "peer", s.chain.Address(a), "err", err)
+			continue
+		}
+		take(peer)
+	}
+	if !sigs.Quorum() {
+		group := len(st.Snapshot.Group)
+		return fmt.Errorf("%d of %d slots signed the root at nonce %d; settling needs %d", sigs.Len(), group, m.Nonce, session.QuorumSize(group))
+	}
+	if err := sigs.Attach(m); err != nil {
+		return err
+	}
+	tx, err := s.send.SettleEscrow(ctx, m)
+	if err != nil {
+		return err
+	}
+	s.log.Info("settled an escrow the gateway left open past its deadline", "escrow", m.EscrowId, "nonce", m.Nonce, "tx", tx)
+	return nil
+}
+
+// catchUpPages bounds the pages of diffs one catch-up reads from a peer.
+const catchUpPages = 64
+
+// catchUp brings the host's copy of st's escrow up to the latest nonce a
+// peer holds, then signs its latest root if it has not, and returns the
+// escrow as it now stands. A gateway that went away may have left the
+// members at different nonces (diffs it held for some of them, deliveries
+// in flight), and no root would then gather a quorum of signatures. Every
+// diff carries the gateway's signature, so a peer's stored copy is as good
+// as the gateway's; each member catches up in its own round, so the group
+// meets at the latest nonce.
+func (s *selfSettler) catchUp(ctx context.Context, st Settleable) Settleable {
+	id := st.Snapshot.EscrowId
+	nonce := st.Settlement.Nonce
+	for _, peer := range s.peers(st.Snapshot) {
+		for range catchUpPages {
+			raws, err := s.read.diffs(ctx, peer, id, nonce+1)
+			if err != nil || len(raws) == 0 {
+				break
+			}
+			items := make([]DiffItem, len(raws))
+			for i, raw := range raws {
+				items[i] = DiffItem{Raw: raw}
+			}
+			reply, err := s.eng.ApplyDiffs(ctx, id, items)
+			if err != nil {
+				s.log.Warn("self-settlement: a peer's diffs do not apply", "escrow", id, "peer", peer, "from", nonce+1, "err", err)
+				break
+			}
+			nonce = reply.Nonce
+		}
+	}
+	if err := s.eng.SignLatest(ctx, id); err != nil {
+		s.log.Warn("self-settlement: latest root not signed", "escrow", id, "err", err)
+	}
+	for _, now := range s.eng.Settleables() {
+		if now.Snapshot.EscrowId == id {
+			return now
+		}
+	}
+	return st
+}
+
+// peers are the group's other participants.
+func (s *selfSettler) peers(snap *sessionpb.EscrowSnapshot) []signing.Address {
+	seen := map[string]bool{string(s.eng.Address().Bytes()): true}
+	var out []signing.Address
+	for _, raw := range snap.Group {
+		if seen[string(raw)] {
+			continue
+		}
+		seen[string(raw)] = true
+		if a, err := signing.AddressFromBytes(raw); err == nil {
+			out = append(out, a)
+		}
+	}
+	return out
+}

@@ -1,0 +1,227 @@
+package host
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/session/sessiontest"
+	"github.com/devshard/devshard/signing"
+	"github.com/devshard/devshard/store/sqlite"
+	devshardtypes "github.com/devshard/devshard/x/devshard/types"
+)
+
+// memberURLs is where each member serves.
+type memberURLs map[signing.Address]string
+
+func (b memberURLs) PeerURL(_ context.Context, a signing.Address) (string, error) {
+	if u, ok := b[a]; ok {
+		return u, nil
+	}
+	return "", fmt.Errorf("no URL for %s", a)
+}
+
+// logBuffer is a log many goroutines write.
+type logBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *logBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *logBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// settleGroup is an escrow of three members whose gateway died while
+// holding diffs: all five reached host 0, three host 1, two host 2. The
+// chain is at epoch 3, the escrow's settlement deadline.
+type settleGroup struct {
+	f       *sessiontest.Fixture
+	engines []*Engine
+	urls    memberURLs
+	chain   *daemonChain
+	id      uint64
+	root    []byte
+	logs    *logBuffer
+}
+
+func setupSettleGroup(t *testing.T) *settleGroup {
+	t.Helper()
+	f := sessiontest.New(1, sessiontest.DefaultOptions())
+	seq := f.Sequencer()
+	g := &settleGroup{f: f, urls: memberURLs{}, id: f.Snapshot.EscrowId, logs: &logBuffer{}}
+	quiet := slog.New(slog.DiscardHandler)
+	for _, key := range f.Hosts {
+		st, err := sqlite.Open(context.Background(), t.TempDir(), sqlite.Options{})
+		require.NoError(t, err)
+		t.Cleanup(func() { st.Close() })
+		e := New(Config{Key: key, Store: st, Escrows: &fakeChain{snaps: map[uint64]*sessionpb.EscrowSnapshot{g.id: f.Snapshot}}, Executor: executor.Builtin{}, Logger: quiet})
+		e.MarkReady()
+		srv := httptest.NewServer(Handler(e, "test"))
+		t.Cleanup(srv.Close)
+		t.Cleanup(e.Wait)
+		g.urls[key.Address()] = srv.URL
+		g.engines = append(g.engines, e)
+	}
+	var raws [][]byte
+	for range 5 {
+		d, err := seq.Next()
+		require.NoError(t, err)
+		raw, err := d.Marshal()
+		require.NoError(t, err)
+		raws = append(raws, raw)
+	}
+	for i, n := range []int{5, 3, 2} {
+		items := make([]DiffItem, n)
+		for j := range n {
+			items[j] = DiffItem{Raw: raws[j]}
+		}
+		_, err := g.engines[i].ApplyDiffs(t.Context(), g.id, items)
+		require.NoError(t, err)
+	}
+	root := seq.Replica.Root()
+	g.root = root[:]
+	g.chain = &daemonChain{epoch: 3, escrows: map[uint64]*devshardtypes.Escrow{
+		g.id: {Id: g.id, Snapshot: *f.Snapshot, Status: devshardtypes.EscrowOpen, DeadlineEpoch: 3},
+	}}
+	return g
+}
+
+// settler is member i's self-settler, sending through send.
+func (g *settleGroup) settler(i int, send ChainSender) *selfSettler {
+	e := g.engines[i]
+	return newSelfSettler(e, g.chain, send, newPeerReads(e, g.urls), slog.New(slog.NewTextHandler(g.logs, nil)))
+}
+
+func (g *settleGroup) settleable(t *testing.T, i int) Settleable {
+	t.Helper()
+	for _, st := range g.engines[i].Settleables() {
+		if st.Snapshot.EscrowId == g.id {
+			return st
+		}
+	}
+	t.Fatal("escrow not loaded")
+	return Settleable{}
+}
+
+// A gateway that crashed while holding diffs leaves the members at
+// different nonces. Each member's self-settler catches up from its peers'
+// stored diffs and signs its latest root, so the group meets at the latest
+// nonce, where every slot has signed one root.
+func TestSelfSettlerCatchesUpFromPeers(t *testing.T) {
+	t.Parallel()
+	g := setupSettleGroup(t)
+	for _, i := range []int{2, 1, 0} {
+		st := g.settler(i, &fakeSender{}).catchUp(t.Context(), g.settleable(t, i))
+		require.Equal(t, uint64(5), st.Settlement.Nonce, "host %d caught up", i)
+		require.Equal(t, g.root, st.Settlement.StateRoot, "host %d", i)
+	}
+	// Every member has signed the one root, and any of them can read the
+	// others' signatures.
+	read := newPeerReads(g.engines[1], g.urls)
+	for i, key := range g.f.Hosts {
+		sigs, err := read.signatures(t.Context(), key.Address(), g.id, 5)
+		require.NoError(t, err)
+		require.Len(t, sigs, 1, "host %d signed nonce 5", i)
+		require.Equal(t, g.root, sigs[0].StateRoot)
+	}
+}
+
+// Past the deadline a member settles once a quorum of slots has signed its
+// latest root, and only then: host 2 catches up first but finds host 1
+// still at nonce 3; host 1, caught up in its turn, meets a quorum and
+// settles, once.
+func TestSelfSettlerSettlesOnceAQuorumSigned(t *testing.T) {
+	t.Parallel()
+	g := setupSettleGroup(t)
+	send := &fakeSender{}
+	g.settler(2, send).round(t.Context())
+	require.Empty(t, send.settlements(), "two of three slots are no quorum")
+	require.Contains(t, g.logs.String(), "2 of 3 slots signed the root at nonce 5; settling needs 3")
+
+	s := g.settler(1, send)
+	s.round(t.Context())
+	s.round(t.Context())
+	got := send.settlements()
+	require.Len(t, got, 1, "settled once")
+	m := got[0]
+	require.Equal(t, uint64(5), m.Nonce)
+	require.Equal(t, g.root, m.StateRoot)
+	var slots []uint32
+	for _, sig := range m.Signatures {
+		slots = append(slots, sig.Slot)
+	}
+	require.Equal(t, []uint32{0, 1, 2}, slots, "every slot, in slot order")
+	_, err := session.VerifySettlement(g.f.Snapshot, m, nil)
+	require.NoError(t, err, "the chain accepts what was sent")
+	require.Contains(t, g.logs.String(), "settled an escrow the gateway left open past its deadline")
+}
+
+// Before the deadline, and once the chain shows the escrow closed, a
+// member settles nothing.
+func TestSelfSettlerWaitsForTheDeadline(t *testing.T) {
+	t.Parallel()
+	g := setupSettleGroup(t)
+	send := &fakeSender{}
+	s := g.settler(0, send)
+	g.chain.setEpoch(2)
+	s.round(t.Context())
+	require.Empty(t, send.settlements(), "epoch 2 is before the deadline")
+	g.chain.setEpoch(3)
+	g.chain.escrows[g.id].Status = devshardtypes.EscrowSettled
+	s.round(t.Context())
+	require.Empty(t, send.settlements(), "the gateway settled it")
+	require.True(t, s.done[g.id], "a closed escrow is not asked about again")
+}
+
+// A member that answers a forged signature for another member's slot does
+// not keep that slot's real signature out of the settlement.
+func TestSelfSettlerDropsAForgedSignatureForTheRealOne(t *testing.T) {
+	t.Parallel()
+	g := setupSettleGroup(t)
+	for _, i := range []int{2, 1} {
+		g.settler(i, &fakeSender{}).catchUp(t.Context(), g.settleable(t, i))
+	}
+	// Host 0 answers its own signature and, first, one it made for slot 2.
+	own, err := g.engines[0].OwnSignatures(t.Context(), g.id, 5)
+	require.NoError(t, err)
+	require.Len(t, own, 1)
+	forged := *own[0]
+	forged.Slot = 2
+	var raws [][]byte
+	for _, ss := range []*sessionpb.StateSignature{&forged, own[0]} {
+		raw, err := ss.Marshal()
+		require.NoError(t, err)
+		raws = append(raws, raw)
+	}
+	liar := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		_ = json.NewEncoder(w).Encode(map[string]any{"signatures": raws})
+	}))
+	t.Cleanup(liar.Close)
+	g.urls[g.f.Hosts[0].Address()] = liar.URL
+
+	send := &fakeSender{}
+	require.NoError(t, g.settler(1, send).settle(t.Context(), g.settleable(t, 1)))
+	got := send.settlements()
+	require.Len(t, got, 1)
+	_, err = session.VerifySettlement(g.f.Snapshot, got[0], nil)
+	require.NoError(t, err)
+}
