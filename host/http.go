@@ -24,11 +24,6 @@ import (
 // ReadyzFailures is how many consecutive storage failures turn /readyz 503.
 const ReadyzFailures = 3
 
-// MaxDiffsPerDelivery is hostapi.MaxDiffsPerDelivery, kept under its old
-// name for self-settlement until it calls the host API through
-// hostapi.Client.
-const MaxDiffsPerDelivery = hostapi.MaxDiffsPerDelivery
-
 // Handler serves the engine over HTTP. Health, version and metrics answer
 // from the first moment; session routes answer 503 until storage is ready.
 func Handler(e *Engine, version string) http.Handler {

@@ -19,8 +19,7 @@ import (
 func TestHandlerServesEveryRoute(t *testing.T) {
 	t.Parallel()
 	f := sessiontest.New(1, sessiontest.DefaultOptions())
-	e := New(Config{Key: f.Hosts[0], Escrows: &fakeChain{}, Executor: executor.Builtin{}})
-	NewMetrics(e)
+	e := New(Config{Key: f.Hosts[0], Escrows: &fakeChain{}, Executor: executor.Builtin{}, Metrics: NewMetrics()})
 	srv := httptest.NewServer(Handler(e, "test"))
 	t.Cleanup(srv.Close)
 	for _, r := range hostapi.Routes() {

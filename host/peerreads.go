@@ -2,13 +2,10 @@ package host
 
 import (
 	"context"
-	"encoding/json"
-	"fmt"
 	"net/http"
 	"time"
 
-	"github.com/devshard/devshard/httpauth"
-	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
 )
@@ -26,64 +23,36 @@ func newPeerReads(eng *Engine, urls Peers) *peerReads {
 	return &peerReads{eng: eng, urls: urls, http: &http.Client{Timeout: 5 * time.Second}}
 }
 
-// get reads path from a group member's host API into out.
-func (p *peerReads) get(ctx context.Context, peer signing.Address, path string, out any) error {
-	url, err := p.urls.PeerURL(ctx, peer)
-	if err != nil {
-		return err
-	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url+path, nil)
-	if err != nil {
-		return err
-	}
-	if err := httpauth.Sign(req, nil, p.eng.cfg.Key, httpauth.Audience{ChainID: p.eng.ChainID(), Host: peer}, time.Now()); err != nil {
-		return err
-	}
-	resp, err := p.http.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s answered %d", url, resp.StatusCode)
-	}
-	return json.NewDecoder(resp.Body).Decode(out)
+// client signs for the chain the engine serves on, which is known once the
+// engine started.
+func (p *peerReads) client() *hostapi.Client {
+	return hostapi.NewClient(p.eng.cfg.Key, p.eng.ChainID(), p.http)
 }
 
-// diffs asks a group member for its stored diffs from nonce from on.
+// diffs asks a group member for its stored diffs from nonce from on; the
+// client refuses a page that is not consecutive from from.
 func (p *peerReads) diffs(ctx context.Context, peer signing.Address, escrow, from uint64) ([][]byte, error) {
-	var out struct {
-		Diffs []struct {
-			Nonce uint64 `json:"nonce"`
-			Data  []byte `json:"data"`
-		} `json:"diffs"`
-	}
-	if err := p.get(ctx, peer, fmt.Sprintf("/v1/sessions/%d/diffs?from=%d&limit=%d", escrow, from, MaxDiffsPerDelivery), &out); err != nil {
+	url, err := p.urls.PeerURL(ctx, peer)
+	if err != nil {
 		return nil, err
 	}
-	raws := make([][]byte, 0, len(out.Diffs))
-	for i, d := range out.Diffs {
-		if d.Nonce != from+uint64(i) {
-			return nil, fmt.Errorf("peer's diffs from %d are not consecutive at %d", from, d.Nonce)
-		}
-		raws = append(raws, d.Data)
+	stored, err := p.client().Diffs(ctx, url, peer, escrow, from, hostapi.MaxDiffsPerDelivery)
+	if err != nil {
+		return nil, err
+	}
+	raws := make([][]byte, len(stored))
+	for i, d := range stored {
+		raws[i] = d.Data
 	}
 	return raws, nil
 }
 
-// signatures asks a group member for its state signatures at nonce.
+// signatures asks a group member for its state signatures at nonce; the
+// ones that do not decode are left out.
 func (p *peerReads) signatures(ctx context.Context, peer signing.Address, escrow, nonce uint64) ([]*sessionpb.StateSignature, error) {
-	var out struct {
-		Signatures [][]byte `json:"signatures"`
-	}
-	if err := p.get(ctx, peer, fmt.Sprintf("/v1/sessions/%d/signatures?nonce=%d", escrow, nonce), &out); err != nil {
+	url, err := p.urls.PeerURL(ctx, peer)
+	if err != nil {
 		return nil, err
 	}
-	list := make([]*sessionpb.StateSignature, 0, len(out.Signatures))
-	for _, raw := range out.Signatures {
-		if ss, err := session.DecodeStateSignature(raw); err == nil {
-			list = append(list, ss)
-		}
-	}
-	return list, nil
+	return p.client().Signatures(ctx, url, peer, escrow, nonce)
 }

@@ -115,14 +115,21 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	chainc, err := chainclient.Dial(chainclient.Config{GRPC: cfg.Chain.GRPC, RPC: cfg.Chain.RPC, Logger: log})
+	// Only the account's own key sends txs (self-settlement, claims); a
+	// warm or keyring key leaves the client read-only.
+	key, canSend := host.AccountKey(signer, account)
+	ccfg := chainclient.Config{GRPC: cfg.Chain.GRPC, RPC: cfg.Chain.RPC, Logger: log}
+	if canSend {
+		ccfg.Key = key
+	}
+	chainc, err := chainclient.Dial(ccfg)
 	if err != nil {
 		return err
 	}
 	defer chainc.Close()
 	var sender host.ChainSender
-	if key, ok := host.AccountKey(signer, account); ok {
-		sender = newTxSender(chainc, key)
+	if canSend {
+		sender = chainc
 	}
 	catchUp, _ := time.ParseDuration(cfg.Storage.CatchUp) // validated by LoadConfig
 	d, err := host.Open(ctx, host.DaemonConfig{

@@ -106,9 +106,11 @@ func TestHostDaemonAgainstARealNode(t *testing.T) {
 	// summary is built for the funded validator and refused by the module.
 	vk, err := signing.PrivKeyFromBytes(n.Validator.Key.Bytes())
 	require.NoError(t, err)
-	chainc, err := chainclient.Dial(chainclient.Config{GRPC: n.GRPCAddress, RPC: n.RPCAddress})
+	chainc, err := chainclient.Dial(chainclient.Config{GRPC: n.GRPCAddress, RPC: n.RPCAddress, Key: vk})
 	require.NoError(t, err)
 	defer chainc.Close()
-	_, err = newTxSender(chainc, vk).ClaimRewards(ctx, 99)
-	require.ErrorContains(t, err, "simulating the tx (it would fail)")
+	var sender host.ChainSender = chainc
+	_, err = sender.ClaimRewards(ctx, 99)
+	var txErr *chainclient.TxError
+	require.ErrorAs(t, err, &txErr, "refused by the module, not by the client")
 }
