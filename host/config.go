@@ -39,7 +39,7 @@ type FileConfig struct {
 		Synchronous   string
 		KeepEpochs    int
 		SnapshotEvery uint64
-		CatchUp       string
+		CatchUp       time.Duration
 	}
 
 	Executor struct {
@@ -48,7 +48,7 @@ type FileConfig struct {
 		Models []string
 		APIKey string
 		// ThinkTime is the built-in model's pause per token.
-		ThinkTime string
+		ThinkTime time.Duration
 	}
 
 	Recovery struct {
@@ -83,13 +83,13 @@ func Settings(c *FileConfig) *settings.Schema {
 		FormerEnv("DEVSHARD_HOST_KEEP_EPOCHS")
 	s.Uint(&c.Storage.SnapshotEvery, "storage.snapshot_every", 500, "K: a session snapshot every K nonces and at settlement; recovery replays at most K diffs").
 		FormerEnv("DEVSHARD_HOST_SNAPSHOT_EVERY")
-	s.String(&c.Storage.CatchUp, "storage.prune_catch_up", "30s", "how often a quiet host checks for epochs to prune").
+	s.Duration(&c.Storage.CatchUp, "storage.prune_catch_up", 30*time.Second, "how often a quiet host checks for epochs to prune").
 		FormerEnv("DEVSHARD_HOST_PRUNE_CATCH_UP")
 	s.String(&c.Executor.Kind, "executor.kind", "builtin", "builtin (deterministic test model) or openai (an OpenAI-compatible server such as vLLM)").
 		FormerEnv("DEVSHARD_HOST_EXECUTOR")
 	s.String(&c.Executor.URL, "executor.url", "", "base URL of the OpenAI-compatible server (openai only)")
 	s.List(&c.Executor.Models, "executor.models", nil, "models the server serves (openai only)")
-	s.String(&c.Executor.ThinkTime, "executor.think_time", "0s", "pause per token of the built-in model, to imitate a real one (builtin only)").
+	s.Duration(&c.Executor.ThinkTime, "executor.think_time", 0, "pause per token of the built-in model, to imitate a real one (builtin only)").
 		FormerEnv("DEVSHARD_HOST_THINK_TIME")
 	s.String(&c.Executor.APIKey, "executor.api_key", "", "bearer token for the server (openai only)")
 	s.Int(&c.Recovery.Workers, "recovery.workers", 4, "parallel workers recovering sessions at startup")
@@ -181,11 +181,11 @@ func (c *FileConfig) validate() error {
 	if c.Storage.SnapshotEvery < 1 {
 		return fmt.Errorf("storage.snapshot_every must be at least 1, got %d", c.Storage.SnapshotEvery)
 	}
-	if d, err := time.ParseDuration(c.Executor.ThinkTime); err != nil || d < 0 {
-		return fmt.Errorf("executor.think_time must be a duration such as 20ms (0s for none), got %q", c.Executor.ThinkTime)
+	if c.Executor.ThinkTime < 0 {
+		return fmt.Errorf("executor.think_time must be a duration such as 20ms (0s for none), got %s", c.Executor.ThinkTime)
 	}
-	if d, err := time.ParseDuration(c.Storage.CatchUp); err != nil || d <= 0 {
-		return fmt.Errorf("storage.prune_catch_up must be a positive duration such as 30s, got %q", c.Storage.CatchUp)
+	if c.Storage.CatchUp <= 0 {
+		return fmt.Errorf("storage.prune_catch_up must be a positive duration such as 30s, got %s", c.Storage.CatchUp)
 	}
 	switch c.Executor.Kind {
 	case "builtin":

@@ -1,6 +1,8 @@
 package host
 
 import (
+	"time"
+
 	"bytes"
 	"os"
 	"path/filepath"
@@ -64,7 +66,9 @@ func TestConfigRejects(t *testing.T) {
 		`invalid argument "x" for "--recovery-workers" flag: expected a whole number`: {"recovery.workers": "x"},
 		"executor.kind openai needs executor.url and executor.models":                 {"executor.kind": "openai"},
 		`unknown setting "bogus"`:                                                     {"bogus": "1"},
-		"storage.prune_catch_up must be a positive duration":                          {"storage.prune_catch_up": "soon"},
+		`"--storage-prune-catch-up" flag: expected a duration such as 30s`:            {"storage.prune_catch_up": "soon"},
+		"storage.prune_catch_up must be a positive duration":                          {"storage.prune_catch_up": "0s"},
+		"executor.think_time must be a duration such as 20ms":                         {"executor.think_time": "-1s"},
 	}
 	for want, overrides := range cases {
 		_, err := LoadConfig("", env(nil), overrides)
@@ -88,7 +92,7 @@ func TestFormerHostNames(t *testing.T) {
 	c, err := load(env(map[string]string{"DEVSHARD_HOST_KEEP_EPOCHS": "9", "DEVSHARD_HOST_ACCOUNT": "devshard1x"}), &notices)
 	require.NoError(t, err)
 	require.Equal(t, "10.0.0.1:9090", c.Chain.GRPC)
-	require.Equal(t, "5ms", c.Executor.ThinkTime)
+	require.Equal(t, 5*time.Millisecond, c.Executor.ThinkTime)
 	require.Equal(t, "NORMAL", c.Storage.Synchronous)
 	require.Equal(t, 9, c.Storage.KeepEpochs)
 	require.Equal(t, "devshard1x", c.Key.Account)

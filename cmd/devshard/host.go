@@ -104,8 +104,7 @@ func newExecutor(cfg *host.FileConfig) executor.Executor {
 		return &executor.Upstream{BaseURL: cfg.Executor.URL, ModelNames: cfg.Executor.Models, APIKey: cfg.Executor.APIKey,
 			Client: &http.Client{Timeout: 10 * time.Minute}}
 	}
-	think, _ := time.ParseDuration(cfg.Executor.ThinkTime) // validated by LoadConfig
-	return executor.Builtin{ThinkTime: think}
+	return executor.Builtin{ThinkTime: cfg.Executor.ThinkTime}
 }
 
 // runHost runs the daemon until ctx ends: it dials the chain node, hands
@@ -131,11 +130,10 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 	if canSend {
 		sender = chainc
 	}
-	catchUp, _ := time.ParseDuration(cfg.Storage.CatchUp) // validated by LoadConfig
 	d, err := host.Open(ctx, host.DaemonConfig{
 		Listen: cfg.Listen, Key: signer, Account: account, Chain: chainc, Sender: sender, Executor: newExecutor(cfg),
 		Storage: boot.Config{Mode: boot.Mode(cfg.Storage.Driver), Dir: cfg.Path(cfg.Storage.Dir),
-			Retention: managed.Options{Keep: uint64(cfg.Storage.KeepEpochs), Interval: catchUp}},
+			Retention: managed.Options{Keep: uint64(cfg.Storage.KeepEpochs), Interval: cfg.Storage.CatchUp}},
 		SnapshotEvery: cfg.Storage.SnapshotEvery, RecoveryWorkers: cfg.Recovery.Workers, Version: buildVersion(), Logger: log,
 	})
 	if err != nil {
