@@ -694,13 +694,13 @@ func TestRestartResumesEscrow(t *testing.T) {
 func (b *bundle) waitDelivered(t *testing.T, id, nonce uint64) {
 	t.Helper()
 	b.gw.mu.Lock()
-	q := b.gw.all[id]
+	out := b.gw.all[id].out
 	b.gw.mu.Unlock()
 	require.Eventually(t, func() bool {
-		q.net.Lock()
-		defer q.net.Unlock()
-		for i := range q.members {
-			if q.acked[i] < nonce {
+		out.mu.Lock()
+		defer out.mu.Unlock()
+		for i := range out.members {
+			if out.acked[i] < nonce {
 				return false
 			}
 		}
@@ -1039,14 +1039,14 @@ func TestDiffWriteThatLandedDespiteAnErrorStands(t *testing.T) {
 	b.requireOneSettlementPaying(t, wantCost, "every answer is paid")
 }
 
-// sequencerOf is the gateway's sequencer of escrow id.
-func (b *bundle) sequencerOf(t *testing.T, id uint64) *sequencer {
+// escrowOf is the gateway's escrow id.
+func (b *bundle) escrowOf(t *testing.T, id uint64) *escrow {
 	t.Helper()
 	b.gw.mu.Lock()
 	defer b.gw.mu.Unlock()
-	q := b.gw.all[id]
-	require.NotNil(t, q, "the gateway has no escrow %d", id)
-	return q
+	e := b.gw.all[id]
+	require.NotNil(t, e, "the gateway has no escrow %d", id)
+	return e
 }
 
 // heldBy reads diff nonce of escrow id as host m stores it.
@@ -1077,10 +1077,8 @@ func failNextWrite(st *State) func() uint64 {
 // executorOf is the member of escrow id that executes nonce n.
 func (b *bundle) executorOf(t *testing.T, id, n uint64) *member {
 	t.Helper()
-	q := b.sequencerOf(t, id)
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.members[q.executorMember(n)]
+	e := b.escrowOf(t, id)
+	return e.out.members[e.seq.executorOf(n)]
 }
 
 // waitHeld waits until host m stores diff n of escrow id.
@@ -1454,12 +1452,12 @@ func TestHoldIsBoundedByTheSealGrace(t *testing.T) {
 // is held: every run that is due has been taken by its goroutine.
 func (b *bundle) waitOnlyHeldQueued(t *testing.T, id uint64) {
 	t.Helper()
-	q := b.sequencerOf(t, id)
+	c := b.escrowOf(t, id).out
 	require.Eventually(t, func() bool {
-		for i := range q.members {
-			out := &q.members[i].out
+		for i := range c.members {
+			out := &c.members[i].out
 			out.mu.Lock()
-			due := out.ready(q.held())
+			due := out.ready(c.held)
 			out.mu.Unlock()
 			if due {
 				return false
