@@ -50,7 +50,7 @@ func TestSignaturesKeepOnlyTheLatestRoot(t *testing.T) {
 	require.Zero(t, s.signed(), "answers to an older diff, or over another root, are ignored")
 
 	s.absorb(2, [][]byte{stateSig(t, f, f.SlotKey(0), 0, 2, rootOf(2)), stateSig(t, f, f.SlotKey(1), 1, 2, rootOf(2))})
-	require.False(t, s.quorum(), "2 of 3 slots are not more than 2/3")
+	require.False(t, s.quorum(), "2 of 3 slots are no quorum")
 	s.absorb(2, [][]byte{stateSig(t, f, f.SlotKey(2), 2, 2, rootOf(2))})
 	require.True(t, s.quorum())
 }
