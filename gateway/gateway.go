@@ -21,8 +21,8 @@ import (
 	"time"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/session"
-	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
@@ -138,7 +138,7 @@ type Gateway struct {
 	key     *signing.PrivKey
 	state   *State
 	chain   Chain
-	peers   *peers
+	peers   *hostapi.Client
 	auth    session.Authorizer
 	log     *slog.Logger
 	metrics *Metrics
@@ -146,11 +146,11 @@ type Gateway struct {
 
 	mu       sync.Mutex
 	closed   bool
-	epoch    uint64                // latest epoch seen on chain
-	lanes    []*sequencer          // the escrows taking new requests; nil: none yet
-	creating []chan struct{}       // per lane, held while its escrow is being created
-	next     uint64                // round-robin over the lanes
-	all      map[uint64]*sequencer // every escrow not yet settled
+	epoch    uint64             // latest epoch seen on chain
+	lanes    []*escrow          // the escrows taking new requests; nil: none yet
+	creating []chan struct{}    // per lane, held while its escrow is being created
+	next     uint64             // round-robin over the lanes
+	all      map[uint64]*escrow // every escrow not yet settled
 
 	bg     sync.WaitGroup // settlements and loops
 	stop   context.CancelFunc
@@ -165,7 +165,7 @@ func New(cfg Config) *Gateway {
 	g := &Gateway{
 		cfg: cfg, key: cfg.Key, state: cfg.State, chain: cfg.Chain, auth: cfg.Auth,
 		peers: newPeers(cfg.Key, cfg.ChainID, cfg.HostTimeout), log: cfg.Logger, metrics: cfg.Metrics, memo: signing.NewMemo(memoSize),
-		all: map[uint64]*sequencer{}, lanes: make([]*sequencer, cfg.Lanes), creating: make([]chan struct{}, cfg.Lanes),
+		all: map[uint64]*escrow{}, lanes: make([]*escrow, cfg.Lanes), creating: make([]chan struct{}, cfg.Lanes),
 		stop: cancel, loopCx: ctx,
 	}
 	for i := range g.creating {
@@ -178,11 +178,11 @@ func New(cfg Config) *Gateway {
 // more than the txs in flight between two diffs of every lane.
 const memoSize = 1 << 16
 
-// takeLane puts q in a free lane; false if every lane is taken.
-func (g *Gateway) takeLane(q *sequencer) bool {
+// takeLane puts e in a free lane; false if every lane is taken.
+func (g *Gateway) takeLane(e *escrow) bool {
 	for i, l := range g.lanes {
 		if l == nil {
-			g.lanes[i] = q
+			g.lanes[i] = e
 			return true
 		}
 	}
@@ -207,96 +207,28 @@ func (g *Gateway) Start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	for _, e := range stored {
-		q, err := g.restore(ctx, e)
+	for _, se := range stored {
+		e, err := g.restore(ctx, se)
 		if err != nil {
-			return fmt.Errorf("resume escrow %d: %w", e.Snapshot.EscrowId, err)
+			return fmt.Errorf("resume escrow %d: %w", se.Snapshot.EscrowId, err)
 		}
-		g.all[q.id()] = q
-		q.mu.Lock()
-		tail := q.adoptTail(ctx)
-		q.mu.Unlock()
+		g.all[e.id()] = e
+		tail := e.seq.adoptTail(ctx)
 		switch {
 		case tail != nil:
-			g.log.Warn("resumed escrow waits for a host; it will be settled once the host answers", "escrow", q.id(), "err", tail)
-			g.settleLater(q)
-		case q.status == StatusSettling || e.Snapshot.Epoch < epoch:
-			g.settleLater(q)
-		case !g.takeLane(q):
-			g.settleLater(q) // more open escrows than lanes
+			g.log.Warn("resumed escrow waits for a host; it will be settled once the host answers", "escrow", e.id(), "err", tail)
+			g.settleLater(e)
+		case se.Status == StatusSettling || se.Snapshot.Epoch < epoch:
+			g.settleLater(e)
+		case !g.takeLane(e):
+			g.settleLater(e) // more open escrows than lanes
 		}
-		g.log.Info("resumed escrow", "escrow", q.id(), "nonce", q.replica.Nonce(), "status", q.status)
+		g.log.Info("resumed escrow", "escrow", e.id(), "nonce", e.seq.nonce(), "status", se.Status)
 	}
 	g.bg.Add(2)
 	go g.every(g.cfg.FlushEvery, g.flushLanes)
 	go g.every(g.cfg.EpochPoll, g.settleEnded)
 	return nil
-}
-
-// restore rebuilds a sequencer from its stored diffs.
-func (g *Gateway) restore(ctx context.Context, e StoredEscrow) (*sequencer, error) {
-	q, err := g.newSequencer(ctx, e.Snapshot)
-	if err != nil {
-		return nil, err
-	}
-	q.status = e.Status
-	for from := uint64(1); ; {
-		diffs, err := g.state.Diffs(ctx, q.id(), from, 512)
-		if err != nil {
-			return nil, err
-		}
-		for _, sd := range diffs {
-			var d sessionpb.Diff
-			if err := d.Unmarshal(sd.Data); err != nil {
-				return nil, fmt.Errorf("stored diff %d: %w", sd.Nonce, err)
-			}
-			if _, err := q.replica.Apply(&d); err != nil {
-				return nil, fmt.Errorf("replaying stored diff %d: %w", sd.Nonce, err)
-			}
-			from = sd.Nonce + 1
-		}
-		if len(diffs) < 512 {
-			break
-		}
-	}
-	// Optimistic: hosts that are behind answer 409 and are replayed.
-	for i := range q.members {
-		q.acked[i] = q.replica.Nonce()
-	}
-	q.sigNonce = q.replica.Nonce()
-	q.tailUnknown = q.status != StatusSettled
-	return q, nil
-}
-
-// newSequencer resolves the group's hosts and starts an empty replica.
-func (g *Gateway) newSequencer(ctx context.Context, snap *sessionpb.EscrowSnapshot) (*sequencer, error) {
-	replica, err := session.New(snap, g.auth)
-	if err != nil {
-		return nil, err
-	}
-	replica.UseMemo(g.memo)
-	q := &sequencer{g: g, snap: snap, replica: replica, status: StatusOpen,
-		pending: map[string]*pooled{}, known: map[string]bool{}, acked: map[int]uint64{}, down: map[int]time.Time{}, sigs: map[uint32]*sessionpb.StateSignature{}}
-	byAddr := map[signing.Address]*member{}
-	for slot, raw := range snap.Group {
-		a, err := signing.AddressFromBytes(raw)
-		if err != nil {
-			return nil, err
-		}
-		m, ok := byAddr[a]
-		if !ok {
-			url, err := g.chain.HostURL(ctx, a)
-			if err != nil {
-				return nil, err
-			}
-			m = &member{addr: a, url: url}
-			byAddr[a] = m
-			q.members = append(q.members, m)
-		}
-		m.slots = append(m.slots, uint32(slot))
-	}
-	q.waiting = make([]int, len(q.members))
-	return q, nil
 }
 
 // Completion is a finished request.
@@ -336,170 +268,19 @@ func (g *Gateway) Normalize(req *executor.Request) error {
 // Models lists the models apps may ask for.
 func (g *Gateway) Models() []string { return append([]string(nil), g.cfg.Models...) }
 
-// Complete runs one request: it starts it in a session, streams the
-// executor's text to emit, and on an executor that refuses, dies or stalls,
-// retries under a new nonce on another host. Text already emitted is not
-// emitted twice: a retry's output must repeat it (deterministic models do)
-// or the request fails. req must have been normalized.
-func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(string) error) (*Completion, error) {
-	var delivered []byte // text already given to emit, across attempts
-	rotations := 0       // escrows retired for this request
-	var lastErr error
-	for attempt := 1; attempt <= g.cfg.Attempts; attempt++ {
-		q, err := g.sequencerFor(ctx)
-		if err != nil {
-			return nil, err
-		}
-		began := time.Now()
-		st, err := q.start(ctx, req)
-		if errors.Is(err, errEscrowLow) {
-			g.retire(q)
-			if rotations++; rotations > maxRotations {
-				return nil, fmt.Errorf("%w: %d fresh escrows could not take the request", ErrNoHost, maxRotations)
-			}
-			attempt-- // not the executor's fault
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		nonce, url, addr := st.nonce, st.url, st.addr
-		g.metrics.phase(PhaseSequence, began)
-		began = time.Now()
-		// The stream is asked for at once, beside the diff's delivery: the
-		// executor starts the inference when it has checked the diff, and
-		// its stream waits for it. A delivery that fails ends the stream.
-		streamCx, cancelStream := context.WithCancel(ctx)
-		taken := make(chan error, 1)
-		go func() {
-			err := st.sent.wait(streamCx, st.exec)
-			if err == nil {
-				g.metrics.phase(PhaseExecutor, began)
-			} else {
-				cancelStream()
-			}
-			taken <- err
-		}()
-		// Nothing of the answer reaches the app before the diff that
-		// started it is stored: the app's answer is always on the books.
-		// Pieces that come before the write has landed are held, and the
-		// stream read on meanwhile.
-		var storeErr error
-		isStored := false
-		stored := func(block bool) (bool, error) {
-			if !isStored {
-				if block {
-					storeErr = <-st.stored // the write is not cut short by ctx
-				} else {
-					select {
-					case storeErr = <-st.stored:
-					default:
-						return false, nil
-					}
-				}
-				isStored = true
-			}
-			return true, storeErr
-		}
-		var text []byte
-		var held []string // pieces not yet passed on
-		pass := func(piece string) error {
-			text = append(text, piece...)
-			n := min(len(text), len(delivered))
-			if string(text[:n]) != string(delivered[:n]) {
-				return errDiverged
-			}
-			if len(text) <= len(delivered) {
-				return nil // a retry repeating what the app already has
-			}
-			fresh := text[max(len(delivered), len(text)-len(piece)):]
-			delivered = append(delivered, fresh...)
-			return emit(string(fresh))
-		}
-		release := func() error {
-			for len(held) > 0 {
-				piece := held[0]
-				held = held[1:]
-				if err := pass(piece); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		forward := func(piece string) error {
-			held = append(held, piece)
-			if ok, err := stored(false); !ok || err != nil {
-				return err
-			}
-			return release()
-		}
-		res, err := g.peers.inference(streamCx, url, addr, q.id(), nonce, req, g.cfg.StallTimeout, forward)
-		g.metrics.phase(PhaseStream, began)
-		if _, serr := stored(true); serr != nil {
-			cancelStream()
-			<-taken
-			return nil, serr // the diff stays unwritten: its nonce is taken (sequencer.store)
-		}
-		if err == nil {
-			err = release()
-		}
-		cancelStream()
-		// A whole answer stands whatever became of the delivery: the
-		// executor streams only a diff it has checked. A failed stream
-		// whose delivery failed is the delivery's failure (a delivery still
-		// pending was cut by cancelStream above and does not count).
-		if deliveryErr := <-taken; err != nil && deliveryErr != nil && !errors.Is(deliveryErr, context.Canceled) && ctx.Err() == nil {
-			// The executor did not take the diff that starts the request:
-			// retry on another host, as if it had failed the stream.
-			lastErr = deliveryErr
-			g.metrics.retries.Inc()
-			g.log.Warn("executor did not take the start; retrying on another host", "escrow", q.id(), "nonce", nonce, "attempt", attempt, "err", deliveryErr)
-			q.markDown(url)
-			continue
-		}
-		if err == nil {
-			if len(text) < len(delivered) {
-				return nil, fmt.Errorf("%w: the retried answer is shorter than what was already streamed", ErrNoHost)
-			}
-			// Verified now, so that they are carried by the next diff even
-			// if the host dies now; the memo makes carrying them cheap.
-			q.admit(st.exec, res.Txs)
-			c := &Completion{Text: string(text), Usage: res.Usage, FinishReason: res.FinishReason, Model: req.Model,
-				EscrowID: q.id(), Nonce: nonce, Attempts: attempt, Cost: q.cost(res.Usage, req)}
-			return c, nil
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if errors.Is(err, errDiverged) {
-			return nil, fmt.Errorf("%w: the executor died mid-stream and the retry's answer differs from what was already streamed", ErrNoHost)
-		}
-		if !isHostError(err) {
-			return nil, err // the app went away: emit failed
-		}
-		lastErr = err
-		g.metrics.retries.Inc()
-		g.log.Warn("executor failed; retrying on another host", "escrow", q.id(), "nonce", nonce, "attempt", attempt, "err", err)
-		q.markDown(url)
-	}
-	return nil, fmt.Errorf("%w after %d attempts: %v", ErrNoHost, g.cfg.Attempts, lastErr)
-}
-
-var errDiverged = errors.New("retried output diverged")
-
 // maxRotations bounds how many escrows one request may retire for being
 // too low: a request no fresh escrow can cover must not lock escrow after
 // escrow.
 const maxRotations = 2
 
 func isHostError(err error) bool {
-	var he *HostError
+	var he *hostapi.Error
 	return errors.As(err, &he)
 }
 
-// sequencerFor returns an escrow that takes new requests, in round robin
+// escrowFor returns an escrow that takes new requests, in round robin
 // over the lanes, creating the lane's escrow if it has none.
-func (g *Gateway) sequencerFor(ctx context.Context) (*sequencer, error) {
+func (g *Gateway) escrowFor(ctx context.Context) (*escrow, error) {
 	g.mu.Lock()
 	lane := int(g.next % uint64(len(g.lanes)))
 	g.next++
@@ -510,9 +291,9 @@ func (g *Gateway) sequencerFor(ctx context.Context) (*sequencer, error) {
 			g.mu.Unlock()
 			return nil, ErrClosed
 		}
-		if q := g.lanes[lane]; q != nil {
+		if e := g.lanes[lane]; e != nil {
 			g.mu.Unlock()
-			return q, nil
+			return e, nil
 		}
 		g.mu.Unlock()
 		select {
@@ -521,28 +302,28 @@ func (g *Gateway) sequencerFor(ctx context.Context) (*sequencer, error) {
 			return nil, ctx.Err()
 		}
 		g.mu.Lock()
-		q := g.lanes[lane]
+		e := g.lanes[lane]
 		g.mu.Unlock()
-		if q != nil { // another request created it while this one waited
+		if e != nil { // another request created it while this one waited
 			<-g.creating[lane]
-			return q, nil
+			return e, nil
 		}
-		q, err := g.createEscrow(ctx)
+		e, err := g.createEscrow(ctx)
 		<-g.creating[lane]
 		if err != nil {
 			return nil, err
 		}
 		g.mu.Lock()
-		g.all[q.id()] = q
+		g.all[e.id()] = e
 		if g.lanes[lane] == nil {
-			g.lanes[lane] = q
+			g.lanes[lane] = e
 		}
 		g.mu.Unlock()
 	}
 }
 
 // createEscrow locks a new escrow in the current epoch.
-func (g *Gateway) createEscrow(ctx context.Context) (*sequencer, error) {
+func (g *Gateway) createEscrow(ctx context.Context) (*escrow, error) {
 	epoch, state, err := g.chain.Epoch(ctx)
 	if err != nil {
 		return nil, err
@@ -561,7 +342,7 @@ func (g *Gateway) createEscrow(ctx context.Context) (*sequencer, error) {
 	if err != nil {
 		return nil, err
 	}
-	q, err := g.newSequencer(ctx, snap)
+	e, err := g.newEscrow(ctx, snap, StatusOpen)
 	if err != nil {
 		return nil, err
 	}
@@ -570,42 +351,40 @@ func (g *Gateway) createEscrow(ctx context.Context) (*sequencer, error) {
 	}
 	g.metrics.escrows.Inc()
 	g.log.Info("escrow created", "escrow", snap.EscrowId, "epoch", snap.Epoch, "amount", snap.Amount, "group", len(snap.Group))
-	return q, nil
+	return e, nil
 }
 
-// retire stops new requests on q and settles it in the background.
-func (g *Gateway) retire(q *sequencer) {
+// retire stops new requests on e and settles it in the background.
+func (g *Gateway) retire(e *escrow) {
 	g.mu.Lock()
 	for i, l := range g.lanes {
-		if l == q {
+		if l == e {
 			g.lanes[i] = nil
 		}
 	}
 	g.mu.Unlock()
-	g.settleLater(q)
+	g.settleLater(e)
 }
 
-func (g *Gateway) settleLater(q *sequencer) {
-	q.mu.Lock()
-	if q.settling {
-		q.mu.Unlock()
+// settleLater settles e in the background, retrying until it is settled
+// or the gateway halts, unless its settlement has begun.
+func (g *Gateway) settleLater(e *escrow) {
+	if !e.seq.stopTaking() {
 		return
 	}
-	q.settling = true
-	q.mu.Unlock()
 	g.bg.Add(1)
 	go func() {
 		defer g.bg.Done()
 		for attempt := 0; ; attempt++ {
-			err := q.settle(g.loopCx)
+			err := e.settle.settle(g.loopCx)
 			if err == nil {
-				g.forget(q)
+				g.forget(e)
 				return
 			}
 			if g.loopCx.Err() != nil {
 				return
 			}
-			g.log.Warn("settlement not done; retrying", "escrow", q.id(), "err", err)
+			g.log.Warn("settlement not done; retrying", "escrow", e.id(), "err", err)
 			select {
 			case <-g.loopCx.Done():
 				return
@@ -615,9 +394,9 @@ func (g *Gateway) settleLater(q *sequencer) {
 	}()
 }
 
-func (g *Gateway) forget(q *sequencer) {
+func (g *Gateway) forget(e *escrow) {
 	g.mu.Lock()
-	delete(g.all, q.id())
+	delete(g.all, e.id())
 	g.mu.Unlock()
 }
 
@@ -625,20 +404,20 @@ func (g *Gateway) forget(q *sequencer) {
 // ctx ends.
 func (g *Gateway) SettleAll(ctx context.Context) error {
 	g.mu.Lock()
-	qs := make([]*sequencer, 0, len(g.all))
-	for _, q := range g.all {
-		qs = append(qs, q)
+	es := make([]*escrow, 0, len(g.all))
+	for _, e := range g.all {
+		es = append(es, e)
 	}
 	clear(g.lanes)
 	g.mu.Unlock()
-	errs := make([]error, len(qs))
+	errs := make([]error, len(es))
 	var wg sync.WaitGroup
-	for i, q := range qs {
+	for i, e := range es {
 		wg.Add(1)
 		go func() { // escrows settle independently: each waits on its own hosts
 			defer wg.Done()
-			if errs[i] = q.settle(ctx); errs[i] == nil {
-				g.forget(q)
+			if errs[i] = e.settle.settle(ctx); errs[i] == nil {
+				g.forget(e)
 			}
 		}()
 	}
@@ -666,14 +445,14 @@ func (g *Gateway) Close(ctx context.Context) error {
 func (g *Gateway) halt() {
 	g.mu.Lock()
 	g.closed = true
-	all := make([]*sequencer, 0, len(g.all))
-	for _, q := range g.all {
-		all = append(all, q)
+	all := make([]*escrow, 0, len(g.all))
+	for _, e := range g.all {
+		all = append(all, e)
 	}
 	g.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), g.cfg.HostTimeout)
-	for _, q := range all {
-		q.sendHeld(ctx)
+	for _, e := range all {
+		e.out.sendHeld(ctx)
 	}
 	cancel()
 	g.stop()
@@ -702,9 +481,9 @@ func (g *Gateway) flushLanes() {
 	g.mu.Lock()
 	lanes := slices.Clone(g.lanes)
 	g.mu.Unlock()
-	for _, q := range lanes {
-		if q != nil {
-			q.flush(g.loopCx, g.cfg.FlushEvery)
+	for _, e := range lanes {
+		if e != nil {
+			e.flush(g.loopCx, g.cfg.FlushEvery)
 		}
 	}
 }
@@ -717,16 +496,16 @@ func (g *Gateway) settleEnded() {
 	}
 	g.mu.Lock()
 	g.epoch = epoch
-	var old []*sequencer
-	for _, q := range g.all {
-		if q.snap.Epoch < epoch {
-			old = append(old, q)
+	var old []*escrow
+	for _, e := range g.all {
+		if e.snap.Epoch < epoch {
+			old = append(old, e)
 		}
 	}
 	g.mu.Unlock()
-	for _, q := range old {
-		g.log.Info("epoch turned; settling escrow", "escrow", q.id(), "escrow_epoch", q.snap.Epoch, "epoch", epoch)
-		g.retire(q)
+	for _, e := range old {
+		g.log.Info("epoch turned; settling escrow", "escrow", e.id(), "escrow_epoch", e.snap.Epoch, "epoch", epoch)
+		g.retire(e)
 	}
 }
 
@@ -756,22 +535,16 @@ type EscrowView struct {
 // Escrows describes every escrow not yet settled, by id.
 func (g *Gateway) Escrows() []EscrowView {
 	g.mu.Lock()
-	qs := make([]*sequencer, 0, len(g.all))
-	for _, q := range g.all {
-		qs = append(qs, q)
+	es := make([]*escrow, 0, len(g.all))
+	for _, e := range g.all {
+		es = append(es, e)
 	}
 	lanes := slices.Clone(g.lanes)
 	g.mu.Unlock()
-	sort.Slice(qs, func(i, j int) bool { return qs[i].id() < qs[j].id() })
-	out := make([]EscrowView, 0, len(qs))
-	for _, q := range qs {
-		q.mu.Lock()
-		root := q.replica.Root()
-		v := EscrowView{ID: q.id(), Epoch: q.snap.Epoch, Status: q.status, Phase: q.replica.Phase().String(), Nonce: q.replica.Nonce(),
-			Root: fmt.Sprintf("%x", root), Balance: q.replica.Balance(), NextExecutor: q.members[q.executorMember(q.replica.Nonce()+1)].url,
-			Current: slices.Contains(lanes, q)}
-		q.mu.Unlock()
-		out = append(out, v)
+	sort.Slice(es, func(i, j int) bool { return es[i].id() < es[j].id() })
+	out := make([]EscrowView, 0, len(es))
+	for _, e := range es {
+		out = append(out, e.view(slices.Contains(lanes, e)))
 	}
 	return out
 }

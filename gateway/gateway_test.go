@@ -695,13 +695,13 @@ func TestRestartResumesEscrow(t *testing.T) {
 func (b *bundle) waitDelivered(t *testing.T, id, nonce uint64) {
 	t.Helper()
 	b.gw.mu.Lock()
-	q := b.gw.all[id]
+	out := b.gw.all[id].out
 	b.gw.mu.Unlock()
 	require.Eventually(t, func() bool {
-		q.net.Lock()
-		defer q.net.Unlock()
-		for i := range q.members {
-			if q.acked[i] < nonce {
+		out.mu.Lock()
+		defer out.mu.Unlock()
+		for i := range out.members {
+			if out.acked[i] < nonce {
 				return false
 			}
 		}
@@ -1040,20 +1040,20 @@ func TestDiffWriteThatLandedDespiteAnErrorStands(t *testing.T) {
 	b.requireOneSettlementPaying(t, wantCost, "every answer is paid")
 }
 
-// sequencerOf is the gateway's sequencer of escrow id.
-func (b *bundle) sequencerOf(t *testing.T, id uint64) *sequencer {
+// escrowOf is the gateway's escrow id.
+func (b *bundle) escrowOf(t *testing.T, id uint64) *escrow {
 	t.Helper()
 	b.gw.mu.Lock()
 	defer b.gw.mu.Unlock()
-	q := b.gw.all[id]
-	require.NotNil(t, q, "the gateway has no escrow %d", id)
-	return q
+	e := b.gw.all[id]
+	require.NotNil(t, e, "the gateway has no escrow %d", id)
+	return e
 }
 
 // heldBy reads diff nonce of escrow id as host m stores it.
 func (b *bundle) heldBy(t *testing.T, m *member, id, nonce uint64) []byte {
 	t.Helper()
-	held, err := b.gw.peers.diffs(t.Context(), m.url, m.addr, id, nonce, 1)
+	held, err := b.gw.peers.Diffs(t.Context(), m.url, m.addr, id, nonce, 1)
 	require.NoError(t, err)
 	require.NotEmpty(t, held, "host %s holds no diff %d", m.url, nonce)
 	require.Equal(t, nonce, held[0].Nonce)
@@ -1078,17 +1078,15 @@ func failNextWrite(st *State) func() uint64 {
 // executorOf is the member of escrow id that executes nonce n.
 func (b *bundle) executorOf(t *testing.T, id, n uint64) *member {
 	t.Helper()
-	q := b.sequencerOf(t, id)
-	q.mu.Lock()
-	defer q.mu.Unlock()
-	return q.members[q.executorMember(n)]
+	e := b.escrowOf(t, id)
+	return e.out.members[e.seq.executorOf(n)]
 }
 
 // waitHeld waits until host m stores diff n of escrow id.
 func (b *bundle) waitHeld(t *testing.T, m *member, id, n uint64) {
 	t.Helper()
 	require.Eventually(t, func() bool {
-		held, err := b.gw.peers.diffs(t.Context(), m.url, m.addr, id, n, 1)
+		held, err := b.gw.peers.Diffs(t.Context(), m.url, m.addr, id, n, 1)
 		return err == nil && len(held) == 1
 	}, 5*time.Second, 5*time.Millisecond, "host %s stores diff %d", m.url, n)
 }
@@ -1455,12 +1453,12 @@ func TestHoldIsBoundedByTheSealGrace(t *testing.T) {
 // is held: every run that is due has been taken by its goroutine.
 func (b *bundle) waitOnlyHeldQueued(t *testing.T, id uint64) {
 	t.Helper()
-	q := b.sequencerOf(t, id)
+	c := b.escrowOf(t, id).out
 	require.Eventually(t, func() bool {
-		for i := range q.members {
-			out := &q.members[i].out
+		for i := range c.members {
+			out := &c.members[i].out
 			out.mu.Lock()
-			due := out.ready(q.held())
+			due := out.ready(c.held)
 			out.mu.Unlock()
 			if due {
 				return false

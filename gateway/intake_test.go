@@ -122,12 +122,12 @@ func TestAttackForgedTxsDoNotStopTheSequencer(t *testing.T) {
 		c = b.complete(t, ask(i))
 		require.Equal(t, uint64(i+1), c.Nonce)
 	}
-	q := b.sequencerOf(t, c.EscrowID)
-	bad := q.members[2].addr.String()
+	e := b.escrowOf(t, c.EscrowID)
+	bad := e.out.members[2].addr.String()
 	require.GreaterOrEqual(t, dropped(t, b.gw.metrics, bad, string(session.ReasonUnauthorized)), float64(100+1),
 		"every forged tx is counted against the host that sent it (the variants of one as one)")
 	for i := range 2 {
-		require.Zero(t, dropped(t, b.gw.metrics, q.members[i].addr.String(), string(session.ReasonUnauthorized)), "honest host %d", i)
+		require.Zero(t, dropped(t, b.gw.metrics, e.out.members[i].addr.String(), string(session.ReasonUnauthorized)), "honest host %d", i)
 	}
 }
 
@@ -161,8 +161,8 @@ func TestBadHostTxsAreCountedAgainstTheirHost(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	c := b.complete(t, ask(0))
-	q := b.sequencerOf(t, c.EscrowID)
-	id := q.id()
+	e := b.escrowOf(t, c.EscrowID)
+	id := e.id()
 	good := b.signedBy(t, id, 1, timeoutVote(1))
 	foreign := b.signedBy(t, id, 2, timeoutVote(3)) // slot 2's key, claiming slot 1 below
 	var stolen sessionpb.Tx
@@ -173,7 +173,7 @@ func TestBadHostTxsAreCountedAgainstTheirHost(t *testing.T) {
 	unsigned, err := (&sessionpb.Tx{Slot: 1, Body: timeoutVote(2).Body}).Marshal()
 	require.NoError(t, err)
 
-	q.admit(1, [][]byte{
+	e.in.admit(1, [][]byte{
 		good,
 		append(append([]byte(nil), good...), 0xf8, 0x07, 0x01), // unknown field
 		{0xff},      // does not decode
@@ -181,7 +181,7 @@ func TestBadHostTxsAreCountedAgainstTheirHost(t *testing.T) {
 		unsigned,    // no signature
 		foreign[:0], // empty: decodes to a tx with no body
 	})
-	host := q.members[1].addr.String()
+	host := e.out.members[1].addr.String()
 	for reason, want := range map[session.Reason]float64{
 		session.ReasonEncoding:     1,
 		session.ReasonMalformed:    2,
@@ -190,9 +190,9 @@ func TestBadHostTxsAreCountedAgainstTheirHost(t *testing.T) {
 	} {
 		require.Equal(t, want, dropped(t, b.gw.metrics, host, string(reason)), string(reason))
 	}
-	q.mu.Lock()
-	carried := q.carry()
-	q.mu.Unlock()
+	e.seq.mu.Lock()
+	carried := e.seq.carry()
+	e.seq.mu.Unlock()
 	want, err := session.DecodeTx(good)
 	require.NoError(t, err)
 	keys := make([]string, 0, len(carried))
@@ -212,8 +212,8 @@ func TestAttackHostPendingTxsAreCapped(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	c := b.complete(t, ask(0))
-	q := b.sequencerOf(t, c.EscrowID)
-	id := q.id()
+	e := b.escrowOf(t, c.EscrowID)
+	id := e.id()
 	var many [][]byte
 	for i := range 30 { // variants of one vote: one place
 		many = append(many, b.signedBy(t, id, 1, &sessionpb.Tx{Body: &sessionpb.Tx_Validation{Validation: &sessionpb.Validation{InferenceId: 1, Valid: i%2 == 0, ResponseHash: make([]byte, 32-i)}}}))
@@ -221,24 +221,24 @@ func TestAttackHostPendingTxsAreCapped(t *testing.T) {
 	for i := range maxPendingPerHost + 40 {
 		many = append(many, b.signedBy(t, id, 1, timeoutVote(uint64(1000+i))))
 	}
-	q.net.Lock()
-	before := q.waiting[1] // its own txs of inference 1
-	q.net.Unlock()
-	q.admit(1, many)
-	q.admit(0, [][]byte{b.signedBy(t, id, 0, timeoutVote(1))})
-	host := q.members[1].addr.String()
+	e.in.mu.Lock()
+	before := e.in.waiting[1] // its own txs of inference 1
+	e.in.mu.Unlock()
+	e.in.admit(1, many)
+	e.in.admit(0, [][]byte{b.signedBy(t, id, 0, timeoutVote(1))})
+	host := e.out.members[1].addr.String()
 	// One variant and maxPendingPerHost-before-1 timeouts get in.
 	require.Equal(t, float64(40+1+before), dropped(t, b.gw.metrics, host, "pending_cap"))
-	q.net.Lock()
-	require.Equal(t, maxPendingPerHost, q.waiting[1])
-	require.Equal(t, 1, q.waiting[0], "another host's tx still gets in")
-	q.net.Unlock()
+	e.in.mu.Lock()
+	require.Equal(t, maxPendingPerHost, e.in.waiting[1])
+	require.Equal(t, 1, e.in.waiting[0], "another host's tx still gets in")
+	e.in.mu.Unlock()
 
 	// Once the state drops them (no such inferences), the host has room.
-	q.mu.Lock()
-	q.carry()
-	q.mu.Unlock()
-	q.net.Lock()
-	require.Equal(t, before, q.waiting[1])
-	q.net.Unlock()
+	e.seq.mu.Lock()
+	e.seq.carry()
+	e.seq.mu.Unlock()
+	e.in.mu.Lock()
+	require.Equal(t, before, e.in.waiting[1])
+	e.in.mu.Unlock()
 }
