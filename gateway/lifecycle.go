@@ -70,7 +70,7 @@ func (q *sequencer) startLocked(ctx context.Context, req executor.Request) (*sta
 	if err := q.catchUp(ctx); err != nil {
 		return nil, nil, err
 	}
-	in := uint64(executor.PromptTokens(req.Messages))
+	in := executor.PromptTokenBound(req.Model, req.Messages)
 	reserve, err := session.Reservation(in, uint64(req.MaxTokens), q.snap.TokenPrice)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %w; lower max_tokens or shorten the prompt", ErrRequest, err)
