@@ -153,10 +153,10 @@ func TestARunCutShortByABadDiffKeepsWhatCameBefore(t *testing.T) {
 	require.Equal(t, uint64(3), resp.Nonce)
 }
 
-// If the store fails under a run, memory went ahead of disk: the host drops
-// the session and recovers it from storage, so it answers from what is
-// stored, and the same run applies once the store is back.
-func TestAFailedWriteOfARunRecoversTheSessionFromDisk(t *testing.T) {
+// If the store fails under a run, the host answers from what is stored
+// (the run was staged, never committed to memory), and the same run
+// applies once the store is back.
+func TestAFailedWriteOfARunAnswersFromWhatIsStored(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	first := b.build(t, 1)
