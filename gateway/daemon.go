@@ -8,7 +8,11 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"strings"
 	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/devshard/devshard/chainclient"
 	"github.com/devshard/devshard/internal/httpserve"
@@ -50,7 +54,10 @@ type Daemon struct {
 
 // Open starts a gateway: it binds the listener, opens the state file,
 // resumes stored sessions and serves the API.
-func Open(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
+//
+// Every error it returns is one sentence that names the cause and the
+// setting that fixes it; what it took is released first.
+func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:8080"
 	}
@@ -63,24 +70,31 @@ func Open(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 	if len(cfg.Keys) == 0 {
 		return nil, errors.New("gateway: at least one API key is required: list its id and SHA-256 in the keys file (--api-keys-file), or set DEVSHARD_GATEWAY_API_KEY=id:key")
 	}
-	d = &Daemon{served: make(chan error, 1)}
+	switch strings.ToUpper(cfg.Synchronous) {
+	case "", "FULL", "NORMAL":
+	default:
+		return nil, fmt.Errorf("storage.synchronous is %q: set --storage-synchronous (DEVSHARD_GATEWAY_STORAGE_SYNCHRONOUS) to FULL or NORMAL", cfg.Synchronous)
+	}
+	// d is not the named result: a failed Open returns nil, and the
+	// deferred release must still see what was taken.
+	d := &Daemon{served: make(chan error, 1)}
 	defer func() {
 		if err != nil {
 			d.release()
 		}
 	}()
 	if d.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		return nil, fmt.Errorf("cannot listen on %q (%v): set --listen (DEVSHARD_GATEWAY_LISTEN) to a free host:port such as 127.0.0.1:8080", cfg.Listen, err)
 	}
 	if d.state, err = OpenState(filepath.Join(cfg.Home, "state.db"), cfg.Synchronous); err != nil {
 		return nil, err
 	}
 	if d.chainc, err = chainclient.Dial(chainclient.Config{GRPC: cfg.ChainGRPC, RPC: cfg.ChainRPC, Logger: cfg.Logger, Key: cfg.Key, ChainID: cfg.ChainID}); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%v: set --chain-grpc (DEVSHARD_GATEWAY_CHAIN_GRPC) to a chain node's gRPC host:port", err)
 	}
 	if cfg.ChainID == "" {
 		if cfg.ChainID, err = d.chainc.ChainID(ctx); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("the chain is unreachable at %s (%v): start a chain node there, or set --chain-rpc (DEVSHARD_GATEWAY_CHAIN_RPC) to a running node's RPC, or --chain-id to skip asking", cfg.ChainRPC, err)
 		}
 	}
 	gc := cfg.Gateway
@@ -88,7 +102,10 @@ func Open(ctx context.Context, cfg DaemonConfig) (d *Daemon, err error) {
 	gc.Chain = d.chainc
 	gc.Auth = d.chainc.Authorizer()
 	d.Gateway = New(gc)
-	if err := d.Gateway.Start(ctx); err != nil {
+	if err = d.Gateway.Start(ctx); err != nil {
+		if status.Code(err) == codes.Unavailable {
+			return nil, fmt.Errorf("the chain is unreachable at %s (%v): start a chain node there, or set --chain-grpc (DEVSHARD_GATEWAY_CHAIN_GRPC) to a running node's gRPC host:port", cfg.ChainGRPC, err)
+		}
 		return nil, err
 	}
 	d.srv = httpserve.Server(Handler(d.Gateway, APIConfig{Keys: cfg.Keys, MaxInFlight: cfg.MaxInFlight}))
