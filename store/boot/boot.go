@@ -41,6 +41,9 @@ type Config struct {
 	// Dir is the local directory: the SQLite store, the hybrid fallback, and
 	// the Postgres marker.
 	Dir string
+	// Synchronous is the SQLite files' durability, FULL (the default) or
+	// NORMAL: the SQLite store's, and the hybrid driver's local fallback's.
+	Synchronous string
 	// Legacy is the path of a pre-epoch database to migrate on first boot;
 	// empty for none. EpochOf gives each legacy escrow's epoch.
 	Legacy  string
@@ -56,8 +59,11 @@ type Config struct {
 // Opened is an open store and what boot did.
 type Opened struct {
 	*managed.Store
-	Mode   Mode
-	Legacy *legacy.Report
+	Mode Mode
+	// Synchronous is the durability the SQLite store's connections report;
+	// empty when the store is not SQLite alone.
+	Synchronous string
+	Legacy      *legacy.Report
 }
 
 // Open opens the store.
@@ -79,12 +85,18 @@ func Open(ctx context.Context, cfg Config) (*Opened, error) {
 	if cfg.Dir == "" && mode != Postgres {
 		return nil, fmt.Errorf("store mode %s needs a local directory", mode)
 	}
-	inner, err := openDriver(ctx, mode, cfg.Dir, postgresDSN(getenv))
+	inner, err := openDriver(ctx, mode, cfg.Dir, cfg.Synchronous, postgresDSN(getenv))
 	if err != nil {
 		return nil, err
 	}
 	m := managed.New(inner, cfg.Retention)
 	o := &Opened{Store: m, Mode: mode}
+	if s, ok := inner.(*sqlite.Store); ok {
+		if o.Synchronous, err = s.Synchronous(ctx); err != nil {
+			m.Close()
+			return nil, err
+		}
+	}
 	if cfg.Retention.Current != nil {
 		if err := m.CatchUp(ctx); err != nil && !errors.Is(err, store.ErrUnavailable) {
 			m.Close()
@@ -104,12 +116,12 @@ func Open(ctx context.Context, cfg Config) (*Opened, error) {
 	return o, nil
 }
 
-func openDriver(ctx context.Context, mode Mode, dir, dsn string) (store.Store, error) {
+func openDriver(ctx context.Context, mode Mode, dir, synchronous, dsn string) (store.Store, error) {
 	switch mode {
 	case SQLite:
-		return sqlite.Open(ctx, dir, sqlite.Options{})
+		return sqlite.Open(ctx, dir, sqlite.Options{Synchronous: synchronous})
 	case Hybrid:
-		return hybrid.Open(ctx, hybrid.Config{Dir: dir, Postgres: postgres.Config{DSN: dsn}})
+		return hybrid.Open(ctx, hybrid.Config{Dir: dir, SQLite: sqlite.Options{Synchronous: synchronous}, Postgres: postgres.Config{DSN: dsn}})
 	case Postgres:
 		s, err := postgres.Open(ctx, postgres.Config{DSN: dsn})
 		if err != nil {

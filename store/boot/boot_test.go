@@ -116,3 +116,21 @@ func TestLegacyMigrationOnFirstBoot(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(10), last)
 }
+
+// The configured durability reaches every SQLite connection the store
+// opens, its epoch files' too; FULL unless NORMAL is asked.
+func TestSynchronousReachesTheSQLiteFiles(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	o, err := boot.Open(t.Context(), boot.Config{Dir: dir, Getenv: env(nil)})
+	require.NoError(t, err)
+	require.Equal(t, "FULL", o.Synchronous)
+	require.NoError(t, o.CreateSession(t.Context(), storetest.SyntheticSnapshot(1, 1)))
+	require.NoError(t, o.Close())
+
+	normal := open(t, boot.Config{Dir: dir, Synchronous: "NORMAL", Getenv: env(nil)})
+	require.Equal(t, "NORMAL", normal.Synchronous, "read from the meta file's and epoch 1's connections")
+
+	lower := open(t, boot.Config{Mode: boot.SQLite, Dir: t.TempDir(), Synchronous: "normal", Getenv: env(nil)})
+	require.Equal(t, "NORMAL", lower.Synchronous, "the level is case-insensitive")
+}

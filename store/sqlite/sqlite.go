@@ -16,6 +16,7 @@ package sqlite
 import (
 	"cmp"
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"maps"
@@ -195,6 +196,31 @@ func lockDir(dir string) (*os.File, error) {
 
 // Dir is the store's directory.
 func (s *Store) Dir() string { return s.dir }
+
+// Synchronous reads the durability level back from the store's writing
+// connections (the meta file's and every open epoch's), so that a host can
+// log what its commits really do rather than what was asked.
+func (s *Store) Synchronous(ctx context.Context) (string, error) {
+	s.mu.RLock()
+	dbs := []*sql.DB{s.meta.db}
+	for _, e := range s.epochs {
+		dbs = append(dbs, e.w)
+	}
+	s.mu.RUnlock()
+	names := map[int]string{0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}
+	level := ""
+	for _, db := range dbs {
+		var n int
+		if err := db.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&n); err != nil {
+			return "", fmt.Errorf("sqlite store %s: read synchronous: %w", s.dir, err)
+		}
+		if level != "" && names[n] != level {
+			return "", fmt.Errorf("sqlite store %s: connections disagree on synchronous: %s and %s", s.dir, level, names[n])
+		}
+		level = names[n]
+	}
+	return level, nil
+}
 
 // Close closes every file. It waits for operations in flight.
 func (s *Store) Close() error {
