@@ -7,11 +7,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/internal/httpserve"
+	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
 	"github.com/devshard/devshard/store/boot"
 )
@@ -28,6 +32,9 @@ type DaemonConfig struct {
 	Account signing.Address
 	// Chain is read for escrows, epochs, grants and the peers' URLs.
 	Chain Chain
+	// ChainGRPC and ChainRPC are the node addresses Chain dials, named in
+	// what the host says while its chain does not answer.
+	ChainGRPC, ChainRPC string
 	// Sender sends the account's reward claims and the settlements of
 	// escrows the gateway left open; it must sign with the account's own
 	// key (AccountKey). Nil, as with a warm or keyring key, claims and
@@ -36,7 +43,8 @@ type DaemonConfig struct {
 	Executor executor.Executor
 	// Storage opens the store. Retention.Current defaults to the chain's
 	// current epoch, so a host that missed an epoch change still prunes,
-	// and Retention.OnError to a warning in the log.
+	// Retention.OnError to a warning in the log, and EpochOf, for a legacy
+	// database, to the epoch the chain gives the escrow.
 	Storage boot.Config
 	// SnapshotEvery is the engine's K (Config.SnapshotEvery).
 	SnapshotEvery uint64
@@ -58,13 +66,19 @@ type Daemon struct {
 	served chan error
 	stop   context.CancelFunc // ends the loops
 	loops  sync.WaitGroup
+	// waiting is why the host is not ready while it waits for its chain;
+	// empty once the chain has answered.
+	waiting atomic.Pointer[string]
 }
 
 // Open starts a host in the order its readiness depends on: it binds the
-// listener first, so health answers while storage opens; then it opens
-// storage, asks the node its chain id (signed requests name it), opens the
+// listener first, so health answers while the rest comes up; then it waits
+// for the chain node (its chain id names signed requests, its epoch the
+// storage to keep), retrying with backoff while /readyz says why; then it
+// opens storage, migrating a legacy database on first boot, opens the
 // session routes, and starts recovering stored sessions, following epochs
-// and ticking in the background until Close.
+// and ticking in the background until Close. If ctx ends while it waits,
+// Open returns an error wrapping ctx's.
 func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	if cfg.Listen == "" {
 		cfg.Listen = "127.0.0.1:8081"
@@ -92,33 +106,26 @@ func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		}
 	}()
 	if d.ln, err = net.Listen("tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		return nil, fmt.Errorf("cannot listen on %q (%v): set listen (--listen, DEVSHARD_HOST_LISTEN) to a free host:port such as 127.0.0.1:8081", cfg.Listen, err)
 	}
 	peers := newChainPeers(cfg.Chain)
 	d.Engine = New(Config{Key: cfg.Key, Account: account, Escrows: chainEscrows{cfg.Chain}, Executor: cfg.Executor,
 		Auth: cfg.Chain.Authorizer(), SnapshotEvery: cfg.SnapshotEvery, Peers: peers, Logger: log, Metrics: NewMetrics()})
-	d.srv = httpserve.Server(Handler(d.Engine, cfg.Version))
+	d.srv = httpserve.Server(d.explainReadyz(Handler(d.Engine, cfg.Version)))
 	go func() { d.served <- d.srv.Serve(d.ln) }()
 	log.Info("host listening", "addr", d.Addr(), "account", cfg.Chain.Address(account))
 
-	storage := cfg.Storage
-	if storage.Retention.Current == nil {
-		storage.Retention.Current = cfg.Chain.CurrentEpoch
+	chainID, err := d.awaitChain(ctx, cfg)
+	if err != nil {
+		return nil, err
 	}
-	if storage.Retention.OnError == nil {
-		storage.Retention.OnError = func(err error) { log.Warn("storage retention", "err", err) }
-	}
-	if d.st, err = boot.Open(ctx, storage); err != nil {
+	if d.st, err = openStorage(ctx, cfg, log); err != nil {
 		return nil, fmt.Errorf("open storage: %w", err)
 	}
 	d.Engine.SetStore(d.st)
-	chainID, err := cfg.Chain.ChainID(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("ask the chain node its chain id: %w", err)
-	}
 	d.Engine.SetChainID(chainID)
 	d.Engine.MarkReady()
-	log.Info("storage ready", "mode", d.st.Mode)
+	log.Info("storage ready", "mode", d.st.Mode, "synchronous", d.st.Synchronous)
 
 	// The loops outlive Open's ctx: they end at Close.
 	run, stop := context.WithCancel(context.WithoutCancel(ctx))
@@ -136,6 +143,110 @@ func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	d.spawn(func() { d.followEpochs(run, cfg.Chain, claims, log) })
 	d.spawn(func() { d.tick(run, claims, settler) })
 	return d, nil
+}
+
+// openStorage opens the store cfg names, migrating a legacy database
+// first if one is where cfg.Storage.Legacy says, and logs the migration.
+func openStorage(ctx context.Context, cfg DaemonConfig, log *slog.Logger) (*boot.Opened, error) {
+	storage := cfg.Storage
+	if storage.Retention.Current == nil {
+		storage.Retention.Current = cfg.Chain.CurrentEpoch
+	}
+	if storage.Retention.OnError == nil {
+		storage.Retention.OnError = func(err error) { log.Warn("storage retention", "err", err) }
+	}
+	if storage.Legacy != "" && storage.EpochOf == nil {
+		storage.EpochOf = func(ctx context.Context, id uint64, _ *sessionpb.EscrowSnapshot) (uint64, error) {
+			esc, err := cfg.Chain.Escrow(ctx, id)
+			if err != nil {
+				return 0, err
+			}
+			return esc.Snapshot.Epoch, nil
+		}
+	}
+	migrating := false
+	if _, err := os.Stat(storage.Legacy); storage.Legacy != "" && err == nil {
+		migrating = true
+		log.Info("migrating the legacy database into the epoch layout; the host is ready when it is done", "legacy", storage.Legacy, "into", storage.Dir)
+	}
+	st, err := boot.Open(ctx, storage)
+	if err != nil {
+		return nil, err
+	}
+	if rep := st.Legacy; migrating && rep != nil {
+		log.Info("legacy database migrated", "sessions", rep.Sessions, "diffs", rep.Diffs, "dropped_pruned", len(rep.Pruned), "renamed_to", rep.RenamedTo)
+	}
+	return st, nil
+}
+
+// Waiting for the chain at startup: the first retry comes after
+// chainRetryFirst, each later one after twice the last wait, at most
+// chainRetryMax; each attempt may take chainAttempt.
+var (
+	chainRetryFirst = time.Second
+	chainRetryMax   = 30 * time.Second
+	chainAttempt    = 10 * time.Second
+)
+
+// awaitChain asks the chain node its chain id and current epoch until it
+// answers both, backing off between attempts. Meanwhile /readyz answers
+// 503 with the reason, and each failure is a warning in the log.
+func (d *Daemon) awaitChain(ctx context.Context, cfg DaemonConfig) (string, error) {
+	wait := chainRetryFirst
+	for {
+		id, err := askChain(ctx, cfg)
+		if err == nil {
+			d.waiting.Store(nil)
+			return id, nil
+		}
+		if ctx.Err() != nil {
+			return "", fmt.Errorf("stopped while waiting for the chain (%v): %w", err, ctx.Err())
+		}
+		why := err.Error()
+		d.waiting.Store(&why)
+		cfg.Logger.Warn(why, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return "", fmt.Errorf("stopped while waiting for the chain (%v): %w", err, ctx.Err())
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, chainRetryMax)
+	}
+}
+
+// askChain asks the node its chain id (CometBFT RPC) and current epoch
+// (gRPC); an error names the address that did not answer and the setting
+// that changes it.
+func askChain(ctx context.Context, cfg DaemonConfig) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, chainAttempt)
+	defer cancel()
+	id, err := cfg.Chain.ChainID(ctx)
+	if err != nil {
+		return "", fmt.Errorf("chain unreachable at %s: %v; start the node, or set chain.rpc (--chain-rpc, DEVSHARD_HOST_CHAIN_RPC) to a running node's RPC", nodeAddr(cfg.ChainRPC), err)
+	}
+	if _, err := cfg.Chain.CurrentEpoch(ctx); err != nil {
+		return "", fmt.Errorf("chain unreachable at %s: %v; start the node, or set chain.grpc (--chain-grpc, DEVSHARD_HOST_CHAIN_GRPC) to a running node's gRPC host:port", nodeAddr(cfg.ChainGRPC), err)
+	}
+	return id, nil
+}
+
+func nodeAddr(addr string) string {
+	if addr == "" {
+		return "the configured node"
+	}
+	return addr
+}
+
+// explainReadyz answers /readyz with why the host is not ready while it
+// waits for its chain; next answers everything else, and /readyz after.
+func (d *Daemon) explainReadyz(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if why := d.waiting.Load(); why != nil && r.Method == hostapi.Readyz.Method && r.URL.Path == hostapi.Readyz.Path {
+			writeJSON(w, http.StatusServiceUnavailable, hostapi.StatusResponse{Status: hostapi.Initializing + ": " + *why})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
 }
 
 // Background periods: how often sessions are ticked (stalled inferences

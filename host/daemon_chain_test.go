@@ -28,7 +28,17 @@ type daemonChain struct {
 
 var _ Chain = (*daemonChain)(nil)
 
-func (c *daemonChain) ChainID(context.Context) (string, error) { return c.id, c.idErr }
+func (c *daemonChain) ChainID(context.Context) (string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.id, c.idErr
+}
+
+func (c *daemonChain) setIDErr(err error) {
+	c.mu.Lock()
+	c.idErr = err
+	c.mu.Unlock()
+}
 
 func (c *daemonChain) CurrentEpoch(context.Context) (uint64, error) {
 	c.mu.Lock()

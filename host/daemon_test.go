@@ -101,7 +101,7 @@ func TestDaemonOpenFailureReleasesTheListener(t *testing.T) {
 		want  string
 	}{
 		{"storage", func(b *daemonBundle) { b.cfg.Storage.Mode = boot.Postgres }, "open storage: store mode postgres needs Postgres"},
-		{"chain id", func(b *daemonBundle) { b.chain.idErr = errors.New("node down") }, "ask the chain node its chain id: node down"},
+		{"chain", func(b *daemonBundle) { b.chain.idErr = errors.New("node down") }, "stopped while waiting for the chain (chain unreachable at the configured node: node down"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -111,7 +111,9 @@ func TestDaemonOpenFailureReleasesTheListener(t *testing.T) {
 			b.cfg.Listen = ln.Addr().String()
 			require.NoError(t, ln.Close())
 			tc.setup(b)
-			_, err = Open(t.Context(), b.cfg)
+			ctx, cancel := context.WithTimeout(t.Context(), 300*time.Millisecond)
+			defer cancel()
+			_, err = Open(ctx, b.cfg)
 			require.ErrorContains(t, err, tc.want)
 			ln, err = net.Listen("tcp", b.cfg.Listen)
 			require.NoError(t, err, "the address is free again")
