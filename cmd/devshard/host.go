@@ -123,7 +123,7 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 	}
 	chainc, err := chainclient.Dial(ccfg)
 	if err != nil {
-		return err
+		return fmt.Errorf("%v: set chain.grpc (--chain-grpc, DEVSHARD_HOST_CHAIN_GRPC) to a chain node's gRPC host:port", err)
 	}
 	defer chainc.Close()
 	var sender host.ChainSender
@@ -131,11 +131,14 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 		sender = chainc
 	}
 	d, err := host.Open(ctx, host.DaemonConfig{
-		Listen: cfg.Listen, Key: signer, Account: account, Chain: chainc, Sender: sender, Executor: newExecutor(cfg),
-		Storage: boot.Config{Mode: boot.Mode(cfg.Storage.Driver), Dir: cfg.Path(cfg.Storage.Dir),
-			Retention: managed.Options{Keep: uint64(cfg.Storage.KeepEpochs), Interval: cfg.Storage.CatchUp}},
+		Listen: cfg.Listen, Key: signer, Account: account, Chain: chainc, ChainGRPC: cfg.Chain.GRPC, ChainRPC: cfg.Chain.RPC,
+		Sender: sender, Executor: newExecutor(cfg), Storage: hostStorage(cfg),
 		SnapshotEvery: cfg.Storage.SnapshotEvery, RecoveryWorkers: cfg.Recovery.Workers, Version: buildVersion(), Logger: log,
 	})
+	if err != nil && ctx.Err() != nil {
+		log.Info("shutting down before the host was ready", "err", err)
+		return nil // a signal while the host waited for its chain
+	}
 	if err != nil {
 		return err
 	}
@@ -148,6 +151,20 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 	closeCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return errors.Join(err, d.Close(closeCtx))
+}
+
+// legacyDB is where a host from before the epoch layout kept its single
+// database, relative to home; the first boot of a newer host migrates it.
+const legacyDB = "host.db"
+
+// hostStorage is the storage cfg names: the driver, the directory and its
+// durability, epoch retention, and the legacy database to migrate.
+func hostStorage(cfg *host.FileConfig) boot.Config {
+	return boot.Config{
+		Mode: boot.Mode(cfg.Storage.Driver), Dir: cfg.Path(cfg.Storage.Dir), Synchronous: cfg.Storage.Synchronous,
+		Legacy:    cfg.Path(legacyDB),
+		Retention: managed.Options{Keep: uint64(cfg.Storage.KeepEpochs), Interval: cfg.Storage.CatchUp},
+	}
 }
 
 func newHostInitCommand() *cobra.Command {
