@@ -3,6 +3,7 @@ package host
 import (
 	"context"
 	"errors"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -44,9 +45,10 @@ func TestDaemonWaitsForItsChain(t *testing.T) {
 		if err != nil {
 			return false
 		}
-		resp.Body.Close()
-		return true
-	}, 5*time.Second, 10*time.Millisecond, "the API is up while the chain is not")
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return strings.Contains(string(b), "chain unreachable")
+	}, 5*time.Second, 10*time.Millisecond, "the API is up while the chain is not, and says why")
 	status, body := get(t, url+"/readyz")
 	require.Equal(t, http.StatusServiceUnavailable, status)
 	require.Contains(t, body, "initializing: chain unreachable at http://127.0.0.1:9: connection refused; start the node, or set chain.rpc")

@@ -145,12 +145,15 @@ func TestHostWaitsForAChainStartedLate(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return resp.StatusCode, string(b)
 	}
-	require.Eventually(t, func() bool { s, _ := readyz(); return s == http.StatusServiceUnavailable }, 20*time.Second, 50*time.Millisecond)
-	_, body := readyz()
+	require.Eventually(t, func() bool { _, b := readyz(); return strings.Contains(b, "chain unreachable") }, 20*time.Second, 50*time.Millisecond)
+	status, body := readyz()
+	require.Equal(t, http.StatusServiceUnavailable, status)
 	require.Contains(t, body, "chain unreachable at http://"+rpcAddr)
 	require.Contains(t, body, "connection refused")
 	require.Contains(t, body, "set chain.rpc (--chain-rpc, DEVSHARD_HOST_CHAIN_RPC)")
 	require.NotContains(t, logs.String(), "learn the current epoch")
+	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "retry_in=2s") }, 10*time.Second, 50*time.Millisecond, "the wait doubles")
+	require.Contains(t, logs.String(), "retry_in=1s")
 
 	n, err := node.Start(ctx, node.Config{BlockTime: 200 * time.Millisecond})
 	require.NoError(t, err)
@@ -159,8 +162,6 @@ func TestHostWaitsForAChainStartedLate(t *testing.T) {
 	forward(t, rpcAddr, strings.TrimPrefix(n.RPCAddress, "tcp://"))
 
 	require.Eventually(t, func() bool { s, _ := readyz(); return s == http.StatusOK }, 60*time.Second, 100*time.Millisecond, "ready once the chain answers")
-	require.Contains(t, logs.String(), "retry_in=1s")
-	require.Contains(t, logs.String(), "retry_in=2s", "the wait doubles")
 	stop()
 	require.NoError(t, <-done)
 }
