@@ -168,6 +168,13 @@ func openStorage(ctx context.Context, cfg DaemonConfig, log *slog.Logger) (*boot
 	if _, err := os.Stat(storage.Legacy); storage.Legacy != "" && err == nil {
 		migrating = true
 		log.Info("migrating the legacy database into the epoch layout; the host is ready when it is done", "legacy", storage.Legacy, "into", storage.Dir)
+		var last time.Time
+		storage.Progress = func(done, total int) {
+			if time.Since(last) >= legacyProgressEvery || done == total {
+				last = time.Now()
+				log.Info("migrating the legacy database", "sessions_done", done, "sessions", total)
+			}
+		}
 	}
 	st, err := boot.Open(ctx, storage)
 	if err != nil {
@@ -178,6 +185,9 @@ func openStorage(ctx context.Context, cfg DaemonConfig, log *slog.Logger) (*boot
 	}
 	return st, nil
 }
+
+// legacyProgressEvery spaces the progress lines of a legacy migration.
+const legacyProgressEvery = 5 * time.Second
 
 // Waiting for the chain at startup: the first retry comes after
 // chainRetryFirst, each later one after twice the last wait, at most

@@ -91,6 +91,7 @@ func TestDaemonMigratesALegacyDatabase(t *testing.T) {
 	require.Equal(t, uint64(6), last, "the session and its diffs moved into the store")
 	logs := b.logs.String()
 	require.Contains(t, logs, "migrating the legacy database")
+	require.Contains(t, logs, "sessions_done=1 sessions=1", "a progress line")
 	require.Contains(t, logs, "legacy database migrated")
 	require.Contains(t, logs, "sessions=1 diffs=6")
 	require.Less(t, strings.Index(logs, "legacy database migrated"), strings.Index(logs, `msg="storage ready"`))

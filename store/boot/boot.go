@@ -48,6 +48,8 @@ type Config struct {
 	// empty for none. EpochOf gives each legacy escrow's epoch.
 	Legacy  string
 	EpochOf legacy.EpochOf
+	// Progress, if set, is told how the migration advances.
+	Progress legacy.Progress
 	// Retention configures the managed wrapper. If Retention.Current is set,
 	// Open learns the current epoch from it before migrating, so legacy
 	// sessions of pruned epochs are dropped rather than stored.
@@ -108,7 +110,7 @@ func Open(ctx context.Context, cfg Config) (*Opened, error) {
 			m.Close()
 			return nil, errors.New("store: a legacy database is configured but no epoch lookup (EpochOf) to migrate it with")
 		}
-		if o.Legacy, err = legacy.Migrate(ctx, cfg.Legacy, m, cfg.EpochOf); err != nil {
+		if o.Legacy, err = legacy.Migrate(ctx, cfg.Legacy, m, cfg.EpochOf, cfg.Progress); err != nil {
 			m.Close()
 			return nil, err
 		}

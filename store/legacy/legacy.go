@@ -36,6 +36,10 @@ import (
 // EpochOf returns the epoch of a legacy escrow, typically from the chain.
 type EpochOf func(ctx context.Context, escrowID uint64, snap *sessionpb.EscrowSnapshot) (uint64, error)
 
+// Progress is told, after each session, how many of the file's sessions
+// are done; a large file takes a while, and an operator wants to see it move.
+type Progress func(done, total int)
+
 // Report is what a migration did.
 type Report struct {
 	// Sessions and Diffs were migrated and verified (including those a
@@ -54,7 +58,8 @@ const chunk = 256
 // Migrate moves the legacy database at path into dst. If there is no file
 // at path (never existed, or already migrated) it does nothing. On any
 // error the legacy file stays in place, and running Migrate again resumes.
-func Migrate(ctx context.Context, path string, dst store.Store, epochOf EpochOf) (*Report, error) {
+// progress may be nil.
+func Migrate(ctx context.Context, path string, dst store.Store, epochOf EpochOf, progress Progress) (*Report, error) {
 	rep := &Report{}
 	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 		return rep, nil
@@ -75,17 +80,20 @@ func Migrate(ctx context.Context, path string, dst store.Store, epochOf EpochOf)
 	if err != nil {
 		return nil, err
 	}
-	for _, ls := range sessions {
+	for i, ls := range sessions {
 		n, err := m.session(ctx, ls)
-		if errors.Is(err, store.ErrEpochPruned) {
+		switch {
+		case errors.Is(err, store.ErrEpochPruned):
 			rep.Pruned = append(rep.Pruned, ls.id)
-			continue
-		}
-		if err != nil {
+		case err != nil:
 			return nil, fmt.Errorf("legacy migration of %s stopped at escrow %d (the file is left in place; the next run resumes): %w", path, ls.id, err)
+		default:
+			rep.Sessions++
+			rep.Diffs += n
 		}
-		rep.Sessions++
-		rep.Diffs += n
+		if progress != nil {
+			progress(i+1, len(sessions))
+		}
 	}
 	if err := m.checkTotals(ctx, rep); err != nil {
 		return nil, err

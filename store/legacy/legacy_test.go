@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -78,8 +79,10 @@ func (b *bundle) requireMigrated(t *testing.T, s store.Store) {
 func TestMigrate(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	rep, err := legacy.Migrate(b.ctx, b.path, b.dst, epochOf)
+	var seen []string
+	rep, err := legacy.Migrate(b.ctx, b.path, b.dst, epochOf, func(done, total int) { seen = append(seen, fmt.Sprintf("%d/%d", done, total)) })
 	require.NoError(t, err)
+	require.Equal(t, []string{"1/4", "2/4", "3/4", "4/4"}, seen, "progress after every session")
 	require.Equal(t, 4, rep.Sessions)
 	require.Equal(t, 30+12+45, rep.Diffs)
 	require.Regexp(t, `host\.db\.migrated\.\d+$`, rep.RenamedTo)
@@ -87,7 +90,7 @@ func TestMigrate(t *testing.T) {
 	require.FileExists(t, rep.RenamedTo)
 	b.requireMigrated(t, b.dst)
 
-	again, err := legacy.Migrate(b.ctx, b.path, b.dst, epochOf)
+	again, err := legacy.Migrate(b.ctx, b.path, b.dst, epochOf, nil)
 	require.NoError(t, err, "idempotent: a second boot finds nothing to migrate")
 	require.Equal(t, &legacy.Report{}, again)
 	b.requireMigrated(t, b.dst)
@@ -112,12 +115,12 @@ func TestMigrateResumes(t *testing.T) {
 	b := setup(t)
 	f := &failing{Store: b.dst}
 	f.left.Store(2)
-	_, err := legacy.Migrate(b.ctx, b.path, f, epochOf)
+	_, err := legacy.Migrate(b.ctx, b.path, f, epochOf, nil)
 	require.ErrorContains(t, err, "injected failure")
 	require.ErrorContains(t, err, "the next run resumes")
 	require.FileExists(t, b.path, "an interrupted migration leaves the legacy file in place")
 
-	rep, err := legacy.Migrate(b.ctx, b.path, b.dst, epochOf)
+	rep, err := legacy.Migrate(b.ctx, b.path, b.dst, epochOf, nil)
 	require.NoError(t, err)
 	require.Equal(t, 4, rep.Sessions)
 	require.Equal(t, 87, rep.Diffs)
@@ -133,7 +136,7 @@ func TestMigrateVerifiesRoots(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, db.Close())
 
-	_, err = legacy.Migrate(b.ctx, b.path, b.dst, epochOf)
+	_, err = legacy.Migrate(b.ctx, b.path, b.dst, epochOf, nil)
 	require.ErrorContains(t, err, "escrow 603")
 	require.ErrorContains(t, err, "verification failed")
 	require.FileExists(t, b.path, "a migration that does not verify leaves the legacy file in place")
@@ -143,7 +146,7 @@ func TestMigrateSkipsPrunedEpochs(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	require.NoError(t, b.dst.Prune(b.ctx, 1)) // escrows 600 and 603
-	rep, err := legacy.Migrate(b.ctx, b.path, b.dst, epochOf)
+	rep, err := legacy.Migrate(b.ctx, b.path, b.dst, epochOf, nil)
 	require.NoError(t, err)
 	require.Equal(t, []uint64{600, 603}, rep.Pruned)
 	require.Equal(t, 2, rep.Sessions)
@@ -155,7 +158,7 @@ func TestMigrateSkipsPrunedEpochs(t *testing.T) {
 func TestMigrateNoFile(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
-	rep, err := legacy.Migrate(b.ctx, filepath.Join(t.TempDir(), "none.db"), b.dst, epochOf)
+	rep, err := legacy.Migrate(b.ctx, filepath.Join(t.TempDir(), "none.db"), b.dst, epochOf, nil)
 	require.NoError(t, err)
 	require.Equal(t, &legacy.Report{}, rep)
 }
