@@ -67,7 +67,7 @@ type Daemon struct {
 	stop   context.CancelFunc // ends the loops
 	loops  sync.WaitGroup
 	// waiting is why the host is not ready while it waits for its chain;
-	// empty once the chain has answered.
+	// nil once the chain has answered.
 	waiting atomic.Pointer[string]
 }
 
