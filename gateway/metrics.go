@@ -98,6 +98,14 @@ func NewMetrics() *Metrics {
 		Name: "devshard_gateway_chain_errors_total", Help: "Calls to the chain node that failed, by call: epoch, create_escrow, settle_escrow, closed, host_url, balance.",
 	}, []string{"call"})
 	m.recent, m.hosts = newWindow(statusMinutes), newHostLog()
+	// Series of known labels start at zero, so that rate() sees their
+	// first increase.
+	for _, d := range []string{"in", "out"} {
+		m.tokens.WithLabelValues(d)
+	}
+	for _, call := range chainCalls {
+		m.chainErrors.WithLabelValues(call)
+	}
 	m.Registry.MustRegister(m.requests, m.latency, m.phases, m.diffs, m.retries, m.escrows, m.settlements, m.droppedTxs,
 		m.tokens, m.charged, m.firstTokens, m.inFlight, m.chainErrors, buildinfo.Gauge("devshard_gateway", buildinfo.Read()),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -173,6 +181,9 @@ func (c escrowCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(openDesc, prometheus.GaugeValue, float64(open))
 }
+
+// chainCalls are the calls devshard_gateway_chain_errors_total counts.
+var chainCalls = []string{"epoch", "create_escrow", "settle_escrow", "closed", "host_url", "balance"}
 
 // countChain wraps c so that every failed call is counted by its name.
 // A call the caller gave up on (its context ended) is not the chain's

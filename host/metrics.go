@@ -76,6 +76,14 @@ func NewMetrics() *Metrics {
 		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 	})
 	m.storageUp.Set(1)
+	// Series of known labels start at zero, so that rate() sees their
+	// first increase.
+	for _, d := range []string{"in", "out"} {
+		m.tokens.WithLabelValues(d)
+	}
+	for _, v := range []string{"valid", "invalid"} {
+		m.validations.WithLabelValues(v)
+	}
 	m.Registry.MustRegister(m.diffs, m.rejects, m.applyLatency, m.validations, m.withholds, m.refusals, m.storageUp, m.recovered, m.recoverTotal,
 		m.tokens, m.firstTokens, buildinfo.Gauge("devshard_host", buildinfo.Read()),
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
