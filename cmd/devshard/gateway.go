@@ -100,7 +100,7 @@ DEVSHARD_GATEWAY_STORAGE_SYNCHRONOUS. docs/gateway.md explains each one.`,
 	// line a key is visible to every user of the machine (ps).
 	cmd.Flags().StringSlice("api-key", nil, "never on the command line; set DEVSHARD_GATEWAY_API_KEY=id:key")
 	_ = cmd.Flags().MarkHidden("api-key")
-	cmd.AddCommand(newGatewayInitCommand())
+	cmd.AddCommand(newGatewayInitCommand(), newGatewayStatusCommand())
 	return cmd
 }
 

@@ -48,7 +48,7 @@ func newHostCommand() *cobra.Command {
 		},
 	}
 	load = host.ConfigFlags(cmd.Flags())
-	cmd.AddCommand(newHostInitCommand())
+	cmd.AddCommand(newHostInitCommand(), newHostStatusCommand())
 	return cmd
 }
 
