@@ -3,7 +3,9 @@ package gateway
 import (
 	"context"
 	"embed"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"time"
@@ -126,8 +128,12 @@ func hostReadiness(ctx context.Context, url string) string {
 		return err.Error()
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return resp.Status
+	if resp.StatusCode == http.StatusOK {
+		return ""
 	}
-	return ""
+	var body struct{ Status string }
+	if json.NewDecoder(io.LimitReader(resp.Body, 4096)).Decode(&body) == nil && body.Status != "" {
+		return resp.Status + " (" + body.Status + ")"
+	}
+	return resp.Status
 }

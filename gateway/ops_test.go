@@ -131,7 +131,7 @@ func TestReadyzSaysWhyTheGatewayCannotServe(t *testing.T) {
 	code, status = readyz()
 	require.Equal(t, http.StatusServiceUnavailable, code)
 	require.Contains(t, status, "no host of an open escrow is ready")
-	require.Contains(t, status, b.hosts[0].srv.URL+": 503")
+	require.Contains(t, status, b.hosts[0].srv.URL+": 503 Service Unavailable (initializing)")
 }
 
 func TestVersionNamesTheBuild(t *testing.T) {
