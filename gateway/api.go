@@ -136,6 +136,7 @@ func Handler(g *Gateway, cfg APIConfig) http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(g.metrics.Registry, promhttp.HandlerOpts{}))
+	opsRoutes(mux, g)
 	mux.HandleFunc("GET /v1/models", a.auth(a.models))
 	mux.HandleFunc("POST /v1/chat/completions", a.auth(a.completions))
 	mux.HandleFunc("GET /v1/usage", a.auth(a.usage))
@@ -298,7 +299,7 @@ func (a *api) release(keyID string) {
 func (a *api) completions(w http.ResponseWriter, r *http.Request, keyID string) {
 	began := time.Now()
 	rec := &statusRecorder{ResponseWriter: w}
-	defer func() { a.g.metrics.requests.WithLabelValues(strconv.Itoa(rec.status())).Inc() }()
+	defer func() { a.g.metrics.request(rec.status()) }()
 	w = rec
 
 	var body chatRequest

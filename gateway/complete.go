@@ -16,7 +16,8 @@ import (
 // emitted twice: a retry's output must repeat it (deterministic models do)
 // or the request fails. req must have been normalized.
 func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(string) error) (*Completion, error) {
-	a := &answer{emit: emit}
+	defer g.metrics.begin()()
+	a := &answer{emit: g.metrics.firstToken(emit)}
 	var lastErr error
 	for attempt := 1; attempt <= g.cfg.Attempts; attempt++ {
 		e, st, err := g.sequence(ctx, req, a)
@@ -171,6 +172,7 @@ func (g *Gateway) stream(ctx context.Context, e *escrow, st *started, req execut
 	taken := make(chan error, 1)
 	go g.awaitTaken(streamCx, cancelStream, st, began, taken)
 	res, err := g.peers.Inference(streamCx, st.url, st.addr, e.id(), st.nonce, req, g.cfg.StallTimeout, a.forward)
+	g.metrics.hostAnswered(st.url, time.Since(began), err)
 	g.metrics.phase(PhaseStream, began)
 	if _, serr := a.written(true); serr != nil {
 		cancelStream()
@@ -224,6 +226,7 @@ func (g *Gateway) completed(e *escrow, st *started, req executor.Request, a *ans
 	// Verified now, so that they are carried by the next diff even if the
 	// host dies now; the memo makes carrying them cheap.
 	e.in.admit(st.exec, res.Txs)
+	g.metrics.served(res.Usage, st.charge(res.Usage))
 	return &Completion{Text: string(a.text), Usage: res.Usage, FinishReason: res.FinishReason, Model: req.Model,
 		EscrowID: e.id(), Nonce: st.nonce, Attempts: attempt, Cost: st.charge(res.Usage)}, nil
 }

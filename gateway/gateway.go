@@ -163,7 +163,7 @@ func New(cfg Config) *Gateway {
 	cfg.defaults()
 	ctx, cancel := context.WithCancel(context.Background())
 	g := &Gateway{
-		cfg: cfg, key: cfg.Key, state: cfg.State, chain: cfg.Chain, auth: cfg.Auth,
+		cfg: cfg, key: cfg.Key, state: cfg.State, chain: cfg.Metrics.countChain(cfg.Chain), auth: cfg.Auth,
 		peers: newPeers(cfg.Key, cfg.ChainID, cfg.HostTimeout), log: cfg.Logger, metrics: cfg.Metrics, memo: signing.NewMemo(memoSize),
 		all: map[uint64]*escrow{}, lanes: make([]*escrow, cfg.Lanes), creating: make([]chan struct{}, cfg.Lanes),
 		stop: cancel, loopCx: ctx,
@@ -171,6 +171,7 @@ func New(cfg Config) *Gateway {
 	for i := range g.creating {
 		g.creating[i] = make(chan struct{}, 1)
 	}
+	cfg.Metrics.watchEscrows(g)
 	return g
 }
 

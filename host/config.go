@@ -54,6 +54,8 @@ type FileConfig struct {
 	Recovery struct {
 		Workers int
 	}
+
+	Log settings.Log
 }
 
 // Settings declares every setting of the host, bound to c's fields and
@@ -104,6 +106,7 @@ func Settings(c *FileConfig) *settings.Schema {
 			st.FormerFlag(old)
 		}
 	}
+	settings.Logging(s, &c.Log)
 	return s
 }
 

@@ -142,6 +142,7 @@ func New(cfg Config) *Engine {
 	if addr == (signing.Address{}) {
 		addr = cfg.Key.PubKey().Address()
 	}
+	cfg.Executor = cfg.Metrics.measure(cfg.Executor)
 	e := &Engine{
 		cfg:      cfg,
 		addr:     addr,

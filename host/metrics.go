@@ -1,11 +1,14 @@
 package host
 
 import (
+	"context"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/internal/buildinfo"
 	"github.com/devshard/devshard/session/sessionpb"
 )
 
@@ -22,6 +25,8 @@ type Metrics struct {
 	storageUp    prometheus.Gauge
 	recovered    prometheus.Gauge
 	recoverTotal prometheus.Gauge
+	tokens       *prometheus.CounterVec
+	firstTokens  prometheus.Histogram
 
 	// storageFailures counts consecutive failed writes; /readyz turns 503
 	// past a threshold.
@@ -63,8 +68,24 @@ func NewMetrics() *Metrics {
 			Name: "devshard_host_recovery_sessions", Help: "Sessions to recover at startup.",
 		}),
 	}
+	m.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "devshard_host_tokens_executed_total", Help: "Tokens of the inferences this host's model ran, validation re-runs included, by direction: in (the prompt) or out (the completion).",
+	}, []string{"direction"})
+	m.firstTokens = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name: "devshard_host_time_to_first_token_seconds", Help: "Time from the model being asked to its first piece of text.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+	})
 	m.storageUp.Set(1)
+	// Series of known labels start at zero, so that rate() sees their
+	// first increase.
+	for _, d := range []string{"in", "out"} {
+		m.tokens.WithLabelValues(d)
+	}
+	for _, v := range []string{"valid", "invalid"} {
+		m.validations.WithLabelValues(v)
+	}
 	m.Registry.MustRegister(m.diffs, m.rejects, m.applyLatency, m.validations, m.withholds, m.refusals, m.storageUp, m.recovered, m.recoverTotal,
+		m.tokens, m.firstTokens, buildinfo.Gauge("devshard_host", buildinfo.Read()),
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }
@@ -171,4 +192,35 @@ func (c *phaseCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, p := range []sessionpb.Phase{sessionpb.Phase_PHASE_ACTIVE, sessionpb.Phase_PHASE_FINALIZING, sessionpb.Phase_PHASE_SETTLEMENT} {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(counts[p]), p.String())
 	}
+}
+
+// measure wraps ex so that every run of the model is measured: its time
+// to first token and its tokens. A nil *Metrics, or a nil ex, is given
+// back as is.
+func (m *Metrics) measure(ex executor.Executor) executor.Executor {
+	if m == nil || ex == nil {
+		return ex
+	}
+	return measured{ex, m}
+}
+
+type measured struct {
+	executor.Executor
+	m *Metrics
+}
+
+func (x measured) Execute(ctx context.Context, req executor.Request, emit func(string) error) (executor.Result, error) {
+	began, seen := time.Now(), false
+	res, err := x.Executor.Execute(ctx, req, func(s string) error {
+		if !seen {
+			seen = true
+			x.m.firstTokens.Observe(time.Since(began).Seconds())
+		}
+		return emit(s)
+	})
+	if err == nil {
+		x.m.tokens.WithLabelValues("in").Add(float64(res.Usage.PromptTokens))
+		x.m.tokens.WithLabelValues("out").Add(float64(res.Usage.CompletionTokens))
+	}
+	return res, err
 }

@@ -38,3 +38,57 @@ func TestEngineGivenMetricsCountsItsSessions(t *testing.T) {
 	bare := New(Config{Key: f.Hosts[0], Escrows: &fakeChain{}, Executor: executor.Builtin{}})
 	require.Nil(t, bare.cfg.Metrics)
 }
+
+// metricValue is the value of the one series of family name with labels
+// (name, value pairs): a counter's, a gauge's or a histogram's count.
+func metricValue(t *testing.T, m *Metrics, name string, labels ...string) float64 {
+	t.Helper()
+	fams, err := m.Registry.Gather()
+	require.NoError(t, err)
+	for _, f := range fams {
+		if f.GetName() != name {
+			continue
+		}
+	series:
+		for _, s := range f.GetMetric() {
+			have := map[string]string{}
+			for _, l := range s.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for i := 0; i+1 < len(labels); i += 2 {
+				if have[labels[i]] != labels[i+1] {
+					continue series
+				}
+			}
+			switch {
+			case s.Counter != nil:
+				return s.GetCounter().GetValue()
+			case s.Gauge != nil:
+				return s.GetGauge().GetValue()
+			case s.Histogram != nil:
+				return float64(s.GetHistogram().GetSampleCount())
+			}
+		}
+	}
+	require.Failf(t, "no such series", "%s%v is not exported", name, labels)
+	return 0
+}
+
+// Every run of the engine's model is measured: its tokens and its time
+// to first token.
+func TestEngineMeasuresItsModel(t *testing.T) {
+	t.Parallel()
+	m := NewMetrics()
+	f := sessiontest.New(1, sessiontest.DefaultOptions())
+	e := New(Config{Key: f.Hosts[0], Escrows: &fakeChain{}, Executor: executor.Builtin{}, Metrics: m})
+	req := executor.Request{Model: executor.BuiltinModel, MaxTokens: 16, Messages: []executor.Message{{Role: "user", Content: "count the tokens"}}}
+	res, err := e.cfg.Executor.Execute(t.Context(), req, func(string) error { return nil })
+	require.NoError(t, err)
+	require.Positive(t, res.Usage.CompletionTokens)
+
+	require.Equal(t, float64(res.Usage.PromptTokens), metricValue(t, m, "devshard_host_tokens_executed_total", "direction", "in"))
+	require.Equal(t, float64(res.Usage.CompletionTokens), metricValue(t, m, "devshard_host_tokens_executed_total", "direction", "out"))
+	require.Equal(t, 1.0, metricValue(t, m, "devshard_host_time_to_first_token_seconds"))
+	require.Equal(t, 1.0, metricValue(t, m, "devshard_host_build_info"))
+	require.Equal(t, []string{executor.BuiltinModel}, e.cfg.Executor.Models(), "the measured model serves what it served")
+}

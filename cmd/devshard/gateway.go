@@ -29,6 +29,7 @@ type gatewayConfig struct {
 	keyFile     string
 	apiKeysFile string
 	apiKeys     []string // id:key pairs, from the environment only
+	log         settings.Log
 }
 
 // gatewaySettings declares every setting of the gateway, bound to c's
@@ -54,6 +55,7 @@ func gatewaySettings(c *gatewayConfig) *settings.Schema {
 	// The host's name for the same setting: one name across daemons.
 	s.String(&d.Synchronous, "storage.synchronous", "FULL", "state.db durability: FULL fsyncs every commit, NORMAL survives a crash but not power loss").
 		FormerFlag("synchronous").FormerEnv("DEVSHARD_GATEWAY_SYNCHRONOUS")
+	settings.Logging(s, &c.log)
 	return s
 }
 
@@ -84,9 +86,13 @@ DEVSHARD_GATEWAY_STORAGE_SYNCHRONOUS. docs/gateway.md explains each one.`,
 			if err := s.Load(s.File(os.LookupEnv), os.LookupEnv, cmd.ErrOrStderr()); err != nil {
 				return err
 			}
+			log, err := c.log.Logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runGateway(ctx, c, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
+			return runGateway(ctx, c, log)
 		},
 	}
 	s.AddFlags(cmd.Flags())
@@ -94,7 +100,7 @@ DEVSHARD_GATEWAY_STORAGE_SYNCHRONOUS. docs/gateway.md explains each one.`,
 	// line a key is visible to every user of the machine (ps).
 	cmd.Flags().StringSlice("api-key", nil, "never on the command line; set DEVSHARD_GATEWAY_API_KEY=id:key")
 	_ = cmd.Flags().MarkHidden("api-key")
-	cmd.AddCommand(newGatewayInitCommand())
+	cmd.AddCommand(newGatewayInitCommand(), newGatewayStatusCommand())
 	return cmd
 }
 

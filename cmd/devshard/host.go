@@ -38,13 +38,17 @@ func newHostCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
+			log, err := cfg.Log.Logger(cmd.ErrOrStderr())
+			if err != nil {
+				return err
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runHost(ctx, cfg, slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), nil)))
+			return runHost(ctx, cfg, log)
 		},
 	}
 	load = host.ConfigFlags(cmd.Flags())
-	cmd.AddCommand(newHostInitCommand())
+	cmd.AddCommand(newHostInitCommand(), newHostStatusCommand())
 	return cmd
 }
 
