@@ -30,12 +30,16 @@ type Upstream struct {
 func (u *Upstream) Models() []string { return u.ModelNames }
 
 type upstreamRequest struct {
-	Model         string         `json:"model"`
-	Messages      []Message      `json:"messages"`
-	MaxTokens     int            `json:"max_tokens"`
-	Stream        bool           `json:"stream"`
-	StreamOptions map[string]any `json:"stream_options"`
-	Temperature   float64        `json:"temperature"`
+	Model          string          `json:"model"`
+	Messages       []Message       `json:"messages"`
+	MaxTokens      int             `json:"max_tokens"`
+	Stream         bool            `json:"stream"`
+	StreamOptions  map[string]any  `json:"stream_options"`
+	Temperature    float64         `json:"temperature"`
+	TopP           *float64        `json:"top_p,omitempty"`
+	Seed           *int64          `json:"seed,omitempty"`
+	Stop           []string        `json:"stop,omitempty"`
+	ResponseFormat json.RawMessage `json:"response_format,omitempty"`
 }
 
 type upstreamChunk struct {
@@ -53,16 +57,23 @@ type upstreamChunk struct {
 	} `json:"error"`
 }
 
-// Execute implements Executor. It asks for greedy decoding (temperature 0)
-// and for usage in the final stream chunk, which the session charges.
+// Execute implements Executor. It forwards the request's parameters; a
+// request that sets no temperature is asked greedy decoding (temperature
+// 0), so that a validator's re-run can match it. It asks for usage in the
+// final stream chunk, which the session charges.
 func (u *Upstream) Execute(ctx context.Context, req Request, emit func(string) error) (Result, error) {
 	if err := req.Validate(); err != nil {
 		return Result{}, err
 	}
-	body, err := json.Marshal(upstreamRequest{
+	ur := upstreamRequest{
 		Model: req.Model, Messages: req.Messages, MaxTokens: req.MaxTokens, Stream: true,
 		StreamOptions: map[string]any{"include_usage": true},
-	})
+		TopP:          req.TopP, Seed: req.Seed, Stop: req.Stop, ResponseFormat: req.ResponseFormat,
+	}
+	if req.Temperature != nil {
+		ur.Temperature = *req.Temperature
+	}
+	body, err := json.Marshal(ur)
 	if err != nil {
 		return Result{}, err
 	}
