@@ -27,11 +27,12 @@ model prompt answer stream request reply network compute proof state clock`)
 // token per word plus four per message for the chat framing.
 //
 // Its words are drawn by a generator seeded from the messages; seed,
-// temperature and top_p, when set, are mixed into that seed, so each of
+// temperature, top_p and the penalties, when set, are mixed into that seed, so each of
 // them changes the draw as it would a real model's sample, and the same
 // values draw the same words. stop ends the answer before the first stop
-// sequence, which is not part of it. It answers only in text, so it
-// refuses response_format other than text (Request.CheckParams).
+// sequence, which is not part of it. It answers only in text and has no
+// tokenizer, so it refuses response_format other than text and a
+// logit_bias (Request.CheckParams).
 type Builtin struct {
 	// ThinkTime is a pause before each token, to imitate a real model.
 	// Zero (the default) streams as fast as the client reads.
@@ -108,6 +109,12 @@ func builtinWords(req *Request) []string {
 	}
 	if req.TopP != nil {
 		fmt.Fprintf(seed, "top_p:%x\x00", math.Float64bits(*req.TopP))
+	}
+	if req.PresencePenalty != nil {
+		fmt.Fprintf(seed, "presence_penalty:%x\x00", math.Float64bits(*req.PresencePenalty))
+	}
+	if req.FrequencyPenalty != nil {
+		fmt.Fprintf(seed, "frequency_penalty:%x\x00", math.Float64bits(*req.FrequencyPenalty))
 	}
 	state := seed.Sum(nil)
 	words := make([]string, 8+int(state[0]%64))

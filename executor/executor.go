@@ -37,14 +37,18 @@ type Request struct {
 	// app did not set one, and then the executor's default applies. Each
 	// one set is committed to by the prompt hash, so a validator re-runs
 	// the request with it.
-	Temperature *float64 `json:"temperature,omitempty"`
-	TopP        *float64 `json:"top_p,omitempty"`
-	Seed        *int64   `json:"seed,omitempty"`
+	Temperature      *float64 `json:"temperature,omitempty"`
+	TopP             *float64 `json:"top_p,omitempty"`
+	PresencePenalty  *float64 `json:"presence_penalty,omitempty"`
+	FrequencyPenalty *float64 `json:"frequency_penalty,omitempty"`
+	Seed             *int64   `json:"seed,omitempty"`
 	// Stop holds up to maxStop sequences; the answer ends before the
 	// first of them.
 	Stop []string `json:"stop,omitempty"`
 	// ResponseFormat is OpenAI's response_format object, as JSON.
 	ResponseFormat json.RawMessage `json:"response_format,omitempty"`
+	// LogitBias is OpenAI's logit_bias object, token id to bias, as JSON.
+	LogitBias json.RawMessage `json:"logit_bias,omitempty"`
 }
 
 // maxStop is how many stop sequences a request may carry, as at OpenAI.
@@ -78,10 +82,27 @@ func (e *ParamError) Unwrap() error { return ErrBadRequest }
 
 // CheckParams refuses a parameter out of its range, or one the model's
 // executor does not honour. The built-in model (BuiltinModel) is served by
-// Builtin, which honours seed, stop, temperature and top_p but answers only
-// in text; every other model is served by an OpenAI-compatible upstream,
-// which honours them all.
+// Builtin, which honours seed, stop, temperature, top_p and the penalties
+// but answers only in text and has no tokenizer to bias; every other model
+// is served by an OpenAI-compatible upstream, which honours them all.
 func (r *Request) CheckParams() error {
+	for _, p := range []struct {
+		name string
+		v    *float64
+	}{{"presence_penalty", r.PresencePenalty}, {"frequency_penalty", r.FrequencyPenalty}} {
+		if p.v != nil && !(*p.v >= -2 && *p.v <= 2) {
+			return &ParamError{p.name, fmt.Sprintf("must be between -2 and 2, got %g", *p.v)}
+		}
+	}
+	if len(r.LogitBias) > 0 {
+		var bias map[string]float64
+		if err := json.Unmarshal(r.LogitBias, &bias); err != nil {
+			return &ParamError{"logit_bias", "must be an object of token ids to numbers: " + err.Error()}
+		}
+		if r.Model == BuiltinModel && len(bias) > 0 {
+			return &ParamError{"logit_bias", fmt.Sprintf("the model %s has no tokenizer whose tokens could be biased", BuiltinModel)}
+		}
+	}
 	if t := r.Temperature; t != nil && !(*t >= 0 && *t <= 2) {
 		return &ParamError{"temperature", fmt.Sprintf("must be between 0 and 2, got %g", *t)}
 	}
@@ -175,12 +196,21 @@ func (r *Request) promptParams() []session.PromptParam {
 	if r.TopP != nil {
 		number("top_p", *r.TopP)
 	}
+	if r.PresencePenalty != nil {
+		number("presence_penalty", *r.PresencePenalty)
+	}
+	if r.FrequencyPenalty != nil {
+		number("frequency_penalty", *r.FrequencyPenalty)
+	}
 	if r.Seed != nil {
 		out = append(out, session.PromptParam{Name: "seed", Value: []byte(strconv.FormatInt(*r.Seed, 10))})
 	}
 	if len(r.Stop) > 0 {
 		b, _ := json.Marshal(r.Stop)
 		out = append(out, session.PromptParam{Name: "stop", Value: canonical(b)})
+	}
+	if len(r.LogitBias) > 0 {
+		out = append(out, session.PromptParam{Name: "logit_bias", Value: canonical(r.LogitBias)})
 	}
 	if len(r.ResponseFormat) > 0 {
 		out = append(out, session.PromptParam{Name: "response_format", Value: canonical(r.ResponseFormat)})

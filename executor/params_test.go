@@ -25,6 +25,8 @@ func TestBuiltinHonoursSamplingParams(t *testing.T) {
 		"seed 2":          func(r *Request) { r.Seed = ptr(int64(2)) },
 		"temperature 0.5": func(r *Request) { r.Temperature = ptr(0.5) },
 		"top_p 0.9":       func(r *Request) { r.TopP = ptr(0.9) },
+		"presence 0.5":    func(r *Request) { r.PresencePenalty = ptr(0.5) },
+		"frequency 0.5":   func(r *Request) { r.FrequencyPenalty = ptr(0.5) },
 	} {
 		a, b := request("tell me", 1000), request("tell me", 1000)
 		set(&a)
@@ -79,6 +81,10 @@ func TestCheckParamsRefusesByName(t *testing.T) {
 		{"Qwen/Qwen3-8B", "top_p", func(r *Request) { r.TopP = ptr(0.0) }},
 		{"Qwen/Qwen3-8B", "stop", func(r *Request) { r.Stop = []string{"a", "b", "c", "d", "e"} }},
 		{"Qwen/Qwen3-8B", "stop", func(r *Request) { r.Stop = []string{""} }},
+		{"Qwen/Qwen3-8B", "presence_penalty", func(r *Request) { r.PresencePenalty = ptr(-2.5) }},
+		{"Qwen/Qwen3-8B", "frequency_penalty", func(r *Request) { r.FrequencyPenalty = ptr(3.0) }},
+		{"Qwen/Qwen3-8B", "logit_bias", func(r *Request) { r.LogitBias = json.RawMessage(`[1]`) }},
+		{BuiltinModel, "logit_bias", func(r *Request) { r.LogitBias = json.RawMessage(`{"50256":-100}`) }},
 	} {
 		req := request("x", 5)
 		req.Model = tc.model
@@ -97,6 +103,7 @@ func TestCheckParamsRefusesByName(t *testing.T) {
 	ok.Model = "Qwen/Qwen3-8B"
 	ok.ResponseFormat = json.RawMessage(`{"type":"json_object"}`)
 	ok.Temperature, ok.TopP, ok.Stop = ptr(0.0), ptr(1.0), []string{"a", "b", "c", "d"}
+	ok.PresencePenalty, ok.FrequencyPenalty, ok.LogitBias = ptr(-2.0), ptr(2.0), json.RawMessage(`{"50256":-100}`)
 	require.NoError(t, ok.Validate())
 }
 
@@ -117,6 +124,9 @@ func TestPromptHashCommitsToParams(t *testing.T) {
 		"temperature":     func(r *Request) { r.Temperature = ptr(0.7) },
 		"top_p":           func(r *Request) { r.TopP = ptr(0.7) },
 		"seed":            func(r *Request) { r.Seed = ptr(int64(-7)) },
+		"presence":        func(r *Request) { r.PresencePenalty = ptr(0.7) },
+		"frequency":       func(r *Request) { r.FrequencyPenalty = ptr(0.7) },
+		"logit_bias":      func(r *Request) { r.LogitBias = json.RawMessage(`{ "2" : 1, "1" : -1 }`) },
 		"stop":            func(r *Request) { r.Stop = []string{"<end>"} },
 		"response_format": func(r *Request) { r.ResponseFormat = json.RawMessage(` { "type" : "json_object" } `) },
 	} {
@@ -152,6 +162,8 @@ func TestUpstreamForwardsParams(t *testing.T) {
 
 	req := request("x", 5)
 	req.Temperature, req.TopP, req.Seed = ptr(0.7), ptr(0.9), ptr(int64(42))
+	req.PresencePenalty, req.FrequencyPenalty = ptr(0.1), ptr(-0.2)
+	req.LogitBias = json.RawMessage(`{"50256":-100}`)
 	req.Stop = []string{"END"}
 	req.ResponseFormat = json.RawMessage(`{"type":"json_object"}`)
 	req.Model = "Qwen/Qwen3-8B"
@@ -163,12 +175,15 @@ func TestUpstreamForwardsParams(t *testing.T) {
 	require.Equal(t, 42.0, body["seed"])
 	require.Equal(t, []any{"END"}, body["stop"])
 	require.Equal(t, map[string]any{"type": "json_object"}, body["response_format"])
+	require.Equal(t, 0.1, body["presence_penalty"])
+	require.Equal(t, -0.2, body["frequency_penalty"])
+	require.Equal(t, map[string]any{"50256": -100.0}, body["logit_bias"])
 
 	_, err = up.Execute(context.Background(), request("x", 5), func(string) error { return nil })
 	require.NoError(t, err)
 	body = <-bodies
 	require.Equal(t, 0.0, body["temperature"])
-	for _, absent := range []string{"top_p", "seed", "stop", "response_format"} {
+	for _, absent := range []string{"top_p", "seed", "stop", "response_format", "presence_penalty", "frequency_penalty", "logit_bias"} {
 		require.NotContains(t, body, absent)
 	}
 }

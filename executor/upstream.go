@@ -30,16 +30,19 @@ type Upstream struct {
 func (u *Upstream) Models() []string { return u.ModelNames }
 
 type upstreamRequest struct {
-	Model          string          `json:"model"`
-	Messages       []Message       `json:"messages"`
-	MaxTokens      int             `json:"max_tokens"`
-	Stream         bool            `json:"stream"`
-	StreamOptions  map[string]any  `json:"stream_options"`
-	Temperature    float64         `json:"temperature"`
-	TopP           *float64        `json:"top_p,omitempty"`
-	Seed           *int64          `json:"seed,omitempty"`
-	Stop           []string        `json:"stop,omitempty"`
-	ResponseFormat json.RawMessage `json:"response_format,omitempty"`
+	Model            string          `json:"model"`
+	Messages         []Message       `json:"messages"`
+	MaxTokens        int             `json:"max_tokens"`
+	Stream           bool            `json:"stream"`
+	StreamOptions    map[string]any  `json:"stream_options"`
+	Temperature      float64         `json:"temperature"`
+	TopP             *float64        `json:"top_p,omitempty"`
+	PresencePenalty  *float64        `json:"presence_penalty,omitempty"`
+	FrequencyPenalty *float64        `json:"frequency_penalty,omitempty"`
+	Seed             *int64          `json:"seed,omitempty"`
+	Stop             []string        `json:"stop,omitempty"`
+	ResponseFormat   json.RawMessage `json:"response_format,omitempty"`
+	LogitBias        json.RawMessage `json:"logit_bias,omitempty"`
 }
 
 type upstreamChunk struct {
@@ -68,7 +71,8 @@ func (u *Upstream) Execute(ctx context.Context, req Request, emit func(string) e
 	ur := upstreamRequest{
 		Model: req.Model, Messages: req.Messages, MaxTokens: req.MaxTokens, Stream: true,
 		StreamOptions: map[string]any{"include_usage": true},
-		TopP:          req.TopP, Seed: req.Seed, Stop: req.Stop, ResponseFormat: req.ResponseFormat,
+		TopP:          req.TopP, PresencePenalty: req.PresencePenalty, FrequencyPenalty: req.FrequencyPenalty,
+		Seed: req.Seed, Stop: req.Stop, ResponseFormat: req.ResponseFormat, LogitBias: req.LogitBias,
 	}
 	if req.Temperature != nil {
 		ur.Temperature = *req.Temperature

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -273,16 +275,56 @@ type chatRequest struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
 
-	Temperature    *float64        `json:"temperature"`
-	TopP           *float64        `json:"top_p"`
-	Seed           *int64          `json:"seed"`
-	Stop           json.RawMessage `json:"stop"`
-	ResponseFormat json.RawMessage `json:"response_format"`
-	N              *int            `json:"n"`
-	Tools          json.RawMessage `json:"tools"`
-	ToolChoice     json.RawMessage `json:"tool_choice"`
-	Logprobs       *bool           `json:"logprobs"`
-	TopLogprobs    *int            `json:"top_logprobs"`
+	Temperature      *float64        `json:"temperature"`
+	TopP             *float64        `json:"top_p"`
+	PresencePenalty  *float64        `json:"presence_penalty"`
+	FrequencyPenalty *float64        `json:"frequency_penalty"`
+	Seed             *int64          `json:"seed"`
+	Stop             json.RawMessage `json:"stop"`
+	ResponseFormat   json.RawMessage `json:"response_format"`
+	LogitBias        json.RawMessage `json:"logit_bias"`
+	N                *int            `json:"n"`
+	Tools            json.RawMessage `json:"tools"`
+	ToolChoice       json.RawMessage `json:"tool_choice"`
+	Logprobs         *bool           `json:"logprobs"`
+	TopLogprobs      *int            `json:"top_logprobs"`
+	Store            *bool           `json:"store"`
+}
+
+// chatFields are the fields of a chat completion the gateway reads
+// (chatRequest's), and those it takes without passing them on because
+// they change nothing in the answer: user, an end user's id that OpenAI
+// watches for abuse; metadata, which only a stored completion keeps; and
+// parallel_tool_calls, which only tools, refused, could make matter.
+var chatFields = func() map[string]bool {
+	fields := map[string]bool{"user": true, "metadata": true, "parallel_tool_calls": true}
+	t := reflect.TypeFor[chatRequest]()
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		fields[name] = true
+	}
+	return fields
+}()
+
+// unrecognized refuses a body with a field the gateway does not read, as
+// OpenAI does: a parameter taken and not honoured would be ignored
+// silently.
+func unrecognized(raw json.RawMessage) error {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return fmt.Errorf("%w: the body must be a JSON object", ErrRequest)
+	}
+	var unknown []string
+	for name := range fields {
+		if !chatFields[name] {
+			unknown = append(unknown, name)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	slices.Sort(unknown)
+	return fmt.Errorf("%w: %w", ErrRequest, &executor.ParamError{Param: unknown[0], Reason: "unrecognized request argument; this gateway honours the parameters docs/gateway.md lists and refuses the rest"})
 }
 
 type chatMessage struct {
@@ -363,6 +405,8 @@ func (c *chatRequest) params(req *executor.Request) error {
 		return &executor.ParamError{Param: "logprobs", Reason: "log probabilities are not supported: the network answers with text only"}
 	case c.TopLogprobs != nil && *c.TopLogprobs != 0:
 		return &executor.ParamError{Param: "top_logprobs", Reason: "log probabilities are not supported: the network answers with text only"}
+	case c.Store != nil && *c.Store:
+		return &executor.ParamError{Param: "store", Reason: "completions are not stored; only false is accepted"}
 	}
 	if set(c.Stop) {
 		var one string
@@ -375,7 +419,11 @@ func (c *chatRequest) params(req *executor.Request) error {
 	if set(c.ResponseFormat) {
 		req.ResponseFormat = c.ResponseFormat
 	}
+	if set(c.LogitBias) {
+		req.LogitBias = c.LogitBias
+	}
 	req.Temperature, req.TopP, req.Seed = c.Temperature, c.TopP, c.Seed
+	req.PresencePenalty, req.FrequencyPenalty = c.PresencePenalty, c.FrequencyPenalty
 	return req.CheckParams()
 }
 
@@ -403,14 +451,19 @@ func (a *api) completions(w http.ResponseWriter, r *http.Request, keyID string) 
 	defer func() { a.g.metrics.requests.WithLabelValues(strconv.Itoa(rec.status())).Inc() }()
 	w = rec
 
-	var body chatRequest
+	var raw json.RawMessage
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
-	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+	if err := json.NewDecoder(r.Body).Decode(&raw); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			apiError(w, http.StatusRequestEntityTooLarge, "invalid_request_error", "", fmt.Sprintf("The request body exceeds %d bytes.", mbe.Limit))
 			return
 		}
+		apiError(w, http.StatusBadRequest, "invalid_request_error", "", "We could not parse the JSON body of your request: "+err.Error())
+		return
+	}
+	var body chatRequest
+	if err := json.Unmarshal(raw, &body); err != nil {
 		var te *json.UnmarshalTypeError
 		if errors.As(err, &te) && te.Field != "" {
 			apiErrorParam(w, http.StatusBadRequest, "invalid_request_error", "", te.Field,
@@ -418,6 +471,10 @@ func (a *api) completions(w http.ResponseWriter, r *http.Request, keyID string) 
 			return
 		}
 		apiError(w, http.StatusBadRequest, "invalid_request_error", "", "We could not parse the JSON body of your request: "+err.Error())
+		return
+	}
+	if err := unrecognized(raw); err != nil {
+		fail(w, err)
 		return
 	}
 	req, err := body.toExecutor()

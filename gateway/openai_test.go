@@ -130,6 +130,11 @@ func TestRefusedParamsAreNamed(t *testing.T) {
 		{"stop", map[string]any{"stop": 7}},
 		{"seed", map[string]any{"seed": "abc"}},
 		{"temperature", map[string]any{"temperature": "hot", "stream": true}},
+		{"presence_penalty", map[string]any{"presence_penalty": 2.5}},
+		{"logit_bias", map[string]any{"logit_bias": map[string]any{"50256": -100}}},
+		{"store", map[string]any{"store": true}},
+		{"reasoning_effort", map[string]any{"reasoning_effort": "high"}},
+		{"a_made_up_field", map[string]any{"a_made_up_field": 1, "z_too": 2}},
 	} {
 		w := raw(h, http.MethodPost, "/v1/chat/completions", chatBody(t, ask(1), tc.extra), nil)
 		e := decodeError(t, w, http.StatusBadRequest, "")
@@ -142,22 +147,24 @@ func TestRefusedParamsAreNamed(t *testing.T) {
 	// What the network can answer with is accepted as absent.
 	w := raw(h, http.MethodPost, "/v1/chat/completions", chatBody(t, ask(1), map[string]any{
 		"n": 1, "tools": []any{}, "tool_choice": "none", "logprobs": false, "response_format": map[string]any{"type": "text"},
+		"logit_bias": map[string]any{}, "store": false, "user": "u-1", "metadata": map[string]any{"k": "v"}, "parallel_tool_calls": true,
 	}), nil)
 	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
 }
 
-// seed, stop, temperature and top_p reach the host's executor: the answer
+// seed, stop, temperature, top_p and the penalties reach the host's executor: the answer
 // is the built-in model's for the request with them, so the host ran the
 // request the prompt hash committed to, parameters and all.
 func TestParamsReachTheExecutor(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
 	srv := b.api(t, APIConfig{})
-	seed, temp, topP := int64(42), 0.3, 0.8
+	seed, temp, topP, presence, frequency := int64(42), 0.3, 0.8, 0.5, -0.5
 
 	plain := builtinAnswer(t, ask(1))
 	withParams := ask(1)
 	withParams.Seed, withParams.Temperature, withParams.TopP = &seed, &temp, &topP
+	withParams.PresencePenalty, withParams.FrequencyPenalty = &presence, &frequency
 	want := builtinAnswer(t, withParams)
 	require.NotEqual(t, plain.Text, want.Text)
 	words := strings.SplitAfter(want.Text, " ")
@@ -170,6 +177,7 @@ func TestParamsReachTheExecutor(t *testing.T) {
 	for _, stream := range []bool{false, true} {
 		resp := postChat(t, srv.URL, chatBody(t, ask(1), map[string]any{
 			"seed": seed, "temperature": temp, "top_p": topP, "stop": stop, "stream": stream,
+			"presence_penalty": presence, "frequency_penalty": frequency,
 		}))
 		body, err := io.ReadAll(resp.Body)
 		require.NoError(t, err)
