@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -424,7 +425,21 @@ func (c *chatRequest) params(req *executor.Request) error {
 	}
 	req.Temperature, req.TopP, req.Seed = c.Temperature, c.TopP, c.Seed
 	req.PresencePenalty, req.FrequencyPenalty = c.PresencePenalty, c.FrequencyPenalty
+	if req.Seed == nil && req.Temperature != nil && *req.Temperature > 0 {
+		// A request that samples without a seed gets a random one: the
+		// app still gets a fresh sample, and the prompt hash commits to
+		// the seed, so a validator's re-run draws the same sample.
+		seed := randomSeed()
+		req.Seed = &seed
+	}
 	return req.CheckParams()
+}
+
+// randomSeed is a seed for a request that samples without one.
+func randomSeed() int64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return int64(binary.BigEndian.Uint64(b[:]) >> 1)
 }
 
 // acquire counts a request against the in-flight limit of the key with

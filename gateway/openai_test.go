@@ -270,3 +270,27 @@ func TestRequestID(t *testing.T) {
 	}
 	require.NotContains(t, logs.String(), "two words")
 }
+
+// A request that samples (temperature above 0) without a seed is given a
+// random one: two such requests get two samples, each run by its host as
+// its prompt hash committed, seed and all.
+func TestSamplingWithoutSeedGetsOne(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	srv := b.api(t, APIConfig{})
+	texts := map[string]bool{}
+	for range 2 {
+		resp := postChat(t, srv.URL, chatBody(t, ask(1), map[string]any{"temperature": 0.8}))
+		var out chatResponse
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+		require.Equal(t, http.StatusOK, resp.StatusCode)
+		texts[out.Choices[0].Message.Content] = true
+	}
+	require.Len(t, texts, 2, "each request drew its own sample")
+
+	var c chatRequest
+	require.NoError(t, json.Unmarshal(chatBody(t, ask(1), map[string]any{"temperature": 0}), &c))
+	req, err := c.toExecutor()
+	require.NoError(t, err)
+	require.Nil(t, req.Seed, "a greedy request needs no seed")
+}
