@@ -395,10 +395,14 @@ func (c *chatRequest) toExecutor() (executor.Request, error) {
 // honour or refuse (executor.Request.CheckParams).
 func (c *chatRequest) params(req *executor.Request) error {
 	set := func(raw json.RawMessage) bool { return len(raw) > 0 && string(raw) != "null" }
+	none := func(raw json.RawMessage) bool {
+		var list []json.RawMessage
+		return json.Unmarshal(raw, &list) == nil && len(list) == 0
+	}
 	switch {
 	case c.N != nil && *c.N != 1:
 		return &executor.ParamError{Param: "n", Reason: fmt.Sprintf("must be 1, got %d: a request is answered with one choice", *c.N)}
-	case set(c.Tools) && string(c.Tools) != "[]":
+	case set(c.Tools) && !none(c.Tools):
 		return &executor.ParamError{Param: "tools", Reason: "tool calls are not supported: the network answers in text only"}
 	case set(c.ToolChoice) && string(c.ToolChoice) != `"none"`:
 		return &executor.ParamError{Param: "tool_choice", Reason: `tool calls are not supported; only "none" is accepted`}

@@ -150,6 +150,9 @@ func TestRefusedParamsAreNamed(t *testing.T) {
 		"logit_bias": map[string]any{}, "store": false, "user": "u-1", "metadata": map[string]any{"k": "v"}, "parallel_tool_calls": true,
 	}), nil)
 	require.Equal(t, http.StatusOK, w.Code, w.Body.String())
+	spaced := []byte(`{"model":"devshard-test-1","messages":[{"role":"user","content":"hi"}],"max_tokens":8,"tools":[ ]}`)
+	w = raw(h, http.MethodPost, "/v1/chat/completions", spaced, nil)
+	require.Equal(t, http.StatusOK, w.Code, "an empty tools list is accepted, however it is spaced: %s", w.Body.String())
 }
 
 // seed, stop, temperature, top_p and the penalties reach the host's executor: the answer
