@@ -1,7 +1,9 @@
 package session_test
 
 import (
+	"bytes"
 	"encoding/hex"
+	"encoding/json"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -102,4 +104,29 @@ func TestCanonicalJSON(t *testing.T) {
 		_, err := session.CanonicalJSON([]byte(bad))
 		require.Error(t, err, bad)
 	}
+}
+
+// FuzzCanonicalJSON: any input either is refused or comes out in a form
+// that is its own canonical form and holds the same value.
+func FuzzCanonicalJSON(f *testing.F) {
+	f.Add(`{"b":1,"a":[true,null,"<x>"]}`)
+	f.Add(`"\u2028\ud800"`)
+	f.Add(`{"a":{"a":1e400}}`)
+	f.Fuzz(func(t *testing.T, in string) {
+		out, err := session.CanonicalJSON([]byte(in))
+		if err != nil {
+			return
+		}
+		again, err := session.CanonicalJSON(out)
+		require.NoError(t, err)
+		require.Equal(t, string(out), string(again))
+		value := func(raw []byte) any {
+			d := json.NewDecoder(bytes.NewReader(raw))
+			d.UseNumber()
+			var v any
+			require.NoError(t, d.Decode(&v))
+			return v
+		}
+		require.Equal(t, value([]byte(in)), value(out))
+	})
 }
