@@ -291,7 +291,8 @@ func TestEndToEnd(t *testing.T) {
 		require.Positive(t, res.StreamUsage.CompletionTokens)
 		require.Equal(t, res.StreamUsage.PromptTokens+res.StreamUsage.CompletionTokens, res.StreamUsage.TotalTokens)
 		require.NotEmpty(t, res.Text)
-		charged += uint64(res.StreamUsage.TotalTokens+res.Usage.TotalTokens) * e.price
+		res.checkProtocol(t)
+		charged += uint64(res.tokens()) * e.price
 		ss := e.settleAll(0)
 		e.checkBooks(before, charged, ss)
 	})
@@ -323,7 +324,7 @@ func TestEndToEnd(t *testing.T) {
 		}
 		require.Empty(t, e.nw.Gateway.Gateway.Escrows(), "no escrow was opened for bad input")
 
-		// A gateway whose account cannot lock an escrow answers 402.
+		// A gateway whose account cannot lock an escrow answers 429 insufficient_quota, as OpenAI does.
 		poorKey := secp256k1.GenPrivKey()
 		poor := sdk.AccAddress(poorKey.PubKey().Address())
 		_, err := e.nw.Node.TxClient().Send(e.ctx, e.nw.Node.Validator.Key,
@@ -339,7 +340,7 @@ func TestEndToEnd(t *testing.T) {
 		_, err = NewClient(d.URL(), secret).Post(e.ctx, []byte(ok), false)
 		var ae *APIError
 		require.ErrorAs(t, err, &ae)
-		require.Equal(t, http.StatusPaymentRequired, ae.Status, ae.Message)
+		require.Equal(t, http.StatusTooManyRequests, ae.Status, ae.Message)
 		require.Equal(t, "insufficient_quota", ae.Code)
 		require.Contains(t, ae.Message, "holds 5000 and an escrow locks 10000000")
 		require.Equal(t, int64(5_000), e.balance(poor))

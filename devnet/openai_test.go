@@ -12,15 +12,56 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/devshard/devshard/executor"
 )
 
 // openAIResult is the JSON line testdata/openai-client/client.mjs prints.
 type openAIResult struct {
 	Models      []string    `json:"models"`
+	Retrieved   string      `json:"retrieved"`
 	StreamText  string      `json:"stream_text"`
 	StreamUsage openAIUsage `json:"stream_usage"`
 	Text        string      `json:"text"`
 	Usage       openAIUsage `json:"usage"`
+	RequestID   string      `json:"request_id"`
+	Seeded      struct {
+		Text      string      `json:"text"`
+		Usage     openAIUsage `json:"usage"`
+		RequestID string      `json:"request_id"`
+	} `json:"seeded"`
+	Refused struct {
+		Status    int    `json:"status"`
+		Param     string `json:"param"`
+		Type      string `json:"type"`
+		RequestID string `json:"request_id"`
+	} `json:"refused"`
+}
+
+// tokens is what the client's answered completions used, all told.
+func (r openAIResult) tokens() int {
+	return r.StreamUsage.TotalTokens + r.Usage.TotalTokens + r.Seeded.Usage.TotalTokens
+}
+
+// checkProtocol checks what the client saw of the gateway's honour-or-
+// refuse contract: the model retrieved, the seeded answer the built-in
+// model's for the request with its seed, the refusal of tools by name, and
+// a request id on every answer.
+func (r openAIResult) checkProtocol(t *testing.T) {
+	t.Helper()
+	require.Equal(t, executor.BuiltinModel, r.Retrieved)
+	seed := int64(7)
+	want, err := executor.Builtin{}.Execute(context.Background(), executor.Request{Model: executor.BuiltinModel, MaxTokens: 24, Seed: &seed,
+		Stop:     []string{"never in a devshard answer"},
+		Messages: []executor.Message{{Role: "user", Content: "Say something about seeds."}}}, func(string) error { return nil })
+	require.NoError(t, err)
+	require.Equal(t, want.Text, r.Seeded.Text, "the seed reached the executor")
+	require.Equal(t, "devnet-openai-seeded", r.Seeded.RequestID)
+	require.Equal(t, "invalid_request_error", r.Refused.Type)
+	require.Equal(t, 400, r.Refused.Status)
+	require.Equal(t, "tools", r.Refused.Param)
+	require.NotEmpty(t, r.Refused.RequestID)
+	require.NotEmpty(t, r.RequestID)
 }
 
 // openAIUsage is the usage object of an OpenAI chat completion.
@@ -48,10 +89,12 @@ func runOpenAIClient(t *testing.T, gatewayURL, apiKey string) openAIResult {
 
 	installCtx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	install := exec.CommandContext(installCtx, "npm", "install", "--no-audit", "--no-fund", "--loglevel=error")
+	// npm ci installs exactly what package-lock.json pins, and fails if
+	// the lock and package.json disagree.
+	install := exec.CommandContext(installCtx, "npm", "ci", "--no-audit", "--no-fund", "--loglevel=error")
 	install.Dir = dir
 	if out, err := install.CombinedOutput(); err != nil {
-		t.Fatalf("npm install in %s: %v\n%s", dir, err, out)
+		t.Fatalf("npm ci in %s: %v\n%s", dir, err, out)
 	}
 
 	runCtx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -30,12 +30,19 @@ type Upstream struct {
 func (u *Upstream) Models() []string { return u.ModelNames }
 
 type upstreamRequest struct {
-	Model         string         `json:"model"`
-	Messages      []Message      `json:"messages"`
-	MaxTokens     int            `json:"max_tokens"`
-	Stream        bool           `json:"stream"`
-	StreamOptions map[string]any `json:"stream_options"`
-	Temperature   float64        `json:"temperature"`
+	Model            string          `json:"model"`
+	Messages         []Message       `json:"messages"`
+	MaxTokens        int             `json:"max_tokens"`
+	Stream           bool            `json:"stream"`
+	StreamOptions    map[string]any  `json:"stream_options"`
+	Temperature      float64         `json:"temperature"`
+	TopP             *float64        `json:"top_p,omitempty"`
+	PresencePenalty  *float64        `json:"presence_penalty,omitempty"`
+	FrequencyPenalty *float64        `json:"frequency_penalty,omitempty"`
+	Seed             *int64          `json:"seed,omitempty"`
+	Stop             []string        `json:"stop,omitempty"`
+	ResponseFormat   json.RawMessage `json:"response_format,omitempty"`
+	LogitBias        json.RawMessage `json:"logit_bias,omitempty"`
 }
 
 type upstreamChunk struct {
@@ -53,16 +60,24 @@ type upstreamChunk struct {
 	} `json:"error"`
 }
 
-// Execute implements Executor. It asks for greedy decoding (temperature 0)
-// and for usage in the final stream chunk, which the session charges.
+// Execute implements Executor. It forwards the request's parameters; a
+// request that sets no temperature is asked greedy decoding (temperature
+// 0), so that a validator's re-run can match it. It asks for usage in the
+// final stream chunk, which the session charges.
 func (u *Upstream) Execute(ctx context.Context, req Request, emit func(string) error) (Result, error) {
 	if err := req.Validate(); err != nil {
 		return Result{}, err
 	}
-	body, err := json.Marshal(upstreamRequest{
+	ur := upstreamRequest{
 		Model: req.Model, Messages: req.Messages, MaxTokens: req.MaxTokens, Stream: true,
 		StreamOptions: map[string]any{"include_usage": true},
-	})
+		TopP:          req.TopP, PresencePenalty: req.PresencePenalty, FrequencyPenalty: req.FrequencyPenalty,
+		Seed: req.Seed, Stop: req.Stop, ResponseFormat: req.ResponseFormat, LogitBias: req.LogitBias,
+	}
+	if req.Temperature != nil {
+		ur.Temperature = *req.Temperature
+	}
+	body, err := json.Marshal(ur)
 	if err != nil {
 		return Result{}, err
 	}

@@ -5,11 +5,14 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
+	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +21,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/hostapi"
 )
 
 // MaxBody bounds a request body.
@@ -132,18 +136,52 @@ func Handler(g *Gateway, cfg APIConfig) http.Handler {
 		a.limit = 256
 	}
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	// Each route answers its method; any other method on its path gets
+	// OpenAI's error object, as does a path that is no route.
+	route := func(method, path string, h http.Handler) {
+		mux.Handle(method+" "+path, h)
+		mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Allow", method)
+			apiError(w, http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed",
+				fmt.Sprintf("%s %s is not served; use %s.", r.Method, r.URL.Path, method))
+		})
+	}
+	route("GET", "/healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(g.metrics.Registry, promhttp.HandlerOpts{}))
+	}))
+	route("GET", "/metrics", promhttp.HandlerFor(g.metrics.Registry, promhttp.HandlerOpts{}))
 	opsRoutes(mux, g)
-	mux.HandleFunc("GET /v1/models", a.auth(a.models))
-	mux.HandleFunc("POST /v1/chat/completions", a.auth(a.completions))
-	mux.HandleFunc("GET /v1/usage", a.auth(a.usage))
-	mux.HandleFunc("GET /v1/escrows", a.auth(func(w http.ResponseWriter, r *http.Request, _ string) {
+	route("GET", "/v1/models", a.auth(a.models))
+	// A model id may hold slashes (Qwen/Qwen3-8B).
+	route("GET", "/v1/models/{id...}", a.auth(a.model))
+	route("POST", "/v1/chat/completions", a.auth(a.completions))
+	route("GET", "/v1/usage", a.auth(a.usage))
+	route("GET", "/v1/escrows", a.auth(func(w http.ResponseWriter, r *http.Request, _ string) {
 		writeJSON(w, http.StatusOK, map[string]any{"escrows": g.Escrows()})
 	}))
-	return mux
+	mux.HandleFunc("/v1/completions", func(w http.ResponseWriter, r *http.Request) {
+		apiError(w, http.StatusNotFound, "invalid_request_error", "unsupported_endpoint",
+			"This gateway serves chat models only and does not serve the legacy /v1/completions; send the prompt as a user message to /v1/chat/completions.")
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		apiError(w, http.StatusNotFound, "invalid_request_error", "unknown_url", fmt.Sprintf("Invalid URL (%s %s).", r.Method, r.URL.Path))
+	})
+	return withRequestID(mux)
+}
+
+// withRequestID answers every request with an x-request-id: the app's own
+// if it sent a well-formed one, a fresh one otherwise. The request's
+// context carries it, to the gateway's logs and the executor's
+// (hostapi.WithRequestID).
+func withRequestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get(hostapi.RequestIDHeader)
+		if !hostapi.ValidRequestID(id) {
+			id = "req_" + randomID()
+		}
+		w.Header().Set(hostapi.RequestIDHeader, id)
+		next.ServeHTTP(w, r.WithContext(hostapi.WithRequestID(r.Context(), id)))
+	})
 }
 
 // keyedHandler serves a request admitted under the key with id.
@@ -182,21 +220,39 @@ func (a *api) auth(next keyedHandler) http.HandlerFunc {
 	}
 }
 
+// model is OpenAI's model object.
+type model struct {
+	ID      string `json:"id"`
+	Object  string `json:"object"`
+	Created int64  `json:"created"`
+	OwnedBy string `json:"owned_by"`
+}
+
+func modelObject(id string) model {
+	return model{ID: id, Object: "model", Created: 0, OwnedBy: "devshard"}
+}
+
 func (a *api) models(w http.ResponseWriter, r *http.Request, _ string) {
-	type model struct {
-		ID      string `json:"id"`
-		Object  string `json:"object"`
-		Created int64  `json:"created"`
-		OwnedBy string `json:"owned_by"`
-	}
 	out := struct {
 		Object string  `json:"object"`
 		Data   []model `json:"data"`
 	}{Object: "list", Data: []model{}}
 	for _, m := range a.g.Models() {
-		out.Data = append(out.Data, model{ID: m, Object: "model", Created: 0, OwnedBy: "devshard"})
+		out.Data = append(out.Data, modelObject(m))
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+func (a *api) model(w http.ResponseWriter, r *http.Request, _ string) {
+	id := r.PathValue("id")
+	for _, m := range a.g.Models() {
+		if m == id {
+			writeJSON(w, http.StatusOK, modelObject(m))
+			return
+		}
+	}
+	apiErrorParam(w, http.StatusNotFound, "invalid_request_error", "model_not_found", "model",
+		fmt.Sprintf("The model %q does not exist; GET /v1/models lists those served.", id))
 }
 
 func (a *api) usage(w http.ResponseWriter, r *http.Request, keyID string) {
@@ -208,8 +264,9 @@ func (a *api) usage(w http.ResponseWriter, r *http.Request, keyID string) {
 	writeJSON(w, http.StatusOK, map[string]any{"key": keyID, "usage": u})
 }
 
-// chatRequest is the part of OpenAI's request body the gateway reads;
-// other fields (temperature, top_p, …) are accepted and ignored.
+// chatRequest is the part of OpenAI's request body the gateway reads.
+// The generation parameters here are passed to the executor or refused
+// (params); docs/gateway.md lists which.
 type chatRequest struct {
 	Model               string        `json:"model"`
 	Messages            []chatMessage `json:"messages"`
@@ -219,6 +276,57 @@ type chatRequest struct {
 	StreamOptions       *struct {
 		IncludeUsage bool `json:"include_usage"`
 	} `json:"stream_options"`
+
+	Temperature      *float64        `json:"temperature"`
+	TopP             *float64        `json:"top_p"`
+	PresencePenalty  *float64        `json:"presence_penalty"`
+	FrequencyPenalty *float64        `json:"frequency_penalty"`
+	Seed             *int64          `json:"seed"`
+	Stop             json.RawMessage `json:"stop"`
+	ResponseFormat   json.RawMessage `json:"response_format"`
+	LogitBias        json.RawMessage `json:"logit_bias"`
+	N                *int            `json:"n"`
+	Tools            json.RawMessage `json:"tools"`
+	ToolChoice       json.RawMessage `json:"tool_choice"`
+	Logprobs         *bool           `json:"logprobs"`
+	TopLogprobs      *int            `json:"top_logprobs"`
+	Store            *bool           `json:"store"`
+}
+
+// chatFields are the fields of a chat completion the gateway reads
+// (chatRequest's), and those it takes without passing them on because
+// they change nothing in the answer: user, an end user's id that OpenAI
+// watches for abuse; metadata, which only a stored completion keeps; and
+// parallel_tool_calls, which only tools, refused, could make matter.
+var chatFields = func() map[string]bool {
+	fields := map[string]bool{"user": true, "metadata": true, "parallel_tool_calls": true}
+	t := reflect.TypeFor[chatRequest]()
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		fields[name] = true
+	}
+	return fields
+}()
+
+// unrecognized refuses a body with a field the gateway does not read, as
+// OpenAI does: a parameter taken and not honoured would be ignored
+// silently.
+func unrecognized(raw json.RawMessage) error {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		return fmt.Errorf("%w: the body must be a JSON object", ErrRequest)
+	}
+	var unknown []string
+	for name := range fields {
+		if !chatFields[name] {
+			unknown = append(unknown, name)
+		}
+	}
+	if len(unknown) == 0 {
+		return nil
+	}
+	slices.Sort(unknown)
+	return fmt.Errorf("%w: %w", ErrRequest, &executor.ParamError{Param: unknown[0], Reason: "unrecognized request argument; this gateway honours the parameters docs/gateway.md lists and refuses the rest"})
 }
 
 type chatMessage struct {
@@ -275,7 +383,68 @@ func (c *chatRequest) toExecutor() (executor.Request, error) {
 	if (c.MaxTokens != nil || c.MaxCompletionTokens != nil) && req.MaxTokens <= 0 {
 		return req, fmt.Errorf("%w: max_tokens must be a positive integer, got %d", ErrRequest, req.MaxTokens)
 	}
+	if err := c.params(&req); err != nil {
+		return req, fmt.Errorf("%w: %w", ErrRequest, err)
+	}
 	return req, nil
+}
+
+// params carries the generation parameters into req, or refuses one with
+// an *executor.ParamError. Whatever the model, the network answers with
+// one choice of text, with no tool calls and no log probabilities, so n
+// above 1, tools and logprobs are refused; the rest are the executor's to
+// honour or refuse (executor.Request.CheckParams).
+func (c *chatRequest) params(req *executor.Request) error {
+	set := func(raw json.RawMessage) bool { return len(raw) > 0 && string(raw) != "null" }
+	none := func(raw json.RawMessage) bool {
+		var list []json.RawMessage
+		return json.Unmarshal(raw, &list) == nil && len(list) == 0
+	}
+	switch {
+	case c.N != nil && *c.N != 1:
+		return &executor.ParamError{Param: "n", Reason: fmt.Sprintf("must be 1, got %d: a request is answered with one choice", *c.N)}
+	case set(c.Tools) && !none(c.Tools):
+		return &executor.ParamError{Param: "tools", Reason: "tool calls are not supported: the network answers in text only"}
+	case set(c.ToolChoice) && string(c.ToolChoice) != `"none"`:
+		return &executor.ParamError{Param: "tool_choice", Reason: `tool calls are not supported; only "none" is accepted`}
+	case c.Logprobs != nil && *c.Logprobs:
+		return &executor.ParamError{Param: "logprobs", Reason: "log probabilities are not supported: the network answers with text only"}
+	case c.TopLogprobs != nil && *c.TopLogprobs != 0:
+		return &executor.ParamError{Param: "top_logprobs", Reason: "log probabilities are not supported: the network answers with text only"}
+	case c.Store != nil && *c.Store:
+		return &executor.ParamError{Param: "store", Reason: "completions are not stored; only false is accepted"}
+	}
+	if set(c.Stop) {
+		var one string
+		if err := json.Unmarshal(c.Stop, &one); err == nil {
+			req.Stop = []string{one}
+		} else if err := json.Unmarshal(c.Stop, &req.Stop); err != nil {
+			return &executor.ParamError{Param: "stop", Reason: "must be a string or an array of strings"}
+		}
+	}
+	if set(c.ResponseFormat) {
+		req.ResponseFormat = c.ResponseFormat
+	}
+	if set(c.LogitBias) {
+		req.LogitBias = c.LogitBias
+	}
+	req.Temperature, req.TopP, req.Seed = c.Temperature, c.TopP, c.Seed
+	req.PresencePenalty, req.FrequencyPenalty = c.PresencePenalty, c.FrequencyPenalty
+	if req.Seed == nil && req.Temperature != nil && *req.Temperature > 0 {
+		// A request that samples without a seed gets a random one: the
+		// app still gets a fresh sample, and the prompt hash commits to
+		// the seed, so a validator's re-run draws the same sample.
+		seed := randomSeed()
+		req.Seed = &seed
+	}
+	return req.CheckParams()
+}
+
+// randomSeed is a seed for a request that samples without one.
+func randomSeed() int64 {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return int64(binary.BigEndian.Uint64(b[:]) >> 1)
 }
 
 // acquire counts a request against the in-flight limit of the key with
@@ -302,15 +471,30 @@ func (a *api) completions(w http.ResponseWriter, r *http.Request, keyID string) 
 	defer func() { a.g.metrics.request(rec.status()) }()
 	w = rec
 
-	var body chatRequest
+	var raw json.RawMessage
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBody)
-	if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+	if err := json.NewDecoder(r.Body).Decode(&raw); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			apiError(w, http.StatusRequestEntityTooLarge, "invalid_request_error", "", fmt.Sprintf("The request body exceeds %d bytes.", mbe.Limit))
 			return
 		}
 		apiError(w, http.StatusBadRequest, "invalid_request_error", "", "We could not parse the JSON body of your request: "+err.Error())
+		return
+	}
+	var body chatRequest
+	if err := json.Unmarshal(raw, &body); err != nil {
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) && te.Field != "" {
+			apiErrorParam(w, http.StatusBadRequest, "invalid_request_error", "", te.Field,
+				fmt.Sprintf("Invalid type for %s: expected %s, got a JSON %s.", te.Field, te.Type, te.Value))
+			return
+		}
+		apiError(w, http.StatusBadRequest, "invalid_request_error", "", "We could not parse the JSON body of your request: "+err.Error())
+		return
+	}
+	if err := unrecognized(raw); err != nil {
+		fail(w, err)
 		return
 	}
 	req, err := body.toExecutor()
@@ -440,9 +624,8 @@ func (s *sseWriter) finish(c *Completion, includeUsage bool) {
 // fail ends a stream that already began with an error event, as OpenAI
 // does.
 func (s *sseWriter) fail(err error) {
-	status, typ, code := classify(err)
-	_ = status
-	_ = s.event(map[string]any{"error": map[string]any{"message": err.Error(), "type": typ, "code": code, "param": nil}})
+	_, typ, code := classify(err)
+	_ = s.event(map[string]any{"error": map[string]any{"message": err.Error(), "type": typ, "code": orNull(code), "param": orNull(paramOf(err))}})
 	_, _ = fmt.Fprint(s.w, "data: [DONE]\n\n")
 }
 
@@ -454,7 +637,8 @@ func classify(err error) (int, string, string) {
 	case errors.Is(err, ErrModel):
 		return http.StatusNotFound, "invalid_request_error", "model_not_found"
 	case errors.Is(err, ErrFunds):
-		return http.StatusPaymentRequired, "insufficient_quota", "insufficient_quota"
+		// OpenAI's answer to an account out of credit.
+		return http.StatusTooManyRequests, "insufficient_quota", "insufficient_quota"
 	case errors.Is(err, ErrNoEpoch), errors.Is(err, ErrNoHost), errors.Is(err, ErrClosed):
 		return http.StatusServiceUnavailable, "server_error", "service_unavailable"
 	case errors.Is(err, context.Canceled):
@@ -465,7 +649,16 @@ func classify(err error) (int, string, string) {
 
 func fail(w http.ResponseWriter, err error) {
 	status, typ, code := classify(err)
-	apiError(w, status, typ, code, sentence(err))
+	apiErrorParam(w, status, typ, code, paramOf(err), sentence(err))
+}
+
+// paramOf is the name of the request parameter err refuses, or "".
+func paramOf(err error) string {
+	var pe *executor.ParamError
+	if errors.As(err, &pe) {
+		return pe.Param
+	}
+	return ""
 }
 
 // sentence capitalizes an error into a message for an app developer.
@@ -482,11 +675,36 @@ func sentence(err error) string {
 }
 
 func apiError(w http.ResponseWriter, status int, typ, code, msg string) {
-	var c any
-	if code != "" {
-		c = code
+	apiErrorParam(w, status, typ, code, "", msg)
+}
+
+// Retry-After of a 429, in seconds: a key over its in-flight limit may
+// retry as soon as a request of its finishes; an account out of funds
+// waits for its operator.
+const (
+	retryRateLimit = "1"
+	retryNoFunds   = "60"
+)
+
+// apiErrorParam answers with OpenAI's error object; param names the
+// request parameter at fault, if one is ("" writes null).
+func apiErrorParam(w http.ResponseWriter, status int, typ, code, param, msg string) {
+	if status == http.StatusTooManyRequests {
+		retry := retryRateLimit
+		if code == "insufficient_quota" {
+			retry = retryNoFunds
+		}
+		w.Header().Set("Retry-After", retry)
 	}
-	writeJSON(w, status, map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": nil, "code": c}})
+	writeJSON(w, status, map[string]any{"error": map[string]any{"message": msg, "type": typ, "param": orNull(param), "code": orNull(code)}})
+}
+
+// orNull is s, or JSON's null for "".
+func orNull(s string) any {
+	if s == "" {
+		return nil
+	}
+	return s
 }
 
 // writeJSON writes v as the whole response, with its length, so that a

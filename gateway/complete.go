@@ -18,23 +18,35 @@ import (
 func (g *Gateway) Complete(ctx context.Context, req executor.Request, emit func(string) error) (*Completion, error) {
 	defer g.metrics.begin()()
 	a := &answer{emit: g.metrics.firstToken(emit)}
+	// The app's request id (hostapi.WithRequestID) ties these lines to
+	// the app's answer and to the executor's log.
+	rid := hostapi.RequestID(ctx)
 	var lastErr error
 	for attempt := 1; attempt <= g.cfg.Attempts; attempt++ {
 		e, st, err := g.sequence(ctx, req, a)
 		if err != nil {
 			return nil, err
 		}
+		g.log.Info("request sequenced", "request_id", rid, "escrow", e.id(), "nonce", st.nonce, "attempt", attempt)
 		res, err := g.stream(ctx, e, st, req, a)
 		if err == nil {
-			return g.completed(e, st, req, a, res, attempt)
+			c, err := g.completed(e, st, req, a, res, attempt)
+			if err == nil {
+				g.log.Info("request finished", "request_id", rid, "escrow", e.id(), "nonce", st.nonce,
+					"prompt_tokens", c.Usage.PromptTokens, "completion_tokens", c.Usage.CompletionTokens, "cost", c.Cost)
+			} else {
+				g.log.Warn("request failed", "request_id", rid, "escrow", e.id(), "nonce", st.nonce, "err", err)
+			}
+			return c, err
 		}
 		var f *executorFailure
 		if !errors.As(err, &f) {
+			g.log.Warn("request failed", "request_id", rid, "escrow", e.id(), "nonce", st.nonce, "err", err)
 			return nil, err
 		}
 		lastErr = f.err
 		g.metrics.retries.Inc()
-		g.log.Warn(f.what, "escrow", e.id(), "nonce", st.nonce, "attempt", attempt, "err", f.err)
+		g.log.Warn(f.what, "request_id", rid, "escrow", e.id(), "nonce", st.nonce, "attempt", attempt, "err", f.err)
 		e.out.markDown(st.url)
 	}
 	return nil, fmt.Errorf("%w after %d attempts: %v", ErrNoHost, g.cfg.Attempts, lastErr)

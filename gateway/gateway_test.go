@@ -563,6 +563,7 @@ func TestHandlerLimitsRequestsInFlight(t *testing.T) {
 
 	resp := postChat(t, srv.URL, chatBody(t, ask(2), nil))
 	require.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
+	require.Equal(t, retryRateLimit, resp.Header.Get("Retry-After"))
 	var e apiErrorBody
 	require.NoError(t, json.NewDecoder(resp.Body).Decode(&e))
 	require.Equal(t, "rate_limit_error", e.Error.Type)
@@ -590,7 +591,8 @@ func TestHandlerLimitsRequestsInFlight(t *testing.T) {
 }
 
 // TestHandlerInsufficientFunds: an account that cannot lock an escrow gets
-// 402 insufficient_quota, and nothing is locked.
+// 429 insufficient_quota, as OpenAI answers an account out of credit, and
+// nothing is locked.
 func TestHandlerInsufficientFunds(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -598,7 +600,8 @@ func TestHandlerInsufficientFunds(t *testing.T) {
 	b.chain.setBalance(b.gw.cfg.EscrowAmount - 1)
 
 	w := serve(h, "Bearer "+testSecret, chatBody(t, ask(1), nil))
-	require.Equal(t, http.StatusPaymentRequired, w.Code, w.Body.String())
+	require.Equal(t, http.StatusTooManyRequests, w.Code, w.Body.String())
+	require.Equal(t, retryNoFunds, w.Header().Get("Retry-After"))
 	var e apiErrorBody
 	require.NoError(t, json.Unmarshal(w.Body.Bytes(), &e))
 	require.Equal(t, "insufficient_quota", e.Error.Type)

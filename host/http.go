@@ -214,6 +214,9 @@ func (h *handler) inference(w http.ResponseWriter, r *http.Request, escrowID uin
 		return nil
 	}
 	res, txs, err := h.e.Inference(r.Context(), escrowID, req.Nonce, req.Request, emit)
+	if id := r.Header.Get(hostapi.RequestIDHeader); hostapi.ValidRequestID(id) {
+		h.e.log.Info("inference served", "request_id", id, "escrow", escrowID, "nonce", req.Nonce, "err", err)
+	}
 	if err != nil {
 		if started {
 			_ = writeEvent(w, hostapi.StreamEvent{Error: err.Error()})

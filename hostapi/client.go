@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/devshard/devshard/executor"
@@ -173,6 +174,9 @@ func (c *Client) Inference(ctx context.Context, baseURL string, to signing.Addre
 	if err != nil {
 		return nil, err
 	}
+	if id := RequestID(ctx); id != "" {
+		hreq.Header.Set(RequestIDHeader, id)
+	}
 	// The watchdog cuts a stalled stream: every event resets it.
 	watchdog := time.AfterFunc(stall, cancel)
 	defer watchdog.Stop()
@@ -275,4 +279,37 @@ func (c *Client) call(ctx context.Context, r Route, baseURL string, to signing.A
 		return &Error{URL: baseURL, Status: resp.StatusCode, Message: "undecodable answer: " + err.Error()}
 	}
 	return nil
+}
+
+// RequestIDHeader carries an app's request id, which the gateway answers
+// with, to the executor, so one request can be followed through the
+// gateway's logs and the host's. It is for logs only: it is not signed.
+const RequestIDHeader = "X-Request-Id"
+
+type requestIDKey struct{}
+
+// WithRequestID returns ctx carrying the request id id, which Inference
+// sends the executor.
+func WithRequestID(ctx context.Context, id string) context.Context {
+	return context.WithValue(ctx, requestIDKey{}, id)
+}
+
+// RequestID is the request id ctx carries, or "".
+func RequestID(ctx context.Context) string {
+	id, _ := ctx.Value(requestIDKey{}).(string)
+	return id
+}
+
+// ValidRequestID reports whether id may be logged and echoed as a request
+// id: 1 to 128 letters, digits and "-_.:".
+func ValidRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for _, c := range id {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("-_.:", c)) {
+			return false
+		}
+	}
+	return true
 }
