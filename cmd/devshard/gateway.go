@@ -47,14 +47,50 @@ func gatewaySettings(c *gatewayConfig) *settings.Schema {
 	s.String(&c.apiKeysFile, "api_keys_file", "api_keys", "file of '<id> <sha256 of the key, hex>' lines (# comments), relative to home, read when it exists")
 	s.List(&g.Models, "models", []string{executor.BuiltinModel}, "models apps may ask for; the hosts must serve them")
 	s.Uint(&g.EscrowAmount, "escrow_amount", 10_000_000, "coins each new escrow locks")
-	s.Int(&g.MaxTokens, "max_tokens", 4096, "largest max_tokens a request may ask (default for a request without one: 256)")
+	s.Int(&g.Lanes, "lanes", 1, "escrows taking requests at once; each sequences its requests alone, so more lanes serve more in parallel, at one creation fee per escrow")
+	s.Int(&g.MaxTokens, "max_tokens", 4096, "largest max_tokens a request may ask")
+	s.Int(&g.DefaultMaxTokens, "default_max_tokens", 256, "max_tokens of a request that names none; at most max_tokens")
 	s.Int(&d.MaxInFlight, "max_in_flight", 256, "requests one API key may have open at once; more get 429")
+	s.Int(&g.Attempts, "attempts", 3, "executors a request is tried on before it fails with 503")
+	s.Duration(&g.HostTimeout, "host_timeout", 5*time.Second, "longest one call to a host for a diff or its pooled txs may take")
 	s.Duration(&g.StallTimeout, "stall_timeout", 15*time.Second, "an inference stream silent this long is cut and retried on another host")
+	s.Duration(&g.FlushEvery, "flush_every", time.Second, "how often idle escrows collect the hosts' pooled txs into a diff")
+	s.Duration(&g.EpochPoll, "epoch_poll", 2*time.Second, "how often the chain is asked for a new epoch, whose start settles the previous epoch's escrows")
 	s.Duration(&g.HoldFor, "hold_for", 50*time.Millisecond, "longest a diff waits for a host that does not execute it, so that it goes out with later diffs in one delivery; negative sends every diff to every host at once")
 	// The host's name for the same setting: one name across daemons.
 	s.String(&d.Synchronous, "storage.synchronous", "FULL", "state.db durability: FULL fsyncs every commit, NORMAL survives a crash but not power loss").
 		FormerFlag("synchronous").FormerEnv("DEVSHARD_GATEWAY_SYNCHRONOUS")
 	return s
+}
+
+// check refuses values the gateway cannot run with, naming the setting.
+// A zero here would otherwise be taken as "use the default" further in,
+// and a negative count or period would stall the gateway.
+func (c *gatewayConfig) check() error {
+	g := &c.daemon.Gateway
+	for _, n := range []struct {
+		key string
+		v   int
+	}{{"lanes", g.Lanes}, {"max_tokens", g.MaxTokens}, {"default_max_tokens", g.DefaultMaxTokens}, {"max_in_flight", c.daemon.MaxInFlight}, {"attempts", g.Attempts}} {
+		if n.v < 1 {
+			return fmt.Errorf("%s must be 1 or more, got %d", n.key, n.v)
+		}
+	}
+	if g.DefaultMaxTokens > g.MaxTokens {
+		return fmt.Errorf("default_max_tokens (%d) must not exceed max_tokens (%d)", g.DefaultMaxTokens, g.MaxTokens)
+	}
+	if g.EscrowAmount == 0 {
+		return errors.New("escrow_amount must be more than 0")
+	}
+	for _, p := range []struct {
+		key string
+		v   time.Duration
+	}{{"host_timeout", g.HostTimeout}, {"stall_timeout", g.StallTimeout}, {"flush_every", g.FlushEvery}, {"epoch_poll", g.EpochPoll}} {
+		if p.v <= 0 {
+			return fmt.Errorf("%s must be a positive duration such as 5s, got %s", p.key, p.v)
+		}
+	}
+	return nil
 }
 
 func newGatewayCommand() *cobra.Command {
@@ -82,6 +118,9 @@ DEVSHARD_GATEWAY_STORAGE_SYNCHRONOUS. docs/gateway.md explains each one.`,
 				return err
 			}
 			if err := s.Load(s.File(os.LookupEnv), os.LookupEnv, cmd.ErrOrStderr()); err != nil {
+				return err
+			}
+			if err := c.check(); err != nil {
 				return err
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
