@@ -54,7 +54,8 @@ func NewCommand() *cobra.Command {
 		WithHomeDir(chain.DefaultNodeHome).
 		WithViper("DEVSHARD")
 
-	root := &cobra.Command{
+	var root *cobra.Command // start's check below asks for it
+	root = &cobra.Command{
 		Use:   "chain",
 		Short: "Run and use a devshard chain node (Cosmos SDK on CometBFT)",
 		Long: `Run and use a devshard chain node. The commands are the usual Cosmos SDK ones:
@@ -77,6 +78,11 @@ step-by-step setup. See docs/chain.md.`,
 			}
 			if err := client.SetCmdClientContextHandler(clientCtx, cmd); err != nil {
 				return err
+			}
+			if cmd.Name() == "start" && cmd.Parent() == root {
+				if err := requireInitialisedHome(clientCtx.HomeDir); err != nil {
+					return err
+				}
 			}
 			return server.InterceptConfigsPreRunHandler(cmd, srvconfig.DefaultConfigTemplate, chain.DefaultAppConfig(), chain.DefaultCometConfig())
 		},
@@ -107,6 +113,7 @@ step-by-step setup. See docs/chain.md.`,
 	if err := autoCLI.EnhanceRootCommand(root); err != nil {
 		panic(err)
 	}
+	checkNumberArgs(root, autoCLI.ModuleOptions)
 	return root
 }
 
