@@ -28,12 +28,14 @@ import (
 	srvconfig "github.com/cosmos/cosmos-sdk/server/config"
 	servertypes "github.com/cosmos/cosmos-sdk/server/types"
 	"github.com/cosmos/cosmos-sdk/types/module"
+	"github.com/cosmos/cosmos-sdk/version"
 	authcmd "github.com/cosmos/cosmos-sdk/x/auth/client/cli"
 	authtypes "github.com/cosmos/cosmos-sdk/x/auth/types"
 	genutilcli "github.com/cosmos/cosmos-sdk/x/genutil/client/cli"
 	genutiltypes "github.com/cosmos/cosmos-sdk/x/genutil/types"
 
 	"github.com/devshard/devshard/chain"
+	"github.com/devshard/devshard/internal/buildinfo"
 )
 
 // NewCommand returns the `chain` command. Mount it under the devshard root
@@ -41,6 +43,7 @@ import (
 // client and server contexts itself, so the root needs no SDK setup.
 func NewCommand() *cobra.Command {
 	chain.SetAddressPrefixes()
+	setSDKVersion(buildinfo.Read())
 	// A throwaway app supplies the codecs and the modules' CLI descriptors.
 	app := chain.New(log.NewNopLogger(), dbm.NewMemDB(), nil, false, appOptions{})
 
@@ -214,4 +217,12 @@ func initCmd(basics module.BasicManager) *cobra.Command {
 		return g.SaveAs(file)
 	}
 	return cmd
+}
+
+// setSDKVersion names this build in the SDK's version variables, which
+// `chain version` prints and the node reports over gRPC (GetNodeInfo);
+// left alone they read "<appd>" and empty strings.
+func setSDKVersion(in buildinfo.Info) {
+	version.Name, version.AppName = "devshard", "devshard"
+	version.Version, version.Commit, version.BuildTags = in.Version, in.Commit, in.Tags
 }
