@@ -71,7 +71,10 @@ type Config struct {
 	// Lanes is how many escrows take requests at once (default 1). Each
 	// lane's diffs are sequenced independently, so more lanes carry more
 	// requests in parallel, at one creation fee per escrow.
-	Lanes   int
+	Lanes int
+	// Keyring, when set, is the keys the HTTP API admits, in place of
+	// APIConfig.Keys: the daemon's keys file, followed as it changes.
+	Keyring *Keyring
 	Logger  *slog.Logger
 	Metrics *Metrics
 }

@@ -44,7 +44,7 @@ func gatewaySettings(c *gatewayConfig) *settings.Schema {
 	s.String(&d.ChainID, "chain.id", "", "chain id the gateway signs txs, and its requests to hosts, for (default: asked of the node)").FormerFlag("chain.id")
 	s.String(&c.keyFile, "key.file", "gateway.key", "key file (64 hex characters, mode 0600), relative to home; 'devshard gateway init' writes one")
 	s.List(&c.apiKeys, "api_key", nil, "apps' keys as id:key, comma-separated; from the environment only, never a flag or the file").EnvOnly()
-	s.String(&c.apiKeysFile, "api_keys_file", "api_keys", "file of '<id> <sha256 of the key, hex>' lines (# comments), relative to home, read when it exists")
+	s.String(&c.apiKeysFile, "api_keys_file", "api_keys", "file of '<id> <sha256 of the key, hex> [created]' lines (# comments), relative to home; read when it exists, and again whenever it changes ('devshard gateway keys')")
 	s.List(&g.Models, "models", []string{executor.BuiltinModel}, "models apps may ask for; the hosts must serve them")
 	s.Uint(&g.EscrowAmount, "escrow_amount", 10_000_000, "coins each new escrow locks")
 	s.Int(&g.Lanes, "lanes", 1, "escrows taking requests at once; each sequences its requests alone, so more lanes serve more in parallel, at one creation fee per escrow")
@@ -106,8 +106,9 @@ escrows it locks on chain with its account, sequences each escrow's session
 another host when one fails, and settles each escrow when it is spent, when
 its epoch ends, and on shutdown.
 
-Its state (escrows, every diff, pending settlements, usage) is
-<home>/state.db; a restart resumes open sessions and settlements in flight.
+Its state (escrows, their diffs until settled, pending settlements, usage)
+is <home>/state.db; a restart resumes open sessions and settlements in
+flight. API keys are managed with 'devshard gateway keys' while it runs.
 Settings come from the TOML file (--config, or <home>/gateway.toml when it
 exists), then DEVSHARD_GATEWAY_* variables, then the flags below:
 storage.synchronous in the file is --storage-synchronous and
@@ -133,7 +134,7 @@ DEVSHARD_GATEWAY_STORAGE_SYNCHRONOUS. docs/gateway.md explains each one.`,
 	// line a key is visible to every user of the machine (ps).
 	cmd.Flags().StringSlice("api-key", nil, "never on the command line; set DEVSHARD_GATEWAY_API_KEY=id:key")
 	_ = cmd.Flags().MarkHidden("api-key")
-	cmd.AddCommand(newGatewayInitCommand())
+	cmd.AddCommand(newGatewayInitCommand(), newGatewayKeysCommand())
 	return cmd
 }
 
@@ -159,11 +160,11 @@ func runGateway(ctx context.Context, c *gatewayConfig, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("%w (create one with 'devshard gateway init')", err)
 	}
-	apiKeys, err := loadAPIKeys(d.Home, c)
+	apiKeys, err := loadAPIKeys(d.Home, c, log)
 	if err != nil {
 		return err
 	}
-	d.Key, d.Keys, d.Logger = key, apiKeys, log
+	d.Key, d.Keys, d.Gateway.Keyring, d.Logger = key, apiKeys.Keys(), apiKeys, log
 	daemon, err := gateway.Open(ctx, d)
 	if err != nil {
 		return err
@@ -190,10 +191,11 @@ func refuseKeyOnCommandLine(cmd *cobra.Command) error {
 }
 
 // loadAPIKeys gathers the apps' keys, hashed: id:key pairs from
-// DEVSHARD_GATEWAY_API_KEY, and the keys file, relative to home. Ids must
-// be unique, since usage is accounted by id.
-func loadAPIKeys(home string, c *gatewayConfig) ([]gateway.APIKey, error) {
-	var out []gateway.APIKey
+// DEVSHARD_GATEWAY_API_KEY, and the keys file, relative to home, which the
+// gateway follows as 'devshard gateway keys' changes it. Ids must be
+// unique, since usage is accounted by id.
+func loadAPIKeys(home string, c *gatewayConfig, log *slog.Logger) (*gateway.Keyring, error) {
+	var env []gateway.APIKey
 	for _, s := range c.apiKeys {
 		id, secret, ok := strings.Cut(s, ":")
 		if !ok {
@@ -203,43 +205,15 @@ func loadAPIKeys(home string, c *gatewayConfig) ([]gateway.APIKey, error) {
 		if err != nil {
 			return nil, fmt.Errorf("DEVSHARD_GATEWAY_API_KEY: %w", err)
 		}
-		out = append(out, k)
+		env = append(env, k)
 	}
-	fileKeys, err := readAPIKeys(resolve(home, c.apiKeysFile))
-	if err != nil {
-		return nil, err
-	}
-	seen := map[string]bool{}
-	for _, k := range append(out, fileKeys...) {
-		if seen[k.ID] {
-			return nil, fmt.Errorf("the API key id %q is given twice (environment and keys file); each key needs its own id", k.ID)
-		}
-		seen[k.ID] = true
-	}
-	return append(out, fileKeys...), nil
-}
-
-// readAPIKeys reads a keys file (gateway.ParseAPIKeys); a missing file is
-// no keys.
-func readAPIKeys(path string) ([]gateway.APIKey, error) {
-	raw, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	keys, err := gateway.ParseAPIKeys(string(raw))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return keys, nil
+	return gateway.OpenKeyring(resolve(home, c.apiKeysFile), env, log)
 }
 
 // apiKeysHeader opens a keys file written by init.
 const apiKeysHeader = `# API keys: one "<id> <sha256 of the key, hex>" per line. The id names the
-# key in usage, logs and metrics; the key itself is never stored. Add one with
-#   printf %s "$KEY" | sha256sum
+# key in usage, logs and metrics; the key itself is never stored. Add, list
+# and revoke keys with 'devshard gateway keys'; a running gateway follows.
 `
 
 func newGatewayInitCommand() *cobra.Command {
@@ -257,6 +231,7 @@ func newGatewayInitCommand() *cobra.Command {
 				return err
 			}
 			api, secret := gateway.NewAPIKey("app")
+			api.Created = time.Now().UTC().Truncate(time.Second)
 			path := filepath.Join(home, "api_keys")
 			if err := os.WriteFile(path, []byte(apiKeysHeader+api.Line()+"\n"), 0o600); err != nil {
 				return err

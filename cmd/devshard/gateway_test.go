@@ -138,15 +138,15 @@ func TestAttackAPIKeyOnTheCommandLineIsRefused(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(home, "api_keys"), []byte(apiKeysHeader+app.Line()+"\n"), 0o600))
 	c, _, err := loadGateway(t, "", map[string]string{"DEVSHARD_GATEWAY_API_KEY": "ci:sk-devshard-from-the-env-01"}, "--home", home)
 	require.NoError(t, err)
-	keys, err := loadAPIKeys(c.daemon.Home, c)
+	keys, err := loadAPIKeys(c.daemon.Home, c, nil)
 	require.NoError(t, err)
 	ci, err := gateway.HashAPIKey("ci", "sk-devshard-from-the-env-01")
 	require.NoError(t, err)
-	require.Equal(t, []gateway.APIKey{ci, app}, keys)
+	require.Equal(t, []gateway.APIKey{ci, app}, keys.Keys())
 
 	// The keys file holds hashes: a plain key there is refused.
 	require.NoError(t, os.WriteFile(filepath.Join(home, "api_keys"), []byte("app:sk-devshard-from-the-file-0\n"), 0o600))
-	_, err = loadAPIKeys(home, &gatewayConfig{apiKeysFile: "api_keys"})
+	_, err = loadAPIKeys(home, &gatewayConfig{apiKeysFile: "api_keys"}, nil)
 	require.ErrorContains(t, err, "keys are kept hashed")
 
 	// Nor may the file carry a key.
