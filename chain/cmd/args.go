@@ -136,9 +136,9 @@ func (n numberArg) check(cmdName, text string) error {
 }
 
 // requireInitialisedHome refuses to start a node on a home `init` never
-// wrote. The SDK would otherwise write default config files there and stop
-// at the first setting the defaults leave empty (the minimum gas price),
-// which says nothing about the missing init.
+// wrote (no genesis). The SDK would otherwise stop at the first setting
+// its default config leaves empty (the minimum gas price), which says
+// nothing about the missing init.
 func requireInitialisedHome(home string) error {
 	genesis := filepath.Join(home, "config", "genesis.json")
 	if _, err := os.Stat(genesis); errors.Is(err, os.ErrNotExist) {

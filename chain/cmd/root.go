@@ -82,12 +82,15 @@ step-by-step setup. See docs/chain.md.`,
 			if err := client.SetCmdClientContextHandler(clientCtx, cmd); err != nil {
 				return err
 			}
-			if cmd.Name() == "start" && cmd.Parent() == root {
-				if err := requireInitialisedHome(clientCtx.HomeDir); err != nil {
-					return err
-				}
+			if err := server.InterceptConfigsPreRunHandler(cmd, srvconfig.DefaultConfigTemplate, chain.DefaultAppConfig(), chain.DefaultCometConfig()); err != nil {
+				return err
 			}
-			return server.InterceptConfigsPreRunHandler(cmd, srvconfig.DefaultConfigTemplate, chain.DefaultAppConfig(), chain.DefaultCometConfig())
+			// Checked on the home the SDK resolved (flag, DEVSHARD_HOME or
+			// the default), before start asks for anything else.
+			if cmd.Name() == "start" && cmd.Parent() == root {
+				return requireInitialisedHome(server.GetServerContextFromCmd(cmd).Config.RootDir)
+			}
+			return nil
 		},
 	}
 	root.PersistentFlags().String(flags.FlagHome, chain.DefaultNodeHome, "directory for config and data")
