@@ -9,7 +9,7 @@ GOGOPROTO_DIR = $(MODCACHE)/github.com/cosmos/gogoproto@$(shell $(GO) list -m -f
 BUILDINFO := github.com/devshard/devshard/internal/buildinfo
 LDFLAGS   := -X $(BUILDINFO).version=$(shell git describe --tags --always --dirty 2>/dev/null) \
 	-X $(BUILDINFO).commit=$(shell git rev-parse HEAD 2>/dev/null) \
-	-X $(BUILDINFO).time=$(shell git log -1 --format=%cI 2>/dev/null) \
+	-X $(BUILDINFO).vcsTime=$(shell git log -1 --format=%cI 2>/dev/null) \
 	-X $(BUILDINFO).modified=$(shell git diff --quiet HEAD 2>/dev/null && echo false || echo true)
 
 .PHONY: help build build-cgo ldflags test test-race bench lint proto fuzz

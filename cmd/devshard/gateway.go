@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -81,6 +82,13 @@ func (c *gatewayConfig) check() error {
 	}
 	if g.EscrowAmount == 0 {
 		return errors.New("escrow_amount must be more than 0")
+	}
+	if _, _, err := net.SplitHostPort(c.daemon.Listen); err != nil {
+		return fmt.Errorf("listen %q is not host:port: %v", c.daemon.Listen, err)
+	}
+	// The host's rules for the same settings.
+	if s := strings.ToUpper(c.daemon.Synchronous); s != "FULL" && s != "NORMAL" {
+		return fmt.Errorf("storage.synchronous must be FULL or NORMAL, got %q", c.daemon.Synchronous)
 	}
 	for _, p := range []struct {
 		key string

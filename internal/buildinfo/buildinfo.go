@@ -19,7 +19,7 @@ import (
 var (
 	version  string
 	commit   string
-	time     string
+	vcsTime  string
 	modified string // "true" or "false"
 )
 
@@ -41,7 +41,7 @@ type Info struct {
 // Read returns the running binary's Info.
 func Read() Info {
 	bi, _ := debug.ReadBuildInfo()
-	return merge(fromBuildInfo(bi), Info{Version: version, Commit: commit, Time: time, Modified: modified == "true"}, modified != "")
+	return merge(fromBuildInfo(bi), Info{Version: version, Commit: commit, Time: vcsTime, Modified: modified == "true"}, modified != "")
 }
 
 // fromBuildInfo reads what the Go toolchain stamped; bi may be nil.
