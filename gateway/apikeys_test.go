@@ -31,7 +31,6 @@ func writeKeys(t *testing.T, path string, keys ...APIKey) {
 // no longer parses leaves the keys in force as they were.
 func TestKeyringFollowsTheKeysFile(t *testing.T) {
 	t.Parallel()
-	b := setup(t)
 	path := filepath.Join(t.TempDir(), "api_keys")
 	first, firstSecret := NewAPIKey("first")
 	writeKeys(t, path, first)
@@ -40,7 +39,7 @@ func TestKeyringFollowsTheKeysFile(t *testing.T) {
 	var logs bytes.Buffer
 	ring, err := OpenKeyring(path, []APIKey{env}, slog.New(slog.NewTextHandler(&logs, nil)))
 	require.NoError(t, err)
-	b.gw.cfg.Keyring = ring
+	b := setup(t, func(o *setupOptions) { o.config = func(c *Config) { c.Keyring = ring } })
 	h := Handler(b.gw, APIConfig{})
 	status := func(secret string) int {
 		r, _ := http.NewRequest(http.MethodGet, "/v1/usage", nil)
