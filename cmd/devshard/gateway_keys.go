@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -30,9 +31,13 @@ when it was added. The key itself is printed once by 'add' and never stored.
 A running gateway re-reads the file when it changes: a key added is admitted,
 and a key revoked refused, from the next request on.`,
 	}
-	cmd.PersistentFlags().StringVar(&home, "home", defaultHome("gateway"), "the gateway's home directory")
-	cmd.PersistentFlags().StringVar(&file, "api-keys-file", "api_keys", "keys file, relative to home")
-	path := func() string { return resolve(settings.ExpandHome(home), file) }
+	cmd.PersistentFlags().StringVar(&home, "home", "", "the gateway's home directory (default: as the gateway takes it, ~/.devshard/gateway)")
+	cmd.PersistentFlags().StringVar(&file, "api-keys-file", "", "keys file, relative to home (default: as the gateway takes it, api_keys)")
+	var path string
+	cmd.PersistentPreRunE = func(cmd *cobra.Command, _ []string) (err error) {
+		path, err = keysFilePath(home, file, os.LookupEnv, cmd.ErrOrStderr())
+		return err
+	}
 
 	add := &cobra.Command{
 		Use:   "add <id>",
@@ -41,10 +46,10 @@ and a key revoked refused, from the next request on.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			k, secret := gateway.NewAPIKey(args[0])
 			k.Created = time.Now().UTC().Truncate(time.Second)
-			if err := addKey(path(), k); err != nil {
+			if err := addKey(path, k); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "API key %q: %s\nshown once: %s keeps only its hash. A running gateway admits it at once.\n", k.ID, secret, path())
+			fmt.Fprintf(cmd.OutOrStdout(), "API key %q: %s\nshown once: %s keeps only its hash. A running gateway admits it at once.\n", k.ID, secret, path)
 			return nil
 		},
 	}
@@ -53,7 +58,7 @@ and a key revoked refused, from the next request on.`,
 		Short: "List the keys' ids and creation times (never a key or its hash)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			keys, _, err := readKeysFile(path())
+			keys, _, err := readKeysFile(path)
 			if err != nil {
 				return err
 			}
@@ -74,7 +79,7 @@ and a key revoked refused, from the next request on.`,
 		Short: "Remove the key with id; a running gateway refuses it from the next request on",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := revokeKey(path(), args[0]); err != nil {
+			if err := revokeKey(path, args[0]); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "API key %q revoked\n", args[0])
@@ -83,6 +88,28 @@ and a key revoked refused, from the next request on.`,
 	}
 	cmd.AddCommand(add, list, revoke)
 	return cmd
+}
+
+// keysFilePath is the keys file the gateway on home reads: the gateway's
+// own settings (its gateway.toml, DEVSHARD_GATEWAY_* variables) name it,
+// and the flags given here, home and file, win over them.
+func keysFilePath(home, file string, env func(string) (string, bool), warn io.Writer) (string, error) {
+	c := &gatewayConfig{}
+	s := gatewaySettings(c)
+	st, _ := s.Lookup("home")
+	lookup := func(k string) (string, bool) {
+		if k == st.Env() && home != "" {
+			return home, true
+		}
+		return env(k)
+	}
+	if err := s.Load(s.File(lookup), lookup, warn); err != nil {
+		return "", err
+	}
+	if file != "" {
+		c.apiKeysFile = file
+	}
+	return resolve(settings.ExpandHome(c.daemon.Home), c.apiKeysFile), nil
 }
 
 // readKeysFile reads the keys file as its keys and its lines; a missing

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -93,4 +94,28 @@ func mustRead(t *testing.T, path string) []byte {
 	raw, err := os.ReadFile(path)
 	require.NoError(t, err)
 	return raw
+}
+
+// keys finds the file the gateway reads: the api_keys_file of the
+// gateway.toml in its home, unless a flag names another.
+func TestGatewayKeysFollowTheGatewaySettings(t *testing.T) {
+	t.Parallel()
+	home := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(home, "gateway.toml"), []byte("api_keys_file = \"apps/keys\"\n"), 0o600))
+	out, err := keysCmd(t, "add", "app", "--home", home)
+	require.NoError(t, err, out)
+	keys, err := gateway.ParseAPIKeys(string(mustRead(t, filepath.Join(home, "apps", "keys"))))
+	require.NoError(t, err)
+	require.Len(t, keys, 1)
+
+	out, err = keysCmd(t, "add", "other", "--home", home, "--api-keys-file", "elsewhere")
+	require.NoError(t, err, out)
+	require.FileExists(t, filepath.Join(home, "elsewhere"))
+
+	c := &gatewayConfig{}
+	s := gatewaySettings(c)
+	require.NoError(t, s.Load(filepath.Join(home, "gateway.toml"), lookup(map[string]string{"DEVSHARD_GATEWAY_HOME": home}), io.Discard))
+	ring, err := loadAPIKeys(home, c, nil)
+	require.NoError(t, err)
+	require.Equal(t, keys, ring.Keys(), "the gateway reads the file keys wrote")
 }
