@@ -340,15 +340,17 @@ func (s *State) PruneSettled(ctx context.Context, limit int, live []uint64) (int
 	args := []any{StatusSettled}
 	except := ""
 	if len(live) > 0 {
-		except = " AND d.escrow NOT IN (?" + strings.Repeat(", ?", len(live)-1) + ")"
+		except = " AND id NOT IN (?" + strings.Repeat(", ?", len(live)-1) + ")"
 		for _, id := range live {
 			args = append(args, id)
 		}
 	}
 	args = append(args, limit)
+	// Driven by the escrows table, so that a pass seeks each settled
+	// escrow's diffs by key instead of scanning every diff of the open ones.
 	res, err := s.db.ExecContext(ctx, `DELETE FROM diffs WHERE (escrow, nonce) IN (
-		SELECT d.escrow, d.nonce FROM diffs d JOIN escrows e ON e.id = d.escrow
-		WHERE e.status = ?`+except+` ORDER BY d.escrow, d.nonce LIMIT ?)`, args...)
+		SELECT escrow, nonce FROM diffs WHERE escrow IN (SELECT id FROM escrows WHERE status = ?`+except+`)
+		ORDER BY escrow, nonce LIMIT ?)`, args...)
 	if err != nil {
 		return 0, fmt.Errorf("prune settled diffs: %w", err)
 	}
