@@ -219,9 +219,10 @@ func loadAPIKeys(home string, c *gatewayConfig, log *slog.Logger) (*gateway.Keyr
 }
 
 // apiKeysHeader opens a keys file written by init.
-const apiKeysHeader = `# API keys: one "<id> <sha256 of the key, hex>" per line. The id names the
-# key in usage, logs and metrics; the key itself is never stored. Add, list
-# and revoke keys with 'devshard gateway keys'; a running gateway follows.
+const apiKeysHeader = `# API keys: one "<id> <sha256 of the key, hex> [created]" per line. The id
+# names the key in usage, logs and metrics; the key itself is never stored.
+# Add, list and revoke keys with 'devshard gateway keys'; a running gateway
+# follows at once.
 `
 
 func newGatewayInitCommand() *cobra.Command {
