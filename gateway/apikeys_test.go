@@ -77,3 +77,46 @@ func TestKeyringFollowsTheKeysFile(t *testing.T) {
 	_, err = OpenKeyring(path, []APIKey{env}, nil)
 	require.ErrorContains(t, err, `the API key id "ci" is given twice`)
 }
+
+// Requests look keys up while the file is rewritten: each sees the keys
+// before or after a change, and a key in every version is never refused.
+// Run under -race.
+func TestKeyringLookupWhileTheFileChanges(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "api_keys")
+	stay, staySecret := NewAPIKey("stay")
+	writeKeys(t, path, stay)
+	ring, err := OpenKeyring(path, nil, slog.New(slog.DiscardHandler))
+	require.NoError(t, err)
+	done := make(chan struct{})
+	refused := make(chan string, 8)
+	for range 4 {
+		go func() {
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if _, ok := ring.Lookup(staySecret); !ok {
+					refused <- "stay"
+					return
+				}
+			}
+		}()
+	}
+	for i := range 50 {
+		other, _ := NewAPIKey("other")
+		if i%2 == 0 {
+			writeKeys(t, path, stay, other)
+		} else {
+			writeKeys(t, path, stay)
+		}
+	}
+	close(done)
+	select {
+	case id := <-refused:
+		t.Fatalf("key %q, in every version of the file, was refused", id)
+	default:
+	}
+}
