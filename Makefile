@@ -3,16 +3,28 @@ GO       ?= go
 MODCACHE := $(shell $(GO) env GOMODCACHE)
 GOGOPROTO_DIR = $(MODCACHE)/github.com/cosmos/gogoproto@$(shell $(GO) list -m -f '{{.Version}}' github.com/cosmos/gogoproto)
 
-.PHONY: help build build-cgo test test-race bench lint proto fuzz
+# The build's identity (internal/buildinfo), stamped from git so that it is
+# there even where the toolchain's own VCS stamp is not (git worktrees,
+# GOFLAGS=-buildvcs=false). Empty outside a git checkout.
+BUILDINFO := github.com/devshard/devshard/internal/buildinfo
+LDFLAGS   := -X $(BUILDINFO).version=$(shell git describe --tags --always --dirty 2>/dev/null) \
+	-X $(BUILDINFO).commit=$(shell git rev-parse HEAD 2>/dev/null) \
+	-X $(BUILDINFO).vcsTime=$(shell git log -1 --format=%cI 2>/dev/null) \
+	-X $(BUILDINFO).modified=$(shell git diff --quiet HEAD 2>/dev/null && echo false || echo true)
+
+.PHONY: help build build-cgo ldflags test test-race bench lint proto fuzz
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
 
 build: ## build bin/devshard
-	$(GO) build -o bin/devshard ./cmd/devshard
+	$(GO) build -ldflags '$(LDFLAGS)' -o bin/devshard ./cmd/devshard
 
 build-cgo: ## build bin/devshard with the C libsecp256k1 for signature checks (needs gcc)
-	$(GO) build -tags libsecp256k1_sdk -o bin/devshard ./cmd/devshard
+	$(GO) build -tags libsecp256k1_sdk -ldflags '$(LDFLAGS)' -o bin/devshard ./cmd/devshard
+
+ldflags: ## print the -ldflags that stamp the build's version and commit
+	@echo '$(LDFLAGS)'
 
 test: ## the test suite CI runs: deps, vet, gofmt, race on core packages, all tests
 	./scripts/test.sh

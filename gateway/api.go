@@ -3,8 +3,6 @@ package gateway
 import (
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
@@ -27,93 +25,9 @@ import (
 // MaxBody bounds a request body.
 const MaxBody = 1 << 20
 
-// APIKey is one app's credential as the gateway keeps it: an id, which
-// names the key in usage accounting, logs and metrics, and the SHA-256 of
-// the secret. The secret itself is never kept, logged or shown again.
-type APIKey struct {
-	ID   string
-	Hash [32]byte
-}
-
-// NewAPIKey returns a fresh random secret and the APIKey that admits it
-// under id.
-func NewAPIKey(id string) (APIKey, string) {
-	b := make([]byte, 24)
-	_, _ = rand.Read(b)
-	secret := "sk-devshard-" + hex.EncodeToString(b)
-	return APIKey{ID: id, Hash: sha256.Sum256([]byte(secret))}, secret
-}
-
-// HashAPIKey returns the APIKey that admits secret under id.
-func HashAPIKey(id, secret string) (APIKey, error) {
-	if err := checkKeyID(id); err != nil {
-		return APIKey{}, err
-	}
-	if len(secret) < minSecret {
-		return APIKey{}, fmt.Errorf("the API key with id %q is %d characters long; use at least %d", id, len(secret), minSecret)
-	}
-	return APIKey{ID: id, Hash: sha256.Sum256([]byte(secret))}, nil
-}
-
-// minSecret is the shortest secret HashAPIKey takes.
-const minSecret = 16
-
-// Line is k's line in a keys file: its id, a space, and its hash in hex.
-func (k APIKey) Line() string { return k.ID + " " + hex.EncodeToString(k.Hash[:]) }
-
-// ParseAPIKeys reads a keys file: one "<id> <sha256 of the key, hex>" per
-// line (APIKey.Line), blank lines and lines starting with # skipped. Ids
-// and hashes must be unique.
-func ParseAPIKeys(text string) ([]APIKey, error) {
-	var out []APIKey
-	ids, hashes := map[string]bool{}, map[[32]byte]string{}
-	for n, line := range strings.Split(text, "\n") {
-		line = strings.TrimSpace(line)
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		fields := strings.Fields(line)
-		if len(fields) != 2 {
-			return nil, fmt.Errorf("line %d: expected \"<id> <sha256 of the key, 64 hex characters>\", got %d fields; keys are kept hashed, never in plain text", n+1, len(fields))
-		}
-		id, hexHash := fields[0], fields[1]
-		if err := checkKeyID(id); err != nil {
-			return nil, fmt.Errorf("line %d: %w", n+1, err)
-		}
-		raw, err := hex.DecodeString(hexHash)
-		if err != nil || len(raw) != sha256.Size {
-			return nil, fmt.Errorf("line %d: the hash of key %q must be 64 hex characters (SHA-256), got %q", n+1, id, hexHash)
-		}
-		k := APIKey{ID: id}
-		copy(k.Hash[:], raw)
-		if ids[id] {
-			return nil, fmt.Errorf("line %d: the id %q is listed twice; each key needs its own id", n+1, id)
-		}
-		if other, dup := hashes[k.Hash]; dup {
-			return nil, fmt.Errorf("line %d: key %q has the same hash as key %q; one key must not have two ids", n+1, id, other)
-		}
-		ids[id], hashes[k.Hash] = true, id
-		out = append(out, k)
-	}
-	return out, nil
-}
-
-// checkKeyID: ids name keys in logs, metrics and the usage table, so they
-// are short and plain.
-func checkKeyID(id string) error {
-	if id == "" || len(id) > 64 {
-		return fmt.Errorf("an API key id must be 1 to 64 characters, got %d", len(id))
-	}
-	for _, c := range id {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.') {
-			return fmt.Errorf("the API key id %q may hold only letters, digits, '-', '_' and '.'", id)
-		}
-	}
-	return nil
-}
-
 // APIConfig shapes the HTTP API.
 type APIConfig struct {
+	// Keys are admitted when the gateway's Config has no Keyring.
 	Keys []APIKey
 	// MaxInFlight is how many requests one key may have open at once; more
 	// get 429 (default 256).
@@ -123,7 +37,7 @@ type APIConfig struct {
 // api serves the OpenAI-compatible routes.
 type api struct {
 	g        *Gateway
-	keys     []APIKey
+	keys     *Keyring
 	limit    int
 	mu       sync.Mutex
 	inFlight map[string]int
@@ -131,7 +45,11 @@ type api struct {
 
 // Handler serves the gateway's HTTP API (docs/gateway.md).
 func Handler(g *Gateway, cfg APIConfig) http.Handler {
-	a := &api{g: g, keys: append([]APIKey(nil), cfg.Keys...), limit: cfg.MaxInFlight, inFlight: map[string]int{}}
+	keys := g.cfg.Keyring
+	if keys == nil {
+		keys = NewKeyring(cfg.Keys)
+	}
+	a := &api{g: g, keys: keys, limit: cfg.MaxInFlight, inFlight: map[string]int{}}
 	if a.limit == 0 {
 		a.limit = 256
 	}
@@ -187,20 +105,6 @@ func withRequestID(next http.Handler) http.Handler {
 // keyedHandler serves a request admitted under the key with id.
 type keyedHandler func(w http.ResponseWriter, r *http.Request, id string)
 
-// keyID returns the id of the key whose hash is that of token. Every key
-// is compared, in constant time, so the answer's timing does not tell how
-// close a guess came.
-func (a *api) keyID(token string) (string, bool) {
-	h := sha256.Sum256([]byte(token))
-	id, found := "", false
-	for _, k := range a.keys {
-		if subtle.ConstantTimeCompare(h[:], k.Hash[:]) == 1 {
-			id, found = k.ID, true
-		}
-	}
-	return id, found
-}
-
 // auth admits requests with a known bearer key.
 func (a *api) auth(next keyedHandler) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
@@ -211,7 +115,7 @@ func (a *api) auth(next keyedHandler) http.HandlerFunc {
 				"You didn't provide an API key. Send it in the Authorization header: 'Authorization: Bearer YOUR_KEY'.")
 			return
 		}
-		id, known := a.keyID(strings.TrimSpace(token))
+		id, known := a.keys.Lookup(strings.TrimSpace(token))
 		if !ok || !known {
 			apiError(w, http.StatusUnauthorized, "invalid_request_error", "invalid_api_key", "Incorrect API key provided.")
 			return

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"sync"
@@ -70,7 +71,10 @@ type Config struct {
 	// Lanes is how many escrows take requests at once (default 1). Each
 	// lane's diffs are sequenced independently, so more lanes carry more
 	// requests in parallel, at one creation fee per escrow.
-	Lanes   int
+	Lanes int
+	// Keyring, when set, is the keys the HTTP API admits, in place of
+	// APIConfig.Keys: the daemon's keys file, followed as it changes.
+	Keyring *Keyring
 	Logger  *slog.Logger
 	Metrics *Metrics
 }
@@ -226,9 +230,10 @@ func (g *Gateway) Start(ctx context.Context) error {
 		}
 		g.log.Info("resumed escrow", "escrow", e.id(), "nonce", e.seq.nonce(), "status", se.Status)
 	}
-	g.bg.Add(2)
+	g.bg.Add(3)
 	go g.every(g.cfg.FlushEvery, g.flushLanes)
 	go g.every(g.cfg.EpochPoll, g.settleEnded)
+	go g.every(g.cfg.EpochPoll, g.pruneSettled)
 	return nil
 }
 
@@ -507,6 +512,29 @@ func (g *Gateway) settleEnded() {
 	for _, e := range old {
 		g.log.Info("epoch turned; settling escrow", "escrow", e.id(), "escrow_epoch", e.snap.Epoch, "epoch", epoch)
 		g.retire(e)
+	}
+}
+
+// pruneBatch bounds one pruning pass, so that its write transaction stays
+// short and a diff's write never waits long behind it. At one pass per
+// epoch poll (2s) it outpaces any gateway's diffs.
+const pruneBatch = 5000
+
+// pruneSettled deletes a batch of the diffs settled escrows no longer need
+// (State.PruneSettled); the escrows still in memory keep theirs.
+func (g *Gateway) pruneSettled() {
+	g.mu.Lock()
+	live := slices.Collect(maps.Keys(g.all))
+	g.mu.Unlock()
+	n, err := g.state.PruneSettled(g.loopCx, pruneBatch, live)
+	if err != nil {
+		if g.loopCx.Err() == nil {
+			g.log.Warn("pruning settled escrows' diffs failed; next pass retries", "err", err)
+		}
+		return
+	}
+	if n > 0 {
+		g.log.Debug("pruned settled escrows' diffs", "diffs", n)
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -323,6 +324,38 @@ func (s *State) Diffs(ctx context.Context, escrow, from uint64, limit int) ([]St
 		out = append(out, d)
 	}
 	return out, rows.Err()
+}
+
+// PruneSettled deletes up to limit stored diffs, with the request payloads
+// they carry, of escrows the chain has settled, oldest escrow first, and
+// returns how many it deleted. Once the settlement has landed, nothing
+// reads them: a settled escrow is never resumed, and the chain keeps what
+// was paid. The escrow's row (snapshot, settlement, tx) and the usage stay.
+// Escrows in live are kept whatever their status: a session that has just
+// settled may still be finishing a delivery from its diffs.
+func (s *State) PruneSettled(ctx context.Context, limit int, live []uint64) (int, error) {
+	if limit <= 0 {
+		return 0, nil
+	}
+	args := []any{StatusSettled}
+	except := ""
+	if len(live) > 0 {
+		except = " AND id NOT IN (?" + strings.Repeat(", ?", len(live)-1) + ")"
+		for _, id := range live {
+			args = append(args, id)
+		}
+	}
+	args = append(args, limit)
+	// Driven by the escrows table, so that a pass seeks each settled
+	// escrow's diffs by key instead of scanning every diff of the open ones.
+	res, err := s.db.ExecContext(ctx, `DELETE FROM diffs WHERE (escrow, nonce) IN (
+		SELECT escrow, nonce FROM diffs WHERE escrow IN (SELECT id FROM escrows WHERE status = ?`+except+`)
+		ORDER BY escrow, nonce LIMIT ?)`, args...)
+	if err != nil {
+		return 0, fmt.Errorf("prune settled diffs: %w", err)
+	}
+	n, err := res.RowsAffected()
+	return int(n), err
 }
 
 // Usage is what one API key has consumed.

@@ -185,3 +185,40 @@ func TestGovernanceUpdatesParamsThroughCLI(t *testing.T) {
 		return err == nil && res.Params.EpochLength == 7
 	}, 20*time.Second, 200*time.Millisecond, "the proposal passes and sets the params")
 }
+
+// A positional number that is not one is named in words, not as the hidden
+// flag autocli binds it to ("--0").
+func TestNumberArgumentsAreCheckedInWords(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	for _, c := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"q", "devshard", "escrow", "abc"}, `escrow id must be a whole number, 0 or more, got "abc"`},
+		{[]string{"q", "devshard", "epoch", "1.5"}, `epoch id must be a whole number, 0 or more, got "1.5"`},
+		{[]string{"q", "devshard", "epoch-members", "x1"}, `epoch id must be a whole number, 0 or more, got "x1"`},
+		{[]string{"q", "devshard", "summary", "seven", "devshard1xyz"}, `epoch id must be a whole number, 0 or more, got "seven"`},
+		{[]string{"q", "devshard", "escrow", "99999999999999999999"}, `escrow id is out of range`},
+		{[]string{"tx", "devshard", "claim-rewards", "abc", "--from", "x"}, `epoch id must be a whole number, 0 or more, got "abc"`},
+	} {
+		_, err := run(t, ctx, append(c.args, "--home", t.TempDir())...)
+		require.ErrorContains(t, err, c.says, c.args)
+		require.NotContains(t, err.Error(), "--0", c.args)
+	}
+	// A well-formed number passes the check and fails later, at the node.
+	_, err := run(t, ctx, "q", "devshard", "escrow", "7", "--node", "tcp://127.0.0.1:1", "--home", t.TempDir())
+	require.Error(t, err)
+	require.NotContains(t, err.Error(), "whole number")
+}
+
+// start on a home init never wrote says so, instead of asking for a
+// minimum gas price.
+func TestStartOnAnEmptyHomeSaysToInit(t *testing.T) {
+	t.Parallel()
+	home := filepath.Join(t.TempDir(), "never-initialised")
+	_, err := run(t, context.Background(), "start", "--home", home)
+	require.ErrorContains(t, err, "no chain home at "+home)
+	require.ErrorContains(t, err, "devshard chain init")
+	require.NotContains(t, err.Error(), "gas price")
+}

@@ -28,12 +28,14 @@ import (
 	srvconfig "github.com/cosmos/cosmos-sdk/server/config"
 	servertypes "github.com/cosmos/cosmos-sdk/server/types"
 	"github.com/cosmos/cosmos-sdk/types/module"
+	"github.com/cosmos/cosmos-sdk/version"
 	authcmd "github.com/cosmos/cosmos-sdk/x/auth/client/cli"
 	authtypes "github.com/cosmos/cosmos-sdk/x/auth/types"
 	genutilcli "github.com/cosmos/cosmos-sdk/x/genutil/client/cli"
 	genutiltypes "github.com/cosmos/cosmos-sdk/x/genutil/types"
 
 	"github.com/devshard/devshard/chain"
+	"github.com/devshard/devshard/internal/buildinfo"
 )
 
 // NewCommand returns the `chain` command. Mount it under the devshard root
@@ -41,6 +43,7 @@ import (
 // client and server contexts itself, so the root needs no SDK setup.
 func NewCommand() *cobra.Command {
 	chain.SetAddressPrefixes()
+	setSDKVersion(buildinfo.Read())
 	// A throwaway app supplies the codecs and the modules' CLI descriptors.
 	app := chain.New(log.NewNopLogger(), dbm.NewMemDB(), nil, false, appOptions{})
 
@@ -54,7 +57,8 @@ func NewCommand() *cobra.Command {
 		WithHomeDir(chain.DefaultNodeHome).
 		WithViper("DEVSHARD")
 
-	root := &cobra.Command{
+	var root *cobra.Command // start's check below asks for it
+	root = &cobra.Command{
 		Use:   "chain",
 		Short: "Run and use a devshard chain node (Cosmos SDK on CometBFT)",
 		Long: `Run and use a devshard chain node. The commands are the usual Cosmos SDK ones:
@@ -78,7 +82,15 @@ step-by-step setup. See docs/chain.md.`,
 			if err := client.SetCmdClientContextHandler(clientCtx, cmd); err != nil {
 				return err
 			}
-			return server.InterceptConfigsPreRunHandler(cmd, srvconfig.DefaultConfigTemplate, chain.DefaultAppConfig(), chain.DefaultCometConfig())
+			if err := server.InterceptConfigsPreRunHandler(cmd, srvconfig.DefaultConfigTemplate, chain.DefaultAppConfig(), chain.DefaultCometConfig()); err != nil {
+				return err
+			}
+			// Checked on the home the SDK resolved (flag, DEVSHARD_HOME or
+			// the default), before start asks for anything else.
+			if cmd.Name() == "start" && cmd.Parent() == root {
+				return requireInitialisedHome(server.GetServerContextFromCmd(cmd).Config.RootDir)
+			}
+			return nil
 		},
 	}
 	root.PersistentFlags().String(flags.FlagHome, chain.DefaultNodeHome, "directory for config and data")
@@ -107,6 +119,7 @@ step-by-step setup. See docs/chain.md.`,
 	if err := autoCLI.EnhanceRootCommand(root); err != nil {
 		panic(err)
 	}
+	checkNumberArgs(root, autoCLI.ModuleOptions)
 	return root
 }
 
@@ -207,4 +220,12 @@ func initCmd(basics module.BasicManager) *cobra.Command {
 		return g.SaveAs(file)
 	}
 	return cmd
+}
+
+// setSDKVersion names this build in the SDK's version variables, which
+// `chain version` prints and the node reports over gRPC (GetNodeInfo);
+// left alone they read "<appd>" and empty strings.
+func setSDKVersion(in buildinfo.Info) {
+	version.Name, version.AppName = "devshard", "devshard"
+	version.Version, version.Commit, version.BuildTags = in.Version, in.Commit, in.Tags
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -45,18 +46,61 @@ func gatewaySettings(c *gatewayConfig) *settings.Schema {
 	s.String(&d.ChainID, "chain.id", "", "chain id the gateway signs txs, and its requests to hosts, for (default: asked of the node)").FormerFlag("chain.id")
 	s.String(&c.keyFile, "key.file", "gateway.key", "key file (64 hex characters, mode 0600), relative to home; 'devshard gateway init' writes one")
 	s.List(&c.apiKeys, "api_key", nil, "apps' keys as id:key, comma-separated; from the environment only, never a flag or the file").EnvOnly()
-	s.String(&c.apiKeysFile, "api_keys_file", "api_keys", "file of '<id> <sha256 of the key, hex>' lines (# comments), relative to home, read when it exists")
+	s.String(&c.apiKeysFile, "api_keys_file", "api_keys", "file of '<id> <sha256 of the key, hex> [created]' lines (# comments), relative to home; read when it exists, and again whenever it changes ('devshard gateway keys')")
 	s.List(&g.Models, "models", []string{executor.BuiltinModel}, "models apps may ask for; the hosts must serve them")
 	s.Uint(&g.EscrowAmount, "escrow_amount", 10_000_000, "coins each new escrow locks")
-	s.Int(&g.MaxTokens, "max_tokens", 4096, "largest max_tokens a request may ask (default for a request without one: 256)")
+	s.Int(&g.Lanes, "lanes", 1, "escrows taking requests at once; each sequences its requests alone, so more lanes serve more in parallel, at one creation fee per escrow")
+	s.Int(&g.MaxTokens, "max_tokens", 4096, "largest max_tokens a request may ask")
+	s.Int(&g.DefaultMaxTokens, "default_max_tokens", 256, "max_tokens of a request that names none; at most max_tokens")
 	s.Int(&d.MaxInFlight, "max_in_flight", 256, "requests one API key may have open at once; more get 429")
+	s.Int(&g.Attempts, "attempts", 3, "executors a request is tried on before it fails with 503")
+	s.Duration(&g.HostTimeout, "host_timeout", 5*time.Second, "longest one call to a host for a diff or its pooled txs may take")
 	s.Duration(&g.StallTimeout, "stall_timeout", 15*time.Second, "an inference stream silent this long is cut and retried on another host")
+	s.Duration(&g.FlushEvery, "flush_every", time.Second, "how often idle escrows collect the hosts' pooled txs into a diff")
+	s.Duration(&g.EpochPoll, "epoch_poll", 2*time.Second, "how often the chain is asked for a new epoch, whose start settles the previous epoch's escrows")
 	s.Duration(&g.HoldFor, "hold_for", 50*time.Millisecond, "longest a diff waits for a host that does not execute it, so that it goes out with later diffs in one delivery; negative sends every diff to every host at once")
 	// The host's name for the same setting: one name across daemons.
 	s.String(&d.Synchronous, "storage.synchronous", "FULL", "state.db durability: FULL fsyncs every commit, NORMAL survives a crash but not power loss").
 		FormerFlag("synchronous").FormerEnv("DEVSHARD_GATEWAY_SYNCHRONOUS")
 	settings.Logging(s, &c.log)
 	return s
+}
+
+// check refuses values the gateway cannot run with, naming the setting.
+// A zero here would otherwise be taken as "use the default" further in,
+// and a negative count or period would stall the gateway.
+func (c *gatewayConfig) check() error {
+	g := &c.daemon.Gateway
+	for _, n := range []struct {
+		key string
+		v   int
+	}{{"lanes", g.Lanes}, {"max_tokens", g.MaxTokens}, {"default_max_tokens", g.DefaultMaxTokens}, {"max_in_flight", c.daemon.MaxInFlight}, {"attempts", g.Attempts}} {
+		if n.v < 1 {
+			return fmt.Errorf("%s must be 1 or more, got %d", n.key, n.v)
+		}
+	}
+	if g.DefaultMaxTokens > g.MaxTokens {
+		return fmt.Errorf("default_max_tokens (%d) must not exceed max_tokens (%d)", g.DefaultMaxTokens, g.MaxTokens)
+	}
+	if g.EscrowAmount == 0 {
+		return errors.New("escrow_amount must be more than 0")
+	}
+	if _, _, err := net.SplitHostPort(c.daemon.Listen); err != nil {
+		return fmt.Errorf("listen %q is not host:port: %v", c.daemon.Listen, err)
+	}
+	// The host's rules for the same settings.
+	if s := strings.ToUpper(c.daemon.Synchronous); s != "FULL" && s != "NORMAL" {
+		return fmt.Errorf("storage.synchronous must be FULL or NORMAL, got %q", c.daemon.Synchronous)
+	}
+	for _, p := range []struct {
+		key string
+		v   time.Duration
+	}{{"host_timeout", g.HostTimeout}, {"stall_timeout", g.StallTimeout}, {"flush_every", g.FlushEvery}, {"epoch_poll", g.EpochPoll}} {
+		if p.v <= 0 {
+			return fmt.Errorf("%s must be a positive duration such as 5s, got %s", p.key, p.v)
+		}
+	}
+	return nil
 }
 
 func newGatewayCommand() *cobra.Command {
@@ -72,8 +116,9 @@ escrows it locks on chain with its account, sequences each escrow's session
 another host when one fails, and settles each escrow when it is spent, when
 its epoch ends, and on shutdown.
 
-Its state (escrows, every diff, pending settlements, usage) is
-<home>/state.db; a restart resumes open sessions and settlements in flight.
+Its state (escrows, their diffs until settled, pending settlements, usage)
+is <home>/state.db; a restart resumes open sessions and settlements in
+flight. API keys are managed with 'devshard gateway keys' while it runs.
 Settings come from the TOML file (--config, or <home>/gateway.toml when it
 exists), then DEVSHARD_GATEWAY_* variables, then the flags below:
 storage.synchronous in the file is --storage-synchronous and
@@ -84,6 +129,9 @@ DEVSHARD_GATEWAY_STORAGE_SYNCHRONOUS. docs/gateway.md explains each one.`,
 				return err
 			}
 			if err := s.Load(s.File(os.LookupEnv), os.LookupEnv, cmd.ErrOrStderr()); err != nil {
+				return err
+			}
+			if err := c.check(); err != nil {
 				return err
 			}
 			log, err := c.log.Logger(cmd.ErrOrStderr())
@@ -100,7 +148,7 @@ DEVSHARD_GATEWAY_STORAGE_SYNCHRONOUS. docs/gateway.md explains each one.`,
 	// line a key is visible to every user of the machine (ps).
 	cmd.Flags().StringSlice("api-key", nil, "never on the command line; set DEVSHARD_GATEWAY_API_KEY=id:key")
 	_ = cmd.Flags().MarkHidden("api-key")
-	cmd.AddCommand(newGatewayInitCommand(), newGatewayStatusCommand())
+	cmd.AddCommand(newGatewayInitCommand(), newGatewayKeysCommand(), newGatewayStatusCommand())
 	return cmd
 }
 
@@ -126,11 +174,11 @@ func runGateway(ctx context.Context, c *gatewayConfig, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("%w (create one with 'devshard gateway init')", err)
 	}
-	apiKeys, err := loadAPIKeys(d.Home, c)
+	apiKeys, err := loadAPIKeys(d.Home, c, log)
 	if err != nil {
 		return err
 	}
-	d.Key, d.Keys, d.Logger = key, apiKeys, log
+	d.Key, d.Keys, d.Gateway.Keyring, d.Logger = key, apiKeys.Keys(), apiKeys, log
 	daemon, err := gateway.Open(ctx, d)
 	if err != nil {
 		return err
@@ -157,10 +205,11 @@ func refuseKeyOnCommandLine(cmd *cobra.Command) error {
 }
 
 // loadAPIKeys gathers the apps' keys, hashed: id:key pairs from
-// DEVSHARD_GATEWAY_API_KEY, and the keys file, relative to home. Ids must
-// be unique, since usage is accounted by id.
-func loadAPIKeys(home string, c *gatewayConfig) ([]gateway.APIKey, error) {
-	var out []gateway.APIKey
+// DEVSHARD_GATEWAY_API_KEY, and the keys file, relative to home, which the
+// gateway follows as 'devshard gateway keys' changes it. Ids must be
+// unique, since usage is accounted by id.
+func loadAPIKeys(home string, c *gatewayConfig, log *slog.Logger) (*gateway.Keyring, error) {
+	var env []gateway.APIKey
 	for _, s := range c.apiKeys {
 		id, secret, ok := strings.Cut(s, ":")
 		if !ok {
@@ -170,43 +219,16 @@ func loadAPIKeys(home string, c *gatewayConfig) ([]gateway.APIKey, error) {
 		if err != nil {
 			return nil, fmt.Errorf("DEVSHARD_GATEWAY_API_KEY: %w", err)
 		}
-		out = append(out, k)
+		env = append(env, k)
 	}
-	fileKeys, err := readAPIKeys(resolve(home, c.apiKeysFile))
-	if err != nil {
-		return nil, err
-	}
-	seen := map[string]bool{}
-	for _, k := range append(out, fileKeys...) {
-		if seen[k.ID] {
-			return nil, fmt.Errorf("the API key id %q is given twice (environment and keys file); each key needs its own id", k.ID)
-		}
-		seen[k.ID] = true
-	}
-	return append(out, fileKeys...), nil
-}
-
-// readAPIKeys reads a keys file (gateway.ParseAPIKeys); a missing file is
-// no keys.
-func readAPIKeys(path string) ([]gateway.APIKey, error) {
-	raw, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	keys, err := gateway.ParseAPIKeys(string(raw))
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return keys, nil
+	return gateway.OpenKeyring(resolve(home, c.apiKeysFile), env, log)
 }
 
 // apiKeysHeader opens a keys file written by init.
-const apiKeysHeader = `# API keys: one "<id> <sha256 of the key, hex>" per line. The id names the
-# key in usage, logs and metrics; the key itself is never stored. Add one with
-#   printf %s "$KEY" | sha256sum
+const apiKeysHeader = `# API keys: one "<id> <sha256 of the key, hex> [created]" per line. The id
+# names the key in usage, logs and metrics; the key itself is never stored.
+# Add, list and revoke keys with 'devshard gateway keys'; a running gateway
+# follows at once.
 `
 
 func newGatewayInitCommand() *cobra.Command {
@@ -224,6 +246,7 @@ func newGatewayInitCommand() *cobra.Command {
 				return err
 			}
 			api, secret := gateway.NewAPIKey("app")
+			api.Created = time.Now().UTC().Truncate(time.Second)
 			path := filepath.Join(home, "api_keys")
 			if err := os.WriteFile(path, []byte(apiKeysHeader+api.Line()+"\n"), 0o600); err != nil {
 				return err

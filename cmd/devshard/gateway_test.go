@@ -138,15 +138,15 @@ func TestAttackAPIKeyOnTheCommandLineIsRefused(t *testing.T) {
 	require.NoError(t, os.WriteFile(filepath.Join(home, "api_keys"), []byte(apiKeysHeader+app.Line()+"\n"), 0o600))
 	c, _, err := loadGateway(t, "", map[string]string{"DEVSHARD_GATEWAY_API_KEY": "ci:sk-devshard-from-the-env-01"}, "--home", home)
 	require.NoError(t, err)
-	keys, err := loadAPIKeys(c.daemon.Home, c)
+	keys, err := loadAPIKeys(c.daemon.Home, c, nil)
 	require.NoError(t, err)
 	ci, err := gateway.HashAPIKey("ci", "sk-devshard-from-the-env-01")
 	require.NoError(t, err)
-	require.Equal(t, []gateway.APIKey{ci, app}, keys)
+	require.Equal(t, []gateway.APIKey{ci, app}, keys.Keys())
 
 	// The keys file holds hashes: a plain key there is refused.
 	require.NoError(t, os.WriteFile(filepath.Join(home, "api_keys"), []byte("app:sk-devshard-from-the-file-0\n"), 0o600))
-	_, err = loadAPIKeys(home, &gatewayConfig{apiKeysFile: "api_keys"})
+	_, err = loadAPIKeys(home, &gatewayConfig{apiKeysFile: "api_keys"}, nil)
 	require.ErrorContains(t, err, "keys are kept hashed")
 
 	// Nor may the file carry a key.
@@ -154,4 +154,52 @@ func TestAttackAPIKeyOnTheCommandLineIsRefused(t *testing.T) {
 	require.NoError(t, os.WriteFile(path, []byte("api_key = [\"app:sk-devshard-from-the-file-0\"]\n"), 0o600))
 	_, _, err = loadGateway(t, path, nil)
 	require.ErrorContains(t, err, "api_key is taken from the environment only (DEVSHARD_GATEWAY_API_KEY)")
+}
+
+// Every operator-relevant field of gateway.Config has a setting, and the
+// value given reaches the Config the gateway is built from. The docs once
+// cited --lanes and --host-timeout, which did not exist: a production
+// gateway was held to one escrow lane.
+func TestGatewayTuningReachesTheConfig(t *testing.T) {
+	t.Parallel()
+	c, _, err := loadGateway(t, "", map[string]string{"DEVSHARD_GATEWAY_EPOCH_POLL": "7s"},
+		"--lanes", "4", "--host-timeout", "2s", "--attempts", "5", "--flush-every", "250ms", "--default-max-tokens", "64")
+	require.NoError(t, err)
+	require.NoError(t, c.check())
+	g := c.daemon.Gateway
+	require.Equal(t, 4, g.Lanes)
+	require.Equal(t, 2*time.Second, g.HostTimeout)
+	require.Equal(t, 5, g.Attempts)
+	require.Equal(t, 250*time.Millisecond, g.FlushEvery)
+	require.Equal(t, 7*time.Second, g.EpochPoll)
+	require.Equal(t, 64, g.DefaultMaxTokens)
+
+	c, _, err = loadGateway(t, "", nil)
+	require.NoError(t, err)
+	require.Equal(t, 1, c.daemon.Gateway.Lanes, "one lane by default")
+
+	for _, bad := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"--lanes", "0"}, "lanes must be 1 or more, got 0"},
+		{[]string{"--attempts", "-1"}, "attempts must be 1 or more, got -1"},
+		{[]string{"--host-timeout", "0s"}, "host_timeout must be a positive duration such as 5s, got 0s"},
+		{[]string{"--epoch-poll", "-1s"}, "epoch_poll must be a positive duration"},
+		{[]string{"--max-tokens", "100", "--default-max-tokens", "200"}, "default_max_tokens (200) must not exceed max_tokens (100)"},
+		{[]string{"--escrow-amount", "0"}, "escrow_amount must be more than 0"},
+		{[]string{"--listen", "8080"}, `listen "8080" is not host:port`},
+		{[]string{"--storage-synchronous", "sometimes"}, `storage.synchronous must be FULL or NORMAL, got "sometimes"`},
+	} {
+		c, _, err := loadGateway(t, "", nil, bad.args...)
+		require.NoError(t, err)
+		require.ErrorContains(t, c.check(), bad.says, bad.args)
+	}
+
+	// The command checks before it opens anything.
+	cmd := newGatewayCommand()
+	cmd.SetArgs([]string{"--home", t.TempDir(), "--lanes", "0"})
+	cmd.SetOut(io.Discard)
+	cmd.SetErr(io.Discard)
+	require.ErrorContains(t, cmd.Execute(), "lanes must be 1 or more")
 }

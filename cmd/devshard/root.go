@@ -2,11 +2,11 @@ package main
 
 import (
 	"fmt"
-	"runtime/debug"
 
 	"github.com/spf13/cobra"
 
 	chaincmd "github.com/devshard/devshard/chain/cmd"
+	"github.com/devshard/devshard/internal/buildinfo"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/signing"
 )
@@ -35,19 +35,15 @@ Run 'devshard <command> --help' for the flags of each command.`,
 func newVersionCommand() *cobra.Command {
 	return &cobra.Command{
 		Use:   "version",
-		Short: "Print the build and session protocol version",
+		Short: "Print the build (version, commit) and session protocol version",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			fmt.Fprintf(cmd.OutOrStdout(), "devshard %s, session protocol v%d\nsecp256k1: %s\n", buildVersion(), session.ProtocolVersion, signing.Backend)
+			in := buildinfo.Read()
+			fmt.Fprintf(cmd.OutOrStdout(), "devshard %s, session protocol v%d\n%s\nsecp256k1: %s\n", in.Version, session.ProtocolVersion, in.Describe(), signing.Backend)
 			return nil
 		},
 	}
 }
 
-// buildVersion is the module version stamped into the binary.
-func buildVersion() string {
-	if info, ok := debug.ReadBuildInfo(); ok && info.Main.Version != "" {
-		return info.Main.Version
-	}
-	return "(devel)"
-}
+// buildVersion is the build's version, as the host reports it.
+func buildVersion() string { return buildinfo.Read().Version }
