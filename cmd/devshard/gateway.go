@@ -86,11 +86,11 @@ func (c *gatewayConfig) check() error {
 		return errors.New("escrow_amount must be more than 0")
 	}
 	if _, _, err := net.SplitHostPort(c.daemon.Listen); err != nil {
-		return fmt.Errorf("listen %q is not host:port: %v", c.daemon.Listen, err)
+		return fmt.Errorf("cannot listen on %q: %v; set --listen (DEVSHARD_GATEWAY_LISTEN) to a free host:port", c.daemon.Listen, err)
 	}
 	// The host's rules for the same settings.
 	if s := strings.ToUpper(c.daemon.Synchronous); s != "FULL" && s != "NORMAL" {
-		return fmt.Errorf("storage.synchronous must be FULL or NORMAL, got %q", c.daemon.Synchronous)
+		return fmt.Errorf("storage.synchronous is %q: set --storage-synchronous (DEVSHARD_GATEWAY_STORAGE_SYNCHRONOUS) to FULL or NORMAL", c.daemon.Synchronous)
 	}
 	for _, p := range []struct {
 		key string

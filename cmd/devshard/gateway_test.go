@@ -188,8 +188,8 @@ func TestGatewayTuningReachesTheConfig(t *testing.T) {
 		{[]string{"--epoch-poll", "-1s"}, "epoch_poll must be a positive duration"},
 		{[]string{"--max-tokens", "100", "--default-max-tokens", "200"}, "default_max_tokens (200) must not exceed max_tokens (100)"},
 		{[]string{"--escrow-amount", "0"}, "escrow_amount must be more than 0"},
-		{[]string{"--listen", "8080"}, `listen "8080" is not host:port`},
-		{[]string{"--storage-synchronous", "sometimes"}, `storage.synchronous must be FULL or NORMAL, got "sometimes"`},
+		{[]string{"--listen", "8080"}, `cannot listen on "8080"`},
+		{[]string{"--storage-synchronous", "sometimes"}, `storage.synchronous is "sometimes": set --storage-synchronous`},
 	} {
 		c, _, err := loadGateway(t, "", nil, bad.args...)
 		require.NoError(t, err)
