@@ -76,7 +76,7 @@ back from the chain, and exits.`,
 
 func printEndpoints(out io.Writer, n *devnet.Network) {
 	i := n.Info
-	fmt.Fprintf(out, "\nendpoints:\n  gateway  %s  (OpenAI-compatible; API key %s)\n  chain    rpc %s  grpc %s  rest %s  (chain id %s)\n", i.Gateway.URL, i.Gateway.APIKey, i.RPC, i.GRPC, i.REST, i.ChainID)
+	fmt.Fprintf(out, "\nendpoints:\n  gateway  %s  (OpenAI-compatible; API key %s)\n  status   %s/status  (a page that refreshes itself; or: devshard gateway status --url %s)\n  chain    rpc %s  grpc %s  rest %s  (chain id %s)\n", i.Gateway.URL, i.Gateway.APIKey, i.Gateway.URL, i.Gateway.URL, i.RPC, i.GRPC, i.REST, i.ChainID)
 	for _, h := range i.Hosts {
 		fmt.Fprintf(out, "  %-8s %s  (account %s, log %s)\n", h.Name, h.URL, h.Account, h.Log)
 	}
