@@ -69,9 +69,18 @@ func TestChainChallengeWindowPaysTheLatestRoot(t *testing.T) {
 		require.NoError(t, err)
 	}
 	require.NoError(t, n.WaitForHeight(ctx, 12)) // epoch 2 ACTIVE
-	_, err = send(gateway, &devshardtypes.MsgCreateEscrow{Creator: gateway.Address.String(), Amount: 2_000_000})
-	require.NoError(t, err)
-	esc := escrow(1)
+	// The group is drawn by weight; the scenario needs a second host in it
+	// besides the gateway's (slot 0's). A draw of 8 slots all to one host
+	// is rare but happens, so such an escrow is passed over for the next.
+	var esc devshardtypes.Escrow
+	for id := uint64(1); ; id++ {
+		_, err = send(gateway, &devshardtypes.MsgCreateEscrow{Creator: gateway.Address.String(), Amount: 2_000_000})
+		require.NoError(t, err)
+		esc = escrow(id)
+		if distinctHolders(esc.Snapshot.Group) > 1 || id == 5 {
+			break
+		}
+	}
 	require.Equal(t, uint64(2), esc.Snapshot.Epoch)
 
 	// Session keys; the gateway's own host holds slot 0.
@@ -149,4 +158,13 @@ func TestChainChallengeWindowPaysTheLatestRoot(t *testing.T) {
 		finished += m.Stats.Finished
 	}
 	require.Equal(t, uint64(10), finished, "the hosts are paid for all ten inferences")
+}
+
+// distinctHolders counts the accounts among a group's slots.
+func distinctHolders(group [][]byte) int {
+	seen := map[string]bool{}
+	for _, a := range group {
+		seen[string(a)] = true
+	}
+	return len(seen)
 }
