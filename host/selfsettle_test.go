@@ -225,3 +225,33 @@ func TestSelfSettlerDropsAForgedSignatureForTheRealOne(t *testing.T) {
 	_, err = session.VerifySettlement(g.f.Snapshot, got[0], nil)
 	require.NoError(t, err)
 }
+
+// The retention guard holds an epoch while the host holds one of its
+// escrows open on chain, or cannot learn whether it is, and lets it go once
+// the escrow settled.
+func TestOpenEscrowsGuardsRetention(t *testing.T) {
+	t.Parallel()
+	g := setupSettleGroup(t)
+	guard := openEscrows(g.engines[0], g.chain)
+	epoch := g.f.Snapshot.Epoch
+	open, err := guard(t.Context(), epoch)
+	require.NoError(t, err)
+	require.True(t, open, "the escrow is open on chain")
+	open, err = guard(t.Context(), epoch+7)
+	require.NoError(t, err)
+	require.False(t, open, "the host holds no escrow of that epoch")
+
+	g.chain.mu.Lock()
+	g.chain.escrows[g.id].Status = devshardtypes.EscrowSettled
+	g.chain.mu.Unlock()
+	open, err = guard(t.Context(), epoch)
+	require.NoError(t, err)
+	require.False(t, open, "settled: the epoch may be pruned")
+
+	g.chain.mu.Lock()
+	delete(g.chain.escrows, g.id)
+	g.chain.mu.Unlock()
+	open, err = guard(t.Context(), epoch)
+	require.Error(t, err)
+	require.True(t, open, "a chain that does not answer holds the epoch")
+}
