@@ -140,6 +140,10 @@ var errSkipped = errors.New("host skipped while down")
 // first diff after that.
 const downFor = 3 * time.Second
 
+// storageDownFor is how long a host that answered that its storage is
+// failing is skipped.
+const storageDownFor = 10 * time.Second
+
 // maxRunBytes bounds the body of one delivery, well under the host's
 // limit (hostapi.MaxBody): a longer run goes out in parts.
 const maxRunBytes = hostapi.MaxBody / 4
@@ -237,6 +241,23 @@ func (c *courier) markDown(url string) {
 			c.down[i] = time.Now().Add(downFor)
 		}
 	}
+}
+
+// upAt is when the first member that is down now will be tried again;
+// zero while some member is up.
+func (c *courier) upAt(now time.Time) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var first time.Time
+	for i := range c.members {
+		if !c.downLocked(i, now) {
+			return time.Time{}
+		}
+		if first.IsZero() || c.down[i].Before(first) {
+			first = c.down[i]
+		}
+	}
+	return first
 }
 
 // tryAll forgets which members are down: the next delivery tries everyone.
@@ -468,8 +489,14 @@ func (c *courier) deliver(i int, run []*delivery) ([][]byte, error) {
 	}
 	if err != nil {
 		if hostapi.IsUnreachable(err) {
+			wait := downFor
+			if hostapi.IsStorageFailing(err) {
+				// A storage outage outlasts a restart: retrying into it
+				// sooner only costs nonces.
+				wait = storageDownFor
+			}
 			c.mu.Lock()
-			c.down[i] = time.Now().Add(downFor)
+			c.down[i] = time.Now().Add(wait)
 			c.mu.Unlock()
 		}
 		if c.ctx.Err() == nil {
