@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -112,4 +113,31 @@ func TestStorageFailingMemberIsSkippedLonger(t *testing.T) {
 			require.False(t, c.upAt(now).IsZero(), "its only member is down")
 		})
 	}
+}
+
+// Issue 18: a settlement cut short by a storage outage is not given up:
+// it is retried in the background, and the answered requests are paid
+// once the hosts' storage is back, with nobody asking again.
+func TestSettlementInterruptedByAnOutageIsRetried(t *testing.T) {
+	t.Parallel()
+	var down atomic.Bool
+	b := setup(t, func(o *setupOptions) { o.wrap = failingStorage(func(int) bool { return down.Load() }) })
+	c := b.complete(t, ask(0))
+	requireAnswer(t, ask(0), c)
+	v := b.gw.Escrows()[0]
+	b.waitDelivered(t, v.ID, v.Nonce)
+
+	down.Store(true)
+	ctx, cancel := context.WithTimeout(t.Context(), 1500*time.Millisecond)
+	defer cancel()
+	require.Error(t, b.gw.SettleAll(ctx), "no member signs while its storage fails")
+	down.Store(false)
+
+	require.Eventually(t, func() bool {
+		settlements, _, _ := b.chain.settledState()
+		return len(settlements) == 1
+	}, settleWait, 50*time.Millisecond, "the settlement is retried in the background")
+	settlements, _, rejected := b.chain.settledState()
+	require.Empty(t, rejected)
+	require.Equal(t, v.ID, settlements[0].EscrowId)
 }
