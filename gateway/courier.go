@@ -176,6 +176,10 @@ type courier struct {
 	mu    sync.Mutex
 	acked []uint64    // member index -> highest nonce it accepted
 	down  []time.Time // member index -> not tried before this time
+	// failed: member index -> given no start before this time. A host
+	// whose executor failed may still take diffs, and a delivery that
+	// lands must not make it the next start's executor at once.
+	failed []time.Time
 }
 
 // courierConfig is what a courier is built from, besides its members and
@@ -194,7 +198,7 @@ func newCourier(c courierConfig, members []*member, sigs *signatures, in *intake
 	return &courier{
 		escrow: c.snap.EscrowId, members: members, peers: c.peers, state: c.state, sigs: sigs, in: in, log: c.log,
 		ctx: c.ctx, hostTimeout: c.hostTimeout, holdFor: holdFor(c.snap, c.hold), held: heldAtMost(c.snap), noHold: c.hold < 0,
-		acked: make([]uint64, len(members)), down: make([]time.Time, len(members)),
+		acked: make([]uint64, len(members)), down: make([]time.Time, len(members)), failed: make([]time.Time, len(members)),
 	}
 }
 
@@ -229,16 +233,25 @@ func (c *courier) isDown(i int, now time.Time) bool {
 }
 
 func (c *courier) downLocked(i int, now time.Time) bool {
-	return now.Before(c.down[i])
+	return now.Before(c.upLocked(i))
 }
 
-// markDown makes the next starts skip the host at url for a while.
+// upLocked is when member i is next given a start.
+func (c *courier) upLocked(i int) time.Time {
+	if c.failed[i].After(c.down[i]) {
+		return c.failed[i]
+	}
+	return c.down[i]
+}
+
+// markDown makes the next starts skip the host at url for a while: its
+// executor failed one. Deliveries still go to it.
 func (c *courier) markDown(url string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i, m := range c.members {
 		if m.url == url {
-			c.down[i] = time.Now().Add(downFor)
+			c.failed[i] = time.Now().Add(downFor)
 		}
 	}
 }
@@ -253,8 +266,8 @@ func (c *courier) upAt(now time.Time) time.Time {
 		if !c.downLocked(i, now) {
 			return time.Time{}
 		}
-		if first.IsZero() || c.down[i].Before(first) {
-			first = c.down[i]
+		if up := c.upLocked(i); first.IsZero() || up.Before(first) {
+			first = up
 		}
 	}
 	return first
@@ -265,6 +278,7 @@ func (c *courier) tryAll() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	clear(c.down)
+	clear(c.failed)
 }
 
 // heldAt asks member i for the diff it stores at nonce, and returns it
@@ -473,7 +487,7 @@ func (c *courier) deliver(i int, run []*delivery) ([][]byte, error) {
 	m := c.members[i]
 	d := run[len(run)-1]
 	c.mu.Lock()
-	if c.downLocked(i, time.Now()) {
+	if time.Now().Before(c.down[i]) {
 		c.mu.Unlock()
 		return nil, errSkipped
 	}

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/session/sessiontest"
 )
@@ -104,7 +106,7 @@ func TestStorageFailingMemberIsSkippedLonger(t *testing.T) {
 			t.Cleanup(srv.Close)
 			c := &courier{escrow: 7, members: []*member{{url: srv.URL}}, ctx: t.Context(), hostTimeout: 5 * time.Second,
 				peers: newPeers(sessiontest.New(1, sessiontest.DefaultOptions()).Hosts[0], sessiontest.ChainID, 5*time.Second),
-				log:   slog.New(slog.DiscardHandler), acked: make([]uint64, 1), down: make([]time.Time, 1)}
+				log:   slog.New(slog.DiscardHandler), acked: make([]uint64, 1), down: make([]time.Time, 1), failed: make([]time.Time, 1)}
 			_, err := c.deliver(0, []*delivery{c.newDelivery(1, [32]byte{}, []byte{1}, nil)})
 			require.Error(t, err)
 			now := time.Now()
@@ -140,4 +142,42 @@ func TestSettlementInterruptedByAnOutageIsRetried(t *testing.T) {
 	settlements, _, rejected := b.chain.settledState()
 	require.Empty(t, rejected)
 	require.Equal(t, v.ID, settlements[0].EscrowId)
+}
+
+// With every executor failing after it took its start, a request's retries
+// mark each member down, and the requests after it sequence nothing until
+// a member is due to be tried again.
+func TestFailingExecutorsBurnBoundedNonces(t *testing.T) {
+	t.Parallel()
+	var broken atomic.Bool
+	b := setup(t, func(o *setupOptions) {
+		o.executor = func(int) executor.Executor { return switchedExecutor{broken: &broken} }
+	})
+	requireAnswer(t, ask(0), b.complete(t, ask(0)))
+	before := b.gw.Escrows()[0]
+	broken.Store(true)
+	const requests = 8
+	for i := range requests {
+		req := ask(1 + i)
+		require.NoError(t, b.gw.Normalize(&req))
+		_, err := b.gw.Complete(t.Context(), req, func(string) error { return nil })
+		require.ErrorIs(t, err, ErrNoHost, "request %d", i)
+	}
+	burned := b.gw.Escrows()[0].Nonce - before.Nonce
+	t.Logf("%d requests burned %d nonces", requests, burned)
+	require.LessOrEqual(t, burned, uint64(len(b.hosts)), "at most one start per member")
+}
+
+// switchedExecutor is the built-in model until broken is set; then it
+// fails every inference, as an executor whose host cannot record it does.
+type switchedExecutor struct {
+	executor.Builtin
+	broken *atomic.Bool
+}
+
+func (s switchedExecutor) Execute(ctx context.Context, req executor.Request, emit func(string) error) (executor.Result, error) {
+	if s.broken.Load() {
+		return executor.Result{}, errors.New("storage unavailable: cannot record the inference")
+	}
+	return s.Builtin.Execute(ctx, req, emit)
 }
