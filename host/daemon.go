@@ -324,11 +324,35 @@ func (d *Daemon) tick(ctx context.Context, claims *claimer, settler *selfSettler
 		case now := <-ticker.C:
 			d.Engine.Tick(ctx)
 			if now.Unix()%roundEvery == 0 {
+				d.spawn(func() { probeStorage(ctx, d.st, d.Engine.cfg.Metrics) })
 				d.spawn(func() { claims.claim(ctx) })
 				d.spawn(func() { settler.round(ctx) })
 			}
 		}
 	}
+}
+
+// probeTimeout bounds one storage probe: storage slower than this is
+// failing as far as the requests are concerned.
+const probeTimeout = 2 * time.Second
+
+// probeStorage lists the stored epochs, a read every driver answers from
+// its database, and records the outcome, so that /readyz and
+// devshard_host_storage_up report an outage even on a host no request
+// writes to.
+func probeStorage(ctx context.Context, s interface {
+	Epochs(context.Context) ([]uint64, error)
+}, m *Metrics) {
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	_, err := s.Epochs(ctx)
+	if err != nil && ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
+		return // the host is closing
+	}
+	if err != nil {
+		err = fmt.Errorf("storage probe: %w", err)
+	}
+	m.storageProbed(err)
 }
 
 // spawn runs fn in the background until Close.
