@@ -155,7 +155,7 @@ const maxRunBytes = hostapi.MaxBody / 4
 // signature collector (its state signatures) and the intake (its
 // mempool).
 //
-// mu guards acked and down; each outbox has its own mu. Neither is held
+// mu guards acked, down and failed; each outbox has its own mu. Neither is held
 // while calling out of the courier.
 type courier struct {
 	escrow  uint64
