@@ -140,6 +140,10 @@ var errSkipped = errors.New("host skipped while down")
 // first diff after that.
 const downFor = 3 * time.Second
 
+// storageDownFor is how long a host that answered that its storage is
+// failing is skipped.
+const storageDownFor = 10 * time.Second
+
 // maxRunBytes bounds the body of one delivery, well under the host's
 // limit (hostapi.MaxBody): a longer run goes out in parts.
 const maxRunBytes = hostapi.MaxBody / 4
@@ -151,7 +155,7 @@ const maxRunBytes = hostapi.MaxBody / 4
 // signature collector (its state signatures) and the intake (its
 // mempool).
 //
-// mu guards acked and down; each outbox has its own mu. Neither is held
+// mu guards acked, down and failed; each outbox has its own mu. Neither is held
 // while calling out of the courier.
 type courier struct {
 	escrow  uint64
@@ -172,6 +176,10 @@ type courier struct {
 	mu    sync.Mutex
 	acked []uint64    // member index -> highest nonce it accepted
 	down  []time.Time // member index -> not tried before this time
+	// failed: member index -> given no start before this time. A host
+	// whose executor failed may still take diffs, and a delivery that
+	// lands must not make it the next start's executor at once.
+	failed []time.Time
 }
 
 // courierConfig is what a courier is built from, besides its members and
@@ -190,7 +198,7 @@ func newCourier(c courierConfig, members []*member, sigs *signatures, in *intake
 	return &courier{
 		escrow: c.snap.EscrowId, members: members, peers: c.peers, state: c.state, sigs: sigs, in: in, log: c.log,
 		ctx: c.ctx, hostTimeout: c.hostTimeout, holdFor: holdFor(c.snap, c.hold), held: heldAtMost(c.snap), noHold: c.hold < 0,
-		acked: make([]uint64, len(members)), down: make([]time.Time, len(members)),
+		acked: make([]uint64, len(members)), down: make([]time.Time, len(members)), failed: make([]time.Time, len(members)),
 	}
 }
 
@@ -225,18 +233,44 @@ func (c *courier) isDown(i int, now time.Time) bool {
 }
 
 func (c *courier) downLocked(i int, now time.Time) bool {
-	return now.Before(c.down[i])
+	return now.Before(c.upLocked(i))
 }
 
-// markDown makes the next starts skip the host at url for a while.
+// upLocked is when member i is next given a start.
+func (c *courier) upLocked(i int) time.Time {
+	if c.failed[i].After(c.down[i]) {
+		return c.failed[i]
+	}
+	return c.down[i]
+}
+
+// markDown makes the next starts skip the host at url for a while: its
+// executor failed one. Deliveries still go to it.
 func (c *courier) markDown(url string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for i, m := range c.members {
 		if m.url == url {
-			c.down[i] = time.Now().Add(downFor)
+			c.failed[i] = time.Now().Add(downFor)
 		}
 	}
+}
+
+// upAt is when the first member that is down now will be tried again;
+// zero while some member is up.
+func (c *courier) upAt(now time.Time) time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var first time.Time
+	for i := range c.members {
+		if !c.downLocked(i, now) {
+			return time.Time{}
+		}
+		if up := c.upLocked(i); first.IsZero() || up.Before(first) {
+			first = up
+		}
+	}
+	return first
 }
 
 // tryAll forgets which members are down: the next delivery tries everyone.
@@ -244,6 +278,7 @@ func (c *courier) tryAll() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	clear(c.down)
+	clear(c.failed)
 }
 
 // heldAt asks member i for the diff it stores at nonce, and returns it
@@ -452,7 +487,7 @@ func (c *courier) deliver(i int, run []*delivery) ([][]byte, error) {
 	m := c.members[i]
 	d := run[len(run)-1]
 	c.mu.Lock()
-	if c.downLocked(i, time.Now()) {
+	if time.Now().Before(c.down[i]) {
 		c.mu.Unlock()
 		return nil, errSkipped
 	}
@@ -468,8 +503,14 @@ func (c *courier) deliver(i int, run []*delivery) ([][]byte, error) {
 	}
 	if err != nil {
 		if hostapi.IsUnreachable(err) {
+			wait := downFor
+			if hostapi.IsStorageFailing(err) {
+				// A storage outage outlasts a restart: retrying into it
+				// sooner only costs nonces.
+				wait = storageDownFor
+			}
 			c.mu.Lock()
-			c.down[i] = time.Now().Add(downFor)
+			c.down[i] = time.Now().Add(wait)
 			c.mu.Unlock()
 		}
 		if c.ctx.Err() == nil {

@@ -373,9 +373,10 @@ func (g *Gateway) retire(e *escrow) {
 }
 
 // settleLater settles e in the background, retrying until it is settled
-// or the gateway halts, unless its settlement has begun.
+// or the gateway halts, unless it is already retried in the background.
 func (g *Gateway) settleLater(e *escrow) {
-	if !e.seq.stopTaking() {
+	e.seq.stopTaking()
+	if !e.settle.retrying.CompareAndSwap(false, true) {
 		return
 	}
 	g.bg.Add(1)
@@ -424,6 +425,8 @@ func (g *Gateway) SettleAll(ctx context.Context) error {
 			defer wg.Done()
 			if errs[i] = e.settle.settle(ctx); errs[i] == nil {
 				g.forget(e)
+			} else {
+				g.settleLater(e) // the answered requests are paid before the deadline
 			}
 		}()
 	}

@@ -83,6 +83,12 @@ func (q *sequencer) startLocked(ctx context.Context, req executor.Request) (*sta
 		return nil, nil, errEscrowLow
 	}
 	now := time.Now()
+	if up := q.out.upAt(now); !up.IsZero() {
+		// Every member is down: a start now would only sequence diffs
+		// nobody takes, each paying the per-diff fee.
+		return nil, nil, fmt.Errorf("%w: every member of escrow %d is down or its storage is failing; retry in %s",
+			ErrNoHost, q.id(), up.Sub(now).Round(time.Second))
+	}
 	for skips := 0; skips < len(q.snap.Group); skips++ {
 		if !q.out.isDown(q.executorMember(q.replica.Nonce()+1), now) {
 			break

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/devshard/devshard/session/sessionpb"
@@ -32,6 +33,10 @@ type settler struct {
 	run    sync.Mutex
 	mu     sync.Mutex
 	status EscrowStatus
+	// retrying is set once a background loop retries the settlement
+	// until it lands (Gateway.settleLater): a settlement that failed
+	// anywhere, a storage fault included, is never given up.
+	retrying atomic.Bool
 }
 
 func (s *settler) id() uint64 { return s.snap.EscrowId }

@@ -18,6 +18,7 @@ import (
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
 	"github.com/devshard/devshard/store/boot"
+	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
 
 // DaemonConfig is a whole host process: where it listens, the chain it
@@ -119,7 +120,7 @@ func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if d.st, err = openStorage(ctx, cfg, log); err != nil {
+	if d.st, err = openStorage(ctx, cfg, d.Engine, log); err != nil {
 		return nil, fmt.Errorf("open storage: %w", err)
 	}
 	d.Engine.SetStore(d.st)
@@ -147,8 +148,11 @@ func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 
 // openStorage opens the store cfg names, migrating a legacy database
 // first if one is where cfg.Storage.Legacy says, and logs the migration.
-func openStorage(ctx context.Context, cfg DaemonConfig, log *slog.Logger) (*boot.Opened, error) {
+func openStorage(ctx context.Context, cfg DaemonConfig, eng *Engine, log *slog.Logger) (*boot.Opened, error) {
 	storage := cfg.Storage
+	if storage.Retention.Unsettled == nil {
+		storage.Retention.Unsettled = openEscrows(eng, cfg.Chain)
+	}
 	if storage.Retention.Current == nil {
 		storage.Retention.Current = cfg.Chain.CurrentEpoch
 	}
@@ -184,6 +188,28 @@ func openStorage(ctx context.Context, cfg DaemonConfig, log *slog.Logger) (*boot
 		log.Info("legacy database migrated", "sessions", rep.Sessions, "diffs", rep.Diffs, "dropped_pruned", len(rep.Pruned), "renamed_to", rep.RenamedTo)
 	}
 	return st, nil
+}
+
+// openEscrows is the retention guard: it reports whether the host holds an
+// escrow of epoch that is still open on chain, so no prune takes sessions
+// the host (or its gateway) has yet to settle. An escrow the chain does not
+// answer for counts as open.
+func openEscrows(eng *Engine, c Chain) func(ctx context.Context, epoch uint64) (bool, error) {
+	return func(ctx context.Context, epoch uint64) (bool, error) {
+		for _, st := range eng.Settleables() {
+			if st.Snapshot.Epoch != epoch {
+				continue
+			}
+			esc, err := c.Escrow(ctx, st.Snapshot.EscrowId)
+			if err != nil {
+				return true, fmt.Errorf("escrow %d of epoch %d: %w", st.Snapshot.EscrowId, epoch, err)
+			}
+			if esc.Status == devshardtypes.EscrowOpen {
+				return true, nil
+			}
+		}
+		return false, nil
+	}
 }
 
 // legacyProgressEvery spaces the progress lines of a legacy migration.
@@ -298,11 +324,35 @@ func (d *Daemon) tick(ctx context.Context, claims *claimer, settler *selfSettler
 		case now := <-ticker.C:
 			d.Engine.Tick(ctx)
 			if now.Unix()%roundEvery == 0 {
+				d.spawn(func() { probeStorage(ctx, d.st, d.Engine.cfg.Metrics) })
 				d.spawn(func() { claims.claim(ctx) })
 				d.spawn(func() { settler.round(ctx) })
 			}
 		}
 	}
+}
+
+// probeTimeout bounds one storage probe: storage slower than this is
+// failing as far as the requests are concerned.
+const probeTimeout = 2 * time.Second
+
+// probeStorage lists the stored epochs, a read every driver answers from
+// its database, and records the outcome, so that /readyz and
+// devshard_host_storage_up report an outage even on a host no request
+// writes to.
+func probeStorage(ctx context.Context, s interface {
+	Epochs(context.Context) ([]uint64, error)
+}, m *Metrics) {
+	ctx, cancel := context.WithTimeout(ctx, probeTimeout)
+	defer cancel()
+	_, err := s.Epochs(ctx)
+	if err != nil && ctx.Err() != nil && errors.Is(ctx.Err(), context.Canceled) {
+		return // the host is closing
+	}
+	if err != nil {
+		err = fmt.Errorf("storage probe: %w", err)
+	}
+	m.storageProbed(err)
 }
 
 // spawn runs fn in the background until Close.

@@ -133,6 +133,8 @@ func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusServiceUnavailable, hostapi.StatusResponse{Status: hostapi.Initializing})
 	case h.e.cfg.Metrics.StorageFailures() >= ReadyzFailures:
 		writeJSON(w, http.StatusServiceUnavailable, hostapi.StatusResponse{Status: fmt.Sprintf("storage failing: %d consecutive write errors", h.e.cfg.Metrics.StorageFailures())})
+	case h.e.cfg.Metrics.StorageProbeError() != "":
+		writeJSON(w, http.StatusServiceUnavailable, hostapi.StatusResponse{Status: "storage failing: " + h.e.cfg.Metrics.StorageProbeError()})
 	default:
 		writeJSON(w, http.StatusOK, hostapi.StatusResponse{Status: "ready"})
 	}

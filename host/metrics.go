@@ -31,6 +31,10 @@ type Metrics struct {
 	// storageFailures counts consecutive failed writes; /readyz turns 503
 	// past a threshold.
 	storageFailures atomic.Int64
+	// probeErr is why the last storage probe failed; nil once it passed.
+	// A host that writes nothing (no traffic) still learns of an outage.
+	probeErr  atomic.Pointer[string]
+	writeDown atomic.Bool // the last write failed
 }
 
 // NewMetrics registers the host's metrics on a fresh registry. They record
@@ -59,7 +63,7 @@ func NewMetrics() *Metrics {
 			Name: "devshard_host_executions_refused_total", Help: "Inferences this host refused to run because its own txs went uncollected past the seal grace.",
 		}),
 		storageUp: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "devshard_host_storage_up", Help: "1 while the last storage write succeeded.",
+			Name: "devshard_host_storage_up", Help: "1 while the last storage write and the last storage probe succeeded.",
 		}),
 		recovered: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "devshard_host_recovered_sessions", Help: "Sessions recovered so far at startup.",
@@ -123,6 +127,7 @@ func (m *Metrics) sessionLoaded(sessionpb.Phase) {}
 func (m *Metrics) storageError() {
 	if m != nil {
 		m.storageFailures.Add(1)
+		m.writeDown.Store(true)
 		m.storageUp.Set(0)
 	}
 }
@@ -130,8 +135,45 @@ func (m *Metrics) storageError() {
 func (m *Metrics) storageOK() {
 	if m != nil {
 		m.storageFailures.Store(0)
-		m.storageUp.Set(1)
+		m.writeDown.Store(false)
+		m.setStorageUp()
 	}
+}
+
+// storageProbed records a storage probe's outcome (probeStorage).
+func (m *Metrics) storageProbed(err error) {
+	if m == nil {
+		return
+	}
+	if err == nil {
+		m.probeErr.Store(nil)
+	} else {
+		why := err.Error()
+		m.probeErr.Store(&why)
+	}
+	m.setStorageUp()
+}
+
+// setStorageUp is 1 while neither the last write nor the last probe
+// failed.
+func (m *Metrics) setStorageUp() {
+	if m.writeDown.Load() || m.probeErr.Load() != nil {
+		m.storageUp.Set(0)
+		return
+	}
+	m.storageUp.Set(1)
+}
+
+// StorageProbeError is why the last storage probe failed, "" once one
+// passed.
+func (m *Metrics) StorageProbeError() string {
+	if m == nil {
+		return ""
+	}
+	if why := m.probeErr.Load(); why != nil {
+		return *why
+	}
+	return ""
 }
 
 func (m *Metrics) validation(valid bool) {

@@ -1,11 +1,17 @@
 package host
 
 import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
 	"testing"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/session/sessiontest"
 )
 
@@ -91,4 +97,55 @@ func TestEngineMeasuresItsModel(t *testing.T) {
 	require.Equal(t, 1.0, metricValue(t, m, "devshard_host_time_to_first_token_seconds"))
 	require.Equal(t, 1.0, metricValue(t, m, "devshard_host_build_info"))
 	require.Equal(t, []string{executor.BuiltinModel}, e.cfg.Executor.Models(), "the measured model serves what it served")
+}
+
+// epochLister answers Epochs with err.
+type epochLister struct{ err error }
+
+func (l *epochLister) Epochs(context.Context) ([]uint64, error) { return nil, l.err }
+
+// storageUp is the devshard_host_storage_up gauge's value.
+func storageUp(t *testing.T, m *Metrics) float64 {
+	t.Helper()
+	got, err := m.Registry.Gather()
+	require.NoError(t, err)
+	for _, f := range got {
+		if f.GetName() == "devshard_host_storage_up" {
+			return f.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatal("no devshard_host_storage_up")
+	return 0
+}
+
+// Issue 18: a host no request writes to still says, in /readyz and in
+// devshard_host_storage_up, that its storage is failing, and why.
+func TestStorageProbeTurnsReadyz(t *testing.T) {
+	t.Parallel()
+	m := NewMetrics()
+	f := sessiontest.New(1, sessiontest.DefaultOptions())
+	e := New(Config{Key: f.Hosts[0], Escrows: &fakeChain{}, Executor: executor.Builtin{}, Metrics: m})
+	e.MarkReady()
+	srv := httptest.NewServer(Handler(e, "test"))
+	t.Cleanup(srv.Close)
+	readyz := func() (int, string) {
+		resp, err := http.Get(srv.URL + hostapi.Readyz.Path)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var body hostapi.StatusResponse
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&body))
+		return resp.StatusCode, body.Status
+	}
+	s := &epochLister{err: errors.New("postgres: connection refused")}
+	probeStorage(t.Context(), s, m)
+	code, why := readyz()
+	require.Equal(t, http.StatusServiceUnavailable, code)
+	require.Equal(t, "storage failing: storage probe: postgres: connection refused", why)
+	require.Equal(t, 0.0, storageUp(t, m))
+
+	s.err = nil
+	probeStorage(t.Context(), s, m)
+	code, _ = readyz()
+	require.Equal(t, http.StatusOK, code)
+	require.Equal(t, 1.0, storageUp(t, m))
 }

@@ -89,9 +89,12 @@ func (s *selfSettler) settle(ctx context.Context, st Settleable) error {
 			}
 		}
 	}
-	own, err := s.eng.OwnSignatures(ctx, m.EscrowId, m.Nonce)
-	if err != nil {
-		return err
+	// A store that fails to read the host's own signatures does not stop
+	// the settlement: the peers' stored signatures may make a quorum
+	// without them, and the hosts' pay must not wait on this host's disk.
+	own, ownErr := s.eng.OwnSignatures(ctx, m.EscrowId, m.Nonce)
+	if ownErr != nil {
+		s.log.Warn("self-settlement: own signatures unreadable; settling from the peers'", "escrow", m.EscrowId, "nonce", m.Nonce, "err", ownErr)
 	}
 	take(own)
 	for _, a := range s.peers(st.Snapshot) {
@@ -104,6 +107,10 @@ func (s *selfSettler) settle(ctx context.Context, st Settleable) error {
 	}
 	if !sigs.Quorum() {
 		group := len(st.Snapshot.Group)
+		if ownErr != nil {
+			return fmt.Errorf("%d of %d slots signed the root at nonce %d; settling needs %d, and this host's own signatures are unreadable: %w",
+				sigs.Len(), group, m.Nonce, session.QuorumSize(group), ownErr)
+		}
 		return fmt.Errorf("%d of %d slots signed the root at nonce %d; settling needs %d", sigs.Len(), group, m.Nonce, session.QuorumSize(group))
 	}
 	if err := sigs.Attach(m); err != nil {

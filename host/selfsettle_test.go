@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -18,6 +19,7 @@ import (
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/session/sessiontest"
 	"github.com/devshard/devshard/signing"
+	"github.com/devshard/devshard/store"
 	"github.com/devshard/devshard/store/sqlite"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
@@ -65,14 +67,28 @@ type settleGroup struct {
 
 func setupSettleGroup(t *testing.T) *settleGroup {
 	t.Helper()
-	f := sessiontest.New(1, sessiontest.DefaultOptions())
+	return setupSettleGroupOf(t, []int{0, 1, 2}, []int{5, 3, 2}, nil)
+}
+
+// setupSettleGroupOf is a settleGroup of one slot per holder, whose member
+// i holds the first held[i] of five diffs, on the store wrap makes of its
+// own (nil: as is).
+func setupSettleGroupOf(t *testing.T, holders, held []int, wrap func(i int, st store.Store) store.Store) *settleGroup {
+	t.Helper()
+	opts := sessiontest.DefaultOptions()
+	opts.Holders = holders
+	f := sessiontest.New(1, opts)
 	seq := f.Sequencer()
 	g := &settleGroup{f: f, urls: memberURLs{}, id: f.Snapshot.EscrowId, logs: &logBuffer{}}
 	quiet := slog.New(slog.DiscardHandler)
-	for _, key := range f.Hosts {
-		st, err := sqlite.Open(context.Background(), t.TempDir(), sqlite.Options{})
+	for i, key := range f.Hosts {
+		sq, err := sqlite.Open(context.Background(), t.TempDir(), sqlite.Options{})
 		require.NoError(t, err)
-		t.Cleanup(func() { st.Close() })
+		t.Cleanup(func() { sq.Close() })
+		var st store.Store = sq
+		if wrap != nil {
+			st = wrap(i, st)
+		}
 		e := New(Config{Key: key, Store: st, Escrows: &fakeChain{snaps: map[uint64]*sessionpb.EscrowSnapshot{g.id: f.Snapshot}}, Executor: executor.Builtin{}, Logger: quiet})
 		e.MarkReady()
 		srv := httptest.NewServer(Handler(e, "test"))
@@ -89,7 +105,7 @@ func setupSettleGroup(t *testing.T) *settleGroup {
 		require.NoError(t, err)
 		raws = append(raws, raw)
 	}
-	for i, n := range []int{5, 3, 2} {
+	for i, n := range held {
 		items := make([]DiffItem, n)
 		for j := range n {
 			items[j] = DiffItem{Raw: raws[j]}
@@ -223,5 +239,72 @@ func TestSelfSettlerDropsAForgedSignatureForTheRealOne(t *testing.T) {
 	got := send.settlements()
 	require.Len(t, got, 1)
 	_, err = session.VerifySettlement(g.f.Snapshot, got[0], nil)
+	require.NoError(t, err)
+}
+
+// The retention guard holds an epoch while the host holds one of its
+// escrows open on chain, or cannot learn whether it is, and lets it go once
+// the escrow settled.
+func TestOpenEscrowsGuardsRetention(t *testing.T) {
+	t.Parallel()
+	g := setupSettleGroup(t)
+	guard := openEscrows(g.engines[0], g.chain)
+	epoch := g.f.Snapshot.Epoch
+	open, err := guard(t.Context(), epoch)
+	require.NoError(t, err)
+	require.True(t, open, "the escrow is open on chain")
+	open, err = guard(t.Context(), epoch+7)
+	require.NoError(t, err)
+	require.False(t, open, "the host holds no escrow of that epoch")
+
+	g.chain.mu.Lock()
+	g.chain.escrows[g.id].Status = devshardtypes.EscrowSettled
+	g.chain.mu.Unlock()
+	open, err = guard(t.Context(), epoch)
+	require.NoError(t, err)
+	require.False(t, open, "settled: the epoch may be pruned")
+
+	g.chain.mu.Lock()
+	delete(g.chain.escrows, g.id)
+	g.chain.mu.Unlock()
+	open, err = guard(t.Context(), epoch)
+	require.Error(t, err)
+	require.True(t, open, "a chain that does not answer holds the epoch")
+}
+
+// unreadable fails every read of the signatures it stores while fail is
+// set, as a store whose database went away does.
+type unreadable struct {
+	store.Store
+	fail atomic.Bool
+}
+
+func (u *unreadable) Signatures(ctx context.Context, escrow, nonce uint64) ([]store.Signature, error) {
+	if u.fail.Load() {
+		return nil, fmt.Errorf("%w: postgres: connection refused", store.ErrUnavailable)
+	}
+	return u.Store.Signatures(ctx, escrow, nonce)
+}
+
+// Issue 18: a member whose store cannot read its own signatures still
+// settles past the deadline from what is durable elsewhere, its peers'
+// signatures, when they make a quorum.
+func TestSelfSettlerSettlesThoughItsStoreFailsToRead(t *testing.T) {
+	t.Parallel()
+	own := &unreadable{}
+	g := setupSettleGroupOf(t, []int{0, 1, 2, 3}, []int{5, 5, 5, 5}, func(i int, st store.Store) store.Store {
+		if i != 0 {
+			return st
+		}
+		own.Store = st
+		return own
+	})
+	own.fail.Store(true)
+	send := &fakeSender{}
+	g.settler(0, send).round(t.Context())
+	got := send.settlements()
+	require.Len(t, got, 1, "three of four slots are a quorum without this host's")
+	require.Contains(t, g.logs.String(), "own signatures unreadable")
+	_, err := session.VerifySettlement(g.f.Snapshot, got[0], nil)
 	require.NoError(t, err)
 }

@@ -180,17 +180,20 @@ func TestClientSignatures(t *testing.T) {
 func TestErrorClasses(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
-		err                       error
-		unreachable, initializing bool
+		err                                error
+		unreachable, initializing, storage bool
 	}{
-		{&Error{Status: 0}, true, false},
-		{&Error{Status: http.StatusServiceUnavailable}, true, true},
-		{fmt.Errorf("catching up: %w", &Error{Status: http.StatusInternalServerError}), true, false},
-		{&Error{Status: http.StatusConflict}, false, false},
-		{errors.New("the app went away"), false, false},
+		{&Error{Status: 0}, true, false, false},
+		{&Error{Status: http.StatusServiceUnavailable, Message: Initializing}, true, true, false},
+		{&Error{Status: http.StatusServiceUnavailable, Message: Initializing + ": chain unreachable"}, true, true, false},
+		{&Error{Status: http.StatusServiceUnavailable, Message: "storage unavailable: postgres down"}, true, false, true},
+		{fmt.Errorf("catching up: %w", &Error{Status: http.StatusInternalServerError}), true, false, false},
+		{&Error{Status: http.StatusConflict}, false, false, false},
+		{errors.New("the app went away"), false, false, false},
 	} {
 		require.Equal(t, tc.unreachable, IsUnreachable(tc.err), "%v", tc.err)
 		require.Equal(t, tc.initializing, IsInitializing(tc.err), "%v", tc.err)
+		require.Equal(t, tc.storage, IsStorageFailing(tc.err), "%v", tc.err)
 	}
 	require.Equal(t, "host http://h unreachable: refused", (&Error{URL: "http://h", Message: "refused"}).Error())
 	require.Equal(t, "host http://h answered 409: fork", (&Error{URL: "http://h", Status: 409, Message: "fork"}).Error())

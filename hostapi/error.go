@@ -38,7 +38,15 @@ func IsUnreachable(err error) bool {
 // is not ready yet (503): it answers once it is.
 func IsInitializing(err error) bool {
 	var e *Error
-	return errors.As(err, &e) && e.Status == http.StatusServiceUnavailable
+	return errors.As(err, &e) && e.Status == http.StatusServiceUnavailable && strings.HasPrefix(e.Message, Initializing)
+}
+
+// IsStorageFailing reports whether err is a host's answer that its storage
+// is failing (503, not Initializing): it is up, but serves no session until
+// its storage is back, so a caller goes to another host.
+func IsStorageFailing(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Status == http.StatusServiceUnavailable && !strings.HasPrefix(e.Message, Initializing)
 }
 
 // maxErrorBody bounds the refusal a client reads: a sentence.

@@ -34,6 +34,13 @@ type Options struct {
 	// failed, an epoch source that did not answer). They are retried at the
 	// next pass.
 	OnError func(error)
+	// Unsettled, if set, reports whether epoch still has escrows the host
+	// holds that are open on chain. Such an epoch is neither pruned nor
+	// refused, whatever the clock says: its sessions are what the host
+	// settles from, and a prune that races a storage outage must not take
+	// them. An error counts as "yes": the guard fails safe, and the epoch
+	// is looked at again at the next pass.
+	Unsettled func(ctx context.Context, epoch uint64) (bool, error)
 }
 
 // Store is a store with epoch retention. It embeds the wrapped store; only
@@ -125,6 +132,11 @@ func (m *Store) Retain(ctx context.Context) error {
 		if e >= first {
 			break
 		}
+		if m.unsettled(ctx, e) {
+			// The cursor stops here: later epochs are pruned once this
+			// one's escrows have settled.
+			return nil
+		}
 		if err := m.Store.Prune(ctx, e); err != nil {
 			return fmt.Errorf("prune epoch %d (keeping %d..): %w", e, first, err)
 		}
@@ -134,20 +146,32 @@ func (m *Store) Retain(ctx context.Context) error {
 	return nil
 }
 
+// unsettled asks the guard whether epoch still has open escrows.
+func (m *Store) unsettled(ctx context.Context, epoch uint64) bool {
+	if m.opts.Unsettled == nil {
+		return false
+	}
+	open, err := m.opts.Unsettled(ctx, epoch)
+	return open || err != nil
+}
+
 func (m *Store) advance(to uint64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.cursor = max(m.cursor, to)
 }
 
-// CreateSession refuses an escrow whose epoch is outside the window (pruned,
-// or about to be), then creates it in the wrapped store.
+// CreateSession refuses an escrow whose epoch is pruned, or about to be,
+// then creates it in the wrapped store. An epoch below the window that the
+// guard says still has open escrows is not about to be pruned, so it is
+// served.
 func (m *Store) CreateSession(ctx context.Context, snap *sessionpb.EscrowSnapshot) error {
 	if snap != nil {
 		m.mu.Lock()
 		first, current, cursor := m.first(), m.current, m.cursor
 		m.mu.Unlock()
-		if snap.Epoch < first || snap.Epoch < cursor {
+		pruning := snap.Epoch < first && !m.unsettled(ctx, snap.Epoch)
+		if pruning || snap.Epoch < cursor {
 			return store.Errorf(store.ErrEpochPruned,
 				"escrow %d belongs to epoch %d, which this host has pruned or is pruning (it keeps epochs %d..%d)",
 				snap.EscrowId, snap.Epoch, max(first, cursor), current)

@@ -135,3 +135,51 @@ func TestPeriodicCatchUp(t *testing.T) {
 	defer mu.Unlock()
 	require.Empty(t, bgErrs)
 }
+
+// guard is a fake Unsettled: the epochs it names still have open escrows.
+type guard struct {
+	mu   sync.Mutex
+	open map[uint64]bool
+	err  error
+}
+
+func (g *guard) unsettled(_ context.Context, epoch uint64) (bool, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.open[epoch], g.err
+}
+
+func (g *guard) settle(epoch uint64) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.open, epoch)
+}
+
+func TestUnsettledEpochIsNeitherPrunedNorRefused(t *testing.T) {
+	t.Parallel()
+	g := &guard{open: map[uint64]bool{2: true}}
+	b := setup(t, managed.Options{Keep: 2, Unsettled: g.unsettled})
+	b.fill(t, 1, 5)
+	require.NoError(t, b.m.SetEpoch(b.ctx, 5))
+	require.Equal(t, []uint64{2, 3, 4, 5, 6}, b.epochs(t), "epoch 2 has open escrows: it and every later epoch stay")
+	require.Equal(t, uint64(2), b.m.Cursor())
+	require.NoError(t, b.m.CreateSession(b.ctx, storetest.SyntheticSnapshot(20, 2)),
+		"an escrow of an epoch with open escrows is served though the clock left it behind")
+	err := b.m.CreateSession(b.ctx, storetest.SyntheticSnapshot(21, 3))
+	require.ErrorIs(t, err, store.ErrEpochPruned, "epoch 3 has none open and is below the window")
+
+	g.settle(2)
+	require.NoError(t, b.m.CatchUp(b.ctx))
+	require.Equal(t, []uint64{4, 5, 6}, b.epochs(t), "once settled, the epoch is pruned at the next pass")
+	require.Equal(t, uint64(4), b.m.Cursor())
+}
+
+func TestUnsettledGuardFailsSafe(t *testing.T) {
+	t.Parallel()
+	g := &guard{err: errors.New("chain unreachable")}
+	b := setup(t, managed.Options{Keep: 2, Unsettled: g.unsettled})
+	b.fill(t, 1, 5)
+	require.NoError(t, b.m.SetEpoch(b.ctx, 5))
+	require.Equal(t, []uint64{1, 2, 3, 4, 5, 6}, b.epochs(t), "a guard that cannot answer prunes nothing")
+	require.NoError(t, b.m.CreateSession(b.ctx, storetest.SyntheticSnapshot(20, 1)))
+}
