@@ -1,0 +1,107 @@
+package devnet
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+func TestParseStorage(t *testing.T) {
+	t.Parallel()
+	for _, s := range []string{"sqlite", "postgres", "hybrid"} {
+		got, err := ParseStorage(s)
+		require.NoError(t, err)
+		require.Equal(t, Storage(s), got)
+	}
+	_, err := ParseStorage("mysql")
+	require.EqualError(t, err, `the devnet's storage must be sqlite, postgres or hybrid, got "mysql"`)
+
+	cfg := Config{Home: t.TempDir(), Binary: "devshard"}
+	require.NoError(t, cfg.defaults())
+	require.Equal(t, StorageSQLite, cfg.Storage, "SQLite unless asked")
+	cfg.Storage = "Postgres"
+	require.EqualError(t, cfg.defaults(), `the devnet's storage must be sqlite, postgres or hybrid, got "Postgres"`)
+}
+
+// A home keeps the storage it was made with: resumed on another, the hosts
+// would start empty and their sessions stay behind.
+func TestResumeRefusesAnotherStorage(t *testing.T) {
+	t.Parallel()
+	cfg := Config{Home: t.TempDir(), Hosts: 1, Storage: StorageSQLite}
+	_, resumed, err := loadSetup(cfg)
+	require.NoError(t, err)
+	require.False(t, resumed)
+
+	cfg.Storage = StoragePostgres
+	_, _, err = loadSetup(cfg)
+	require.EqualError(t, err, filepath.Join(cfg.Home, "setup.json")+" stores in sqlite, asked for postgres; "+
+		"the hosts' sessions would stay behind: use another --home for a different storage")
+
+	// A home from before the storage was recorded stored in SQLite.
+	raw, err := os.ReadFile(filepath.Join(cfg.Home, "setup.json"))
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(cfg.Home, "setup.json"),
+		[]byte(strings.Replace(string(raw), `"storage": "sqlite",`, "", 1)), 0o600))
+	cfg.Storage = StorageSQLite
+	_, resumed, err = loadSetup(cfg)
+	require.NoError(t, err)
+	require.True(t, resumed)
+}
+
+// The devnet on Postgres: its own cluster under its home, a database per
+// host, requests served and settled, each host saying it stores there, and
+// the cluster stopped with the devnet.
+func TestDevnetOnPostgres(t *testing.T) {
+	for _, storage := range []Storage{StoragePostgres, StorageHybrid} {
+		t.Run(string(storage), func(t *testing.T) {
+			t.Setenv("PGHOST", "") // the devnet's own cluster, whatever the shell says
+			began := time.Now()
+			var home string
+			e := startNetwork(t, 5*time.Minute, func(c *Config) {
+				// Not t.TempDir: the postgres user must reach the home when
+				// the test runs as root, and t.TempDir's parent is 0700.
+				var err error
+				home, err = os.MkdirTemp("", "devnet-pg-")
+				require.NoError(t, err)
+				t.Cleanup(func() { os.RemoveAll(home) })
+				c.Home, c.Storage, c.Hosts = home, storage, 3
+			})
+			pg := e.nw.Postgres()
+			require.NotNil(t, pg, "the devnet runs its own cluster when PGHOST is unset")
+			require.Equal(t, filepath.Join(home, "postgres", "data"), pg.DataDir())
+			t.Cleanup(func() { // runs after the devnet closed
+				require.False(t, pg.Running(), "the cluster stops with the devnet")
+			})
+
+			e.send(6, 3, string(storage))
+			require.NoError(t, e.nw.Gateway.Gateway.SettleAll(e.ctx))
+			list, err := e.nw.Gateway.Gateway.Settled(e.ctx)
+			require.NoError(t, err)
+			require.NotEmpty(t, list)
+			for _, s := range list {
+				e.readSettlement(s.ID, s.TxHash) // settled on chain
+			}
+
+			for i, h := range e.nw.Hosts {
+				require.Equal(t, hostDatabase(i), h.Database)
+				log, err := os.ReadFile(h.LogPath)
+				require.NoError(t, err)
+				require.Regexp(t, `storage ready.*mode=`+string(storage), string(log), "%s's log", h.Name)
+			}
+
+			var info Info
+			raw, err := os.ReadFile(filepath.Join(home, "devnet.json"))
+			require.NoError(t, err)
+			require.NoError(t, json.Unmarshal(raw, &info))
+			require.Equal(t, storage, info.Storage)
+			require.Equal(t, &PostgresRef{Address: pg.Addr(), Own: true, DataDir: pg.DataDir(), Log: pg.LogPath()}, info.Postgres)
+			require.Equal(t, "devnet_host2", info.Hosts[2].Database)
+			t.Logf("%s devnet: started, served, settled in %s", storage, time.Since(began).Round(time.Second))
+		})
+	}
+}
