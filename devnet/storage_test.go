@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/devshard/devshard/internal/pgcluster"
 )
 
 func TestParseStorage(t *testing.T) {
@@ -61,22 +63,28 @@ func TestDevnetOnPostgres(t *testing.T) {
 		t.Run(string(storage), func(t *testing.T) {
 			t.Setenv("PGHOST", "") // the devnet's own cluster, whatever the shell says
 			began := time.Now()
-			var home string
+			var (
+				home string
+				pg   *pgcluster.Cluster
+			)
 			e := startNetwork(t, 5*time.Minute, func(c *Config) {
 				// Not t.TempDir: the postgres user must reach the home when
 				// the test runs as root, and t.TempDir's parent is 0700.
 				var err error
 				home, err = os.MkdirTemp("", "devnet-pg-")
 				require.NoError(t, err)
-				t.Cleanup(func() { os.RemoveAll(home) })
+				t.Cleanup(func() { // runs after the devnet closed
+					if pg != nil {
+						require.False(t, pg.Running(), "the cluster stops with the devnet")
+						require.NoFileExists(t, filepath.Join(pg.DataDir(), "postmaster.pid"))
+					}
+					os.RemoveAll(home)
+				})
 				c.Home, c.Storage, c.Hosts = home, storage, 3
 			})
-			pg := e.nw.Postgres()
+			pg = e.nw.Postgres()
 			require.NotNil(t, pg, "the devnet runs its own cluster when PGHOST is unset")
 			require.Equal(t, filepath.Join(home, "postgres", "data"), pg.DataDir())
-			t.Cleanup(func() { // runs after the devnet closed
-				require.False(t, pg.Running(), "the cluster stops with the devnet")
-			})
 
 			e.send(6, 3, string(storage))
 			require.NoError(t, e.nw.Gateway.Gateway.SettleAll(e.ctx))
