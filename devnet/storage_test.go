@@ -2,8 +2,10 @@ package devnet
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -112,4 +114,42 @@ func TestDevnetOnPostgres(t *testing.T) {
 			t.Logf("%s devnet: started, served, settled in %s", storage, time.Since(began).Round(time.Second))
 		})
 	}
+}
+
+// A devnet run again on its home starts its cluster again on the same data
+// and port and finds the hosts' databases there; a new network on a
+// cluster that holds them already refuses them. (The whole devnet cannot be
+// resumed inside one test process: the chain keeps its database locked.)
+func TestPostgresResumesOnItsData(t *testing.T) {
+	t.Setenv("PGHOST", "")
+	home, err := os.MkdirTemp("", "devnet-pg-") // not t.TempDir: see TestDevnetOnPostgres
+	require.NoError(t, err)
+	t.Cleanup(func() { os.RemoveAll(home) })
+	cfg := Config{Home: home, Hosts: 2, Storage: StoragePostgres}
+	var progress []string
+	step := func(format string, args ...any) { progress = append(progress, fmt.Sprintf(format, args...)) }
+
+	pg, err := startPostgres(t.Context(), cfg, false, step)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = pg.own.Remove() })
+	addr := pg.ref.Address
+	require.Equal(t, map[string]string{"PGHOST": "127.0.0.1", "PGPORT": strconv.Itoa(pg.own.Port()),
+		"PGUSER": "postgres", "PGSSLMODE": "disable", "PGDATABASE": "devnet_host1"}, pg.hostEnv("devnet_host1"))
+	require.NoError(t, pg.stop())
+	require.False(t, pg.own.Running())
+
+	progress = nil
+	pg, err = startPostgres(t.Context(), cfg, true, step)
+	require.NoError(t, err)
+	require.Equal(t, addr, pg.ref.Address, "the cluster comes back on its port")
+	require.Equal(t, []string{
+		"starting Postgres: a cluster of the devnet's own in " + filepath.Join(home, "postgres"),
+		"Postgres is up on " + addr + " (log " + filepath.Join(home, "postgres", "server.log") + ")",
+	}, progress, "the hosts' databases are found, not made again")
+	require.NoError(t, pg.stop())
+
+	_, err = startPostgres(t.Context(), cfg, false, step)
+	require.EqualError(t, err, "database devnet_host0 already exists on the Postgres at "+addr+
+		", but the network in "+home+" is new: drop it (dropdb devnet_host0) or point PGHOST at another cluster")
+	require.NoFileExists(t, filepath.Join(pg.own.DataDir(), "postmaster.pid"), "a refused start leaves the cluster stopped")
 }
