@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/internal/pgcluster"
+	"github.com/devshard/devshard/internal/pgtest"
 )
 
 func TestParseStorage(t *testing.T) {
@@ -152,4 +153,35 @@ func TestPostgresResumesOnItsData(t *testing.T) {
 	require.EqualError(t, err, "database devnet_host0 already exists on the Postgres at "+addr+
 		", but the network in "+home+" is new: drop it (dropdb devnet_host0) or point PGHOST at another cluster")
 	require.NoFileExists(t, filepath.Join(pg.own.DataDir(), "postmaster.pid"), "a refused start leaves the cluster stopped")
+}
+
+// With PGHOST set the devnet makes the hosts' databases on that cluster,
+// hands the hosts the operator's PG* variables with their own database,
+// and leaves the cluster running when it stops: it is not the devnet's.
+func TestPostgresFromPGHOST(t *testing.T) {
+	c := pgtest.Start(t)
+	for k, v := range c.Env("") {
+		t.Setenv(k, v)
+	}
+	t.Setenv("PGAPPNAME", "devnet-test")
+	cfg := Config{Home: t.TempDir(), Hosts: 2, Storage: StorageHybrid}
+	var progress []string
+	step := func(format string, args ...any) { progress = append(progress, fmt.Sprintf(format, args...)) }
+
+	pg, err := startPostgres(t.Context(), cfg, false, step)
+	require.NoError(t, err)
+	addr := c.Host() + ":" + strconv.Itoa(c.Port())
+	require.Equal(t, []string{"using the Postgres cluster at " + addr + " (from PGHOST)"}, progress)
+	require.Equal(t, &PostgresRef{Address: addr}, &pg.ref)
+	require.Nil(t, pg.own)
+	env := pg.hostEnv("devnet_host1")
+	require.Equal(t, "devnet_host1", env["PGDATABASE"])
+	require.Equal(t, "devnet-test", env["PGAPPNAME"])
+	require.Equal(t, strconv.Itoa(c.Port()), env["PGPORT"])
+	require.NoError(t, pg.stop())
+
+	// The databases are there, and the cluster still runs.
+	_, err = startPostgres(t.Context(), cfg, true, step)
+	require.NoError(t, err)
+	require.Len(t, progress, 2, "no database was missing")
 }
