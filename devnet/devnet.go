@@ -395,7 +395,7 @@ func loadSetup(cfg Config) (*setup, bool, error) {
 			return nil, false, fmt.Errorf("%s has %d hosts, asked for %d; use another --home for a different network", path, len(st.Hosts), cfg.Hosts)
 		}
 		if made := cmp.Or(st.Storage, StorageSQLite); made != cfg.Storage {
-			return nil, false, fmt.Errorf("%s stores in %s, asked for %s; the hosts' sessions would stay behind: use another --home for a different storage", path, made, cfg.Storage)
+			return nil, false, fmt.Errorf("%s was made with storage %s, asked for %s (the hosts' sessions would stay behind): pass --storage %s, or another --home for a different storage", path, made, cfg.Storage, made)
 		}
 		return &st, true, nil
 	}

@@ -44,8 +44,8 @@ func TestResumeRefusesAnotherStorage(t *testing.T) {
 
 	cfg.Storage = StoragePostgres
 	_, _, err = loadSetup(cfg)
-	require.EqualError(t, err, filepath.Join(cfg.Home, "setup.json")+" stores in sqlite, asked for postgres; "+
-		"the hosts' sessions would stay behind: use another --home for a different storage")
+	require.EqualError(t, err, filepath.Join(cfg.Home, "setup.json")+" was made with storage sqlite, asked for postgres "+
+		"(the hosts' sessions would stay behind): pass --storage sqlite, or another --home for a different storage")
 
 	// A home from before the storage was recorded stored in SQLite.
 	raw, err := os.ReadFile(filepath.Join(cfg.Home, "setup.json"))
