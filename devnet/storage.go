@@ -123,7 +123,7 @@ func startPostgres(ctx context.Context, cfg Config, resumed bool, step func(stri
 func ownPostgres(home string, step func(string, ...any)) (*pgServer, error) {
 	dir := filepath.Join(home, "postgres")
 	step("starting Postgres: a cluster of the devnet's own in %s", dir)
-	other, err := pgcluster.ServerUser()
+	other, err := pgcluster.RunsAsOtherUser()
 	if err != nil {
 		return nil, err
 	}

@@ -127,8 +127,10 @@ func (c *Cluster) Port() int {
 // Addr is Host:Port.
 func (c *Cluster) Addr() string { return net.JoinHostPort(Host, strconv.Itoa(c.Port())) }
 
-// Dir returns the cluster's directory; DataDir its data directory.
-func (c *Cluster) Dir() string     { return c.dir }
+// Dir returns the cluster's directory.
+func (c *Cluster) Dir() string { return c.dir }
+
+// DataDir returns the cluster's data directory.
 func (c *Cluster) DataDir() string { return c.dataDir }
 
 // LogPath is the server's log file.
@@ -438,10 +440,10 @@ func serverEnv() []string {
 	})
 }
 
-// ServerUser reports whether the server runs as another OS user (the
+// RunsAsOtherUser reports whether the server runs as another OS user (the
 // postgres user, because this process runs as root), which must be able to
 // traverse every directory above a cluster's.
-func ServerUser() (bool, error) {
+func RunsAsOtherUser() (bool, error) {
 	cred, err := serverCredentialOnce()
 	return cred != nil, err
 }
