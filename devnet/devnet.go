@@ -8,6 +8,7 @@
 package devnet
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -25,6 +26,7 @@ import (
 	"github.com/devshard/devshard/chain/node"
 	"github.com/devshard/devshard/chaincfg"
 	"github.com/devshard/devshard/gateway"
+	"github.com/devshard/devshard/internal/pgcluster"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/signing"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
@@ -47,6 +49,11 @@ type Config struct {
 	// ThinkTime is the built-in model's pause per token on every host
 	// (default none).
 	ThinkTime time.Duration
+	// Storage is where the hosts keep their sessions (default sqlite). For
+	// postgres and hybrid the hosts use the cluster the PG* variables name
+	// if PGHOST is set, and otherwise the devnet's own, in <home>/postgres;
+	// each host has its own database. It is fixed for a home.
+	Storage Storage
 	// Synchronous is the SQLite durability of the hosts and the gateway:
 	// FULL (the default, fsync at every commit) or NORMAL.
 	Synchronous string
@@ -109,14 +116,18 @@ func Params() devshardtypes.Params {
 // Info is <home>/devnet.json: every endpoint and the gateway's API key, for
 // scripts.
 type Info struct {
-	Home      string     `json:"home"`
-	ChainID   string     `json:"chain_id"`
-	RPC       string     `json:"rpc"`
-	GRPC      string     `json:"grpc"`
-	REST      string     `json:"rest"`
-	Gateway   GatewayRef `json:"gateway"`
-	Hosts     []HostRef  `json:"hosts"`
-	StartedAt time.Time  `json:"started_at"`
+	Home    string     `json:"home"`
+	ChainID string     `json:"chain_id"`
+	RPC     string     `json:"rpc"`
+	GRPC    string     `json:"grpc"`
+	REST    string     `json:"rest"`
+	Gateway GatewayRef `json:"gateway"`
+	Hosts   []HostRef  `json:"hosts"`
+	// Storage is where the hosts keep their sessions; Postgres, the
+	// cluster, when that is postgres or hybrid.
+	Storage   Storage      `json:"storage"`
+	Postgres  *PostgresRef `json:"postgres,omitempty"`
+	StartedAt time.Time    `json:"started_at"`
 }
 
 // GatewayRef describes the gateway in devnet.json.
@@ -133,11 +144,16 @@ type HostRef struct {
 	Account string `json:"account"`
 	Home    string `json:"home"`
 	Log     string `json:"log"`
+	// Database is the host's Postgres database, if it stores in one.
+	Database string `json:"database,omitempty"`
 }
 
 // setup is what the first run decides and later runs reuse:
 // <home>/setup.json, private (it holds the mnemonics).
 type setup struct {
+	// Storage is the hosts' storage; empty in homes made before it was
+	// recorded, which stored in SQLite.
+	Storage Storage     `json:"storage,omitempty"`
 	Hosts   []hostSetup `json:"hosts"`
 	Gateway struct {
 		Mnemonic string `json:"mnemonic"`
@@ -161,6 +177,18 @@ type Network struct {
 	GatewayAccount node.Account
 	cfg            Config
 	gatewayConfig  gateway.DaemonConfig
+	pg             *pgServer // nil on SQLite
+}
+
+// Postgres is the devnet's own Postgres cluster, for a fault test to stop
+// (Stop(pgcluster.Immediate) crashes it) and Start again on the same data
+// and port. It is nil when the hosts store in SQLite or in the operator's
+// cluster (PGHOST).
+func (n *Network) Postgres() *pgcluster.Cluster {
+	if n.pg == nil {
+		return nil
+	}
+	return n.pg.own
 }
 
 // OpenGateway (re)starts the gateway on its home and address; after a Halt
@@ -205,7 +233,11 @@ func (c *Config) defaults() error {
 	if c.Synchronous == "" {
 		c.Synchronous = "FULL"
 	}
-	return nil
+	if c.Storage == "" {
+		c.Storage = StorageSQLite
+	}
+	_, err := ParseStorage(string(c.Storage))
+	return err
 }
 
 // Start brings the network up, or resumes the one in Home. It returns once
@@ -234,6 +266,11 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 	if resumed {
 		step("resuming the network in %s", cfg.Home)
 	}
+	if cfg.Storage.usesPostgres() {
+		if n.pg, err = startPostgres(ctx, cfg, resumed, step); err != nil {
+			return nil, err
+		}
+	}
 	step("starting a single-validator chain (blocks every %s, epochs of %d blocks)", cfg.BlockTime, cfg.Params.EpochLength)
 	ncfg := node.Config{Home: filepath.Join(cfg.Home, "chain"), BlockTime: cfg.BlockTime, Params: cfg.Params, Resume: true}
 	for i, h := range st.Hosts {
@@ -254,9 +291,15 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 
 	// 2. The hosts, as child processes.
 	for i, hs := range st.Hosts {
-		h, err := newHost(cfg, i, hs, n.Node)
+		h, err := newHost(cfg, i, hs, n.Node, n.pg)
 		if err != nil {
 			return nil, err
+		}
+		switch cfg.Storage {
+		case StoragePostgres:
+			step("%s stores in postgres database %s", h.Name, h.Database)
+		case StorageHybrid:
+			step("%s stores in postgres database %s, falling back to SQLite in %s", h.Name, h.Database, h.Home)
 		}
 		n.Hosts = append(n.Hosts, h)
 		if err := h.Start(); err != nil {
@@ -267,6 +310,9 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 		if err := h.WaitHealthy(ctx, 30*time.Second); err != nil {
 			return nil, err
 		}
+	}
+	if n.pg == nil {
+		step("the hosts store in SQLite (synchronous=%s) under their homes", cfg.Synchronous)
 	}
 	step("%d hosts are listening: %s", len(n.Hosts), hostURLs(n.Hosts))
 
@@ -307,10 +353,13 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 	step("gateway is serving on %s (account %s)", n.Gateway.URL(), n.GatewayAccount.Address)
 
 	n.Info = Info{Home: cfg.Home, ChainID: n.Node.ChainID, RPC: n.Node.RPCAddress, GRPC: n.Node.GRPCAddress, REST: n.Node.APIAddress,
-		Gateway:   GatewayRef{URL: n.Gateway.URL(), APIKey: st.Gateway.APIKey, Account: n.GatewayAccount.Address.String()},
-		StartedAt: time.Now().UTC()}
+		Gateway: GatewayRef{URL: n.Gateway.URL(), APIKey: st.Gateway.APIKey, Account: n.GatewayAccount.Address.String()},
+		Storage: cfg.Storage, StartedAt: time.Now().UTC()}
+	if n.pg != nil {
+		n.Info.Postgres = &n.pg.ref
+	}
 	for _, h := range n.Hosts {
-		n.Info.Hosts = append(n.Info.Hosts, HostRef{Name: h.Name, URL: h.URL, Account: h.Account.String(), Home: h.Home, Log: h.LogPath})
+		n.Info.Hosts = append(n.Info.Hosts, HostRef{Name: h.Name, URL: h.URL, Account: h.Account.String(), Home: h.Home, Log: h.LogPath, Database: h.Database})
 	}
 	raw, _ := json.MarshalIndent(n.Info, "", "  ")
 	if err := os.WriteFile(filepath.Join(cfg.Home, "devnet.json"), append(raw, '\n'), 0o600); err != nil {
@@ -345,12 +394,15 @@ func loadSetup(cfg Config) (*setup, bool, error) {
 		if len(st.Hosts) != cfg.Hosts {
 			return nil, false, fmt.Errorf("%s has %d hosts, asked for %d; use another --home for a different network", path, len(st.Hosts), cfg.Hosts)
 		}
+		if made := cmp.Or(st.Storage, StorageSQLite); made != cfg.Storage {
+			return nil, false, fmt.Errorf("%s was made with storage %s, asked for %s (the hosts' sessions would stay behind): pass --storage %s, or another --home for a different storage", path, made, cfg.Storage, made)
+		}
 		return &st, true, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, false, err
 	}
-	var st setup
+	st := setup{Storage: cfg.Storage}
 	ports, err := node.FreePorts(cfg.Hosts + 1)
 	if err != nil {
 		return nil, false, err
@@ -433,6 +485,9 @@ func (n *Network) Close(ctx context.Context) error {
 	}
 	for _, h := range n.Hosts {
 		h.Stop()
+	}
+	if err := n.pg.stop(); err != nil {
+		errs = append(errs, fmt.Errorf("postgres: %w", err))
 	}
 	if n.Node != nil {
 		if err := n.Node.Close(); err != nil {

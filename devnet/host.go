@@ -25,10 +25,13 @@ type Host struct {
 	URL     string
 	Home    string
 	LogPath string
-	Account sdk.AccAddress
-	Key     *signing.PrivKey
+	// Database is the Postgres database the host stores in; empty on SQLite.
+	Database string
+	Account  sdk.AccAddress
+	Key      *signing.PrivKey
 
 	args      []string
+	env       []string
 	binary    string
 	supervise bool
 
@@ -39,7 +42,7 @@ type Host struct {
 	stopped bool // Stop was called: do not restart
 }
 
-func newHost(cfg Config, i int, hs hostSetup, n *node.Node) (*Host, error) {
+func newHost(cfg Config, i int, hs hostSetup, n *node.Node, pg *pgServer) (*Host, error) {
 	acct := n.Accounts[i]
 	k, err := signing.PrivKeyFromBytes(acct.Key.Key)
 	if err != nil {
@@ -62,7 +65,17 @@ func newHost(cfg Config, i int, hs hostSetup, n *node.Node) (*Host, error) {
 	}
 	h.args = []string{"host", "--home", h.Home, "--listen", hs.Listen,
 		"--chain-rpc", "http://" + trimScheme(n.RPCAddress), "--chain-grpc", n.GRPCAddress,
-		"--storage-synchronous", cfg.Synchronous, "--executor-think-time", cfg.ThinkTime.String()}
+		"--storage-driver", string(cfg.Storage), "--storage-synchronous", cfg.Synchronous,
+		"--executor-think-time", cfg.ThinkTime.String()}
+	// Only the devnet says where a host stores: none of the operator's PG*
+	// variables reach a host but those of the cluster the devnet picked.
+	h.env = withoutPG(os.Environ())
+	if pg != nil {
+		h.Database = hostDatabase(i)
+		for k, v := range pg.hostEnv(h.Database) {
+			h.env = append(h.env, k+"="+v)
+		}
+	}
 	if cfg.HostArgs != nil {
 		h.args = append(h.args, cfg.HostArgs(i)...)
 	}
@@ -94,7 +107,7 @@ func (h *Host) spawn() error {
 	}
 	cmd := exec.Command(h.binary, h.args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = withoutPG(os.Environ()) // the devnet's hosts use SQLite
+	cmd.Env = h.env
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		logf.Close()
@@ -207,7 +220,7 @@ func (h *Host) WaitReady(ctx context.Context, timeout time.Duration) error {
 	return waitHTTP(ctx, h.URL+"/readyz", timeout, nil)
 }
 
-// withoutPG drops the PG* variables, which would switch a host to Postgres.
+// withoutPG drops the PG* variables, which name a host's Postgres.
 func withoutPG(env []string) []string {
 	out := env[:0:0]
 	for _, kv := range env {

@@ -17,9 +17,10 @@ import (
 
 func newDevnetCommand() *cobra.Command {
 	var (
-		home  string
-		hosts int
-		demo  int
+		home    string
+		hosts   int
+		demo    int
+		storage = devnet.StorageSQLite
 	)
 	cmd := &cobra.Command{
 		Use:   "devnet",
@@ -34,6 +35,12 @@ writes <home>/devnet.json with every endpoint and the gateway's API key.
 Ctrl-C shuts it down cleanly (the gateway settles its open escrows first);
 running it again on the same --home resumes the same network.
 
+--storage picks where the hosts keep their sessions: sqlite (each host's
+home), postgres, or hybrid (Postgres with a SQLite fallback). For the last
+two the devnet uses the cluster the PG* variables name if PGHOST is set,
+and otherwise starts its own in <home>/postgres (initdb and pg_ctl must be
+installed: apt-get install postgresql); each host gets its own database.
+
 --demo N sends N requests (every third one streamed), settles, waits for the
 epoch to turn and the hosts to claim their rewards, prints a ledger read
 back from the chain, and exits.`,
@@ -42,7 +49,7 @@ back from the chain, and exits.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			out := cmd.OutOrStdout()
-			n, err := devnet.Start(ctx, devnet.Config{Home: home, Hosts: hosts, Supervise: true, Progress: out})
+			n, err := devnet.Start(ctx, devnet.Config{Home: home, Hosts: hosts, Storage: storage, Supervise: true, Progress: out})
 			if err != nil {
 				return err
 			}
@@ -70,6 +77,7 @@ back from the chain, and exits.`,
 	}
 	cmd.Flags().StringVar(&home, "home", "", "directory for the whole network (default ~/.devshard/devnet)")
 	cmd.Flags().IntVar(&hosts, "hosts", 3, "number of hosts")
+	cmd.Flags().Var(&storage, "storage", "where the hosts keep their sessions: sqlite, postgres or hybrid (fixed for a home)")
 	cmd.Flags().IntVar(&demo, "demo", 0, "send N requests, settle, wait for the claims, print a ledger and exit")
 	return cmd
 }
@@ -77,8 +85,19 @@ back from the chain, and exits.`,
 func printEndpoints(out io.Writer, n *devnet.Network) {
 	i := n.Info
 	fmt.Fprintf(out, "\nendpoints:\n  gateway  %s  (OpenAI-compatible; API key %s)\n  status   %s/status  (a page that refreshes itself; or: devshard gateway status --url %s)\n  chain    rpc %s  grpc %s  rest %s  (chain id %s)\n", i.Gateway.URL, i.Gateway.APIKey, i.Gateway.URL, i.Gateway.URL, i.RPC, i.GRPC, i.REST, i.ChainID)
+	if pg := i.Postgres; pg != nil {
+		where := "the operator's cluster, from PGHOST"
+		if pg.Own {
+			where = "the devnet's own cluster, data " + pg.DataDir + ", log " + pg.Log
+		}
+		fmt.Fprintf(out, "  postgres %s  (%s; the hosts store in %s)\n", pg.Address, where, i.Storage)
+	}
 	for _, h := range i.Hosts {
-		fmt.Fprintf(out, "  %-8s %s  (account %s, log %s)\n", h.Name, h.URL, h.Account, h.Log)
+		stores := ""
+		if h.Database != "" {
+			stores = ", database " + h.Database
+		}
+		fmt.Fprintf(out, "  %-8s %s  (account %s, log %s%s)\n", h.Name, h.URL, h.Account, h.Log, stores)
 	}
 	fmt.Fprintf(out, "\ntry it:\n  curl -s %s/v1/chat/completions -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' \\\n    -d '{\"model\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}],\"max_tokens\":32}'\n\n",
 		i.Gateway.URL, i.Gateway.APIKey, executor.BuiltinModel)
