@@ -298,3 +298,87 @@ func TestStartsWhilePostgresIsDown(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, hybrid.SQLite, where)
 }
+
+// TestTailAcrossRestart: a Postgres escrow's diffs written during an
+// outage are read back, after the host restarts during the same outage,
+// from the tail file, the escrow takes more, and once Postgres returns
+// Postgres holds the whole chain.
+func TestTailAcrossRestart(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Start(t)
+	b := setup(t, c)
+	ctx := t.Context()
+	require.NoError(t, b.h.CreateSession(ctx, storetest.SyntheticSnapshot(1, 1)))
+	for n := uint64(1); n <= 3; n++ {
+		require.NoError(t, b.h.AppendDiff(ctx, storetest.Synthetic(1, n)))
+	}
+	c.StopImmediate(t)
+	for n := uint64(4); n <= 5; n++ {
+		require.NoError(t, b.h.AppendDiff(ctx, storetest.Synthetic(1, n)))
+	}
+	require.False(t, b.h.Up())
+	require.NoError(t, b.h.AppendDiff(ctx, storetest.Synthetic(1, 5)), "a replay of a tail diff")
+	var gap *store.GapError
+	require.ErrorAs(t, b.h.AppendDiff(ctx, storetest.Synthetic(1, 7)), &gap)
+	_, err := b.h.Diffs(ctx, 1, 1, 10)
+	require.ErrorIs(t, err, store.ErrUnavailable, "the history before the tail is in Postgres")
+	require.NoError(t, b.h.Close())
+
+	h := open(t, b.cfg)
+	s, err := h.Session(ctx, 1)
+	require.NoError(t, err)
+	require.Equal(t, uint64(5), s.LastNonce)
+	got, err := h.Diffs(ctx, 1, 4, 10)
+	require.NoError(t, err)
+	require.Len(t, got, 2)
+	require.Equal(t, storetest.Synthetic(1, 5).Data, got[1].Data)
+	require.NoError(t, h.AppendDiff(ctx, storetest.Synthetic(1, 6)))
+	require.Equal(t, map[uint64]uint64{1: 6}, h.Tails())
+
+	c.Restart(t)
+	require.Eventually(t, func() bool { return h.Up() && len(h.Tails()) == 0 }, 30*time.Second, 10*time.Millisecond)
+	pg, err := postgres.Open(ctx, postgres.Config{DSN: b.dsn})
+	require.NoError(t, err)
+	defer pg.Close()
+	all, err := pg.Diffs(ctx, 1, 1, 100)
+	require.NoError(t, err)
+	require.Len(t, all, 6)
+	for i, d := range all {
+		require.Equal(t, storetest.Synthetic(1, uint64(i+1)).Data, d.Data)
+	}
+	require.Empty(t, h.Quarantined())
+}
+
+// TestTailConflictIsQuarantined: when Postgres returns holding another
+// diff at a nonce the tail wrote, the escrow is quarantined and neither
+// copy is overwritten.
+func TestTailConflictIsQuarantined(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Start(t)
+	b := setup(t, c)
+	ctx := t.Context()
+	require.NoError(t, b.h.CreateSession(ctx, storetest.SyntheticSnapshot(1, 1)))
+	require.NoError(t, b.h.AppendDiff(ctx, storetest.Synthetic(1, 1)))
+	c.StopImmediate(t)
+	require.NoError(t, b.h.AppendDiff(ctx, storetest.Synthetic(1, 2)))
+	require.NoError(t, b.h.Close())
+
+	// Meanwhile Postgres took another diff at nonce 2.
+	c.Restart(t)
+	pg, err := postgres.Open(ctx, postgres.Config{DSN: b.dsn})
+	require.NoError(t, err)
+	defer pg.Close()
+	other := storetest.Synthetic(1, 2)
+	other.Data = append([]byte("other "), other.Data...)
+	require.NoError(t, pg.AppendDiff(ctx, other))
+
+	h := open(t, b.cfg)
+	require.Eventually(t, func() bool { return len(h.Quarantined()) == 1 }, 30*time.Second, 10*time.Millisecond)
+	err = h.AppendDiff(ctx, storetest.Synthetic(1, 3))
+	require.ErrorIs(t, err, store.ErrQuarantined)
+	require.Contains(t, err.Error(), "does not continue the history Postgres holds")
+	got, err := pg.Diffs(ctx, 1, 2, 1)
+	require.NoError(t, err)
+	require.Equal(t, other.Data, got[0].Data, "Postgres's diff is not overwritten")
+	require.Equal(t, map[uint64]uint64{1: 2}, h.Tails(), "the tail is kept for an operator")
+}
