@@ -2,9 +2,13 @@
 // local SQLite store as fallback.
 //
 //   - Each escrow sticks to the backend it was created on.
-//   - While Postgres is down, new escrows are created in local SQLite, and
-//     escrows that live in Postgres fail at once with store.ErrUnavailable
-//     instead of hanging. A reconnect loop restores service.
+//   - While Postgres is down (the first failure marks it down for every
+//     caller; only the reconnect loop probes it), new escrows are created
+//     in local SQLite, and escrows that live in Postgres keep taking diffs:
+//     they go to the escrow's tail in a local file (outage.go). The tail is
+//     sticky until the loop, Postgres back, has copied it into Postgres in
+//     nonce order; a diff that conflicts with Postgres's copy quarantines
+//     the escrow.
 //   - An escrow that both backends hold (created locally during an outage
 //     although Postgres had it) is quarantined: every operation on it fails
 //     with store.ErrQuarantined until an operator deletes one copy.
