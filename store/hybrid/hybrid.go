@@ -548,9 +548,13 @@ func (h *Store) ListSessions(ctx context.Context) ([]*store.Session, error) {
 	}
 	out := make([]*store.Session, 0, len(local)+len(remote))
 	for _, s := range slices.Concat(local, remote) {
-		if _, q := h.quarantined[s.EscrowID]; !q {
-			out = append(out, s)
+		if _, q := h.quarantined[s.EscrowID]; q {
+			continue
 		}
+		if ti, ok := h.tailed[s.EscrowID]; ok {
+			s.LastNonce = max(s.LastNonce, ti.last)
+		}
+		out = append(out, s)
 	}
 	h.mu.Unlock()
 	slices.SortFunc(out, func(a, b *store.Session) int { return cmp.Compare(a.EscrowID, b.EscrowID) })
