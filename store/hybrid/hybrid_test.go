@@ -382,3 +382,28 @@ func TestTailConflictIsQuarantined(t *testing.T) {
 	require.Equal(t, other.Data, got[0].Data, "Postgres's diff is not overwritten")
 	require.Equal(t, map[uint64]uint64{1: 2}, h.Tails(), "the tail is kept for an operator")
 }
+
+// TestListSessionsCountsTails: until a tail is copied into Postgres, the
+// session's last nonce is the tail's.
+func TestListSessionsCountsTails(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Start(t)
+	b := setup(t, c)
+	ctx := t.Context()
+	require.NoError(t, b.h.CreateSession(ctx, storetest.SyntheticSnapshot(1, 1)))
+	require.NoError(t, b.h.AppendDiff(ctx, storetest.Synthetic(1, 1)))
+	c.StopImmediate(t)
+	require.NoError(t, b.h.AppendDiff(ctx, storetest.Synthetic(1, 2)))
+	require.NoError(t, b.h.Close())
+	c.Restart(t)
+
+	cfg := b.cfg
+	cfg.Reconnect = time.Hour // no tick copies the tail during the test
+	h := open(t, cfg)
+	require.True(t, h.Up())
+	require.Equal(t, map[uint64]uint64{1: 2}, h.Tails())
+	all, err := h.ListSessions(ctx)
+	require.NoError(t, err)
+	require.Len(t, all, 1)
+	require.Equal(t, uint64(2), all[0].LastNonce)
+}
