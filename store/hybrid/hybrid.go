@@ -2,9 +2,13 @@
 // local SQLite store as fallback.
 //
 //   - Each escrow sticks to the backend it was created on.
-//   - While Postgres is down, new escrows are created in local SQLite, and
-//     escrows that live in Postgres fail at once with store.ErrUnavailable
-//     instead of hanging. A reconnect loop restores service.
+//   - While Postgres is down (the first failure marks it down for every
+//     caller; only the reconnect loop probes it), new escrows are created
+//     in local SQLite, and escrows that live in Postgres keep taking diffs:
+//     they go to the escrow's tail in a local file (outage.go). The tail is
+//     sticky until the loop, Postgres back, has copied it into Postgres in
+//     nonce order; a diff that conflicts with Postgres's copy quarantines
+//     the escrow.
 //   - An escrow that both backends hold (created locally during an outage
 //     although Postgres had it) is quarantined: every operation on it fails
 //     with store.ErrQuarantined until an operator deletes one copy.
@@ -62,8 +66,14 @@ type Store struct {
 	pg   *postgres.Store // nil until Postgres was first reached
 	up   atomic.Bool
 
+	tails *tails
+	// tailMu serializes writes to the tails, and a tail's last copy into
+	// Postgres with them, so a tail cannot grow while it is dropped.
+	tailMu sync.Mutex
+
 	mu          sync.RWMutex
-	where       map[uint64]route // escrow → where it lives
+	where       map[uint64]route    // escrow → where it lives
+	tailed      map[uint64]tailInfo // Postgres escrows whose latest diffs are in the tail file
 	quarantined map[uint64]error
 	marked      bool // the marker is known to be written
 
@@ -80,6 +90,11 @@ type Store struct {
 type route struct {
 	b     Backend
 	epoch uint64
+	// For a Postgres escrow: the last nonce Postgres is known to hold, and
+	// the marshalled escrow snapshot, so that a tail can begin while
+	// Postgres is down.
+	last uint64
+	snap []byte
 }
 
 var _ store.Store = (*Store)(nil)
@@ -107,9 +122,22 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	tl, err := openTails(ctx, cfg.Dir, cfg.SQLite.Synchronous)
+	if err != nil {
+		local.Close()
+		return nil, err
+	}
+	tailed, err := tl.all(ctx)
+	if err != nil {
+		local.Close()
+		tl.close()
+		return nil, err
+	}
 	h := &Store{
 		cfg:         cfg,
 		local:       local,
+		tails:       tl,
+		tailed:      tailed,
 		pgName:      postgres.Name(pc.ConnConfig),
 		where:       map[uint64]route{},
 		quarantined: map[uint64]error{},
@@ -117,8 +145,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
 	}
+	for id, ti := range tailed {
+		h.where[id] = route{b: Postgres, epoch: ti.epoch, last: ti.base, snap: ti.snap}
+	}
 	if err := h.connect(ctx); err != nil && !errors.Is(err, store.ErrUnavailable) {
 		local.Close()
+		tl.close()
 		return nil, err
 	}
 	go h.loop()
@@ -180,14 +212,20 @@ func (h *Store) reconcile(ctx context.Context, pg *postgres.Store) error {
 
 // quarantine records escrow id as held by both backends. h.mu must be held.
 func (h *Store) quarantine(id uint64) {
+	h.quarantineFor(id, store.Errorf(store.ErrQuarantined,
+		"escrow %d is quarantined: both Postgres %s and the local SQLite store in %s hold a session for it "+
+			"(the local one was created while Postgres was unavailable); neither is used until an operator deletes one of them",
+		id, h.pgName, h.cfg.Dir))
+}
+
+// quarantineFor quarantines escrow id for the reason err. h.mu must be
+// held.
+func (h *Store) quarantineFor(id uint64, err error) {
 	if _, done := h.quarantined[id]; done {
 		return
 	}
 	delete(h.where, id)
-	h.quarantined[id] = store.Errorf(store.ErrQuarantined,
-		"escrow %d is quarantined: both Postgres %s and the local SQLite store in %s hold a session for it "+
-			"(the local one was created while Postgres was unavailable); neither is used until an operator deletes one of them",
-		id, h.pgName, h.cfg.Dir)
+	h.quarantined[id] = err
 }
 
 // syncMarker writes the marker while Postgres holds sessions and removes it
@@ -241,6 +279,9 @@ func (h *Store) loop() {
 			h.connect(ctx) // on failure, try again next tick
 		}
 		cancel()
+		if h.up.Load() {
+			h.drainTails()
+		}
 	}
 }
 
@@ -290,7 +331,7 @@ func (h *Store) Close() error {
 	}
 	close(h.stop)
 	<-h.done
-	errs := []error{h.local.Close()}
+	errs := []error{h.local.Close(), h.tails.close()}
 	if pg := h.remote(); pg != nil {
 		errs = append(errs, pg.Close())
 	}
@@ -337,7 +378,7 @@ func (h *Store) route(ctx context.Context, id uint64) (route, error) {
 	if pg == nil || !h.up.Load() {
 		if inLocal {
 			// Reconciliation checks it against Postgres once it is back.
-			return h.remember(id, route{SQLite, ls.Epoch}), nil
+			return h.remember(id, route{b: SQLite, epoch: ls.Epoch}), nil
 		}
 		return route{}, store.Errorf(store.ErrUnavailable,
 			"escrow %d is not in the local SQLite store, and Postgres %s, which may hold it, is unavailable; retry once it is back", id, h.pgName)
@@ -351,13 +392,17 @@ func (h *Store) route(ctx context.Context, id uint64) (route, error) {
 		h.mu.Unlock()
 		return route{}, qerr
 	case err == nil:
-		return h.remember(id, route{Postgres, rs.Epoch}), nil
+		snap, merr := rs.Snapshot.Marshal()
+		if merr != nil {
+			return route{}, merr
+		}
+		return h.remember(id, route{b: Postgres, epoch: rs.Epoch, last: rs.LastNonce, snap: snap}), nil
 	case inLocal && errors.Is(err, store.ErrNotFound):
-		return h.remember(id, route{SQLite, ls.Epoch}), nil
+		return h.remember(id, route{b: SQLite, epoch: ls.Epoch}), nil
 	case errors.Is(err, store.ErrUnavailable):
 		h.observe(err)
 		if inLocal {
-			return h.remember(id, route{SQLite, ls.Epoch}), nil
+			return h.remember(id, route{b: SQLite, epoch: ls.Epoch}), nil
 		}
 		return route{}, store.Wrap(store.ErrUnavailable, err, "escrow %d is not in the local SQLite store, and Postgres may hold it", id)
 	}
@@ -430,7 +475,7 @@ func (h *Store) CreateSession(ctx context.Context, snap *sessionpb.EscrowSnapsho
 	if err := h.local.CreateSession(ctx, snap); err != nil {
 		return err
 	}
-	h.remember(id, route{SQLite, snap.Epoch})
+	h.remember(id, route{b: SQLite, epoch: snap.Epoch})
 	return nil
 }
 
@@ -452,12 +497,19 @@ func (h *Store) createRemote(ctx context.Context, pg *postgres.Store, snap *sess
 	if err := pg.CreateSession(ctx, snap); err != nil {
 		return err
 	}
-	h.remember(snap.EscrowId, route{Postgres, snap.Epoch})
+	data, err := snap.Marshal()
+	if err != nil {
+		return err
+	}
+	h.remember(snap.EscrowId, route{b: Postgres, epoch: snap.Epoch, snap: data})
 	return nil
 }
 
 // Session implements store.Sessions.
 func (h *Store) Session(ctx context.Context, id uint64) (*store.Session, error) {
+	if ti, ok := h.tailOf(id); ok && h.quarantineErr(id) == nil {
+		return h.tailSession(ctx, id, ti)
+	}
 	s, err := h.backend(ctx, id)
 	if err != nil {
 		return nil, err
@@ -496,9 +548,13 @@ func (h *Store) ListSessions(ctx context.Context) ([]*store.Session, error) {
 	}
 	out := make([]*store.Session, 0, len(local)+len(remote))
 	for _, s := range slices.Concat(local, remote) {
-		if _, q := h.quarantined[s.EscrowID]; !q {
-			out = append(out, s)
+		if _, q := h.quarantined[s.EscrowID]; q {
+			continue
 		}
+		if ti, ok := h.tailed[s.EscrowID]; ok {
+			s.LastNonce = max(s.LastNonce, ti.last)
+		}
+		out = append(out, s)
 	}
 	h.mu.Unlock()
 	slices.SortFunc(out, func(a, b *store.Session) int { return cmp.Compare(a.EscrowID, b.EscrowID) })
@@ -507,45 +563,77 @@ func (h *Store) ListSessions(ctx context.Context) ([]*store.Session, error) {
 
 // AppendDiff implements store.Diffs.
 func (h *Store) AppendDiff(ctx context.Context, d store.Diff) error {
-	s, err := h.backend(ctx, d.EscrowID)
-	if err != nil {
-		return err
-	}
-	return h.check(s.AppendDiff(ctx, d))
+	return store.DiffErrors(h.AppendDiffs(ctx, []store.Diff{d}), 1)[0]
 }
 
-// AppendDiffs implements store.Diffs: one batch per backend.
+// AppendDiffs implements store.Diffs: one batch per backend. The diffs of
+// a Postgres escrow go to its tail while Postgres is down or while the
+// escrow has a tail (tail.go); a batch that fails because Postgres went
+// down is written to the tails at once.
 func (h *Store) AppendDiffs(ctx context.Context, ds []store.Diff) error {
 	errs := make([]error, len(ds))
-	groups := map[store.Store][]int{}
-	var order []store.Store
+	var local, remote, tail []int
 	for i := range ds {
-		s, err := h.backend(ctx, ds[i].EscrowID)
-		if err != nil {
+		r, err := h.route(ctx, ds[i].EscrowID)
+		switch {
+		case err != nil:
 			errs[i] = err
-			continue
+		case r.b == SQLite:
+			local = append(local, i)
+		case h.isTailed(ds[i].EscrowID) || !h.up.Load() || h.remote() == nil:
+			tail = append(tail, i)
+		default:
+			remote = append(remote, i)
 		}
-		if _, seen := groups[s]; !seen {
-			order = append(order, s)
-		}
-		groups[s] = append(groups[s], i)
 	}
-	for _, s := range order {
-		idx := groups[s]
-		batch := make([]store.Diff, len(idx))
-		for k, i := range idx {
-			batch[k] = ds[i]
+	if len(local) > 0 {
+		h.appendTo(ctx, h.local, ds, local, errs)
+	}
+	// Twice at most: a tail copied into Postgres meanwhile sends its
+	// escrow's diffs back to Postgres, and Postgres failing sends them to a
+	// tail.
+	for round := 0; round < 2 && len(remote)+len(tail) > 0; round++ {
+		if len(remote) > 0 {
+			h.appendTo(ctx, h.remote(), ds, remote, errs)
+			for _, i := range remote {
+				switch {
+				case errs[i] == nil:
+					h.stored(ds[i].EscrowID, ds[i].Nonce)
+				case errors.Is(errs[i], store.ErrUnavailable):
+					// The outcome is unknown; the tail holds the diff
+					// either way, and reconciling finds a committed copy
+					// identical.
+					tail = append(tail, i)
+				}
+			}
+			remote = nil
 		}
-		err := h.check(s.AppendDiffs(ctx, batch))
-		for k, e := range store.DiffErrors(err, len(idx)) {
-			errs[idx[k]] = e
+		if len(tail) > 0 {
+			slices.Sort(tail)
+			remote = h.appendTail(ctx, ds, tail, errs)
+			tail = nil
 		}
 	}
 	return store.BatchResult(errs)
 }
 
+// appendTo appends ds[i] for i in idx to s, as one batch, and sets errs[i].
+func (h *Store) appendTo(ctx context.Context, s store.Store, ds []store.Diff, idx []int, errs []error) {
+	batch := make([]store.Diff, len(idx))
+	for k, i := range idx {
+		batch[k] = ds[i]
+	}
+	err := h.check(s.AppendDiffs(ctx, batch))
+	for k, e := range store.DiffErrors(err, len(idx)) {
+		errs[idx[k]] = e
+	}
+}
+
 // Diffs implements store.Diffs.
 func (h *Store) Diffs(ctx context.Context, id, from uint64, limit int) ([]store.Diff, error) {
+	if ti, ok := h.tailOf(id); ok && h.quarantineErr(id) == nil {
+		return h.tailDiffs(ctx, id, from, limit, ti)
+	}
 	s, err := h.backend(ctx, id)
 	if err != nil {
 		return nil, err
@@ -556,6 +644,9 @@ func (h *Store) Diffs(ctx context.Context, id, from uint64, limit int) ([]store.
 
 // LastNonce implements store.Diffs.
 func (h *Store) LastNonce(ctx context.Context, id uint64) (uint64, error) {
+	if ti, ok := h.tailOf(id); ok && h.quarantineErr(id) == nil {
+		return ti.last, nil
+	}
 	s, err := h.backend(ctx, id)
 	if err != nil {
 		return 0, err
@@ -566,6 +657,11 @@ func (h *Store) LastNonce(ctx context.Context, id uint64) (uint64, error) {
 
 // PutSignature implements store.Signatures.
 func (h *Store) PutSignature(ctx context.Context, sig store.Signature) error {
+	if ti, ok := h.tailOf(sig.EscrowID); ok && sig.Nonce > ti.base && h.quarantineErr(sig.EscrowID) == nil {
+		h.tailMu.Lock()
+		defer h.tailMu.Unlock()
+		return h.tails.putSignature(ctx, sig)
+	}
 	s, err := h.backend(ctx, sig.EscrowID)
 	if err != nil {
 		return err
@@ -575,6 +671,9 @@ func (h *Store) PutSignature(ctx context.Context, sig store.Signature) error {
 
 // Signatures implements store.Signatures.
 func (h *Store) Signatures(ctx context.Context, id, nonce uint64) ([]store.Signature, error) {
+	if ti, ok := h.tailOf(id); ok && nonce > ti.base && h.quarantineErr(id) == nil {
+		return h.tails.signatures(ctx, id, nonce)
+	}
 	s, err := h.backend(ctx, id)
 	if err != nil {
 		return nil, err
@@ -701,6 +800,9 @@ func (h *Store) Prune(ctx context.Context, epoch uint64) error {
 	if err := h.local.Prune(ctx, epoch); err != nil {
 		return err
 	}
+	if err := h.pruneTails(ctx, epoch); err != nil {
+		return err
+	}
 	h.forget(epoch)
 	pg := h.remote()
 	if pg == nil || !h.up.Load() {
@@ -710,6 +812,36 @@ func (h *Store) Prune(ctx context.Context, epoch uint64) error {
 		return h.check(err)
 	}
 	return h.check(h.syncMarker(ctx, pg))
+}
+
+// pruneTails drops the tails of epoch's escrows.
+func (h *Store) pruneTails(ctx context.Context, epoch uint64) error {
+	h.tailMu.Lock()
+	defer h.tailMu.Unlock()
+	h.mu.RLock()
+	var ids []uint64
+	for id, ti := range h.tailed {
+		if ti.epoch == epoch {
+			ids = append(ids, id)
+		}
+	}
+	h.mu.RUnlock()
+	for _, id := range ids {
+		if err := h.tails.drop(ctx, id); err != nil {
+			return err
+		}
+		h.mu.Lock()
+		delete(h.tailed, id)
+		h.mu.Unlock()
+	}
+	return nil
+}
+
+// quarantineErr is why escrow id is quarantined, or nil.
+func (h *Store) quarantineErr(id uint64) error {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.quarantined[id]
 }
 
 // forget drops the cached routes of epoch.

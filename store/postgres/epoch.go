@@ -1,9 +1,11 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -17,6 +19,35 @@ const (
 	lockEpoch  = "SELECT pg_advisory_xact_lock(hashtextextended('devshard/store/epoch/' || $1::bigint, 0))"
 	lockEscrow = "SELECT pg_advisory_xact_lock(hashtextextended('devshard/store/escrow/' || $1::bigint, 0))"
 )
+
+// readOrder is the order in which the store's statements lock the parent
+// tables: a session read takes sessions, then diffs; an append takes diffs,
+// sealed, then signatures.
+var readOrder = []string{"sessions", "diffs", "sealed", "signatures", "snapshots"}
+
+// lockParents takes every parent table in ACCESS EXCLUSIVE mode, in
+// readOrder (tables it does not name after it, by name), before a layout
+// change. Creating or dropping a partition locks its parent; left to the
+// DDL, those locks would come in catalog order (diffs before sessions),
+// the reverse of a session read's, and the two would deadlock (40P01).
+// ONLY: readers lock a parent before its partitions, so the parents alone
+// exclude them.
+func lockParents(ctx context.Context, tx pgx.Tx, parents []string) error {
+	ordered := slices.Clone(parents)
+	rank := func(name string) int {
+		if i := slices.Index(readOrder, name); i >= 0 {
+			return i
+		}
+		return len(readOrder)
+	}
+	slices.SortStableFunc(ordered, func(a, b string) int { return cmp.Compare(rank(a), rank(b)) })
+	names := make([]string, len(ordered))
+	for i, p := range ordered {
+		names[i] = pgx.Identifier{p}.Sanitize()
+	}
+	_, err := tx.Exec(ctx, "LOCK TABLE ONLY "+strings.Join(names, ", ")+" IN ACCESS EXCLUSIVE MODE")
+	return err
+}
 
 // PrepareEpoch implements store.Epochs.
 func (s *Store) PrepareEpoch(ctx context.Context, epoch uint64) error {
@@ -62,10 +93,19 @@ func (s *Store) ensureEpoch(ctx context.Context, epoch uint64) error {
 		if err != nil {
 			return err
 		}
+		var missing []string
 		for _, parent := range parts.parents {
-			if parts.covered(parent, epoch) {
-				continue
+			if !parts.covered(parent, epoch) {
+				missing = append(missing, parent)
 			}
+		}
+		if len(missing) == 0 {
+			return nil
+		}
+		if err := lockParents(ctx, tx, parts.parents); err != nil {
+			return err
+		}
+		for _, parent := range missing {
 			name := pgx.Identifier{fmt.Sprintf("%s_e%d", parent, epoch)}.Sanitize()
 			q := fmt.Sprintf("CREATE TABLE %s PARTITION OF %s FOR VALUES FROM (%d) TO (%d)",
 				name, pgx.Identifier{parent}.Sanitize(), epoch, epoch+1)
@@ -139,6 +179,9 @@ func (s *Store) Prune(ctx context.Context, epoch uint64) error {
 		drop := parts.within(epoch)
 		if len(drop) == 0 {
 			return nil
+		}
+		if err := lockParents(ctx, tx, parts.parents); err != nil {
+			return err
 		}
 		names := make([]string, len(drop))
 		for i, p := range drop {
