@@ -193,20 +193,40 @@ func openStorage(ctx context.Context, cfg DaemonConfig, eng *Engine, log *slog.L
 // openEscrows is the retention guard: it reports whether the host holds an
 // escrow of epoch that is still open on chain, so no prune takes sessions
 // the host (or its gateway) has yet to settle. An escrow the chain does not
-// answer for counts as open.
+// answer for counts as open. An escrow found closed (settled or expired)
+// never opens again, so it is remembered and not asked about on the next
+// pass: a host holding thousands of settled escrows asks the chain about
+// each once, not every pass.
 func openEscrows(eng *Engine, c Chain) func(ctx context.Context, epoch uint64) (bool, error) {
+	var mu sync.Mutex
+	closed := map[uint64]bool{}
 	return func(ctx context.Context, epoch uint64) (bool, error) {
-		for _, st := range eng.Settleables() {
-			if st.Snapshot.Epoch != epoch {
+		held := eng.Settleables()
+		mu.Lock()
+		defer mu.Unlock()
+		if len(closed) > 4*len(held)+1024 {
+			// Escrows of pruned epochs leave the engine; forget them.
+			live := make(map[uint64]bool, len(held))
+			for _, st := range held {
+				if closed[st.Snapshot.EscrowId] {
+					live[st.Snapshot.EscrowId] = true
+				}
+			}
+			closed = live
+		}
+		for _, st := range held {
+			id := st.Snapshot.EscrowId
+			if st.Snapshot.Epoch != epoch || closed[id] {
 				continue
 			}
-			esc, err := c.Escrow(ctx, st.Snapshot.EscrowId)
+			esc, err := c.Escrow(ctx, id)
 			if err != nil {
-				return true, fmt.Errorf("escrow %d of epoch %d: %w", st.Snapshot.EscrowId, epoch, err)
+				return true, fmt.Errorf("escrow %d of epoch %d: %w", id, epoch, err)
 			}
 			if esc.Status == devshardtypes.EscrowOpen {
 				return true, nil
 			}
+			closed[id] = true
 		}
 		return false, nil
 	}
