@@ -212,6 +212,10 @@ func (h *Store) drainTails() {
 	}
 }
 
+// drainPasses is how many passes copy a tail while writes to it go on; the
+// pass after them holds its writes.
+const drainPasses = 3
+
 // drainTail copies escrow id's tail into Postgres in nonce order and drops
 // it. A diff Postgres holds with other bytes, or a tail that does not
 // continue Postgres's chain, quarantines the escrow and keeps the tail for
@@ -226,15 +230,24 @@ func (h *Store) drainTail(ctx context.Context, id uint64) error {
 		return nil
 	}
 	next := ti.base + 1
-	for {
+	for pass := 1; ; pass++ {
 		if err := h.copyTail(ctx, pg, id, &next); err != nil {
 			return err
 		}
 		h.tailMu.Lock()
 		ti, _ = h.tailOf(id)
-		if ti.last >= next {
+		if ti.last >= next && pass < drainPasses {
 			h.tailMu.Unlock()
-			continue // grew meanwhile
+			continue // grew meanwhile: another pass while writes go on
+		}
+		if ti.last >= next {
+			// Writers that keep up with the copy would keep the tail
+			// alive for ever: the last pass copies what is left with
+			// tail writes held, which is what one pass let in.
+			if err := h.copyTail(ctx, pg, id, &next); err != nil {
+				h.tailMu.Unlock()
+				return err
+			}
 		}
 		err := h.tails.drop(ctx, id)
 		if err == nil {
