@@ -9,6 +9,12 @@
 //     sticky until the loop, Postgres back, has copied it into Postgres in
 //     nonce order; a diff that conflicts with Postgres's copy quarantines
 //     the escrow.
+//   - A high-water mark, kept in the tail file, records the highest escrow
+//     id Postgres may hold: it is raised before each escrow is created
+//     there, and to Postgres's own highest id at each connect. Escrow ids
+//     only grow on chain, so during an outage an escrow above the mark that
+//     SQLite does not hold is new (not found), and is created locally at
+//     once, instead of waiting for Postgres to say it is not there.
 //   - An escrow that both backends hold (created locally during an outage
 //     although Postgres had it) is quarantined: every operation on it fails
 //     with store.ErrQuarantined until an operator deletes one copy.
@@ -76,6 +82,12 @@ type Store struct {
 	tailed      map[uint64]tailInfo // Postgres escrows whose latest diffs are in the tail file
 	quarantined map[uint64]error
 	marked      bool // the marker is known to be written
+
+	// high is the highest escrow id Postgres may hold, once highKnown
+	// (see the package comment); highMu serializes raising it.
+	highMu    sync.Mutex
+	high      atomic.Uint64
+	highKnown atomic.Bool
 
 	// createMu serializes creation, so two creators cannot route one new
 	// escrow to different backends.
@@ -148,6 +160,14 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	for id, ti := range tailed {
 		h.where[id] = route{b: Postgres, epoch: ti.epoch, last: ti.base, snap: ti.snap}
 	}
+	high, known, err := tl.high(ctx)
+	if err != nil {
+		local.Close()
+		tl.close()
+		return nil, err
+	}
+	h.high.Store(high)
+	h.highKnown.Store(known)
 	if err := h.connect(ctx); err != nil && !errors.Is(err, store.ErrUnavailable) {
 		local.Close()
 		tl.close()
@@ -175,6 +195,13 @@ func (h *Store) connect(ctx context.Context) error {
 		return err
 	}
 	if err := h.reconcile(ctx, pg); err != nil {
+		return err
+	}
+	high, err := pg.HighestEscrow(ctx)
+	if err != nil {
+		return err
+	}
+	if err := h.raiseHigh(ctx, high); err != nil {
 		return err
 	}
 	if err := h.syncMarker(ctx, pg); err != nil {
@@ -208,6 +235,33 @@ func (h *Store) reconcile(ctx context.Context, pg *postgres.Store) error {
 		h.quarantine(id)
 	}
 	return nil
+}
+
+// raiseHigh raises the high-water mark to id, durably, before the caller
+// lets Postgres hold escrow id.
+func (h *Store) raiseHigh(ctx context.Context, id uint64) error {
+	h.highMu.Lock()
+	defer h.highMu.Unlock()
+	if h.highKnown.Load() && id <= h.high.Load() {
+		return nil
+	}
+	if err := h.tails.raiseHigh(ctx, id); err != nil {
+		return err
+	}
+	h.high.Store(max(id, h.high.Load()))
+	h.highKnown.Store(true)
+	return nil
+}
+
+// newerThanPostgres reports whether escrow id is above every escrow
+// Postgres may hold: then, not in SQLite, it is held nowhere.
+func (h *Store) newerThanPostgres(id uint64) bool {
+	return h.highKnown.Load() && id > h.high.Load()
+}
+
+// notHeld is the not-found answer for an escrow newer than Postgres's.
+func (h *Store) notHeld(id uint64) error {
+	return store.Errorf(store.ErrNotFound, "escrow %d has no session: it is not in the local SQLite store, and is newer than any escrow Postgres %s holds", id, h.pgName)
 }
 
 // quarantine records escrow id as held by both backends. h.mu must be held.
@@ -380,6 +434,9 @@ func (h *Store) route(ctx context.Context, id uint64) (route, error) {
 			// Reconciliation checks it against Postgres once it is back.
 			return h.remember(id, route{b: SQLite, epoch: ls.Epoch}), nil
 		}
+		if h.newerThanPostgres(id) {
+			return route{}, h.notHeld(id)
+		}
 		return route{}, store.Errorf(store.ErrUnavailable,
 			"escrow %d is not in the local SQLite store, and Postgres %s, which may hold it, is unavailable; retry once it is back", id, h.pgName)
 	}
@@ -403,6 +460,9 @@ func (h *Store) route(ctx context.Context, id uint64) (route, error) {
 		h.observe(err)
 		if inLocal {
 			return h.remember(id, route{b: SQLite, epoch: ls.Epoch}), nil
+		}
+		if h.newerThanPostgres(id) {
+			return route{}, h.notHeld(id)
 		}
 		return route{}, store.Wrap(store.ErrUnavailable, err, "escrow %d is not in the local SQLite store, and Postgres may hold it", id)
 	}
@@ -493,6 +553,9 @@ func (h *Store) createRemote(ctx context.Context, pg *postgres.Store, snap *sess
 		if err := h.writeMarker(n + 1); err != nil {
 			return err
 		}
+	}
+	if err := h.raiseHigh(ctx, snap.EscrowId); err != nil {
+		return err
 	}
 	if err := pg.CreateSession(ctx, snap); err != nil {
 		return err

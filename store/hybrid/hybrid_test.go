@@ -412,3 +412,50 @@ func TestListSessionsCountsTails(t *testing.T) {
 	require.Len(t, all, 1)
 	require.Equal(t, uint64(2), all[0].LastNonce)
 }
+
+// TestNewEscrowDuringOutage: while Postgres is down, an escrow newer than
+// any Postgres holds is known not to be anywhere, so the host can create
+// it at once; an older one may be in Postgres, and waits for it. The mark
+// survives a restart during the outage, and a directory that never reached
+// Postgres knows no mark.
+func TestNewEscrowDuringOutage(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Start(t)
+	b := setup(t, c)
+	ctx := t.Context()
+	require.NoError(t, b.h.CreateSession(ctx, storetest.SyntheticSnapshot(4, 1)))
+	c.StopImmediate(t)
+	require.Eventually(t, func() bool { return !b.h.Up() }, 10*time.Second, 10*time.Millisecond)
+
+	_, err := b.h.Session(ctx, 5)
+	require.ErrorIs(t, err, store.ErrNotFound, "escrow 5 is newer than any in Postgres")
+	require.Contains(t, err.Error(), "newer than any escrow Postgres")
+	_, err = b.h.Session(ctx, 3)
+	require.ErrorIs(t, err, store.ErrUnavailable, "escrow 3 may be in Postgres")
+	require.NoError(t, b.h.CreateSession(ctx, storetest.SyntheticSnapshot(5, 1)))
+	require.NoError(t, b.h.AppendDiff(ctx, storetest.Synthetic(5, 1)))
+	require.NoError(t, b.h.Close())
+
+	h := open(t, b.cfg) // still down: the mark is read back
+	require.False(t, h.Up())
+	_, err = h.Session(ctx, 6)
+	require.ErrorIs(t, err, store.ErrNotFound)
+	_, err = h.Session(ctx, 4)
+	require.ErrorIs(t, err, store.ErrUnavailable)
+	got, err := h.Session(ctx, 5)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), got.LastNonce)
+
+	fresh := b.cfg
+	fresh.Dir = t.TempDir()
+	never := open(t, fresh)
+	_, err = never.Session(ctx, 6)
+	require.ErrorIs(t, err, store.ErrUnavailable, "without a mark, any escrow may be in Postgres")
+
+	c.Restart(t)
+	require.Eventually(t, h.Up, 30*time.Second, 10*time.Millisecond)
+	where, err := h.Backend(ctx, 5)
+	require.NoError(t, err)
+	require.Equal(t, hybrid.SQLite, where)
+	require.Empty(t, h.Quarantined())
+}

@@ -54,6 +54,10 @@ CREATE TABLE IF NOT EXISTS tail_sealed (
 	record       BLOB NOT NULL,
 	PRIMARY KEY (escrow_id, inference_id)
 );
+CREATE TABLE IF NOT EXISTS postgres_high (
+	one       INTEGER PRIMARY KEY CHECK (one = 1),
+	escrow_id INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS tail_sigs (
 	escrow_id INTEGER NOT NULL,
 	nonce     INTEGER NOT NULL,
@@ -249,6 +253,30 @@ func (t *tails) putSignature(ctx context.Context, sig store.Signature) error {
 	_, err = t.db.ExecContext(ctx, "INSERT INTO tail_sigs (escrow_id, nonce, slot, data) VALUES (?, ?, ?, ?)",
 		int64(sig.EscrowID), int64(sig.Nonce), int64(sig.Slot), sig.Data)
 	return err
+}
+
+// high is the recorded high-water mark of the escrow ids Postgres may
+// hold; known is false until one was recorded.
+func (t *tails) high(ctx context.Context) (id uint64, known bool, err error) {
+	var v int64
+	err = t.db.QueryRowContext(ctx, "SELECT escrow_id FROM postgres_high WHERE one = 1").Scan(&v)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return 0, false, nil
+	case err != nil:
+		return 0, false, fmt.Errorf("read the Postgres high-water mark from %s: %w", t.path, err)
+	}
+	return uint64(v), true, nil
+}
+
+// raiseHigh records id as the high-water mark unless a higher one is.
+func (t *tails) raiseHigh(ctx context.Context, id uint64) error {
+	_, err := t.db.ExecContext(ctx, `INSERT INTO postgres_high (one, escrow_id) VALUES (1, ?)
+		ON CONFLICT (one) DO UPDATE SET escrow_id = MAX(escrow_id, excluded.escrow_id)`, int64(id))
+	if err != nil {
+		return fmt.Errorf("record the Postgres high-water mark in %s: %w", t.path, err)
+	}
+	return nil
 }
 
 // drop deletes escrow id's tail, once Postgres holds all of it.

@@ -176,6 +176,21 @@ func (s *Store) CountSessions(ctx context.Context) (int, error) {
 	return n, nil
 }
 
+// HighestEscrow is the highest escrow id with a session here, 0 when there
+// is none.
+func (s *Store) HighestEscrow(ctx context.Context) (uint64, error) {
+	ctx, cancel, err := s.op(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer cancel()
+	var id int64
+	if err := s.pool.QueryRow(ctx, "SELECT COALESCE(MAX(escrow_id), 0) FROM sessions").Scan(&id); err != nil {
+		return 0, s.fail(err, "read the highest escrow id")
+	}
+	return uint64(id), nil
+}
+
 // Holding returns which of ids have a session here.
 func (s *Store) Holding(ctx context.Context, ids []uint64) ([]uint64, error) {
 	ctx, cancel, err := s.op(ctx)
