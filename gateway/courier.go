@@ -141,8 +141,10 @@ var errSkipped = errors.New("host skipped while down")
 const downFor = 3 * time.Second
 
 // storageDownFor is how long a host that answered that its storage is
-// failing is skipped.
-const storageDownFor = 10 * time.Second
+// failing is skipped: shorter than downFor, because the host is up and
+// takes diffs again as soon as its storage is back, and a request that
+// finds every member skipped fails without spending a nonce.
+const storageDownFor = 2 * time.Second
 
 // maxRunBytes bounds the body of one delivery, well under the host's
 // limit (hostapi.MaxBody): a longer run goes out in parts.
@@ -505,8 +507,6 @@ func (c *courier) deliver(i int, run []*delivery) ([][]byte, error) {
 		if hostapi.IsUnreachable(err) {
 			wait := downFor
 			if hostapi.IsStorageFailing(err) {
-				// A storage outage outlasts a restart: retrying into it
-				// sooner only costs nonces.
 				wait = storageDownFor
 			}
 			c.mu.Lock()
