@@ -285,7 +285,7 @@ func New(logger log.Logger, db dbm.DB, traceStore io.Writer, loadLatest bool, ap
 // accounting (the devshard account must hold exactly the bonded collateral).
 func blockedAddresses() map[string]bool {
 	blocked := make(map[string]bool, len(moduleAccountPerms))
-	for name := range moduleAccountPerms {
+	for name := range moduleAccountPerms { // deterministic: fills a set; order cannot matter
 		blocked[authtypes.NewModuleAddress(name).String()] = true
 	}
 	// As in the SDK's example app, gov's account stays open: proposals may
@@ -457,7 +457,7 @@ func (app *App) RegisterNodeService(clientCtx client.Context, cfg config.Config)
 // and tx commands.
 func (app *App) AutoCLIOptions() autocli.AppOptions {
 	modules := make(map[string]appmodule.AppModule, len(app.ModuleManager.Modules))
-	for name, m := range app.ModuleManager.Modules {
+	for name, m := range app.ModuleManager.Modules { // deterministic: fills a map for the CLI; no state
 		if am, ok := m.(appmodule.AppModule); ok {
 			modules[name] = am
 		}

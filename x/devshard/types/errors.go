@@ -67,7 +67,7 @@ func ReasonOf(codespace string, code uint32) (reason session.Reason, ok bool) {
 	if codespace != ModuleName {
 		return "", false
 	}
-	for r, e := range reasonErrors {
+	for r, e := range reasonErrors { // deterministic: codes are unique, so at most one matches
 		if e.ABCICode() == code {
 			return r, true
 		}

@@ -2,6 +2,7 @@ package keeper
 
 import (
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -57,11 +58,7 @@ func (r *Registry) Seal() error {
 	if r.sealed {
 		return nil
 	}
-	names := make([]string, 0, len(r.defs))
-	for name := range r.defs {
-		names = append(names, name)
-	}
-	slices.Sort(names)
+	names := slices.Sorted(maps.Keys(r.defs))
 	for _, name := range names {
 		for _, dep := range r.defs[name].DependsOn {
 			if _, ok := r.defs[dep]; !ok {
@@ -162,11 +159,7 @@ func (r *Registry) Types() []types.TaskType {
 	defer r.mu.RUnlock()
 	names := r.order
 	if !r.sealed {
-		names = make([]string, 0, len(r.defs))
-		for name := range r.defs {
-			names = append(names, name)
-		}
-		slices.Sort(names)
+		names = slices.Sorted(maps.Keys(r.defs))
 	}
 	out := make([]types.TaskType, 0, len(names))
 	for i, name := range names {
