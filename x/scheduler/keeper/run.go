@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"unicode/utf8"
 
 	"cosmossdk.io/collections"
 
@@ -188,6 +189,10 @@ func (k Keeper) retryOrFail(ctx sdk.Context, params types.Params, task types.Tas
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	// Cut at a character boundary, so state holds valid UTF-8.
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n] + "…"
 }
