@@ -9,8 +9,8 @@ import (
 	cmtcfg "github.com/cometbft/cometbft/config"
 	"github.com/cometbft/cometbft/privval"
 
-	sdk "github.com/cosmos/cosmos-sdk/types"
 	srvconfig "github.com/cosmos/cosmos-sdk/server/config"
+	sdk "github.com/cosmos/cosmos-sdk/types"
 
 	"github.com/devshard/devshard/chain"
 )
