@@ -79,8 +79,8 @@ type Network struct {
 // recordFile is the network's record in its Home.
 const recordFile = "network.json"
 
-// Start starts the network in cfg.Home and returns once every validator
-// answers and a block is committed. If Home holds a network, it is
+// Start starts the network in cfg.Home and returns once every node has
+// committed a block. If Home holds a network, it is
 // resumed as it was: same genesis, keys and ports, joined nodes included,
 // and cfg's validators, accounts and genesis settings are not used. ctx
 // bounds the start only; Close stops the network.
@@ -142,9 +142,20 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 			return nil, err
 		}
 	}
-	h, _ := n.Height(ctx)
-	if err := n.WaitForHeight(ctx, h+1); err != nil {
+	// Every node commits a block made after this start: until a node
+	// has, its app answers no query at the latest height (a resumed one
+	// has no block header to answer with).
+	if err := n.WaitForHeight(ctx, 1); err != nil {
 		return nil, fmt.Errorf("waiting for the network's first block: %w", err)
+	}
+	h, err := n.Height(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, nd := range n.Nodes {
+		if err := nd.WaitForHeight(ctx, h+1); err != nil {
+			return nil, fmt.Errorf("waiting for the network's first block: %w", err)
+		}
 	}
 	cfg.Progress("network %s is making blocks (height %d)", n.ChainID, h+1)
 	return n, nil

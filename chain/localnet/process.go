@@ -12,6 +12,7 @@ import (
 	"time"
 
 	rpchttp "github.com/cometbft/cometbft/rpc/client/http"
+	coretypes "github.com/cometbft/cometbft/rpc/core/types"
 
 	"github.com/devshard/devshard/chain/node"
 )
@@ -191,6 +192,16 @@ func (nd *Node) exitError() error {
 		return fmt.Errorf("%s was never started", nd.Name)
 	}
 	return fmt.Errorf("%s exited (%v); the end of %s:\n%s", nd.Name, nd.exitErr, nd.LogPath, logTail(nd.LogPath, 20))
+}
+
+// Status is the node's CometBFT status: its sync state, the heights its
+// block store holds, its validator key.
+func (nd *Node) Status(ctx context.Context) (*coretypes.ResultStatus, error) {
+	res, err := nd.rpc.Status(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", nd.Name, err)
+	}
+	return res, nil
 }
 
 // AppHash is the app hash the node holds after block height: the one the
