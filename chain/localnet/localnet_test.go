@@ -137,7 +137,12 @@ func TestKilledValidatorCatchesUp(t *testing.T) {
 	go func() {
 		defer close(sending)
 		for sendCtx.Err() == nil {
-			if err := pay(sendCtx, n, 1); err == nil {
+			// A tx broadcast to the node just killed may be lost with its
+			// mempool: give up on it after a while, as a client would.
+			one, cancel := context.WithTimeout(sendCtx, 10*blockTime)
+			err := pay(one, n, 1)
+			cancel()
+			if err == nil {
 				landed.Add(1)
 			} else if sendCtx.Err() == nil {
 				failed.Add(1)
@@ -226,15 +231,16 @@ func TestLateJoinerStateSyncs(t *testing.T) {
 	full, err := n.Join(ctx, "full0", true)
 	require.NoError(t, err)
 	require.False(t, full.Validator)
+	h, err := n.Height(ctx)
+	require.NoError(t, err)
+	require.NoError(t, full.WaitForHeight(ctx, h+3), "the joiner follows new blocks")
+
+	// A node restored from a snapshot at height s keeps blocks from s+1.
 	status, err := full.Status(ctx)
 	require.NoError(t, err)
 	restored := status.SyncInfo.EarliestBlockHeight - 1
 	require.Greater(t, restored, int64(1), "the joiner restored a snapshot instead of replaying from block 1")
 	require.Zero(t, restored%interval, "the joiner restored at a snapshot height, got %d", restored)
-	t.Logf("%s restored the snapshot at %d", full.Name, restored)
-
-	h, err := n.Height(ctx)
-	require.NoError(t, err)
-	require.NoError(t, full.WaitForHeight(ctx, h+3), "the joiner follows new blocks")
+	t.Logf("%s restored the snapshot at %d and follows the chain at %d", full.Name, restored, h+3)
 	requireSameAppHashes(t, ctx, n.Nodes, restored, h+2)
 }
