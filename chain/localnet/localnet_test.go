@@ -244,3 +244,49 @@ func TestLateJoinerStateSyncs(t *testing.T) {
 	t.Logf("%s restored the snapshot at %d and follows the chain at %d", full.Name, restored, h+3)
 	requireSameAppHashes(t, ctx, n.Nodes, restored, h+2)
 }
+
+// A network closed and started again on the same Home is the same
+// network: same chain, keys and ports, the node that joined (here by
+// block sync, replaying from genesis) included, and its height goes on.
+func TestStartResumesTheNetworkInHome(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	home := t.TempDir()
+	cfg := localnet.Config{
+		Home: home, Binary: binary, Validators: 1, BlockTime: blockTime,
+		Accounts: []node.Account{{Name: "alice", Coins: coins(1_000)}},
+		Progress: t.Logf,
+	}
+	n, err := localnet.Start(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { n.Close(context.Background()) })
+	full, err := n.Join(ctx, "full0", false)
+	require.NoError(t, err)
+	status, err := full.Status(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(1), status.SyncInfo.EarliestBlockHeight, "block sync replays from the first block")
+	before, err := n.Height(ctx)
+	require.NoError(t, err)
+	require.NoError(t, full.WaitForHeight(ctx, before))
+	require.NoError(t, n.Close(ctx))
+
+	cfg.Accounts = nil // the network in Home has its own
+	again, err := localnet.Start(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { again.Close(context.Background()) })
+	require.Equal(t, n.ChainID, again.ChainID)
+	require.Len(t, again.Nodes, 2)
+	for i, nd := range again.Nodes {
+		was := n.Nodes[i]
+		require.Equal(t, []string{was.Name, was.NodeID, was.RPCAddress, was.GRPCAddress, was.APIAddress, was.P2PAddress},
+			[]string{nd.Name, nd.NodeID, nd.RPCAddress, nd.GRPCAddress, nd.APIAddress, nd.P2PAddress})
+	}
+	require.Equal(t, n.Nodes[0].Operator.Address, again.Nodes[0].Operator.Address)
+	require.Equal(t, n.Accounts[0].Key.Key, again.Accounts[0].Key.Key)
+	require.Equal(t, int64(1_000), balance(t, ctx, again, again.Accounts[0]))
+	after, err := again.Height(ctx)
+	require.NoError(t, err)
+	require.Greater(t, after, before, "the chain goes on from where it stopped")
+	requireSameAppHashes(t, ctx, again.Nodes, 1, after)
+}
