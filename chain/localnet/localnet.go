@@ -80,14 +80,17 @@ type Network struct {
 const recordFile = "network.json"
 
 // Start starts the network in cfg.Home and returns once every node has
-// committed a block. If Home holds a network, it is
-// resumed as it was: same genesis, keys and ports, joined nodes included,
-// and cfg's validators, accounts and genesis settings are not used. ctx
-// bounds the start only; Close stops the network.
+// committed a block. If Home holds a network, it is resumed as it was:
+// same genesis, keys and ports, joined nodes included; of cfg only Binary
+// and Progress are used then. ctx bounds the start only; Close stops the
+// network.
 func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 	chain.SetAddressPrefixes()
 	if cfg.Home == "" || cfg.Binary == "" {
 		return nil, errors.New("localnet: Config.Home and Config.Binary are required")
+	}
+	if cfg.Validators < 0 {
+		return nil, fmt.Errorf("localnet: %d validators; a network needs at least one", cfg.Validators)
 	}
 	if cfg.Validators == 0 {
 		cfg.Validators = 1
