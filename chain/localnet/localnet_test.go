@@ -46,7 +46,9 @@ func TestMain(m *testing.M) {
 
 const blockTime = 400 * time.Millisecond
 
-func coins(amount int64) sdk.Coins { return sdk.NewCoins(sdk.NewCoin(chain.Denom, sdkmath.NewInt(amount))) }
+func coins(amount int64) sdk.Coins {
+	return sdk.NewCoins(sdk.NewCoin(chain.Denom, sdkmath.NewInt(amount)))
+}
 
 // setup starts a network of validators with two funded accounts, alice
 // and bob, and stops it when the test ends, failed or not.
