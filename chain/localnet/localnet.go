@@ -65,15 +65,15 @@ type Network struct {
 	Accounts []node.Account
 	Encoding chain.Encoding
 	// Nodes are the validators, then the nodes that joined, in order.
+	// Join appends to it: read it from the goroutine that calls Join.
 	Nodes []*Node
 
 	binary   string
 	progress func(format string, args ...any)
 
-	mu       sync.Mutex // guards Nodes and rec
-	rec      *record
-	conn     *grpc.ClientConn
-	resolver *manual.Resolver
+	mu   sync.Mutex // guards Nodes and rec
+	rec  *record
+	conn *grpc.ClientConn
 }
 
 // recordFile is the network's record in its Home.
@@ -81,8 +81,8 @@ const recordFile = "network.json"
 
 // Start starts the network in cfg.Home and returns once every node has
 // committed a block. If Home holds a network, it is resumed as it was:
-// same genesis, keys and ports, joined nodes included; of cfg only Binary
-// and Progress are used then. ctx bounds the start only; Close stops the
+// same genesis, keys and ports, joined nodes included; of cfg only Home,
+// Binary and Progress are used then. ctx bounds the start only; Close stops the
 // network.
 func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 	chain.SetAddressPrefixes()
@@ -181,10 +181,10 @@ func (n *Network) Validators() []*Node {
 // order, with gRPC's pick-first policy, which moves to the next address
 // when the node it is connected to stops answering.
 func (n *Network) dial() error {
-	n.resolver = manual.NewBuilderWithScheme("localnet")
-	n.resolver.InitialState(resolver.State{Addresses: n.grpcAddresses()})
-	conn, err := grpc.NewClient(n.resolver.Scheme()+":///"+n.ChainID,
-		grpc.WithResolvers(n.resolver), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	r := manual.NewBuilderWithScheme("localnet")
+	r.InitialState(resolver.State{Addresses: n.grpcAddresses()})
+	conn, err := grpc.NewClient(r.Scheme()+":///"+n.ChainID,
+		grpc.WithResolvers(r), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return err
 	}
