@@ -112,6 +112,7 @@ step-by-step setup. See docs/chain.md.`,
 		txCommand(),
 		keys.Commands(),
 		devCommand(),
+		joinCommand(),
 	)
 
 	autoCLI := app.AutoCLIOptions()
