@@ -36,7 +36,7 @@ func newMetrics(q *Queue) *metrics {
 		rescueErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "devshard_jobs_rescue_errors_total", Help: "Maintenance passes that failed.",
 		}),
-		depth: &depthCollector{q: q, desc: prometheus.NewDesc("devshard_jobs", "Jobs in the queue, by state, read at scrape time.", []string{"state"}, nil)},
+		depth: &depthCollector{q: q, desc: prometheus.NewDesc("devshard_jobs_depth", "Jobs in the queue, by state, read at scrape time.", []string{"state"}, nil)},
 	}
 	// Series of known labels start at zero, so rate() sees their first
 	// increase.

@@ -5,7 +5,10 @@ package jobstest
 
 import (
 	"context"
+	"encoding/binary"
+	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -79,22 +82,34 @@ func Counter(t testing.TB, reg prometheus.Gatherer, name string, labels map[stri
 	return 0
 }
 
-// BenchClaim measures claims per second: b.N ready jobs are enqueued
-// untimed, then claimed one after another.
+// BenchClaim measures claims per second, by one worker and by eight
+// claiming at once: b.N ready jobs are enqueued untimed, then claimed.
 func BenchClaim(b *testing.B, open Opener) {
-	q := open(b).Open(b, jobs.Options{})
-	ctx := context.Background()
-	for i := range b.N {
-		_, _, err := q.Enqueue(ctx, jobs.KindInference, []byte{byte(i), byte(i >> 8), byte(i >> 16), byte(i >> 24)})
-		require.NoError(b, err)
+	for _, workers := range []int{1, 8} {
+		b.Run(fmt.Sprintf("workers=%d", workers), func(b *testing.B) {
+			q := open(b).Open(b, jobs.Options{})
+			ctx := context.Background()
+			for i := range b.N {
+				_, _, err := q.Enqueue(ctx, jobs.KindInference, binary.BigEndian.AppendUint64(nil, uint64(i)))
+				require.NoError(b, err)
+			}
+			var claimed atomic.Int64
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for w := range workers {
+				wg.Go(func() {
+					for claimed.Add(1) <= int64(b.N) {
+						c, err := q.Claim(ctx, fmt.Sprint("bench", w), jobs.KindInference)
+						if err != nil || c == nil {
+							b.Errorf("claim: %v (job %v)", err, c)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "claims/s")
+		})
 	}
-	b.ResetTimer()
-	for range b.N {
-		c, err := q.Claim(ctx, "bench", jobs.KindInference)
-		if err != nil || c == nil {
-			b.Fatalf("claim: %v (job %v)", err, c)
-		}
-	}
-	b.StopTimer()
-	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "claims/s")
 }

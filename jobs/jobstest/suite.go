@@ -154,6 +154,9 @@ func testEnqueueAndGet(t *testing.T, b *bundle) {
 	require.True(t, j.Started.IsZero())
 	require.Equal(t, j, b.get(t, j.ID))
 
+	empty := b.enqueue(t, jobs.KindValidation, "")
+	require.Equal(t, []byte{}, b.get(t, empty.ID).Input, "an empty input is an input")
+
 	_, err := b.q.Get(b.ctx, jobs.JobID(jobs.KindInference, []byte("other")))
 	require.ErrorIs(t, err, jobs.ErrNotFound)
 	var nf *jobs.NotFoundError
@@ -729,6 +732,7 @@ func testMetrics(t *testing.T, b *bundle) {
 	require.NoError(t, err)
 	c := b.claim(t, "w")
 	require.NoError(t, b.q.Finish(b.ctx, c.Lease, nil))
+	require.Equal(t, []byte{}, b.get(t, c.Lease.JobID).Result, "an empty result is a result")
 	b.claim(t, "w")
 
 	inf := map[string]string{"kind": string(jobs.KindInference)}
@@ -737,7 +741,7 @@ func testMetrics(t *testing.T, b *bundle) {
 	require.Equal(t, 2.0, Counter(t, b.reg, "devshard_jobs_claimed_total", inf))
 	require.Equal(t, 1.0, Counter(t, b.reg, "devshard_jobs_succeeded_total", inf))
 	for state, want := range map[jobs.State]float64{jobs.Ready: 1, jobs.Running: 1, jobs.Succeeded: 1, jobs.Failed: 0} {
-		require.Equal(t, want, Counter(t, b.reg, "devshard_jobs", map[string]string{"state": string(state)}), "depth %s", state)
+		require.Equal(t, want, Counter(t, b.reg, "devshard_jobs_depth", map[string]string{"state": string(state)}), "depth %s", state)
 	}
 }
 

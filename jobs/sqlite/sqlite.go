@@ -139,13 +139,20 @@ const briefColumns = `id, kind, NULL, state, attempt, worker, lease_token, lease
 
 type scanner interface{ Scan(dest ...any) error }
 
-func scanJob(s scanner) (jobs.Job, error) {
+func scanJob(s scanner, detail bool) (jobs.Job, error) {
 	var j jobs.Job
 	var kind, state string
 	var expires, created, started, heartbeat, finished int64
 	err := s.Scan(&j.ID, &kind, &j.Input, &state, &j.Attempt, &j.Worker, &j.LeaseToken, &expires,
 		&created, &started, &heartbeat, &finished, &j.Result, &j.ErrorClass, &j.Error)
 	j.Kind, j.State = jobs.Kind(kind), jobs.State(state)
+	// The driver reads an empty blob as nil.
+	if detail && j.Input == nil {
+		j.Input = []byte{}
+	}
+	if detail && j.State == jobs.Succeeded && j.Result == nil {
+		j.Result = []byte{}
+	}
 	j.LeaseExpires, j.Created, j.Started, j.Heartbeat, j.Finished = fromMicros(expires), fromMicros(created), fromMicros(started), fromMicros(heartbeat), fromMicros(finished)
 	return j, err
 }
@@ -166,7 +173,7 @@ func fromMicros(us int64) time.Time {
 
 // get reads one job; nil if there is none.
 func get(ctx context.Context, q querier, id string) (*jobs.Job, error) {
-	j, err := scanJob(q.QueryRowContext(ctx, "SELECT "+columns+" FROM jobs WHERE id = ?", id))
+	j, err := scanJob(q.QueryRowContext(ctx, "SELECT "+columns+" FROM jobs WHERE id = ?", id), true)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil
 	}
@@ -219,7 +226,7 @@ func (d *Driver) Claim(ctx context.Context, p jobs.ClaimParams) (*jobs.Job, erro
 				worker = ?, lease_token = ?, lease_expires = ?, started_at = ?, heartbeat_at = ?
 			WHERE id = (SELECT id FROM jobs WHERE state = 'ready'`+kinds+`
 				ORDER BY priority, created_at, id LIMIT 1)
-			RETURNING `+columns, args...))
+			RETURNING `+columns, args...), true)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil
 		}
@@ -266,7 +273,7 @@ func (d *Driver) Finish(ctx context.Context, l jobs.Lease, o jobs.Outcome) (appl
 				finished_at = ?, lease_expires = 0
 			WHERE id = ? AND state = 'running' AND attempt = ? AND lease_token = ?
 			RETURNING `+columns,
-			string(o.State), o.Result, o.ErrorClass, o.Error, micros(o.Now), l.JobID, l.Attempt, l.Token))
+			string(o.State), o.Result, o.ErrorClass, o.Error, micros(o.Now), l.JobID, l.Attempt, l.Token), true)
 		switch {
 		case err == nil:
 			applied, current = true, &j
@@ -372,7 +379,7 @@ func (d *Driver) List(ctx context.Context, f jobs.Filter) ([]jobs.Job, error) {
 	defer rows.Close()
 	out := []jobs.Job{}
 	for rows.Next() {
-		j, err := scanJob(rows)
+		j, err := scanJob(rows, f.Detail)
 		if err != nil {
 			return nil, d.fail(err, "list jobs")
 		}
