@@ -45,12 +45,14 @@ func (e *StaleLeaseError) Error() string {
 	switch {
 	case !e.Exists:
 		return lead + ": the job no longer exists (removed or expired)"
+	case e.State == Ready:
+		return lead + ": the lease was taken back and the job waits for another worker"
 	case e.Attempt != e.Lease.Attempt:
 		return fmt.Sprintf("%s: the job is at attempt %d now (%s)", lead, e.Attempt, e.State)
 	case e.State != Running:
-		return fmt.Sprintf("%s: the job is %s already", lead, e.State)
+		return fmt.Sprintf("%s: the job has finished already (%s)", lead, e.State)
 	}
-	return lead + ": the token does not match the one issued with the claim"
+	return lead + ": the token does not match the one issued with the claim (the job was reset and claimed again, or the lease is forged)"
 }
 
 // Is matches ErrStaleLease.

@@ -360,9 +360,11 @@ func testFinishReplay(t *testing.T, b *bundle) {
 	c := b.claim(t, "w")
 	require.NoError(t, b.q.Finish(b.ctx, c.Lease, []byte("r")))
 	require.NoError(t, b.q.Finish(b.ctx, c.Lease, []byte("r")), "a replay is accepted")
-	requireStale(t, b.q.Finish(b.ctx, c.Lease, []byte("other")), c.Lease)
+	err := b.q.Finish(b.ctx, c.Lease, []byte("other"))
+	requireStale(t, err, c.Lease)
+	require.ErrorContains(t, err, "the job has finished already (succeeded)")
 	requireStale(t, b.q.Fail(b.ctx, c.Lease, "execution", "x"), c.Lease)
-	_, err := b.q.Heartbeat(b.ctx, c.Lease)
+	_, err = b.q.Heartbeat(b.ctx, c.Lease)
 	requireStale(t, err, c.Lease)
 	require.Equal(t, []byte("r"), b.get(t, c.Lease.JobID).Result)
 }
@@ -396,6 +398,7 @@ func testHeartbeatExtendsLease(t *testing.T, b *bundle) {
 	require.Len(t, b.rescue(t).Retried, 1)
 	_, err = b.q.Heartbeat(b.ctx, c.Lease)
 	requireStale(t, err, c.Lease)
+	require.ErrorContains(t, err, "the lease was taken back and the job waits for another worker")
 	require.Equal(t, jobs.Ready, b.get(t, j.ID).State, "a stale heartbeat revives nothing")
 }
 

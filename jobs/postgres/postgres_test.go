@@ -107,15 +107,23 @@ func testOneRescuerAtATime(t *testing.T, dsn string) {
 	var ra jobs.RescueReport
 	var raErr error
 	wg.Go(func() { ra, raErr = a.Rescue(ctx) })
+	// Watched from outside the holding transaction: inside it,
+	// pg_stat_activity would be one snapshot taken at first read.
+	watch, err := pgx.Connect(ctx, dsn)
+	require.NoError(t, err)
+	defer watch.Close(context.Background())
 	require.Eventually(t, func() bool {
 		var waiting bool
-		require.NoError(t, conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
+		require.NoError(t, watch.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_stat_activity
 			WHERE wait_event_type = 'Lock' AND query LIKE 'DELETE FROM jobs%')`).Scan(&waiting))
 		return waiting
 	}, 10*time.Second, 10*time.Millisecond, "a's pass reaches the held row")
 
-	rb, err := b.Rescue(ctx)
-	require.NoError(t, err)
+	// Without the lock, b's pass would block on the held row as a's does.
+	bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	rb, err := b.Rescue(bctx)
+	require.NoError(t, err, "b's pass must not wait for a's")
 	require.True(t, rb.Skipped, "b's pass runs while a's holds the lock")
 	require.Empty(t, rb.Retried)
 	got, err := b.Get(ctx, stuck.ID)
