@@ -2,7 +2,6 @@ package jobs
 
 import (
 	"context"
-	"slices"
 	"strconv"
 	"time"
 )
@@ -176,15 +175,4 @@ func CheckReset(ids []string, found map[string]State) error {
 		}
 	}
 	return nil
-}
-
-// Unique returns ids without repeats, in first-seen order.
-func Unique(ids []string) []string {
-	out := make([]string, 0, len(ids))
-	for _, id := range ids {
-		if !slices.Contains(out, id) {
-			out = append(out, id)
-		}
-	}
-	return out
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"slices"
 	"sync"
 	"time"
 
@@ -133,6 +134,19 @@ func (q *Queue) now() time.Time {
 	return q.opts.Now().UTC().Truncate(time.Microsecond)
 }
 
+// maxName bounds kinds and worker ids: labels, not payloads.
+const maxName = 128
+
+func checkName(what, name string) error {
+	switch {
+	case name == "":
+		return invalidf("the %s is empty", what)
+	case len(name) > maxName:
+		return invalidf("the %s %q… is %d bytes; at most %d are allowed", what, name[:16], len(name), maxName)
+	}
+	return nil
+}
+
 func (q *Queue) checkSize(what string, n int) error {
 	if n > q.opts.MaxBytes {
 		return &TooLargeError{What: what, Size: n, Limit: q.opts.MaxBytes}
@@ -147,8 +161,8 @@ func (q *Queue) Enqueue(ctx context.Context, kind Kind, input []byte) (job Job, 
 	if q.closed() {
 		return Job{}, false, ErrClosed
 	}
-	if kind == "" {
-		return Job{}, false, invalidf("a job needs a kind (%s, %s, ...)", KindInference, KindValidation)
+	if err := checkName("kind", string(kind)); err != nil {
+		return Job{}, false, err
 	}
 	if err := q.checkSize("input", len(input)); err != nil {
 		return Job{}, false, err
@@ -176,12 +190,12 @@ func (q *Queue) Claim(ctx context.Context, worker string, kinds ...Kind) (*Claim
 	if q.closed() {
 		return nil, ErrClosed
 	}
-	if worker == "" {
-		return nil, invalidf("a claim needs the id of the worker making it")
+	if err := checkName("worker id", worker); err != nil {
+		return nil, err
 	}
 	for _, k := range kinds {
-		if k == "" {
-			return nil, invalidf("worker %s asked for jobs of an empty kind", worker)
+		if err := checkName("kind", string(k)); err != nil {
+			return nil, err
 		}
 	}
 	now := q.now()
@@ -394,7 +408,7 @@ func (q *Queue) Reset(ctx context.Context, ids ...string) error {
 	if q.closed() {
 		return ErrClosed
 	}
-	ids = Unique(ids)
+	ids = unique(ids)
 	if len(ids) == 0 {
 		return nil
 	}
@@ -413,7 +427,7 @@ func (q *Queue) Remove(ctx context.Context, ids ...string) error {
 	if q.closed() {
 		return ErrClosed
 	}
-	ids = Unique(ids)
+	ids = unique(ids)
 	if len(ids) == 0 {
 		return nil
 	}
@@ -435,6 +449,17 @@ func (q *Queue) Count(ctx context.Context) (map[State]int, error) {
 		return nil, ErrClosed
 	}
 	return q.d.Count(ctx)
+}
+
+// unique returns ids without repeats, in first-seen order.
+func unique(ids []string) []string {
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	return out
 }
 
 // newToken is a lease token: 128 random bits, so no worker can guess

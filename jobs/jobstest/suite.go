@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -46,6 +47,7 @@ func Run(t *testing.T, open Opener) {
 		{"Metrics", testMetrics},
 		{"SharedDatabase", testSharedDatabase},
 		{"ConcurrentRescuersRetryOnce", testConcurrentRescuersRetryOnce},
+		{"RunRescuesPeriodically", testRunRescuesPeriodically},
 		{"Closed", testClosed},
 	}
 	for _, tc := range tests {
@@ -642,6 +644,10 @@ func testInvalidArguments(t *testing.T, b *bundle) {
 	require.ErrorIs(t, err, jobs.ErrInvalid)
 	_, err = b.q.Claim(b.ctx, "w", "")
 	require.ErrorIs(t, err, jobs.ErrInvalid)
+	_, err = b.q.Claim(b.ctx, strings.Repeat("w", 129))
+	require.ErrorIs(t, err, jobs.ErrInvalid)
+	_, _, err = b.q.Enqueue(b.ctx, jobs.Kind(strings.Repeat("k", 129)), nil)
+	require.ErrorIs(t, err, jobs.ErrInvalid)
 	b.enqueue(t, jobs.KindInference, "p")
 	c := b.claim(t, "w")
 	require.ErrorIs(t, b.q.Fail(b.ctx, c.Lease, "", "no class"), jobs.ErrInvalid)
@@ -828,6 +834,24 @@ func testConcurrentRescuersRetryOnce(t *testing.T, b *bundle) {
 		require.Equal(t, 1, times, "job %s retried once", id)
 		require.Equal(t, 1, b.get(t, id).Attempt)
 	}
+}
+
+// Run makes a pass every RescueInterval: an expired lease is taken back
+// without anyone calling Rescue.
+func testRunRescuesPeriodically(t *testing.T, b *bundle) {
+	b.reopen(t, jobs.Options{RescueInterval: 10 * time.Millisecond})
+	j := b.enqueue(t, jobs.KindInference, "p")
+	b.claim(t, "w")
+	ctx, cancel := context.WithCancel(b.ctx)
+	done := make(chan error, 1)
+	go func() { done <- b.q.Run(ctx) }()
+	b.expire()
+	require.Eventually(t, func() bool {
+		got, err := b.q.Get(b.ctx, j.ID)
+		return err == nil && got.State == jobs.Ready
+	}, 10*time.Second, 10*time.Millisecond)
+	cancel()
+	require.ErrorIs(t, <-done, context.Canceled)
 }
 
 func testClosed(t *testing.T, b *bundle) {
