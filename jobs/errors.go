@@ -87,16 +87,8 @@ func (e *StateError) Error() string {
 	for i, s := range e.Want {
 		want[i] = string(s)
 	}
-	return fmt.Sprintf("cannot %s job %s: it is %s, and only %s jobs can be %s",
-		e.Op, ShortID(e.ID), e.State, strings.Join(want, " or "), pastTense(e.Op))
-}
-
-func pastTense(op string) string {
-	switch op {
-	case "reset":
-		return "reset"
-	}
-	return op + "ed"
+	return fmt.Sprintf("cannot %s job %s: it is %s; %s applies only to %s jobs",
+		e.Op, ShortID(e.ID), e.State, e.Op, strings.Join(want, " or "))
 }
 
 // Is matches ErrWrongState.

@@ -75,9 +75,6 @@ const (
 // States lists every state, in life order.
 var States = []State{Ready, Running, Succeeded, Failed}
 
-// Finished reports whether s is a final state (succeeded or failed).
-func (s State) Finished() bool { return s == Succeeded || s == Failed }
-
 // ErrorClassLeaseExpired is the error class of a job failed by the rescuer
 // because its worker stopped heartbeating MaxTry times.
 const ErrorClassLeaseExpired = "lease_expired"

@@ -489,7 +489,7 @@ func testResetIsAtomic(t *testing.T, b *bundle) {
 	require.ErrorAs(t, err, &se)
 	require.Equal(t, ready.ID, se.ID)
 	require.Equal(t, jobs.Ready, se.State)
-	require.Contains(t, err.Error(), "it is ready, and only failed jobs can be reset")
+	require.Contains(t, err.Error(), "it is ready; reset applies only to failed jobs")
 
 	require.Equal(t, jobs.Failed, b.get(t, failed.ID).State, "a refused reset changes nothing")
 	require.NoError(t, b.q.Reset(b.ctx, failed.ID, failed.ID))
