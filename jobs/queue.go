@@ -1,0 +1,491 @@
+package jobs
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configure a Queue. Zero fields take the defaults.
+type Options struct {
+	// HeartbeatTimeout is how long a lease lasts from its claim or last
+	// heartbeat (default 15s). Workers heartbeat well within it.
+	HeartbeatTimeout time.Duration
+	// MaxTry is how many claims a job gets before an expired lease fails it
+	// (default 2).
+	MaxTry int
+	// Lifetime is how long a succeeded or failed job is kept after it
+	// finished (default 25h).
+	Lifetime time.Duration
+	// MaxBytes bounds an input, a result and an error message (default
+	// 1 MiB).
+	MaxBytes int
+	// PollInterval is how often ClaimWait looks again without being woken
+	// (default 1s): the safety net under the wake-ups.
+	PollInterval time.Duration
+	// RescueInterval is how often Run makes a maintenance pass (default
+	// HeartbeatTimeout/3).
+	RescueInterval time.Duration
+	// Now is the clock (default time.Now). Tests inject their own.
+	Now func() time.Time
+	// Registerer receives the queue's metrics; nil registers them nowhere
+	// (they are still counted).
+	Registerer prometheus.Registerer
+	// OnError hears the errors of Run's passes, which Run otherwise only
+	// counts, since it keeps going through a database outage.
+	OnError func(error)
+}
+
+func (o Options) withDefaults() Options {
+	if o.HeartbeatTimeout <= 0 {
+		o.HeartbeatTimeout = 15 * time.Second
+	}
+	if o.MaxTry <= 0 {
+		o.MaxTry = 2
+	}
+	if o.Lifetime <= 0 {
+		o.Lifetime = 25 * time.Hour
+	}
+	if o.MaxBytes <= 0 {
+		o.MaxBytes = 1 << 20
+	}
+	if o.PollInterval <= 0 {
+		o.PollInterval = time.Second
+	}
+	if o.RescueInterval <= 0 {
+		o.RescueInterval = o.HeartbeatTimeout / 3
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.OnError == nil {
+		o.OnError = func(error) {}
+	}
+	return o
+}
+
+// Queue is the job queue over a Driver. It is safe for concurrent use.
+type Queue struct {
+	d       Driver
+	opts    Options
+	metrics *metrics
+	wake    broadcast
+
+	stop     context.CancelFunc
+	done     chan struct{} // closed by Close
+	listened sync.WaitGroup
+	close    sync.Once
+}
+
+// New returns a queue over d. If d is a Listener, the queue listens for
+// jobs made ready by other processes until Close. The queue owns d: Close
+// closes it.
+func New(d Driver, opts Options) (*Queue, error) {
+	opts = opts.withDefaults()
+	q := &Queue{d: d, opts: opts, done: make(chan struct{})}
+	q.wake.ch = make(chan struct{})
+	q.metrics = newMetrics(q)
+	if opts.Registerer != nil {
+		if err := q.metrics.register(opts.Registerer); err != nil {
+			return nil, err
+		}
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	q.stop = stop
+	if l, ok := d.(Listener); ok {
+		q.listened.Go(func() { l.Listen(ctx, q.wake.signal) })
+	}
+	return q, nil
+}
+
+// Options returns the queue's options with their defaults filled in.
+func (q *Queue) Options() Options { return q.opts }
+
+// Close stops listening and closes the driver. Waiting claims return
+// ErrClosed.
+func (q *Queue) Close() error {
+	var err error
+	q.close.Do(func() {
+		close(q.done)
+		q.stop()
+		q.listened.Wait()
+		err = q.d.Close()
+	})
+	return err
+}
+
+func (q *Queue) closed() bool {
+	select {
+	case <-q.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// now reads the clock to the microsecond, the precision stored.
+func (q *Queue) now() time.Time {
+	return q.opts.Now().UTC().Truncate(time.Microsecond)
+}
+
+// maxName bounds kinds and worker ids: labels, not payloads.
+const maxName = 128
+
+func checkName(what, name string) error {
+	switch {
+	case name == "":
+		return invalidf("the %s is empty", what)
+	case len(name) > maxName:
+		return invalidf("the %s %q… is %d bytes; at most %d are allowed", what, name[:16], len(name), maxName)
+	}
+	return nil
+}
+
+func (q *Queue) checkSize(what string, n int) error {
+	if n > q.opts.MaxBytes {
+		return &TooLargeError{What: what, Size: n, Limit: q.opts.MaxBytes}
+	}
+	return nil
+}
+
+// Enqueue adds a job of kind with canonical input and returns it, or
+// returns the job that already exists for them (see the package doc on
+// deduplication); created says which.
+func (q *Queue) Enqueue(ctx context.Context, kind Kind, input []byte) (job Job, created bool, err error) {
+	if q.closed() {
+		return Job{}, false, ErrClosed
+	}
+	if err := checkName("kind", string(kind)); err != nil {
+		return Job{}, false, err
+	}
+	if err := q.checkSize("input", len(input)); err != nil {
+		return Job{}, false, err
+	}
+	j := Job{ID: JobID(kind, input), Kind: kind, Input: bytes.Clone(input), State: Ready, Created: q.now()}
+	if j.Input == nil {
+		j.Input = []byte{}
+	}
+	stored, created, err := q.d.Insert(ctx, j)
+	if err != nil {
+		return Job{}, false, err
+	}
+	stored.LeaseToken = ""
+	if created {
+		q.metrics.enqueued.WithLabelValues(string(kind)).Inc()
+		q.wake.signal()
+	}
+	return stored, created, nil
+}
+
+// Claim hands the first ready job of kinds (any kind if none given) to
+// worker under a new lease, or returns nil when no job is ready. Inference
+// jobs go before validation jobs, then the oldest first.
+func (q *Queue) Claim(ctx context.Context, worker string, kinds ...Kind) (*Claim, error) {
+	if q.closed() {
+		return nil, ErrClosed
+	}
+	if err := checkName("worker id", worker); err != nil {
+		return nil, err
+	}
+	for _, k := range kinds {
+		if err := checkName("kind", string(k)); err != nil {
+			return nil, err
+		}
+	}
+	now := q.now()
+	p := ClaimParams{Worker: worker, Kinds: kinds, Token: newToken(), Now: now, Expires: now.Add(q.opts.HeartbeatTimeout)}
+	j, err := q.d.Claim(ctx, p)
+	if err != nil || j == nil {
+		return nil, err
+	}
+	q.metrics.claimed.WithLabelValues(string(j.Kind)).Inc()
+	lease := Lease{JobID: j.ID, Attempt: j.Attempt, Token: p.Token}
+	j.LeaseToken = ""
+	return &Claim{Lease: lease, Expires: p.Expires, Job: *j}, nil
+}
+
+// ClaimWait is Claim that waits up to maxWait for a job to become ready. It
+// is woken within milliseconds by an enqueue, reset or rescue on this
+// queue (and, with a Listener driver, on any queue sharing the database),
+// and looks again every PollInterval regardless. It returns nil when
+// maxWait passes without a job, and ctx's error if ctx ends first.
+func (q *Queue) ClaimWait(ctx context.Context, worker string, kinds []Kind, maxWait time.Duration) (*Claim, error) {
+	deadline := time.NewTimer(maxWait)
+	defer deadline.Stop()
+	poll := time.NewTicker(q.opts.PollInterval)
+	defer poll.Stop()
+	for {
+		// Taken before the claim, so a job enqueued between the claim and
+		// the wait still wakes us.
+		woken := q.wake.wait()
+		c, err := q.Claim(ctx, worker, kinds...)
+		if err != nil || c != nil {
+			return c, err
+		}
+		select {
+		case <-woken:
+		case <-poll.C:
+		case <-deadline.C:
+			return nil, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-q.done:
+			return nil, ErrClosed
+		}
+	}
+}
+
+// Heartbeat extends the lease to HeartbeatTimeout from now and returns its
+// new expiry. A lease that is not the job's current one is refused with a
+// *StaleLeaseError and extends nothing.
+func (q *Queue) Heartbeat(ctx context.Context, lease Lease) (time.Time, error) {
+	if q.closed() {
+		return time.Time{}, ErrClosed
+	}
+	now := q.now()
+	expires := now.Add(q.opts.HeartbeatTimeout)
+	applied, cur, err := q.d.Heartbeat(ctx, lease, now, expires)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if !applied {
+		return time.Time{}, q.stale("heartbeat", lease, cur)
+	}
+	return expires, nil
+}
+
+// Finish stores the job's result and marks it succeeded. A lease that is
+// not the job's current one is refused with a *StaleLeaseError and stores
+// nothing; repeating the same Finish with the same lease succeeds again.
+func (q *Queue) Finish(ctx context.Context, lease Lease, result []byte) error {
+	if err := q.checkSize("result", len(result)); err != nil {
+		return err
+	}
+	if result == nil {
+		result = []byte{}
+	}
+	return q.finish(ctx, "finish", lease, Outcome{State: Succeeded, Result: bytes.Clone(result)})
+}
+
+// Fail marks the job failed with an error class (a short label, such as
+// "execution") and a message. A failed job is not retried; an operator's
+// Reset revives it. Stale leases are refused as by Finish.
+func (q *Queue) Fail(ctx context.Context, lease Lease, class, msg string) error {
+	if class == "" {
+		return invalidf("failing job %s needs an error class", ShortID(lease.JobID))
+	}
+	if err := q.checkSize("error", len(class)+len(msg)); err != nil {
+		return err
+	}
+	return q.finish(ctx, "fail", lease, Outcome{State: Failed, ErrorClass: class, Error: msg})
+}
+
+func (q *Queue) finish(ctx context.Context, call string, lease Lease, o Outcome) error {
+	if q.closed() {
+		return ErrClosed
+	}
+	o.Now = q.now()
+	applied, cur, err := q.d.Finish(ctx, lease, o)
+	if err != nil {
+		return err
+	}
+	if !applied {
+		if cur != nil && replays(cur, lease, o) {
+			return nil
+		}
+		return q.stale(call, lease, cur)
+	}
+	kind := "unknown"
+	if cur != nil {
+		kind = string(cur.Kind)
+	}
+	if o.State == Succeeded {
+		q.metrics.succeeded.WithLabelValues(kind).Inc()
+	} else {
+		q.metrics.failed.WithLabelValues(kind).Inc()
+	}
+	return nil
+}
+
+// replays reports whether the job was finished by this very lease with
+// this very outcome: a worker repeating a call whose reply it lost.
+func replays(cur *Job, lease Lease, o Outcome) bool {
+	return cur.State == o.State && cur.Attempt == lease.Attempt && cur.LeaseToken == lease.Token &&
+		bytes.Equal(cur.Result, o.Result) && cur.ErrorClass == o.ErrorClass && cur.Error == o.Error
+}
+
+// stale explains and counts a refused lease.
+func (q *Queue) stale(call string, lease Lease, cur *Job) error {
+	e := &StaleLeaseError{Lease: lease}
+	kind := "unknown"
+	if cur != nil {
+		e.Exists, e.State, e.Attempt = true, cur.State, cur.Attempt
+		kind = string(cur.Kind)
+	}
+	q.metrics.stale.WithLabelValues(kind, call).Inc()
+	return e
+}
+
+// Rescue makes one maintenance pass: expired leases are taken back (the
+// job retried, or failed once it had MaxTry claims) and jobs finished
+// Lifetime ago are removed. Queues sharing a database run one pass at a
+// time; the others report Skipped.
+func (q *Queue) Rescue(ctx context.Context) (RescueReport, error) {
+	if q.closed() {
+		return RescueReport{}, ErrClosed
+	}
+	now := q.now()
+	r, err := q.d.Rescue(ctx, RescueParams{Now: now, MaxTry: q.opts.MaxTry, FinishedBefore: now.Add(-q.opts.Lifetime)})
+	if err != nil {
+		return r, err
+	}
+	for _, j := range r.Retried {
+		q.metrics.retried.WithLabelValues(string(j.Kind)).Inc()
+	}
+	for _, j := range r.Failed {
+		q.metrics.failed.WithLabelValues(string(j.Kind)).Inc()
+	}
+	q.metrics.expired.Add(float64(r.Expired))
+	if len(r.Retried) > 0 {
+		q.wake.signal()
+	}
+	return r, nil
+}
+
+// Run makes a maintenance pass every RescueInterval until ctx ends, and
+// returns ctx's error. A failed pass is counted and passed to
+// Options.OnError; the next one runs all the same.
+func (q *Queue) Run(ctx context.Context) error {
+	t := time.NewTicker(q.opts.RescueInterval)
+	defer t.Stop()
+	for {
+		if _, err := q.Rescue(ctx); err != nil && ctx.Err() == nil {
+			q.metrics.rescueErrors.Inc()
+			q.opts.OnError(err)
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-q.done:
+			return ErrClosed
+		}
+	}
+}
+
+// Get returns the job with its input and result, or a *NotFoundError.
+func (q *Queue) Get(ctx context.Context, id string) (Job, error) {
+	if q.closed() {
+		return Job{}, ErrClosed
+	}
+	j, err := q.d.Get(ctx, id)
+	j.LeaseToken = ""
+	return j, err
+}
+
+// List returns the jobs f selects, oldest first.
+func (q *Queue) List(ctx context.Context, f Filter) ([]Job, error) {
+	if q.closed() {
+		return nil, ErrClosed
+	}
+	js, err := q.d.List(ctx, f)
+	for i := range js {
+		js[i].LeaseToken = ""
+	}
+	return js, err
+}
+
+// Reset revives failed jobs: each goes back to ready with no attempts. It
+// is all or nothing: an unknown id (*NotFoundError) or a job that has not
+// failed (*StateError) refuses the whole call.
+func (q *Queue) Reset(ctx context.Context, ids ...string) error {
+	if q.closed() {
+		return ErrClosed
+	}
+	ids = unique(ids)
+	if len(ids) == 0 {
+		return nil
+	}
+	if err := q.d.Reset(ctx, ids); err != nil {
+		return err
+	}
+	q.wake.signal()
+	return nil
+}
+
+// Remove deletes jobs in any state. It is all or nothing: an unknown id
+// refuses the whole call with a *NotFoundError. A worker still running a
+// removed job has its result refused as stale; enqueueing the same input
+// again makes a fresh job.
+func (q *Queue) Remove(ctx context.Context, ids ...string) error {
+	if q.closed() {
+		return ErrClosed
+	}
+	ids = unique(ids)
+	if len(ids) == 0 {
+		return nil
+	}
+	return q.d.Remove(ctx, ids)
+}
+
+// RemoveAll deletes every job in one transaction and returns how many
+// there were.
+func (q *Queue) RemoveAll(ctx context.Context) (int, error) {
+	if q.closed() {
+		return 0, ErrClosed
+	}
+	return q.d.RemoveAll(ctx)
+}
+
+// Count returns the number of jobs in each state.
+func (q *Queue) Count(ctx context.Context) (map[State]int, error) {
+	if q.closed() {
+		return nil, ErrClosed
+	}
+	return q.d.Count(ctx)
+}
+
+// unique returns ids without repeats, in first-seen order.
+func unique(ids []string) []string {
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	return out
+}
+
+// newToken is a lease token: 128 random bits, so no worker can guess
+// another's lease.
+func newToken() string {
+	var b [16]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// broadcast wakes every waiter at once: signal closes the channel the
+// waiters hold and hands out a new one.
+type broadcast struct {
+	mu sync.Mutex
+	ch chan struct{}
+}
+
+func (b *broadcast) wait() <-chan struct{} {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.ch
+}
+
+func (b *broadcast) signal() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	close(b.ch)
+	b.ch = make(chan struct{})
+}
