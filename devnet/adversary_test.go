@@ -714,7 +714,7 @@ func memberCall(t *testing.T, e *e2e, from, to *Host, method, path string, body 
 // escrowGroup is escrow id's group, from the chain.
 func (e *e2e) escrowGroup(id uint64) [][]byte {
 	e.t.Helper()
-	res, err := devshardtypes.NewQueryClient(e.nw.Node.Conn()).Escrow(e.ctx, &devshardtypes.QueryEscrowRequest{Id: id})
+	res, err := devshardtypes.NewQueryClient(e.nw.Chain.Conn()).Escrow(e.ctx, &devshardtypes.QueryEscrowRequest{Id: id})
 	require.NoError(e.t, err)
 	return res.Escrow.Snapshot.Group
 }
@@ -728,5 +728,5 @@ func signRequestAs(t *testing.T, e *e2e, key *signing.PrivKey, to *Host, req *ht
 // signTxAs signs tx for escrow id with h's key.
 func signTxAs(t *testing.T, e *e2e, h *Host, id uint64, tx *sessionpb.Tx) {
 	t.Helper()
-	require.NoError(t, session.SignTx(h.Key, e.nw.Node.ChainID, id, tx))
+	require.NoError(t, session.SignTx(h.Key, e.nw.Chain.ChainID, id, tx))
 }

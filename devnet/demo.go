@@ -59,7 +59,7 @@ type HostLine struct {
 // settles every escrow, waits for the epoch to become claimable and the
 // hosts to claim, and returns the ledger.
 func Demo(ctx context.Context, nw *Network, n int, progress io.Writer) (*Ledger, error) {
-	conn := nw.Node.Conn()
+	conn := nw.Chain.Conn()
 	bank := banktypes.NewQueryClient(conn)
 	q := devshardtypes.NewQueryClient(conn)
 	balance := func(addr sdk.AccAddress) (int64, error) {
@@ -202,7 +202,7 @@ func sendRequests(ctx context.Context, gw GatewayRef, n int, progress io.Writer)
 // escrowLine reads one settlement back from its tx on chain.
 func escrowLine(ctx context.Context, nw *Network, id uint64, hash string) (EscrowLine, error) {
 	line := EscrowLine{ID: id, TxHash: hash}
-	esc, err := devshardtypes.NewQueryClient(nw.Node.Conn()).Escrow(ctx, &devshardtypes.QueryEscrowRequest{Id: id})
+	esc, err := devshardtypes.NewQueryClient(nw.Chain.Conn()).Escrow(ctx, &devshardtypes.QueryEscrowRequest{Id: id})
 	if err != nil {
 		return line, err
 	}
@@ -210,13 +210,13 @@ func escrowLine(ctx context.Context, nw *Network, id uint64, hash string) (Escro
 	if hash == "" {
 		return line, fmt.Errorf("escrow %d was settled before the gateway recorded the tx; its figures cannot be read back", id)
 	}
-	res, err := txtypes.NewServiceClient(nw.Node.Conn()).GetTx(ctx, &txtypes.GetTxRequest{Hash: hash})
+	res, err := txtypes.NewServiceClient(nw.Chain.Conn()).GetTx(ctx, &txtypes.GetTxRequest{Hash: hash})
 	if err != nil {
 		return line, fmt.Errorf("settlement tx %s of escrow %d: %w", hash, id, err)
 	}
 	for _, any := range res.Tx.Body.Messages {
 		var msg sdk.Msg
-		if err := nw.Node.Encoding.InterfaceRegistry.UnpackAny(any, &msg); err != nil {
+		if err := nw.Chain.Encoding.InterfaceRegistry.UnpackAny(any, &msg); err != nil {
 			return line, err
 		}
 		if m, ok := msg.(*devshardtypes.MsgSettleEscrow); ok && m.Settlement.EscrowId == id {
@@ -243,7 +243,7 @@ func escrowLine(ctx context.Context, nw *Network, id uint64, hash string) (Escro
 // waitClaims waits until epoch is claimable and every host with a reward in
 // it has claimed.
 func waitClaims(ctx context.Context, nw *Network, epoch uint64) error {
-	q := devshardtypes.NewQueryClient(nw.Node.Conn())
+	q := devshardtypes.NewQueryClient(nw.Chain.Conn())
 	deadline := time.Now().Add(time.Duration(4*nw.cfg.Params.EpochLength)*nw.cfg.BlockTime + 60*time.Second)
 	for {
 		e, err := q.Epoch(ctx, &devshardtypes.QueryEpochRequest{Id: epoch})

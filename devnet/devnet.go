@@ -21,7 +21,10 @@ import (
 	"time"
 
 	sdkmath "cosmossdk.io/math"
+	"github.com/cosmos/cosmos-sdk/codec"
 	sdk "github.com/cosmos/cosmos-sdk/types"
+
+	"github.com/devshard/devshard/chain"
 
 	"github.com/devshard/devshard/chain/node"
 	"github.com/devshard/devshard/chaincfg"
@@ -42,6 +45,10 @@ type Config struct {
 	Binary string
 	// Hosts is how many hosts serve (default 3).
 	Hosts int
+	// Validators is how many validators make the chain's blocks (default
+	// 1, inside this process; more run as child processes). It is fixed
+	// for a home.
+	Validators int
 	// BlockTime is the chain's block interval (default 500ms).
 	BlockTime time.Duration
 	// Params are the chain's devshard parameters (default: Params()).
@@ -73,10 +80,17 @@ type Config struct {
 	// HostArgs, if set, gives extra `devshard host` flags for host i: the
 	// adversary suite runs a host against a model that lies this way.
 	HostArgs func(i int) []string
+	// Genesis, if set, may change any module's genesis of a new network
+	// (a test shortens gov's voting period).
+	Genesis func(cdc codec.JSONCodec, state chain.GenesisState) error
 	// Accounts are extra funded accounts at genesis (a second gateway, an
-	// attacker's); they follow the hosts and the gateway in Node.Accounts.
+	// attacker's); they follow the hosts and the gateway in Chain.Accounts.
 	Accounts []node.Account
 }
+
+// maxValidators bounds Config.Validators: each is a process with its own
+// copy of the state, on one machine.
+const maxValidators = 16
 
 // Funds at genesis, in the chain's denomination.
 const (
@@ -116,13 +130,16 @@ func Params() devshardtypes.Params {
 // Info is <home>/devnet.json: every endpoint and the gateway's API key, for
 // scripts.
 type Info struct {
-	Home    string     `json:"home"`
-	ChainID string     `json:"chain_id"`
-	RPC     string     `json:"rpc"`
-	GRPC    string     `json:"grpc"`
-	REST    string     `json:"rest"`
-	Gateway GatewayRef `json:"gateway"`
-	Hosts   []HostRef  `json:"hosts"`
+	Home    string `json:"home"`
+	ChainID string `json:"chain_id"`
+	// RPC, GRPC and REST are the first node's endpoints; Nodes lists
+	// every node.
+	RPC     string      `json:"rpc"`
+	GRPC    string      `json:"grpc"`
+	REST    string      `json:"rest"`
+	Nodes   []ChainNode `json:"nodes"`
+	Gateway GatewayRef  `json:"gateway"`
+	Hosts   []HostRef   `json:"hosts"`
 	// Storage is where the hosts keep their sessions; Postgres, the
 	// cluster, when that is postgres or hybrid.
 	Storage   Storage      `json:"storage"`
@@ -153,9 +170,12 @@ type HostRef struct {
 type setup struct {
 	// Storage is the hosts' storage; empty in homes made before it was
 	// recorded, which stored in SQLite.
-	Storage Storage     `json:"storage,omitempty"`
-	Hosts   []hostSetup `json:"hosts"`
-	Gateway struct {
+	Storage Storage `json:"storage,omitempty"`
+	// Validators is the chain's validator count; 0 in homes made before
+	// it was recorded, which ran one.
+	Validators int         `json:"validators,omitempty"`
+	Hosts      []hostSetup `json:"hosts"`
+	Gateway    struct {
 		Mnemonic string `json:"mnemonic"`
 		Listen   string `json:"listen"`
 		APIKey   string `json:"api_key"`
@@ -170,7 +190,7 @@ type hostSetup struct {
 // Network is a running devnet.
 type Network struct {
 	Info    Info
-	Node    *node.Node
+	Chain   *Chain
 	Hosts   []*Host
 	Gateway *gateway.Daemon
 	// GatewayAccount is the gateway's funded account.
@@ -219,6 +239,12 @@ func (c *Config) defaults() error {
 	}
 	if c.Hosts == 0 {
 		c.Hosts = 3
+	}
+	if c.Validators == 0 {
+		c.Validators = 1
+	}
+	if c.Validators < 0 || c.Validators > maxValidators {
+		return fmt.Errorf("the devnet runs 1 to %d validators, got %d", maxValidators, c.Validators)
 	}
 	if c.BlockTime == 0 {
 		c.BlockTime = 500 * time.Millisecond
@@ -271,18 +297,19 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 			return nil, err
 		}
 	}
-	step("starting a single-validator chain (blocks every %s, epochs of %d blocks)", cfg.BlockTime, cfg.Params.EpochLength)
-	ncfg := node.Config{Home: filepath.Join(cfg.Home, "chain"), BlockTime: cfg.BlockTime, Params: cfg.Params, Resume: true}
+	var accounts []node.Account
 	for i, h := range st.Hosts {
-		ncfg.Accounts = append(ncfg.Accounts, node.Account{Name: fmt.Sprintf("host%d", i), Mnemonic: h.Mnemonic, Coins: coins(HostFunds)})
+		accounts = append(accounts, node.Account{Name: fmt.Sprintf("host%d", i), Mnemonic: h.Mnemonic, Coins: coins(HostFunds)})
 	}
-	ncfg.Accounts = append(ncfg.Accounts, node.Account{Name: "gateway", Mnemonic: st.Gateway.Mnemonic, Coins: coins(GatewayFunds)})
-	ncfg.Accounts = append(ncfg.Accounts, cfg.Accounts...)
-	if n.Node, err = node.Start(ctx, ncfg); err != nil {
+	accounts = append(accounts, node.Account{Name: "gateway", Mnemonic: st.Gateway.Mnemonic, Coins: coins(GatewayFunds)})
+	accounts = append(accounts, cfg.Accounts...)
+	if n.Chain, err = startChain(ctx, cfg, accounts, step); err != nil {
 		return nil, fmt.Errorf("chain: %w", err)
 	}
-	n.GatewayAccount = n.Node.Accounts[len(st.Hosts)]
-	step("chain %s is up: rpc %s, grpc %s, rest %s", n.Node.ChainID, n.Node.RPCAddress, n.Node.GRPCAddress, n.Node.APIAddress)
+	n.GatewayAccount = n.Chain.Accounts[len(st.Hosts)]
+	for _, nd := range n.Chain.Nodes {
+		step("chain %s: %s is up: rpc %s, grpc %s, rest %s", n.Chain.ChainID, nd.Name, nd.RPC, nd.GRPC, nd.REST)
+	}
 	if resumed {
 		if err := n.checkProtocol(ctx); err != nil {
 			return nil, err
@@ -291,7 +318,7 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 
 	// 2. The hosts, as child processes.
 	for i, hs := range st.Hosts {
-		h, err := newHost(cfg, i, hs, n.Node, n.pg)
+		h, err := newHost(cfg, i, hs, n.Chain, n.pg)
 		if err != nil {
 			return nil, err
 		}
@@ -340,9 +367,10 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 	if err != nil {
 		return nil, err
 	}
+	chainGRPC, chainRPC := n.Chain.endpoints(len(n.Chain.Nodes) - 1)
 	n.gatewayConfig = gateway.DaemonConfig{
 		Listen: listen, Home: filepath.Join(cfg.Home, "gateway"),
-		ChainGRPC: n.Node.GRPCAddress, ChainRPC: n.Node.RPCAddress, ChainID: n.Node.ChainID,
+		ChainGRPC: chainGRPC, ChainRPC: chainRPC, ChainID: n.Chain.ChainID,
 		Key: gwKey, Keys: []gateway.APIKey{apiKey},
 		Gateway: gateway.Config{EscrowAmount: cfg.EscrowAmount, Lanes: cfg.Lanes}, Synchronous: cfg.Synchronous,
 		Logger: logger,
@@ -352,7 +380,8 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 	}
 	step("gateway is serving on %s (account %s)", n.Gateway.URL(), n.GatewayAccount.Address)
 
-	n.Info = Info{Home: cfg.Home, ChainID: n.Node.ChainID, RPC: n.Node.RPCAddress, GRPC: n.Node.GRPCAddress, REST: n.Node.APIAddress,
+	first := n.Chain.Nodes[0]
+	n.Info = Info{Home: cfg.Home, ChainID: n.Chain.ChainID, RPC: first.RPC, GRPC: first.GRPC, REST: first.REST, Nodes: n.Chain.Nodes,
 		Gateway: GatewayRef{URL: n.Gateway.URL(), APIKey: st.Gateway.APIKey, Account: n.GatewayAccount.Address.String()},
 		Storage: cfg.Storage, StartedAt: time.Now().UTC()}
 	if n.pg != nil {
@@ -397,12 +426,15 @@ func loadSetup(cfg Config) (*setup, bool, error) {
 		if made := cmp.Or(st.Storage, StorageSQLite); made != cfg.Storage {
 			return nil, false, fmt.Errorf("%s was made with storage %s, asked for %s (the hosts' sessions would stay behind): pass --storage %s, or another --home for a different storage", path, made, cfg.Storage, made)
 		}
+		if made := max(st.Validators, 1); made != cfg.Validators {
+			return nil, false, fmt.Errorf("%s was made with %d validators, asked for %d (a chain's validators are fixed at its genesis): pass --validators %d, or another --home for a different network", path, made, cfg.Validators, made)
+		}
 		return &st, true, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, false, err
 	}
-	st := setup{Storage: cfg.Storage}
+	st := setup{Storage: cfg.Storage, Validators: cfg.Validators}
 	ports, err := node.FreePorts(cfg.Hosts + 1)
 	if err != nil {
 		return nil, false, err
@@ -429,7 +461,7 @@ func loadSetup(cfg Config) (*setup, bool, error) {
 // checkProtocol refuses a resumed network whose chain runs another session
 // protocol than this build: its hosts would refuse every escrow.
 func (n *Network) checkProtocol(ctx context.Context) error {
-	res, err := devshardtypes.NewQueryClient(n.Node.Conn()).Params(ctx, &devshardtypes.QueryParamsRequest{})
+	res, err := devshardtypes.NewQueryClient(n.Chain.Conn()).Params(ctx, &devshardtypes.QueryParamsRequest{})
 	if err != nil {
 		return fmt.Errorf("reading the chain's params: %w", err)
 	}
@@ -443,16 +475,16 @@ func (n *Network) checkProtocol(ctx context.Context) error {
 // register makes every host a participant (once) and waits for an ACTIVE
 // epoch in which all of them are effective.
 func (n *Network) register(ctx context.Context, step func(string, ...any)) error {
-	q := devshardtypes.NewQueryClient(n.Node.Conn())
+	q := devshardtypes.NewQueryClient(n.Chain.Conn())
 	fresh := 0
 	for i, h := range n.Hosts {
 		if _, err := q.Participant(ctx, &devshardtypes.QueryParticipantRequest{Address: h.Account.String()}); err == nil {
 			continue
 		}
-		acct := n.Node.Accounts[i]
+		acct := n.Chain.Accounts[i]
 		msg := &devshardtypes.MsgRegisterParticipant{Participant: acct.Address.String(), Url: h.URL,
 			Collateral: sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(Collateral))}
-		if _, err := n.Node.TxClient().Send(ctx, acct.Key, msg); err != nil {
+		if _, err := n.Chain.TxClient().Send(ctx, acct.Key, msg); err != nil {
 			return fmt.Errorf("registering %s: %w", h.Name, err)
 		}
 		fresh++
@@ -489,9 +521,9 @@ func (n *Network) Close(ctx context.Context) error {
 	if err := n.pg.stop(); err != nil {
 		errs = append(errs, fmt.Errorf("postgres: %w", err))
 	}
-	if n.Node != nil {
-		if err := n.Node.Close(); err != nil {
-			errs = append(errs, fmt.Errorf("chain: %w", err))
+	if n.Chain != nil {
+		if err := n.Chain.Close(ctx); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)

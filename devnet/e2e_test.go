@@ -102,7 +102,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 func (e *e2e) balance(addr sdk.AccAddress) int64 {
 	e.t.Helper()
-	res, err := banktypes.NewQueryClient(e.nw.Node.Conn()).Balance(e.ctx, &banktypes.QueryBalanceRequest{Address: addr.String(), Denom: chain.Denom})
+	res, err := banktypes.NewQueryClient(e.nw.Chain.Conn()).Balance(e.ctx, &banktypes.QueryBalanceRequest{Address: addr.String(), Denom: chain.Denom})
 	require.NoError(e.t, err)
 	return res.Balance.Amount.Int64()
 }
@@ -208,15 +208,15 @@ type settled struct {
 func (e *e2e) readSettlement(id uint64, hash string) settled {
 	e.t.Helper()
 	require.NotEmpty(e.t, hash, "escrow %d has no settlement tx recorded", id)
-	esc, err := devshardtypes.NewQueryClient(e.nw.Node.Conn()).Escrow(e.ctx, &devshardtypes.QueryEscrowRequest{Id: id})
+	esc, err := devshardtypes.NewQueryClient(e.nw.Chain.Conn()).Escrow(e.ctx, &devshardtypes.QueryEscrowRequest{Id: id})
 	require.NoError(e.t, err)
 	require.Equal(e.t, devshardtypes.EscrowSettled, esc.Escrow.Status)
-	res, err := txtypes.NewServiceClient(e.nw.Node.Conn()).GetTx(e.ctx, &txtypes.GetTxRequest{Hash: hash})
+	res, err := txtypes.NewServiceClient(e.nw.Chain.Conn()).GetTx(e.ctx, &txtypes.GetTxRequest{Hash: hash})
 	require.NoError(e.t, err)
 	var m *devshardtypes.MsgSettleEscrow
 	for _, any := range res.Tx.Body.Messages {
 		var msg sdk.Msg
-		require.NoError(e.t, e.nw.Node.Encoding.InterfaceRegistry.UnpackAny(any, &msg))
+		require.NoError(e.t, e.nw.Chain.Encoding.InterfaceRegistry.UnpackAny(any, &msg))
 		if s, ok := msg.(*devshardtypes.MsgSettleEscrow); ok {
 			m = s
 		}
@@ -260,7 +260,7 @@ func (e *e2e) checkBooks(before balances, charged uint64, ss []settled) {
 		require.Equal(e.t, int64(toHost[a]), after.hosts[i]-before.hosts[i], "%s received its costs plus its fee share", h.Name)
 	}
 	require.Equal(e.t, int64(len(e.nw.Hosts)*Collateral), after.module, "the module account holds the collateral alone")
-	cons, err := devshardtypes.NewQueryClient(e.nw.Node.Conn()).Conservation(e.ctx, &devshardtypes.QueryConservationRequest{})
+	cons, err := devshardtypes.NewQueryClient(e.nw.Chain.Conn()).Conservation(e.ctx, &devshardtypes.QueryConservationRequest{})
 	require.NoError(e.t, err)
 	require.Equal(e.t, cons.Balance, cons.Owed)
 }
@@ -327,14 +327,14 @@ func TestEndToEnd(t *testing.T) {
 		// A gateway whose account cannot lock an escrow answers 429 insufficient_quota, as OpenAI does.
 		poorKey := secp256k1.GenPrivKey()
 		poor := sdk.AccAddress(poorKey.PubKey().Address())
-		_, err := e.nw.Node.TxClient().Send(e.ctx, e.nw.Node.Validator.Key,
-			banktypes.NewMsgSend(e.nw.Node.Validator.Address, poor, sdk.NewCoins(sdk.NewCoin(chain.Denom, sdkmath.NewInt(5_000)))))
+		_, err := e.nw.Chain.TxClient().Send(e.ctx, e.nw.Chain.Funder.Key,
+			banktypes.NewMsgSend(e.nw.Chain.Funder.Address, poor, sdk.NewCoins(sdk.NewCoin(chain.Denom, sdkmath.NewInt(5_000)))))
 		require.NoError(t, err)
 		key, err := signing.PrivKeyFromBytes(poorKey.Key)
 		require.NoError(t, err)
 		api, secret := gateway.NewAPIKey("poor")
-		d, err := gateway.Open(e.ctx, gateway.DaemonConfig{Listen: "127.0.0.1:0", Home: t.TempDir(), ChainGRPC: e.nw.Node.GRPCAddress,
-			ChainRPC: e.nw.Node.RPCAddress, ChainID: e.nw.Node.ChainID, Key: key, Keys: []gateway.APIKey{api}})
+		d, err := gateway.Open(e.ctx, gateway.DaemonConfig{Listen: "127.0.0.1:0", Home: t.TempDir(), ChainGRPC: e.nw.Chain.Nodes[0].GRPC,
+			ChainRPC: e.nw.Chain.Nodes[0].RPC, ChainID: e.nw.Chain.ChainID, Key: key, Keys: []gateway.APIKey{api}})
 		require.NoError(t, err)
 		defer d.Close(e.ctx)
 		_, err = NewClient(d.URL(), secret).Post(e.ctx, []byte(ok), false)
@@ -486,7 +486,7 @@ func TestEndToEnd(t *testing.T) {
 		require.Len(t, views, 1)
 		id := views[0].ID
 		e.nw.Gateway.Halt() // the gateway goes away without settling
-		q := devshardtypes.NewQueryClient(e.nw.Node.Conn())
+		q := devshardtypes.NewQueryClient(e.nw.Chain.Conn())
 		var last string
 		isSettled := func() bool {
 			qctx, cancel := context.WithTimeout(e.ctx, 5*time.Second)
@@ -521,7 +521,7 @@ func TestEndToEnd(t *testing.T) {
 // logPay logs where epoch's pay stands: its state and each host's
 // summary, for a run that fails on the books.
 func (e *e2e) logPay(epoch uint64) {
-	q := devshardtypes.NewQueryClient(e.nw.Node.Conn())
+	q := devshardtypes.NewQueryClient(e.nw.Chain.Conn())
 	if ep, err := q.Epoch(e.ctx, &devshardtypes.QueryEpochRequest{Id: epoch}); err == nil {
 		e.t.Logf("epoch %d: %s", epoch, ep.Epoch.State)
 	}
@@ -540,7 +540,7 @@ func (e *e2e) logPay(epoch uint64) {
 // window (the window's close pays that one in an end block, outside any tx).
 func (e *e2e) settleTx(id uint64) string {
 	e.t.Helper()
-	svc := txtypes.NewServiceClient(e.nw.Node.Conn())
+	svc := txtypes.NewServiceClient(e.nw.Chain.Conn())
 	for _, event := range []string{"EventEscrowSettled", "EventSettlementPending"} {
 		for _, q := range []string{
 			fmt.Sprintf("devshard.devshard.v1.%s.escrow_id='\"%d\"'", event, id),
@@ -560,7 +560,7 @@ func (e *e2e) settleTx(id uint64) string {
 // one escrow throughout has a whole epoch before the gateway settles it.
 func (e *e2e) waitEpochStart() {
 	e.t.Helper()
-	q := devshardtypes.NewQueryClient(e.nw.Node.Conn())
+	q := devshardtypes.NewQueryClient(e.nw.Chain.Conn())
 	cur := func() uint64 {
 		res, err := q.CurrentEpoch(e.ctx, &devshardtypes.QueryCurrentEpochRequest{})
 		require.NoError(e.t, err)
@@ -591,7 +591,7 @@ func (e *e2e) hostAt(url string) *Host {
 }
 
 func (e *e2e) holds(h *Host, escrow uint64) bool {
-	res, err := devshardtypes.NewQueryClient(e.nw.Node.Conn()).Escrow(e.ctx, &devshardtypes.QueryEscrowRequest{Id: escrow})
+	res, err := devshardtypes.NewQueryClient(e.nw.Chain.Conn()).Escrow(e.ctx, &devshardtypes.QueryEscrowRequest{Id: escrow})
 	require.NoError(e.t, err)
 	for _, a := range res.Escrow.Snapshot.Group {
 		if sdk.AccAddress(a).Equals(h.Account) {
@@ -634,7 +634,7 @@ func (e *e2e) audience(h *Host) httpauth.Audience {
 	e.t.Helper()
 	a, err := signing.AddressFromBytes(h.Account)
 	require.NoError(e.t, err)
-	return httpauth.Audience{ChainID: e.nw.Node.ChainID, Host: a}
+	return httpauth.Audience{ChainID: e.nw.Chain.ChainID, Host: a}
 }
 
 func jsonDecode(resp *http.Response, v any) error { return json.NewDecoder(resp.Body).Decode(v) }

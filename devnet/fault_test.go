@@ -306,7 +306,7 @@ func (e *e2e) audit(before balances, recs []loadRecord) {
 	}
 	require.NoError(e.t, e.nw.Gateway.Gateway.SettleAll(e.ctx))
 
-	q := devshardtypes.NewQueryClient(e.nw.Node.Conn())
+	q := devshardtypes.NewQueryClient(e.nw.Chain.Conn())
 	var ss []settled
 	for id := uint64(1); ; id++ {
 		res, err := q.Escrow(e.ctx, &devshardtypes.QueryEscrowRequest{Id: id})

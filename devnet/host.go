@@ -14,7 +14,6 @@ import (
 
 	sdk "github.com/cosmos/cosmos-sdk/types"
 
-	"github.com/devshard/devshard/chain/node"
 	"github.com/devshard/devshard/keys"
 	"github.com/devshard/devshard/signing"
 )
@@ -42,8 +41,8 @@ type Host struct {
 	stopped bool // Stop was called: do not restart
 }
 
-func newHost(cfg Config, i int, hs hostSetup, n *node.Node, pg *pgServer) (*Host, error) {
-	acct := n.Accounts[i]
+func newHost(cfg Config, i int, hs hostSetup, c *Chain, pg *pgServer) (*Host, error) {
+	acct := c.Accounts[i]
 	k, err := signing.PrivKeyFromBytes(acct.Key.Key)
 	if err != nil {
 		return nil, err
@@ -63,8 +62,9 @@ func newHost(cfg Config, i int, hs hostSetup, n *node.Node, pg *pgServer) (*Host
 			return nil, err
 		}
 	}
+	chainGRPC, chainRPC := c.endpoints(i)
 	h.args = []string{"host", "--home", h.Home, "--listen", hs.Listen,
-		"--chain-rpc", "http://" + trimScheme(n.RPCAddress), "--chain-grpc", n.GRPCAddress,
+		"--chain-rpc", chainRPC, "--chain-grpc", chainGRPC,
 		"--storage-driver", string(cfg.Storage), "--storage-synchronous", cfg.Synchronous,
 		"--executor-think-time", cfg.ThinkTime.String()}
 	// Only the devnet says where a host stores: none of the operator's PG*
@@ -80,6 +80,19 @@ func newHost(cfg Config, i int, hs hostSetup, n *node.Node, pg *pgServer) (*Host
 		h.args = append(h.args, cfg.HostArgs(i)...)
 	}
 	return h, nil
+}
+
+// UseChain points the host at other chain endpoints (comma-separated
+// lists, as its --chain-grpc and --chain-rpc take) from its next Start.
+func (h *Host) UseChain(grpc, rpc string) {
+	for i := 0; i+1 < len(h.args); i++ {
+		switch h.args[i] {
+		case "--chain-grpc":
+			h.args[i+1] = grpc
+		case "--chain-rpc":
+			h.args[i+1] = rpc
+		}
+	}
 }
 
 func trimScheme(addr string) string {

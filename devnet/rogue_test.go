@@ -40,11 +40,11 @@ var rogueAccount = node.Account{Name: "rogue", Coins: coins(GatewayFunds)}
 // newRogue opens an escrow of amount from the rogue's account.
 func newRogue(t *testing.T, e *e2e, amount uint64) *rogue {
 	t.Helper()
-	acct := e.nw.Node.Accounts[len(e.nw.Hosts)+1]
+	acct := e.nw.Chain.Accounts[len(e.nw.Hosts)+1]
 	require.Equal(t, rogueAccount.Name, acct.Name)
 	key, err := signing.PrivKeyFromBytes(acct.Key.Key)
 	require.NoError(t, err)
-	c, err := chainclient.Dial(chainclient.Config{GRPC: e.nw.Node.GRPCAddress, ChainID: e.nw.Node.ChainID, Key: key})
+	c, err := chainclient.Dial(chainclient.Config{GRPC: e.nw.Chain.Nodes[0].GRPC, ChainID: e.nw.Chain.ChainID, Key: key})
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = c.Close() })
 	snap, err := c.CreateEscrow(e.ctx, amount)

@@ -17,9 +17,10 @@ import (
 
 func newDevnetCommand() *cobra.Command {
 	var (
-		home    string
-		hosts   int
-		demo    int
+		home       string
+		hosts      int
+		validators int
+		demo       int
 		storage = devnet.StorageSQLite
 	)
 	cmd := &cobra.Command{
@@ -35,6 +36,11 @@ writes <home>/devnet.json with every endpoint and the gateway's API key.
 Ctrl-C shuts it down cleanly (the gateway settles its open escrows first);
 running it again on the same --home resumes the same network.
 
+--validators N runs the chain as N validator processes instead (each a
+'devshard chain start' with its own home under <home>/chain, peers over
+loopback, bonded at genesis); the hosts and the gateway spread over the
+nodes and fail over to the others. See docs/chain.md.
+
 --storage picks where the hosts keep their sessions: sqlite (each host's
 home), postgres, or hybrid (Postgres with a SQLite fallback). For the last
 two the devnet uses the cluster the PG* variables name if PGHOST is set,
@@ -49,7 +55,7 @@ back from the chain, and exits.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			out := cmd.OutOrStdout()
-			n, err := devnet.Start(ctx, devnet.Config{Home: home, Hosts: hosts, Storage: storage, Supervise: true, Progress: out})
+			n, err := devnet.Start(ctx, devnet.Config{Home: home, Hosts: hosts, Validators: validators, Storage: storage, Supervise: true, Progress: out})
 			if err != nil {
 				return err
 			}
@@ -77,6 +83,7 @@ back from the chain, and exits.`,
 	}
 	cmd.Flags().StringVar(&home, "home", "", "directory for the whole network (default ~/.devshard/devnet)")
 	cmd.Flags().IntVar(&hosts, "hosts", 3, "number of hosts")
+	cmd.Flags().IntVar(&validators, "validators", 1, "number of chain validators; more than 1 runs each as a child process (fixed for a home)")
 	cmd.Flags().Var(&storage, "storage", "where the hosts keep their sessions: sqlite, postgres or hybrid (fixed for a home)")
 	cmd.Flags().IntVar(&demo, "demo", 0, "send N requests, settle, wait for the claims, print a ledger and exit")
 	return cmd
@@ -84,7 +91,14 @@ back from the chain, and exits.`,
 
 func printEndpoints(out io.Writer, n *devnet.Network) {
 	i := n.Info
-	fmt.Fprintf(out, "\nendpoints:\n  gateway  %s  (OpenAI-compatible; API key %s)\n  status   %s/status  (a page that refreshes itself; or: devshard gateway status --url %s)\n  chain    rpc %s  grpc %s  rest %s  (chain id %s)\n", i.Gateway.URL, i.Gateway.APIKey, i.Gateway.URL, i.Gateway.URL, i.RPC, i.GRPC, i.REST, i.ChainID)
+	fmt.Fprintf(out, "\nendpoints:\n  gateway  %s  (OpenAI-compatible; API key %s)\n  status   %s/status  (a page that refreshes itself; or: devshard gateway status --url %s)\n", i.Gateway.URL, i.Gateway.APIKey, i.Gateway.URL, i.Gateway.URL)
+	for _, nd := range i.Nodes {
+		role := "validator"
+		if !nd.Validator {
+			role = "full node"
+		}
+		fmt.Fprintf(out, "  chain    %s (%s)  rpc %s  grpc %s  rest %s  (chain id %s)\n", nd.Name, role, nd.RPC, nd.GRPC, nd.REST, i.ChainID)
+	}
 	if pg := i.Postgres; pg != nil {
 		where := "the operator's cluster, from PGHOST"
 		if pg.Own {
