@@ -47,7 +47,7 @@ func TestBenchJobsRefusesEmptySizes(t *testing.T) {
 
 func TestPercentile(t *testing.T) {
 	t.Parallel()
-	ms := func(v ...int) []time.Duration {
+	millis := func(v ...int) []time.Duration {
 		out := make([]time.Duration, len(v))
 		for i, x := range v {
 			out[i] = time.Duration(x) * time.Millisecond
@@ -64,10 +64,10 @@ func TestPercentile(t *testing.T) {
 		p      float64
 		want   time.Duration
 	}{
-		{"one sample is every percentile", ms(7), 0.99, 7 * time.Millisecond},
-		{"p50 of four is the second", ms(1, 2, 3, 4), 0.50, 2 * time.Millisecond},
-		{"p99 of 100 is the 99th", ms(hundred...), 0.99, 99 * time.Millisecond},
-		{"p99 of 3 is the largest", ms(1, 2, 3), 0.99, 3 * time.Millisecond},
+		{"one sample is every percentile", millis(7), 0.99, 7 * time.Millisecond},
+		{"p50 of four is the second", millis(1, 2, 3, 4), 0.50, 2 * time.Millisecond},
+		{"p99 of 100 is the 99th", millis(hundred...), 0.99, 99 * time.Millisecond},
+		{"p99 of 3 is the largest", millis(1, 2, 3), 0.99, 3 * time.Millisecond},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
