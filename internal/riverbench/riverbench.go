@@ -155,6 +155,9 @@ func Work(ctx context.Context, cfg Config, n int, timeout time.Duration) (Times,
 	for done := 0; done < n; done++ {
 		select {
 		case e := <-events:
+			if e == nil {
+				return Times{}, fmt.Errorf("river: the client closed its events after %d of %d jobs completed", done, n)
+			}
 			if e.Kind != river.EventKindJobCompleted {
 				return Times{}, fmt.Errorf("river: job %d ended %s, not completed", e.Job.ID, e.Kind)
 			}
