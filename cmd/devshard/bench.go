@@ -24,7 +24,7 @@ lines say '(target none)'). 'bench gateway' also sets the gateway beside a plain
 reverse proxy measured in the same run ('ROUND' and 'VERSUS_PROXY' lines).
 docs/BENCHMARKS.md records the results.`,
 	}
-	cmd.AddCommand(newBenchProtocolCommand(), newBenchStoreCommand(), newBenchSchedulerCommand(), newBenchGatewayCommand(), newBenchHostCommand())
+	cmd.AddCommand(newBenchProtocolCommand(), newBenchStoreCommand(), newBenchSchedulerCommand(), newBenchGatewayCommand(), newBenchHostCommand(), newBenchJobsCommand())
 	return cmd
 }
 
@@ -105,8 +105,11 @@ func benchProtocol(out, progress io.Writer, rounds int) error {
 // what is judged.
 func ratio(out io.Writer, name string, v float64, op string, target float64) {
 	ok := v <= target
-	if op == "<" {
+	switch op {
+	case "<":
 		ok = v < target
+	case ">=":
+		ok = v >= target
 	}
 	verdict := "MEETS"
 	if !ok {
