@@ -217,7 +217,9 @@ func (s *Sender) wait(ctx context.Context, hash string) (*sdk.TxResponse, error)
 			return r, nil
 		case code == codes.Unavailable:
 			lastErr = err
-		case code != codes.NotFound && ctx.Err() == nil:
+		case code == codes.DeadlineExceeded || code == codes.Canceled:
+			// The wait's end, told by gRPC a moment before ctx tells it.
+		case code != codes.NotFound:
 			return nil, fmt.Errorf("looking up tx %s: %w", hash, err)
 		}
 		select {
