@@ -29,7 +29,9 @@ func (f *fakeBlocks) GetLatestBlock(context.Context, *cmtservice.GetLatestBlockR
 
 // fakeTxs is a fake chain node's tx service that never finds a tx: the
 // node that took it went away before any block included it.
-type fakeTxs struct{ txtypes.UnimplementedServiceServer }
+type fakeTxs struct {
+	txtypes.UnimplementedServiceServer
+}
 
 func (*fakeTxs) GetTx(context.Context, *txtypes.GetTxRequest) (*txtypes.GetTxResponse, error) {
 	return nil, status.Error(codes.NotFound, "tx not found")

@@ -13,16 +13,16 @@ const statusMinutes = 10
 // 'devshard gateway status' show: the escrows, the hosts, and the
 // requests of the last minutes.
 type Status struct {
-	Address  string       `json:"address"`
-	Version  string       `json:"version"`
-	Ready    bool         `json:"ready"`
-	Reason   string       `json:"reason,omitempty"` // why not ready
-	InFlight int          `json:"requests_in_flight"`
+	Address  string `json:"address"`
+	Version  string `json:"version"`
+	Ready    bool   `json:"ready"`
+	Reason   string `json:"reason,omitempty"` // why not ready
+	InFlight int    `json:"requests_in_flight"`
 	// Chain is the chain's latest block as the gateway last saw it; nil
 	// until the chain first answered.
 	Chain   *ChainStatus `json:"chain,omitempty"`
 	Escrows []EscrowView `json:"escrows"`
-	Hosts    []HostStatus `json:"hosts"`
+	Hosts   []HostStatus `json:"hosts"`
 	// Minutes are the last minutes, oldest first; the last one is the
 	// minute under way.
 	Minutes []MinuteStatus `json:"minutes"`
