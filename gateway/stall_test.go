@@ -22,8 +22,8 @@ func TestReadyzSaysTheChainMakesNoBlocks(t *testing.T) {
 	last := time.Now().Add(-42 * time.Second)
 	b.chain.halt(1234, last)
 	require.Equal(t, http.StatusServiceUnavailable, getJSON(t, srv.URL, "/readyz", &body))
-	require.Equal(t, "the chain has made no block for 42s (last height 1234 at "+last.UTC().Format("15:04:05")+
-		" UTC): its validators may have lost their quorum; requests on open escrows are still served and settlements wait until it resumes", body.Status)
+	require.Regexp(t, `^the chain has made no block for 4\ds \(last height 1234 at `+last.UTC().Format("15:04:05")+
+		` UTC\): its validators may have lost their quorum; requests on open escrows are still served and settlements wait until it resumes$`, body.Status)
 
 	var s Status
 	require.Equal(t, http.StatusOK, getJSON(t, srv.URL, "/status.json", &s))
@@ -58,8 +58,8 @@ func TestANewEscrowIsRefusedAtOnceWhileTheChainMakesNoBlocks(t *testing.T) {
 	require.Equal(t, "server_error", e.Error.Type)
 	require.Equal(t, "service_unavailable", *e.Error.Code)
 	require.Less(t, took, 2*time.Second, "refused at once, not after a tx's wait")
-	require.Equal(t, "The chain has made no block for 1m0s (last height 77 at "+last.UTC().Format("15:04:05")+
-		" UTC): its validators may have lost their quorum; no new escrow can be opened until it resumes, and this request needs one.", e.Error.Message)
+	require.Regexp(t, `^The chain has made no block for 1m\ds \(last height 77 at `+last.UTC().Format("15:04:05")+
+		` UTC\): its validators may have lost their quorum; no new escrow can be opened until it resumes, and this request needs one\.$`, e.Error.Message)
 	require.Zero(t, b.chain.createdCount())
 
 	c := open.complete(t, ask(2))
