@@ -253,7 +253,8 @@ func (g *grantCache) MayActFor(holder, signer signing.Address, kind session.Kind
 
 // FollowEpochs calls fn with the current epoch now and whenever it changes,
 // until ctx ends. It learns of new blocks from CometBFT's websocket and,
-// while that is down, polls every poll interval; it reconnects on its own.
+// while that is down, polls every poll interval; a subscription that drops
+// is made again on the next RPC endpoint.
 // A block below the current epoch's end height cannot have changed the
 // epoch, so it costs no query: the chain is asked about once per epoch,
 // and on every poll.
@@ -286,6 +287,7 @@ func (c *Client) FollowEpochs(ctx context.Context, poll time.Duration, fn func(e
 		if err != nil {
 			c.log.Warn("block subscription failed; polling", "err", err)
 		}
+		made := time.Now()
 		ticker := time.NewTicker(poll)
 	loop:
 		for {
@@ -311,6 +313,15 @@ func (c *Client) FollowEpochs(ctx context.Context, poll time.Duration, fn func(e
 		ticker.Stop()
 		if stop != nil {
 			stop()
+			if ctx.Err() == nil {
+				c.log.Info("block subscription dropped; subscribing on the next RPC endpoint")
+			}
+		}
+		// A node that takes subscriptions and drops them at once is not
+		// asked again at once.
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second - time.Since(made)):
 		}
 	}
 	return ctx.Err()
