@@ -1,23 +1,33 @@
 // Package chainclient is how hosts and gateways talk to the chain. It reads
-// epochs, warm-key grants, escrows and participants over gRPC, and new
-// blocks over CometBFT's websocket, reconnecting when the node goes away;
-// given the account's key it also sends the account's txs (escrows,
-// settlements, reward claims) and tells why the chain refused one by the
-// tx's code.
+// epochs, warm-key grants, escrows, participants and the latest block over
+// gRPC, and new blocks over CometBFT's websocket; given the account's key it
+// also sends the account's txs (escrows, settlements, reward claims) and
+// tells why the chain refused one by the tx's code.
+//
+// A chain is a network of validators, so the client may be given several
+// nodes. Every gRPC call goes over one connection to the first node that
+// answers (gRPC's pick-first policy), and to the next once that one stops:
+// a call in flight when its node dies fails, the next goes elsewhere. The
+// block subscription and the chain id are asked of the RPC endpoints in
+// turn, and a subscription that drops is made again on the next one.
 package chainclient
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"cosmossdk.io/core/address"
+	cmtjson "github.com/cometbft/cometbft/libs/json"
 	rpchttp "github.com/cometbft/cometbft/rpc/client/http"
 	coretypes "github.com/cometbft/cometbft/rpc/core/types"
+	jsonrpcclient "github.com/cometbft/cometbft/rpc/jsonrpc/client"
 	cmttypes "github.com/cometbft/cometbft/types"
+	"github.com/cosmos/cosmos-sdk/client/grpc/cmtservice"
 	addresscodec "github.com/cosmos/cosmos-sdk/codec/address"
 	"github.com/cosmos/cosmos-sdk/crypto/keys/secp256k1"
 	sdk "github.com/cosmos/cosmos-sdk/types"
@@ -26,6 +36,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/grpc/status"
 
 	"github.com/devshard/devshard/chaincfg"
@@ -34,13 +46,14 @@ import (
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
 
-// Client reads one chain node and, with a key, sends to it.
+// Client reads the chain through its nodes and, with a key, sends to it.
 type Client struct {
 	conn   *grpc.ClientConn
 	query  devshardtypes.QueryClient
 	bank   banktypes.QueryClient
 	txs    txtypes.ServiceClient
-	rpc    string
+	blocks cmtservice.ServiceClient
+	rpc    []string // CometBFT RPC endpoints, in the order they are tried
 	addrs  address.Codec
 	log    *slog.Logger
 	grants *grantCache
@@ -52,14 +65,21 @@ type Client struct {
 	senderMu sync.Mutex
 	sender   *Sender // made at the first send
 
-	epochQueries atomic.Int64 // CurrentEpoch queries sent, read by tests
+	// subscriptions counts block subscriptions made; the next one starts at
+	// the RPC endpoint after the last one's, so a dropped one moves on.
+	subscriptions atomic.Uint64
+	epochQueries  atomic.Int64 // CurrentEpoch queries sent, read by tests
 }
 
-// Config names the node to talk to and, to send, the account's key.
+// Config names the nodes to talk to and, to send, the account's key.
 type Config struct {
-	// GRPC is the node's gRPC address, host:port.
+	// GRPC is the nodes' gRPC addresses, host:port, comma-separated, in
+	// the order they are tried (ParseGRPC).
 	GRPC string
-	// RPC is CometBFT's RPC, e.g. http://127.0.0.1:26657 or tcp://…
+	// RPC is the nodes' CometBFT RPC endpoints, e.g.
+	// http://127.0.0.1:26657 or tcp://…, comma-separated, in the order they
+	// are tried (ParseRPC); empty: none, so no block subscription (epochs
+	// are polled) and no chain id asked.
 	RPC string
 	// GrantTTL is how long a warm-key answer is cached (default 30s).
 	GrantTTL time.Duration
@@ -73,13 +93,19 @@ type Config struct {
 	ChainID string
 }
 
-// Dial connects to the node's gRPC endpoint. The connection is lazy: a node
-// that is down makes calls fail, not Dial.
+// Dial connects to the nodes' gRPC endpoints. The connection is lazy: a
+// node that is down makes calls fail, not Dial. A malformed endpoint is an
+// error naming it.
 func Dial(cfg Config) (*Client, error) {
-	if cfg.GRPC == "" {
-		return nil, fmt.Errorf("chain client: a gRPC address is required")
+	grpcs, err := ParseGRPC(cfg.GRPC)
+	if err != nil {
+		return nil, fmt.Errorf("chain client: %w", err)
 	}
-	conn, err := grpc.NewClient(cfg.GRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	rpcs, err := ParseRPC(cfg.RPC)
+	if err != nil {
+		return nil, fmt.Errorf("chain client: %w", err)
+	}
+	conn, err := dialGRPC(grpcs)
 	if err != nil {
 		return nil, fmt.Errorf("chain client: gRPC %s: %w", cfg.GRPC, err)
 	}
@@ -93,9 +119,10 @@ func Dial(cfg Config) (*Client, error) {
 	c := &Client{
 		conn:    conn,
 		query:   devshardtypes.NewQueryClient(conn),
-		rpc:     cfg.RPC,
+		rpc:     rpcs,
 		bank:    banktypes.NewQueryClient(conn),
 		txs:     txtypes.NewServiceClient(conn),
+		blocks:  cmtservice.NewServiceClient(conn),
 		addrs:   addresscodec.NewBech32Codec(chaincfg.AccountAddressPrefix),
 		log:     cfg.Logger,
 		chainID: cfg.ChainID,
@@ -106,6 +133,20 @@ func Dial(cfg Config) (*Client, error) {
 	}
 	c.grants = &grantCache{ttl: cfg.GrantTTL, entries: map[grantKey]grantEntry{}, lookup: c.mayActFor}
 	return c, nil
+}
+
+// dialGRPC makes one connection over addrs with gRPC's pick-first policy
+// (its default): it connects to the first address that answers and, once
+// that node stops, to the first that answers again. The resolver is this
+// connection's own, so clients never share addresses.
+func dialGRPC(addrs []string) (*grpc.ClientConn, error) {
+	r := manual.NewBuilderWithScheme("chainclient")
+	state := resolver.State{}
+	for _, a := range addrs {
+		state.Addresses = append(state.Addresses, resolver.Address{Addr: a})
+	}
+	r.InitialState(state)
+	return grpc.NewClient(r.Scheme()+":///chain", grpc.WithResolvers(r), grpc.WithTransportCredentials(insecure.NewCredentials()))
 }
 
 // Close releases the gRPC connection.
@@ -212,7 +253,8 @@ func (g *grantCache) MayActFor(holder, signer signing.Address, kind session.Kind
 
 // FollowEpochs calls fn with the current epoch now and whenever it changes,
 // until ctx ends. It learns of new blocks from CometBFT's websocket and,
-// while that is down, polls every poll interval; it reconnects on its own.
+// while that is down, polls every poll interval; a subscription that drops
+// is made again on the next RPC endpoint.
 // A block below the current epoch's end height cannot have changed the
 // epoch, so it costs no query: the chain is asked about once per epoch,
 // and on every poll.
@@ -243,8 +285,9 @@ func (c *Client) FollowEpochs(ctx context.Context, poll time.Duration, fn func(e
 	for ctx.Err() == nil {
 		blocks, stop, err := c.subscribeBlocks(ctx)
 		if err != nil {
-			c.log.Warn("block subscription failed; polling", "rpc", c.rpc, "err", err)
+			c.log.Warn("block subscription failed; polling", "err", err)
 		}
+		made := time.Now()
 		ticker := time.NewTicker(poll)
 	loop:
 		for {
@@ -270,6 +313,15 @@ func (c *Client) FollowEpochs(ctx context.Context, poll time.Duration, fn func(e
 		ticker.Stop()
 		if stop != nil {
 			stop()
+			if ctx.Err() == nil {
+				c.log.Info("block subscription dropped; subscribing on the next RPC endpoint")
+			}
+		}
+		// A node that takes subscriptions and drops them at once is not
+		// asked again at once.
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second - time.Since(made)):
 		}
 	}
 	return ctx.Err()
@@ -277,28 +329,104 @@ func (c *Client) FollowEpochs(ctx context.Context, poll time.Duration, fn func(e
 
 // subscribeBlocks opens a websocket subscription to new block headers: the
 // header is all a block's arrival needs to say, and a whole block's event
-// (its txs and results) costs every follower a large decode per block. A
-// nil channel (with an error) means polling only.
+// (its txs and results) costs every follower a large decode per block. It
+// tries the RPC endpoints in turn, from the one after the last
+// subscription's, so a subscription that dropped is made again on the next
+// node. A nil channel (with an error) means polling only.
 func (c *Client) subscribeBlocks(ctx context.Context) (<-chan coretypes.ResultEvent, func(), error) {
-	if c.rpc == "" {
+	if len(c.rpc) == 0 {
 		return nil, nil, fmt.Errorf("no CometBFT RPC configured")
 	}
-	ws, err := rpchttp.New(c.rpc, "/websocket")
+	var errs []string
+	for range c.rpc {
+		at := c.rpc[(c.subscriptions.Add(1)-1)%uint64(len(c.rpc))]
+		ch, stop, err := subscribeAt(ctx, at)
+		if err == nil {
+			c.log.Debug("subscribed to new blocks", "rpc", at)
+			return ch, stop, nil
+		}
+		errs = append(errs, fmt.Sprintf("%s: %v", at, err))
+	}
+	return nil, nil, fmt.Errorf("no CometBFT RPC endpoint took the block subscription (%s)", strings.Join(errs, "; "))
+}
+
+// The block subscription's websocket pings its node every wsPing, so that
+// a node gone away is noticed within a ping or two even while the chain
+// makes no blocks.
+const (
+	wsPing      = time.Second
+	wsWriteWait = 5 * time.Second
+)
+
+// subscribeAt subscribes to new block headers at one RPC endpoint. The
+// channel closes when the subscription drops: the connection broke and one
+// redial failed, the node answered with an error, or a redial succeeded
+// (the node no longer holds the subscription). CometBFT's own events
+// client reconnects for minutes and never closes its channel, so a follower
+// could not tell a dead node from a halted chain; this one tells.
+func subscribeAt(ctx context.Context, remote string) (<-chan coretypes.ResultEvent, func(), error) {
+	lost := make(chan struct{})
+	var once sync.Once
+	ws, err := jsonrpcclient.NewWS(remote, "/websocket",
+		jsonrpcclient.MaxReconnectAttempts(0),
+		jsonrpcclient.OnReconnect(func() { once.Do(func() { close(lost) }) }),
+		jsonrpcclient.PingPeriod(wsPing), jsonrpcclient.WriteWait(wsWriteWait))
 	if err != nil {
 		return nil, nil, err
 	}
 	if err := ws.Start(); err != nil {
 		return nil, nil, err
 	}
-	ch, err := ws.Subscribe(ctx, "devshard-chainclient", cmttypes.EventQueryNewBlockHeader.String(), 16)
-	if err != nil {
+	if err := ws.Subscribe(ctx, cmttypes.EventQueryNewBlockHeader.String()); err != nil {
 		_ = ws.Stop()
 		return nil, nil, err
 	}
-	return ch, func() {
-		_ = ws.UnsubscribeAll(context.Background(), "devshard-chainclient")
+	out := make(chan coretypes.ResultEvent, 16)
+	done := make(chan struct{})
+	go func() {
+		defer close(out)
+		for {
+			select {
+			case resp, ok := <-ws.ResponsesCh:
+				if !ok || resp.Error != nil {
+					return
+				}
+				var ev coretypes.ResultEvent
+				if err := cmtjson.Unmarshal(resp.Result, &ev); err != nil || ev.Query == "" {
+					continue // the answer to the subscribe call itself
+				}
+				select {
+				case out <- ev:
+				default: // a slow follower misses a header, and polls
+				}
+			case <-lost:
+				return
+			case <-done:
+				return
+			}
+		}
+	}()
+	return out, func() {
+		close(done)
 		_ = ws.Stop()
 	}, nil
+}
+
+// LatestBlock is the height and time of the latest block the node in use
+// has. A chain whose latest block grows old has stopped making blocks
+// (Stalled says so in a sentence).
+func (c *Client) LatestBlock(ctx context.Context) (int64, time.Time, error) {
+	res, err := c.blocks.GetLatestBlock(ctx, &cmtservice.GetLatestBlockRequest{})
+	if err != nil {
+		return 0, time.Time{}, fmt.Errorf("query latest block: %w", err)
+	}
+	if b := res.SdkBlock; b != nil {
+		return b.Header.Height, b.Header.Time, nil
+	}
+	if b := res.Block; b != nil { // a node from before sdk_block
+		return b.Header.Height, b.Header.Time, nil
+	}
+	return 0, time.Time{}, fmt.Errorf("query latest block: the node answered without a block")
 }
 
 // Escrow returns an escrow as the chain holds it. A missing escrow is an
@@ -314,20 +442,27 @@ func (c *Client) Escrow(ctx context.Context, id uint64) (*devshardtypes.Escrow, 
 	return &resp.Escrow, nil
 }
 
-// ChainID asks the node's CometBFT RPC which chain it runs, for signing txs.
+// ChainID asks the nodes' CometBFT RPC which chain they run, for signing
+// txs: each endpoint in turn until one answers.
 func (c *Client) ChainID(ctx context.Context) (string, error) {
-	if c.rpc == "" {
+	if len(c.rpc) == 0 {
 		return "", fmt.Errorf("chain id: no CometBFT RPC configured")
 	}
-	cli, err := rpchttp.New(c.rpc, "/websocket")
-	if err != nil {
-		return "", err
+	var errs []string
+	for _, at := range c.rpc {
+		cli, err := rpchttp.New(at, "/websocket")
+		if err == nil {
+			var st *coretypes.ResultStatus
+			if st, err = cli.Status(ctx); err == nil {
+				return st.NodeInfo.Network, nil
+			}
+		}
+		errs = append(errs, fmt.Sprintf("status of %s: %v", at, err))
+		if ctx.Err() != nil {
+			break
+		}
 	}
-	st, err := cli.Status(ctx)
-	if err != nil {
-		return "", fmt.Errorf("chain id: status of %s: %w", c.rpc, err)
-	}
-	return st.NodeInfo.Network, nil
+	return "", fmt.Errorf("chain id: %s", strings.Join(errs, "; "))
 }
 
 // Unclaimed lists the performance summaries of account that can be claimed

@@ -24,6 +24,10 @@ var (
 	ErrExpired = errors.New("escrow expired")
 	// ErrNoEscrow is an escrow id the chain does not know.
 	ErrNoEscrow = errors.New("no such escrow on chain")
+	// ErrNotIncluded is a tx that was sent but that no block included
+	// within the sender's wait: the node that took it went away, or the
+	// chain makes no blocks. It may still land.
+	ErrNotIncluded = errors.New("no block included it")
 	// ErrReadOnly is a send from a client configured without a key.
 	ErrReadOnly = errors.New("the chain client has no key to send with")
 )

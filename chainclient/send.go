@@ -3,6 +3,7 @@ package chainclient
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -31,6 +32,8 @@ type Sender struct {
 	conn     grpc.ClientConnInterface
 	chainID  string
 	txConfig client.TxConfig
+	// inclusion bounds the wait for a sent tx's block (txInclusion).
+	inclusion time.Duration
 
 	mu sync.Mutex
 }
@@ -41,19 +44,26 @@ const (
 	gasAdjustment = 1.5
 	// pollInterval is how often a sent tx is looked for in a block.
 	pollInterval = 100 * time.Millisecond
+	// txInclusion bounds the wait for a sent tx's block. A live chain
+	// includes a valid tx in the next block or two, seconds apart; a tx
+	// still missing after a minute sits in the mempool of a node that went
+	// away, or the chain is making no blocks, and the caller is told so
+	// instead of waiting for ever.
+	txInclusion = time.Minute
 )
 
 // NewSender returns a Sender over conn (a gRPC connection to a node) for
 // the chain chainID. txConfig is the chain's (chaincfg.MakeEncoding's, or
 // the app's for messages of other modules).
 func NewSender(conn grpc.ClientConnInterface, chainID string, txConfig client.TxConfig) *Sender {
-	return &Sender{conn: conn, chainID: chainID, txConfig: txConfig}
+	return &Sender{conn: conn, chainID: chainID, txConfig: txConfig, inclusion: txInclusion}
 }
 
 // Send signs msgs with key, broadcasts the tx and waits until a block
-// includes it or ctx ends. Fees are zero, which a devshard node's default
-// minimum gas price accepts. A tx the chain refuses, in simulation, in
-// CheckTx or in its block, is a *TxError.
+// includes it, ctx ends, or a minute has passed (an error wrapping
+// ErrNotIncluded). Fees are zero, which a devshard node's default minimum
+// gas price accepts. A tx the chain refuses, in simulation, in CheckTx or
+// in its block, is a *TxError.
 func (s *Sender) Send(ctx context.Context, key cryptotypes.PrivKey, msgs ...sdk.Msg) (*sdk.TxResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -183,25 +193,45 @@ func signDirect(ctx context.Context, txConfig client.TxConfig, key cryptotypes.P
 	return txConfig.TxEncoder()(b.GetTx())
 }
 
-// wait polls for the tx until a block holds it.
+// errWaited ends a wait for a tx's block that went on too long.
+var errWaited = errors.New("waited too long for the tx's block")
+
+// wait polls for the tx until a block holds it, for at most s.inclusion. A
+// node that stops answering is not the end of the wait: the next look goes
+// to another node, which may have the tx by gossip.
 func (s *Sender) wait(ctx context.Context, hash string) (*sdk.TxResponse, error) {
+	ctx, cancel := context.WithTimeoutCause(ctx, s.inclusion, errWaited)
+	defer cancel()
 	svc := txtypes.NewServiceClient(s.conn)
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
+	var lastErr error // the last look that found no answer, for the message
 	for {
 		res, err := svc.GetTx(ctx, &txtypes.GetTxRequest{Hash: hash})
-		switch {
+		switch code := status.Code(err); {
 		case err == nil:
 			r := res.TxResponse
 			if r.Code != 0 {
 				return r, &TxError{Hash: hash, Codespace: r.Codespace, Code: r.Code, Log: r.RawLog, Included: true}
 			}
 			return r, nil
-		case status.Code(err) != codes.NotFound:
+		case code == codes.Unavailable:
+			lastErr = err
+		case code == codes.DeadlineExceeded || code == codes.Canceled:
+			// The wait's end, told by gRPC a moment before ctx tells it.
+		case code != codes.NotFound:
 			return nil, fmt.Errorf("looking up tx %s: %w", hash, err)
 		}
 		select {
 		case <-ctx.Done():
+			if context.Cause(ctx) == errWaited {
+				why := "the node that took it may have gone away, or the chain is making no blocks"
+				if lastErr != nil {
+					why += fmt.Sprintf(" (last look: %v)", lastErr)
+				}
+				return nil, fmt.Errorf("tx %s was sent, but %w within %s: %s; it may still land, so look it up by its hash before sending it again",
+					hash, ErrNotIncluded, s.inclusion, why)
+			}
 			return nil, fmt.Errorf("tx %s was sent but not seen in a block before giving up: %w", hash, context.Cause(ctx))
 		case <-tick.C:
 		}

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"time"
 
 	"github.com/devshard/devshard/chainclient"
 	"github.com/devshard/devshard/session/sessionpb"
@@ -33,6 +34,10 @@ type Chain interface {
 	HostURL(ctx context.Context, addr signing.Address) (string, error)
 	// Balance is the gateway account's spendable balance.
 	Balance(ctx context.Context) (uint64, error)
+	// LatestBlock is the height and time of the chain's latest block. One
+	// older than Config.ChainStallAfter means the chain is making no
+	// blocks: no tx can land, and no escrow can be opened.
+	LatestBlock(ctx context.Context) (height int64, at time.Time, err error)
 }
 
 var _ Chain = (*chainclient.Client)(nil)
@@ -46,4 +51,7 @@ var (
 	ErrExpired = chainclient.ErrExpired
 	// ErrNoEpoch means no epoch is ACTIVE, so no escrow can be created.
 	ErrNoEpoch = chainclient.ErrNoEpoch
+	// ErrNotIncluded means a tx was sent but no block included it in
+	// time: the node that took it went away, or the chain makes no blocks.
+	ErrNotIncluded = chainclient.ErrNotIncluded
 )

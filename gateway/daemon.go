@@ -26,8 +26,9 @@ type DaemonConfig struct {
 	Listen string
 	// Home holds state.db.
 	Home string
-	// ChainGRPC and ChainRPC name a chain node; ChainID is asked of the
-	// node when empty.
+	// ChainGRPC and ChainRPC name the chain's nodes, each a comma-separated
+	// list tried in order (chainclient.Config); ChainID is asked of them
+	// when empty.
 	ChainGRPC, ChainRPC, ChainID string
 	Key                          *signing.PrivKey
 	// Keys are the apps' API keys, hashed.
@@ -90,7 +91,7 @@ func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		return nil, err
 	}
 	if d.chainc, err = chainclient.Dial(chainclient.Config{GRPC: cfg.ChainGRPC, RPC: cfg.ChainRPC, Logger: cfg.Logger, Key: cfg.Key, ChainID: cfg.ChainID}); err != nil {
-		return nil, fmt.Errorf("%v: set --chain-grpc (DEVSHARD_GATEWAY_CHAIN_GRPC) to a chain node's gRPC host:port", err)
+		return nil, fmt.Errorf("%v: set --chain-grpc (DEVSHARD_GATEWAY_CHAIN_GRPC) to the chain nodes' gRPC, host:port, comma-separated, and --chain-rpc (DEVSHARD_GATEWAY_CHAIN_RPC) to their CometBFT RPC, http://host:port, comma-separated", err)
 	}
 	if cfg.ChainID == "" {
 		if cfg.ChainID, err = d.chainc.ChainID(ctx); err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/devshard/devshard/host"
 	"github.com/devshard/devshard/session"
@@ -34,6 +35,11 @@ type fakeChain struct {
 	rejected    []error
 	settled     map[uint64]bool
 	urls        map[signing.Address]string
+	// height and haltedAt are the latest block: while haltedAt is zero the
+	// chain makes a block at every LatestBlock; once set, it made its last
+	// block, at height, then.
+	height   int64
+	haltedAt time.Time
 }
 
 func newFakeChain(f *sessiontest.Fixture) *fakeChain {
@@ -130,6 +136,24 @@ func (c *fakeChain) Balance(context.Context) (uint64, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.balance, nil
+}
+
+// LatestBlock implements Chain.
+func (c *fakeChain) LatestBlock(context.Context) (int64, time.Time, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.haltedAt.IsZero() {
+		return c.height, c.haltedAt, nil
+	}
+	c.height++
+	return c.height, time.Now(), nil
+}
+
+// halt makes the chain's latest block height, made at.
+func (c *fakeChain) halt(height int64, at time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.height, c.haltedAt = height, at
 }
 
 func (c *fakeChain) register(addr signing.Address, url string) {

@@ -19,8 +19,10 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
+	"github.com/devshard/devshard/chainclient"
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/session"
@@ -59,8 +61,14 @@ type Config struct {
 	// and carry them in a diff (default 1s).
 	FlushEvery time.Duration
 	// EpochPoll is how often the gateway checks for a new epoch, whose
-	// start settles the previous epoch's escrows (default 2s).
+	// start settles the previous epoch's escrows, and for the chain's
+	// latest block (default 2s).
 	EpochPoll time.Duration
+	// ChainStallAfter is how old the chain's latest block may grow before
+	// the chain counts as stalled (default 30s): readiness fails, and a
+	// request that needs a new escrow fails at once with 503, while those
+	// on open escrows are still served.
+	ChainStallAfter time.Duration
 	// HoldFor is how long a diff may wait for a member that does not
 	// execute it, so that it goes out with later diffs in one delivery:
 	// one durable commit and one signature for the run on that host
@@ -106,6 +114,9 @@ func (c *Config) defaults() {
 	}
 	if c.EpochPoll == 0 {
 		c.EpochPoll = 2 * time.Second
+	}
+	if c.ChainStallAfter == 0 {
+		c.ChainStallAfter = 30 * time.Second
 	}
 	if c.Lanes <= 0 {
 		c.Lanes = 1
@@ -155,6 +166,10 @@ type Gateway struct {
 	creating []chan struct{}    // per lane, held while its escrow is being created
 	next     uint64             // round-robin over the lanes
 	all      map[uint64]*escrow // every escrow not yet settled
+
+	// block is the chain's latest block as last asked for; nil until the
+	// first answer.
+	block atomic.Pointer[chainBlock]
 
 	bg     sync.WaitGroup // settlements and loops
 	stop   context.CancelFunc
@@ -230,10 +245,11 @@ func (g *Gateway) Start(ctx context.Context) error {
 		}
 		g.log.Info("resumed escrow", "escrow", e.id(), "nonce", e.seq.nonce(), "status", se.Status)
 	}
-	g.bg.Add(3)
+	g.bg.Add(4)
 	go g.every(g.cfg.FlushEvery, g.flushLanes)
 	go g.every(g.cfg.EpochPoll, g.settleEnded)
 	go g.every(g.cfg.EpochPoll, g.pruneSettled)
+	go g.every(g.cfg.EpochPoll, g.watchChain)
 	return nil
 }
 
@@ -328,8 +344,17 @@ func (g *Gateway) escrowFor(ctx context.Context) (*escrow, error) {
 	}
 }
 
-// createEscrow locks a new escrow in the current epoch.
+// createEscrow locks a new escrow in the current epoch. On a chain that
+// makes no blocks the tx could not land, so the request that needs the
+// escrow is told so at once rather than kept waiting for it.
 func (g *Gateway) createEscrow(ctx context.Context) (*escrow, error) {
+	if err := g.chainMoving(ctx); err != nil {
+		var stalled *chainclient.StalledError
+		if errors.As(err, &stalled) {
+			return nil, fmt.Errorf("%w; no new escrow can be opened until it resumes, and this request needs one", err)
+		}
+		return nil, err
+	}
 	epoch, state, err := g.chain.Epoch(ctx)
 	if err != nil {
 		return nil, err

@@ -95,7 +95,7 @@ func NewMetrics() *Metrics {
 		Name: "devshard_gateway_requests_in_flight", Help: "Requests being completed right now.",
 	})
 	m.chainErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "devshard_gateway_chain_errors_total", Help: "Calls to the chain node that failed, by call: epoch, create_escrow, settle_escrow, closed, host_url, balance.",
+		Name: "devshard_gateway_chain_errors_total", Help: "Calls to the chain node that failed, by call: epoch, create_escrow, settle_escrow, closed, host_url, balance, latest_block.",
 	}, []string{"call"})
 	m.recent, m.hosts = newWindow(statusMinutes), newHostLog()
 	// Series of known labels start at zero, so that rate() sees their
@@ -153,8 +153,9 @@ func (m *Metrics) hostAnswered(url string, took time.Duration, err error) {
 	m.hosts.add(url, took, err)
 }
 
-// watchEscrows adds the gauges read from g's escrows at scrape time:
-// the balance of each lane's escrow and how many escrows are unsettled.
+// watchEscrows adds the gauges read from g at scrape time: the balance of
+// each lane's escrow, how many escrows are unsettled, and the age of the
+// chain's latest block.
 func (m *Metrics) watchEscrows(g *Gateway) {
 	m.watched.Store(g)
 	m.watch.Do(func() { m.Registry.MustRegister(escrowCollector{m}) })
@@ -163,11 +164,17 @@ func (m *Metrics) watchEscrows(g *Gateway) {
 var (
 	balanceDesc = prometheus.NewDesc("devshard_gateway_escrow_balance", "Coins left in the escrow of each lane (the escrows taking requests).", []string{"lane"}, nil)
 	openDesc    = prometheus.NewDesc("devshard_gateway_escrows_open", "Escrows not yet settled.", nil, nil)
+	blockDesc   = prometheus.NewDesc("devshard_gateway_chain_block_age_seconds",
+		"Age of the chain's latest block the gateway has seen (asked every epoch poll); past chain.stall_after the chain counts as stalled. Absent until the chain first answers.", nil, nil)
 )
 
 type escrowCollector struct{ m *Metrics }
 
-func (c escrowCollector) Describe(ch chan<- *prometheus.Desc) { ch <- balanceDesc; ch <- openDesc }
+func (c escrowCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- balanceDesc
+	ch <- openDesc
+	ch <- blockDesc
+}
 
 func (c escrowCollector) Collect(ch chan<- prometheus.Metric) {
 	g := c.m.watched.Load()
@@ -180,10 +187,13 @@ func (c escrowCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	ch <- prometheus.MustNewConstMetric(openDesc, prometheus.GaugeValue, float64(open))
+	if b := g.block.Load(); b != nil {
+		ch <- prometheus.MustNewConstMetric(blockDesc, prometheus.GaugeValue, time.Since(b.at).Seconds())
+	}
 }
 
 // chainCalls are the calls devshard_gateway_chain_errors_total counts.
-var chainCalls = []string{"epoch", "create_escrow", "settle_escrow", "closed", "host_url", "balance"}
+var chainCalls = []string{"epoch", "create_escrow", "settle_escrow", "closed", "host_url", "balance", "latest_block"}
 
 // countChain wraps c so that every failed call is counted by its name.
 // A call the caller gave up on (its context ended) is not the chain's
@@ -235,6 +245,12 @@ func (c countingChain) Balance(ctx context.Context) (uint64, error) {
 	b, err := c.c.Balance(ctx)
 	c.count("balance", err)
 	return b, err
+}
+
+func (c countingChain) LatestBlock(ctx context.Context) (int64, time.Time, error) {
+	h, at, err := c.c.LatestBlock(ctx)
+	c.count("latest_block", err)
+	return h, at, err
 }
 
 // droppedTx counts a tx from host dropped on intake for err.

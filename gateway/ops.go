@@ -4,12 +4,14 @@ import (
 	"context"
 	"embed"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"strings"
 	"time"
 
+	"github.com/devshard/devshard/chainclient"
 	"github.com/devshard/devshard/internal/buildinfo"
 	"github.com/devshard/devshard/session"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
@@ -59,9 +61,14 @@ func opsRoutes(mux *http.ServeMux, g *Gateway) {
 func (g *Gateway) version() string { return buildinfo.Read().Version }
 
 // readiness says whether the gateway can serve a request now, and if not,
-// why: it is not shutting down, the chain node answers, and either a lane
-// has an escrow with a host that is ready, or an escrow can be opened
-// (an epoch is ACTIVE and the account can lock one).
+// why: it is not shutting down, the chain node answers and is making
+// blocks, and either a lane has an escrow with a host that is ready, or an
+// escrow can be opened (an epoch is ACTIVE and the account can lock one).
+//
+// A stalled chain fails readiness although the open escrows still serve:
+// their books are off chain, but no escrow can be opened or settled until
+// the chain resumes, so another gateway on a live chain is the better
+// choice, and the operator needs to hear of it.
 func (g *Gateway) readiness(ctx context.Context) (bool, string) {
 	ctx, cancel := context.WithTimeout(ctx, readyWait)
 	defer cancel()
@@ -73,6 +80,13 @@ func (g *Gateway) readiness(ctx context.Context) (bool, string) {
 	}
 	epoch, state, err := g.chain.Epoch(ctx)
 	if err != nil {
+		return false, fmt.Sprintf("the chain node does not answer: %v", err)
+	}
+	if err := g.chainMoving(ctx); err != nil {
+		var stalled *chainclient.StalledError
+		if errors.As(err, &stalled) {
+			return false, err.Error() + "; requests on open escrows are still served and settlements wait until it resumes"
+		}
 		return false, fmt.Sprintf("the chain node does not answer: %v", err)
 	}
 	var notReady []string

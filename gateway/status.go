@@ -13,16 +13,28 @@ const statusMinutes = 10
 // 'devshard gateway status' show: the escrows, the hosts, and the
 // requests of the last minutes.
 type Status struct {
-	Address  string       `json:"address"`
-	Version  string       `json:"version"`
-	Ready    bool         `json:"ready"`
-	Reason   string       `json:"reason,omitempty"` // why not ready
-	InFlight int          `json:"requests_in_flight"`
-	Escrows  []EscrowView `json:"escrows"`
-	Hosts    []HostStatus `json:"hosts"`
+	Address  string `json:"address"`
+	Version  string `json:"version"`
+	Ready    bool   `json:"ready"`
+	Reason   string `json:"reason,omitempty"` // why not ready
+	InFlight int    `json:"requests_in_flight"`
+	// Chain is the chain's latest block as the gateway last saw it; nil
+	// until the chain first answered.
+	Chain   *ChainStatus `json:"chain,omitempty"`
+	Escrows []EscrowView `json:"escrows"`
+	Hosts   []HostStatus `json:"hosts"`
 	// Minutes are the last minutes, oldest first; the last one is the
 	// minute under way.
 	Minutes []MinuteStatus `json:"minutes"`
+}
+
+// ChainStatus is the chain's latest block as the gateway last saw it.
+type ChainStatus struct {
+	Height    int64     `json:"height"`
+	BlockTime time.Time `json:"block_time"`
+	// AgeSeconds is how old the block was when the status was read; past
+	// chain.stall_after the chain counts as stalled.
+	AgeSeconds float64 `json:"age_seconds"`
 }
 
 // HostStatus is a host of the gateway's escrows as the gateway saw it.
@@ -52,6 +64,9 @@ func (g *Gateway) Status(ready bool, reason string) Status {
 	s := Status{Address: g.Address().String(), Version: g.version(), Ready: ready, Reason: reason,
 		Escrows: g.Escrows(), Minutes: g.metrics.recent.read(time.Now())}
 	s.InFlight = int(gaugeValue(g.metrics.inFlight))
+	if b := g.block.Load(); b != nil {
+		s.Chain = &ChainStatus{Height: b.height, BlockTime: b.at.UTC(), AgeSeconds: time.Since(b.at).Round(time.Second).Seconds()}
+	}
 	s.Hosts = g.hostStatus(time.Now())
 	return s
 }

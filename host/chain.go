@@ -37,6 +37,9 @@ type Chain interface {
 	// Unclaimed lists account's epoch summaries whose rewards can be
 	// claimed now.
 	Unclaimed(ctx context.Context, account signing.Address) ([]devshardtypes.EpochPerformanceSummary, error)
+	// LatestBlock is the height and time of the chain's latest block; one
+	// older than chain.stall_after means the chain makes no blocks.
+	LatestBlock(ctx context.Context) (height int64, at time.Time, err error)
 	// Authorizer says which warm keys may sign for a member.
 	Authorizer() session.Authorizer
 	// Address renders an account the way the chain writes it (bech32).

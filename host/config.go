@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/pflag"
 
+	"github.com/devshard/devshard/chainclient"
 	"github.com/devshard/devshard/internal/settings"
 )
 
@@ -29,8 +30,9 @@ type FileConfig struct {
 	}
 
 	Chain struct {
-		RPC  string
-		GRPC string
+		RPC        string
+		GRPC       string
+		StallAfter time.Duration
 	}
 
 	Storage struct {
@@ -74,8 +76,9 @@ func Settings(c *FileConfig) *settings.Schema {
 	former := map[*settings.Setting]string{backend: "key.keyring_backend", dir: "key.keyring_dir", name: "key.key_name"}
 	s.String(&c.Key.Account, "key.account", "", "participant account (hex or bech32) the key signs for, when it is a warm key granted through x/authz; empty: the key's own account").
 		FormerEnv("DEVSHARD_HOST_ACCOUNT")
-	s.String(&c.Chain.RPC, "chain.rpc", "http://127.0.0.1:26657", "CometBFT RPC of a chain node: blocks and epoch changes")
-	s.String(&c.Chain.GRPC, "chain.grpc", "127.0.0.1:9090", "gRPC of a chain node: escrows, params, grants")
+	s.String(&c.Chain.RPC, "chain.rpc", "http://127.0.0.1:26657", "CometBFT RPC of the chain's nodes (http://host:port), comma-separated, tried in turn: blocks and epoch changes; a subscription that drops is made again on the next")
+	s.String(&c.Chain.GRPC, "chain.grpc", "127.0.0.1:9090", "gRPC of the chain's nodes, host:port, comma-separated: escrows, params, grants; the first that answers is used, and the next once it stops")
+	s.Duration(&c.Chain.StallAfter, "chain.stall_after", 30*time.Second, "a chain whose latest block is older than this is making no blocks: /readyz says degraded (still 200: open escrows are still served) and settlements and claims wait")
 	s.String(&c.Storage.Driver, "storage.driver", "sqlite", "sqlite, postgres or hybrid; postgres is chosen when PGHOST is set and this is left at its default").
 		FormerEnv("DEVSHARD_HOST_STORAGE")
 	s.String(&c.Storage.Dir, "storage.dir", "data", "SQLite directory: _meta.db plus one epoch_<N>.db per epoch")
@@ -167,6 +170,15 @@ func load(c *FileConfig, s *settings.Schema, path string, environ func(string) (
 func (c *FileConfig) validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("listen %q is not host:port: %v", c.Listen, err)
+	}
+	if _, err := chainclient.ParseGRPC(c.Chain.GRPC); err != nil {
+		return fmt.Errorf("chain.grpc: %v; set it (--chain-grpc, DEVSHARD_HOST_CHAIN_GRPC) to the nodes' gRPC as host:port, comma-separated", err)
+	}
+	if _, err := chainclient.ParseRPC(c.Chain.RPC); err != nil {
+		return fmt.Errorf("chain.rpc: %v; set it (--chain-rpc, DEVSHARD_HOST_CHAIN_RPC) to the nodes' CometBFT RPC as http://host:port, comma-separated", err)
+	}
+	if c.Chain.StallAfter <= 0 {
+		return fmt.Errorf("chain.stall_after must be a positive duration such as 30s, got %s", c.Chain.StallAfter)
 	}
 	switch c.Storage.Driver {
 	case "sqlite", "postgres", "hybrid":

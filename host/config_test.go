@@ -69,6 +69,9 @@ func TestConfigRejects(t *testing.T) {
 		`"--storage-prune-catch-up" flag: expected a duration such as 30s`:            {"storage.prune_catch_up": "soon"},
 		"storage.prune_catch_up must be a positive duration":                          {"storage.prune_catch_up": "0s"},
 		"executor.think_time must be a duration such as 20ms":                         {"executor.think_time": "-1s"},
+		`chain.grpc: gRPC endpoint 2 of 2, "b", is malformed: it is not host:port`:    {"chain.grpc": "a:9090,b"},
+		`chain.rpc: CometBFT RPC endpoint "a:26657" is malformed`:                     {"chain.rpc": "a:26657"},
+		"chain.stall_after must be a positive duration such as 30s, got 0s":           {"chain.stall_after": "0s"},
 	}
 	for want, overrides := range cases {
 		_, err := LoadConfig("", env(nil), overrides)

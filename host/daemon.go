@@ -33,9 +33,13 @@ type DaemonConfig struct {
 	Account signing.Address
 	// Chain is read for escrows, epochs, grants and the peers' URLs.
 	Chain Chain
-	// ChainGRPC and ChainRPC are the node addresses Chain dials, named in
-	// what the host says while its chain does not answer.
+	// ChainGRPC and ChainRPC are the node addresses Chain dials (each a
+	// comma-separated list), named in what the host says while its chain
+	// does not answer.
 	ChainGRPC, ChainRPC string
+	// ChainStallAfter is how old the chain's latest block may grow before
+	// /readyz says the chain is stalled (default 30s).
+	ChainStallAfter time.Duration
 	// Sender sends the account's reward claims and the settlements of
 	// escrows the gateway left open; it must sign with the account's own
 	// key (AccountKey). Nil, as with a warm or keyring key, claims and
@@ -86,6 +90,9 @@ func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.ChainStallAfter <= 0 {
+		cfg.ChainStallAfter = 30 * time.Second
 	}
 	switch {
 	case cfg.Key == nil:
@@ -141,8 +148,10 @@ func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	}
 	claims := newClaimer(cfg.Chain, cfg.Sender, account, log)
 	settler := newSelfSettler(d.Engine, cfg.Chain, cfg.Sender, newPeerReads(d.Engine, peers), log)
+	watch := func() { watchChain(run, cfg.Chain, cfg.ChainStallAfter, d.Engine.cfg.Metrics) }
+	d.spawn(watch)
 	d.spawn(func() { d.followEpochs(run, cfg.Chain, claims, log) })
-	d.spawn(func() { d.tick(run, claims, settler) })
+	d.spawn(func() { d.tick(run, claims, settler, watch) })
 	return d, nil
 }
 
@@ -332,9 +341,9 @@ func (d *Daemon) followEpochs(ctx context.Context, c Chain, claims *claimer, log
 }
 
 // tick times out stalled inferences every second and, every few seconds,
-// claims and settles: claims also land between epoch changes, and an
-// escrow's settlement deadline passes at any block.
-func (d *Daemon) tick(ctx context.Context, claims *claimer, settler *selfSettler) {
+// claims and settles (claims also land between epoch changes, and an
+// escrow's settlement deadline passes at any block) and runs watch.
+func (d *Daemon) tick(ctx context.Context, claims *claimer, settler *selfSettler, watch func()) {
 	ticker := time.NewTicker(tickEvery)
 	defer ticker.Stop()
 	for {
@@ -347,6 +356,7 @@ func (d *Daemon) tick(ctx context.Context, claims *claimer, settler *selfSettler
 				d.spawn(func() { probeStorage(ctx, d.st, d.Engine.cfg.Metrics) })
 				d.spawn(func() { claims.claim(ctx) })
 				d.spawn(func() { settler.round(ctx) })
+				d.spawn(watch)
 			}
 		}
 	}

@@ -24,6 +24,11 @@ type daemonChain struct {
 	urls         map[signing.Address]string
 	unclaimed    []devshardtypes.EpochPerformanceSummary
 	participants int // Participant calls
+	// height and haltedAt are the latest block: while haltedAt is zero the
+	// chain makes a block at every LatestBlock; once set, it made its last
+	// block, at height, then.
+	height   int64
+	haltedAt time.Time
 }
 
 var _ Chain = (*daemonChain)(nil)
@@ -88,6 +93,16 @@ func (c *daemonChain) Participant(_ context.Context, a signing.Address) (*devsha
 
 func (c *daemonChain) Unclaimed(context.Context, signing.Address) ([]devshardtypes.EpochPerformanceSummary, error) {
 	return c.unclaimed, nil
+}
+
+func (c *daemonChain) LatestBlock(context.Context) (int64, time.Time, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.haltedAt.IsZero() {
+		return c.height, c.haltedAt, nil
+	}
+	c.height++
+	return c.height, time.Now(), nil
 }
 
 func (c *daemonChain) Authorizer() session.Authorizer { return nil }

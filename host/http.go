@@ -136,6 +136,14 @@ func (h *handler) readyz(w http.ResponseWriter, r *http.Request) {
 	case h.e.cfg.Metrics.StorageProbeError() != "":
 		writeJSON(w, http.StatusServiceUnavailable, hostapi.StatusResponse{Status: "storage failing: " + h.e.cfg.Metrics.StorageProbeError()})
 	default:
+		// A chain that makes no blocks, or whose node does not answer,
+		// leaves the host able to serve every session it holds: it is
+		// degraded, not unready, so that its gateway, which counts only a
+		// 200 as ready, keeps sending it the open escrows' work.
+		if why := h.e.cfg.Metrics.ChainDegraded(time.Now()); why != "" {
+			writeJSON(w, http.StatusOK, hostapi.StatusResponse{Status: "degraded: " + why + "; open escrows are still served, settlements and claims wait until it resumes"})
+			return
+		}
 		writeJSON(w, http.StatusOK, hostapi.StatusResponse{Status: "ready"})
 	}
 }

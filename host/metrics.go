@@ -35,6 +35,9 @@ type Metrics struct {
 	// A host that writes nothing (no traffic) still learns of an outage.
 	probeErr  atomic.Pointer[string]
 	writeDown atomic.Bool // the last write failed
+	// chain is the chain as the daemon last saw it (watchChain); nil until
+	// it first looked.
+	chain atomic.Pointer[chainSeen]
 }
 
 // NewMetrics registers the host's metrics on a fresh registry. They record
@@ -89,7 +92,7 @@ func NewMetrics() *Metrics {
 		m.validations.WithLabelValues(v)
 	}
 	m.Registry.MustRegister(m.diffs, m.rejects, m.applyLatency, m.validations, m.withholds, m.refusals, m.storageUp, m.recovered, m.recoverTotal,
-		m.tokens, m.firstTokens, buildinfo.Gauge("devshard_host", buildinfo.Read()),
+		m.tokens, m.firstTokens, chainAge{m}, buildinfo.Gauge("devshard_host", buildinfo.Read()),
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

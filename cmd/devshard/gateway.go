@@ -17,6 +17,7 @@ import (
 	sdk "github.com/cosmos/cosmos-sdk/types"
 	"github.com/spf13/cobra"
 
+	"github.com/devshard/devshard/chainclient"
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/gateway"
 	"github.com/devshard/devshard/internal/settings"
@@ -41,9 +42,10 @@ func gatewaySettings(c *gatewayConfig) *settings.Schema {
 	d, g := &c.daemon, &c.daemon.Gateway
 	s.String(&d.Home, "home", "~/.devshard/gateway", "holds state.db, the key file and the API keys file")
 	s.String(&d.Listen, "listen", "127.0.0.1:8080", "address the API binds")
-	s.String(&d.ChainGRPC, "chain.grpc", "127.0.0.1:9090", "gRPC of a chain node: escrows, participants, balances, txs").FormerFlag("chain.grpc")
-	s.String(&d.ChainRPC, "chain.rpc", "http://127.0.0.1:26657", "CometBFT RPC of a chain node: the chain id when chain.id is empty").FormerFlag("chain.rpc")
+	s.String(&d.ChainGRPC, "chain.grpc", "127.0.0.1:9090", "gRPC of the chain's nodes, host:port, comma-separated: escrows, participants, balances, txs; the first that answers is used, and the next once it stops").FormerFlag("chain.grpc")
+	s.String(&d.ChainRPC, "chain.rpc", "http://127.0.0.1:26657", "CometBFT RPC of the chain's nodes (http://host:port), comma-separated, asked in turn: the chain id when chain.id is empty").FormerFlag("chain.rpc")
 	s.String(&d.ChainID, "chain.id", "", "chain id the gateway signs txs, and its requests to hosts, for (default: asked of the node)").FormerFlag("chain.id")
+	s.Duration(&g.ChainStallAfter, "chain.stall_after", 30*time.Second, "a chain whose latest block is older than this is making no blocks: readiness fails, and a request that needs a new escrow gets 503 at once; requests on open escrows are still served")
 	s.String(&c.keyFile, "key.file", "gateway.key", "key file (64 hex characters, mode 0600), relative to home; 'devshard gateway init' writes one")
 	s.List(&c.apiKeys, "api_key", nil, "apps' keys as id:key, comma-separated; from the environment only, never a flag or the file").EnvOnly()
 	s.String(&c.apiKeysFile, "api_keys_file", "api_keys", "file of '<id> <sha256 of the key, hex> [created]' lines (# comments), relative to home; read when it exists, and again whenever it changes ('devshard gateway keys')")
@@ -57,7 +59,7 @@ func gatewaySettings(c *gatewayConfig) *settings.Schema {
 	s.Duration(&g.HostTimeout, "host_timeout", 5*time.Second, "longest one call to a host for a diff or its pooled txs may take")
 	s.Duration(&g.StallTimeout, "stall_timeout", 15*time.Second, "an inference stream silent this long is cut and retried on another host")
 	s.Duration(&g.FlushEvery, "flush_every", time.Second, "how often idle escrows collect the hosts' pooled txs into a diff")
-	s.Duration(&g.EpochPoll, "epoch_poll", 2*time.Second, "how often the chain is asked for a new epoch, whose start settles the previous epoch's escrows")
+	s.Duration(&g.EpochPoll, "epoch_poll", 2*time.Second, "how often the chain is asked for a new epoch, whose start settles the previous epoch's escrows, and for its latest block")
 	s.Duration(&g.HoldFor, "hold_for", 50*time.Millisecond, "longest a diff waits for a host that does not execute it, so that it goes out with later diffs in one delivery; negative sends every diff to every host at once")
 	// The host's name for the same setting: one name across daemons.
 	s.String(&d.Synchronous, "storage.synchronous", "FULL", "state.db durability: FULL fsyncs every commit, NORMAL survives a crash but not power loss").
@@ -88,6 +90,12 @@ func (c *gatewayConfig) check() error {
 	if _, _, err := net.SplitHostPort(c.daemon.Listen); err != nil {
 		return fmt.Errorf("cannot listen on %q: %v; set --listen (DEVSHARD_GATEWAY_LISTEN) to a free host:port", c.daemon.Listen, err)
 	}
+	if _, err := chainclient.ParseGRPC(c.daemon.ChainGRPC); err != nil {
+		return fmt.Errorf("chain.grpc: %v; set --chain-grpc (DEVSHARD_GATEWAY_CHAIN_GRPC) to the nodes' gRPC as host:port, comma-separated", err)
+	}
+	if _, err := chainclient.ParseRPC(c.daemon.ChainRPC); err != nil {
+		return fmt.Errorf("chain.rpc: %v; set --chain-rpc (DEVSHARD_GATEWAY_CHAIN_RPC) to the nodes' CometBFT RPC as http://host:port, comma-separated", err)
+	}
 	// The host's rules for the same settings.
 	if s := strings.ToUpper(c.daemon.Synchronous); s != "FULL" && s != "NORMAL" {
 		return fmt.Errorf("storage.synchronous is %q: set --storage-synchronous (DEVSHARD_GATEWAY_STORAGE_SYNCHRONOUS) to FULL or NORMAL", c.daemon.Synchronous)
@@ -95,7 +103,7 @@ func (c *gatewayConfig) check() error {
 	for _, p := range []struct {
 		key string
 		v   time.Duration
-	}{{"host_timeout", g.HostTimeout}, {"stall_timeout", g.StallTimeout}, {"flush_every", g.FlushEvery}, {"epoch_poll", g.EpochPoll}} {
+	}{{"host_timeout", g.HostTimeout}, {"stall_timeout", g.StallTimeout}, {"flush_every", g.FlushEvery}, {"epoch_poll", g.EpochPoll}, {"chain.stall_after", g.ChainStallAfter}} {
 		if p.v <= 0 {
 			return fmt.Errorf("%s must be a positive duration such as 5s, got %s", p.key, p.v)
 		}

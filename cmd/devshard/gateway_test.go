@@ -163,7 +163,7 @@ func TestAttackAPIKeyOnTheCommandLineIsRefused(t *testing.T) {
 func TestGatewayTuningReachesTheConfig(t *testing.T) {
 	t.Parallel()
 	c, _, err := loadGateway(t, "", map[string]string{"DEVSHARD_GATEWAY_EPOCH_POLL": "7s"},
-		"--lanes", "4", "--host-timeout", "2s", "--attempts", "5", "--flush-every", "250ms", "--default-max-tokens", "64")
+		"--chain-grpc", "10.0.0.1:9090,10.0.0.2:9090", "--chain-stall-after", "45s", "--lanes", "4", "--host-timeout", "2s", "--attempts", "5", "--flush-every", "250ms", "--default-max-tokens", "64")
 	require.NoError(t, err)
 	require.NoError(t, c.check())
 	g := c.daemon.Gateway
@@ -173,6 +173,8 @@ func TestGatewayTuningReachesTheConfig(t *testing.T) {
 	require.Equal(t, 250*time.Millisecond, g.FlushEvery)
 	require.Equal(t, 7*time.Second, g.EpochPoll)
 	require.Equal(t, 64, g.DefaultMaxTokens)
+	require.Equal(t, 45*time.Second, g.ChainStallAfter)
+	require.Equal(t, "10.0.0.1:9090,10.0.0.2:9090", c.daemon.ChainGRPC, "a list of nodes")
 
 	c, _, err = loadGateway(t, "", nil)
 	require.NoError(t, err)
@@ -190,6 +192,9 @@ func TestGatewayTuningReachesTheConfig(t *testing.T) {
 		{[]string{"--escrow-amount", "0"}, "escrow_amount must be more than 0"},
 		{[]string{"--listen", "8080"}, `cannot listen on "8080"`},
 		{[]string{"--storage-synchronous", "sometimes"}, `storage.synchronous is "sometimes": set --storage-synchronous`},
+		{[]string{"--chain-grpc", "a:9090, b:90900"}, `chain.grpc: gRPC endpoint 2 of 2, "b:90900", is malformed: its port "90900" is not a number from 1 to 65535; set --chain-grpc`},
+		{[]string{"--chain-rpc", "http://a:26657,,http://b:26657"}, `chain.rpc: CometBFT RPC endpoint 2 of 3 in "http://a:26657,,http://b:26657" is empty; set --chain-rpc`},
+		{[]string{"--chain-stall-after", "0s"}, "chain.stall_after must be a positive duration"},
 	} {
 		c, _, err := loadGateway(t, "", nil, bad.args...)
 		require.NoError(t, err)

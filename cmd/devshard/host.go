@@ -127,7 +127,7 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 	}
 	chainc, err := chainclient.Dial(ccfg)
 	if err != nil {
-		return fmt.Errorf("%v: set chain.grpc (--chain-grpc, DEVSHARD_HOST_CHAIN_GRPC) to a chain node's gRPC host:port", err)
+		return fmt.Errorf("%v: set chain.grpc (--chain-grpc, DEVSHARD_HOST_CHAIN_GRPC) to the chain nodes' gRPC, host:port, comma-separated", err)
 	}
 	defer chainc.Close()
 	var sender host.ChainSender
@@ -135,7 +135,7 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 		sender = chainc
 	}
 	d, err := host.Open(ctx, host.DaemonConfig{
-		Listen: cfg.Listen, Key: signer, Account: account, Chain: chainc, ChainGRPC: cfg.Chain.GRPC, ChainRPC: cfg.Chain.RPC,
+		Listen: cfg.Listen, Key: signer, Account: account, Chain: chainc, ChainGRPC: cfg.Chain.GRPC, ChainRPC: cfg.Chain.RPC, ChainStallAfter: cfg.Chain.StallAfter,
 		Sender: sender, Executor: newExecutor(cfg), Storage: hostStorage(cfg),
 		SnapshotEvery: cfg.Storage.SnapshotEvery, RecoveryWorkers: cfg.Recovery.Workers, Version: buildVersion(), Logger: log,
 	})

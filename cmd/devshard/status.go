@@ -97,7 +97,11 @@ func printGatewayStatus(out io.Writer, s gateway.Status) error {
 	if !s.Ready {
 		ready = "NOT READY: " + s.Reason
 	}
-	fmt.Fprintf(w, "gateway %s\tversion %s\t%s\trequests in flight: %d\n\n", s.Address, s.Version, ready, s.InFlight)
+	fmt.Fprintf(w, "gateway %s\tversion %s\t%s\trequests in flight: %d\n", s.Address, s.Version, ready, s.InFlight)
+	if c := s.Chain; c != nil {
+		fmt.Fprintf(w, "chain height %d, last block %s ago (%s)\n", c.Height, time.Duration(c.AgeSeconds*float64(time.Second)), c.BlockTime.Format(time.RFC3339))
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintln(w, "ESCROW\tEPOCH\tSTATUS\tPHASE\tNONCE\tBALANCE\tLANE\tNEXT EXECUTOR")
 	for _, e := range s.Escrows {
 		lane := ""

@@ -1,0 +1,113 @@
+package chainclient
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/cosmos/cosmos-sdk/client/grpc/cmtservice"
+	txtypes "github.com/cosmos/cosmos-sdk/types/tx"
+	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/connectivity"
+	"google.golang.org/grpc/status"
+)
+
+// fakeBlocks is a fake chain node's CometBFT gRPC service: its latest
+// block is always height, made at time.
+type fakeBlocks struct {
+	cmtservice.UnimplementedServiceServer
+	height int64
+	time   time.Time
+}
+
+func (f *fakeBlocks) GetLatestBlock(context.Context, *cmtservice.GetLatestBlockRequest) (*cmtservice.GetLatestBlockResponse, error) {
+	return &cmtservice.GetLatestBlockResponse{SdkBlock: &cmtservice.Block{Header: cmtservice.Header{Height: f.height, Time: f.time}}}, nil
+}
+
+// fakeTxs is a fake chain node's tx service that never finds a tx: the
+// node that took it went away before any block included it.
+type fakeTxs struct {
+	txtypes.UnimplementedServiceServer
+}
+
+func (*fakeTxs) GetTx(context.Context, *txtypes.GetTxRequest) (*txtypes.GetTxResponse, error) {
+	return nil, status.Error(codes.NotFound, "tx not found")
+}
+
+// serveFakeNode serves register's services on a fresh loopback port and
+// returns its address and the server, stopped at cleanup.
+func serveFakeNode(t *testing.T, register func(*grpc.Server)) (string, *grpc.Server) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	srv := grpc.NewServer()
+	register(srv)
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(srv.Stop)
+	return ln.Addr().String(), srv
+}
+
+// Given two nodes, the client reads the first; once it is stopped, the
+// next query is answered by the second.
+func TestQueriesMoveToTheNextNodeWhenOneStops(t *testing.T) {
+	t.Parallel()
+	made := time.Date(2026, 1, 2, 12, 0, 3, 0, time.UTC)
+	first, firstSrv := serveFakeNode(t, func(s *grpc.Server) { cmtservice.RegisterServiceServer(s, &fakeBlocks{height: 11, time: made}) })
+	second, _ := serveFakeNode(t, func(s *grpc.Server) { cmtservice.RegisterServiceServer(s, &fakeBlocks{height: 22, time: made}) })
+
+	c, err := Dial(Config{GRPC: first + ", " + second})
+	require.NoError(t, err)
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+
+	height, at, err := c.LatestBlock(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(11), height, "the first node answers while it runs")
+	require.True(t, made.Equal(at))
+
+	firstSrv.Stop()
+	// The connection notices its node is gone; a call already in flight
+	// then would fail, and the next one goes elsewhere.
+	for c.Conn().GetState() == connectivity.Ready {
+		require.True(t, c.Conn().WaitForStateChange(ctx, connectivity.Ready), "the connection never noticed its node stopped")
+	}
+	height, _, err = c.LatestBlock(ctx)
+	require.NoError(t, err, "the next query goes to the second node")
+	require.Equal(t, int64(22), height)
+}
+
+// A tx that no block includes is given up on after the wait, with an
+// error that says so, not waited for until the caller's context ends.
+func TestSendGivesUpOnATxNoBlockIncludes(t *testing.T) {
+	t.Parallel()
+	addr, _ := serveFakeNode(t, func(s *grpc.Server) { txtypes.RegisterServiceServer(s, &fakeTxs{}) })
+	conn, err := dialGRPC([]string{addr})
+	require.NoError(t, err)
+	defer conn.Close()
+	s := NewSender(conn, "devshard-test", nil)
+	s.inclusion = 300 * time.Millisecond
+
+	began := time.Now()
+	_, err = s.wait(t.Context(), "AB12")
+	require.ErrorIs(t, err, ErrNotIncluded)
+	require.Less(t, time.Since(began), 5*time.Second)
+	require.Contains(t, err.Error(), "tx AB12 was sent, but no block included it within 300ms: the node that took it may have gone away, or the chain is making no blocks")
+}
+
+// A stall is a latest block older than the threshold, told in a sentence.
+func TestStalledSaysHowLongAndWhere(t *testing.T) {
+	t.Parallel()
+	made := time.Date(2026, 1, 2, 12, 0, 3, 0, time.UTC)
+	require.NoError(t, Stalled(1234, made, made.Add(29*time.Second), 30*time.Second))
+	require.NoError(t, Stalled(1234, made, made.Add(-time.Second), 30*time.Second), "a block from a clock ahead is no stall")
+	err := Stalled(1234, made, made.Add(42*time.Second), 30*time.Second)
+	var stalled *StalledError
+	require.ErrorAs(t, err, &stalled)
+	require.Equal(t, int64(1234), stalled.Height)
+	require.EqualError(t, err, "the chain has made no block for 42s (last height 1234 at 12:00:03 UTC): its validators may have lost their quorum")
+	require.Contains(t, Stalled(1234, made, made.Add(50*time.Hour), 30*time.Second).Error(), "at 2026-01-02 12:00:03 UTC")
+}
