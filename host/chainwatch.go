@@ -2,7 +2,6 @@ package host
 
 import (
 	"context"
-	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -82,9 +81,6 @@ func watchChain(ctx context.Context, c Chain, stallAfter time.Duration, m *Metri
 	height, at, err := c.LatestBlock(ctx)
 	if err != nil && ctx.Err() != nil && context.Cause(ctx) == context.Canceled {
 		return // the host is closing
-	}
-	if err != nil {
-		err = fmt.Errorf("latest block: %w", err)
 	}
 	m.chainWatched(height, at, err, stallAfter)
 }
