@@ -266,6 +266,11 @@ func (c *Config) defaults() error {
 	return err
 }
 
+// stallAfter is how old the chain's last block grows before the gateway
+// and the hosts say the chain makes no blocks: 10 block times, at least 5 s
+// (an operator's chain, with its one-second blocks, waits 30 s).
+func (c *Config) stallAfter() time.Duration { return max(10*c.BlockTime, 5*time.Second) }
+
 // Start brings the network up, or resumes the one in Home. It returns once
 // the hosts are effective in an ACTIVE epoch and the gateway serves.
 func Start(ctx context.Context, cfg Config) (n *Network, err error) {
@@ -372,7 +377,7 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 		Listen: listen, Home: filepath.Join(cfg.Home, "gateway"),
 		ChainGRPC: chainGRPC, ChainRPC: chainRPC, ChainID: n.Chain.ChainID,
 		Key: gwKey, Keys: []gateway.APIKey{apiKey},
-		Gateway: gateway.Config{EscrowAmount: cfg.EscrowAmount, Lanes: cfg.Lanes}, Synchronous: cfg.Synchronous,
+		Gateway: gateway.Config{EscrowAmount: cfg.EscrowAmount, Lanes: cfg.Lanes, ChainStallAfter: cfg.stallAfter()}, Synchronous: cfg.Synchronous,
 		Logger: logger,
 	}
 	if err := n.OpenGateway(ctx); err != nil {

@@ -208,11 +208,21 @@ type settled struct {
 func (e *e2e) readSettlement(id uint64, hash string) settled {
 	e.t.Helper()
 	require.NotEmpty(e.t, hash, "escrow %d has no settlement tx recorded", id)
-	esc, err := devshardtypes.NewQueryClient(e.nw.Chain.Conn()).Escrow(e.ctx, &devshardtypes.QueryEscrowRequest{Id: id})
-	require.NoError(e.t, err)
-	require.Equal(e.t, devshardtypes.EscrowSettled, esc.Escrow.Status)
-	res, err := txtypes.NewServiceClient(e.nw.Chain.Conn()).GetTx(e.ctx, &txtypes.GetTxRequest{Hash: hash})
-	require.NoError(e.t, err)
+	// With several nodes the one read may be a block behind the one that
+	// took the settlement.
+	var esc *devshardtypes.QueryEscrowResponse
+	require.Eventually(e.t, func() bool {
+		var err error
+		esc, err = devshardtypes.NewQueryClient(e.nw.Chain.Conn()).Escrow(e.ctx, &devshardtypes.QueryEscrowRequest{Id: id})
+		return err == nil && esc.Escrow.Status == devshardtypes.EscrowSettled
+	}, 10*time.Second, 100*time.Millisecond, "escrow %d is settled", id)
+	// ... and index its txs a moment after the node that took it.
+	var res *txtypes.GetTxResponse
+	var err error
+	require.Eventually(e.t, func() bool {
+		res, err = txtypes.NewServiceClient(e.nw.Chain.Conn()).GetTx(e.ctx, &txtypes.GetTxRequest{Hash: hash})
+		return err == nil
+	}, 10*time.Second, 100*time.Millisecond, "settlement tx %s of escrow %d is found", hash, id)
 	var m *devshardtypes.MsgSettleEscrow
 	for _, any := range res.Tx.Body.Messages {
 		var msg sdk.Msg

@@ -64,7 +64,7 @@ func newHost(cfg Config, i int, hs hostSetup, c *Chain, pg *pgServer) (*Host, er
 	}
 	chainGRPC, chainRPC := c.endpoints(i)
 	h.args = []string{"host", "--home", h.Home, "--listen", hs.Listen,
-		"--chain-rpc", chainRPC, "--chain-grpc", chainGRPC,
+		"--chain-rpc", chainRPC, "--chain-grpc", chainGRPC, "--chain-stall-after", cfg.stallAfter().String(),
 		"--storage-driver", string(cfg.Storage), "--storage-synchronous", cfg.Synchronous,
 		"--executor-think-time", cfg.ThinkTime.String()}
 	// Only the devnet says where a host stores: none of the operator's PG*

@@ -3,7 +3,9 @@ package devnet
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -142,10 +144,21 @@ func TestValidators(t *testing.T) {
 		require.NoError(t, err)
 		require.LessOrEqual(t, still, halted+1, "2 validators of 4 make no block")
 
-		ready, err := http.Get(e.nw.Info.Gateway.URL + "/readyz")
-		require.NoError(t, err)
-		ready.Body.Close()
-		t.Logf("gateway /readyz during the halt: %d", ready.StatusCode)
+		// The gateway says so, and so do the hosts, once the last block is
+		// older than the devnet's stall bound.
+		var why string
+		require.Eventually(t, func() bool {
+			status, body := getJSON(t, e.nw.Info.Gateway.URL+"/readyz")
+			why = body["status"]
+			return status == http.StatusServiceUnavailable && strings.Contains(why, "the chain has made no block for")
+		}, 30*time.Second, 500*time.Millisecond, "the gateway's readiness fails for the halt (last: %s)", why)
+		t.Logf("gateway /readyz during the halt: %s", why)
+		require.Contains(t, why, "its validators may have lost their quorum")
+		require.Eventually(t, func() bool {
+			status, body := getJSON(t, e.nw.Hosts[0].URL+"/readyz")
+			why = body["status"]
+			return status == http.StatusOK && strings.HasPrefix(why, "degraded: the chain has made no block for")
+		}, 30*time.Second, 500*time.Millisecond, "a host says it is degraded (last: %s)", why)
 		charged += e.send(5, 1, "during-halt") // the books are off-chain: an open escrow serves on
 
 		require.NoError(t, a.Start())
@@ -162,6 +175,9 @@ func TestValidators(t *testing.T) {
 		require.NoError(t, err)
 		joiner, err := ln.Join(e.ctx, "follower", true)
 		require.NoError(t, err)
+		top, err := ln.Height(e.ctx)
+		require.NoError(t, err)
+		require.NoError(t, joiner.WaitForHeight(e.ctx, top+3), "the joiner follows new blocks")
 		st, err := joiner.Status(e.ctx)
 		require.NoError(t, err)
 		require.Greater(t, st.SyncInfo.EarliestBlockHeight, int64(1), "it restored a snapshot instead of replaying from genesis")
@@ -176,6 +192,16 @@ func TestValidators(t *testing.T) {
 		e.checkBooks(before, charged, e.settleAll(skip))
 		agree(t, e.ctx, append(ln.Validators(), joiner), st.SyncInfo.EarliestBlockHeight)
 	})
+}
+
+// getJSON GETs url and decodes its JSON object of strings.
+func getJSON(t *testing.T, url string) (int, map[string]string) {
+	resp, err := http.Get(url)
+	require.NoError(t, err)
+	defer resp.Body.Close()
+	body := map[string]string{}
+	_ = json.NewDecoder(resp.Body).Decode(&body)
+	return resp.StatusCode, body
 }
 
 // lastEscrow is the id of the newest escrow on chain.
@@ -224,4 +250,3 @@ func agree(t *testing.T, ctx context.Context, nodes []*localnet.Node, from int64
 	t.Logf("%d nodes agree on the app hash after every block from %d to %d; blocks with txs came from %d proposers", len(nodes), from, top-1, len(proposers))
 	return len(proposers)
 }
-
