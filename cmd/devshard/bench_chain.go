@@ -125,6 +125,7 @@ func benchChain(ctx context.Context, out, progress io.Writer, b chainBench) erro
 	fmt.Fprintf(out, "# %d-slot settlements, %d broadcast at once by %d gateways; block time %s; block max gas %d\n",
 		b.groupSize, b.settlements, min(b.gateways, b.settlements), b.blockTime, chain.BlockMaxGas)
 	fmt.Fprintln(out, "# interval: from the block before, as the first validator's app committed them; exec: from that validator deciding the block to its app having committed it")
+	fmt.Fprintln(out, "# cpu_per_settlement: CPU time (user+system) one validator process spent per settlement beyond its idle use, whatever the machine's cores; cpu_1000_settlements is 1,000 of them, what a validator on a core of its own needs per block of 1,000")
 	for _, v := range b.validators {
 		p := fmt.Sprintf("chain_%dv_", v)
 		fmt.Fprintf(out, "BENCH %sidle_blocks_per_second %.3f blocks/s\n", p, med(v, "idle_blocks_per_second"))
@@ -139,17 +140,21 @@ func benchChain(ctx context.Context, out, progress io.Writer, b chainBench) erro
 			fmt.Fprintf(out, "# %sexec_1000_settlements is extrapolated: the fullest block held fewer\n", p)
 		}
 		fmt.Fprintf(out, "BENCH %sexec_1000_settlements %.3f s\n", p, med(v, "exec_1000"))
+		fmt.Fprintf(out, "BENCH %scpu_per_settlement %.3f ms\n", p, med(v, "cpu_per_settlement_ms"))
+		fmt.Fprintf(out, "BENCH %scpu_1000_settlements %.3f s\n", p, 1000*med(v, "cpu_per_settlement_ms")/1e3)
 		fmt.Fprintf(out, "BENCH %sgas_per_settlement %.0f gas\n", p, med(v, "gas_used"))
 		fmt.Fprintf(out, "BENCH %sgas_limit_per_settlement %.0f gas (a block holds %d)\n", p, med(v, "gas_limit"), chain.BlockMaxGas/int64(med(v, "gas_limit")))
 	}
 	first, last := b.validators[0], b.validators[len(b.validators)-1]
 	if first != last {
 		vs := fmt.Sprintf("%dv/%dv", last, first)
-		for _, name := range []string{"idle_blocks_per_second", "load_blocks_per_second", "max_settlements_per_block", "settlements_per_second", "exec_per_settlement_ms"} {
+		for _, name := range []string{"idle_blocks_per_second", "load_blocks_per_second", "max_settlements_per_block", "settlements_per_second", "exec_per_settlement_ms", "cpu_per_settlement_ms"} {
 			report(out, name+"_"+vs, med(last, name)/med(first, name))
 		}
 	}
 	ratio(out, fmt.Sprintf("exec_1000_settlements_%dv/block_time", last), med(last, "exec_1000")/b.blockTime.Seconds(), "<=", 1)
+	// The same target for validators that each had a core of their own.
+	ratio(out, fmt.Sprintf("cpu_1000_settlements_per_core_%dv/block_time", last), med(last, "cpu_per_settlement_ms")/b.blockTime.Seconds(), "<=", 1)
 	return nil
 }
 
@@ -183,6 +188,7 @@ func chainFigures(r *chainload.Result) map[string]float64 {
 		"exec_at_max":               full.Exec.Seconds(),
 		"exec_per_settlement_ms":    float64(r.PerSettlement()) / 1e6,
 		"exec_1000":                 r.ExecOf(1000).Seconds(),
+		"cpu_per_settlement_ms":     float64(r.CPUPerSettlement()) / 1e6,
 		"gas_used":                  float64(r.GasUsed),
 		"gas_limit":                 float64(r.GasLimit),
 	}

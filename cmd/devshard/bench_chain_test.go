@@ -57,5 +57,7 @@ func TestBenchChainTiny(t *testing.T) {
 		require.Regexp(t, `(?m)^RATIO `+name+`_2v/1v [0-9.]+ \(target none\)$`, lines)
 	}
 	require.Regexp(t, `(?m)^RATIO exec_1000_settlements_2v/block_time [0-9.]+ \(target <= 1.00\) (MEETS|MISSES)$`, lines)
+	require.Regexp(t, `(?m)^RATIO cpu_1000_settlements_per_core_2v/block_time [0-9.]+ \(target <= 1.00\) (MEETS|MISSES)$`, lines)
+	require.Regexp(t, `(?m)^BENCH chain_2v_cpu_per_settlement [0-9.]+ ms$`, lines)
 	require.True(t, strings.Contains(lines, "# 2v round 1: block "), "a line per loaded block")
 }

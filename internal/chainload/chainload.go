@@ -95,6 +95,10 @@ type Result struct {
 	IdleSpan   time.Duration
 	// IdleExec is the mean Exec of the idle blocks.
 	IdleExec time.Duration
+	// IdleCPU is the CPU time all the validators used in IdleSpan;
+	// LoadCPU what they used in LoadWall, from the broadcast's start to
+	// the commit of the last block that carried a settlement.
+	IdleCPU, LoadCPU, LoadWall time.Duration
 	// Blocks run from the first block carrying a settlement to the last.
 	Blocks []Block
 	// Broadcast is how long sending every settlement took; Rejected were
@@ -163,20 +167,42 @@ func (r *Result) Fullest() Block {
 	return best
 }
 
-// PerSettlement is what one settlement added to a block's Exec over an
-// idle block's, measured on the fullest block: a validator's time to
-// execute it, as this machine gives it the cores.
+// PerSettlement is what one settlement adds to a block's Exec: over every
+// block that carried settlements, their Exec beyond an idle block's, over
+// the settlements they carried. It is a validator's time to execute a
+// settlement, as this machine gives it the cores.
 func (r *Result) PerSettlement() time.Duration {
-	b := r.Fullest()
-	if b.Settlements == 0 {
+	var exec time.Duration
+	n := 0
+	for _, b := range r.Blocks {
+		if b.Settlements+b.Failed == 0 {
+			continue
+		}
+		exec += max(0, b.Exec-r.IdleExec)
+		n += b.Settlements + b.Failed
+	}
+	if n == 0 {
 		return 0
 	}
-	return max(0, b.Exec-r.IdleExec) / time.Duration(b.Settlements)
+	return exec / time.Duration(n)
+}
+
+// CPUPerSettlement is the CPU time one validator spent per settlement
+// beyond its idle use: checking the tx, receiving it and its block from
+// peers, executing it. It does not depend on how many cores the machine
+// gives the validators, so it says what a validator with a core of its own
+// would sustain: 1/CPUPerSettlement settlements a second at most.
+func (r *Result) CPUPerSettlement() time.Duration {
+	settled := r.Settled()
+	if settled == 0 || r.IdleSpan == 0 {
+		return 0
+	}
+	idle := time.Duration(float64(r.IdleCPU) * r.LoadWall.Seconds() / r.IdleSpan.Seconds())
+	return max(0, r.LoadCPU-idle) / time.Duration(settled*r.Validators)
 }
 
 // ExecOf is the Exec of a block of n settlements: the idle block's and n
-// times PerSettlement. For n up to the fullest block's it is measured; past
-// it, extrapolated.
+// times PerSettlement.
 func (r *Result) ExecOf(n int) time.Duration {
 	return r.IdleExec + time.Duration(n)*r.PerSettlement()
 }
@@ -217,7 +243,11 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 		defer cancel()
 		err = errors.Join(err, n.Close(stop))
 	}()
-	l := &load{cfg: cfg, n: n, hosts: n.Accounts[:cfg.Hosts], gateways: n.Accounts[cfg.Hosts:], params: params}
+	var homes []string
+	for _, v := range n.Validators() {
+		homes = append(homes, v.Home)
+	}
+	l := &load{cfg: cfg, n: n, cpu: cpuMeter{homes: homes}, hosts: n.Accounts[:cfg.Hosts], gateways: n.Accounts[cfg.Hosts:], params: params}
 	return l.run(ctx)
 }
 
@@ -228,6 +258,7 @@ type load struct {
 	hosts, gateways []node.Account
 	params          devshardtypes.Params
 	watch           *watcher
+	cpu             cpuMeter
 }
 
 func (l *load) run(ctx context.Context) (*Result, error) {
@@ -297,6 +328,10 @@ func (l *load) idle(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
+	cpu0, err := l.cpu.total()
+	if err != nil {
+		return err
+	}
 	select {
 	case <-ctx.Done():
 		return ctx.Err()
@@ -306,6 +341,11 @@ func (l *load) idle(ctx context.Context, res *Result) error {
 	if err != nil {
 		return err
 	}
+	cpu1, err := l.cpu.total()
+	if err != nil {
+		return err
+	}
+	res.IdleCPU = cpu1 - cpu0
 	res.IdleBlocks = int(to - from)
 	res.IdleSpan = l.watch.at(to).Sub(l.watch.at(from))
 	var exec time.Duration
@@ -553,6 +593,10 @@ func (l *load) burst(ctx context.Context, txs [][][]byte, res *Result) error {
 		return err
 	}
 	l.cfg.Progress("broadcasting %d settlements (gas limit %d each) over %d validators", total, res.GasLimit, len(vals))
+	cpu0, err := l.cpu.total()
+	if err != nil {
+		return err
+	}
 	var mu sync.Mutex
 	start := time.Now()
 	err = forEach(len(txs), len(txs), func(g int) error {
@@ -578,7 +622,16 @@ func (l *load) burst(ctx context.Context, txs [][][]byte, res *Result) error {
 	}
 	res.Broadcast = time.Since(start)
 	l.cfg.Progress("broadcast in %.2f s, %d refused at CheckTx; reading the blocks", res.Broadcast.Seconds(), res.Rejected)
-	return l.readBlocks(ctx, from+1, total-res.Rejected, res)
+	if err := l.readBlocks(ctx, from+1, total-res.Rejected, res); err != nil {
+		return err
+	}
+	cpu1, err := l.cpu.total()
+	if err != nil {
+		return err
+	}
+	res.LoadCPU = cpu1 - cpu0
+	res.LoadWall = time.Since(start)
+	return nil
 }
 
 // readBlocks reads the blocks from height from on until they hold want

@@ -30,33 +30,50 @@ func newWatcher(nd *localnet.Node) *watcher {
 	return &watcher{nd: nd, decided: map[int64]time.Time{}, committed: map[int64]time.Time{}, changed: make(chan struct{})}
 }
 
-// run polls until ctx ends. A poll that finds several new heights at once
-// gives them all its time.
+// run polls until ctx ends, the block store and the app each on its own
+// goroutine: the app answers only between the ABCI calls it is serving
+// (CheckTx, a block's execution), and that wait must not delay the
+// other poll. A poll that finds several new heights at once gives them
+// all its time.
 func (w *watcher) run(ctx context.Context) {
+	go poll(ctx, func() {
+		st, err := w.nd.Status(ctx)
+		if err != nil {
+			return
+		}
+		now := time.Now()
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		for ; w.stored < st.SyncInfo.LatestBlockHeight; w.stored++ {
+			w.decided[w.stored+1] = now
+		}
+	})
+	poll(ctx, func() {
+		h, err := w.nd.Height(ctx)
+		if err != nil {
+			return
+		}
+		now := time.Now()
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		if h <= w.highest {
+			return
+		}
+		for at := w.highest + 1; at <= h; at++ {
+			w.committed[at] = now
+		}
+		w.highest = h
+		close(w.changed)
+		w.changed = make(chan struct{})
+	})
+}
+
+// poll calls fn every pollInterval until ctx ends.
+func poll(ctx context.Context, fn func()) {
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
 	for {
-		if st, err := w.nd.Status(ctx); err == nil {
-			now := time.Now()
-			w.mu.Lock()
-			for ; w.stored < st.SyncInfo.LatestBlockHeight; w.stored++ {
-				w.decided[w.stored+1] = now
-			}
-			w.mu.Unlock()
-		}
-		if h, err := w.nd.Height(ctx); err == nil {
-			now := time.Now()
-			w.mu.Lock()
-			if h > w.highest {
-				for at := w.highest + 1; at <= h; at++ {
-					w.committed[at] = now
-				}
-				w.highest = h
-				close(w.changed)
-				w.changed = make(chan struct{})
-			}
-			w.mu.Unlock()
-		}
+		fn()
 		select {
 		case <-ctx.Done():
 			return
