@@ -100,9 +100,9 @@ func benchChain(ctx context.Context, out, progress io.Writer, b chainBench) erro
 			if err != nil {
 				return fmt.Errorf("%d validators: %w", v, err)
 			}
-			if res.Rejected > 0 || res.Settled() < b.settlements {
-				fmt.Fprintf(out, "# %d validators, round %d: %d settlements refused at CheckTx, %d settled of %d; first refusal: %s\n",
-					v, r+1, res.Rejected, res.Settled(), b.settlements, res.FirstRefusal)
+			if res.Settled() < b.settlements {
+				fmt.Fprintf(out, "# %dv round %d: %d of %d settled: %d refused at CheckTx (first: %q), %d never reached a block, %d failed in their block (first: %q)\n",
+					v, r+1, res.Settled(), b.settlements, res.Rejected, res.FirstRefusal, res.Lost, res.Settled()-b.settlements+res.Rejected+res.Lost, res.FirstFailure)
 			}
 			for _, blk := range res.Blocks {
 				fmt.Fprintf(out, "# %dv round %d: block %d carried %d settlements (%d failed), %.3f s after the block before (header times: %.3f s), executed in %.3f s\n",

@@ -103,6 +103,23 @@ func (w *watcher) next(ctx context.Context) (int64, error) {
 	}
 }
 
+// waitFor returns once both polls have seen height h.
+func (w *watcher) waitFor(ctx context.Context, h int64) error {
+	for {
+		w.mu.Lock()
+		seen := w.stored >= h && w.highest >= h
+		w.mu.Unlock()
+		if seen {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pollInterval / 2):
+		}
+	}
+}
+
 // at is when height h was first seen committed (zero if it never was).
 func (w *watcher) at(h int64) time.Time {
 	w.mu.Lock()
