@@ -141,6 +141,15 @@ func (r *Result) Settled() int {
 	return n
 }
 
+// Failed is how many settlements were included and failed.
+func (r *Result) Failed() int {
+	n := 0
+	for _, b := range r.Blocks {
+		n += b.Failed
+	}
+	return n
+}
+
 // loadSpan is from the commit of the block before the first loaded one to
 // the commit of the last.
 func (r *Result) loadSpan() time.Duration {
