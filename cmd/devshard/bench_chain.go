@@ -46,22 +46,26 @@ measures, for each:
     8 gateways spread over the validators). From the blocks that included
     them: settlements per block, each block's interval (from the block
     before, as the first validator's app committed them), and its
-    execution time (from the validator deciding the block to its app having
+    execution (from the validator deciding the block to its app having
     committed it). CometBFT waits the block time from deciding a block
     before it proposes the next, so a block whose execution fits within the
-    block time keeps the chain's pace.
+    block time keeps the chain's pace;
+  - the validators' CPU time per settlement, beyond their idle use: what a
+    validator with a core of its own would need, whatever this machine's
+    cores.
 
 Settlement txs carry a gas limit 1.2 times the most a probe settlement
 used: CometBFT fills a block by gas limits (the block's max gas is
 chain.BlockMaxGas). The issue's target: a block of 1,000 settlements
-executes within the block time with 4 validators. Where the fullest block
-held fewer, the time for 1,000 is extrapolated from its time per
-settlement (the BENCH line says so). Each validator executes every tx,
-and the validators share this machine's cores: the figures are this
-machine's, with its load.
+executes within the block time with the most validators measured. Where
+the fullest block held fewer, the time for 1,000 is extrapolated from the
+execution per settlement (a '#' line says so); a second RATIO line judges
+the same target by CPU time, for validators on a core each. Each validator
+executes every tx and the validators share this machine's cores: the
+figures are this machine's, with its load.
 
 Each round starts fresh networks in a temporary directory; figures are the
-medians over --rounds.`,
+medians over --rounds. Linux only (CPU times come from /proc).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if b.rounds < 1 || b.settlements < 1 || b.groupSize < 1 || len(b.validators) == 0 {
@@ -81,7 +85,7 @@ medians over --rounds.`,
 		},
 	}
 	cmd.Flags().IntSliceVar(&b.validators, "validators", []int{1, 4}, "validator counts to measure, each a network of its own; RATIO lines compare the last with the first")
-	cmd.Flags().IntVar(&b.settlements, "settlements", 1500, "settlements broadcast at once (a block's gas holds about 1,200 16-slot settlement txs)")
+	cmd.Flags().IntVar(&b.settlements, "settlements", 1500, "settlements broadcast at once (a block's gas holds about 1,000 16-slot settlement txs)")
 	cmd.Flags().IntVar(&b.groupSize, "group-size", 16, "slots of every escrow's group, drawn from as many hosts")
 	cmd.Flags().IntVar(&b.rounds, "rounds", 1, "measure everything this many times, interleaved, and keep the medians (a round takes minutes)")
 	cmd.Flags().DurationVar(&b.blockTime, "block-time", time.Second, "the networks' block time")

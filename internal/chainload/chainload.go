@@ -89,7 +89,6 @@ type Block struct {
 // Result is what one run measured.
 type Result struct {
 	Validators int
-	BlockTime  time.Duration
 	// IdleBlocks blocks were committed in IdleSpan with no tx sent.
 	IdleBlocks int
 	IdleSpan   time.Duration
@@ -114,9 +113,8 @@ type Result struct {
 	// later sequence numbers cannot land.
 	Lost int
 	// GasLimit is each settlement tx's; GasUsed the mean a settlement
-	// used; Slots the group size.
+	// used.
 	GasLimit, GasUsed uint64
-	Slots             int
 }
 
 // IdleInterval is the mean interval between idle blocks.
@@ -278,7 +276,7 @@ type load struct {
 }
 
 func (l *load) run(ctx context.Context) (*Result, error) {
-	res := &Result{Validators: l.cfg.Validators, BlockTime: l.cfg.BlockTime, Slots: l.cfg.GroupSize}
+	res := &Result{Validators: l.cfg.Validators}
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	l.watch = newWatcher(l.n.Nodes[0])
