@@ -3,8 +3,9 @@
 // hosts, opens escrows whose groups the chain draws, builds a real
 // settlement of each offline (an honest session of two inferences, signed
 // by every slot), broadcasts them all at once over the validators and then
-// reads, block by block, how many settlements each carried and how long
-// after the previous block it came.
+// reads, block by block, how many settlements each carried, how long after
+// the previous block it came and how long it took to execute, and how much
+// CPU time the validators spent per settlement.
 package chainload
 
 import (
@@ -65,11 +66,11 @@ type Config struct {
 	Progress func(format string, args ...any)
 }
 
-// Block is one block that carried settlements.
+// Block is one block of the load.
 type Block struct {
 	Height int64
 	// Settlements succeeded in the block; Failed were included and
-	// refused.
+	// failed.
 	Settlements, Failed int
 	// Interval is from the previous block's commit to this one's, as the
 	// first validator's app saw them: it holds proposing, agreeing on and
@@ -98,7 +99,8 @@ type Result struct {
 	// LoadCPU what they used in LoadWall, from the broadcast's start to
 	// the commit of the last block that carried a settlement.
 	IdleCPU, LoadCPU, LoadWall time.Duration
-	// Blocks run from the first block carrying a settlement to the last.
+	// Blocks run from the first block carrying a settlement to the last,
+	// empty ones between included.
 	Blocks []Block
 	// Broadcast is how long sending every settlement took; Rejected were
 	// refused at CheckTx, the first for FirstRefusal. FirstFailure is why
