@@ -20,11 +20,12 @@ const maxBatch = 128
 // input, in order. An error that fails the whole batch is returned to
 // every call in it.
 type batcher[In, Out any] struct {
-	write func(ctx context.Context, ins []In) ([]Out, error)
+	write   func(ctx context.Context, ins []In) ([]Out, error)
+	writers int // batches written at once, at most
 
 	mu      sync.Mutex
 	pending []*call[In, Out]
-	writing bool // a writer goroutine is running
+	running int // writer goroutines
 }
 
 type call[In, Out any] struct {
@@ -38,8 +39,8 @@ type result[Out any] struct {
 	err error
 }
 
-func newBatcher[In, Out any](write func(ctx context.Context, ins []In) ([]Out, error)) *batcher[In, Out] {
-	return &batcher[In, Out]{write: write}
+func newBatcher[In, Out any](writers int, write func(ctx context.Context, ins []In) ([]Out, error)) *batcher[In, Out] {
+	return &batcher[In, Out]{write: write, writers: writers}
 }
 
 // do writes in with the next batch and returns its own answer. If ctx ends
@@ -54,8 +55,8 @@ func (b *batcher[In, Out]) do(ctx context.Context, in In) (Out, error) {
 	c := &call[In, Out]{ctx: ctx, in: in, done: make(chan result[Out], 1)}
 	b.mu.Lock()
 	b.pending = append(b.pending, c)
-	if !b.writing {
-		b.writing = true
+	if b.running < b.writers {
+		b.running++
 		go b.run()
 	}
 	b.mu.Unlock()
@@ -91,7 +92,7 @@ func (b *batcher[In, Out]) run() {
 		b.mu.Lock()
 		n := min(len(b.pending), maxBatch)
 		if n == 0 {
-			b.writing = false
+			b.running--
 			b.mu.Unlock()
 			return
 		}

@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"time"
 )
@@ -77,6 +78,15 @@ type Listener interface {
 	Listen(ctx context.Context, wake func())
 }
 
+// Writers is a driver that gains from writing several batches at once:
+// Postgres, one per pooled connection, whose commits the server flushes
+// together. To other drivers the queue writes one batch at a time, as
+// SQLite's one writer takes them.
+type Writers interface {
+	// Writers is how many batches to write at once.
+	Writers() int
+}
+
 // ClaimParams is one batch of claims: the kinds they accept, the new
 // leases' start and expiry, and who holds each job claimed.
 type ClaimParams struct {
@@ -84,6 +94,15 @@ type ClaimParams struct {
 	Holders []Holder
 	Now     time.Time
 	Expires time.Time
+}
+
+// Describe names the claim for messages: "a job for worker w1", or "jobs
+// for 3 workers".
+func (p ClaimParams) Describe() string {
+	if len(p.Holders) == 1 {
+		return "a job for worker " + p.Holders[0].Worker
+	}
+	return fmt.Sprintf("jobs for %d workers", len(p.Holders))
 }
 
 // Holder is the worker a claimed job goes to, with the lease token issued

@@ -95,8 +95,12 @@ func New(d Driver, opts Options) (*Queue, error) {
 	opts = opts.withDefaults()
 	q := &Queue{d: d, opts: opts, done: make(chan struct{})}
 	q.wake.ch = make(chan struct{})
-	q.claims = newBatcher(q.writeClaims)
-	q.finishes = newBatcher(q.d.Finish)
+	writers := 1
+	if w, ok := d.(Writers); ok {
+		writers = max(w.Writers(), 1)
+	}
+	q.claims = newBatcher(writers, q.writeClaims)
+	q.finishes = newBatcher(writers, q.d.Finish)
 	q.metrics = newMetrics(q)
 	if opts.Registerer != nil {
 		if err := q.metrics.register(opts.Registerer); err != nil {

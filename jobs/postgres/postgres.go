@@ -63,6 +63,7 @@ type Driver struct {
 
 var _ jobs.Driver = (*Driver)(nil)
 var _ jobs.Listener = (*Driver)(nil)
+var _ jobs.Writers = (*Driver)(nil)
 
 var schemaName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,47}$`)
 
@@ -152,6 +153,11 @@ func (d *Driver) migrate(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Writers implements jobs.Writers: one batch per pooled connection. Calls
+// go out at once while a connection is free, since the server flushes
+// concurrent commits together; they are batched once all are busy.
+func (d *Driver) Writers() int { return int(d.pool.Config().MaxConns) }
 
 // Close closes the pool.
 func (d *Driver) Close() error {
@@ -306,18 +312,18 @@ func (d *Driver) Claim(ctx context.Context, p jobs.ClaimParams) ([]jobs.Job, err
 		FROM next JOIN holder USING (n) WHERE j.id = next.id
 		RETURNING holder.n, `+columns, workers, tokens, p.Expires, p.Now, kinds)
 	if err != nil {
-		return nil, d.fail(err, "claim %d jobs for worker %s", len(p.Holders), p.Holders[0].Worker)
+		return nil, d.fail(err, "claim %s", p.Describe())
 	}
 	claimed, err := collectNumbered(rows, len(p.Holders))
 	if err != nil {
-		return nil, d.fail(err, "claim %d jobs for worker %s", len(p.Holders), p.Holders[0].Worker)
+		return nil, d.fail(err, "claim %s", p.Describe())
 	}
 	// The jobs are numbered 1 to len(claimed), one per holder from the
 	// first.
 	out := make([]jobs.Job, len(claimed))
 	for i, j := range claimed {
 		if j == nil {
-			return nil, d.fail(errors.New("the claimed jobs are not numbered from 1 without gaps"), "claim %d jobs", len(p.Holders))
+			return nil, d.fail(errors.New("the claimed jobs are not numbered from 1 without gaps"), "claim %s", p.Describe())
 		}
 		out[i] = *j
 	}
@@ -350,20 +356,17 @@ func collectNumbered(rows pgx.Rows, n int) ([]*jobs.Job, error) {
 	return out[:last], nil
 }
 
-// Heartbeat implements jobs.Driver.
+// Heartbeat implements jobs.Driver in one statement; only a refused
+// heartbeat reads the job, to explain the refusal.
 func (d *Driver) Heartbeat(ctx context.Context, l jobs.Lease, now, expires time.Time) (applied bool, current *jobs.Job, err error) {
-	err = pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE jobs SET heartbeat_at = $1, lease_expires = $2
-			WHERE id = $3 AND state = 'running' AND attempt = $4 AND lease_token = $5`,
-			now, expires, l.JobID, l.Attempt, l.Token)
-		if err != nil {
-			return err
-		}
+	tag, err := d.pool.Exec(ctx, `UPDATE jobs SET heartbeat_at = $1, lease_expires = $2
+		WHERE id = $3 AND state = 'running' AND attempt = $4 AND lease_token = $5`,
+		now, expires, l.JobID, l.Attempt, l.Token)
+	if err == nil {
 		if applied = tag.RowsAffected() == 1; !applied {
-			current, err = get(ctx, tx, l.JobID)
+			current, err = get(ctx, d.pool, l.JobID)
 		}
-		return err
-	})
+	}
 	if err != nil {
 		return false, nil, d.fail(err, "heartbeat of job %s attempt %d", jobs.ShortID(l.JobID), l.Attempt)
 	}

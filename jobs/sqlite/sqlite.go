@@ -242,7 +242,7 @@ func (d *Driver) Claim(ctx context.Context, p jobs.ClaimParams) ([]jobs.Job, err
 		return nil
 	})
 	if err != nil {
-		return nil, d.fail(err, "claim %d jobs for worker %s", len(p.Holders), p.Holders[0].Worker)
+		return nil, d.fail(err, "claim %s", p.Describe())
 	}
 	return claimed, nil
 }
