@@ -9,11 +9,12 @@
 // A batch of claims is one statement that locks as many ready jobs as it
 // has claimers, FOR UPDATE SKIP LOCKED, and hands them out in claim order,
 // so concurrent claimers never wait on each other and never share a job.
-// A batch of finishes is one UPDATE, fenced row by row. A rescue pass takes a transaction-level advisory lock first: of
-// several hosts sharing the queue, one rescues at a time and the others
-// skip the pass. Jobs made ready are announced with NOTIFY on the schema's
-// channel, and each queue LISTENs there, so a worker waiting on one host
-// is woken by a job enqueued on another.
+// A batch of finishes is one UPDATE, fenced row by row. A rescue pass
+// takes a transaction-level advisory lock first: of several hosts sharing
+// the queue, one rescues at a time and the others skip the pass. Jobs
+// made ready are announced with NOTIFY on the schema's channel, and each
+// queue LISTENs there, so a worker waiting on one host is woken by a job
+// enqueued on another.
 package postgres
 
 import (

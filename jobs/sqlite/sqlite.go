@@ -273,7 +273,7 @@ func (d *Driver) Heartbeat(ctx context.Context, l jobs.Lease, now, expires time.
 
 // Finish implements jobs.Driver: one transaction, one commit, the
 // finishes applied one after another, each refusal explained by the job
-// as the next finish finds it.
+// as it stands at that point of the transaction.
 func (d *Driver) Finish(ctx context.Context, fs []jobs.FinishParams) ([]jobs.Fenced, error) {
 	out := make([]jobs.Fenced, len(fs))
 	err := d.write(ctx, func(c *sql.Conn) error {
@@ -288,7 +288,6 @@ func (d *Driver) Finish(ctx context.Context, fs []jobs.FinishParams) ([]jobs.Fen
 			case err == nil:
 				out[i] = jobs.Fenced{Applied: true, Current: &j}
 			case errors.Is(err, sql.ErrNoRows):
-				out[i] = jobs.Fenced{}
 				if out[i].Current, err = get(ctx, c, l.JobID); err != nil {
 					return err
 				}
