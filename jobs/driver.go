@@ -2,6 +2,7 @@ package jobs
 
 import (
 	"context"
+	"fmt"
 	"strconv"
 	"time"
 )
@@ -23,23 +24,29 @@ type Driver interface {
 	// returns the stored job (the existing one if there was one) and
 	// whether j was inserted.
 	Insert(ctx context.Context, j Job) (stored Job, inserted bool, err error)
-	// Claim moves the first ready job whose kind is in c.Kinds (any kind if
-	// empty), ordered by Priority of its kind, then Created, then ID, to
-	// running under c's worker and lease, counting one attempt, and returns
-	// it. It returns nil when no job is ready. Two concurrent claims never
-	// return the same job.
-	Claim(ctx context.Context, c ClaimParams) (*Job, error)
+	// Claim moves up to len(c.Holders) ready jobs whose kind is in
+	// c.Kinds (any kind if empty), taken in claim order (Priority of their
+	// kind, then Created, then ID), to running, counting one attempt each:
+	// the i-th job goes to c.Holders[i], under its worker and token. It
+	// returns the jobs claimed, claimed[i] held by c.Holders[i]: fewer than
+	// the holders (none) when fewer jobs are ready. Every job it takes is
+	// handed to a holder, so none is left running with no one to run it.
+	// Two concurrent claims never return the same job.
+	Claim(ctx context.Context, c ClaimParams) (claimed []Job, err error)
 	// Heartbeat sets the heartbeat time and lease expiry of the job held by
 	// lease: running, at lease.Attempt, with lease.Token. When the lease
 	// does not match it changes nothing and returns the job as it is now,
 	// lease token included (nil if there is no such job), for the Queue to
 	// explain.
 	Heartbeat(ctx context.Context, lease Lease, now, expires time.Time) (applied bool, current *Job, err error)
-	// Finish moves the job held by lease (as for Heartbeat) to o.State and
-	// stores its outcome, and returns the job as it is then. A mismatched
-	// lease changes nothing, as for Heartbeat. The lease token stays
-	// stored, so a replayed call can be recognised.
-	Finish(ctx context.Context, lease Lease, o Outcome) (applied bool, current *Job, err error)
+	// Finish applies fs together, all or nothing, and returns one answer
+	// per finish, in order. Each moves the job held by its lease (as for
+	// Heartbeat) to its outcome's State, stores the outcome, and answers
+	// with the job as it is then. A mismatched lease changes nothing, as
+	// for Heartbeat. Two finishes with one lease apply as if one ran after
+	// the other: at most one applies. The lease token stays stored, so a
+	// replayed call can be recognised.
+	Finish(ctx context.Context, fs []FinishParams) ([]Fenced, error)
 	// Rescue runs one maintenance pass (see RescueParams). A driver shared
 	// by several queues lets one pass run at a time and reports the others
 	// as Skipped.
@@ -71,13 +78,52 @@ type Listener interface {
 	Listen(ctx context.Context, wake func())
 }
 
-// ClaimParams is one claim's worker, accepted kinds and new lease.
+// Writers is a driver that gains from writing several batches at once:
+// Postgres, one per pooled connection, whose commits the server flushes
+// together. To other drivers the queue writes one batch at a time, as
+// SQLite's one writer takes them.
+type Writers interface {
+	// Writers is how many batches to write at once.
+	Writers() int
+}
+
+// ClaimParams is one batch of claims: the kinds they accept, the new
+// leases' start and expiry, and who holds each job claimed.
 type ClaimParams struct {
-	Worker  string
 	Kinds   []Kind // empty: any kind
-	Token   string
+	Holders []Holder
 	Now     time.Time
 	Expires time.Time
+}
+
+// Describe names the claim for messages: "a job for worker w1", or "jobs
+// for 3 workers".
+func (p ClaimParams) Describe() string {
+	if len(p.Holders) == 1 {
+		return "a job for worker " + p.Holders[0].Worker
+	}
+	return fmt.Sprintf("jobs for %d workers", len(p.Holders))
+}
+
+// Holder is the worker a claimed job goes to, with the lease token issued
+// for it.
+type Holder struct {
+	Worker string
+	Token  string
+}
+
+// FinishParams is one finish: the lease presented and the outcome.
+type FinishParams struct {
+	Lease   Lease
+	Outcome Outcome
+}
+
+// Fenced is the answer to one write fenced by a lease: whether it applied,
+// and the job as it is then (nil if there is no such job), lease token
+// included, for the Queue to explain a refusal.
+type Fenced struct {
+	Applied bool
+	Current *Job
 }
 
 // Outcome is how a running job finished.

@@ -21,6 +21,10 @@
 //     with any other lease is refused with a *StaleLeaseError and changes
 //     nothing, so a worker whose lease was taken back can never overwrite
 //     the result of the retry.
+//   - Batches. Concurrent claims, and concurrent finishes and fails, are
+//     written in batches, one statement and one commit a batch (see
+//     batcher). Each call still gets its own answer, and a Finish or Fail
+//     returns only once the commit holding it is durable.
 //   - A lease is lost when the rescuer takes it back, not at the instant it
 //     expires. The rescuer returns a running job whose lease expired to
 //     ready, up to MaxTry attempts in all, and fails it after that ("lease

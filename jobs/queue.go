@@ -77,6 +77,11 @@ type Queue struct {
 	metrics *metrics
 	wake    broadcast
 
+	// Concurrent claims and finishes are written in batches, one
+	// statement and one commit a batch (see batcher).
+	claims   *batcher[claimCall, claimed]
+	finishes *batcher[FinishParams, Fenced]
+
 	stop     context.CancelFunc
 	done     chan struct{} // closed by Close
 	listened sync.WaitGroup
@@ -90,6 +95,12 @@ func New(d Driver, opts Options) (*Queue, error) {
 	opts = opts.withDefaults()
 	q := &Queue{d: d, opts: opts, done: make(chan struct{})}
 	q.wake.ch = make(chan struct{})
+	writers := 1
+	if w, ok := d.(Writers); ok {
+		writers = max(w.Writers(), 1)
+	}
+	q.claims = newBatcher(writers, q.writeClaims)
+	q.finishes = newBatcher(writers, q.d.Finish)
 	q.metrics = newMetrics(q)
 	if opts.Registerer != nil {
 		if err := q.metrics.register(opts.Registerer); err != nil {
@@ -198,16 +209,66 @@ func (q *Queue) Claim(ctx context.Context, worker string, kinds ...Kind) (*Claim
 			return nil, err
 		}
 	}
-	now := q.now()
-	p := ClaimParams{Worker: worker, Kinds: kinds, Token: newToken(), Now: now, Expires: now.Add(q.opts.HeartbeatTimeout)}
-	j, err := q.d.Claim(ctx, p)
-	if err != nil || j == nil {
+	got, err := q.claims.do(ctx, claimCall{holder: Holder{Worker: worker, Token: newToken()}, kinds: kinds})
+	if err == nil {
+		err = got.err
+	}
+	if err != nil || got.claim == nil {
 		return nil, err
 	}
-	q.metrics.claimed.WithLabelValues(string(j.Kind)).Inc()
-	lease := Lease{JobID: j.ID, Attempt: j.Attempt, Token: p.Token}
-	j.LeaseToken = ""
-	return &Claim{Lease: lease, Expires: p.Expires, Job: *j}, nil
+	q.metrics.claimed.WithLabelValues(string(got.claim.Job.Kind)).Inc()
+	return got.claim, nil
+}
+
+// claimCall is one Claim waiting for its batch.
+type claimCall struct {
+	holder Holder
+	kinds  []Kind
+}
+
+// claimed answers one claimCall: a claim, nil when no job was ready, or
+// the error of its group's statement.
+type claimed struct {
+	claim *Claim
+	err   error
+}
+
+// writeClaims claims for a batch of calls. Calls that accept the same
+// kinds share one statement; the first call in the batch gets the first
+// job. Each statement commits on its own, so its error is its calls'
+// alone: the other groups' claims stand.
+func (q *Queue) writeClaims(ctx context.Context, calls []claimCall) ([]claimed, error) {
+	now := q.now()
+	expires := now.Add(q.opts.HeartbeatTimeout)
+	out := make([]claimed, len(calls))
+	var groups [][]int // indexes into calls, by kinds
+	for i, c := range calls {
+		g := slices.IndexFunc(groups, func(g []int) bool { return slices.Equal(calls[g[0]].kinds, c.kinds) })
+		if g < 0 {
+			groups = append(groups, []int{i})
+		} else {
+			groups[g] = append(groups[g], i)
+		}
+	}
+	for _, g := range groups {
+		p := ClaimParams{Kinds: calls[g[0]].kinds, Now: now, Expires: expires, Holders: make([]Holder, len(g))}
+		for k, i := range g {
+			p.Holders[k] = calls[i].holder
+		}
+		js, err := q.d.Claim(ctx, p)
+		for k, i := range g {
+			switch {
+			case err != nil:
+				out[i].err = err
+			case k < len(js):
+				j := js[k]
+				lease := Lease{JobID: j.ID, Attempt: j.Attempt, Token: p.Holders[k].Token}
+				j.LeaseToken = ""
+				out[i].claim = &Claim{Lease: lease, Expires: expires, Job: j}
+			}
+		}
+	}
+	return out, nil
 }
 
 // ClaimWait is Claim that waits up to maxWait for a job to become ready. It
@@ -291,11 +352,12 @@ func (q *Queue) finish(ctx context.Context, call string, lease Lease, o Outcome)
 		return ErrClosed
 	}
 	o.Now = q.now()
-	applied, cur, err := q.d.Finish(ctx, lease, o)
+	f, err := q.finishes.do(ctx, FinishParams{Lease: lease, Outcome: o})
 	if err != nil {
 		return err
 	}
-	if !applied {
+	cur := f.Current
+	if !f.Applied {
 		if cur != nil && replays(cur, lease, o) {
 			return nil
 		}

@@ -24,6 +24,10 @@ type Target struct {
 	// ends. Queues opened on one target share its database, as processes
 	// or hosts share one file or one Postgres.
 	Open func(t testing.TB, opts jobs.Options) *jobs.Queue
+	// Driver opens a bare driver on the target's database, closed when
+	// the test ends, for the tests of the driver seam itself: a batch of
+	// claims or finishes written as the Queue writes it.
+	Driver func(t testing.TB) jobs.Driver
 }
 
 // Opener makes a Target for one test. Each test gets its own database

@@ -27,6 +27,9 @@ func Run(t *testing.T, open Opener) {
 		{"ClaimPriority", testClaimPriority},
 		{"ClaimNothingReady", testClaimNothingReady},
 		{"ConcurrentClaimsNeverShare", testConcurrentClaimsNeverShare},
+		{"ClaimBatch", testClaimBatch},
+		{"FinishBatchMixedLeases", testFinishBatchMixedLeases},
+		{"ConcurrentFinishesMixedLeases", testConcurrentFinishesMixedLeases},
 		{"AttackLateResultAfterRetry", testAttackLateResultAfterRetry},
 		{"ForgedTokenRefused", testForgedTokenRefused},
 		{"FinishReplay", testFinishReplay},
@@ -262,11 +265,18 @@ func testConcurrentClaimsNeverShare(t *testing.T, b *bundle) {
 	holder := map[string]string{}
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
+	tokens := map[string]bool{}
 	for w := range workers {
 		worker := fmt.Sprint("w", w)
+		// Some workers take validation only, so one batch of claims
+		// holds calls for different kinds.
+		var kinds []jobs.Kind
+		if w%4 == 0 {
+			kinds = []jobs.Kind{jobs.KindValidation}
+		}
 		wg.Go(func() {
 			for {
-				c, err := b.q.Claim(b.ctx, worker)
+				c, err := b.q.Claim(b.ctx, worker, kinds...)
 				if err != nil {
 					errs <- err
 					return
@@ -277,9 +287,21 @@ func testConcurrentClaimsNeverShare(t *testing.T, b *bundle) {
 				mu.Lock()
 				prev, dup := holder[c.Job.ID]
 				holder[c.Job.ID] = worker
+				reused := tokens[c.Lease.Token]
+				tokens[c.Lease.Token] = true
 				mu.Unlock()
-				if dup {
+				switch {
+				case dup:
 					errs <- fmt.Errorf("job %s claimed by %s and by %s", c.Job.ID, prev, worker)
+					return
+				case reused:
+					errs <- fmt.Errorf("lease token of job %s issued twice", c.Job.ID)
+					return
+				case c.Job.Worker != worker:
+					errs <- fmt.Errorf("worker %s got job %s held by %s", worker, c.Job.ID, c.Job.Worker)
+					return
+				case kinds != nil && c.Job.Kind != jobs.KindValidation:
+					errs <- fmt.Errorf("validation worker %s got a %s job", worker, c.Job.Kind)
 					return
 				}
 			}
@@ -294,6 +316,167 @@ func testConcurrentClaimsNeverShare(t *testing.T, b *bundle) {
 	cnt, err := b.q.Count(b.ctx)
 	require.NoError(t, err)
 	require.Equal(t, map[jobs.State]int{jobs.Running: n}, cnt)
+}
+
+// One batch of claims on the driver: the n-th job in claim order goes to
+// the n-th holder under its own token, and when fewer jobs are ready than
+// holders, no job is taken without a holder to run it.
+func testClaimBatch(t *testing.T, b *bundle) {
+	v := b.enqueue(t, jobs.KindValidation, "v")
+	b.clock.Advance(time.Second)
+	i1 := b.enqueue(t, jobs.KindInference, "i1")
+	b.clock.Advance(time.Second)
+	i2 := b.enqueue(t, jobs.KindInference, "i2")
+	d := b.target.Driver(t)
+	now := b.clock.Now()
+	holders := []jobs.Holder{{Worker: "a", Token: "token-a"}, {Worker: "b", Token: "token-b"}, {Worker: "c", Token: "token-c"}}
+
+	got, err := d.Claim(b.ctx, jobs.ClaimParams{Kinds: []jobs.Kind{jobs.KindInference}, Holders: holders, Now: now, Expires: now.Add(time.Minute)})
+	require.NoError(t, err)
+	require.Len(t, got, 2, "two inference jobs for three holders")
+	for k, want := range []jobs.Job{i1, i2} {
+		require.Equal(t, want.ID, got[k].ID, "holder %d gets job %d in claim order", k, k)
+		require.Equal(t, jobs.Running, got[k].State)
+		require.Equal(t, 1, got[k].Attempt)
+		require.Equal(t, holders[k].Worker, got[k].Worker)
+		require.Equal(t, holders[k].Token, got[k].LeaseToken)
+		require.True(t, got[k].LeaseExpires.Equal(now.Add(time.Minute)))
+	}
+	n, err := b.q.Count(b.ctx)
+	require.NoError(t, err)
+	require.Equal(t, map[jobs.State]int{jobs.Running: 2, jobs.Ready: 1}, n, "nothing claimed beyond the jobs handed out")
+
+	got, err = d.Claim(b.ctx, jobs.ClaimParams{Holders: holders[2:], Now: now, Expires: now.Add(time.Minute)})
+	require.NoError(t, err)
+	require.Len(t, got, 1)
+	require.Equal(t, v.ID, got[0].ID)
+	require.Equal(t, "c", got[0].Worker)
+	got, err = d.Claim(b.ctx, jobs.ClaimParams{Holders: holders, Now: now, Expires: now.Add(time.Minute)})
+	require.NoError(t, err)
+	require.Empty(t, got, "nothing ready")
+
+	require.NoError(t, b.q.Finish(b.ctx, jobs.Lease{JobID: i2.ID, Attempt: 1, Token: "token-b"}, []byte("b")),
+		"the lease of a batch claim fences like any other")
+}
+
+// One batch of finishes on the driver, valid and stale leases mixed:
+// each answer is its own, as if the finishes ran one after another.
+func testFinishBatchMixedLeases(t *testing.T, b *bundle) {
+	var leases []jobs.Lease
+	for _, in := range []string{"a", "b", "c", "d", "e"} {
+		b.enqueue(t, jobs.KindInference, in)
+		leases = append(leases, b.claim(t, "w").Lease)
+	}
+	a, bb, c, gone, e := leases[0], leases[1], leases[2], leases[3], leases[4]
+	require.NoError(t, b.q.Remove(b.ctx, gone.JobID))
+	forged, wrongAttempt := bb, c
+	forged.Token = "00000000000000000000000000000000"
+	wrongAttempt.Attempt = 2
+	now := b.clock.Now()
+	ok := func(r string) jobs.Outcome { return jobs.Outcome{State: jobs.Succeeded, Result: []byte(r), Now: now} }
+	fs := []jobs.FinishParams{
+		{Lease: a, Outcome: ok("a")},
+		{Lease: forged, Outcome: ok("forged")},
+		{Lease: wrongAttempt, Outcome: ok("wrong attempt")},
+		{Lease: gone, Outcome: ok("gone")},
+		{Lease: bb, Outcome: ok("b")}, // the real lease after the forged one
+		{Lease: a, Outcome: ok("a again, otherwise")},
+		{Lease: e, Outcome: jobs.Outcome{State: jobs.Failed, ErrorClass: "execution", Error: "boom", Now: now}},
+	}
+	got, err := b.target.Driver(t).Finish(b.ctx, fs)
+	require.NoError(t, err)
+	require.Len(t, got, len(fs))
+
+	applied := func(i int, state jobs.State) {
+		t.Helper()
+		require.True(t, got[i].Applied, "finish %d", i)
+		require.Equal(t, fs[i].Lease.JobID, got[i].Current.ID)
+		require.Equal(t, state, got[i].Current.State)
+	}
+	applied(0, jobs.Succeeded)
+	require.Equal(t, []byte("a"), got[0].Current.Result)
+	applied(4, jobs.Succeeded)
+	applied(6, jobs.Failed)
+	require.Equal(t, "boom", got[6].Current.Error)
+	for _, i := range []int{1, 2} {
+		require.False(t, got[i].Applied, "finish %d", i)
+		require.Equal(t, fs[i].Lease.JobID, got[i].Current.ID, "finish %d", i)
+	}
+	require.False(t, got[3].Applied)
+	require.Nil(t, got[3].Current, "the removed job is gone")
+	require.False(t, got[5].Applied, "the second finish of one lease is refused")
+	require.Equal(t, jobs.Succeeded, got[5].Current.State)
+	require.Equal(t, []byte("a"), got[5].Current.Result, "and sees the first one's result")
+
+	require.Equal(t, []byte("a"), b.get(t, a.JobID).Result)
+	require.Equal(t, []byte("b"), b.get(t, bb.JobID).Result)
+	require.Equal(t, jobs.Running, b.get(t, c.JobID).State)
+	require.Equal(t, jobs.Failed, b.get(t, e.JobID).State)
+}
+
+// Many finishes at once through the queue, so they share batches: valid
+// leases, forged ones, replays of one finish and two outcomes of one
+// lease. Each caller gets exactly its own answer.
+func testConcurrentFinishesMixedLeases(t *testing.T, b *bundle) {
+	const n = 24
+	type call struct {
+		lease  jobs.Lease
+		result string
+		want   string // "ok", "stale", or "either" for two outcomes of one lease
+	}
+	var calls []call
+	for i := range n {
+		b.enqueue(t, jobs.KindInference, fmt.Sprint(i))
+		l := b.claim(t, "w").Lease
+		r := fmt.Sprint("result ", i)
+		switch i % 4 {
+		case 0:
+			calls = append(calls, call{l, r, "ok"})
+		case 1:
+			forged := l
+			forged.Token = fmt.Sprintf("%032d", i)
+			calls = append(calls, call{forged, r, "stale"}, call{l, r, "ok"})
+		case 2:
+			calls = append(calls, call{l, r, "ok"}, call{l, r, "ok"}) // a replay
+		case 3:
+			calls = append(calls, call{l, r, "either"}, call{l, r + " otherwise", "either"})
+		}
+	}
+	errs := make([]error, len(calls))
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, c := range calls {
+		wg.Go(func() {
+			<-start
+			errs[i] = b.q.Finish(b.ctx, c.lease, []byte(c.result))
+		})
+	}
+	close(start)
+	wg.Wait()
+
+	won := map[string]string{} // job id: the result that applied
+	for i, c := range calls {
+		switch c.want {
+		case "ok":
+			require.NoError(t, errs[i], "call %d", i)
+			won[c.lease.JobID] = c.result
+		case "stale":
+			requireStale(t, errs[i], c.lease)
+		case "either":
+			if errs[i] == nil {
+				require.NotContains(t, won, c.lease.JobID, "two outcomes of one lease both accepted")
+				won[c.lease.JobID] = c.result
+			} else {
+				requireStale(t, errs[i], c.lease)
+			}
+		}
+	}
+	require.Len(t, won, n, "every job finished once")
+	for id, r := range won {
+		got := b.get(t, id)
+		require.Equal(t, jobs.Succeeded, got.State)
+		require.Equal(t, r, string(got.Result), "job %s holds the result of the call that was told it applied", id)
+	}
 }
 
 // DESIGN.md attack 15: a late result from a worker whose lease expired

@@ -6,13 +6,15 @@
 // own goose version table; the embedded migrations (migrations/) run under
 // a Postgres advisory lock, so hosts starting together migrate once.
 //
-// A claim is one statement that picks the first ready job FOR UPDATE SKIP
-// LOCKED, so concurrent claimers never wait on each other and never share
-// a job. A rescue pass takes a transaction-level advisory lock first: of
-// several hosts sharing the queue, one rescues at a time and the others
-// skip the pass. Jobs made ready are announced with NOTIFY on the schema's
-// channel, and each queue LISTENs there, so a worker waiting on one host
-// is woken by a job enqueued on another.
+// A batch of claims is one statement that locks as many ready jobs as it
+// has claimers, FOR UPDATE SKIP LOCKED, and hands them out in claim order,
+// so concurrent claimers never wait on each other and never share a job.
+// A batch of finishes is one UPDATE, fenced row by row. A rescue pass
+// takes a transaction-level advisory lock first: of several hosts sharing
+// the queue, one rescues at a time and the others skip the pass. Jobs
+// made ready are announced with NOTIFY on the schema's channel, and each
+// queue LISTENs there, so a worker waiting on one host is woken by a job
+// enqueued on another.
 package postgres
 
 import (
@@ -63,6 +65,7 @@ type Driver struct {
 
 var _ jobs.Driver = (*Driver)(nil)
 var _ jobs.Listener = (*Driver)(nil)
+var _ jobs.Writers = (*Driver)(nil)
 
 var schemaName = regexp.MustCompile(`^[a-z_][a-z0-9_]{0,47}$`)
 
@@ -153,6 +156,11 @@ func (d *Driver) migrate(ctx context.Context) error {
 	return nil
 }
 
+// Writers implements jobs.Writers: one batch per pooled connection. Calls
+// go out at once while a connection is free, since the server flushes
+// concurrent commits together; they are batched once all are busy.
+func (d *Driver) Writers() int { return int(d.pool.Config().MaxConns) }
+
 // Close closes the pool.
 func (d *Driver) Close() error {
 	d.pool.Close()
@@ -213,12 +221,13 @@ const columns = `j.id, j.kind, j.input, j.state, j.attempt, j.worker, j.lease_to
 const briefColumns = `j.id, j.kind, NULL::bytea, j.state, j.attempt, j.worker, j.lease_token, j.lease_expires,
 	j.created_at, j.started_at, j.heartbeat_at, j.finished_at, NULL::bytea, j.error_class, j.error`
 
-func scanJob(row pgx.Row) (jobs.Job, error) {
+// scanJob reads a job's columns, after the lead columns given.
+func scanJob(row pgx.Row, lead ...any) (jobs.Job, error) {
 	var j jobs.Job
 	var kind, state string
 	var expires, started, heartbeat, finished *time.Time
-	err := row.Scan(&j.ID, &kind, &j.Input, &state, &j.Attempt, &j.Worker, &j.LeaseToken, &expires,
-		&j.Created, &started, &heartbeat, &finished, &j.Result, &j.ErrorClass, &j.Error)
+	err := row.Scan(append(lead, &j.ID, &kind, &j.Input, &state, &j.Attempt, &j.Worker, &j.LeaseToken, &expires,
+		&j.Created, &started, &heartbeat, &finished, &j.Result, &j.ErrorClass, &j.Error)...)
 	j.Kind, j.State = jobs.Kind(kind), jobs.State(state)
 	j.Created = j.Created.UTC()
 	j.LeaseExpires, j.Started, j.Heartbeat, j.Finished = orZero(expires), orZero(started), orZero(heartbeat), orZero(finished)
@@ -276,71 +285,169 @@ func (d *Driver) Insert(ctx context.Context, j jobs.Job) (stored jobs.Job, inser
 	return stored, inserted, nil
 }
 
-// Claim implements jobs.Driver.
-func (d *Driver) Claim(ctx context.Context, p jobs.ClaimParams) (*jobs.Job, error) {
+// Claim implements jobs.Driver in one statement: it locks as many ready
+// jobs as there are holders, SKIP LOCKED, numbers them in claim order and
+// gives the n-th to the n-th holder.
+func (d *Driver) Claim(ctx context.Context, p jobs.ClaimParams) ([]jobs.Job, error) {
 	kinds := make([]string, len(p.Kinds))
 	for i, k := range p.Kinds {
 		kinds[i] = string(k)
 	}
-	j, err := scanJob(d.pool.QueryRow(ctx, `WITH next AS (
-			SELECT id FROM jobs
+	workers := make([]string, len(p.Holders))
+	tokens := make([]string, len(p.Holders))
+	for i, h := range p.Holders {
+		workers[i], tokens[i] = h.Worker, h.Token
+	}
+	// FOR UPDATE does not go with a window function, so the locked jobs
+	// are numbered in a second step.
+	rows, err := d.pool.Query(ctx, `WITH locked AS (
+			SELECT id, priority, created_at FROM jobs
 			WHERE state = 'ready' AND (cardinality($5::text[]) = 0 OR kind = ANY($5::text[]))
 			ORDER BY priority, created_at, id
-			LIMIT 1 FOR UPDATE SKIP LOCKED)
-		UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, worker = $1, lease_token = $2,
-			lease_expires = $3, started_at = $4, heartbeat_at = $4
-		FROM next WHERE j.id = next.id
-		RETURNING `+columns, p.Worker, p.Token, p.Expires, p.Now, kinds))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
-	}
+			LIMIT cardinality($1::text[]) FOR UPDATE SKIP LOCKED),
+		next AS (
+			SELECT id, row_number() OVER (ORDER BY priority, created_at, id) AS n FROM locked),
+		holder AS (
+			SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS h(worker, token, n))
+		UPDATE jobs j SET state = 'running', attempt = j.attempt + 1, worker = holder.worker,
+			lease_token = holder.token, lease_expires = $3, started_at = $4, heartbeat_at = $4
+		FROM next JOIN holder USING (n) WHERE j.id = next.id
+		RETURNING holder.n, `+columns, workers, tokens, p.Expires, p.Now, kinds)
 	if err != nil {
-		return nil, d.fail(err, "claim a job for worker %s", p.Worker)
+		return nil, d.fail(err, "claim %s", p.Describe())
 	}
-	return &j, nil
+	claimed, err := collectNumbered(rows, len(p.Holders))
+	if err != nil {
+		return nil, d.fail(err, "claim %s", p.Describe())
+	}
+	// The jobs are numbered 1 to len(claimed), one per holder from the
+	// first.
+	out := make([]jobs.Job, len(claimed))
+	for i, j := range claimed {
+		if j == nil {
+			return nil, d.fail(errors.New("the claimed jobs are not numbered from 1 without gaps"), "claim %s", p.Describe())
+		}
+		out[i] = *j
+	}
+	return out, nil
 }
 
-// Heartbeat implements jobs.Driver.
-func (d *Driver) Heartbeat(ctx context.Context, l jobs.Lease, now, expires time.Time) (applied bool, current *jobs.Job, err error) {
-	err = pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
-		tag, err := tx.Exec(ctx, `UPDATE jobs SET heartbeat_at = $1, lease_expires = $2
-			WHERE id = $3 AND state = 'running' AND attempt = $4 AND lease_token = $5`,
-			now, expires, l.JobID, l.Attempt, l.Token)
+// collectNumbered reads rows of an ordinal (from 1) and a job's columns
+// into a slice of n by ordinal, nil where no row came; it trims the nils
+// at the end.
+func collectNumbered(rows pgx.Rows, n int) ([]*jobs.Job, error) {
+	out := make([]*jobs.Job, n)
+	last := 0
+	for rows.Next() {
+		var i int
+		j, err := scanJob(rows, &i)
 		if err != nil {
-			return err
+			rows.Close()
+			return nil, err
 		}
+		if i < 1 || i > n {
+			rows.Close()
+			return nil, fmt.Errorf("row numbered %d of %d", i, n)
+		}
+		out[i-1] = &j
+		last = max(last, i)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	return out[:last], nil
+}
+
+// Heartbeat implements jobs.Driver in one statement; only a refused
+// heartbeat reads the job, to explain the refusal.
+func (d *Driver) Heartbeat(ctx context.Context, l jobs.Lease, now, expires time.Time) (applied bool, current *jobs.Job, err error) {
+	tag, err := d.pool.Exec(ctx, `UPDATE jobs SET heartbeat_at = $1, lease_expires = $2
+		WHERE id = $3 AND state = 'running' AND attempt = $4 AND lease_token = $5`,
+		now, expires, l.JobID, l.Attempt, l.Token)
+	if err == nil {
 		if applied = tag.RowsAffected() == 1; !applied {
-			current, err = get(ctx, tx, l.JobID)
+			current, err = get(ctx, d.pool, l.JobID)
 		}
-		return err
-	})
+	}
 	if err != nil {
 		return false, nil, d.fail(err, "heartbeat of job %s attempt %d", jobs.ShortID(l.JobID), l.Attempt)
 	}
 	return applied, current, nil
 }
 
-// Finish implements jobs.Driver.
-func (d *Driver) Finish(ctx context.Context, l jobs.Lease, o jobs.Outcome) (applied bool, current *jobs.Job, err error) {
-	err = pgx.BeginFunc(ctx, d.pool, func(tx pgx.Tx) error {
-		j, err := scanJob(tx.QueryRow(ctx, `UPDATE jobs j SET state = $1, result = $2, error_class = $3, error = $4,
-				finished_at = $5, lease_expires = NULL
-			WHERE j.id = $6 AND j.state = 'running' AND j.attempt = $7 AND j.lease_token = $8
-			RETURNING `+columns,
-			string(o.State), o.Result, o.ErrorClass, o.Error, o.Now, l.JobID, l.Attempt, l.Token))
-		switch {
-		case err == nil:
-			applied, current = true, &j
-			return nil
-		case errors.Is(err, pgx.ErrNoRows):
-			current, err = get(ctx, tx, l.JobID)
-		}
-		return err
-	})
-	if err != nil {
-		return false, nil, d.fail(err, "finish job %s attempt %d", jobs.ShortID(l.JobID), l.Attempt)
+// Finish implements jobs.Driver in one statement, an UPDATE over the
+// finishes unnested with their ordinals and fenced row by row. Only when
+// some were refused does a second statement read those jobs, to explain
+// the refusals. Two finishes with one lease update the row once.
+func (d *Driver) Finish(ctx context.Context, fs []jobs.FinishParams) ([]jobs.Fenced, error) {
+	n := len(fs)
+	ids, tokens, states, classes, msgs := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	attempts, results, nows := make([]int, n), make([][]byte, n), make([]time.Time, n)
+	for i, f := range fs {
+		ids[i], attempts[i], tokens[i] = f.Lease.JobID, f.Lease.Attempt, f.Lease.Token
+		o := f.Outcome
+		states[i], results[i], classes[i], msgs[i], nows[i] = string(o.State), o.Result, o.ErrorClass, o.Error, o.Now
 	}
-	return applied, current, nil
+	rows, err := d.pool.Query(ctx, `UPDATE jobs j SET state = f.state, result = f.result, error_class = f.error_class,
+			error = f.error, finished_at = f.now, lease_expires = NULL
+		FROM unnest($1::text[], $2::int[], $3::text[], $4::text[], $5::bytea[], $6::text[], $7::text[], $8::timestamptz[])
+			WITH ORDINALITY AS f(id, attempt, token, state, result, error_class, error, now, n)
+		WHERE j.id = f.id AND j.state = 'running' AND j.attempt = f.attempt AND j.lease_token = f.token
+		RETURNING f.n, `+columns, ids, attempts, tokens, states, results, classes, msgs, nows)
+	if err != nil {
+		return nil, d.fail(err, "finish %s", finishing(fs))
+	}
+	applied, err := collectNumbered(rows, n)
+	if err != nil {
+		return nil, d.fail(err, "finish %s", finishing(fs))
+	}
+	out := make([]jobs.Fenced, n)
+	var refused []string
+	for i := range fs {
+		if i < len(applied) && applied[i] != nil {
+			out[i] = jobs.Fenced{Applied: true, Current: applied[i]}
+		} else {
+			refused = append(refused, ids[i])
+		}
+	}
+	if len(refused) == 0 {
+		return out, nil
+	}
+	current, err := d.read(ctx, refused)
+	if err != nil {
+		return nil, d.fail(err, "read the jobs whose finish was refused")
+	}
+	for i := range fs {
+		if !out[i].Applied {
+			out[i].Current = current[ids[i]]
+		}
+	}
+	return out, nil
+}
+
+// finishing names a batch of finishes for messages.
+func finishing(fs []jobs.FinishParams) string {
+	if len(fs) == 1 {
+		return fmt.Sprintf("job %s attempt %d", jobs.ShortID(fs[0].Lease.JobID), fs[0].Lease.Attempt)
+	}
+	return fmt.Sprintf("%d jobs", len(fs))
+}
+
+// read reads the jobs of ids that exist, by id; each is a job of its own.
+func (d *Driver) read(ctx context.Context, ids []string) (map[string]*jobs.Job, error) {
+	rows, err := d.pool.Query(ctx, "SELECT "+columns+" FROM jobs j WHERE j.id = ANY($1)", ids)
+	if err != nil {
+		return nil, err
+	}
+	js, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (jobs.Job, error) { return scanJob(row) })
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]*jobs.Job, len(js))
+	for _, j := range js {
+		out[j.ID] = &j
+	}
+	return out, nil
 }
 
 // Rescue implements jobs.Driver. The pass holds a transaction-level

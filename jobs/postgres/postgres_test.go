@@ -57,9 +57,15 @@ func newSchema(t testing.TB) string {
 // target is a fresh schema; queues opened on it share it.
 func target(t testing.TB, dsn string) *jobstest.Target {
 	schema := newSchema(t)
-	return &jobstest.Target{Open: func(t testing.TB, opts jobs.Options) *jobs.Queue {
-		return open(t, dsn, schema, opts)
-	}}
+	return &jobstest.Target{
+		Open: func(t testing.TB, opts jobs.Options) *jobs.Queue { return open(t, dsn, schema, opts) },
+		Driver: func(t testing.TB) jobs.Driver {
+			d, err := postgres.Open(context.Background(), postgres.Config{DSN: dsn, Schema: schema})
+			require.NoError(t, err)
+			t.Cleanup(func() { d.Close() })
+			return d
+		},
+	}
 }
 
 func open(t testing.TB, dsn, schema string, opts jobs.Options) *jobs.Queue {

@@ -210,34 +210,39 @@ func (d *Driver) Insert(ctx context.Context, j jobs.Job) (stored jobs.Job, inser
 	return stored, inserted, nil
 }
 
-// Claim implements jobs.Driver.
-func (d *Driver) Claim(ctx context.Context, p jobs.ClaimParams) (*jobs.Job, error) {
-	args := []any{p.Worker, p.Token, micros(p.Expires), micros(p.Now), micros(p.Now)}
+// Claim implements jobs.Driver: one transaction, one commit, claiming
+// for the holders one after another until no job is ready.
+func (d *Driver) Claim(ctx context.Context, p jobs.ClaimParams) ([]jobs.Job, error) {
 	kinds := ""
+	var kindArgs []any
 	if len(p.Kinds) > 0 {
 		kinds = " AND kind IN (" + placeholders(len(p.Kinds)) + ")"
 		for _, k := range p.Kinds {
-			args = append(args, string(k))
+			kindArgs = append(kindArgs, string(k))
 		}
 	}
-	var claimed *jobs.Job
+	query := `UPDATE jobs SET state = 'running', attempt = attempt + 1,
+			worker = ?, lease_token = ?, lease_expires = ?, started_at = ?, heartbeat_at = ?
+		WHERE id = (SELECT id FROM jobs WHERE state = 'ready'` + kinds + `
+			ORDER BY priority, created_at, id LIMIT 1)
+		RETURNING ` + columns
+	var claimed []jobs.Job
 	err := d.write(ctx, func(c *sql.Conn) error {
-		j, err := scanJob(c.QueryRowContext(ctx, `UPDATE jobs SET state = 'running', attempt = attempt + 1,
-				worker = ?, lease_token = ?, lease_expires = ?, started_at = ?, heartbeat_at = ?
-			WHERE id = (SELECT id FROM jobs WHERE state = 'ready'`+kinds+`
-				ORDER BY priority, created_at, id LIMIT 1)
-			RETURNING `+columns, args...), true)
-		if errors.Is(err, sql.ErrNoRows) {
-			return nil
+		for _, h := range p.Holders {
+			args := append([]any{h.Worker, h.Token, micros(p.Expires), micros(p.Now), micros(p.Now)}, kindArgs...)
+			j, err := scanJob(c.QueryRowContext(ctx, query, args...), true)
+			if errors.Is(err, sql.ErrNoRows) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			claimed = append(claimed, j)
 		}
-		if err != nil {
-			return err
-		}
-		claimed = &j
 		return nil
 	})
 	if err != nil {
-		return nil, d.fail(err, "claim a job for worker %s", p.Worker)
+		return nil, d.fail(err, "claim %s", p.Describe())
 	}
 	return claimed, nil
 }
@@ -266,27 +271,39 @@ func (d *Driver) Heartbeat(ctx context.Context, l jobs.Lease, now, expires time.
 	return applied, current, nil
 }
 
-// Finish implements jobs.Driver.
-func (d *Driver) Finish(ctx context.Context, l jobs.Lease, o jobs.Outcome) (applied bool, current *jobs.Job, err error) {
-	err = d.write(ctx, func(c *sql.Conn) error {
-		j, err := scanJob(c.QueryRowContext(ctx, `UPDATE jobs SET state = ?, result = ?, error_class = ?, error = ?,
-				finished_at = ?, lease_expires = 0
-			WHERE id = ? AND state = 'running' AND attempt = ? AND lease_token = ?
-			RETURNING `+columns,
-			string(o.State), o.Result, o.ErrorClass, o.Error, micros(o.Now), l.JobID, l.Attempt, l.Token), true)
-		switch {
-		case err == nil:
-			applied, current = true, &j
-			return nil
-		case errors.Is(err, sql.ErrNoRows):
-			current, err = get(ctx, c, l.JobID)
+// Finish implements jobs.Driver: one transaction, one commit, the
+// finishes applied one after another, each refusal explained by the job
+// as it stands at that point of the transaction.
+func (d *Driver) Finish(ctx context.Context, fs []jobs.FinishParams) ([]jobs.Fenced, error) {
+	out := make([]jobs.Fenced, len(fs))
+	err := d.write(ctx, func(c *sql.Conn) error {
+		for i, f := range fs {
+			l, o := f.Lease, f.Outcome
+			j, err := scanJob(c.QueryRowContext(ctx, `UPDATE jobs SET state = ?, result = ?, error_class = ?, error = ?,
+					finished_at = ?, lease_expires = 0
+				WHERE id = ? AND state = 'running' AND attempt = ? AND lease_token = ?
+				RETURNING `+columns,
+				string(o.State), o.Result, o.ErrorClass, o.Error, micros(o.Now), l.JobID, l.Attempt, l.Token), true)
+			switch {
+			case err == nil:
+				out[i] = jobs.Fenced{Applied: true, Current: &j}
+			case errors.Is(err, sql.ErrNoRows):
+				if out[i].Current, err = get(ctx, c, l.JobID); err != nil {
+					return err
+				}
+			default:
+				return err
+			}
 		}
-		return err
+		return nil
 	})
 	if err != nil {
-		return false, nil, d.fail(err, "finish job %s attempt %d", jobs.ShortID(l.JobID), l.Attempt)
+		if len(fs) == 1 {
+			return nil, d.fail(err, "finish job %s attempt %d", jobs.ShortID(fs[0].Lease.JobID), fs[0].Lease.Attempt)
+		}
+		return nil, d.fail(err, "finish %d jobs", len(fs))
 	}
-	return applied, current, nil
+	return out, nil
 }
 
 // Rescue implements jobs.Driver. The pass is one write transaction, and

@@ -20,9 +20,15 @@ func TestConformance(t *testing.T) {
 // target is a fresh queue file; queues opened on it share the file.
 func target(t testing.TB) *jobstest.Target {
 	path := filepath.Join(t.TempDir(), sqlite.FileName)
-	return &jobstest.Target{Open: func(t testing.TB, opts jobs.Options) *jobs.Queue {
-		return open(t, path, opts)
-	}}
+	return &jobstest.Target{
+		Open: func(t testing.TB, opts jobs.Options) *jobs.Queue { return open(t, path, opts) },
+		Driver: func(t testing.TB) jobs.Driver {
+			d, err := sqlite.Open(context.Background(), path, sqlite.Options{})
+			require.NoError(t, err)
+			t.Cleanup(func() { d.Close() })
+			return d
+		},
+	}
 }
 
 func open(t testing.TB, path string, opts jobs.Options) *jobs.Queue {
