@@ -6,15 +6,21 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"net"
+	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/devshard/devshard/hostapi"
+	"github.com/devshard/devshard/internal/httpserve"
 	"github.com/devshard/devshard/jobs"
+	"github.com/devshard/devshard/jobs/postgres"
 	"github.com/devshard/devshard/jobs/sqlite"
 	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/store/boot"
 )
 
 // The job plane of the engine (docs/jobs.md). Every sampled validation is
@@ -436,4 +442,69 @@ func (m *Metrics) registerer() prometheus.Registerer {
 		return nil
 	}
 	return m.Registry
+}
+
+// openJobs opens the daemon's job queue where its storage is: a schema of
+// its Postgres (jobs/postgres) when it stores in Postgres alone, else the
+// SQLite file jobs.db in the storage directory. A hybrid host keeps its
+// queue local, as its fallback keeps its sessions, so validations go on
+// while Postgres is away.
+func openJobs(ctx context.Context, cfg DaemonConfig, mode boot.Mode, reg prometheus.Registerer) (*jobs.Queue, error) {
+	var d jobs.Driver
+	var err error
+	if mode == boot.Postgres {
+		d, err = postgres.Open(ctx, postgres.Config{}) // the PG* variables, as the store's
+	} else {
+		d, err = sqlite.Open(ctx, filepath.Join(cfg.Storage.Dir, sqlite.FileName), sqlite.Options{Synchronous: cfg.Storage.Synchronous})
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open the job queue: %w", err)
+	}
+	log := cfg.Logger
+	q, err := jobs.New(d, jobs.Options{
+		HeartbeatTimeout: cfg.Jobs.HeartbeatTimeout, MaxTry: cfg.Jobs.MaxTry, Lifetime: cfg.Jobs.Lifetime,
+		Registerer: reg, OnError: func(err error) { log.Warn("job queue maintenance", "err", err) },
+	})
+	if err != nil {
+		d.Close()
+		return nil, err
+	}
+	return q, nil
+}
+
+// serveAdmin binds the admin endpoint, if one is configured, and writes
+// its URL and a fresh token to the admin file.
+func (d *Daemon) serveAdmin(cfg DaemonConfig) error {
+	if cfg.Jobs.AdminListen == "" {
+		return nil
+	}
+	if cfg.Jobs.AdminFile == "" {
+		return errors.New("the admin endpoint needs a file to write its token to: set admin.file (--admin-file, DEVSHARD_HOST_ADMIN_FILE)")
+	}
+	token, err := NewAdminToken()
+	if err != nil {
+		return err
+	}
+	if d.adminLn, err = net.Listen("tcp", cfg.Jobs.AdminListen); err != nil {
+		return fmt.Errorf("cannot listen on %q for the admin endpoint (%v): set admin.listen (--admin-listen, DEVSHARD_HOST_ADMIN_LISTEN) to a free host:port such as 127.0.0.1:0, or to empty for none", cfg.Jobs.AdminListen, err)
+	}
+	if ip := d.adminLn.Addr().(*net.TCPAddr).IP; !ip.IsLoopback() {
+		cfg.Logger.Warn("the admin endpoint listens beyond this machine; anyone with its token can reset and remove jobs", "addr", d.adminLn.Addr())
+	}
+	url := "http://" + d.adminLn.Addr().String()
+	if err := WriteAdminFile(cfg.Jobs.AdminFile, hostapi.AdminFile{URL: url, Token: token}); err != nil {
+		return err
+	}
+	d.admin = httpserve.Server(AdminHandler(d.Engine, token))
+	go func() { _ = d.admin.Serve(d.adminLn) }()
+	cfg.Logger.Info("admin endpoint listening", "url", url, "file", cfg.Jobs.AdminFile)
+	return nil
+}
+
+// AdminAddr is the admin endpoint's bound address; empty when none.
+func (d *Daemon) AdminAddr() string {
+	if d.adminLn == nil {
+		return ""
+	}
+	return d.adminLn.Addr().String()
 }

@@ -38,12 +38,20 @@ func AdminRoutes() []Route {
 const ParamAll = "all"
 
 // AdminTokenHeader carries "Bearer <token>": the token the host wrote to
-// its admin token file (mode 0600) at start. OperatorHeader names who
+// its admin file (mode 0600) at start. OperatorHeader names who
 // asks, as the operator's tool tells it, for the host's log.
 const (
 	AdminTokenHeader = "Authorization"
 	OperatorHeader   = "X-Devshard-Operator"
 )
+
+// AdminFile is what a host writes to its admin file (mode 0600) at start:
+// where its admin endpoint listens and the token it takes until the next
+// start. An operator's tool on the same machine reads it.
+type AdminFile struct {
+	URL   string `json:"url"`
+	Token string `json:"token"`
+}
 
 // RemoveAllConfirm is the Confirm an AdminRemoveAllJobs must carry.
 const RemoveAllConfirm = "remove every job"
