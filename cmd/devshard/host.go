@@ -85,7 +85,7 @@ func loadSigner(cfg *host.FileConfig) (signing.Signer, signing.Address, error) {
 	if cfg.Key.Account != "" {
 		a, err := parseAccount(cfg.Key.Account)
 		if err != nil {
-			return nil, signing.Address{}, err
+			return nil, signing.Address{}, fmt.Errorf("key.account %w", err)
 		}
 		account = a
 	}
@@ -98,7 +98,7 @@ func parseAccount(s string) (signing.Address, error) {
 	}
 	a, err := sdk.AccAddressFromHexUnsafe(s)
 	if err != nil {
-		return signing.Address{}, fmt.Errorf("key.account %q is neither a devshard1… address nor 40 hex characters", s)
+		return signing.Address{}, fmt.Errorf("%q is neither a devshard1… address nor 40 hex characters", s)
 	}
 	return signing.AddressFromBytes(a)
 }
