@@ -83,7 +83,7 @@ func (e *Engine) startJobs() error {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	p.stop = stop
-	pending, err := p.q.List(ctx, jobs.Filter{})
+	pending, err := p.q.List(ctx, jobs.Filter{Detail: true})
 	if err != nil {
 		e.log.Warn("cannot list the unfinished jobs; validations begun before a restart may not vote", "err", err)
 	}

@@ -133,6 +133,11 @@ func (h *handler) finishJob(w http.ResponseWriter, r *http.Request, worker signi
 	if !decodeStrict(w, body, &req) {
 		return
 	}
+	// Size first: an oversized result is refused as such, whatever it holds.
+	if limit := h.e.plane.q.Options().MaxBytes; len(req.Result) > limit {
+		h.jobFail(w, &jobs.TooLargeError{What: "result", Size: len(req.Result), Limit: limit})
+		return
+	}
 	j, err := h.e.plane.q.Get(r.Context(), id)
 	if err != nil {
 		h.jobFail(w, err)
