@@ -136,10 +136,16 @@ func TestWorkerRoutesAdmitOnlyListedWorkers(t *testing.T) {
 	claim := hostapi.ClaimRequest{WaitMS: 0}
 	stranger := randomKey(t)
 	for name, send := range map[string]func() (int, []byte){
-		"unsigned":      func() (int, []byte) { return post(t, b.url+hostapi.ClaimJob.Path, claim) },
-		"unknown key":   func() (int, []byte) { return signedPost(t, b.url+hostapi.ClaimJob.Path, stranger, to(b.e.Address()), claim) },
-		"other host":    func() (int, []byte) { return signedPost(t, b.url+hostapi.ClaimJob.Path, b.worker, to(stranger.Address()), claim) },
-		"unknown fails": func() (int, []byte) { return signedPost(t, b.url+hostapi.FailJob.ForJob(id), stranger, to(b.e.Address()), hostapi.FailRequest{Class: "x"}) },
+		"unsigned": func() (int, []byte) { return post(t, b.url+hostapi.ClaimJob.Path, claim) },
+		"unknown key": func() (int, []byte) {
+			return signedPost(t, b.url+hostapi.ClaimJob.Path, stranger, to(b.e.Address()), claim)
+		},
+		"other host": func() (int, []byte) {
+			return signedPost(t, b.url+hostapi.ClaimJob.Path, b.worker, to(stranger.Address()), claim)
+		},
+		"unknown fails": func() (int, []byte) {
+			return signedPost(t, b.url+hostapi.FailJob.ForJob(id), stranger, to(b.e.Address()), hostapi.FailRequest{Class: "x"})
+		},
 	} {
 		status, body := send()
 		require.Equal(t, http.StatusUnauthorized, status, "%s: %s", name, body)
