@@ -8,13 +8,16 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"unicode"
 
 	"github.com/devshard/devshard/hostapi"
+	"github.com/devshard/devshard/internal/httpserve"
 	"github.com/devshard/devshard/jobs"
 )
 
@@ -207,7 +210,9 @@ func resolve(r *http.Request, q *jobs.Queue, given []string) ([]string, error) {
 			return nil, &badIDError{id: g}
 		}
 		if len(g) == 64 {
-			out = append(out, g)
+			if !slices.Contains(out, g) {
+				out = append(out, g)
+			}
 			continue
 		}
 		if all == nil {
@@ -226,7 +231,9 @@ func resolve(r *http.Request, q *jobs.Queue, given []string) ([]string, error) {
 		case 0:
 			return nil, &jobs.NotFoundError{IDs: []string{g}}
 		case 1:
-			out = append(out, match[0])
+			if !slices.Contains(out, match[0]) {
+				out = append(out, match[0])
+			}
 		default:
 			return nil, &ambiguousError{prefix: g, n: len(match)}
 		}
@@ -284,4 +291,41 @@ func jobView(j jobs.Job, detail bool) hostapi.JobView {
 		v.Input, v.Result = j.Input, j.Result
 	}
 	return v
+}
+
+// serveAdmin binds the admin endpoint, if one is configured, and writes
+// its URL and a fresh token to the admin file.
+func (d *Daemon) serveAdmin(cfg DaemonConfig) error {
+	if cfg.Jobs.AdminListen == "" {
+		return nil
+	}
+	if cfg.Jobs.AdminFile == "" {
+		return errors.New("the admin endpoint needs a file to write its token to: set admin.file (--admin-file, DEVSHARD_HOST_ADMIN_FILE)")
+	}
+	token, err := NewAdminToken()
+	if err != nil {
+		return err
+	}
+	if d.adminLn, err = net.Listen("tcp", cfg.Jobs.AdminListen); err != nil {
+		return fmt.Errorf("cannot listen on %q for the admin endpoint (%v): set admin.listen (--admin-listen, DEVSHARD_HOST_ADMIN_LISTEN) to a free host:port such as 127.0.0.1:0, or to empty for none", cfg.Jobs.AdminListen, err)
+	}
+	if ip := d.adminLn.Addr().(*net.TCPAddr).IP; !ip.IsLoopback() {
+		cfg.Logger.Warn("the admin endpoint listens beyond this machine; anyone with its token can reset and remove jobs", "addr", d.adminLn.Addr())
+	}
+	url := "http://" + d.adminLn.Addr().String()
+	if err := WriteAdminFile(cfg.Jobs.AdminFile, hostapi.AdminFile{URL: url, Token: token}); err != nil {
+		return err
+	}
+	d.admin = httpserve.Server(AdminHandler(d.Engine, token))
+	go func() { _ = d.admin.Serve(d.adminLn) }()
+	cfg.Logger.Info("admin endpoint listening", "url", url, "file", cfg.Jobs.AdminFile)
+	return nil
+}
+
+// AdminAddr is the admin endpoint's bound address; empty when none.
+func (d *Daemon) AdminAddr() string {
+	if d.adminLn == nil {
+		return ""
+	}
+	return d.adminLn.Addr().String()
 }

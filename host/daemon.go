@@ -386,6 +386,7 @@ func (d *Daemon) tick(ctx context.Context, claims *claimer, settler *selfSettler
 				d.spawn(func() { probeStorage(ctx, d.st, d.Engine.cfg.Metrics) })
 				d.spawn(func() { claims.claim(ctx) })
 				d.spawn(func() { settler.round(ctx) })
+				d.spawn(func() { d.Engine.collect(ctx) }) // jobs finished by another host's workers, or failed by the rescuer
 			}
 		}
 	}

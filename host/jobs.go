@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"path/filepath"
 	"sync"
 	"time"
@@ -15,7 +14,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/devshard/devshard/hostapi"
-	"github.com/devshard/devshard/internal/httpserve"
 	"github.com/devshard/devshard/jobs"
 	"github.com/devshard/devshard/jobs/postgres"
 	"github.com/devshard/devshard/jobs/sqlite"
@@ -230,13 +228,14 @@ func (e *Engine) enqueueValidation(en *entry, r *sessionpb.InferenceRecord) {
 		e.log.Error("encode a validation job", "escrow", en.snap.EscrowId, "inference", r.Id, "err", err)
 		return
 	}
+	escrow, inference := en.snap.EscrowId, r.Id
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
 		ctx := context.Background()
 		j, _, err := e.plane.q.Enqueue(ctx, jobs.KindValidation, input)
 		if err != nil {
-			e.log.Error("enqueue a validation", "escrow", en.snap.EscrowId, "inference", r.Id, "err", err)
+			e.log.Error("enqueue a validation", "escrow", escrow, "inference", inference, "err", err)
 			return
 		}
 		e.plane.await(j.ID)
@@ -470,41 +469,4 @@ func openJobs(ctx context.Context, cfg DaemonConfig, mode boot.Mode, reg prometh
 		return nil, err
 	}
 	return q, nil
-}
-
-// serveAdmin binds the admin endpoint, if one is configured, and writes
-// its URL and a fresh token to the admin file.
-func (d *Daemon) serveAdmin(cfg DaemonConfig) error {
-	if cfg.Jobs.AdminListen == "" {
-		return nil
-	}
-	if cfg.Jobs.AdminFile == "" {
-		return errors.New("the admin endpoint needs a file to write its token to: set admin.file (--admin-file, DEVSHARD_HOST_ADMIN_FILE)")
-	}
-	token, err := NewAdminToken()
-	if err != nil {
-		return err
-	}
-	if d.adminLn, err = net.Listen("tcp", cfg.Jobs.AdminListen); err != nil {
-		return fmt.Errorf("cannot listen on %q for the admin endpoint (%v): set admin.listen (--admin-listen, DEVSHARD_HOST_ADMIN_LISTEN) to a free host:port such as 127.0.0.1:0, or to empty for none", cfg.Jobs.AdminListen, err)
-	}
-	if ip := d.adminLn.Addr().(*net.TCPAddr).IP; !ip.IsLoopback() {
-		cfg.Logger.Warn("the admin endpoint listens beyond this machine; anyone with its token can reset and remove jobs", "addr", d.adminLn.Addr())
-	}
-	url := "http://" + d.adminLn.Addr().String()
-	if err := WriteAdminFile(cfg.Jobs.AdminFile, hostapi.AdminFile{URL: url, Token: token}); err != nil {
-		return err
-	}
-	d.admin = httpserve.Server(AdminHandler(d.Engine, token))
-	go func() { _ = d.admin.Serve(d.adminLn) }()
-	cfg.Logger.Info("admin endpoint listening", "url", url, "file", cfg.Jobs.AdminFile)
-	return nil
-}
-
-// AdminAddr is the admin endpoint's bound address; empty when none.
-func (d *Daemon) AdminAddr() string {
-	if d.adminLn == nil {
-		return ""
-	}
-	return d.adminLn.Addr().String()
 }
