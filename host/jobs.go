@@ -50,7 +50,7 @@ type jobPlane struct {
 	loops sync.WaitGroup
 
 	mu       sync.Mutex
-	awaiting map[string]bool // job id → awaited
+	awaiting map[string]bool // job id → true while awaited, false while its outcome is being applied
 	working  bool            // in-process workers run
 	changed  chan struct{}   // closed and replaced when awaiting or working change
 }
@@ -143,32 +143,43 @@ func (p *jobPlane) await(id string) {
 	p.signal()
 }
 
-// settle stops awaiting id and reports whether it was awaited: the one
-// caller that settles a job applies its outcome.
+// settle takes id to apply its outcome and reports whether it was
+// awaited: the one caller that settles a job applies it, then calls
+// applied. Until then the job still counts as pending, so Wait returns
+// only once its votes are pooled.
 func (p *jobPlane) settle(id string) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.awaiting[id] {
 		return false
 	}
-	delete(p.awaiting, id)
-	p.signal()
+	p.awaiting[id] = false
 	return true
 }
 
-// pending lists the awaited jobs, whether in-process workers run, and a
-// channel closed at the next change.
-func (p *jobPlane) pending() ([]string, bool, <-chan struct{}) {
+// applied forgets id, whose outcome has been applied.
+func (p *jobPlane) applied(id string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.awaiting, id)
+	p.signal()
+}
+
+// pending counts the jobs awaited or being applied, and lists those
+// awaited; it says whether in-process workers run, and gives a channel
+// closed at the next change.
+func (p *jobPlane) pending() (n int, awaited []string, working bool, changed <-chan struct{}) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.changed == nil {
 		p.signal()
 	}
-	ids := make([]string, 0, len(p.awaiting))
-	for id := range p.awaiting {
-		ids = append(ids, id)
+	for id, waiting := range p.awaiting {
+		if waiting {
+			awaited = append(awaited, id)
+		}
 	}
-	return ids, p.working, p.changed
+	return len(p.awaiting), awaited, p.working, p.changed
 }
 
 // waitJobs blocks while in-process workers run and validations are
@@ -176,8 +187,8 @@ func (p *jobPlane) pending() ([]string, bool, <-chan struct{}) {
 func (e *Engine) waitJobs() {
 	for {
 		e.collect(context.Background())
-		ids, working, changed := e.plane.pending()
-		if len(ids) == 0 || !working {
+		n, _, working, changed := e.plane.pending()
+		if n == 0 || !working {
 			return
 		}
 		select {
@@ -194,7 +205,7 @@ func (e *Engine) collect(ctx context.Context) {
 	if e.plane.q == nil {
 		return
 	}
-	ids, _, _ := e.plane.pending()
+	_, ids, _, _ := e.plane.pending()
 	for _, id := range ids {
 		e.jobDone(ctx, id)
 	}
@@ -253,6 +264,7 @@ func (e *Engine) jobDone(ctx context.Context, id string) {
 	case errors.Is(err, jobs.ErrNotFound):
 		if e.plane.settle(id) {
 			e.log.Warn("an awaited validation job was removed before it finished; it does not vote", "job", jobs.ShortID(id))
+			e.plane.applied(id)
 		}
 		return
 	case err != nil:
@@ -264,6 +276,7 @@ func (e *Engine) jobDone(ctx context.Context, id string) {
 	if !e.plane.settle(id) {
 		return
 	}
+	defer e.plane.applied(id)
 	if j.Kind == jobs.KindValidation {
 		e.applyValidation(ctx, j)
 	}
