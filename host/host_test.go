@@ -128,6 +128,7 @@ func setup(t *testing.T, mutate ...func(*sessiontest.Options)) *hostBundle {
 		e.MarkReady()
 		srv := httptest.NewServer(Handler(e, "test"))
 		t.Cleanup(srv.Close)
+		t.Cleanup(e.Close)
 		t.Cleanup(e.Wait)
 		b.hosts = append(b.hosts, e)
 		b.stores = append(b.stores, fs)

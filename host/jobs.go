@@ -22,8 +22,8 @@ import (
 )
 
 // The job plane of the engine (docs/jobs.md). Every sampled validation is
-// a job in the queue: the engine enqueues it, a worker (in process, or a
-// `devshard worker` over the worker routes) claims and re-runs it, and
+// a job in the queue: the engine enqueues it, a worker (in process, or an
+// external one over the worker routes, workerapi.go) claims and re-runs it, and
 // once it has finished the engine turns its outcome into Validation votes
 // (applyValidation). The votes are decided when the job finishes, from the
 // session as it is then, so a job that outlives a restart still votes.
@@ -72,7 +72,9 @@ func (e *Engine) startJobs() error {
 		if err != nil {
 			return err
 		}
-		q, err := jobs.New(d, jobs.Options{Registerer: e.cfg.Metrics.registerer(), OnError: e.rescueFailed})
+		// No other process writes this queue: every enqueue wakes the
+		// claimers, and a poll would only cost.
+		q, err := jobs.New(d, jobs.Options{PollInterval: claimWait, Registerer: e.cfg.Metrics.registerer(), OnError: e.rescueFailed})
 		if err != nil {
 			d.Close()
 			return err
@@ -93,9 +95,7 @@ func (e *Engine) startJobs() error {
 	p.loops.Go(func() { _ = p.q.Run(ctx) })
 	if len(e.cfg.Workers) == 0 {
 		p.setWorking(true)
-		for range inProcessWorkers {
-			p.loops.Go(func() { e.work(ctx) })
-		}
+		p.loops.Go(func() { e.work(ctx) })
 	}
 	return nil
 }
@@ -354,23 +354,34 @@ func (e *Engine) applyValidation(ctx context.Context, j jobs.Job) {
 	e.cfg.Metrics.validation(valid)
 }
 
-// work is one in-process worker: it claims validation jobs and runs them
-// until ctx ends.
+// work is the in-process worker: one claimer that runs up to
+// inProcessWorkers validation jobs at once, until ctx ends.
 func (e *Engine) work(ctx context.Context) {
-	for ctx.Err() == nil {
+	slots := make(chan struct{}, inProcessWorkers)
+	for {
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
 		c, err := e.plane.q.ClaimWait(ctx, inProcessWorker, []jobs.Kind{jobs.KindValidation}, claimWait)
 		switch {
 		case ctx.Err() != nil || errors.Is(err, jobs.ErrClosed):
 			return
 		case err != nil:
+			<-slots
 			e.log.Warn("claim a job", "err", err)
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
 			}
-			continue
-		case c != nil:
-			e.runValidation(ctx, c)
+		case c == nil:
+			<-slots
+		default:
+			e.plane.loops.Go(func() {
+				defer func() { <-slots }()
+				e.runValidation(ctx, c)
+			})
 		}
 	}
 }
