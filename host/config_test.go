@@ -69,6 +69,10 @@ func TestConfigRejects(t *testing.T) {
 		`"--storage-prune-catch-up" flag: expected a duration such as 30s`:            {"storage.prune_catch_up": "soon"},
 		"storage.prune_catch_up must be a positive duration":                          {"storage.prune_catch_up": "0s"},
 		"executor.think_time must be a duration such as 20ms":                         {"executor.think_time": "-1s"},
+		"jobs.heartbeat_timeout must be a positive duration":                          {"jobs.heartbeat_timeout": "0s"},
+		"jobs.max_try must be at least 1, got 0":                                      {"jobs.max_try": "0"},
+		"jobs.lifetime must be a positive duration":                                   {"jobs.lifetime": "0s"},
+		`admin.listen "nope" is not host:port (or empty for no admin endpoint)`:       {"admin.listen": "nope"},
 	}
 	for want, overrides := range cases {
 		_, err := LoadConfig("", env(nil), overrides)
