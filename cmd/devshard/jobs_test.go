@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"io"
 	"log/slog"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	sdk "github.com/cosmos/cosmos-sdk/types"
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/chain/node"
@@ -19,6 +21,7 @@ import (
 	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/jobs"
 	"github.com/devshard/devshard/jobs/sqlite"
+	"github.com/devshard/devshard/signing"
 )
 
 // testKind is a kind the host's in-process workers leave alone, so the
@@ -155,4 +158,28 @@ func readAdminFile(t *testing.T, home string) hostapi.AdminFile {
 	var f hostapi.AdminFile
 	require.NoError(t, json.Unmarshal(raw, &f))
 	return f
+}
+
+// The host's job settings reach the daemon: worker accounts in hex or
+// bech32, the admin file resolved against home; a bad account is refused
+// naming the setting.
+func TestHostJobsFromConfig(t *testing.T) {
+	t.Parallel()
+	k, err := signing.GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	bech := sdk.AccAddress(k.Address().Bytes()).String()
+	none := func(string) (string, bool) { return "", false }
+	cfg, err := host.LoadConfig("", none, map[string]string{"home": "/h", "jobs.workers": k.Address().String() + "," + bech, "jobs.max_try": "3"})
+	require.NoError(t, err)
+	jc, err := hostJobs(cfg)
+	require.NoError(t, err)
+	require.Equal(t, []signing.Address{k.Address(), k.Address()}, jc.Workers)
+	require.Equal(t, 3, jc.MaxTry)
+	require.Equal(t, "/h/admin.json", jc.AdminFile)
+	require.Equal(t, "127.0.0.1:0", jc.AdminListen)
+
+	cfg, err = host.LoadConfig("", none, map[string]string{"jobs.workers": "nobody"})
+	require.NoError(t, err)
+	_, err = hostJobs(cfg)
+	require.ErrorContains(t, err, `jobs.workers: "nobody" is neither a devshard1… address nor 40 hex characters`)
 }
