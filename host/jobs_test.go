@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -409,4 +410,36 @@ func TestRestartMidValidationLosesNoJob(t *testing.T) {
 	en.mu.Unlock()
 	require.Len(t, pool, 1)
 	require.True(t, pool[0].GetValidation().GetValid(), "the host votes after the restart")
+}
+
+// The daemon keeps its queue in its storage directory and serves the
+// admin endpoint from the URL and token it wrote to its admin file, which
+// only its user reads.
+func TestDaemonKeepsItsQueueBesideItsStorage(t *testing.T) {
+	t.Parallel()
+	b := setupDaemon(t)
+	b.cfg.Jobs.AdminListen = "127.0.0.1:0"
+	b.cfg.Jobs.AdminFile = filepath.Join(t.TempDir(), "admin.json")
+	d, err := Open(t.Context(), b.cfg)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, d.Close(context.Background())) }()
+	require.FileExists(t, filepath.Join(b.cfg.Storage.Dir, sqlite.FileName))
+	info, err := os.Stat(b.cfg.Jobs.AdminFile)
+	require.NoError(t, err)
+	require.Equal(t, os.FileMode(0o600), info.Mode().Perm())
+	raw, err := os.ReadFile(b.cfg.Jobs.AdminFile)
+	require.NoError(t, err)
+	var f hostapi.AdminFile
+	require.NoError(t, json.Unmarshal(raw, &f))
+	require.Equal(t, "http://"+d.AdminAddr(), f.URL)
+
+	_, _, err = d.Engine.Jobs().Enqueue(context.Background(), "test", []byte("x"))
+	require.NoError(t, err)
+	list, err := (&hostapi.Admin{BaseURL: f.URL, Token: f.Token}).List(context.Background(), false)
+	require.NoError(t, err)
+	require.Len(t, list, 1)
+	_, err = (&hostapi.Admin{BaseURL: f.URL, Token: "guess"}).List(context.Background(), false)
+	require.ErrorContains(t, err, "answered 401")
+	status, _ := get(t, d.URL()+hostapi.AdminListJobs.Path)
+	require.Equal(t, http.StatusNotFound, status, "the public API serves no admin route")
 }
