@@ -57,6 +57,18 @@ type FileConfig struct {
 		Workers int
 	}
 
+	Jobs struct {
+		HeartbeatTimeout time.Duration
+		MaxTry           int
+		Lifetime         time.Duration
+		Workers          []string
+	}
+
+	Admin struct {
+		Listen string
+		File   string
+	}
+
 	Log settings.Log
 }
 
@@ -109,6 +121,12 @@ func Settings(c *FileConfig) *settings.Schema {
 			st.FormerFlag(old)
 		}
 	}
+	s.Duration(&c.Jobs.HeartbeatTimeout, "jobs.heartbeat_timeout", 15*time.Second, "a running job whose worker sends no heartbeat for this long is taken back: retried, or failed after jobs.max_try claims")
+	s.Int(&c.Jobs.MaxTry, "jobs.max_try", 2, "claims a job gets before an expired lease fails it; only an operator's reset (devshard jobs reset) revives it then")
+	s.Duration(&c.Jobs.Lifetime, "jobs.lifetime", 25*time.Hour, "how long a finished or failed job is kept, counted from when it finished")
+	s.List(&c.Jobs.Workers, "jobs.workers", nil, "accounts (hex or bech32) of the external workers accepted on the worker routes; empty: the host runs its jobs in process")
+	s.String(&c.Admin.Listen, "admin.listen", "127.0.0.1:0", "address of the admin endpoint that devshard jobs talks to (port 0: any free port); keep it on loopback; empty: none")
+	s.String(&c.Admin.File, "admin.file", "admin.json", "file the host writes the admin endpoint's URL and a fresh token to at start (mode 0600); devshard jobs reads it")
 	settings.Logging(s, &c.Log)
 	return s
 }
@@ -210,6 +228,20 @@ func (c *FileConfig) validate() error {
 		}
 	default:
 		return fmt.Errorf("executor.kind must be builtin or openai, got %q", c.Executor.Kind)
+	}
+	if c.Jobs.HeartbeatTimeout <= 0 {
+		return fmt.Errorf("jobs.heartbeat_timeout must be a positive duration such as 15s, got %s", c.Jobs.HeartbeatTimeout)
+	}
+	if c.Jobs.MaxTry < 1 {
+		return fmt.Errorf("jobs.max_try must be at least 1, got %d", c.Jobs.MaxTry)
+	}
+	if c.Jobs.Lifetime <= 0 {
+		return fmt.Errorf("jobs.lifetime must be a positive duration such as 25h, got %s", c.Jobs.Lifetime)
+	}
+	if c.Admin.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {
+			return fmt.Errorf("admin.listen %q is not host:port (or empty for no admin endpoint): %v", c.Admin.Listen, err)
+		}
 	}
 	if c.Recovery.Workers < 1 {
 		return fmt.Errorf("recovery.workers must be at least 1, got %d", c.Recovery.Workers)

@@ -72,6 +72,10 @@ func TestConfigRejects(t *testing.T) {
 		`chain.grpc: gRPC endpoint 2 of 2, "b", is malformed: it is not host:port`:    {"chain.grpc": "a:9090,b"},
 		`chain.rpc: CometBFT RPC endpoint "a:26657" is malformed`:                     {"chain.rpc": "a:26657"},
 		"chain.stall_after must be a positive duration such as 30s, got 0s":           {"chain.stall_after": "0s"},
+		"jobs.heartbeat_timeout must be a positive duration":                          {"jobs.heartbeat_timeout": "0s"},
+		"jobs.max_try must be at least 1, got 0":                                      {"jobs.max_try": "0"},
+		"jobs.lifetime must be a positive duration":                                   {"jobs.lifetime": "0s"},
+		`admin.listen "nope" is not host:port (or empty for no admin endpoint)`:       {"admin.listen": "nope"},
 	}
 	for want, overrides := range cases {
 		_, err := LoadConfig("", env(nil), overrides)

@@ -15,6 +15,7 @@ import (
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/internal/httpserve"
+	"github.com/devshard/devshard/jobs"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
 	"github.com/devshard/devshard/store/boot"
@@ -58,19 +59,44 @@ type DaemonConfig struct {
 	// Version is what GET /version reports.
 	Version string
 	Logger  *slog.Logger
+	// Jobs configures the job queue, its workers and the admin endpoint.
+	Jobs JobsConfig
+}
+
+// JobsConfig is the host's job plane (docs/jobs.md): the queue's timings,
+// the external workers it accepts and the operator's admin endpoint. The
+// queue lives where the host stores: a SQLite file in the storage
+// directory, or a schema of the host's Postgres.
+type JobsConfig struct {
+	// HeartbeatTimeout, MaxTry and Lifetime are the queue's
+	// (jobs.Options); zero takes its defaults.
+	HeartbeatTimeout time.Duration
+	MaxTry           int
+	Lifetime         time.Duration
+	// Workers are the accounts of the external workers accepted on the
+	// worker routes; none runs every job in process.
+	Workers []signing.Address
+	// AdminListen is the admin endpoint's address; empty serves none.
+	AdminListen string
+	// AdminFile is where the admin endpoint's URL and token are written at
+	// start (mode 0600, hostapi.AdminFile); required with AdminListen.
+	AdminFile string
 }
 
 // Daemon is a running host: its HTTP API, its storage, and the loops that
 // recover stored sessions, follow the chain's epochs, tick the sessions,
 // claim the account's rewards and settle what the gateway left open.
 type Daemon struct {
-	Engine *Engine
-	ln     net.Listener
-	srv    *http.Server
-	st     *boot.Opened
-	served chan error
-	stop   context.CancelFunc // ends the loops
-	loops  sync.WaitGroup
+	Engine  *Engine
+	ln      net.Listener
+	srv     *http.Server
+	st      *boot.Opened
+	jobs    *jobs.Queue
+	admin   *http.Server
+	adminLn net.Listener
+	served  chan error
+	stop    context.CancelFunc // ends the loops
+	loops   sync.WaitGroup
 	// waiting is why the host is not ready while it waits for its chain;
 	// nil once the chain has answered.
 	waiting atomic.Pointer[string]
@@ -118,7 +144,8 @@ func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	}
 	peers := newChainPeers(cfg.Chain)
 	d.Engine = New(Config{Key: cfg.Key, Account: account, Escrows: chainEscrows{cfg.Chain}, Executor: cfg.Executor,
-		Auth: cfg.Chain.Authorizer(), SnapshotEvery: cfg.SnapshotEvery, Peers: peers, Logger: log, Metrics: NewMetrics()})
+		Auth: cfg.Chain.Authorizer(), SnapshotEvery: cfg.SnapshotEvery, Peers: peers, Logger: log, Metrics: NewMetrics(),
+		Workers: cfg.Jobs.Workers})
 	d.srv = httpserve.Server(d.explainReadyz(Handler(d.Engine, cfg.Version)))
 	go func() { d.served <- d.srv.Serve(d.ln) }()
 	log.Info("host listening", "addr", d.Addr(), "account", cfg.Chain.Address(account))
@@ -132,8 +159,20 @@ func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	}
 	d.Engine.SetStore(d.st)
 	d.Engine.SetChainID(chainID)
+	if d.jobs, err = openJobs(ctx, cfg, d.st.Mode, d.Engine.cfg.Metrics.registerer()); err != nil {
+		return nil, err
+	}
+	d.Engine.SetJobs(d.jobs)
+	if err := d.serveAdmin(cfg); err != nil {
+		return nil, err
+	}
 	d.Engine.MarkReady()
 	log.Info("storage ready", "mode", d.st.Mode, "synchronous", d.st.Synchronous)
+	if len(cfg.Jobs.Workers) == 0 {
+		log.Info("jobs run in process: no external worker is configured")
+	} else {
+		log.Info("jobs wait for external workers", "workers", len(cfg.Jobs.Workers))
+	}
 
 	// The loops outlive Open's ctx: they end at Close.
 	run, stop := context.WithCancel(context.WithoutCancel(ctx))
@@ -357,6 +396,7 @@ func (d *Daemon) tick(ctx context.Context, claims *claimer, settler *selfSettler
 				d.spawn(func() { claims.claim(ctx) })
 				d.spawn(func() { settler.round(ctx) })
 				d.spawn(watch)
+				d.spawn(func() { d.Engine.collect(ctx) }) // jobs finished by another host's workers, or failed by the rescuer
 			}
 		}
 	}
@@ -420,6 +460,10 @@ func (d *Daemon) Close(ctx context.Context) error {
 	case <-loops:
 	case <-shut.Done():
 	}
+	if d.admin != nil {
+		_ = d.admin.Shutdown(shut)
+	}
+	d.Engine.Close()
 	d.Engine.Wait()
 	d.release()
 	return err
@@ -432,6 +476,18 @@ func (d *Daemon) release() {
 	}
 	if d.ln != nil {
 		_ = d.ln.Close() // at once: Serve may not have taken it yet
+	}
+	if d.admin != nil {
+		_ = d.admin.Close()
+	}
+	if d.adminLn != nil {
+		_ = d.adminLn.Close()
+	}
+	if d.Engine != nil {
+		d.Engine.Close()
+	}
+	if d.jobs != nil {
+		_ = d.jobs.Close()
 	}
 	if d.st != nil {
 		_ = d.st.Close()

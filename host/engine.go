@@ -78,6 +78,9 @@ type Config struct {
 	// Lookups bounds the escrow lookups on the chain in flight at once
 	// (default 4): requests naming many unknown escrows queue for them.
 	Lookups int
+	// Workers are the accounts of the external workers this host accepts
+	// on its worker routes. None: the host runs its jobs in process.
+	Workers []signing.Address
 }
 
 // Engine serves the sessions of the escrows whose group this host is in.
@@ -94,6 +97,7 @@ type Engine struct {
 	memo     *signing.Memo  // tx signatures made or checked already: a diff carrying them checks a hash
 	runs     *runs          // inferences started beside their diff's durable write (run.go)
 	lookups  chan struct{}  // a slot per escrow lookup on the chain in flight
+	plane    jobPlane       // the job queue and the validations awaited (jobs.go)
 }
 
 // memoSize bounds the engine's memo of checked tx signatures.
@@ -190,11 +194,16 @@ func (e *Engine) audience() httpauth.Audience {
 	return httpauth.Audience{ChainID: e.cfg.ChainID, Host: e.addr}
 }
 
-// MarkReady opens session routes: storage is usable from now on.
+// MarkReady opens session routes: storage is usable from now on. It
+// starts the job plane first, on the queue SetJobs gave or, without one,
+// on a queue in memory.
 func (e *Engine) MarkReady() {
 	select {
 	case <-e.ready:
 	default:
+		if err := e.startJobs(); err != nil {
+			e.log.Error("start the job queue; validations do not run", "err", err)
+		}
 		close(e.ready)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/httpauth"
+	"github.com/devshard/devshard/jobs"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/session/sessiontest"
@@ -128,6 +129,7 @@ func setup(t *testing.T, mutate ...func(*sessiontest.Options)) *hostBundle {
 		e.MarkReady()
 		srv := httptest.NewServer(Handler(e, "test"))
 		t.Cleanup(srv.Close)
+		t.Cleanup(e.Close)
 		t.Cleanup(e.Wait)
 		b.hosts = append(b.hosts, e)
 		b.stores = append(b.stores, fs)
@@ -317,6 +319,12 @@ func TestHonestDiffInferenceAndInclusion(t *testing.T) {
 	require.Len(t, votes, 2, "both other hosts are sampled at 100%% and vote")
 	for _, v := range votes {
 		require.True(t, v.GetValidation().Valid)
+	}
+	for _, i := range []int{0, 2} {
+		list, err := b.hosts[i].Jobs().List(context.Background(), jobs.Filter{All: true})
+		require.NoError(t, err)
+		require.Len(t, list, 1, "host %d's validation went through its job queue", i)
+		require.Equal(t, jobs.Succeeded, list[0].State)
 	}
 	require.Empty(t, resps[1].Mempool, "an executor never validates itself")
 	b.next(t, nil, votes[0])

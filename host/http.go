@@ -48,6 +48,11 @@ func Handler(e *Engine, version string) http.Handler {
 	mux.HandleFunc(hostapi.GetDiffs.Pattern(), h.session(h.signed(memberOrCreator, h.getDiffs)))
 	mux.HandleFunc(hostapi.Signatures.Pattern(), h.session(h.signed(memberOrCreator, h.getSignatures)))
 	mux.HandleFunc(hostapi.Mempool.Pattern(), h.session(h.signed(memberOrCreator, h.getMempool)))
+	// The worker routes (workerapi.go) admit only the operator's workers.
+	mux.HandleFunc(hostapi.ClaimJob.Pattern(), h.worker(h.claimJob))
+	mux.HandleFunc(hostapi.HeartbeatJob.Pattern(), h.worker(h.heartbeatJob))
+	mux.HandleFunc(hostapi.FinishJob.Pattern(), h.worker(h.finishJob))
+	mux.HandleFunc(hostapi.FailJob.Pattern(), h.worker(h.failJob))
 	return mux
 }
 

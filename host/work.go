@@ -81,11 +81,11 @@ func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req exec
 	return res, []*sessionpb.Tx{confirm, finish}, nil
 }
 
-// maybeValidate re-runs a peer's finished inference when the sampling
-// picked a slot this host holds, and pools its votes: one per held slot
-// that the sampling picked (session.SampledSlots; apply refuses any other
-// until someone challenges). It runs with en.mu held and returns at once;
-// the re-run happens in the background.
+// maybeValidate queues the re-run of a peer's finished inference when the
+// sampling picked a slot this host holds; once the job has run, each held
+// slot that the sampling picked votes (session.SampledSlots; apply refuses
+// any other until someone challenges). It runs with en.mu held and returns
+// at once; the re-run happens through the job queue (jobs.go).
 func (e *Engine) maybeValidate(ctx context.Context, en *entry, f *sessionpb.FinishInference) {
 	r, ok := en.s.Record(f.InferenceId)
 	if !ok || r.Status != sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED {
@@ -98,7 +98,7 @@ func (e *Engine) maybeValidate(ctx context.Context, en *entry, f *sessionpb.Fini
 		}
 	}
 	if len(mine) > 0 {
-		e.validate(en, r, mine)
+		e.enqueueValidation(en, r)
 	}
 }
 
@@ -116,46 +116,6 @@ func (e *Engine) eligibleSlots(en *entry, r *sessionpb.InferenceRecord) []uint32
 	return out
 }
 
-// validate re-runs r once in the background and pools a Validation vote for
-// each of slots.
-func (e *Engine) validate(en *entry, r *sessionpb.InferenceRecord, slots []uint32) {
-	req, ok := en.requests[r.Id]
-	if !ok {
-		e.log.Warn("cannot validate: request payload unknown", "escrow", en.snap.EscrowId, "inference", r.Id)
-		return
-	}
-	e.wg.Add(1)
-	go func() {
-		defer e.wg.Done()
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(max(en.snap.ExecutionTimeoutSeconds, 1))*time.Second)
-		defer cancel()
-		res, err := e.cfg.Executor.Execute(ctx, req, func(string) error { return nil })
-		valid := false
-		var hash [32]byte
-		if err == nil {
-			hash = res.ResponseHash()
-			valid = bytes.Equal(hash[:], r.ResponseHash) && uint64(res.Usage.CompletionTokens)+uint64(res.Usage.PromptTokens) == r.TokensUsed
-		}
-		var votes []*sessionpb.Tx
-		for _, slot := range slots {
-			vote := &sessionpb.Tx{Slot: slot, Body: &sessionpb.Tx_Validation{Validation: &sessionpb.Validation{InferenceId: r.Id, Valid: valid, ResponseHash: hash[:]}}}
-			if err := e.signTx(en.snap, vote); err != nil {
-				e.log.Error("sign validation", "err", err)
-				return
-			}
-			votes = append(votes, vote)
-		}
-		en.mu.Lock()
-		for _, vote := range votes {
-			if en.s.MayInclude(vote) {
-				en.pool.add(vote, en.s.Nonce(), true)
-			}
-		}
-		en.mu.Unlock()
-		e.cfg.Metrics.validation(valid)
-	}()
-}
-
 // challenged makes every eligible host re-run an inference that a validator
 // voted invalid: the group resolves it by a majority of slots.
 func (e *Engine) challenged(en *entry, v *sessionpb.Validation) {
@@ -170,7 +130,7 @@ func (e *Engine) challenged(en *entry, v *sessionpb.Validation) {
 		}
 	}
 	if len(slots) > 0 {
-		e.validate(en, r, slots)
+		e.enqueueValidation(en, r)
 	}
 }
 
@@ -267,8 +227,12 @@ func (e *Engine) Gossip(ctx context.Context, escrowID uint64, raw []byte) error 
 	return nil
 }
 
-// Wait blocks until background validations and gossip pushes have finished.
-func (e *Engine) Wait() { e.wg.Wait() }
+// Wait blocks until background work has finished: gossip pushes, and the
+// validations queued while in-process workers run them.
+func (e *Engine) Wait() {
+	e.wg.Wait()
+	e.waitJobs()
+}
 
 // entries lists the session entries, loaded or not.
 func (e *Engine) entries() []*entry {

@@ -69,7 +69,7 @@ var (
 
 // Routes lists every route, in the order docs/host.md gives them.
 func Routes() []Route {
-	return []Route{Healthz, Readyz, Version, Metrics, PostDiffs, Inference, Gossip, GetDiffs, Signatures, Mempool}
+	return append([]Route{Healthz, Readyz, Version, Metrics, PostDiffs, Inference, Gossip, GetDiffs, Signatures, Mempool}, WorkerRoutes()...)
 }
 
 // ErrorResponse is every refusal's body, with a 4xx or 5xx status.

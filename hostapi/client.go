@@ -170,7 +170,7 @@ func (c *Client) Inference(ctx context.Context, baseURL string, to signing.Addre
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	hreq, err := c.request(ctx, Inference, baseURL, to, escrow, nil, body)
+	hreq, err := c.request(ctx, Inference.Method, baseURL+Inference.For(escrow), to, body)
 	if err != nil {
 		return nil, err
 	}
@@ -233,18 +233,14 @@ func (c *Client) Inference(ctx context.Context, baseURL string, to signing.Addre
 	}
 }
 
-// request is a signed request for route r of escrow on the host of
-// account to at baseURL.
-func (c *Client) request(ctx context.Context, r Route, baseURL string, to signing.Address, escrow uint64, q url.Values, body []byte) (*http.Request, error) {
-	target := baseURL + r.For(escrow)
-	if len(q) > 0 {
-		target += "?" + q.Encode()
-	}
+// request is a signed request with method to target, on the host of
+// account to.
+func (c *Client) request(ctx context.Context, method, target string, to signing.Address, body []byte) (*http.Request, error) {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, r.Method, target, rd)
+	req, err := http.NewRequestWithContext(ctx, method, target, rd)
 	if err != nil {
 		return nil, err
 	}
@@ -257,28 +253,44 @@ func (c *Client) request(ctx context.Context, r Route, baseURL string, to signin
 	return req, nil
 }
 
-// call sends a signed request and decodes the host's JSON answer into out.
+// call sends a signed request for route r of escrow and decodes the
+// host's JSON answer into out.
 func (c *Client) call(ctx context.Context, r Route, baseURL string, to signing.Address, escrow uint64, q url.Values, body []byte, out any) error {
-	req, err := c.request(ctx, r, baseURL, to, escrow, q, body)
+	path := r.For(escrow)
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	_, err := c.send(ctx, r, baseURL, path, to, body, out)
+	return err
+}
+
+// send sends a signed request for route r at path and decodes the host's
+// JSON answer into out. A 204 is an answer without a body: got is false
+// and out is left as it was.
+func (c *Client) send(ctx context.Context, r Route, baseURL, path string, to signing.Address, body []byte, out any) (got bool, err error) {
+	req, err := c.request(ctx, r.Method, baseURL+path, to, body)
 	if err != nil {
-		return err
+		return false, err
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return &Error{URL: baseURL, Message: err.Error()}
+		return false, &Error{URL: baseURL, Message: err.Error()}
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusNoContent {
+		return false, nil
+	}
 	if resp.StatusCode/100 != 2 {
-		return readError(baseURL, resp)
+		return false, readError(baseURL, resp)
 	}
 	if err := json.NewDecoder(bounded(resp.Body, maxAnswer)).Decode(out); err != nil {
 		var tl *tooLargeError
 		if errors.As(err, &tl) {
-			return &Error{URL: baseURL, Status: http.StatusBadGateway, Message: "answer refused: " + tl.Error()}
+			return false, &Error{URL: baseURL, Status: http.StatusBadGateway, Message: "answer refused: " + tl.Error()}
 		}
-		return &Error{URL: baseURL, Status: resp.StatusCode, Message: "undecodable answer: " + err.Error()}
+		return false, &Error{URL: baseURL, Status: resp.StatusCode, Message: "undecodable answer: " + err.Error()}
 	}
-	return nil
+	return true, nil
 }
 
 // RequestIDHeader carries an app's request id, which the gateway answers

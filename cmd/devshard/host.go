@@ -85,7 +85,7 @@ func loadSigner(cfg *host.FileConfig) (signing.Signer, signing.Address, error) {
 	if cfg.Key.Account != "" {
 		a, err := parseAccount(cfg.Key.Account)
 		if err != nil {
-			return nil, signing.Address{}, err
+			return nil, signing.Address{}, fmt.Errorf("key.account %w", err)
 		}
 		account = a
 	}
@@ -98,7 +98,7 @@ func parseAccount(s string) (signing.Address, error) {
 	}
 	a, err := sdk.AccAddressFromHexUnsafe(s)
 	if err != nil {
-		return signing.Address{}, fmt.Errorf("key.account %q is neither a devshard1… address nor 40 hex characters", s)
+		return signing.Address{}, fmt.Errorf("%q is neither a devshard1… address nor 40 hex characters", s)
 	}
 	return signing.AddressFromBytes(a)
 }
@@ -134,10 +134,15 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 	if canSend {
 		sender = chainc
 	}
+	jobsCfg, err := hostJobs(cfg)
+	if err != nil {
+		return err
+	}
 	d, err := host.Open(ctx, host.DaemonConfig{
 		Listen: cfg.Listen, Key: signer, Account: account, Chain: chainc, ChainGRPC: cfg.Chain.GRPC, ChainRPC: cfg.Chain.RPC, ChainStallAfter: cfg.Chain.StallAfter,
 		Sender: sender, Executor: newExecutor(cfg), Storage: hostStorage(cfg),
 		SnapshotEvery: cfg.Storage.SnapshotEvery, RecoveryWorkers: cfg.Recovery.Workers, Version: buildVersion(), Logger: log,
+		Jobs: jobsCfg,
 	})
 	if err != nil && ctx.Err() != nil {
 		log.Info("shutting down before the host was ready", "err", err)
@@ -155,6 +160,23 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 	closeCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return errors.Join(err, d.Close(closeCtx))
+}
+
+// hostJobs is the job plane cfg names: the queue's timings, the worker
+// accounts it accepts and the admin endpoint.
+func hostJobs(cfg *host.FileConfig) (host.JobsConfig, error) {
+	jc := host.JobsConfig{
+		HeartbeatTimeout: cfg.Jobs.HeartbeatTimeout, MaxTry: cfg.Jobs.MaxTry, Lifetime: cfg.Jobs.Lifetime,
+		AdminListen: cfg.Admin.Listen, AdminFile: cfg.Path(cfg.Admin.File),
+	}
+	for _, w := range cfg.Jobs.Workers {
+		a, err := parseAccount(w)
+		if err != nil {
+			return host.JobsConfig{}, fmt.Errorf("jobs.workers: %w", err)
+		}
+		jc.Workers = append(jc.Workers, a)
+	}
+	return jc, nil
 }
 
 // legacyDB is where a host from before the epoch layout kept its single

@@ -21,6 +21,7 @@ func newRootCommand() *cobra.Command {
   gateway   run a gateway: the OpenAI-compatible API, paid from escrows
   chain     the chain node: init, start, keys, tx, query, genesis; 'chain dev' starts a local chain in one command
   host      run a host: serve sessions, execute and validate inference
+  jobs      list, reset and remove a running host's jobs (its admin endpoint)
   bench     measure speed targets (protocol, store, scheduler, host, gateway) and print ratios
   version   print the build and protocol version
 
@@ -28,7 +29,7 @@ Run 'devshard <command> --help' for the flags of each command.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDevnetCommand(), newGatewayCommand(), chaincmd.NewCommand(), newHostCommand(), newVersionCommand(), newBenchCommand())
+	root.AddCommand(newDevnetCommand(), newGatewayCommand(), chaincmd.NewCommand(), newHostCommand(), newJobsCommand(), newVersionCommand(), newBenchCommand())
 	return root
 }
 

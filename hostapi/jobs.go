@@ -1,0 +1,199 @@
+package hostapi
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/signing"
+)
+
+// The worker routes of the job plane (docs/jobs.md). A worker signs every
+// request (package httpauth) with its own key, for the host and the chain;
+// the host admits only the worker keys its operator lists, and answers any
+// other signer 401, changing nothing.
+var (
+	// ClaimJob waits up to the request's wait for a job and answers 200
+	// with a ClaimResponse, or 204 when none became ready in time.
+	ClaimJob = Route{"POST", "/v1/jobs/claim"}
+	// HeartbeatJob extends the lease of a running job.
+	HeartbeatJob = Route{"POST", "/v1/jobs/{job}/heartbeat"}
+	// FinishJob stores a running job's result.
+	FinishJob = Route{"POST", "/v1/jobs/{job}/finish"}
+	// FailJob fails a running job with an error class and a message.
+	FailJob = Route{"POST", "/v1/jobs/{job}/fail"}
+)
+
+// WorkerRoutes lists the worker routes, in the order docs/host.md gives
+// them.
+func WorkerRoutes() []Route { return []Route{ClaimJob, HeartbeatJob, FinishJob, FailJob} }
+
+// ForJob is the route's path for job id.
+func (r Route) ForJob(id string) string {
+	return strings.Replace(r.Path, "{job}", url.PathEscape(id), 1)
+}
+
+// MaxClaimWait bounds how long one claim waits for a job; a worker asks
+// again after it.
+const MaxClaimWait = 30 * time.Second
+
+// ClaimRequest is the body of POST /v1/jobs/claim.
+type ClaimRequest struct {
+	// Kinds are the job kinds the worker runs; empty: any kind.
+	Kinds []string `json:"kinds,omitempty"`
+	// WaitMS is how long to wait for a job, in milliseconds: 0 answers at
+	// once, at most MaxClaimWait.
+	WaitMS int64 `json:"wait_ms"`
+}
+
+// Lease is a running job's lease: every heartbeat, finish and fail names
+// the job in its path and presents the attempt and the token.
+type Lease struct {
+	JobID   string `json:"job_id"`
+	Attempt int    `json:"attempt"`
+	Token   string `json:"token"`
+}
+
+// ClaimResponse answers a claim that got a job.
+type ClaimResponse struct {
+	Lease Lease `json:"lease"`
+	// Expires is when the lease lapses unless the worker heartbeats.
+	Expires time.Time `json:"expires"`
+	Kind    string    `json:"kind"`
+	// Input is the job's canonical input: for a validation job, a
+	// ValidationInput in JSON.
+	Input []byte `json:"input"`
+}
+
+// HeartbeatRequest is the body of POST /v1/jobs/{job}/heartbeat.
+type HeartbeatRequest struct {
+	Attempt int    `json:"attempt"`
+	Token   string `json:"token"`
+}
+
+// HeartbeatResponse answers an accepted heartbeat.
+type HeartbeatResponse struct {
+	Expires time.Time `json:"expires"`
+}
+
+// FinishRequest is the body of POST /v1/jobs/{job}/finish. Result is the
+// job's result: for a validation job, a ValidationResult in JSON.
+type FinishRequest struct {
+	Attempt int    `json:"attempt"`
+	Token   string `json:"token"`
+	Result  []byte `json:"result"`
+}
+
+// FailRequest is the body of POST /v1/jobs/{job}/fail. Class is a short
+// label ("execution": the executor failed running the input); Message is a
+// sentence for the operator.
+type FailRequest struct {
+	Attempt int    `json:"attempt"`
+	Token   string `json:"token"`
+	Class   string `json:"class"`
+	Message string `json:"message"`
+}
+
+// JobFinished and JobFailed are the StatusResponse of an accepted finish
+// and fail, with 200.
+const (
+	JobFinished = "succeeded"
+	JobFailed   = "failed"
+)
+
+// ErrorClassExecution is the class of a job failed because its executor
+// could not run the input. A validation job failed so counts as an invalid
+// answer, as a failed re-run always has.
+const ErrorClassExecution = "execution"
+
+// ValidationInput is the canonical input of a validation job: a peer's
+// inference to re-run, and what it claimed, to judge the re-run against.
+// Its JSON encoding is the job's input, so the same validation is one job.
+type ValidationInput struct {
+	// Host is the account of the host that validates (hex): hosts sharing
+	// one queue each run their own validations.
+	Host      string           `json:"host"`
+	Escrow    uint64           `json:"escrow"`
+	Inference uint64           `json:"inference"`
+	Request   executor.Request `json:"request"`
+	// ResponseHash (hex) and TokensUsed are what the executor's
+	// FinishInference claimed.
+	ResponseHash string `json:"response_hash"`
+	TokensUsed   uint64 `json:"tokens_used"`
+	// TimeoutSeconds bounds the re-run: the escrow's execution timeout.
+	TimeoutSeconds uint64 `json:"timeout_seconds"`
+}
+
+// ValidationResult is the result of a validation job: what the re-run
+// produced. The host judges it against the ValidationInput.
+type ValidationResult struct {
+	ResponseHash string         `json:"response_hash"` // hex SHA-256 of the text
+	Usage        executor.Usage `json:"usage"`
+}
+
+// Worker calls a host's worker routes, signed by the worker's key. It is
+// safe for concurrent use.
+type Worker struct {
+	c       *Client
+	baseURL string
+	host    signing.Address
+}
+
+// NewWorker returns a worker client for the host of account host at
+// baseURL on chain chainID, signing with key. hc's Timeout must exceed the
+// longest claim wait asked for.
+func NewWorker(key signing.Signer, chainID, baseURL string, host signing.Address, hc *http.Client) *Worker {
+	return &Worker{c: NewClient(key, chainID, hc), baseURL: baseURL, host: host}
+}
+
+// Claim waits up to wait for a job of kinds (any if none) and returns it,
+// or nil when none became ready in time.
+func (w *Worker) Claim(ctx context.Context, wait time.Duration, kinds ...string) (*ClaimResponse, error) {
+	body, err := json.Marshal(ClaimRequest{Kinds: kinds, WaitMS: wait.Milliseconds()})
+	if err != nil {
+		return nil, err
+	}
+	var out ClaimResponse
+	got, err := w.c.send(ctx, ClaimJob, w.baseURL, ClaimJob.Path, w.host, body, &out)
+	if err != nil || !got {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// Heartbeat extends lease and returns its new expiry.
+func (w *Worker) Heartbeat(ctx context.Context, lease Lease) (time.Time, error) {
+	body, err := json.Marshal(HeartbeatRequest{Attempt: lease.Attempt, Token: lease.Token})
+	if err != nil {
+		return time.Time{}, err
+	}
+	var out HeartbeatResponse
+	_, err = w.c.send(ctx, HeartbeatJob, w.baseURL, HeartbeatJob.ForJob(lease.JobID), w.host, body, &out)
+	return out.Expires, err
+}
+
+// Finish stores the result of the job lease holds.
+func (w *Worker) Finish(ctx context.Context, lease Lease, result []byte) error {
+	body, err := json.Marshal(FinishRequest{Attempt: lease.Attempt, Token: lease.Token, Result: result})
+	if err != nil {
+		return err
+	}
+	var out StatusResponse
+	_, err = w.c.send(ctx, FinishJob, w.baseURL, FinishJob.ForJob(lease.JobID), w.host, body, &out)
+	return err
+}
+
+// Fail fails the job lease holds with class and message.
+func (w *Worker) Fail(ctx context.Context, lease Lease, class, message string) error {
+	body, err := json.Marshal(FailRequest{Attempt: lease.Attempt, Token: lease.Token, Class: class, Message: message})
+	if err != nil {
+		return err
+	}
+	var out StatusResponse
+	_, err = w.c.send(ctx, FailJob, w.baseURL, FailJob.ForJob(lease.JobID), w.host, body, &out)
+	return err
+}
