@@ -36,6 +36,8 @@ bench: ## go benchmarks plus the ratio report
 	$(GO) run ./cmd/devshard bench scheduler
 	$(GO) run ./cmd/devshard bench host
 	$(GO) run ./cmd/devshard bench gateway
+	$(GO) run ./cmd/devshard bench jobs
+	$(GO) run ./cmd/devshard bench chain
 
 lint: ## go vet and gofmt
 	$(GO) vet ./...

@@ -36,8 +36,8 @@ func newBenchJobsCommand() *cobra.Command {
 
   - Postgres: --jobs jobs inserted before the clock starts, then --workers
     workers each claiming a job and finishing it, until none is left. Each
-    job is one Claim (one statement, one commit) and one Finish (one
-    transaction, one commit). River (riverqueue/river) works the same number
+    job is one Claim and one Finish, each durable before it returns
+    (concurrent ones share a statement and a commit). River (riverqueue/river) works the same number
     of jobs on the same cluster in the same round, with a client of
     --workers workers that return at once, its fetches and completions
     batched as River does. Each side has --workers pooled connections and
@@ -162,7 +162,7 @@ func benchJobs(ctx context.Context, out, progress io.Writer, o benchJobsOptions)
 	med := func(v []float64) float64 { v = slices.Clone(v); slices.Sort(v); return v[len(v)/2] }
 	fmt.Fprintf(out, "# postgres: %d jobs inserted per side before the clock starts; %d workers and %d pooled connections a side, plus one listening; fsync on, synchronous_commit on\n",
 		o.jobs, o.workers, o.workers)
-	fmt.Fprintln(out, "# ours: per job one Claim (one statement, one commit) and one Finish (one transaction, one commit): 4 round trips, 2 durable commits")
+	fmt.Fprintln(out, "# ours: per job one Claim and one Finish, each durable before it returns; concurrent claims and finishes share a statement and a commit (group commit)")
 	fmt.Fprintf(out, "# river: per fetch up to %d jobs in one statement (one commit); completions committed in batches of up to 5,000 every 50-250 ms\n", o.workers)
 	fmt.Fprintf(out, "BENCH postgres_ours %.0f jobs/s\n", med(ours))
 	fmt.Fprintf(out, "BENCH postgres_river %.0f jobs/s\n", med(river))
