@@ -21,7 +21,7 @@ func newDevnetCommand() *cobra.Command {
 		hosts      int
 		validators int
 		demo       int
-		storage = devnet.StorageSQLite
+		storage    = devnet.StorageSQLite
 	)
 	cmd := &cobra.Command{
 		Use:   "devnet",
