@@ -123,6 +123,25 @@ func newJobsListCommand(t *jobsTarget) *cobra.Command {
 	return cmd
 }
 
+// changeJobs is the RunE of a command that changes the jobs its arguments
+// name through change, and says which it changed as done.
+func changeJobs(t *jobsTarget, done string, change func(*hostapi.Admin, context.Context, []string) (hostapi.JobsChangedResponse, error)) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, ids []string) error {
+		a, err := t.client()
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(cmd.Context(), jobsTimeout)
+		defer cancel()
+		res, err := change(a, ctx, ids)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "%s %d job(s): %s\n", done, res.Count, strings.Join(res.IDs, " "))
+		return nil
+	}
+}
+
 func newJobsResetCommand(t *jobsTarget) *cobra.Command {
 	return &cobra.Command{
 		Use:   "reset ID...",
@@ -132,20 +151,7 @@ attempts at zero. It is all or none: an unknown id, or a job that has not
 failed, refuses the whole call and changes nothing. An id is the full id or
 a unique prefix of at least 8 hex digits, as 'jobs list' prints it.`,
 		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, ids []string) error {
-			a, err := t.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), jobsTimeout)
-			defer cancel()
-			res, err := a.Reset(ctx, ids)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "reset %d job(s): %s\n", res.Count, strings.Join(res.IDs, " "))
-			return nil
-		},
+		RunE: changeJobs(t, "reset", (*hostapi.Admin).Reset),
 	}
 }
 
@@ -158,20 +164,7 @@ the whole call. A worker still running a removed job has its result refused;
 the same work enqueued again makes a fresh job. An id is the full id or a
 unique prefix of at least 8 hex digits, as 'jobs list' prints it.`,
 		Args: cobra.MinimumNArgs(1),
-		RunE: func(cmd *cobra.Command, ids []string) error {
-			a, err := t.client()
-			if err != nil {
-				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), jobsTimeout)
-			defer cancel()
-			res, err := a.Remove(ctx, ids)
-			if err != nil {
-				return err
-			}
-			fmt.Fprintf(cmd.OutOrStdout(), "removed %d job(s): %s\n", res.Count, strings.Join(res.IDs, " "))
-			return nil
-		},
+		RunE: changeJobs(t, "removed", (*hostapi.Admin).Remove),
 	}
 }
 
