@@ -36,12 +36,7 @@ func TestStorageFaults(t *testing.T) {
 		pg := e.nw.Postgres()
 
 		load := e.startLoad(6, "hybrid")
-		time.Sleep(8 * time.Second)
-		down := time.Now()
-		require.NoError(t, pg.Stop(pgcluster.Immediate))
-		time.Sleep(outage)
-		up := time.Now()
-		require.NoError(t, pg.Start())
+		down, up := crashPostgres(t, pg)
 		time.Sleep(12 * time.Second)
 
 		// A host dies with kill -9 under the same load, and comes back.
@@ -74,12 +69,7 @@ func TestStorageFaults(t *testing.T) {
 		pg := e.nw.Postgres()
 
 		load := e.startLoad(6, "postgres")
-		time.Sleep(8 * time.Second)
-		down := time.Now()
-		require.NoError(t, pg.Stop(pgcluster.Immediate))
-		time.Sleep(outage)
-		up := time.Now()
-		require.NoError(t, pg.Start())
+		down, up := crashPostgres(t, pg)
 		time.Sleep(15 * time.Second)
 		recs := load.stop()
 
@@ -110,6 +100,19 @@ const (
 	// resumeWithin is how soon after Postgres returns the service is whole.
 	resumeWithin = 5 * time.Second
 )
+
+// crashPostgres lets the load run 8 s, then crashes Postgres (pg_ctl stop
+// -m immediate), starts it again outage later, and says when it went down
+// and when it was back.
+func crashPostgres(t *testing.T, pg *pgcluster.Cluster) (down, up time.Time) {
+	time.Sleep(8 * time.Second)
+	down = time.Now()
+	require.NoError(t, pg.Stop(pgcluster.Immediate))
+	time.Sleep(outage)
+	up = time.Now()
+	require.NoError(t, pg.Start())
+	return down, up
+}
 
 // startOnPostgres starts a devnet of 3 hosts storing in storage, on the
 // devnet's own Postgres cluster.
