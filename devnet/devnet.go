@@ -431,8 +431,8 @@ func loadSetup(cfg Config) (*setup, bool, error) {
 		if made := cmp.Or(st.Storage, StorageSQLite); made != cfg.Storage {
 			return nil, false, fmt.Errorf("%s was made with storage %s, asked for %s (the hosts' sessions would stay behind): pass --storage %s, or another --home for a different storage", path, made, cfg.Storage, made)
 		}
-		if made := max(st.Validators, 1); made != cfg.Validators {
-			return nil, false, fmt.Errorf("%s was made with %d validators, asked for %d (a chain's validators are fixed at its genesis): pass --validators %d, or another --home for a different network", path, made, cfg.Validators, made)
+		if made, asked := max(st.Validators, 1), max(cfg.Validators, 1); made != asked {
+			return nil, false, fmt.Errorf("%s was made with %d validator(s), asked for %d (a chain's validators are fixed at its genesis): pass --validators %d, or another --home for a different network", path, made, asked, made)
 		}
 		return &st, true, nil
 	}

@@ -56,6 +56,12 @@ func TestResumeRefusesAnotherStorage(t *testing.T) {
 	_, resumed, err = loadSetup(cfg)
 	require.NoError(t, err)
 	require.True(t, resumed)
+
+	// Nor may it change its validators: they are fixed at genesis.
+	cfg.Validators = 4
+	_, _, err = loadSetup(cfg)
+	require.EqualError(t, err, filepath.Join(cfg.Home, "setup.json")+" was made with 1 validator(s), asked for 4 "+
+		"(a chain's validators are fixed at its genesis): pass --validators 1, or another --home for a different network")
 }
 
 // The devnet on Postgres: its own cluster under its home, a database per
