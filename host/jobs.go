@@ -29,8 +29,11 @@ import (
 // session as it is then, so a job that outlives a restart still votes.
 
 // inProcessWorkers is how many jobs the host runs at once in process, when
-// no external worker is configured.
-const inProcessWorkers = 4
+// no external worker is configured. A validation mostly waits (on the
+// model, a remote executor, the queue's commits), and every sampled one
+// must vote before the escrow settles, so they run wide, as they did
+// before the queue.
+const inProcessWorkers = 32
 
 // inProcessWorker is the worker id of the host's own worker loops.
 const inProcessWorker = "host/in-process"
@@ -95,7 +98,9 @@ func (e *Engine) startJobs() error {
 	p.loops.Go(func() { _ = p.q.Run(ctx) })
 	if len(e.cfg.Workers) == 0 {
 		p.setWorking(true)
-		p.loops.Go(func() { e.work(ctx) })
+		for range inProcessWorkers {
+			p.loops.Go(func() { e.work(ctx) })
+		}
 	}
 	return nil
 }
@@ -354,34 +359,24 @@ func (e *Engine) applyValidation(ctx context.Context, j jobs.Job) {
 	e.cfg.Metrics.validation(valid)
 }
 
-// work is the in-process worker: one claimer that runs up to
-// inProcessWorkers validation jobs at once, until ctx ends.
+// work is one in-process worker: it claims a validation job, runs it, and
+// claims the next, until ctx ends. The host runs inProcessWorkers of them,
+// so their claims and finishes share the queue's commits.
 func (e *Engine) work(ctx context.Context) {
-	slots := make(chan struct{}, inProcessWorkers)
 	for {
-		select {
-		case slots <- struct{}{}:
-		case <-ctx.Done():
-			return
-		}
 		c, err := e.plane.q.ClaimWait(ctx, inProcessWorker, []jobs.Kind{jobs.KindValidation}, claimWait)
 		switch {
 		case ctx.Err() != nil || errors.Is(err, jobs.ErrClosed):
 			return
 		case err != nil:
-			<-slots
 			e.log.Warn("claim a job", "err", err)
 			select {
 			case <-ctx.Done():
+				return
 			case <-time.After(time.Second):
 			}
-		case c == nil:
-			<-slots
-		default:
-			e.plane.loops.Go(func() {
-				defer func() { <-slots }()
-				e.runValidation(ctx, c)
-			})
+		case c != nil:
+			e.runValidation(ctx, c)
 		}
 	}
 }
