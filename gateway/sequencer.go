@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -389,31 +390,53 @@ func (q *sequencer) build(starts []*sessionpb.Tx, finalize bool) (*sessionpb.Dif
 	if len(carried) > room {
 		carried = carried[:max(room, 0)] // the rest waits for the next diff
 	}
-	for attempt := 0; ; attempt++ {
-		txs := append(append([]*sessionpb.Tx{}, starts...), carried...)
+	d, p, err := assemble(starts, carried, finalize, func(txs []*sessionpb.Tx) (*sessionpb.Diff, *session.Pending, error) {
+		d := &sessionpb.Diff{EscrowId: q.id(), Nonce: q.replica.Nonce() + 1, Txs: txs}
+		p, err := q.replica.Sequence(d)
+		return d, p, err
+	}, func(bad *sessionpb.Tx, err error) {
+		q.forget(session.TxEffectKey(bad))
+		q.log.Warn("dropped a pooled tx that does not apply", "escrow", q.id(), "err", err)
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := session.SignDiff(q.key, q.snap.ChainId, d); err != nil {
+		return nil, nil, err
+	}
+	return d, p, nil
+}
+
+// assemble puts starts, then carried, then (if finalize) a FinalizeRound
+// into one diff and has sequence check it. Pooled txs are verified and
+// state-checked on intake, and one per effect is kept, so a carried tx
+// fails only when an earlier tx of the same diff moved its record on (a
+// vote after the one that resolved it, and with a large group there may be
+// many such votes): drop is told of it, it leaves the diff, and the diff is
+// built again. Each retry removes one carried tx, so there are at most as
+// many retries as carried txs. An error in a start, the finalize or
+// outside the diff's txs is returned as it is.
+func assemble(starts, carried []*sessionpb.Tx, finalize bool,
+	sequence func([]*sessionpb.Tx) (*sessionpb.Diff, *session.Pending, error),
+	drop func(*sessionpb.Tx, error),
+) (*sessionpb.Diff, *session.Pending, error) {
+	carried = slices.Clone(carried)
+	for {
+		txs := append(append(make([]*sessionpb.Tx, 0, len(starts)+len(carried)+1), starts...), carried...)
 		if finalize {
 			txs = append(txs, &sessionpb.Tx{Body: &sessionpb.Tx_Finalize{Finalize: &sessionpb.FinalizeRound{}}})
 		}
-		d := &sessionpb.Diff{EscrowId: q.id(), Nonce: q.replica.Nonce() + 1, Txs: txs}
-		p, err := q.replica.Sequence(d)
+		d, p, err := sequence(txs)
 		if err == nil {
-			if err := session.SignDiff(q.key, q.snap.ChainId, d); err != nil {
-				return nil, nil, err
-			}
 			return d, p, nil
 		}
-		// Pooled txs are verified and state-checked on intake, and one per
-		// effect is kept, so a tx fails here only when an earlier tx of
-		// the same diff moved its record on (a vote after the one that
-		// resolved it): it is dropped, and the diff built again.
 		var de *session.DiffError
-		if !errors.As(err, &de) || de.Tx < len(starts) || de.Tx >= len(starts)+len(carried) || attempt > len(carried) {
+		if !errors.As(err, &de) || de.Tx < len(starts) || de.Tx >= len(starts)+len(carried) {
 			return nil, nil, err
 		}
-		bad := carried[de.Tx-len(starts)]
-		q.forget(session.TxEffectKey(bad))
-		q.log.Warn("dropped a pooled tx that does not apply", "escrow", q.id(), "err", err)
-		carried = append(carried[:de.Tx-len(starts)], carried[de.Tx-len(starts)+1:]...)
+		i := de.Tx - len(starts)
+		drop(carried[i], err)
+		carried = slices.Delete(carried, i, i+1)
 	}
 }
 
