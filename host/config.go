@@ -62,6 +62,7 @@ type FileConfig struct {
 		MaxTry           int
 		Lifetime         time.Duration
 		Workers          []string
+		Inference        bool
 	}
 
 	Admin struct {
@@ -125,6 +126,7 @@ func Settings(c *FileConfig) *settings.Schema {
 	s.Int(&c.Jobs.MaxTry, "jobs.max_try", 2, "claims a job gets before an expired lease fails it; only an operator's reset (devshard jobs reset) revives it then")
 	s.Duration(&c.Jobs.Lifetime, "jobs.lifetime", 25*time.Hour, "how long a finished or failed job is kept, counted from when it finished")
 	s.List(&c.Jobs.Workers, "jobs.workers", nil, "accounts (hex or bech32) of the external workers accepted on the worker routes; empty: the host runs its jobs in process")
+	s.Bool(&c.Jobs.Inference, "jobs.inference", false, "run this host's inferences on its external workers too, streamed back piece by piece (needs jobs.workers); off: inferences run on the host's own executor")
 	s.String(&c.Admin.Listen, "admin.listen", "127.0.0.1:0", "address of the admin endpoint that devshard jobs talks to (port 0: any free port); keep it on loopback; empty: none")
 	s.String(&c.Admin.File, "admin.file", "admin.json", "file the host writes the admin endpoint's URL and a fresh token to at start (mode 0600); devshard jobs reads it")
 	settings.Logging(s, &c.Log)
@@ -237,6 +239,9 @@ func (c *FileConfig) validate() error {
 	}
 	if c.Jobs.Lifetime <= 0 {
 		return fmt.Errorf("jobs.lifetime must be a positive duration such as 25h, got %s", c.Jobs.Lifetime)
+	}
+	if c.Jobs.Inference && len(c.Jobs.Workers) == 0 {
+		return fmt.Errorf("jobs.inference needs jobs.workers: list the workers that run the inferences, or turn jobs.inference off")
 	}
 	if c.Admin.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Admin.Listen); err != nil {

@@ -76,6 +76,9 @@ type JobsConfig struct {
 	// Workers are the accounts of the external workers accepted on the
 	// worker routes; none runs every job in process.
 	Workers []signing.Address
+	// Inference sends this host's inferences to the workers too
+	// (Config.InferenceJobs).
+	Inference bool
 	// AdminListen is the admin endpoint's address; empty serves none.
 	AdminListen string
 	// AdminFile is where the admin endpoint's URL and token are written at
@@ -145,7 +148,7 @@ func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	peers := newChainPeers(cfg.Chain)
 	d.Engine = New(Config{Key: cfg.Key, Account: account, Escrows: chainEscrows{cfg.Chain}, Executor: cfg.Executor,
 		Auth: cfg.Chain.Authorizer(), SnapshotEvery: cfg.SnapshotEvery, Peers: peers, Logger: log, Metrics: NewMetrics(),
-		Workers: cfg.Jobs.Workers})
+		Workers: cfg.Jobs.Workers, InferenceJobs: cfg.Jobs.Inference})
 	d.srv = httpserve.Server(d.explainReadyz(Handler(d.Engine, cfg.Version)))
 	go func() { d.served <- d.srv.Serve(d.ln) }()
 	log.Info("host listening", "addr", d.Addr(), "account", cfg.Chain.Address(account))

@@ -81,6 +81,10 @@ type Config struct {
 	// Workers are the accounts of the external workers this host accepts
 	// on its worker routes. None: the host runs its jobs in process.
 	Workers []signing.Address
+	// InferenceJobs runs this host's inferences as jobs of its external
+	// workers, their output streamed back through the worker routes
+	// (inferencejobs.go), instead of on Executor. It needs Workers.
+	InferenceJobs bool
 }
 
 // Engine serves the sessions of the escrows whose group this host is in.
@@ -98,6 +102,8 @@ type Engine struct {
 	runs     *runs          // inferences started beside their diff's durable write (run.go)
 	lookups  chan struct{}  // a slot per escrow lookup on the chain in flight
 	plane    jobPlane       // the job queue and the validations awaited (jobs.go)
+	infer    executor.Executor // runs this host's inferences: Config.Executor, or the workers (jobExecutor)
+	streams  jobStreams        // inference jobs whose output a user waits for (inferencejobs.go)
 }
 
 // memoSize bounds the engine's memo of checked tx signatures.
@@ -146,7 +152,6 @@ func New(cfg Config) *Engine {
 	if addr == (signing.Address{}) {
 		addr = cfg.Key.PubKey().Address()
 	}
-	cfg.Executor = cfg.Metrics.measure(cfg.Executor)
 	e := &Engine{
 		cfg:      cfg,
 		addr:     addr,
@@ -157,6 +162,12 @@ func New(cfg Config) *Engine {
 		runs:     newRuns(),
 		lookups:  make(chan struct{}, cfg.Lookups),
 	}
+	e.infer = cfg.Executor
+	if cfg.InferenceJobs && len(cfg.Workers) > 0 {
+		e.infer = jobExecutor{e}
+	}
+	e.infer = cfg.Metrics.measure(e.infer)
+	e.cfg.Executor = cfg.Metrics.measure(cfg.Executor)
 	cfg.Metrics.countSessions(e)
 	return e
 }

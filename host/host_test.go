@@ -110,6 +110,13 @@ type hostBundle struct {
 // and real HTTP, with a fake chain.
 func setup(t *testing.T, mutate ...func(*sessiontest.Options)) *hostBundle {
 	t.Helper()
+	return setupTuned(t, nil, mutate...)
+}
+
+// setupTuned is setup with tune called on each host's config before its
+// engine is made; a queue it returns becomes that engine's job queue.
+func setupTuned(t *testing.T, tune func(i int, c *Config) *jobs.Queue, mutate ...func(*sessiontest.Options)) *hostBundle {
+	t.Helper()
 	o := sessiontest.DefaultOptions()
 	o.SealGraceNonces = 8
 	o.SealGraceSeconds = 0
@@ -119,13 +126,21 @@ func setup(t *testing.T, mutate ...func(*sessiontest.Options)) *hostBundle {
 	f := sessiontest.New(1, o)
 	f.Snapshot.ValidationRateBps = 10000
 	b := &hostBundle{f: f, gw: f.Sequencer(), chain: &fakeChain{snaps: map[uint64]*sessionpb.EscrowSnapshot{f.Snapshot.EscrowId: f.Snapshot}}, now: time.Unix(1_800_000_000, 0)}
-	for _, key := range f.Hosts {
+	for i, key := range f.Hosts {
 		st, err := sqlite.Open(context.Background(), t.TempDir(), sqlite.Options{})
 		require.NoError(t, err)
 		fs := &failingStore{Store: st}
 		t.Cleanup(func() { st.Close() })
 		ex := &watchedExecutor{called: make(chan executor.Request, 16)}
-		e := New(Config{Key: key, Store: fs, Escrows: b.chain, Executor: ex, Now: func() time.Time { return b.now }, StartWait: startWait, ChainID: testChainID, Metrics: NewMetrics()})
+		cfg := Config{Key: key, Store: fs, Escrows: b.chain, Executor: ex, Now: func() time.Time { return b.now }, StartWait: startWait, ChainID: testChainID, Metrics: NewMetrics()}
+		var q *jobs.Queue
+		if tune != nil {
+			q = tune(i, &cfg)
+		}
+		e := New(cfg)
+		if q != nil {
+			e.SetJobs(q)
+		}
 		e.MarkReady()
 		srv := httptest.NewServer(Handler(e, "test"))
 		t.Cleanup(srv.Close)

@@ -51,6 +51,7 @@ func Handler(e *Engine, version string) http.Handler {
 	// The worker routes (workerapi.go) admit only the operator's workers.
 	mux.HandleFunc(hostapi.ClaimJob.Pattern(), h.worker(h.claimJob))
 	mux.HandleFunc(hostapi.HeartbeatJob.Pattern(), h.worker(h.heartbeatJob))
+	mux.HandleFunc(hostapi.JobPieces.Pattern(), h.worker(h.jobPieces))
 	mux.HandleFunc(hostapi.FinishJob.Pattern(), h.worker(h.finishJob))
 	mux.HandleFunc(hostapi.FailJob.Pattern(), h.worker(h.failJob))
 	return mux

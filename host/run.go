@@ -141,7 +141,7 @@ func (e *Engine) startRun(en *entry, nonce uint64, slot uint32, req executor.Req
 		}
 		r.confirm = confirm
 		close(r.confirmed)
-		res, err := e.cfg.Executor.Execute(ctx, req, r.push)
+		res, err := e.infer.Execute(withInference(ctx, escrowID, nonce), req, r.push)
 		if err != nil {
 			r.end(executor.Result{}, nil, err)
 			return

@@ -78,23 +78,60 @@ func (h *handler) claimJob(w http.ResponseWriter, r *http.Request, worker signin
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("wait_ms must be 0 to %d, got %d", hostapi.MaxClaimWait.Milliseconds(), req.WaitMS))
 		return
 	}
-	kinds := make([]jobs.Kind, len(req.Kinds))
-	for i, k := range req.Kinds {
-		kinds[i] = jobs.Kind(k)
+	kinds, err := h.e.claimKinds(req.Kinds)
+	if err != nil {
+		writeError(w, http.StatusBadRequest, err.Error())
+		return
 	}
-	c, err := h.e.plane.q.ClaimWait(r.Context(), worker.String(), kinds, wait)
-	switch {
-	case err != nil:
-		h.jobFail(w, err)
-	case c == nil:
-		w.WriteHeader(http.StatusNoContent)
-	default:
-		h.e.log.Info("job claimed", "job", jobs.ShortID(c.Lease.JobID), "kind", c.Job.Kind, "attempt", c.Lease.Attempt, "worker", worker)
-		writeJSON(w, http.StatusOK, hostapi.ClaimResponse{
-			Lease:   hostapi.Lease{JobID: c.Lease.JobID, Attempt: c.Lease.Attempt, Token: c.Lease.Token},
-			Expires: c.Expires, Kind: string(c.Job.Kind), Input: c.Job.Input,
-		})
+	deadline := time.Now().Add(wait)
+	for {
+		c, err := h.e.plane.q.ClaimWait(r.Context(), worker.String(), kinds, time.Until(deadline))
+		switch {
+		case err != nil:
+			h.jobFail(w, err)
+		case c == nil:
+			w.WriteHeader(http.StatusNoContent)
+		case jobs.IsInference(c.Job.Kind) && !h.e.claimedInference(c):
+			// Nobody waits for its output any more: it is not run.
+			if err := h.e.plane.q.Fail(r.Context(), c.Lease, "abandoned", errStreamGone.Error()); err != nil {
+				h.e.log.Warn("cannot fail an abandoned inference job", "job", jobs.ShortID(c.Lease.JobID), "err", err)
+			}
+			continue
+		default:
+			kind := string(c.Job.Kind)
+			if jobs.IsInference(c.Job.Kind) {
+				kind = hostapi.KindInference
+			}
+			h.e.log.Info("job claimed", "job", jobs.ShortID(c.Lease.JobID), "kind", kind, "attempt", c.Lease.Attempt, "worker", worker)
+			writeJSON(w, http.StatusOK, hostapi.ClaimResponse{
+				Lease:   hostapi.Lease{JobID: c.Lease.JobID, Attempt: c.Lease.Attempt, Token: c.Lease.Token},
+				Expires: c.Expires, Kind: kind, Input: c.Job.Input,
+			})
+		}
+		return
 	}
+}
+
+// claimKinds maps the kinds a worker asks for to the queue's. "inference"
+// is this host's own inference kind (jobs.InferenceFor): a worker never
+// gets the inference of another host sharing the queue, whose user waits
+// on that host. No kinds asks for this host's inferences and validations.
+func (e *Engine) claimKinds(asked []string) ([]jobs.Kind, error) {
+	if len(asked) == 0 {
+		return []jobs.Kind{e.inferenceKind(), jobs.KindValidation}, nil
+	}
+	kinds := make([]jobs.Kind, len(asked))
+	for i, k := range asked {
+		switch {
+		case k == hostapi.KindInference:
+			kinds[i] = e.inferenceKind()
+		case jobs.IsInference(jobs.Kind(k)):
+			return nil, fmt.Errorf("kind %q: ask for %q; the host hands a worker its own inferences", k, hostapi.KindInference)
+		default:
+			kinds[i] = jobs.Kind(k)
+		}
+	}
+	return kinds, nil
 }
 
 // jobID is the {job} of a worker route: 64 hex digits, or 400.
@@ -116,10 +153,14 @@ func (h *handler) heartbeatJob(w http.ResponseWriter, r *http.Request, _ signing
 	if !decodeStrict(w, body, &req) {
 		return
 	}
-	expires, err := h.e.plane.q.Heartbeat(r.Context(), jobs.Lease{JobID: id, Attempt: req.Attempt, Token: req.Token})
+	lease := jobs.Lease{JobID: id, Attempt: req.Attempt, Token: req.Token}
+	expires, err := h.e.plane.q.Heartbeat(r.Context(), lease)
 	if err != nil {
 		h.jobFail(w, err)
 		return
+	}
+	if st := h.e.streams.get(id); st != nil {
+		st.heartbeat(lease, expires)
 	}
 	writeJSON(w, http.StatusOK, hostapi.HeartbeatResponse{Expires: expires})
 }
@@ -147,9 +188,22 @@ func (h *handler) finishJob(w http.ResponseWriter, r *http.Request, worker signi
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("job %s: %v", jobs.ShortID(id), err))
 		return
 	}
-	if err := h.e.plane.q.Finish(r.Context(), jobs.Lease{JobID: id, Attempt: req.Attempt, Token: req.Token}, req.Result); err != nil {
+	lease := jobs.Lease{JobID: id, Attempt: req.Attempt, Token: req.Token}
+	st := h.e.streams.get(id)
+	var out hostapi.InferenceOutput
+	if st != nil {
+		out, _ = checkInferenceOutput(req.Result) // checked by checkResult
+		if err := st.checkFinish(lease, out); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("job %s: %v", jobs.ShortID(id), err))
+			return
+		}
+	}
+	if err := h.e.plane.q.Finish(r.Context(), lease, req.Result); err != nil {
 		h.jobFail(w, err)
 		return
+	}
+	if st != nil {
+		st.end(out, nil)
 	}
 	h.e.log.Info("job finished", "job", jobs.ShortID(id), "kind", j.Kind, "worker", worker)
 	h.e.jobDone(r.Context(), id)
@@ -169,6 +223,9 @@ func (h *handler) failJob(w http.ResponseWriter, r *http.Request, worker signing
 		h.jobFail(w, err)
 		return
 	}
+	if st := h.e.streams.get(id); st != nil {
+		st.end(hostapi.InferenceOutput{}, failedInference(req.Class, req.Message))
+	}
 	h.e.log.Info("job failed by its worker", "job", jobs.ShortID(id), "worker", worker, "class", req.Class, "err", req.Message)
 	h.e.jobDone(r.Context(), id)
 	writeJSON(w, http.StatusOK, hostapi.StatusResponse{Status: hostapi.JobFailed})
@@ -176,6 +233,10 @@ func (h *handler) failJob(w http.ResponseWriter, r *http.Request, worker signing
 
 // checkResult refuses a result that is not what a job of kind produces.
 func checkResult(kind jobs.Kind, result []byte) error {
+	if jobs.IsInference(kind) {
+		_, err := checkInferenceOutput(result)
+		return err
+	}
 	if kind != jobs.KindValidation {
 		return nil
 	}

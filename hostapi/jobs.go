@@ -26,11 +26,14 @@ var (
 	FinishJob = Route{"POST", "/v1/jobs/{job}/finish"}
 	// FailJob fails a running job with an error class and a message.
 	FailJob = Route{"POST", "/v1/jobs/{job}/fail"}
+	// JobPieces carries the next pieces of a running inference job's
+	// output, which the host forwards to the waiting user at once.
+	JobPieces = Route{"POST", "/v1/jobs/{job}/pieces"}
 )
 
 // WorkerRoutes lists the worker routes, in the order docs/host.md gives
 // them.
-func WorkerRoutes() []Route { return []Route{ClaimJob, HeartbeatJob, FinishJob, FailJob} }
+func WorkerRoutes() []Route { return []Route{ClaimJob, HeartbeatJob, JobPieces, FinishJob, FailJob} }
 
 // ForJob is the route's path for job id.
 func (r Route) ForJob(id string) string {
@@ -110,6 +113,48 @@ const (
 // answer, as a failed re-run always has.
 const ErrorClassExecution = "execution"
 
+// ErrorClassBadRequest is the class of an inference job whose request no
+// executor can run (a parameter out of range, say): the user's fault, not
+// the worker's, and the user is told so.
+const ErrorClassBadRequest = "bad_request"
+
+// KindInference is the kind a worker names in its claim to run inferences.
+// The host hands it its own inference jobs only (jobs.InferenceFor), and
+// the claim answers with this kind.
+const KindInference = "inference"
+
+// InferenceInput is the input of an inference job: a request this host
+// must execute, streamed back through JobPieces as it runs.
+type InferenceInput struct {
+	Host      string           `json:"host"` // the account of the host that executes (hex)
+	Escrow    uint64           `json:"escrow"`
+	Inference uint64           `json:"inference"`
+	Request   executor.Request `json:"request"`
+}
+
+// InferenceOutput is the result of an inference job. Text must be the
+// pieces sent through JobPieces, joined; a worker that sent none may send
+// the whole text here, and the host forwards it at once.
+type InferenceOutput struct {
+	Text         string         `json:"text"`
+	Usage        executor.Usage `json:"usage"`
+	FinishReason string         `json:"finish_reason"`
+}
+
+// PiecesRequest is the body of POST /v1/jobs/{job}/pieces. Seq numbers the
+// calls of one attempt from 0; the host takes them in order, and a call it
+// has taken already (a retry after a lost reply) is answered 200 again and
+// forwards nothing twice.
+type PiecesRequest struct {
+	Attempt int      `json:"attempt"`
+	Token   string   `json:"token"`
+	Seq     uint64   `json:"seq"`
+	Pieces  []string `json:"pieces"`
+}
+
+// JobStreamed is the StatusResponse of accepted pieces, with 200.
+const JobStreamed = "streamed"
+
 // ValidationInput is the canonical input of a validation job: a peer's
 // inference to re-run, and what it claimed, to judge the re-run against.
 // Its JSON encoding is the job's input, so the same validation is one job.
@@ -184,6 +229,18 @@ func (w *Worker) Finish(ctx context.Context, lease Lease, result []byte) error {
 	}
 	var out StatusResponse
 	_, err = w.c.send(ctx, FinishJob, w.baseURL, FinishJob.ForJob(lease.JobID), w.host, body, &out)
+	return err
+}
+
+// Pieces sends the seq-th batch of pieces of the inference job lease
+// holds.
+func (w *Worker) Pieces(ctx context.Context, lease Lease, seq uint64, pieces []string) error {
+	body, err := json.Marshal(PiecesRequest{Attempt: lease.Attempt, Token: lease.Token, Seq: seq, Pieces: pieces})
+	if err != nil {
+		return err
+	}
+	var out StatusResponse
+	_, err = w.c.send(ctx, JobPieces, w.baseURL, JobPieces.ForJob(lease.JobID), w.host, body, &out)
 	return err
 }
 

@@ -40,6 +40,7 @@ package jobs
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"strings"
 	"time"
 )
 
@@ -53,14 +54,27 @@ const (
 	KindValidation Kind = "validation"
 )
 
+// InferenceFor is the kind of the inference jobs of one host: KindInference,
+// a colon and the host's account. An inference job streams its output back
+// to the host process whose user waits for it, so when hosts share one
+// Postgres queue each host's workers must claim only that host's
+// inferences; the kind keeps them apart. Validation jobs need no such
+// scope: their result is read from the queue by whichever host awaits it.
+func InferenceFor(host string) Kind { return KindInference + ":" + Kind(host) }
+
+// IsInference reports whether k is KindInference or a host's InferenceFor.
+func IsInference(k Kind) bool {
+	return k == KindInference || strings.HasPrefix(string(k), string(KindInference)+":")
+}
+
 // Priority is the claim order of a kind: lower is claimed first. Inference
 // serves a waiting user, so it goes before validation; kinds added later
 // go after both.
 func Priority(k Kind) int {
-	switch k {
-	case KindInference:
+	switch {
+	case IsInference(k):
 		return 0
-	case KindValidation:
+	case k == KindValidation:
 		return 1
 	}
 	return 2

@@ -167,7 +167,7 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 func hostJobs(cfg *host.FileConfig) (host.JobsConfig, error) {
 	jc := host.JobsConfig{
 		HeartbeatTimeout: cfg.Jobs.HeartbeatTimeout, MaxTry: cfg.Jobs.MaxTry, Lifetime: cfg.Jobs.Lifetime,
-		AdminListen: cfg.Admin.Listen, AdminFile: cfg.Path(cfg.Admin.File),
+		AdminListen: cfg.Admin.Listen, AdminFile: cfg.Path(cfg.Admin.File), Inference: cfg.Jobs.Inference,
 	}
 	for _, w := range cfg.Jobs.Workers {
 		a, err := parseAccount(w)

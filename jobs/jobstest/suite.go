@@ -231,13 +231,15 @@ func testClaimPriority(t *testing.T, b *bundle) {
 	i2 := b.enqueue(t, jobs.KindInference, "i2") // same instant as v2
 	b.clock.Advance(time.Second)
 	x := b.enqueue(t, jobs.Kind("embedding"), "x")
+	b.clock.Advance(time.Second)
+	i3 := b.enqueue(t, jobs.InferenceFor("host1"), "i3") // a host's own inferences are inferences too
 
 	require.Equal(t, v1.ID, b.claim(t, "validator", jobs.KindValidation).Job.ID, "a validation worker gets validation jobs")
 	var got []string
-	for range 4 {
+	for range 5 {
 		got = append(got, b.claim(t, "w").Job.ID)
 	}
-	require.Equal(t, []string{i1.ID, i2.ID, v2.ID, x.ID}, got)
+	require.Equal(t, []string{i1.ID, i2.ID, i3.ID, v2.ID, x.ID}, got)
 }
 
 func testClaimNothingReady(t *testing.T, b *bundle) {
