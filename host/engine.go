@@ -95,13 +95,13 @@ type Engine struct {
 
 	mu       sync.Mutex
 	sessions map[uint64]*entry
-	ready    chan struct{}  // closed once storage is open and recovery may run
-	wg       sync.WaitGroup // background validations and gossip pushes
-	gossiped gossipLog      // own txs pushed to peers (regossip.go)
-	memo     *signing.Memo  // tx signatures made or checked already: a diff carrying them checks a hash
-	runs     *runs          // inferences started beside their diff's durable write (run.go)
-	lookups  chan struct{}  // a slot per escrow lookup on the chain in flight
-	plane    jobPlane       // the job queue and the validations awaited (jobs.go)
+	ready    chan struct{}     // closed once storage is open and recovery may run
+	wg       sync.WaitGroup    // background validations and gossip pushes
+	gossiped gossipLog         // own txs pushed to peers (regossip.go)
+	memo     *signing.Memo     // tx signatures made or checked already: a diff carrying them checks a hash
+	runs     *runs             // inferences started beside their diff's durable write (run.go)
+	lookups  chan struct{}     // a slot per escrow lookup on the chain in flight
+	plane    jobPlane          // the job queue and the validations awaited (jobs.go)
 	infer    executor.Executor // runs this host's inferences: Config.Executor, or the workers (jobExecutor)
 	streams  jobStreams        // inference jobs whose output a user waits for (inferencejobs.go)
 }
