@@ -82,7 +82,10 @@ func helperChild(name, listen string) int {
 	mux.HandleFunc("/devshard/open-sessions", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintf(w, `{"open_sessions": %d}`, open.Load())
 	})
-	mux.HandleFunc("/exit", func(http.ResponseWriter, *http.Request) { go os.Exit(1) })
+	mux.HandleFunc("/exit", func(w http.ResponseWriter, _ *http.Request) {
+		w.(http.Flusher).Flush()
+		time.AfterFunc(50*time.Millisecond, func() { os.Exit(1) })
+	})
 	if err := http.ListenAndServe(listen, mux); err != nil {
 		fmt.Println(err)
 		return 1
