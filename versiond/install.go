@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"time"
 )
 
@@ -54,6 +55,9 @@ type installer struct {
 	root   string
 	binary string
 	limit  int64
+	// stall bounds the wait for the next byte of a download, so a mirror
+	// that stops sending does not hold the install forever.
+	stall  time.Duration
 	client *http.Client
 }
 
@@ -142,13 +146,25 @@ func (in *installer) download(ctx context.Context, v Version, dst string) (err e
 	if u.Scheme != "https" {
 		return fmt.Errorf("version %s: url %s refused: %w", v.Name, u.Redacted(), ErrNotHTTPS)
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var stalled atomic.Bool
+	watchdog := time.AfterFunc(in.stall, func() { stalled.Store(true); cancel() })
+	defer watchdog.Stop()
+	fail := func(err error) error {
+		if stalled.Load() {
+			return fmt.Errorf("version %s: downloading %s: no byte arrived for %s", v.Name, u.Redacted(), in.stall)
+		}
+		return fmt.Errorf("version %s: downloading %s: %w", v.Name, u.Redacted(), err)
+	}
+
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, v.URL, nil)
 	if err != nil {
 		return err
 	}
 	resp, err := in.client.Do(req)
 	if err != nil {
-		return fmt.Errorf("version %s: downloading %s: %w", v.Name, u.Redacted(), err)
+		return fail(err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
@@ -169,9 +185,10 @@ func (in *installer) download(ctx context.Context, v Version, dst string) (err e
 		}
 	}()
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(resp.Body, in.limit+1))
+	body := &progressReader{r: io.LimitReader(resp.Body, in.limit+1), progress: func() { watchdog.Reset(in.stall) }}
+	n, err := io.Copy(io.MultiWriter(tmp, h), body)
 	if err != nil {
-		return fmt.Errorf("version %s: downloading %s: %w", v.Name, u.Redacted(), err)
+		return fail(err)
 	}
 	if n > in.limit {
 		return &TooLargeError{Name: v.Name, Limit: in.limit}
@@ -226,6 +243,20 @@ func verify(v Version, path string) error {
 		return &HashMismatchError{Name: v.Name, Want: v.SHA256, Got: got}
 	}
 	return nil
+}
+
+// progressReader calls progress after every read that brought bytes.
+type progressReader struct {
+	r        io.Reader
+	progress func()
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	if n > 0 {
+		p.progress()
+	}
+	return n, err
 }
 
 func syncDir(dir string) error {

@@ -39,6 +39,9 @@ type Config struct {
 	TrustedCA string
 	// MaxDownload bounds a binary's size in bytes. (512 MiB)
 	MaxDownload int64
+	// DownloadStall bounds the wait for the next byte of a download; a
+	// download that stalls longer fails and is retried. (1m)
+	DownloadStall time.Duration
 	// DownloadBackoff spaces retries of a failed download. (2s to 5m)
 	DownloadBackoff Backoff
 	// RestartBackoff spaces restarts of a child that exited. (1s to 1m)
@@ -75,6 +78,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxDownload == 0 {
 		c.MaxDownload = 512 << 20
+	}
+	if c.DownloadStall == 0 {
+		c.DownloadStall = time.Minute
 	}
 	if c.DownloadBackoff == (Backoff{}) {
 		c.DownloadBackoff = Backoff{Min: 2 * time.Second, Max: 5 * time.Minute}
@@ -150,7 +156,7 @@ func New(cfg Config) (*Manager, error) {
 	root := filepath.Join(cfg.Dir, "versions")
 	return &Manager{
 		cfg:     cfg,
-		in:      &installer{root: root, binary: cfg.BinaryName, limit: cfg.MaxDownload, client: client},
+		in:      &installer{root: root, binary: cfg.BinaryName, limit: cfg.MaxDownload, stall: cfg.DownloadStall, client: client},
 		m:       m,
 		wake:    make(chan struct{}, 1),
 		units:   map[string]*unit{},
@@ -252,6 +258,7 @@ func (m *Manager) apply(ctx context.Context) {
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.sweepLocked(want)
 	m.approved = order
 	for name, v := range want {
 		u, ok := m.units[name]
@@ -278,11 +285,46 @@ func (m *Manager) apply(ctx context.Context) {
 			dctx, stop := context.WithTimeout(ctx, m.cfg.DrainBound)
 			u.draining, u.drainStop = true, stop
 			m.wg.Add(1)
-			go func() { defer m.wg.Done(); m.drain(dctx, u) }()
+			go func() { defer m.wg.Done(); defer stop(); m.drain(ctx, dctx, u) }()
 		}
 		u.mu.Unlock()
 	}
 	m.bumpLocked()
+}
+
+// sweepLocked removes the files of versions that are neither approved
+// nor still on this host (left by a run that ended while they drained, or
+// that was down when they left the list), and binaries of an approved
+// name under a hash that is no longer its own. The caller holds m.mu.
+func (m *Manager) sweepLocked(want map[string]Version) {
+	names, err := os.ReadDir(m.in.root)
+	if err != nil {
+		m.cfg.Logger.Warn("versiond: listing installed versions", "err", err)
+		return
+	}
+	for _, e := range names {
+		name := e.Name()
+		if strings.HasPrefix(name, tempPrefix) || m.units[name] != nil {
+			continue
+		}
+		v, ok := want[name]
+		if !ok {
+			m.removeAll(filepath.Join(m.in.root, name))
+			continue
+		}
+		hashes, _ := os.ReadDir(filepath.Join(m.in.root, name))
+		for _, h := range hashes {
+			if h.Name() != v.SHA256 && h.Name() != workDir {
+				m.removeAll(filepath.Join(m.in.root, name, h.Name()))
+			}
+		}
+	}
+}
+
+func (m *Manager) removeAll(path string) {
+	if err := os.RemoveAll(path); err != nil {
+		m.cfg.Logger.Warn("versiond: removing files of a version no longer approved", "path", path, "err", err)
+	}
 }
 
 // start creates v's unit and runs it. The caller holds m.mu.
@@ -297,12 +339,14 @@ func (m *Manager) start(ctx context.Context, v Version) {
 	go func() { defer m.wg.Done(); u.run(uctx) }()
 }
 
-// drain waits until u has no open traffic or ctx (the drain bound) ends,
-// then, unless u was approved again meanwhile, stops its child and
-// removes its files.
-func (m *Manager) drain(ctx context.Context, u *unit) {
+// drain waits until u has no open traffic or dctx (the drain bound) ends,
+// then stops its child and removes its files. It does neither when u was
+// approved again or replaced meanwhile, nor when versiond is shutting
+// down (ctx ended): the next start removes the files of a version that is
+// not approved.
+func (m *Manager) drain(ctx, dctx context.Context, u *unit) {
 	m.cfg.Logger.Info("versiond: version left the approved list; draining", "version", u.v.Name, "bound", m.cfg.DrainBound)
-	for sleep(ctx, m.cfg.ReadyPoll) {
+	for sleep(dctx, m.cfg.ReadyPoll) {
 		if u.inflight.Load() > 0 {
 			continue
 		}
@@ -312,7 +356,7 @@ func (m *Manager) drain(ctx context.Context, u *unit) {
 	}
 	m.mu.Lock()
 	u.mu.Lock()
-	again := !u.draining
+	again := !u.draining || m.units[u.v.Name] != u || ctx.Err() != nil
 	u.retiring = !again
 	u.mu.Unlock()
 	m.mu.Unlock()

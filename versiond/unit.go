@@ -18,6 +18,10 @@ import (
 	"time"
 )
 
+// workDir is the child's working directory, beside its binaries in
+// versions/<name>/.
+const workDir = "work"
+
 // State is where a version is in its life on this host.
 type State string
 
@@ -193,7 +197,7 @@ func (u *unit) runChild(ctx context.Context, path string) (servedSince time.Time
 	if err != nil {
 		return time.Time{}, err
 	}
-	work := filepath.Join(u.in.versionDir(u.v.Name), "work")
+	work := filepath.Join(u.in.versionDir(u.v.Name), workDir)
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return time.Time{}, err
 	}

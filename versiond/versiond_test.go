@@ -555,3 +555,38 @@ func (l testLog) Write(p []byte) (int, error) {
 	l.t.Log(strings.TrimSuffix(string(p), "\n"))
 	return len(p), nil
 }
+
+// A mirror that stops sending mid-download fails the download after the
+// stall bound, and the retry installs the version.
+func TestVersiondRetriesStalledDownload(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *Config) { c.DownloadStall = 300 * time.Millisecond })
+	v := b.mirror.version("v1")
+	v.URL = b.mirror.URL + "/stall-once"
+	b.approve(v)
+	st := b.waitState(t, "v1", StateServing)
+	require.Contains(t, st.LastError, "no byte arrived for 300ms")
+	require.Equal(t, int64(2), b.mirror.count("/stall-once"))
+	require.Empty(t, tempFiles(b.dir))
+}
+
+// Files of versions no longer approved, left by an earlier run, are
+// removed at the first list; those of approved versions stay.
+func TestVersiondSweepsUnapprovedFiles(t *testing.T) {
+	t.Parallel()
+	mr := newMirror(t)
+	dir := t.TempDir()
+	v := mr.version("v1")
+	for _, p := range []string{"old/" + v.SHA256 + "/devshard", "old/work/child.log", "v1/" + otherSHA + "/devshard"} {
+		p = filepath.Join(dir, "versions", p)
+		require.NoError(t, os.MkdirAll(filepath.Dir(p), 0o755))
+		require.NoError(t, os.WriteFile(p, []byte("left over"), 0o755))
+	}
+	b := &bundle{mirror: mr, dir: dir, reg: prometheus.NewRegistry(), src: make(ChanSource, 1)}
+	b.start(t, func(*Config) {})
+	b.approve(v)
+	b.waitState(t, "v1", StateServing)
+	require.NoDirExists(t, filepath.Join(dir, "versions", "old"))
+	require.NoDirExists(t, filepath.Join(dir, "versions", "v1", otherSHA))
+	require.FileExists(t, filepath.Join(dir, "versions", "v1", v.SHA256, "devshard"))
+}
