@@ -188,6 +188,8 @@ loop:
 		case err = <-watchErr:
 			if err != nil {
 				err = fmt.Errorf("the version source failed: %w", err)
+			} else if ctx.Err() == nil {
+				err = errors.New("the version source stopped before versiond did")
 			}
 			break loop
 		case <-m.wake:
@@ -221,7 +223,41 @@ func (m *Manager) apply(ctx context.Context) {
 	m.mu.Lock()
 	list := m.pending
 	m.mu.Unlock()
+	want, order := m.usable(list)
+	m.stopReplaced(want)
 
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.sweepLocked(want)
+	m.approved = order
+	for name, v := range want {
+		u, ok := m.units[name]
+		switch {
+		case !ok:
+			m.startLocked(ctx, v)
+		case u.retiring:
+			// Being removed; its removal wakes this loop again.
+		default:
+			u.mu.Lock()
+			if u.draining {
+				u.draining = false
+				u.drainStop()
+			}
+			u.mu.Unlock()
+		}
+	}
+	for name, u := range m.units {
+		if _, ok := want[name]; !ok {
+			m.drainLocked(ctx, u)
+		}
+	}
+	m.bumpLocked()
+}
+
+// usable is the list's versions that pass their check, by name, and their
+// names in the list's order. A version that fails its check, or repeats
+// a name, is logged and skipped; the others are applied.
+func (m *Manager) usable(list []Version) (map[string]Version, []string) {
 	want := map[string]Version{}
 	var order []string
 	for _, v := range list {
@@ -236,9 +272,14 @@ func (m *Manager) apply(ctx context.Context) {
 		want[v.Name] = v
 		order = append(order, v.Name)
 	}
+	return want, order
+}
 
-	// A name whose hash changed is a different binary under the same
-	// name: the old one is no longer approved and stops at once.
+// stopReplaced stops, without a drain, each version whose name is
+// approved with another hash, and removes its binary. A changed hash is a
+// different binary under the same name: the old one is no longer
+// approved, so it must not serve on.
+func (m *Manager) stopReplaced(want map[string]Version) {
 	m.mu.Lock()
 	var replaced []*unit
 	for name, u := range m.units {
@@ -251,45 +292,26 @@ func (m *Manager) apply(ctx context.Context) {
 	for _, u := range replaced {
 		u.cancel()
 		<-u.done
-		if err := os.RemoveAll(filepath.Dir(m.in.path(u.v))); err != nil {
-			m.cfg.Logger.Warn("versiond: removing a replaced binary", "version", u.v.Name, "err", err)
-		}
+		m.removeAll(filepath.Dir(m.in.path(u.v)))
 	}
+}
 
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.sweepLocked(want)
-	m.approved = order
-	for name, v := range want {
-		u, ok := m.units[name]
-		switch {
-		case !ok:
-			m.start(ctx, v)
-		case u.retiring:
-			// Being removed; its removal wakes this loop again.
-		default:
-			u.mu.Lock()
-			if u.draining {
-				u.draining = false
-				u.drainStop()
-			}
-			u.mu.Unlock()
-		}
+// drainLocked starts u's drain unless it drains already. The caller holds
+// m.mu.
+func (m *Manager) drainLocked(ctx context.Context, u *unit) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.draining || u.retiring {
+		return
 	}
-	for name, u := range m.units {
-		if _, ok := want[name]; ok {
-			continue
-		}
-		u.mu.Lock()
-		if !u.draining && !u.retiring {
-			dctx, stop := context.WithTimeout(ctx, m.cfg.DrainBound)
-			u.draining, u.drainStop = true, stop
-			m.wg.Add(1)
-			go func() { defer m.wg.Done(); defer stop(); m.drain(ctx, dctx, u) }()
-		}
-		u.mu.Unlock()
-	}
-	m.bumpLocked()
+	dctx, stop := context.WithTimeout(ctx, m.cfg.DrainBound)
+	u.draining, u.drainStop = true, stop
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer stop()
+		m.drain(ctx, dctx, u)
+	}()
 }
 
 // sweepLocked removes the files of versions that are neither approved
@@ -327,8 +349,8 @@ func (m *Manager) removeAll(path string) {
 	}
 }
 
-// start creates v's unit and runs it. The caller holds m.mu.
-func (m *Manager) start(ctx context.Context, v Version) {
+// startLocked creates v's unit and runs it. The caller holds m.mu.
+func (m *Manager) startLocked(ctx context.Context, v Version) {
 	uctx, cancel := context.WithCancel(ctx)
 	u := &unit{
 		v: v, cfg: &m.cfg, in: m.in, m: m.m, notify: m.bump,
@@ -365,9 +387,7 @@ func (m *Manager) drain(ctx, dctx context.Context, u *unit) {
 	}
 	u.cancel()
 	<-u.done
-	if err := os.RemoveAll(m.in.versionDir(u.v.Name)); err != nil {
-		m.cfg.Logger.Warn("versiond: removing a retired version's files", "version", u.v.Name, "err", err)
-	}
+	m.removeAll(m.in.versionDir(u.v.Name))
 	m.cfg.Logger.Info("versiond: version retired; its child stopped and its files removed", "version", u.v.Name)
 	m.mu.Lock()
 	if m.units[u.v.Name] == u {
