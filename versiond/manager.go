@@ -165,8 +165,8 @@ func New(cfg Config) (*Manager, error) {
 }
 
 // Run removes what an interrupted download left, then applies each list
-// the source delivers until ctx ends. It stops every child before it
-// returns.
+// the source delivers until ctx ends or the source fails. It stops every
+// child before it returns. Call it once.
 func (m *Manager) Run(ctx context.Context) error {
 	if err := os.MkdirAll(m.in.root, 0o755); err != nil {
 		return err

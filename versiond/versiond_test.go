@@ -560,13 +560,14 @@ func (l testLog) Write(p []byte) (int, error) {
 // stall bound, and the retry installs the version.
 func TestVersiondRetriesStalledDownload(t *testing.T) {
 	t.Parallel()
-	b := setup(t, func(c *Config) { c.DownloadStall = 300 * time.Millisecond })
+	b := setup(t, func(c *Config) { c.DownloadStall = time.Second })
 	v := b.mirror.version("v1")
 	v.URL = b.mirror.URL + "/stall-once"
 	b.approve(v)
 	st := b.waitState(t, "v1", StateServing)
-	require.Contains(t, st.LastError, "no byte arrived for 300ms")
-	require.Equal(t, int64(2), b.mirror.count("/stall-once"))
+	require.Contains(t, st.LastError, "no byte arrived for 1s")
+	// Under a loaded machine a retry may stall too; it still ends.
+	require.GreaterOrEqual(t, b.mirror.count("/stall-once"), int64(2))
 	require.Empty(t, tempFiles(b.dir))
 }
 
@@ -589,4 +590,19 @@ func TestVersiondSweepsUnapprovedFiles(t *testing.T) {
 	require.NoDirExists(t, filepath.Join(dir, "versions", "old"))
 	require.NoDirExists(t, filepath.Join(dir, "versions", "v1", otherSHA))
 	require.FileExists(t, filepath.Join(dir, "versions", "v1", v.SHA256, "devshard"))
+}
+
+// A binary larger than the size limit is refused, and nothing of it
+// stays on disk.
+func TestVersiondRefusesTooLarge(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *Config) { c.MaxDownload = 1 << 10 })
+	b.approve(b.mirror.version("v1"))
+	require.Eventually(t, func() bool {
+		st, _ := b.version("v1")
+		return strings.Contains(st.LastError, "download exceeds the limit of 1024 bytes")
+	}, 5*time.Second, 10*time.Millisecond)
+	require.GreaterOrEqual(t, value(b.m.m.downloads.WithLabelValues("too_large")), 1.0)
+	require.Empty(t, tempFiles(b.dir))
+	require.NoDirExists(t, filepath.Join(b.dir, "versions", "v1"))
 }
