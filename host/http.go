@@ -34,7 +34,11 @@ func Handler(e *Engine, version string) http.Handler {
 	})
 	mux.HandleFunc(hostapi.Readyz.Pattern(), h.readyz)
 	mux.HandleFunc(hostapi.Version.Pattern(), func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, hostapi.VersionResponse{Version: version, Protocol: session.ProtocolVersion, Address: e.addr.String()})
+		v := hostapi.VersionResponse{Version: version, Protocol: session.ProtocolVersion, Address: e.addr.String()}
+		if e.Ready() {
+			v.ChainID = e.ChainID() // set before the engine is ready, and fixed after
+		}
+		writeJSON(w, http.StatusOK, v)
 	})
 	if e.cfg.Metrics != nil {
 		mux.Handle(hostapi.Metrics.Pattern(), promhttp.HandlerFor(e.cfg.Metrics.Registry, promhttp.HandlerOpts{}))

@@ -91,6 +91,9 @@ type VersionResponse struct {
 	Address  string `json:"address"`  // the host's account
 	Protocol int    `json:"protocol"` // session.ProtocolVersion
 	Version  string `json:"version"`  // the build
+	// ChainID is the chain the host serves on, once it has reached it
+	// (readiness); a worker signs its requests for it.
+	ChainID string `json:"chain_id,omitempty"`
 }
 
 // DiffRequest is the body of POST .../diffs: either one diff (Diff,
