@@ -22,6 +22,7 @@ func newRootCommand() *cobra.Command {
   chain     the chain node: init, start, keys, tx, query, genesis; 'chain dev' starts a local chain in one command
   host      run a host: serve sessions, execute and validate inference
   jobs      list, reset and remove a running host's jobs (its admin endpoint)
+  executor  serve an executor (builtin, or an OpenAI-compatible server) to a worker over NDJSON
   bench     measure speed targets (protocol, store, scheduler, host, gateway) and print ratios
   version   print the build and protocol version
 
@@ -29,7 +30,7 @@ Run 'devshard <command> --help' for the flags of each command.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDevnetCommand(), newGatewayCommand(), chaincmd.NewCommand(), newHostCommand(), newJobsCommand(), newVersionCommand(), newBenchCommand())
+	root.AddCommand(newDevnetCommand(), newGatewayCommand(), chaincmd.NewCommand(), newHostCommand(), newJobsCommand(), newExecutorCommand(), newVersionCommand(), newBenchCommand())
 	return root
 }
 
