@@ -50,7 +50,7 @@ func (d *Decoder) Line() ([]byte, error) {
 	for {
 		chunk, err := d.r.ReadSlice('\n')
 		if !tooLong {
-			if len(d.line)+len(chunk) > d.limit+1 { // +1: the newline
+			if len(d.line)+len(chunk) > d.limit+2 { // +2: "\r\n"
 				tooLong = true
 				d.line = d.line[:0]
 			} else {

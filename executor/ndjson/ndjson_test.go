@@ -173,3 +173,46 @@ func TestServeEndsWithItsContext(t *testing.T) {
 		t.Fatal("Serve did not end with its context")
 	}
 }
+
+// FuzzDecoder: whatever the input, the decoder ends, never returns a line
+// over its limit or one holding a newline, and returns every short line.
+func FuzzDecoder(f *testing.F) {
+	f.Add("a\nbb\r\nccc", 2)
+	f.Add(strings.Repeat("x", 40)+"\n\ny", 16)
+	f.Fuzz(func(t *testing.T, in string, limit int) {
+		limit = 1 + abs(limit)%64
+		d := NewDecoder(strings.NewReader(in), limit)
+		d.r = bufio.NewReaderSize(strings.NewReader(in), 16)
+		var got []string
+		for range len(in) + 2 {
+			l, err := d.Line()
+			if err == io.EOF {
+				break
+			}
+			if _, ok := err.(*LineTooLongError); ok {
+				continue
+			}
+			require.NoError(t, err)
+			require.LessOrEqual(t, len(l), limit)
+			require.NotContains(t, string(l), "\n")
+			got = append(got, string(l))
+		}
+		var want []string
+		for i, l := range strings.Split(in, "\n") {
+			if i == strings.Count(in, "\n") && l == "" {
+				break // no line after a final newline
+			}
+			if l = strings.TrimSuffix(l, "\r"); len(l) <= limit {
+				want = append(want, l)
+			}
+		}
+		require.Equal(t, want, got)
+	})
+}
+
+func abs(n int) int {
+	if n < 0 {
+		return -n
+	}
+	return n
+}

@@ -65,7 +65,9 @@ type Config struct {
 	// CUDA_VISIBLE_DEVICES, so each child can have its own GPU.
 	Env map[string]string
 	// Kinds and Models are what the executor serves. Models may be left
-	// empty to take those the child lists on its ready line.
+	// empty to take those the child lists on its ready line; but then,
+	// until its first ready line, it serves none, and a pool fails a job
+	// for its model rather than wait for it.
 	Kinds  []ndjson.Kind
 	Models []string
 	// Concurrent is how many requests the child runs at once.
@@ -102,9 +104,14 @@ type Child struct {
 	proc   *process // the ready process; nil while starting or restarting
 	held   int      // slots taken with TryAcquire
 	models []string // as the ready line listed them
-	// stop ends supervision; supervised is closed when it has ended.
+	// stop ends supervision, which stops the child; supervised is closed
+	// when it has, with stopErr set. hurry, closed, has it kill the child
+	// without waiting out StopGrace.
 	stop       context.CancelFunc
 	supervised chan struct{}
+	hurry      chan struct{}
+	hurryOnce  sync.Once
+	stopErr    error
 }
 
 // New checks cfg and returns a Child that is not yet started.
@@ -152,7 +159,7 @@ func (c *Child) Start(ctx context.Context) error {
 		return fmt.Errorf("executor %s: already started", c.cfg.Name)
 	}
 	sctx, stop := context.WithCancel(context.Background())
-	c.stop, c.supervised = stop, make(chan struct{})
+	c.stop, c.supervised, c.hurry = stop, make(chan struct{}), make(chan struct{})
 	c.mu.Unlock()
 
 	first := make(chan error, 1)
@@ -181,10 +188,17 @@ func (c *Child) supervise(ctx context.Context, first chan<- error) {
 			c.mu.Lock()
 			c.proc, c.models = p, p.models
 			c.mu.Unlock()
-			<-p.done
+			select {
+			case <-p.done:
+			case <-ctx.Done():
+			}
 			c.mu.Lock()
 			c.proc = nil
 			c.mu.Unlock()
+			if ctx.Err() != nil {
+				c.stopErr = c.shutdown(p)
+				return
+			}
 		} else if ctx.Err() == nil {
 			c.log.Error("executor did not start", "err", err)
 		}
@@ -205,33 +219,42 @@ func (c *Child) supervise(ctx context.Context, first chan<- error) {
 }
 
 // Stop stops supervising and ends the child: it closes the child's stdin,
-// which asks it to finish and exit, waits up to StopGrace (or ctx's end),
-// then kills it. It returns when the process is gone and its temp
-// directory removed.
+// which asks it to finish what it runs and exit, waits up to StopGrace, or
+// until ctx ends, then kills it. It returns when the process is gone and
+// its temp directory removed, with an error if it had to be killed.
 func (c *Child) Stop(ctx context.Context) error {
 	c.mu.Lock()
-	stop, supervised, p := c.stop, c.supervised, c.proc
+	stop, supervised := c.stop, c.supervised
 	c.mu.Unlock()
 	if stop == nil {
 		return nil
 	}
 	stop()
-	var err error
-	if p != nil {
-		p.stdin.Close()
-		grace := time.NewTimer(c.cfg.StopGrace)
-		defer grace.Stop()
-		select {
-		case <-p.done:
-		case <-grace.C:
-			err = fmt.Errorf("executor %s did not exit within %s of its stdin closing; killed it", c.cfg.Name, c.cfg.StopGrace)
-		case <-ctx.Done():
-			err = fmt.Errorf("executor %s: killed it: %w", c.cfg.Name, ctx.Err())
-		}
-		p.kill()
-		<-p.done
+	select {
+	case <-supervised:
+	case <-ctx.Done():
+		c.hurryOnce.Do(func() { close(c.hurry) })
+		<-supervised
 	}
-	<-supervised
+	return c.stopErr
+}
+
+// shutdown ends p as Stop says.
+func (c *Child) shutdown(p *process) error {
+	p.stdin.Close()
+	grace := time.NewTimer(c.cfg.StopGrace)
+	defer grace.Stop()
+	var err error
+	select {
+	case <-p.done:
+		return nil
+	case <-grace.C:
+		err = fmt.Errorf("executor %s did not exit within %s of its stdin closing; killed it", c.cfg.Name, c.cfg.StopGrace)
+	case <-c.hurry:
+		err = fmt.Errorf("executor %s did not exit before Stop's context ended; killed it", c.cfg.Name)
+	}
+	p.kill()
+	<-p.done
 	return err
 }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	osexec "os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -48,6 +49,10 @@ func helper(mode string) int {
 		exec = &crashEveryThird{}
 	case "env":
 		exec = envEcho{}
+	case "stubborn": // ready, then deaf to its stdin closing
+		fmt.Println(`{"ready":true,"models":["x"]}`)
+		time.Sleep(time.Hour)
+		return 0
 	case "silent":
 		fmt.Fprintln(os.Stderr, "loading weights, slowly")
 		time.Sleep(time.Hour)
@@ -245,7 +250,8 @@ func TestExecutorEnvAndTempDir(t *testing.T) {
 	base := t.TempDir()
 	var dirs []string
 	for _, gpu := range []string{"0", "1"} {
-		cfg := config("gpu"+gpu, "env", &logBuffer{})
+		logs := &logBuffer{}
+		cfg := config("gpu"+gpu, "env", logs)
 		cfg.Env["GPU"], cfg.TempDir = gpu, base
 		c, err := child.New(cfg)
 		require.NoError(t, err)
@@ -259,6 +265,7 @@ func TestExecutorEnvAndTempDir(t *testing.T) {
 		dirs = append(dirs, dir)
 		require.NoError(t, c.Stop(context.Background()))
 		require.NoDirExists(t, dir, "removed on stop")
+		require.Contains(t, logs.String(), `status="exit status 0"`, "it exited by itself when its stdin closed")
 	}
 	require.NotEqual(t, dirs[0], dirs[1])
 }
@@ -286,4 +293,50 @@ func TestExecutorAbandonedRequest(t *testing.T) {
 	out, _, err := do(c, task)
 	require.NoError(t, err)
 	require.Equal(t, 2, out.Usage.CompletionTokens)
+}
+
+// TestExecutorStopKillsAStubbornChild: a child that does not exit when its
+// stdin closes is killed after StopGrace, and Stop says so.
+func TestExecutorStopKillsAStubbornChild(t *testing.T) {
+	t.Parallel()
+	cfg := config("deaf", "stubborn", &logBuffer{})
+	cfg.StopGrace = 100 * time.Millisecond
+	c, err := child.New(cfg)
+	require.NoError(t, err)
+	require.NoError(t, c.Start(context.Background()))
+	began := time.Now()
+	require.EqualError(t, c.Stop(context.Background()), "executor deaf did not exit within 100ms of its stdin closing; killed it")
+	require.Less(t, time.Since(began), 2*time.Second)
+	require.False(t, c.Ready())
+}
+
+// TestExecutorPythonExample runs the example executor of docs/workers.md,
+// so the page cannot drift from the protocol.
+func TestExecutorPythonExample(t *testing.T) {
+	t.Parallel()
+	python, err := osexec.LookPath("python3")
+	if err != nil {
+		t.Skip("no python3 here")
+	}
+	page, err := os.ReadFile("../../docs/workers.md")
+	require.NoError(t, err)
+	_, code, ok := strings.Cut(string(page), "```python\n")
+	require.True(t, ok, "the page has a Python example")
+	code, _, _ = strings.Cut(code, "```")
+	script := filepath.Join(t.TempDir(), "echo.py")
+	require.NoError(t, os.WriteFile(script, []byte(code), 0o600))
+
+	c, err := start(t, child.Config{
+		Name: "python", Bin: python, Args: []string{script}, Kinds: []ndjson.Kind{ndjson.KindInference},
+		Concurrent: 1, Weight: 1, ReadyTimeout: 5 * time.Second, Logger: slog.New(slog.NewTextHandler(&logBuffer{}, nil)),
+	})
+	require.NoError(t, err)
+	require.True(t, c.Serves(ndjson.KindInference, "echo"))
+	task := ndjson.Task{Kind: ndjson.KindInference, Request: executor.Request{
+		Model: "echo", MaxTokens: 2, Messages: []executor.Message{{Role: "user", Content: "hello big world"}},
+	}}
+	out, pieces, err := do(c, task)
+	require.NoError(t, err)
+	require.Equal(t, ndjson.Output{Text: "hello big", Usage: executor.Usage{PromptTokens: 3, CompletionTokens: 2}, FinishReason: "length"}, out)
+	require.Equal(t, out.Text, pieces)
 }
