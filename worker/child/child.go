@@ -180,14 +180,16 @@ func (c *Child) supervise(ctx context.Context, first chan<- error) {
 	for {
 		began := time.Now()
 		p, err := c.spawn(ctx)
-		if first != nil {
-			first <- err
-			first = nil
-		}
 		if err == nil {
 			c.mu.Lock()
 			c.proc, c.models = p, p.models
 			c.mu.Unlock()
+		}
+		if first != nil { // after c.proc is set, so that Start returns a ready child
+			first <- err
+			first = nil
+		}
+		if err == nil {
 			select {
 			case <-p.done:
 			case <-ctx.Done():
