@@ -75,7 +75,7 @@ func line(t *testing.T, v any) string {
 	return string(b)
 }
 
-func TestServeAnswersAsBuiltinDoes(t *testing.T) {
+func TestExecutorServedAnswersAsBuiltinDoes(t *testing.T) {
 	t.Parallel()
 	s := setup(t, 2)
 	req := request("what is a diff?", 1000)
@@ -92,9 +92,9 @@ func TestServeAnswersAsBuiltinDoes(t *testing.T) {
 	require.NoError(t, <-s.done, "closing stdin ends Serve cleanly")
 }
 
-// TestServeSurvivesBadLines: each bad line is refused as the protocol
+// TestExecutorServeSurvivesBadLines: each bad line is refused as the protocol
 // says, and the request after it is still answered.
-func TestServeSurvivesBadLines(t *testing.T) {
+func TestExecutorServeSurvivesBadLines(t *testing.T) {
 	t.Parallel()
 	s := setup(t, 1)
 	good := line(t, Request{ID: "ok", Task: Task{Kind: KindInference, Request: request("hello", 5)}})
@@ -123,7 +123,7 @@ func TestServeSurvivesBadLines(t *testing.T) {
 	require.Equal(t, a.Output.Text, pieces)
 }
 
-func TestDecoderSkipsOverLongLines(t *testing.T) {
+func TestExecutorLinesOverTheLimitSkipped(t *testing.T) {
 	t.Parallel()
 	in := "short\n" + strings.Repeat("y", 100) + "\nafter\r\n" + strings.Repeat("z", 11) + "\nexactly10!\nlast"
 	d := NewDecoder(strings.NewReader(in), 10)
@@ -146,7 +146,7 @@ func TestDecoderSkipsOverLongLines(t *testing.T) {
 	require.Equal(t, 2, tooLong)
 }
 
-func TestEncoderRefusesOverLongLines(t *testing.T) {
+func TestExecutorLinesOverTheLimitNotWritten(t *testing.T) {
 	t.Parallel()
 	var b strings.Builder
 	e := NewEncoder(&b, 30)
@@ -156,7 +156,7 @@ func TestEncoderRefusesOverLongLines(t *testing.T) {
 	require.Equal(t, "{\"ready\":true,\"models\":null}\n", b.String(), "only the line in the limit was written")
 }
 
-func TestServeEndsWithItsContext(t *testing.T) {
+func TestExecutorServeEndsWithItsContext(t *testing.T) {
 	t.Parallel()
 	inR, inW := io.Pipe()
 	t.Cleanup(func() { inW.Close() })
@@ -174,9 +174,9 @@ func TestServeEndsWithItsContext(t *testing.T) {
 	}
 }
 
-// FuzzDecoder: whatever the input, the decoder ends, never returns a line
+// FuzzExecutorLines: whatever the input, the decoder ends, never returns a line
 // over its limit or one holding a newline, and returns every short line.
-func FuzzDecoder(f *testing.F) {
+func FuzzExecutorLines(f *testing.F) {
 	f.Add("a\nbb\r\nccc", 2)
 	f.Add(strings.Repeat("x", 40)+"\n\ny", 16)
 	f.Fuzz(func(t *testing.T, in string, limit int) {
