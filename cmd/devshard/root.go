@@ -22,6 +22,8 @@ func newRootCommand() *cobra.Command {
   chain     the chain node: init, start, keys, tx, query, genesis; 'chain dev' starts a local chain in one command
   host      run a host: serve sessions, execute and validate inference
   jobs      list, reset and remove a running host's jobs (its admin endpoint)
+  worker    pull a host's jobs and run them on executor child processes
+  executor  serve an executor (builtin, or an OpenAI-compatible server) to a worker over NDJSON
   versiond  run every approved runtime version side by side, routed at /devshard/<name>/
   bench     measure speed targets (protocol, store, scheduler, host, gateway) and print ratios
   version   print the build and protocol version
@@ -30,7 +32,8 @@ Run 'devshard <command> --help' for the flags of each command.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newDevnetCommand(), newGatewayCommand(), chaincmd.NewCommand(), newHostCommand(), newJobsCommand(), newVersionCommand(), newBenchCommand(), newVersiondCommand())
+	root.AddCommand(newDevnetCommand(), newGatewayCommand(), chaincmd.NewCommand(), newHostCommand(), newJobsCommand(),
+		newWorkerCommand(), newExecutorCommand(), newVersiondCommand(), newVersionCommand(), newBenchCommand())
 	return root
 }
 
