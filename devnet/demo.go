@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +32,9 @@ type Ledger struct {
 	// ModuleBalance and ModuleOwed are the conservation query's two sides
 	// after the run.
 	ModuleBalance, ModuleOwed string
+	// Jobs counts the jobs each worker finished, by kind, when the hosts
+	// hand their jobs to workers (Network.WorkerJobs).
+	Jobs map[string]map[string]int
 }
 
 // EscrowLine is one settled escrow, from its settlement tx.
@@ -143,6 +147,11 @@ func Demo(ctx context.Context, nw *Network, n int, progress io.Writer) (*Ledger,
 		return nil, err
 	}
 	led.ModuleBalance, led.ModuleOwed = cons.Balance, cons.Owed
+	if len(nw.Workers) > 0 {
+		if led.Jobs, err = nw.WorkerJobs(ctx); err != nil {
+			return nil, err
+		}
+	}
 	return led, nil
 }
 
@@ -291,6 +300,10 @@ func (l *Ledger) Print(w io.Writer) {
 	fmt.Fprintf(w, "  refunds             %d\n", l.Refunds)
 	fmt.Fprintf(w, "  hosts earned total  %d\n", earned)
 	fmt.Fprintf(w, "  module account      %s (owes %s)\n", l.ModuleBalance, l.ModuleOwed)
+	for _, who := range slices.Sorted(maps.Keys(l.Jobs)) {
+		byKind := l.Jobs[who]
+		fmt.Fprintf(w, "  %-18s  ran %d inference and %d validation jobs\n", who, byKind["inference"], byKind["validation"])
+	}
 }
 
 func shortHash(h string) string {

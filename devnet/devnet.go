@@ -64,8 +64,12 @@ type Config struct {
 	// Synchronous is the SQLite durability of the hosts and the gateway:
 	// FULL (the default, fsync at every commit) or NORMAL.
 	Synchronous string
-	// Supervise restarts a host process that exits on its own.
+	// Supervise restarts a host or worker process that exits on its own.
 	Supervise bool
+	// Workers is how many `devshard worker` processes each host hands its
+	// jobs to, inferences included, each with a built-in executor child
+	// (default none: the hosts run their jobs in process).
+	Workers int
 	// GatewayListen is the gateway's address (default: a free loopback port,
 	// kept across runs).
 	GatewayListen string
@@ -91,6 +95,10 @@ type Config struct {
 // maxValidators bounds Config.Validators: each is a process with its own
 // copy of the state, on one machine.
 const maxValidators = 16
+
+// maxWorkers bounds Config.Workers: each is two processes (the worker and
+// its executor child) per host, on one machine.
+const maxWorkers = 8
 
 // Funds at genesis, in the chain's denomination.
 const (
@@ -140,6 +148,8 @@ type Info struct {
 	Nodes   []ChainNode `json:"nodes"`
 	Gateway GatewayRef  `json:"gateway"`
 	Hosts   []HostRef   `json:"hosts"`
+	// Workers are the hosts' workers, if any.
+	Workers []WorkerRef `json:"workers,omitempty"`
 	// Storage is where the hosts keep their sessions; Postgres, the
 	// cluster, when that is postgres or hybrid.
 	Storage   Storage      `json:"storage"`
@@ -163,6 +173,15 @@ type HostRef struct {
 	Log     string `json:"log"`
 	// Database is the host's Postgres database, if it stores in one.
 	Database string `json:"database,omitempty"`
+}
+
+// WorkerRef describes a worker in devnet.json.
+type WorkerRef struct {
+	Name    string `json:"name"`
+	Host    string `json:"host"` // the host whose jobs it runs
+	Account string `json:"account"`
+	Home    string `json:"home"`
+	Log     string `json:"log"`
 }
 
 // setup is what the first run decides and later runs reuse:
@@ -192,6 +211,8 @@ type Network struct {
 	Info    Info
 	Chain   *Chain
 	Hosts   []*Host
+	// Workers are the hosts' workers, host by host.
+	Workers []*Worker
 	Gateway *gateway.Daemon
 	// GatewayAccount is the gateway's funded account.
 	GatewayAccount node.Account
@@ -242,6 +263,9 @@ func (c *Config) defaults() error {
 	}
 	if c.Validators == 0 {
 		c.Validators = 1
+	}
+	if c.Workers < 0 || c.Workers > maxWorkers {
+		return fmt.Errorf("the devnet runs 0 to %d workers a host, got %d", maxWorkers, c.Workers)
 	}
 	if c.Validators < 0 || c.Validators > maxValidators {
 		return fmt.Errorf("the devnet runs 1 to %d validators, got %d", maxValidators, c.Validators)
@@ -323,10 +347,20 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 
 	// 2. The hosts, as child processes.
 	for i, hs := range st.Hosts {
+		var ws []*Worker
+		for j := range cfg.Workers {
+			w, err := newWorker(cfg, i, j)
+			if err != nil {
+				return nil, err
+			}
+			ws = append(ws, w)
+		}
 		h, err := newHost(cfg, i, hs, n.Chain, n.pg)
 		if err != nil {
 			return nil, err
 		}
+		h.args = append(h.args, workerArgs(ws)...)
+		n.Workers = append(n.Workers, ws...)
 		switch cfg.Storage {
 		case StoragePostgres:
 			step("%s stores in postgres database %s", h.Name, h.Database)
@@ -347,6 +381,9 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 		step("the hosts store in SQLite (synchronous=%s) under their homes", cfg.Synchronous)
 	}
 	step("%d hosts are listening: %s", len(n.Hosts), hostURLs(n.Hosts))
+	if err := n.startWorkers(ctx, step); err != nil {
+		return nil, err
+	}
 
 	// 3. Participants: registered once, effective from the next epoch.
 	if err := n.register(ctx, step); err != nil {
@@ -394,6 +431,9 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 	}
 	for _, h := range n.Hosts {
 		n.Info.Hosts = append(n.Info.Hosts, HostRef{Name: h.Name, URL: h.URL, Account: h.Account.String(), Home: h.Home, Log: h.LogPath, Database: h.Database})
+	}
+	for _, w := range n.Workers {
+		n.Info.Workers = append(n.Info.Workers, WorkerRef{Name: w.Name, Host: w.Host, Account: w.Account.String(), Home: w.Home, Log: w.LogPath})
 	}
 	raw, _ := json.MarshalIndent(n.Info, "", "  ")
 	if err := os.WriteFile(filepath.Join(cfg.Home, "devnet.json"), append(raw, '\n'), 0o600); err != nil {
@@ -519,6 +559,9 @@ func (n *Network) Close(ctx context.Context) error {
 		if err := n.Gateway.Close(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("gateway: %w", err))
 		}
+	}
+	for _, w := range n.Workers {
+		w.Stop()
 	}
 	for _, h := range n.Hosts {
 		h.Stop()

@@ -5,11 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	sdk "github.com/cosmos/cosmos-sdk/types"
@@ -29,16 +26,7 @@ type Host struct {
 	Account  sdk.AccAddress
 	Key      *signing.PrivKey
 
-	args      []string
-	env       []string
-	binary    string
-	supervise bool
-
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	exited  chan struct{} // closed when the current process exits
-	exitErr error
-	stopped bool // Stop was called: do not restart
+	process
 }
 
 func newHost(cfg Config, i int, hs hostSetup, c *Chain, pg *pgServer) (*Host, error) {
@@ -50,9 +38,9 @@ func newHost(cfg Config, i int, hs hostSetup, c *Chain, pg *pgServer) (*Host, er
 	h := &Host{
 		Name: fmt.Sprintf("host%d", i), URL: "http://" + hs.Listen,
 		Home: filepath.Join(cfg.Home, fmt.Sprintf("host%d", i)), Account: acct.Address, Key: k,
-		binary: cfg.Binary, supervise: cfg.Supervise,
 	}
 	h.LogPath = filepath.Join(h.Home, "host.log")
+	h.process = process{name: h.Name, logPath: h.LogPath, binary: cfg.Binary, supervise: cfg.Supervise}
 	if err := os.MkdirAll(h.Home, 0o700); err != nil {
 		return nil, err
 	}
@@ -102,104 +90,6 @@ func trimScheme(addr string) string {
 		}
 	}
 	return addr
-}
-
-// Start runs the host process. Its output goes to LogPath.
-func (h *Host) Start() error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	h.stopped = false
-	return h.spawn()
-}
-
-// spawn starts the process; call with mu held.
-func (h *Host) spawn() error {
-	logf, err := os.OpenFile(h.LogPath, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	cmd := exec.Command(h.binary, h.args...)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = h.env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		logf.Close()
-		return fmt.Errorf("%s: start %s: %w", h.Name, h.binary, err)
-	}
-	h.cmd = cmd
-	exited := make(chan struct{})
-	h.exited = exited
-	go func() {
-		err := cmd.Wait()
-		logf.Close()
-		h.mu.Lock()
-		h.exitErr = err
-		close(exited)
-		restart := h.supervise && !h.stopped
-		h.mu.Unlock()
-		if restart {
-			time.Sleep(time.Second)
-			h.mu.Lock()
-			if !h.stopped && h.exited == exited {
-				_ = h.spawn()
-			}
-			h.mu.Unlock()
-		}
-	}()
-	return nil
-}
-
-// Kill ends the process with SIGKILL, as a crash would, and waits for it.
-// A supervised host is not restarted.
-func (h *Host) Kill() {
-	h.signal(syscall.SIGKILL)
-}
-
-// Stop ends the process with SIGTERM (a clean shutdown) and waits for it.
-func (h *Host) Stop() {
-	h.signal(syscall.SIGTERM)
-}
-
-func (h *Host) signal(sig syscall.Signal) {
-	h.mu.Lock()
-	h.stopped = true
-	cmd, exited := h.cmd, h.exited
-	h.mu.Unlock()
-	if cmd == nil {
-		return
-	}
-	_ = cmd.Process.Signal(sig)
-	select {
-	case <-exited:
-	case <-time.After(15 * time.Second):
-		_ = cmd.Process.Kill()
-		<-exited
-	}
-}
-
-// Pid is the current process id, 0 if none runs.
-func (h *Host) Pid() int {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.cmd == nil || h.cmd.Process == nil {
-		return 0
-	}
-	return h.cmd.Process.Pid
-}
-
-// Running reports whether the host process is alive.
-func (h *Host) Running() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.exited == nil {
-		return false
-	}
-	select {
-	case <-h.exited:
-		return false
-	default:
-		return true
-	}
 }
 
 // WaitHealthy waits until the host answers /healthz, failing early if the

@@ -441,13 +441,18 @@ func (e *Engine) finishJob(ctx context.Context, c *jobs.Claim, err error) {
 	e.jobDone(ctx, c.Lease.JobID)
 }
 
-// jobOrigin is the escrow and inference a validation job re-runs; zero
+// jobOrigin is the escrow and inference a validation job re-runs or an
+// inference job runs; zero
 // for other kinds.
 func jobOrigin(j jobs.Job) (escrow, inference uint64) {
-	if j.Kind != jobs.KindValidation {
+	// Both kinds' inputs name the escrow and the inference alike.
+	if j.Kind != jobs.KindValidation && !jobs.IsInference(j.Kind) {
 		return 0, 0
 	}
-	var in hostapi.ValidationInput
+	var in struct {
+		Escrow    uint64 `json:"escrow"`
+		Inference uint64 `json:"inference"`
+	}
 	if json.Unmarshal(j.Input, &in) != nil {
 		return 0, 0
 	}

@@ -81,7 +81,7 @@ type JobsResponse struct {
 }
 
 // JobView is a job as the operator sees it. Escrow and Inference are read
-// from a validation job's input (0 for other kinds). Input and Result are
+// from a validation or inference job's input (0 for other kinds). Input and Result are
 // only in AdminGetJob's answer. Times are zero when they have not happened.
 type JobView struct {
 	ID           string    `json:"id"`

@@ -21,6 +21,7 @@ func newDevnetCommand() *cobra.Command {
 		hosts      int
 		validators int
 		demo       int
+		workers    int
 		storage    = devnet.StorageSQLite
 	)
 	cmd := &cobra.Command{
@@ -47,15 +48,20 @@ two the devnet uses the cluster the PG* variables name if PGHOST is set,
 and otherwise starts its own in <home>/postgres (initdb and pg_ctl must be
 installed: apt-get install postgresql); each host gets its own database.
 
+--workers N starts N 'devshard worker' processes beside each host, each with
+a built-in executor child, and the hosts hand them their jobs: inferences
+(streamed back piece by piece) and validations. See docs/workers.md.
+
 --demo N sends N requests (every third one streamed), settles, waits for the
 epoch to turn and the hosts to claim their rewards, prints a ledger read
-back from the chain, and exits.`,
+back from the chain, and exits; with workers, it also prints how many jobs
+each worker ran.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			out := cmd.OutOrStdout()
-			n, err := devnet.Start(ctx, devnet.Config{Home: home, Hosts: hosts, Validators: validators, Storage: storage, Supervise: true, Progress: out})
+			n, err := devnet.Start(ctx, devnet.Config{Home: home, Hosts: hosts, Validators: validators, Storage: storage, Workers: workers, Supervise: true, Progress: out})
 			if err != nil {
 				return err
 			}
@@ -85,6 +91,7 @@ back from the chain, and exits.`,
 	cmd.Flags().IntVar(&hosts, "hosts", 3, "number of hosts")
 	cmd.Flags().IntVar(&validators, "validators", 1, "number of chain validators; more than 1 runs each as a child process (fixed for a home)")
 	cmd.Flags().Var(&storage, "storage", "where the hosts keep their sessions: sqlite, postgres or hybrid (fixed for a home)")
+	cmd.Flags().IntVar(&workers, "workers", 0, "worker processes per host, each with a built-in executor child; the hosts hand them their jobs (default none: jobs run in the hosts)")
 	cmd.Flags().IntVar(&demo, "demo", 0, "send N requests, settle, wait for the claims, print a ledger and exit")
 	return cmd
 }

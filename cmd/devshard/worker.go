@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/devshard/devshard/hostapi"
+	"github.com/devshard/devshard/internal/settings"
 	"github.com/devshard/devshard/keys"
 	"github.com/devshard/devshard/signing"
 	"github.com/devshard/devshard/worker"
@@ -81,7 +82,7 @@ Config (` + workerConfigFile + `, written commented by 'devshard worker init'):
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
-			return runWorker(ctx, expandHome(config), cmd.OutOrStdout(), log)
+			return runWorker(ctx, settings.ExpandHome(config), cmd.OutOrStdout(), log)
 		},
 	}
 	cmd.Flags().StringVar(&config, "config", filepath.Join("~/.devshard/worker", workerConfigFile), "the worker's config file")
@@ -100,7 +101,7 @@ key, mode 0600) into --home, and prints the worker's account: add it to the
 host's jobs.workers setting. Existing files are left as they are.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dir := expandHome(home)
+			dir := settings.ExpandHome(home)
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				return err
 			}
@@ -135,16 +136,6 @@ host's jobs.workers setting. Existing files are left as they are.`,
 	cmd.Flags().StringVar(&home, "home", "~/.devshard/worker", "directory to write the config and key into")
 	cmd.Flags().StringVar(&hostURL, "host", "http://127.0.0.1:8081", "the host's public API")
 	return cmd
-}
-
-// expandHome resolves a leading ~/ to the user's home directory.
-func expandHome(p string) string {
-	if rest, ok := strings.CutPrefix(p, "~/"); ok {
-		if home, err := os.UserHomeDir(); err == nil {
-			return filepath.Join(home, rest)
-		}
-	}
-	return p
 }
 
 // runWorker runs the worker that the config at path describes until ctx
