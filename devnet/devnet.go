@@ -208,9 +208,9 @@ type hostSetup struct {
 
 // Network is a running devnet.
 type Network struct {
-	Info    Info
-	Chain   *Chain
-	Hosts   []*Host
+	Info  Info
+	Chain *Chain
+	Hosts []*Host
 	// Workers are the hosts' workers, host by host.
 	Workers []*Worker
 	Gateway *gateway.Daemon
