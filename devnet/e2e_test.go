@@ -57,7 +57,10 @@ type e2e struct {
 }
 
 func startE2E(t *testing.T) *e2e {
-	return startNetwork(t, 25*time.Minute, func(c *Config) { c.ThinkTime = 15 * time.Millisecond })
+	return startNetwork(t, 25*time.Minute, func(c *Config) {
+		c.ThinkTime = 15 * time.Millisecond
+		c.Workers = 2 // every host hands its inferences and validations to two workers
+	})
 }
 
 // startNetwork starts a devnet in a temporary home for one test, shaped by
@@ -395,6 +398,47 @@ func TestEndToEnd(t *testing.T) {
 		}
 		require.Positive(t, missed, "the killed executor's inference was timed out by the group's votes and counted as missed")
 		e.checkBooks(before, charged, ss)
+	})
+
+	t.Run("a worker killed with kill -9 loses no request", func(t *testing.T) {
+		e.t = t
+		before := e.balances()
+		skip, err := e.nw.Gateway.Gateway.SettledCount(e.ctx)
+		require.NoError(t, err)
+		load := e.startLoad(4, "worker-kill")
+		time.Sleep(2 * time.Second)
+		victim := e.nw.Workers[0]
+		victim.Kill()
+		time.Sleep(4 * time.Second)
+		var charged uint64
+		var failed []string
+		recs := load.stop()
+		for _, r := range recs {
+			if r.ok {
+				charged += r.charged
+			} else {
+				failed = append(failed, r.err)
+			}
+		}
+		require.Empty(t, failed, "the gateway retried what the dead worker's host could not finish")
+		require.Greater(t, len(recs), 10)
+		require.NoError(t, victim.Start())
+		require.NoError(t, victim.waitRunning(e.ctx, 30*time.Second))
+		charged += e.send(6, 2, "after-worker-kill")
+		ss := e.settleAll(skip)
+		e.checkBooks(before, charged, ss)
+
+		ran, err := e.nw.WorkerJobs(e.ctx)
+		require.NoError(t, err)
+		for who := range ran {
+			require.Contains(t, who, "worker", "every job ran on a worker, none in a host: %v", ran)
+		}
+		require.Positive(t, ran[e.nw.Workers[1].Name]["inference"], "the dead worker's sibling ran its host's inferences: %v", ran)
+		for _, w := range e.nw.Workers {
+			if w.Host != victim.Host {
+				require.Positive(t, ran[w.Name]["validation"]+ran[w.Name]["inference"], "%s ran jobs: %v", w.Name, ran)
+			}
+		}
 	})
 
 	t.Run("a host killed with kill -9 recovers to the group's root", func(t *testing.T) {

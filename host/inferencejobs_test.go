@@ -157,8 +157,8 @@ func TestInferenceStreamsThroughAWorker(t *testing.T) {
 	require.Greater(t, len(got.pieces), 1, "the built-in model answers in several pieces")
 
 	text, n, end := streamed(events)
-	require.Equal(t, got.out.Text, text, "the user saw the worker's text")
-	require.Equal(t, len(got.pieces), n, "each piece forwarded once, as it came")
+	require.Equal(t, got.out.Text, text, "the user saw the worker's text, each piece once (the batch sent twice too)")
+	require.LessOrEqual(t, n, len(got.pieces), "pieces that came while the stream wrote go out together")
 	require.NotNil(t, end)
 	require.Empty(t, end.Error)
 	want := executor.Result{Text: text}

@@ -57,7 +57,10 @@ func (c *Child) spawn(ctx context.Context) (*process, error) {
 		cmd.Env = append(cmd.Env, k+"="+c.cfg.Env[k])
 	}
 	cmd.Env = append(cmd.Env, "TMPDIR="+dir)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group, so a kill reaches what it starts; and killed
+	// with the worker, so a worker that dies (kill -9) leaves no executor
+	// holding a GPU.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	stdin, err1 := cmd.StdinPipe()
 	stdout, err2 := cmd.StdoutPipe()
 	stderr, err3 := cmd.StderrPipe()
