@@ -45,6 +45,9 @@ type ChainSource struct {
 	Logger *slog.Logger
 }
 
+// chainReadTimeout bounds one check and read of the approved list.
+const chainReadTimeout = 10 * time.Second
+
 // Watch follows the chain until ctx ends.
 func (s ChainSource) Watch(ctx context.Context, apply func([]Version)) error {
 	poll, log := s.Poll, s.Logger
@@ -66,11 +69,15 @@ func (s ChainSource) Watch(ctx context.Context, apply func([]Version)) error {
 		}
 	}
 	err := s.Chain.FollowBlocks(ctx, poll, func(int64) {
-		if err := s.Chain.InSync(ctx, s.StallAfter); err != nil {
+		// A node that takes the call and never answers must not stop the
+		// following: the read is given up and made again at the next block.
+		rctx, cancel := context.WithTimeout(ctx, chainReadTimeout)
+		defer cancel()
+		if err := s.Chain.InSync(rctx, s.StallAfter); err != nil {
 			hold("not acting on the approved list of a node that is not in sync", err)
 			return
 		}
-		list, err := s.Chain.ApprovedVersions(ctx)
+		list, err := s.Chain.ApprovedVersions(rctx)
 		if err != nil {
 			hold("reading the approved list failed", err)
 			return
