@@ -63,6 +63,9 @@ func (s ChainSource) Watch(ctx context.Context, apply func([]Version)) error {
 	// holds for many blocks is logged once, and its end once.
 	var why string
 	hold := func(reason string, err error) {
+		if ctx.Err() != nil {
+			return // shutting down: not the node's fault
+		}
 		if msg := reason + ": " + err.Error(); msg != why {
 			log.Warn("versiond: "+reason+"; waiting for the next block", "err", err)
 			why = msg
