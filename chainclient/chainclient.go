@@ -1,6 +1,7 @@
-// Package chainclient is how hosts and gateways talk to the chain. It reads
-// epochs, warm-key grants, escrows, participants and the latest block over
-// gRPC, and new blocks over CometBFT's websocket; given the account's key it
+// Package chainclient is how hosts, gateways and versiond talk to the
+// chain. It reads epochs, warm-key grants, escrows, participants, the
+// approved runtime versions, the latest block and whether its node is in
+// sync over gRPC, and new blocks over CometBFT's websocket; given the account's key it
 // also sends the account's txs (escrows, settlements, reward claims) and
 // tells why the chain refused one by the tx's code.
 //

@@ -152,6 +152,9 @@ func New(cfg Config) (*Manager, error) {
 		cfg.RestartBackoff.Min <= 0 || cfg.RestartBackoff.Max < cfg.RestartBackoff.Min {
 		return nil, errors.New("each backoff needs 0 < Min <= Max")
 	}
+	if cfg.ReadyTimeout < 0 {
+		return nil, fmt.Errorf("the ready timeout is %s; it must be positive (0 takes the default, 1m)", cfg.ReadyTimeout)
+	}
 	client, err := newHTTPClient(cfg.TrustedCA)
 	if err != nil {
 		return nil, err

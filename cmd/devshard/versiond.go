@@ -51,7 +51,7 @@ GET /metrics. See docs/versiond.md.
 
 The approved list is the chain's: x/devshard's approved_versions, read from
 the nodes at --chain-grpc at every new block (learned from --chain-rpc's
-websocket; polled every --chain-poll while that is down). A list read from a
+websocket) and every --chain-poll besides. A list read from a
 node still catching up, or whose latest block is older than
 --chain-stall-after, is not acted on: versiond logs why and waits.
 
