@@ -83,7 +83,8 @@ type VersionStatus struct {
 	// was stopped for not being ready within ReadyTimeout.
 	Restarts int `json:"restarts"`
 	// LastError is the latest failure: a download, a hash mismatch, a
-	// child's exit, a child not ready in time. It stays after later successes, for the operator.
+	// child's exit, a child not ready in time. It stays after later
+	// successes, for the operator.
 	LastError string `json:"last_error,omitempty"`
 }
 

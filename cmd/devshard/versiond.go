@@ -51,9 +51,9 @@ GET /metrics. See docs/versiond.md.
 
 The approved list is the chain's: x/devshard's approved_versions, read from
 the nodes at --chain-grpc at every new block (learned from --chain-rpc's
-websocket) and every --chain-poll besides. A list read from a
-node still catching up, or whose latest block is older than
---chain-stall-after, is not acted on: versiond logs why and waits.
+websocket) and every --chain-poll besides. A list read from a node still
+catching up, or whose latest block is older than --chain-stall-after, is not
+acted on: versiond logs why and waits.
 
 --version replaces the chain with a fixed list, for tests. Examples:
 
