@@ -1,6 +1,7 @@
-// Package chainclient is how hosts and gateways talk to the chain. It reads
-// epochs, warm-key grants, escrows, participants and the latest block over
-// gRPC, and new blocks over CometBFT's websocket; given the account's key it
+// Package chainclient is how hosts, gateways and versiond talk to the
+// chain. It reads epochs, warm-key grants, escrows, participants, the
+// approved runtime versions, the latest block and whether its node is in
+// sync over gRPC, and new blocks over CometBFT's websocket; given the account's key it
 // also sends the account's txs (escrows, settlements, reward claims) and
 // tells why the chain refused one by the tx's code.
 //
@@ -252,21 +253,14 @@ func (g *grantCache) MayActFor(holder, signer signing.Address, kind session.Kind
 }
 
 // FollowEpochs calls fn with the current epoch now and whenever it changes,
-// until ctx ends. It learns of new blocks from CometBFT's websocket and,
-// while that is down, polls every poll interval; a subscription that drops
-// is made again on the next RPC endpoint.
+// until ctx ends. It learns of new blocks through FollowBlocks.
 // A block below the current epoch's end height cannot have changed the
 // epoch, so it costs no query: the chain is asked about once per epoch,
 // and on every poll.
 func (c *Client) FollowEpochs(ctx context.Context, poll time.Duration, fn func(epoch uint64)) error {
-	if poll <= 0 {
-		poll = 5 * time.Second
-	}
 	var last uint64
 	var ends int64 // the current epoch's end height; 0 while unknown
-	// check asks the chain for the current epoch, unless height (0:
-	// unknown) is below the end of the epoch last seen.
-	check := func(height int64) {
+	return c.FollowBlocks(ctx, poll, func(height int64) {
 		if height > 0 && height < ends {
 			return
 		}
@@ -280,8 +274,20 @@ func (c *Client) FollowEpochs(ctx context.Context, poll time.Duration, fn func(e
 			last = e.Id
 			fn(e.Id)
 		}
+	})
+}
+
+// FollowBlocks calls fn once now, at every new block with its height, and
+// at every poll interval (default 5s) with height 0 (unknown), until ctx
+// ends; fn runs on one goroutine. It learns of new blocks from CometBFT's
+// websocket and, while that is down, only polls; a subscription that drops
+// is made again on the next RPC endpoint. A follower whose fn falls behind
+// misses headers, not polls, so fn must not rely on seeing every height.
+func (c *Client) FollowBlocks(ctx context.Context, poll time.Duration, fn func(height int64)) error {
+	if poll <= 0 {
+		poll = 5 * time.Second
 	}
-	check(0)
+	fn(0)
 	for ctx.Err() == nil {
 		blocks, stop, err := c.subscribeBlocks(ctx)
 		if err != nil {
@@ -302,9 +308,9 @@ func (c *Client) FollowEpochs(ctx context.Context, poll time.Duration, fn func(e
 				if h, ok := ev.Data.(cmttypes.EventDataNewBlockHeader); ok {
 					height = h.Header.Height
 				}
-				check(height)
+				fn(height)
 			case <-ticker.C:
-				check(0)
+				fn(0)
 				if blocks == nil {
 					break loop // try to subscribe again
 				}

@@ -326,6 +326,37 @@ func (e *Engine) evict(en *entry) {
 	e.log.Warn("session dropped after a failed write; it is recovered from storage on its next use", "escrow", id)
 }
 
+// OpenSessions counts the sessions this host serves that are not
+// finished: loaded and not yet in their settlement phase (they may take
+// more diffs and inferences), being loaded, or in use right now. It never
+// waits for a session's lock, so a busy session counts as open rather than
+// holding up the count; and it asks the chain nothing, so it is cheap to
+// poll. A session in its settlement phase has its final root signed; the
+// chain settles it from signatures already handed out.
+func (e *Engine) OpenSessions() int {
+	n := 0
+	for _, en := range e.entries() {
+		select {
+		case <-en.done:
+		default:
+			n++ // still loading
+			continue
+		}
+		if en.loadErr != nil {
+			continue // no session: the chain or storage does not know it
+		}
+		if !en.mu.TryLock() {
+			n++
+			continue
+		}
+		if en.loaded && en.s.Phase() != sessionpb.Phase_PHASE_SETTLEMENT {
+			n++
+		}
+		en.mu.Unlock()
+	}
+	return n
+}
+
 // entryFor returns the escrow's entry, starting its load if it has none.
 // An entry whose load failed stays for MissFor (loadEntry), so requests
 // naming an escrow the chain does not know meet the same error at once.

@@ -40,6 +40,7 @@ func Handler(e *Engine, version string) http.Handler {
 		}
 		writeJSON(w, http.StatusOK, v)
 	})
+	mux.HandleFunc(hostapi.OpenSessions.Pattern(), h.openSessions)
 	if e.cfg.Metrics != nil {
 		mux.Handle(hostapi.Metrics.Pattern(), promhttp.HandlerFor(e.cfg.Metrics.Registry, promhttp.HandlerOpts{}))
 	}
@@ -62,6 +63,17 @@ func Handler(e *Engine, version string) http.Handler {
 }
 
 type handler struct{ e *Engine }
+
+// openSessions answers versiond's drain probe. Until storage is ready the
+// count is unknown (sessions are yet to be recovered), so it answers 503
+// and versiond keeps the version draining.
+func (h *handler) openSessions(w http.ResponseWriter, _ *http.Request) {
+	if !h.e.Ready() {
+		writeError(w, http.StatusServiceUnavailable, hostapi.Initializing)
+		return
+	}
+	writeJSON(w, http.StatusOK, hostapi.OpenSessionsResponse{OpenSessions: h.e.OpenSessions()})
+}
 
 type sessionHandler func(w http.ResponseWriter, r *http.Request, escrowID uint64)
 

@@ -1,6 +1,7 @@
 package host
 
 import (
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/hostapi"
+	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/session/sessiontest"
 )
 
@@ -61,4 +63,50 @@ func TestClientReadsHost(t *testing.T) {
 	var he *hostapi.Error
 	require.ErrorAs(t, err, &he)
 	require.Equal(t, http.StatusForbidden, he.Status)
+}
+
+// GET /devshard/open-sessions, versiond's drain probe, counts a session
+// from its first diff until its settlement phase, and answers 503 while
+// the host has not recovered its sessions.
+func TestOpenSessionsProbe(t *testing.T) {
+	t.Parallel()
+	count := func(url string) (int, hostapi.OpenSessionsResponse) {
+		resp, err := http.Get(url + hostapi.OpenSessions.Path)
+		require.NoError(t, err)
+		defer resp.Body.Close()
+		var out hostapi.OpenSessionsResponse
+		if resp.StatusCode == http.StatusOK {
+			require.NoError(t, json.NewDecoder(resp.Body).Decode(&out))
+		}
+		return resp.StatusCode, out
+	}
+
+	f := sessiontest.New(1, sessiontest.DefaultOptions())
+	starting := New(Config{Key: f.Hosts[0], Escrows: &fakeChain{}, Executor: executor.Builtin{}})
+	srv := httptest.NewServer(Handler(starting, "test"))
+	t.Cleanup(srv.Close)
+	status, _ := count(srv.URL)
+	require.Equal(t, http.StatusServiceUnavailable, status, "unknown until storage is ready")
+
+	b := setup(t)
+	for _, want := range []struct {
+		tx   *sessionpb.Tx
+		open int
+	}{
+		{nil, 0},
+		{startTx(1, request(1)), 1}, // ACTIVE
+		{sessiontest.Finalize(), 1}, // FINALIZING
+		{sessiontest.Finalize(), 0}, // SETTLEMENT
+	} {
+		switch {
+		case want.tx == nil:
+		case want.tx.GetStart() != nil:
+			b.next(t, map[uint64]executor.Request{1: request(1)}, want.tx)
+		default:
+			b.next(t, nil, want.tx)
+		}
+		status, got := count(b.urls[0])
+		require.Equal(t, http.StatusOK, status)
+		require.Equal(t, want.open, got.OpenSessions)
+	}
 }

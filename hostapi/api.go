@@ -50,18 +50,22 @@ func (r Route) For(escrow uint64) string {
 	return strings.Replace(r.Path, "{escrow}", fmt.Sprint(escrow), 1)
 }
 
-// The routes. Health, readiness, version and metrics answer anyone; the
-// session routes need a request signed (package httpauth) for the host and
-// the chain, by a signer the route admits.
+// The routes. Health, readiness, version, metrics and the open-sessions
+// count answer anyone; the session routes need a request signed (package
+// httpauth) for the host and the chain, by a signer the route admits.
 var (
-	Healthz   = Route{"GET", "/healthz"}
-	Readyz    = Route{"GET", "/readyz"}
-	Version   = Route{"GET", "/version"}
-	Metrics   = Route{"GET", "/metrics"}
-	PostDiffs = Route{"POST", "/v1/sessions/{escrow}/diffs"}
-	Inference = Route{"POST", "/v1/sessions/{escrow}/inference"}
-	Gossip    = Route{"POST", "/v1/sessions/{escrow}/gossip"}
-	GetDiffs  = Route{"GET", "/v1/sessions/{escrow}/diffs"}
+	Healthz = Route{"GET", "/healthz"}
+	Readyz  = Route{"GET", "/readyz"}
+	Version = Route{"GET", "/version"}
+	Metrics = Route{"GET", "/metrics"}
+	// OpenSessions counts the sessions the host serves that are not
+	// finished, for versiond's drain of a retired version. It answers
+	// anyone: /metrics already shows anyone the sessions by phase.
+	OpenSessions = Route{"GET", "/devshard/open-sessions"}
+	PostDiffs    = Route{"POST", "/v1/sessions/{escrow}/diffs"}
+	Inference    = Route{"POST", "/v1/sessions/{escrow}/inference"}
+	Gossip       = Route{"POST", "/v1/sessions/{escrow}/gossip"}
+	GetDiffs     = Route{"GET", "/v1/sessions/{escrow}/diffs"}
 	// Signatures lists the host's stored state signatures at a nonce.
 	Signatures = Route{"GET", "/v1/sessions/{escrow}/signatures"}
 	Mempool    = Route{"GET", "/v1/sessions/{escrow}/mempool"}
@@ -69,7 +73,14 @@ var (
 
 // Routes lists every route, in the order docs/host.md gives them.
 func Routes() []Route {
-	return append([]Route{Healthz, Readyz, Version, Metrics, PostDiffs, Inference, Gossip, GetDiffs, Signatures, Mempool}, WorkerRoutes()...)
+	return append([]Route{Healthz, Readyz, Version, Metrics, OpenSessions, PostDiffs, Inference, Gossip, GetDiffs, Signatures, Mempool}, WorkerRoutes()...)
+}
+
+// OpenSessionsResponse is the body of GET /devshard/open-sessions.
+type OpenSessionsResponse struct {
+	// OpenSessions is how many sessions the host serves that have not
+	// reached their settlement phase, or are still being loaded.
+	OpenSessions int `json:"open_sessions"`
 }
 
 // ErrorResponse is every refusal's body, with a 4xx or 5xx status.

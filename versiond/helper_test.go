@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -35,8 +36,10 @@ func TestMain(m *testing.M) {
 
 // helperChild is a version's child. Its behaviour follows its name:
 // "crash..." exits at every start; "flaky..." exits at its first two
-// starts and then serves; any other name serves at once.
+// starts and then serves; "unready..." answers /readyz with 503 for ever;
+// any other name serves at once.
 func helperChild(name, listen string) int {
+	unready := strings.HasPrefix(name, "unready")
 	switch {
 	case len(name) >= 5 && name[:5] == "crash":
 		fmt.Println("crashing at start, as asked")
@@ -53,7 +56,13 @@ func helperChild(name, listen string) int {
 	release := make(chan struct{})
 	var releaseOnce sync.Once
 	mux := http.NewServeMux()
-	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) { w.WriteHeader(http.StatusOK) })
+	mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if unready {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.WriteHeader(http.StatusOK)
+	})
 	mux.HandleFunc("/whoami", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, name) })
 	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)

@@ -49,6 +49,10 @@ type Config struct {
 	// ReadyPoll is how often /readyz is polled while a child starts, and
 	// the open-sessions probe while a version drains. (250ms)
 	ReadyPoll time.Duration
+	// ReadyTimeout bounds a child's start: one that has not answered
+	// /readyz with 200 this long after it started is stopped and started
+	// again after the restart backoff, and its last error says so. (60s)
+	ReadyTimeout time.Duration
 	// StopTimeout is how long a child has to exit after SIGTERM before it
 	// is killed. (10s)
 	StopTimeout time.Duration
@@ -90,6 +94,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.ReadyPoll == 0 {
 		c.ReadyPoll = 250 * time.Millisecond
+	}
+	if c.ReadyTimeout == 0 {
+		c.ReadyTimeout = time.Minute
 	}
 	if c.StopTimeout == 0 {
 		c.StopTimeout = 10 * time.Second
@@ -144,6 +151,9 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.DownloadBackoff.Min <= 0 || cfg.DownloadBackoff.Max < cfg.DownloadBackoff.Min ||
 		cfg.RestartBackoff.Min <= 0 || cfg.RestartBackoff.Max < cfg.RestartBackoff.Min {
 		return nil, errors.New("each backoff needs 0 < Min <= Max")
+	}
+	if cfg.ReadyTimeout < 0 {
+		return nil, fmt.Errorf("the ready timeout is %s; it must be positive (0 takes the default, 1m)", cfg.ReadyTimeout)
 	}
 	client, err := newHTTPClient(cfg.TrustedCA)
 	if err != nil {

@@ -39,6 +39,9 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			return nil, err
 		}
 	}
+	// Zero in every state from the start: a versiond that waits for its
+	// first list (its chain node is catching up) shows it has nothing yet.
+	m.setStates(nil)
 	return m, nil
 }
 

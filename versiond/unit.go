@@ -29,8 +29,9 @@ const (
 	// StateInstalling: its binary is being downloaded or verified, or a
 	// failed download waits for its retry.
 	StateInstalling State = "installing"
-	// StateStarting: its child is starting, or restarting after an exit,
-	// and has not yet answered /readyz with 200. It gets no traffic.
+	// StateStarting: its child is starting, or restarting after an exit
+	// or after it was not ready in time, and has not yet answered /readyz
+	// with 200. It gets no traffic.
 	StateStarting State = "starting"
 	// StateServing: its child answered /readyz and gets traffic.
 	StateServing State = "serving"
@@ -78,10 +79,12 @@ type VersionStatus struct {
 	Address string `json:"address,omitempty"`
 	// Running says whether a child process is alive (ready or not).
 	Running bool `json:"running"`
-	// Restarts counts the child's restarts after exits.
+	// Restarts counts the child's restarts: after it exited, or after it
+	// was stopped for not being ready within ReadyTimeout.
 	Restarts int `json:"restarts"`
 	// LastError is the latest failure: a download, a hash mismatch, a
-	// child's exit. It stays after later successes, for the operator.
+	// child's exit, a child not ready in time. It stays after later
+	// successes, for the operator.
 	LastError string `json:"last_error,omitempty"`
 }
 
@@ -181,7 +184,12 @@ func (u *unit) superviseLoop(ctx context.Context, path string) bool {
 		}
 		delay = u.cfg.RestartBackoff.next(delay)
 		u.m.restarts.WithLabelValues(u.v.Name).Inc()
-		u.fail(fmt.Errorf("version %s: child exited (%v); restarting in %s", u.v.Name, err, delay))
+		var notReady *NotReadyError
+		if errors.As(err, &notReady) {
+			u.fail(fmt.Errorf("%w; restarting in %s", err, delay))
+		} else {
+			u.fail(fmt.Errorf("version %s: child exited (%v); restarting in %s", u.v.Name, err, delay))
+		}
 		u.update(func() { u.restarts++ })
 		if !sleep(ctx, delay) {
 			return false
@@ -190,7 +198,8 @@ func (u *unit) superviseLoop(ctx context.Context, path string) bool {
 }
 
 // runChild starts the child, gates it on /readyz, and waits until it
-// exits (its exit error is returned) or ctx ends (it is stopped). It
+// exits (its exit error is returned), ctx ends (it is stopped) or it was
+// not ready within ReadyTimeout (it is stopped; a *NotReadyError). It
 // returns when the child began serving, zero if it never did.
 func (u *unit) runChild(ctx context.Context, path string) (servedSince time.Time, err error) {
 	addr, err := freeLoopback()
@@ -222,13 +231,12 @@ func (u *unit) runChild(ctx context.Context, path string) (servedSince time.Time
 	u.update(func() { u.phase, u.addr, u.alive, u.proxy = StateStarting, addr, true, nil })
 	defer u.update(func() { u.phase, u.alive, u.proxy = StateStarting, false, nil })
 
-	if !u.awaitReady(ctx, addr, exited) {
-		if ctx.Err() != nil {
-			u.stopChild(cmd, exited)
-			return time.Time{}, ctx.Err()
+	if err := u.awaitReady(ctx, addr, exited); err != nil {
+		if errors.Is(err, errExited) {
+			return time.Time{}, exitErr
 		}
-		<-exited
-		return time.Time{}, exitErr
+		u.stopChild(cmd, exited)
+		return time.Time{}, err
 	}
 	servedSince = time.Now()
 	proxy := newProxy(addr)
@@ -242,30 +250,56 @@ func (u *unit) runChild(ctx context.Context, path string) (servedSince time.Time
 	}
 }
 
-// awaitReady polls the child's /readyz until it answers 200 (true), the
-// child exits or ctx ends (false).
-func (u *unit) awaitReady(ctx context.Context, addr string, exited <-chan struct{}) bool {
+// NotReadyError is a child that ran but did not answer GET /readyz with
+// 200 within ReadyTimeout. A child stuck in its start (a lock it waits
+// for, a dependency that never answers) would otherwise hold its version
+// out of service silently; it is stopped and started again instead.
+type NotReadyError struct {
+	Version string
+	After   time.Duration
+	// Last is the last answer to /readyz: a status, or why none came.
+	Last string
+}
+
+func (e *NotReadyError) Error() string {
+	return fmt.Sprintf("version %s: its child did not answer GET /readyz with 200 within %s (last: %s), so it was stopped", e.Version, e.After, e.Last)
+}
+
+// awaitReady polls the child's /readyz until it answers 200 (nil), the
+// child exits (errExited), ctx ends (ctx's error) or ReadyTimeout passes
+// (a *NotReadyError).
+func (u *unit) awaitReady(ctx context.Context, addr string, exited <-chan struct{}) error {
 	client := &http.Client{Timeout: time.Second}
 	url := "http://" + addr + "/readyz"
+	deadline := time.NewTimer(u.cfg.ReadyTimeout)
+	defer deadline.Stop()
+	last := "no answer yet"
 	for {
 		select {
 		case <-exited:
-			return false
+			return errExited
 		case <-ctx.Done():
-			return false
+			return ctx.Err()
+		case <-deadline.C:
+			return &NotReadyError{Version: u.v.Name, After: u.cfg.ReadyTimeout, Last: last}
 		case <-time.After(u.cfg.ReadyPoll):
 		}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := client.Do(req)
 		if err != nil {
+			last = err.Error()
 			continue
 		}
 		resp.Body.Close()
 		if resp.StatusCode == http.StatusOK {
-			return true
+			return nil
 		}
+		last = resp.Status
 	}
 }
+
+// errExited is a child that exited before it was ready.
+var errExited = errors.New("the child exited before it was ready")
 
 // stopChild sends SIGTERM and waits for the exit; a child still running
 // after StopTimeout is killed.

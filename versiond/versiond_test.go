@@ -333,6 +333,34 @@ func TestVersiondRestartsCrashedChild(t *testing.T) {
 	require.GreaterOrEqual(t, value(b.m.m.restarts.WithLabelValues("crash")), 3.0)
 }
 
+// A child that runs but never answers /readyz with 200 is stopped once
+// ReadyTimeout passes and started again, and its status says why; it
+// never gets traffic.
+func TestVersiondRestartsChildNotReadyInTime(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *Config) { c.ReadyTimeout = 300 * time.Millisecond })
+	b.approve(b.mirror.version("unready"))
+	var first string
+	require.Eventually(t, func() bool {
+		st, _ := b.version("unready")
+		first = st.Address
+		return st.Running && first != ""
+	}, 10*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool {
+		st, _ := b.version("unready")
+		return st.Restarts >= 2
+	}, 10*time.Second, 10*time.Millisecond)
+	st, _ := b.version("unready")
+	require.Equal(t, StateStarting, st.State)
+	require.Contains(t, st.LastError, "version unready: its child did not answer GET /readyz with 200 within 300ms (last: 503 Service Unavailable), so it was stopped; restarting in")
+	require.NotEqual(t, first, st.Address, "each start has its own port")
+	_, err := http.Get("http://" + first + "/readyz")
+	require.Error(t, err, "the first child was stopped")
+	resp, _ := b.get(t, "/devshard/unready/whoami")
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	require.GreaterOrEqual(t, value(b.m.m.restarts.WithLabelValues("unready")), 2.0)
+}
+
 // The hash is checked again before every start: a binary changed on disk
 // is deleted, downloaded again, and only the approved bytes run.
 func TestVersiondChecksHashBeforeEveryStart(t *testing.T) {
