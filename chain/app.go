@@ -197,7 +197,7 @@ func New(logger log.Logger, db dbm.DB, traceStore io.Writer, loadLatest bool, ap
 
 	app.SchedulerKeeper = schedulerkeeper.NewKeeper(appCodec, runtime.NewKVStoreService(keys[schedulertypes.StoreKey]), govAuthority)
 	app.DevshardKeeper = devshardkeeper.NewKeeper(appCodec, runtime.NewKVStoreService(keys[devshardtypes.StoreKey]),
-		accCodec, govAuthority, app.BankKeeper, app.AuthzKeeper, app.SchedulerKeeper, app.DistrKeeper)
+		accCodec, govAuthority, app.BankKeeper, app.AuthzKeeper, app.SchedulerKeeper, app.DistrKeeper, app.UpgradeKeeper)
 	if err := app.SchedulerKeeper.Register(app.DevshardKeeper.TaskDefinitions()...); err != nil {
 		panic(err)
 	}

@@ -98,9 +98,13 @@ func (am AppModule) ExportGenesis(ctx sdk.Context, cdc codec.JSONCodec) json.Raw
 	return cdc.MustMarshalJSON(gs)
 }
 
-// EndBlock refunds escrows whose expiry epoch has begun, at most
-// expiry_batch per block.
+// EndBlock records an upgrade applied in this block (upgrade protection),
+// then refunds escrows whose expiry epoch has begun, at most expiry_batch
+// per block. It runs before the scheduler's epoch tasks.
 func (am AppModule) EndBlock(ctx context.Context) error {
+	if err := am.keeper.RecordUpgrade(ctx); err != nil {
+		return err
+	}
 	return am.keeper.ExpireEscrows(sdk.UnwrapSDKContext(ctx))
 }
 

@@ -60,7 +60,7 @@ func activate(t *transition, from, to types.EpochState) error {
 }
 
 func account(t *transition, from, to types.EpochState) error {
-	if err := t.k.accountEpoch(t.ctx, t.epoch.Id); err != nil {
+	if err := t.k.accountEpoch(t.ctx, *t.epoch); err != nil {
 		return err
 	}
 	return notify(t, from, to)

@@ -194,6 +194,8 @@ func TestParamsValidation(t *testing.T) {
 		{"expiry inside window", func(p *types.Params) { p.ExpiryEpochs = p.SettlementWindowEpochs }, "greater than settlement_window_epochs"},
 		{"batch 0", func(p *types.Params) { p.ExpiryBatch = 0 }, "expiry_batch is 0"},
 		{"threshold", func(p *types.Params) { p.MaxMissedRatioBps = 10_001 }, "at most 10000"},
+		{"upgrade protection window too long", func(p *types.Params) { p.UpgradeProtectionWindow = types.MaxUpgradeProtectionWindow + 1 },
+			"upgrade_protection_window is 1000001 blocks; it must be at most 1000000"},
 		{"duplicate version", func(p *types.Params) {
 			p.ApprovedVersions = []types.ApprovedVersion{{Name: "v1", Url: "https://a.example/v1", Sha256: sha}, {Name: "v1", Url: "https://a.example/v1b", Sha256: sha}}
 		}, `name "v1" appears twice`},
@@ -220,6 +222,11 @@ func TestParamsValidation(t *testing.T) {
 	p := types.DefaultParams()
 	p.ApprovedVersions = []types.ApprovedVersion{{Name: "v1", Url: "https://a.example/v1", Sha256: sha}}
 	require.NoError(t, p.Validate())
+	require.Equal(t, uint64(3_000), types.DefaultParams().UpgradeProtectionWindow)
+	for _, window := range []uint64{0, 1, types.MaxUpgradeProtectionWindow} {
+		p.UpgradeProtectionWindow = window
+		require.NoError(t, p.Validate(), "upgrade_protection_window %d", window)
+	}
 }
 
 func TestCreateEscrowLocksAmountAndSnapshotsParams(t *testing.T) {

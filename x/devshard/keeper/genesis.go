@@ -69,6 +69,11 @@ func (k Keeper) InitGenesis(ctx sdk.Context, gs types.GenesisState) error {
 				types.ErrInvalidGenesis, c, types.ModuleName, held)
 		}
 	}
+	for _, h := range gs.UpgradeHeights {
+		if err := k.UpgradeHeights.Set(ctx, h); err != nil {
+			return err
+		}
+	}
 	if len(gs.Epochs) == 0 {
 		return k.planEpoch(ctx, 1, max(ctx.BlockHeight(), 1))
 	}
@@ -121,6 +126,12 @@ func (k Keeper) ExportGenesis(ctx context.Context) (*types.GenesisState, error) 
 	}
 	if err := k.Summaries.Walk(ctx, nil, func(_ collections.Pair[uint64, sdk.AccAddress], s types.EpochPerformanceSummary) (bool, error) {
 		gs.Summaries = append(gs.Summaries, s)
+		return false, nil
+	}); err != nil {
+		return nil, err
+	}
+	if err := k.UpgradeHeights.Walk(ctx, nil, func(h int64) (bool, error) {
+		gs.UpgradeHeights = append(gs.UpgradeHeights, h)
 		return false, nil
 	}); err != nil {
 		return nil, err

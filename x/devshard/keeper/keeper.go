@@ -35,6 +35,7 @@ type Keeper struct {
 	authz        types.AuthzKeeper
 	scheduler    types.SchedulerKeeper
 	distr        types.DistributionKeeper
+	upgrade      types.UpgradeKeeper
 	// hooks is shared by copies of the keeper, so hooks set after the module
 	// is built are seen by it.
 	hooks *hookSlot
@@ -67,12 +68,15 @@ type Keeper struct {
 	// Summaries are the EpochPerformanceSummary of each (epoch, address),
 	// written at accounting.
 	Summaries collections.Map[collections.Pair[uint64, sdk.AccAddress], types.EpochPerformanceSummary]
+	// UpgradeHeights are the heights of the software upgrades seen applied
+	// (RecordUpgrade), each the start of an upgrade protection window.
+	UpgradeHeights collections.KeySet[int64]
 }
 
 type hookSlot struct{ hooks types.EpochHooks }
 
 // NewKeeper returns the keeper. authority (the gov module account) signs the
-// governance messages.
+// governance messages; upgrade is x/upgrade, read for upgrade protection.
 func NewKeeper(
 	cdc codec.BinaryCodec,
 	storeService store.KVStoreService,
@@ -82,6 +86,7 @@ func NewKeeper(
 	authz types.AuthzKeeper,
 	scheduler types.SchedulerKeeper,
 	distr types.DistributionKeeper,
+	upgrade types.UpgradeKeeper,
 ) Keeper {
 	sb := collections.NewSchemaBuilder(storeService)
 	k := Keeper{
@@ -91,6 +96,7 @@ func NewKeeper(
 		authz:        authz,
 		scheduler:    scheduler,
 		distr:        distr,
+		upgrade:      upgrade,
 		hooks:        &hookSlot{},
 		Params:       collections.NewItem(sb, types.ParamsKey, "params", codec.CollValue[types.Params](cdc)),
 		CurrentEpoch: collections.NewItem(sb, types.CurrentEpochKey, "current_epoch", collections.Uint64Value),
@@ -111,6 +117,7 @@ func NewKeeper(
 		EscrowCount: collections.NewMap(sb, types.EscrowCountKey, "escrow_count", collections.Uint64Key, collections.Uint64Value),
 		Summaries: collections.NewMap(sb, types.SummariesKey, "summaries",
 			collections.PairKeyCodec(collections.Uint64Key, sdk.AccAddressKey), codec.CollValue[types.EpochPerformanceSummary](cdc)),
+		UpgradeHeights: collections.NewKeySet(sb, types.UpgradeHeightsKey, "upgrade_heights", collections.Int64Key),
 	}
 	schema, err := sb.Build()
 	if err != nil {

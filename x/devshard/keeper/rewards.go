@@ -18,11 +18,25 @@ import (
 // already INVALID through its streak is punished too), moves a punished
 // ACTIVE participant to INVALID (which resets its streak), writes its
 // EpochPerformanceSummary from the ledger and empties the ledger. A punished
-// member's work coins go to the community pool.
-func (k Keeper) accountEpoch(ctx sdk.Context, epochID uint64) error {
+// member's work coins go to the community pool. In an epoch that meets an
+// upgrade protection window, missed inferences are forgiven: hosts restarting
+// for an upgrade are not punished for it.
+func (k Keeper) accountEpoch(ctx sdk.Context, epoch types.Epoch) error {
 	params, err := k.Params.Get(ctx)
 	if err != nil {
 		return err
+	}
+	epochID := epoch.Id
+	upgrade, forgive, err := k.upgradeProtection(ctx, epoch, params.UpgradeProtectionWindow)
+	if err != nil {
+		return err
+	}
+	if forgive {
+		if err := ctx.EventManager().EmitTypedEvent(&types.EventUpgradeProtection{
+			EpochId: epochID, UpgradeHeight: upgrade, Window: params.UpgradeProtectionWindow,
+		}); err != nil {
+			return err
+		}
 	}
 	type entry struct {
 		addr sdk.AccAddress
@@ -41,7 +55,7 @@ func (k Keeper) accountEpoch(ctx sdk.Context, epochID uint64) error {
 		if err != nil {
 			return err
 		}
-		punished := p.Status == types.ParticipantInvalid || exceeds(e.m.Stats, params)
+		punished := p.Status == types.ParticipantInvalid || exceeds(e.m.Stats, params, forgive)
 		if punished && p.Status == types.ParticipantActive {
 			if err := k.setStatus(ctx, &p, types.ParticipantInvalid); err != nil {
 				return err
@@ -69,6 +83,7 @@ func (k Keeper) accountEpoch(ctx sdk.Context, epochID uint64) error {
 		}
 		if err := ctx.EventManager().EmitTypedEvent(&types.EventMemberAccounted{
 			EpochId: epochID, Address: e.m.Address, Earned: sum.Earned, Rewarded: sum.Rewarded, Punished: punished,
+			MissedForgiven: forgive,
 		}); err != nil {
 			return err
 		}
@@ -79,7 +94,9 @@ func (k Keeper) accountEpoch(ctx sdk.Context, epochID uint64) error {
 // exceeds reports whether stats break a punishment threshold: missed /
 // (finished + missed) or invalidated / finished (any invalidated inference
 // with none finished counts as 100%) above its limit in basis points.
-func exceeds(s types.InferenceStats, p types.Params) bool {
+// forgiveMissed drops the missed threshold (upgrade protection); an
+// invalidated inference is wrong work, not downtime, and always counts.
+func exceeds(s types.InferenceStats, p types.Params, forgiveMissed bool) bool {
 	over := func(part, whole uint64, bps uint32) bool {
 		if part == 0 {
 			return false
@@ -92,7 +109,7 @@ func exceeds(s types.InferenceStats, p types.Params) bool {
 		return lhs.GT(rhs)
 	}
 	assigned := sdkmath.NewIntFromUint64(s.Finished).Add(sdkmath.NewIntFromUint64(s.Missed))
-	missedOver := s.Missed > 0 && sdkmath.NewIntFromUint64(s.Missed).MulRaw(10_000).GT(assigned.MulRaw(int64(p.MaxMissedRatioBps)))
+	missedOver := !forgiveMissed && s.Missed > 0 && sdkmath.NewIntFromUint64(s.Missed).MulRaw(10_000).GT(assigned.MulRaw(int64(p.MaxMissedRatioBps)))
 	return missedOver || over(s.Invalidated, s.Finished, p.MaxInvalidRatioBps)
 }
 
@@ -147,7 +164,7 @@ func (k Keeper) sweepUnclaimed(ctx sdk.Context, epochID uint64) error {
 // unclaimed reward is sent to its host.
 func (k Keeper) payOutCancelled(ctx sdk.Context, epoch types.Epoch) error {
 	if epoch.State == types.EpochActive || epoch.State == types.EpochSettling {
-		if err := k.accountEpoch(ctx, epoch.Id); err != nil {
+		if err := k.accountEpoch(ctx, epoch); err != nil {
 			return err
 		}
 	}

@@ -43,6 +43,9 @@ type bundle struct {
 	bank  *bank
 	authz grants
 	hooks *hookLog
+	// upgrades is x/upgrade's record of applied upgrades; a test applies one
+	// with upgrade.
+	upgrades *fakeUpgradeKeeper
 }
 
 // testParams: 4-block epochs that settle for one epoch, are accounted for
@@ -89,10 +92,10 @@ func newBundle(t testing.TB) *bundle {
 	ctx := testutil.DefaultContextWithKeys(keys, nil, nil)
 	cdc := codec.NewProtoCodec(codectypes.NewInterfaceRegistry())
 
-	b := &bundle{bank: newBank(), authz: grants{}, hooks: &hookLog{}}
+	b := &bundle{bank: newBank(), authz: grants{}, hooks: &hookLog{}, upgrades: &fakeUpgradeKeeper{}}
 	b.sched = schedulerkeeper.NewKeeper(cdc, runtime.NewKVStoreService(keys[schedulertypes.StoreKey]), authority)
 	b.k = keeper.NewKeeper(cdc, runtime.NewKVStoreService(keys[types.StoreKey]), addresscodec.NewBech32Codec("cosmos"),
-		authority, b.bank, b.authz, b.sched, b.bank)
+		authority, b.bank, b.authz, b.sched, b.bank, b.upgrades)
 	b.k.SetHooks(b.hooks)
 	require.NoError(t, b.sched.Register(b.k.TaskDefinitions()...))
 	require.NoError(t, b.sched.Seal())
@@ -108,10 +111,11 @@ func (b *bundle) block(h int64) {
 	b.ctx = b.ctx.WithBlockHeight(h).WithEventManager(sdk.NewEventManager())
 }
 
-// endBlock runs block's end in the app's order: escrow expiry, then the due
-// scheduler tasks.
+// endBlock runs block's end in the app's order: the module's end blocker
+// (upgrade record, escrow expiry), then the due scheduler tasks.
 func (b *bundle) endBlock(t testing.TB) {
 	t.Helper()
+	require.NoError(t, b.k.RecordUpgrade(b.ctx))
 	require.NoError(t, b.k.ExpireEscrows(b.ctx))
 	require.NoError(t, b.sched.RunDue(b.ctx))
 }
@@ -229,4 +233,29 @@ func (h *hookLog) OnEpochTransition(ctx context.Context, e types.Epoch, from, to
 	}
 	h.seen = append(h.seen, fmt.Sprintf("%d:%s@%d", e.Id, to.Short(), sdk.UnwrapSDKContext(ctx).BlockHeight()))
 	return nil
+}
+
+// fakeUpgradeKeeper stands in for x/upgrade: the upgrades applied so far, in
+// order.
+type fakeUpgradeKeeper struct {
+	applied []appliedUpgrade
+}
+
+type appliedUpgrade struct {
+	name   string
+	height int64
+}
+
+func (f *fakeUpgradeKeeper) GetLastCompletedUpgrade(context.Context) (string, int64, error) {
+	if len(f.applied) == 0 {
+		return "", 0, nil
+	}
+	last := f.applied[len(f.applied)-1]
+	return last.name, last.height, nil
+}
+
+// upgrade applies the software upgrade name in the current block, as
+// x/upgrade's pre-blocker does at a plan's height.
+func (b *bundle) upgrade(name string) {
+	b.upgrades.applied = append(b.upgrades.applied, appliedUpgrade{name, b.ctx.BlockHeight()})
 }

@@ -33,3 +33,11 @@ type SchedulerKeeper interface {
 type DistributionKeeper interface {
 	FundCommunityPool(ctx context.Context, amount sdk.Coins, depositor sdk.AccAddress) error
 }
+
+// UpgradeKeeper tells which software upgrade x/upgrade applied last. Upgrade
+// protection reads it once a block.
+type UpgradeKeeper interface {
+	// GetLastCompletedUpgrade returns the name and height of the upgrade
+	// applied last, or ("", 0, nil) when none has been.
+	GetLastCompletedUpgrade(ctx context.Context) (string, int64, error)
+}

@@ -49,6 +49,11 @@ func (gs GenesisState) Validate() error {
 		}
 		escrows[e.Id] = true
 	}
+	for i, h := range gs.UpgradeHeights {
+		if h <= 0 || (i > 0 && h <= gs.UpgradeHeights[i-1]) {
+			return fmt.Errorf("%w: upgrade_heights[%d] is %d; heights must be positive and strictly ascending", ErrInvalidGenesis, i, h)
+		}
+	}
 	for _, m := range gs.Members {
 		if !epochs[m.EpochId] || !participants[m.Address] {
 			return fmt.Errorf("%w: member %s of epoch %d names an unknown epoch or participant", ErrInvalidGenesis, m.Address, m.EpochId)

@@ -23,6 +23,7 @@ var (
 	EscrowCountKey     = collections.NewPrefix(10)
 	SummariesKey       = collections.NewPrefix(11)
 	PendingKey         = collections.NewPrefix(12)
+	UpgradeHeightsKey  = collections.NewPrefix(13)
 )
 
 // Scheduler task types that drive the epoch lifecycle. Each task's payload

@@ -22,6 +22,11 @@ const (
 	MaxPhaseEpochs = 10_000
 )
 
+// MaxUpgradeProtectionWindow bounds upgrade_protection_window: about eleven
+// days at one block a second. A longer window would switch the punishment
+// of missed inferences off for weeks after every upgrade.
+const MaxUpgradeProtectionWindow = 1_000_000
+
 // DefaultParams: 100-block epochs; an epoch settles while the next is active,
 // is accounted during the one after, and stays claimable for two more.
 func DefaultParams() Params {
@@ -55,6 +60,9 @@ func DefaultParams() Params {
 		// About two minutes at one block a second: time for a host to see a
 		// stale root settled and answer with its latest.
 		SettlementChallengeBlocks: 120,
+		// About fifty minutes at one block a second: time for every host to
+		// stop, swap its binary and come back after an upgrade halt.
+		UpgradeProtectionWindow: 3_000,
 	}
 }
 
@@ -73,6 +81,10 @@ func (p Params) Validate() error {
 		return fmt.Errorf("%w: claimable_epochs is 0; it must be at least 1 so rewards can be claimed", ErrInvalidParams)
 	case p.SettlingEpochs > MaxPhaseEpochs || p.AccountingEpochs > MaxPhaseEpochs || p.ClaimableEpochs > MaxPhaseEpochs:
 		return fmt.Errorf("%w: a phase may last at most %d epochs", ErrInvalidParams, MaxPhaseEpochs)
+	}
+	if p.UpgradeProtectionWindow > MaxUpgradeProtectionWindow {
+		return fmt.Errorf("%w: upgrade_protection_window is %d blocks; it must be at most %d (0 switches the protection off)",
+			ErrInvalidParams, p.UpgradeProtectionWindow, MaxUpgradeProtectionWindow)
 	}
 	if err := p.MinCollateral.Validate(); err != nil {
 		return fmt.Errorf("%w: min_collateral: %v", ErrInvalidParams, err)
@@ -140,4 +152,15 @@ func validateVersions(vs []ApprovedVersion) error {
 		}
 	}
 	return nil
+}
+
+// UpgradeProtected reports whether an epoch whose work spans the blocks
+// [start, end) meets the protection window [upgrade, upgrade + window) of an
+// upgrade applied at height upgrade. A window of 0 protects nothing. Heights
+// only, so every validator decides the same.
+func UpgradeProtected(upgrade int64, window uint64, start, end int64) bool {
+	if window == 0 || upgrade >= end {
+		return false
+	}
+	return start < upgrade || uint64(start-upgrade) < window
 }
