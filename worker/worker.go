@@ -129,14 +129,24 @@ func New(cfg Config) (*Worker, error) {
 
 // Run claims and runs jobs until ctx ends. A job running then is
 // abandoned: its lease runs out and the host gives it to another worker.
+// A host that refuses the worker's key (401) ends it at once with an error
+// that says what to do: it will not accept the key by itself.
 func (w *Worker) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	var wg sync.WaitGroup
 	for range w.cfg.Runner.Slots() {
-		wg.Go(func() { w.loop(ctx) })
+		wg.Go(func() { w.loop(ctx, cancel) })
 	}
 	wg.Wait()
+	if cause := context.Cause(ctx); errors.Is(cause, ErrRefused) {
+		return cause
+	}
 	return nil
 }
+
+// ErrRefused is a host that does not accept this worker's key.
+var ErrRefused = errors.New("the host refuses this worker")
 
 // Counts is how many jobs this worker ended, by kind, and how many of
 // them it failed, by class.
@@ -154,12 +164,17 @@ func (w *Worker) Counts() (ran, failed map[string]int) {
 }
 
 // loop is one claim loop: a slot of the executors.
-func (w *Worker) loop(ctx context.Context) {
+func (w *Worker) loop(ctx context.Context, stop context.CancelCauseFunc) {
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
 		c, err := w.cfg.Host.Claim(ctx, w.cfg.ClaimWait, w.cfg.Runner.Kinds()...)
 		if err != nil {
 			if ctx.Err() != nil {
+				return
+			}
+			var he *hostapi.Error
+			if errors.As(err, &he) && he.Status == http.StatusUnauthorized {
+				stop(fmt.Errorf("%w: %s (list this worker's account in the host's jobs.workers)", ErrRefused, he.Message))
 				return
 			}
 			w.cfg.Log.Warn("claim failed; trying again", "err", err, "in", backoff)

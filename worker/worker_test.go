@@ -39,8 +39,10 @@ func (noEscrows) EscrowSnapshot(context.Context, uint64) (*sessionpb.EscrowSnaps
 // realHost is a host engine with a SQLite queue that accepts one worker
 // key, served over real HTTP.
 type realHost struct {
-	q    *jobs.Queue
-	host Host
+	q       *jobs.Queue
+	host    Host
+	url     string
+	account signing.Address
 }
 
 func startHost(t *testing.T, opts jobs.Options) *realHost {
@@ -58,7 +60,7 @@ func startHost(t *testing.T, opts jobs.Options) *realHost {
 	t.Cleanup(e.Close)
 	srv := httptest.NewServer(host.Handler(e, "test"))
 	t.Cleanup(srv.Close)
-	return &realHost{q: q, host: NewHost(workerKey, chainID, srv.URL, e.Address())}
+	return &realHost{q: q, host: NewHost(workerKey, chainID, srv.URL, e.Address()), url: srv.URL, account: e.Address()}
 }
 
 func newKey(t *testing.T) *signing.PrivKey {
@@ -267,4 +269,24 @@ func TestStreamBatchesWhileACallIsInFlight(t *testing.T) {
 	require.Equal(t, strings.Join(want, ""), strings.Join(got, ""))
 	require.Less(t, len(f.calls), 20, "pieces that came during a call went together")
 	require.Len(t, f.calls[0], 1, "the first piece left alone, at once")
+}
+
+// A worker whose key the host does not accept stops at once with the
+// host's sentence, and claims nothing.
+func TestWorkerRefusedByTheHostStops(t *testing.T) {
+	t.Parallel()
+	h := startHost(t, jobs.Options{})
+	id := h.enqueueValidation(t, 1)
+	stranger := NewHost(newKey(t), chainID, h.url, h.account)
+	w, err := New(Config{Host: stranger, Runner: &runner{ex: executor.Builtin{}, slots: 2}, Log: slog.New(slog.DiscardHandler), ClaimWait: time.Second})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	err = w.Run(ctx)
+	require.ErrorIs(t, err, ErrRefused)
+	require.Contains(t, err.Error(), "is not among the worker accounts this host accepts")
+	require.NoError(t, ctx.Err(), "it stopped at once, not at the deadline")
+	j, err := h.q.Get(context.Background(), id)
+	require.NoError(t, err)
+	require.Equal(t, jobs.Ready, j.State, "nothing claimed")
 }
