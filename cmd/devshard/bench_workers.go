@@ -153,7 +153,7 @@ func benchWorkers(ctx context.Context, out, progress io.Writer, o benchWorkersOp
 	fmt.Fprintln(out, "# added: worker minus in_process within a round, the median over the rounds")
 	fmt.Fprintf(out, "BENCH inference_added_p50 %s ms\n", ms(medianOf(figures["added_p50"])))
 	fmt.Fprintf(out, "BENCH inference_added_p99 %s ms\n", ms(medianOf(figures["added_p99"])))
-	fmt.Fprintln(out, "# worker_normal: the same through a second host whose queue runs synchronous=NORMAL (storage.synchronous), no fsync per commit: what the two durable commits before the first piece (the enqueue's, the claim's) cost")
+	fmt.Fprintln(out, "# worker_normal: the same through a second host whose queue runs synchronous=NORMAL (storage.synchronous), no fsync per commit; worker minus worker_normal is what the fsyncs of the commits before the first piece (the enqueue's, the claim's) cost")
 	fmt.Fprintf(out, "BENCH inference_worker_normal_p50 %s ms\n", ms(medianOf(figures["worker_normal_p50"])))
 	fmt.Fprintf(out, "BENCH inference_worker_normal_p99 %s ms\n", ms(medianOf(figures["worker_normal_p99"])))
 	fmt.Fprintf(out, "# validation_jobs: %d validation jobs enqueued before the clock starts, one worker with 4 executor children (concurrent 4 each: 16 claim loops), until it finished the last\n", o.jobs)
@@ -184,7 +184,7 @@ type workerPlane struct {
 	q       *jobs.Queue
 	engine  *host.Engine
 	srv     *httptest.Server
-	next    atomic.Uint64 // makes every job's input, and so its id, new
+	next    atomic.Uint64 // makes every validation job's input, and so its id, new
 }
 
 // startWorkerPlane starts a host whose queue is the file jobs.db in dir,
