@@ -120,6 +120,16 @@ func (r *run) end(res executor.Result, finish *sessionpb.Tx, err error) {
 	r.mu.Unlock()
 }
 
+// RunInference runs req as inference nonce of escrow on the engine's
+// inference path and streams its output to emit: Config.Executor in
+// process or, with Config.InferenceJobs, a job of the host's workers whose
+// pieces come back through the worker routes. It is the run a diff starts,
+// without the session around it (no confirm, no finish tx): startRun and
+// Inference call it, and benchmarks and tools may.
+func (e *Engine) RunInference(ctx context.Context, escrow, nonce uint64, req executor.Request, emit func(string) error) (executor.Result, error) {
+	return e.infer.Execute(withInference(ctx, escrow, nonce), req, emit)
+}
+
 // startRun executes inference nonce in the background. Call with en.mu
 // held, once the diff starting it is checked; the caller drops the run if
 // the diff is not stored, and marks it stored if it is.
@@ -141,7 +151,7 @@ func (e *Engine) startRun(en *entry, nonce uint64, slot uint32, req executor.Req
 		}
 		r.confirm = confirm
 		close(r.confirmed)
-		res, err := e.infer.Execute(withInference(ctx, escrowID, nonce), req, r.push)
+		res, err := e.RunInference(ctx, escrowID, nonce, req, r.push)
 		if err != nil {
 			r.end(executor.Result{}, nil, err)
 			return

@@ -67,7 +67,7 @@ func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req exec
 	en.pool.add(confirm, en.s.Nonce(), true)
 	en.mu.Unlock()
 
-	res, err := e.infer.Execute(withInference(ctx, escrowID, nonce), req, emit)
+	res, err := e.RunInference(ctx, escrowID, nonce, req, emit)
 	if err != nil {
 		return executor.Result{}, nil, err
 	}

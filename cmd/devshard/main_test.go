@@ -9,6 +9,17 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// TestMain lets the test binary stand in for devshard where a command
+// under test starts itself as a child (os.Executable): run as
+// `<test binary> executor ...`, it is `devshard executor ...`.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "executor" {
+		main()
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
 // With DEVSHARD_CPUPROFILE_DIR set, a process writes its CPU profile there,
 // named for its subcommand and pid; without it, nothing is written.
 func TestProfileFromEnv(t *testing.T) {
