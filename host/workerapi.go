@@ -2,6 +2,7 @@ package host
 
 import (
 	"bytes"
+	"context"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -269,6 +270,10 @@ func (h *handler) jobFail(w http.ResponseWriter, err error) {
 	case errors.Is(err, jobs.ErrInvalid):
 		status = http.StatusBadRequest
 	case errors.Is(err, jobs.ErrClosed):
+		status = http.StatusServiceUnavailable
+	case errors.Is(err, context.Canceled):
+		// The worker hung up (a long poll it gave up, a worker stopping):
+		// nobody reads the answer, and it is no fault of the host's.
 		status = http.StatusServiceUnavailable
 	}
 	if status == http.StatusInternalServerError {
