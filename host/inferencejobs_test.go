@@ -16,6 +16,7 @@ import (
 	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/jobs"
 	"github.com/devshard/devshard/jobs/sqlite"
+	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
 )
 
@@ -355,4 +356,69 @@ func TestInferenceJobNeverClaimed(t *testing.T) {
 	}
 	require.Contains(t, body, "no worker claimed the inference within 1s")
 	require.Eventually(t, func() bool { return iw.inferenceHost() < 0 }, 5*time.Second, 20*time.Millisecond, "the job is removed")
+}
+
+// Only a completed re-run votes against an executor. A validation whose
+// worker failed it with class execution (the re-run itself failed) votes
+// invalid, as a failed re-run always has; one failed because the model
+// could not be prepared or its artifact not loaded (preparation,
+// construction: the validator's own trouble) casts no vote at all.
+func TestValidationFailedByItsOwnCacheCastsNoVote(t *testing.T) {
+	t.Parallel()
+	key := randomKey(t)
+	var queues []*jobs.Queue
+	b := setupTuned(t, func(i int, c *Config) *jobs.Queue {
+		c.Workers = []signing.Address{key.Address()}
+		q := openQueue(t, filepath.Join(t.TempDir(), sqlite.FileName), jobs.Options{})
+		queues = append(queues, q)
+		return q
+	})
+	req := request(9)
+	b.next(t, map[uint64]executor.Request{1: req}, startTx(1, req))
+	var exec int
+	for i := range b.hosts {
+		if status, _, _ := b.infer(t, i, 1, req); status == http.StatusOK {
+			exec = i
+			break
+		}
+	}
+	resps := b.next(t, nil)
+	b.next(t, nil, decodeTxs(t, resps[exec].Mempool)...) // carries the executor's finish: validations are enqueued
+	ctx := context.Background()
+	classes := map[int]string{}
+	for i := range b.hosts {
+		if i == exec {
+			continue
+		}
+		class := hostapi.ErrorClassExecution
+		if len(classes) == 0 {
+			class = "construction"
+		}
+		classes[i] = class
+		w := hostapi.NewWorker(key, testChainID, b.urls[i], b.hosts[i].Address(), &http.Client{Timeout: time.Minute})
+		c, err := w.Claim(ctx, 5*time.Second, string(jobs.KindValidation))
+		require.NoError(t, err)
+		require.NotNil(t, c, "host %d enqueued its validation", i)
+		require.NoError(t, w.Fail(ctx, c.Lease, class, "the artifact could not be loaded"))
+	}
+	for i := range b.hosts {
+		b.hosts[i].Wait()
+	}
+	resps = b.next(t, nil)
+	for i, class := range classes {
+		var votes []*sessionpb.Validation
+		for _, tx := range decodeTxs(t, resps[i].Mempool) {
+			if v := tx.GetValidation(); v != nil {
+				votes = append(votes, v)
+			}
+		}
+		if class == hostapi.ErrorClassExecution {
+			require.NotEmpty(t, votes, "host %d: a failed re-run votes", i)
+			for _, v := range votes {
+				require.False(t, v.Valid, "host %d: invalid", i)
+			}
+		} else {
+			require.Empty(t, votes, "host %d: a validation failed by its own cache (%s) casts no vote", i, class)
+		}
+	}
 }
