@@ -54,15 +54,15 @@ const (
 // Class says whose fault a failed task is, so the worker knows whether
 // another try could succeed, and a validator whether it may vote.
 //
-// A validation votes against the executor it checks only when the re-run
-// completed and its answer differs. No error of any class is such an
-// answer: a validator whose own preparation, artifact or run failed knows
-// nothing of the answer it was to check (DESIGN.md, attack 17).
+// A validation votes against the executor it checks when the re-run
+// completed and its answer differs. A validator whose own preparation or
+// artifact failed knows nothing of the answer it was to check, so those
+// classes are never a vote (DESIGN.md, attack 17).
 type Class string
 
 const (
 	// ClassBadRequest is input that cannot run on any executor; retrying
-	// it elsewhere gives the same answer.
+	// it elsewhere gives the same answer. It is no vote.
 	ClassBadRequest Class = "bad_request"
 	// ClassPreparation is a model that cannot be prepared here (an unknown
 	// model, a source with the wrong sha256, an output that cannot be
@@ -75,7 +75,8 @@ const (
 	ClassConstruction Class = "construction"
 	// ClassExecution is a run that failed (the model server erred, ran out
 	// of memory); another try may succeed. It is not a completed re-run,
-	// so it is no vote either.
+	// yet the host counts a validation failed so as invalid, as a failed
+	// re-run has always voted (host/jobs.go, applyValidation).
 	ClassExecution Class = "execution"
 )
 

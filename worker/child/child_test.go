@@ -339,6 +339,14 @@ func TestExecutorPythonExample(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, ndjson.Output{Text: "hello big", Usage: executor.Usage{PromptTokens: 3, CompletionTokens: 2}, FinishReason: "length"}, out)
 	require.Equal(t, out.Text, pieces)
+
+	_, _, err = do(c, ndjson.Task{Kind: ndjson.KindPrepare, Prepare: &executor.Preparation{Model: "echo", Out: filepath.Join(t.TempDir(), "a")}})
+	var failed *child.Error
+	require.ErrorAs(t, err, &failed)
+	require.Equal(t, ndjson.ClassPreparation, failed.Class, "it prepares nothing, and says so")
+	out, _, err = do(c, task)
+	require.NoError(t, err, "and goes on serving")
+	require.Equal(t, "hello big", out.Text)
 }
 
 // TestExecutorChildPrepares: Do carries a prepare task and a run's
