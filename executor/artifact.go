@@ -104,7 +104,9 @@ func (p *Preparation) VerifySource() error {
 // "amd64/5c1e09b2a4f07d3e". Code compiled for one set of features may
 // crash on a CPU without them, so an artifact built here is loaded only
 // where this is the same.
-var CPUFeatures = sync.OnceValue(func() string {
+func CPUFeatures() string { return cpuFeatures() }
+
+var cpuFeatures = sync.OnceValue(func() string {
 	flags := cpuFlags()
 	if flags == "" {
 		return runtime.GOARCH
