@@ -37,6 +37,10 @@ type Builtin struct {
 	// ThinkTime is a pause before each token, to imitate a real model.
 	// Zero (the default) streams as fast as the client reads.
 	ThinkTime time.Duration
+	// Features are the CPU features its artifacts are built for and must
+	// match to load: CPUFeatures() when empty. Setting it stands in for
+	// another machine.
+	Features string
 }
 
 // Models implements Executor.
@@ -51,15 +55,20 @@ func PromptTokens(msgs []Message) int {
 	return n
 }
 
-// Execute implements Executor.
+// Execute implements Executor, with the vocabulary compiled in.
 func (b Builtin) Execute(ctx context.Context, req Request, emit func(string) error) (Result, error) {
+	return b.run(ctx, vocabulary, req, emit)
+}
+
+// run answers req with words drawn from vocab.
+func (b Builtin) run(ctx context.Context, vocab []string, req Request, emit func(string) error) (Result, error) {
 	if err := req.Validate(); err != nil {
 		return Result{}, err
 	}
 	if req.Model != BuiltinModel {
 		return Result{}, fmt.Errorf("%w: %q (this executor serves %q)", ErrUnknownModel, req.Model, BuiltinModel)
 	}
-	words := builtinWords(&req)
+	words := builtinWords(vocab, &req)
 	n, finish := len(words), "stop"
 	if req.MaxTokens < n {
 		n, finish = req.MaxTokens, "length"
@@ -92,9 +101,10 @@ func (b Builtin) Execute(ctx context.Context, req Request, emit func(string) err
 	}, nil
 }
 
-// builtinWords is the whole answer Builtin draws for req, before max_tokens
-// and stop cut it: 8..71 words, each but the first with a leading space.
-func builtinWords(req *Request) []string {
+// builtinWords is the whole answer Builtin draws for req from vocab, before
+// max_tokens and stop cut it: 8..71 words, each but the first with a
+// leading space.
+func builtinWords(vocab []string, req *Request) []string {
 	seed := sha256.New()
 	for _, m := range req.Messages {
 		fmt.Fprintf(seed, "%d:%s\x00%d:%s\x00", len(m.Role), m.Role, len(m.Content), m.Content)
@@ -123,7 +133,7 @@ func builtinWords(req *Request) []string {
 			next := sha256.Sum256(state)
 			state = next[:]
 		}
-		words[i] = vocabulary[binary.BigEndian.Uint32(state[(i%8)*4:])%uint32(len(vocabulary))]
+		words[i] = vocab[binary.BigEndian.Uint32(state[(i%8)*4:])%uint32(len(vocab))]
 		if i > 0 {
 			words[i] = " " + words[i]
 		}

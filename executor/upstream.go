@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/devshard/devshard/internal/sse"
@@ -161,4 +162,28 @@ func readStream(r io.Reader, emit func(string) error) (Result, error) {
 			res.Usage = *c.Usage
 		}
 	}
+}
+
+// Prepare implements Preparer. The server prepares its own weights, so
+// the artifact is only a marker that names the model and fits any
+// machine; preparing it keeps the worker's path the same for every
+// executor. A model the server is not listed as serving cannot be
+// prepared.
+func (u *Upstream) Prepare(ctx context.Context, p Preparation) (Prepared, error) {
+	if len(u.ModelNames) > 0 && !slices.Contains(u.ModelNames, p.Model) {
+		return Prepared{}, fmt.Errorf("%w: model %q cannot be prepared here; the server serves %s", ErrPreparation, p.Model, strings.Join(u.ModelNames, ", "))
+	}
+	if err := ctx.Err(); err != nil {
+		return Prepared{}, err
+	}
+	return WriteArtifact(p.Out, &Artifact{Model: p.Model})
+}
+
+// Load implements Preparer: the marker must name model; the server runs
+// it.
+func (u *Upstream) Load(model, path string) (Executor, error) {
+	if _, err := ReadArtifact(path, model, ""); err != nil {
+		return nil, err
+	}
+	return u, nil
 }

@@ -28,10 +28,16 @@ type served struct {
 
 func setup(t *testing.T, limitedTo int) *served {
 	t.Helper()
+	return serve(t, executor.Builtin{}, limitedTo)
+}
+
+// serve is Serve running exec on pipes, read up to its ready line.
+func serve(t *testing.T, exec executor.Executor, limitedTo int) *served {
+	t.Helper()
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
 	s := &served{in: inW, out: NewDecoder(outR, MaxLine), done: make(chan error, 1)}
-	go func() { s.done <- Serve(context.Background(), inR, outW, executor.Builtin{}, limitedTo); outW.Close() }()
+	go func() { s.done <- Serve(context.Background(), inR, outW, exec, limitedTo); outW.Close() }()
 	t.Cleanup(func() { inW.Close(); outR.Close() })
 	var ready Ready
 	s.read(t, &ready)

@@ -21,9 +21,10 @@ import (
 	"github.com/devshard/devshard/executor/ndjson"
 )
 
-// Classes a Child adds to the protocol's own (ndjson.ClassBadRequest,
-// ndjson.ClassExecution). Both are the executor's trouble, not the
-// request's: another executor, or this one later, may run it.
+// Classes a Child adds to the protocol's own (bad_request, preparation,
+// construction, execution), which it passes on unchanged. Both are the
+// executor's trouble, not the request's: another executor, or this one
+// later, may run it.
 const (
 	// ClassDied is a request that was in flight when its child died.
 	ClassDied ndjson.Class = "executor_died"

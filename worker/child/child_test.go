@@ -339,4 +339,56 @@ func TestExecutorPythonExample(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, ndjson.Output{Text: "hello big", Usage: executor.Usage{PromptTokens: 3, CompletionTokens: 2}, FinishReason: "length"}, out)
 	require.Equal(t, out.Text, pieces)
+
+	_, _, err = do(c, ndjson.Task{Kind: ndjson.KindPrepare, Prepare: &executor.Preparation{Model: "echo", Out: filepath.Join(t.TempDir(), "a")}})
+	var failed *child.Error
+	require.ErrorAs(t, err, &failed)
+	require.Equal(t, ndjson.ClassPreparation, failed.Class, "it prepares nothing, and says so")
+	out, _, err = do(c, task)
+	require.NoError(t, err, "and goes on serving")
+	require.Equal(t, "hello big", out.Text)
+}
+
+// TestExecutorChildPrepares: Do carries a prepare task and a run's
+// artifact to the child, and the protocol's classes come back unchanged in
+// child.Error.Class.
+func TestExecutorChildPrepares(t *testing.T) {
+	t.Parallel()
+	c, err := start(t, config("builtin", "builtin", &logBuffer{}))
+	require.NoError(t, err)
+	dir := t.TempDir()
+	art := filepath.Join(dir, "artifact")
+	out, _, err := do(c, ndjson.Task{Kind: ndjson.KindPrepare, Prepare: &executor.Preparation{Model: executor.BuiltinModel, Out: art}})
+	require.NoError(t, err)
+	st, err := os.Stat(art)
+	require.NoError(t, err)
+	require.Equal(t, st.Size(), out.Prepared.Bytes)
+
+	task := inference("from the artifact")
+	want, err := executor.Builtin{}.Execute(context.Background(), task.Request, func(string) error { return nil })
+	require.NoError(t, err)
+	task.Artifact = art
+	out, pieces, err := do(c, task)
+	require.NoError(t, err)
+	require.Equal(t, ndjson.Output{Text: want.Text, Usage: want.Usage, FinishReason: want.FinishReason}, out)
+	require.Equal(t, out.Text, pieces)
+
+	classOf := func(err error) ndjson.Class {
+		t.Helper()
+		var failed *child.Error
+		require.ErrorAs(t, err, &failed)
+		return failed.Class
+	}
+	_, _, err = do(c, ndjson.Task{Kind: ndjson.KindPrepare, Prepare: &executor.Preparation{Model: "llama", Out: filepath.Join(dir, "b")}})
+	require.Equal(t, ndjson.ClassPreparation, classOf(err))
+
+	raw, err := os.ReadFile(art)
+	require.NoError(t, err)
+	raw[len(raw)-40] ^= 1
+	corrupt := filepath.Join(dir, "corrupt")
+	require.NoError(t, os.WriteFile(corrupt, raw, 0o600))
+	task.Kind, task.Artifact = ndjson.KindValidation, corrupt
+	_, _, err = do(c, task)
+	require.Equal(t, ndjson.ClassConstruction, classOf(err))
+	require.ErrorContains(t, err, "payload checksum mismatch")
 }
