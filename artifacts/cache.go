@@ -148,7 +148,7 @@ func Open(root string, env Env, opts Options) (*Cache, error) {
 		return nil, err
 	}
 	c.mu.Lock()
-	_, err := c.evictLocked(0)
+	err := c.evictLocked(0)
 	c.mu.Unlock()
 	if err != nil {
 		return nil, err
@@ -433,6 +433,10 @@ func (c *Cache) lead(ctx context.Context, id string, f *flight, prepare func(con
 	defer func() {
 		c.mu.Lock()
 		delete(c.flights, id)
+		if err == nil && f.e == nil {
+			// prepare panicked: the waiters must not wait for ever.
+			err = &PrepareError{ID: id, Err: errors.New("prepare panicked")}
+		}
 		if err == nil {
 			f.e.pins += f.waiters
 		}
@@ -489,7 +493,7 @@ func (c *Cache) install(id, tmp string) (*entry, error) {
 	}
 	size += sumFileSize
 	c.mu.Lock()
-	if _, err := c.evictLocked(size); err != nil {
+	if err := c.evictLocked(size); err != nil {
 		c.mu.Unlock()
 		var full *FullError
 		if errors.As(err, &full) {
@@ -524,9 +528,9 @@ func (c *Cache) install(id, tmp string) (*entry, error) {
 // evictLocked evicts the least recently used unpinned artifacts until
 // size more bytes fit under the bound. It evicts nothing if they cannot
 // fit even with every unpinned artifact gone.
-func (c *Cache) evictLocked(size int64) (int, error) {
+func (c *Cache) evictLocked(size int64) error {
 	if c.used+size <= c.max {
-		return 0, nil
+		return nil
 	}
 	var free int64
 	var victims []*entry
@@ -537,10 +541,9 @@ func (c *Cache) evictLocked(size int64) (int, error) {
 		}
 	}
 	if size > c.max || c.used-free+size > c.max {
-		return 0, &FullError{Size: size, Pinned: c.used - free, MaxBytes: c.max}
+		return &FullError{Size: size, Pinned: c.used - free, MaxBytes: c.max}
 	}
 	slices.SortFunc(victims, func(a, b *entry) int { return cmp.Compare(a.lastUse, b.lastUse) })
-	n := 0
 	for _, e := range victims {
 		if c.used+size <= c.max {
 			break
@@ -551,9 +554,8 @@ func (c *Cache) evictLocked(size int64) (int, error) {
 		if c.m != nil {
 			c.m.evictions.Inc()
 		}
-		n++
 	}
-	return n, nil
+	return nil
 }
 
 // removeLocked takes e out of the index and deletes its files. It is

@@ -544,3 +544,68 @@ func metric(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("no metric devshard_artifacts_%s", name)
 	return 0
 }
+
+// Acquires, releases and discards from several goroutines at once, under a
+// small bound: every artifact handed out is the right one, and at the end
+// the index and the disk agree and hold the bound. Run it with -race.
+func TestArtifactConcurrentChurn(t *testing.T) {
+	t.Parallel()
+	const maxBytes = 48 << 10
+	b := setup(t, maxBytes)
+	size := func(id string) int { return 1000 + len(id)*997 }
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 7))
+			for range 150 {
+				id := fmt.Sprintf("m%d", rng.IntN(12)) + strings.Repeat("x", rng.IntN(3))
+				h, err := b.cache.Acquire(t.Context(), id, b.prepareN(id, size(id)))
+				var fe *FullError
+				if errors.As(err, &fe) {
+					continue
+				}
+				if !assertNoError(t, err) {
+					return
+				}
+				got, err := os.ReadFile(h.Path())
+				if assertNoError(t, err) && !bytes.Equal(content(id, size(id)), got) {
+					t.Errorf("artifact %s: wrong bytes", id)
+				}
+				if rng.IntN(10) == 0 {
+					assertNoError(t, b.cache.Discard(id))
+				}
+				h.Release()
+			}
+		})
+	}
+	wg.Wait()
+	s := b.cache.Stats()
+	require.LessOrEqual(t, s.BytesUsed, int64(maxBytes))
+	require.Equal(t, s.BytesUsed, dirBytes(t, b.cache.Dir()))
+	require.Positive(t, s.Evictions)
+	t.Logf("stats %+v", s)
+}
+
+// A prepare func that panics fails the Acquires waiting on it instead of
+// leaving them blocked.
+func TestArtifactPreparePanicReleasesWaiters(t *testing.T) {
+	t.Parallel()
+	b := setup(t, 0)
+	started := make(chan struct{})
+	go func() {
+		defer func() { recover() }()
+		b.cache.Acquire(t.Context(), "m1", func(context.Context, string) error {
+			close(started)
+			for b.cache.Stats().Misses < 2 { // the second Acquire waits on this one
+				time.Sleep(time.Millisecond)
+			}
+			panic("prepare bug")
+		})
+	}()
+	<-started
+	_, err := b.cache.Acquire(t.Context(), "m1", b.prepareN("m1", 1))
+	var pe *PrepareError
+	require.ErrorAs(t, err, &pe)
+	require.EqualError(t, err, `prepare artifact "m1": prepare panicked`)
+	acquire(t, b, "m1", 1).Release()
+}
