@@ -85,9 +85,14 @@ type Cache struct {
 	mu      sync.Mutex
 	entries map[string]*entry
 	flights map[string]*flight
-	used    int64  // bytes of entries and of reservations for installs under way
-	tick    uint64 // the LRU clock
-	stats   Stats
+	// ghosts are artifacts taken out of the index (discarded, or found not
+	// to match) while someone still held them: their files stay, and
+	// count in used, until a new preparation of the id is renamed over
+	// them or the last holder releases them.
+	ghosts map[string]*entry
+	used   int64  // bytes of entries, ghosts and reservations for installs under way
+	tick   uint64 // the LRU clock
+	stats  Stats
 }
 
 // entry is one installed artifact. Its fields are guarded by Cache.mu.
@@ -127,6 +132,7 @@ func Open(root string, env Env, opts Options) (*Cache, error) {
 		now:     opts.Now,
 		entries: map[string]*entry{},
 		flights: map[string]*flight{},
+		ghosts:  map[string]*entry{},
 	}
 	if c.max == 0 {
 		c.max = DefaultMaxBytes
@@ -317,6 +323,19 @@ func (c *Cache) unpin(e *entry) {
 	if e.pins == 0 && e.discard && !e.detached {
 		c.removeLocked(e)
 	}
+	c.dropGhostLocked(e.id)
+}
+
+// dropGhostLocked deletes the files of id's ghost once no one holds it,
+// unless a preparation of id is under way: that one replaces them.
+func (c *Cache) dropGhostLocked(id string) {
+	g := c.ghosts[id]
+	if g == nil || g.pins > 0 || c.flights[id] != nil {
+		return
+	}
+	delete(c.ghosts, id)
+	c.used -= g.size
+	c.unlinkLocked(id)
 }
 
 // Acquire returns artifact id, verified against its checksum just before
@@ -419,6 +438,7 @@ func (c *Cache) verify(e *entry) (*Handle, error) {
 	}
 	e.pins--
 	if e.detached {
+		c.dropGhostLocked(e.id)
 		return nil, nil // someone else found it bad first, or replaced it
 	}
 	c.stats.ChecksumFailures++
@@ -433,6 +453,7 @@ func (c *Cache) lead(ctx context.Context, id string, f *flight, prepare func(con
 	defer func() {
 		c.mu.Lock()
 		delete(c.flights, id)
+		c.dropGhostLocked(id) // if it failed, the ghost is nobody's now
 		if err == nil && f.e == nil {
 			// prepare panicked: the waiters must not wait for ever.
 			err = &PrepareError{ID: id, Err: errors.New("prepare panicked")}
@@ -519,6 +540,11 @@ func (c *Cache) install(id, tmp string) (*entry, error) {
 		os.Remove(path + sumSuffix)
 		return nil, fmt.Errorf("install artifact %q: %w", id, err)
 	}
+	if g := c.ghosts[id]; g != nil {
+		// Renamed over: its holders read the new artifact from now on.
+		delete(c.ghosts, id)
+		c.used -= g.size
+	}
 	c.tick++
 	e := &entry{id: id, size: size, sum: sum, pins: 1, lastUse: c.tick}
 	c.entries[id] = e
@@ -558,17 +584,27 @@ func (c *Cache) evictLocked(size int64) error {
 	return nil
 }
 
-// removeLocked takes e out of the index and deletes its files. It is
-// called with c.mu held, so no preparation of the same id can be writing
-// them: a preparation starts only while its id is not in the index.
+// removeLocked takes e out of the index and deletes its files, or, if
+// someone holds it, makes it id's ghost: a holder's file never vanishes
+// under it. It is called with c.mu held, so no preparation of the same id
+// can be writing them: a preparation starts only while its id is not in
+// the index.
 func (c *Cache) removeLocked(e *entry) {
 	if e.detached {
 		return
 	}
 	e.detached = true
 	delete(c.entries, e.id)
+	if e.pins > 0 {
+		c.ghosts[e.id] = e
+		return
+	}
 	c.used -= e.size
-	path := filepath.Join(c.dir, e.id)
+	c.unlinkLocked(e.id)
+}
+
+func (c *Cache) unlinkLocked(id string) {
+	path := filepath.Join(c.dir, id)
 	// The artifact goes first: a checksum left without it is cleaned at Open.
 	for _, p := range []string{path, path + sumSuffix} {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -579,8 +615,9 @@ func (c *Cache) removeLocked(e *entry) {
 
 // Discard removes artifact id after it failed to load or start (a
 // construction error), so that the next Acquire prepares it again. If
-// someone holds it, it is removed when the last holder releases it, or
-// when it is next acquired, whichever comes first. Each call counts as a
+// someone holds it, it is removed when the last holder releases it; if it
+// is acquired before that, the new preparation is renamed over it, so a
+// holder's path stays readable throughout. Each call counts as a
 // construction retry.
 func (c *Cache) Discard(id string) error {
 	if err := validID(id); err != nil {

@@ -374,7 +374,12 @@ func TestArtifactDiscardThenAcquirePrepares(t *testing.T) {
 	// Held, and acquired again before it is released: prepared afresh.
 	other = acquire(t, b, "m1", 100)
 	require.NoError(t, b.cache.Discard("m1"))
-	acquire(t, b, "m1", 100).Release()
+	h, err := b.cache.Acquire(t.Context(), "m1", func(ctx context.Context, tmp string) error {
+		require.FileExists(t, other.Path(), "the holder's file stays while the new one is prepared")
+		return b.prepareN("m1", 100)(ctx, tmp)
+	})
+	require.NoError(t, err)
+	h.Release()
 	require.Equal(t, 4, b.preparedCount("m1"))
 	other.Release()
 	require.FileExists(t, filepath.Join(b.cache.Dir(), "m1"), "the old holder's release leaves the new artifact alone")
