@@ -373,9 +373,8 @@ func (c *Cache) Acquire(ctx context.Context, id string, prepare func(ctx context
 		if e := c.entries[id]; e != nil {
 			e.pins++
 			c.mu.Unlock()
-			h, err := c.verify(e)
-			if h != nil || err != nil {
-				return h, err
+			if h := c.verify(e); h != nil {
+				return h, nil
 			}
 			continue // it did not match: prepare it afresh
 		}
@@ -424,8 +423,8 @@ func (c *Cache) handle(e *entry) *Handle {
 
 // verify checks pinned entry e against its checksum. It returns a handle
 // if it matches; if not, it counts the failure, unpins e, discards it and
-// returns neither handle nor error.
-func (c *Cache) verify(e *entry) (*Handle, error) {
+// returns nil.
+func (c *Cache) verify(e *entry) *Handle {
 	sum, _, err := checksum(filepath.Join(c.dir, e.id), c.envHash, e.id)
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -434,18 +433,18 @@ func (c *Cache) verify(e *entry) (*Handle, error) {
 		e.lastUse = c.tick
 		c.stats.Hits++
 		c.m.hits.Inc()
-		return c.handle(e), nil
+		return c.handle(e)
 	}
 	e.pins--
 	if e.detached {
 		c.dropGhostLocked(e.id)
-		return nil, nil // someone else found it bad first, or replaced it
+		return nil // someone else found it bad first, or replaced it
 	}
 	c.stats.ChecksumFailures++
 	c.m.checksumFailures.Inc()
 	c.log.Warn("artifact does not match its checksum; preparing it again", "id", e.id, "want", e.sum, "got", sum, "err", err)
 	c.removeLocked(e)
-	return nil, nil
+	return nil
 }
 
 // lead runs the preparation of flight f and installs its artifact.
