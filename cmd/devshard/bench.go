@@ -24,7 +24,7 @@ lines say '(target none)'). 'bench gateway' also sets the gateway beside a plain
 reverse proxy measured in the same run ('ROUND' and 'VERSUS_PROXY' lines).
 docs/BENCHMARKS.md records the results.`,
 	}
-	cmd.AddCommand(newBenchProtocolCommand(), newBenchStoreCommand(), newBenchSchedulerCommand(), newBenchGatewayCommand(), newBenchHostCommand(), newBenchJobsCommand(), newBenchChainCommand(), newBenchWorkersCommand())
+	cmd.AddCommand(newBenchProtocolCommand(), newBenchStoreCommand(), newBenchSchedulerCommand(), newBenchGatewayCommand(), newBenchHostCommand(), newBenchJobsCommand(), newBenchChainCommand(), newBenchWorkersCommand(), newBenchArtifactsCommand())
 	return cmd
 }
 
