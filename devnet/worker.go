@@ -80,6 +80,7 @@ args = ["executor", "builtin", "--concurrent", "%d", "--think-time", %q]
 kinds = ["inference", "validation"]
 concurrent = %d
 ready_timeout = "10s"
+prepare = true
 `, h.URL, h.Key.Address().String(), chainID, cfg.Binary, workerSlots, cfg.ThinkTime.String(), workerSlots)
 	return os.WriteFile(filepath.Join(w.Home, "worker.toml"), []byte(conf), 0o600)
 }

@@ -32,8 +32,28 @@ type FileConfig struct {
 	ClaimWait Duration `toml:"claim_wait"`
 	// Executors are the child processes that run the jobs.
 	Executors []ExecutorConfig `toml:"executor"`
+	// Cache is where prepared artifacts are kept (docs/artifacts.md).
+	Cache CacheConfig `toml:"cache"`
+	// Models name the sources executors prepare their models from.
+	Models []ModelConfig `toml:"model"`
 
 	dir string // the config file's directory
+}
+
+// CacheConfig is the [cache] block.
+type CacheConfig struct {
+	// Dir holds each preparing executor's artifacts, under its name and
+	// its environment's hash; relative to the config file.
+	Dir string `toml:"dir"`
+	// MaxBytes bounds each executor's artifacts on disk.
+	MaxBytes int64 `toml:"max_bytes"`
+}
+
+// ModelConfig is one [[model]] block: where a model's weights come from.
+type ModelConfig struct {
+	Name   string `toml:"name"`
+	Source string `toml:"source"`
+	SHA256 string `toml:"sha256"`
 }
 
 // ExecutorConfig is one [[executor]] block.
@@ -47,6 +67,9 @@ type ExecutorConfig struct {
 	Weight       int               `toml:"weight"`
 	ReadyTimeout Duration          `toml:"ready_timeout"`
 	Envs         map[string]string `toml:"envs"`
+	// Prepare: the executor runs its models from artifacts it prepares
+	// (the prepare task), kept in the cache and verified before each use.
+	Prepare bool `toml:"prepare"`
 }
 
 // Duration is a time.Duration written as "5s" in TOML.
@@ -105,6 +128,24 @@ func (c *FileConfig) check() error {
 	}
 	if c.ClaimWait == 0 {
 		c.ClaimWait = Duration(25 * time.Second)
+	}
+	if c.Cache.Dir == "" {
+		c.Cache.Dir = "artifacts"
+	}
+	if c.Cache.MaxBytes < 0 {
+		return errors.New("cache.max_bytes must not be negative")
+	}
+	models := map[string]bool{}
+	for _, m := range c.Models {
+		switch {
+		case m.Name == "":
+			return errors.New("a [[model]] block has no name")
+		case models[m.Name]:
+			return fmt.Errorf("model %q is listed twice", m.Name)
+		case m.SHA256 != "" && m.Source == "":
+			return fmt.Errorf("model %q: sha256 without a source", m.Name)
+		}
+		models[m.Name] = true
 	}
 	if len(c.Executors) == 0 {
 		return errors.New("no [[executor]] block: the worker needs at least one executor")
@@ -206,8 +247,23 @@ concurrent = 2
 weight = 1
 # It must print its ready line within this long after it starts.
 ready_timeout = "5s"
+# Prepare each model once into an artifact (the prepare task), kept in the
+# cache below and verified before every use.
+prepare = true
 # Extra environment for this child only, e.g. one GPU each.
 [executor.envs]
 # CUDA_VISIBLE_DEVICES = "0"
+
+# Prepared artifacts, per executor, under a directory named by the hash of
+# the environment they were prepared in (binaries, CPU features, kernel).
+[cache]
+# dir = "artifacts"           # relative to this file
+# max_bytes = 10737418240     # each executor's bound; 0: 10 GiB
+
+# Where a model's weights come from, for executors that prepare it.
+# [[model]]
+# name = "llama-3-8b"
+# source = "/models/llama-3-8b.safetensors"
+# sha256 = "..."
 `, hostURL, bin)
 }
