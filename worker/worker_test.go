@@ -74,10 +74,18 @@ func question(n int) executor.Request {
 	return executor.Request{Model: executor.BuiltinModel, MaxTokens: 16, Messages: []executor.Message{{Role: "user", Content: fmt.Sprintf("question %d", n)}}}
 }
 
-// enqueueValidation adds a validation of another host (no vote follows).
+// enqueueValidation adds a validation of another host (no vote follows)
+// of question n.
 func (h *realHost) enqueueValidation(t *testing.T, n int) string {
 	t.Helper()
-	in, err := json.Marshal(hostapi.ValidationInput{Host: "elsewhere", Escrow: 9, Inference: uint64(n), Request: question(n), TimeoutSeconds: 30})
+	return h.enqueueValidationOf(t, n, question(n))
+}
+
+// enqueueValidationOf adds a validation of another host's inference n,
+// whose request was req.
+func (h *realHost) enqueueValidationOf(t *testing.T, n int, req executor.Request) string {
+	t.Helper()
+	in, err := json.Marshal(hostapi.ValidationInput{Host: "elsewhere", Escrow: 9, Inference: uint64(n), Request: req, TimeoutSeconds: 30})
 	require.NoError(t, err)
 	j, _, err := h.q.Enqueue(context.Background(), jobs.KindValidation, in)
 	require.NoError(t, err)
@@ -135,15 +143,21 @@ func TestWorkerRunsValidationJobs(t *testing.T) {
 	}
 	startWorker(t, Config{Host: h.host, Runner: &runner{ex: executor.Builtin{}, slots: 3}})
 	for n, id := range ids {
-		j := waitState(t, h.q, id, jobs.Succeeded)
-		var got hostapi.ValidationResult
-		require.NoError(t, json.Unmarshal(j.Result, &got))
-		want, err := executor.Builtin{}.Execute(context.Background(), question(n), func(string) error { return nil })
-		require.NoError(t, err)
-		hash := want.ResponseHash()
-		require.Equal(t, hex.EncodeToString(hash[:]), got.ResponseHash)
-		require.Equal(t, want.Usage, got.Usage)
+		requireBuiltinResult(t, waitState(t, h.q, id, jobs.Succeeded), n)
 	}
+}
+
+// requireBuiltinResult checks that validation job j, of question n, holds
+// what the built-in model answers to it, run in process.
+func requireBuiltinResult(t *testing.T, j jobs.Job, n int) {
+	t.Helper()
+	var got hostapi.ValidationResult
+	require.NoError(t, json.Unmarshal(j.Result, &got), "job %s", j.ID)
+	want, err := executor.Builtin{}.Execute(context.Background(), question(n), func(string) error { return nil })
+	require.NoError(t, err)
+	hash := want.ResponseHash()
+	require.Equal(t, hex.EncodeToString(hash[:]), got.ResponseHash, "job %s, question %d", j.ID, n)
+	require.Equal(t, want.Usage, got.Usage, "job %s, question %d", j.ID, n)
 }
 
 // blockingRunner runs until its context ends, telling started, and
