@@ -241,16 +241,22 @@ func TestWorkerRunsAgainWhenItsExecutorDies(t *testing.T) {
 	require.Equal(t, 1, failed[ClassExecutorDied])
 }
 
-// fakeHost records the pieces a stream sends; each call takes delay.
+// fakeHost records the pieces a stream sends; each call tells began,
+// when set and free, then takes delay.
 type fakeHost struct {
 	Host
 	delay time.Duration
+	began chan struct{}
 	mu    sync.Mutex
 	calls [][]string
 	seqs  []uint64
 }
 
 func (f *fakeHost) Pieces(_ context.Context, _ hostapi.Lease, seq uint64, pieces []string) error {
+	select {
+	case f.began <- struct{}{}:
+	default:
+	}
 	time.Sleep(f.delay)
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -263,7 +269,7 @@ func (f *fakeHost) Pieces(_ context.Context, _ hostapi.Lease, seq uint64, pieces
 // call is in flight go together in the next one.
 func TestStreamBatchesWhileACallIsInFlight(t *testing.T) {
 	t.Parallel()
-	f := &fakeHost{delay: 30 * time.Millisecond}
+	f := &fakeHost{delay: 30 * time.Millisecond, began: make(chan struct{}, 1)}
 	s := newStream(context.Background(), f, hostapi.Lease{JobID: "j", Attempt: 1, Token: "t"})
 	require.True(t, s.empty())
 	var want []string
@@ -271,6 +277,16 @@ func TestStreamBatchesWhileACallIsInFlight(t *testing.T) {
 		p := fmt.Sprintf("p%d ", i)
 		want = append(want, p)
 		require.NoError(t, s.add(p))
+		if i == 0 {
+			// The first piece leaves with no other to wait for. Waiting
+			// here for its call, rather than sleeping, holds on a loaded
+			// machine too, where the sending goroutine may start late.
+			select {
+			case <-f.began:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the first piece did not leave until another came")
+			}
+		}
 		time.Sleep(2 * time.Millisecond)
 	}
 	require.NoError(t, s.close())
@@ -282,7 +298,7 @@ func TestStreamBatchesWhileACallIsInFlight(t *testing.T) {
 	}
 	require.Equal(t, strings.Join(want, ""), strings.Join(got, ""))
 	require.Less(t, len(f.calls), 20, "pieces that came during a call went together")
-	require.Len(t, f.calls[0], 1, "the first piece left alone, at once")
+	require.Len(t, f.calls[0], 1, "the first piece left alone")
 }
 
 // A worker whose key the host does not accept stops at once with the
