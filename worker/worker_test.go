@@ -74,10 +74,18 @@ func question(n int) executor.Request {
 	return executor.Request{Model: executor.BuiltinModel, MaxTokens: 16, Messages: []executor.Message{{Role: "user", Content: fmt.Sprintf("question %d", n)}}}
 }
 
-// enqueueValidation adds a validation of another host (no vote follows).
+// enqueueValidation adds a validation of another host (no vote follows)
+// of question n.
 func (h *realHost) enqueueValidation(t *testing.T, n int) string {
 	t.Helper()
-	in, err := json.Marshal(hostapi.ValidationInput{Host: "elsewhere", Escrow: 9, Inference: uint64(n), Request: question(n), TimeoutSeconds: 30})
+	return h.enqueueValidationOf(t, n, question(n))
+}
+
+// enqueueValidationOf adds a validation of another host's inference n,
+// whose request was req.
+func (h *realHost) enqueueValidationOf(t *testing.T, n int, req executor.Request) string {
+	t.Helper()
+	in, err := json.Marshal(hostapi.ValidationInput{Host: "elsewhere", Escrow: 9, Inference: uint64(n), Request: req, TimeoutSeconds: 30})
 	require.NoError(t, err)
 	j, _, err := h.q.Enqueue(context.Background(), jobs.KindValidation, in)
 	require.NoError(t, err)
@@ -135,15 +143,21 @@ func TestWorkerRunsValidationJobs(t *testing.T) {
 	}
 	startWorker(t, Config{Host: h.host, Runner: &runner{ex: executor.Builtin{}, slots: 3}})
 	for n, id := range ids {
-		j := waitState(t, h.q, id, jobs.Succeeded)
-		var got hostapi.ValidationResult
-		require.NoError(t, json.Unmarshal(j.Result, &got))
-		want, err := executor.Builtin{}.Execute(context.Background(), question(n), func(string) error { return nil })
-		require.NoError(t, err)
-		hash := want.ResponseHash()
-		require.Equal(t, hex.EncodeToString(hash[:]), got.ResponseHash)
-		require.Equal(t, want.Usage, got.Usage)
+		requireBuiltinResult(t, waitState(t, h.q, id, jobs.Succeeded), n)
 	}
+}
+
+// requireBuiltinResult checks that validation job j, of question n, holds
+// what the built-in model answers to it, run in process.
+func requireBuiltinResult(t *testing.T, j jobs.Job, n int) {
+	t.Helper()
+	var got hostapi.ValidationResult
+	require.NoError(t, json.Unmarshal(j.Result, &got), "job %s", j.ID)
+	want, err := executor.Builtin{}.Execute(context.Background(), question(n), func(string) error { return nil })
+	require.NoError(t, err)
+	hash := want.ResponseHash()
+	require.Equal(t, hex.EncodeToString(hash[:]), got.ResponseHash, "job %s, question %d", j.ID, n)
+	require.Equal(t, want.Usage, got.Usage, "job %s, question %d", j.ID, n)
 }
 
 // blockingRunner runs until its context ends, telling started, and
@@ -227,16 +241,22 @@ func TestWorkerRunsAgainWhenItsExecutorDies(t *testing.T) {
 	require.Equal(t, 1, failed[ClassExecutorDied])
 }
 
-// fakeHost records the pieces a stream sends; each call takes delay.
+// fakeHost records the pieces a stream sends; each call tells began,
+// when set and free, then takes delay.
 type fakeHost struct {
 	Host
 	delay time.Duration
+	began chan struct{}
 	mu    sync.Mutex
 	calls [][]string
 	seqs  []uint64
 }
 
 func (f *fakeHost) Pieces(_ context.Context, _ hostapi.Lease, seq uint64, pieces []string) error {
+	select {
+	case f.began <- struct{}{}:
+	default:
+	}
 	time.Sleep(f.delay)
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -249,7 +269,7 @@ func (f *fakeHost) Pieces(_ context.Context, _ hostapi.Lease, seq uint64, pieces
 // call is in flight go together in the next one.
 func TestStreamBatchesWhileACallIsInFlight(t *testing.T) {
 	t.Parallel()
-	f := &fakeHost{delay: 30 * time.Millisecond}
+	f := &fakeHost{delay: 30 * time.Millisecond, began: make(chan struct{}, 1)}
 	s := newStream(context.Background(), f, hostapi.Lease{JobID: "j", Attempt: 1, Token: "t"})
 	require.True(t, s.empty())
 	var want []string
@@ -257,6 +277,16 @@ func TestStreamBatchesWhileACallIsInFlight(t *testing.T) {
 		p := fmt.Sprintf("p%d ", i)
 		want = append(want, p)
 		require.NoError(t, s.add(p))
+		if i == 0 {
+			// The first piece leaves with no other to wait for. Waiting
+			// here for its call, rather than sleeping, holds on a loaded
+			// machine too, where the sending goroutine may start late.
+			select {
+			case <-f.began:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the first piece did not leave until another came")
+			}
+		}
 		time.Sleep(2 * time.Millisecond)
 	}
 	require.NoError(t, s.close())
@@ -268,7 +298,7 @@ func TestStreamBatchesWhileACallIsInFlight(t *testing.T) {
 	}
 	require.Equal(t, strings.Join(want, ""), strings.Join(got, ""))
 	require.Less(t, len(f.calls), 20, "pieces that came during a call went together")
-	require.Len(t, f.calls[0], 1, "the first piece left alone, at once")
+	require.Len(t, f.calls[0], 1, "the first piece left alone")
 }
 
 // A worker whose key the host does not accept stops at once with the
