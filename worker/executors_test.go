@@ -52,6 +52,8 @@ func helper(mode string) int {
 		exec = &crashing{every: 1}
 	case "env":
 		exec = envEcho{}
+	case "unloadable":
+		exec = unloadable{}
 	case "never-ready":
 		time.Sleep(time.Hour)
 		return 0
@@ -83,6 +85,14 @@ func (c *crashing) Execute(ctx context.Context, req executor.Request, emit func(
 	fmt.Fprintln(os.Stderr, "crashing on purpose")
 	os.Exit(3)
 	panic("unreachable")
+}
+
+// unloadable prepares as Builtin does, and can load no artifact: every
+// run that names one is a construction error.
+type unloadable struct{ executor.Builtin }
+
+func (unloadable) Load(model, path string) (executor.Executor, error) {
+	return nil, fmt.Errorf("%w: %s cannot be loaded here (a test executor that loads nothing)", executor.ErrConstruction, path)
 }
 
 // envEcho answers with its GPU variable and its temp dir, as os.TempDir
