@@ -2,12 +2,15 @@ package worker
 
 import (
 	"context"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/artifacts"
@@ -110,4 +113,41 @@ func waitEnded(t *testing.T, q *jobs.Queue, id string) jobs.Job {
 		return err == nil && (j.State == jobs.Succeeded || j.State == jobs.Failed)
 	}, 15*time.Second, 10*time.Millisecond, "job %s never ended", id)
 	return j
+}
+
+// Each preparing executor's cache reports its metrics under its own name,
+// so two caches share one registry.
+func TestWorkerArtifactMetricsByExecutor(t *testing.T) {
+	t.Parallel()
+	bin, err := os.Executable()
+	require.NoError(t, err)
+	path := filepath.Join(t.TempDir(), "worker.toml")
+	block := func(name string) string {
+		return fmt.Sprintf("[[executor]]\nname = %q\nbin = %q\nprepare = true\n[executor.envs]\nDEVSHARD_WORKER_TEST_MODE = \"builtin\"\n\n", name, bin)
+	}
+	require.NoError(t, os.WriteFile(path, []byte("[host]\nurl = \"http://127.0.0.1:1\"\n\n"+block("a")+block("b")), 0o600))
+	cfg, err := LoadConfig(path)
+	require.NoError(t, err)
+	reg := prometheus.NewRegistry()
+	x, err := StartExecutors(context.Background(), cfg, slog.New(slog.DiscardHandler), reg)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, x.Stop(context.Background())) })
+	_, err = x.Run(context.Background(), Task{Kind: "validation", Request: question(1)}, func(string) error { return nil })
+	require.NoError(t, err)
+	mfs, err := reg.Gather()
+	require.NoError(t, err)
+	executors := map[string]bool{}
+	for _, mf := range mfs {
+		if mf.GetName() != "devshard_artifacts_preparations_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == "executor" {
+					executors[lp.GetValue()] = true
+				}
+			}
+		}
+	}
+	require.Equal(t, map[string]bool{"a": true, "b": true}, executors)
 }

@@ -30,6 +30,9 @@ type FileConfig struct {
 	TempDir string `toml:"temp_dir"`
 	// ClaimWait is one long poll's wait.
 	ClaimWait Duration `toml:"claim_wait"`
+	// MetricsListen is where the worker serves GET /metrics (Prometheus);
+	// empty: nowhere.
+	MetricsListen string `toml:"metrics_listen"`
 	// Executors are the child processes that run the jobs.
 	Executors []ExecutorConfig `toml:"executor"`
 	// Cache is where prepared artifacts are kept (docs/artifacts.md).
@@ -228,6 +231,10 @@ key_file = "worker.key"
 
 # How long one claim waits for a job (the long poll), at most 30s.
 # claim_wait = "25s"
+
+# Where to serve GET /metrics for Prometheus (the worker's jobs and its
+# artifact caches); empty: nowhere.
+# metrics_listen = "127.0.0.1:9464"
 
 # Each [[executor]] is a long-lived child process speaking newline-delimited
 # JSON on stdin and stdout (docs/workers.md, "The executor protocol").

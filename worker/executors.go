@@ -11,6 +11,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/devshard/devshard/artifacts"
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/executor/ndjson"
@@ -38,8 +40,9 @@ type Executors struct {
 // ready line. One that prints none in time is reported in the log and
 // kept under supervision, which starts it again after a pause; the worker
 // serves with the others meanwhile. Only when none can start is it an
-// error.
-func StartExecutors(ctx context.Context, cfg *FileConfig, log *slog.Logger) (*Executors, error) {
+// error. The artifact caches' metrics go to reg (nil: none), labelled
+// with their executor.
+func StartExecutors(ctx context.Context, cfg *FileConfig, log *slog.Logger, reg prometheus.Registerer) (*Executors, error) {
 	x := &Executors{log: log, caches: map[*child.Child]*artifacts.Cache{}, models: map[string]ModelConfig{}, broken: map[string]error{}}
 	for _, m := range cfg.Models {
 		x.models[m.Name] = m
@@ -61,7 +64,11 @@ func StartExecutors(ctx context.Context, cfg *FileConfig, log *slog.Logger) (*Ex
 		}
 		x.children = append(x.children, c)
 		if ec.Prepare {
-			cache, err := openCache(cfg, ec)
+			var r prometheus.Registerer
+			if reg != nil {
+				r = prometheus.WrapRegistererWith(prometheus.Labels{"executor": ec.Name}, reg)
+			}
+			cache, err := openCache(cfg, ec, r)
 			if err != nil {
 				x.Stop(context.Background())
 				return nil, fmt.Errorf("executor %s: %w", ec.Name, err)
@@ -183,12 +190,12 @@ func classify(err error, fallback ndjson.Class) error {
 
 // openCache opens the artifact cache of executor ec: its own directory
 // under the cache's, holding only the artifacts of its environment.
-func openCache(cfg *FileConfig, ec ExecutorConfig) (*artifacts.Cache, error) {
+func openCache(cfg *FileConfig, ec ExecutorConfig, reg prometheus.Registerer) (*artifacts.Cache, error) {
 	env, err := artifacts.CurrentEnv(cfg.Path(ec.Bin), strings.Join(ec.Args, "\x00"))
 	if err != nil {
 		return nil, err
 	}
-	return artifacts.Open(filepath.Join(cfg.Path(cfg.Cache.Dir), ec.Name), env, artifacts.Options{MaxBytes: cfg.Cache.MaxBytes})
+	return artifacts.Open(filepath.Join(cfg.Path(cfg.Cache.Dir), ec.Name), env, artifacts.Options{MaxBytes: cfg.Cache.MaxBytes, Registerer: reg})
 }
 
 // Stop stops every child.

@@ -157,7 +157,7 @@ func setupFaults(t *testing.T, tempDir, blocks string) *faults {
 	f := &faults{h: h, logs: &logBuffer{}}
 	f.log = slog.New(slog.NewTextHandler(f.logs, nil))
 	began := time.Now()
-	f.x, err = StartExecutors(context.Background(), cfg, f.log)
+	f.x, err = StartExecutors(context.Background(), cfg, f.log, nil)
 	f.startTook = time.Since(began)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, f.x.Stop(context.Background())) })

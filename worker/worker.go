@@ -21,6 +21,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/signing"
@@ -92,6 +94,8 @@ type Config struct {
 	// OnJob, if set, is told of every job's end: its kind and error (nil
 	// when it finished).
 	OnJob func(kind string, err error)
+	// Registerer receives the worker's metrics (nil: none).
+	Registerer prometheus.Registerer
 }
 
 // Worker pulls and runs jobs.
@@ -101,6 +105,8 @@ type Worker struct {
 	mu    sync.Mutex
 	ran   map[string]int // jobs ended, by kind
 	fails map[string]int // jobs failed, by class
+
+	ended *prometheus.CounterVec // devshard_worker_jobs_total{kind, outcome}
 }
 
 // New returns a worker; Run starts it.
@@ -124,7 +130,16 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	return &Worker{cfg: cfg, ran: map[string]int{}, fails: map[string]int{}}, nil
+	w := &Worker{cfg: cfg, ran: map[string]int{}, fails: map[string]int{},
+		ended: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "devshard_worker_jobs_total",
+			Help: "Jobs this worker ended, by kind and outcome: succeeded, failed (with a class, to the host), or lost (its lease, or the host's answer)."},
+			[]string{"kind", "outcome"})}
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(w.ended); err != nil {
+			return nil, err
+		}
+	}
+	return w, nil
 }
 
 // Run claims and runs jobs until ctx ends. A job running then is
@@ -227,6 +242,15 @@ func (w *Worker) job(ctx context.Context, c *hostapi.ClaimResponse) {
 	w.mu.Lock()
 	w.ran[c.Kind]++
 	w.mu.Unlock()
+	outcome := "succeeded"
+	var failed *failedJob
+	switch {
+	case errors.As(err, &failed):
+		outcome = "failed"
+	case err != nil:
+		outcome = "lost"
+	}
+	w.ended.WithLabelValues(c.Kind, outcome).Inc()
 	if w.cfg.OnJob != nil {
 		w.cfg.OnJob(c.Kind, err)
 	}
@@ -288,8 +312,17 @@ func (w *Worker) fail(ctx context.Context, c *hostapi.ClaimResponse, class strin
 	if ferr := w.cfg.Host.Fail(ctx, c.Lease, class, err.Error()); ferr != nil {
 		return fmt.Errorf("%v; and the host refused the fail: %w", err, ferr)
 	}
-	return err
+	return &failedJob{class, err}
 }
+
+// failedJob is a job the worker failed, and the host took the fail.
+type failedJob struct {
+	class string
+	err   error
+}
+
+func (f *failedJob) Error() string { return f.class + ": " + f.err.Error() }
+func (f *failedJob) Unwrap() error { return f.err }
 
 // inference runs an inference job and streams its output to the host.
 func (w *Worker) inference(ctx context.Context, c *hostapi.ClaimResponse) error {

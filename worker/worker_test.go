@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/executor"
@@ -141,10 +142,39 @@ func TestWorkerRunsValidationJobs(t *testing.T) {
 	for n := range 12 {
 		ids = append(ids, h.enqueueValidation(t, n))
 	}
-	startWorker(t, Config{Host: h.host, Runner: &runner{ex: executor.Builtin{}, slots: 3}})
+	reg := prometheus.NewRegistry()
+	startWorker(t, Config{Host: h.host, Runner: &runner{ex: executor.Builtin{}, slots: 3}, Registerer: reg})
 	for n, id := range ids {
 		requireBuiltinResult(t, waitState(t, h.q, id, jobs.Succeeded), n)
 	}
+	require.Eventually(t, func() bool {
+		return seriesValue(reg, "devshard_worker_jobs_total", "kind", "validation", "outcome", "succeeded") == 12
+	}, 5*time.Second, 10*time.Millisecond, "the worker counts the jobs it ended")
+}
+
+// seriesValue is the value of the series of a registry with a name and
+// label pairs; 0 when there is none.
+func seriesValue(reg *prometheus.Registry, name string, labels ...string) float64 {
+	mfs, _ := reg.Gather()
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
+			for i := 0; i+1 < len(labels); i += 2 {
+				if have[labels[i]] != labels[i+1] {
+					continue series
+				}
+			}
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return 0
 }
 
 // requireBuiltinResult checks that validation job j, of question n, holds

@@ -248,7 +248,7 @@ func (p *workerPlane) newWorker(ctx context.Context, exe, kind string, children 
 			ReadyTimeout: worker.Duration(30 * time.Second),
 		})
 	}
-	x, err := worker.StartExecutors(ctx, cfg, log)
+	x, err := worker.StartExecutors(ctx, cfg, log, nil)
 	if err != nil {
 		return nil, fmt.Errorf("start the executor children: %w", err)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -17,6 +18,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spf13/cobra"
 
 	"github.com/devshard/devshard/hostapi"
@@ -63,6 +66,10 @@ Config (` + workerConfigFile + `, written commented by 'devshard worker init'):
   key_file    the worker's key, 64 hex characters, mode 0600 (default worker.key)
   temp_dir    where each executor gets a temp directory (default: the system's)
   claim_wait  one long poll's wait, at most 30s (default 25s)
+  metrics_listen  where to serve GET /metrics (default: nowhere)
+
+  [cache]     dir (default artifacts), max_bytes (default 10 GiB): prepared artifacts
+  [[model]]   name, source, sha256: where a model's weights come from
 
   [[executor]]
   name           a name for the logs
@@ -72,6 +79,7 @@ Config (` + workerConfigFile + `, written commented by 'devshard worker init'):
   concurrent     jobs in flight in this child (default 1)
   weight         its share of the work (default 1)
   ready_timeout  how long it may take to print its ready line (default 5s)
+  prepare        run models from artifacts it prepares, kept in the cache (default false)
   [executor.envs] extra environment for this child, e.g. CUDA_VISIBLE_DEVICES`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -153,7 +161,20 @@ func runWorker(ctx context.Context, path string, out io.Writer, log *slog.Logger
 	if err != nil {
 		return err
 	}
-	x, err := worker.StartExecutors(ctx, cfg, log)
+	reg := prometheus.NewRegistry()
+	if cfg.MetricsListen != "" {
+		ln, err := net.Listen("tcp", cfg.MetricsListen)
+		if err != nil {
+			return fmt.Errorf("metrics_listen %q: %w", cfg.MetricsListen, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		defer srv.Close()
+		log.Info("metrics served", "url", "http://"+ln.Addr().String()+"/metrics")
+	}
+	x, err := worker.StartExecutors(ctx, cfg, log, reg)
 	if err != nil {
 		return fmt.Errorf("no executor could start: %w", err)
 	}
@@ -166,7 +187,7 @@ func runWorker(ctx context.Context, path string, out io.Writer, log *slog.Logger
 	}()
 	w, err := worker.New(worker.Config{
 		Host: worker.NewHost(key, chainID, cfg.Host.URL, account), Runner: x, Log: log,
-		ClaimWait: time.Duration(cfg.ClaimWait),
+		ClaimWait: time.Duration(cfg.ClaimWait), Registerer: reg,
 	})
 	if err != nil {
 		return err
