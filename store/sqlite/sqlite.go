@@ -26,6 +26,7 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/devshard/devshard/internal/sqlitedb"
 	"github.com/devshard/devshard/session/sessionpb"
@@ -176,6 +177,13 @@ func (s *Store) load(ctx context.Context) error {
 	return nil
 }
 
+// lockRetries and lockRetryEvery bound how long lockDir asks again for a
+// lock that is held: half a second.
+const (
+	lockRetries    = 10
+	lockRetryEvery = 50 * time.Millisecond
+)
+
 // lockDir takes an exclusive lock on the directory for this process. The
 // kernel releases it when the process dies, however it dies.
 func lockDir(dir string) (*os.File, error) {
@@ -184,7 +192,19 @@ func lockDir(dir string) (*os.File, error) {
 	if err != nil {
 		return nil, fmt.Errorf("sqlite store: open lock file: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+	// A lock held only by a child this process is forking (it holds a
+	// copy of the lock's file until its exec closes it) goes within
+	// milliseconds: a held lock is asked again for a short while before it
+	// counts as another process's.
+	for try := 0; ; try++ {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if try < lockRetries && errors.Is(err, syscall.EWOULDBLOCK) {
+			time.Sleep(lockRetryEvery)
+			continue
+		}
 		owner, _ := os.ReadFile(path)
 		f.Close()
 		return nil, fmt.Errorf("sqlite store %s is in use by another process (%s): stop it first", dir, strings.TrimSpace(string(owner)))
