@@ -244,6 +244,9 @@ func (c *Child) Stop(ctx context.Context) error {
 
 // shutdown ends p as Stop says.
 func (c *Child) shutdown(p *process) error {
+	p.mu.Lock()
+	p.stopping = true
+	p.mu.Unlock()
 	p.stdin.Close()
 	grace := time.NewTimer(c.cfg.StopGrace)
 	defer grace.Stop()

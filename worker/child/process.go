@@ -40,6 +40,7 @@ type process struct {
 	abandoned int  // calls whose caller left and the child still runs
 	gone      bool // stdout ended: no call will be answered
 	reaped    bool // Wait returned: the pid may be reused, never signal it
+	stopping  bool // asked to exit (Stop): its exit is no trouble
 }
 
 // spawn starts the command in a process group of its own (so that killing
@@ -144,8 +145,13 @@ func (p *process) read(stdout io.Reader, logged <-chan struct{}) {
 	err := p.cmd.Wait()
 	p.mu.Lock()
 	p.reaped = true
+	stopping := p.stopping
 	p.mu.Unlock()
-	p.log.Warn("executor exited", "status", p.cmd.ProcessState.String(), "err", err, "up", time.Since(p.began).Round(time.Millisecond))
+	level := slog.LevelWarn
+	if stopping {
+		level = slog.LevelInfo
+	}
+	p.log.Log(context.Background(), level, "executor exited", "status", p.cmd.ProcessState.String(), "err", err, "up", time.Since(p.began).Round(time.Millisecond))
 	if err := os.RemoveAll(p.dir); err != nil {
 		p.log.Warn("executor's temp dir not removed", "dir", p.dir, "err", err)
 	}
