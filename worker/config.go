@@ -199,6 +199,16 @@ func contains(list []string, s string) bool {
 	return false
 }
 
+// Program is the program an executor's bin names: a bare name (no
+// slash) is looked up in PATH when it starts, as a shell would; a
+// relative path is resolved against the config file's directory.
+func (c *FileConfig) Program(bin string) string {
+	if !strings.ContainsRune(bin, filepath.Separator) {
+		return bin
+	}
+	return c.Path(bin)
+}
+
 // Path resolves p against the config file's directory.
 func (c *FileConfig) Path(p string) string {
 	if p == "" || filepath.IsAbs(p) {
@@ -213,15 +223,6 @@ func DefaultConfig(hostURL, bin string) string {
 	return fmt.Sprintf(`# devshard worker configuration (docs/workers.md).
 # Every key is listed; the ones commented out show their defaults.
 
-[host]
-# The public API of the host whose jobs this worker runs. The host must list
-# this worker's account in its jobs.workers setting.
-url = %q
-# The host's account and chain, which every request is signed for; empty:
-# read from the host's /version at start.
-# account = ""
-# chain_id = ""
-
 # The worker's key (64 hex characters, mode 0600), relative to this file.
 key_file = "worker.key"
 
@@ -235,6 +236,15 @@ key_file = "worker.key"
 # Where to serve GET /metrics for Prometheus (the worker's jobs and its
 # artifact caches); empty: nowhere.
 # metrics_listen = "127.0.0.1:9464"
+
+[host]
+# The public API of the host whose jobs this worker runs. The host must list
+# this worker's account in its jobs.workers setting.
+url = %q
+# The host's account and chain, which every request is signed for; empty:
+# read from the host's /version at start.
+# account = ""
+# chain_id = ""
 
 # Each [[executor]] is a long-lived child process speaking newline-delimited
 # JSON on stdin and stdout (docs/workers.md, "The executor protocol").

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -54,7 +55,7 @@ func StartExecutors(ctx context.Context, cfg *FileConfig, log *slog.Logger, reg 
 			kinds[i] = ndjson.Kind(k)
 		}
 		c, err := child.New(child.Config{
-			Name: ec.Name, Bin: cfg.Path(ec.Bin), Args: ec.Args, Env: ec.Envs, Kinds: kinds, Models: ec.Models,
+			Name: ec.Name, Bin: cfg.Program(ec.Bin), Args: ec.Args, Env: ec.Envs, Kinds: kinds, Models: ec.Models,
 			Concurrent: ec.Concurrent, Weight: ec.Weight, ReadyTimeout: time.Duration(ec.ReadyTimeout),
 			TempDir: cfg.TempDir, Logger: log,
 		})
@@ -191,7 +192,11 @@ func classify(err error, fallback ndjson.Class) error {
 // openCache opens the artifact cache of executor ec: its own directory
 // under the cache's, holding only the artifacts of its environment.
 func openCache(cfg *FileConfig, ec ExecutorConfig, reg prometheus.Registerer) (*artifacts.Cache, error) {
-	env, err := artifacts.CurrentEnv(cfg.Path(ec.Bin), strings.Join(ec.Args, "\x00"))
+	bin, err := exec.LookPath(cfg.Program(ec.Bin))
+	if err != nil {
+		return nil, fmt.Errorf("find the executor's program to hash it: %w", err)
+	}
+	env, err := artifacts.CurrentEnv(bin, strings.Join(ec.Args, "\x00"))
 	if err != nil {
 		return nil, err
 	}
