@@ -28,6 +28,7 @@ func Run(t *testing.T, open Opener) {
 		{"ClaimNothingReady", testClaimNothingReady},
 		{"ConcurrentClaimsNeverShare", testConcurrentClaimsNeverShare},
 		{"ClaimBatch", testClaimBatch},
+		{"ClaimN", testClaimN},
 		{"FinishBatchMixedLeases", testFinishBatchMixedLeases},
 		{"ConcurrentFinishesMixedLeases", testConcurrentFinishesMixedLeases},
 		{"AttackLateResultAfterRetry", testAttackLateResultAfterRetry},
@@ -1061,4 +1062,76 @@ func testClosed(t *testing.T, b *bundle) {
 	require.ErrorIs(t, b.q.Finish(b.ctx, c.Lease, nil), jobs.ErrClosed)
 	_, err = b.q.Rescue(b.ctx)
 	require.True(t, errors.Is(err, jobs.ErrClosed))
+}
+
+// ClaimN takes several jobs in claim order, each under its own lease, and
+// pools claiming at once never share a job.
+func testClaimN(t *testing.T, b *bundle) {
+	v := b.enqueue(t, jobs.KindValidation, "v")
+	b.clock.Advance(time.Second)
+	i1 := b.enqueue(t, jobs.KindInference, "i1")
+	b.clock.Advance(time.Second)
+	i2 := b.enqueue(t, jobs.KindInference, "i2")
+	cs, err := b.q.ClaimN(b.ctx, "pool", 2)
+	require.NoError(t, err)
+	require.Len(t, cs, 2)
+	require.Equal(t, []string{i1.ID, i2.ID}, []string{cs[0].Job.ID, cs[1].Job.ID}, "claim order")
+	require.NotEqual(t, cs[0].Lease.Token, cs[1].Lease.Token, "a lease each")
+	for _, c := range cs {
+		require.Equal(t, 1, c.Lease.Attempt)
+		require.Equal(t, jobs.Running, c.Job.State)
+		require.Empty(t, c.Job.LeaseToken, "the token is in the lease only")
+	}
+	// Each lease fences its own job: one's token does not finish the other.
+	crossed := jobs.Lease{JobID: cs[1].Lease.JobID, Attempt: 1, Token: cs[0].Lease.Token}
+	require.ErrorIs(t, b.q.Finish(b.ctx, crossed, []byte("x")), jobs.ErrStaleLease)
+	require.NoError(t, b.q.Finish(b.ctx, cs[0].Lease, []byte("r")))
+
+	rest, err := b.q.ClaimN(b.ctx, "pool", 8)
+	require.NoError(t, err)
+	require.Len(t, rest, 1, "only what is ready")
+	require.Equal(t, v.ID, rest[0].Job.ID)
+	none, err := b.q.ClaimN(b.ctx, "pool", 8)
+	require.NoError(t, err)
+	require.Empty(t, none)
+	_, err = b.q.ClaimN(b.ctx, "pool", 0)
+	require.ErrorIs(t, err, jobs.ErrInvalid)
+
+	// Pools claiming at once never share a job.
+	const n = 90
+	for i := range n {
+		b.enqueue(t, jobs.KindValidation, fmt.Sprint("pooled ", i))
+	}
+	var mu sync.Mutex
+	seen := map[string]bool{}
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for p := range 4 {
+		wg.Go(func() {
+			for {
+				cs, err := b.q.ClaimN(b.ctx, fmt.Sprint("pool", p), 7)
+				if err != nil {
+					errs <- err
+					return
+				}
+				if len(cs) == 0 {
+					return
+				}
+				mu.Lock()
+				for _, c := range cs {
+					if seen[c.Job.ID] {
+						errs <- fmt.Errorf("job %s claimed twice", c.Job.ID)
+					}
+					seen[c.Job.ID] = true
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	require.Len(t, seen, n)
 }
