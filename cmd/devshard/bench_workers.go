@@ -207,7 +207,8 @@ func startWorkerPlane(ctx context.Context, dir, synchronous string) (*workerPlan
 	if err != nil {
 		return nil, err
 	}
-	if p.q, err = jobs.New(d, jobs.Options{}); err != nil {
+	// As the daemon's queue: inference jobs in memory (host openJobs).
+	if p.q, err = jobs.New(d, jobs.Options{Volatile: jobs.IsInference}); err != nil {
 		d.Close()
 		return nil, err
 	}
