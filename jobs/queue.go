@@ -471,15 +471,25 @@ func (q *Queue) Rescue(ctx context.Context) (RescueReport, error) {
 	}
 	now := q.now()
 	p := RescueParams{Now: now, MaxTry: q.opts.MaxTry, FinishedBefore: now.Add(-q.opts.Lifetime)}
+	// The volatile pass is counted even when the durable one fails, as
+	// it took effect all the same.
 	r, _ := q.mem.Rescue(ctx, p) // memory never fails
+	q.rescued(r)
 	durable, err := q.d.Rescue(ctx, p)
 	if err != nil {
 		return RescueReport{}, err
 	}
+	q.rescued(durable)
 	r.Skipped = durable.Skipped
 	r.Retried = append(r.Retried, durable.Retried...)
 	r.Failed = append(r.Failed, durable.Failed...)
 	r.Expired += durable.Expired
+	return r, nil
+}
+
+// rescued counts what a pass did, and wakes the claimers if it made jobs
+// ready.
+func (q *Queue) rescued(r RescueReport) {
 	for _, j := range r.Retried {
 		q.metrics.retried.WithLabelValues(string(j.Kind)).Inc()
 	}
@@ -490,7 +500,6 @@ func (q *Queue) Rescue(ctx context.Context) (RescueReport, error) {
 	if len(r.Retried) > 0 {
 		q.wake.signal()
 	}
-	return r, nil
 }
 
 // Run makes a maintenance pass every RescueInterval until ctx ends, and
