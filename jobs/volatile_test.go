@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/jobs"
@@ -26,22 +27,25 @@ type volatileBundle struct {
 	path  string
 	q     *jobs.Queue
 	clock *jobstest.Clock
+	reg   *prometheus.Registry
 	ctx   context.Context
 }
 
 func setupVolatile(t *testing.T) *volatileBundle {
 	t.Helper()
-	b := &volatileBundle{path: filepath.Join(t.TempDir(), sqlite.FileName), clock: jobstest.NewClock(), ctx: t.Context()}
+	b := &volatileBundle{path: filepath.Join(t.TempDir(), sqlite.FileName), clock: jobstest.NewClock(), reg: prometheus.NewRegistry(), ctx: t.Context()}
 	b.q = b.open(t)
 	return b
 }
 
-// open opens a queue on the bundle's file.
+// open opens a queue on the bundle's file, its metrics in a fresh
+// registry.
 func (b *volatileBundle) open(t *testing.T) *jobs.Queue {
 	t.Helper()
 	d, err := sqlite.Open(b.ctx, b.path, sqlite.Options{})
 	require.NoError(t, err)
-	q, err := jobs.New(d, jobs.Options{Now: b.clock.Now, PollInterval: time.Minute, Volatile: jobs.IsInference})
+	b.reg = prometheus.NewRegistry()
+	q, err := jobs.New(d, jobs.Options{Now: b.clock.Now, PollInterval: time.Minute, Volatile: jobs.IsInference, Registerer: b.reg})
 	require.NoError(t, err)
 	t.Cleanup(func() { q.Close() })
 	return q
@@ -291,4 +295,33 @@ func TestVolatileGoneAfterRestart(t *testing.T) {
 	n, err := b.q.Count(b.ctx)
 	require.NoError(t, err)
 	require.Equal(t, 1, n[jobs.Ready])
+}
+
+// Volatile jobs are counted as durable ones: by kind, and in the depth.
+func TestVolatileMetrics(t *testing.T) {
+	t.Parallel()
+	b := setupVolatile(t)
+	b.enqueue(t, kindInference, "a")
+	b.enqueue(t, kindInference, "b")
+	b.enqueue(t, kindDurable, "c")
+	c := b.claim(t)
+	require.NoError(t, b.q.Finish(b.ctx, c.Lease, nil))
+	stale := c.Lease
+	stale.Token = "forged"
+	_, err := b.q.Heartbeat(b.ctx, stale)
+	require.ErrorIs(t, err, jobs.ErrStaleLease)
+	b.claim(t)
+	b.clock.Advance(b.q.Options().HeartbeatTimeout + time.Second)
+	_, err = b.q.Rescue(b.ctx)
+	require.NoError(t, err)
+
+	inf := map[string]string{"kind": string(kindInference)}
+	require.Equal(t, 2.0, jobstest.Counter(t, b.reg, "devshard_jobs_enqueued_total", inf))
+	require.Equal(t, 2.0, jobstest.Counter(t, b.reg, "devshard_jobs_claimed_total", inf))
+	require.Equal(t, 1.0, jobstest.Counter(t, b.reg, "devshard_jobs_succeeded_total", inf))
+	require.Equal(t, 1.0, jobstest.Counter(t, b.reg, "devshard_jobs_retried_total", inf))
+	require.Equal(t, 1.0, jobstest.Counter(t, b.reg, "devshard_jobs_stale_lease_refusals_total", map[string]string{"kind": string(kindInference), "call": "heartbeat"}))
+	for state, want := range map[jobs.State]float64{jobs.Ready: 2, jobs.Running: 0, jobs.Succeeded: 1, jobs.Failed: 0} {
+		require.Equal(t, want, jobstest.Counter(t, b.reg, "devshard_jobs_depth", map[string]string{"state": string(state)}), "depth %s", state)
+	}
 }
