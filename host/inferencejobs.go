@@ -228,7 +228,8 @@ func (e *Engine) runInferenceJob(ctx context.Context, ref inferenceRef, req exec
 	}
 	if !created {
 		if j.State == jobs.Succeeded {
-			// Run before a restart: its answer stands, sent whole.
+			// Run for an earlier request (within the queue's Lifetime):
+			// its answer stands, sent whole.
 			var out hostapi.InferenceOutput
 			if err := json.Unmarshal(j.Result, &out); err == nil {
 				if err := emit(out.Text); err != nil {
@@ -237,9 +238,10 @@ func (e *Engine) runInferenceJob(ctx context.Context, ref inferenceRef, req exec
 				return result(out), nil
 			}
 		}
-		// A job left by an earlier process of this host: its pieces went
-		// to a process that is gone. It starts again, and its old
-		// worker's calls find no job.
+		// A job left by an earlier request whose stream is gone (or, in a
+		// queue kept before inference jobs were volatile, by an earlier
+		// process). It starts again, and its old worker's calls find no
+		// job.
 		if err := q.Remove(ctx, id); err != nil && !errors.Is(err, jobs.ErrNotFound) {
 			return executor.Result{}, fmt.Errorf("%w: replace a stale inference job: %v", executor.ErrUpstream, err)
 		}

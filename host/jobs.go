@@ -77,7 +77,8 @@ func (e *Engine) startJobs() error {
 		}
 		// No other process writes this queue: every enqueue wakes the
 		// claimers, and a poll would only cost.
-		q, err := jobs.New(d, jobs.Options{PollInterval: claimWait, Registerer: e.cfg.Metrics.registerer(), OnError: e.rescueFailed})
+		q, err := jobs.New(d, jobs.Options{PollInterval: claimWait, Volatile: jobs.IsInference,
+			Registerer: e.cfg.Metrics.registerer(), OnError: e.rescueFailed})
 		if err != nil {
 			d.Close()
 			return err
@@ -471,7 +472,9 @@ func (m *Metrics) registerer() prometheus.Registerer {
 // its Postgres (jobs/postgres) when it stores in Postgres alone, else the
 // SQLite file jobs.db in the storage directory. A hybrid host keeps its
 // queue local, as its fallback keeps its sessions, so validations go on
-// while Postgres is away.
+// while Postgres is away. Inference jobs are volatile: kept in the
+// queue's memory, since the user's stream they serve dies with this
+// process anyway (docs/jobs.md).
 func openJobs(ctx context.Context, cfg DaemonConfig, mode boot.Mode, reg prometheus.Registerer) (*jobs.Queue, error) {
 	var d jobs.Driver
 	var err error
@@ -486,7 +489,7 @@ func openJobs(ctx context.Context, cfg DaemonConfig, mode boot.Mode, reg prometh
 	log := cfg.Logger
 	q, err := jobs.New(d, jobs.Options{
 		HeartbeatTimeout: cfg.Jobs.HeartbeatTimeout, MaxTry: cfg.Jobs.MaxTry, Lifetime: cfg.Jobs.Lifetime,
-		Registerer: reg, OnError: func(err error) { log.Warn("job queue maintenance", "err", err) },
+		Volatile: jobs.IsInference, Registerer: reg, OnError: func(err error) { log.Warn("job queue maintenance", "err", err) },
 	})
 	if err != nil {
 		d.Close()

@@ -29,6 +29,8 @@
 //     expires. The rescuer returns a running job whose lease expired to
 //     ready, up to MaxTry attempts in all, and fails it after that ("lease
 //     expired after N tries"); only Reset revives it.
+//   - Volatile kinds (Options.Volatile) are kept in the queue's memory, not
+//     the driver: the same rules, no commit, gone with the process.
 //   - Lifetime. A succeeded or failed job is removed Lifetime after it
 //     finished (not after it was created), so a job that waited long in the
 //     queue keeps its result for the full Lifetime.

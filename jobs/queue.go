@@ -40,6 +40,14 @@ type Options struct {
 	// OnError hears the errors of Run's passes, which Run otherwise only
 	// counts, since it keeps going through a database outage.
 	OnError func(error)
+	// Volatile says which kinds are kept in the queue's memory instead of
+	// the driver (nil: none). A volatile job follows every rule of a
+	// durable one (dedup, priority, leases, retries, lifetime, listing)
+	// but costs no commit and dies with the process: for jobs whose only
+	// reader lives in this process, such as a host's inferences, whose
+	// user's stream does. Queues sharing a database do not see each
+	// other's volatile jobs.
+	Volatile func(Kind) bool
 }
 
 func (o Options) withDefaults() Options {
@@ -67,12 +75,17 @@ func (o Options) withDefaults() Options {
 	if o.OnError == nil {
 		o.OnError = func(error) {}
 	}
+	if o.Volatile == nil {
+		o.Volatile = func(Kind) bool { return false }
+	}
 	return o
 }
 
-// Queue is the job queue over a Driver. It is safe for concurrent use.
+// Queue is the job queue over a Driver, with the jobs of volatile kinds
+// kept beside it in memory. It is safe for concurrent use.
 type Queue struct {
 	d       Driver
+	mem     *memory // the volatile jobs
 	opts    Options
 	metrics *metrics
 	wake    broadcast
@@ -93,7 +106,7 @@ type Queue struct {
 // closes it.
 func New(d Driver, opts Options) (*Queue, error) {
 	opts = opts.withDefaults()
-	q := &Queue{d: d, opts: opts, done: make(chan struct{})}
+	q := &Queue{d: d, mem: newMemory(), opts: opts, done: make(chan struct{})}
 	q.wake.ch = make(chan struct{})
 	writers := 1
 	if w, ok := d.(Writers); ok {
@@ -186,7 +199,11 @@ func (q *Queue) Enqueue(ctx context.Context, kind Kind, input []byte) (job Job, 
 	if j.Input == nil {
 		j.Input = []byte{}
 	}
-	stored, created, err := q.d.Insert(ctx, j)
+	side := q.d
+	if q.opts.Volatile(kind) {
+		side = q.mem
+	}
+	stored, created, err := side.Insert(ctx, j)
 	if err != nil {
 		return Job{}, false, err
 	}
@@ -200,7 +217,9 @@ func (q *Queue) Enqueue(ctx context.Context, kind Kind, input []byte) (job Job, 
 
 // Claim hands the first ready job of kinds (any kind if none given) to
 // worker under a new lease, or returns nil when no job is ready. Inference
-// jobs go before validation jobs, then the oldest first.
+// jobs go before validation jobs, then the oldest first. Volatile jobs go
+// before durable jobs; volatile kinds are meant to be the first in
+// priority (inference), so the order holds across both.
 func (q *Queue) Claim(ctx context.Context, worker string, kinds ...Kind) (*Claim, error) {
 	if q.closed() {
 		return nil, ErrClosed
@@ -213,7 +232,14 @@ func (q *Queue) Claim(ctx context.Context, worker string, kinds ...Kind) (*Claim
 			return nil, err
 		}
 	}
-	got, err := q.claims.do(ctx, claimCall{holder: Holder{Worker: worker, Token: newToken()}, kinds: kinds})
+	call := claimCall{holder: Holder{Worker: worker, Token: newToken()}, kinds: kinds}
+	// A volatile job needs no commit, so it is claimed at once rather
+	// than behind the batch being written.
+	if c := q.claimVolatile(call); c != nil {
+		q.metrics.claimed.WithLabelValues(string(c.Job.Kind)).Inc()
+		return c, nil
+	}
+	got, err := q.claims.do(ctx, call)
 	if err == nil {
 		err = got.err
 	}
@@ -279,10 +305,29 @@ type claimed struct {
 	err   error
 }
 
+// claimVolatile claims a volatile job for call, or returns nil when none
+// is ready.
+func (q *Queue) claimVolatile(call claimCall) *Claim {
+	now := q.now()
+	p := ClaimParams{Kinds: call.kinds, Now: now, Expires: now.Add(q.opts.HeartbeatTimeout), Holders: []Holder{call.holder}}
+	js, _ := q.mem.Claim(context.Background(), p) // memory never fails
+	if len(js) == 0 {
+		return nil
+	}
+	return newClaim(js[0], call.holder, p.Expires)
+}
+
+// newClaim is job j claimed by h until expires, its token kept to the
+// claim alone.
+func newClaim(j Job, h Holder, expires time.Time) *Claim {
+	j.LeaseToken = ""
+	return &Claim{Lease: Lease{JobID: j.ID, Attempt: j.Attempt, Token: h.Token}, Expires: expires, Job: j}
+}
+
 // writeClaims claims for a batch of calls. Calls that accept the same
 // kinds share one statement; the first call in the batch gets the first
-// job. Each statement commits on its own, so its error is its calls'
-// alone: the other groups' claims stand.
+// job, volatile jobs first. Each statement commits on its own, so its
+// error is its calls' alone: the other groups' claims stand.
 func (q *Queue) writeClaims(ctx context.Context, calls []claimCall) ([]claimed, error) {
 	now := q.now()
 	expires := now.Add(q.opts.HeartbeatTimeout)
@@ -301,16 +346,21 @@ func (q *Queue) writeClaims(ctx context.Context, calls []claimCall) ([]claimed, 
 		for k, i := range g {
 			p.Holders[k] = calls[i].holder
 		}
-		js, err := q.d.Claim(ctx, p)
+		js, _ := q.mem.Claim(ctx, p) // memory never fails
+		var err error
+		if len(js) < len(p.Holders) {
+			rest := p
+			rest.Holders = p.Holders[len(js):]
+			var durable []Job
+			durable, err = q.d.Claim(ctx, rest)
+			js = append(js, durable...)
+		}
 		for k, i := range g {
 			switch {
+			case k < len(js):
+				out[i].claim = newClaim(js[k], p.Holders[k], expires)
 			case err != nil:
 				out[i].err = err
-			case k < len(js):
-				j := js[k]
-				lease := Lease{JobID: j.ID, Attempt: j.Attempt, Token: p.Holders[k].Token}
-				j.LeaseToken = ""
-				out[i].claim = &Claim{Lease: lease, Expires: expires, Job: j}
 			}
 		}
 	}
@@ -357,7 +407,11 @@ func (q *Queue) Heartbeat(ctx context.Context, lease Lease) (time.Time, error) {
 	}
 	now := q.now()
 	expires := now.Add(q.opts.HeartbeatTimeout)
-	applied, cur, err := q.d.Heartbeat(ctx, lease, now, expires)
+	side := q.d
+	if q.mem.has(lease.JobID) {
+		side = q.mem
+	}
+	applied, cur, err := side.Heartbeat(ctx, lease, now, expires)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -398,7 +452,7 @@ func (q *Queue) finish(ctx context.Context, call string, lease Lease, o Outcome)
 		return ErrClosed
 	}
 	o.Now = q.now()
-	f, err := q.finishes.do(ctx, FinishParams{Lease: lease, Outcome: o})
+	f, err := q.writeFinish(ctx, FinishParams{Lease: lease, Outcome: o})
 	if err != nil {
 		return err
 	}
@@ -419,6 +473,19 @@ func (q *Queue) finish(ctx context.Context, call string, lease Lease, o Outcome)
 		q.metrics.failed.WithLabelValues(kind).Inc()
 	}
 	return nil
+}
+
+// writeFinish applies a finish on the side that holds its job: a
+// volatile job at once, a durable one in the next batch written.
+func (q *Queue) writeFinish(ctx context.Context, f FinishParams) (Fenced, error) {
+	if !q.mem.has(f.Lease.JobID) {
+		return q.finishes.do(ctx, f)
+	}
+	out, err := q.mem.Finish(ctx, []FinishParams{f})
+	if err != nil {
+		return Fenced{}, err
+	}
+	return out[0], nil
 }
 
 // replays reports whether the job was finished by this very lease with
@@ -449,10 +516,26 @@ func (q *Queue) Rescue(ctx context.Context) (RescueReport, error) {
 		return RescueReport{}, ErrClosed
 	}
 	now := q.now()
-	r, err := q.d.Rescue(ctx, RescueParams{Now: now, MaxTry: q.opts.MaxTry, FinishedBefore: now.Add(-q.opts.Lifetime)})
+	p := RescueParams{Now: now, MaxTry: q.opts.MaxTry, FinishedBefore: now.Add(-q.opts.Lifetime)}
+	// The volatile pass is counted even when the durable one fails, as
+	// it took effect all the same.
+	r, _ := q.mem.Rescue(ctx, p) // memory never fails
+	q.rescued(r)
+	durable, err := q.d.Rescue(ctx, p)
 	if err != nil {
-		return r, err
+		return RescueReport{}, err
 	}
+	q.rescued(durable)
+	r.Skipped = durable.Skipped
+	r.Retried = append(r.Retried, durable.Retried...)
+	r.Failed = append(r.Failed, durable.Failed...)
+	r.Expired += durable.Expired
+	return r, nil
+}
+
+// rescued counts what a pass did, and wakes the claimers if it made jobs
+// ready.
+func (q *Queue) rescued(r RescueReport) {
 	for _, j := range r.Retried {
 		q.metrics.retried.WithLabelValues(string(j.Kind)).Inc()
 	}
@@ -463,7 +546,6 @@ func (q *Queue) Rescue(ctx context.Context) (RescueReport, error) {
 	if len(r.Retried) > 0 {
 		q.wake.signal()
 	}
-	return r, nil
 }
 
 // Run makes a maintenance pass every RescueInterval until ctx ends, and
@@ -492,7 +574,10 @@ func (q *Queue) Get(ctx context.Context, id string) (Job, error) {
 	if q.closed() {
 		return Job{}, ErrClosed
 	}
-	j, err := q.d.Get(ctx, id)
+	j, err := q.mem.Get(ctx, id)
+	if err != nil {
+		j, err = q.d.Get(ctx, id)
+	}
 	j.LeaseToken = ""
 	return j, err
 }
@@ -503,6 +588,13 @@ func (q *Queue) List(ctx context.Context, f Filter) ([]Job, error) {
 		return nil, ErrClosed
 	}
 	js, err := q.d.List(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	if volatile, _ := q.mem.List(ctx, f); len(volatile) > 0 {
+		js = append(js, volatile...)
+		sortByCreated(js)
+	}
 	for i := range js {
 		js[i].LeaseToken = ""
 	}
@@ -520,7 +612,8 @@ func (q *Queue) Reset(ctx context.Context, ids ...string) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	if err := q.d.Reset(ctx, ids); err != nil {
+	durable := func(rest []string) error { return q.d.Reset(ctx, rest) }
+	if err := q.mem.alongside(ids, CheckReset, durable, q.mem.reset); err != nil {
 		return err
 	}
 	q.wake.signal()
@@ -539,7 +632,8 @@ func (q *Queue) Remove(ctx context.Context, ids ...string) error {
 	if len(ids) == 0 {
 		return nil
 	}
-	return q.d.Remove(ctx, ids)
+	durable := func(rest []string) error { return q.d.Remove(ctx, rest) }
+	return q.mem.alongside(ids, CheckFound, durable, q.mem.remove)
 }
 
 // RemoveAll deletes every job in one transaction and returns how many
@@ -548,7 +642,12 @@ func (q *Queue) RemoveAll(ctx context.Context) (int, error) {
 	if q.closed() {
 		return 0, ErrClosed
 	}
-	return q.d.RemoveAll(ctx)
+	n, err := q.d.RemoveAll(ctx)
+	if err != nil {
+		return 0, err
+	}
+	volatile, _ := q.mem.RemoveAll(ctx)
+	return n + volatile, nil
 }
 
 // Count returns the number of jobs in each state.
@@ -556,7 +655,18 @@ func (q *Queue) Count(ctx context.Context) (map[State]int, error) {
 	if q.closed() {
 		return nil, ErrClosed
 	}
-	return q.d.Count(ctx)
+	n, err := q.d.Count(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if n == nil {
+		n = map[State]int{}
+	}
+	volatile, _ := q.mem.Count(ctx)
+	for s, k := range volatile {
+		n[s] += k
+	}
+	return n, nil
 }
 
 // unique returns ids without repeats, in first-seen order.

@@ -146,14 +146,14 @@ func benchWorkers(ctx context.Context, out, progress io.Writer, o benchWorkersOp
 	}
 
 	fmt.Fprintf(out, "# latency: from host.Engine.RunInference until the last of its 16 pieces arrives, %d inferences a round on each host, in turn; built-in model, no think time\n", o.samples)
-	fmt.Fprintln(out, "# in_process: the host's own executor.Builtin; worker: enqueue on the host's SQLite queue (synchronous=FULL), a worker's claim over HTTP, a 'devshard executor builtin' child, the pieces back through the pieces route")
+	fmt.Fprintln(out, "# in_process: the host's own executor.Builtin; worker: enqueue on the host's queue (inference jobs volatile, in memory; the queue's file synchronous=FULL), a worker's claim over HTTP, a 'devshard executor builtin' child, the pieces back through the pieces route")
 	for _, name := range []string{"in_process_p50", "in_process_p99", "worker_p50", "worker_p99"} {
 		fmt.Fprintf(out, "BENCH inference_%s %s ms\n", name, ms(medianOf(figures[name])))
 	}
 	fmt.Fprintln(out, "# added: worker minus in_process within a round, the median over the rounds")
 	fmt.Fprintf(out, "BENCH inference_added_p50 %s ms\n", ms(medianOf(figures["added_p50"])))
 	fmt.Fprintf(out, "BENCH inference_added_p99 %s ms\n", ms(medianOf(figures["added_p99"])))
-	fmt.Fprintln(out, "# worker_normal: the same through a second host whose queue runs synchronous=NORMAL (storage.synchronous), no fsync per commit; worker minus worker_normal is what the fsyncs of the commits before the first piece (the enqueue's, the claim's) cost")
+	fmt.Fprintln(out, "# worker_normal: the same through a second host whose queue runs synchronous=NORMAL (storage.synchronous), no fsync per commit; worker minus worker_normal is what fsyncs cost an inference (none since its job is volatile)")
 	fmt.Fprintf(out, "BENCH inference_worker_normal_p50 %s ms\n", ms(medianOf(figures["worker_normal_p50"])))
 	fmt.Fprintf(out, "BENCH inference_worker_normal_p99 %s ms\n", ms(medianOf(figures["worker_normal_p99"])))
 	fmt.Fprintf(out, "# validation_jobs: %d validation jobs enqueued before the clock starts, one worker with 4 executor children (concurrent 4 each: 16 claim loops), until it finished the last\n", o.jobs)
@@ -207,7 +207,8 @@ func startWorkerPlane(ctx context.Context, dir, synchronous string) (*workerPlan
 	if err != nil {
 		return nil, err
 	}
-	if p.q, err = jobs.New(d, jobs.Options{}); err != nil {
+	// As the daemon's queue: inference jobs in memory (host openJobs).
+	if p.q, err = jobs.New(d, jobs.Options{Volatile: jobs.IsInference}); err != nil {
 		d.Close()
 		return nil, err
 	}
