@@ -278,9 +278,21 @@ func (q *Queue) ClaimN(ctx context.Context, worker string, n int, kinds ...Kind)
 	for i := range p.Holders {
 		p.Holders[i] = Holder{Worker: worker, Token: newToken()}
 	}
-	js, err := q.d.Claim(ctx, p)
-	if err != nil {
-		return nil, err
+	// Volatile jobs first, as Claim takes them; the driver fills the rest
+	// in its one statement.
+	js, _ := q.mem.Claim(ctx, p) // memory never fails
+	if len(js) < n {
+		rest := p
+		rest.Holders = p.Holders[len(js):]
+		durable, err := q.d.Claim(ctx, rest)
+		if err != nil && len(js) == 0 {
+			return nil, err
+		}
+		if err != nil {
+			// The volatile claims stand; the durable ones did not happen.
+			durable = nil
+		}
+		js = append(js, durable...)
 	}
 	out := make([]*Claim, len(js))
 	for i, j := range js {

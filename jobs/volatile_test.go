@@ -325,3 +325,24 @@ func TestVolatileMetrics(t *testing.T) {
 		require.Equal(t, want, jobstest.Counter(t, b.reg, "devshard_jobs_depth", map[string]string{"state": string(state)}), "depth %s", state)
 	}
 }
+
+// ClaimN takes volatile jobs first, then durable ones, in one call, each
+// under its own lease.
+func TestVolatileClaimN(t *testing.T) {
+	t.Parallel()
+	b := setupVolatile(t)
+	val := b.enqueue(t, kindDurable, "older")
+	b.clock.Advance(time.Second)
+	inf := b.enqueue(t, kindInference, "newer")
+	cs, err := b.q.ClaimN(b.ctx, "pool", 4)
+	require.NoError(t, err)
+	require.Len(t, cs, 2)
+	require.Equal(t, inf.ID, cs[0].Job.ID, "the volatile inference first")
+	require.Equal(t, val.ID, cs[1].Job.ID)
+	for _, c := range cs {
+		require.NoError(t, b.q.Finish(b.ctx, c.Lease, []byte("r")))
+	}
+	none, err := b.q.ClaimN(b.ctx, "pool", 4)
+	require.NoError(t, err)
+	require.Empty(t, none)
+}
