@@ -462,6 +462,9 @@ func createdEscrows(res *sdk.TxResponse) []uint64 {
 type settlement struct {
 	gateway int
 	msg     *devshardtypes.MsgSettleEscrow
+	// hosts is how many distinct hosts the escrow's group holds: each is
+	// paid and its ledger written, so it sets the settlement's gas.
+	hosts int
 }
 
 // settlements builds a settlement of every escrow on every core: an honest
@@ -491,7 +494,9 @@ func (l *load) settlements(escrows []escrow) ([]settlement, error) {
 		e := escrows[i]
 		snap := e.esc.Snapshot
 		f := &sessiontest.Fixture{Gateway: gwKeys[e.gateway], Hosts: keys.Hosts, Snapshot: &snap}
+		distinct := map[string]bool{}
 		for _, a := range snap.Group {
+			distinct[string(a)] = true
 			h, ok := byAddr[string(a)]
 			if !ok {
 				return fmt.Errorf("escrow %d: group member %x is not one of the hosts", e.esc.Id, a)
@@ -504,7 +509,7 @@ func (l *load) settlements(escrows []escrow) ([]settlement, error) {
 		}
 		out[i] = settlement{gateway: e.gateway, msg: &devshardtypes.MsgSettleEscrow{
 			Sender: l.gateways[e.gateway].Address.String(), Settlement: m,
-		}}
+		}, hosts: len(distinct)}
 		return nil
 	})
 	return out, err
@@ -534,18 +539,25 @@ func honestSettlement(f *sessiontest.Fixture, n int) (*sessionpb.Settlement, err
 
 // gasMargin is added to the most gas a probe settlement used. CometBFT
 // fills a block by the txs' gas limits, not the gas they use, so the
-// margin is kept small: a group of more distinct hosts reads a little
-// more.
+// margin is kept small. It covers what the probe cannot: ledgers whose
+// amounts grow a byte as the load goes on.
 const gasMargin = 1.2
 
-// probeGas sends each gateway's first settlement through the chain
-// client (simulated, then waited for) and returns the gas limit for the
-// rest: the most any used, with gasMargin. The probed settlements leave
-// settlements; each gateway's sequence moves on by one.
+// probeGas sends one settlement of each gateway through the chain client
+// (simulated, then waited for) and returns the gas limit for the rest:
+// the most any used, with gasMargin. Each gateway probes with its
+// settlement whose group holds the most distinct hosts, since every host
+// paid is a ledger written (a CI run that probed a group of fewer hosts
+// saw 106k gas, then a settlement paying four used 128k and ran out).
+// The probed settlements leave settlements; each gateway's sequence moves
+// on by one.
 func (l *load) probeGas(ctx context.Context, settlements []settlement) (uint64, error) {
 	used := make([]int64, len(l.gateways))
 	err := forEach(len(l.gateways), len(l.gateways), func(g int) error {
-		i := slices.IndexFunc(settlements, func(s settlement) bool { return s.gateway == g })
+		i := probeFor(settlements, g)
+		if i < 0 {
+			return nil // this gateway sends nothing
+		}
 		res, err := l.n.TxClient().Send(ctx, l.gateways[g].Key, settlements[i].msg)
 		if err != nil {
 			return fmt.Errorf("gateway %d settling escrow %d: %w", g, settlements[i].msg.Settlement.EscrowId, err)
@@ -558,6 +570,18 @@ func (l *load) probeGas(ctx context.Context, settlements []settlement) (uint64, 
 		return 0, err
 	}
 	return uint64(float64(slices.Max(used)) * gasMargin), nil
+}
+
+// probeFor is the index of gateway g's settlement with the most distinct
+// hosts, the first of them on a tie.
+func probeFor(settlements []settlement, g int) int {
+	best := -1
+	for i, s := range settlements {
+		if s.gateway == g && (best < 0 || s.hosts > settlements[best].hosts) {
+			best = i
+		}
+	}
+	return best
 }
 
 // sign signs every settlement left into a tx, each gateway's in sequence
