@@ -85,6 +85,14 @@ type Config struct {
 	// workers, their output streamed back through the worker routes
 	// (inferencejobs.go), instead of on Executor. It needs Workers.
 	InferenceJobs bool
+	// ProxyValidation hands this host's validations to a proxy host
+	// (proxy.go): the host samples and re-runs nothing itself, answers its
+	// proxy on POST /v1/proxy/follow, and carries the proxy's votes.
+	ProxyValidation bool
+	// Proxy makes the engine a proxy host's replica of its primary's
+	// sessions (NewProxy): it serves no session route, so nothing but the
+	// primary feeds it.
+	Proxy bool
 }
 
 // Engine serves the sessions of the escrows whose group this host is in.

@@ -44,6 +44,15 @@ func Handler(e *Engine, version string) http.Handler {
 	if e.cfg.Metrics != nil {
 		mux.Handle(hostapi.Metrics.Pattern(), promhttp.HandlerFor(e.cfg.Metrics.Registry, promhttp.HandlerOpts{}))
 	}
+	// The proxy host's read route (proxy.go) answers only this host's
+	// account and its warm keys.
+	mux.HandleFunc(hostapi.Follow.Pattern(), h.follow)
+	if e.cfg.Proxy {
+		// A proxy's replicas are fed by its primary alone; its workers
+		// still reach it on the worker routes.
+		registerWorkerRoutes(mux, h)
+		return mux
+	}
 	// Every session route is signed, and the signer's role checked, before
 	// any work: the body is decoded, the diff applied, the model run only
 	// for a caller the route admits.
@@ -53,13 +62,18 @@ func Handler(e *Engine, version string) http.Handler {
 	mux.HandleFunc(hostapi.GetDiffs.Pattern(), h.session(h.signed(memberOrCreator, h.getDiffs)))
 	mux.HandleFunc(hostapi.Signatures.Pattern(), h.session(h.signed(memberOrCreator, h.getSignatures)))
 	mux.HandleFunc(hostapi.Mempool.Pattern(), h.session(h.signed(memberOrCreator, h.getMempool)))
-	// The worker routes (workerapi.go) admit only the operator's workers.
+	registerWorkerRoutes(mux, h)
+	return mux
+}
+
+// registerWorkerRoutes serves the worker routes (workerapi.go), which
+// admit only the operator's workers.
+func registerWorkerRoutes(mux *http.ServeMux, h *handler) {
 	mux.HandleFunc(hostapi.ClaimJob.Pattern(), h.worker(h.claimJob))
 	mux.HandleFunc(hostapi.HeartbeatJob.Pattern(), h.worker(h.heartbeatJob))
 	mux.HandleFunc(hostapi.JobPieces.Pattern(), h.worker(h.jobPieces))
 	mux.HandleFunc(hostapi.FinishJob.Pattern(), h.worker(h.finishJob))
 	mux.HandleFunc(hostapi.FailJob.Pattern(), h.worker(h.failJob))
-	return mux
 }
 
 type handler struct{ e *Engine }

@@ -87,6 +87,9 @@ func (e *Engine) Inference(ctx context.Context, escrowID, nonce uint64, req exec
 // any other until someone challenges). It runs with en.mu held and returns
 // at once; the re-run happens through the job queue (jobs.go).
 func (e *Engine) maybeValidate(ctx context.Context, en *entry, f *sessionpb.FinishInference) {
+	if e.cfg.ProxyValidation {
+		return // the proxy host samples and votes (proxy.go)
+	}
 	r, ok := en.s.Record(f.InferenceId)
 	if !ok || r.Status != sessionpb.InferenceStatus_INFERENCE_STATUS_FINISHED {
 		return
@@ -119,6 +122,9 @@ func (e *Engine) eligibleSlots(en *entry, r *sessionpb.InferenceRecord) []uint32
 // challenged makes every eligible host re-run an inference that a validator
 // voted invalid: the group resolves it by a majority of slots.
 func (e *Engine) challenged(en *entry, v *sessionpb.Validation) {
+	if e.cfg.ProxyValidation {
+		return
+	}
 	r, ok := en.s.Record(v.InferenceId)
 	if !ok || r.Status != sessionpb.InferenceStatus_INFERENCE_STATUS_CHALLENGED {
 		return
@@ -223,7 +229,10 @@ func (e *Engine) Gossip(ctx context.Context, escrowID uint64, raw []byte) error 
 	if err := en.s.Includable(tx); err != nil {
 		return fmt.Errorf("%w: escrow %d at nonce %d: %w", ErrNotIncludable, escrowID, en.s.Nonce(), err)
 	}
-	en.pool.add(tx, en.s.Nonce(), false)
+	// A tx for a slot this host holds, signed by a key its account
+	// granted (its proxy host's vote), is the host's own: it is re-gossiped
+	// and withholds signatures while left out, as the host's own votes do.
+	en.pool.add(tx, en.s.Nonce(), en.holds(tx.Slot))
 	return nil
 }
 

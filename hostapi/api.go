@@ -73,7 +73,7 @@ var (
 
 // Routes lists every route, in the order docs/host.md gives them.
 func Routes() []Route {
-	return append([]Route{Healthz, Readyz, Version, Metrics, OpenSessions, PostDiffs, Inference, Gossip, GetDiffs, Signatures, Mempool}, WorkerRoutes()...)
+	return append([]Route{Healthz, Readyz, Version, Metrics, OpenSessions, PostDiffs, Inference, Gossip, GetDiffs, Signatures, Mempool, Follow}, WorkerRoutes()...)
 }
 
 // OpenSessionsResponse is the body of GET /devshard/open-sessions.
