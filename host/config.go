@@ -65,6 +65,10 @@ type FileConfig struct {
 		Inference        bool
 	}
 
+	Validation struct {
+		Proxy bool
+	}
+
 	Admin struct {
 		Listen string
 		File   string
@@ -127,6 +131,7 @@ func Settings(c *FileConfig) *settings.Schema {
 	s.Duration(&c.Jobs.Lifetime, "jobs.lifetime", 25*time.Hour, "how long a finished or failed job is kept, counted from when it finished")
 	s.List(&c.Jobs.Workers, "jobs.workers", nil, "accounts (hex or bech32) of the external workers accepted on the worker routes; empty: the host runs its jobs in process")
 	s.Bool(&c.Jobs.Inference, "jobs.inference", false, "run this host's inferences on its external workers too, streamed back piece by piece (needs jobs.workers); off: inferences run on the host's own executor")
+	s.Bool(&c.Validation.Proxy, "validation.proxy", false, "a proxy host (devshard host --proxy) validates for this host: it samples and re-runs nothing itself, answers its proxy on POST /v1/proxy/follow and carries the proxy's votes (docs/workers.md)")
 	s.String(&c.Admin.Listen, "admin.listen", "127.0.0.1:0", "address of the admin endpoint that devshard jobs talks to (port 0: any free port); keep it on loopback; empty: none")
 	s.String(&c.Admin.File, "admin.file", "admin.json", "file the host writes the admin endpoint's URL and a fresh token to at start (mode 0600); devshard jobs reads it")
 	settings.Logging(s, &c.Log)

@@ -61,6 +61,9 @@ type DaemonConfig struct {
 	Logger  *slog.Logger
 	// Jobs configures the job queue, its workers and the admin endpoint.
 	Jobs JobsConfig
+	// ProxyValidation hands the host's validations to a proxy host
+	// (Config.ProxyValidation).
+	ProxyValidation bool
 }
 
 // JobsConfig is the host's job plane (docs/jobs.md): the queue's timings,
@@ -148,7 +151,7 @@ func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	peers := newChainPeers(cfg.Chain)
 	d.Engine = New(Config{Key: cfg.Key, Account: account, Escrows: chainEscrows{cfg.Chain}, Executor: cfg.Executor,
 		Auth: cfg.Chain.Authorizer(), SnapshotEvery: cfg.SnapshotEvery, Peers: peers, Logger: log, Metrics: NewMetrics(),
-		Workers: cfg.Jobs.Workers, InferenceJobs: cfg.Jobs.Inference})
+		Workers: cfg.Jobs.Workers, InferenceJobs: cfg.Jobs.Inference, ProxyValidation: cfg.ProxyValidation})
 	d.srv = httpserve.Server(d.explainReadyz(Handler(d.Engine, cfg.Version)))
 	go func() { d.served <- d.srv.Serve(d.ln) }()
 	log.Info("host listening", "addr", d.Addr(), "account", cfg.Chain.Address(account))
@@ -171,7 +174,9 @@ func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	}
 	d.Engine.MarkReady()
 	log.Info("storage ready", "mode", d.st.Mode, "synchronous", d.st.Synchronous)
-	if len(cfg.Jobs.Workers) == 0 {
+	if cfg.ProxyValidation {
+		log.Info("validations are left to a proxy host (validation.proxy): this host samples and re-runs nothing")
+	} else if len(cfg.Jobs.Workers) == 0 {
 		log.Info("jobs run in process: no external worker is configured")
 	} else {
 		log.Info("jobs wait for external workers", "workers", len(cfg.Jobs.Workers))

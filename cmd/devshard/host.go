@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -20,6 +22,8 @@ import (
 	"github.com/devshard/devshard/chainclient"
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/host"
+	"github.com/devshard/devshard/hostapi"
+	"github.com/devshard/devshard/internal/settings"
 	"github.com/devshard/devshard/keys"
 	"github.com/devshard/devshard/signing"
 	"github.com/devshard/devshard/store/boot"
@@ -28,6 +32,7 @@ import (
 
 func newHostCommand() *cobra.Command {
 	var load func(environ func(string) (string, bool), warn io.Writer) (*host.FileConfig, error)
+	var proxy, confDir string
 	cmd := &cobra.Command{
 		Use:   "host",
 		Short: "Run a host: serve sessions, execute and validate inference",
@@ -44,10 +49,15 @@ func newHostCommand() *cobra.Command {
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if proxy != "" || confDir != "" {
+				return runProxy(ctx, cfg, proxy, confDir, log)
+			}
 			return runHost(ctx, cfg, log)
 		},
 	}
 	load = host.ConfigFlags(cmd.Flags())
+	cmd.Flags().StringVar(&proxy, "proxy", "", "run as the proxy host of the primary host at this URL: validate for it, with no storage (docs/workers.md); needs --conf-dir")
+	cmd.Flags().StringVar(&confDir, "conf-dir", "", "with --proxy: the primary's config directory, whose host.toml is read (never written) for the chain's nodes and the primary's account")
 	cmd.AddCommand(newHostInitCommand(), newHostStatusCommand())
 	return cmd
 }
@@ -142,7 +152,7 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 		Listen: cfg.Listen, Key: signer, Account: account, Chain: chainc, ChainGRPC: cfg.Chain.GRPC, ChainRPC: cfg.Chain.RPC, ChainStallAfter: cfg.Chain.StallAfter,
 		Sender: sender, Executor: newExecutor(cfg), Storage: hostStorage(cfg),
 		SnapshotEvery: cfg.Storage.SnapshotEvery, RecoveryWorkers: cfg.Recovery.Workers, Version: buildVersion(), Logger: log,
-		Jobs: jobsCfg,
+		Jobs: jobsCfg, ProxyValidation: cfg.Validation.Proxy,
 	})
 	if err != nil && ctx.Err() != nil {
 		log.Info("shutting down before the host was ready", "err", err)
@@ -160,6 +170,87 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 	closeCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return errors.Join(err, d.Close(closeCtx))
+}
+
+// runProxy runs a proxy host until ctx ends. Its own settings (cfg) give
+// its key, listen address, executor and workers; the primary's host.toml
+// in confDir, read only, gives the chain's nodes and the primary's account
+// (key.account, or else the account the primary's /version reports).
+func runProxy(ctx context.Context, cfg *host.FileConfig, primaryURL, confDir string, log *slog.Logger) error {
+	if primaryURL == "" || confDir == "" {
+		return errors.New("--proxy and --conf-dir go together: --proxy <primary host URL> --conf-dir <the primary's config directory, holding its host.toml>")
+	}
+	noEnv := func(string) (string, bool) { return "", false }
+	primary, err := host.LoadConfig(filepath.Join(settings.ExpandHome(confDir), "host.toml"), noEnv, nil)
+	if err != nil {
+		return fmt.Errorf("read the primary's configuration in --conf-dir %s: %w", confDir, err)
+	}
+	account, err := primaryAccount(ctx, primary, primaryURL)
+	if err != nil {
+		return err
+	}
+	signer, _, err := loadSigner(cfg)
+	if err != nil {
+		return err
+	}
+	chainc, err := chainclient.Dial(chainclient.Config{GRPC: primary.Chain.GRPC, RPC: primary.Chain.RPC, Logger: log})
+	if err != nil {
+		return fmt.Errorf("%v: the proxy reads the chain's nodes from the primary's chain.grpc in %s", err, confDir)
+	}
+	defer chainc.Close()
+	jobsCfg, err := hostJobs(cfg)
+	if err != nil {
+		return err
+	}
+	d, err := host.OpenProxy(ctx, host.ProxyConfig{
+		Listen: cfg.Listen, Primary: primaryURL, Account: account, Key: signer, Chain: chainc,
+		ChainGRPC: primary.Chain.GRPC, ChainRPC: primary.Chain.RPC, Executor: newExecutor(cfg), Workers: jobsCfg.Workers,
+		Version: buildVersion(), Logger: log,
+	})
+	if err != nil && ctx.Err() != nil {
+		log.Info("shutting down before the proxy host was ready", "err", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err = <-d.Served():
+		err = fmt.Errorf("http server: %w", err)
+	}
+	closeCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return errors.Join(err, d.Close(closeCtx))
+}
+
+// primaryAccount is the account the primary serves as: its key.account,
+// or else what its /version says.
+func primaryAccount(ctx context.Context, primary *host.FileConfig, url string) (signing.Address, error) {
+	if primary.Key.Account != "" {
+		a, err := parseAccount(primary.Key.Account)
+		if err != nil {
+			return signing.Address{}, fmt.Errorf("the primary's key.account %w", err)
+		}
+		return a, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(url, "/")+hostapi.Version.Path, nil)
+	if err != nil {
+		return signing.Address{}, fmt.Errorf("--proxy %q is not a URL: %w", url, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return signing.Address{}, fmt.Errorf("ask the primary at %s its account (%v): start the primary first, or set key.account in its host.toml", url, err)
+	}
+	defer resp.Body.Close()
+	var v hostapi.VersionResponse
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<16)).Decode(&v); err != nil || resp.StatusCode != http.StatusOK {
+		return signing.Address{}, fmt.Errorf("the primary at %s answered GET /version with status %d, not its account: is it a devshard host?", url, resp.StatusCode)
+	}
+	return parseAccount(v.Address)
 }
 
 // hostJobs is the job plane cfg names: the queue's timings, the worker
