@@ -145,17 +145,22 @@ func (e *Engine) followOnce(ctx context.Context, known map[uint64]uint64) (hosta
 	news := false
 	budget := maxFollowAnswer
 	var ens []*entry
-	for _, en := range e.entries() {
+	seen := map[uint64]bool{}
+	e.mu.Lock()
+	for id, en := range e.sessions {
 		select {
 		case <-en.done:
 			if en.loadErr == nil {
 				ens = append(ens, en)
 			}
-		default: // still loading: listed once loaded
+		default:
+			// Still loading (a restarted primary recovers its sessions):
+			// listed once loaded, and not gone meanwhile.
+			seen[id] = true
 		}
 	}
+	e.mu.Unlock()
 	slices.SortFunc(ens, func(a, b *entry) int { return cmp.Compare(a.snap.EscrowId, b.snap.EscrowId) })
-	seen := map[uint64]bool{}
 	for _, en := range ens {
 		en.mu.Lock()
 		if !en.loaded || en.evicted {

@@ -238,6 +238,13 @@ func TestProxyReadRouteAdmitsOnlyTheAccountAndItsWarmKeys(t *testing.T) {
 	}
 	require.NotZero(t, p.reads.count())
 
+	// A session the primary does not serve is gone: the proxy stops naming it.
+	status, body = p.followAs(t, 0, p.warm, hostapi.FollowRequest{Sessions: map[uint64]uint64{p.f.Snapshot.EscrowId: 3, 99: 5}})
+	require.Equal(t, http.StatusOK, status, body)
+	var gone hostapi.FollowResponse
+	require.NoError(t, json.Unmarshal([]byte(body), &gone))
+	require.Equal(t, []hostapi.FollowedSession{{Escrow: p.f.Snapshot.EscrowId, Nonce: 3}, {Escrow: 99, Gone: true}}, gone.Sessions)
+
 	// Caught up, the long poll waits for the next diff and answers with it.
 	got := make(chan hostapi.FollowResponse, 1)
 	go func() {
@@ -341,4 +348,42 @@ func TestProxyVoteFromAnUngrantedKeyIsRefused(t *testing.T) {
 	require.NoError(t, err)
 	status, body := signedPost(t, url, p.warm, to(p.hosts[0].Address()), hostapi.GossipRequest{Tx: raw})
 	require.Equal(t, http.StatusAccepted, status, string(body))
+}
+
+// The proxy's in-memory store keeps diffs in order as a disk store does
+// (replays, forks, gaps), and drops those a snapshot makes needless.
+func TestReplicaStore(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newReplicaStore()
+	snap := sessiontest.New(1, sessiontest.DefaultOptions()).Snapshot
+	id := snap.EscrowId
+	require.ErrorIs(t, s.AppendDiff(ctx, store.Diff{EscrowID: id, Nonce: 1, Data: []byte{1}}), store.ErrNotFound)
+	require.NoError(t, s.CreateSession(ctx, snap))
+	require.NoError(t, s.CreateSession(ctx, snap), "the same snapshot again is a no-op")
+	other := *snap
+	other.Epoch++
+	require.ErrorIs(t, s.CreateSession(ctx, &other), store.ErrConflict)
+	for n := uint64(1); n <= 5; n++ {
+		require.NoError(t, s.AppendDiff(ctx, store.Diff{EscrowID: id, Nonce: n, Data: []byte{byte(n)}}))
+	}
+	require.NoError(t, s.AppendDiff(ctx, store.Diff{EscrowID: id, Nonce: 4, Data: []byte{4}}), "a replay")
+	require.ErrorIs(t, s.AppendDiff(ctx, store.Diff{EscrowID: id, Nonce: 4, Data: []byte{9}}), store.ErrFork)
+	require.ErrorIs(t, s.AppendDiff(ctx, store.Diff{EscrowID: id, Nonce: 7, Data: []byte{7}}), store.ErrNonceGap)
+	require.NoError(t, s.PutSnapshot(ctx, store.Snapshot{EscrowID: id, Nonce: 3}))
+	require.NoError(t, s.PutSnapshot(ctx, store.Snapshot{EscrowID: id, Nonce: 2}), "an older snapshot is a no-op")
+	got, err := s.Snapshot(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, uint64(3), got.Nonce)
+	diffs, err := s.Diffs(ctx, id, 1, 10)
+	require.NoError(t, err)
+	require.Len(t, diffs, 3, "diffs before the snapshot are dropped")
+	require.Equal(t, uint64(3), diffs[0].Nonce)
+	require.NoError(t, s.AppendDiff(ctx, store.Diff{EscrowID: id, Nonce: 6, Data: []byte{6}}))
+	last, err := s.LastNonce(ctx, id)
+	require.NoError(t, err)
+	require.Equal(t, uint64(6), last)
+	s.forget(id)
+	_, err = s.Session(ctx, id)
+	require.ErrorIs(t, err, store.ErrNotFound)
 }
