@@ -2,6 +2,7 @@ package host
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
@@ -61,7 +62,7 @@ type proxyBundle struct {
 	purl  string // the proxy's API
 }
 
-func setupProxy(t *testing.T) *proxyBundle {
+func setupProxy(t *testing.T, workers ...signing.Address) *proxyBundle {
 	t.Helper()
 	p := &proxyBundle{warm: newKey(t, 901)}
 	grants := warmGrants{}
@@ -78,7 +79,7 @@ func setupProxy(t *testing.T) *proxyBundle {
 	b := p.hostBundle
 	b.gw = &sessiontest.Sequencer{F: b.f, Replica: b.f.NewSession(grants)}
 	p.proxy = NewProxy(Config{Key: p.warm, Account: b.hosts[0].Address(), Escrows: b.chain, Executor: executor.Builtin{},
-		Auth: grants, ChainID: testChainID, Now: func() time.Time { return b.now }, Metrics: NewMetrics()})
+		Auth: grants, ChainID: testChainID, Now: func() time.Time { return b.now }, Metrics: NewMetrics(), Workers: workers})
 	p.proxy.MarkReady()
 	srv := httptest.NewServer(Handler(p.proxy, "test"))
 	t.Cleanup(srv.Close)
@@ -176,6 +177,33 @@ func TestProxyVotesForItsPrimary(t *testing.T) {
 	en.mu.Unlock()
 	require.True(t, ok, "host 2's sampled slot has not voted yet")
 	require.True(t, voted(r.ValidVotes, 0), "the primary's session counts the proxy's vote for slot 0")
+}
+
+// The proxy's validations go to its own external workers over the worker
+// routes it serves, as a host's do; the vote still reaches the primary.
+func TestProxyValidatesOnItsWorkers(t *testing.T) {
+	t.Parallel()
+	worker := newKey(t, 904)
+	p := setupProxy(t, worker.Address())
+	p.follow(t)
+	p.finishOnHost1(t)
+	w := hostapi.NewWorker(worker, testChainID, p.purl, p.proxy.Address(), &http.Client{Timeout: time.Minute})
+	c, err := w.Claim(context.Background(), 10*time.Second, string(jobs.KindValidation))
+	require.NoError(t, err)
+	require.NotNil(t, c, "the proxy queued the validation for its worker")
+	var in hostapi.ValidationInput
+	require.NoError(t, json.Unmarshal(c.Input, &in))
+	require.Equal(t, uint64(1), in.Inference)
+	res, err := executor.Builtin{}.Execute(context.Background(), in.Request, func(string) error { return nil })
+	require.NoError(t, err)
+	h := res.ResponseHash()
+	out, err := json.Marshal(hostapi.ValidationResult{ResponseHash: hex.EncodeToString(h[:]), Usage: res.Usage})
+	require.NoError(t, err)
+	require.NoError(t, w.Finish(context.Background(), c.Lease, out))
+	require.Eventually(t, func() bool {
+		txs, _ := p.pooledOwn(t, 0)
+		return len(txs) == 1 && txs[0].GetValidation().GetValid()
+	}, 10*time.Second, 20*time.Millisecond, "the worker's re-run becomes the primary's vote")
 }
 
 // follow posts a follow request to host i signed by key.
