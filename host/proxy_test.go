@@ -415,3 +415,27 @@ func TestReplicaStore(t *testing.T) {
 	_, err = s.Session(ctx, id)
 	require.ErrorIs(t, err, store.ErrNotFound)
 }
+
+// A primary that hands its validations to a proxy does not re-run a
+// challenged inference either: the challenge is the proxy's to answer.
+// Host 1 lies, host 2's invalid vote lands first, and the primary, whose
+// slot has not voted yet, still queues nothing.
+func TestProxyPrimaryLeavesChallengesToTheProxy(t *testing.T) {
+	t.Parallel()
+	p := setupProxy(t)
+	req := request(4)
+	p.next(t, map[uint64]executor.Request{1: req}, startTx(1, req))
+	lie := p.f.Signed(1, &sessionpb.Tx{Body: &sessionpb.Tx_Finish{Finish: &sessionpb.FinishInference{InferenceId: 1, InputTokens: 6, OutputTokens: 20, ResponseHash: sessiontest.Hash("made up")}}})
+	p.next(t, nil, p.f.Confirm(1, 1, 100), lie)
+	p.hosts[2].Wait()
+	resps := p.next(t, nil)
+	v := decodeTxs(t, resps[2].Mempool)
+	require.Len(t, v, 1)
+	require.False(t, v[0].GetValidation().Valid)
+	p.next(t, nil, v[0])
+	require.Equal(t, sessionpb.InferenceStatus_INFERENCE_STATUS_CHALLENGED, p.status(t, 1))
+	p.hosts[0].Wait()
+	list, err := p.hosts[0].Jobs().List(context.Background(), jobs.Filter{All: true})
+	require.NoError(t, err)
+	require.Empty(t, list, "the primary re-runs no challenged inference itself")
+}
