@@ -70,7 +70,11 @@ epochs to prune old ones, and votes timeouts for stalled peers.
 Settings come from the TOML file, then DEVSHARD_HOST_* variables, then the
 flags below: storage.keep_epochs in the file is --storage-keep-epochs and
 DEVSHARD_HOST_STORAGE_KEEP_EPOCHS. docs/host.md explains every setting and
-the HTTP API. 'devshard host init' writes a config and a key to start from.`
+the HTTP API. 'devshard host init' writes a config and a key to start from.
+
+With --proxy <primary URL> --conf-dir <primary's config dir> it runs a proxy
+host instead: a validation node with no storage that follows the primary's
+sessions and votes for it with a warm key (docs/workers.md).`
 
 func loadSigner(cfg *host.FileConfig) (signing.Signer, signing.Address, error) {
 	var signer signing.Signer
