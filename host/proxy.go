@@ -339,6 +339,19 @@ func (p *proxyLink) round(ctx context.Context) error {
 			p.forget(s.Escrow) // settling: nothing more to validate
 		}
 	}
+	// A replica the proxy does not follow (a validation that ended after
+	// its session was forgotten loads it again) is dropped.
+	e.mu.Lock()
+	var stray []uint64
+	for id := range e.sessions {
+		if _, ok := p.known[id]; !ok {
+			stray = append(stray, id)
+		}
+	}
+	e.mu.Unlock()
+	for _, id := range stray {
+		p.forget(id)
+	}
 	return failed
 }
 

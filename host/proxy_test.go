@@ -439,3 +439,23 @@ func TestProxyPrimaryLeavesChallengesToTheProxy(t *testing.T) {
 	require.NoError(t, err)
 	require.Empty(t, list, "the primary re-runs no challenged inference itself")
 }
+
+// A session that reaches its settlement phase takes no more votes: the
+// proxy, once caught up with it, forgets its replica.
+func TestProxyForgetsASettlingSession(t *testing.T) {
+	t.Parallel()
+	p := setupProxy(t)
+	p.follow(t)
+	p.next(t, nil)
+	link := &proxyLink{e: p.proxy}
+	require.Eventually(t, func() bool { return link.replicaNonce(p.f.Snapshot.EscrowId) == 1 }, 5*time.Second, 10*time.Millisecond, "the proxy follows the session")
+	p.next(t, nil, sessiontest.Finalize())
+	p.next(t, nil, sessiontest.Finalize())
+	require.Eventually(t, func() bool {
+		p.proxy.mu.Lock()
+		defer p.proxy.mu.Unlock()
+		return len(p.proxy.sessions) == 0
+	}, 5*time.Second, 10*time.Millisecond, "the replica is dropped once the session settles")
+	_, err := p.proxy.cfg.Store.Session(context.Background(), p.f.Snapshot.EscrowId)
+	require.ErrorIs(t, err, store.ErrNotFound, "and its diffs with it")
+}
