@@ -85,6 +85,10 @@ type Config struct {
 	// workers, their output streamed back through the worker routes
 	// (inferencejobs.go), instead of on Executor. It needs Workers.
 	InferenceJobs bool
+	// RuntimeVersion is the approved runtime version this process serves
+	// behind versiond; it serves only the escrows created under it
+	// (checkRuntime). Empty serves every escrow.
+	RuntimeVersion string
 }
 
 // Engine serves the sessions of the escrows whose group this host is in.
@@ -410,6 +414,9 @@ func (e *Engine) load(ctx context.Context, escrowID uint64, en *entry) error {
 			return fmt.Errorf("chain returned escrow %d when asked for %d", snap.EscrowId, escrowID)
 		}
 	default:
+		return err
+	}
+	if err := e.checkRuntime(snap); err != nil {
 		return err
 	}
 	slots := e.slotsIn(snap)
