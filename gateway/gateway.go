@@ -613,6 +613,9 @@ type EscrowView struct {
 	Nonce   uint64       `json:"nonce"`
 	Root    string       `json:"root"`
 	Balance uint64       `json:"balance"`
+	// Runtime is the runtime version the escrow was created under; every
+	// call of its session goes to that version's route on each host.
+	Runtime string `json:"runtime_version,omitempty"`
 	// NextExecutor is the URL of the host that executes the next nonce.
 	NextExecutor string `json:"next_executor"`
 	Current      bool   `json:"current"`

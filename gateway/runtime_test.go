@@ -216,6 +216,11 @@ func TestEscrowsFollowTheirRuntimeVersion(t *testing.T) {
 	second := c.EscrowID
 	require.NotEqual(t, first, second)
 	require.Equal(t, "v2", vb.chain.snapshot(second).RuntimeVersion)
+	views := map[uint64]string{}
+	for _, v := range vb.gw.Escrows() {
+		views[v.ID] = v.Runtime
+	}
+	require.Equal(t, "v2", views[second], "an operator sees each escrow's runtime")
 	ctx, cancel := context.WithTimeout(t.Context(), settleWait)
 	defer cancel()
 	require.NoError(t, vb.gw.SettleAll(ctx), "both escrows settle, each through its own runtime")
