@@ -248,9 +248,10 @@ func (g *Gateway) Start(ctx context.Context) error {
 		}
 		g.log.Info("resumed escrow", "escrow", e.id(), "nonce", e.seq.nonce(), "status", se.Status)
 	}
-	g.bg.Add(4)
+	g.bg.Add(5)
 	go g.every(g.cfg.FlushEvery, g.flushLanes)
 	go g.every(g.cfg.EpochPoll, g.settleEnded)
+	go g.every(g.cfg.EpochPoll, g.retireUnapproved)
 	go g.every(g.cfg.EpochPoll, g.pruneSettled)
 	go g.every(g.cfg.EpochPoll, g.watchChain)
 	return nil

@@ -289,3 +289,28 @@ func servingOf(rt *versiond.Runtime) []string {
 	}
 	return out
 }
+
+// retireUnapproved settles the lanes' escrows whose runtime version the
+// chain no longer approves. Hosts drain a version that leaves the list
+// and then stop it (docs/versiond.md): an escrow kept taking requests
+// under it would keep that version's sessions open through the whole
+// drain, and then find its hosts gone. The next request opens an escrow
+// under a version that is still approved.
+func (g *Gateway) retireUnapproved() {
+	approved, err := g.chain.ApprovedVersions(g.loopCx)
+	if err != nil {
+		return // asked again at the next poll
+	}
+	g.mu.Lock()
+	var stale []*escrow
+	for _, e := range g.lanes {
+		if e != nil && e.snap.RuntimeVersion != "" && !slices.ContainsFunc(approved, func(v versiond.Version) bool { return v.Name == e.snap.RuntimeVersion }) {
+			stale = append(stale, e)
+		}
+	}
+	g.mu.Unlock()
+	for _, e := range stale {
+		g.log.Info("runtime version no longer approved; settling escrow", "escrow", e.id(), "runtime", e.snap.RuntimeVersion)
+		g.retire(e)
+	}
+}

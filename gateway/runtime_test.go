@@ -289,3 +289,30 @@ func TestChooseRuntime(t *testing.T) {
 	status, _, _ := classify(err)
 	require.Equal(t, http.StatusServiceUnavailable, status)
 }
+
+// Once governance retires the version an open escrow was created under,
+// the gateway settles that escrow, and the next request opens one under a
+// version that is still approved.
+func TestEscrowOfARetiredVersionIsSettled(t *testing.T) {
+	t.Parallel()
+	vb := setupVersioned(t)
+	vb.versionds[2].set("v2", versiond.StateInstalling, nil)
+	vb.gw, vb.state = vb.startGateway(t)
+	first := vb.complete(t, ask(1)).EscrowID
+	require.Equal(t, "v1", vb.chain.snapshot(first).RuntimeVersion)
+
+	vb.gw.retireUnapproved()
+	require.Equal(t, first, vb.complete(t, ask(2)).EscrowID, "v1 is still approved: its escrow takes requests")
+
+	vb.chain.approve("v2")
+	vb.versionds[2].set("v2", versiond.StateServing, nil)
+	vb.gw.retireUnapproved()
+	second := vb.complete(t, ask(3)).EscrowID
+	require.NotEqual(t, first, second)
+	require.Equal(t, "v2", vb.chain.snapshot(second).RuntimeVersion)
+	ctx, cancel := context.WithTimeout(t.Context(), settleWait)
+	defer cancel()
+	require.NoError(t, vb.gw.SettleAll(ctx))
+	_, _, rejected := vb.chain.settledState()
+	require.Empty(t, rejected)
+}
