@@ -316,3 +316,24 @@ func TestEscrowOfARetiredVersionIsSettled(t *testing.T) {
 	_, _, rejected := vb.chain.settledState()
 	require.Empty(t, rejected)
 }
+
+// A restarted gateway sends a resumed escrow's requests to the version it
+// was created under, though every host now serves a newer one.
+func TestRestartKeepsTheEscrowsRuntime(t *testing.T) {
+	t.Parallel()
+	vb := setupVersioned(t)
+	vb.versionds[2].set("v2", versiond.StateInstalling, nil)
+	vb.gw, vb.state = vb.startGateway(t)
+	first := vb.complete(t, ask(1)).EscrowID
+	require.Equal(t, "v1", vb.chain.snapshot(first).RuntimeVersion)
+
+	vb.versionds[2].set("v2", versiond.StateServing, nil)
+	vb.gw.halt()
+	require.NoError(t, vb.state.Close())
+	vb.gw, vb.state = vb.startGateway(t)
+	require.Equal(t, first, vb.complete(t, ask(2)).EscrowID, "the resumed escrow goes on")
+	for i, vd := range vb.versionds {
+		require.Equal(t, []string{"v1"}, keys(vd.escrowCalls(first)), "host %d", i)
+	}
+	require.Equal(t, 1, vb.chain.createdCount())
+}
