@@ -96,9 +96,10 @@ var ErrNoRuntime = errors.New("no host serves an approved runtime version")
 //     no one from the versions the others share.
 //
 // It refuses (ErrNoRuntime) when no host that answers serves any approved
-// version: every request of such an escrow would fail. It waits for a
-// host's first answer at most firstWait, and stops following hosts that
-// are no longer listed.
+// version: every request of such an escrow would fail. It waits for the
+// hosts' first answers at most firstWait, or until ctx ends, and counts
+// those that have answered by then; it stops following hosts that are no
+// longer listed.
 func (r *runtimes) choose(ctx context.Context, approved, hosts []string) (string, error) {
 	if len(approved) == 0 {
 		return "", nil
@@ -113,7 +114,7 @@ wait:
 		case <-timer.C:
 			break wait // the hosts that have not answered count for none
 		case <-ctx.Done():
-			return "", ctx.Err()
+			break wait
 		}
 	}
 	r.mu.Lock()

@@ -337,3 +337,32 @@ func TestRestartKeepsTheEscrowsRuntime(t *testing.T) {
 	}
 	require.Equal(t, 1, vb.chain.createdCount())
 }
+
+// While no host serves a version the chain approves, the gateway is not
+// ready and a request that needs an escrow fails with 503 and what each
+// host said, rather than opening an escrow no host could serve.
+func TestNoSharedRuntimeRefusesNewEscrows(t *testing.T) {
+	t.Parallel()
+	vb := setupVersioned(t)
+	for _, vd := range vb.versionds {
+		vd.set("v3", versiond.StateInstalling, nil)
+	}
+	vb.chain.approve("v3") // the hosts serve v1 and v2, and install v3
+	vb.gw, vb.state = vb.startGateway(t)
+
+	ok, why := vb.gw.readiness(t.Context())
+	require.False(t, ok)
+	require.Contains(t, why, "no escrow is open and none can be: no host serves an approved runtime version: the chain approves v3, and of the 3 hosts")
+	require.Contains(t, why, vb.versionds[0].srv.URL+" serves v1, v2")
+
+	srv := vb.api(t, APIConfig{})
+	resp := postChat(t, srv.URL, chatBody(t, ask(1), nil))
+	defer resp.Body.Close()
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	require.Zero(t, vb.chain.createdCount())
+
+	for _, vd := range vb.versionds {
+		vd.set("v3", versiond.StateServing, http.NotFoundHandler()) // no escrow is opened here
+	}
+	require.Eventually(t, func() bool { ok, _ := vb.gw.readiness(t.Context()); return ok }, 10*time.Second, 20*time.Millisecond)
+}
