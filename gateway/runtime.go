@@ -35,9 +35,10 @@ type runtimes struct {
 	retry, maxRetry time.Duration
 	log             *slog.Logger
 
-	mu    sync.Mutex
-	hosts map[string]*hostRuntime // by registered URL
-	wg    sync.WaitGroup          // the followers
+	mu     sync.Mutex
+	hosts  map[string]*hostRuntime // by registered URL
+	closed bool                    // no follower starts once close began
+	wg     sync.WaitGroup          // the followers
 }
 
 // hostRuntime is what one host last said of its runtime versions.
@@ -173,6 +174,12 @@ func (r *runtimes) follow(urls []string) []*hostRuntime {
 		if !ok {
 			ctx, stop := context.WithCancel(r.ctx)
 			h = &hostRuntime{stop: stop, answered: make(chan struct{})}
+			if r.closed { // the gateway halts: the host counts for none
+				stop()
+				close(h.answered)
+				out = append(out, h)
+				continue
+			}
 			r.hosts[u] = h
 			r.wg.Add(1)
 			go r.run(ctx, u, h)
@@ -191,6 +198,7 @@ func (r *runtimes) follow(urls []string) []*hostRuntime {
 // close stops every follower and waits for them.
 func (r *runtimes) close() {
 	r.mu.Lock()
+	r.closed = true
 	for u, h := range r.hosts {
 		h.stop()
 		delete(r.hosts, u)
@@ -204,6 +212,7 @@ func (r *runtimes) close() {
 // failure retried after a doubling wait.
 func (r *runtimes) run(ctx context.Context, base string, h *hostRuntime) {
 	defer r.wg.Done()
+	defer h.once.Do(func() { close(h.answered) }) // stopped before any answer: none will come
 	var (
 		after uint64
 		have  bool // after is a revision this host gave

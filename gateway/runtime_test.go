@@ -366,3 +366,24 @@ func TestNoSharedRuntimeRefusesNewEscrows(t *testing.T) {
 	}
 	require.Eventually(t, func() bool { ok, _ := vb.gw.readiness(t.Context()); return ok }, 10*time.Second, 20*time.Millisecond)
 }
+
+// A halting gateway stops every follower, and an escrow creation still in
+// flight starts none: no host is followed past the gateway's end.
+func TestRuntimesStartNoFollowerAfterClose(t *testing.T) {
+	t.Parallel()
+	vd := newFakeVersiond(t)
+	vd.set("v1", versiond.StateServing, http.NotFoundHandler())
+	r := newRuntimes(t.Context(), slog.New(slog.DiscardHandler))
+	got, err := r.choose(t.Context(), []string{"v1"}, []string{vd.srv.URL})
+	require.NoError(t, err)
+	require.Equal(t, "v1", got)
+
+	r.close()
+	start := time.Now()
+	_, err = r.choose(t.Context(), []string{"v1"}, []string{vd.srv.URL})
+	require.ErrorIs(t, err, ErrNoRuntime)
+	require.Less(t, time.Since(start), r.firstWait, "nothing to wait for")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	require.Empty(t, r.hosts, "no follower started after close")
+}
