@@ -307,19 +307,25 @@ func servingOf(rt *versiond.Runtime) []string {
 // drain, and then find its hosts gone. The next request opens an escrow
 // under a version that is still approved.
 func (g *Gateway) retireUnapproved() {
+	g.mu.Lock()
+	var named []*escrow
+	for _, e := range g.lanes {
+		if e != nil && e.snap.RuntimeVersion != "" {
+			named = append(named, e)
+		}
+	}
+	g.mu.Unlock()
+	if len(named) == 0 {
+		return // nothing to ask the chain about
+	}
 	approved, err := g.chain.ApprovedVersions(g.loopCx)
 	if err != nil {
 		return // asked again at the next poll
 	}
-	g.mu.Lock()
-	var stale []*escrow
-	for _, e := range g.lanes {
-		if e != nil && e.snap.RuntimeVersion != "" && !slices.ContainsFunc(approved, func(v versiond.Version) bool { return v.Name == e.snap.RuntimeVersion }) {
-			stale = append(stale, e)
+	for _, e := range named {
+		if slices.ContainsFunc(approved, func(v versiond.Version) bool { return v.Name == e.snap.RuntimeVersion }) {
+			continue
 		}
-	}
-	g.mu.Unlock()
-	for _, e := range stale {
 		g.log.Info("runtime version no longer approved; settling escrow", "escrow", e.id(), "runtime", e.snap.RuntimeVersion)
 		g.retire(e)
 	}
