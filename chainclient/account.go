@@ -65,17 +65,35 @@ func (c *Client) Balance(ctx context.Context) (uint64, error) {
 	return res.Balance.Amount.Uint64(), nil
 }
 
-// CreateEscrow locks amount from the client's account and returns the new
-// escrow's snapshot. An account that cannot lock amount is an error
-// wrapping ErrInsufficientFunds; an epoch that is not ACTIVE, one wrapping
-// ErrNoEpoch.
+// CreateEscrow locks amount from the client's account under the chain's
+// newest approved runtime version (none while the chain approves none), as
+// CreateEscrowUnder does. It suits a tool that does not pick among the
+// versions its hosts serve; the gateway picks (gateway.runtimes).
 func (c *Client) CreateEscrow(ctx context.Context, amount uint64) (*sessionpb.EscrowSnapshot, error) {
-	res, err := c.send(ctx, &devshardtypes.MsgCreateEscrow{Creator: c.account.String(), Amount: amount})
+	approved, err := c.ApprovedVersions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	newest := ""
+	if len(approved) > 0 {
+		newest = approved[len(approved)-1].Name
+	}
+	return c.CreateEscrowUnder(ctx, amount, newest)
+}
+
+// CreateEscrowUnder locks amount from the client's account for a session
+// served by runtime version runtimeVersion, and returns the new escrow's
+// snapshot. An account that cannot lock amount is an error wrapping
+// ErrInsufficientFunds; an epoch that is not ACTIVE, one wrapping
+// ErrNoEpoch; a version the chain does not approve, one wrapping
+// ErrUnapprovedVersion.
+func (c *Client) CreateEscrowUnder(ctx context.Context, amount uint64, runtimeVersion string) (*sessionpb.EscrowSnapshot, error) {
+	res, err := c.send(ctx, &devshardtypes.MsgCreateEscrow{Creator: c.account.String(), Amount: amount, RuntimeVersion: runtimeVersion})
 	if errors.Is(err, ErrInsufficientFunds) {
 		return nil, fmt.Errorf("the account %s cannot lock %d: %w", c.account, amount, err)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("create escrow of %d: %w", amount, err)
+		return nil, fmt.Errorf("create escrow of %d under runtime version %q: %w", amount, runtimeVersion, err)
 	}
 	id, err := eventUint(res, "devshard.devshard.v1.EventEscrowCreated", "escrow_id")
 	if err != nil {

@@ -19,6 +19,9 @@ var (
 	ErrInsufficientFunds = sdkerrors.ErrInsufficientFunds
 	// ErrNoEpoch means no epoch is ACTIVE, so no escrow can be created.
 	ErrNoEpoch = devshardtypes.ErrEpochNotActive
+	// ErrUnapprovedVersion is an escrow asked for under a runtime version
+	// the chain does not approve (or under none while it approves some).
+	ErrUnapprovedVersion = devshardtypes.ErrUnapprovedVersion
 	// ErrExpired means the escrow expired on chain before it was settled:
 	// its whole amount went back to its creator and it can never be settled.
 	ErrExpired = errors.New("escrow expired")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -103,6 +104,10 @@ func TestClientSendsAgainstARealNode(t *testing.T) {
 	params.EpochLength = 8
 	params.GroupSize = 4
 	params.MinCollateral = sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(1_000_000))
+	params.ApprovedVersions = []devshardtypes.ApprovedVersion{
+		{Name: "v1", Url: "https://example.org/v1", Sha256: strings.Repeat("ab", 32)},
+		{Name: "v2", Url: "https://example.org/v2", Sha256: strings.Repeat("cd", 32)},
+	}
 	const funds = 100_000_000
 	coins := sdk.NewCoins(sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(funds)))
 	cfg := node.Config{BlockTime: 200 * time.Millisecond, Params: &params}
@@ -147,15 +152,22 @@ func TestClientSendsAgainstARealNode(t *testing.T) {
 		return err == nil && id > registered && state == devshardtypes.EpochActive
 	}, 30*time.Second, 100*time.Millisecond)
 
+	candidates, err := c.CandidateURLs(ctx)
+	require.NoError(t, err)
+	require.ElementsMatch(t, []string{"https://host0.example", "https://host1.example", "https://host2.example"}, candidates)
+
 	_, err = c.CreateEscrow(ctx, funds+1)
 	require.ErrorIs(t, err, chainclient.ErrInsufficientFunds)
 	var refused *chainclient.TxError
 	require.ErrorAs(t, err, &refused)
+	_, err = c.CreateEscrowUnder(ctx, 1_000_000, "v3")
+	require.ErrorIs(t, err, chainclient.ErrUnapprovedVersion)
 
 	const amount = 2_000_000
 	snap, err := c.CreateEscrow(ctx, amount)
 	require.NoError(t, err)
 	require.Equal(t, uint64(amount), snap.Amount)
+	require.Equal(t, "v2", snap.RuntimeVersion, "the newest approved version")
 	bal, err := c.Balance(ctx)
 	require.NoError(t, err)
 	require.Equal(t, uint64(funds-amount), bal)

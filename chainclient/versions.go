@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/cosmos/cosmos-sdk/client/grpc/cmtservice"
+	"github.com/cosmos/cosmos-sdk/types/query"
 
 	"github.com/devshard/devshard/versiond"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
@@ -29,6 +31,53 @@ func (c *Client) ApprovedVersions(ctx context.Context) ([]versiond.Version, erro
 		out = append(out, versiond.Version{Name: v.Name, URL: v.Url, SHA256: v.Sha256})
 	}
 	return out, nil
+}
+
+// CandidateURLs is the registered URL, without a trailing slash, of every
+// host a new escrow may be grouped with: the current epoch's members with
+// positive weight whose participant is ACTIVE, as the chain draws groups.
+// A host registered once is listed once, however many members share a URL.
+func (c *Client) CandidateURLs(ctx context.Context) ([]string, error) {
+	epoch, err := c.currentEpoch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	weighty := map[string]bool{}
+	for page := []byte(nil); ; {
+		resp, err := c.query.EpochMembers(ctx, &devshardtypes.QueryEpochMembersRequest{EpochId: epoch.Id, Pagination: &query.PageRequest{Key: page}})
+		if err != nil {
+			return nil, fmt.Errorf("query the members of epoch %d: %w", epoch.Id, err)
+		}
+		for _, m := range resp.Members {
+			if m.Weight.IsPositive() {
+				weighty[m.Address] = true
+			}
+		}
+		if resp.Pagination == nil || len(resp.Pagination.NextKey) == 0 {
+			break
+		}
+		page = resp.Pagination.NextKey
+	}
+	var urls []string
+	seen := map[string]bool{}
+	for page := []byte(nil); ; {
+		resp, err := c.query.Participants(ctx, &devshardtypes.QueryParticipantsRequest{Pagination: &query.PageRequest{Key: page}})
+		if err != nil {
+			return nil, fmt.Errorf("query participants: %w", err)
+		}
+		for _, p := range resp.Participants {
+			u := strings.TrimRight(p.Url, "/")
+			if weighty[p.Address] && p.Status == devshardtypes.ParticipantActive && !seen[u] {
+				seen[u] = true
+				urls = append(urls, u)
+			}
+		}
+		if resp.Pagination == nil || len(resp.Pagination.NextKey) == 0 {
+			break
+		}
+		page = resp.Pagination.NextKey
+	}
+	return urls, nil
 }
 
 // CatchingUp says whether the node in use is still syncing blocks. It is

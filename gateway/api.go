@@ -544,7 +544,7 @@ func classify(err error) (int, string, string) {
 	case errors.Is(err, ErrFunds):
 		// OpenAI's answer to an account out of credit.
 		return http.StatusTooManyRequests, "insufficient_quota", "insufficient_quota"
-	case errors.Is(err, ErrNoEpoch), errors.Is(err, ErrNoHost), errors.Is(err, ErrClosed), errors.Is(err, ErrNotIncluded), errors.As(err, new(*chainclient.StalledError)):
+	case errors.Is(err, ErrNoEpoch), errors.Is(err, ErrNoHost), errors.Is(err, ErrNoRuntime), errors.Is(err, ErrClosed), errors.Is(err, ErrNotIncluded), errors.As(err, new(*chainclient.StalledError)):
 		return http.StatusServiceUnavailable, "server_error", "service_unavailable"
 	case errors.Is(err, context.Canceled):
 		return 499, "server_error", "client_closed"

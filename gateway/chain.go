@@ -7,6 +7,7 @@ import (
 	"github.com/devshard/devshard/chainclient"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
+	"github.com/devshard/devshard/versiond"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
 
@@ -15,10 +16,17 @@ import (
 type Chain interface {
 	// Epoch is the chain's current epoch and its state.
 	Epoch(ctx context.Context) (id uint64, state devshardtypes.EpochState, err error)
-	// CreateEscrow locks amount from the gateway's account and returns the
-	// new escrow's snapshot. An account that cannot lock amount is an error
+	// CreateEscrowUnder locks amount from the gateway's account for a
+	// session under runtime version runtimeVersion and returns the new
+	// escrow's snapshot. An account that cannot lock amount is an error
 	// wrapping ErrFunds.
-	CreateEscrow(ctx context.Context, amount uint64) (*sessionpb.EscrowSnapshot, error)
+	CreateEscrowUnder(ctx context.Context, amount uint64, runtimeVersion string) (*sessionpb.EscrowSnapshot, error)
+	// ApprovedVersions is the runtime versions the chain approves, oldest
+	// first.
+	ApprovedVersions(ctx context.Context) ([]versiond.Version, error)
+	// CandidateURLs is the registered URL of every host a new escrow may
+	// be grouped with.
+	CandidateURLs(ctx context.Context) ([]string, error)
 	// SettleEscrow sends MsgSettleEscrow and returns its tx hash. An escrow
 	// the chain already shows as settled is success, with the hash of the
 	// tx that settled it when the node can find it; one that expired is an

@@ -25,7 +25,9 @@ type member struct {
 }
 
 // resolveMembers lists the distinct accounts of snap's group, in order of
-// their first slot, with the slots each holds and its URL from the chain.
+// their first slot, with the slots each holds and the URL it serves the
+// escrow's sessions at: its registered URL, routed to the escrow's runtime
+// version. Every call about the escrow goes there.
 func resolveMembers(ctx context.Context, chain Chain, snap *sessionpb.EscrowSnapshot) ([]*member, error) {
 	var members []*member
 	byAddr := map[signing.Address]*member{}
@@ -40,7 +42,7 @@ func resolveMembers(ctx context.Context, chain Chain, snap *sessionpb.EscrowSnap
 			if err != nil {
 				return nil, err
 			}
-			m = &member{addr: a, url: url}
+			m = &member{addr: a, url: hostapi.RuntimeURL(url, snap.RuntimeVersion)}
 			byAddr[a] = m
 			members = append(members, m)
 		}

@@ -112,7 +112,7 @@ func (e *escrow) view(current bool) EscrowView {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	root := q.replica.Root()
-	return EscrowView{ID: e.id(), Epoch: e.snap.Epoch, Status: status, Phase: q.replica.Phase().String(), Nonce: q.replica.Nonce(),
+	return EscrowView{ID: e.id(), Epoch: e.snap.Epoch, Runtime: e.snap.RuntimeVersion, Status: status, Phase: q.replica.Phase().String(), Nonce: q.replica.Nonce(),
 		Root: fmt.Sprintf("%x", root), Balance: q.replica.Balance(), NextExecutor: e.out.members[q.executorMember(q.replica.Nonce()+1)].url,
 		Current: current}
 }

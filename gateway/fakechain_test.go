@@ -3,6 +3,8 @@ package gateway
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -11,6 +13,7 @@ import (
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/session/sessiontest"
 	"github.com/devshard/devshard/signing"
+	"github.com/devshard/devshard/versiond"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
 
@@ -35,6 +38,7 @@ type fakeChain struct {
 	rejected    []error
 	settled     map[uint64]bool
 	urls        map[signing.Address]string
+	approved    []devshardtypes.ApprovedVersion // oldest first; none by default
 	// height and haltedAt are the latest block: while haltedAt is zero the
 	// chain makes a block at every LatestBlock; once set, it made its last
 	// block, at height, then.
@@ -56,13 +60,17 @@ func (c *fakeChain) Epoch(context.Context) (uint64, devshardtypes.EpochState, er
 	return c.epoch, c.state, nil
 }
 
-// CreateEscrow implements Chain: it locks amount and snapshots the
-// fixture's parameters into a new escrow of the current epoch.
-func (c *fakeChain) CreateEscrow(_ context.Context, amount uint64) (*sessionpb.EscrowSnapshot, error) {
+// CreateEscrowUnder implements Chain: it locks amount and snapshots the
+// fixture's parameters and runtimeVersion, which the chain's own rule must
+// accept, into a new escrow of the current epoch.
+func (c *fakeChain) CreateEscrowUnder(_ context.Context, amount uint64, runtimeVersion string) (*sessionpb.EscrowSnapshot, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.state != devshardtypes.EpochActive {
 		return nil, fmt.Errorf("fake chain: epoch %d is %s", c.epoch, c.state.Short())
+	}
+	if err := (devshardtypes.Params{ApprovedVersions: c.approved}).CheckRuntimeVersion(runtimeVersion); err != nil {
+		return nil, err
 	}
 	if c.balance < amount {
 		return nil, fmt.Errorf("%w: fake chain holds %d, escrow locks %d", ErrFunds, c.balance, amount)
@@ -73,6 +81,7 @@ func (c *fakeChain) CreateEscrow(_ context.Context, amount uint64) (*sessionpb.E
 	snap.EscrowId = c.lastID
 	snap.Amount = amount
 	snap.Epoch = c.epoch
+	snap.RuntimeVersion = runtimeVersion
 	c.snaps[snap.EscrowId] = snap
 	c.created = append(c.created, snap)
 	return cloneSnapshot(snap), nil // the gateway gets its own copy, as over the wire
@@ -129,6 +138,41 @@ func (c *fakeChain) HostURL(_ context.Context, addr signing.Address) (string, er
 		return "", fmt.Errorf("fake chain: %s is not a registered participant", addr)
 	}
 	return url, nil
+}
+
+// ApprovedVersions implements Chain.
+func (c *fakeChain) ApprovedVersions(context.Context) ([]versiond.Version, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]versiond.Version, len(c.approved))
+	for i, v := range c.approved {
+		out[i] = versiond.Version{Name: v.Name, URL: v.Url, SHA256: v.Sha256}
+	}
+	return out, nil
+}
+
+// approve sets the chain's approved runtime versions, oldest first.
+func (c *fakeChain) approve(names ...string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.approved = nil
+	for _, n := range names {
+		c.approved = append(c.approved, devshardtypes.ApprovedVersion{Name: n, Url: "https://example.org/" + n, Sha256: strings.Repeat("ab", 32)})
+	}
+}
+
+// CandidateURLs implements Chain: every registered host, once.
+func (c *fakeChain) CandidateURLs(context.Context) ([]string, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []string
+	for _, u := range c.urls {
+		if !slices.Contains(out, u) {
+			out = append(out, u)
+		}
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // Balance implements Chain.

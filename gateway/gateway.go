@@ -158,6 +158,9 @@ type Gateway struct {
 	log     *slog.Logger
 	metrics *Metrics
 	memo    *signing.Memo // host tx signatures checked on arrival, so building a diff does not check them again
+	// runtimes follows which runtime versions the hosts serve, to create
+	// escrows under one they share.
+	runtimes *runtimes
 
 	mu       sync.Mutex
 	closed   bool
@@ -185,7 +188,7 @@ func New(cfg Config) *Gateway {
 		cfg: cfg, key: cfg.Key, state: cfg.State, chain: cfg.Metrics.countChain(cfg.Chain), auth: cfg.Auth,
 		peers: newPeers(cfg.Key, cfg.ChainID, cfg.HostTimeout), log: cfg.Logger, metrics: cfg.Metrics, memo: signing.NewMemo(memoSize),
 		all: map[uint64]*escrow{}, lanes: make([]*escrow, cfg.Lanes), creating: make([]chan struct{}, cfg.Lanes),
-		stop: cancel, loopCx: ctx,
+		stop: cancel, loopCx: ctx, runtimes: newRuntimes(ctx, cfg.Logger),
 	}
 	for i := range g.creating {
 		g.creating[i] = make(chan struct{}, 1)
@@ -245,9 +248,10 @@ func (g *Gateway) Start(ctx context.Context) error {
 		}
 		g.log.Info("resumed escrow", "escrow", e.id(), "nonce", e.seq.nonce(), "status", se.Status)
 	}
-	g.bg.Add(4)
+	g.bg.Add(5)
 	go g.every(g.cfg.FlushEvery, g.flushLanes)
 	go g.every(g.cfg.EpochPoll, g.settleEnded)
+	go g.every(g.cfg.EpochPoll, g.retireUnapproved)
 	go g.every(g.cfg.EpochPoll, g.pruneSettled)
 	go g.every(g.cfg.EpochPoll, g.watchChain)
 	return nil
@@ -369,7 +373,11 @@ func (g *Gateway) createEscrow(ctx context.Context) (*escrow, error) {
 	if bal < g.cfg.EscrowAmount {
 		return nil, fmt.Errorf("%w: the gateway account holds %d and an escrow locks %d", ErrFunds, bal, g.cfg.EscrowAmount)
 	}
-	snap, err := g.chain.CreateEscrow(ctx, g.cfg.EscrowAmount)
+	version, err := g.runtimeForNewEscrow(ctx)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := g.chain.CreateEscrowUnder(ctx, g.cfg.EscrowAmount, version)
 	if err != nil {
 		return nil, err
 	}
@@ -381,8 +389,29 @@ func (g *Gateway) createEscrow(ctx context.Context) (*escrow, error) {
 		return nil, err
 	}
 	g.metrics.escrows.Inc()
-	g.log.Info("escrow created", "escrow", snap.EscrowId, "epoch", snap.Epoch, "amount", snap.Amount, "group", len(snap.Group))
+	g.log.Info("escrow created", "escrow", snap.EscrowId, "epoch", snap.Epoch, "amount", snap.Amount, "group", len(snap.Group), "runtime", snap.RuntimeVersion)
 	return e, nil
+}
+
+// runtimeForNewEscrow is the runtime version a new escrow is created
+// under: the one the hosts it may be grouped with share (runtimes.choose).
+func (g *Gateway) runtimeForNewEscrow(ctx context.Context) (string, error) {
+	approved, err := g.chain.ApprovedVersions(ctx)
+	if err != nil {
+		return "", err
+	}
+	if len(approved) == 0 {
+		return "", nil // hosts run no versiond: no need to ask them
+	}
+	names := make([]string, len(approved))
+	for i, v := range approved {
+		names[i] = v.Name
+	}
+	hosts, err := g.chain.CandidateURLs(ctx)
+	if err != nil {
+		return "", err
+	}
+	return g.runtimes.choose(ctx, names, hosts)
 }
 
 // retire stops new requests on e and settles it in the background.
@@ -490,6 +519,7 @@ func (g *Gateway) halt() {
 	}
 	cancel()
 	g.stop()
+	g.runtimes.close()
 	g.bg.Wait()
 }
 
@@ -584,6 +614,9 @@ type EscrowView struct {
 	Nonce   uint64       `json:"nonce"`
 	Root    string       `json:"root"`
 	Balance uint64       `json:"balance"`
+	// Runtime is the runtime version the escrow was created under; every
+	// call of its session goes to that version's route on each host.
+	Runtime string `json:"runtime_version,omitempty"`
 	// NextExecutor is the URL of the host that executes the next nonce.
 	NextExecutor string `json:"next_executor"`
 	Current      bool   `json:"current"`

@@ -17,6 +17,7 @@ import (
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
+	"github.com/devshard/devshard/versiond"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
 
@@ -217,10 +218,22 @@ func (c countingChain) Epoch(ctx context.Context) (uint64, devshardtypes.EpochSt
 	return id, st, err
 }
 
-func (c countingChain) CreateEscrow(ctx context.Context, amount uint64) (*sessionpb.EscrowSnapshot, error) {
-	s, err := c.c.CreateEscrow(ctx, amount)
+func (c countingChain) CreateEscrowUnder(ctx context.Context, amount uint64, runtimeVersion string) (*sessionpb.EscrowSnapshot, error) {
+	s, err := c.c.CreateEscrowUnder(ctx, amount, runtimeVersion)
 	c.count("create_escrow", err)
 	return s, err
+}
+
+func (c countingChain) ApprovedVersions(ctx context.Context) ([]versiond.Version, error) {
+	v, err := c.c.ApprovedVersions(ctx)
+	c.count("approved_versions", err)
+	return v, err
+}
+
+func (c countingChain) CandidateURLs(ctx context.Context) ([]string, error) {
+	u, err := c.c.CandidateURLs(ctx)
+	c.count("candidate_urls", err)
+	return u, err
 }
 
 func (c countingChain) SettleEscrow(ctx context.Context, s *sessionpb.Settlement) (string, error) {

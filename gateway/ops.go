@@ -63,7 +63,8 @@ func (g *Gateway) version() string { return buildinfo.Read().Version }
 // readiness says whether the gateway can serve a request now, and if not,
 // why: it is not shutting down, the chain node answers and is making
 // blocks, and either a lane has an escrow with a host that is ready, or an
-// escrow can be opened (an epoch is ACTIVE and the account can lock one).
+// escrow can be opened (an epoch is ACTIVE, the account can lock one, and
+// a host serves an approved runtime version).
 //
 // A stalled chain fails readiness although the open escrows still serve:
 // their books are off chain, but no escrow can be opened or settled until
@@ -112,6 +113,9 @@ func (g *Gateway) readiness(ctx context.Context) (bool, string) {
 	}
 	if bal < g.cfg.EscrowAmount {
 		return false, fmt.Sprintf("no escrow is open and none can be: the gateway account holds %d and an escrow locks %d", bal, g.cfg.EscrowAmount)
+	}
+	if _, err := g.runtimeForNewEscrow(ctx); err != nil {
+		return false, "no escrow is open and none can be: " + err.Error()
 	}
 	return true, ""
 }

@@ -20,6 +20,9 @@ type FileConfig struct {
 	Listen  string
 	Home    string
 	Version string
+	// RuntimeVersion is the approved runtime version this process serves
+	// (Config.RuntimeVersion).
+	RuntimeVersion string
 
 	Key struct {
 		File           string
@@ -115,6 +118,7 @@ func Settings(c *FileConfig) *settings.Schema {
 		FormerEnv("DEVSHARD_HOST_THINK_TIME")
 	s.String(&c.Executor.APIKey, "executor.api_key", "", "bearer token for the server (openai only)")
 	s.Int(&c.Recovery.Workers, "recovery.workers", 4, "parallel workers recovering sessions at startup")
+	s.String(&c.RuntimeVersion, "runtime_version", "", "the approved runtime version this process serves behind versiond; it refuses (409) sessions of escrows created under another. Default: DEVSHARD_VERSION, which versiond sets for its children; empty serves every escrow")
 	// Until issue 16 a host flag kept its key's dots (--storage.keep-epochs).
 	for _, st := range s.Settings() {
 		key := st.Key
@@ -189,8 +193,22 @@ func load(c *FileConfig, s *settings.Schema, path string, environ func(string) (
 			c.Storage.Driver = "postgres"
 		}
 	}
+	// versiond names each child's version in DEVSHARD_VERSION; a name set
+	// otherwise must agree with it, or the child would refuse the very
+	// sessions versiond routes to it.
+	if v, ok := environ(versionEnv); ok && v != "" {
+		switch {
+		case c.RuntimeVersion == "":
+			c.RuntimeVersion = v
+		case c.RuntimeVersion != v:
+			return nil, fmt.Errorf("runtime_version is %q but versiond runs this process as %s=%q; leave runtime_version unset behind versiond", c.RuntimeVersion, versionEnv, v)
+		}
+	}
 	return c, c.validate()
 }
+
+// versionEnv is the variable versiond sets to the version its child runs.
+const versionEnv = "DEVSHARD_VERSION"
 
 func (c *FileConfig) validate() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {

@@ -160,3 +160,24 @@ func TestDocsExampleLoads(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, "file", c.Key.KeyringBackend)
 }
+
+// versiond names each child's version in DEVSHARD_VERSION; the host takes
+// it as its runtime version, and refuses a runtime_version that disagrees,
+// which would refuse every session versiond routes to it.
+func TestRuntimeVersionFromVersiond(t *testing.T) {
+	t.Parallel()
+	c, err := LoadConfig("", env(nil), nil)
+	require.NoError(t, err)
+	require.Empty(t, c.RuntimeVersion, "not behind versiond: serves every escrow")
+	c, err = LoadConfig("", env(map[string]string{"DEVSHARD_VERSION": "v2"}), nil)
+	require.NoError(t, err)
+	require.Equal(t, "v2", c.RuntimeVersion)
+	c, err = LoadConfig("", env(map[string]string{"DEVSHARD_HOST_RUNTIME_VERSION": "v3"}), nil)
+	require.NoError(t, err)
+	require.Equal(t, "v3", c.RuntimeVersion)
+	c, err = LoadConfig("", env(map[string]string{"DEVSHARD_VERSION": "v2"}), map[string]string{"runtime_version": "v2"})
+	require.NoError(t, err)
+	require.Equal(t, "v2", c.RuntimeVersion)
+	_, err = LoadConfig("", env(map[string]string{"DEVSHARD_VERSION": "v2"}), map[string]string{"runtime_version": "v1"})
+	require.EqualError(t, err, `runtime_version is "v1" but versiond runs this process as DEVSHARD_VERSION="v2"; leave runtime_version unset behind versiond`)
+}

@@ -58,7 +58,10 @@ type DaemonConfig struct {
 	RecoveryWorkers int
 	// Version is what GET /version reports.
 	Version string
-	Logger  *slog.Logger
+	// RuntimeVersion is the runtime version this process serves behind
+	// versiond (Config.RuntimeVersion).
+	RuntimeVersion string
+	Logger         *slog.Logger
 	// Jobs configures the job queue, its workers and the admin endpoint.
 	Jobs JobsConfig
 	// ProxyValidation hands the host's validations to a proxy host
@@ -151,7 +154,8 @@ func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 	peers := newChainPeers(cfg.Chain)
 	d.Engine = New(Config{Key: cfg.Key, Account: account, Escrows: chainEscrows{cfg.Chain}, Executor: cfg.Executor,
 		Auth: cfg.Chain.Authorizer(), SnapshotEvery: cfg.SnapshotEvery, Peers: peers, Logger: log, Metrics: NewMetrics(),
-		Workers: cfg.Jobs.Workers, InferenceJobs: cfg.Jobs.Inference, ProxyValidation: cfg.ProxyValidation})
+		Workers: cfg.Jobs.Workers, InferenceJobs: cfg.Jobs.Inference, ProxyValidation: cfg.ProxyValidation,
+		RuntimeVersion: cfg.RuntimeVersion})
 	d.srv = httpserve.Server(d.explainReadyz(Handler(d.Engine, cfg.Version)))
 	go func() { d.served <- d.srv.Serve(d.ln) }()
 	log.Info("host listening", "addr", d.Addr(), "account", cfg.Chain.Address(account))

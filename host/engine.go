@@ -93,6 +93,10 @@ type Config struct {
 	// sessions (NewProxy): it serves no session route, so nothing but the
 	// primary feeds it.
 	Proxy bool
+	// RuntimeVersion is the approved runtime version this process serves
+	// behind versiond; it serves only the escrows created under it
+	// (checkRuntime). Empty serves every escrow.
+	RuntimeVersion string
 }
 
 // Engine serves the sessions of the escrows whose group this host is in.
@@ -418,6 +422,9 @@ func (e *Engine) load(ctx context.Context, escrowID uint64, en *entry) error {
 			return fmt.Errorf("chain returned escrow %d when asked for %d", snap.EscrowId, escrowID)
 		}
 	default:
+		return err
+	}
+	if err := e.checkRuntime(snap); err != nil {
 		return err
 	}
 	slots := e.slotsIn(snap)

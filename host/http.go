@@ -390,7 +390,7 @@ func (h *handler) fail(w http.ResponseWriter, err error) {
 		status = http.StatusNotFound
 	case errors.Is(err, ErrNotMember), errors.Is(err, ErrForbidden), errors.Is(err, ErrNotExecutor):
 		status = http.StatusForbidden
-	case errors.Is(err, store.ErrFork), errors.Is(err, store.ErrNonceGap), errors.Is(err, ErrNotIncludable), errors.Is(err, ErrOverdue):
+	case errors.Is(err, store.ErrFork), errors.Is(err, store.ErrNonceGap), errors.Is(err, ErrNotIncludable), errors.Is(err, ErrOverdue), errors.Is(err, ErrWrongRuntime):
 		status = http.StatusConflict
 	case errors.As(err, &de):
 		switch de.Reason {

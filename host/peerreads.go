@@ -29,14 +29,25 @@ func (p *peerReads) client() *hostapi.Client {
 	return hostapi.NewClient(p.eng.cfg.Key, p.eng.ChainID(), p.http)
 }
 
-// diffs asks a group member for its stored diffs from nonce from on; the
-// client refuses a page that is not consecutive from from.
-func (p *peerReads) diffs(ctx context.Context, peer signing.Address, escrow, from uint64) ([][]byte, error) {
-	url, err := p.urls.PeerURL(ctx, peer)
+// url is where peer serves the sessions of snap's escrow: its registered
+// URL, routed to the escrow's runtime version.
+func (p *peerReads) url(ctx context.Context, peer signing.Address, snap *sessionpb.EscrowSnapshot) (string, error) {
+	base, err := p.urls.PeerURL(ctx, peer)
+	if err != nil {
+		return "", err
+	}
+	return hostapi.RuntimeURL(base, snap.RuntimeVersion), nil
+}
+
+// diffs asks a group member for its stored diffs of snap's escrow from
+// nonce from on; the client refuses a page that is not consecutive from
+// from.
+func (p *peerReads) diffs(ctx context.Context, peer signing.Address, snap *sessionpb.EscrowSnapshot, from uint64) ([][]byte, error) {
+	url, err := p.url(ctx, peer, snap)
 	if err != nil {
 		return nil, err
 	}
-	stored, err := p.client().Diffs(ctx, url, peer, escrow, from, hostapi.MaxDiffsPerDelivery)
+	stored, err := p.client().Diffs(ctx, url, peer, snap.EscrowId, from, hostapi.MaxDiffsPerDelivery)
 	if err != nil {
 		return nil, err
 	}
@@ -47,12 +58,12 @@ func (p *peerReads) diffs(ctx context.Context, peer signing.Address, escrow, fro
 	return raws, nil
 }
 
-// signatures asks a group member for its state signatures at nonce; the
-// ones that do not decode are left out.
-func (p *peerReads) signatures(ctx context.Context, peer signing.Address, escrow, nonce uint64) ([]*sessionpb.StateSignature, error) {
-	url, err := p.urls.PeerURL(ctx, peer)
+// signatures asks a group member for its state signatures of snap's escrow
+// at nonce; the ones that do not decode are left out.
+func (p *peerReads) signatures(ctx context.Context, peer signing.Address, snap *sessionpb.EscrowSnapshot, nonce uint64) ([]*sessionpb.StateSignature, error) {
+	url, err := p.url(ctx, peer, snap)
 	if err != nil {
 		return nil, err
 	}
-	return p.client().Signatures(ctx, url, peer, escrow, nonce)
+	return p.client().Signatures(ctx, url, peer, snap.EscrowId, nonce)
 }

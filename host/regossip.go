@@ -21,7 +21,9 @@ import (
 // Peers finds the hosts of the other participants of a group.
 type Peers interface {
 	// PeerURL returns the base URL of the host API that participant addr
-	// serves, as registered on chain, without a trailing slash. An error
+	// serves, as registered on chain, without a trailing slash; a push
+	// about an escrow goes to its runtime version's route below it
+	// (hostapi.RuntimeURL). An error
 	// means the participant cannot be reached now; the push is tried again
 	// on a later tick. Implementations should cache: it is asked once per
 	// peer on every tick that has something new to push.
@@ -72,10 +74,11 @@ type peerTx struct {
 
 // pushBatch is the txs of one escrow due to one peer.
 type pushBatch struct {
-	escrow uint64
-	peer   signing.Address
-	txs    []*sessionpb.Tx
-	keys   []string
+	escrow  uint64
+	runtime string // the escrow's runtime version: where the peer serves it
+	peer    signing.Address
+	txs     []*sessionpb.Tx
+	keys    []string
 }
 
 // regossip pushes every own tx that has waited past regossipAfter nonces,
@@ -105,7 +108,7 @@ func (e *Engine) dueBatches(en *entry) []pushBatch {
 		en.mu.Unlock()
 		return nil
 	}
-	escrow, nonce, after := en.snap.EscrowId, en.s.Nonce(), regossipAfter(en.snap.SealGraceNonces)
+	escrow, runtime, nonce, after := en.snap.EscrowId, en.snap.RuntimeVersion, en.s.Nonce(), regossipAfter(en.snap.SealGraceNonces)
 	now, wait := e.cfg.Now(), regossipWait(en.snap.ExecutionTimeoutSeconds)
 	pooled := map[string]bool{}
 	var due []*sessionpb.Tx
@@ -147,7 +150,7 @@ func (e *Engine) dueBatches(en *entry) []pushBatch {
 	}
 	var out []pushBatch
 	for _, peer := range peers {
-		b := pushBatch{escrow: escrow, peer: peer}
+		b := pushBatch{escrow: escrow, runtime: runtime, peer: peer}
 		for i, k := range keys {
 			pk := peerTx{k, peer}
 			if _, seen := sent[pk]; seen {
@@ -183,13 +186,14 @@ func (e *Engine) peersOf(snap *sessionpb.EscrowSnapshot) []signing.Address {
 // pass ends the batch: the rest are retried on a later tick with it.
 func (e *Engine) push(ctx context.Context, b pushBatch) {
 	lookup, cancel := context.WithTimeout(ctx, gossipTimeout)
-	url, err := e.cfg.Peers.PeerURL(lookup, b.peer)
+	base, err := e.cfg.Peers.PeerURL(lookup, b.peer)
 	cancel()
 	if err != nil {
 		e.log.Debug("gossip: peer not reachable; retrying later", "escrow", b.escrow, "peer", b.peer, "err", err)
 		e.gossiped.settle(b.escrow, b.peer, b.keys, false)
 		return
 	}
+	url := hostapi.RuntimeURL(base, b.runtime)
 	for i, tx := range b.txs {
 		err := e.postGossip(ctx, url, b.peer, b.escrow, tx)
 		switch {

@@ -98,7 +98,7 @@ func (s *selfSettler) settle(ctx context.Context, st Settleable) error {
 	}
 	take(own)
 	for _, a := range s.peers(st.Snapshot) {
-		peer, err := s.read.signatures(ctx, a, m.EscrowId, m.Nonce)
+		peer, err := s.read.signatures(ctx, a, st.Snapshot, m.Nonce)
 		if err != nil {
 			s.log.Info("self-settlement: a peer's signatures are missing", "escrow", m.EscrowId, "peer", s.chain.Address(a), "err", err)
 			continue
@@ -140,7 +140,7 @@ func (s *selfSettler) catchUp(ctx context.Context, st Settleable) Settleable {
 	nonce := st.Settlement.Nonce
 	for _, peer := range s.peers(st.Snapshot) {
 		for range catchUpPages {
-			raws, err := s.read.diffs(ctx, peer, id, nonce+1)
+			raws, err := s.read.diffs(ctx, peer, st.Snapshot, nonce+1)
 			if err != nil || len(raws) == 0 {
 				break
 			}

@@ -154,7 +154,7 @@ func TestSelfSettlerCatchesUpFromPeers(t *testing.T) {
 	// others' signatures.
 	read := newPeerReads(g.engines[1], g.urls)
 	for i, key := range g.f.Hosts {
-		sigs, err := read.signatures(t.Context(), key.Address(), g.id, 5)
+		sigs, err := read.signatures(t.Context(), key.Address(), g.f.Snapshot, 5)
 		require.NoError(t, err)
 		require.Len(t, sigs, 1, "host %d signed nonce 5", i)
 		require.Equal(t, g.root, sigs[0].StateRoot)

@@ -10,6 +10,7 @@ package hostapi
 
 import (
 	"fmt"
+	"net/url"
 	"strings"
 
 	"github.com/devshard/devshard/executor"
@@ -34,6 +35,18 @@ const (
 	ParamLimit = "limit" // GET .../diffs: how many at most
 	ParamNonce = "nonce" // GET .../signatures: the nonce signed
 )
+
+// RuntimeURL is where the host registered at base serves the sessions of
+// escrows created under runtime version: versiond's route to that
+// version's process, base/devshard/<version>, or base itself for an
+// escrow that names no version (a host not behind versiond). Gateways and
+// hosts build every session call's URL here.
+func RuntimeURL(base, version string) string {
+	if version == "" {
+		return base
+	}
+	return strings.TrimRight(base, "/") + "/devshard/" + url.PathEscape(version)
+}
 
 // Route is one route of the API: a method and a path pattern, where a
 // session route's path names its escrow as {escrow}.

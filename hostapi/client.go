@@ -170,7 +170,7 @@ func (c *Client) Inference(ctx context.Context, baseURL string, to signing.Addre
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	hreq, err := c.request(ctx, Inference.Method, baseURL+Inference.For(escrow), to, body)
+	hreq, err := c.request(ctx, Inference.Method, baseURL, Inference.For(escrow), to, body)
 	if err != nil {
 		return nil, err
 	}
@@ -233,21 +233,30 @@ func (c *Client) Inference(ctx context.Context, baseURL string, to signing.Addre
 	}
 }
 
-// request is a signed request with method to target, on the host of
-// account to.
-func (c *Client) request(ctx context.Context, method, target string, to signing.Address, body []byte) (*http.Request, error) {
+// request is a signed request with method to baseURL+path, on the host of
+// account to. The signature covers path, the route as the host serves it,
+// not the base URL's own path: a router in front of the host, such as
+// versiond's /devshard/<version>/ (RuntimeURL), strips that part, and the
+// host checks the signature against the path it receives.
+func (c *Client) request(ctx context.Context, method, baseURL, path string, to signing.Address, body []byte) (*http.Request, error) {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, target, rd)
+	req, err := http.NewRequestWithContext(ctx, method, baseURL+path, rd)
 	if err != nil {
 		return nil, err
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	if err := httpauth.Sign(req, body, c.key, httpauth.Audience{ChainID: c.chainID, Host: to}, time.Now()); err != nil {
+	route, err := url.ParseRequestURI(path)
+	if err != nil {
+		return nil, fmt.Errorf("route %q: %w", path, err)
+	}
+	// Signed as a request at route alone; the header lands on req.
+	signed := &http.Request{Method: method, URL: route, Header: req.Header}
+	if err := httpauth.Sign(signed, body, c.key, httpauth.Audience{ChainID: c.chainID, Host: to}, time.Now()); err != nil {
 		return nil, err
 	}
 	return req, nil
@@ -268,7 +277,7 @@ func (c *Client) call(ctx context.Context, r Route, baseURL string, to signing.A
 // JSON answer into out. A 204 is an answer without a body: got is false
 // and out is left as it was.
 func (c *Client) send(ctx context.Context, r Route, baseURL, path string, to signing.Address, body []byte, out any) (got bool, err error) {
-	req, err := c.request(ctx, r.Method, baseURL+path, to, body)
+	req, err := c.request(ctx, r.Method, baseURL, path, to, body)
 	if err != nil {
 		return false, err
 	}

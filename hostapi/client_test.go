@@ -331,3 +331,59 @@ func TestAttackOversizedHostAnswerIsRefused(t *testing.T) {
 	var tl *tooLargeError
 	require.ErrorAs(t, err, &tl)
 }
+
+func TestRuntimeURL(t *testing.T) {
+	t.Parallel()
+	require.Equal(t, "http://h:8090", RuntimeURL("http://h:8090", ""), "an escrow without a version goes to the host itself")
+	require.Equal(t, "http://h:8090/devshard/v2", RuntimeURL("http://h:8090", "v2"))
+	require.Equal(t, "https://h.example/devshard/v2.1-rc_3", RuntimeURL("https://h.example/", "v2.1-rc_3"))
+}
+
+// versiond strips /devshard/<version> before the host sees a request, so
+// the signature must cover the route the host serves: a call through a
+// stripping router verifies, for every route and for a stream.
+func TestClientSignsTheRouteBehindARuntimePrefix(t *testing.T) {
+	t.Parallel()
+	var seen []string
+	b := setup(t, func(w http.ResponseWriter, r *http.Request) {
+		seen = append(seen, r.Method+" "+r.URL.RequestURI())
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/mempool"):
+			writeJSON(w, http.StatusOK, MempoolResponse{Txs: [][]byte{[]byte("a")}})
+		case strings.HasSuffix(r.URL.Path, "/diffs"):
+			writeJSON(w, http.StatusOK, DiffsResponse{Diffs: []StoredDiff{{Nonce: 4}}})
+		case strings.HasSuffix(r.URL.Path, "/inference"):
+			w.Header().Set("Content-Type", "text/event-stream")
+			_, _ = io.WriteString(w, event(StreamEvent{Done: true, Usage: &executor.Usage{PromptTokens: 1, CompletionTokens: 1}}))
+		}
+	})
+	host := b.url
+	router := httptest.NewServer(http.StripPrefix("/devshard/v2", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.URL.Scheme, r.URL.Host, r.RequestURI = "http", strings.TrimPrefix(host, "http://"), ""
+		resp, err := http.DefaultTransport.RoundTrip(r)
+		if err != nil {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		defer resp.Body.Close()
+		w.Header().Set("Content-Type", resp.Header.Get("Content-Type"))
+		w.WriteHeader(resp.StatusCode)
+		_, _ = io.Copy(w, resp.Body)
+	})))
+	t.Cleanup(router.Close)
+	base := RuntimeURL(router.URL, "v2")
+
+	ctx := t.Context()
+	txs, err := b.client.Mempool(ctx, base, b.host, 7)
+	require.NoError(t, err)
+	require.Len(t, txs, 1)
+	_, err = b.client.Diffs(ctx, base, b.host, 7, 4, 1)
+	require.NoError(t, err)
+	_, err = b.client.Inference(ctx, base, b.host, 7, 1, executor.Request{}, 5*time.Second, func(string) error { return nil })
+	require.NoError(t, err)
+	require.Equal(t, []string{
+		"GET /v1/sessions/7/mempool",
+		"GET /v1/sessions/7/diffs?from=4&limit=1",
+		"POST /v1/sessions/7/inference",
+	}, seen)
+}

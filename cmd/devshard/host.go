@@ -155,7 +155,7 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 	d, err := host.Open(ctx, host.DaemonConfig{
 		Listen: cfg.Listen, Key: signer, Account: account, Chain: chainc, ChainGRPC: cfg.Chain.GRPC, ChainRPC: cfg.Chain.RPC, ChainStallAfter: cfg.Chain.StallAfter,
 		Sender: sender, Executor: newExecutor(cfg), Storage: hostStorage(cfg),
-		SnapshotEvery: cfg.Storage.SnapshotEvery, RecoveryWorkers: cfg.Recovery.Workers, Version: buildVersion(), Logger: log,
+		SnapshotEvery: cfg.Storage.SnapshotEvery, RecoveryWorkers: cfg.Recovery.Workers, Version: buildVersion(), RuntimeVersion: cfg.RuntimeVersion, Logger: log,
 		Jobs: jobsCfg, ProxyValidation: cfg.Validation.Proxy,
 	})
 	if err != nil && ctx.Err() != nil {

@@ -78,7 +78,7 @@ func (AppModule) AutoCLIOptions() *autocliv1.ModuleOptions {
 				},
 				{
 					RpcMethod: "CreateEscrow", Use: "create-escrow [amount]",
-					Short:          "Lock amount (in the collateral denom, integer) for a session in the current epoch",
+					Short:          "Lock amount (in the collateral denom, integer) for a session in the current epoch, under --runtime-version (an approved version's name; empty only while none is approved)",
 					PositionalArgs: []*autocliv1.PositionalArgDescriptor{{ProtoField: "amount"}},
 				},
 				{

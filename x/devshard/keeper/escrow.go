@@ -23,12 +23,16 @@ import (
 var moduleAddress = authtypes.NewModuleAddress(types.ModuleName)
 
 // CreateEscrow locks amount from creator for a session in the current epoch,
-// which must be ACTIVE. It picks the group and snapshots every session
-// parameter; it charges nothing beyond amount (fees are paid out of it at
-// settlement).
-func (k Keeper) CreateEscrow(ctx sdk.Context, creator sdk.AccAddress, amount uint64) (types.Escrow, error) {
+// which must be ACTIVE, under runtimeVersion, which must be approved
+// (Params.CheckRuntimeVersion). It picks the group and snapshots every
+// session parameter and the runtime version; it charges nothing beyond
+// amount (fees are paid out of it at settlement).
+func (k Keeper) CreateEscrow(ctx sdk.Context, creator sdk.AccAddress, amount uint64, runtimeVersion string) (types.Escrow, error) {
 	params, err := k.Params.Get(ctx)
 	if err != nil {
+		return types.Escrow{}, err
+	}
+	if err := params.CheckRuntimeVersion(runtimeVersion); err != nil {
 		return types.Escrow{}, err
 	}
 	if amount < params.MinEscrowAmount || amount > params.MaxEscrowAmount {
@@ -78,6 +82,7 @@ func (k Keeper) CreateEscrow(ctx sdk.Context, creator sdk.AccAddress, amount uin
 		ExecutionTimeoutSeconds: params.ExecutionTimeoutSeconds,
 		ValidationRateBps:       params.ValidationRateBps,
 		ProtocolVersion:         params.ProtocolVersion,
+		RuntimeVersion:          runtimeVersion,
 	}
 	if err := session.ValidateSnapshot(&snap); err != nil {
 		return types.Escrow{}, types.ErrInvalidEscrow.Wrap(err.Error())

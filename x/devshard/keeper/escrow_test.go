@@ -3,6 +3,7 @@ package keeper_test
 import (
 	"bytes"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -928,4 +929,70 @@ func TestAttackDenomChangeStrandsRewards(t *testing.T) {
 	_, err = w.settle(w.gw, m2)
 	require.NoError(t, err)
 	w.conserved(t)
+}
+
+// approve sets the chain's approved runtime versions, oldest first.
+func approve(names ...string) func(*types.Params) {
+	return func(p *types.Params) {
+		p.ApprovedVersions = nil
+		for _, n := range names {
+			p.ApprovedVersions = append(p.ApprovedVersions, types.ApprovedVersion{
+				Name: n, Url: "https://example.org/" + n, Sha256: strings.Repeat("ab", 32)})
+		}
+	}
+}
+
+// An escrow is served by the runtime it names, so the chain takes only a
+// name that hosts run: an approved one, or none while none is approved.
+func TestCreateEscrowChecksTheRuntimeVersion(t *testing.T) {
+	t.Parallel()
+	cases := []struct {
+		name     string
+		approved []string
+		version  string
+		refusal  string // empty: accepted
+	}{
+		{"approved newest", []string{"v1", "v2"}, "v2", ""},
+		{"approved older", []string{"v1", "v2"}, "v1", ""},
+		{"no list, no name", nil, "", ""},
+		{"unapproved name", []string{"v1", "v2"}, "v3", `runtime version "v3" is not approved; the chain approves v1, v2 (newest last)`},
+		{"no name while versions are approved", []string{"v1"}, "", "an escrow needs a runtime_version: the chain approves v1 (newest last)"},
+		{"a name while none is approved", nil, "v1", `runtime version "v1" is not approved: the chain approves no runtime version`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			w := newWorld(t, approve(c.approved...))
+			before := w.bal(w.gw)
+			res, err := w.srv.CreateEscrow(w.ctx, &types.MsgCreateEscrow{Creator: w.gw.String(), Amount: 1000, RuntimeVersion: c.version})
+			if c.refusal != "" {
+				require.ErrorIs(t, err, types.ErrUnapprovedVersion)
+				require.ErrorContains(t, err, c.refusal)
+				require.Equal(t, before, w.bal(w.gw), "nothing was locked")
+				return
+			}
+			require.NoError(t, err)
+			esc, err := w.k.Escrow(w.ctx, res.EscrowId)
+			require.NoError(t, err)
+			require.Equal(t, c.version, esc.Snapshot.RuntimeVersion)
+		})
+	}
+}
+
+// The snapshot keeps the name the escrow was created under when
+// governance later retires that version.
+func TestRuntimeVersionSurvivesAParamsChange(t *testing.T) {
+	t.Parallel()
+	w := newWorld(t, approve("v1"))
+	res, err := w.srv.CreateEscrow(w.ctx, &types.MsgCreateEscrow{Creator: w.gw.String(), Amount: 1000, RuntimeVersion: "v1"})
+	require.NoError(t, err)
+	p, err := w.k.Params.Get(w.ctx)
+	require.NoError(t, err)
+	approve("v2")(&p)
+	require.NoError(t, w.k.Params.Set(w.ctx, p))
+	esc, err := w.k.Escrow(w.ctx, res.EscrowId)
+	require.NoError(t, err)
+	require.Equal(t, "v1", esc.Snapshot.RuntimeVersion)
+	_, err = w.srv.CreateEscrow(w.ctx, &types.MsgCreateEscrow{Creator: w.gw.String(), Amount: 1000, RuntimeVersion: "v1"})
+	require.ErrorIs(t, err, types.ErrUnapprovedVersion)
 }

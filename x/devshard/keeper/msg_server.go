@@ -88,7 +88,7 @@ func (s msgServer) CreateEscrow(ctx context.Context, msg *types.MsgCreateEscrow)
 	if err != nil {
 		return nil, types.ErrInvalidEscrow.Wrapf("creator %q is not a valid address: %v", msg.Creator, err)
 	}
-	esc, err := s.k.CreateEscrow(sdk.UnwrapSDKContext(ctx), creator, msg.Amount)
+	esc, err := s.k.CreateEscrow(sdk.UnwrapSDKContext(ctx), creator, msg.Amount, msg.RuntimeVersion)
 	if err != nil {
 		return nil, err
 	}

@@ -32,6 +32,8 @@ var (
 	ErrNotClaimable         = errorsmod.Register(ModuleName, 20, "rewards not claimable")
 	ErrAlreadyClaimed       = errorsmod.Register(ModuleName, 21, "rewards already claimed")
 	ErrOverflow             = errorsmod.Register(ModuleName, 22, "amount overflow")
+	// Code 43: 23 to 42 are the protocol reasons below.
+	ErrUnapprovedVersion = errorsmod.Register(ModuleName, 43, "runtime version not approved")
 )
 
 // The protocol package's rejection reasons, registered so that a client

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"strings"
 
 	sdkmath "cosmossdk.io/math"
 
@@ -152,6 +153,31 @@ func validateVersions(vs []ApprovedVersion) error {
 		}
 	}
 	return nil
+}
+
+// CheckRuntimeVersion says whether an escrow may be created under runtime
+// version name: one of approved_versions, or "" while that list is empty
+// (a chain whose hosts run no versiond). An escrow under a name no host
+// runs could never be served, and one without a name on a chain that
+// approves versions would be served by whichever runtime a request reached.
+func (p Params) CheckRuntimeVersion(name string) error {
+	approved := make([]string, len(p.ApprovedVersions))
+	for i, v := range p.ApprovedVersions {
+		if v.Name == name {
+			return nil
+		}
+		approved[i] = v.Name
+	}
+	switch {
+	case len(approved) == 0 && name == "":
+		return nil
+	case len(approved) == 0:
+		return ErrUnapprovedVersion.Wrapf("runtime version %q is not approved: the chain approves no runtime version, so escrows are created with an empty runtime_version", name)
+	case name == "":
+		return ErrUnapprovedVersion.Wrapf("an escrow needs a runtime_version: the chain approves %s (newest last)", strings.Join(approved, ", "))
+	default:
+		return ErrUnapprovedVersion.Wrapf("runtime version %q is not approved; the chain approves %s (newest last)", name, strings.Join(approved, ", "))
+	}
 }
 
 // UpgradeProtected reports whether an epoch whose work spans the blocks
