@@ -134,6 +134,7 @@ func TestNoWakeLostWhileWaitersLeave(t *testing.T) {
 		stop()
 	}
 }
+
 // wokenWithin is how soon a woken waiter must have its job: far below the
 // minute's poll, so only a wake-up passes.
 const wokenWithin = 2 * time.Second

@@ -10,7 +10,9 @@ import (
 // stream sends an inference's pieces to the host as they come. One call is
 // in flight at a time: pieces that come meanwhile wait and go together in
 // the next call, so a fast model is not held to one round trip a piece,
-// and a lone piece leaves at once.
+// and a lone piece leaves at once. The pieces still waiting when the run
+// ends go with the finish (last), which saves a signed call an inference,
+// and for a short answer that came whole, every pieces call.
 type stream struct {
 	ctx   context.Context
 	host  Host
@@ -20,6 +22,7 @@ type stream struct {
 	waiting []string
 	sent    bool // a piece left (or is leaving) for the host
 	sending bool
+	ending  bool // last was called: what waits goes with the finish
 	seq     uint64
 	err     error
 	idle    *sync.Cond // signalled when a call ends
@@ -54,7 +57,7 @@ func (s *stream) add(piece string) error {
 // send makes calls until nothing waits.
 func (s *stream) send() {
 	s.mu.Lock()
-	for len(s.waiting) > 0 && s.err == nil {
+	for len(s.waiting) > 0 && s.err == nil && !s.ending {
 		batch, seq := s.waiting, s.seq
 		s.waiting = nil
 		s.mu.Unlock()
@@ -88,4 +91,18 @@ func (s *stream) close() error {
 		s.idle.Wait()
 	}
 	return s.err
+}
+
+// last ends the stream for a finish: it waits for the call in flight and
+// returns the pieces no call took, with the seq their batch has, for the
+// finish to carry; or the first error.
+func (s *stream) last() (seq uint64, pieces []string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ending = true
+	for s.sending {
+		s.idle.Wait()
+	}
+	pieces, s.waiting = s.waiting, nil
+	return s.seq, pieces, s.err
 }

@@ -76,6 +76,9 @@ type Host interface {
 	Heartbeat(ctx context.Context, lease hostapi.Lease) (time.Time, error)
 	Pieces(ctx context.Context, lease hostapi.Lease, seq uint64, pieces []string) error
 	Finish(ctx context.Context, lease hostapi.Lease, result []byte) error
+	// FinishInference is Finish with an inference's last batch of pieces,
+	// the seq-th (hostapi.FinishRequest).
+	FinishInference(ctx context.Context, lease hostapi.Lease, seq uint64, pieces []string, result []byte) error
 	Fail(ctx context.Context, lease hostapi.Lease, class, message string) error
 }
 
@@ -332,8 +335,14 @@ func (w *Worker) inference(ctx context.Context, c *hostapi.ClaimResponse) error 
 	}
 	s := newStream(ctx, w.cfg.Host, c.Lease)
 	res, err := w.runTask(ctx, Task{Kind: hostapi.KindInference, Request: in.Request}, s.add, s.empty)
-	if serr := s.close(); err == nil {
-		err = serr
+	var (
+		seq  uint64
+		rest []string
+	)
+	if err == nil {
+		seq, rest, err = s.last()
+	} else {
+		s.close()
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -345,7 +354,7 @@ func (w *Worker) inference(ctx context.Context, c *hostapi.ClaimResponse) error 
 	if err != nil {
 		return err
 	}
-	return w.cfg.Host.Finish(ctx, c.Lease, out)
+	return w.cfg.Host.FinishInference(ctx, c.Lease, seq, rest, out)
 }
 
 // validation re-runs a peer's inference and returns what it produced; the
