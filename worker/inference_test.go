@@ -3,9 +3,12 @@ package worker
 import (
 	"context"
 	"log/slog"
+	"net"
+	"net/http"
 	"net/http/httptest"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -91,4 +94,56 @@ func TestStreamLastHandsTheRestToTheFinish(t *testing.T) {
 	require.Zero(t, seq)
 	require.Empty(t, rest)
 	require.Empty(t, quiet.calls)
+}
+
+// A worker keeps its connections to the host for reuse: draining many
+// jobs with many claim loops opens about a connection a loop, not one
+// for every few calls (the default transport kept two idle).
+func TestWorkerReusesConnections(t *testing.T) {
+	t.Parallel()
+	hostKey, workerKey := newKey(t), newKey(t)
+	d, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), sqlite.FileName), sqlite.Options{})
+	require.NoError(t, err)
+	q, err := jobs.New(d, jobs.Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { q.Close() })
+	e := host.New(host.Config{Key: hostKey, Escrows: noEscrows{}, Executor: executor.Builtin{}, ChainID: chainID,
+		Workers: []signing.Address{workerKey.Address()}, Logger: slog.New(slog.DiscardHandler)})
+	e.SetJobs(q)
+	e.MarkReady()
+	t.Cleanup(e.Close)
+	var opened atomic.Int32
+	srv := httptest.NewUnstartedServer(host.Handler(e, "test"))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			opened.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	h := &realHost{q: q, host: NewHost(workerKey, chainID, srv.URL, e.Address())}
+
+	const slots, count = 8, 160
+	var ids []string
+	for n := range count {
+		ids = append(ids, h.enqueueValidation(t, n))
+	}
+	// Each run takes a while, as a child's does: meanwhile its loop's
+	// connection is idle, with the other loops'.
+	startWorker(t, Config{Host: h.host, Runner: &runner{ex: slowExecutor{executor.Builtin{}, 5 * time.Millisecond}, slots: slots}})
+	for _, id := range ids {
+		waitState(t, q, id, jobs.Succeeded)
+	}
+	require.LessOrEqual(t, int(opened.Load()), 2*slots, "connections opened for %d jobs by %d loops", count, slots)
+}
+
+// slowExecutor is an executor that takes at least pause a run.
+type slowExecutor struct {
+	executor.Executor
+	pause time.Duration
+}
+
+func (x slowExecutor) Execute(ctx context.Context, req executor.Request, emit func(string) error) (executor.Result, error) {
+	time.Sleep(x.pause)
+	return x.Executor.Execute(ctx, req, emit)
 }

@@ -395,5 +395,11 @@ func shortID(id string) string {
 // NewHost is the host at baseURL as a worker's Host, signing with key for
 // the host's account and chain.
 func NewHost(key signing.Signer, chainID, baseURL string, account signing.Address) Host {
-	return hostapi.NewWorker(key, chainID, baseURL, account, &http.Client{Timeout: hostapi.MaxClaimWait + 30*time.Second})
+	// A worker's calls all go to one host, as many at once as its claim
+	// loops and their heartbeats: keep that many connections for reuse,
+	// not the default two, past which each call dialled anew (a worker
+	// of 16 loops opened a connection for about every second job).
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = t.MaxIdleConns
+	return hostapi.NewWorker(key, chainID, baseURL, account, &http.Client{Transport: t, Timeout: hostapi.MaxClaimWait + 30*time.Second})
 }
