@@ -64,21 +64,21 @@ func TestWorkerRunsInferences(t *testing.T) {
 }
 
 // At the run's end the pieces no call took wait for the call in flight
-// and go with the finish, numbered after it; a stream that sent nothing
-// hands all its pieces to the finish as batch 0.
+// and go with the finish, numbered after it; pieces that came with the
+// result start no call; a stream that sent nothing hands all its pieces
+// to the finish as batch 0.
 func TestStreamLastHandsTheRestToTheFinish(t *testing.T) {
 	t.Parallel()
-	f := &fakeHost{delay: 50 * time.Millisecond, began: make(chan struct{}, 1)}
+	f := &fakeHost{delay: 200 * time.Millisecond, began: make(chan struct{}, 1)}
 	s := newStream(context.Background(), f, hostapi.Lease{JobID: "j", Attempt: 1, Token: "t"})
-	require.NoError(t, s.add("a "))
+	require.NoError(t, s.add([]string{"a "}, false))
 	select {
 	case <-f.began:
 	case <-time.After(5 * time.Second):
 		t.Fatal("the first piece did not leave")
 	}
-	for _, p := range []string{"b ", "c ", "d"} {
-		require.NoError(t, s.add(p))
-	}
+	require.NoError(t, s.add([]string{"b ", "c "}, false))
+	require.NoError(t, s.add([]string{"d"}, true))
 	seq, rest, err := s.last()
 	require.NoError(t, err)
 	f.mu.Lock()
@@ -93,7 +93,18 @@ func TestStreamLastHandsTheRestToTheFinish(t *testing.T) {
 	require.NoError(t, err)
 	require.Zero(t, seq)
 	require.Empty(t, rest)
+
+	// A whole answer that came with its result: no pieces call at all.
+	s = newStream(context.Background(), quiet, hostapi.Lease{JobID: "l", Attempt: 1, Token: "t"})
+	require.NoError(t, s.add([]string{"all ", "at ", "once"}, true))
+	require.False(t, s.empty(), "given pieces, the run cannot start over")
+	seq, rest, err = s.last()
+	require.NoError(t, err)
+	require.Zero(t, seq)
+	require.Equal(t, []string{"all ", "at ", "once"}, rest)
+	quiet.mu.Lock()
 	require.Empty(t, quiet.calls)
+	quiet.mu.Unlock()
 }
 
 // A worker keeps its connections to the host for reuse: draining many

@@ -38,11 +38,23 @@ type Task struct {
 // class (Classed) says what failed; ClassExecutorDied is a run lost with
 // its executor, which the worker runs again elsewhere when it can.
 type Runner interface {
-	Run(ctx context.Context, t Task, onPiece func(string) error) (executor.Result, error)
+	// Run runs t and hands onPieces its output's pieces in order, those
+	// that came together in one call; last says the result came with
+	// them (the run is over), so the worker need not send them before
+	// its finish.
+	Run(ctx context.Context, t Task, onPieces Pieces) (executor.Result, error)
 	// Kinds are the job kinds some executor takes.
 	Kinds() []string
 	// Slots is how many jobs the executors run at once in all.
 	Slots() int
+}
+
+// Pieces receives a run's output as it comes (Runner.Run).
+type Pieces func(pieces []string, last bool) error
+
+// EachPiece is onPieces as an executor's emit, one piece a call.
+func EachPiece(onPieces Pieces) func(string) error {
+	return func(p string) error { return onPieces([]string{p}, false) }
 }
 
 // Error classes a run's error may carry.
@@ -298,9 +310,9 @@ func (w *Worker) heartbeat(run context.Context, cancel context.CancelCauseFunc, 
 }
 
 // runTask runs t, again on a lost executor while retry allows.
-func (w *Worker) runTask(ctx context.Context, t Task, onPiece func(string) error, retry func() bool) (executor.Result, error) {
+func (w *Worker) runTask(ctx context.Context, t Task, onPieces Pieces, retry func() bool) (executor.Result, error) {
 	for try := 0; ; try++ {
-		res, err := w.cfg.Runner.Run(ctx, t, onPiece)
+		res, err := w.cfg.Runner.Run(ctx, t, onPieces)
 		if err == nil || ctx.Err() != nil || ClassOf(err) != ClassExecutorDied || try >= w.cfg.Retries || !retry() {
 			return res, err
 		}
@@ -370,7 +382,7 @@ func (w *Worker) validation(ctx context.Context, c *hostapi.ClaimResponse) error
 		run, cancel = context.WithTimeout(ctx, time.Duration(in.TimeoutSeconds)*time.Second)
 		defer cancel()
 	}
-	res, err := w.runTask(run, Task{Kind: "validation", Request: in.Request}, func(string) error { return nil }, func() bool { return true })
+	res, err := w.runTask(run, Task{Kind: "validation", Request: in.Request}, func([]string, bool) error { return nil }, func() bool { return true })
 	if err != nil {
 		if ctx.Err() != nil {
 			return err
