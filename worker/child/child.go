@@ -311,6 +311,10 @@ func (c *Child) Do(ctx context.Context, task ndjson.Task, onPieces func(pieces [
 				}
 				return *a.Output, nil
 			case a.Error != "":
+				// The pieces before the error were given out, as any.
+				if err := deliverPieces(onPieces, pieces, false); err != nil {
+					return ndjson.Output{}, err
+				}
 				class := a.Class
 				if class == "" {
 					class = ndjson.ClassExecution
