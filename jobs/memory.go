@@ -18,7 +18,7 @@ import (
 type memory struct {
 	mu   sync.Mutex
 	jobs map[string]*Job
-	// ready are the jobs of jobs in state Ready: a claim looks at these
+	// ready holds the jobs in state Ready, by id: a claim looks at these
 	// only, not at the finished jobs kept for their Lifetime (a day of a
 	// host's inferences).
 	ready map[string]*Job
