@@ -147,6 +147,16 @@ var errStreamGone = errors.New("no user waits for this inference any more")
 func (st *jobStream) pieces(lease jobs.Lease, seq uint64, pieces []string, limit int) (int, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
+	if status, err := st.admit(lease, seq); status != 0 || err != nil {
+		return status, err
+	}
+	return st.forward(pieces, limit)
+}
+
+// admit is the fence of a batch of pieces: the claim's own lease, the
+// next seq. A status of 0 with no error admits it; 200 is a batch taken
+// already, to forward nothing.
+func (st *jobStream) admit(lease jobs.Lease, seq uint64) (int, error) {
 	switch {
 	case st.closed || st.done:
 		return http.StatusGone, errStreamGone
@@ -157,6 +167,11 @@ func (st *jobStream) pieces(lease jobs.Lease, seq uint64, pieces []string, limit
 	case seq > st.seq:
 		return http.StatusConflict, fmt.Errorf("pieces out of order: batch %d of job %s is next, got %d", st.seq, jobs.ShortID(st.id), seq)
 	}
+	return 0, nil
+}
+
+// forward sends an admitted batch to the user.
+func (st *jobStream) forward(pieces []string, limit int) (int, error) {
 	n := st.text.Len()
 	for _, p := range pieces {
 		n += len(p)
@@ -180,14 +195,39 @@ func (st *jobStream) pieces(lease jobs.Lease, seq uint64, pieces []string, limit
 	return http.StatusOK, nil
 }
 
-// checkFinish refuses a finish whose text is not the pieces forwarded.
-func (st *jobStream) checkFinish(lease jobs.Lease, out hostapi.InferenceOutput) error {
+// finishing takes a finish of the claim lease: its last batch of pieces,
+// the seq-th (none: nothing to forward), and its output, whose text must
+// be the pieces forwarded and this batch joined. Nothing is forwarded
+// unless the text is right, so a refused finish leaves the stream as it
+// was.
+func (st *jobStream) finishing(lease jobs.Lease, seq uint64, pieces []string, out hostapi.InferenceOutput, limit int) (int, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.lease == lease && st.sent && out.Text != st.text.String() {
-		return fmt.Errorf("the result's text (%d bytes) is not the pieces streamed (%d bytes): the user has those, and the host signs what the user saw", len(out.Text), st.text.Len())
+	if len(pieces) == 0 {
+		if st.lease == lease && st.sent && out.Text != st.text.String() {
+			return http.StatusBadRequest, fmt.Errorf("the result's text (%d bytes) is not the pieces streamed (%d bytes): the user has those, and the host signs what the user saw", len(out.Text), st.text.Len())
+		}
+		return http.StatusOK, nil
 	}
-	return nil
+	if st.done && st.lease == lease && seq < st.seq {
+		// The finish again, after a lost reply: the queue answers it.
+		return http.StatusOK, nil
+	}
+	status, err := st.admit(lease, seq)
+	if err != nil {
+		return status, err
+	}
+	streamed := st.text.String()
+	if status == 0 {
+		streamed += strings.Join(pieces, "")
+	}
+	if out.Text != streamed {
+		return http.StatusBadRequest, fmt.Errorf("the result's text (%d bytes) is not the pieces streamed and sent with it (%d bytes): the user gets those, and the host signs what the user saw", len(out.Text), len(streamed))
+	}
+	if status != 0 {
+		return http.StatusOK, nil // this batch was taken already
+	}
+	return st.forward(pieces, limit)
 }
 
 // end records the job's outcome for the waiting user.

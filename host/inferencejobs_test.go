@@ -422,3 +422,111 @@ func TestValidationFailedByItsOwnCacheCastsNoVote(t *testing.T) {
 		}
 	}
 }
+
+// The finish may carry the last batch of pieces: the user gets every
+// piece once, in order (a batch sent before and one with the finish, or
+// all of them with the finish: a claim and a finish), and a replayed
+// finish after a lost reply is answered again without a piece forwarded
+// twice.
+func TestInferenceFinishCarriesTheLastPieces(t *testing.T) {
+	t.Parallel()
+	for _, split := range []int{0, 1} {
+		iw := setupInferenceWorkers(t, jobs.Options{})
+		req := request(uint64(10 + split))
+		iw.next(t, map[uint64]executor.Request{1: req}, startTx(1, req))
+		i := iw.executorHost(t)
+		w := iw.worker(i)
+		ctx := context.Background()
+		result := make(chan []hostapi.StreamEvent, 1)
+		go func() {
+			_, events, _ := iw.infer(t, i, 1, req)
+			result <- events
+		}()
+		c, err := w.Claim(ctx, 5*time.Second, hostapi.KindInference)
+		require.NoError(t, err)
+		require.NotNil(t, c)
+		pieces, out := runPieces(t, c)
+		require.Greater(t, len(pieces), 2)
+		if split > 0 {
+			require.NoError(t, w.Pieces(ctx, c.Lease, 0, pieces[:split]))
+		}
+		require.NoError(t, w.FinishInference(ctx, c.Lease, uint64(split), pieces[split:], outputJSON(t, out)))
+		text, _, end := streamed(<-result)
+		require.Equal(t, out.Text, text, "split %d: every piece once, in order", split)
+		require.NotNil(t, end)
+		require.Empty(t, end.Error)
+		want := executor.Result{Text: text}
+		h := want.ResponseHash()
+		require.Equal(t, hex.EncodeToString(h[:]), end.ResponseHash)
+		require.NoError(t, w.FinishInference(ctx, c.Lease, uint64(split), pieces[split:], outputJSON(t, out)), "the same finish again")
+		j, err := iw.queues[i].Get(ctx, c.Lease.JobID)
+		require.NoError(t, err)
+		require.Equal(t, jobs.Succeeded, j.State)
+	}
+}
+
+// A finish's pieces are fenced as the pieces route's: another lease's, a
+// batch out of order, and a text that is not every piece joined are
+// refused, forward nothing and leave the job running; a batch taken
+// already is not forwarded again; a validation's finish carries none.
+func TestInferenceFinishPiecesRefusals(t *testing.T) {
+	t.Parallel()
+	iw := setupInferenceWorkers(t, jobs.Options{})
+	req := request(12)
+	iw.next(t, map[uint64]executor.Request{1: req}, startTx(1, req))
+	i := iw.executorHost(t)
+	w := iw.worker(i)
+	ctx := context.Background()
+	result := make(chan []hostapi.StreamEvent, 1)
+	go func() {
+		_, events, _ := iw.infer(t, i, 1, req)
+		result <- events
+	}()
+	c, err := w.Claim(ctx, 5*time.Second, hostapi.KindInference)
+	require.NoError(t, err)
+	require.NotNil(t, c)
+	pieces, out := runPieces(t, c)
+	require.Greater(t, len(pieces), 2)
+	require.NoError(t, w.Pieces(ctx, c.Lease, 0, pieces[:1]))
+
+	refused := func(name string, err error, status int, want string) {
+		t.Helper()
+		var he *hostapi.Error
+		require.ErrorAs(t, err, &he, name)
+		require.Equal(t, status, he.Status, "%s: %s", name, he.Message)
+		require.Contains(t, he.Message, want, name)
+	}
+	forged := c.Lease
+	forged.Token = "forged"
+	refused("another lease", w.FinishInference(ctx, forged, 1, pieces[1:], outputJSON(t, out)), http.StatusConflict, "bound to another claim")
+	refused("out of order", w.FinishInference(ctx, c.Lease, 2, pieces[1:], outputJSON(t, out)), http.StatusConflict, "batch 1 of job")
+	refused("a piece short", w.FinishInference(ctx, c.Lease, 1, pieces[2:], outputJSON(t, out)), http.StatusBadRequest, "is not the pieces streamed and sent with it")
+	// The first batch again, as a retry would send it: taken already, so
+	// the text must be that batch alone.
+	refused("replayed batch, whole text", w.FinishInference(ctx, c.Lease, 0, pieces[:1], outputJSON(t, out)), http.StatusBadRequest, "is not the pieces streamed")
+
+	v, err := json.Marshal(hostapi.ValidationInput{Host: "elsewhere", Escrow: 9, Inference: 1, Request: req})
+	require.NoError(t, err)
+	_, _, err = iw.queues[i].Enqueue(ctx, jobs.KindValidation, v)
+	require.NoError(t, err)
+	vc, err := w.Claim(ctx, time.Second, string(jobs.KindValidation))
+	require.NoError(t, err)
+	refused("a validation's finish with pieces", w.FinishInference(ctx, vc.Lease, 0, []string{"x"}, validationJSON(t)), http.StatusBadRequest, "only an inference's finish carries pieces")
+
+	j, err := iw.queues[i].Get(ctx, c.Lease.JobID)
+	require.NoError(t, err)
+	require.Equal(t, jobs.Running, j.State, "the refusals changed nothing")
+
+	require.NoError(t, w.FinishInference(ctx, c.Lease, 1, pieces[1:], outputJSON(t, out)))
+	text, _, end := streamed(<-result)
+	require.Equal(t, out.Text, text, "nothing the refused finishes carried reached the user")
+	require.NotNil(t, end)
+	require.Empty(t, end.Error)
+}
+
+func validationJSON(t *testing.T) []byte {
+	t.Helper()
+	raw, err := json.Marshal(hostapi.ValidationResult{ResponseHash: strings.Repeat("ab", 32)})
+	require.NoError(t, err)
+	return raw
+}

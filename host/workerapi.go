@@ -189,13 +189,19 @@ func (h *handler) finishJob(w http.ResponseWriter, r *http.Request, worker signi
 		writeError(w, http.StatusBadRequest, fmt.Sprintf("job %s: %v", jobs.ShortID(id), err))
 		return
 	}
+	if len(req.Pieces) > 0 && !jobs.IsInference(j.Kind) {
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("job %s is a %s job: only an inference's finish carries pieces", jobs.ShortID(id), j.Kind))
+		return
+	}
 	lease := jobs.Lease{JobID: id, Attempt: req.Attempt, Token: req.Token}
 	st := h.e.streams.get(id)
 	var out hostapi.InferenceOutput
 	if st != nil {
 		out, _ = checkInferenceOutput(req.Result) // checked by checkResult
-		if err := st.checkFinish(lease, out); err != nil {
-			writeError(w, http.StatusBadRequest, fmt.Sprintf("job %s: %v", jobs.ShortID(id), err))
+		// The last pieces reach the user before the job is finished, as
+		// through the pieces route, fenced by the same lease and seq.
+		if status, err := st.finishing(lease, req.Seq, req.Pieces, out, h.e.plane.q.Options().MaxBytes); err != nil {
+			writeError(w, status, fmt.Sprintf("job %s: %v", jobs.ShortID(id), err))
 			return
 		}
 	}

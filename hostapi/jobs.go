@@ -85,10 +85,19 @@ type HeartbeatResponse struct {
 
 // FinishRequest is the body of POST /v1/jobs/{job}/finish. Result is the
 // job's result: for a validation job, a ValidationResult in JSON.
+//
+// An inference's finish may carry its last batch of pieces, numbered Seq
+// as a PiecesRequest would be: the host takes the batch as the pieces
+// route does (the claim's lease only, in order, a batch taken already
+// forwarding nothing), after checking that Result's text is every piece
+// joined, this batch's too, and then finishes the job. A short answer so
+// costs a claim and a finish, and a long one a pieces call fewer.
 type FinishRequest struct {
-	Attempt int    `json:"attempt"`
-	Token   string `json:"token"`
-	Result  []byte `json:"result"`
+	Attempt int      `json:"attempt"`
+	Token   string   `json:"token"`
+	Result  []byte   `json:"result"`
+	Seq     uint64   `json:"seq,omitempty"`
+	Pieces  []string `json:"pieces,omitempty"`
 }
 
 // FailRequest is the body of POST /v1/jobs/{job}/fail. Class is a short
@@ -133,8 +142,9 @@ type InferenceInput struct {
 }
 
 // InferenceOutput is the result of an inference job. Text must be the
-// pieces sent through JobPieces, joined; a worker that sent none may send
-// the whole text here, and the host forwards it at once.
+// pieces sent through JobPieces (and the finish's own, FinishRequest),
+// joined; a worker that sent none may send the whole text here, and the
+// host forwards it at once.
 type InferenceOutput struct {
 	Text         string         `json:"text"`
 	Usage        executor.Usage `json:"usage"`
@@ -224,6 +234,18 @@ func (w *Worker) Heartbeat(ctx context.Context, lease Lease) (time.Time, error) 
 // Finish stores the result of the job lease holds.
 func (w *Worker) Finish(ctx context.Context, lease Lease, result []byte) error {
 	body, err := json.Marshal(FinishRequest{Attempt: lease.Attempt, Token: lease.Token, Result: result})
+	if err != nil {
+		return err
+	}
+	var out StatusResponse
+	_, err = w.c.send(ctx, FinishJob, w.baseURL, FinishJob.ForJob(lease.JobID), w.host, body, &out)
+	return err
+}
+
+// FinishInference stores the result of the inference job lease holds,
+// with its last batch of pieces, the seq-th (FinishRequest).
+func (w *Worker) FinishInference(ctx context.Context, lease Lease, seq uint64, pieces []string, result []byte) error {
+	body, err := json.Marshal(FinishRequest{Attempt: lease.Attempt, Token: lease.Token, Result: result, Seq: seq, Pieces: pieces})
 	if err != nil {
 		return err
 	}

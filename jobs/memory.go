@@ -18,9 +18,22 @@ import (
 type memory struct {
 	mu   sync.Mutex
 	jobs map[string]*Job
+	// ready holds the jobs in state Ready, by id: a claim looks at these
+	// only, not at the finished jobs kept for their Lifetime (a day of a
+	// host's inferences).
+	ready map[string]*Job
 }
 
-func newMemory() *memory { return &memory{jobs: map[string]*Job{}} }
+func newMemory() *memory { return &memory{jobs: map[string]*Job{}, ready: map[string]*Job{}} }
+
+// taken reports whether the job is kept here and no longer ready: a
+// claim, a finish or a fail took it.
+func (m *memory) taken(id string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	j, ok := m.jobs[id]
+	return ok && j.State != Ready
+}
 
 // clone is j with slices of its own, as the Driver contract hands out.
 func (j Job) clone() Job {
@@ -46,6 +59,9 @@ func (m *memory) Insert(_ context.Context, j Job) (Job, bool, error) {
 	}
 	stored := j.clone()
 	m.jobs[j.ID] = &stored
+	if stored.State == Ready {
+		m.ready[j.ID] = &stored
+	}
 	return stored.clone(), true, nil
 }
 
@@ -55,8 +71,8 @@ func (m *memory) Claim(_ context.Context, p ClaimParams) ([]Job, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var ready []*Job
-	for _, j := range m.jobs {
-		if j.State == Ready && (len(p.Kinds) == 0 || slices.Contains(p.Kinds, j.Kind)) {
+	for _, j := range m.ready {
+		if len(p.Kinds) == 0 || slices.Contains(p.Kinds, j.Kind) {
 			ready = append(ready, j)
 		}
 	}
@@ -69,6 +85,7 @@ func (m *memory) Claim(_ context.Context, p ClaimParams) ([]Job, error) {
 			break
 		}
 		j := ready[i]
+		delete(m.ready, j.ID)
 		j.State, j.Attempt, j.Worker, j.LeaseToken = Running, j.Attempt+1, h.Worker, h.Token
 		j.LeaseExpires, j.Started, j.Heartbeat = p.Expires, p.Now, p.Now
 		claimed = append(claimed, j.clone())
@@ -149,6 +166,7 @@ func (m *memory) Rescue(_ context.Context, p RescueParams) (RescueReport, error)
 		ref := JobRef{ID: j.ID, Kind: j.Kind}
 		if p.Retry(j.Attempt) {
 			j.State, j.Worker, j.LeaseToken, j.LeaseExpires = Ready, "", "", time.Time{}
+			m.ready[j.ID] = j
 			r.Retried = append(r.Retried, ref)
 		} else {
 			j.State, j.LeaseExpires, j.Finished = Failed, time.Time{}, p.Now
@@ -241,12 +259,14 @@ func (m *memory) reset(ids []string) {
 	for _, id := range ids {
 		j := m.jobs[id]
 		*j = Job{ID: j.ID, Kind: j.Kind, Input: j.Input, State: Ready, Created: j.Created}
+		m.ready[id] = j
 	}
 }
 
 func (m *memory) remove(ids []string) {
 	for _, id := range ids {
 		delete(m.jobs, id)
+		delete(m.ready, id)
 	}
 }
 
@@ -256,6 +276,7 @@ func (m *memory) RemoveAll(context.Context) (int, error) {
 	defer m.mu.Unlock()
 	n := len(m.jobs)
 	clear(m.jobs)
+	clear(m.ready)
 	return n, nil
 }
 

@@ -46,7 +46,9 @@ type Options struct {
 	// but costs no commit and dies with the process: for jobs whose only
 	// reader lives in this process, such as a host's inferences, whose
 	// user's stream does. Queues sharing a database do not see each
-	// other's volatile jobs.
+	// other's volatile jobs. A claim of volatile kinds only does not ask
+	// the driver, so a job of such a kind that the driver still holds
+	// (written before the kind was volatile) is never claimed: remove it.
 	Volatile func(Kind) bool
 }
 
@@ -88,7 +90,7 @@ type Queue struct {
 	mem     *memory // the volatile jobs
 	opts    Options
 	metrics *metrics
-	wake    broadcast
+	wake    wakeups
 
 	// Concurrent claims and finishes are written in batches, one
 	// statement and one commit a batch (see batcher).
@@ -107,7 +109,6 @@ type Queue struct {
 func New(d Driver, opts Options) (*Queue, error) {
 	opts = opts.withDefaults()
 	q := &Queue{d: d, mem: newMemory(), opts: opts, done: make(chan struct{})}
-	q.wake.ch = make(chan struct{})
 	writers := 1
 	if w, ok := d.(Writers); ok {
 		writers = max(w.Writers(), 1)
@@ -127,7 +128,8 @@ func New(d Driver, opts Options) (*Queue, error) {
 	ctx, stop := context.WithCancel(context.Background())
 	q.stop = stop
 	if l, ok := d.(Listener); ok {
-		q.listened.Go(func() { l.Listen(ctx, q.wake.signal) })
+		// Another process's enqueue names no kind here: all look.
+		q.listened.Go(func() { l.Listen(ctx, q.wake.all) })
 	}
 	return q, nil
 }
@@ -210,7 +212,7 @@ func (q *Queue) Enqueue(ctx context.Context, kind Kind, input []byte) (job Job, 
 	stored.LeaseToken = ""
 	if created {
 		q.metrics.enqueued.WithLabelValues(string(kind)).Inc()
-		q.wake.signal()
+		q.wake.one(kind, j.ID)
 	}
 	return stored, created, nil
 }
@@ -238,6 +240,11 @@ func (q *Queue) Claim(ctx context.Context, worker string, kinds ...Kind) (*Claim
 	if c := q.claimVolatile(call); c != nil {
 		q.metrics.claimed.WithLabelValues(string(c.Job.Kind)).Inc()
 		return c, nil
+	}
+	if q.onlyVolatile(kinds) {
+		// The driver holds no job of these kinds: asking it would cost a
+		// statement (an idle inference worker's every look) for nothing.
+		return nil, nil
 	}
 	got, err := q.claims.do(ctx, call)
 	if err == nil {
@@ -281,7 +288,7 @@ func (q *Queue) ClaimN(ctx context.Context, worker string, n int, kinds ...Kind)
 	// Volatile jobs first, as Claim takes them; the driver fills the rest
 	// in its one statement.
 	js, _ := q.mem.Claim(ctx, p) // memory never fails
-	if len(js) < n {
+	if len(js) < n && !q.onlyVolatile(kinds) {
 		rest := p
 		rest.Holders = p.Holders[len(js):]
 		durable, err := q.d.Claim(ctx, rest)
@@ -315,6 +322,12 @@ type claimCall struct {
 type claimed struct {
 	claim *Claim
 	err   error
+}
+
+// onlyVolatile reports whether every kind of kinds is volatile, so no
+// job of theirs is in the driver. No kinds means any kind.
+func (q *Queue) onlyVolatile(kinds []Kind) bool {
+	return len(kinds) > 0 && !slices.ContainsFunc(kinds, func(k Kind) bool { return !q.opts.Volatile(k) })
 }
 
 // claimVolatile claims a volatile job for call, or returns nil when none
@@ -383,31 +396,68 @@ func (q *Queue) writeClaims(ctx context.Context, calls []claimCall) ([]claimed, 
 // is woken within milliseconds by an enqueue, reset or rescue on this
 // queue (and, with a Listener driver, on any queue sharing the database),
 // and looks again every PollInterval regardless. It returns nil when
-// maxWait passes without a job, and ctx's error if ctx ends first.
+// maxWait passes without a job, and ctx's error if ctx ends first. An
+// enqueue wakes one waiting claimer, which passes the wake on when it
+// cannot use it (see wakeups).
 func (q *Queue) ClaimWait(ctx context.Context, worker string, kinds []Kind, maxWait time.Duration) (*Claim, error) {
 	deadline := time.NewTimer(maxWait)
 	defer deadline.Stop()
 	poll := time.NewTicker(q.opts.PollInterval)
 	defer poll.Stop()
+	var held *wakeCall // the wake this claim answers, if any
 	for {
-		// Taken before the claim, so a job enqueued between the claim and
-		// the wait still wakes us.
-		woken := q.wake.wait()
+		// Registered before the claim, so a job enqueued between the claim
+		// and the wait still wakes us.
+		w := q.wake.add(kinds)
 		c, err := q.Claim(ctx, worker, kinds...)
 		if err != nil || c != nil {
+			// A wake for another job than the one claimed, or met with an
+			// error, is the next waiter's.
+			if late, ok := q.wake.remove(w); ok {
+				q.passWake(late, c)
+			}
+			if held != nil {
+				q.passWake(*held, c)
+			}
 			return c, err
 		}
-		select {
-		case <-woken:
-		case <-poll.C:
-		case <-deadline.C:
-			return nil, nil
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		case <-q.done:
-			return nil, ErrClosed
+		if held != nil {
+			q.passWake(*held, nil)
+			held = nil
 		}
+		var stop error
+		select {
+		case got := <-w.ch: // the waker took w off the list
+			held = &got
+			continue
+		case <-poll.C:
+			if got, ok := q.wake.remove(w); ok {
+				held = &got
+			}
+			continue
+		case <-deadline.C:
+		case <-ctx.Done():
+			stop = ctx.Err()
+		case <-q.done:
+			stop = ErrClosed
+		}
+		if got, ok := q.wake.remove(w); ok {
+			q.passWake(got, nil)
+		}
+		return nil, stop
 	}
+}
+
+// passWake hands a wake on unless the claim c answered it (took its job),
+// or its volatile job is known to be taken by another claim already.
+func (q *Queue) passWake(w wakeCall, c *Claim) {
+	if c != nil && c.Job.ID == w.job {
+		return
+	}
+	if w.job != "" && q.mem.taken(w.job) {
+		return
+	}
+	q.wake.pass(w)
 }
 
 // Heartbeat extends the lease to HeartbeatTimeout from now and returns its
@@ -556,7 +606,7 @@ func (q *Queue) rescued(r RescueReport) {
 	}
 	q.metrics.expired.Add(float64(r.Expired))
 	if len(r.Retried) > 0 {
-		q.wake.signal()
+		q.wake.all()
 	}
 }
 
@@ -628,7 +678,7 @@ func (q *Queue) Reset(ctx context.Context, ids ...string) error {
 	if err := q.mem.alongside(ids, CheckReset, durable, q.mem.reset); err != nil {
 		return err
 	}
-	q.wake.signal()
+	q.wake.all()
 	return nil
 }
 
@@ -698,24 +748,4 @@ func newToken() string {
 	var b [16]byte
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-// broadcast wakes every waiter at once: signal closes the channel the
-// waiters hold and hands out a new one.
-type broadcast struct {
-	mu sync.Mutex
-	ch chan struct{}
-}
-
-func (b *broadcast) wait() <-chan struct{} {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.ch
-}
-
-func (b *broadcast) signal() {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	close(b.ch)
-	b.ch = make(chan struct{})
 }

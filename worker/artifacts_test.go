@@ -132,7 +132,7 @@ func TestWorkerArtifactMetricsByExecutor(t *testing.T) {
 	x, err := StartExecutors(context.Background(), cfg, slog.New(slog.DiscardHandler), reg)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, x.Stop(context.Background())) })
-	_, err = x.Run(context.Background(), Task{Kind: "validation", Request: question(1)}, func(string) error { return nil })
+	_, err = x.Run(context.Background(), Task{Kind: "validation", Request: question(1)}, nil)
 	require.NoError(t, err)
 	mfs, err := reg.Gather()
 	require.NoError(t, err)

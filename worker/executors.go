@@ -104,7 +104,7 @@ func (x *Executors) Kinds() []string { return x.kinds }
 func (x *Executors) Slots() int { return x.slots }
 
 // Run runs t on an executor the pool draws, waiting for a free slot.
-func (x *Executors) Run(ctx context.Context, t Task, onPiece func(string) error) (executor.Result, error) {
+func (x *Executors) Run(ctx context.Context, t Task, onPieces Pieces) (executor.Result, error) {
 	c, release, err := x.pool.Acquire(ctx, ndjson.Kind(t.Kind), t.Request.Model)
 	if err != nil {
 		var none *pool.NoExecutorError
@@ -117,7 +117,7 @@ func (x *Executors) Run(ctx context.Context, t Task, onPiece func(string) error)
 	task := ndjson.Task{Kind: ndjson.Kind(t.Kind), Request: t.Request}
 	cache := x.caches[c]
 	if cache == nil {
-		out, err := c.Do(ctx, task, onPiece)
+		out, err := c.Do(ctx, task, onPieces)
 		return result(out, err)
 	}
 	key := c.Name() + "/" + t.Request.Model
@@ -142,7 +142,7 @@ func (x *Executors) Run(ctx context.Context, t Task, onPiece func(string) error)
 			return executor.Result{}, classify(err, ndjson.ClassPreparation)
 		}
 		task.Artifact = h.Path()
-		out, err := c.Do(ctx, task, onPiece)
+		out, err := c.Do(ctx, task, onPieces)
 		h.Release()
 		var ce *child.Error
 		if !errors.As(err, &ce) || ce.Class != ndjson.ClassConstruction {

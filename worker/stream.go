@@ -10,7 +10,10 @@ import (
 // stream sends an inference's pieces to the host as they come. One call is
 // in flight at a time: pieces that come meanwhile wait and go together in
 // the next call, so a fast model is not held to one round trip a piece,
-// and a lone piece leaves at once.
+// and a lone piece leaves at once. The pieces still waiting when the run
+// ends, and those that came with its result, go with the finish (last):
+// a signed call fewer an inference, and for a short answer that came
+// whole, no pieces call at all.
 type stream struct {
 	ctx   context.Context
 	host  Host
@@ -18,8 +21,9 @@ type stream struct {
 
 	mu      sync.Mutex
 	waiting []string
-	sent    bool // a piece left (or is leaving) for the host
+	sent    bool // a piece was given: the run cannot start over
 	sending bool
+	ending  bool // last was called: what waits goes with the finish
 	seq     uint64
 	err     error
 	idle    *sync.Cond // signalled when a call ends
@@ -31,20 +35,23 @@ func newStream(ctx context.Context, host Host, lease hostapi.Lease) *stream {
 	return s
 }
 
-// add queues a piece and starts a call if none is in flight. It returns
-// the error of an earlier call, which stops the run.
-func (s *stream) add(piece string) error {
+// add queues pieces and starts a call if none is in flight, unless they
+// are the last (the run is over): those wait for the finish, which
+// carries them (last). It returns the error of an earlier call, which
+// stops the run.
+func (s *stream) add(pieces []string, last bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.err != nil {
 		return s.err
 	}
-	if piece == "" {
-		return nil
+	for _, p := range pieces {
+		if p != "" {
+			s.waiting = append(s.waiting, p)
+			s.sent = true
+		}
 	}
-	s.waiting = append(s.waiting, piece)
-	s.sent = true
-	if !s.sending {
+	if len(s.waiting) > 0 && !last && !s.sending {
 		s.sending = true
 		go s.send()
 	}
@@ -54,7 +61,7 @@ func (s *stream) add(piece string) error {
 // send makes calls until nothing waits.
 func (s *stream) send() {
 	s.mu.Lock()
-	for len(s.waiting) > 0 && s.err == nil {
+	for len(s.waiting) > 0 && s.err == nil && !s.ending {
 		batch, seq := s.waiting, s.seq
 		s.waiting = nil
 		s.mu.Unlock()
@@ -88,4 +95,18 @@ func (s *stream) close() error {
 		s.idle.Wait()
 	}
 	return s.err
+}
+
+// last ends the stream for a finish: it waits for the call in flight and
+// returns the pieces no call took, with the seq their batch has, for the
+// finish to carry; or the first error.
+func (s *stream) last() (seq uint64, pieces []string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ending = true
+	for s.sending {
+		s.idle.Wait()
+	}
+	pieces, s.waiting = s.waiting, nil
+	return s.seq, pieces, s.err
 }

@@ -38,11 +38,23 @@ type Task struct {
 // class (Classed) says what failed; ClassExecutorDied is a run lost with
 // its executor, which the worker runs again elsewhere when it can.
 type Runner interface {
-	Run(ctx context.Context, t Task, onPiece func(string) error) (executor.Result, error)
+	// Run runs t and hands onPieces its output's pieces in order, those
+	// that came together in one call; last says the result came with
+	// them (the run is over), so the worker need not send them before
+	// its finish.
+	Run(ctx context.Context, t Task, onPieces Pieces) (executor.Result, error)
 	// Kinds are the job kinds some executor takes.
 	Kinds() []string
 	// Slots is how many jobs the executors run at once in all.
 	Slots() int
+}
+
+// Pieces receives a run's output as it comes (Runner.Run).
+type Pieces func(pieces []string, last bool) error
+
+// EachPiece is onPieces as an executor's emit, one piece a call.
+func EachPiece(onPieces Pieces) func(string) error {
+	return func(p string) error { return onPieces([]string{p}, false) }
 }
 
 // Error classes a run's error may carry.
@@ -76,6 +88,9 @@ type Host interface {
 	Heartbeat(ctx context.Context, lease hostapi.Lease) (time.Time, error)
 	Pieces(ctx context.Context, lease hostapi.Lease, seq uint64, pieces []string) error
 	Finish(ctx context.Context, lease hostapi.Lease, result []byte) error
+	// FinishInference is Finish with an inference's last batch of pieces,
+	// the seq-th (hostapi.FinishRequest).
+	FinishInference(ctx context.Context, lease hostapi.Lease, seq uint64, pieces []string, result []byte) error
 	Fail(ctx context.Context, lease hostapi.Lease, class, message string) error
 }
 
@@ -295,9 +310,9 @@ func (w *Worker) heartbeat(run context.Context, cancel context.CancelCauseFunc, 
 }
 
 // runTask runs t, again on a lost executor while retry allows.
-func (w *Worker) runTask(ctx context.Context, t Task, onPiece func(string) error, retry func() bool) (executor.Result, error) {
+func (w *Worker) runTask(ctx context.Context, t Task, onPieces Pieces, retry func() bool) (executor.Result, error) {
 	for try := 0; ; try++ {
-		res, err := w.cfg.Runner.Run(ctx, t, onPiece)
+		res, err := w.cfg.Runner.Run(ctx, t, onPieces)
 		if err == nil || ctx.Err() != nil || ClassOf(err) != ClassExecutorDied || try >= w.cfg.Retries || !retry() {
 			return res, err
 		}
@@ -332,8 +347,14 @@ func (w *Worker) inference(ctx context.Context, c *hostapi.ClaimResponse) error 
 	}
 	s := newStream(ctx, w.cfg.Host, c.Lease)
 	res, err := w.runTask(ctx, Task{Kind: hostapi.KindInference, Request: in.Request}, s.add, s.empty)
-	if serr := s.close(); err == nil {
-		err = serr
+	var (
+		seq  uint64
+		rest []string
+	)
+	if err == nil {
+		seq, rest, err = s.last()
+	} else {
+		s.close()
 	}
 	if err != nil {
 		if ctx.Err() != nil {
@@ -345,7 +366,7 @@ func (w *Worker) inference(ctx context.Context, c *hostapi.ClaimResponse) error 
 	if err != nil {
 		return err
 	}
-	return w.cfg.Host.Finish(ctx, c.Lease, out)
+	return w.cfg.Host.FinishInference(ctx, c.Lease, seq, rest, out)
 }
 
 // validation re-runs a peer's inference and returns what it produced; the
@@ -361,7 +382,7 @@ func (w *Worker) validation(ctx context.Context, c *hostapi.ClaimResponse) error
 		run, cancel = context.WithTimeout(ctx, time.Duration(in.TimeoutSeconds)*time.Second)
 		defer cancel()
 	}
-	res, err := w.runTask(run, Task{Kind: "validation", Request: in.Request}, func(string) error { return nil }, func() bool { return true })
+	res, err := w.runTask(run, Task{Kind: "validation", Request: in.Request}, func([]string, bool) error { return nil }, func() bool { return true })
 	if err != nil {
 		if ctx.Err() != nil {
 			return err
@@ -386,5 +407,11 @@ func shortID(id string) string {
 // NewHost is the host at baseURL as a worker's Host, signing with key for
 // the host's account and chain.
 func NewHost(key signing.Signer, chainID, baseURL string, account signing.Address) Host {
-	return hostapi.NewWorker(key, chainID, baseURL, account, &http.Client{Timeout: hostapi.MaxClaimWait + 30*time.Second})
+	// A worker's calls all go to one host, as many at once as its claim
+	// loops and their heartbeats: keep that many connections for reuse,
+	// not the default two, past which each call dialled anew (a worker
+	// of 16 loops opened a connection for about every second job).
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = t.MaxIdleConns
+	return hostapi.NewWorker(key, chainID, baseURL, account, &http.Client{Transport: t, Timeout: hostapi.MaxClaimWait + 30*time.Second})
 }

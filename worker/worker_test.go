@@ -100,9 +100,9 @@ type runner struct {
 	calls atomic.Int32
 }
 
-func (r *runner) Run(ctx context.Context, t Task, onPiece func(string) error) (executor.Result, error) {
+func (r *runner) Run(ctx context.Context, t Task, onPieces Pieces) (executor.Result, error) {
 	r.calls.Add(1)
-	return r.ex.Execute(ctx, t.Request, onPiece)
+	return r.ex.Execute(ctx, t.Request, EachPiece(onPieces))
 }
 func (r *runner) Kinds() []string { return []string{"validation"} }
 func (r *runner) Slots() int      { return r.slots }
@@ -197,7 +197,7 @@ type blockingRunner struct {
 	ended   chan error
 }
 
-func (r *blockingRunner) Run(ctx context.Context, _ Task, _ func(string) error) (executor.Result, error) {
+func (r *blockingRunner) Run(ctx context.Context, _ Task, _ Pieces) (executor.Result, error) {
 	r.started <- struct{}{}
 	<-ctx.Done()
 	r.ended <- context.Cause(ctx)
@@ -242,11 +242,11 @@ type classed struct{ class, msg string }
 func (c classed) Error() string { return c.msg }
 func (c classed) Class() string { return c.class }
 
-func (r *diesRunner) Run(ctx context.Context, t Task, onPiece func(string) error) (executor.Result, error) {
+func (r *diesRunner) Run(ctx context.Context, t Task, onPieces Pieces) (executor.Result, error) {
 	if n := r.calls.Add(1); n <= r.deaths {
 		return executor.Result{}, classed{ClassExecutorDied, "the executor exited with signal: killed"}
 	}
-	return r.ex.Execute(ctx, t.Request, onPiece)
+	return r.ex.Execute(ctx, t.Request, EachPiece(onPieces))
 }
 
 // A run lost with its executor is run again, up to Retries more times;
@@ -306,7 +306,7 @@ func TestStreamBatchesWhileACallIsInFlight(t *testing.T) {
 	for i := range 40 {
 		p := fmt.Sprintf("p%d ", i)
 		want = append(want, p)
-		require.NoError(t, s.add(p))
+		require.NoError(t, s.add([]string{p}, false))
 		if i == 0 {
 			// The first piece leaves with no other to wait for. Waiting
 			// here for its call, rather than sleeping, holds on a loaded

@@ -48,7 +48,8 @@ max_tokens 16, so the figures are the plumbing's, not the model's.
     (host.Engine.RunInference, the run a diff starts) until its last piece
     arrives, on a host that runs it in process (executor.Builtin) and on a
     host with jobs.inference, whose inference goes through the queue to a
-    worker with one child and back through the pieces route. --samples
+    worker with one child and back through the pieces route or with the
+    finish. --samples
     inferences a round, the two hosts in turn; p50 and p99 of each, and
     the worker's minus the in-process one.
   - Throughput: --jobs validation jobs (of another host's inferences, so
@@ -146,7 +147,7 @@ func benchWorkers(ctx context.Context, out, progress io.Writer, o benchWorkersOp
 	}
 
 	fmt.Fprintf(out, "# latency: from host.Engine.RunInference until the last of its 16 pieces arrives, %d inferences a round on each host, in turn; built-in model, no think time\n", o.samples)
-	fmt.Fprintln(out, "# in_process: the host's own executor.Builtin; worker: enqueue on the host's queue (inference jobs volatile, in memory; the queue's file synchronous=FULL), a worker's claim over HTTP, a 'devshard executor builtin' child, the pieces back through the pieces route")
+	fmt.Fprintln(out, "# in_process: the host's own executor.Builtin; worker: enqueue on the host's queue (inference jobs volatile, in memory; the queue's file synchronous=FULL), a worker's claim over HTTP, a 'devshard executor builtin' child, the pieces back through the pieces route or with the finish")
 	for _, name := range []string{"in_process_p50", "in_process_p99", "worker_p50", "worker_p99"} {
 		fmt.Fprintf(out, "BENCH inference_%s %s ms\n", name, ms(medianOf(figures[name])))
 	}

@@ -39,6 +39,18 @@ func NewDecoder(r io.Reader, limit int) *Decoder {
 	return &Decoder{r: bufio.NewReaderSize(r, 64<<10), limit: limit}
 }
 
+// LineBuffered reports whether a whole line is already read and waiting,
+// so that the next Line returns without waiting for its reader: a reader
+// that hands on what it decodes can tell the lines that came together.
+func (d *Decoder) LineBuffered() bool {
+	n := d.r.Buffered()
+	if n == 0 {
+		return false
+	}
+	b, _ := d.r.Peek(n) // buffered already: never waits
+	return bytes.IndexByte(b, '\n') >= 0
+}
+
 // Line returns the next line without its newline (and without a trailing
 // carriage return). The slice is the Decoder's own and is overwritten by
 // the next call. A line over the limit is skipped whole and reported as a

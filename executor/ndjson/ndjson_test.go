@@ -222,3 +222,20 @@ func abs(n int) int {
 	}
 	return n
 }
+
+// LineBuffered tells whether the next Line is already read: true while
+// whole lines wait in the buffer, false before a read would wait (none,
+// or only part of a line).
+func TestLineBuffered(t *testing.T) {
+	t.Parallel()
+	d := NewDecoder(strings.NewReader("one\ntwo\npart"), MaxLine)
+	require.False(t, d.LineBuffered(), "nothing is read before the first Line")
+	line, err := d.Line()
+	require.NoError(t, err)
+	require.Equal(t, "one", string(line))
+	require.True(t, d.LineBuffered())
+	line, err = d.Line()
+	require.NoError(t, err)
+	require.Equal(t, "two", string(line))
+	require.False(t, d.LineBuffered(), "only part of a line waits")
+}

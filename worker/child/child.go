@@ -264,15 +264,18 @@ func (c *Child) shutdown(p *process) error {
 	return err
 }
 
-// Do runs task on the child, calls onPiece with each piece in order, and
-// returns the output. A request the child fails, or that it cannot take,
-// returns an *Error with its class. When ctx ends first, the request is
-// abandoned: Do returns ctx's error, and the answer, should it come, is
-// discarded; so is it when onPiece returns an error, which Do returns.
+// Do runs task on the child, hands onPieces the pieces in order, and
+// returns the output. Pieces the child's lines brought together (read at
+// once) come in one call; last says the output came with them, so no
+// more follow and no output is yet to wait for. A request the child
+// fails, or that it cannot take, returns an *Error with its class. When
+// ctx ends first, the request is abandoned: Do returns ctx's error, and
+// the answer, should it come, is discarded; so is it when onPieces
+// returns an error, which Do returns.
 //
 // Do does not take a slot: a caller that shares the child with others
 // takes one with TryAcquire first, as worker/pool does.
-func (c *Child) Do(ctx context.Context, task ndjson.Task, onPiece func(string) error) (ndjson.Output, error) {
+func (c *Child) Do(ctx context.Context, task ndjson.Task, onPieces func(pieces []string, last bool) error) (ndjson.Output, error) {
 	c.mu.Lock()
 	p := c.proc
 	c.mu.Unlock()
@@ -297,26 +300,42 @@ func (c *Child) Do(ctx context.Context, task ndjson.Task, onPiece func(string) e
 		case <-ctx.Done():
 			p.abandon(id)
 			return ndjson.Output{}, fmt.Errorf("executor %s: request %s abandoned: %w", c.cfg.Name, id, ctx.Err())
-		case <-call.wake:
+		case <-call.woken:
 		}
+		var pieces []string
 		for _, a := range call.take() {
 			switch {
 			case a.Output != nil:
+				if err := deliverPieces(onPieces, pieces, true); err != nil {
+					return ndjson.Output{}, err
+				}
 				return *a.Output, nil
 			case a.Error != "":
+				// The pieces before the error were given out, as any.
+				if err := deliverPieces(onPieces, pieces, false); err != nil {
+					return ndjson.Output{}, err
+				}
 				class := a.Class
 				if class == "" {
 					class = ndjson.ClassExecution
 				}
 				return ndjson.Output{}, c.fail(class, a.Error)
 			case a.Piece != nil:
-				if err := onPiece(*a.Piece); err != nil {
-					p.abandon(id)
-					return ndjson.Output{}, err
-				}
+				pieces = append(pieces, *a.Piece)
 			}
 		}
+		if err := deliverPieces(onPieces, pieces, false); err != nil {
+			p.abandon(id)
+			return ndjson.Output{}, err
+		}
 	}
+}
+
+func deliverPieces(onPieces func([]string, bool) error, pieces []string, last bool) error {
+	if len(pieces) == 0 || onPieces == nil {
+		return nil
+	}
+	return onPieces(pieces, last)
 }
 
 func (c *Child) fail(class ndjson.Class, msg string) *Error {

@@ -1,8 +1,10 @@
 package child_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"os"
@@ -52,6 +54,24 @@ func helper(mode string) int {
 	case "stubborn": // ready, then deaf to its stdin closing
 		fmt.Println(`{"ready":true,"models":["x"]}`)
 		time.Sleep(time.Hour)
+		return 0
+	case "burst": // answers each request whole, all its lines in one write
+		fmt.Println(`{"ready":true,"models":["builtin"]}`)
+		sc := bufio.NewScanner(os.Stdin)
+		for sc.Scan() {
+			var req ndjson.Request
+			if json.Unmarshal(sc.Bytes(), &req) != nil {
+				return 1
+			}
+			var b strings.Builder
+			for _, p := range []string{"a ", "b ", "c"} {
+				fmt.Fprintf(&b, "{\"id\":%q,\"piece\":%q}\n", req.ID, p)
+			}
+			fmt.Fprintf(&b, "{\"id\":%q,\"output\":{\"text\":\"a b c\",\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":3},\"finish_reason\":\"stop\"}}\n", req.ID)
+			if _, err := os.Stdout.WriteString(b.String()); err != nil {
+				return 1
+			}
+		}
 		return 0
 	case "silent":
 		fmt.Fprintln(os.Stderr, "loading weights, slowly")
@@ -141,8 +161,51 @@ func inference(content string) ndjson.Task {
 // do runs a task, returning the output, the concatenated pieces and the error.
 func do(c *child.Child, task ndjson.Task) (ndjson.Output, string, error) {
 	var pieces strings.Builder
-	out, err := c.Do(context.Background(), task, func(s string) error { pieces.WriteString(s); return nil })
+	out, err := c.Do(context.Background(), task, func(ps []string, _ bool) error {
+		for _, p := range ps {
+			pieces.WriteString(p)
+		}
+		return nil
+	})
 	return out, pieces.String(), err
+}
+
+// Pieces the child wrote at once reach the caller in one call, marked
+// last when the output came with them (a fast model's whole answer: the
+// worker sends it with its finish); pieces that come apart come apart.
+func TestPiecesThatComeTogetherComeInOneCall(t *testing.T) {
+	t.Parallel()
+	type call struct {
+		pieces []string
+		last   bool
+	}
+	run := func(c *child.Child) ([]call, ndjson.Output) {
+		var calls []call
+		out, err := c.Do(context.Background(), inference("hi"), func(ps []string, last bool) error {
+			calls = append(calls, call{ps, last})
+			return nil
+		})
+		require.NoError(t, err)
+		return calls, out
+	}
+	burst, err := start(t, config("burst", "burst", &logBuffer{}))
+	require.NoError(t, err)
+	calls, out := run(burst)
+	require.Equal(t, []call{{[]string{"a ", "b ", "c"}, true}}, calls)
+	require.Equal(t, "a b c", out.Text)
+
+	slow, err := start(t, config("slow", "slow", &logBuffer{}))
+	require.NoError(t, err)
+	calls, out = run(slow)
+	require.Greater(t, len(calls), 1, "pieces a think time apart come in calls of their own")
+	var text strings.Builder
+	for i, c := range calls {
+		if c.last {
+			require.Equal(t, len(calls)-1, i, "only the last call can be marked last")
+		}
+		text.WriteString(strings.Join(c.pieces, ""))
+	}
+	require.Equal(t, out.Text, text.String())
 }
 
 func TestExecutorBuiltinOverNDJSON(t *testing.T) {
@@ -281,7 +344,7 @@ func TestExecutorAbandonedRequest(t *testing.T) {
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer cancel()
-	_, err = c.Do(ctx, inference("take your time"), func(string) error { return nil })
+	_, err = c.Do(ctx, inference("take your time"), nil)
 	require.ErrorIs(t, err, context.DeadlineExceeded)
 	require.Equal(t, 1, c.InFlight(), "the child still runs it")
 	require.False(t, c.TryAcquire(), "so it has no slot free")

@@ -109,7 +109,17 @@ func (c *Child) spawn(ctx context.Context) (*process, error) {
 func (p *process) read(stdout io.Reader, logged <-chan struct{}) {
 	dec := ndjson.NewDecoder(stdout, ndjson.MaxLine)
 	isReady := false
+	var woken []*call // given answers since the last wake-up
 	for {
+		// Callers hear of their answers once the lines that came together
+		// are read, before the next read waits: pieces written at once (a
+		// fast model's whole answer) reach their caller as one batch.
+		if !dec.LineBuffered() {
+			for _, c := range woken {
+				c.wake()
+			}
+			woken = woken[:0]
+		}
 		line, err := dec.Line()
 		var tooLong *ndjson.LineTooLongError
 		if errors.As(err, &tooLong) {
@@ -134,9 +144,9 @@ func (p *process) read(stdout io.Reader, logged <-chan struct{}) {
 		var a ndjson.Answer
 		if err := json.Unmarshal(line, &a); err != nil || a.ID == "" {
 			p.log.Warn("executor printed a malformed answer; ignored", "line", preview(line))
-			continue
+		} else if c := p.deliver(a); c != nil && !slices.Contains(woken, c) {
+			woken = append(woken, c)
 		}
-		p.deliver(a)
 	}
 
 	p.failAll()
@@ -191,7 +201,7 @@ func (p *process) register(id string) *call {
 	if p.gone {
 		return nil
 	}
-	c := &call{wake: make(chan struct{}, 1)}
+	c := &call{woken: make(chan struct{}, 1)}
 	p.calls[id] = c
 	return c
 }
@@ -226,8 +236,9 @@ func (p *process) abandonedCount() int {
 	return p.abandoned
 }
 
-// deliver hands an answer to its call.
-func (p *process) deliver(a ndjson.Answer) {
+// deliver queues an answer for its call, which it returns for the caller
+// to wake (nil: no one waits for it).
+func (p *process) deliver(a ndjson.Answer) *call {
 	p.mu.Lock()
 	c, ok := p.calls[a.ID]
 	abandoned := ok && c.abandoned
@@ -242,8 +253,10 @@ func (p *process) deliver(a ndjson.Answer) {
 	case !ok:
 		p.log.Debug("executor answered a request no one waits for", "id", a.ID)
 	case !abandoned:
-		c.push(a)
+		c.queued(a)
+		return c
 	}
+	return nil
 }
 
 // failAll fails every call in flight with ClassDied.
@@ -267,15 +280,25 @@ type call struct {
 
 	mu    sync.Mutex
 	queue []ndjson.Answer
-	wake  chan struct{}
+	woken chan struct{} // holds a token once answers wait
 }
 
 func (c *call) push(a ndjson.Answer) {
+	c.queued(a)
+	c.wake()
+}
+
+// queued adds an answer without waking the caller.
+func (c *call) queued(a ndjson.Answer) {
 	c.mu.Lock()
 	c.queue = append(c.queue, a)
 	c.mu.Unlock()
+}
+
+// wake tells the caller answers wait.
+func (c *call) wake() {
 	select {
-	case c.wake <- struct{}{}:
+	case c.woken <- struct{}{}:
 	default:
 	}
 }
