@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	sdkmath "cosmossdk.io/math"
@@ -301,8 +302,15 @@ func (c *Config) defaults() error {
 	if _, err := ParseStorage(string(c.Storage)); err != nil {
 		return err
 	}
-	if c.Versiond && (c.Storage != StorageSQLite || c.Workers > 0) {
-		return fmt.Errorf("a devnet run through versiond keeps each version's sessions in SQLite under its own directory and runs jobs in the hosts; drop --storage %s and --workers, or drop --versiond", c.Storage)
+	var drop []string
+	if c.Versiond && c.Storage != StorageSQLite {
+		drop = append(drop, "--storage "+string(c.Storage))
+	}
+	if c.Versiond && c.Workers > 0 {
+		drop = append(drop, "--workers")
+	}
+	if len(drop) > 0 {
+		return fmt.Errorf("a devnet run through versiond keeps each version's sessions in SQLite in its own directory and runs jobs in the hosts; drop %s, or drop --versiond", strings.Join(drop, " and "))
 	}
 	return nil
 }
