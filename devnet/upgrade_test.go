@@ -48,7 +48,7 @@ func TestUpgrade(t *testing.T) {
 	nw := e.nw
 	require.NotNil(t, nw.Binaries)
 	for _, h := range nw.Hosts {
-		require.Equal(t, h.PublicURL()+"/devshard/"+RuntimeV1, h.URL, "the stopgap: the host registers v1's route until the gateway routes by version")
+		require.Equal(t, route(h, RuntimeV1), h.URL, "the stopgap: the host registers v1's route until the gateway routes by version")
 	}
 	v1 := nw.Binaries.files[RuntimeV1]
 	require.Equal(t, v1bin, v1.path, "the devnet serves its own build as v1")
@@ -68,7 +68,7 @@ func TestUpgrade(t *testing.T) {
 			rt := runtimeOf(t, h)
 			require.Equal(t, RuntimeV1, rt.Preferred, "%s", h.Name)
 			require.Equal(t, []string{"v1=serving"}, states(rt, "v1", "v2"), "%s", h.Name)
-			require.Equal(t, http.StatusOK, httpStatus(t, h.URL+"/readyz"), "%s: the registered URL reaches v1's child", h.Name)
+			require.Equal(t, http.StatusOK, httpStatus(t, route(h, RuntimeV1)+"/readyz"), "%s: v1's route reaches its child", h.Name)
 		}
 		if flows {
 			e.send(6, 2, "v1")
@@ -122,13 +122,13 @@ func TestUpgrade(t *testing.T) {
 						require.Equal(t, versiond.StateStarting, v.State, "%s: crashy is never ready", h.Name)
 					}
 				}
-				resp, err := http.Get(h.PublicURL() + "/devshard/crashy/readyz")
+				resp, err := http.Get(route(h, "crashy") + "/readyz")
 				require.NoError(t, err)
 				resp.Body.Close()
 				require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "%s routes nothing to crashy", h.Name)
 				require.NotEmpty(t, resp.Header.Get("Retry-After"))
-				require.Equal(t, http.StatusServiceUnavailable, httpStatus(t, h.PublicURL()+"/devshard/v2/readyz"), "%s routes nothing to the wrong v2", h.Name)
-				require.Equal(t, http.StatusOK, httpStatus(t, h.URL+"/readyz"), "%s: v1 serves on", h.Name)
+				require.Equal(t, http.StatusServiceUnavailable, httpStatus(t, route(h, "v2")+"/readyz"), "%s routes nothing to the wrong v2", h.Name)
+				require.Equal(t, http.StatusOK, httpStatus(t, route(h, RuntimeV1)+"/readyz"), "%s: v1 serves on", h.Name)
 			}
 			time.Sleep(250 * time.Millisecond)
 		}
@@ -224,7 +224,7 @@ func TestUpgrade(t *testing.T) {
 			require.ErrorIs(t, err, os.ErrNotExist, "%s removed v1's files", h.Name)
 			_, err = http.Get("http://" + addrs[h.Name] + "/readyz")
 			require.Error(t, err, "%s: v1's child is stopped", h.Name)
-			resp, err := http.Get(h.PublicURL() + "/devshard/v2/readyz")
+			resp, err := http.Get(route(h, "v2") + "/readyz")
 			require.NoError(t, err)
 			resp.Body.Close()
 			require.Equal(t, http.StatusOK, resp.StatusCode, "%s: v2 serves on", h.Name)
@@ -340,6 +340,9 @@ func downloading(t *testing.T, h *Host) string {
 	return ""
 }
 
+// route is the base URL of version name on the host's versiond.
+func route(h *Host, name string) string { return h.PublicURL() + "/devshard/" + name }
+
 // httpStatus GETs url and returns its status code.
 func httpStatus(t *testing.T, url string) int {
 	t.Helper()
@@ -360,7 +363,7 @@ func signedThroughVersiond(t *testing.T, e *e2e) bool {
 	h := e.nw.Hosts[0]
 	key, err := signing.PrivKeyFromBytes(e.nw.GatewayAccount.Key.Key)
 	require.NoError(t, err)
-	req, err := http.NewRequestWithContext(e.ctx, http.MethodGet, h.URL+"/v1/sessions/1/diffs?from=1&limit=1", nil)
+	req, err := http.NewRequestWithContext(e.ctx, http.MethodGet, route(h, RuntimeV1)+"/v1/sessions/1/diffs?from=1&limit=1", nil)
 	require.NoError(t, err)
 	require.NoError(t, httpauth.Sign(req, nil, key, e.audience(h), time.Now()))
 	resp, err := http.DefaultClient.Do(req)
@@ -370,14 +373,14 @@ func signedThroughVersiond(t *testing.T, e *e2e) bool {
 	require.NoError(t, err)
 	if resp.StatusCode == http.StatusForbidden && strings.Contains(string(body), "does not verify") {
 		t.Logf("LEFT OUT: requests through the gateway. A request signed for %s is refused through versiond (%s): "+
-			"the signature covers /devshard/%s/..., the child sees the path without it", h.URL, strings.TrimSpace(string(body)), RuntimeV1)
+			"the signature covers /devshard/%s/..., the child sees the path without it", route(h, RuntimeV1), strings.TrimSpace(string(body)), RuntimeV1)
 		return false
 	}
 	require.NotEqual(t, http.StatusForbidden, resp.StatusCode, "a signed request through versiond: %s", body)
 	return true
 }
 
-// probes GET each host's registered URL /readyz (v1's route) in a loop.
+// probes GET /readyz on each host's v1 route in a loop.
 type probes struct {
 	done   chan struct{}
 	wg     sync.WaitGroup
@@ -400,7 +403,7 @@ func startProbes(hosts []*Host) *probes {
 					return
 				case <-time.After(100 * time.Millisecond):
 				}
-				resp, err := c.Get(h.URL + "/readyz")
+				resp, err := c.Get(route(h, RuntimeV1) + "/readyz")
 				p.mu.Lock()
 				p.total++
 				switch {
