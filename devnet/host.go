@@ -84,13 +84,25 @@ func newHost(cfg Config, i int, hs hostSetup, c *Chain, pg *pgServer) (*Host, er
 
 // UseChain points the host at other chain endpoints (comma-separated
 // lists, as its --chain-grpc and --chain-rpc take) from its next Start.
+// Through versiond, both versiond and its children's command move.
 func (h *Host) UseChain(grpc, rpc string) {
+	useChain(h.args, grpc, rpc)
 	for i := 0; i+1 < len(h.args); i++ {
-		switch h.args[i] {
+		if h.args[i] == "--command" {
+			child := strings.Fields(h.args[i+1])
+			useChain(child, grpc, rpc)
+			h.args[i+1] = strings.Join(child, " ")
+		}
+	}
+}
+
+func useChain(args []string, grpc, rpc string) {
+	for i := 0; i+1 < len(args); i++ {
+		switch args[i] {
 		case "--chain-grpc":
-			h.args[i+1] = grpc
+			args[i+1] = grpc
 		case "--chain-rpc":
-			h.args[i+1] = rpc
+			args[i+1] = rpc
 		}
 	}
 }

@@ -89,6 +89,17 @@ func TestVersiondHostArgs(t *testing.T) {
 	require.Equal(t, filepath.Join(home, "binaries", "ca.pem"), args[indexOf(args, "--trusted-ca")+1])
 	require.Equal(t, h.VersiondDir(), args[indexOf(args, "--dir")+1])
 
+	h.args = args
+	h.UseChain("10.0.0.1:9090", "http://10.0.0.1:26657")
+	require.Equal(t, "10.0.0.1:9090", h.args[indexOf(h.args, "--chain-grpc")+1])
+	require.Equal(t, "{binary} host --home {workdir} --key-file "+filepath.Join(h.Home, "host.key")+" --listen {listen} --storage-driver sqlite", h.args[i+1],
+		"a child command without chain flags is left as it was")
+	child, err := versiondArgs(cfg, h, "127.0.0.1:8090", "127.0.0.1:9090", "http://127.0.0.1:26657", []string{"--chain-grpc", "127.0.0.1:9090", "--chain-rpc", "http://127.0.0.1:26657"})
+	require.NoError(t, err)
+	h.args = child
+	h.UseChain("10.0.0.1:9090", "http://10.0.0.1:26657")
+	require.Contains(t, h.args[i+1], "--chain-grpc 10.0.0.1:9090 --chain-rpc http://10.0.0.1:26657", "the children follow the new nodes too")
+
 	h.Home = filepath.Join(home, "a home")
 	_, err = versiondArgs(cfg, h, "127.0.0.1:8090", "127.0.0.1:9090", "http://127.0.0.1:26657", nil)
 	require.ErrorContains(t, err, "holds a space")
