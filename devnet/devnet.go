@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	sdkmath "cosmossdk.io/math"
@@ -90,6 +91,13 @@ type Config struct {
 	// Accounts are extra funded accounts at genesis (a second gateway, an
 	// attacker's); they follow the hosts and the gateway in Chain.Accounts.
 	Accounts []node.Account
+	// Versiond runs each host through `devshard versiond`: the chain
+	// approves this binary as RuntimeV1 at genesis, served over HTTPS by
+	// the devnet's BinaryServer, and each host's versiond installs it and
+	// runs the host as its child; gov's voting period is
+	// VersiondVotingPeriod. Hosts store in SQLite and run their jobs in
+	// process. It is fixed for a home.
+	Versiond bool
 }
 
 // maxValidators bounds Config.Validators: each is a process with its own
@@ -192,9 +200,11 @@ type setup struct {
 	Storage Storage `json:"storage,omitempty"`
 	// Validators is the chain's validator count; 0 in homes made before
 	// it was recorded, which ran one.
-	Validators int         `json:"validators,omitempty"`
-	Hosts      []hostSetup `json:"hosts"`
-	Gateway    struct {
+	Validators int `json:"validators,omitempty"`
+	// Versiond is set in homes made with Config.Versiond.
+	Versiond *versiondSetup `json:"versiond,omitempty"`
+	Hosts    []hostSetup    `json:"hosts"`
+	Gateway  struct {
 		Mnemonic string `json:"mnemonic"`
 		Listen   string `json:"listen"`
 		APIKey   string `json:"api_key"`
@@ -216,9 +226,12 @@ type Network struct {
 	Gateway *gateway.Daemon
 	// GatewayAccount is the gateway's funded account.
 	GatewayAccount node.Account
-	cfg            Config
-	gatewayConfig  gateway.DaemonConfig
-	pg             *pgServer // nil on SQLite
+	// Binaries serves runtime binaries to the hosts' versiond (nil unless
+	// Config.Versiond); a test publishes other versions on it.
+	Binaries      *BinaryServer
+	cfg           Config
+	gatewayConfig gateway.DaemonConfig
+	pg            *pgServer // nil on SQLite
 }
 
 // Postgres is the devnet's own Postgres cluster, for a fault test to stop
@@ -286,8 +299,20 @@ func (c *Config) defaults() error {
 	if c.Storage == "" {
 		c.Storage = StorageSQLite
 	}
-	_, err := ParseStorage(string(c.Storage))
-	return err
+	if _, err := ParseStorage(string(c.Storage)); err != nil {
+		return err
+	}
+	var drop []string
+	if c.Versiond && c.Storage != StorageSQLite {
+		drop = append(drop, "--storage "+string(c.Storage))
+	}
+	if c.Versiond && c.Workers > 0 {
+		drop = append(drop, "--workers")
+	}
+	if len(drop) > 0 {
+		return fmt.Errorf("a devnet run through versiond keeps each version's sessions in SQLite in its own directory and runs jobs in the hosts; drop %s, or drop --versiond", strings.Join(drop, " and "))
+	}
+	return nil
 }
 
 // stallAfter is how old the chain's last block grows before the gateway
@@ -332,6 +357,12 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 	}
 	accounts = append(accounts, node.Account{Name: "gateway", Mnemonic: st.Gateway.Mnemonic, Coins: coins(GatewayFunds)})
 	accounts = append(accounts, cfg.Accounts...)
+	if cfg.Versiond {
+		if n.Binaries, err = startBinaries(&cfg, st, step); err != nil {
+			return nil, err
+		}
+		n.cfg = cfg
+	}
 	if n.Chain, err = startChain(ctx, cfg, accounts, step); err != nil {
 		return nil, fmt.Errorf("chain: %w", err)
 	}
@@ -474,13 +505,16 @@ func loadSetup(cfg Config) (*setup, bool, error) {
 		if made, asked := max(st.Validators, 1), max(cfg.Validators, 1); made != asked {
 			return nil, false, fmt.Errorf("%s was made with %d validator(s), asked for %d (a chain's validators are fixed at its genesis): pass --validators %d, or another --home for a different network", path, made, asked, made)
 		}
+		if made := st.Versiond != nil; made != cfg.Versiond {
+			return nil, false, fmt.Errorf("%s was made with versiond %t, asked for %t (the chain's genesis and the hosts' registered URLs depend on it): pass --versiond=%t, or another --home for a different network", path, made, cfg.Versiond, made)
+		}
 		return &st, true, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, false, err
 	}
 	st := setup{Storage: cfg.Storage, Validators: cfg.Validators}
-	ports, err := node.FreePorts(cfg.Hosts + 1)
+	ports, err := node.FreePorts(cfg.Hosts + 2)
 	if err != nil {
 		return nil, false, err
 	}
@@ -495,6 +529,9 @@ func loadSetup(cfg Config) (*setup, bool, error) {
 		return nil, false, err
 	}
 	st.Gateway.Listen = fmt.Sprintf("127.0.0.1:%d", ports[cfg.Hosts])
+	if cfg.Versiond {
+		st.Versiond = &versiondSetup{BinariesListen: fmt.Sprintf("127.0.0.1:%d", ports[cfg.Hosts+1])}
+	}
 	_, st.Gateway.APIKey = gateway.NewAPIKey("devnet")
 	raw, _ = json.MarshalIndent(st, "", "  ")
 	if err := os.WriteFile(path, raw, 0o600); err != nil {
@@ -565,6 +602,9 @@ func (n *Network) Close(ctx context.Context) error {
 	}
 	for _, h := range n.Hosts {
 		h.Stop()
+	}
+	if err := n.Binaries.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("binary server: %w", err))
 	}
 	if err := n.pg.stop(); err != nil {
 		errs = append(errs, fmt.Errorf("postgres: %w", err))

@@ -26,6 +26,9 @@ type Host struct {
 	Account  sdk.AccAddress
 	Key      *signing.PrivKey
 
+	// public is where the host answers: the host's own address, or its
+	// versiond's when it runs through one.
+	public string
 	process
 }
 
@@ -39,7 +42,12 @@ func newHost(cfg Config, i int, hs hostSetup, c *Chain, pg *pgServer) (*Host, er
 		Name: fmt.Sprintf("host%d", i), URL: "http://" + hs.Listen,
 		Home: filepath.Join(cfg.Home, fmt.Sprintf("host%d", i)), Account: acct.Address, Key: k,
 	}
+	h.public = h.URL
 	h.LogPath = filepath.Join(h.Home, "host.log")
+	if cfg.Versiond {
+		h.URL = versiondHostURL(hs.Listen)
+		h.LogPath = filepath.Join(h.Home, "versiond.log")
+	}
 	h.process = process{name: h.Name, logPath: h.LogPath, binary: cfg.Binary, supervise: cfg.Supervise}
 	if err := os.MkdirAll(h.Home, 0o700); err != nil {
 		return nil, err
@@ -51,10 +59,12 @@ func newHost(cfg Config, i int, hs hostSetup, c *Chain, pg *pgServer) (*Host, er
 		}
 	}
 	chainGRPC, chainRPC := c.endpoints(i)
-	h.args = []string{"host", "--home", h.Home, "--listen", hs.Listen,
-		"--chain-rpc", chainRPC, "--chain-grpc", chainGRPC, "--chain-stall-after", cfg.stallAfter().String(),
+	hostArgs := []string{"--chain-rpc", chainRPC, "--chain-grpc", chainGRPC, "--chain-stall-after", cfg.stallAfter().String(),
 		"--storage-driver", string(cfg.Storage), "--storage-synchronous", cfg.Synchronous,
 		"--executor-think-time", cfg.ThinkTime.String()}
+	if cfg.HostArgs != nil {
+		hostArgs = append(hostArgs, cfg.HostArgs(i)...)
+	}
 	// Only the devnet says where a host stores: none of the operator's PG*
 	// variables reach a host but those of the cluster the devnet picked.
 	h.env = withoutPG(os.Environ())
@@ -64,21 +74,35 @@ func newHost(cfg Config, i int, hs hostSetup, c *Chain, pg *pgServer) (*Host, er
 			h.env = append(h.env, k+"="+v)
 		}
 	}
-	if cfg.HostArgs != nil {
-		h.args = append(h.args, cfg.HostArgs(i)...)
+	if cfg.Versiond {
+		h.args, err = versiondArgs(cfg, h, hs.Listen, chainGRPC, chainRPC, hostArgs)
+		return h, err
 	}
+	h.args = append([]string{"host", "--home", h.Home, "--listen", hs.Listen}, hostArgs...)
 	return h, nil
 }
 
 // UseChain points the host at other chain endpoints (comma-separated
 // lists, as its --chain-grpc and --chain-rpc take) from its next Start.
+// Through versiond, both versiond and its children's command move.
 func (h *Host) UseChain(grpc, rpc string) {
+	useChain(h.args, grpc, rpc)
 	for i := 0; i+1 < len(h.args); i++ {
-		switch h.args[i] {
+		if h.args[i] == "--command" {
+			child := strings.Fields(h.args[i+1])
+			useChain(child, grpc, rpc)
+			h.args[i+1] = strings.Join(child, " ")
+		}
+	}
+}
+
+func useChain(args []string, grpc, rpc string) {
+	for i := 0; i+1 < len(args); i++ {
+		switch args[i] {
 		case "--chain-grpc":
-			h.args[i+1] = grpc
+			args[i+1] = grpc
 		case "--chain-rpc":
-			h.args[i+1] = rpc
+			args[i+1] = rpc
 		}
 	}
 }

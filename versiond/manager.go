@@ -382,6 +382,13 @@ func (m *Manager) drain(ctx, dctx context.Context, u *unit) {
 		if u.inflight.Load() > 0 {
 			continue
 		}
+		// A version that never served and runs no child (still
+		// installing, or a child that exits at start) got no traffic and
+		// has nothing to drain; it would otherwise keep retrying for the
+		// whole bound.
+		if u.neverRan() {
+			break
+		}
 		if n, ok := u.openSessions(ctx); ok && n == 0 {
 			break
 		}

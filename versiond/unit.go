@@ -68,6 +68,9 @@ type unit struct {
 	proxy     *httputil.ReverseProxy // non-nil only while serving
 	restarts  int
 	lastErr   string
+	// served: a child of this unit answered /readyz and got traffic at
+	// some point. One that never did has no session to drain.
+	served bool
 }
 
 // VersionStatus is what versiond knows of one version.
@@ -100,6 +103,15 @@ func (u *unit) snapshot() VersionStatus {
 		addr = ""
 	}
 	return VersionStatus{Name: u.v.Name, SHA256: u.v.SHA256, State: st, Address: addr, Running: u.alive, Restarts: u.restarts, LastError: u.lastErr}
+}
+
+// neverRan says that no child of u ever served and none runs now: u is
+// installing, or its child exits before it is ready. A child that runs
+// but is not ready yet may be recovering sessions, so it does not count.
+func (u *unit) neverRan() bool {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return !u.served && !u.alive
 }
 
 // route is the proxy to the child, or nil while it is not ready.
@@ -240,7 +252,7 @@ func (u *unit) runChild(ctx context.Context, path string) (servedSince time.Time
 	}
 	servedSince = time.Now()
 	proxy := newProxy(addr)
-	u.update(func() { u.phase, u.proxy = StateServing, proxy })
+	u.update(func() { u.phase, u.proxy, u.served = StateServing, proxy, true })
 	select {
 	case <-exited:
 		return servedSince, exitErr

@@ -637,3 +637,27 @@ func TestVersiondRefusesTooLarge(t *testing.T) {
 	require.Empty(t, tempFiles(b.dir))
 	require.NoDirExists(t, filepath.Join(b.dir, "versions", "v1"))
 }
+
+// A version that never served, here one whose child crashes at every
+// start, leaves the list and is retired at once: it has nothing to drain,
+// so it does not keep restarting until the drain bound.
+func TestVersiondRetiresNeverServedAtOnce(t *testing.T) {
+	t.Parallel()
+	b := setup(t, func(c *Config) { c.DrainBound = time.Minute })
+	b.approve(b.mirror.version("v1"), b.mirror.version("crash"))
+	b.waitState(t, "v1", StateServing)
+	require.Eventually(t, func() bool {
+		st, _ := b.version("crash")
+		return st.Restarts >= 1
+	}, 10*time.Second, 10*time.Millisecond)
+
+	began := time.Now()
+	b.approve(b.mirror.version("v1"))
+	require.Eventually(t, func() bool { _, ok := b.version("crash"); return !ok }, 5*time.Second, 10*time.Millisecond,
+		"a version that never served is retired well before its one-minute drain bound")
+	require.Less(t, time.Since(began), 5*time.Second)
+	require.NoDirExists(t, filepath.Join(b.dir, "versions", "crash"))
+	st, ok := b.version("v1")
+	require.True(t, ok)
+	require.Equal(t, StateServing, st.State, "v1 serves on")
+}

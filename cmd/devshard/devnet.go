@@ -22,6 +22,7 @@ func newDevnetCommand() *cobra.Command {
 		validators int
 		demo       int
 		workers    int
+		versiond   bool
 		storage    = devnet.StorageSQLite
 	)
 	cmd := &cobra.Command{
@@ -52,6 +53,14 @@ installed: apt-get install postgresql); each host gets its own database.
 a built-in executor child, and the hosts hand them their jobs: inferences
 (streamed back piece by piece) and validations. See docs/workers.md.
 
+--versiond runs each host through 'devshard versiond' (docs/versiond.md): the
+devnet serves its own binary over HTTPS with a CA it makes, the chain's
+genesis approves it as runtime version v1, and each host's versiond installs
+it and runs the host as its child; the host's URL on chain is v1's route on
+versiond's address. Governance (voting period 3 s) then adds or removes
+versions, and every versiond follows. Hosts store in SQLite; no --workers.
+See docs/devnet.md and docs/upgrades.md.
+
 --demo N sends N requests (every third one streamed), settles, waits for the
 epoch to turn and the hosts to claim their rewards, prints a ledger read
 back from the chain, and exits; with workers, it also prints how many jobs
@@ -61,7 +70,7 @@ each worker ran.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			out := cmd.OutOrStdout()
-			n, err := devnet.Start(ctx, devnet.Config{Home: home, Hosts: hosts, Validators: validators, Storage: storage, Workers: workers, Supervise: true, Progress: out})
+			n, err := devnet.Start(ctx, devnet.Config{Home: home, Hosts: hosts, Validators: validators, Storage: storage, Workers: workers, Versiond: versiond, Supervise: true, Progress: out})
 			if err != nil {
 				return err
 			}
@@ -92,6 +101,7 @@ each worker ran.`,
 	cmd.Flags().IntVar(&validators, "validators", 1, "number of chain validators; more than 1 runs each as a child process (fixed for a home)")
 	cmd.Flags().Var(&storage, "storage", "where the hosts keep their sessions: sqlite, postgres or hybrid (fixed for a home)")
 	cmd.Flags().IntVar(&workers, "workers", 0, "worker processes per host, each with a built-in executor child; the hosts hand them their jobs (default none: jobs run in the hosts)")
+	cmd.Flags().BoolVar(&versiond, "versiond", false, "run each host through 'devshard versiond', following the runtime versions the chain approves (this binary is v1, served over https); sqlite storage, no --workers (fixed for a home)")
 	cmd.Flags().IntVar(&demo, "demo", 0, "send N requests, settle, wait for the claims, print a ledger and exit")
 	return cmd
 }
