@@ -486,6 +486,32 @@ func hostURLs(hs []*Host) []string {
 	return out
 }
 
+// HomeVersiond says whether the network in home (the default home when
+// home is empty) was made with Config.Versiond; exists is false when home
+// holds no network yet.
+func HomeVersiond(home string) (made, exists bool, err error) {
+	cfg := Config{Home: home}
+	if home == "" {
+		dir, err := os.UserHomeDir()
+		if err != nil {
+			return false, false, err
+		}
+		cfg.Home = filepath.Join(dir, ".devshard", "devnet")
+	}
+	path := filepath.Join(cfg.Home, "setup.json")
+	raw, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, false, nil
+	} else if err != nil {
+		return false, false, err
+	}
+	var st setup
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return false, false, fmt.Errorf("%s: %w (remove the home directory to start a new network)", path, err)
+	}
+	return st.Versiond != nil, true, nil
+}
+
 // loadSetup reads <home>/setup.json, or makes a new setup: fresh mnemonics,
 // free ports and an API key.
 func loadSetup(cfg Config) (*setup, bool, error) {

@@ -16,9 +16,9 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
-	"github.com/devshard/devshard/httpauth"
-	"github.com/devshard/devshard/signing"
 	"github.com/devshard/devshard/versiond"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
@@ -29,7 +29,8 @@ import (
 // whose child crashes on start changes nothing that serves; the proposal
 // approving the real v2 (a build stamped v2-test, served slowly over
 // HTTPS so a versiond can be killed mid-download) has every host run v2
-// beside v1 while requests flow without a failure; and a proposal
+// beside v1 while requests flow without a failure; new escrows then open
+// under v2 while those opened under v1 settle under v1; and a proposal
 // removing v1 has every host drain it, stop it and remove its files.
 func TestUpgrade(t *testing.T) {
 	began := time.Now()
@@ -48,7 +49,7 @@ func TestUpgrade(t *testing.T) {
 	nw := e.nw
 	require.NotNil(t, nw.Binaries)
 	for _, h := range nw.Hosts {
-		require.Equal(t, route(h, RuntimeV1), h.URL, "the stopgap: the host registers v1's route until the gateway routes by version")
+		require.Equal(t, h.PublicURL(), h.URL, "a host registers versiond's address; the gateway adds each escrow's version route")
 	}
 	v1 := nw.Binaries.files[RuntimeV1]
 	require.Equal(t, v1bin, v1.path, "the devnet serves its own build as v1")
@@ -56,11 +57,6 @@ func TestUpgrade(t *testing.T) {
 	require.Len(t, genesis, 1)
 	require.Equal(t, RuntimeV1, genesis[0].Name)
 	require.True(t, strings.HasPrefix(genesis[0].Url, "https://"), "versiond downloads only over https: %s", genesis[0].Url)
-
-	// flows says whether a signed request reaches a host through versiond
-	// intact; until it does, the gateway's requests are left out and the
-	// rest runs (see signedThroughVersiond).
-	flows := signedThroughVersiond(t, e)
 
 	t.Run("v1 serves through versiond on every host", func(t *testing.T) {
 		e.t = t
@@ -70,8 +66,9 @@ func TestUpgrade(t *testing.T) {
 			require.Equal(t, []string{"v1=serving"}, states(rt, "v1", "v2"), "%s", h.Name)
 			require.Equal(t, http.StatusOK, httpStatus(t, route(h, RuntimeV1)+"/readyz"), "%s: v1's route reaches its child", h.Name)
 		}
-		if flows {
-			e.send(6, 2, "v1")
+		e.send(6, 2, "v1")
+		for _, esc := range escrowsOnChain(t, e) {
+			require.Equal(t, RuntimeV1, esc.Snapshot.RuntimeVersion, "escrow %d is created under the only version served", esc.Id)
 		}
 	})
 
@@ -101,6 +98,9 @@ func TestUpgrade(t *testing.T) {
 			require.Contains(t, string(log), "version failed", "%s logs v2's failure", h.Name)
 			require.Regexp(t, `version=v2 .*sha256 mismatch`, string(log), "%s says v2's bytes do not match the approved sha256", h.Name)
 			require.Regexp(t, `version crashy: child exited .*restarting in 2s`, string(log), "%s restarts crashy with a doubling backoff", h.Name)
+			st := statusOf(t, h)
+			require.Contains(t, lastError(st, "v2"), "sha256", "%s: GET /devshard/status shows v2's mismatch", h.Name)
+			require.Contains(t, lastError(st, "crashy"), "child exited", "%s: GET /devshard/status shows crashy's exit", h.Name)
 			child, err := os.ReadFile(h.ChildLog("crashy"))
 			require.NoError(t, err)
 			require.Contains(t, string(child), "this build fails at start", "crashy's exits are in its child log")
@@ -132,17 +132,12 @@ func TestUpgrade(t *testing.T) {
 			}
 			time.Sleep(250 * time.Millisecond)
 		}
-		if flows {
-			e.send(6, 2, "wrong-sha")
-		}
+		e.send(6, 2, "wrong-sha")
 	})
 
 	t.Run("v2 runs beside v1 while requests flow; a versiond killed mid-download finishes cleanly", func(t *testing.T) {
 		e.t = t
-		var load *steadyLoad
-		if flows {
-			load = e.startLoad(2, "switch")
-		}
+		load := e.startLoad(2, "switch")
 		// Besides, a trickle straight to v1's route on each host that is
 		// not killed: versiond keeps routing to v1 while v2 comes up.
 		victim := nw.Hosts[0]
@@ -189,23 +184,37 @@ func TestUpgrade(t *testing.T) {
 		t.Logf("GET /readyz through v1's route during the switch: %d/%d answered 200", ok, total)
 		require.Positive(t, total)
 		require.Empty(t, failed, "v1's route failed no request during the switch")
-		if load != nil {
-			recs := load.stop()
-			rep := tallyOf(recs, func(loadRecord) bool { return true })
-			t.Logf("requests through the gateway during the switch: %s", rep)
-			logFailures(t, recs)
-			require.Positive(t, rep.total)
-			require.Equal(t, rep.total, rep.ok, "no request failed during the switch")
+		recs := load.stop()
+		rep := tallyOf(recs, func(loadRecord) bool { return true })
+		t.Logf("requests through the gateway during the switch: %s", rep)
+		logFailures(t, recs)
+		require.Positive(t, rep.total)
+		require.Equal(t, rep.total, rep.ok, "no request failed during the switch")
+	})
+
+	t.Run("new escrows go to v2; escrows opened under v1 settle under v1", func(t *testing.T) {
+		e.t = t
+		// Every host serves v2 now, so the gateway opens new escrows under
+		// it; the open ones, under v1, settle first so that new ones open.
+		require.NoError(t, nw.Gateway.Gateway.SettleAll(e.ctx))
+		before := escrowsOnChain(t, e)
+		require.NotEmpty(t, before)
+		for _, esc := range before {
+			require.Equal(t, RuntimeV1, esc.Snapshot.RuntimeVersion, "escrow %d was opened while v1 was preferred", esc.Id)
+			require.Equal(t, devshardtypes.EscrowSettled, esc.Status, "escrow %d, opened under v1, settled", esc.Id)
+		}
+		e.send(6, 2, "v2")
+		after := escrowsOnChain(t, e)
+		require.Greater(t, len(after), len(before), "the requests opened a new escrow")
+		for _, esc := range after[len(before):] {
+			require.Equal(t, "v2", esc.Snapshot.RuntimeVersion, "escrow %d is opened under the newest version every host serves", esc.Id)
 		}
 	})
 
 	t.Run("removing v1 drains and stops it on every host", func(t *testing.T) {
 		e.t = t
-		// The gateway settles its escrows, so v1's sessions close and it
-		// drains well before the bound.
-		if flows {
-			require.NoError(t, nw.Gateway.Gateway.SettleAll(e.ctx))
-		}
+		// The gateway settled v1's escrows, so v1's sessions are closed and
+		// it drains well before the bound.
 		addrs := map[string]string{}
 		for _, h := range nw.Hosts {
 			addrs[h.Name] = childAddr(t, h, "v1")
@@ -222,6 +231,9 @@ func TestUpgrade(t *testing.T) {
 			require.Regexp(t, `version retired; its child stopped and its files removed" version=v1`, string(log), "%s retires v1", h.Name)
 			_, err = os.Stat(filepath.Join(h.VersiondDir(), "versions", "v1"))
 			require.ErrorIs(t, err, os.ErrNotExist, "%s removed v1's files", h.Name)
+			kept, err := filepath.Glob(filepath.Join(h.VersiondDir(), "retired", "v1-*", "child.log"))
+			require.NoError(t, err)
+			require.Len(t, kept, 1, "%s keeps v1's working directory, with its sessions' storage", h.Name)
 			_, err = http.Get("http://" + addrs[h.Name] + "/readyz")
 			require.Error(t, err, "%s: v1's child is stopped", h.Name)
 			resp, err := http.Get(route(h, "v2") + "/readyz")
@@ -352,32 +364,42 @@ func httpStatus(t *testing.T, url string) int {
 	return resp.StatusCode
 }
 
-// signedThroughVersiond says whether a request the gateway signs for a
-// host reaches the host's child intact through versiond. The signature
-// covers the request URI, and versiond strips /devshard/<name> before the
-// child sees it, so today the child refuses every signed request (403,
-// "does not verify"); then the test leaves the gateway's requests out.
-// Once the child verifies the URI the client signed, this answers true
-// and every request assertion runs. Any other answer fails the test.
-func signedThroughVersiond(t *testing.T, e *e2e) bool {
-	h := e.nw.Hosts[0]
-	key, err := signing.PrivKeyFromBytes(e.nw.GatewayAccount.Key.Key)
-	require.NoError(t, err)
-	req, err := http.NewRequestWithContext(e.ctx, http.MethodGet, route(h, RuntimeV1)+"/v1/sessions/1/diffs?from=1&limit=1", nil)
-	require.NoError(t, err)
-	require.NoError(t, httpauth.Sign(req, nil, key, e.audience(h), time.Now()))
-	resp, err := http.DefaultClient.Do(req)
+// statusOf reads GET /devshard/status of the host's versiond (the test
+// runs on the host's machine, so it is answered).
+func statusOf(t *testing.T, h *Host) versiond.Status {
+	t.Helper()
+	resp, err := http.Get(h.PublicURL() + "/devshard/status")
 	require.NoError(t, err)
 	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
-	if resp.StatusCode == http.StatusForbidden && strings.Contains(string(body), "does not verify") {
-		t.Logf("LEFT OUT: requests through the gateway. A request signed for %s is refused through versiond (%s): "+
-			"the signature covers /devshard/%s/..., the child sees the path without it", route(h, RuntimeV1), strings.TrimSpace(string(body)), RuntimeV1)
-		return false
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	var st versiond.Status
+	require.NoError(t, json.NewDecoder(resp.Body).Decode(&st))
+	return st
+}
+
+// lastError is the last error of version name in st, or "".
+func lastError(st versiond.Status, name string) string {
+	for _, v := range st.Versions {
+		if v.Name == name {
+			return v.LastError
+		}
 	}
-	require.NotEqual(t, http.StatusForbidden, resp.StatusCode, "a signed request through versiond: %s", body)
-	return true
+	return ""
+}
+
+// escrowsOnChain are every escrow the chain holds, by id.
+func escrowsOnChain(t *testing.T, e *e2e) []devshardtypes.Escrow {
+	t.Helper()
+	q := devshardtypes.NewQueryClient(e.nw.Chain.Conn())
+	var out []devshardtypes.Escrow
+	for id := uint64(1); ; id++ {
+		res, err := q.Escrow(e.ctx, &devshardtypes.QueryEscrowRequest{Id: id})
+		if status.Code(err) == codes.NotFound {
+			return out
+		}
+		require.NoError(t, err)
+		out = append(out, res.Escrow)
+	}
 }
 
 // probes GET /readyz on each host's v1 route in a loop.

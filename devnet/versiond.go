@@ -47,12 +47,10 @@ const RuntimeV1 = "v1"
 const VersiondVotingPeriod = 3 * time.Second
 
 // versiondHostURL is the URL a host running through versiond registers on
-// chain. Today's gateway sends an escrow's requests to the registered URL
-// as it is, so the URL names v1's route on versiond's public address. Once
-// the gateway routes each escrow to <host url>/devshard/<runtime_version>/
-// itself, this becomes the bare address, "http://" + public.
+// chain: versiond's public address. Clients add the route of an escrow's
+// runtime version (/devshard/<runtime_version>/) themselves.
 func versiondHostURL(public string) string {
-	return "http://" + public + "/devshard/" + RuntimeV1
+	return "http://" + public
 }
 
 // versiondSetup is what a home made with Config.Versiond keeps across runs:

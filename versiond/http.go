@@ -3,6 +3,7 @@ package versiond
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"net/url"
@@ -16,13 +17,21 @@ import (
 //	/devshard/<name>/...   the version's child, with /devshard/<name> stripped
 //	GET /devshard/runtime  the runtime config, a long poll (see Runtime)
 //	GET /devshard/sd       Prometheus HTTP service discovery of the children
+//	GET /devshard/status   every version's state, child, restarts and last
+//	                       error (Status), to loopback clients only
+//	GET /healthz           200 while versiond runs
+//	GET /readyz            200 while a version serves (there is a preferred
+//	                       one), else 503: the host takes new sessions
 //
-// A version named "runtime" or "sd" is reached below its prefix only
-// (/devshard/runtime/...), since the exact paths are versiond's own.
+// A version named "runtime", "sd" or "status" is reached below its prefix
+// only (/devshard/runtime/...), since the exact paths are versiond's own.
 func (m *Manager) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /devshard/runtime", m.serveRuntime)
 	mux.HandleFunc("GET /devshard/sd", m.serveSD)
+	mux.HandleFunc("GET /devshard/status", m.serveStatus)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+	mux.HandleFunc("GET /readyz", m.serveReady)
 	mux.HandleFunc("/devshard/{name}/", m.serveVersion)
 	mux.HandleFunc("/devshard/{name}", m.serveVersion)
 	return mux
@@ -201,4 +210,37 @@ func (m *Manager) serveSD(w http.ResponseWriter, _ *http.Request) {
 func writeJSON(w http.ResponseWriter, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// serveStatus answers Status to a client on this machine. Its last errors
+// name download URLs, paths and exit statuses: the operator's business,
+// not the network's, so a remote client gets 403.
+func (m *Manager) serveStatus(w http.ResponseWriter, r *http.Request) {
+	if !fromLoopback(r) {
+		http.Error(w, "GET /devshard/status answers clients on this machine only; run `devshard versiond status` on the host.", http.StatusForbidden)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(m.Status())
+}
+
+// fromLoopback says whether the request's peer is a loopback address.
+func fromLoopback(r *http.Request) bool {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// serveReady answers 200 while some version serves, so a load balancer or
+// a supervisor in front of the host sees whether it takes new sessions.
+func (m *Manager) serveReady(w http.ResponseWriter, _ *http.Request) {
+	if p := m.Status().Preferred; p != "" {
+		fmt.Fprintf(w, "ready: %s serves new sessions\n", p)
+		return
+	}
+	w.Header().Set("Retry-After", retryAfter)
+	http.Error(w, "not ready: no runtime version serves yet; GET /devshard/runtime says where each one is.", http.StatusServiceUnavailable)
 }

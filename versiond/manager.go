@@ -341,7 +341,7 @@ func (m *Manager) sweepLocked(want map[string]Version) {
 		}
 		v, ok := want[name]
 		if !ok {
-			m.removeAll(filepath.Join(m.in.root, name))
+			m.retireFiles(name)
 			continue
 		}
 		hashes, _ := os.ReadDir(filepath.Join(m.in.root, name))
@@ -352,6 +352,35 @@ func (m *Manager) sweepLocked(want map[string]Version) {
 		}
 	}
 }
+
+// retireFiles removes the files of the version named name, but first
+// moves its working directory to <dir>/retired/<name>-<unix time>/: the
+// child's storage there holds its sessions' signed states, which pay the
+// host if an escrow still settles from them (docs/versiond.md). versiond
+// never deletes a retired working directory; the operator does, once its
+// escrows are settled. If the move fails, nothing is removed.
+func (m *Manager) retireFiles(name string) {
+	dir := m.in.versionDir(name)
+	work := filepath.Join(dir, workDir)
+	if _, err := os.Stat(work); err == nil {
+		retired := filepath.Join(filepath.Dir(m.in.root), retiredDir)
+		dest := filepath.Join(retired, fmt.Sprintf("%s-%d", name, time.Now().Unix()))
+		if err := os.MkdirAll(retired, 0o755); err != nil {
+			m.cfg.Logger.Warn("versiond: keeping the files of a retired version where they are", "version", name, "err", err)
+			return
+		}
+		if err := os.Rename(work, dest); err != nil {
+			m.cfg.Logger.Warn("versiond: keeping the files of a retired version where they are", "version", name, "err", err)
+			return
+		}
+		m.cfg.Logger.Info("versiond: a retired version's working directory is kept", "version", name, "path", dest)
+	}
+	m.removeAll(dir)
+}
+
+// retiredDir, beside versions/, keeps the working directories of retired
+// versions.
+const retiredDir = "retired"
 
 func (m *Manager) removeAll(path string) {
 	if err := os.RemoveAll(path); err != nil {
@@ -404,7 +433,7 @@ func (m *Manager) drain(ctx, dctx context.Context, u *unit) {
 	}
 	u.cancel()
 	<-u.done
-	m.removeAll(m.in.versionDir(u.v.Name))
+	m.retireFiles(u.v.Name)
 	m.cfg.Logger.Info("versiond: version retired; its child stopped and its files removed", "version", u.v.Name)
 	m.mu.Lock()
 	if m.units[u.v.Name] == u {

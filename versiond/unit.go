@@ -65,6 +65,7 @@ type unit struct {
 	drainStop context.CancelFunc
 	addr      string // the child's loopback address, while it runs
 	alive     bool
+	started   time.Time              // when the running child was started
 	proxy     *httputil.ReverseProxy // non-nil only while serving
 	restarts  int
 	lastErr   string
@@ -82,6 +83,8 @@ type VersionStatus struct {
 	Address string `json:"address,omitempty"`
 	// Running says whether a child process is alive (ready or not).
 	Running bool `json:"running"`
+	// Started is when the running child was started; zero when none runs.
+	Started time.Time `json:"started,omitzero"`
 	// Restarts counts the child's restarts: after it exited, or after it
 	// was stopped for not being ready within ReadyTimeout.
 	Restarts int `json:"restarts"`
@@ -98,11 +101,12 @@ func (u *unit) snapshot() VersionStatus {
 	if u.draining {
 		st = StateDraining
 	}
-	addr := u.addr
+	addr, started := u.addr, u.started
 	if !u.alive {
-		addr = ""
+		addr, started = "", time.Time{}
 	}
-	return VersionStatus{Name: u.v.Name, SHA256: u.v.SHA256, State: st, Address: addr, Running: u.alive, Restarts: u.restarts, LastError: u.lastErr}
+	return VersionStatus{Name: u.v.Name, SHA256: u.v.SHA256, State: st, Address: addr, Running: u.alive, Started: started,
+		Restarts: u.restarts, LastError: u.lastErr}
 }
 
 // neverRan says that no child of u ever served and none runs now: u is
@@ -240,7 +244,7 @@ func (u *unit) runChild(ctx context.Context, path string) (servedSince time.Time
 	exited := make(chan struct{})
 	var exitErr error
 	go func() { exitErr = cmd.Wait(); close(exited) }()
-	u.update(func() { u.phase, u.addr, u.alive, u.proxy = StateStarting, addr, true, nil })
+	u.update(func() { u.phase, u.addr, u.alive, u.proxy, u.started = StateStarting, addr, true, nil, time.Now() })
 	defer u.update(func() { u.phase, u.alive, u.proxy = StateStarting, false, nil })
 
 	if err := u.awaitReady(ctx, addr, exited); err != nil {

@@ -526,6 +526,9 @@ func TestVersiondRetireDrains(t *testing.T) {
 		require.Eventually(t, func() bool { _, ok := b.version("v1"); return !ok }, 5*time.Second, 10*time.Millisecond)
 		require.Less(t, time.Since(began), 5*time.Second)
 		require.NoDirExists(t, filepath.Join(b.dir, "versions", "v1"))
+		kept, err := filepath.Glob(filepath.Join(b.dir, "retired", "v1-*", "child.log"))
+		require.NoError(t, err)
+		require.Len(t, kept, 1, "the retired version's working directory (its sessions' storage) is kept")
 		resp, body = b.get(t, "/devshard/v1/whoami")
 		require.Equal(t, http.StatusNotFound, resp.StatusCode)
 		require.Contains(t, body, `version "v1" is not served on this host`)
@@ -619,6 +622,9 @@ func TestVersiondSweepsUnapprovedFiles(t *testing.T) {
 	b.approve(v)
 	b.waitState(t, "v1", StateServing)
 	require.NoDirExists(t, filepath.Join(dir, "versions", "old"))
+	kept, err := filepath.Glob(filepath.Join(dir, "retired", "old-*", "child.log"))
+	require.NoError(t, err)
+	require.Len(t, kept, 1, "an unapproved version's working directory is kept under retired/")
 	require.NoDirExists(t, filepath.Join(dir, "versions", "v1", otherSHA))
 	require.FileExists(t, filepath.Join(dir, "versions", "v1", v.SHA256, "devshard"))
 }
@@ -660,4 +666,45 @@ func TestVersiondRetiresNeverServedAtOnce(t *testing.T) {
 	st, ok := b.version("v1")
 	require.True(t, ok)
 	require.Equal(t, StateServing, st.State, "v1 serves on")
+}
+
+// versiond's own /healthz answers while it runs and its /readyz once a
+// version serves. GET /devshard/status shows each version's state, child, start time,
+// restarts and last error to a client on this machine, and refuses any
+// other: its errors name URLs and paths.
+func TestVersiondStatusEndpoint(t *testing.T) {
+	t.Parallel()
+	b := setup(t, nil)
+	resp, body := b.get(t, "/readyz")
+	require.Equal(t, http.StatusServiceUnavailable, resp.StatusCode, "no version serves yet: %s", body)
+	resp, _ = b.get(t, "/healthz")
+	require.Equal(t, http.StatusOK, resp.StatusCode)
+	began := time.Now()
+	b.approve(b.mirror.version("v1"), Version{Name: "bad", URL: b.mirror.URL + "/bad", SHA256: otherSHA})
+	b.waitState(t, "v1", StateServing)
+	resp, body = b.get(t, "/readyz")
+	require.Equal(t, http.StatusOK, resp.StatusCode, body)
+	require.Eventually(t, func() bool { v, _ := b.version("bad"); return v.LastError != "" }, 15*time.Second, 10*time.Millisecond)
+
+	resp, body = b.get(t, "/devshard/status")
+	require.Equal(t, http.StatusOK, resp.StatusCode, body)
+	var st Status
+	require.NoError(t, json.Unmarshal([]byte(body), &st))
+	require.Equal(t, "v1", st.Preferred)
+	require.Len(t, st.Versions, 2)
+	v1, bad := st.Versions[0], st.Versions[1]
+	require.Equal(t, StateServing, v1.State)
+	require.True(t, v1.Running)
+	require.NotEmpty(t, v1.Address)
+	require.False(t, v1.Started.Before(began.Add(-time.Second)), "started %s, the test began %s", v1.Started, began)
+	require.Equal(t, StateInstalling, bad.State)
+	require.True(t, bad.Started.IsZero(), "no child runs for a version still installing")
+	require.Contains(t, bad.LastError, "sha256")
+
+	remote := httptest.NewRequest(http.MethodGet, "/devshard/status", nil)
+	remote.RemoteAddr = "203.0.113.7:40000"
+	rec := httptest.NewRecorder()
+	b.m.Handler().ServeHTTP(rec, remote)
+	require.Equal(t, http.StatusForbidden, rec.Code)
+	require.Contains(t, rec.Body.String(), "clients on this machine only")
 }

@@ -53,12 +53,15 @@ installed: apt-get install postgresql); each host gets its own database.
 a built-in executor child, and the hosts hand them their jobs: inferences
 (streamed back piece by piece) and validations. See docs/workers.md.
 
---versiond runs each host through 'devshard versiond' (docs/versiond.md): the
+The hosts run through 'devshard versiond' (docs/versiond.md) by default: the
 devnet serves its own binary over HTTPS with a CA it makes, the chain's
 genesis approves it as runtime version v1, and each host's versiond installs
-it and runs the host as its child; the host's URL on chain is v1's route on
-versiond's address. Governance (voting period 3 s) then adds or removes
-versions, and every versiond follows. Hosts store in SQLite; no --workers.
+it and runs the host as its child; the host's URL on chain is versiond's
+address, and the gateway sends each escrow's requests to the route of the
+version it was created under. Governance (voting period 3 s) then adds or
+removes versions, and every versiond follows. Versiond hosts store in SQLite
+and run their jobs themselves, so --workers and --storage postgres|hybrid
+run the hosts directly (as does --versiond=false, and a home made so).
 See docs/devnet.md and docs/upgrades.md.
 
 --demo N sends N requests (every third one streamed), settles, waits for the
@@ -66,10 +69,18 @@ epoch to turn and the hosts to claim their rewards, prints a ledger read
 back from the chain, and exits; with workers, it also prints how many jobs
 each worker ran.`,
 		Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		RunE: func(cmd *cobra.Command, _ []string) (err error) {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			out := cmd.OutOrStdout()
+			if !cmd.Flags().Changed("versiond") {
+				var why string
+				if versiond, why, err = defaultVersiond(home, storage, workers); err != nil {
+					return err
+				} else if why != "" {
+					fmt.Fprintf(out, "devnet: the hosts run without versiond: %s\n", why)
+				}
+			}
 			n, err := devnet.Start(ctx, devnet.Config{Home: home, Hosts: hosts, Validators: validators, Storage: storage, Workers: workers, Versiond: versiond, Supervise: true, Progress: out})
 			if err != nil {
 				return err
@@ -101,7 +112,7 @@ each worker ran.`,
 	cmd.Flags().IntVar(&validators, "validators", 1, "number of chain validators; more than 1 runs each as a child process (fixed for a home)")
 	cmd.Flags().Var(&storage, "storage", "where the hosts keep their sessions: sqlite, postgres or hybrid (fixed for a home)")
 	cmd.Flags().IntVar(&workers, "workers", 0, "worker processes per host, each with a built-in executor child; the hosts hand them their jobs (default none: jobs run in the hosts)")
-	cmd.Flags().BoolVar(&versiond, "versiond", false, "run each host through 'devshard versiond', following the runtime versions the chain approves (this binary is v1, served over https); sqlite storage, no --workers (fixed for a home)")
+	cmd.Flags().BoolVar(&versiond, "versiond", true, "run each host through 'devshard versiond', following the runtime versions the chain approves (this binary is v1, served over https); sqlite storage, no --workers (fixed for a home). Default: on, except with --workers, --storage postgres|hybrid or a home made without it")
 	cmd.Flags().IntVar(&demo, "demo", 0, "send N requests, settle, wait for the claims, print a ledger and exit")
 	return cmd
 }
@@ -132,4 +143,25 @@ func printEndpoints(out io.Writer, n *devnet.Network) {
 	}
 	fmt.Fprintf(out, "\ntry it:\n  curl -s %s/v1/chat/completions -H 'Authorization: Bearer %s' -H 'Content-Type: application/json' \\\n    -d '{\"model\":\"%s\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"}],\"max_tokens\":32}'\n\n",
 		i.Gateway.URL, i.Gateway.APIKey, executor.BuiltinModel)
+}
+
+// defaultVersiond is --versiond when it is not given: on, unless the
+// other flags need hosts run directly or the home was made without it;
+// why says which.
+func defaultVersiond(home string, storage devnet.Storage, workers int) (on bool, why string, err error) {
+	made, exists, err := devnet.HomeVersiond(home)
+	switch {
+	case err != nil:
+		return false, "", err
+	case exists:
+		if !made {
+			return false, "this home was made without it (a home keeps its mode)", nil
+		}
+		return true, "", nil
+	case workers > 0:
+		return false, "--workers hands jobs to worker processes, which versiond does not run", nil
+	case storage != devnet.StorageSQLite && storage != "":
+		return false, fmt.Sprintf("--storage %s is shared by the hosts, while each version behind versiond keeps its own SQLite store", storage), nil
+	}
+	return true, "", nil
 }

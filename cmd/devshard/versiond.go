@@ -46,8 +46,9 @@ port, and serves them all on one address at /devshard/<name>/. A version that
 leaves the list drains and is then stopped and removed.
 
 It also serves GET /devshard/runtime (the runtime config, a long poll),
-GET /devshard/sd (Prometheus service discovery of the children) and
-GET /metrics. See docs/versiond.md.
+GET /devshard/sd (Prometheus service discovery of the children),
+GET /devshard/status (to this machine only; see 'devshard versiond status')
+and GET /metrics. See docs/versiond.md.
 
 The approved list is the chain's: x/devshard's approved_versions, read from
 the nodes at --chain-grpc at every new block (learned from --chain-rpc's
@@ -82,6 +83,7 @@ acted on: versiond logs why and waits.
 	fs.DurationVar(&f.drain, "drain", 10*time.Minute, "longest a version that left the list keeps serving its open traffic")
 	fs.DurationVar(&f.readyTimeout, "ready-timeout", time.Minute, "longest a child may take to answer /readyz with 200; one that has not is stopped and started again")
 	fs.Int64Var(&f.maxDownload, "max-download", 512<<20, "largest binary downloaded, in bytes")
+	cmd.AddCommand(newVersiondStatusCommand())
 	return cmd
 }
 
