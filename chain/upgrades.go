@@ -32,6 +32,11 @@ const (
 // signed layout) and the settlement challenge window. See MigrateSessionV2.
 const UpgradeSessionV2 = "v3-session-v2"
 
+// UpgradeRuntimeVersions brings escrows tied to a runtime version (an
+// escrow names the approved version it was created under) and the upgrade
+// protection window. See MigrateRuntimeVersions.
+const UpgradeRuntimeVersions = "v4-runtime-versions"
+
 // AuthzKeeper is what the upgrade needs of x/authz.
 type AuthzKeeper interface {
 	IterateGrants(ctx context.Context, handler func(granter, grantee sdk.AccAddress, grant authz.Grant) bool)
@@ -54,6 +59,35 @@ func (app *App) registerUpgrades() {
 			}
 			return app.ModuleManager.RunMigrations(ctx, app.configurator, vm)
 		})
+	app.UpgradeKeeper.SetUpgradeHandler(UpgradeRuntimeVersions,
+		func(ctx context.Context, _ upgradetypes.Plan, vm module.VersionMap) (module.VersionMap, error) {
+			if err := MigrateRuntimeVersions(sdk.UnwrapSDKContext(ctx), app.DevshardKeeper); err != nil {
+				return nil, err
+			}
+			return app.ModuleManager.RunMigrations(ctx, app.configurator, vm)
+		})
+}
+
+// MigrateRuntimeVersions is UpgradeRuntimeVersions' state change. The
+// previous version had no upgrade_protection_window, so its state reads 0,
+// which would leave this very upgrade unprotected: the param takes its
+// default (3,000 blocks). The approved list is kept as governance set it
+// (an empty list keeps escrows unnamed, and hosts run directly). Escrows
+// open at the upgrade name no version and settle as before. Run once by
+// x/upgrade; a window governance sets to 0 later stays 0.
+func MigrateRuntimeVersions(ctx sdk.Context, k devshardkeeper.Keeper) error {
+	p, err := k.Params.Get(ctx)
+	if err != nil {
+		return err
+	}
+	p = withEscrowDefaults(p)
+	if p.UpgradeProtectionWindow == 0 {
+		p.UpgradeProtectionWindow = devshardtypes.DefaultParams().UpgradeProtectionWindow
+	}
+	if err := p.Validate(); err != nil {
+		return fmt.Errorf("upgrade %s: params after migration: %w", UpgradeRuntimeVersions, err)
+	}
+	return k.Params.Set(ctx, p)
 }
 
 // MigrateSessionV2 is UpgradeSessionV2's state change, idempotent: the

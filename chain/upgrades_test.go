@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -169,6 +170,36 @@ func TestUpgradeSessionV2(t *testing.T) {
 	p2, err := app.DevshardKeeper.Params.Get(ctx)
 	require.NoError(t, err)
 	require.Equal(t, p1, p2, "the second run changes nothing")
+}
+
+// A chain of the previous version (no upgrade_protection_window: 0) gets
+// the default window, so the upgrade that brings it is itself protected;
+// the approved list and the params the chain set are kept.
+func TestUpgradeRuntimeVersions(t *testing.T) {
+	t.Parallel()
+	app := chain.New(log.NewNopLogger(), dbm.NewMemDB(), nil, true, noOptions{})
+	ctx := app.NewUncachedContext(false, cmtproto.Header{Time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), Height: 10})
+	old := devshardtypes.DefaultParams()
+	old.UpgradeProtectionWindow = 0
+	old.GroupSize = 7
+	old.ApprovedVersions = []devshardtypes.ApprovedVersion{{Name: "v1", Url: "https://dl.example/v1", Sha256: strings.Repeat("ab", 32)}}
+	require.NoError(t, app.DevshardKeeper.Params.Set(ctx, old))
+
+	require.NoError(t, chain.MigrateRuntimeVersions(ctx, app.DevshardKeeper))
+	p, err := app.DevshardKeeper.Params.Get(ctx)
+	require.NoError(t, err)
+	require.NoError(t, p.Validate())
+	require.Equal(t, devshardtypes.DefaultParams().UpgradeProtectionWindow, p.UpgradeProtectionWindow)
+	require.Equal(t, uint32(7), p.GroupSize, "a param the chain set is kept")
+	require.Equal(t, old.ApprovedVersions, p.ApprovedVersions, "the approved list is kept")
+
+	set := devshardtypes.DefaultParams()
+	set.UpgradeProtectionWindow = 500
+	require.NoError(t, app.DevshardKeeper.Params.Set(ctx, set))
+	require.NoError(t, chain.MigrateRuntimeVersions(ctx, app.DevshardKeeper))
+	p, err = app.DevshardKeeper.Params.Get(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(500), p.UpgradeProtectionWindow, "a window the chain set is kept")
 }
 
 // TestUpgradeEscrowsThroughXUpgrade runs the upgrade as a chain does: the
