@@ -172,6 +172,7 @@ func sendRequests(ctx context.Context, gw GatewayRef, n int, progress io.Writer)
 		mu       sync.Mutex
 		firstErr error
 		done     int
+		failed   int
 		streamed int
 	)
 	work := make(chan int)
@@ -193,8 +194,15 @@ func sendRequests(ctx context.Context, gw GatewayRef, n int, progress io.Writer)
 				if stream {
 					streamed++
 				}
+				if err != nil {
+					failed++
+				}
 				if done%10 == 0 || done == n {
-					fmt.Fprintf(progress, "demo: %d/%d requests answered\n", done, n)
+					if failed > 0 {
+						fmt.Fprintf(progress, "demo: %d/%d requests done, %d of them failed\n", done, n, failed)
+					} else {
+						fmt.Fprintf(progress, "demo: %d/%d requests answered\n", done, n)
+					}
 				}
 				mu.Unlock()
 			}

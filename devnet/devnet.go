@@ -408,7 +408,10 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 			return nil, err
 		}
 	}
-	if n.pg == nil {
+	switch {
+	case cfg.Versiond:
+		step("the hosts store in SQLite (synchronous=%s), each runtime version in its own working directory (<home>/host<i>/versiond/versions/<name>/work)", cfg.Synchronous)
+	case n.pg == nil:
 		step("the hosts store in SQLite (synchronous=%s) under their homes", cfg.Synchronous)
 	}
 	step("%d hosts are listening: %s", len(n.Hosts), hostURLs(n.Hosts))

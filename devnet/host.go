@@ -29,6 +29,8 @@ type Host struct {
 	// public is where the host answers: the host's own address, or its
 	// versiond's when it runs through one.
 	public string
+	// versiond: the host runs as a child of versiond.
+	versiond bool
 	process
 }
 
@@ -45,6 +47,7 @@ func newHost(cfg Config, i int, hs hostSetup, c *Chain, pg *pgServer) (*Host, er
 	h.public = h.URL
 	h.LogPath = filepath.Join(h.Home, "host.log")
 	if cfg.Versiond {
+		h.versiond = true
 		h.URL = versiondHostURL(hs.Listen)
 		h.LogPath = filepath.Join(h.Home, "versiond.log")
 	}
@@ -117,12 +120,19 @@ func trimScheme(addr string) string {
 }
 
 // WaitHealthy waits until the host answers /healthz, failing early if the
-// process exits.
+// process exits. Through versiond the host is versiond's child, so it waits
+// for versiond's /readyz: a version serves, its child having answered its
+// own /readyz; versiond's /healthz answers before any child runs, and a
+// gateway would find no version to open escrows under.
 func (h *Host) WaitHealthy(ctx context.Context, timeout time.Duration) error {
 	h.mu.Lock()
 	exited := h.exited
 	h.mu.Unlock()
-	return waitHTTP(ctx, h.URL+"/healthz", timeout, func() error {
+	path := "/healthz"
+	if h.versiond {
+		path = "/readyz"
+	}
+	return waitHTTP(ctx, h.URL+path, timeout, func() error {
 		select {
 		case <-exited:
 			return fmt.Errorf("%s exited at startup (%v); the end of %s:\n%s", h.Name, h.exitErr, h.LogPath, logTail(h.LogPath, 20))
