@@ -85,6 +85,11 @@ type Config struct {
 	// HostArgs, if set, gives extra `devshard host` flags for host i: the
 	// adversary suite runs a host against a model that lies this way.
 	HostArgs func(i int) []string
+	// HostConfig, if set, gives host i settings in TOML (docs/host.md), such
+	// as "[validation]\nproxy = true\n". The devnet writes them, with the
+	// chain's nodes, to <home>/host.toml, which the host reads at every start
+	// and a proxy host reads through --conf-dir (StartProxy).
+	HostConfig func(i int) string
 	// Genesis, if set, may change any module's genesis of a new network
 	// (a test shortens gov's voting period).
 	Genesis func(cdc codec.JSONCodec, state chain.GenesisState) error

@@ -11,6 +11,7 @@ import (
 
 	sdk "github.com/cosmos/cosmos-sdk/types"
 
+	"github.com/devshard/devshard/chain/node"
 	"github.com/devshard/devshard/keys"
 	"github.com/devshard/devshard/signing"
 )
@@ -62,6 +63,17 @@ func newHost(cfg Config, i int, hs hostSetup, c *Chain, pg *pgServer) (*Host, er
 		}
 	}
 	chainGRPC, chainRPC := c.endpoints(i)
+	if cfg.HostConfig != nil {
+		if extra := cfg.HostConfig(i); extra != "" {
+			// The chain's nodes are in the file too, though the flags below
+			// win for the host, so that a proxy host reading this directory
+			// finds them.
+			toml := fmt.Sprintf("%s\n[chain]\ngrpc = %q\nrpc = %q\n", strings.TrimRight(extra, "\n"), chainGRPC, chainRPC)
+			if err := os.WriteFile(filepath.Join(h.Home, "host.toml"), []byte(toml), 0o600); err != nil {
+				return nil, err
+			}
+		}
+	}
 	hostArgs := []string{"--chain-rpc", chainRPC, "--chain-grpc", chainGRPC, "--chain-stall-after", cfg.stallAfter().String(),
 		"--storage-driver", string(cfg.Storage), "--storage-synchronous", cfg.Synchronous,
 		"--executor-think-time", cfg.ThinkTime.String()}
@@ -166,4 +178,40 @@ func withoutPG(env []string) []string {
 		}
 	}
 	return out
+}
+
+// StartProxy starts `devshard host --proxy` for primary as a child process
+// named name, in <home>/<name>, on a free loopback port: a validation node
+// that signs with key, a warm key the primary's account must have granted
+// (docs/workers.md, "The proxy host"). It reads the chain's nodes from the
+// primary's host.toml, so the network needs Config.HostConfig for primary.
+// It returns once the process runs; WaitReady says when the grant was
+// found and the proxy follows the primary. The caller stops it.
+func (n *Network) StartProxy(name string, primary *Host, key *signing.PrivKey) (*Host, error) {
+	if _, err := os.Stat(filepath.Join(primary.Home, "host.toml")); err != nil {
+		return nil, fmt.Errorf("a proxy host reads its primary's host.toml, and %s has none (%v): give it settings with Config.HostConfig", primary.Name, err)
+	}
+	ports, err := node.FreePorts(1)
+	if err != nil {
+		return nil, err
+	}
+	listen := fmt.Sprintf("127.0.0.1:%d", ports[0])
+	p := &Host{Name: name, URL: "http://" + listen, Home: filepath.Join(n.cfg.Home, name), Account: primary.Account, Key: key}
+	p.public = p.URL
+	p.LogPath = filepath.Join(p.Home, "host.log")
+	p.process = process{name: name, logPath: p.LogPath, binary: n.cfg.Binary, supervise: n.cfg.Supervise}
+	if err := os.MkdirAll(p.Home, 0o700); err != nil {
+		return nil, err
+	}
+	keyPath := filepath.Join(p.Home, "host.key")
+	if old, err := keys.LoadFile(keyPath); err == nil {
+		if old.Address() != key.Address() {
+			return nil, fmt.Errorf("%s holds another key than the one asked for; remove it, or name the proxy otherwise", keyPath)
+		}
+	} else if err := keys.Save(keyPath, key); err != nil {
+		return nil, err
+	}
+	p.args = []string{"host", "--home", p.Home, "--listen", listen, "--proxy", primary.public, "--conf-dir", primary.Home,
+		"--executor-think-time", n.cfg.ThinkTime.String()}
+	return p, p.Start()
 }

@@ -124,3 +124,11 @@ func (p *process) Running() bool {
 		return true
 	}
 }
+
+// Exited is closed when the process started last exits; nil before any
+// start.
+func (p *process) Exited() <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.exited
+}
