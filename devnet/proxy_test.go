@@ -30,10 +30,12 @@ import (
 func TestProxyHost(t *testing.T) {
 	const primary = 0
 	e := startNetwork(t, 6*time.Minute, func(c *Config) {
-		// Twelve slots for three hosts leave host0 out of an escrow's group
-		// one time in 130; a quarter of the eligible slots re-run each
-		// inference, so host0's slots are picked a few times per request.
-		c.Params.GroupSize = 12
+		// Groups are drawn by weight: 24 slots for three equal hosts leave
+		// host0 out of an escrow's group once in about 16,000 draws (12
+		// slots did once in 130, too often for CI). A quarter of the
+		// eligible slots re-run each inference, so host0's slots are
+		// picked several times per request.
+		c.Params.GroupSize = 24
 		c.Params.ValidationRateBps = 2_500
 		c.HostConfig = func(i int) string {
 			if i != primary {
