@@ -693,17 +693,32 @@ func (e *e2e) audience(h *Host) httpauth.Audience {
 
 func jsonDecode(resp *http.Response, v any) error { return json.NewDecoder(resp.Body).Decode(v) }
 
-// metric sums a Prometheus counter's samples from a host's /metrics.
+// metric sums a Prometheus counter's samples from a host's /metrics: the
+// lines that start with name (a series: a name, or a name and labels). A
+// metric not exported yet reads 0.
 func metric(t *testing.T, url, name string) float64 {
+	t.Helper()
+	return sumSeries(t, scrape(t, url), name)
+}
+
+// scrape is the text of url's /metrics.
+func scrape(t *testing.T, url string) string {
 	t.Helper()
 	resp, err := http.Get(url + "/metrics")
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	raw, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
+	return string(raw)
+}
+
+// sumSeries sums the samples of the lines of a /metrics text that start
+// with series.
+func sumSeries(t *testing.T, text, series string) float64 {
+	t.Helper()
 	var sum float64
-	for _, line := range strings.Split(string(raw), "\n") {
-		if !strings.HasPrefix(line, name) {
+	for _, line := range strings.Split(text, "\n") {
+		if !strings.HasPrefix(line, series) {
 			continue
 		}
 		fields := strings.Fields(line)

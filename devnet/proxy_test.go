@@ -4,9 +4,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"fmt"
-	"io"
-	"net/http"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -135,22 +132,8 @@ func TestProxyHost(t *testing.T) {
 // not taken for a zero.
 func sample(t *testing.T, url, series string) float64 {
 	t.Helper()
-	resp, err := http.Get(url + "/metrics")
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(resp.Body)
-	require.NoError(t, err)
+	text := scrape(t, url)
 	name, _, _ := strings.Cut(series, "{")
-	require.Contains(t, string(raw), "# TYPE "+name+" ", "%s exports no metric %s", url, name)
-	var sum float64
-	for _, line := range strings.Split(string(raw), "\n") {
-		if !strings.HasPrefix(line, series) {
-			continue
-		}
-		fields := strings.Fields(line)
-		v, err := strconv.ParseFloat(fields[len(fields)-1], 64)
-		require.NoError(t, err, line)
-		sum += v
-	}
-	return sum
+	require.Contains(t, text, "# TYPE "+name+" ", "%s exports no metric %s", url, name)
+	return sumSeries(t, text, series)
 }

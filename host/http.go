@@ -137,16 +137,10 @@ var (
 func (h *handler) signed(r role, next sessionHandler) sessionHandler {
 	return func(w http.ResponseWriter, req *http.Request, escrowID uint64) {
 		who, _, err := httpauth.Verify(req, h.e.audience(), hostapi.MaxBody, time.Now())
+		if bodyRefused(w, err) {
+			return
+		}
 		if err != nil {
-			var mbe *http.MaxBytesError
-			switch {
-			case errors.As(err, &mbe):
-				writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
-				return
-			case errors.Is(err, httpserve.ErrSlowBody):
-				writeError(w, http.StatusRequestTimeout, err.Error())
-				return
-			}
 			writeError(w, http.StatusForbidden, fmt.Sprintf("%s %s needs a request signed by %s, for host %s on chain %q: %v", req.Method, req.URL.Path, r.who, h.e.addr, h.e.cfg.ChainID, err))
 			return
 		}
@@ -410,6 +404,22 @@ func (h *handler) fail(w http.ResponseWriter, err error) {
 		h.e.log.Error("request failed", "err", err)
 	}
 	writeError(w, status, err.Error())
+}
+
+// bodyRefused answers a request whose body could not be read for its
+// signature check: too large (413) or too slow (408). It says whether it
+// answered; any other error is the caller's to answer in its route's words.
+func bodyRefused(w http.ResponseWriter, err error) bool {
+	var mbe *http.MaxBytesError
+	switch {
+	case errors.As(err, &mbe):
+		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
+		return true
+	case errors.Is(err, httpserve.ErrSlowBody):
+		writeError(w, http.StatusRequestTimeout, err.Error())
+		return true
+	}
+	return false
 }
 
 func decodeJSON(w http.ResponseWriter, r *http.Request, v any) bool {

@@ -15,7 +15,6 @@ import (
 	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/httpauth"
-	"github.com/devshard/devshard/internal/httpserve"
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
@@ -71,13 +70,8 @@ func (h *handler) follow(w http.ResponseWriter, r *http.Request) {
 	}
 	r.Body = http.MaxBytesReader(w, r.Body, hostapi.MaxBody)
 	who, body, err := httpauth.Verify(r, e.audience(), hostapi.MaxBody, time.Now())
-	var mbe *http.MaxBytesError
 	switch {
-	case errors.As(err, &mbe):
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
-		return
-	case errors.Is(err, httpserve.ErrSlowBody):
-		writeError(w, http.StatusRequestTimeout, err.Error())
+	case bodyRefused(w, err):
 		return
 	case err != nil:
 		writeError(w, http.StatusUnauthorized, fmt.Sprintf("%s %s needs a request signed by this host's account %s or a warm key it granted, for chain %q: %v", r.Method, r.URL.Path, e.addr, e.cfg.ChainID, err))

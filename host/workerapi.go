@@ -13,7 +13,6 @@ import (
 
 	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/httpauth"
-	"github.com/devshard/devshard/internal/httpserve"
 	"github.com/devshard/devshard/jobs"
 	"github.com/devshard/devshard/signing"
 )
@@ -35,13 +34,8 @@ func (h *handler) worker(next workerHandler) http.HandlerFunc {
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, hostapi.MaxBody)
 		who, body, err := httpauth.Verify(r, h.e.audience(), hostapi.MaxBody, time.Now())
-		var mbe *http.MaxBytesError
 		switch {
-		case errors.As(err, &mbe):
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("body exceeds %d bytes", mbe.Limit))
-			return
-		case errors.Is(err, httpserve.ErrSlowBody):
-			writeError(w, http.StatusRequestTimeout, err.Error())
+		case bodyRefused(w, err):
 			return
 		case err != nil:
 			writeError(w, http.StatusUnauthorized, fmt.Sprintf("%s %s needs a request signed by a worker key this host accepts, for host %s on chain %q: %v", r.Method, r.URL.Path, h.e.addr, h.e.cfg.ChainID, err))

@@ -165,15 +165,7 @@ func runHost(ctx context.Context, cfg *host.FileConfig, log *slog.Logger) error 
 	if err != nil {
 		return err
 	}
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case err = <-d.Served():
-		err = fmt.Errorf("http server: %w", err)
-	}
-	closeCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	return errors.Join(err, d.Close(closeCtx))
+	return serveUntilDone(ctx, d, log)
 }
 
 // runProxy runs a proxy host until ctx ends. Its own settings (cfg) give
@@ -218,15 +210,7 @@ func runProxy(ctx context.Context, cfg *host.FileConfig, primaryURL, confDir str
 	if err != nil {
 		return err
 	}
-	select {
-	case <-ctx.Done():
-		log.Info("shutting down")
-	case err = <-d.Served():
-		err = fmt.Errorf("http server: %w", err)
-	}
-	closeCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	return errors.Join(err, d.Close(closeCtx))
+	return serveUntilDone(ctx, d, log)
 }
 
 // primaryAccount is the account the primary serves as: its key.account,
@@ -321,4 +305,25 @@ func newHostInitCommand() *cobra.Command {
 	}
 	cmd.Flags().StringVar(&home, "home", "", "home directory (default ~/.devshard/host)")
 	return cmd
+}
+
+// daemon is a host or proxy daemon once open.
+type daemon interface {
+	Served() <-chan error
+	Close(ctx context.Context) error
+}
+
+// serveUntilDone waits until ctx ends or d's server fails, then closes d
+// (bounded at 10 s).
+func serveUntilDone(ctx context.Context, d daemon, log *slog.Logger) error {
+	var err error
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err = <-d.Served():
+		err = fmt.Errorf("http server: %w", err)
+	}
+	closeCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return errors.Join(err, d.Close(closeCtx))
 }
