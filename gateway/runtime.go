@@ -33,7 +33,11 @@ type runtimes struct {
 	// maxRetry; maxRetry is also how often a host that is not behind
 	// versiond is asked again.
 	retry, maxRetry time.Duration
-	log             *slog.Logger
+	// minGap is the least time between two polls of one host: a host that
+	// answers every long poll at once (a new revision each time) is asked
+	// no faster than this, so it cannot keep the gateway polling flat out.
+	minGap time.Duration
+	log    *slog.Logger
 
 	mu     sync.Mutex
 	hosts  map[string]*hostRuntime // by registered URL
@@ -71,12 +75,13 @@ const (
 	runtimeFirstWait = 3 * time.Second
 	runtimeRetry     = time.Second
 	runtimeMaxRetry  = 30 * time.Second
+	runtimeMinGap    = 200 * time.Millisecond
 )
 
 func newRuntimes(ctx context.Context, log *slog.Logger) *runtimes {
 	return &runtimes{
 		ctx: ctx, client: &http.Client{}, wait: runtimePollWait, firstWait: runtimeFirstWait,
-		retry: runtimeRetry, maxRetry: runtimeMaxRetry, log: log, hosts: map[string]*hostRuntime{},
+		retry: runtimeRetry, maxRetry: runtimeMaxRetry, minGap: runtimeMinGap, log: log, hosts: map[string]*hostRuntime{},
 	}
 }
 
@@ -219,11 +224,12 @@ func (r *runtimes) run(ctx context.Context, base string, h *hostRuntime) {
 		retry = r.retry
 	)
 	for ctx.Err() == nil {
+		began := time.Now()
 		rt, err := r.poll(ctx, base, after, have)
 		if ctx.Err() != nil {
 			return
 		}
-		var pause time.Duration
+		pause := r.minGap - time.Since(began)
 		r.mu.Lock()
 		switch {
 		case errors.Is(err, errNoVersiond):

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -386,4 +387,26 @@ func TestRuntimesStartNoFollowerAfterClose(t *testing.T) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	require.Empty(t, r.hosts, "no follower started after close")
+}
+
+// A host whose versiond answers every long poll at once, with a new
+// revision each time, is asked no faster than minGap: one host cannot
+// keep the gateway polling flat out.
+func TestRuntimePollsOfAHastyHostAreSpaced(t *testing.T) {
+	t.Parallel()
+	var polls atomic.Int64
+	hasty := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n := polls.Add(1)
+		json.NewEncoder(w).Encode(versiond.Runtime{Revision: uint64(n), Preferred: "v1",
+			Versions: []versiond.RuntimeVersion{{Name: "v1", State: versiond.StateServing, Path: "/devshard/v1/"}}})
+	}))
+	t.Cleanup(hasty.Close)
+	r := newRuntimes(t.Context(), slog.New(slog.DiscardHandler))
+	t.Cleanup(r.close)
+	got, err := r.choose(t.Context(), []string{"v1"}, []string{hasty.URL})
+	require.NoError(t, err)
+	require.Equal(t, "v1", got)
+	time.Sleep(time.Second)
+	require.LessOrEqual(t, polls.Load(), int64(time.Second/runtimeMinGap)+2, "polls in about a second, at least %s apart", runtimeMinGap)
+	require.GreaterOrEqual(t, polls.Load(), int64(2), "the host is still followed")
 }
