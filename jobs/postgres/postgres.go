@@ -205,6 +205,11 @@ func (d *Driver) listen(ctx context.Context, wake func()) error {
 	if _, err := conn.Exec(ctx, "LISTEN "+pgx.Identifier{d.channel}.Sanitize()); err != nil {
 		return err
 	}
+	// A job committed before LISTEN took effect sent its notification to
+	// nobody, and a waiter whose claim ran before that commit would sleep
+	// until its next periodic look: wake the waiters once now that every
+	// later commit notifies.
+	wake()
 	for {
 		if _, err := conn.WaitForNotification(ctx); err != nil {
 			return err

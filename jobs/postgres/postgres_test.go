@@ -29,6 +29,7 @@ func TestPostgres(t *testing.T) {
 	for name, fn := range map[string]func(*testing.T, string){
 		"OneRescuerAtATime":     testOneRescuerAtATime,
 		"NotifyWakesOtherQueue": testNotifyWakesOtherQueue,
+		"ListenWakesOnceReady":  testListenWakesOnceReady,
 		"ConcurrentMigrations":  testConcurrentMigrations,
 		"OwnSchema":             testOwnSchema,
 	} {
@@ -229,4 +230,32 @@ func BenchmarkClaim(b *testing.B) {
 	c.Durable(b)
 	dsn := c.CreateDatabase(b, "jobs")
 	jobstest.BenchClaim(b, func(t testing.TB) *jobstest.Target { return target(t, dsn) })
+}
+
+// Listen wakes the waiters once its LISTEN holds, with no notification
+// sent: a job committed before then notified nobody, and a waiter whose
+// claim ran before that commit would otherwise sleep until its periodic
+// look (a CI run of the wake-up bench, its poll an hour, waited a minute).
+func testListenWakesOnceReady(t *testing.T, dsn string) {
+	d, err := postgres.Open(context.Background(), postgres.Config{DSN: dsn, Schema: newSchema(t)})
+	require.NoError(t, err)
+	t.Cleanup(func() { d.Close() })
+	ctx, cancel := context.WithCancel(context.Background())
+	woke := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		d.Listen(ctx, func() {
+			select {
+			case woke <- struct{}{}:
+			default:
+			}
+		})
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	select {
+	case <-woke:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Listen did not wake the waiters once listening, with no notification sent")
+	}
 }
