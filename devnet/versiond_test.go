@@ -69,12 +69,12 @@ func TestBinaryServer(t *testing.T) {
 	require.Contains(t, err.Error(), "certificate")
 }
 
-// A host run through versiond registers v1's route on versiond's address
-// (the stopgap until the gateway routes by version), and runs the host as
-// versiond's child with the host's key and the version's own directory.
+// A host run through versiond registers versiond's address (the gateway
+// adds each escrow's version route), and runs the host as versiond's child
+// with the host's key and the version's own directory.
 func TestVersiondHostArgs(t *testing.T) {
 	t.Parallel()
-	require.Equal(t, "http://127.0.0.1:8090/devshard/v1", versiondHostURL("127.0.0.1:8090"))
+	require.Equal(t, "http://127.0.0.1:8090", versiondHostURL("127.0.0.1:8090"))
 
 	home := t.TempDir()
 	cfg := Config{Home: home, Versiond: true}
