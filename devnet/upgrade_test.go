@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/devshard/devshard/executor"
 	"github.com/devshard/devshard/versiond"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
@@ -168,12 +169,21 @@ func TestUpgrade(t *testing.T) {
 			return os.IsNotExist(err)
 		}, 30*time.Second, 50*time.Millisecond, "the restarted versiond deletes the partial download")
 
-		// Requests through the gateway from when host0 serves v1 again
-		// (while it downloads v2 anew) until both hosts serve v2 beside
-		// v1: the switch itself fails none. While host0 was down, an
-		// escrow whose group drew only host0 could not be served: that is
-		// the kill's doing, not the switch's, so the load starts after.
+		// Requests through the gateway from when it serves again after
+		// host0's restart (host0 downloads v2 anew) until both hosts serve
+		// v2 beside v1: the switch itself fails none. While host0 was
+		// down, and while the gateway still skipped it, an escrow whose
+		// group drew only host0 could not be served: that is the kill's
+		// doing, not the switch's, so the load starts after.
 		require.NoError(t, victim.WaitHealthy(e.ctx, 60*time.Second))
+		// The gateway skips a member that failed for a while after it
+		// returns (an escrow may have drawn only host0): wait until it
+		// serves again.
+		require.Eventually(t, func() bool {
+			_, err := e.client().Chat(e.ctx, ChatRequest{Model: executor.BuiltinModel, MaxTokens: 8,
+				Messages: []executor.Message{{Role: "user", Content: "are you back?"}}}, false)
+			return err == nil
+		}, 60*time.Second, 500*time.Millisecond, "the gateway serves again after host0's restart")
 		for _, h := range nw.Hosts {
 			t.Logf("%s when the load starts: %v", h.Name, states(runtimeOf(t, h), "v1", "v2"))
 		}
