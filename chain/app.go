@@ -261,7 +261,7 @@ func New(logger log.Logger, db dbm.DB, traceStore io.Writer, loadLatest bool, ap
 	app.SetPreBlocker(app.PreBlocker)
 	app.SetBeginBlocker(app.BeginBlocker)
 	app.SetEndBlocker(app.EndBlocker)
-	anteHandler, err := ante.NewAnteHandler(ante.HandlerOptions{
+	sdkAnte, err := ante.NewAnteHandler(ante.HandlerOptions{
 		AccountKeeper:   app.AccountKeeper,
 		BankKeeper:      app.BankKeeper,
 		SignModeHandler: txConfig.SignModeHandler(),
@@ -270,7 +270,16 @@ func New(logger log.Logger, db dbm.DB, traceStore io.Writer, loadLatest bool, ap
 	if err != nil {
 		panic(err)
 	}
-	app.SetAnteHandler(anteHandler)
+	// The SDK's checks first (fees, the tx's signatures), then the
+	// settlements' own in the mempool.
+	settlements := devshardkeeper.NewSettlementAnteDecorator(app.DevshardKeeper)
+	app.SetAnteHandler(func(ctx sdk.Context, tx sdk.Tx, simulate bool) (sdk.Context, error) {
+		ctx, err := sdkAnte(ctx, tx, simulate)
+		if err != nil {
+			return ctx, err
+		}
+		return settlements.AnteHandle(ctx, tx, simulate, noMoreAnte)
+	})
 
 	if loadLatest {
 		if err := app.LoadLatestVersion(); err != nil {
@@ -279,6 +288,9 @@ func New(logger log.Logger, db dbm.DB, traceStore io.Writer, loadLatest bool, ap
 	}
 	return app
 }
+
+// noMoreAnte ends the ante chain.
+func noMoreAnte(ctx sdk.Context, _ sdk.Tx, _ bool) (sdk.Context, error) { return ctx, nil }
 
 // blockedAddresses are the module accounts that plain sends may not credit:
 // coins sent there by mistake would be stuck or would corrupt a module's

@@ -138,12 +138,23 @@ func MaySettle(snap *sessionpb.EscrowSnapshot, sender signing.Address, phase ses
 // reached; an invalid one before that is ignored and reported in
 // Plan.Ignored (a host that revokes its warm key after signing cannot block
 // the others), and only a missing quorum rejects.
+//
+// A host signs once for all its slots (the signed bytes name no slot), so
+// the same signature may appear for several slots: it is verified once.
 func VerifySettlement(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth Authorizer) (*Plan, error) {
+	return VerifySettlementWith(snap, m, auth, nil)
+}
+
+// VerifySettlementWith is VerifySettlement through memo: a signature that
+// verified before (when the chain admitted the settlement's tx to its
+// mempool, say) costs a hash instead of a curve check. The outcome is the
+// same with or without the memo.
+func VerifySettlementWith(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth Authorizer, memo *signing.Memo) (*Plan, error) {
 	plan, err := VerifyBooks(snap, m)
 	if err != nil {
 		return nil, err
 	}
-	if plan.Ignored, err = checkQuorum(snap, m, auth); err != nil {
+	if plan.Ignored, err = checkQuorum(snap, m, auth, memo); err != nil {
 		return nil, err
 	}
 	return plan, nil
@@ -278,11 +289,16 @@ func SettlementRoot(m *sessionpb.Settlement) [32]byte {
 // checkQuorum counts valid signatures by distinct slot and returns the ones
 // it ignored. A nil entry or a slot outside the group is the submitter's
 // malformed message, not a host's fault, and rejects.
-func checkQuorum(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth Authorizer) ([]IgnoredSignature, error) {
+func checkQuorum(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth Authorizer, memo *signing.Memo) ([]IgnoredSignature, error) {
 	n := len(snap.Group)
 	if len(m.Signatures) > n {
 		return nil, &SettlementError{EscrowID: snap.EscrowId, Reason: ReasonMalformed, Detail: fmt.Sprintf(
 			"%d signatures for a group of %d slots; at most one per slot", len(m.Signatures), n)}
+	}
+	if memo == nil {
+		// Repeats of one host's signature (one per slot it holds) are
+		// checked once.
+		memo = signing.NewMemo(n)
 	}
 	msg := StateSignBytes(snap.ChainId, m.EscrowId, m.Nonce, m.StateRoot)
 	signed := make([]bool, n)
@@ -300,7 +316,7 @@ func checkQuorum(snap *sessionpb.EscrowSnapshot, m *sessionpb.Settlement, auth A
 			continue // a slot counts once, however often it is listed
 		}
 		holder, _ := signing.AddressFromBytes(snap.Group[ss.Slot])
-		if reason, detail := checkSig(ss.Sig, msg, holder, KindState, auth, nil); reason != "" {
+		if reason, detail := checkSig(ss.Sig, msg, holder, KindState, auth, memo); reason != "" {
 			ignored = append(ignored, IgnoredSignature{Slot: ss.Slot, Reason: reason, Detail: detail})
 			continue
 		}

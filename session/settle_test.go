@@ -320,3 +320,27 @@ func TestMaySupersedeAndPaysAtOnce(t *testing.T) {
 	require.False(t, session.PaysAtOnce(later))
 	require.True(t, session.PaysAtOnce(final))
 }
+
+// A host signs once for all its slots, so a settlement lists the same
+// signature for each of them. It is checked on the curve once: with holder
+// 1 on slots 1 and 2, the quorum of 3 costs two curve checks, not three.
+// Not parallel: it reads the process's count of curve checks.
+func TestSettlementChecksARepeatedSignatureOnce(t *testing.T) {
+	b := setup(t, func(o *sessiontest.Options) { o.Holders = []int{0, 1, 1, 2} })
+	b.inference(t, 1, 1, 1)
+	m := b.f.Settle(b.gw.Replica, 0, 1, 2, 3)
+	require.Equal(t, m.Signatures[1].Sig.Sig, m.Signatures[2].Sig.Sig, "one signature for both slots of holder 1")
+	before := signing.CurveChecks()
+	_, err := session.VerifySettlement(b.f.Snapshot, m, nil)
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), signing.CurveChecks()-before, "slots 0 and 1 checked; slot 2 repeats slot 1's signature")
+
+	// Through a memo that saw them, none is checked again.
+	memo := signing.NewMemo(16)
+	_, err = session.VerifySettlementWith(b.f.Snapshot, m, nil, memo)
+	require.NoError(t, err)
+	before = signing.CurveChecks()
+	_, err = session.VerifySettlementWith(b.f.Snapshot, m, nil, memo)
+	require.NoError(t, err)
+	require.Zero(t, signing.CurveChecks()-before)
+}

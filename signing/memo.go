@@ -23,7 +23,7 @@ type Memo struct {
 // NewMemo returns a memo of at most limit signatures (at least 1).
 func NewMemo(limit int) *Memo {
 	limit = max(limit, 1)
-	return &Memo{seen: make(map[[32]byte]struct{}, limit), limit: limit}
+	return &Memo{seen: make(map[[32]byte]struct{}, min(limit, 4096)), limit: limit}
 }
 
 // Verify is Verify, answered from the memo when the same signature over the

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 
 	"github.com/decred/dcrd/dcrec/secp256k1/v4"
 	"github.com/decred/dcrd/dcrec/secp256k1/v4/ecdsa"
@@ -173,6 +174,7 @@ func Verify(pub, msg, sig []byte) error {
 	if s.IsOverHalfOrder() {
 		return ErrHighS
 	}
+	curveChecks.Add(1)
 	if table != nil {
 		if !table.verify(&r, &s, msg) {
 			return ErrMismatch
@@ -185,6 +187,13 @@ func Verify(pub, msg, sig []byte) error {
 	tables.passed(pub, key)
 	return nil
 }
+
+// curveChecks counts the signatures Verify checked on the curve.
+var curveChecks atomic.Uint64
+
+// CurveChecks is how many signatures this process has checked on the curve
+// (Verify's costly part), whatever the outcome. A memo hit is not one.
+func CurveChecks() uint64 { return curveChecks.Load() }
 
 // verifyPureGo is the curve check of Verify in pure Go (decred secp256k1).
 func verifyPureGo(key *secp256k1.PublicKey, r, s *secp256k1.ModNScalar, msg []byte) bool {

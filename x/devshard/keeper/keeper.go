@@ -13,6 +13,7 @@ import (
 	"github.com/cosmos/cosmos-sdk/codec"
 	sdk "github.com/cosmos/cosmos-sdk/types"
 
+	"github.com/devshard/devshard/signing"
 	"github.com/devshard/devshard/x/devshard/types"
 )
 
@@ -39,6 +40,11 @@ type Keeper struct {
 	// hooks is shared by copies of the keeper, so hooks set after the module
 	// is built are seen by it.
 	hooks *hookSlot
+	// sigMemo remembers settlement signatures that verified on this node,
+	// in the mempool or in a block, so a block checks a signature its
+	// mempool already checked at the cost of a hash. It holds no state:
+	// a hit repeats a check that passed, with the same outcome.
+	sigMemo *signing.Memo
 
 	Schema collections.Schema
 	Params collections.Item[types.Params]
@@ -73,6 +79,11 @@ type Keeper struct {
 	UpgradeHeights collections.KeySet[int64]
 }
 
+// SignatureMemoSize is how many settlement signatures a node remembers: the
+// signatures of a full mempool of 16-slot settlements (5,000 txs, one
+// signature per distinct host).
+const SignatureMemoSize = 1 << 16
+
 type hookSlot struct{ hooks types.EpochHooks }
 
 // NewKeeper returns the keeper. authority (the gov module account) signs the
@@ -98,6 +109,7 @@ func NewKeeper(
 		distr:        distr,
 		upgrade:      upgrade,
 		hooks:        &hookSlot{},
+		sigMemo:      signing.NewMemo(SignatureMemoSize),
 		Params:       collections.NewItem(sb, types.ParamsKey, "params", codec.CollValue[types.Params](cdc)),
 		CurrentEpoch: collections.NewItem(sb, types.CurrentEpochKey, "current_epoch", collections.Uint64Value),
 		Epochs: collections.NewIndexedMap(sb, types.EpochsKey, "epochs", collections.Uint64Key, codec.CollValue[types.Epoch](cdc), EpochIndexes{

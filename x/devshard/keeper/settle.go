@@ -43,37 +43,9 @@ func (k Keeper) SettleEscrow(ctx sdk.Context, sender sdk.AccAddress, m *sessionp
 	if m == nil {
 		return nil, types.ErrSettlement.Wrap("the message carries no settlement")
 	}
-	esc, err := k.Escrow(ctx, m.EscrowId)
+	esc, plan, err := k.checkSettlement(ctx, sender, m)
 	if err != nil {
 		return nil, err
-	}
-	if esc.Status != types.EscrowOpen {
-		return nil, types.ErrEscrowClosed.Wrapf("escrow %d is %s; only an OPEN escrow can be settled", esc.Id, esc.Status)
-	}
-	cur, err := k.currentEpochID(ctx)
-	if err != nil {
-		return nil, err
-	}
-	ctx.GasMeter().ConsumeGas(SignatureGas*uint64(len(m.Signatures)), "settlement signatures")
-
-	from, err := signing.AddressFromBytes(sender)
-	if err != nil {
-		return nil, types.ErrSettlement.Wrapf("sender: %v", err)
-	}
-	auth := k.Authorizer(ctx)
-	if err := session.MaySettle(&esc.Snapshot, from, m.Phase, cur >= esc.DeadlineEpoch, auth); err != nil {
-		return nil, types.SettlementRejected(err, fmt.Sprintf(" (deadline: epoch %d, current epoch %d)", esc.DeadlineEpoch, cur))
-	}
-	plan, err := session.VerifySettlement(&esc.Snapshot, m, auth)
-	if err != nil {
-		return nil, types.SettlementRejected(err, "")
-	}
-	var pending *sessionpb.Settlement
-	if esc.Pending != nil {
-		pending = &esc.Pending.Settlement
-	}
-	if err := session.MaySupersede(&esc.Snapshot, pending, m); err != nil {
-		return nil, types.SettlementRejected(err, fmt.Sprintf(" (its window closes at the end of block %d)", esc.Pending.WindowEndHeight))
 	}
 	if err := emitIgnored(ctx, esc.Id, plan.Ignored); err != nil {
 		return nil, err
@@ -91,6 +63,59 @@ func (k Keeper) SettleEscrow(ctx sdk.Context, sender sdk.AccAddress, m *sessionp
 		return nil, err
 	}
 	return &types.MsgSettleEscrowResponse{Paid: plan.Amount - plan.Refund, Refund: plan.Refund}, nil
+}
+
+// PrecheckSettlement runs every check SettleEscrow runs, against the state
+// of ctx, and changes nothing. The chain runs it when a settlement's tx
+// enters the mempool (SettlementAnteDecorator): a settlement that would fail
+// is refused there with the reason, and the signatures that passed are
+// remembered in the keeper's memo, so the block that carries the tx checks
+// them at the cost of a hash.
+func (k Keeper) PrecheckSettlement(ctx sdk.Context, sender sdk.AccAddress, m *sessionpb.Settlement) error {
+	if m == nil {
+		return types.ErrSettlement.Wrap("the message carries no settlement")
+	}
+	_, _, err := k.checkSettlement(ctx, sender, m)
+	return err
+}
+
+// checkSettlement is the read-only part of SettleEscrow: the escrow, who may
+// settle it at which phase, the books, the quorum and whether it may
+// replace the pending settlement. Signatures go through the keeper's memo;
+// the outcome is the same without it.
+func (k Keeper) checkSettlement(ctx sdk.Context, sender sdk.AccAddress, m *sessionpb.Settlement) (types.Escrow, *session.Plan, error) {
+	esc, err := k.Escrow(ctx, m.EscrowId)
+	if err != nil {
+		return esc, nil, err
+	}
+	if esc.Status != types.EscrowOpen {
+		return esc, nil, types.ErrEscrowClosed.Wrapf("escrow %d is %s; only an OPEN escrow can be settled", esc.Id, esc.Status)
+	}
+	cur, err := k.currentEpochID(ctx)
+	if err != nil {
+		return esc, nil, err
+	}
+	ctx.GasMeter().ConsumeGas(SignatureGas*uint64(len(m.Signatures)), "settlement signatures")
+	from, err := signing.AddressFromBytes(sender)
+	if err != nil {
+		return esc, nil, types.ErrSettlement.Wrapf("sender: %v", err)
+	}
+	auth := k.Authorizer(ctx)
+	if err := session.MaySettle(&esc.Snapshot, from, m.Phase, cur >= esc.DeadlineEpoch, auth); err != nil {
+		return esc, nil, types.SettlementRejected(err, fmt.Sprintf(" (deadline: epoch %d, current epoch %d)", esc.DeadlineEpoch, cur))
+	}
+	plan, err := session.VerifySettlementWith(&esc.Snapshot, m, auth, k.sigMemo)
+	if err != nil {
+		return esc, nil, types.SettlementRejected(err, "")
+	}
+	var pending *sessionpb.Settlement
+	if esc.Pending != nil {
+		pending = &esc.Pending.Settlement
+	}
+	if err := session.MaySupersede(&esc.Snapshot, pending, m); err != nil {
+		return esc, nil, types.SettlementRejected(err, fmt.Sprintf(" (its window closes at the end of block %d)", esc.Pending.WindowEndHeight))
+	}
+	return esc, plan, nil
 }
 
 // emitIgnored reports the signatures a settlement carried that did not
