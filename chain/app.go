@@ -270,14 +270,19 @@ func New(logger log.Logger, db dbm.DB, traceStore io.Writer, loadLatest bool, ap
 	if err != nil {
 		panic(err)
 	}
-	// The SDK's checks first (fees, the tx's signatures), then the
+	// The SDK's checks first (fees, the tx's signatures, skipped in a
+	// block for a tx this node verified in its mempool), then the
 	// settlements' own in the mempool.
 	settlements := devshardkeeper.NewSettlementAnteDecorator(app.DevshardKeeper)
+	verified := newTxSigCache()
 	app.SetAnteHandler(func(ctx sdk.Context, tx sdk.Tx, simulate bool) (sdk.Context, error) {
-		ctx, err := sdkAnte(ctx, tx, simulate)
+		sigverify := ctx.IsSigverifyTx()
+		ctx, err := sdkAnte(verified.skipVerified(ctx, tx, simulate), tx, simulate)
 		if err != nil {
 			return ctx, err
 		}
+		ctx = ctx.WithIsSigverifyTx(sigverify)
+		verified.remember(ctx, tx, simulate)
 		return settlements.AnteHandle(ctx, tx, simulate, noMoreAnte)
 	})
 

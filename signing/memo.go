@@ -3,7 +3,8 @@ package signing
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"sync"
+
+	"github.com/devshard/devshard/internal/recent"
 )
 
 // Memo remembers signatures that verified, so that one checked when it
@@ -12,19 +13,10 @@ import (
 // hit is exactly a repeat of a check that passed. It holds at most its
 // capacity, forgetting the oldest first. A nil *Memo verifies every time.
 // It is safe for concurrent use.
-type Memo struct {
-	mu    sync.Mutex
-	seen  map[[32]byte]struct{}
-	ring  [][32]byte // insertion order; ring[next] is the oldest once full
-	next  int
-	limit int
-}
+type Memo struct{ set *recent.Set }
 
 // NewMemo returns a memo of at most limit signatures (at least 1).
-func NewMemo(limit int) *Memo {
-	limit = max(limit, 1)
-	return &Memo{seen: make(map[[32]byte]struct{}, min(limit, 4096)), limit: limit}
-}
+func NewMemo(limit int) *Memo { return &Memo{set: recent.New(limit)} }
 
 // Verify is Verify, answered from the memo when the same signature over the
 // same message by the same key already verified.
@@ -33,16 +25,13 @@ func (m *Memo) Verify(pub, msg, sig []byte) error {
 		return Verify(pub, msg, sig)
 	}
 	k := memoKey(pub, msg, sig)
-	m.mu.Lock()
-	_, ok := m.seen[k]
-	m.mu.Unlock()
-	if ok {
+	if m.set.Has(k) {
 		return nil
 	}
 	if err := Verify(pub, msg, sig); err != nil {
 		return err
 	}
-	m.add(k)
+	m.set.Add(k)
 	return nil
 }
 
@@ -51,32 +40,12 @@ func (m *Memo) Verify(pub, msg, sig []byte) error {
 // signature from anyone else.
 func (m *Memo) Remember(pub, msg, sig []byte) {
 	if m != nil {
-		m.add(memoKey(pub, msg, sig))
+		m.set.Add(memoKey(pub, msg, sig))
 	}
 }
 
 // Len is how many signatures the memo holds.
-func (m *Memo) Len() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return len(m.seen)
-}
-
-func (m *Memo) add(k [32]byte) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if _, ok := m.seen[k]; ok {
-		return
-	}
-	if len(m.ring) < m.limit {
-		m.ring = append(m.ring, k)
-	} else {
-		delete(m.seen, m.ring[m.next])
-		m.ring[m.next] = k
-		m.next = (m.next + 1) % m.limit
-	}
-	m.seen[k] = struct{}{}
-}
+func (m *Memo) Len() int { return m.set.Len() }
 
 // memoKey is SHA-256 over the three parts, each length-prefixed.
 func memoKey(pub, msg, sig []byte) [32]byte {

@@ -49,10 +49,8 @@ func TestMemoIsBounded(t *testing.T) {
 		m.Remember(pub[:], msg, k.SignBytes(msg))
 	}
 	require.Equal(t, 3, m.Len())
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	for i, msg := range msgs {
-		_, ok := m.seen[memoKey(pub[:], msg, k.SignBytes(msg))]
+		ok := m.set.Has(memoKey(pub[:], msg, k.SignBytes(msg)))
 		require.Equal(t, i >= 2, ok, "message %q", msg)
 	}
 }

@@ -662,8 +662,13 @@ func (l *load) burst(ctx context.Context, txs [][][]byte, res *Result) error {
 		return err
 	}
 	res.Broadcast = time.Since(start)
-	l.cfg.Progress("broadcast in %.2f s, %d refused at CheckTx; reading the blocks", res.Broadcast.Seconds(), res.Rejected)
-	if err := l.readBlocks(ctx, from+1, total-res.Rejected, res); err != nil {
+	l.cfg.Progress("broadcast in %.2f s, %d refused at CheckTx; following the blocks", res.Broadcast.Seconds(), res.Rejected)
+	rpc, err := rpchttp.New(l.n.Nodes[0].RPCAddress, "/websocket")
+	if err != nil {
+		return err
+	}
+	heights, err := l.followBlocks(ctx, rpc, from+1, total-res.Rejected, res)
+	if err != nil {
 		return err
 	}
 	cpu1, err := l.cpu.total()
@@ -672,27 +677,59 @@ func (l *load) burst(ctx context.Context, txs [][][]byte, res *Result) error {
 	}
 	res.LoadCPU = cpu1 - cpu0
 	res.LoadWall = time.Since(start)
-	return nil
+	l.cfg.Progress("reading the results of %d blocks", len(heights))
+	return l.readResults(ctx, rpc, heights, res)
 }
 
-// readBlocks reads the blocks from height from on until they hold want
-// settlement txs, or twenty blocks in a row held none (the rest are Lost):
-// every block from the first that carried one to the last, empty ones
-// between included.
-func (l *load) readBlocks(ctx context.Context, from int64, want int, res *Result) error {
-	rpc, err := rpchttp.New(l.n.Nodes[0].RPCAddress, "/websocket")
-	if err != nil {
-		return err
-	}
+// followBlocks follows the blocks from height from on until they hold want
+// txs, or twenty blocks in a row held none (the rest are Lost), and
+// returns the heights from the first that carried one to the last, empty
+// ones between included. It reads only block headers' tx counts: the
+// validators' CPU is measured meanwhile, and a block's results (its
+// events, encoded as JSON) cost node 0 more to serve than to make.
+func (l *load) followBlocks(ctx context.Context, rpc *rpchttp.HTTP, from int64, want int, res *Result) ([]int64, error) {
+	var heights []int64
 	included, empty := 0, 0
-	var gas uint64
 	for h := from; included < want && empty < 20; h++ {
 		if err := l.n.Nodes[0].WaitForHeight(ctx, h); err != nil {
-			return err
+			return nil, err
 		}
 		if err := l.watch.waitFor(ctx, h); err != nil {
-			return err
+			return nil, err
 		}
+		info, err := rpc.BlockchainInfo(ctx, h, h)
+		if err != nil {
+			return nil, fmt.Errorf("header of block %d: %w", h, err)
+		}
+		if len(info.BlockMetas) != 1 {
+			return nil, fmt.Errorf("header of block %d: %d block metas", h, len(info.BlockMetas))
+		}
+		txs := info.BlockMetas[0].NumTxs
+		switch {
+		case txs == 0 && len(heights) == 0:
+			continue
+		case txs == 0:
+			empty++
+		default:
+			empty = 0
+		}
+		included += txs
+		heights = append(heights, h)
+		l.cfg.Progress("block %d: %d settlement txs, %.3f s after the block before, executed in %.3f s",
+			h, txs, l.watch.at(h).Sub(l.watch.at(h-1)).Seconds(), l.watch.exec(h).Seconds())
+	}
+	heights = heights[:len(heights)-empty]
+	res.Lost = want - included
+	if res.Lost > 0 {
+		l.cfg.Progress("%d of the %d settlements CheckTx accepted never reached a block", res.Lost, want)
+	}
+	return heights, nil
+}
+
+// readResults reads what each followed block did with its txs.
+func (l *load) readResults(ctx context.Context, rpc *rpchttp.HTTP, heights []int64, res *Result) error {
+	var gas uint64
+	for _, h := range heights {
 		br, err := rpc.BlockResults(ctx, &h)
 		if err != nil {
 			return fmt.Errorf("results of block %d: %w", h, err)
@@ -710,30 +747,12 @@ func (l *load) readBlocks(ctx context.Context, from int64, want int, res *Result
 				l.cfg.Progress("block %d: a settlement failed: %s", h, r.Log)
 			}
 		}
-		if b.Settlements+b.Failed == 0 {
-			if len(res.Blocks) > 0 {
-				empty++
-			}
-			if len(res.Blocks) == 0 {
-				continue
-			}
-		} else {
-			empty = 0
-		}
-		included += b.Settlements + b.Failed
 		b.Interval = l.watch.at(h).Sub(l.watch.at(h - 1))
 		b.Exec = l.watch.exec(h)
 		if b.HeaderInterval, err = headerInterval(ctx, rpc, h); err != nil {
 			return err
 		}
 		res.Blocks = append(res.Blocks, b)
-		l.cfg.Progress("block %d: %d settlements (%d failed), %.3f s after the block before, executed in %.3f s",
-			h, b.Settlements, b.Failed, b.Interval.Seconds(), b.Exec.Seconds())
-	}
-	res.Blocks = res.Blocks[:len(res.Blocks)-empty]
-	res.Lost = want - included
-	if res.Lost > 0 {
-		l.cfg.Progress("%d of the %d settlements CheckTx accepted never reached a block", res.Lost, want)
 	}
 	if settled := res.Settled(); settled > 0 {
 		res.GasUsed = gas / uint64(settled)
