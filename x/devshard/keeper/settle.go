@@ -224,22 +224,18 @@ func (k Keeper) payOut(ctx sdk.Context, esc types.Escrow, plan *session.Plan, se
 				return types.ErrOverflow.Wrap("creator refund overflows")
 			}
 		}
-		if err := ctx.EventManager().EmitTypedEvent(&types.EventEscrowPayout{
+		ctx.EventManager().EmitEvent((&types.EventEscrowPayout{
 			EscrowId: esc.Id, Address: sdk.AccAddress(a.Address[:]).String(), Amount: amount, Destination: dest, Reason: reason,
-		}); err != nil {
-			return err
-		}
+		}).AsEvent())
 	}
 	if toCreator > 0 {
 		if err := k.bank.SendCoinsFromModuleToAccount(ctx, types.ModuleName, creator, esc.Coins(toCreator)); err != nil {
 			return fmt.Errorf("refunding %d to creator %s: %w", toCreator, creator, err)
 		}
 	}
-	if err := ctx.EventManager().EmitTypedEvent(&types.EventEscrowPayout{
+	ctx.EventManager().EmitEvent((&types.EventEscrowPayout{
 		EscrowId: esc.Id, Address: esc.Creator, Amount: plan.Refund, Destination: DestRefund, Reason: "unspent balance",
-	}); err != nil {
-		return err
-	}
+	}).AsEvent())
 
 	if err := k.EscrowExpiry.Remove(ctx, collections.Join(esc.ExpiryEpoch, esc.Id)); err != nil {
 		return err
@@ -252,9 +248,10 @@ func (k Keeper) payOut(ctx sdk.Context, esc types.Escrow, plan *session.Plan, se
 	if err := k.Escrows.Set(ctx, esc.Id, esc); err != nil {
 		return err
 	}
-	return ctx.EventManager().EmitTypedEvent(&types.EventEscrowSettled{
+	ctx.EventManager().EmitEvent((&types.EventEscrowSettled{
 		EscrowId: esc.Id, Sender: sender, Nonce: nonce, Paid: plan.Amount - plan.Refund, Refund: plan.Refund,
-	})
+	}).AsEvent())
+	return nil
 }
 
 // route sends one host's payout where DESIGN.md says it goes and reports
