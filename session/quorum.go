@@ -97,9 +97,9 @@ func (s *SignatureSet) Quorum() bool {
 	return HasQuorum(len(s.sigs), len(s.snap.Group))
 }
 
-// Attach appends the set's signatures to m in slot order, the canonical
-// order a settlement lists them in. Call Quorum first: Attach adds only
-// verified signatures, and m must settle the set's nonce and root.
+// Attach appends the set's verified signatures to m, in the order
+// ArrangeSignatures gives. Call Quorum first: Attach adds only verified
+// signatures, and m must settle the set's nonce and root.
 func (s *SignatureSet) Attach(m *sessionpb.Settlement) error {
 	if m.Nonce != s.nonce || !bytes.Equal(m.StateRoot, s.root) {
 		return fmt.Errorf("%w: settlement at nonce %d is not the root the signatures cover (nonce %d)", ReasonRoot, m.Nonce, s.nonce)
@@ -114,5 +114,51 @@ func (s *SignatureSet) Attach(m *sessionpb.Settlement) error {
 	for _, slot := range slots {
 		m.Signatures = append(m.Signatures, &sessionpb.SlotSignature{Slot: slot, Sig: s.sigs[slot].Sig})
 	}
+	ArrangeSignatures(m)
 	return nil
+}
+
+// ArrangeSignatures orders a settlement's signatures so that the chain
+// reaches the quorum with the fewest curve checks. A host signs once for
+// all its slots, and the chain checks a signature listed for several slots
+// once (VerifySettlement) and stops at the quorum, so the signatures that
+// count for the most slots come first: by how many slots carry the same
+// signature, most first, then by their lowest slot; within one signature,
+// by slot. With 16 slots drawn from 16 equal hosts, the quorum of 11 then
+// takes about 5.5 checks instead of about 8 in slot order. Any order
+// settles; this one only costs less.
+func ArrangeSignatures(m *sessionpb.Settlement) {
+	type key struct{ pub, sig string }
+	keyOf := func(ss *sessionpb.SlotSignature) key {
+		if ss == nil || ss.Sig == nil {
+			return key{}
+		}
+		return key{string(ss.Sig.PubKey), string(ss.Sig.Sig)}
+	}
+	count := map[key]int{}
+	first := map[key]uint32{}
+	for _, ss := range m.Signatures {
+		if ss == nil {
+			continue
+		}
+		k := keyOf(ss)
+		if f, ok := first[k]; !ok || ss.Slot < f {
+			first[k] = ss.Slot
+		}
+		count[k]++
+	}
+	sort.SliceStable(m.Signatures, func(i, j int) bool {
+		a, b := m.Signatures[i], m.Signatures[j]
+		if a == nil || b == nil {
+			return b == nil && a != nil
+		}
+		ka, kb := keyOf(a), keyOf(b)
+		switch {
+		case count[ka] != count[kb]:
+			return count[ka] > count[kb]
+		case first[ka] != first[kb]:
+			return first[ka] < first[kb]
+		}
+		return a.Slot < b.Slot
+	})
 }

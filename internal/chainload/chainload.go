@@ -34,6 +34,7 @@ import (
 	"github.com/devshard/devshard/chain/node"
 	"github.com/devshard/devshard/chainclient"
 	"github.com/devshard/devshard/session/sessionpb"
+	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessiontest"
 	"github.com/devshard/devshard/signing"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
@@ -534,7 +535,9 @@ func honestSettlement(f *sessiontest.Fixture, n int) (*sessionpb.Settlement, err
 			return nil, err
 		}
 	}
-	return f.Settle(seq.Replica, f.AllSlots()...), nil
+	m := f.Settle(seq.Replica, f.AllSlots()...)
+	session.ArrangeSignatures(m) // in the order a gateway attaches them
+	return m, nil
 }
 
 // gasMargin is added to the most gas a probe settlement used. CometBFT
