@@ -11,6 +11,7 @@ import (
 
 	sdkmath "cosmossdk.io/math"
 	sdk "github.com/cosmos/cosmos-sdk/types"
+	txtypes "github.com/cosmos/cosmos-sdk/types/tx"
 	"github.com/cosmos/cosmos-sdk/x/authz"
 	"github.com/stretchr/testify/require"
 
@@ -204,6 +205,15 @@ func TestClientSendsAgainstARealNode(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, closed)
 	require.Equal(t, hash, by)
+	// The node indexes what the client searches by (chain.IndexedEvents),
+	// not every attribute: a payout is not found by its escrow id.
+	for event, want := range map[string]int{"EventEscrowSettled": 1, "EventEscrowPayout": 0} {
+		res, err := txtypes.NewServiceClient(n.Conn()).GetTxsEvent(ctx, &txtypes.GetTxsEventRequest{
+			Query: fmt.Sprintf(`devshard.devshard.v1.%s.escrow_id='"%d"'`, event, snap.EscrowId), Limit: 1,
+		})
+		require.NoError(t, err)
+		require.Len(t, res.TxResponses, want, event)
+	}
 	again, err := c.SettleEscrow(ctx, good)
 	require.NoError(t, err, "an escrow already settled is success")
 	require.Equal(t, hash, again)

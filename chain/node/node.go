@@ -218,7 +218,7 @@ func Start(ctx context.Context, cfg Config) (n *Node, err error) {
 	// The local chain checks its books every block: a broken conservation
 	// invariant stops it at once, with the invariant's report.
 	n.App = chain.New(cfg.Logger, db, nil, true, appOptions{"home": n.Home, server.FlagInvCheckPeriod: uint(1)},
-		baseapp.SetChainID(cfg.ChainID), baseapp.SetMinGasPrices(appCfg.MinGasPrices))
+		baseapp.SetChainID(cfg.ChainID), baseapp.SetMinGasPrices(appCfg.MinGasPrices), baseapp.SetIndexEvents(appCfg.IndexEvents))
 
 	n.comet, err = cmtnode.NewNode(cometCfg, pv, nodeKey,
 		proxy.NewLocalClientCreator(server.NewCometABCIWrapper(n.App)),
