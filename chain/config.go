@@ -55,6 +55,7 @@ var IndexedEvents = []string{
 	"devshard.devshard.v1.EventEscrowCreated.escrow_id",
 	"devshard.devshard.v1.EventEscrowCreated.creator",
 	"devshard.devshard.v1.EventEscrowSettled.escrow_id",
+	"devshard.devshard.v1.EventSettlementPending.escrow_id",
 	"devshard.devshard.v1.EventParticipantRegistered.address",
 }
 
