@@ -1,9 +1,6 @@
 package chain
 
 import (
-	"crypto/sha256"
-	"encoding/binary"
-
 	sdk "github.com/cosmos/cosmos-sdk/types"
 	txsigning "github.com/cosmos/cosmos-sdk/types/tx/signing"
 	authsigning "github.com/cosmos/cosmos-sdk/x/auth/signing"
@@ -79,17 +76,5 @@ func directOnly(tx sdk.Tx) bool {
 	return true
 }
 
-// txSigKey is SHA-256 over the chain id and the tx bytes, each
-// length-prefixed.
-func txSigKey(ctx sdk.Context) [32]byte {
-	h := sha256.New()
-	var n [8]byte
-	for _, part := range [][]byte{[]byte(ctx.ChainID()), ctx.TxBytes()} {
-		binary.BigEndian.PutUint64(n[:], uint64(len(part)))
-		h.Write(n[:])
-		h.Write(part)
-	}
-	var k [32]byte
-	h.Sum(k[:0])
-	return k
-}
+// txSigKey binds the chain id and the tx bytes.
+func txSigKey(ctx sdk.Context) [32]byte { return recent.KeyOf([]byte(ctx.ChainID()), ctx.TxBytes()) }

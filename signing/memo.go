@@ -1,11 +1,6 @@
 package signing
 
-import (
-	"crypto/sha256"
-	"encoding/binary"
-
-	"github.com/devshard/devshard/internal/recent"
-)
+import "github.com/devshard/devshard/internal/recent"
 
 // Memo remembers signatures that verified, so that one checked when it
 // arrives costs only a hash when it is checked again later, inside a diff.
@@ -47,16 +42,5 @@ func (m *Memo) Remember(pub, msg, sig []byte) {
 // Len is how many signatures the memo holds.
 func (m *Memo) Len() int { return m.set.Len() }
 
-// memoKey is SHA-256 over the three parts, each length-prefixed.
-func memoKey(pub, msg, sig []byte) [32]byte {
-	h := sha256.New()
-	var n [4]byte
-	for _, part := range [][]byte{pub, sig, msg} {
-		binary.BigEndian.PutUint32(n[:], uint32(len(part)))
-		h.Write(n[:])
-		h.Write(part)
-	}
-	var k [32]byte
-	h.Sum(k[:0])
-	return k
-}
+// memoKey binds the key, the signature and the message.
+func memoKey(pub, msg, sig []byte) [32]byte { return recent.KeyOf(pub, sig, msg) }

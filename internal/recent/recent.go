@@ -3,7 +3,11 @@
 // the same thing again costs a lookup.
 package recent
 
-import "sync"
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"sync"
+)
 
 // Set holds at most its limit of keys. It is safe for concurrent use.
 type Set struct {
@@ -51,4 +55,19 @@ func (s *Set) Len() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.seen)
+}
+
+// KeyOf is the key of a sequence of parts: SHA-256 over each part,
+// length-prefixed, so that no two different sequences share a key.
+func KeyOf(parts ...[]byte) [32]byte {
+	h := sha256.New()
+	var n [8]byte
+	for _, part := range parts {
+		binary.BigEndian.PutUint64(n[:], uint64(len(part)))
+		h.Write(n[:])
+		h.Write(part)
+	}
+	var k [32]byte
+	h.Sum(k[:0])
+	return k
 }

@@ -28,3 +28,12 @@ func TestSetForgetsTheOldestFirst(t *testing.T) {
 	require.Equal(t, 3, s.Len())
 	require.Equal(t, 1, New(0).limit, "a limit below 1 holds one key")
 }
+
+// KeyOf tells sequences apart by where their parts end, not only by their
+// bytes.
+func TestKeyOfBindsThePartsBoundaries(t *testing.T) {
+	t.Parallel()
+	require.NotEqual(t, KeyOf([]byte("ab"), []byte("c")), KeyOf([]byte("a"), []byte("bc")))
+	require.NotEqual(t, KeyOf([]byte("abc")), KeyOf([]byte("abc"), nil))
+	require.Equal(t, KeyOf([]byte("a"), []byte("b")), KeyOf([]byte("a"), []byte("b")))
+}

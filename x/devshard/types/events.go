@@ -21,24 +21,24 @@ import (
 
 // AsEvent is sdk.TypedEventToEvent(e), built without reflection.
 func (e *EventEscrowPayout) AsEvent() sdk.Event {
-	return sdk.Event{Type: "devshard.devshard.v1.EventEscrowPayout", Attributes: []abci.EventAttribute{
-		{Key: "address", Value: jsonString(e.Address)},
-		{Key: "amount", Value: jsonUint(e.Amount)},
-		{Key: "destination", Value: jsonString(e.Destination)},
-		{Key: "escrow_id", Value: jsonUint(e.EscrowId)},
-		{Key: "reason", Value: jsonString(e.Reason)},
-	}}
+	return typedEvent("devshard.devshard.v1.EventEscrowPayout", "address", jsonString(e.Address), "amount", jsonUint(e.Amount),
+		"destination", jsonString(e.Destination), "escrow_id", jsonUint(e.EscrowId), "reason", jsonString(e.Reason))
 }
 
 // AsEvent is sdk.TypedEventToEvent(e), built without reflection.
 func (e *EventEscrowSettled) AsEvent() sdk.Event {
-	return sdk.Event{Type: "devshard.devshard.v1.EventEscrowSettled", Attributes: []abci.EventAttribute{
-		{Key: "escrow_id", Value: jsonUint(e.EscrowId)},
-		{Key: "nonce", Value: jsonUint(e.Nonce)},
-		{Key: "paid", Value: jsonUint(e.Paid)},
-		{Key: "refund", Value: jsonUint(e.Refund)},
-		{Key: "sender", Value: jsonString(e.Sender)},
-	}}
+	return typedEvent("devshard.devshard.v1.EventEscrowSettled", "escrow_id", jsonUint(e.EscrowId), "nonce", jsonUint(e.Nonce),
+		"paid", jsonUint(e.Paid), "refund", jsonUint(e.Refund), "sender", jsonString(e.Sender))
+}
+
+// typedEvent is an event of type name whose attributes are the pairs of
+// kv (key, JSON value), given in sorted key order.
+func typedEvent(name string, kv ...string) sdk.Event {
+	attrs := make([]abci.EventAttribute, 0, len(kv)/2)
+	for i := 0; i+1 < len(kv); i += 2 {
+		attrs = append(attrs, abci.EventAttribute{Key: kv[i], Value: kv[i+1]})
+	}
+	return sdk.Event{Type: name, Attributes: attrs}
 }
 
 // jsonUint is a uint64 as protobuf's JSON mapping writes it: a quoted
