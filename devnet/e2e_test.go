@@ -434,10 +434,18 @@ func TestEndToEnd(t *testing.T) {
 			require.Contains(t, who, "worker", "every job ran on a worker, none in a host: %v", ran)
 		}
 		require.Positive(t, ran[e.nw.Workers[1].Name]["inference"], "the dead worker's sibling ran its host's inferences: %v", ran)
+		// Each other host's jobs ran on its workers. A claim wakes one
+		// waiting worker, so a host with few jobs may give them all to one
+		// of its two: the count is per host, not per worker.
+		perHost := map[string]int{}
 		for _, w := range e.nw.Workers {
 			if w.Host != victim.Host {
-				require.Positive(t, ran[w.Name]["validation"]+ran[w.Name]["inference"], "%s ran jobs: %v", w.Name, ran)
+				perHost[w.Host] += ran[w.Name]["validation"] + ran[w.Name]["inference"]
 			}
+		}
+		require.NotEmpty(t, perHost)
+		for host, jobs := range perHost {
+			require.Positive(t, jobs, "%s's workers ran jobs: %v", host, ran)
 		}
 	})
 
