@@ -38,7 +38,13 @@ func TestBenchChainTiny(t *testing.T) {
 	t.Logf("output:\n%s", stdout.String())
 
 	lines := stdout.String()
-	require.NotRegexp(t, `of \d+ settled`, lines, "every settlement lands")
+	require.NotRegexp(t, `1v round 1: \d+ of \d+ settled`, lines, "every settlement lands on one validator")
+	// With several validators, a gateway's back-to-back txs may be refused
+	// for their sequence (docs/BENCHMARKS.md); nothing else may fail.
+	if m := regexp.MustCompile(`2v round 1: \d+ of \d+ settled: .*`).FindString(lines); m != "" {
+		require.Regexp(t, `refused at CheckTx \(first: "account sequence mismatch[^"]*"\), 0 never reached a block, 0 failed in their block`, m)
+		t.Logf("with 2 validators: %s", m)
+	}
 	bench := regexp.MustCompile(`(?m)^BENCH (\S+) (\S+) `)
 	values := map[string]float64{}
 	for _, m := range bench.FindAllStringSubmatch(lines, -1) {
