@@ -121,16 +121,27 @@ func eventUint(res *sdk.TxResponse, typ, key string) (uint64, error) {
 	return 0, fmt.Errorf("tx %s has no %s.%s", res.TxHash, typ, key)
 }
 
-// SettleEscrow sends MsgSettleEscrow and returns its tx hash. An escrow the
-// chain already shows as settled is success, with the hash of the tx that
-// settled it when the node can find it; one that expired is an error
-// wrapping ErrExpired. A settlement the chain refuses is an error that
-// errors.Is matches against the session.Reason it was refused for.
+// SettleEscrow sends MsgSettleEscrow and returns its tx hash. Settlements
+// asked for while another waits for its block share the next tx
+// (settleQueue). An escrow the chain already shows as settled is success,
+// with the hash of the tx that settled it when the node can find it; one
+// that expired is an error wrapping ErrExpired. A settlement the chain
+// refuses is an error that errors.Is matches against the session.Reason it
+// was refused for.
 func (c *Client) SettleEscrow(ctx context.Context, m *sessionpb.Settlement) (string, error) {
-	res, err := c.send(ctx, &devshardtypes.MsgSettleEscrow{Sender: c.account.String(), Settlement: m})
-	if err == nil {
-		return res.TxHash, nil
+	if c.key == nil {
+		return "", fmt.Errorf("settle escrow %d: %w", m.EscrowId, ErrReadOnly)
 	}
+	call := c.settles.add(ctx, m, c.sendSettlements)
+	select {
+	case <-call.done:
+	case <-ctx.Done():
+		return "", fmt.Errorf("settle escrow %d: %w", m.EscrowId, context.Cause(ctx))
+	}
+	if call.err == nil {
+		return call.hash, nil
+	}
+	err := call.err
 	// A settlement that landed before a restart is not an error now; an
 	// escrow that expired meanwhile can never be settled.
 	if closed, hash, cerr := c.Closed(ctx, m.EscrowId); closed || errors.Is(cerr, ErrExpired) {

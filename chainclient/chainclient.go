@@ -65,6 +65,7 @@ type Client struct {
 
 	senderMu sync.Mutex
 	sender   *Sender // made at the first send
+	settles  settleQueue
 
 	// subscriptions counts block subscriptions made; the next one starts at
 	// the RPC endpoint after the last one's, so a dropped one moves on.

@@ -19,6 +19,7 @@ import (
 	"github.com/devshard/devshard/chaincfg"
 	"github.com/devshard/devshard/chainclient"
 	"github.com/devshard/devshard/session"
+	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/session/sessiontest"
 	"github.com/devshard/devshard/signing"
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
@@ -223,4 +224,115 @@ func TestClientSendsAgainstARealNode(t *testing.T) {
 	defer ro.Close()
 	_, err = ro.CreateEscrow(ctx, 1)
 	require.True(t, errors.Is(err, chainclient.ErrReadOnly), "%v", err)
+}
+
+// Against a real node: settlements asked for together share txs (a
+// gateway settles as many escrows per block as are due, not one), and a
+// settlement the chain refuses fails alone, with its own reason, while the
+// others in its tx land.
+func TestSettlementsShareATx(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	params := devshardtypes.DefaultParams()
+	params.EpochLength = 8
+	params.GroupSize = 4
+	params.MinCollateral = sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(1_000_000))
+	coins := sdk.NewCoins(sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(100_000_000)))
+	cfg := node.Config{BlockTime: 200 * time.Millisecond, Params: &params}
+	for i := range 3 {
+		cfg.Accounts = append(cfg.Accounts, node.Account{Name: fmt.Sprintf("host%d", i), Coins: coins})
+	}
+	cfg.Accounts = append(cfg.Accounts, node.Account{Name: "gateway", Coins: coins})
+	n, err := node.Start(ctx, cfg)
+	require.NoError(t, err)
+	defer func() { require.NoError(t, n.Close()) }()
+	hosts, gw := n.Accounts[:3], n.Accounts[3]
+
+	keys := &sessiontest.Fixture{}
+	keys.Gateway, err = signing.PrivKeyFromBytes(gw.Key.Key)
+	require.NoError(t, err)
+	for i, h := range hosts {
+		k, err := signing.PrivKeyFromBytes(h.Key.Key)
+		require.NoError(t, err)
+		keys.Hosts = append(keys.Hosts, k)
+		_, err = n.TxClient().Send(ctx, h.Key, &devshardtypes.MsgRegisterParticipant{
+			Participant: h.Address.String(), Url: fmt.Sprintf("https://host%d.example/", i), Collateral: params.MinCollateral,
+		})
+		require.NoError(t, err)
+	}
+	c, err := chainclient.Dial(chainclient.Config{GRPC: n.GRPCAddress, RPC: n.RPCAddress, Key: keys.Gateway})
+	require.NoError(t, err)
+	defer c.Close()
+	registered, err := c.CurrentEpoch(ctx)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		id, state, err := c.Epoch(ctx)
+		return err == nil && id > registered && state == devshardtypes.EpochActive
+	}, 30*time.Second, 100*time.Millisecond)
+
+	// Escrows, each with a finished session; the fourth's settlement
+	// carries one slot's signature, no quorum.
+	const escrows, bad = 7, 3
+	settlements := func() []*sessionpb.Settlement {
+		out := make([]*sessionpb.Settlement, escrows)
+		for i := range out {
+			snap, err := c.CreateEscrow(ctx, 2_000_000)
+			require.NoError(t, err)
+			f := &sessiontest.Fixture{Gateway: keys.Gateway, Hosts: keys.Hosts, Snapshot: snap}
+			for _, a := range snap.Group {
+				for j, h := range hosts {
+					if h.Address.Equals(sdk.AccAddress(a)) {
+						f.Holders = append(f.Holders, j)
+					}
+				}
+			}
+			seq := f.Sequencer()
+			for range 2 {
+				_, err := seq.Next(sessiontest.Finalize())
+				require.NoError(t, err)
+			}
+			slots := f.AllSlots()
+			if i == bad {
+				slots = slots[:1]
+			}
+			out[i] = f.Settle(seq.Replica, slots...)
+		}
+		return out
+	}
+	// checkSettled requires every settlement but the bad one settled by
+	// the tx its call returned, the bad one refused for its own reason,
+	// and returns the txs that carried them.
+	checkSettled := func(ms []*sessionpb.Settlement, hashes []string, errs []error) map[string]bool {
+		txs := map[string]bool{}
+		for i, m := range ms {
+			if i == bad {
+				require.ErrorIs(t, errs[i], session.ReasonQuorum, "the refused settlement fails with its own reason")
+				continue
+			}
+			require.NoError(t, errs[i], "escrow %d", m.EscrowId)
+			closed, by, err := c.Closed(ctx, m.EscrowId)
+			require.NoError(t, err)
+			require.True(t, closed)
+			require.Equal(t, hashes[i], by)
+			txs[hashes[i]] = true
+		}
+		return txs
+	}
+
+	// In one batch: the chain names the refused one by its index, and the
+	// six others go again, together.
+	ms := settlements()
+	hashes, errs := chainclient.SettleTogether(ctx, c, ms)
+	require.Len(t, checkSettled(ms, hashes, errs), 1, "the six good settlements share one tx")
+
+	// Asked for at once: the first tx goes at once; everything asked for
+	// while it waits goes in the next. One by one they would take six.
+	ms = settlements()
+	var wg sync.WaitGroup
+	for i, m := range ms {
+		wg.Go(func() { hashes[i], errs[i] = c.SettleEscrow(ctx, m) })
+	}
+	wg.Wait()
+	require.LessOrEqual(t, len(checkSettled(ms, hashes, errs)), 2, "six settlements asked for at once land in at most two txs, not one each")
 }

@@ -1,6 +1,7 @@
 package keeper
 
 import (
+	errorsmod "cosmossdk.io/errors"
 	storetypes "cosmossdk.io/store/types"
 
 	sdk "github.com/cosmos/cosmos-sdk/types"
@@ -50,14 +51,20 @@ func (d SettlementAnteDecorator) AnteHandle(ctx sdk.Context, tx sdk.Tx, simulate
 	// A cache the check's writes (there should be none) are dropped with,
 	// and a meter apart from the tx's.
 	check, _ := ctx.WithGasMeter(storetypes.NewInfiniteGasMeter()).CacheContext()
-	for _, m := range settles {
-		sender, err := d.k.addressCodec.StringToBytes(m.Sender)
-		if err != nil {
-			return ctx, types.ErrSettlement.Wrapf("sender %q is not a valid address: %v", m.Sender, err)
-		}
-		if err := d.k.PrecheckSettlement(check, sender, m.Settlement); err != nil {
-			return ctx, err
+	for i, m := range settles {
+		if err := d.precheck(check, m); err != nil {
+			// Worded as a block words it, so a sender of several
+			// settlements in one tx learns which one was refused.
+			return ctx, errorsmod.Wrapf(err, "failed to execute message; message index: %d", i)
 		}
 	}
 	return next(ctx, tx, simulate)
+}
+
+func (d SettlementAnteDecorator) precheck(ctx sdk.Context, m *types.MsgSettleEscrow) error {
+	sender, err := d.k.addressCodec.StringToBytes(m.Sender)
+	if err != nil {
+		return types.ErrSettlement.Wrapf("sender %q is not a valid address: %v", m.Sender, err)
+	}
+	return d.k.PrecheckSettlement(ctx, sender, m.Settlement)
 }

@@ -31,8 +31,12 @@ func (t anteTx) settle(ante sdk.AnteDecorator, ctx sdk.Context, simulate bool) (
 	return called, err
 }
 
+// sameCode requires the mempool's refusal got to be the block's: want is
+// what the message handler returned, which a block wraps with the index of
+// the message that failed (index 0 here).
 func sameCode(t *testing.T, want, got error) {
 	t.Helper()
+	want = errorsmod.Wrapf(want, "failed to execute message; message index: %d", 0)
 	ws, wc, _ := errorsmod.ABCIInfo(want, false)
 	gs, gc, _ := errorsmod.ABCIInfo(got, false)
 	require.Equal(t, [2]any{ws, wc}, [2]any{gs, gc}, "the mempool's code must be the block's: block %v, mempool %v", want, got)
@@ -91,6 +95,19 @@ func TestSettlementAnteDecorator(t *testing.T) {
 	cache, _ := cached.CacheContext()
 	_, blockErr = w.srv.SettleEscrow(cache, badMsg)
 	sameCode(t, blockErr, err)
+
+	// Several settlements in one tx: the refusal names the one refused.
+	esc = w.create(t, 10_000)
+	_, fine := w.honest(t, esc, 2)
+	fineMsg := &types.MsgSettleEscrow{Sender: w.gw.String(), Settlement: fine}
+	_, err = anteTx{fineMsg, badMsg}.settle(ante, check, false)
+	require.ErrorIs(t, err, session.ReasonQuorum)
+	require.ErrorContains(t, err, "message index: 1:")
+	_, err = anteTx{badMsg, fineMsg}.settle(ante, check, false)
+	require.ErrorContains(t, err, "message index: 0:")
+	called, err = anteTx{fineMsg}.settle(ante, check, false)
+	require.NoError(t, err)
+	require.True(t, called)
 
 	// A sender that is not an address.
 	_, err = settleTx(&types.MsgSettleEscrow{Sender: "nobody", Settlement: bad}).settle(ante, check, false)
