@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/devshard/devshard/chain"
+	"github.com/devshard/devshard/chainclient"
 	"github.com/devshard/devshard/internal/chainload"
 )
 
@@ -19,6 +20,7 @@ type chainBench struct {
 	binary      string
 	validators  []int
 	settlements int
+	perTx       int
 	groupSize   int
 	gateways    int
 	rounds      int
@@ -41,9 +43,11 @@ measures, for each:
   - the idle block rate, over 15 s with no tx sent;
   - a settlement load: --settlements escrows are opened on --group-size
     groups the chain draws from as many hosts, a settlement of each is built
-    offline (two finished inferences, signed by every slot) and signed into
-    a tx by the escrow's gateway, and all are broadcast at once (sync mode,
-    8 gateways spread over the validators). From the blocks that included
+    offline (two finished inferences, signed by every slot) and signed by
+    the escrow's gateway into txs of up to --per-tx settlements (as a
+    gateway's chain client puts together the settlements due at once), and
+    all are broadcast at once (sync mode, 8 gateways spread over the
+    validators). From the blocks that included
     them: settlements per block, each block's interval (from the block
     before, as the first validator's app committed them), and its
     execution (from the validator deciding the block to its app having
@@ -54,8 +58,8 @@ measures, for each:
     validator with a core of its own would need, whatever this machine's
     cores.
 
-Settlement txs carry a gas limit 1.2 times the most a probe settlement
-used: CometBFT fills a block by gas limits (the block's max gas is
+Settlement txs carry a gas limit of 1.2 times the most a probe settlement
+used, per settlement they hold: CometBFT fills a block by gas limits (the block's max gas is
 chain.BlockMaxGas). The issue's target: a block of 1,000 settlements
 executes within the block time with the most validators measured. Where
 the fullest block held fewer, the time for 1,000 is extrapolated from the
@@ -68,8 +72,8 @@ Each round starts fresh networks in a temporary directory; figures are the
 medians over --rounds. Linux only (CPU times come from /proc).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if b.rounds < 1 || b.settlements < 1 || b.groupSize < 1 || len(b.validators) == 0 {
-				return fmt.Errorf("--rounds, --settlements, --group-size and --validators must be positive")
+			if b.rounds < 1 || b.settlements < 1 || b.perTx < 1 || b.groupSize < 1 || len(b.validators) == 0 {
+				return fmt.Errorf("--rounds, --settlements, --per-tx, --group-size and --validators must be positive")
 			}
 			for _, v := range b.validators {
 				if v < 1 {
@@ -86,6 +90,7 @@ medians over --rounds. Linux only (CPU times come from /proc).`,
 	}
 	cmd.Flags().IntSliceVar(&b.validators, "validators", []int{1, 4}, "validator counts to measure, each a network of its own; RATIO lines compare the last with the first")
 	cmd.Flags().IntVar(&b.settlements, "settlements", 1500, "settlements broadcast at once (a block's gas holds about 1,000 16-slot settlement txs)")
+	cmd.Flags().IntVar(&b.perTx, "per-tx", chainclient.MaxSettlementsPerTx, "the most settlements a tx holds (1: a tx each, as a gateway sends a lone settlement)")
 	cmd.Flags().IntVar(&b.groupSize, "group-size", 16, "slots of every escrow's group, drawn from as many hosts")
 	cmd.Flags().IntVar(&b.rounds, "rounds", 1, "measure everything this many times, interleaved, and keep the medians (a round takes minutes)")
 	cmd.Flags().DurationVar(&b.blockTime, "block-time", time.Second, "the networks' block time")
@@ -128,8 +133,8 @@ func benchChain(ctx context.Context, out, progress io.Writer, b chainBench) erro
 		slices.Sort(xs)
 		return xs[len(xs)/2]
 	}
-	fmt.Fprintf(out, "# %d-slot settlements, %d broadcast at once by %d gateways; block time %s; block max gas %d\n",
-		b.groupSize, b.settlements, min(b.gateways, b.settlements), b.blockTime, chain.BlockMaxGas)
+	fmt.Fprintf(out, "# %d-slot settlements, %d broadcast at once by %d gateways in txs of up to %d; block time %s; block max gas %d\n",
+		b.groupSize, b.settlements, min(b.gateways, b.settlements), b.perTx, b.blockTime, chain.BlockMaxGas)
 	fmt.Fprintln(out, "# interval: from the block before, as the first validator's app committed them; exec: from that validator deciding the block to its app having committed it")
 	fmt.Fprintln(out, "# cpu_per_settlement: CPU time (user+system) one validator process spent per settlement beyond its idle use, whatever the machine's cores; cpu_1000_settlements is 1,000 of them, what a validator on a core of its own needs per block of 1,000")
 	for _, v := range b.validators {
@@ -154,7 +159,7 @@ func benchChain(ctx context.Context, out, progress io.Writer, b chainBench) erro
 		fmt.Fprintf(out, "BENCH %scpu_per_settlement %.3f ms\n", p, med(v, "cpu_per_settlement_ms"))
 		fmt.Fprintf(out, "BENCH %scpu_1000_settlements %.3f s\n", p, 1000*med(v, "cpu_per_settlement_ms")/1e3)
 		fmt.Fprintf(out, "BENCH %sgas_per_settlement %.0f gas\n", p, med(v, "gas_used"))
-		fmt.Fprintf(out, "# %sgas_limit_per_settlement: a block's max gas holds %d such txs\n", p, chain.BlockMaxGas/int64(med(v, "gas_limit")))
+		fmt.Fprintf(out, "# %sgas_limit_per_settlement: a block's max gas holds %d settlements by such limits\n", p, chain.BlockMaxGas/int64(med(v, "gas_limit")))
 		fmt.Fprintf(out, "BENCH %sgas_limit_per_settlement %.0f gas\n", p, med(v, "gas_limit"))
 	}
 	first, last := b.validators[0], b.validators[len(b.validators)-1]
@@ -179,7 +184,7 @@ func chainRound(ctx context.Context, progress io.Writer, b chainBench, v int) (*
 	defer os.RemoveAll(home)
 	return chainload.Run(ctx, chainload.Config{
 		Home: home, Binary: b.binary, Validators: v, BlockTime: b.blockTime, EpochLength: b.epochLength,
-		GroupSize: b.groupSize, Hosts: b.groupSize, Gateways: b.gateways, Settlements: b.settlements,
+		GroupSize: b.groupSize, Hosts: b.groupSize, Gateways: b.gateways, Settlements: b.settlements, PerTx: b.perTx,
 		Idle: b.idle,
 		Progress: func(format string, args ...any) {
 			fmt.Fprintf(progress, "  "+format+"\n", args...)

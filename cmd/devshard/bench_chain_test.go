@@ -15,8 +15,9 @@ import (
 )
 
 // bench chain at tiny sizes: networks of one and two validators, six
-// 4-slot settlements. Every settlement lands, and every figure and ratio
-// is printed with a number.
+// 4-slot settlements in txs of up to two. Every settlement lands, counted
+// as settlements, not txs, and every figure and ratio is printed with a
+// number.
 func TestBenchChainTiny(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
@@ -31,7 +32,7 @@ func TestBenchChainTiny(t *testing.T) {
 
 	var stdout, progress bytes.Buffer
 	err = benchChain(ctx, &stdout, &progress, chainBench{
-		binary: bin, validators: []int{1, 2}, settlements: 6, groupSize: 4, gateways: 2, rounds: 1,
+		binary: bin, validators: []int{1, 2}, settlements: 6, perTx: 2, groupSize: 4, gateways: 2, rounds: 1,
 		blockTime: 300 * time.Millisecond, idle: time.Second, epochLength: 8,
 	})
 	require.NoError(t, err, "progress:\n%s", progress.String())

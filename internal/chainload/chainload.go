@@ -61,6 +61,10 @@ type Config struct {
 	Gateways int
 	// Settlements is how many settlements are broadcast at once.
 	Settlements int
+	// PerTx is the most settlements a tx carries, as a gateway's chain
+	// client puts them together when many are due at once
+	// (chainclient.MaxSettlementsPerTx); 1 sends each in a tx of its own.
+	PerTx int
 	// Idle is how long the idle block rate is measured, before any load.
 	Idle time.Duration
 	// Progress is told each step.
@@ -110,14 +114,18 @@ type Result struct {
 	Rejected                   int
 	FirstRefusal, FirstFailure string
 	// Lost were accepted at CheckTx and never reached a block in the
-	// twenty blocks after the last that carried one. A gateway's txs are
+	// twenty blocks after the last that carried one. Rejected, Lost and
+	// the blocks' counts are of settlements, whatever txs carried them.
+	// A gateway's txs are
 	// sent back to back; when one of them is dropped (a peer that got
 	// them out of order, or a recheck that raced a new tx), the gateway's
 	// later sequence numbers cannot land.
 	Lost int
-	// GasLimit is each settlement tx's; GasUsed the mean a settlement
-	// used.
+	// GasLimit is what a tx's gas limit allows each of its settlements
+	// (a tx of n has n times it); GasUsed the mean a settlement used.
 	GasLimit, GasUsed uint64
+	// Txs is how many txs carried the settlements broadcast.
+	Txs int
 }
 
 // IdleInterval is the mean interval between idle blocks.
@@ -236,6 +244,7 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 			cfg.Settlements, cfg.Gateways, cfg.Hosts, cfg.GroupSize)
 	}
 	cfg.Gateways = min(cfg.Gateways, cfg.Settlements)
+	cfg.PerTx = max(cfg.PerTx, 1)
 	params := devshardtypes.DefaultParams()
 	params.EpochLength = cfg.EpochLength
 	params.GroupSize = uint32(cfg.GroupSize)
@@ -587,26 +596,36 @@ func probeFor(settlements []settlement, g int) int {
 	return best
 }
 
-// sign signs every settlement left into a tx, each gateway's in sequence
-// order, and returns them per gateway.
-func (l *load) sign(ctx context.Context, settlements []settlement, gas uint64) ([][][]byte, error) {
+// signedTx is a tx ready to broadcast, and how many settlements it holds.
+type signedTx struct {
+	bytes       []byte
+	settlements int
+}
+
+// sign signs the settlements left into txs of up to PerTx each, each
+// gateway's in sequence order, and returns them per gateway. A tx's gas
+// limit is gas per settlement it holds.
+func (l *load) sign(ctx context.Context, settlements []settlement, gas uint64) ([][]signedTx, error) {
 	auth := authtypes.NewQueryClient(l.n.Conn())
-	txs := make([][][]byte, len(l.gateways))
+	txs := make([][]signedTx, len(l.gateways))
 	for g, gw := range l.gateways {
 		info, err := auth.AccountInfo(ctx, &authtypes.QueryAccountInfoRequest{Address: gw.Address.String()})
 		if err != nil {
 			return nil, fmt.Errorf("gateway %d: %w", g, err)
 		}
-		seq := info.Info.Sequence
+		var msgs []sdk.Msg
 		for _, s := range settlements {
-			if s.gateway != g || s.msg == nil {
-				continue
+			if s.gateway == g && s.msg != nil {
+				msgs = append(msgs, s.msg)
 			}
-			tx, err := chainclient.SignOffline(l.n.Encoding.TxConfig, gw.Key, l.n.ChainID, info.Info.AccountNumber, seq, gas, s.msg)
+		}
+		seq := info.Info.Sequence
+		for part := range slices.Chunk(msgs, l.cfg.PerTx) {
+			tx, err := chainclient.SignOffline(l.n.Encoding.TxConfig, gw.Key, l.n.ChainID, info.Info.AccountNumber, seq, gas*uint64(len(part)), part...)
 			if err != nil {
 				return nil, err
 			}
-			txs[g] = append(txs[g], tx)
+			txs[g] = append(txs[g], signedTx{bytes: tx, settlements: len(part)})
 			seq++
 		}
 	}
@@ -616,7 +635,7 @@ func (l *load) sign(ctx context.Context, settlements []settlement, gas uint64) (
 // burst broadcasts every tx at once, each gateway's in order to one
 // validator (gateway g to validator g mod N), and reads the blocks that
 // included them.
-func (l *load) burst(ctx context.Context, txs [][][]byte, res *Result) error {
+func (l *load) burst(ctx context.Context, txs [][]signedTx, res *Result) error {
 	vals := l.n.Validators()
 	clients := make([]txtypes.ServiceClient, len(vals))
 	for i, v := range vals {
@@ -629,29 +648,34 @@ func (l *load) burst(ctx context.Context, txs [][][]byte, res *Result) error {
 	}
 	total := 0
 	for _, list := range txs {
-		total += len(list)
+		res.Txs += len(list)
+		for _, tx := range list {
+			total += tx.settlements
+		}
 	}
 	from, err := l.n.Nodes[0].Height(ctx)
 	if err != nil {
 		return err
 	}
-	l.cfg.Progress("broadcasting %d settlements (gas limit %d each) over %d validators", total, res.GasLimit, len(vals))
+	l.cfg.Progress("broadcasting %d settlements in %d txs (gas limit %d a settlement) over %d validators", total, res.Txs, res.GasLimit, len(vals))
 	cpu0, err := l.cpu.total()
 	if err != nil {
 		return err
 	}
 	var mu sync.Mutex
+	refusedTxs := 0
 	start := time.Now()
 	err = forEach(len(txs), len(txs), func(g int) error {
 		c := clients[g%len(clients)]
 		for _, tx := range txs[g] {
-			r, err := c.BroadcastTx(ctx, &txtypes.BroadcastTxRequest{TxBytes: tx, Mode: txtypes.BroadcastMode_BROADCAST_MODE_SYNC})
+			r, err := c.BroadcastTx(ctx, &txtypes.BroadcastTxRequest{TxBytes: tx.bytes, Mode: txtypes.BroadcastMode_BROADCAST_MODE_SYNC})
 			if err != nil {
 				return fmt.Errorf("broadcasting: %w", err)
 			}
 			if r.TxResponse.Code != 0 {
 				mu.Lock()
-				res.Rejected++
+				res.Rejected += tx.settlements
+				refusedTxs++
 				if res.FirstRefusal == "" {
 					res.FirstRefusal = r.TxResponse.RawLog
 					l.cfg.Progress("gateway %d: a settlement refused at CheckTx: %s", g, r.TxResponse.RawLog)
@@ -670,7 +694,7 @@ func (l *load) burst(ctx context.Context, txs [][][]byte, res *Result) error {
 	if err != nil {
 		return err
 	}
-	heights, err := l.followBlocks(ctx, rpc, from+1, total-res.Rejected, res)
+	heights, err := l.followBlocks(ctx, rpc, from+1, res.Txs-refusedTxs)
 	if err != nil {
 		return err
 	}
@@ -681,16 +705,23 @@ func (l *load) burst(ctx context.Context, txs [][][]byte, res *Result) error {
 	res.LoadCPU = cpu1 - cpu0
 	res.LoadWall = time.Since(start)
 	l.cfg.Progress("reading the results of %d blocks", len(heights))
-	return l.readResults(ctx, rpc, heights, res)
+	if err := l.readResults(ctx, rpc, heights, res); err != nil {
+		return err
+	}
+	res.Lost = total - res.Rejected - res.Settled() - res.Failed()
+	if res.Lost > 0 {
+		l.cfg.Progress("%d of the %d settlements CheckTx accepted never reached a block", res.Lost, total-res.Rejected)
+	}
+	return nil
 }
 
 // followBlocks follows the blocks from height from on until they hold want
-// txs, or twenty blocks in a row held none (the rest are Lost), and
+// txs, or twenty blocks in a row held none (the rest are lost), and
 // returns the heights from the first that carried one to the last, empty
 // ones between included. It reads only block headers' tx counts: the
 // validators' CPU is measured meanwhile, and a block's results (its
 // events, encoded as JSON) cost node 0 more to serve than to make.
-func (l *load) followBlocks(ctx context.Context, rpc *rpchttp.HTTP, from int64, want int, res *Result) ([]int64, error) {
+func (l *load) followBlocks(ctx context.Context, rpc *rpchttp.HTTP, from int64, want int) ([]int64, error) {
 	var heights []int64
 	included, empty := 0, 0
 	for h := from; included < want && empty < 20; h++ {
@@ -718,15 +749,10 @@ func (l *load) followBlocks(ctx context.Context, rpc *rpchttp.HTTP, from int64, 
 		}
 		included += txs
 		heights = append(heights, h)
-		l.cfg.Progress("block %d: %d settlement txs, %.3f s after the block before, executed in %.3f s",
+		l.cfg.Progress("block %d: %d txs, %.3f s after the block before, executed in %.3f s",
 			h, txs, l.watch.at(h).Sub(l.watch.at(h-1)).Seconds(), l.watch.exec(h).Seconds())
 	}
-	heights = heights[:len(heights)-empty]
-	res.Lost = want - included
-	if res.Lost > 0 {
-		l.cfg.Progress("%d of the %d settlements CheckTx accepted never reached a block", res.Lost, want)
-	}
-	return heights, nil
+	return heights[:len(heights)-empty], nil
 }
 
 // readResults reads what each followed block did with its txs.
@@ -737,14 +763,21 @@ func (l *load) readResults(ctx context.Context, rpc *rpchttp.HTTP, heights []int
 		if err != nil {
 			return fmt.Errorf("results of block %d: %w", h, err)
 		}
+		held, err := l.settlementsIn(ctx, rpc, h)
+		if err != nil {
+			return err
+		}
+		if len(held) != len(br.TxsResults) {
+			return fmt.Errorf("block %d: %d txs and %d tx results", h, len(held), len(br.TxsResults))
+		}
 		b := Block{Height: h}
-		for _, r := range br.TxsResults {
+		for i, r := range br.TxsResults {
 			if r.Code == 0 {
-				b.Settlements++
+				b.Settlements += held[i]
 				gas += uint64(r.GasUsed)
 				continue
 			}
-			b.Failed++
+			b.Failed += held[i]
 			if res.FirstFailure == "" {
 				res.FirstFailure = r.Log
 				l.cfg.Progress("block %d: a settlement failed: %s", h, r.Log)
@@ -761,6 +794,24 @@ func (l *load) readResults(ctx context.Context, rpc *rpchttp.HTTP, heights []int
 		res.GasUsed = gas / uint64(settled)
 	}
 	return nil
+}
+
+// settlementsIn is how many settlements each tx of block h holds.
+func (l *load) settlementsIn(ctx context.Context, rpc *rpchttp.HTTP, h int64) ([]int, error) {
+	blk, err := rpc.Block(ctx, &h)
+	if err != nil {
+		return nil, fmt.Errorf("block %d: %w", h, err)
+	}
+	decode := l.n.Encoding.TxConfig.TxDecoder()
+	held := make([]int, len(blk.Block.Txs))
+	for i, raw := range blk.Block.Txs {
+		tx, err := decode(raw)
+		if err != nil {
+			return nil, fmt.Errorf("block %d, tx %d: %w", h, i, err)
+		}
+		held[i] = len(tx.GetMsgs())
+	}
+	return held, nil
 }
 
 // headerInterval is the time between the headers of blocks h-1 and h.
