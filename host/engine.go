@@ -388,10 +388,7 @@ func (e *Engine) entryFor(escrowID uint64) *entry {
 // then forgotten, so a later request tries again (the chain may have
 // caught up, storage come back).
 func (e *Engine) loadEntry(escrowID uint64, en *entry) {
-	ctx := context.Background()
-	en.mu.Lock()
-	err := e.load(ctx, escrowID, en)
-	en.mu.Unlock()
+	err := e.load(context.Background(), escrowID, en)
 	if err != nil {
 		en.loadErr = err
 		time.AfterFunc(e.cfg.MissFor, func() {
@@ -407,7 +404,9 @@ func (e *Engine) loadEntry(escrowID uint64, en *entry) {
 }
 
 // load recovers the escrow from storage, or starts it from the chain's
-// snapshot if this host has never seen it.
+// snapshot if this host has never seen it. It takes en.mu only to publish
+// the session: Tick, Settleables and the metrics lock every entry, loading
+// or not, and a load may wait on storage or the chain.
 func (e *Engine) load(ctx context.Context, escrowID uint64, en *entry) error {
 	var snap *sessionpb.EscrowSnapshot
 	info, err := e.cfg.Store.Session(ctx, escrowID)
@@ -448,7 +447,8 @@ func (e *Engine) load(ctx context.Context, escrowID uint64, en *entry) error {
 		}
 	}
 	s.UseMemo(e.memo)
-	// Field by field: en.mu is held by the caller.
+	en.mu.Lock()
+	defer en.mu.Unlock()
 	en.s, en.snap, en.slots = s, snap, slots
 	en.pool = newMempool(e.cfg.Now)
 	en.requests = map[uint64]executor.Request{}
