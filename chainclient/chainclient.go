@@ -1,7 +1,7 @@
 // Package chainclient is how hosts, gateways and versiond talk to the
-// chain. It reads epochs, warm-key grants, escrows, participants, the
-// approved runtime versions, the latest block and whether its node is in
-// sync over gRPC, and new blocks over CometBFT's websocket; given the account's key it
+// chain. It reads epochs, warm-key grants, escrows and the next escrow's
+// id, participants, the approved runtime versions, the latest block and
+// whether its node is in sync over gRPC, and new blocks over CometBFT's websocket; given the account's key it
 // also sends the account's txs (escrows, settlements, reward claims) and
 // tells why the chain refused one by the tx's code.
 //
