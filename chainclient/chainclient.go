@@ -1,7 +1,7 @@
 // Package chainclient is how hosts, gateways and versiond talk to the
-// chain. It reads epochs, warm-key grants, escrows, participants, the
-// approved runtime versions, the latest block and whether its node is in
-// sync over gRPC, and new blocks over CometBFT's websocket; given the account's key it
+// chain. It reads epochs, warm-key grants, escrows and the next escrow's
+// id, participants, the approved runtime versions, the latest block and
+// whether its node is in sync over gRPC, and new blocks over CometBFT's websocket; given the account's key it
 // also sends the account's txs (escrows, settlements, reward claims) and
 // tells why the chain refused one by the tx's code.
 //
@@ -22,6 +22,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"cosmossdk.io/collections"
 	"cosmossdk.io/core/address"
 	cmtjson "github.com/cometbft/cometbft/libs/json"
 	rpchttp "github.com/cometbft/cometbft/rpc/client/http"
@@ -447,6 +448,32 @@ func (c *Client) Escrow(ctx context.Context, id uint64) (*devshardtypes.Escrow, 
 		return nil, fmt.Errorf("query escrow %d: %w", id, err)
 	}
 	return &resp.Escrow, nil
+}
+
+// NextEscrowID is the id the chain gives the next escrow it creates, as
+// the node in use knows it now. A host told of an escrow its node does not
+// know tells by it one the gateway's node may have just created (its id at
+// or just past this) from one no escrow has. No query of the module serves
+// it, so it reads the module's escrow sequence from the node's store: the
+// sequence holds the last id given, and ids start at 1.
+func (c *Client) NextEscrowID(ctx context.Context) (uint64, error) {
+	res, err := c.blocks.ABCIQuery(ctx, &cmtservice.ABCIQueryRequest{
+		Path: "/store/" + devshardtypes.StoreKey + "/key", Data: devshardtypes.EscrowSeqKey.Bytes(),
+	})
+	if err != nil {
+		return 0, fmt.Errorf("query the escrow sequence: %w", err)
+	}
+	if res.Code != 0 {
+		return 0, fmt.Errorf("query the escrow sequence: the node refused it (%s code %d): %s", res.Codespace, res.Code, res.Log)
+	}
+	if len(res.Value) == 0 {
+		return 1, nil // no escrow yet
+	}
+	last, err := collections.Uint64Value.Decode(res.Value)
+	if err != nil {
+		return 0, fmt.Errorf("query the escrow sequence: the node's value %x is no sequence: %w", res.Value, err)
+	}
+	return last + 1, nil
 }
 
 // ChainID asks the nodes' CometBFT RPC which chain they run, for signing

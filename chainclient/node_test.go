@@ -158,6 +158,11 @@ func TestClientSendsAgainstARealNode(t *testing.T) {
 	require.NoError(t, err)
 	require.ElementsMatch(t, []string{"https://host0.example", "https://host1.example", "https://host2.example"}, candidates)
 
+	// The escrow sequence, read from the node's store: no escrow yet, so
+	// the next gets id 1.
+	next, err := c.NextEscrowID(ctx)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), next)
 	_, err = c.CreateEscrow(ctx, funds+1)
 	require.ErrorIs(t, err, chainclient.ErrInsufficientFunds)
 	var refused *chainclient.TxError
@@ -170,6 +175,9 @@ func TestClientSendsAgainstARealNode(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(amount), snap.Amount)
 	require.Equal(t, "v2", snap.RuntimeVersion, "the newest approved version")
+	next, err = c.NextEscrowID(ctx)
+	require.NoError(t, err)
+	require.Equal(t, snap.EscrowId+1, next, "the next id is past the escrow just made")
 	bal, err := c.Balance(ctx)
 	require.NoError(t, err)
 	require.Equal(t, uint64(funds-amount), bal)

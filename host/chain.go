@@ -31,6 +31,10 @@ type Chain interface {
 	// Escrow is an escrow as the chain holds it. One the chain does not
 	// know is an error wrapping chainclient.ErrNoEscrow.
 	Escrow(ctx context.Context, id uint64) (*devshardtypes.Escrow, error)
+	// NextEscrowID is the id the chain gives the next escrow it creates;
+	// an escrow the node does not know but whose id is this or just past
+	// it may be in a block the node has not applied yet.
+	NextEscrowID(ctx context.Context) (uint64, error)
 	// Participant is a registered participant, with the URL its host
 	// registered.
 	Participant(ctx context.Context, a signing.Address) (*devshardtypes.Participant, error)
@@ -86,4 +90,9 @@ func (e chainEscrows) EscrowSnapshot(ctx context.Context, id uint64) (*sessionpb
 	}
 	snap := esc.Snapshot
 	return &snap, nil
+}
+
+// NextEscrowID implements EscrowSeq.
+func (e chainEscrows) NextEscrowID(ctx context.Context) (uint64, error) {
+	return e.c.NextEscrowID(ctx)
 }

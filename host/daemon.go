@@ -152,7 +152,8 @@ func Open(ctx context.Context, cfg DaemonConfig) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("cannot listen on %q (%v): set listen (--listen, DEVSHARD_HOST_LISTEN) to a free host:port such as 127.0.0.1:8081", cfg.Listen, err)
 	}
 	peers := newChainPeers(cfg.Chain)
-	d.Engine = New(Config{Key: cfg.Key, Account: account, Escrows: chainEscrows{cfg.Chain}, Executor: cfg.Executor,
+	escrows := chainEscrows{cfg.Chain}
+	d.Engine = New(Config{Key: cfg.Key, Account: account, Escrows: escrows, Seq: escrows, UnseenWait: DefaultUnseenWait, Executor: cfg.Executor,
 		Auth: cfg.Chain.Authorizer(), SnapshotEvery: cfg.SnapshotEvery, Peers: peers, Logger: log, Metrics: NewMetrics(),
 		Workers: cfg.Jobs.Workers, InferenceJobs: cfg.Jobs.Inference, ProxyValidation: cfg.ProxyValidation,
 		RuntimeVersion: cfg.RuntimeVersion})

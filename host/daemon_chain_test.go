@@ -81,6 +81,17 @@ func (c *daemonChain) Escrow(_ context.Context, id uint64) (*devshardtypes.Escro
 	return nil, fmt.Errorf("%w: %d", chainclient.ErrNoEscrow, id)
 }
 
+// NextEscrowID is past every escrow the fake knows.
+func (c *daemonChain) NextEscrowID(context.Context) (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	next := uint64(1)
+	for id := range c.escrows {
+		next = max(next, id+1)
+	}
+	return next, nil
+}
+
 func (c *daemonChain) Participant(_ context.Context, a signing.Address) (*devshardtypes.Participant, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -34,6 +34,14 @@ type Escrows interface {
 	EscrowSnapshot(ctx context.Context, escrowID uint64) (*sessionpb.EscrowSnapshot, error)
 }
 
+// EscrowSeq is what the host reads to tell an escrow its chain node has
+// not applied yet from one that does not exist (unseen.go).
+type EscrowSeq interface {
+	// NextEscrowID is the id the chain gives the next escrow it creates,
+	// as the host's chain node knows it now.
+	NextEscrowID(ctx context.Context) (uint64, error)
+}
+
 // Config assembles an Engine.
 type Config struct {
 	// Key signs this host's txs and state signatures.
@@ -78,6 +86,16 @@ type Config struct {
 	// Lookups bounds the escrow lookups on the chain in flight at once
 	// (default 4): requests naming many unknown escrows queue for them.
 	Lookups int
+	// Seq reads the chain's next escrow id for UnseenWait; nil waits for
+	// no escrow.
+	Seq EscrowSeq
+	// UnseenWait is how long the load of an escrow the chain node does not
+	// know waits for the node to catch up, when its id is at most
+	// unseenAhead past the node's next one (unseen.go): a node a block
+	// behind the gateway's has not applied the escrow the gateway has just
+	// made. Keep it below LoadWait, or the request gets 503 first. Zero or
+	// negative: such an escrow is unknown at once.
+	UnseenWait time.Duration
 	// Workers are the accounts of the external workers this host accepts
 	// on its worker routes. None: the host runs its jobs in process.
 	Workers []signing.Address
@@ -113,10 +131,16 @@ type Engine struct {
 	memo     *signing.Memo     // tx signatures made or checked already: a diff carrying them checks a hash
 	runs     *runs             // inferences started beside their diff's durable write (run.go)
 	lookups  chan struct{}     // a slot per escrow lookup on the chain in flight
+	next     nextID            // the chain's next escrow id, shared by the loads waiting for it (unseen.go)
 	plane    jobPlane          // the job queue and the validations awaited (jobs.go)
 	infer    executor.Executor // runs this host's inferences: Config.Executor, or the workers (jobExecutor)
 	streams  jobStreams        // inference jobs whose output a user waits for (inferencejobs.go)
 }
+
+// DefaultUnseenWait is the daemon's UnseenWait: a few blocks at the
+// chain's default block time of 1 s, and below LoadWait's default, so the
+// request gets its answer rather than a 503.
+const DefaultUnseenWait = 3 * time.Second
 
 // memoSize bounds the engine's memo of checked tx signatures.
 const memoSize = 1 << 16
@@ -388,10 +412,7 @@ func (e *Engine) entryFor(escrowID uint64) *entry {
 // then forgotten, so a later request tries again (the chain may have
 // caught up, storage come back).
 func (e *Engine) loadEntry(escrowID uint64, en *entry) {
-	ctx := context.Background()
-	en.mu.Lock()
-	err := e.load(ctx, escrowID, en)
-	en.mu.Unlock()
+	err := e.load(context.Background(), escrowID, en)
 	if err != nil {
 		en.loadErr = err
 		time.AfterFunc(e.cfg.MissFor, func() {
@@ -407,7 +428,9 @@ func (e *Engine) loadEntry(escrowID uint64, en *entry) {
 }
 
 // load recovers the escrow from storage, or starts it from the chain's
-// snapshot if this host has never seen it.
+// snapshot if this host has never seen it. It takes en.mu only to publish
+// the session: Tick, Settleables and the metrics lock every entry, loading
+// or not, and a load may wait on storage or the chain.
 func (e *Engine) load(ctx context.Context, escrowID uint64, en *entry) error {
 	var snap *sessionpb.EscrowSnapshot
 	info, err := e.cfg.Store.Session(ctx, escrowID)
@@ -415,7 +438,7 @@ func (e *Engine) load(ctx context.Context, escrowID uint64, en *entry) error {
 	case err == nil:
 		snap = info.Snapshot
 	case errors.Is(err, store.ErrNotFound):
-		if snap, err = e.lookup(ctx, escrowID); err != nil {
+		if snap, err = e.lookupNew(ctx, escrowID); err != nil {
 			return err
 		}
 		if snap.EscrowId != escrowID {
@@ -448,7 +471,8 @@ func (e *Engine) load(ctx context.Context, escrowID uint64, en *entry) error {
 		}
 	}
 	s.UseMemo(e.memo)
-	// Field by field: en.mu is held by the caller.
+	en.mu.Lock()
+	defer en.mu.Unlock()
 	en.s, en.snap, en.slots = s, snap, slots
 	en.pool = newMempool(e.cfg.Now)
 	en.requests = map[uint64]executor.Request{}

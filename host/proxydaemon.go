@@ -75,7 +75,8 @@ func OpenProxy(ctx context.Context, cfg ProxyConfig) (_ *Daemon, err error) {
 		return nil, fmt.Errorf("cannot listen on %q (%v): set listen (--listen) to a free host:port, another than the primary's", cfg.Listen, err)
 	}
 	auth := cfg.Chain.Authorizer()
-	d.Engine = NewProxy(Config{Key: cfg.Key, Account: cfg.Account, Escrows: chainEscrows{cfg.Chain}, Executor: cfg.Executor,
+	escrows := chainEscrows{cfg.Chain}
+	d.Engine = NewProxy(Config{Key: cfg.Key, Account: cfg.Account, Escrows: escrows, Seq: escrows, UnseenWait: DefaultUnseenWait, Executor: cfg.Executor,
 		Auth: auth, Logger: log, Metrics: NewMetrics(), Workers: cfg.Workers})
 	d.srv = httpserve.Server(d.explainReadyz(Handler(d.Engine, cfg.Version)))
 	go func() { d.served <- d.srv.Serve(d.ln) }()
