@@ -54,6 +54,12 @@ type Config struct {
 	// SnapshotInterval makes every node take a state-sync snapshot each
 	// that many blocks, keeping the last two (0: none).
 	SnapshotInterval uint64
+	// SkipInvariants runs the nodes as an operator's run by default
+	// (--inv-check-period 0). Otherwise they check the invariants every
+	// block, as chain/node does: what a test network wants, at a cost
+	// that grows with the state (the books are summed over every escrow
+	// and ledger).
+	SkipInvariants bool
 	// Progress, if set, is told what the network is doing.
 	Progress func(format string, args ...any)
 }
@@ -68,8 +74,9 @@ type Network struct {
 	// Join appends to it: read it from the goroutine that calls Join.
 	Nodes []*Node
 
-	binary   string
-	progress func(format string, args ...any)
+	binary         string
+	skipInvariants bool
+	progress       func(format string, args ...any)
 
 	mu   sync.Mutex // guards Nodes and rec
 	rec  *record
@@ -119,7 +126,7 @@ func Start(ctx context.Context, cfg Config) (n *Network, err error) {
 
 	n = &Network{
 		ChainID: rec.ChainID, Home: cfg.Home, Encoding: chain.MakeEncoding(),
-		binary: cfg.Binary, progress: cfg.Progress, rec: rec,
+		binary: cfg.Binary, skipInvariants: cfg.SkipInvariants, progress: cfg.Progress, rec: rec,
 	}
 	defer func() {
 		if err != nil {

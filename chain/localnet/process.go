@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -39,7 +40,10 @@ type Node struct {
 	LogPath string
 
 	binary string
-	rpc    *rpchttp.HTTP
+	// invCheckPeriod is --inv-check-period: 1 checks the invariants
+	// every block, 0 never.
+	invCheckPeriod int
+	rpc            *rpchttp.HTTP
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -62,6 +66,10 @@ func (n *Network) newNode(nr nodeRecord) (*Node, error) {
 		Validator:   nr.Validator,
 		LogPath:     filepath.Join(home, "node.log"),
 		binary:      n.binary,
+	}
+	if !n.skipInvariants {
+		// The network checks its books every block, as chain/node does.
+		nd.invCheckPeriod = 1
 	}
 	if nr.Operator != nil {
 		op, err := nr.Operator.account()
@@ -89,8 +97,7 @@ func (nd *Node) Start() error {
 	if err != nil {
 		return err
 	}
-	// The network checks its books every block, as chain/node does.
-	cmd := exec.Command(nd.binary, "chain", "start", "--home", nd.Home, "--inv-check-period", "1", "--log_no_color")
+	cmd := exec.Command(nd.binary, "chain", "start", "--home", nd.Home, "--inv-check-period", strconv.Itoa(nd.invCheckPeriod), "--log_no_color")
 	cmd.Stdout, cmd.Stderr = logf, logf
 	// A node never outlives the process that started it, even one that
 	// dies without calling Close.

@@ -27,6 +27,7 @@ type chainBench struct {
 	blockTime   time.Duration
 	idle        time.Duration
 	epochLength int64
+	invariants  bool
 }
 
 func newBenchChainCommand() *cobra.Command {
@@ -68,6 +69,11 @@ the same target by CPU time, for validators on a core each. Each validator
 executes every tx and the validators share this machine's cores: the
 figures are this machine's, with its load.
 
+The validators run as an operator's do by default, checking no invariant
+(--inv-check-period 0); --check-invariants makes them check the books every
+block, as the devnet and the tests do, at a cost that grows with the number
+of escrows on chain.
+
 Each round starts fresh networks in a temporary directory; figures are the
 medians over --rounds. Linux only (CPU times come from /proc).`,
 		Args: cobra.NoArgs,
@@ -94,6 +100,7 @@ medians over --rounds. Linux only (CPU times come from /proc).`,
 	cmd.Flags().IntVar(&b.groupSize, "group-size", 16, "slots of every escrow's group, drawn from as many hosts")
 	cmd.Flags().IntVar(&b.rounds, "rounds", 1, "measure everything this many times, interleaved, and keep the medians (a round takes minutes)")
 	cmd.Flags().DurationVar(&b.blockTime, "block-time", time.Second, "the networks' block time")
+	cmd.Flags().BoolVar(&b.invariants, "check-invariants", false, "the validators check the chain's invariants every block (--inv-check-period 1), as test networks do")
 	return cmd
 }
 
@@ -133,8 +140,8 @@ func benchChain(ctx context.Context, out, progress io.Writer, b chainBench) erro
 		slices.Sort(xs)
 		return xs[len(xs)/2]
 	}
-	fmt.Fprintf(out, "# %d-slot settlements, %d broadcast at once by %d gateways in txs of up to %d; block time %s; block max gas %d\n",
-		b.groupSize, b.settlements, min(b.gateways, b.settlements), b.perTx, b.blockTime, chain.BlockMaxGas)
+	fmt.Fprintf(out, "# %d-slot settlements, %d broadcast at once by %d gateways in txs of up to %d; block time %s; block max gas %d; invariants checked every block: %t\n",
+		b.groupSize, b.settlements, min(b.gateways, b.settlements), b.perTx, b.blockTime, chain.BlockMaxGas, b.invariants)
 	fmt.Fprintln(out, "# interval: from the block before, as the first validator's app committed them; exec: from that validator deciding the block to its app having committed it")
 	fmt.Fprintln(out, "# cpu_per_settlement: CPU time (user+system) one validator process spent per settlement beyond its idle use, whatever the machine's cores; cpu_1000_settlements is 1,000 of them, what a validator on a core of its own needs per block of 1,000")
 	for _, v := range b.validators {
@@ -185,7 +192,7 @@ func chainRound(ctx context.Context, progress io.Writer, b chainBench, v int) (*
 	return chainload.Run(ctx, chainload.Config{
 		Home: home, Binary: b.binary, Validators: v, BlockTime: b.blockTime, EpochLength: b.epochLength,
 		GroupSize: b.groupSize, Hosts: b.groupSize, Gateways: b.gateways, Settlements: b.settlements, PerTx: b.perTx,
-		Idle: b.idle,
+		Idle: b.idle, CheckInvariants: b.invariants,
 		Progress: func(format string, args ...any) {
 			fmt.Fprintf(progress, "  "+format+"\n", args...)
 		},

@@ -15,9 +15,9 @@ import (
 )
 
 // bench chain at tiny sizes: networks of one and two validators, six
-// 4-slot settlements in txs of up to two. Every settlement lands, counted
-// as settlements, not txs, and every figure and ratio is printed with a
-// number.
+// 4-slot settlements in txs of up to two, the validators checking the
+// books every block. Every settlement lands, counted as settlements, not
+// txs, and every figure and ratio is printed with a number.
 func TestBenchChainTiny(t *testing.T) {
 	t.Parallel()
 	if testing.Short() {
@@ -33,7 +33,7 @@ func TestBenchChainTiny(t *testing.T) {
 	var stdout, progress bytes.Buffer
 	err = benchChain(ctx, &stdout, &progress, chainBench{
 		binary: bin, validators: []int{1, 2}, settlements: 6, perTx: 2, groupSize: 4, gateways: 2, rounds: 1,
-		blockTime: 300 * time.Millisecond, idle: time.Second, epochLength: 8,
+		blockTime: 300 * time.Millisecond, idle: time.Second, epochLength: 8, invariants: true,
 	})
 	require.NoError(t, err, "progress:\n%s", progress.String())
 	t.Logf("output:\n%s", stdout.String())
@@ -73,4 +73,6 @@ func TestBenchChainTiny(t *testing.T) {
 	require.Regexp(t, `(?m)^RATIO cpu_1000_settlements_per_core_2v/block_time [0-9.]+ \(target <= 1.00\) (MEETS|MISSES)$`, lines)
 	require.Regexp(t, `(?m)^BENCH chain_2v_cpu_per_settlement [0-9.]+ ms$`, lines)
 	require.True(t, strings.Contains(lines, "# 2v round 1: block "), "a line per loaded block")
+	require.Contains(t, lines, "in txs of up to 2;")
+	require.Contains(t, lines, "invariants checked every block: true")
 }

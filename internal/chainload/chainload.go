@@ -67,6 +67,10 @@ type Config struct {
 	PerTx int
 	// Idle is how long the idle block rate is measured, before any load.
 	Idle time.Duration
+	// CheckInvariants makes the validators check the chain's invariants
+	// every block (--inv-check-period 1), as test networks do; otherwise
+	// they run as an operator's validators do by default, checking none.
+	CheckInvariants bool
 	// Progress is told each step.
 	Progress func(format string, args ...any)
 }
@@ -259,7 +263,7 @@ func Run(ctx context.Context, cfg Config) (res *Result, err error) {
 	}
 	n, err := localnet.Start(ctx, localnet.Config{
 		Home: cfg.Home, Binary: cfg.Binary, Validators: cfg.Validators, BlockTime: cfg.BlockTime,
-		Params: &params, Accounts: accounts, Progress: cfg.Progress,
+		Params: &params, Accounts: accounts, Progress: cfg.Progress, SkipInvariants: !cfg.CheckInvariants,
 	})
 	if err != nil {
 		return nil, err
