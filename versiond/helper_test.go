@@ -83,6 +83,17 @@ func helperChild(name, listen string) int {
 		}
 		io.WriteString(w, "data: two\n\n")
 	})
+	// /stream reads the body, then streams ten events a millisecond
+	// apart, as a host streams an inference.
+	mux.HandleFunc("/stream", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.ReadAll(r.Body)
+		w.Header().Set("Content-Type", "text/event-stream")
+		for i := range 10 {
+			fmt.Fprintf(w, "data: %d\n\n", i)
+			w.(http.Flusher).Flush()
+			time.Sleep(time.Millisecond)
+		}
+	})
 	mux.HandleFunc("/release", func(http.ResponseWriter, *http.Request) { releaseOnce.Do(func() { close(release) }) })
 	mux.HandleFunc("/sessions", func(_ http.ResponseWriter, r *http.Request) {
 		n, _ := strconv.Atoi(r.URL.Query().Get("open"))

@@ -59,6 +59,14 @@ func (m *Manager) serveVersion(w http.ResponseWriter, r *http.Request) {
 	}
 	u.inflight.Add(1)
 	defer u.inflight.Add(-1)
+	// The child may answer before the proxy has sent it the whole request
+	// body (the proxy reads on to the body's end after sending it). By
+	// default the server reads what is left of the body itself once the
+	// answer starts, racing the proxy; the proxy's send then fails, it
+	// closes its connection to the child, and the answer is cut mid-stream.
+	// Full duplex leaves the body to the proxy. A writer that cannot
+	// (not a network server) has no such race.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	proxy.ServeHTTP(w, r)
 }
 
