@@ -65,7 +65,8 @@ func startE2E(t *testing.T) *e2e {
 
 // startNetwork starts a devnet in a temporary home for one test, shaped by
 // shape (its Params start as Params() with missed inferences unpunished),
-// and stops it when the test ends, with the hosts' log tails if it failed.
+// and stops it when the test ends, with the hosts' log tails if it failed
+// (and the whole home copied under $DEVSHARD_KEEP_FAILED, when set).
 func startNetwork(t *testing.T, timeout time.Duration, shape func(*Config)) *e2e {
 	bin, err := binary()
 	require.NoError(t, err)
@@ -90,6 +91,16 @@ func startNetwork(t *testing.T, timeout time.Duration, shape func(*Config)) *e2e
 		if t.Failed() {
 			for _, h := range nw.Hosts {
 				t.Logf("%s log tail:\n%s", h.Name, logTail(h.LogPath, 30))
+			}
+			// Every process's whole log, the gateway's and the versions'
+			// children's included, is in the home, which the test removes.
+			if keep := os.Getenv("DEVSHARD_KEEP_FAILED"); keep != "" {
+				dst := filepath.Join(keep, strings.ReplaceAll(t.Name(), "/", "_"))
+				if out, err := exec.Command("cp", "-r", home, dst).CombinedOutput(); err != nil {
+					t.Logf("keeping the devnet's home: %v: %s", err, out)
+				} else {
+					t.Logf("the devnet's home, every log in it, is kept in %s", dst)
+				}
 			}
 		}
 	})
