@@ -93,6 +93,81 @@ func TestClientAgainstARealNode(t *testing.T) {
 	require.Equal(t, cold.Address.String(), c.Address(addr(cold.Address)))
 }
 
+// settleNet is a real node with three registered hosts and a funded
+// gateway account: what a test of sending escrows and settlements needs.
+type settleNet struct {
+	n      *node.Node
+	params devshardtypes.Params
+	hosts  []node.Account
+	gw     node.Account
+	keys   *sessiontest.Fixture // the gateway's and the hosts' keys
+}
+
+// startSettleNet starts the node (blocks of 200 ms, epochs of 8, groups of
+// 4; tune changes the rest), funds each account with funds and registers
+// the hosts. The hosts serve from the next epoch (waitServing).
+func startSettleNet(t *testing.T, ctx context.Context, funds int64, tune func(*devshardtypes.Params)) *settleNet {
+	t.Helper()
+	params := devshardtypes.DefaultParams()
+	params.EpochLength = 8
+	params.GroupSize = 4
+	params.MinCollateral = sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(1_000_000))
+	tune(&params)
+	coins := sdk.NewCoins(sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(funds)))
+	cfg := node.Config{BlockTime: 200 * time.Millisecond, Params: &params}
+	for i := range 3 {
+		cfg.Accounts = append(cfg.Accounts, node.Account{Name: fmt.Sprintf("host%d", i), Coins: coins})
+	}
+	cfg.Accounts = append(cfg.Accounts, node.Account{Name: "gateway", Coins: coins})
+	n, err := node.Start(ctx, cfg)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, n.Close()) })
+	s := &settleNet{n: n, params: params, hosts: n.Accounts[:3], gw: n.Accounts[3], keys: &sessiontest.Fixture{}}
+	s.keys.Gateway, err = signing.PrivKeyFromBytes(s.gw.Key.Key)
+	require.NoError(t, err)
+	for i, h := range s.hosts {
+		k, err := signing.PrivKeyFromBytes(h.Key.Key)
+		require.NoError(t, err)
+		s.keys.Hosts = append(s.keys.Hosts, k)
+		_, err = n.TxClient().Send(ctx, h.Key, &devshardtypes.MsgRegisterParticipant{
+			Participant: h.Address.String(), Url: fmt.Sprintf("https://host%d.example/", i), Collateral: params.MinCollateral,
+		})
+		require.NoError(t, err)
+	}
+	return s
+}
+
+// waitServing waits, through c, for the epoch after the hosts registered.
+func (s *settleNet) waitServing(t *testing.T, ctx context.Context, c *chainclient.Client) {
+	t.Helper()
+	registered, err := c.CurrentEpoch(ctx)
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		id, state, err := c.Epoch(ctx)
+		return err == nil && id > registered && state == devshardtypes.EpochActive
+	}, 30*time.Second, 100*time.Millisecond)
+}
+
+// finished is escrow snap's session with two finalizing rounds played,
+// and the fixture that signs for its group.
+func (s *settleNet) finished(t *testing.T, snap *sessionpb.EscrowSnapshot) (*sessiontest.Fixture, *sessiontest.Sequencer) {
+	t.Helper()
+	f := &sessiontest.Fixture{Gateway: s.keys.Gateway, Hosts: s.keys.Hosts, Snapshot: snap}
+	for _, a := range snap.Group {
+		for i, h := range s.hosts {
+			if h.Address.Equals(sdk.AccAddress(a)) {
+				f.Holders = append(f.Holders, i)
+			}
+		}
+	}
+	seq := f.Sequencer()
+	for range 2 {
+		_, err := seq.Next(sessiontest.Finalize())
+		require.NoError(t, err)
+	}
+	return f, seq
+}
+
 // Against a real node: a gateway's account locks an escrow and settles it
 // through the client, and every refusal on the way is told by its code: an
 // escrow the account cannot lock is ErrInsufficientFunds, a settlement
@@ -102,38 +177,14 @@ func TestClientSendsAgainstARealNode(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	params := devshardtypes.DefaultParams()
-	params.EpochLength = 8
-	params.GroupSize = 4
-	params.MinCollateral = sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(1_000_000))
-	params.ApprovedVersions = []devshardtypes.ApprovedVersion{
-		{Name: "v1", Url: "https://example.org/v1", Sha256: strings.Repeat("ab", 32)},
-		{Name: "v2", Url: "https://example.org/v2", Sha256: strings.Repeat("cd", 32)},
-	}
 	const funds = 100_000_000
-	coins := sdk.NewCoins(sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(funds)))
-	cfg := node.Config{BlockTime: 200 * time.Millisecond, Params: &params}
-	for i := range 3 {
-		cfg.Accounts = append(cfg.Accounts, node.Account{Name: fmt.Sprintf("host%d", i), Coins: coins})
-	}
-	cfg.Accounts = append(cfg.Accounts, node.Account{Name: "gateway", Coins: coins})
-	n, err := node.Start(ctx, cfg)
-	require.NoError(t, err)
-	defer func() { require.NoError(t, n.Close()) }()
-	hosts, gw := n.Accounts[:3], n.Accounts[3]
-
-	keys := &sessiontest.Fixture{}
-	keys.Gateway, err = signing.PrivKeyFromBytes(gw.Key.Key)
-	require.NoError(t, err)
-	for i, h := range hosts {
-		k, err := signing.PrivKeyFromBytes(h.Key.Key)
-		require.NoError(t, err)
-		keys.Hosts = append(keys.Hosts, k)
-		_, err = n.TxClient().Send(ctx, h.Key, &devshardtypes.MsgRegisterParticipant{
-			Participant: h.Address.String(), Url: fmt.Sprintf("https://host%d.example/", i), Collateral: params.MinCollateral,
-		})
-		require.NoError(t, err)
-	}
+	net := startSettleNet(t, ctx, funds, func(p *devshardtypes.Params) {
+		p.ApprovedVersions = []devshardtypes.ApprovedVersion{
+			{Name: "v1", Url: "https://example.org/v1", Sha256: strings.Repeat("ab", 32)},
+			{Name: "v2", Url: "https://example.org/v2", Sha256: strings.Repeat("cd", 32)},
+		}
+	})
+	n, hosts, gw, keys := net.n, net.hosts, net.gw, net.keys
 
 	// No ChainID: the client asks the node at its first send.
 	c, err := chainclient.Dial(chainclient.Config{GRPC: n.GRPCAddress, RPC: n.RPCAddress, Key: keys.Gateway})
@@ -147,12 +198,7 @@ func TestClientSendsAgainstARealNode(t *testing.T) {
 	require.Error(t, err, "the gateway is no participant")
 
 	// The hosts serve from the next epoch on.
-	registered, err := c.CurrentEpoch(ctx)
-	require.NoError(t, err)
-	require.Eventually(t, func() bool {
-		id, state, err := c.Epoch(ctx)
-		return err == nil && id > registered && state == devshardtypes.EpochActive
-	}, 30*time.Second, 100*time.Millisecond)
+	net.waitServing(t, ctx, c)
 
 	candidates, err := c.CandidateURLs(ctx)
 	require.NoError(t, err)
@@ -182,19 +228,7 @@ func TestClientSendsAgainstARealNode(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, uint64(funds-amount), bal)
 
-	f := &sessiontest.Fixture{Gateway: keys.Gateway, Hosts: keys.Hosts, Snapshot: snap}
-	for _, a := range snap.Group {
-		for i, h := range hosts {
-			if h.Address.Equals(sdk.AccAddress(a)) {
-				f.Holders = append(f.Holders, i)
-			}
-		}
-	}
-	seq := f.Sequencer()
-	for range 2 {
-		_, err := seq.Next(sessiontest.Finalize())
-		require.NoError(t, err)
-	}
+	f, seq := net.finished(t, snap)
 
 	// One slot's signature is no quorum: the chain refuses it in simulation,
 	// and the client reads the protocol's reason from the code.
@@ -242,42 +276,11 @@ func TestSettlementsShareATx(t *testing.T) {
 	t.Parallel()
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	params := devshardtypes.DefaultParams()
-	params.EpochLength = 8
-	params.GroupSize = 4
-	params.MinCollateral = sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(1_000_000))
-	coins := sdk.NewCoins(sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(100_000_000)))
-	cfg := node.Config{BlockTime: 200 * time.Millisecond, Params: &params}
-	for i := range 3 {
-		cfg.Accounts = append(cfg.Accounts, node.Account{Name: fmt.Sprintf("host%d", i), Coins: coins})
-	}
-	cfg.Accounts = append(cfg.Accounts, node.Account{Name: "gateway", Coins: coins})
-	n, err := node.Start(ctx, cfg)
-	require.NoError(t, err)
-	defer func() { require.NoError(t, n.Close()) }()
-	hosts, gw := n.Accounts[:3], n.Accounts[3]
-
-	keys := &sessiontest.Fixture{}
-	keys.Gateway, err = signing.PrivKeyFromBytes(gw.Key.Key)
-	require.NoError(t, err)
-	for i, h := range hosts {
-		k, err := signing.PrivKeyFromBytes(h.Key.Key)
-		require.NoError(t, err)
-		keys.Hosts = append(keys.Hosts, k)
-		_, err = n.TxClient().Send(ctx, h.Key, &devshardtypes.MsgRegisterParticipant{
-			Participant: h.Address.String(), Url: fmt.Sprintf("https://host%d.example/", i), Collateral: params.MinCollateral,
-		})
-		require.NoError(t, err)
-	}
-	c, err := chainclient.Dial(chainclient.Config{GRPC: n.GRPCAddress, RPC: n.RPCAddress, Key: keys.Gateway})
+	net := startSettleNet(t, ctx, 100_000_000, func(*devshardtypes.Params) {})
+	c, err := chainclient.Dial(chainclient.Config{GRPC: net.n.GRPCAddress, RPC: net.n.RPCAddress, Key: net.keys.Gateway})
 	require.NoError(t, err)
 	defer c.Close()
-	registered, err := c.CurrentEpoch(ctx)
-	require.NoError(t, err)
-	require.Eventually(t, func() bool {
-		id, state, err := c.Epoch(ctx)
-		return err == nil && id > registered && state == devshardtypes.EpochActive
-	}, 30*time.Second, 100*time.Millisecond)
+	net.waitServing(t, ctx, c)
 
 	// Escrows, each with a finished session; the fourth's settlement
 	// carries one slot's signature, no quorum.
@@ -287,19 +290,7 @@ func TestSettlementsShareATx(t *testing.T) {
 		for i := range out {
 			snap, err := c.CreateEscrow(ctx, 2_000_000)
 			require.NoError(t, err)
-			f := &sessiontest.Fixture{Gateway: keys.Gateway, Hosts: keys.Hosts, Snapshot: snap}
-			for _, a := range snap.Group {
-				for j, h := range hosts {
-					if h.Address.Equals(sdk.AccAddress(a)) {
-						f.Holders = append(f.Holders, j)
-					}
-				}
-			}
-			seq := f.Sequencer()
-			for range 2 {
-				_, err := seq.Next(sessiontest.Finalize())
-				require.NoError(t, err)
-			}
+			f, seq := net.finished(t, snap)
 			slots := f.AllSlots()
 			if i == bad {
 				slots = slots[:1]
