@@ -3,16 +3,21 @@ package chainclient
 import (
 	"context"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/cosmos/cosmos-sdk/client/grpc/cmtservice"
+	sdk "github.com/cosmos/cosmos-sdk/types"
+	sdkerrors "github.com/cosmos/cosmos-sdk/types/errors"
 	txtypes "github.com/cosmos/cosmos-sdk/types/tx"
 	"github.com/stretchr/testify/require"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
+
+	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 )
 
 // fakeBlocks is a fake chain node's CometBFT gRPC service: its latest
@@ -35,6 +40,24 @@ type fakeTxs struct {
 
 func (*fakeTxs) GetTx(context.Context, *txtypes.GetTxRequest) (*txtypes.GetTxResponse, error) {
 	return nil, status.Error(codes.NotFound, "tx not found")
+}
+
+// fakeMempool is a fake chain node's tx service for a tx that no block
+// holds: GetTx never finds it, and each broadcast of it is answered with
+// answer, as a node answers a tx sent again.
+type fakeMempool struct {
+	txtypes.UnimplementedServiceServer
+	answer *sdk.TxResponse
+	sent   atomic.Int32
+}
+
+func (*fakeMempool) GetTx(context.Context, *txtypes.GetTxRequest) (*txtypes.GetTxResponse, error) {
+	return nil, status.Error(codes.NotFound, "tx not found")
+}
+
+func (f *fakeMempool) BroadcastTx(context.Context, *txtypes.BroadcastTxRequest) (*txtypes.BroadcastTxResponse, error) {
+	f.sent.Add(1)
+	return &txtypes.BroadcastTxResponse{TxResponse: f.answer}, nil
 }
 
 // serveFakeNode serves register's services on a fresh loopback port and
@@ -92,10 +115,71 @@ func TestSendGivesUpOnATxNoBlockIncludes(t *testing.T) {
 	s.inclusion = 300 * time.Millisecond
 
 	began := time.Now()
-	_, err = s.wait(t.Context(), "AB12")
+	_, err = s.wait(t.Context(), "AB12", []byte("tx"))
 	require.ErrorIs(t, err, ErrNotIncluded)
 	require.Less(t, time.Since(began), 5*time.Second)
 	require.Contains(t, err.Error(), "tx AB12 was sent, but no block included it within 300ms: the node that took it may have gone away, or the chain is making no blocks")
+}
+
+// A tx the mempool dropped at its recheck (a settlement of an escrow
+// another host's tx settled meanwhile) is never included. Sending it again
+// finds the chain refusing it, and the wait ends with that refusal at
+// once, not at the wait's bound, which held the account's next tx (a
+// rewards claim) until the claim's window had passed.
+func TestSendEndsTheWaitForATxTheMempoolDropped(t *testing.T) {
+	t.Parallel()
+	node := &fakeMempool{answer: &sdk.TxResponse{
+		Codespace: devshardtypes.ModuleName, Code: devshardtypes.ErrEscrowClosed.ABCICode(),
+		RawLog: "failed to execute message; message index: 0: escrow 7 is SETTLED; only an OPEN escrow can be settled: escrow already settled or expired",
+	}}
+	addr, _ := serveFakeNode(t, func(s *grpc.Server) { txtypes.RegisterServiceServer(s, node) })
+	conn, err := dialGRPC([]string{addr})
+	require.NoError(t, err)
+	defer conn.Close()
+	s := NewSender(conn, "devshard-test", nil)
+	s.inclusion = 30 * time.Second
+	s.resendEvery = 50 * time.Millisecond
+
+	began := time.Now()
+	_, err = s.wait(t.Context(), "AB12", []byte("tx"))
+	require.Less(t, time.Since(began), 10*time.Second, "the wait ended with the refusal, not at its bound")
+	require.ErrorIs(t, err, devshardtypes.ErrEscrowClosed)
+	var refused *TxError
+	require.ErrorAs(t, err, &refused)
+	require.False(t, refused.Included)
+	require.Equal(t, "AB12", refused.Hash)
+	i, named := failedMessage(err)
+	require.True(t, named, "the settle queue learns which settlement the chain refuses")
+	require.Equal(t, 0, i)
+}
+
+// A tx sent again while it waits in the mempool (the node's cache has it),
+// in a block the index has not caught up with (its sequence is past), or
+// after the mempool dropped it while valid (accepted again) can still
+// land: the wait goes on to its bound.
+func TestSendWaitsOnForATxThatMayStillLand(t *testing.T) {
+	t.Parallel()
+	for name, answer := range map[string]*sdk.TxResponse{
+		"in the cache":   {Codespace: sdkerrors.ErrTxInMempoolCache.Codespace(), Code: sdkerrors.ErrTxInMempoolCache.ABCICode()},
+		"sequence past":  {Codespace: sdkerrors.ErrWrongSequence.Codespace(), Code: sdkerrors.ErrWrongSequence.ABCICode(), RawLog: "account sequence mismatch, expected 8, got 7"},
+		"accepted again": {TxHash: "AB12"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			node := &fakeMempool{answer: answer}
+			addr, _ := serveFakeNode(t, func(s *grpc.Server) { txtypes.RegisterServiceServer(s, node) })
+			conn, err := dialGRPC([]string{addr})
+			require.NoError(t, err)
+			defer conn.Close()
+			s := NewSender(conn, "devshard-test", nil)
+			s.inclusion = 600 * time.Millisecond
+			s.resendEvery = 50 * time.Millisecond
+
+			_, err = s.wait(t.Context(), "AB12", []byte("tx"))
+			require.ErrorIs(t, err, ErrNotIncluded)
+			require.Greater(t, node.sent.Load(), int32(1), "the tx was sent again while it waited")
+		})
+	}
 }
 
 // A stall is a latest block older than the threshold, told in a sentence.

@@ -12,11 +12,14 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	errorsmod "cosmossdk.io/errors"
+
 	"github.com/cosmos/cosmos-sdk/client"
 	"github.com/cosmos/cosmos-sdk/client/grpc/cmtservice"
 	clienttx "github.com/cosmos/cosmos-sdk/client/tx"
 	cryptotypes "github.com/cosmos/cosmos-sdk/crypto/types"
 	sdk "github.com/cosmos/cosmos-sdk/types"
+	sdkerrors "github.com/cosmos/cosmos-sdk/types/errors"
 	txtypes "github.com/cosmos/cosmos-sdk/types/tx"
 	"github.com/cosmos/cosmos-sdk/types/tx/signing"
 	authsigning "github.com/cosmos/cosmos-sdk/x/auth/signing"
@@ -34,6 +37,9 @@ type Sender struct {
 	txConfig client.TxConfig
 	// inclusion bounds the wait for a sent tx's block (txInclusion).
 	inclusion time.Duration
+	// resendEvery is how often a tx no block holds yet is sent again
+	// (txResend).
+	resendEvery time.Duration
 
 	mu sync.Mutex
 }
@@ -44,6 +50,9 @@ const (
 	gasAdjustment = 1.5
 	// pollInterval is how often a sent tx is looked for in a block.
 	pollInterval = 100 * time.Millisecond
+	// txResend is how often a sent tx that no block holds yet is sent
+	// again, to learn whether the node still means to include it (resend).
+	txResend = 2 * time.Second
 	// txInclusion bounds the wait for a sent tx's block. A live chain
 	// includes a valid tx in the next block or two, seconds apart; a tx
 	// still missing after a minute sits in the mempool of a node that went
@@ -56,7 +65,7 @@ const (
 // the chain chainID. txConfig is the chain's (chaincfg.MakeEncoding's, or
 // the app's for messages of other modules).
 func NewSender(conn grpc.ClientConnInterface, chainID string, txConfig client.TxConfig) *Sender {
-	return &Sender{conn: conn, chainID: chainID, txConfig: txConfig, inclusion: txInclusion}
+	return &Sender{conn: conn, chainID: chainID, txConfig: txConfig, inclusion: txInclusion, resendEvery: txResend}
 }
 
 // Send signs msgs with key, broadcasts the tx and waits until a block
@@ -102,7 +111,7 @@ func (s *Sender) Send(ctx context.Context, key cryptotypes.PrivKey, msgs ...sdk.
 	if r := res.TxResponse; r.Code != 0 {
 		return nil, &TxError{Hash: r.TxHash, Codespace: r.Codespace, Code: r.Code, Log: r.RawLog}
 	}
-	return s.wait(ctx, res.TxResponse.TxHash)
+	return s.wait(ctx, res.TxResponse.TxHash, txBytes)
 }
 
 func (s *Sender) build(msgs []sdk.Msg, gas uint64) (client.TxBuilder, error) {
@@ -198,13 +207,18 @@ var errWaited = errors.New("waited too long for the tx's block")
 
 // wait polls for the tx until a block holds it, for at most s.inclusion. A
 // node that stops answering is not the end of the wait: the next look goes
-// to another node, which may have the tx by gossip.
-func (s *Sender) wait(ctx context.Context, hash string) (*sdk.TxResponse, error) {
+// to another node, which may have the tx by gossip. Every s.resendEvery the
+// tx is sent again (resent), so a tx the mempool dropped at its recheck
+// after a block (a settlement of an escrow another host's tx settled)
+// ends the wait with the chain's refusal at once, not after a minute; the
+// account's next tx waits behind this one.
+func (s *Sender) wait(ctx context.Context, hash string, txBytes []byte) (*sdk.TxResponse, error) {
 	ctx, cancel := context.WithTimeoutCause(ctx, s.inclusion, errWaited)
 	defer cancel()
 	svc := txtypes.NewServiceClient(s.conn)
 	tick := time.NewTicker(pollInterval)
 	defer tick.Stop()
+	sent := time.Now()
 	var lastErr error // the last look that found no answer, for the message
 	for {
 		res, err := svc.GetTx(ctx, &txtypes.GetTxRequest{Hash: hash})
@@ -221,6 +235,11 @@ func (s *Sender) wait(ctx context.Context, hash string) (*sdk.TxResponse, error)
 			// The wait's end, told by gRPC a moment before ctx tells it.
 		case code != codes.NotFound:
 			return nil, fmt.Errorf("looking up tx %s: %w", hash, err)
+		case time.Since(sent) >= s.resendEvery:
+			sent = time.Now()
+			if refused := s.resend(ctx, hash, txBytes); refused != nil {
+				return nil, refused
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -236,4 +255,30 @@ func (s *Sender) wait(ctx context.Context, hash string) (*sdk.TxResponse, error)
 		case <-tick.C:
 		}
 	}
+}
+
+// resend sends a tx that no block holds yet again, and returns the
+// chain's refusal when the tx can no longer land. The node's answer tells
+// where the tx stands:
+//   - it is in the node's cache: still in the mempool, or in a block the
+//     tx index has not caught up with;
+//   - its sequence is past: a block holds it (or another tx of that
+//     sequence, which the wait's bound covers);
+//   - accepted: the mempool had dropped it while it was still valid, and
+//     holds it again;
+//   - refused otherwise: it left the mempool at a recheck and can never
+//     land as it is.
+//
+// A node that does not answer tells nothing; the wait goes on.
+func (s *Sender) resend(ctx context.Context, hash string, txBytes []byte) *TxError {
+	res, err := txtypes.NewServiceClient(s.conn).BroadcastTx(ctx, &txtypes.BroadcastTxRequest{TxBytes: txBytes, Mode: txtypes.BroadcastMode_BROADCAST_MODE_SYNC})
+	if err != nil {
+		return nil
+	}
+	r := res.TxResponse
+	answered := func(e *errorsmod.Error) bool { return r.Codespace == e.Codespace() && r.Code == e.ABCICode() }
+	if r.Code == 0 || answered(sdkerrors.ErrTxInMempoolCache) || answered(sdkerrors.ErrWrongSequence) {
+		return nil
+	}
+	return &TxError{Hash: hash, Codespace: r.Codespace, Code: r.Code, Log: r.RawLog}
 }

@@ -1,10 +1,12 @@
 package host
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
 	"sync/atomic"
+	"time"
 
 	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
@@ -19,22 +21,68 @@ import (
 // state signatures over the host's latest root (its own, plus each peer's
 // through the signatures route) and sends MsgSettleEscrow once a quorum of
 // slots has signed.
+//
+// The members take turns to send (turn): every member catches up and signs
+// as soon as the deadline has passed, but the member of the group's first
+// slot sends at once, the next one selfSettleTurn later, and so on, so a
+// group does not send one settlement per member to the chain, all but one
+// of them failing in their block.
 type selfSettler struct {
 	eng   *Engine
 	chain Chain
 	send  ChainSender
 	read  *peerReads
 	log   *slog.Logger
-	done  map[uint64]bool // escrows settled or found closed
-	busy  atomic.Bool     // one round at a time
+	done  map[uint64]bool      // escrows settled or found closed
+	due   map[uint64]time.Time // when each escrow was first seen past its deadline
+	turn  time.Duration        // how long each member waits for the one before it
+	now   func() time.Time
+	busy  atomic.Bool // one round at a time
 }
+
+// selfSettleTurn is how long a member waits for the one before it in the
+// group to settle an escrow past its deadline: two rounds, time for the
+// earlier member's tx to land. The fourth member and those after it all
+// send selfSettleTurns turns in, 30 s after the deadline was seen, far
+// within the epoch (100 blocks by default) between an escrow's deadline
+// and its expiry.
+const (
+	selfSettleTurn  = 10 * time.Second
+	selfSettleTurns = 3
+)
 
 // newSelfSettler returns nil, which settles nothing, without a sender.
 func newSelfSettler(eng *Engine, c Chain, send ChainSender, read *peerReads, log *slog.Logger) *selfSettler {
 	if send == nil {
 		return nil
 	}
-	return &selfSettler{eng: eng, chain: c, send: send, read: read, log: log, done: map[uint64]bool{}}
+	return &selfSettler{
+		eng: eng, chain: c, send: send, read: read, log: log,
+		done: map[uint64]bool{}, due: map[uint64]time.Time{}, turn: selfSettleTurn, now: time.Now,
+	}
+}
+
+// myTurn reports whether this member may send the settlement of snap's
+// escrow now: the members are ranked by their first slot in the group, and
+// the one of rank r sends r turns (at most selfSettleTurns) after the
+// escrow was first seen past its deadline.
+func (s *selfSettler) myTurn(snap *sessionpb.EscrowSnapshot) bool {
+	id := snap.EscrowId
+	now := s.now()
+	first, ok := s.due[id]
+	if !ok {
+		s.due[id], first = now, now
+	}
+	me := s.eng.Address().Bytes()
+	before := map[string]bool{} // members whose first slot is before this one's
+	for _, raw := range snap.Group {
+		if bytes.Equal(raw, me) {
+			break
+		}
+		before[string(raw)] = true
+	}
+	rank := min(len(before), selfSettleTurns)
+	return now.Sub(first) >= time.Duration(rank)*s.turn
 }
 
 // round settles what is due now. Errors are logged; the next round retries.
@@ -60,17 +108,22 @@ func (s *selfSettler) round(ctx context.Context) {
 		}
 		if esc.Status != devshardtypes.EscrowOpen {
 			s.done[id] = true
+			delete(s.due, id)
 			continue
 		}
 		if epoch < esc.DeadlineEpoch {
 			continue
 		}
 		st = s.catchUp(ctx, st)
+		if !s.myTurn(st.Snapshot) {
+			continue
+		}
 		if err := s.settle(ctx, st); err != nil {
 			s.log.Warn("self-settlement", "escrow", id, "err", err)
 			continue
 		}
 		s.done[id] = true
+		delete(s.due, id)
 	}
 }
 

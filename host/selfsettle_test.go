@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -121,10 +122,13 @@ func setupSettleGroupOf(t *testing.T, holders, held []int, wrap func(i int, st s
 	return g
 }
 
-// settler is member i's self-settler, sending through send.
+// settler is member i's self-settler, sending through send, with no turns
+// to wait: every member may send as soon as the deadline has passed.
 func (g *settleGroup) settler(i int, send ChainSender) *selfSettler {
 	e := g.engines[i]
-	return newSelfSettler(e, g.chain, send, newPeerReads(e, g.urls), slog.New(slog.NewTextHandler(g.logs, nil)))
+	s := newSelfSettler(e, g.chain, send, newPeerReads(e, g.urls), slog.New(slog.NewTextHandler(g.logs, nil)))
+	s.turn = 0
+	return s
 }
 
 func (g *settleGroup) settleable(t *testing.T, i int) Settleable {
@@ -206,6 +210,50 @@ func TestSelfSettlerWaitsForTheDeadline(t *testing.T) {
 	s.round(t.Context())
 	require.Empty(t, send.settlements(), "the gateway settled it")
 	require.True(t, s.done[g.id], "a closed escrow is not asked about again")
+}
+
+// Past the deadline the members take turns by their first slot: the first
+// slot's member sends at once, the second's a turn later, the third's two
+// turns later; each catches up and signs in its first round all the same,
+// so the one whose turn comes finds a quorum.
+func TestSelfSettlersTakeTurns(t *testing.T) {
+	t.Parallel()
+	g := setupSettleGroupOf(t, []int{2, 0, 1}, []int{5, 5, 5}, nil) // slot 0 is host 2's, slot 1 host 0's, slot 2 host 1's
+	clock := time.Date(2026, 12, 7, 5, 0, 0, 0, time.UTC)
+	now := func() time.Time { return clock }
+	sends := make([]*fakeSender, 3)
+	settlers := make([]*selfSettler, 3)
+	for i := range settlers {
+		sends[i] = &fakeSender{}
+		settlers[i] = g.settler(i, sends[i])
+		settlers[i].turn, settlers[i].now = 10*time.Second, now
+	}
+	roundAll := func() {
+		for _, s := range settlers {
+			s.round(t.Context())
+		}
+	}
+	sent := func() []int {
+		var out []int
+		for _, s := range sends {
+			out = append(out, len(s.settlements()))
+		}
+		return out
+	}
+
+	roundAll()
+	require.Equal(t, []int{0, 0, 1}, sent(), "the first slot's member (host 2) sends at once")
+	// The chain shows the escrow still open (the first member's tx did
+	// not land), so the others' turns come.
+	clock = clock.Add(9 * time.Second)
+	roundAll()
+	require.Equal(t, []int{0, 0, 1}, sent(), "the others wait while the first member's tx lands")
+	clock = clock.Add(time.Second)
+	roundAll()
+	require.Equal(t, []int{1, 0, 1}, sent(), "a turn in, the second slot's member (host 0) sends")
+	clock = clock.Add(10 * time.Second)
+	roundAll()
+	require.Equal(t, []int{1, 1, 1}, sent(), "two turns in, the third slot's member (host 1) sends")
 }
 
 // A member that answers a forged signature for another member's slot does
