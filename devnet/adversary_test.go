@@ -17,6 +17,7 @@ import (
 
 	"github.com/devshard/devshard/chain/node"
 	"github.com/devshard/devshard/executor"
+	"github.com/devshard/devshard/gateway"
 	"github.com/devshard/devshard/hostapi"
 	"github.com/devshard/devshard/httpauth"
 	"github.com/devshard/devshard/session"
@@ -127,6 +128,10 @@ func TestAdversaries(t *testing.T) {
 		for _, s := range ss {
 			require.Equal(t, s.snap.Amount, s.plan.Refund+s.plan.Fees+sumCosts(s.msg), "escrow %d conserves", s.snap.EscrowId)
 		}
+		// An honest host the liar decided against is punished at its
+		// epoch's accounting and sits the next epoch out; the steps below
+		// need every host in the groups they draw.
+		e.waitEveryHostServes()
 	})
 
 	t.Run("stream hijacker: a co-member cannot open the executor's stream", func(t *testing.T) {
@@ -136,15 +141,18 @@ func TestAdversaries(t *testing.T) {
 		require.NotEmpty(t, views)
 		v := views[0]
 		member := e.coMember(v.ID, lazy)
+		tried := 0
 		for _, h := range nw.Hosts {
 			if h == member || !e.holds(h, v.ID) {
 				continue
 			}
+			tried++
 			body, _ := json.Marshal(hostapi.InferenceRequest{Nonce: v.Nonce + 1, Request: executor.Request{Model: executor.BuiltinModel,
 				Messages: []executor.Message{{Role: "user", Content: "steal me"}}, MaxTokens: 8}})
 			status, msg := memberCall(t, e, member, h, http.MethodPost, fmt.Sprintf("/v1/sessions/%d/inference", v.ID), body)
 			require.Equal(t, http.StatusForbidden, status, "%s let a co-member open a stream: %s", h.Name, msg)
 		}
+		require.Positive(t, tried, "escrow %d has a member besides %s to aim at", v.ID, member.Name)
 		before := nw.Gateway.Gateway.Escrows()[0].Nonce
 		sendAny(t, e, 3, "after-hijack")
 		require.Greater(t, nw.Gateway.Gateway.Escrows()[0].Nonce, before, "the gateway still serves")
@@ -692,6 +700,51 @@ func (e *e2e) coMember(id uint64, liar int) *Host {
 	}
 	e.t.Fatalf("no host holds a slot of escrow %d", id)
 	return nil
+}
+
+// waitEveryHostServes waits for an epoch whose members are every host, and
+// for the gateway to retire its escrows of earlier epochs, so that the
+// next escrow's group is drawn from all of them. A punished host sits an
+// epoch out (docs/chain.md), so this takes at most two epochs.
+func (e *e2e) waitEveryHostServes() {
+	e.t.Helper()
+	q := devshardtypes.NewQueryClient(e.nw.Chain.Conn())
+	var epoch uint64
+	var last string
+	served := func() bool {
+		cur, err := q.CurrentEpoch(e.ctx, &devshardtypes.QueryCurrentEpochRequest{})
+		if err != nil {
+			last = err.Error()
+			return false
+		}
+		epoch = cur.Epoch.Id
+		res, err := q.EpochMembers(e.ctx, &devshardtypes.QueryEpochMembersRequest{EpochId: epoch})
+		if err != nil {
+			last = err.Error()
+			return false
+		}
+		members := map[string]bool{}
+		for _, m := range res.Members {
+			members[m.Address] = true
+		}
+		var out []string
+		for _, h := range e.nw.Hosts {
+			if !members[h.Account.String()] {
+				out = append(out, h.Name)
+			}
+		}
+		last = fmt.Sprintf("epoch %d leaves out %v", epoch, out)
+		return len(out) == 0
+	}
+	require.Eventually(e.t, served, 90*time.Second, 500*time.Millisecond, "every host serves again (last: %s)", last)
+	require.Eventually(e.t, func() bool {
+		for _, v := range e.nw.Gateway.Gateway.Escrows() {
+			if v.Status == gateway.StatusOpen && v.Epoch < epoch {
+				return false
+			}
+		}
+		return true
+	}, 60*time.Second, 200*time.Millisecond, "the gateway retired its escrows of epochs before %d", epoch)
 }
 
 // storedDiff reads the diff host h stored at nonce, asking as member.
