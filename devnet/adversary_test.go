@@ -128,10 +128,10 @@ func TestAdversaries(t *testing.T) {
 		for _, s := range ss {
 			require.Equal(t, s.snap.Amount, s.plan.Refund+s.plan.Fees+sumCosts(s.msg), "escrow %d conserves", s.snap.EscrowId)
 		}
-		// An honest host the liar decided against is punished at its
-		// epoch's accounting and sits the next epoch out; the steps below
+		// The liar, and an honest host it outvoted, are punished at the
+		// epoch's accounting and sit the next epoch out; the steps below
 		// need every host in the groups they draw.
-		e.waitEveryHostServes()
+		e.waitEveryHostServes(ss)
 	})
 
 	t.Run("stream hijacker: a co-member cannot open the executor's stream", func(t *testing.T) {
@@ -702,22 +702,54 @@ func (e *e2e) coMember(id uint64, liar int) *Host {
 	return nil
 }
 
-// waitEveryHostServes waits for an epoch whose members are every host, and
-// for the gateway to retire its escrows of earlier epochs, so that the
-// next escrow's group is drawn from all of them. A punished host sits an
-// epoch out (docs/chain.md), so this takes at most two epochs.
-func (e *e2e) waitEveryHostServes() {
+// waitEveryHostServes waits until the epochs the settlements ss were made
+// in are accounted (each punished host is then known), then for a later
+// epoch whose members are every host, and for the gateway to retire its
+// escrows of earlier epochs: the next escrow's group is drawn from all the
+// hosts, and no punishment of those epochs takes one out of the epochs
+// that follow. A punished host sits one epoch out (docs/chain.md).
+func (e *e2e) waitEveryHostServes(ss []settled) {
 	e.t.Helper()
 	q := devshardtypes.NewQueryClient(e.nw.Chain.Conn())
-	var epoch uint64
 	var last string
-	served := func() bool {
+	current := func() (uint64, bool) {
 		cur, err := q.CurrentEpoch(e.ctx, &devshardtypes.QueryCurrentEpochRequest{})
 		if err != nil {
 			last = err.Error()
+			return 0, false
+		}
+		return cur.Epoch.Id, true
+	}
+	var accounted uint64 // the current epoch once every epoch of ss is accounted
+	require.Eventually(e.t, func() bool {
+		for _, s := range ss {
+			res, err := q.Epoch(e.ctx, &devshardtypes.QueryEpochRequest{Id: s.snap.Epoch})
+			if err != nil {
+				last = err.Error()
+				return false
+			}
+			switch st := res.Epoch.State; st {
+			case devshardtypes.EpochAccounting, devshardtypes.EpochClaimable, devshardtypes.EpochClosed, devshardtypes.EpochCancelled:
+			default:
+				last = fmt.Sprintf("epoch %d is %s", s.snap.Epoch, st)
+				return false
+			}
+		}
+		var ok bool
+		accounted, ok = current()
+		return ok
+	}, 90*time.Second, 500*time.Millisecond, "the step's epochs are accounted (last: %s)", last)
+
+	var epoch uint64
+	require.Eventually(e.t, func() bool {
+		var ok bool
+		if epoch, ok = current(); !ok {
 			return false
 		}
-		epoch = cur.Epoch.Id
+		if epoch <= accounted {
+			last = fmt.Sprintf("epoch %d was drawn before the accounting", epoch)
+			return false
+		}
 		res, err := q.EpochMembers(e.ctx, &devshardtypes.QueryEpochMembersRequest{EpochId: epoch})
 		if err != nil {
 			last = err.Error()
@@ -735,8 +767,8 @@ func (e *e2e) waitEveryHostServes() {
 		}
 		last = fmt.Sprintf("epoch %d leaves out %v", epoch, out)
 		return len(out) == 0
-	}
-	require.Eventually(e.t, served, 90*time.Second, 500*time.Millisecond, "every host serves again (last: %s)", last)
+	}, 90*time.Second, 500*time.Millisecond, "every host serves again (last: %s)", last)
+	e.t.Logf("every host is a member of epoch %d (the step's epochs were accounted by epoch %d)", epoch, accounted)
 	require.Eventually(e.t, func() bool {
 		for _, v := range e.nw.Gateway.Gateway.Escrows() {
 			if v.Status == gateway.StatusOpen && v.Epoch < epoch {
