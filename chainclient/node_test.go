@@ -108,13 +108,20 @@ type settleNet struct {
 // the hosts. The hosts serve from the next epoch (waitServing).
 func startSettleNet(t *testing.T, ctx context.Context, funds int64, tune func(*devshardtypes.Params)) *settleNet {
 	t.Helper()
+	return startSettleNetOf(t, ctx, funds, tune, 0)
+}
+
+// startSettleNetOf is startSettleNet with blocks of at most maxGas (0: the
+// default).
+func startSettleNetOf(t *testing.T, ctx context.Context, funds int64, tune func(*devshardtypes.Params), maxGas int64) *settleNet {
+	t.Helper()
 	params := devshardtypes.DefaultParams()
 	params.EpochLength = 8
 	params.GroupSize = 4
 	params.MinCollateral = sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(1_000_000))
 	tune(&params)
 	coins := sdk.NewCoins(sdk.NewCoin(chaincfg.Denom, sdkmath.NewInt(funds)))
-	cfg := node.Config{BlockTime: 200 * time.Millisecond, Params: &params}
+	cfg := node.Config{BlockTime: 200 * time.Millisecond, Params: &params, BlockMaxGas: maxGas}
 	for i := range 3 {
 		cfg.Accounts = append(cfg.Accounts, node.Account{Name: fmt.Sprintf("host%d", i), Coins: coins})
 	}
@@ -335,3 +342,65 @@ func TestSettlementsShareATx(t *testing.T) {
 	wg.Wait()
 	require.LessOrEqual(t, len(checkSettled(ms, hashes, errs)), 2, "six settlements asked for at once land in at most two txs, not one each")
 }
+
+// Against a real node: a host and the gateway settle one escrow past its
+// deadline at once, and a block holds only one of the two txs. Both pass CheckTx, the
+// block takes one, and the recheck after it drops the other from the
+// mempool (its escrow is settled now), so no block ever includes it. Its
+// sender learns so from sending it again, and reports the escrow settled
+// by the other's tx at once, not after the minute's wait for a block,
+// which held the account's next tx (a rewards claim) until its window
+// closed.
+func TestASettlementTheMempoolDroppedEndsItsWait(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	net := startSettleNetOf(t, ctx, 100_000_000, func(p *devshardtypes.Params) {
+		p.SettlementWindowEpochs = 1
+		p.ExpiryEpochs = 50
+	}, blockGasForOneSettlement)
+	gw, err := chainclient.Dial(chainclient.Config{GRPC: net.n.GRPCAddress, RPC: net.n.RPCAddress, Key: net.keys.Gateway})
+	require.NoError(t, err)
+	defer gw.Close()
+	net.waitServing(t, ctx, gw)
+	snap, err := gw.CreateEscrow(ctx, 2_000_000)
+	require.NoError(t, err)
+	f, seq := net.finished(t, snap)
+	m := f.Settle(seq.Replica, f.AllSlots()...)
+
+	// Past the deadline any member may settle.
+	require.Eventually(t, func() bool {
+		esc, err := gw.Escrow(ctx, snap.EscrowId)
+		require.NoError(t, err)
+		cur, err := gw.CurrentEpoch(ctx)
+		return err == nil && cur >= esc.DeadlineEpoch
+	}, 60*time.Second, 100*time.Millisecond)
+
+	host, err := chainclient.Dial(chainclient.Config{GRPC: net.n.GRPCAddress, RPC: net.n.RPCAddress, Key: net.keys.Hosts[f.Holders[0]]})
+	require.NoError(t, err)
+	defer host.Close()
+	hashes, took := make([]string, 2), make([]time.Duration, 2)
+	var wg sync.WaitGroup
+	for i, c := range []*chainclient.Client{host, gw} {
+		wg.Go(func() {
+			began := time.Now()
+			var err error
+			hashes[i], err = c.SettleEscrow(ctx, m)
+			took[i] = time.Since(began)
+			require.NoError(t, err, "sender %d", i)
+		})
+	}
+	wg.Wait()
+	require.NotEmpty(t, hashes[0])
+	require.Equal(t, hashes[0], hashes[1], "one tx settled the escrow; the other was dropped")
+	res, err := txtypes.NewServiceClient(net.n.Conn()).GetTx(ctx, &txtypes.GetTxRequest{Hash: hashes[0]})
+	require.NoError(t, err)
+	t.Logf("the settling tx wanted %d gas (used %d); the calls took %v", res.TxResponse.GasWanted, res.TxResponse.GasUsed, took)
+	require.Greater(t, 2*res.TxResponse.GasWanted, int64(blockGasForOneSettlement), "a block holds one of the two txs, not both")
+	require.Less(t, max(took[0], took[1]), 20*time.Second, "the dropped tx's wait ended when it was sent again")
+}
+
+// blockGasForOneSettlement is a block gas limit that holds one settlement
+// tx of TestASettlementTheMempoolDroppedEndsItsWait's group (its gas limit
+// is 1.5 × what it uses) but not two, and every other tx of its setup.
+const blockGasForOneSettlement = 250_000

@@ -71,6 +71,10 @@ type Config struct {
 	// Params replaces the devshard module's parameters (epoch length and
 	// phases, collateral), for short epochs in tests.
 	Params *devshardtypes.Params
+	// BlockMaxGas, if positive, replaces the block gas limit of the
+	// default consensus params (chain.BlockMaxGas), for a test that needs
+	// a block too small for two txs.
+	BlockMaxGas int64
 	// Genesis, if set, may change any module's genesis before the chain
 	// starts.
 	Genesis func(cdc codec.JSONCodec, state chain.GenesisState) error
@@ -351,6 +355,9 @@ func (n *Node) writeGenesis(cfg Config, cometCfg *cmtcfg.Config, pv *privval.Fil
 		return err
 	}
 	consensus := chain.DefaultConsensusParams()
+	if cfg.BlockMaxGas > 0 {
+		consensus.Block.MaxGas = cfg.BlockMaxGas
+	}
 	g := genutiltypes.NewAppGenesisWithVersion(cfg.ChainID, appState)
 	g.GenesisTime = time.Now().UTC()
 	g.Consensus = &genutiltypes.ConsensusGenesis{Params: consensus}
