@@ -95,6 +95,10 @@ func TestProxyHost(t *testing.T) {
 		// land before the gateway settles.
 		require.Eventually(t, func() bool { return sample(t, proxy.URL, "devshard_host_validations_total") > 0 },
 			30*time.Second, 200*time.Millisecond, "the proxy re-ran none of host0's sampled inferences")
+		// A vote rides the diffs after it reached host0 and, through its
+		// replies, the gateway: a few more requests carry the last ones.
+		time.Sleep(2 * time.Second)
+		charged += e.send(8, 4, "proxy-carry")
 		ss := e.settleAll(0)
 		e.checkBooks(before, charged, ss)
 
