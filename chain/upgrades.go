@@ -37,6 +37,15 @@ const UpgradeSessionV2 = "v3-session-v2"
 // protection window. See MigrateRuntimeVersions.
 const UpgradeRuntimeVersions = "v4-runtime-versions"
 
+// UpgradeSettlementCost moves a chain to this build's settlement costs: a
+// settlement is checked when its tx enters the mempool, and paying it
+// writes each host's ledger but not its participant record (unless the
+// host's invalid streak or status moves), and reads the epoch and params
+// once, so it uses less gas. Blocks of the new build differ from the old
+// one's in gas used and in the app hash, so the switch is an upgrade; the
+// state is kept as it is.
+const UpgradeSettlementCost = "v5-settlement-cost"
+
 // AuthzKeeper is what the upgrade needs of x/authz.
 type AuthzKeeper interface {
 	IterateGrants(ctx context.Context, handler func(granter, grantee sdk.AccAddress, grant authz.Grant) bool)
@@ -64,6 +73,10 @@ func (app *App) registerUpgrades() {
 			if err := MigrateRuntimeVersions(sdk.UnwrapSDKContext(ctx), app.DevshardKeeper); err != nil {
 				return nil, err
 			}
+			return app.ModuleManager.RunMigrations(ctx, app.configurator, vm)
+		})
+	app.UpgradeKeeper.SetUpgradeHandler(UpgradeSettlementCost,
+		func(ctx context.Context, _ upgradetypes.Plan, vm module.VersionMap) (module.VersionMap, error) {
 			return app.ModuleManager.RunMigrations(ctx, app.configurator, vm)
 		})
 }

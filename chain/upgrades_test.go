@@ -297,3 +297,28 @@ func storeDump(t *testing.T, app *chain.App, ctx sdk.Context) map[string][][2][]
 	}
 	return out
 }
+
+// TestUpgradeSettlementCostKeepsTheState applies v5-settlement-cost through
+// x/upgrade's pre-blocker: the plan completes, and no module's state but
+// x/upgrade's own bookkeeping changes.
+func TestUpgradeSettlementCostKeepsTheState(t *testing.T) {
+	t.Parallel()
+	c := setupChain(t, appOptions{})
+	c.nextBlock(t, time.Second)
+
+	ctx := c.committed()
+	plan := upgradetypes.Plan{Name: chain.UpgradeSettlementCost, Height: c.height + 1}
+	require.NoError(t, c.app.UpgradeKeeper.ScheduleUpgrade(ctx, plan))
+	again, _ := ctx.CacheContext()
+	stores := storeDump(t, c.app, again)
+	require.NoError(t, c.app.UpgradeKeeper.ApplyUpgrade(again, plan))
+	require.Equal(t, []string{upgradetypes.StoreKey}, changedStores(stores, storeDump(t, c.app, again)))
+
+	c.nextBlock(t, time.Second)
+	ctx = c.committed()
+	name, height, err := c.app.UpgradeKeeper.GetLastCompletedUpgrade(ctx)
+	require.NoError(t, err)
+	require.Equal(t, chain.UpgradeSettlementCost, name)
+	require.Equal(t, plan.Height, height)
+	require.NoError(t, c.app.AssertInvariants(ctx))
+}

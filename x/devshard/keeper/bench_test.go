@@ -15,17 +15,45 @@ import (
 )
 
 // countingMeter is an infinite gas meter that also counts store reads
-// (each Get/Has and each iterator step).
+// (each Get/Has and each iterator step) and writes (each Set).
 type countingMeter struct {
 	storetypes.GasMeter
-	reads int
+	reads, writes int
 }
 
 func (m *countingMeter) ConsumeGas(amount storetypes.Gas, descriptor string) {
-	if descriptor == storetypes.GasReadCostFlatDesc || descriptor == storetypes.GasIterNextCostFlatDesc {
+	switch descriptor {
+	case storetypes.GasReadCostFlatDesc, storetypes.GasIterNextCostFlatDesc:
 		m.reads++
+	case storetypes.GasWriteCostFlatDesc:
+		m.writes++
 	}
 	m.GasMeter.ConsumeGas(amount, descriptor)
+}
+
+// A settlement paid at once writes each host's ledger and the escrow, and
+// no more: the hosts' participant records are rewritten only when a
+// host's invalid streak or status moves, which an honest settlement leaves
+// as they were. Reads stay at about one and a half per slot (the epoch and
+// params are read once for the whole settlement, not per host).
+func TestSettlementWritesOnlyWhatItMoves(t *testing.T) {
+	t.Parallel()
+	const size = 16
+	w := benchWorld(t, size)
+	esc := w.create(t, 10_000)
+	_, m := w.honest(t, esc, 2)
+	meter := &countingMeter{GasMeter: storetypes.NewInfiniteGasMeter()}
+	ctx := w.ctx
+	w.ctx = ctx.WithGasMeter(meter)
+	_, err := w.settle(w.gw, m)
+	w.ctx = ctx
+	require.NoError(t, err)
+	hosts := len(plan(t, esc, m).ByAddress())
+	t.Logf("a %d-slot settlement paying %d hosts: %d writes, %d reads, %d gas", size, hosts, meter.writes, meter.reads, meter.GasConsumed())
+	require.Greater(t, hosts, 1)
+	// A ledger per host + the escrow; the test's bank is a fake outside the store.
+	require.Equal(t, hosts+1, meter.writes, "writes of a settlement paying %d hosts", hosts)
+	require.LessOrEqual(t, meter.reads, 2*hosts+6, "reads of a settlement paying %d hosts", hosts)
 }
 
 // settleCost settles one fresh escrow of a group of size slots, drawn from

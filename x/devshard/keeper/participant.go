@@ -262,11 +262,24 @@ func (k Keeper) RecordStats(ctx context.Context, epoch uint64, addr sdk.AccAddre
 }
 
 // pay is the one payment function of an epoch not yet accounted: it credits
-// amount to addr's ledger in epoch (EpochMember.earned) and adds the settled
-// stats, every sum overflow-checked, then updates the invalid streak
+// amount to addr's ledger in epoch (credit), then updates the invalid streak
 // (recordStreak). The coins stay in the module account until accounting
 // moves them to the epoch's summary and the participant claims them.
 func (k Keeper) pay(ctx context.Context, epoch uint64, addr sdk.AccAddress, amount uint64, s types.InferenceStats) error {
+	if err := k.credit(ctx, epoch, addr, amount, s); err != nil {
+		return err
+	}
+	params, err := k.Params.Get(ctx)
+	if err != nil {
+		return err
+	}
+	return k.recordStreak(ctx, addr, params.MaxConsecutiveInvalid, s)
+}
+
+// credit adds amount to addr's ledger in epoch (EpochMember.earned) and the
+// settled stats to its record, every sum overflow-checked. ErrNotMember:
+// addr is not effective in epoch.
+func (k Keeper) credit(ctx context.Context, epoch uint64, addr sdk.AccAddress, amount uint64, s types.InferenceStats) error {
 	key := collections.Join(epoch, addr)
 	m, err := k.Members.Get(ctx, key)
 	if errors.Is(err, collections.ErrNotFound) {
@@ -283,28 +296,31 @@ func (k Keeper) pay(ctx context.Context, epoch uint64, addr sdk.AccAddress, amou
 	if err := addStats(&m.Stats, s); err != nil {
 		return err
 	}
-	if err := k.Members.Set(ctx, key, m); err != nil {
-		return err
-	}
-	return k.recordStreak(ctx, addr, s)
+	return k.Members.Set(ctx, key, m)
 }
 
-// recordStreak updates addr's invalid streak from a batch of settled stats,
-// wherever the batch's coins were credited (a ledger or a summary); a streak
-// reaching max_consecutive_invalid moves an ACTIVE participant to INVALID.
-//
-// A batch carries counts, not order, so the keeper assumes the worst for the
-// host: the batch's validated inferences came first (ending any previous
-// streak) and its invalidated ones last (starting the new one).
-func (k Keeper) recordStreak(ctx context.Context, addr sdk.AccAddress, s types.InferenceStats) error {
+// recordStreak updates addr's invalid streak from a batch of settled stats
+// (applyStreak), wherever the batch's coins were credited (a ledger or a
+// summary). limit is the max_consecutive_invalid param.
+func (k Keeper) recordStreak(ctx context.Context, addr sdk.AccAddress, limit uint64, s types.InferenceStats) error {
 	p, err := k.participant(ctx, addr)
 	if err != nil {
 		return err
 	}
-	params, err := k.Params.Get(ctx)
-	if err != nil {
-		return err
-	}
+	return k.applyStreak(ctx, addr, p, limit, s)
+}
+
+// applyStreak moves p's invalid streak by a batch of settled stats; a
+// streak reaching limit (max_consecutive_invalid; 0: none) moves an ACTIVE
+// participant to INVALID. p is stored only when the streak or the status
+// moved: most batches leave both as they were, and a settlement must not
+// rewrite every host's record.
+//
+// A batch carries counts, not order, so the keeper assumes the worst for the
+// host: the batch's validated inferences came first (ending any previous
+// streak) and its invalidated ones last (starting the new one).
+func (k Keeper) applyStreak(ctx context.Context, addr sdk.AccAddress, p types.Participant, limit uint64, s types.InferenceStats) error {
+	before, status := p.ConsecutiveInvalidInferences, p.Status
 	if s.Validated > 0 {
 		p.ConsecutiveInvalidInferences = 0
 	}
@@ -313,10 +329,13 @@ func (k Keeper) recordStreak(ctx context.Context, addr sdk.AccAddress, s types.I
 		streak = ^uint64(0)
 	}
 	p.ConsecutiveInvalidInferences = streak
-	if limit := params.MaxConsecutiveInvalid; limit > 0 && p.ConsecutiveInvalidInferences >= limit && p.Status == types.ParticipantActive {
+	if limit > 0 && p.ConsecutiveInvalidInferences >= limit && p.Status == types.ParticipantActive {
 		if err := k.setStatus(ctx, &p, types.ParticipantInvalid); err != nil {
 			return err
 		}
+	}
+	if p.ConsecutiveInvalidInferences == before && p.Status == status {
+		return nil
 	}
 	return k.Participants.Set(ctx, addr, p)
 }

@@ -210,12 +210,21 @@ func (k Keeper) payOut(ctx sdk.Context, esc types.Escrow, plan *session.Plan, se
 	if err != nil {
 		return err
 	}
+	// Read once for every host the plan pays.
+	epoch, err := k.Epoch(ctx, esc.Snapshot.Epoch)
+	if err != nil {
+		return err
+	}
+	params, err := k.Params.Get(ctx)
+	if err != nil {
+		return err
+	}
 	for _, a := range plan.ByAddress() {
 		amount, ok := addU64(a.Cost, a.FeeShare)
 		if !ok {
 			return types.ErrOverflow.Wrapf("payout to %s overflows", sdk.AccAddress(a.Address[:]))
 		}
-		dest, reason, err := k.route(ctx, esc, sdk.AccAddress(a.Address[:]), amount, stats[a.Address])
+		dest, reason, err := k.route(ctx, esc, epoch, params.MaxConsecutiveInvalid, sdk.AccAddress(a.Address[:]), amount, stats[a.Address])
 		if err != nil {
 			return err
 		}
@@ -255,7 +264,8 @@ func (k Keeper) payOut(ctx sdk.Context, esc types.Escrow, plan *session.Plan, se
 }
 
 // route sends one host's payout where DESIGN.md says it goes and reports
-// the destination. DestCreator means the caller refunds the creator.
+// the destination. DestCreator means the caller refunds the creator. epoch
+// is the escrow's epoch and streakLimit the max_consecutive_invalid param.
 //
 //   - The escrow's epoch is not yet accounted (ACTIVE or SETTLING) and the
 //     host is an ACTIVE member of it: its ledger (pay).
@@ -264,12 +274,8 @@ func (k Keeper) payOut(ctx sdk.Context, esc types.Escrow, plan *session.Plan, se
 //     the epoch is CLOSED or CANCELLED. The stats go to the summary and the
 //     invalid streak as on the ledger path.
 //   - Otherwise (punished, not a member, inactive or invalid): the creator.
-func (k Keeper) route(ctx sdk.Context, esc types.Escrow, host sdk.AccAddress, amount uint64, stats types.InferenceStats) (dest, reason string, err error) {
-	epochID := esc.Snapshot.Epoch
-	epoch, err := k.Epoch(ctx, epochID)
-	if err != nil {
-		return "", "", err
-	}
+func (k Keeper) route(ctx sdk.Context, esc types.Escrow, epoch types.Epoch, streakLimit uint64, host sdk.AccAddress, amount uint64, stats types.InferenceStats) (dest, reason string, err error) {
+	epochID := epoch.Id
 	switch epoch.State {
 	case types.EpochActive, types.EpochSettling:
 		p, err := k.Participants.Get(ctx, host)
@@ -281,12 +287,12 @@ func (k Keeper) route(ctx sdk.Context, esc types.Escrow, host sdk.AccAddress, am
 		if p.Status != types.ParticipantActive {
 			return DestCreator, fmt.Sprintf("host is %s", p.Status), nil
 		}
-		if has, err := k.Members.Has(ctx, collections.Join(epochID, host)); err != nil {
-			return "", "", err
-		} else if !has {
+		if err := k.credit(ctx, epochID, host, amount, stats); errors.Is(err, types.ErrNotMember) {
 			return DestCreator, fmt.Sprintf("host is not a member of epoch %d", epochID), nil
+		} else if err != nil {
+			return "", "", err
 		}
-		return DestLedger, "", k.pay(ctx, epochID, host, amount, stats)
+		return DestLedger, "", k.applyStreak(ctx, host, p, streakLimit, stats)
 	}
 
 	key := collections.Join(epochID, host)
@@ -318,7 +324,7 @@ func (k Keeper) route(ctx sdk.Context, esc types.Escrow, host sdk.AccAddress, am
 	// The status moves from settled stats whichever epoch they settle in; a
 	// summary with no participant behind it (an imported genesis may hold
 	// one) has no status to move, and its pay must not be held up.
-	if err := k.recordStreak(ctx, host, stats); err != nil && !errors.Is(err, types.ErrParticipantNotFound) {
+	if err := k.recordStreak(ctx, host, streakLimit, stats); err != nil && !errors.Is(err, types.ErrParticipantNotFound) {
 		return "", "", err
 	}
 	if !direct {
