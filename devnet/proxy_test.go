@@ -3,6 +3,7 @@ package devnet
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"strings"
 	"testing"
@@ -95,10 +96,15 @@ func TestProxyHost(t *testing.T) {
 		// land before the gateway settles.
 		require.Eventually(t, func() bool { return sample(t, proxy.URL, "devshard_host_validations_total") > 0 },
 			30*time.Second, 200*time.Millisecond, "the proxy re-ran none of host0's sampled inferences")
-		// A vote rides the diffs after it reached host0 and, through its
-		// replies, the gateway: a few more requests carry the last ones.
-		time.Sleep(2 * time.Second)
-		charged += e.send(8, 4, "proxy-carry")
+		// A vote rides a diff only after it reached host0 and, through its
+		// replies, the gateway: requests go on until the gateway counts one
+		// of host0's slots' votes as carried.
+		carried := fmt.Sprintf(`devshard_gateway_host_txs_carried_total{host="%s",kind="validation"}`, hex.EncodeToString(h0.Account))
+		for round := 0; sample(t, e.nw.Info.Gateway.URL, carried) == 0; round++ {
+			require.Less(t, round, 20, "no vote of %s's slots rode a diff, though its proxy re-ran inferences", h0.Name)
+			charged += e.send(4, 4, fmt.Sprintf("proxy-carry-%d", round))
+			time.Sleep(500 * time.Millisecond)
+		}
 		ss := e.settleAll(0)
 		e.checkBooks(before, charged, ss)
 

@@ -45,6 +45,7 @@ type intake struct {
 	memo    *signing.Memo
 	metrics *Metrics
 	hosts   []string // member index -> its address, as the metrics name it
+	slots   []string // slot -> its holder's address, as the metrics name it
 
 	mu      sync.Mutex
 	inbox   []*pooled       // verified txs, not yet in the sequencer's pool
@@ -56,10 +57,16 @@ type intake struct {
 // verify their signatures.
 func newIntake(snap *sessionpb.EscrowSnapshot, members []*member, auth session.Authorizer, memo *signing.Memo, metrics *Metrics) *intake {
 	hosts := make([]string, len(members))
+	slots := make([]string, len(snap.Group))
 	for i, m := range members {
 		hosts[i] = m.addr.String()
+		for _, s := range m.slots {
+			if int(s) < len(slots) {
+				slots[s] = hosts[i]
+			}
+		}
 	}
-	return &intake{snap: snap, auth: auth, memo: memo, metrics: metrics, hosts: hosts,
+	return &intake{snap: snap, auth: auth, memo: memo, metrics: metrics, hosts: hosts, slots: slots,
 		known: map[string]bool{}, waiting: make([]int, len(members))}
 }
 

@@ -242,3 +242,69 @@ func TestAttackHostPendingTxsAreCapped(t *testing.T) {
 	require.Equal(t, before, e.in.waiting[1])
 	e.in.mu.Unlock()
 }
+
+// Every host tx a diff carries is counted for the holder of its slot and
+// its kind, once; the gateway's own starts are not. The counter is what
+// lets an operator (and the devnet's proxy test) see a host's votes reach
+// the books, not just its answers.
+func TestCarriedHostTxsAreCountedByHolderAndKind(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	c := b.complete(t, ask(0))
+	for i := 1; i < 6; i++ {
+		b.complete(t, ask(i))
+	}
+	e := b.escrowOf(t, c.EscrowID)
+
+	e.seq.mu.Lock() // no diff is published while both are read
+	defer e.seq.mu.Unlock()
+	diffs, err := e.seq.state.Diffs(t.Context(), e.id(), 1, 1000)
+	require.NoError(t, err)
+	want := map[[2]string]float64{}
+	for _, sd := range diffs {
+		d, err := session.DecodeDiff(sd.Data)
+		require.NoError(t, err)
+		for _, tx := range d.Txs {
+			if kind := hostTxKind(tx); kind != "" {
+				want[[2]string{e.in.slots[tx.Slot], kind}]++
+			}
+		}
+	}
+	starts := 0
+	for _, sd := range diffs {
+		d, err := session.DecodeDiff(sd.Data)
+		require.NoError(t, err)
+		for _, tx := range d.Txs {
+			if tx.GetStart() != nil {
+				starts++
+			}
+		}
+	}
+	require.Equal(t, 6, starts, "the test's requests")
+	kinds := 0
+	for _, m := range e.out.members {
+		for _, kind := range []string{"confirm", "finish", "validation", "timeout", "finalize"} {
+			var out dto.Metric
+			require.NoError(t, b.gw.metrics.carriedTxs.WithLabelValues(m.addr.String(), kind).Write(&out))
+			require.Equal(t, want[[2]string{m.addr.String(), kind}], out.GetCounter().GetValue(), "%s %s", m.addr, kind)
+			if out.GetCounter().GetValue() > 0 {
+				kinds++
+			}
+		}
+	}
+	require.GreaterOrEqual(t, kinds, 2, "confirms and finishes at least")
+}
+
+func TestHostTxKindNamesEveryHostTx(t *testing.T) {
+	t.Parallel()
+	for want, tx := range map[string]*sessionpb.Tx{
+		"":           {Body: &sessionpb.Tx_Start{Start: &sessionpb.StartInference{}}},
+		"confirm":    {Body: &sessionpb.Tx_Confirm{Confirm: &sessionpb.ConfirmStart{}}},
+		"finish":     {Body: &sessionpb.Tx_Finish{Finish: &sessionpb.FinishInference{}}},
+		"validation": {Body: &sessionpb.Tx_Validation{Validation: &sessionpb.Validation{}}},
+		"timeout":    {Body: &sessionpb.Tx_Timeout{Timeout: &sessionpb.TimeoutInference{}}},
+		"finalize":   {Body: &sessionpb.Tx_Finalize{Finalize: &sessionpb.FinalizeRound{}}},
+	} {
+		require.Equal(t, want, hostTxKind(tx))
+	}
+}

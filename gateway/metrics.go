@@ -33,6 +33,7 @@ type Metrics struct {
 	escrows     prometheus.Counter
 	settlements prometheus.Counter
 	droppedTxs  *prometheus.CounterVec
+	carriedTxs  *prometheus.CounterVec
 	tokens      *prometheus.CounterVec
 	charged     prometheus.Counter
 	firstTokens prometheus.Histogram
@@ -81,6 +82,10 @@ func NewMetrics() *Metrics {
 			Name: "devshard_gateway_host_txs_dropped_total",
 			Help: "Txs a host answered that the gateway dropped on intake, by the host's address and the reason: a session reason (signature, unauthorized, malformed, encoding, ...) or pending_cap (the host had the most txs one host may have waiting).",
 		}, []string{"host", "reason"}),
+		carriedTxs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "devshard_gateway_host_txs_carried_total",
+			Help: "Host txs the gateway's diffs carried into the sessions' books, by the address of the slot holder that signed them (hex) and kind: confirm, finish, validation, timeout or finalize.",
+		}, []string{"host", "kind"}),
 	}
 	m.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "devshard_gateway_tokens_total", Help: "Tokens of completed requests, by direction: in (the prompt) or out (the completion).",
@@ -108,7 +113,7 @@ func NewMetrics() *Metrics {
 		m.chainErrors.WithLabelValues(call)
 	}
 	m.Registry.MustRegister(m.requests, m.latency, m.phases, m.diffs, m.retries, m.escrows, m.settlements, m.droppedTxs,
-		m.tokens, m.charged, m.firstTokens, m.inFlight, m.chainErrors, buildinfo.Gauge("devshard_gateway", buildinfo.Read()),
+		m.carriedTxs, m.tokens, m.charged, m.firstTokens, m.inFlight, m.chainErrors, buildinfo.Gauge("devshard_gateway", buildinfo.Read()),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -269,6 +274,39 @@ func (c countingChain) LatestBlock(ctx context.Context) (int64, time.Time, error
 // droppedTx counts a tx from host dropped on intake for err.
 func (m *Metrics) droppedTx(host string, err error) {
 	m.droppedTxs.WithLabelValues(host, dropReason(err)).Inc()
+}
+
+// carried counts the host txs diff d carried; slotHost names each slot's
+// holder. The gateway's own starts are not counted.
+func (m *Metrics) carried(d *sessionpb.Diff, slotHost []string) {
+	for _, tx := range d.Txs {
+		kind := hostTxKind(tx)
+		if kind == "" {
+			continue
+		}
+		host := "unknown"
+		if int(tx.Slot) < len(slotHost) {
+			host = slotHost[tx.Slot]
+		}
+		m.carriedTxs.WithLabelValues(host, kind).Inc()
+	}
+}
+
+// hostTxKind is a host tx's kind label; "" for the gateway's start.
+func hostTxKind(tx *sessionpb.Tx) string {
+	switch tx.Body.(type) {
+	case *sessionpb.Tx_Confirm:
+		return "confirm"
+	case *sessionpb.Tx_Finish:
+		return "finish"
+	case *sessionpb.Tx_Validation:
+		return "validation"
+	case *sessionpb.Tx_Timeout:
+		return "timeout"
+	case *sessionpb.Tx_Finalize:
+		return "finalize"
+	}
+	return ""
 }
 
 // dropReason is err's label: its session reason, or pending_cap.

@@ -356,6 +356,7 @@ func (q *sequencer) advanced(d *sessionpb.Diff) {
 	q.sigs.expect(d.Nonce, d.PostStateRoot)
 	q.lastDiff = time.Now()
 	q.metrics.diffs.Inc()
+	q.metrics.carried(d, q.in.slots)
 }
 
 // reconcile settles a diff write that reported werr. A write can fail after
