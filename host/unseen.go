@@ -23,8 +23,11 @@ import (
 // at most unseenAhead loads wait, and the lookups of real escrows go on.
 
 // unseenAhead is how far past the node's next escrow id an id may be and
-// still wait: room for the escrows of the few blocks a node lags by.
-const unseenAhead = 32
+// still wait: room for the escrows of the block or two a node lags by. A
+// block holds far more than a few dozen escrow creations (the chain bench
+// opens 1,508 in a few blocks), and a wait costs a sleeping goroutine and
+// no lookup slot, so the window is wide.
+const unseenAhead = 1024
 
 // unseenPoll is how often a waiting load asks the node's next escrow id.
 const unseenPoll = 100 * time.Millisecond
