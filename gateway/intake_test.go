@@ -244,7 +244,7 @@ func TestAttackHostPendingTxsAreCapped(t *testing.T) {
 }
 
 // Every host tx a diff carries is counted for the holder of its slot and
-// its kind, once; the gateway's own starts are not. The counter is what
+// its kind, once; the gateway's own starts and finalizes are not. The counter is what
 // lets an operator (and the devnet's proxy test) see a host's votes reach
 // the books, not just its answers.
 func TestCarriedHostTxsAreCountedByHolderAndKind(t *testing.T) {
@@ -265,7 +265,7 @@ func TestCarriedHostTxsAreCountedByHolderAndKind(t *testing.T) {
 		d, err := session.DecodeDiff(sd.Data)
 		require.NoError(t, err)
 		for _, tx := range d.Txs {
-			if kind := hostTxKind(tx); kind != "" {
+			if kind := session.HostTxKind(tx); kind != "" {
 				want[[2]string{e.in.slots[tx.Slot], kind}]++
 			}
 		}
@@ -283,7 +283,7 @@ func TestCarriedHostTxsAreCountedByHolderAndKind(t *testing.T) {
 	require.Equal(t, 6, starts, "the test's requests")
 	kinds := 0
 	for _, m := range e.out.members {
-		for _, kind := range []string{"confirm", "finish", "validation", "timeout", "finalize"} {
+		for _, kind := range []string{"confirm", "finish", "validation", "timeout"} {
 			var out dto.Metric
 			require.NoError(t, b.gw.metrics.carriedTxs.WithLabelValues(m.addr.String(), kind).Write(&out))
 			require.Equal(t, want[[2]string{m.addr.String(), kind}], out.GetCounter().GetValue(), "%s %s", m.addr, kind)
@@ -293,18 +293,4 @@ func TestCarriedHostTxsAreCountedByHolderAndKind(t *testing.T) {
 		}
 	}
 	require.GreaterOrEqual(t, kinds, 2, "confirms and finishes at least")
-}
-
-func TestHostTxKindNamesEveryHostTx(t *testing.T) {
-	t.Parallel()
-	for want, tx := range map[string]*sessionpb.Tx{
-		"":           {Body: &sessionpb.Tx_Start{Start: &sessionpb.StartInference{}}},
-		"confirm":    {Body: &sessionpb.Tx_Confirm{Confirm: &sessionpb.ConfirmStart{}}},
-		"finish":     {Body: &sessionpb.Tx_Finish{Finish: &sessionpb.FinishInference{}}},
-		"validation": {Body: &sessionpb.Tx_Validation{Validation: &sessionpb.Validation{}}},
-		"timeout":    {Body: &sessionpb.Tx_Timeout{Timeout: &sessionpb.TimeoutInference{}}},
-		"finalize":   {Body: &sessionpb.Tx_Finalize{Finalize: &sessionpb.FinalizeRound{}}},
-	} {
-		require.Equal(t, want, hostTxKind(tx))
-	}
 }

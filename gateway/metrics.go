@@ -84,7 +84,7 @@ func NewMetrics() *Metrics {
 		}, []string{"host", "reason"}),
 		carriedTxs: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "devshard_gateway_host_txs_carried_total",
-			Help: "Host txs the gateway's diffs carried into the sessions' books, by the address of the slot holder that signed them (hex) and kind: confirm, finish, validation, timeout or finalize.",
+			Help: "Host txs the gateway's diffs carried into the sessions' books, by the address of the slot holder that signed them (hex) and kind: confirm, finish, validation or timeout.",
 		}, []string{"host", "kind"}),
 	}
 	m.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -277,10 +277,10 @@ func (m *Metrics) droppedTx(host string, err error) {
 }
 
 // carried counts the host txs diff d carried; slotHost names each slot's
-// holder. The gateway's own starts are not counted.
+// holder. The gateway's own txs (starts, finalizes) are not counted.
 func (m *Metrics) carried(d *sessionpb.Diff, slotHost []string) {
 	for _, tx := range d.Txs {
-		kind := hostTxKind(tx)
+		kind := session.HostTxKind(tx)
 		if kind == "" {
 			continue
 		}
@@ -290,23 +290,6 @@ func (m *Metrics) carried(d *sessionpb.Diff, slotHost []string) {
 		}
 		m.carriedTxs.WithLabelValues(host, kind).Inc()
 	}
-}
-
-// hostTxKind is a host tx's kind label; "" for the gateway's start.
-func hostTxKind(tx *sessionpb.Tx) string {
-	switch tx.Body.(type) {
-	case *sessionpb.Tx_Confirm:
-		return "confirm"
-	case *sessionpb.Tx_Finish:
-		return "finish"
-	case *sessionpb.Tx_Validation:
-		return "validation"
-	case *sessionpb.Tx_Timeout:
-		return "timeout"
-	case *sessionpb.Tx_Finalize:
-		return "finalize"
-	}
-	return ""
 }
 
 // dropReason is err's label: its session reason, or pending_cap.

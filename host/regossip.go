@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/devshard/devshard/hostapi"
+	"github.com/devshard/devshard/session"
 	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/signing"
 )
@@ -212,15 +213,8 @@ func (e *Engine) push(ctx context.Context, b pushBatch) {
 }
 
 func txKind(tx *sessionpb.Tx) string {
-	switch tx.Body.(type) {
-	case *sessionpb.Tx_Confirm:
-		return "confirm"
-	case *sessionpb.Tx_Finish:
-		return "finish"
-	case *sessionpb.Tx_Validation:
-		return "validation"
-	case *sessionpb.Tx_Timeout:
-		return "timeout"
+	if kind := session.HostTxKind(tx); kind != "" {
+		return kind
 	}
 	return "other"
 }

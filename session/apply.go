@@ -430,6 +430,23 @@ func (st *staged) checkHostTx(i int, tx *sessionpb.Tx, lookup func(id uint64) (*
 	return nil, st.fail(i, ReasonMalformed, "a host tx is a ConfirmStart, FinishInference, Validation or TimeoutInference")
 }
 
+// HostTxKind names a host tx's kind, as logs and metrics label it:
+// confirm, finish, validation or timeout. Any other tx (the gateway's
+// start and finalize) is "".
+func HostTxKind(tx *sessionpb.Tx) string {
+	switch tx.Body.(type) {
+	case *sessionpb.Tx_Confirm:
+		return "confirm"
+	case *sessionpb.Tx_Finish:
+		return "finish"
+	case *sessionpb.Tx_Validation:
+		return "validation"
+	case *sessionpb.Tx_Timeout:
+		return "timeout"
+	}
+	return ""
+}
+
 func txInferenceID(tx *sessionpb.Tx) uint64 {
 	switch b := tx.Body.(type) {
 	case *sessionpb.Tx_Confirm:

@@ -41,3 +41,23 @@ func TestTxEffectKeyGroupsTxsOfWhichOneApplies(t *testing.T) {
 		require.NotEqual(t, session.TxEffectKey(a), session.TxEffectKey(other))
 	}
 }
+
+// HostTxKind names the four host txs and nothing else: the gateway's start
+// and finalize are not host txs, whatever slot they carry.
+func TestHostTxKindNamesOnlyHostTxs(t *testing.T) {
+	for want, tx := range map[string]*sessionpb.Tx{
+		"confirm":    {Body: &sessionpb.Tx_Confirm{Confirm: &sessionpb.ConfirmStart{}}},
+		"finish":     {Body: &sessionpb.Tx_Finish{Finish: &sessionpb.FinishInference{}}},
+		"validation": {Body: &sessionpb.Tx_Validation{Validation: &sessionpb.Validation{}}},
+		"timeout":    {Body: &sessionpb.Tx_Timeout{Timeout: &sessionpb.TimeoutInference{}}},
+	} {
+		require.Equal(t, want, session.HostTxKind(tx))
+	}
+	for _, tx := range []*sessionpb.Tx{
+		{Body: &sessionpb.Tx_Start{Start: &sessionpb.StartInference{}}, Slot: 1},
+		{Body: &sessionpb.Tx_Finalize{Finalize: &sessionpb.FinalizeRound{}}, Slot: 1},
+		{},
+	} {
+		require.Empty(t, session.HostTxKind(tx), "%v", tx)
+	}
+}
