@@ -11,6 +11,7 @@ import (
 	sdk "github.com/cosmos/cosmos-sdk/types"
 
 	"github.com/devshard/devshard/chain"
+	"github.com/devshard/devshard/session/sessionpb"
 	"github.com/devshard/devshard/x/devshard/types"
 )
 
@@ -40,14 +41,7 @@ func TestSettlementWritesOnlyWhatItMoves(t *testing.T) {
 	t.Parallel()
 	const size = 16
 	w := benchWorld(t, size)
-	esc := w.create(t, 10_000)
-	_, m := w.honest(t, esc, 2)
-	meter := &countingMeter{GasMeter: storetypes.NewInfiniteGasMeter()}
-	ctx := w.ctx
-	w.ctx = ctx.WithGasMeter(meter)
-	_, err := w.settle(w.gw, m)
-	w.ctx = ctx
-	require.NoError(t, err)
+	esc, m, meter := meteredSettle(t, w)
 	hosts := len(plan(t, esc, m).ByAddress())
 	t.Logf("a %d-slot settlement paying %d hosts: %d writes, %d reads, %d gas", size, hosts, meter.writes, meter.reads, meter.GasConsumed())
 	require.Greater(t, hosts, 1)
@@ -60,6 +54,14 @@ func TestSettlementWritesOnlyWhatItMoves(t *testing.T) {
 // size hosts, and returns the gas and store reads MsgSettleEscrow used.
 func settleCost(t testing.TB, w *world, size int) (gas uint64, reads int) {
 	t.Helper()
+	_, _, meter := meteredSettle(t, w)
+	return meter.GasConsumed(), meter.reads
+}
+
+// meteredSettle settles one fresh escrow honestly (two inferences) and
+// returns it, its settlement and the meter that counted MsgSettleEscrow.
+func meteredSettle(t testing.TB, w *world) (types.Escrow, *sessionpb.Settlement, *countingMeter) {
+	t.Helper()
 	esc := w.create(t, 10_000)
 	_, m := w.honest(t, esc, 2)
 	meter := &countingMeter{GasMeter: storetypes.NewInfiniteGasMeter()}
@@ -68,7 +70,7 @@ func settleCost(t testing.TB, w *world, size int) (gas uint64, reads int) {
 	_, err := w.settle(w.gw, m)
 	w.ctx = ctx
 	require.NoError(t, err)
-	return meter.GasConsumed(), meter.reads
+	return esc, m, meter
 }
 
 func benchWorld(t testing.TB, size int) *world {
