@@ -244,9 +244,9 @@ func TestAttackHostPendingTxsAreCapped(t *testing.T) {
 }
 
 // Every host tx a diff carries is counted for the holder of its slot and
-// its kind, once; the gateway's own starts and finalizes are not. The counter is what
-// lets an operator (and the devnet's proxy test) see a host's votes reach
-// the books, not just its answers.
+// its kind, once; the gateway's own starts and finalizes are not. The
+// counter lets an operator (and the devnet's proxy test) see a host's
+// votes reach the books, not just its answers.
 func TestCarriedHostTxsAreCountedByHolderAndKind(t *testing.T) {
 	t.Parallel()
 	b := setup(t)
@@ -261,6 +261,7 @@ func TestCarriedHostTxsAreCountedByHolderAndKind(t *testing.T) {
 	diffs, err := e.seq.state.Diffs(t.Context(), e.id(), 1, 1000)
 	require.NoError(t, err)
 	want := map[[2]string]float64{}
+	starts := 0
 	for _, sd := range diffs {
 		d, err := session.DecodeDiff(sd.Data)
 		require.NoError(t, err)
@@ -268,13 +269,6 @@ func TestCarriedHostTxsAreCountedByHolderAndKind(t *testing.T) {
 			if kind := session.HostTxKind(tx); kind != "" {
 				want[[2]string{e.in.slots[tx.Slot], kind}]++
 			}
-		}
-	}
-	starts := 0
-	for _, sd := range diffs {
-		d, err := session.DecodeDiff(sd.Data)
-		require.NoError(t, err)
-		for _, tx := range d.Txs {
 			if tx.GetStart() != nil {
 				starts++
 			}
