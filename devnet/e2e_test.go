@@ -388,11 +388,17 @@ func TestEndToEnd(t *testing.T) {
 		var once sync.Once
 		c := e.client()
 		c.OnText = func(string) { once.Do(victim.Kill) }
+		timeouts := carriedTimeouts(t, e.nw.Info.Gateway.URL)
 		res, err := c.Chat(e.ctx, req, true)
 		require.NoError(t, err, "the app sees one answer despite the executor dying")
 		require.Equal(t, expectedText(t, req), res.Text, "the answer is whole and nothing is repeated")
 		charged += e.spent(res)
 		require.False(t, victim.Running(), "the victim was killed")
+		// The group votes the dead executor's inference out once its
+		// execution timeout has passed; the votes must ride a diff before
+		// the escrow settles (by the gateway, or by a host at its deadline).
+		require.Eventually(t, func() bool { return carriedTimeouts(t, e.nw.Info.Gateway.URL) > timeouts }, 90*time.Second, 250*time.Millisecond,
+			"no timeout vote on the killed executor's inference rode a diff")
 
 		require.NoError(t, victim.Start())
 		require.NoError(t, victim.WaitReady(e.ctx, 30*time.Second))
@@ -729,6 +735,19 @@ func scrape(t *testing.T, url string) string {
 	raw, err := io.ReadAll(resp.Body)
 	require.NoError(t, err)
 	return string(raw)
+}
+
+// carriedTimeouts is how many timeout votes the gateway at url has carried
+// into diffs, from every host.
+func carriedTimeouts(t *testing.T, url string) float64 {
+	t.Helper()
+	var sum float64
+	for _, line := range strings.Split(scrape(t, url), "\n") {
+		if strings.HasPrefix(line, "devshard_gateway_host_txs_carried_total{") && strings.Contains(line, `kind="timeout"`) {
+			sum += sumSeries(t, line, line[:strings.LastIndexByte(line, ' ')])
+		}
+	}
+	return sum
 }
 
 // sumSeries sums the samples of the lines of a /metrics text that start
