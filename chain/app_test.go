@@ -54,7 +54,12 @@ type testChain struct {
 // setupChain starts a chain over opts and commits its first block.
 func setupChain(t *testing.T, opts appOptions) *testChain {
 	t.Helper()
-	app := chain.New(log.NewNopLogger(), dbm.NewMemDB(), nil, true, opts, baseapp.SetChainID(testChainID))
+	return startChain(t, chain.New(log.NewNopLogger(), dbm.NewMemDB(), nil, true, opts, baseapp.SetChainID(testChainID)))
+}
+
+// startChain initializes app's chain and commits its first block.
+func startChain(t testing.TB, app *chain.App) *testChain {
+	t.Helper()
 	genesis, proposer := genesisWithValidator(t, app)
 	params := cmttypes.DefaultConsensusParams().ToProto()
 	c := &testChain{app: app, time: time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC), proposer: proposer}
@@ -68,7 +73,7 @@ func setupChain(t *testing.T, opts appOptions) *testChain {
 
 // genesisWithValidator is the app's default genesis with one validator,
 // bonded in genesis (no gentx), and the validator's consensus address.
-func genesisWithValidator(t *testing.T, app *chain.App) ([]byte, []byte) {
+func genesisWithValidator(t testing.TB, app *chain.App) ([]byte, []byte) {
 	t.Helper()
 	cdc := app.AppCodec()
 	state := app.DefaultGenesis()
@@ -120,7 +125,7 @@ func (c *testChain) block(after time.Duration) (*abci.ResponseFinalizeBlock, err
 	return res, nil
 }
 
-func (c *testChain) nextBlock(t *testing.T, after time.Duration) *abci.ResponseFinalizeBlock {
+func (c *testChain) nextBlock(t testing.TB, after time.Duration) *abci.ResponseFinalizeBlock {
 	t.Helper()
 	res, err := c.block(after)
 	require.NoError(t, err)
