@@ -243,6 +243,7 @@ require (
 )
 
 tool (
+	github.com/cosmos/cosmos-proto/cmd/protoc-gen-go-pulsar
 	github.com/cosmos/gogoproto/protoc-gen-gocosmos
 	github.com/grpc-ecosystem/grpc-gateway/protoc-gen-grpc-gateway
 )

@@ -17,6 +17,14 @@ import (
 
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 	schedulertypes "github.com/devshard/devshard/x/scheduler/types"
+
+	// The protobuf-go types of our protos (scripts/protocgen-api.sh). The
+	// SDK decodes every message of a tx a second time, into protobuf-go, to
+	// find its signers; with these registered it decodes ours through
+	// generated code rather than through dynamicpb.
+	_ "github.com/devshard/devshard/api/devshard/devshard/v1"
+	_ "github.com/devshard/devshard/api/devshard/scheduler/v1"
+	_ "github.com/devshard/devshard/api/devshard/session/v1"
 )
 
 // Encoding is how the chain encodes txs and messages.
@@ -51,8 +59,8 @@ func MakeEncoding() Encoding {
 func NewEncoding(register func(codectypes.InterfaceRegistry, *codec.LegacyAmino)) Encoding {
 	SetAddressPrefixes()
 	registry, err := codectypes.NewInterfaceRegistryWithOptions(codectypes.InterfaceRegistryOptions{
-		// Our modules' protos are registered with gogoproto only; the hybrid
-		// resolver finds them there and the SDK's in protoregistry.
+		// Our modules' protos are registered with gogoproto and, through
+		// api/, with protobuf-go; the hybrid resolver finds every file.
 		ProtoFiles: proto.HybridResolver,
 		SigningOptions: signing.Options{
 			AddressCodec:          addresscodec.NewBech32Codec(AccountAddressPrefix),

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Regenerates api/: the protobuf-go (APIv2, "pulsar") types of every devshard
+# proto, beside the gogoproto types the code uses. The chain never handles
+# them itself; their import registers them with protobuf-go, so that the SDK,
+# which decodes every message of a tx a second time to find its signers
+# (x/tx), decodes ours through generated code instead of through dynamicpb.
+# Imported protos map to the Go packages that register them with protobuf-go:
+# the SDK's cosmossdk.io/api, cosmos-proto, gogoproto and genproto. Everything
+# comes from the Go module cache at the versions go.mod pins.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command -v protoc >/dev/null || { echo "protoc not found: apt-get install protobuf-compiler" >&2; exit 1; }
+
+moddir() { go mod download -json "$1" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p'; }
+ver() { go list -m -f '{{.Version}}' "$1"; }
+
+SDK=$(moddir "github.com/cosmos/cosmos-sdk@$(ver github.com/cosmos/cosmos-sdk)")
+GOGO=$(moddir "github.com/cosmos/gogoproto@$(ver github.com/cosmos/gogoproto)")
+CPROTO=$(moddir "github.com/cosmos/cosmos-proto@$(ver github.com/cosmos/cosmos-proto)")
+GW=$(moddir "github.com/grpc-ecosystem/grpc-gateway@$(ver github.com/grpc-ecosystem/grpc-gateway)")
+
+mod=github.com/devshard/devshard
+maps=(
+  Mamino/amino.proto=cosmossdk.io/api/amino
+  Mcosmos/msg/v1/msg.proto=cosmossdk.io/api/cosmos/msg/v1
+  Mcosmos/base/v1beta1/coin.proto=cosmossdk.io/api/cosmos/base/v1beta1
+  Mcosmos/base/query/v1beta1/pagination.proto=cosmossdk.io/api/cosmos/base/query/v1beta1
+)
+for f in $(cd proto && ls devshard/*/v1/*.proto); do
+  maps+=("M$f=$mod/api/$(dirname "$f")")
+done
+opt=$(IFS=,; echo "${maps[*]}")
+
+out=.protogen-api
+rm -rf "$out" && mkdir -p "$out"
+trap 'rm -rf "$out"' EXIT
+
+for dir in devshard/session/v1 devshard/scheduler/v1 devshard/devshard/v1; do
+  protoc \
+    -I proto -I "$GOGO" -I "$SDK/proto" -I "$CPROTO/proto" -I "$GW/third_party/googleapis" \
+    --plugin=protoc-gen-go-pulsar="$PWD/scripts/protoc-gen-go-pulsar" \
+    --go-pulsar_out="$opt":"$out" \
+    proto/$dir/*.proto
+done
+
+rm -rf api
+mkdir -p api
+cp -r "$out/$mod/api/." api/
