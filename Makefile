@@ -40,8 +40,7 @@ bench: ## go benchmarks plus the ratio report
 	$(GO) run ./cmd/devshard bench chain
 
 lint: ## go vet and gofmt
-	$(GO) vet $$($(GO) list ./... | grep -v '^github.com/devshard/devshard/api/')
-	$(GO) vet -unreachable=false ./api/...
+	$(GO) vet ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 

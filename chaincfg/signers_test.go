@@ -55,7 +55,9 @@ func TestSignersDecodeIntoGeneratedTypes(t *testing.T) {
 			signers, err := tx.(authsigning.SigVerifiableTx).GetSigners()
 			require.NoError(t, err)
 			require.Equal(t, [][]byte{from}, signers)
-			v2, err := tx.(interface{ GetMsgsV2() ([]protov2.Message, error) }).GetMsgsV2()
+			v2, err := tx.(interface {
+				GetMsgsV2() ([]protov2.Message, error)
+			}).GetMsgsV2()
 			require.NoError(t, err)
 			require.Len(t, v2, 1)
 			_, dynamic := v2[0].(*dynamicpb.Message)

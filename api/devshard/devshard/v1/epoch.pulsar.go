@@ -573,7 +573,6 @@ func (x *fastReflection_Epoch) WhichOneof(d protoreflect.OneofDescriptor) protor
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.Epoch", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1432,7 +1431,6 @@ func (x *fastReflection_StateChange) WhichOneof(d protoreflect.OneofDescriptor) 
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.StateChange", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1926,7 +1924,6 @@ func (x *fastReflection_EventEpochTransition) WhichOneof(d protoreflect.OneofDes
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EventEpochTransition", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2453,7 +2450,6 @@ func (x *fastReflection_EventUpgradeProtection) WhichOneof(d protoreflect.OneofD
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EventUpgradeProtection", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.

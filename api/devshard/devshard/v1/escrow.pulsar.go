@@ -402,7 +402,6 @@ func (x *fastReflection_Escrow) WhichOneof(d protoreflect.OneofDescriptor) proto
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.Escrow", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1196,7 +1195,6 @@ func (x *fastReflection_PendingSettlement) WhichOneof(d protoreflect.OneofDescri
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.PendingSettlement", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1902,7 +1900,6 @@ func (x *fastReflection_EpochPerformanceSummary) WhichOneof(d protoreflect.Oneof
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EpochPerformanceSummary", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2696,7 +2693,6 @@ func (x *fastReflection_EventEscrowCreated) WhichOneof(d protoreflect.OneofDescr
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EventEscrowCreated", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -3328,7 +3324,6 @@ func (x *fastReflection_EventEscrowPayout) WhichOneof(d protoreflect.OneofDescri
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EventEscrowPayout", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -3972,7 +3967,6 @@ func (x *fastReflection_EventEscrowSettled) WhichOneof(d protoreflect.OneofDescr
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EventEscrowSettled", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -4584,7 +4578,6 @@ func (x *fastReflection_EventSettlementPending) WhichOneof(d protoreflect.OneofD
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EventSettlementPending", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -5266,7 +5259,6 @@ func (x *fastReflection_EventSettlementSignaturesIgnored) WhichOneof(d protorefl
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EventSettlementSignaturesIgnored", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -5862,7 +5854,6 @@ func (x *fastReflection_EventEscrowExpired) WhichOneof(d protoreflect.OneofDescr
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EventEscrowExpired", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -6441,7 +6432,6 @@ func (x *fastReflection_EventMemberAccounted) WhichOneof(d protoreflect.OneofDes
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EventMemberAccounted", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -7050,7 +7040,6 @@ func (x *fastReflection_EventRewardsClaimed) WhichOneof(d protoreflect.OneofDesc
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EventRewardsClaimed", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -7587,7 +7576,6 @@ func (x *fastReflection_EventCommunityPoolFunded) WhichOneof(d protoreflect.Oneo
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EventCommunityPoolFunded", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.

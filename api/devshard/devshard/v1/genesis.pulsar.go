@@ -840,7 +840,6 @@ func (x *fastReflection_GenesisState) WhichOneof(d protoreflect.OneofDescriptor)
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.GenesisState", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1786,7 +1785,6 @@ func (x *fastReflection_EpochEscrowCount) WhichOneof(d protoreflect.OneofDescrip
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EpochEscrowCount", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.

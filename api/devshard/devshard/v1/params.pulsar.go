@@ -837,7 +837,6 @@ func (x *fastReflection_Params) WhichOneof(d protoreflect.OneofDescriptor) proto
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.Params", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2065,7 +2064,6 @@ func (x *fastReflection_ApprovedVersion) WhichOneof(d protoreflect.OneofDescript
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.ApprovedVersion", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.

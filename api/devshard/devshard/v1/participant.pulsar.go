@@ -398,7 +398,6 @@ func (x *fastReflection_Participant) WhichOneof(d protoreflect.OneofDescriptor) 
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.Participant", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1161,7 +1160,6 @@ func (x *fastReflection_InferenceStats) WhichOneof(d protoreflect.OneofDescripto
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.InferenceStats", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1782,7 +1780,6 @@ func (x *fastReflection_EpochMember) WhichOneof(d protoreflect.OneofDescriptor) 
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EpochMember", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2442,7 +2439,6 @@ func (x *fastReflection_EventParticipantRegistered) WhichOneof(d protoreflect.On
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EventParticipantRegistered", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2964,7 +2960,6 @@ func (x *fastReflection_EventParticipantPromoted) WhichOneof(d protoreflect.Oneo
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EventParticipantPromoted", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -3453,7 +3448,6 @@ func (x *fastReflection_EventParticipantStatus) WhichOneof(d protoreflect.OneofD
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EventParticipantStatus", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -3952,7 +3946,6 @@ func (x *fastReflection_EventCollateralReleased) WhichOneof(d protoreflect.Oneof
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.EventCollateralReleased", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.

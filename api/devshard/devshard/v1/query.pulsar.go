@@ -206,7 +206,6 @@ func (x *fastReflection_QueryParamsRequest) WhichOneof(d protoreflect.OneofDescr
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryParamsRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -587,7 +586,6 @@ func (x *fastReflection_QueryParamsResponse) WhichOneof(d protoreflect.OneofDesc
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryParamsResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1018,7 +1016,6 @@ func (x *fastReflection_QueryEpochRequest) WhichOneof(d protoreflect.OneofDescri
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryEpochRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1401,7 +1398,6 @@ func (x *fastReflection_QueryCurrentEpochRequest) WhichOneof(d protoreflect.Oneo
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryCurrentEpochRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1782,7 +1778,6 @@ func (x *fastReflection_QueryEpochResponse) WhichOneof(d protoreflect.OneofDescr
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryEpochResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2217,7 +2212,6 @@ func (x *fastReflection_QueryEpochsRequest) WhichOneof(d protoreflect.OneofDescr
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryEpochsRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2673,7 +2667,6 @@ func (x *fastReflection_QueryEpochsByStateRequest) WhichOneof(d protoreflect.One
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryEpochsByStateRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -3217,7 +3210,6 @@ func (x *fastReflection_QueryEpochsResponse) WhichOneof(d protoreflect.OneofDesc
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryEpochsResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -3704,7 +3696,6 @@ func (x *fastReflection_QueryParticipantRequest) WhichOneof(d protoreflect.Oneof
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryParticipantRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -4128,7 +4119,6 @@ func (x *fastReflection_QueryParticipantResponse) WhichOneof(d protoreflect.Oneo
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryParticipantResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -4563,7 +4553,6 @@ func (x *fastReflection_QueryParticipantsRequest) WhichOneof(d protoreflect.Oneo
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryParticipantsRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -5080,7 +5069,6 @@ func (x *fastReflection_QueryParticipantsResponse) WhichOneof(d protoreflect.One
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryParticipantsResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -5592,7 +5580,6 @@ func (x *fastReflection_QueryEpochMembersRequest) WhichOneof(d protoreflect.Oneo
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryEpochMembersRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -6136,7 +6123,6 @@ func (x *fastReflection_QueryEpochMembersResponse) WhichOneof(d protoreflect.One
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryEpochMembersResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -6665,7 +6651,6 @@ func (x *fastReflection_QueryMayActForRequest) WhichOneof(d protoreflect.OneofDe
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryMayActForRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -7171,7 +7156,6 @@ func (x *fastReflection_QueryMayActForResponse) WhichOneof(d protoreflect.OneofD
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryMayActForResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -7581,7 +7565,6 @@ func (x *fastReflection_QueryEscrowRequest) WhichOneof(d protoreflect.OneofDescr
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryEscrowRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -7989,7 +7972,6 @@ func (x *fastReflection_QueryEscrowResponse) WhichOneof(d protoreflect.OneofDesc
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryEscrowResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -8441,7 +8423,6 @@ func (x *fastReflection_QuerySummaryRequest) WhichOneof(d protoreflect.OneofDesc
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QuerySummaryRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -8892,7 +8873,6 @@ func (x *fastReflection_QuerySummaryResponse) WhichOneof(d protoreflect.OneofDes
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QuerySummaryResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -9302,7 +9282,6 @@ func (x *fastReflection_QueryConservationRequest) WhichOneof(d protoreflect.Oneo
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryConservationRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -9784,7 +9763,6 @@ func (x *fastReflection_QueryConservationResponse) WhichOneof(d protoreflect.One
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.QueryConservationResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.

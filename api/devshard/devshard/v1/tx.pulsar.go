@@ -275,7 +275,6 @@ func (x *fastReflection_MsgRegisterParticipant) WhichOneof(d protoreflect.OneofD
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgRegisterParticipant", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -792,7 +791,6 @@ func (x *fastReflection_MsgRegisterParticipantResponse) WhichOneof(d protoreflec
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgRegisterParticipantResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1196,7 +1194,6 @@ func (x *fastReflection_MsgUnregisterParticipant) WhichOneof(d protoreflect.Oneo
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgUnregisterParticipant", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1616,7 +1613,6 @@ func (x *fastReflection_MsgUnregisterParticipantResponse) WhichOneof(d protorefl
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgUnregisterParticipantResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2020,7 +2016,6 @@ func (x *fastReflection_MsgSignSession) WhichOneof(d protoreflect.OneofDescripto
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgSignSession", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2419,7 +2414,6 @@ func (x *fastReflection_MsgSignSessionResponse) WhichOneof(d protoreflect.OneofD
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgSignSessionResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2821,7 +2815,6 @@ func (x *fastReflection_MsgUpdateParams) WhichOneof(d protoreflect.OneofDescript
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgUpdateParams", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -3274,7 +3267,6 @@ func (x *fastReflection_MsgUpdateParamsResponse) WhichOneof(d protoreflect.Oneof
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgUpdateParamsResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -3693,7 +3685,6 @@ func (x *fastReflection_MsgCancelEpoch) WhichOneof(d protoreflect.OneofDescripto
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgCancelEpoch", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -4162,7 +4153,6 @@ func (x *fastReflection_MsgCancelEpochResponse) WhichOneof(d protoreflect.OneofD
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgCancelEpochResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -4581,7 +4571,6 @@ func (x *fastReflection_MsgCreateEscrow) WhichOneof(d protoreflect.OneofDescript
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgCreateEscrow", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -5092,7 +5081,6 @@ func (x *fastReflection_MsgCreateEscrowResponse) WhichOneof(d protoreflect.Oneof
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgCreateEscrowResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -5548,7 +5536,6 @@ func (x *fastReflection_MsgSettleEscrow) WhichOneof(d protoreflect.OneofDescript
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgSettleEscrow", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -6085,7 +6072,6 @@ func (x *fastReflection_MsgSettleEscrowResponse) WhichOneof(d protoreflect.Oneof
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgSettleEscrowResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -6597,7 +6583,6 @@ func (x *fastReflection_MsgClaimRewards) WhichOneof(d protoreflect.OneofDescript
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgClaimRewards", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -7044,7 +7029,6 @@ func (x *fastReflection_MsgClaimRewardsResponse) WhichOneof(d protoreflect.Oneof
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.devshard.v1.MsgClaimRewardsResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.

@@ -414,7 +414,6 @@ func (x *fastReflection_GenesisState) WhichOneof(d protoreflect.OneofDescriptor)
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.GenesisState", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.

@@ -205,7 +205,6 @@ func (x *fastReflection_QueryParamsRequest) WhichOneof(d protoreflect.OneofDescr
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.QueryParamsRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -586,7 +585,6 @@ func (x *fastReflection_QueryParamsResponse) WhichOneof(d protoreflect.OneofDesc
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.QueryParamsResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1017,7 +1015,6 @@ func (x *fastReflection_QueryTaskRequest) WhichOneof(d protoreflect.OneofDescrip
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.QueryTaskRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1446,7 +1443,6 @@ func (x *fastReflection_QueryTaskResponse) WhichOneof(d protoreflect.OneofDescri
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.QueryTaskResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1914,7 +1910,6 @@ func (x *fastReflection_QueryTasksRequest) WhichOneof(d protoreflect.OneofDescri
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.QueryTasksRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2370,7 +2365,6 @@ func (x *fastReflection_QueryTasksByTypeRequest) WhichOneof(d protoreflect.Oneof
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.QueryTasksByTypeRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2869,7 +2863,6 @@ func (x *fastReflection_QueryTasksByDueHeightRequest) WhichOneof(d protoreflect.
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.QueryTasksByDueHeightRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -3331,7 +3324,6 @@ func (x *fastReflection_QueryFailedTasksRequest) WhichOneof(d protoreflect.Oneof
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.QueryFailedTasksRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -3848,7 +3840,6 @@ func (x *fastReflection_QueryTasksResponse) WhichOneof(d protoreflect.OneofDescr
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.QueryTasksResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -4314,7 +4305,6 @@ func (x *fastReflection_QueryTaskTypesRequest) WhichOneof(d protoreflect.OneofDe
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.QueryTaskTypesRequest", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -4752,7 +4742,6 @@ func (x *fastReflection_QueryTaskTypesResponse) WhichOneof(d protoreflect.OneofD
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.QueryTaskTypesResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.

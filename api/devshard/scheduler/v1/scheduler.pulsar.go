@@ -392,7 +392,6 @@ func (x *fastReflection_Task) WhichOneof(d protoreflect.OneofDescriptor) protore
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.Task", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1083,7 +1082,6 @@ func (x *fastReflection_Params) WhichOneof(d protoreflect.OneofDescriptor) proto
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.Params", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1612,7 +1610,6 @@ func (x *fastReflection_TaskType) WhichOneof(d protoreflect.OneofDescriptor) pro
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.TaskType", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2190,7 +2187,6 @@ func (x *fastReflection_EventTaskRetry) WhichOneof(d protoreflect.OneofDescripto
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.EventTaskRetry", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2797,7 +2793,6 @@ func (x *fastReflection_EventTaskFailed) WhichOneof(d protoreflect.OneofDescript
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.EventTaskFailed", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -3356,7 +3351,6 @@ func (x *fastReflection_EventFailedTaskRequeued) WhichOneof(d protoreflect.Oneof
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.EventFailedTaskRequeued", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -3851,7 +3845,6 @@ func (x *fastReflection_EventFailedTaskDropped) WhichOneof(d protoreflect.OneofD
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.EventFailedTaskDropped", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.

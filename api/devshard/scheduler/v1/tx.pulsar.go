@@ -252,7 +252,6 @@ func (x *fastReflection_MsgUpdateParams) WhichOneof(d protoreflect.OneofDescript
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.MsgUpdateParams", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -705,7 +704,6 @@ func (x *fastReflection_MsgUpdateParamsResponse) WhichOneof(d protoreflect.Oneof
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.MsgUpdateParamsResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1103,7 +1101,6 @@ func (x *fastReflection_MsgRetryFailedTask) WhichOneof(d protoreflect.OneofDescr
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.MsgRetryFailedTask", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1529,7 +1526,6 @@ func (x *fastReflection_MsgRetryFailedTaskResponse) WhichOneof(d protoreflect.On
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.MsgRetryFailedTaskResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1927,7 +1923,6 @@ func (x *fastReflection_MsgDropFailedTask) WhichOneof(d protoreflect.OneofDescri
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.MsgDropFailedTask", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2353,7 +2348,6 @@ func (x *fastReflection_MsgDropFailedTaskResponse) WhichOneof(d protoreflect.One
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.scheduler.v1.MsgDropFailedTaskResponse", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.

@@ -594,7 +594,6 @@ func (x *fastReflection_EscrowSnapshot) WhichOneof(d protoreflect.OneofDescripto
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.EscrowSnapshot", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -1601,7 +1600,6 @@ func (x *fastReflection_HostStats) WhichOneof(d protoreflect.OneofDescriptor) pr
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.HostStats", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -2482,7 +2480,6 @@ func (x *fastReflection_InferenceRecord) WhichOneof(d protoreflect.OneofDescript
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.InferenceRecord", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -3422,7 +3419,6 @@ func (x *fastReflection_SealedAccumulator) WhichOneof(d protoreflect.OneofDescri
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.SealedAccumulator", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -4207,7 +4203,6 @@ func (x *fastReflection_SessionState) WhichOneof(d protoreflect.OneofDescriptor)
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.SessionState", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -4987,7 +4982,6 @@ func (x *fastReflection_Signature) WhichOneof(d protoreflect.OneofDescriptor) pr
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.Signature", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -5538,7 +5532,6 @@ func (x *fastReflection_StartInference) WhichOneof(d protoreflect.OneofDescripto
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.StartInference", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -6105,7 +6098,6 @@ func (x *fastReflection_ConfirmStart) WhichOneof(d protoreflect.OneofDescriptor)
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.ConfirmStart", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -6599,7 +6591,6 @@ func (x *fastReflection_FinishInference) WhichOneof(d protoreflect.OneofDescript
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.FinishInference", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -7144,7 +7135,6 @@ func (x *fastReflection_Validation) WhichOneof(d protoreflect.OneofDescriptor) p
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.Validation", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -7626,7 +7616,6 @@ func (x *fastReflection_TimeoutInference) WhichOneof(d protoreflect.OneofDescrip
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.TimeoutInference", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -8009,7 +7998,6 @@ func (x *fastReflection_FinalizeRound) WhichOneof(d protoreflect.OneofDescriptor
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.FinalizeRound", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -9656,7 +9644,6 @@ func (x *fastReflection_Diff) WhichOneof(d protoreflect.OneofDescriptor) protore
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.Diff", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -10330,7 +10317,6 @@ func (x *fastReflection_StateSignature) WhichOneof(d protoreflect.OneofDescripto
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.StateSignature", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -10912,7 +10898,6 @@ func (x *fastReflection_SlotSignature) WhichOneof(d protoreflect.OneofDescriptor
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.SlotSignature", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
@@ -11748,7 +11733,6 @@ func (x *fastReflection_Settlement) WhichOneof(d protoreflect.OneofDescriptor) p
 	default:
 		panic(fmt.Errorf("%s is not a oneof field in devshard.session.v1.Settlement", d.FullName()))
 	}
-	panic("unreachable")
 }
 
 // GetUnknown retrieves the entire list of unknown fields.
