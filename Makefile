@@ -59,4 +59,3 @@ proto: ## regenerate Go code from proto/ (needs protoc: apt-get install protobuf
 	cp -r .protogen/github.com/devshard/devshard/. .
 	rm -rf .protogen
 	./scripts/protocgen-chain.sh
-	./scripts/protocgen-api.sh

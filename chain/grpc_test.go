@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -58,28 +60,22 @@ func (f *fakeComet) BroadcastTxSync(_ context.Context, tx cmttypes.Tx) (*coretyp
 	return &coretypes.ResultBroadcastTx{Hash: cmtbytes.HexBytes(tx.Hash())}, nil
 }
 
-// syncBuffer is a log destination the gRPC server's goroutines write to.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
+// logFile is a node's log written to a file, which the gRPC server's
+// goroutines may write to at once.
+type logFile struct{ *os.File }
 
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) count(s string) int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return strings.Count(b.buf.String(), s)
+// count returns how often s stands in the log so far.
+func (l logFile) count(t testing.TB, s string) int {
+	t.Helper()
+	b, err := os.ReadFile(l.Name())
+	require.NoError(t, err)
+	return strings.Count(string(b), s)
 }
 
 // servedApp serves a committed chain's gRPC services as a node does
 // (chain/node: the SDK's server over the app), logging at debug level into
 // logs, with comet as the node's CometBFT client.
-func servedApp(t testing.TB, comet client.CometRPC) (*grpc.ClientConn, *syncBuffer) {
+func servedApp(t testing.TB, comet client.CometRPC) (*grpc.ClientConn, logFile) {
 	return serveApp(t, comet, zerolog.DebugLevel, func(app *chain.App) servertypes.Application { return app })
 }
 
@@ -91,9 +87,12 @@ func (a sdkServed) RegisterGRPCServerWithSkipCheckHeader(srv gogogrpc.Server, sk
 	a.BaseApp.RegisterGRPCServerWithSkipCheckHeader(srv, skip)
 }
 
-func serveApp(t testing.TB, comet client.CometRPC, level zerolog.Level, served func(*chain.App) servertypes.Application) (*grpc.ClientConn, *syncBuffer) {
+func serveApp(t testing.TB, comet client.CometRPC, level zerolog.Level, served func(*chain.App) servertypes.Application) (*grpc.ClientConn, logFile) {
 	t.Helper()
-	logs := &syncBuffer{}
+	f, err := os.Create(filepath.Join(t.TempDir(), "node.log"))
+	require.NoError(t, err)
+	t.Cleanup(func() { f.Close() })
+	logs := logFile{f}
 	logger := log.NewLogger(logs, log.LevelOption(level), log.ColorOption(false))
 	app := chain.New(logger, dbm.NewMemDB(), nil, true, appOptions{}, baseapp.SetChainID(testChainID))
 	startChain(t, app)
@@ -128,7 +127,7 @@ func TestTxBytesSkipTheQueryInterceptor(t *testing.T) {
 
 	_, err := banktypes.NewQueryClient(conn).Params(ctx, &banktypes.QueryParamsRequest{})
 	require.NoError(t, err)
-	require.Equal(t, 1, logs.count(seen), "a state query goes through the SDK's interceptor, which logs it")
+	require.Equal(t, 1, logs.count(t, seen), "a state query goes through the SDK's interceptor, which logs it")
 
 	tx := bytes.Repeat([]byte{0xd5}, 100_000) // the size of a tx of 32 settlements
 	res, err := txtypes.NewServiceClient(conn).BroadcastTx(ctx, &txtypes.BroadcastTxRequest{TxBytes: tx, Mode: txtypes.BroadcastMode_BROADCAST_MODE_SYNC})
@@ -144,7 +143,7 @@ func TestTxBytesSkipTheQueryInterceptor(t *testing.T) {
 	require.NoError(t, err)
 	require.NotZero(t, q.Code, "the app refuses bytes that are no tx")
 
-	require.Equal(t, 1, logs.count(seen), "broadcast and simulation bypass the interceptor")
+	require.Equal(t, 1, logs.count(t, seen), "broadcast and simulation bypass the interceptor")
 }
 
 // A panic while serving a direct method is the caller's Internal error; the

@@ -38,16 +38,23 @@ func TestClientEncodingCarriesTheMessagesClientsSend(t *testing.T) {
 	}
 	for _, m := range msgs {
 		t.Run(sdk.MsgTypeURL(m), func(t *testing.T) {
-			b := enc.TxConfig.NewTxBuilder()
-			require.NoError(t, b.SetMsgs(m))
-			raw, err := enc.TxConfig.TxEncoder()(b.GetTx())
-			require.NoError(t, err)
-			tx, err := enc.TxConfig.TxDecoder()(raw)
-			require.NoError(t, err, "the client encoding must resolve %s", sdk.MsgTypeURL(m))
+			tx := roundTrip(t, enc, m)
 			require.Len(t, tx.GetMsgs(), 1)
 			require.Equal(t, sdk.MsgTypeURL(m), sdk.MsgTypeURL(tx.GetMsgs()[0]))
 		})
 	}
+}
+
+// roundTrip sets m as a tx's message, encodes the tx and decodes it again.
+func roundTrip(t *testing.T, enc chaincfg.Encoding, m sdk.Msg) sdk.Tx {
+	t.Helper()
+	b := enc.TxConfig.NewTxBuilder()
+	require.NoError(t, b.SetMsgs(m))
+	raw, err := enc.TxConfig.TxEncoder()(b.GetTx())
+	require.NoError(t, err)
+	tx, err := enc.TxConfig.TxDecoder()(raw)
+	require.NoError(t, err, "the client encoding must resolve %s", sdk.MsgTypeURL(m))
+	return tx
 }
 
 // Addresses print with the devshard prefix once an encoding was made:

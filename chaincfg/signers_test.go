@@ -46,12 +46,7 @@ func TestSignersDecodeIntoGeneratedTypes(t *testing.T) {
 		&schedulertypes.MsgRetryFailedTask{Authority: from.String(), Id: 4},
 	} {
 		t.Run(sdk.MsgTypeURL(m), func(t *testing.T) {
-			b := enc.TxConfig.NewTxBuilder()
-			require.NoError(t, b.SetMsgs(m))
-			raw, err := enc.TxConfig.TxEncoder()(b.GetTx())
-			require.NoError(t, err)
-			tx, err := enc.TxConfig.TxDecoder()(raw)
-			require.NoError(t, err)
+			tx := roundTrip(t, enc, m)
 			signers, err := tx.(authsigning.SigVerifiableTx).GetSigners()
 			require.NoError(t, err)
 			require.Equal(t, [][]byte{from}, signers)

@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# Regenerates the Go code of the chain modules' protos (proto/devshard/scheduler,
-# proto/devshard/devshard): gogoproto messages and gRPC services through the
-# gocosmos plugin, REST routes through grpc-gateway. Everything imported comes
-# from the Go module cache at the versions go.mod pins; nothing is fetched from
-# a schema registry.
+# Regenerates the Go code of the chain's protos:
+#   - the chain modules' (proto/devshard/scheduler, proto/devshard/devshard):
+#     gogoproto messages and gRPC services through the gocosmos plugin, REST
+#     routes through grpc-gateway;
+#   - api/: the protobuf-go (APIv2, "pulsar") types of every devshard proto,
+#     session's too. The code never handles them; chaincfg imports them to
+#     register them with protobuf-go, so that the SDK, which decodes every
+#     message of a tx a second time to find its signers (x/tx), decodes ours
+#     through generated code instead of through dynamicpb. Imported protos map
+#     to the Go packages that register them with protobuf-go: the SDK's
+#     cosmossdk.io/api, cosmos-proto, gogoproto and genproto.
+# Everything imported comes from the Go module cache at the versions go.mod
+# pins; nothing is fetched from a schema registry.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,3 +41,40 @@ for dir in devshard/scheduler/v1 devshard/devshard/v1; do
 done
 
 cp -r "$out"/github.com/devshard/devshard/. .
+
+# api/
+mod=github.com/devshard/devshard
+maps=(
+  Mamino/amino.proto=cosmossdk.io/api/amino
+  Mcosmos/msg/v1/msg.proto=cosmossdk.io/api/cosmos/msg/v1
+  Mcosmos/base/v1beta1/coin.proto=cosmossdk.io/api/cosmos/base/v1beta1
+  Mcosmos/base/query/v1beta1/pagination.proto=cosmossdk.io/api/cosmos/base/query/v1beta1
+)
+for f in $(cd proto && ls devshard/*/v1/*.proto); do
+  maps+=("M$f=$mod/api/$(dirname "$f")")
+done
+opt=$(IFS=,; echo "${maps[*]}")
+
+api=.protogen-api
+rm -rf "$api" && mkdir -p "$api"
+trap 'rm -rf "$out" "$api"' EXIT
+
+for dir in devshard/session/v1 devshard/scheduler/v1 devshard/devshard/v1; do
+  protoc \
+    -I proto -I "$GOGO" -I "$SDK/proto" -I "$CPROTO/proto" -I "$GW/third_party/googleapis" \
+    --plugin=protoc-gen-go-pulsar="$PWD/scripts/protoc-gen-go-pulsar" \
+    --go-pulsar_out="$opt":"$api" \
+    proto/$dir/*.proto
+done
+
+# The generator ends every WhichOneof with panic("unreachable"), which go vet
+# reports where the switch before it has only a default (a message without a
+# oneof): drop it there, where no case can fall through to it.
+for f in $(find "$api/$mod/api" -name '*.pulsar.go'); do
+  awk '/^func /{hascase=0} /^\tcase /{hascase=1} /^\tpanic\("unreachable"\)$/ && !hascase {next} {print}' "$f" > "$f.tmp"
+  mv "$f.tmp" "$f"
+done
+
+rm -rf api
+mkdir -p api
+cp -r "$api/$mod/api/." api/
