@@ -18,7 +18,7 @@ import (
 	devshardtypes "github.com/devshard/devshard/x/devshard/types"
 	schedulertypes "github.com/devshard/devshard/x/scheduler/types"
 
-	// The protobuf-go types of our protos (scripts/protocgen-api.sh). The
+	// The protobuf-go types of our protos (scripts/protocgen-chain.sh). The
 	// SDK decodes every message of a tx a second time, into protobuf-go, to
 	// find its signers; with these registered it decodes ours through
 	// generated code rather than through dynamicpb.
