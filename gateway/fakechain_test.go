@@ -44,6 +44,9 @@ type fakeChain struct {
 	// block, at height, then.
 	height   int64
 	haltedAt time.Time
+	// holdCreate, when set, is called once by the next CreateEscrowUnder
+	// before it locks anything, so a test can hold a creation in flight.
+	holdCreate func()
 }
 
 func newFakeChain(f *sessiontest.Fixture) *fakeChain {
@@ -64,6 +67,13 @@ func (c *fakeChain) Epoch(context.Context) (uint64, devshardtypes.EpochState, er
 // fixture's parameters and runtimeVersion, which the chain's own rule must
 // accept, into a new escrow of the current epoch.
 func (c *fakeChain) CreateEscrowUnder(_ context.Context, amount uint64, runtimeVersion string) (*sessionpb.EscrowSnapshot, error) {
+	c.mu.Lock()
+	hold := c.holdCreate
+	c.holdCreate = nil
+	c.mu.Unlock()
+	if hold != nil {
+		hold()
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.state != devshardtypes.EpochActive {

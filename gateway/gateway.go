@@ -335,16 +335,20 @@ func (g *Gateway) escrowFor(ctx context.Context) (*escrow, error) {
 			return e, nil
 		}
 		e, err := g.createEscrow(ctx)
-		<-g.creating[lane]
 		if err != nil {
+			<-g.creating[lane]
 			return nil, err
 		}
+		// Publish the escrow before giving up the lane's creation slot: a
+		// request waiting for the slot must find it, or it would lock a
+		// second escrow that no lane ever uses.
 		g.mu.Lock()
 		g.all[e.id()] = e
 		if g.lanes[lane] == nil {
 			g.lanes[lane] = e
 		}
 		g.mu.Unlock()
+		<-g.creating[lane]
 	}
 }
 

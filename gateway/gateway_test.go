@@ -20,6 +20,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/devshard/devshard/executor"
@@ -788,6 +789,56 @@ func TestRequestLargerThanAnEscrowIsRefused(t *testing.T) {
 	require.ErrorIs(t, err, ErrRequest)
 	require.ErrorContains(t, err, "more than a whole escrow")
 	require.LessOrEqual(t, b.chain.createdCount(), 1)
+}
+
+// Requests that arrive together at a lane with no escrow lock one escrow
+// between them. The creator publishes the escrow in the lane before it gives
+// up the lane's creation slot; in the other order a request waiting for the
+// slot can find the lane still empty and lock a second escrow that no lane
+// uses (seen in the devnet: two escrows of one epoch, one never used, its
+// coins locked until it settled). The test holds the gateway's lock while the
+// creation finishes and then waits for the slot itself: it may get the slot
+// only once the lane holds the escrow.
+func TestRequestsArrivingTogetherLockOneEscrow(t *testing.T) {
+	t.Parallel()
+	b := setup(t)
+	st, err := OpenState(filepath.Join(t.TempDir(), "state.db"), "NORMAL")
+	require.NoError(t, err)
+	defer st.Close()
+	cfg := b.cfg
+	cfg.State = st
+	g := New(cfg)
+	defer g.halt()
+
+	entered, release := make(chan struct{}), make(chan struct{})
+	b.chain.mu.Lock()
+	b.chain.holdCreate = func() { close(entered); <-release }
+	b.chain.mu.Unlock()
+	got := make(chan *escrow, 2)
+	ask := func() {
+		e, err := g.escrowFor(t.Context())
+		assert.NoError(t, err)
+		got <- e
+	}
+	go ask()
+	<-entered // the first request is creating the lane's escrow
+
+	g.mu.Lock()
+	close(release)
+	select {
+	case g.creating[0] <- struct{}{}:
+		published := g.lanes[0] != nil
+		<-g.creating[0]
+		g.mu.Unlock()
+		require.True(t, published, "the creation slot was given up before the lane held its escrow")
+	case <-time.After(100 * time.Millisecond): // the creator holds the slot until it has published
+		g.mu.Unlock()
+	}
+	go ask()
+	first, second := <-got, <-got
+	require.NotNil(t, first)
+	require.Same(t, first, second, "both requests got the lane's escrow")
+	require.Equal(t, 1, b.chain.createdCount(), "one escrow was locked")
 }
 
 // Past the deadline the hosts settle an escrow themselves. A gateway that
