@@ -88,7 +88,13 @@ step-by-step setup. See docs/chain.md.`,
 			// Checked on the home the SDK resolved (flag, DEVSHARD_HOME or
 			// the default), before start asks for anything else.
 			if cmd.Name() == "start" && cmd.Parent() == root {
-				return requireInitialisedHome(server.GetServerContextFromCmd(cmd).Config.RootDir)
+				srvCtx := server.GetServerContextFromCmd(cmd)
+				if err := requireInitialisedHome(srvCtx.Config.RootDir); err != nil {
+					return err
+				}
+				gc := planGC(os.Getenv, availableMemory())
+				gc.apply()
+				srvCtx.Logger.Info(gc.String())
 			}
 			return nil
 		},

@@ -121,6 +121,14 @@ func TestFourValidatorsAgreeOnEveryBlock(t *testing.T) {
 	h, err := n.Height(ctx)
 	require.NoError(t, err)
 	requireSameAppHashes(t, ctx, n.Nodes, 1, max(h, 12))
+
+	// Each node said at start how it runs Go's garbage collector
+	// (chain/cmd/gc.go): its own default, or the GOGC it was given.
+	for _, nd := range n.Nodes {
+		log, err := os.ReadFile(nd.LogPath)
+		require.NoError(t, err)
+		require.True(t, bytes.Contains(log, []byte("garbage collector: GOGC=")), "%s logged no garbage collector settings at start (%s)", nd.Name, nd.LogPath)
+	}
 }
 
 // A validator killed while txs are being sent: three of four hold more
