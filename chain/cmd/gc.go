@@ -18,13 +18,16 @@ import (
 // A node started by `chain start` therefore lets its heap grow to
 // nodeGCPercent % above the live data between collections, and, so that
 // the larger heap cannot outgrow the machine, sets a soft memory limit
-// of 1/nodeMemoryShare of the memory it may use (its cgroup's limit, or the
-// machine's RAM). Near that limit Go collects as often as it must. An
-// operator's GOGC or GOMEMLIMIT always wins (docs/chain.md, "Memory and
-// the garbage collector").
+// of nodeMemoryPercent % of the memory it may use (its cgroup's limit, or
+// the machine's RAM). Near that limit Go collects as often as it must.
+// The limit is a safety net, not a budget: Go's default has no limit at
+// all, and a heap that Go's default keeps below about 90 % of the memory
+// is collected no more often than by that default. An operator's GOGC or
+// GOMEMLIMIT always wins (docs/chain.md, "Memory and the garbage
+// collector").
 const (
-	nodeGCPercent   = 200
-	nodeMemoryShare = 2
+	nodeGCPercent     = 200
+	nodeMemoryPercent = 90
 )
 
 // gcPlan is what a node sets at start: a GC percent (0: leave Go's) and a
@@ -56,9 +59,9 @@ func planGC(getenv func(string) string, memory uint64) gcPlan {
 	case memory == 0:
 		p.memLimitWhy = "none (the memory available is unknown)"
 	default:
-		p.memLimit = int64(min(memory/nodeMemoryShare, 1<<62))
-		p.memLimitWhy = fmt.Sprintf("%s, 1/%d of the %s this node may use (GOMEMLIMIT unset)",
-			formatBytes(uint64(p.memLimit)), nodeMemoryShare, formatBytes(memory))
+		p.memLimit = int64(min(memory, 1<<56) * nodeMemoryPercent / 100)
+		p.memLimitWhy = fmt.Sprintf("%s, %d %% of the %s this node may use (GOMEMLIMIT unset)",
+			formatBytes(uint64(p.memLimit)), nodeMemoryPercent, formatBytes(memory))
 	}
 	return p
 }

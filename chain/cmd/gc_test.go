@@ -17,11 +17,11 @@ func envOf(vars map[string]string) func(string) string {
 
 func TestNodeRaisesTheGCTargetAndCapsTheHeapWhenTheOperatorSetNothing(t *testing.T) {
 	t.Parallel()
-	p := planGC(envOf(nil), 8<<30)
+	p := planGC(envOf(nil), 10<<30)
 	require.Equal(t, nodeGCPercent, p.percent)
-	require.Equal(t, int64(4<<30), p.memLimit, "half of the 8 GiB the node may use")
+	require.Equal(t, int64(9<<30), p.memLimit, "90 %% of the 10 GiB the node may use")
 	require.Contains(t, p.String(), "GOGC=200, the node's default (GOGC unset)")
-	require.Contains(t, p.String(), "4.0 GiB, 1/2 of the 8.0 GiB this node may use")
+	require.Contains(t, p.String(), "9.0 GiB, 90 % of the 10.0 GiB this node may use")
 }
 
 func TestOperatorsGOGCAndGOMEMLIMITWin(t *testing.T) {
